@@ -1,0 +1,1 @@
+"""Lattice: a service mesh you install with pip."""

@@ -1,0 +1,28 @@
+"""Resource schemas and validation: the mesh's configuration language.
+
+Parts:
+- `meta`       — the Kubernetes-shaped envelope (apiVersion, kind, metadata) every resource shares.
+- `networking` — Istio's `networking.istio.io` schemas (VirtualService, DestinationRule).
+- `kinds`      — the table of known kinds: group, accepted versions, plural and short names.
+- `documents`  — YAML/JSON documents in, validated `Resource`s out.
+- `errors`     — `ValidationError`, which names the document and the path of each bad field.
+
+Rules: this package imports nothing from the rest of Lattice. An invalid resource is rejected with
+the path of the offending field and why; a field Lattice does not implement is rejected by name,
+never silently ignored.
+"""
+
+from lattice.api.documents import Resource, parse_documents, validate_object
+from lattice.api.errors import FieldError, ValidationError
+from lattice.api.kinds import KINDS, KindInfo, kind_for
+
+__all__ = [
+    "KINDS",
+    "FieldError",
+    "KindInfo",
+    "Resource",
+    "ValidationError",
+    "kind_for",
+    "parse_documents",
+    "validate_object",
+]

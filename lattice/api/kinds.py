@@ -1,0 +1,48 @@
+"""The kinds Lattice knows: API group, accepted versions, names the CLI accepts for each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from lattice.api.networking import DestinationRuleSpec, VirtualServiceSpec
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    group: str
+    versions: tuple[str, ...]
+    plural: str
+    short_names: tuple[str, ...]
+    spec_model: type[BaseModel]
+
+    @property
+    def preferred_api_version(self) -> str:
+        return f"{self.group}/{self.versions[-1]}"
+
+    def accepts(self, api_version: str) -> bool:
+        group, _, version = api_version.rpartition("/")
+        return group == self.group and version in self.versions
+
+
+_ISTIO_VERSIONS = ("v1alpha3", "v1beta1", "v1")
+
+KINDS: dict[str, KindInfo] = {
+    k.kind: k
+    for k in (
+        KindInfo("VirtualService", "networking.istio.io", _ISTIO_VERSIONS, "virtualservices", ("vs",), VirtualServiceSpec),
+        KindInfo("DestinationRule", "networking.istio.io", _ISTIO_VERSIONS, "destinationrules", ("dr",), DestinationRuleSpec),
+    )
+}
+
+
+def kind_for(name: str) -> KindInfo:
+    """The kind a user means by `name`: kind, plural, singular or short name, any case."""
+    wanted = name.lower()
+    for info in KINDS.values():
+        if wanted in (info.kind.lower(), info.plural, *info.short_names):
+            return info
+    known = ", ".join(sorted(i.plural for i in KINDS.values()))
+    raise KeyError(f"unknown resource type {name!r}; known types: {known}")

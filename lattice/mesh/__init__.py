@@ -1,0 +1,14 @@
+"""One frozen, indexed snapshot of the mesh: config and registry at one instant.
+
+Parts:
+- `model`    — frozen `Workload`, `Service`, `MeshSnapshot` (indexes built once, lookups lock-free).
+- `hosts`    — Kubernetes-style host names: short names resolved in a namespace, FQDNs, aliases.
+
+Rules: nothing here does IO or reads a clock; a snapshot never changes after it is built, so the
+translator can cache on it and every proxy sees the same world.
+"""
+
+from lattice.mesh.hosts import fqdn, host_aliases
+from lattice.mesh.model import MeshSnapshot, Service, Workload
+
+__all__ = ["MeshSnapshot", "Service", "Workload", "fqdn", "host_aliases"]

@@ -1,0 +1,14 @@
+"""Services and endpoints: which workloads run where, and whether they are healthy.
+
+Parts:
+- `registry` — `Registry`: register / heartbeat / deregister / expire, persisted in the store so a
+               control-plane restart keeps every endpoint.
+
+Rules: a workload exists while its agent heartbeats; one silent for longer than the heartbeat
+timeout is dropped. Health is the agent's probe of its app: an unhealthy endpoint stays listed but
+receives no traffic. The clock is injected so expiry is testable without sleeping.
+"""
+
+from lattice.registry.registry import Registry
+
+__all__ = ["Registry"]

@@ -1,0 +1,80 @@
+"""The workload registry."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from lattice.api.registration import Registration
+from lattice.mesh import Workload
+from lattice.store import Store
+
+
+class Registry:
+    def __init__(self, store: Store, heartbeat_timeout: float = 15.0, clock: Callable[[], float] = time.monotonic, on_change: Callable[[], None] = lambda: None) -> None:
+        self._store = store
+        self._timeout = heartbeat_timeout
+        self._clock = clock
+        self._on_change = on_change
+        self._workloads: dict[str, Workload] = {}
+        self._last_seen: dict[str, float] = {}
+        self.generation = 0
+        # After a restart every persisted workload gets one full timeout to heartbeat again.
+        for stored in store.list_workloads():
+            self._workloads[stored.id] = Workload.from_record(stored.record)
+            self._last_seen[stored.id] = clock()
+
+    def register(self, registration: Registration) -> Workload:
+        workload = Workload.from_record(registration.model_dump())
+        self._last_seen[workload.id] = self._clock()
+        if self._workloads.get(workload.id) != workload:
+            self._store.put_workload(workload.id, registration.model_dump())
+            self._workloads[workload.id] = workload
+            self._changed()
+        return workload
+
+    def heartbeat(self, workload_id: str, healthy: bool) -> bool:
+        """False if the workload is unknown (expired or never registered): the agent re-registers."""
+        current = self._workloads.get(workload_id)
+        if current is None:
+            return False
+        self._last_seen[workload_id] = self._clock()
+        if current.healthy != healthy:
+            record = _record(current) | {"healthy": healthy}
+            self._store.put_workload(workload_id, record)
+            self._workloads[workload_id] = Workload.from_record(record)
+            self._changed()
+        return True
+
+    def deregister(self, workload_id: str) -> bool:
+        if self._workloads.pop(workload_id, None) is None:
+            return False
+        self._last_seen.pop(workload_id, None)
+        self._store.delete_workload(workload_id)
+        self._changed()
+        return True
+
+    def expire(self) -> list[str]:
+        now = self._clock()
+        stale = [w for w, seen in self._last_seen.items() if now - seen > self._timeout]
+        for workload_id in stale:
+            self.deregister(workload_id)
+        return stale
+
+    def workloads(self) -> tuple[Workload, ...]:
+        return tuple(self._workloads[k] for k in sorted(self._workloads))
+
+    def get(self, workload_id: str) -> Workload | None:
+        return self._workloads.get(workload_id)
+
+    def last_seen_age(self, workload_id: str) -> float | None:
+        seen = self._last_seen.get(workload_id)
+        return None if seen is None else self._clock() - seen
+
+    def _changed(self) -> None:
+        self.generation += 1
+        self._on_change()
+
+
+def _record(w: Workload) -> dict:
+    return {k: (dict(v) if k == "labels" else v) for k, v in ((f, getattr(w, f)) for f in Workload.__dataclass_fields__)}

@@ -1,0 +1,314 @@
+"""The Store: Lattice config and workload registry in one SQLite file (WAL)."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import pathlib
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from lattice.store.model import ApplyResult, StoredResource, StoredWorkload, StoreError
+from lattice.store.watch import ChangeSignal, wait_set
+
+SCHEMA_VERSION = 1
+MAX_DOCUMENT_BYTES = 1024 * 1024
+# How often a waiter checks for commits by other processes; they cannot signal us directly.
+POLL_INTERVAL = 0.2
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
+    api_version TEXT NOT NULL, metadata TEXT NOT NULL, spec TEXT NOT NULL,
+    revision INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workloads (
+    id TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', {version}), ('revision', 0);
+"""
+_COLUMNS = "kind, namespace, name, api_version, metadata, spec, revision, created_at, updated_at"
+_BY_KEY = "kind = ? AND namespace = ? AND name = ?"
+
+Item = tuple[str, str, str, str, dict, dict]
+Key = tuple[str, str, str]
+
+
+class _Encoded(NamedTuple):
+    """An apply item with metadata and spec as canonical JSON, ready to compare and store."""
+
+    kind: str
+    namespace: str
+    name: str
+    api_version: str
+    metadata: str
+    spec: str
+
+
+class Store:
+    """Durable resources with a global revision, plus the workload registry.
+
+    Every write runs in one BEGIN IMMEDIATE transaction, so the read-modify-write of the
+    revision is safe against other processes sharing the file.
+    """
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = pathlib.Path(path)
+        self._lock = threading.Lock()
+        self._signal = ChangeSignal()
+        self._conn = _open(self.path)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- resources ---------------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        with self._reading("read revision") as conn:
+            return _read_revision(conn)
+
+    def apply(self, items: list[Item]) -> list[ApplyResult]:
+        # Encode everything first: a bad item fails before the transaction even starts.
+        encoded = [_encode_item(item) for item in items]
+        now = time.time()
+        with self._transaction("apply") as conn:
+            revision = _read_revision(conn)
+            results = []
+            for row in encoded:
+                result, revision = _apply_one(conn, row, revision, now)
+                results.append(result)
+            _write_revision(conn, revision)
+        if any(result.action != "unchanged" for result in results):
+            self._signal.notify()
+        return results
+
+    def get(self, kind: str, namespace: str, name: str) -> StoredResource | None:
+        with self._reading("get") as conn:
+            row = _select_one(conn, (kind, namespace, name))
+        return None if row is None else _resource(row)
+
+    def list(self, kind: str | None = None, namespace: str | None = None) -> list[StoredResource]:
+        filters = {"kind": kind, "namespace": namespace}
+        clauses = [f"{column} = ?" for column, value in filters.items() if value is not None]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params = [value for value in filters.values() if value is not None]
+        sql = f"SELECT {_COLUMNS} FROM resources {where} ORDER BY kind, namespace, name"
+        with self._reading("list") as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return [_resource(row) for row in rows]
+
+    # `list` above is now the method, so later annotations spell out builtins.list.
+    def delete(self, keys: builtins.list[Key]) -> builtins.list[StoredResource]:
+        """Delete by key; returns what was deleted, as it was stored (its last-change revision)."""
+        with self._transaction("delete") as conn:
+            revision = _read_revision(conn)
+            deleted = []
+            for key in keys:
+                row = _select_one(conn, tuple(key))
+                if row is None:
+                    continue
+                conn.execute(f"DELETE FROM resources WHERE {_BY_KEY}", tuple(key))
+                revision += 1
+                deleted.append(_resource(row))
+            _write_revision(conn, revision)
+        if deleted:
+            self._signal.notify()
+        return deleted
+
+    # -- workloads: registry, not config, so they never move the revision --------------------
+
+    def put_workload(self, workload_id: str, record: dict) -> None:
+        encoded = _canonical(record, f"workload {workload_id!r} record")
+        with self._transaction("put workload") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO workloads (id, record, updated_at) VALUES (?, ?, ?)",
+                (workload_id, encoded, time.time()),
+            )
+
+    def delete_workload(self, workload_id: str) -> bool:
+        with self._transaction("delete workload") as conn:
+            cursor = conn.execute("DELETE FROM workloads WHERE id = ?", (workload_id,))
+        return cursor.rowcount > 0
+
+    def list_workloads(self) -> builtins.list[StoredWorkload]:
+        with self._reading("list workloads") as conn:
+            rows = conn.execute("SELECT id, record, updated_at FROM workloads ORDER BY id")
+            return [StoredWorkload(key, json.loads(record), at) for key, record, at in rows]
+
+    # -- watch -------------------------------------------------------------------------------
+
+    async def wait_for_change(self, after_revision: int, timeout: float | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        with self._signal.listen() as woken:
+            seen_version, current = None, after_revision
+            while True:
+                # Our own commits set `woken`; other processes' commits move data_version.
+                version = self._data_version()
+                if woken.is_set() or version != seen_version:
+                    woken.clear()
+                    seen_version, current = version, self.revision
+                remaining = None if deadline is None else deadline - loop.time()
+                if current > after_revision or (remaining is not None and remaining <= 0):
+                    return current
+                tick = POLL_INTERVAL if remaining is None else min(POLL_INTERVAL, remaining)
+                await wait_set(woken, tick)
+
+    def _data_version(self) -> int:
+        with self._reading("read data_version") as conn:
+            return conn.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {what} failed: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors(what):
+            yield self._conn
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._errors(what):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def _open(path: pathlib.Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"{path}: cannot open the Lattice database: {exc}") from exc
+    try:
+        _prepare(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _prepare(conn: sqlite3.Connection, path: pathlib.Path) -> None:
+    # Check before any pragma or DDL that writes: a foreign file must stay byte-for-byte intact.
+    _check_ours(conn, path)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA.format(version=SCHEMA_VERSION)} COMMIT;")
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot initialise the Lattice database: {exc}") from exc
+
+
+def _check_ours(conn: sqlite3.Connection, path: pathlib.Path) -> None:
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        row = None
+        if "meta" in tables:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(
+            f"{path}: not a Lattice database, or it is corrupt ({exc}); refusing to touch it"
+        ) from exc
+    if not tables:
+        return  # new or empty file: ours to initialise
+    if row is None:
+        raise StoreError(f"{path}: an SQLite file but not a Lattice database; refusing to touch it")
+    if row[0] > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {row[0]} is newer than this Lattice understands "
+            f"({SCHEMA_VERSION}); upgrade Lattice"
+        )
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+
+def _canonical(document: object, label: str) -> str:
+    """Sorted, compact JSON, so equal documents compare equal as text."""
+    try:
+        text = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{label} is not JSON-serializable: {exc}") from exc
+    size = len(text.encode())
+    if size > MAX_DOCUMENT_BYTES:
+        raise StoreError(f"{label} is {size} bytes serialized; the limit is {MAX_DOCUMENT_BYTES}")
+    return text
+
+
+def _encode_item(item: Item) -> _Encoded:
+    if len(item) != 6:
+        shape = "(kind, namespace, name, api_version, metadata, spec)"
+        raise StoreError(f"apply item must be {shape}, got {item!r:.200}")
+    kind, namespace, name, api_version, metadata, spec = item
+    label = f"{kind} {namespace}/{name}"
+    return _Encoded(
+        kind, namespace, name, api_version,
+        _canonical(metadata, f"{label} metadata"),
+        _canonical(spec, f"{label} spec"),
+    )
+
+
+def _apply_one(
+    conn: sqlite3.Connection, row: _Encoded, revision: int, now: float
+) -> tuple[ApplyResult, int]:
+    old = _select_one(conn, row[:3])
+    if old is not None and tuple(old[3:6]) == row[3:6]:
+        return ApplyResult(_resource(old), "unchanged"), revision
+    revision += 1
+    created_at = now if old is None else old[7]
+    stored = (*row, revision, created_at, now)
+    insert = f"INSERT OR REPLACE INTO resources ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+    conn.execute(insert, stored)
+    return ApplyResult(_resource(stored), "created" if old is None else "configured"), revision
+
+
+def _select_one(conn: sqlite3.Connection, key: tuple) -> tuple | None:
+    return conn.execute(f"SELECT {_COLUMNS} FROM resources WHERE {_BY_KEY}", key).fetchone()
+
+
+def _resource(row: tuple) -> StoredResource:
+    kind, namespace, name, api_version, metadata, spec, revision, created_at, updated_at = row
+    return StoredResource(
+        kind, namespace, name, api_version,
+        json.loads(metadata), json.loads(spec),
+        revision, created_at, updated_at,
+    )
+
+
+def _read_revision(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0]
+
+
+def _write_revision(conn: sqlite3.Connection, revision: int) -> None:
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (revision,))

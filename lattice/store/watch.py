@@ -1,0 +1,58 @@
+"""Wake asyncio waiters when this process writes, whatever thread or loop does the writing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+
+
+class ChangeSignal:
+    """One asyncio.Event per waiter, remembered with the loop it belongs to.
+
+    asyncio.Event is not thread-safe and belongs to one loop, so a writer sets it directly only
+    when it runs on that loop; otherwise it asks the loop to set it. A writer with no running
+    loop at all (a sync script, a worker thread) takes the second path too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiters: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
+
+    @contextlib.contextmanager
+    def listen(self) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._waiters[event] = loop
+        try:
+            yield event
+        finally:
+            with self._lock:
+                self._waiters.pop(event, None)
+
+    def notify(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters.items())
+        current = _running_loop()
+        for event, loop in waiters:
+            if loop is current:
+                event.set()
+                continue
+            with contextlib.suppress(RuntimeError):  # loop already closed: nobody is waiting
+                loop.call_soon_threadsafe(event.set)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def wait_set(event: asyncio.Event, timeout: float) -> None:
+    """Return when the event is set or the timeout passes, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()

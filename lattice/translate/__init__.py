@@ -1,0 +1,16 @@
+"""The translator: pure, sans-IO. `(MeshSnapshot, Workload) -> Resources`.
+
+Parts, one per xDS type plus shared pieces:
+- `names`     — cluster/listener/route names (Istio's `outbound|9080|v1|reviews.default.svc.cluster.local`).
+- `protos`    — small constructors for the Envoy messages we use (durations, config sources, Any).
+- `cds`, `eds`, `lds`, `rds` — clusters, endpoints, listeners, route tables.
+- `routes`    — one VirtualService HTTP rule into Envoy routes (matches, splits, faults, retries).
+- `resources` — `Resources`: the output, sorted by name, type by type.
+
+Rules: no awaits, no clock, no globals, no IO; the same input always yields byte-identical output.
+Every function takes what it needs and returns new messages.
+"""
+
+from lattice.translate.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER, Resources, translate
+
+__all__ = ["CLUSTER", "ENDPOINT", "LISTENER", "ROUTE", "TYPE_ORDER", "Resources", "translate"]

@@ -1,0 +1,87 @@
+"""Listeners: the outbound HTTP proxy listener and one inbound listener per service port."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import protocol_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import dynamic_forward_proxy_pb2 as dfp
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from lattice.mesh import MeshSnapshot, Workload
+from lattice.translate import names
+from lattice.translate.cds import dns_cache
+from lattice.translate.protos import ads, duration, pack, socket_address
+
+HCM = "envoy.filters.network.http_connection_manager"
+FAULT = "envoy.filters.http.fault"
+TCP_PROTOCOLS = ("tcp", "tls", "mongo", "mysql", "redis")
+
+
+def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.Listener]:
+    return [outbound(proxy), inbound(proxy)]
+
+
+def outbound(proxy: Workload) -> listener_pb2.Listener:
+    manager = _manager("outbound_http", [_filter(FAULT, fault_pb2.HTTPFault()), _filter("envoy.filters.http.dynamic_forward_proxy", dfp.FilterConfig(dns_cache_config=dns_cache()))])
+    manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=names.OUTBOUND_ROUTE))
+    return _listener(names.OUTBOUND_LISTENER, proxy.address, proxy.outbound_port, _network_filter(HCM, manager))
+
+
+def inbound(proxy: Workload) -> listener_pb2.Listener:
+    name = names.inbound_listener(proxy.port)
+    cluster = names.inbound_cluster(proxy.port)
+    if proxy.protocol in TCP_PROTOCOLS:
+        proxy_filter = tcp_proxy_pb2.TcpProxy(stat_prefix=f"inbound_{proxy.port}", cluster=cluster)
+        return _listener(name, proxy.address, proxy.port, _network_filter("envoy.filters.network.tcp_proxy", proxy_filter))
+    manager = _manager(f"inbound_{proxy.port}", [])
+    manager.route_config.CopyFrom(
+        route_pb2.RouteConfiguration(
+            name=name,
+            virtual_hosts=[
+                rc.VirtualHost(
+                    name=f"inbound|http|{proxy.port}",
+                    domains=["*"],
+                    routes=[rc.Route(match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=cluster, timeout=duration(0)))],
+                )
+            ],
+        )
+    )
+    return _listener(name, proxy.address, proxy.port, _network_filter(HCM, manager))
+
+
+def _manager(stat_prefix: str, filters: list[hcm.HttpFilter]) -> hcm.HttpConnectionManager:
+    # Safe request handling by default (DESIGN "Failure rules"): routing sees a normalized path,
+    # escaped slashes never reach a route match unescaped-but-unseen, underscores in header
+    # names (a classic smuggling vector across proxies) are refused.
+    return hcm.HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        codec_type=hcm.HttpConnectionManager.AUTO,
+        http_filters=[*filters, _filter("envoy.filters.http.router", router_pb2.Router())],
+        normalize_path={"value": True},
+        merge_slashes=True,
+        path_with_escaped_slashes_action=hcm.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
+        ),
+    )
+
+
+def _filter(name: str, config) -> hcm.HttpFilter:
+    return hcm.HttpFilter(name=name, typed_config=pack(config))
+
+
+def _network_filter(name: str, config) -> listener_components_pb2.Filter:
+    return listener_components_pb2.Filter(name=name, typed_config=pack(config))
+
+
+def _listener(name: str, ip: str, port: int, network_filter: listener_components_pb2.Filter) -> listener_pb2.Listener:
+    return listener_pb2.Listener(
+        name=name,
+        address=socket_address(ip, port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[network_filter])],
+    )

@@ -1,0 +1,28 @@
+"""Names of generated resources, in Istio's format so its tooling habits carry over."""
+
+from __future__ import annotations
+
+OUTBOUND_ROUTE = "http_proxy"
+OUTBOUND_LISTENER = "outbound_http"
+PASSTHROUGH = "PassthroughCluster"
+
+
+def outbound_cluster(port: int, subset: str | None, hostname: str) -> str:
+    return f"outbound|{port}|{subset or ''}|{hostname}"
+
+
+def inbound_cluster(port: int) -> str:
+    return f"inbound|{port}||"
+
+
+def inbound_listener(port: int) -> str:
+    return f"inbound|{port}"
+
+
+def parse_cluster(name: str) -> dict:
+    """The parts of a cluster name, for `lattice proxy-config clusters`."""
+    parts = name.split("|")
+    if len(parts) != 4:
+        return {"direction": "", "port": "", "subset": "", "host": name}
+    direction, port, subset, host = parts
+    return {"direction": direction, "port": port, "subset": subset, "host": host}

@@ -1,0 +1,66 @@
+"""State-of-the-world ADS: every response carries the full set of a type's (subscribed) resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from lattice.translate import CLUSTER, LISTENER
+from lattice.xds.cache import ProxySnapshot
+from lattice.xds.stream import Stream, next_nonce, type_rank
+
+WILDCARD_TYPES = (CLUSTER, LISTENER)
+
+
+@dataclass
+class _Subscription:
+    names: set[str] | None  # None: wildcard (all of this proxy's resources of the type)
+    nonce: str = ""
+    sent_version: str = ""
+    must_send: bool = True  # a new or changed subscription is always answered
+
+
+class SotwStream(Stream):
+    def __init__(self, node_id, cache, board) -> None:
+        super().__init__(node_id, cache, board)
+        self.subscriptions = {}
+
+    def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        type_url = request.type_url
+        names = set(request.resource_names)
+        wanted = None if (type_url in WILDCARD_TYPES and (not names or "*" in names)) else names
+        sub = self.subscriptions.get(type_url)
+        if sub is None:
+            self.subscriptions[type_url] = _Subscription(wanted)
+            return
+        if request.response_nonce and request.response_nonce != sub.nonce:
+            return  # stale: an answer to a response that a newer one replaced
+        if request.response_nonce:
+            self._record(type_url, request)
+        if wanted != sub.names or not request.response_nonce:
+            sub.names, sub.must_send = wanted, True
+
+    def _record(self, type_url: str, request: discovery_pb2.DiscoveryRequest) -> None:
+        sub = self.subscriptions[type_url]
+        if request.HasField("error_detail"):
+            self.board.nacked(self.node_id, type_url, sub.sent_version, request.error_detail.message)
+        else:
+            self.board.acked(self.node_id, type_url, request.version_info)
+
+    def responses(self, snapshot: ProxySnapshot) -> list[discovery_pb2.DiscoveryResponse]:
+        out = []
+        for type_url in sorted(self.subscriptions, key=type_rank):
+            sub = self.subscriptions[type_url]
+            chosen = snapshot.select(type_url, sub.names)
+            version = ProxySnapshot.version_of(chosen)
+            if version == sub.sent_version and not sub.must_send:
+                continue
+            sub.nonce, sub.sent_version, sub.must_send = next_nonce(), version, False
+            self.board.sent(self.node_id, type_url, version)
+            out.append(
+                discovery_pb2.DiscoveryResponse(
+                    version_info=version, type_url=type_url, nonce=sub.nonce, resources=[r.body for r in chosen]
+                )
+            )
+        return out

@@ -1,0 +1,80 @@
+"""What each proxy was sent and what it accepted: the data behind `lattice status`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TypeStatus:
+    sent_version: str = ""
+    sent_at: float = 0.0
+    acked_version: str = ""
+    acked_at: float = 0.0
+    nack: str = ""  # Envoy's error text for the last NACK, cleared by the next ACK
+    nacked_version: str = ""
+
+    @property
+    def state(self) -> str:
+        if self.nack:
+            return "NACKED"
+        if not self.sent_version:
+            return "NOT SENT"
+        return "SYNCED" if self.acked_version == self.sent_version else "STALE"
+
+
+@dataclass
+class ProxyStatus:
+    node_id: str
+    protocol: str  # "sotw" | "delta"
+    connected_at: float
+    connected: bool = True
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+    pushes: int = 0
+
+
+class StatusBoard:
+    """Updated by ADS streams; read by the REST API. Single event loop, so no locks."""
+
+    def __init__(self, clock=time.time) -> None:
+        self._clock = clock
+        self._proxies: dict[str, ProxyStatus] = {}
+        self.convergence_seconds: list[float] = []  # sent -> ACK, most recent last (bounded)
+
+    def connected(self, node_id: str, protocol: str) -> None:
+        self._proxies[node_id] = ProxyStatus(node_id, protocol, self._clock())
+
+    def disconnected(self, node_id: str) -> None:
+        status = self._proxies.get(node_id)
+        if status is not None:
+            status.connected = False
+
+    def sent(self, node_id: str, type_url: str, version: str) -> None:
+        status = self._type(node_id, type_url)
+        status.sent_version, status.sent_at = version, self._clock()
+        self._proxies[node_id].pushes += 1
+
+    def acked(self, node_id: str, type_url: str, version: str) -> None:
+        status = self._type(node_id, type_url)
+        if version == status.sent_version and status.acked_version != version and status.sent_at:
+            self.convergence_seconds = [*self.convergence_seconds[-999:], self._clock() - status.sent_at]
+        status.acked_version, status.acked_at = version, self._clock()
+        status.nack = status.nacked_version = ""
+
+    def nacked(self, node_id: str, type_url: str, version: str, message: str) -> None:
+        status = self._type(node_id, type_url)
+        status.nack, status.nacked_version = message or "rejected without a message", version
+
+    def forget(self, node_id: str) -> None:
+        self._proxies.pop(node_id, None)
+
+    def get(self, node_id: str) -> ProxyStatus | None:
+        return self._proxies.get(node_id)
+
+    def all(self) -> list[ProxyStatus]:
+        return [self._proxies[k] for k in sorted(self._proxies)]
+
+    def _type(self, node_id: str, type_url: str) -> TypeStatus:
+        proxy = self._proxies.setdefault(node_id, ProxyStatus(node_id, "?", self._clock()))
+        return proxy.types.setdefault(type_url, TypeStatus())

@@ -1,0 +1,98 @@
+"""Store.wait_for_change: immediate, timeout, woken by local writes, other threads and processes."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import time
+
+import pytest
+
+from lattice.store import Store
+
+ITEM = ("VirtualService", "default", "reviews", "networking.istio.io/v1", {}, {"hosts": ["r"]})
+
+
+@pytest.fixture
+def store(tmp_path: pathlib.Path):
+    with Store(tmp_path / "lattice.db") as opened:
+        yield opened
+
+
+async def test_returns_immediately_when_already_newer(store: Store) -> None:
+    store.apply([ITEM])
+    started = time.monotonic()
+    assert await store.wait_for_change(0) == 1
+    assert time.monotonic() - started < 0.1
+
+
+async def test_timeout_returns_current_revision(store: Store) -> None:
+    store.apply([ITEM])
+    started = time.monotonic()
+    assert await store.wait_for_change(1, timeout=0.3) == 1
+    assert 0.25 <= time.monotonic() - started < 1.0
+
+
+async def test_zero_timeout_does_not_wait(store: Store) -> None:
+    assert await store.wait_for_change(0, timeout=0) == 0
+
+
+async def test_woken_by_apply_on_the_loop_thread(store: Store) -> None:
+    waiter = asyncio.create_task(store.wait_for_change(0, timeout=5), name="waiter")
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    store.apply([ITEM])
+    assert await waiter == 1
+    # Well under the poll interval: the local signal woke it, not the data_version poll.
+    assert time.monotonic() - started < 0.15
+
+
+async def test_woken_by_delete(store: Store) -> None:
+    store.apply([ITEM])
+    waiter = asyncio.create_task(store.wait_for_change(1, timeout=5), name="waiter")
+    await asyncio.sleep(0.05)
+    store.delete([ITEM[:3]])
+    assert await waiter == 2
+
+
+async def test_unchanged_apply_and_workloads_do_not_wake(store: Store) -> None:
+    store.apply([ITEM])
+    waiter = asyncio.create_task(store.wait_for_change(1, timeout=0.5), name="waiter")
+    await asyncio.sleep(0.05)
+    store.apply([ITEM])
+    store.put_workload("w1", {"address": "10.0.0.1"})
+    assert await waiter == 1
+
+
+async def test_woken_by_apply_from_a_thread_without_a_loop(store: Store) -> None:
+    waiter = asyncio.create_task(store.wait_for_change(0, timeout=5), name="waiter")
+    await asyncio.sleep(0.05)
+    await asyncio.to_thread(store.apply, [ITEM])
+    assert await asyncio.wait_for(waiter, 1) == 1
+
+
+async def test_many_waiters_all_wake(store: Store) -> None:
+    waiters = [
+        asyncio.create_task(store.wait_for_change(0, timeout=5), name=f"waiter-{i}")
+        for i in range(5)
+    ]
+    await asyncio.sleep(0.05)
+    store.apply([ITEM])
+    assert await asyncio.gather(*waiters) == [1] * 5
+
+
+async def test_write_by_another_store_on_the_same_file_wakes_waiter(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "lattice.db"
+    with Store(path) as watcher, Store(path) as writer:
+        waiter = asyncio.create_task(watcher.wait_for_change(0, timeout=5), name="waiter")
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        writer.apply([ITEM])
+        assert await waiter == 1
+        assert time.monotonic() - started < 1.0
+
+
+def test_apply_without_any_running_loop(store: Store) -> None:
+    [result] = store.apply([ITEM])
+    assert result.action == "created"
+    assert asyncio.run(store.wait_for_change(0, timeout=1)) == 1
