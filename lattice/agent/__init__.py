@@ -1,1 +1,16 @@
-"""placeholder docstring; replaced below."""
+"""The sidecar agent: everything `lattice run` does next to an app.
+
+Parts:
+- `address`   — a loopback address of the workload's own (127.0.x.y), leased with a file lock.
+- `bootstrap` — Envoy's bootstrap: node identity, admin on a unix socket, ADS to the agent.
+- `envoy`     — starts and supervises Envoy (restart with backoff) and talks to its admin socket.
+- `relay`     — xDS relay: Envoy <-> agent <-> control plane, keeping the last config Envoy ACKed
+                so a restarted Envoy gets config even while the control plane is down.
+- `control`   — registration, heartbeats and deregistration with the control plane.
+- `http`      — the agent's own port: readiness, config dump, stats.
+- `sidecar`   — `Sidecar`: the lifecycle that ties these together and runs the app.
+
+Rules: the app starts only after Envoy holds its config; when the app exits, the sidecar stops
+and `lattice run` exits with the app's code; a signal stops app, Envoy and agent, in that order,
+and children die with the agent even if it is killed (PR_SET_PDEATHSIG).
+"""

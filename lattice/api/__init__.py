@@ -14,13 +14,14 @@ never silently ignored.
 
 from lattice.api.documents import Resource, parse_documents, validate_object
 from lattice.api.errors import FieldError, ValidationError
-from lattice.api.kinds import KINDS, KindInfo, kind_for
+from lattice.api.kinds import KINDS, KindInfo, UnknownKindError, kind_for
 
 __all__ = [
     "KINDS",
     "FieldError",
     "KindInfo",
     "Resource",
+    "UnknownKindError",
     "ValidationError",
     "kind_for",
     "parse_documents",

@@ -38,6 +38,10 @@ KINDS: dict[str, KindInfo] = {
 }
 
 
+class UnknownKindError(LookupError):
+    """A resource type name that Lattice does not know."""
+
+
 def kind_for(name: str) -> KindInfo:
     """The kind a user means by `name`: kind, plural, singular or short name, any case."""
     wanted = name.lower()
@@ -45,4 +49,4 @@ def kind_for(name: str) -> KindInfo:
         if wanted in (info.kind.lower(), info.plural, *info.short_names):
             return info
     known = ", ".join(sorted(i.plural for i in KINDS.values()))
-    raise KeyError(f"unknown resource type {name!r}; known types: {known}")
+    raise UnknownKindError(f"unknown resource type {name!r}; known types: {known}")

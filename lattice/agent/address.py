@@ -1,0 +1,68 @@
+"""A loopback address per workload, so many workloads share one machine without port clashes.
+
+Leases are advisory file locks in a machine-wide directory: the kernel releases a lock when its
+holder dies, so a crashed workload never leaks its address.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+LEASE_DIR = Path(os.environ.get("LATTICE_LEASE_DIR", "/tmp/lattice-loopback"))
+FIRST_SUBNET = 10  # 127.0.10.x first, as DESIGN.md says
+
+
+@dataclass
+class AddressLease:
+    address: str
+    _fd: int | None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def lease_loopback(ports: list[int]) -> AddressLease:
+    """The first 127.0.x.y not leased by another workload on which all `ports` are free."""
+    LEASE_DIR.mkdir(mode=0o1777, parents=True, exist_ok=True)
+    for third in range(FIRST_SUBNET, 255):
+        for fourth in range(2, 255):
+            address = f"127.0.{third}.{fourth}"
+            fd = _try_lock(LEASE_DIR / address)
+            if fd is None:
+                continue
+            if all(port_free(address, p) for p in ports):
+                return AddressLease(address, fd)
+            os.close(fd)
+    raise RuntimeError(f"no free loopback address in 127.0.{FIRST_SUBNET}.0-127.0.254.255 (leases in {LEASE_DIR})")
+
+
+def _try_lock(path: Path) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def port_free(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]

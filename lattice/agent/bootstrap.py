@@ -1,0 +1,51 @@
+"""Envoy's bootstrap: who it is, where its admin socket is, and that all config comes over ADS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xds_socket: Path) -> dict:
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
+        # Admin on a 0600 unix socket: reachable by the agent only, never from the network.
+        "admin": {"address": {"pipe": {"path": str(admin_socket), "mode": 0o600}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-agent"}}],
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds-agent",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds-agent",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(xds_socket)}}}}]}],
+                    },
+                }
+            ]
+        },
+        "layered_runtime": {
+            "layers": [{"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000}}]
+        },
+    }
+
+
+def write_bootstrap(path: Path, config: dict) -> None:
+    path.write_text(json.dumps(config, indent=2))

@@ -1,0 +1,85 @@
+"""The agent's side of the registry: register, heartbeat, deregister."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Callable
+
+import aiohttp
+
+from lattice.api.registration import Registration
+
+log = logging.getLogger("lattice.agent")
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+class RegistryClient:
+    def __init__(self, api: str, registration: Registration, healthy: Callable[[], bool]) -> None:
+        self.api = api.rstrip("/")
+        self.registration = registration
+        self.healthy = healthy
+        self.heartbeat_now = asyncio.Event()  # set to report a health change at once
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> RegistryClient:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._session.close()
+
+    @property
+    def _url(self) -> str:
+        return f"{self.api}/api/v1/workloads/{self.registration.id}"
+
+    async def register(self, attempts: int | None = None) -> None:
+        """Register, retrying with backoff while the control plane is unreachable."""
+        backoff, tried = 0.2, 0
+        while True:
+            tried += 1
+            try:
+                body = self.registration.model_dump() | {"healthy": self.healthy()}
+                async with self._session.put(self._url, json=body) as response:
+                    if response.status == 400:
+                        raise ControlPlaneError(f"the control plane refused the registration: {(await response.json()).get('error')}")
+                    response.raise_for_status()
+                    return
+            except (aiohttp.ClientError, TimeoutError) as e:
+                if attempts is not None and tried >= attempts:
+                    raise ControlPlaneError(f"cannot reach the control plane at {self.api}: {e}") from None
+                log.info("control plane %s unreachable (%s); retrying in %.1fs", self.api, e, backoff)
+            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+            backoff = min(backoff * 2, 5.0)
+
+    async def heartbeats(self, interval: float) -> None:
+        last = None
+        while True:
+            try:
+                await asyncio.wait_for(self.heartbeat_now.wait(), interval)
+            except TimeoutError:
+                pass
+            self.heartbeat_now.clear()
+            healthy = self.healthy()
+            try:
+                async with self._session.post(f"{self._url}/heartbeat", json={"healthy": healthy}) as response:
+                    if response.status == 404:  # expired, or the control plane lost its state
+                        await self.register(attempts=1)
+                    else:
+                        response.raise_for_status()
+                if healthy != last:
+                    log.info("reported %s", "healthy" if healthy else "unhealthy")
+                last = healthy
+            except (aiohttp.ClientError, TimeoutError, ControlPlaneError) as e:
+                log.debug("heartbeat failed: %s", e)
+
+    async def deregister(self) -> None:
+        try:
+            async with self._session.delete(self._url, timeout=aiohttp.ClientTimeout(total=2)):
+                pass
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.info("could not deregister (%s); the control plane will expire this workload", e)

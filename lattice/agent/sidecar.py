@@ -1,0 +1,200 @@
+"""`lattice run` / `lattice agent`: the sidecar's lifecycle around one app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from google.protobuf import struct_pb2
+
+from lattice.agent.address import AddressLease, free_port, lease_loopback, port_free
+from lattice.agent.bootstrap import bootstrap, write_bootstrap
+from lattice.agent.control import RegistryClient
+from lattice.agent.envoy import EnvoyProcess, die_with_parent
+from lattice.agent.http import agent_app
+from lattice.agent.relay import XdsRelay
+from lattice.api.registration import Registration
+
+log = logging.getLogger("lattice.agent")
+OUTBOUND_PORT = 15001
+AGENT_PORT = 15020
+
+
+@dataclass
+class RunOptions:
+    service: str
+    port: int
+    api: str  # control plane REST base URL
+    xds: str  # control plane xDS host:port
+    command: list[str] = field(default_factory=list)
+    version: str = "v1"
+    namespace: str = "default"
+    service_account: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    name: str | None = None
+    address: str | None = None  # reachable address for multi-host meshes; default: a leased loopback
+    app_port: int | None = None
+    protocol: str = "http"
+    ready_timeout: float = 60.0
+    heartbeat_interval: float = 3.0
+    envoy_log_level: str = "warning"
+
+
+class Sidecar:
+    def __init__(self, options: RunOptions) -> None:
+        self.o = options
+        self.lease: AddressLease | None = None
+        self.run_dir = Path(tempfile.mkdtemp(prefix="lattice-"))  # short: unix socket paths are capped at 108 bytes
+        self.app: asyncio.subprocess.Process | None = None
+        self.app_healthy = False
+        self.exit_code = 0
+
+    def _registration(self) -> Registration:
+        o = self.o
+        address = o.address or self.lease.address
+        name = o.name or (f"{o.service}-{o.version}" if o.version else o.service)
+        labels = {**o.labels, "app": o.service, **({"version": o.version} if o.version else {})}
+        agent_port = AGENT_PORT if port_free(address, AGENT_PORT) else free_port(address)
+        return Registration(
+            id=f"{name}-{secrets.token_hex(3)}.{o.namespace}", name=name, namespace=o.namespace, service=o.service,
+            service_account=o.service_account or o.service, labels=labels, address=address, port=o.port,
+            app_port=o.app_port or free_port(), protocol=o.protocol, outbound_port=OUTBOUND_PORT, agent_port=agent_port,
+        )
+
+    async def run(self) -> int:
+        if self.o.address is None:
+            self.lease = lease_loopback([self.o.port, OUTBOUND_PORT])
+        self.registration = reg = self._registration()
+        node = base_pb2.Node(id=reg.id, cluster=f"{reg.service}.{reg.namespace}")
+        node.metadata.CopyFrom(_struct({"NAMESPACE": reg.namespace, "WORKLOAD_NAME": reg.name, "LABELS": reg.labels}))
+        self.relay = XdsRelay(node, self.o.xds)
+        self.envoy = EnvoyProcess(self.run_dir / "envoy.json", self.run_dir / "admin.sock", self.run_dir / "envoy.log", self.o.envoy_log_level)
+        write_bootstrap(self.envoy.bootstrap, bootstrap(reg.id, node.cluster, {"NAMESPACE": reg.namespace}, self.envoy.admin_socket, self.run_dir / "xds.sock"))
+        main = asyncio.current_task()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
+        try:
+            await self._serve()
+        except asyncio.CancelledError:
+            log.info("stopping %s", reg.id)
+            self.exit_code = await self._stop_app() if self.app else 0
+        finally:
+            await self._cleanup()
+        return self.exit_code
+
+    async def _serve(self) -> None:
+        relay_server = grpc.aio.server()
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.relay, relay_server)
+        relay_server.add_insecure_port(f"unix:{self.run_dir / 'xds.sock'}")
+        await relay_server.start()
+        self._servers = [relay_server]
+        async with RegistryClient(self.o.api, self.registration, lambda: self.app_healthy) as registry:
+            self.registry = registry
+            await registry.register()
+            runner = web.AppRunner(agent_app(self.envoy, lambda: self.app_healthy), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, self.registration.address, self.registration.agent_port).start()
+            self._runner = runner
+            async with asyncio.TaskGroup() as tasks:
+                background = [
+                    tasks.create_task(self.relay.run_upstream(), name="xds-upstream"),
+                    tasks.create_task(self.envoy.supervise(), name="envoy"),
+                    tasks.create_task(registry.heartbeats(self.o.heartbeat_interval), name="heartbeats"),
+                    tasks.create_task(self._probe_forever(), name="app-probe"),
+                ]
+                await self._wait_ready()
+                log.info("sidecar %s ready at %s (inbound :%d, outbound :%d)", self.registration.id, self.registration.address, self.registration.port, OUTBOUND_PORT)
+                if not self.o.command:
+                    await asyncio.Event().wait()  # `lattice agent`: serve until a signal
+                self.exit_code = await self._run_app()
+                for task in background:
+                    task.cancel()
+
+    async def _wait_ready(self) -> None:
+        deadline = asyncio.get_running_loop().time() + self.o.ready_timeout
+        while not (self.relay.has_config.is_set() and await self.envoy.live()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"Envoy did not get its config within {self.o.ready_timeout:.0f}s; is the control plane at {self.o.xds} reachable?\n{self.envoy.log_tail()}")
+            await asyncio.sleep(0.05)
+
+    async def _run_app(self) -> int:
+        reg = self.registration
+        proxy = f"http://{reg.address}:{OUTBOUND_PORT}"
+        env = os.environ | {
+            "PORT": str(reg.app_port), "HTTP_PROXY": proxy, "http_proxy": proxy,
+            "LATTICE_WORKLOAD": reg.name, "LATTICE_PROXY_ID": reg.id, "LATTICE_SERVICE": reg.service,
+        }
+        try:
+            self.app = await asyncio.create_subprocess_exec(*self.o.command, env=env, preexec_fn=die_with_parent)
+        except OSError as e:
+            log.error("cannot start %s: %s", self.o.command[0], e.strerror)
+            return 127
+        code = await self.app.wait()
+        log.info("app exited with %s", code)
+        return code if code >= 0 else 128 - code
+
+    async def _probe_forever(self) -> None:
+        while True:
+            healthy = await _tcp_open("127.0.0.1", self.registration.app_port)
+            if healthy != self.app_healthy:
+                self.app_healthy = healthy
+                self.registry.heartbeat_now.set()
+            await asyncio.sleep(0.5 if healthy else 0.1)
+
+    async def _stop_app(self, timeout: float = 5.0) -> int:
+        if self.app.returncode is None:
+            self.app.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.app.wait(), timeout)
+            except TimeoutError:
+                self.app.kill()
+                await self.app.wait()
+        code = self.app.returncode
+        return code if code >= 0 else 128 - code
+
+    async def _cleanup(self) -> None:
+        """Reverse order of start: app (above), registration, Envoy, agent port, relay, lease."""
+        if self.app is not None and self.app.returncode is None:
+            await self._stop_app()
+        registry = getattr(self, "registry", None)
+        if registry is not None:
+            async with RegistryClient(self.o.api, self.registration, lambda: False) as client:
+                await client.deregister()
+        await self.envoy.stop()
+        if getattr(self, "_runner", None) is not None:
+            await self._runner.cleanup()
+        for server in getattr(self, "_servers", []):
+            await server.stop(grace=0.2)
+        if self.lease is not None:
+            self.lease.release()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+async def _tcp_open(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+def _struct(values: dict) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+async def run_sidecar(options: RunOptions) -> int:
+    return await Sidecar(options).run()

@@ -1,0 +1,58 @@
+"""Finding and calling the control plane's REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from lattice.server.config import lattice_home, read_discovery
+
+
+class ApiError(Exception):
+    def __init__(self, message: str, status: int = 0, body: dict | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body or {}
+
+
+def server_url(explicit: str | None = None) -> str:
+    url = explicit or os.environ.get("LATTICE_SERVER")
+    if url:
+        return url.rstrip("/") if "://" in url else f"http://{url}"
+    info = read_discovery(lattice_home())
+    if info is None:
+        raise ApiError(f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or pass --server URL")
+    return info["api"]
+
+
+class Client:
+    def __init__(self, base: str, timeout: float = 10.0) -> None:
+        self.base = base.rstrip("/")
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: bytes | None = None, query: dict | None = None, content_type: str = "application/yaml") -> dict:
+        url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type} if body is not None else {})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            payload = _json(e.read())
+            raise ApiError(payload.get("error") or f"HTTP {e.code}", e.code, payload) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ApiError(f"cannot reach the control plane at {self.base}: {reason}; is `lattice server` running?") from None
+
+    def get(self, path: str, **query) -> dict:
+        return self.request("GET", path, query={k: v for k, v in query.items() if v is not None} or None)
+
+
+def _json(raw: bytes) -> dict:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"error": raw.decode(errors="replace")[:500]}
+    return value if isinstance(value, dict) else {"error": str(value)}

@@ -1,0 +1,279 @@
+"""`lattice`: the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+# gRPC's fork handlers only print warnings when the agent starts Envoy and the app; we never
+# use gRPC in a child, so they are off (read by gRPC at import, hence before any import of it).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from lattice.cli import proxy_config  # noqa: E402
+from lattice.cli.client import ApiError, Client, server_url  # noqa: E402
+from lattice.cli.output import Format, emit, fail  # noqa: E402
+from lattice.server.config import lattice_home  # noqa: E402
+
+app = typer.Typer(
+    help="Lattice: a service mesh you install with pip. Istio's API, Envoy's data plane, no Kubernetes needed.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(proxy_config.app, name="proxy-config")
+
+ServerOpt = typer.Option(None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json).")
+OutputOpt = typer.Option(Format.table, "-o", "--output", help="Output format.")
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def client(server: str | None) -> Client:
+    try:
+        return Client(server_url(server))
+    except ApiError as e:
+        fail(str(e))
+
+
+def call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as e:
+        fail(str(e))
+
+
+@app.command()
+def server(
+    home: Optional[Path] = typer.Option(None, "--home", help="State directory (default $LATTICE_HOME or ~/.lattice)."),
+    db: Optional[Path] = typer.Option(None, "--db", help="SQLite file (default <home>/lattice.db)."),
+    api_host: str = typer.Option("127.0.0.1", help="REST API address; loopback unless you mean to expose it."),
+    api_port: int = typer.Option(15080, help="REST API port (0: pick a free one)."),
+    xds_host: str = typer.Option("127.0.0.1", help="xDS gRPC address (0.0.0.0 for agents on other hosts)."),
+    xds_port: int = typer.Option(15010, help="xDS gRPC port (0: pick a free one)."),
+    debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
+    heartbeat_timeout: float = typer.Option(15.0, help="Seconds without a heartbeat before a workload is dropped."),
+    log_level: str = typer.Option("info", help="debug, info, warning, error."),
+) -> None:
+    """Run the control plane: config store, registry, xDS server and REST API."""
+    from lattice.server.config import ServerConfig
+    from lattice.server.main import run_server
+
+    _logging(log_level)
+    home = home or lattice_home()
+    config = ServerConfig(home=home, db=db or home / "lattice.db", api_host=api_host, api_port=api_port, xds_host=xds_host, xds_port=xds_port, debounce=debounce, heartbeat_timeout=heartbeat_timeout)
+    try:
+        asyncio.run(run_server(config))
+    except Exception as e:  # StoreError and friends: say what and where, no traceback
+        fail(str(e))
+
+
+def _run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, command, log_level):
+    from lattice.agent.sidecar import RunOptions
+
+    labels = {}
+    for item in label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--label {item!r} must be KEY=VALUE")
+        labels[key] = value
+    api = server_url(server) if server else call(server_url)
+    health = call(Client(api).get, "/api/v1/health")
+    xds = health.get("xds", "")
+    host = api.split("://", 1)[-1].rsplit(":", 1)[0]
+    if xds.startswith(("0.0.0.0:", "[::]:")):
+        xds = f"{host}:{xds.rsplit(':', 1)[1]}"
+    return RunOptions(service=service, port=port, api=api, xds=xds, command=command, version=version, namespace=namespace, service_account=service_account, labels=labels, name=name, address=address, app_port=app_port, protocol=protocol, envoy_log_level=log_level)
+
+
+_RUN_HELP = """Run COMMAND as a workload of SERVICE, under its own sidecar.
+
+The app gets PORT (listen there on 127.0.0.1) and HTTP_PROXY (the sidecar) in its environment and
+starts once the sidecar holds its config. `lattice run` exits with the app's exit code.
+
+  lattice run --service reviews --version v1 --port 9080 -- python reviews.py
+"""
+
+
+@app.command(help=_RUN_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    service: str = typer.Option(..., help="Service name (Kubernetes-style: lowercase, digits, '-')."),
+    port: int = typer.Option(9080, help="Service port other workloads call."),
+    version: str = typer.Option("v1", help="Version label (DestinationRule subsets select on it)."),
+    namespace: str = typer.Option("default", "-n", "--namespace"),
+    service_account: Optional[str] = typer.Option(None, help="Identity (default: the service name)."),
+    label: list[str] = typer.Option([], "--label", "-l", help="Extra label KEY=VALUE (repeatable)."),
+    name: Optional[str] = typer.Option(None, help="Workload name (default <service>-<version>)."),
+    address: Optional[str] = typer.Option(None, help="Address other hosts reach this workload on (default: a loopback of its own)."),
+    app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
+    protocol: str = typer.Option("http", help="http, http2, grpc or tcp."),
+    server: Optional[str] = ServerOpt,
+    log_level: str = typer.Option("warning", help="Agent and Envoy log level."),
+) -> None:
+    command = list(ctx.args)
+    if not command:
+        fail("give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice agent` runs a sidecar alone")
+    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, command, log_level), log_level))
+
+
+@app.command()
+def agent(
+    service: str = typer.Option(..., help="Service name."),
+    port: int = typer.Option(9080, help="Service port other workloads call."),
+    version: str = typer.Option("v1"),
+    namespace: str = typer.Option("default", "-n", "--namespace"),
+    service_account: Optional[str] = typer.Option(None),
+    label: list[str] = typer.Option([], "--label", "-l"),
+    name: Optional[str] = typer.Option(None),
+    address: Optional[str] = typer.Option(None),
+    app_port: int = typer.Option(..., help="Port the (separately started) app listens on, on 127.0.0.1."),
+    protocol: str = typer.Option("http"),
+    server: Optional[str] = ServerOpt,
+    log_level: str = typer.Option("warning"),
+) -> None:
+    """Run a sidecar alone, for an app you start yourself on 127.0.0.1:APP_PORT."""
+    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, [], log_level), log_level))
+
+
+def _sidecar(options, log_level: str) -> int:
+    from lattice.agent.sidecar import run_sidecar
+
+    _logging("info" if log_level in ("debug", "info") else "warning")
+    try:
+        return asyncio.run(run_sidecar(options))
+    except (RuntimeError, OSError) as e:
+        fail(str(e))
+
+
+def _read(path: str) -> tuple[str, str]:
+    if path == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        return Path(path).read_text(), path
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror}")
+
+
+def _documents(files: list[str]) -> list[tuple[str, str]]:
+    if not files:
+        fail("give a file with -f FILE (or -f - for standard input)")
+    out = []
+    for f in files:
+        p = Path(f)
+        paths = sorted(str(x) for x in p.iterdir() if x.suffix in (".yaml", ".yml", ".json")) if f != "-" and p.is_dir() else [f]
+        out.extend(_read(x) for x in paths)
+    return out
+
+
+def _explain(e: ApiError) -> str:
+    details = e.body.get("details")
+    return str(e) if not details else f"{details['source']}: invalid resource\n" + "\n".join(f"  - {x['path']}: {x['message']}" for x in details["errors"])
+
+
+@app.command()
+def apply(files: list[str] = typer.Option([], "-f", "--filename", help="YAML file, directory, or - for stdin (repeatable)."), server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
+    """Create or update resources from Istio YAML (VirtualService, DestinationRule...)."""
+    c = client(server)
+    results = []
+    for text, source in _documents(files):
+        try:
+            results += c.request("POST", "/api/v1/apply", text.encode(), {"source": source})["results"]
+        except ApiError as e:
+            fail(_explain(e) + ("\nnothing from this file was applied" if e.status == 400 else ""))
+    _print_results(results, output)
+
+
+@app.command()
+def delete(
+    kind: Optional[str] = typer.Argument(None, help="Resource type, e.g. virtualservices (or use -f)."),
+    name: Optional[str] = typer.Argument(None),
+    files: list[str] = typer.Option([], "-f", "--filename", help="Delete what these files define."),
+    namespace: str = typer.Option("default", "-n", "--namespace"),
+    server: Optional[str] = ServerOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """Delete resources named in files, or one resource by type and name."""
+    c = client(server)
+    if files:
+        results = []
+        for text, source in _documents(files):
+            try:
+                results += c.request("POST", "/api/v1/delete", text.encode(), {"source": source})["results"]
+            except ApiError as e:
+                fail(_explain(e))
+        return _print_results(results, output)
+    if not (kind and name):
+        fail("give -f FILE, or a type and a name: `lattice delete virtualservice reviews`")
+    _print_results(call(c.request, "DELETE", f"/api/v1/resources/{kind}/{namespace}/{name}")["results"], output)
+
+
+def _print_results(results: list[dict], output: Format) -> None:
+    if output is not Format.table:
+        return emit({"results": results}, output, [], [])
+    for r in results:
+        typer.echo(f"{r['kind'].lower()}.{r['namespace']}/{r['name']} {r['action']}")
+
+
+@app.command()
+def get(
+    kind: str = typer.Argument(..., help="virtualservices (vs), destinationrules (dr)"),
+    name: Optional[str] = typer.Argument(None),
+    namespace: Optional[str] = typer.Option(None, "-n", "--namespace", help="Only this namespace (default: all)."),
+    server: Optional[str] = ServerOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """List resources, or show one."""
+    c = client(server)
+    if name:
+        item = call(c.get, f"/api/v1/resources/{kind}/{namespace or 'default'}/{name}")
+        items = [item]
+        data = item
+    else:
+        items = call(c.get, f"/api/v1/resources/{kind}", namespace=namespace)["items"]
+        data = {"apiVersion": "v1", "kind": "List", "items": items}
+    rows = [[i["metadata"]["namespace"], i["metadata"]["name"], i["apiVersion"], i["metadata"]["resourceVersion"], i["metadata"]["creationTimestamp"]] for i in items]
+    emit(data, output, ["NAMESPACE", "NAME", "API VERSION", "REVISION", "CREATED"], rows)
+
+
+@app.command()
+def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
+    """Proxies, their services, and whether each holds the config it was sent (like istioctl proxy-status)."""
+    data = call(client(server).get, "/api/v1/status")
+    rows = []
+    for p in data["proxies"]:
+        sync = [p["types"][t]["state"] for t in ("Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration")]
+        rows.append([p["id"], p["service"], p["version"], f"{p['address']}:{p['port']}", "yes" if p["healthy"] else "NO", "yes" if p["connected"] else "NO", *sync])
+    emit(data, output, ["PROXY", "SERVICE", "VERSION", "ADDRESS", "HEALTHY", "CONNECTED", "CDS", "EDS", "LDS", "RDS"], rows)
+    if output is Format.table:
+        s = data["server"]
+        typer.echo(f"\nconfig revision {s['revision']}, snapshot {s['snapshot']}, last push {s['last_push_ms']} ms")
+        for p in data["proxies"]:
+            for t, v in p["types"].items():
+                if v["error"]:
+                    typer.echo(f"NACK {p['id']} {t}: {v['error']}")
+        for c in data["conflicts"]:
+            typer.echo(f"conflict: {c}")
+
+
+@app.command()
+def demo(
+    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
+    check: bool = typer.Option(False, "--check", help="Exit non-zero unless every service answered through the mesh."),
+    rate: float = typer.Option(10.0, help="Requests per second the demo client sends to productpage."),
+) -> None:
+    """Start a control plane and a Bookinfo-shaped app, each service under its own sidecar."""
+    from lattice.demo.run import run_demo
+
+    raise typer.Exit(asyncio.run(run_demo(duration=duration, check=check, rate=rate)))
+
+
+if __name__ == "__main__":
+    app()

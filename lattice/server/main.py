@@ -1,0 +1,112 @@
+"""`lattice server`: the control plane's process lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+
+import grpc
+from aiohttp import web
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from lattice.registry import Registry
+from lattice.server.config import ServerConfig, write_discovery
+from lattice.server.pusher import Pusher
+from lattice.server.rest import RestApi
+from lattice.store import Store
+from lattice.xds import SnapshotCache, StatusBoard
+from lattice.xds.server import AdsServer
+
+log = logging.getLogger("lattice.server")
+MAX_XDS_MESSAGE = 16 << 20
+
+
+class ControlPlane:
+    """Everything the server holds, built in data-flow order: store → registry → pusher → xDS."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        config.home.mkdir(parents=True, exist_ok=True)
+        self.store = Store(config.db)
+        self.cache = SnapshotCache()
+        self.board = StatusBoard()
+        self.registry = Registry(self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request())
+        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce)
+        self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect)
+        self.rest = RestApi(self.store, self.registry, self.pusher, self.board, self.ads.connected_nodes)
+
+    async def _on_connect(self, node_id: str) -> None:
+        if self.cache.get(node_id) is None and self.registry.get(node_id) is not None:
+            self.pusher.push()
+
+    async def _on_disconnect(self, node_id: str) -> None:
+        log.info("proxy %s disconnected", node_id)
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        grpc_server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_XDS_MESSAGE), ("grpc.max_receive_message_length", MAX_XDS_MESSAGE)])
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, grpc_server)
+        try:
+            xds_port = grpc_server.add_insecure_port(f"{self.config.xds_host}:{self.config.xds_port}")
+        except RuntimeError:
+            xds_port = 0
+        if not xds_port:
+            raise SystemExit(f"cannot listen on {self.config.xds_host}:{self.config.xds_port} for xDS; pass --xds-port 0 for a free port")
+        runner = web.AppRunner(self.rest.app(), access_log=None)
+        await runner.setup()
+        api_socket = _listen(self.config.api_host, self.config.api_port)
+        site = web.SockSite(runner, api_socket)
+        await grpc_server.start()
+        await site.start()
+        api_port = api_socket.getsockname()[1]
+        self.rest.xds_address = f"{self.config.xds_host}:{xds_port}"
+        write_discovery(self.config.discovery_file, f"http://{self.config.api_host}:{api_port}", f"{self.config.xds_host}:{xds_port}")
+        log.info("control plane up: REST http://%s:%d, xDS %s:%d, state %s", self.config.api_host, api_port, self.config.xds_host, xds_port, self.config.db)
+        self.pusher.push()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self.pusher.run(), name="pusher")
+                tasks.create_task(self.pusher.watch_store(), name="store-watch")
+                tasks.create_task(self._expire_loop(), name="registry-expiry")
+                if ready is not None:
+                    ready.set()
+        finally:
+            # Reverse order of start: stop taking requests, then stop streaming config, then state.
+            self.config.discovery_file.unlink(missing_ok=True)
+            await runner.cleanup()
+            await grpc_server.stop(grace=1.0)
+            self.store.close()
+
+    async def _expire_loop(self) -> None:
+        interval = max(0.2, self.config.heartbeat_timeout / 5)
+        while True:
+            await asyncio.sleep(interval)
+            for workload_id in self.registry.expire():
+                log.warning("workload %s missed its heartbeats; dropped", workload_id)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port} for the REST API: {e.strerror}; pass --api-port 0 for a free port") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def run_server(config: ServerConfig) -> None:
+    plane = ControlPlane(config)
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        await plane.serve()
+    except asyncio.CancelledError:
+        log.info("control plane stopped")

@@ -1,0 +1,178 @@
+"""The REST API: one API for the CLI, the agents and (later) the dashboard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import aiohttp
+import pydantic
+from aiohttp import web
+
+from lattice.api import UnknownKindError, ValidationError, kind_for, parse_documents
+from lattice.api.registration import Registration
+from lattice.registry import Registry
+from lattice.server.pusher import Pusher
+from lattice.store import Store, StoredResource, StoreError
+from lattice.translate import TYPE_ORDER
+from lattice.xds import StatusBoard
+
+log = logging.getLogger("lattice.api")
+MAX_BODY = 8 << 20
+
+
+class RestApi:
+    def __init__(self, store: Store, registry: Registry, pusher: Pusher, board: StatusBoard, connected) -> None:
+        self.store, self.registry, self.pusher, self.board = store, registry, pusher, board
+        self._connected = connected  # () -> list of node ids with an open ADS stream
+        self.started = time.time()
+        self.xds_address = ""  # set once the gRPC port is bound; agents learn it from /health
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
+        r = app.router
+        r.add_get("/api/v1/health", self.health)
+        r.add_post("/api/v1/apply", self.apply)
+        r.add_post("/api/v1/delete", self.delete_documents)
+        r.add_get("/api/v1/resources/{kind}", self.list_resources)
+        r.add_get("/api/v1/resources/{kind}/{namespace}/{name}", self.get_resource)
+        r.add_delete("/api/v1/resources/{kind}/{namespace}/{name}", self.delete_resource)
+        r.add_get("/api/v1/workloads", self.list_workloads)
+        r.add_put("/api/v1/workloads/{id}", self.register)
+        r.add_post("/api/v1/workloads/{id}/heartbeat", self.heartbeat)
+        r.add_delete("/api/v1/workloads/{id}", self.deregister)
+        r.add_get("/api/v1/status", self.status)
+        r.add_get("/api/v1/proxies/{id}/config_dump", self.config_dump)
+        return app
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "revision": self.store.revision, "xds": self.xds_address})
+
+    async def apply(self, request: web.Request) -> web.Response:
+        resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
+        items = [(r.kind, r.namespace, r.name, r.api_version, r.metadata_dict(), r.spec_dict()) for r in resources]
+        results = self.store.apply(items)
+        return web.json_response({"results": [_result(x.resource, x.action) for x in results], "revision": self.store.revision})
+
+    async def delete_documents(self, request: web.Request) -> web.Response:
+        resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
+        deleted = {(r.kind, r.namespace, r.name) for r in self.store.delete([r.key for r in resources])}
+        results = [{"kind": k, "namespace": ns, "name": n, "action": "deleted" if (k, ns, n) in deleted else "not found"} for k, ns, n in (r.key for r in resources)]
+        return web.json_response({"results": results, "revision": self.store.revision})
+
+    async def list_resources(self, request: web.Request) -> web.Response:
+        info = kind_for(request.match_info["kind"])
+        items = self.store.list(info.kind, request.query.get("namespace") or None)
+        return web.json_response({"items": [_object(r) for r in items]})
+
+    async def get_resource(self, request: web.Request) -> web.Response:
+        info, ns, name = kind_for(request.match_info["kind"]), request.match_info["namespace"], request.match_info["name"]
+        found = self.store.get(info.kind, ns, name)
+        if found is None:
+            raise web.HTTPNotFound(text=json.dumps({"error": f"{info.kind} {ns}/{name} not found"}), content_type="application/json")
+        return web.json_response(_object(found))
+
+    async def delete_resource(self, request: web.Request) -> web.Response:
+        info, ns, name = kind_for(request.match_info["kind"]), request.match_info["namespace"], request.match_info["name"]
+        deleted = self.store.delete([(info.kind, ns, name)])
+        if not deleted:
+            raise web.HTTPNotFound(text=json.dumps({"error": f"{info.kind} {ns}/{name} not found"}), content_type="application/json")
+        return web.json_response({"results": [{"kind": info.kind, "namespace": ns, "name": name, "action": "deleted"}]})
+
+    async def list_workloads(self, request: web.Request) -> web.Response:
+        return web.json_response({"items": [self._workload(w) for w in self.registry.workloads()]})
+
+    async def register(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        registration = Registration.model_validate(body | {"id": request.match_info["id"]})
+        workload = self.registry.register(registration)
+        return web.json_response(self._workload(workload))
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if not self.registry.heartbeat(request.match_info["id"], bool(body.get("healthy"))):
+            raise web.HTTPNotFound(text=json.dumps({"error": "unknown workload; register again"}), content_type="application/json")
+        return web.json_response({"ok": True})
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        return web.json_response({"deregistered": self.registry.deregister(request.match_info["id"])})
+
+    async def status(self, request: web.Request) -> web.Response:
+        snapshot = self.pusher.snapshot
+        proxies = [self._proxy_status(w) for w in self.registry.workloads()]
+        return web.json_response(
+            {
+                "server": {"revision": self.store.revision, "snapshot": snapshot.version, "uptime_seconds": round(time.time() - self.started, 1), "last_push_ms": round(self.pusher.last_push_seconds * 1000, 2)},
+                "proxies": proxies,
+                "conflicts": snapshot.conflicts(),
+            }
+        )
+
+    async def config_dump(self, request: web.Request) -> web.Response:
+        workload = self._find(request.match_info["id"])
+        url = f"http://{_host(workload.address)}:{workload.agent_port}/config_dump"
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                async with session.get(url, params=request.query) as response:
+                    return web.Response(body=await response.read(), status=response.status, content_type="application/json")
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise web.HTTPBadGateway(text=json.dumps({"error": f"cannot reach the agent of {workload.id} at {url}: {e}"}), content_type="application/json")
+
+    def _find(self, ref: str):
+        """A workload by proxy id, or by workload name if that names exactly one."""
+        exact = self.registry.get(ref)
+        if exact is not None:
+            return exact
+        matches = [w for w in self.registry.workloads() if ref in (w.name, w.id.split(".")[0], f"{w.name}.{w.namespace}")]
+        if len(matches) == 1:
+            return matches[0]
+        detail = f"{ref!r} matches {len(matches)} workloads: {', '.join(w.id for w in matches)}" if matches else f"no workload {ref!r}; see `lattice status`"
+        raise web.HTTPNotFound(text=json.dumps({"error": detail}), content_type="application/json")
+
+    def _workload(self, w) -> dict:
+        return {
+            "id": w.id, "name": w.name, "namespace": w.namespace, "service": w.service, "version": w.version,
+            "service_account": w.service_account, "labels": dict(w.labels), "address": w.address, "port": w.port,
+            "app_port": w.app_port, "protocol": w.protocol, "healthy": w.healthy, "agent_port": w.agent_port,
+            "outbound_port": w.outbound_port, "last_seen_seconds": round(self.registry.last_seen_age(w.id) or 0, 1),
+        }
+
+    def _proxy_status(self, w) -> dict:
+        status = self.board.get(w.id)
+        types = {}
+        for type_url in TYPE_ORDER:
+            t = status.types.get(type_url) if status else None
+            types[type_url.rsplit(".", 1)[-1]] = {"state": t.state if t else "NOT SENT", "sent": t.sent_version if t else "", "acked": t.acked_version if t else "", "error": t.nack if t else ""}
+        return self._workload(w) | {"connected": w.id in self._connected(), "xds": status.protocol if status else "", "pushes": status.pushes if status else 0, "types": types}
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def _result(r: StoredResource, action: str) -> dict:
+    return {"kind": r.kind, "namespace": r.namespace, "name": r.name, "action": action, "revision": r.revision}
+
+
+def _object(r: StoredResource) -> dict:
+    metadata = dict(r.metadata) | {"name": r.name, "namespace": r.namespace, "resourceVersion": str(r.revision), "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created_at))}
+    return {"apiVersion": r.api_version, "kind": r.kind, "metadata": metadata, "spec": r.spec}
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ValidationError as e:
+        return web.json_response({"error": str(e), "details": e.to_dict()}, status=400)
+    except pydantic.ValidationError as e:
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        return web.json_response({"error": "invalid request: " + "; ".join(problems)}, status=400)
+    except UnknownKindError as e:
+        return web.json_response({"error": str(e)}, status=404)
+    except StoreError as e:  # nothing was written: the store applies all or nothing
+        log.error("store: %s", e)
+        return web.json_response({"error": str(e)}, status=422)
+    except json.JSONDecodeError as e:
+        return web.json_response({"error": f"request body is not JSON: {e}"}, status=400)
