@@ -1,0 +1,219 @@
+"""Real processes for integration tests: a control plane and workloads under real sidecars.
+
+Everything listens on ports the OS picks (control plane) or on loopback addresses of the
+workload's own (sidecars); every process is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+LATTICE = str(BIN / "lattice")
+ENV_BASE = os.environ | {"GRPC_ENABLE_FORK_SUPPORT": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except Exception as e:  # noqa: BLE001 - retried until the deadline, then reported
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, proxy: str | None = None, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    handlers = [urllib.request.ProxyHandler({"http": proxy} if proxy else {})]
+    opener = urllib.request.build_opener(*handlers)
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+class ControlPlane:
+    def __init__(self, home: Path, *extra: str) -> None:
+        self.home = home
+        self.extra = extra
+        self.api = self.xds = ""
+        self.process: subprocess.Popen | None = None
+        self.log = home / "server.log"
+
+    def start(self, api_port: int = 0, xds_port: int = 0) -> ControlPlane:
+        self.home.mkdir(parents=True, exist_ok=True)
+        args = [LATTICE, "server", "--home", str(self.home), "--api-port", str(api_port), "--xds-port", str(xds_port), "--debounce", "0.05", *self.extra]
+        self.process = subprocess.Popen(args, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        info = wait_for(self._discovery, 20, what=f"control plane to start (log {self.log})")
+        self.api, self.xds = info["api"], info["xds"]
+        return self
+
+    def _discovery(self):
+        if self.process.poll() is not None:
+            raise AssertionError(f"lattice server exited with {self.process.returncode}:\n{self.log.read_text()}")
+        path = self.home / "server.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @property
+    def env(self) -> dict:
+        return ENV_BASE | {"LATTICE_HOME": str(self.home)}
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return int(self.api.rsplit(":", 1)[1]), int(self.xds.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([LATTICE, *args], env=self.env, input=input, capture_output=True, text=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"lattice {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def apply(self, yaml_text: str) -> subprocess.CompletedProcess:
+        return self.cli("apply", "-f", "-", input=yaml_text)
+
+    def get(self, path: str) -> dict:
+        status, _, body = http("GET", f"{self.api}{path}")
+        assert status == 200, (status, body)
+        return json.loads(body)
+
+    def status(self) -> dict:
+        return self.get("/api/v1/status")
+
+    def proxy(self, proxy_id: str) -> dict | None:
+        return next((p for p in self.status()["proxies"] if p["id"] == proxy_id), None)
+
+    def all_synced(self, ids: list[str] | None = None) -> bool:
+        proxies = [p for p in self.status()["proxies"] if ids is None or p["id"] in ids]
+        return bool(proxies) and all(p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values()) for p in proxies)
+
+
+class Workload:
+    """`lattice run --service S --version V -- python -m lattice.demo.apps.<app>` as a user runs it."""
+
+    def __init__(self, plane: ControlPlane, service: str, version: str = "v1", app: str | None = None, command: list[str] | None = None, extra: tuple[str, ...] = ()) -> None:
+        self.plane = plane
+        self.service, self.version = service, version
+        self.command = command or [sys.executable, "-m", f"lattice.demo.apps.{app or service}"]
+        self.extra = extra
+        self.log = plane.home / f"{service}-{version}-{time.monotonic_ns()}.log"
+        self.process: subprocess.Popen | None = None
+        self.info: dict = {}
+
+    def start(self, wait: bool = True) -> Workload:
+        """Start `lattice run`; with `wait`, return once healthy and synced (see `wait_ready`)."""
+        args = [LATTICE, "run", "--service", self.service, "--version", self.version, "--log-level", "info", *self.extra, "--", *self.command]
+        env = self.plane.env | {"SERVICE_VERSION": self.version}
+        self.process = subprocess.Popen(args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        return self.wait_ready() if wait else self
+
+    def wait_ready(self) -> Workload:
+        self.info = wait_for(self._ready, 30, what=f"{self.service}-{self.version} to be healthy and synced (log {self.log})")
+        return self
+
+    def _ready(self):
+        if self.process.poll() is not None:
+            raise AssertionError(f"lattice run exited with {self.process.returncode}:\n{self.log.read_text()}")
+        mine = [p for p in self.plane.status()["proxies"] if p["name"] == f"{self.service}-{self.version}" and p["id"] not in _claimed]
+        for p in mine:
+            if p["healthy"] and p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values()):
+                _claimed.add(p["id"])
+                return p
+        return None
+
+    @property
+    def id(self) -> str:
+        return self.info["id"]
+
+    @property
+    def address(self) -> str:
+        return self.info["address"]
+
+    @property
+    def outbound(self) -> str:
+        return f"http://{self.address}:15001"
+
+    def call(self, url: str, headers: dict | None = None, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+        """A request as this workload's app makes it: through its sidecar's outbound proxy."""
+        return http("GET", url, headers=headers, proxy=self.outbound, timeout=timeout)
+
+    def stop(self) -> int:
+        return stop(self.process) if self.process else 0
+
+
+_claimed: set[str] = set()
+
+
+def served_by(workload: Workload, url: str, n: int, headers: dict | None = None) -> dict[str, int]:
+    """How many of n requests each backend answered (by its `x-served-by` header)."""
+    counts: dict[str, int] = {}
+    for _ in range(n):
+        status, h, _ = workload.call(url, headers)
+        key = h.get("x-served-by", f"status {status}") if status == 200 else f"status {status}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def start_all(plane: ControlPlane, specs: list[tuple[str, str]]) -> list[Workload]:
+    """Start several workloads at once and wait for all: startup costs one sidecar, not n."""
+    started = [Workload(plane, service, version).start(wait=False) for service, version in specs]
+    return [w.wait_ready() for w in started]
+
+
+def reset_config(plane: ControlPlane) -> None:
+    """Delete every VirtualService and DestinationRule and wait until all proxies hold that."""
+    for kind in ("virtualservices", "destinationrules"):
+        for item in plane.get(f"/api/v1/resources/{kind}")["items"]:
+            http("DELETE", f"{plane.api}/api/v1/resources/{kind}/{item['metadata']['namespace']}/{item['metadata']['name']}")
+    wait_for(plane.all_synced, 10, what="proxies to sync after reset")
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the direct children of `pid`, read from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            out.append((int(entry.name), cmdline))
+    return out
+
+
+def child_pid(workload: Workload, needle: str) -> int:
+    found = [pid for pid, cmd in children(workload.process.pid) if needle in cmd]
+    assert len(found) == 1, f"expected one child matching {needle!r} under {workload.process.pid}: {children(workload.process.pid)}"
+    return found[0]

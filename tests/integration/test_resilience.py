@@ -1,0 +1,105 @@
+"""Failure rules from DESIGN.md, observed from outside with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import ControlPlane, child_pid, http, served_by, start_all, wait_for
+
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).parent.parent / "data" / "bookinfo"
+REVIEWS = "http://reviews:9080/reviews/0"
+BAD_REGEX = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {regex: "/(?!admin).*"}}]   # Python accepts lookahead; Envoy's RE2 does not
+    route: [{destination: {host: reviews, subset: v1}}]
+"""
+
+
+@pytest.fixture
+def started(plane):
+    ws = []
+    yield ws
+    for w in reversed(ws):
+        w.stop()
+
+
+def _mesh(plane, started):
+    ws = start_all(plane, [("productpage", "v1"), ("reviews", "v1"), ("reviews", "v3")])
+    started.extend(ws)
+    plane.apply((DATA / "destination-rule-all.yaml").read_text())
+    plane.apply((DATA / "virtual-service-reviews-v3.yaml").read_text())
+    wait_for(lambda: served_by(ws[0], REVIEWS, 3) == {"reviews-v3": 3}, 5, what="routing to v3")
+    return ws
+
+
+def test_invalid_push_is_nacked_and_old_routes_keep_serving(plane, started):
+    client, *_ = _mesh(plane, started)
+    plane.apply(BAD_REGEX)  # valid to our schema, refused by Envoy
+    nacked = wait_for(lambda: plane.proxy(client.id)["types"]["RouteConfiguration"]["state"] == "NACKED" and plane.proxy(client.id), 5, what="the NACK to show")
+    assert "invalid perl operator" in nacked["types"]["RouteConfiguration"]["error"]
+    assert served_by(client, REVIEWS, 20) == {"reviews-v3": 20}  # still the last good routes
+    out = plane.cli("status").stdout
+    assert "NACK" in out and "invalid perl operator" in out
+    plane.apply((DATA / "virtual-service-reviews-v3.yaml").read_text().replace("v3", "v1"))
+    wait_for(lambda: plane.all_synced(), 5, what="a good push to clear the NACK")
+    wait_for(lambda: served_by(client, REVIEWS, 3) == {"reviews-v1": 3}, 5, what="routing to v1")
+
+
+def test_control_plane_restart_keeps_config_and_proxies_resync(plane, started):
+    client, *_ = _mesh(plane, started)
+    api_port, xds_port = plane.ports
+    plane.stop()
+    assert served_by(client, REVIEWS, 20) == {"reviews-v3": 20}  # data plane runs on without it
+    plane.start(api_port, xds_port)
+    wait_for(lambda: plane.all_synced(), 15, what="every proxy to reconnect and resync")
+    assert [i["metadata"]["name"] for i in plane.get("/api/v1/resources/virtualservices")["items"]] == ["reviews"]
+    assert served_by(client, REVIEWS, 10) == {"reviews-v3": 10}
+    plane.apply((DATA / "virtual-service-reviews-v3.yaml").read_text().replace("v3", "v1"))
+    wait_for(lambda: served_by(client, REVIEWS, 3) == {"reviews-v1": 3}, 5, what="a change after the restart to reach traffic")
+
+
+def test_envoy_killed_while_control_plane_is_down_comes_back_with_last_config(plane, started):
+    client, *_ = _mesh(plane, started)
+    plane.stop()
+    envoy = child_pid(client, "envoy")
+    os.kill(envoy, signal.SIGKILL)
+    wait_for(lambda: child_pid(client, "envoy") != envoy, 10, what="the agent to restart Envoy")
+    # The new Envoy got its config from the agent's relay cache: routes still say v3.
+    wait_for(lambda: served_by(client, REVIEWS, 3) == {"reviews-v3": 3}, 10, what="the restarted Envoy to serve")
+    assert served_by(client, REVIEWS, 20) == {"reviews-v3": 20}
+
+
+def test_killed_app_stops_receiving_traffic(plane, started):
+    client, v1, v3 = start_all(plane, [("productpage", "v1"), ("reviews", "v1"), ("reviews", "v3")])
+    started.extend([client, v1, v3])
+    assert set(served_by(client, REVIEWS, 10)) == {"reviews-v1", "reviews-v3"}
+    os.kill(child_pid(v3, "lattice.demo.apps"), signal.SIGKILL)
+    assert v3.process.wait(10) == 128 + signal.SIGKILL  # `lattice run` exits with the app's status
+    wait_for(lambda: v3.id not in [p["id"] for p in plane.status()["proxies"]], 5, what="v3 to deregister")
+    assert served_by(client, REVIEWS, 20) == {"reviews-v1": 20}
+
+
+def test_workload_that_stops_heartbeating_is_dropped(tmp_path):
+    plane = ControlPlane(tmp_path / "home", "--heartbeat-timeout", "1").start()
+    try:
+        record = {"name": "ghost-v1", "service": "ghost", "service_account": "ghost", "address": "127.0.0.77", "port": 9080, "app_port": 9, "outbound_port": 15001, "agent_port": 15020, "healthy": True}
+        status, _, body = http("PUT", f"{plane.api}/api/v1/workloads/ghost-v1-abc.default", json.dumps(record).encode(), {"Content-Type": "application/json"})
+        assert status == 200, body
+        assert [p["id"] for p in plane.status()["proxies"]] == ["ghost-v1-abc.default"]
+        started = time.monotonic()
+        wait_for(lambda: plane.status()["proxies"] == [], 5, what="the silent workload to expire")
+        assert time.monotonic() - started >= 0.5
+    finally:
+        plane.stop()
