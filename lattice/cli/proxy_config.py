@@ -23,8 +23,8 @@ def _dump(workload: str, server: str | None) -> dict:
         fail(str(e))
 
 
-def _section(dump: dict, suffix: str) -> dict:
-    return next((c for c in dump.get("configs", []) if c.get("@type", "").endswith(suffix)), {})
+def _section(dump: dict, name: str) -> dict:
+    return next((c for c in dump.get("configs", []) if c.get("@type", "").rsplit(".", 1)[-1] == name), {})
 
 
 def clusters_of(dump: dict) -> list[dict]:
@@ -39,7 +39,7 @@ def listeners_of(dump: dict) -> list[dict]:
 
 def routes_of(dump: dict) -> list[dict]:
     section = _section(dump, "RoutesConfigDump")
-    return [r["route_config"] for r in section.get("dynamic_route_configs", [])]
+    return [r["route_config"] for r in section.get("static_route_configs", []) + section.get("dynamic_route_configs", [])]
 
 
 def endpoints_of(dump: dict) -> list[dict]:

@@ -14,7 +14,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -114,14 +114,22 @@ class Demo:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.console.print(f"logs: {self.logs}", highlight=False)
         with Progress(self.console, "starting the control plane") as progress:
-            api = await self._start_server()
+            self.api = await self._start_server()
             server_up = self.elapsed()
-            specs = (*topology.bookinfo(), topology.loadgen(self.rate))
-            progress.update(f"starting {len(specs)} workloads, each under its own sidecar")
-            self.workloads = [await self._workload(spec, api).start() for spec in specs]
-            status = await wait_until_ready(api, [s.name for s in specs], lambda left: progress.update(_waiting(left)), self._check_alive)
-        self.api = api
+            apps = topology.bookinfo()
+            progress.update(f"starting {len(apps)} Bookinfo workloads, each under its own sidecar")
+            await self._start_workloads(apps, progress)
+            # Traffic only once every app listens: until then Envoy may send requests to the
+            # endpoints that are still starting, and the table would open with errors nobody caused.
+            progress.update("starting loadgen")
+            status = await self._start_workloads([topology.loadgen(self.rate)], progress)
         self._announce(status, server_up)
+
+    async def _start_workloads(self, specs: Sequence[topology.DemoWorkload], progress: Progress) -> dict:
+        """Start `specs` (all at once) and wait until they, and those started before, are ready."""
+        self.workloads += [await self._workload(spec, self.api).start() for spec in specs]
+        names = [child.name for child in self.workloads]
+        return await wait_until_ready(self.api, names, lambda left: progress.update(_waiting(left)), self._check_alive)
 
     async def _start_server(self) -> str:
         db = self.home / "demo.db"

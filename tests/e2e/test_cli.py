@@ -1,0 +1,84 @@
+"""The CLI driven exactly as README tells a user to."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import LATTICE, ENV_BASE, Workload, start_all, wait_for
+
+pytestmark = pytest.mark.slow
+DATA = Path(__file__).parent.parent / "data" / "bookinfo"
+
+FIRST_REQUEST = """
+import os, sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": os.environ["HTTP_PROXY"]}))
+with opener.open("http://reviews:9080/reviews/0", timeout=5) as r:
+    sys.exit(0 if r.status == 200 and r.headers["x-served-by"] == "reviews-v1" else 1)
+"""
+
+
+def test_app_exit_code_is_the_run_exit_code_and_nothing_is_left(plane):
+    w = Workload(plane, "batch", command=[sys.executable, "-c", "import sys; sys.exit(3)"]).start(wait=False)
+    assert w.process.wait(30) == 3
+    assert plane.status()["proxies"] == []
+
+
+def test_first_request_of_the_app_already_goes_through_the_mesh(plane, workloads):
+    workloads("reviews")
+    job = Workload(plane, "job", command=[sys.executable, "-c", FIRST_REQUEST]).start(wait=False)
+    assert job.process.wait(30) == 0, job.log.read_text()
+
+
+def test_invalid_apply_names_the_field_and_keeps_what_is_stored(plane):
+    plane.apply((DATA / "virtual-service-reviews-v3.yaml").read_text())
+    bad = (DATA / "virtual-service-reviews-80-20.yaml").read_text().replace("weight: 80", "weight: -5").replace("subset: v2", "subset: v2\n        colour: blue")
+    result = plane.cli("apply", "-f", "-", input=bad, check=False)
+    assert result.returncode == 1
+    assert "spec.http[0].route[0].weight" in result.stderr and "greater than or equal to 0" in result.stderr
+    assert "spec.http[0].route[1].destination.colour" in result.stderr
+    stored = json.loads(plane.cli("get", "vs", "reviews", "-o", "json").stdout)
+    assert stored["spec"]["http"][0]["route"][0]["destination"]["subset"] == "v3"
+
+
+def test_get_yaml_round_trips_through_apply(plane):
+    plane.apply((DATA / "destination-rule-all.yaml").read_text())
+    listed = plane.cli("get", "destinationrules", "-o", "yaml").stdout
+    assert [i["metadata"]["name"] for i in yaml.safe_load(listed)["items"]] == ["details", "productpage", "ratings", "reviews"]
+    again = plane.cli("apply", "-f", "-", input=listed).stdout
+    assert again.count("unchanged") == 4, again
+    table = plane.cli("get", "dr").stdout
+    assert "reviews" in table and "networking.istio.io/v1" in table
+
+
+def test_proxy_config_shows_what_envoy_holds(plane):
+    (reviews,) = start_all(plane, [("reviews", "v1")])
+    plane.apply((DATA / "destination-rule-all.yaml").read_text())
+    wanted = "outbound|9080|v3|reviews.default.svc.cluster.local"
+    names = wait_for(lambda: (n := [c["name"] for c in json.loads(plane.cli("proxy-config", "clusters", "reviews-v1", "-o", "json").stdout)]) and wanted in n and n, 10, what="subset clusters in Envoy")
+    assert "inbound|9080||" in names
+    table = plane.cli("proxy-config", "clusters", reviews.id).stdout
+    assert "reviews.default.svc.cluster.local" in table and "v3" in table
+    endpoints = plane.cli("proxy-config", "endpoints", "reviews-v1").stdout
+    assert f"{reviews.address}:9080" in endpoints and "HEALTHY" in endpoints
+    assert "outbound_http" in plane.cli("proxy-config", "listeners", "reviews-v1").stdout
+    assert "reviews.default.svc.cluster.local:9080" in plane.cli("proxy-config", "routes", "reviews-v1").stdout
+
+
+def test_commands_without_a_server_say_what_to_do(tmp_path):
+    result = subprocess.run([LATTICE, "status"], env=ENV_BASE | {"LATTICE_HOME": str(tmp_path)}, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "no control plane is running" in result.stderr and "lattice server" in result.stderr
+
+
+def test_status_json_and_yaml(plane, workloads):
+    w = workloads("ratings")
+    as_json = json.loads(plane.cli("status", "-o", "json").stdout)
+    as_yaml = yaml.safe_load(plane.cli("status", "-o", "yaml").stdout)
+    assert [p["id"] for p in as_json["proxies"]] == [p["id"] for p in as_yaml["proxies"]] == [w.id]
+    assert "SYNCED" in plane.cli("status").stdout
