@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", help="Rewrite translator golden files from current output.")
+
 from harness import ControlPlane, Workload, reset_config, start_all
 
 

@@ -1,1 +1,0 @@
-"""placeholder docstring; replaced below."""

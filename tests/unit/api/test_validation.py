@@ -1,0 +1,90 @@
+"""Resource validation: every Bookinfo routing file parses; bad input names its field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lattice.api import UnknownKindError, ValidationError, kind_for, parse_documents
+from lattice.api.durations import parse_duration
+
+DATA = Path(__file__).parents[2] / "data" / "bookinfo"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.yaml")))
+def test_bookinfo_routing_files_parse(name):
+    resources = parse_documents((DATA / name).read_text(), name)
+    assert resources and all(r.namespace == "default" for r in resources)
+
+
+def test_all_three_istio_versions_are_accepted():
+    for version in ("v1alpha3", "v1beta1", "v1"):
+        (r,) = parse_documents(f"apiVersion: networking.istio.io/{version}\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: {{host: r}}\n")
+        assert r.api_version == f"networking.istio.io/{version}"
+
+
+def _errors(text: str) -> list[str]:
+    with pytest.raises(ValidationError) as e:
+        parse_documents(text, "f.yaml")
+    return [str(x) for x in e.value.errors]
+
+
+VS = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n"
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("  hosts: []\n", "spec.hosts: List should have at least 1 item"),
+        ("  hosts: [r]\n  http: [{route: [{destination: {host: r}, weight: -1}]}]\n", "spec.http[0].route[0].weight: Input should be greater than or equal to 0"),
+        ("  hosts: [r]\n  http: [{route: [{destination: {host: r}}], timeout: soon}]\n", "spec.http[0].timeout: 'soon' is not a duration"),
+        ("  hosts: [r]\n  http: [{match: [{uri: {exact: /a, prefix: /b}}], route: [{destination: {host: r}}]}]\n", "spec.http[0].match[0].uri: set exactly one of exact, prefix or regex (got exact, prefix)"),
+        ("  hosts: [r]\n  http: [{match: [{uri: {regex: '('}}], route: [{destination: {host: r}}]}]\n", "does not compile"),
+        ("  hosts: [r]\n  http: [{route: [{destination: {host: r}}], mirror: {host: x}}]\n", "spec.http[0].mirror: unknown field, or one Lattice does not support yet"),
+        ("  hosts: [r]\n  gateways: [bookinfo-gateway]\n", "spec.gateways: binding to gateways ['bookinfo-gateway'] is not supported yet"),
+        ("  hosts: [r]\n  http: [{route: [{destination: {host: r, subset: a}}, {destination: {host: r, subset: b}}]}]\n", "give each a weight"),
+    ],
+)
+def test_bad_virtual_service_names_the_field(spec, expected):
+    assert any(expected in e for e in _errors(VS + spec)), _errors(VS + spec)
+
+
+def test_every_error_of_a_document_is_reported_at_once():
+    errors = _errors(VS + "  hosts: [r]\n  http: [{route: [{destination: {host: r}, weight: -1}], timeout: x, fault: {abort: {httpStatus: 99}}}]\n")
+    assert len(errors) == 3
+
+
+def test_unknown_kind_and_wrong_version():
+    assert "unknown kind 'Gateway'" in _errors("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n")[0]
+    assert "is not an apiVersion of VirtualService" in _errors("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: g}\nspec: {hosts: [a]}\n")[0]
+
+
+def test_bad_names_and_yaml():
+    assert any("metadata.name" in e for e in _errors("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: Bad_Name}\nspec: {host: r}\n"))
+    assert "not valid YAML" in _errors("a: [b")[0]
+
+
+def test_document_number_is_in_the_source():
+    text = VS + "  hosts: [a]\n---\n" + VS + "  hosts: []\n"
+    with pytest.raises(ValidationError) as e:
+        parse_documents(text, "two.yaml")
+    assert e.value.source.startswith("two.yaml (document 2)")
+
+
+def test_kind_names():
+    assert kind_for("vs").kind == kind_for("VirtualServices".lower()).kind == "VirtualService"
+    assert kind_for("DR").kind == "DestinationRule"
+    with pytest.raises(UnknownKindError, match="known types"):
+        kind_for("pods")
+
+
+@pytest.mark.parametrize("text, seconds", [("7s", 7), ("0.5s", 0.5), ("100ms", 0.1), ("1m30s", 90), ("2h", 7200)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "7", "s", "1x", "1s2"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
