@@ -1,7 +1,8 @@
 """Real processes for integration tests: a control plane and workloads under real sidecars.
 
 Everything listens on ports the OS picks (control plane) or on loopback addresses of the
-workload's own (sidecars); every process is stopped by the fixture that started it.
+workload's own (sidecars); every process is stopped by the fixture that started it, and dies with
+the test process if that is killed (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from lattice.agent.envoy import die_with_parent
 
 BIN = Path(sys.executable).parent
 LATTICE = str(BIN / "lattice")
@@ -68,7 +71,7 @@ class ControlPlane:
     def start(self, api_port: int = 0, xds_port: int = 0) -> ControlPlane:
         self.home.mkdir(parents=True, exist_ok=True)
         args = [LATTICE, "server", "--home", str(self.home), "--api-port", str(api_port), "--xds-port", str(xds_port), "--debounce", "0.05", *self.extra]
-        self.process = subprocess.Popen(args, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         info = wait_for(self._discovery, 20, what=f"control plane to start (log {self.log})")
         self.api, self.xds = info["api"], info["xds"]
         return self
@@ -132,7 +135,7 @@ class Workload:
         """Start `lattice run`; with `wait`, return once healthy and synced (see `wait_ready`)."""
         args = [LATTICE, "run", "--service", self.service, "--version", self.version, "--log-level", "info", *self.extra, "--", *self.command]
         env = self.plane.env | {"SERVICE_VERSION": self.version}
-        self.process = subprocess.Popen(args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         return self.wait_ready() if wait else self
 
     def wait_ready(self) -> Workload:

@@ -1,9 +1,10 @@
 """`lattice demo`: start a control plane and Bookinfo under sidecars, drive traffic, show what the mesh sees.
 
-Order: control plane, then every workload at once (each `lattice run` waits for its own sidecar),
-then wait until the control plane reports all of them healthy, connected and in sync; then the
-live table until the duration ends or a signal arrives. Stopping is the reverse: workloads (each
-`lattice run` stops its app, then its Envoy), then the control plane — always, also on errors.
+Order: control plane; then the Bookinfo workloads all at once (each `lattice run` waits for its
+own sidecar) until the control plane reports each healthy, connected and in sync; then the traffic
+client the same way; then the live table until the duration ends or a signal arrives. Stopping is
+the reverse: workloads (each `lattice run` stops its app, then its Envoy), then the control plane —
+always, also on errors.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import aiohttp
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
+from rich.table import Table
 
 from lattice.demo import topology
 from lattice.demo.processes import Child, lattice_command, stop_all
@@ -31,6 +33,7 @@ from lattice.demo.traffic import scrape_all
 from lattice.demo.traffic_table import TrafficMeter, TrafficRow, render, total_requests, unanswered
 from lattice.server.config import lattice_home, read_discovery
 
+NETWORKING = Path(__file__).parent / "networking"  # Bookinfo routing files, Istio's shapes
 PRINT_EVERY = 5.0  # seconds between plain tables when stdout is not a terminal (CI logs)
 PIPE_PROGRESS_EVERY = 1.0  # seconds between progress lines on a pipe
 SERVER_START_TIMEOUT = 20.0
@@ -127,7 +130,7 @@ class Demo:
 
     async def _start_workloads(self, specs: Sequence[topology.DemoWorkload], progress: Progress) -> dict:
         """Start `specs` (all at once) and wait until they, and those started before, are ready."""
-        self.workloads += [await self._workload(spec, self.api).start() for spec in specs]
+        self.workloads += [await self._workload(spec).start() for spec in specs]
         names = [child.name for child in self.workloads]
         return await wait_until_ready(self.api, names, lambda left: progress.update(_waiting(left)), self._check_alive)
 
@@ -146,8 +149,8 @@ class Demo:
             await asyncio.sleep(0.05)
         raise DemoError(f"the control plane did not start within {SERVER_START_TIMEOUT:.0f} s; its log ends:\n{self.server.log_tail()}")
 
-    def _workload(self, spec: topology.DemoWorkload, api: str) -> Child:
-        argv = [*lattice_command(), "run", "--service", spec.service, "--version", spec.version, "--port", str(topology.PORT), "--server", api, "--", *spec.command]
+    def _workload(self, spec: topology.DemoWorkload) -> Child:
+        argv = [*lattice_command(), "run", "--service", spec.service, "--version", spec.version, "--port", str(topology.PORT), "--server", self.api, "--", *spec.command]
         return Child(spec.name, argv, self.env | spec.env, self.logs / f"{spec.name}.log")
 
     def _check_alive(self) -> None:
@@ -166,7 +169,7 @@ class Demo:
         self.console.print(f"productpage: [bold]http://{front['address']}:{front['port']}/productpage[/]", highlight=False)
         self.console.print(
             "change routing while it runs, from another terminal (Istio's Bookinfo files apply unchanged):\n"
-            f"  LATTICE_HOME={home} lattice apply -f virtual-service-reviews-v3.yaml\n"
+            f"  LATTICE_HOME={home} lattice apply -f {NETWORKING}/virtual-service-reviews-v3.yaml\n"
             f"  LATTICE_HOME={home} lattice status",
             highlight=False,
         )
@@ -177,7 +180,7 @@ class Demo:
         self.traffic_started = time.monotonic()
         deadline = None if duration is None else self.traffic_started + duration
         until = "Ctrl-C to stop" if deadline is None else f"stopping in {duration:g} s"
-        self.console.print(f"loadgen → productpage at {self.rate:g} requests/s, a quarter as end-user: jason; {until}", highlight=False)
+        self.console.print(f"loadgen → productpage at {self.rate:g} requests/s, {topology.JASON_SHARE:.0%} as end-user: jason; {until}", highlight=False)
         meter, printed = TrafficMeter(), time.monotonic()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             with self._live() as live:
@@ -213,7 +216,7 @@ class Demo:
             self.answering_at = self.elapsed()
             self.console.print(f"[bold green]all services answering[/] {self.answering_at:.1f} s after start", highlight=False)
 
-    def _table(self):
+    def _table(self) -> Table:
         return render(self.rows, title=f"inbound requests, as each sidecar's Envoy counts them ({self.elapsed(self.traffic_started):.0f} s)")
 
     # --- stop ------------------------------------------------------------------------------

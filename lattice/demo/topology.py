@@ -36,8 +36,12 @@ def bookinfo() -> tuple[DemoWorkload, ...]:
     )
 
 
+JASON_SHARE = 0.25  # of the client's requests sent as `end-user: jason` (Istio's header-routing user)
+
+
 def loadgen(rate: float) -> DemoWorkload:
-    return DemoWorkload("loadgen", "v1", (sys.executable, "-m", "lattice.demo.loadgen", "--rate", str(rate)))
+    command = (sys.executable, "-m", "lattice.demo.loadgen", "--rate", str(rate), "--jason-share", str(JASON_SHARE))
+    return DemoWorkload("loadgen", "v1", command)
 
 
 # What `--check` requires to have answered: every service, and each reviews version on its own,

@@ -8,6 +8,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2
 from envoy.extensions.common.dynamic_forward_proxy.v3 import dns_cache_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
+from envoy.type.v3 import percent_pb2
 from google.protobuf.wrappers_pb2 import UInt32Value
 
 from lattice.mesh import MeshSnapshot, Service, Workload
@@ -39,6 +40,9 @@ def _outbound(service: Service, subset: str | None) -> cluster_pb2.Cluster:
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads(), service_name=name),
         connect_timeout=duration(CONNECT_TIMEOUT),
         circuit_breakers=_no_limits(),
+        # Envoy's default panic mode (below 50% healthy, use them all) would send requests to apps
+        # that are not listening yet; a mesh only routes to endpoints whose health it knows.
+        common_lb_config=cluster_pb2.Cluster.CommonLbConfig(healthy_panic_threshold=percent_pb2.Percent(value=0)),
     )
     _set_protocol(cluster, service.protocol)
     return cluster

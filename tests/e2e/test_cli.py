@@ -7,13 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lattice.demo
+
 import pytest
 import yaml
 
 from harness import LATTICE, ENV_BASE, Workload, start_all, wait_for
 
 pytestmark = pytest.mark.slow
-DATA = Path(__file__).parent.parent / "data" / "bookinfo"
+DATA = Path(lattice.demo.__file__).parent / "networking"
 
 FIRST_REQUEST = """
 import os, sys, urllib.request

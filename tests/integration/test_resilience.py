@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
+import lattice.demo
+
 import pytest
 
-from harness import ControlPlane, child_pid, http, served_by, start_all, wait_for
+from harness import ControlPlane, Workload, child_pid, http, served_by, start_all, wait_for
 
 pytestmark = pytest.mark.slow
-DATA = Path(__file__).parent.parent / "data" / "bookinfo"
+DATA = Path(lattice.demo.__file__).parent / "networking"
 REVIEWS = "http://reviews:9080/reviews/0"
 BAD_REGEX = """
 apiVersion: networking.istio.io/v1
@@ -103,3 +106,29 @@ def test_workload_that_stops_heartbeating_is_dropped(tmp_path):
         assert time.monotonic() - started >= 0.5
     finally:
         plane.stop()
+
+
+SLOW_APP = "import runpy, time; time.sleep(6); runpy.run_module('lattice.demo.apps.reviews', run_name='__main__')"
+
+
+def test_endpoints_whose_app_is_not_listening_get_no_traffic(plane, started):
+    client, ready = start_all(plane, [("productpage", "v1"), ("reviews", "v1")])
+    started.extend([client, ready])
+    # Two more replicas register at once but their apps listen only after 6 s: one healthy
+    # endpoint of three is below Envoy's default 50% panic threshold.
+    slow = [Workload(plane, "reviews", v, command=[sys.executable, "-c", SLOW_APP]).start(wait=False) for v in ("v2", "v3")]
+    started.extend(slow)
+    wait_for(lambda: len([p for p in plane.status()["proxies"] if p["service"] == "reviews"]) == 3 and plane.all_synced(), 10, what="slow replicas to register")
+    assert served_by(client, REVIEWS, 30) == {"reviews-v1": 30}
+    # Retries would hide a misrouted request from the client; the replicas' own sidecars cannot.
+    for p in plane.status()["proxies"]:
+        if p["service"] == "reviews" and not p["healthy"]:
+            assert _inbound_requests(p) == 0, f"{p['id']} got traffic before its app listened"
+    for w in slow:
+        w.wait_ready()
+    wait_for(lambda: len(served_by(client, REVIEWS, 15)) == 3, 10, what="the replicas to get traffic once healthy")
+
+
+def _inbound_requests(proxy: dict) -> int:
+    _, _, body = http("GET", f"http://{proxy['address']}:{proxy['agent_port']}/stats?filter=^http.inbound_9080.downstream_rq_total$")
+    return int(body.decode().split(":")[1]) if b":" in body else 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lattice.demo
+
 import pytest
 
 from harness import served_by, wait_for
 
 pytestmark = pytest.mark.slow
-DATA = Path(__file__).parent.parent / "data" / "bookinfo"
+DATA = Path(lattice.demo.__file__).parent / "networking"
 REVIEWS = "http://reviews:9080/reviews/0"
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lattice.demo
+
 import pytest
 
 from lattice.api import UnknownKindError, ValidationError, kind_for, parse_documents
 from lattice.api.durations import parse_duration
 
-DATA = Path(__file__).parents[2] / "data" / "bookinfo"
+DATA = Path(lattice.demo.__file__).parent / "networking"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.yaml")))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lattice.demo
+
 import pytest
 import yaml
 from google.protobuf import json_format
@@ -17,7 +19,7 @@ from lattice.mesh import MeshSnapshot, Workload
 from lattice.translate import TYPE_ORDER, translate
 
 GOLDEN = Path(__file__).parents[2] / "golden" / "translate"
-DATA = Path(__file__).parents[2] / "data" / "bookinfo"
+DATA = Path(lattice.demo.__file__).parent / "networking"
 
 EXTRAS = """
 apiVersion: networking.istio.io/v1
