@@ -35,7 +35,7 @@ class DeltaStream(Stream):
             sub = self.subscriptions[type_url] = _Subscription(wildcard, known=dict(request.initial_resource_versions))
         elif request.response_nonce:
             if request.response_nonce == sub.nonce:
-                self._record(type_url, sub, request)
+                self.record_answer(type_url, request, sub.sent_version, sub.sent_version)
         sub.names |= {n for n in request.resource_names_subscribe if n != "*"}
         for name in request.resource_names_subscribe:
             sub.known.pop(name, None)  # a (re)subscription is always answered with the resource
@@ -44,12 +44,6 @@ class DeltaStream(Stream):
             sub.known.pop(name, None)
         if "*" in request.resource_names_unsubscribe:
             sub.wildcard = False
-
-    def _record(self, type_url: str, sub: _Subscription, request) -> None:
-        if request.HasField("error_detail"):
-            self.board.nacked(self.node_id, type_url, sub.sent_version, request.error_detail.message)
-        else:
-            self.board.acked(self.node_id, type_url, sub.sent_version)
 
     def responses(self, snapshot: ProxySnapshot) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         out = []

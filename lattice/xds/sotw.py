@@ -37,16 +37,9 @@ class SotwStream(Stream):
         if request.response_nonce and request.response_nonce != sub.nonce:
             return  # stale: an answer to a response that a newer one replaced
         if request.response_nonce:
-            self._record(type_url, request)
+            self.record_answer(type_url, request, sub.sent_version, request.version_info)
         if wanted != sub.names or not request.response_nonce:
             sub.names, sub.must_send = wanted, True
-
-    def _record(self, type_url: str, request: discovery_pb2.DiscoveryRequest) -> None:
-        sub = self.subscriptions[type_url]
-        if request.HasField("error_detail"):
-            self.board.nacked(self.node_id, type_url, sub.sent_version, request.error_detail.message)
-        else:
-            self.board.acked(self.node_id, type_url, request.version_info)
 
     def responses(self, snapshot: ProxySnapshot) -> list[discovery_pb2.DiscoveryResponse]:
         out = []

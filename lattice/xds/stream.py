@@ -55,6 +55,13 @@ class Stream:
                         return
                     self.handle(queued)
 
+    def record_answer(self, type_url: str, request, sent_version: str, acked_version: str) -> None:
+        """An ACK or NACK of the newest response of a type, into the status board."""
+        if request.HasField("error_detail"):
+            self.board.nacked(self.node_id, type_url, sent_version, request.error_detail.message)
+        else:
+            self.board.acked(self.node_id, type_url, acked_version)
+
     def handle(self, request) -> None:
         raise NotImplementedError
 
