@@ -119,17 +119,15 @@ class Demo:
         with Progress(self.console, "starting the control plane") as progress:
             self.api = await self._start_server()
             server_up = self.elapsed()
-            apps = topology.bookinfo()
-            progress.update(f"starting {len(apps)} Bookinfo workloads, each under its own sidecar")
-            await self._start_workloads(apps, progress)
-            # Traffic only once every app listens: until then Envoy may send requests to the
-            # endpoints that are still starting, and the table would open with errors nobody caused.
-            progress.update("starting loadgen")
-            status = await self._start_workloads([topology.loadgen(self.rate)], progress)
+            apps = [*topology.bookinfo(), topology.loadgen(self.rate)]
+            progress.update(f"starting {len(apps)} workloads, each under its own sidecar")
+            # All at once: sidecars route only to endpoints whose app listens, so loadgen's first
+            # requests cannot reach a service that is still starting.
+            status = await self._start_workloads(apps, progress)
         self._announce(status, server_up)
 
     async def _start_workloads(self, specs: Sequence[topology.DemoWorkload], progress: Progress) -> dict:
-        """Start `specs` (all at once) and wait until they, and those started before, are ready."""
+        """Start `specs` (all at once) and wait until they are all ready."""
         self.workloads += [await self._workload(spec).start() for spec in specs]
         names = [child.name for child in self.workloads]
         return await wait_until_ready(self.api, names, lambda left: progress.update(_waiting(left)), self._check_alive)
