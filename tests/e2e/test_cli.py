@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import lattice.demo
 import pytest
 import yaml
 
-from harness import LATTICE, ENV_BASE, Workload, start_all, wait_for
+from harness import ENV_BASE, LATTICE, Workload, children, start_all, stop, wait_for
 
 pytestmark = pytest.mark.slow
 DATA = Path(lattice.demo.__file__).parent / "networking"
@@ -84,3 +86,33 @@ def test_status_json_and_yaml(plane, workloads):
     as_yaml = yaml.safe_load(plane.cli("status", "-o", "yaml").stdout)
     assert [p["id"] for p in as_json["proxies"]] == [p["id"] for p in as_yaml["proxies"]] == [w.id]
     assert "SYNCED" in plane.cli("status").stdout
+
+
+def test_ctrl_c_stops_app_envoy_and_agent(plane):
+    w = Workload(plane, "ratings").start()
+    kids = [pid for pid, _ in children(w.process.pid)]
+    assert len(kids) == 2  # Envoy and the app
+    w.process.send_signal(signal.SIGINT)
+    assert w.process.wait(15) == 0  # the app exits 0 on the SIGTERM it is given; run passes that on
+    wait_for(lambda: not [p for p in kids if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]], 5, what="children to exit")
+    assert plane.status()["proxies"] == []
+
+
+def test_agent_alone_serves_an_app_started_separately(plane, workloads, tmp_path):
+    port = _free_port()
+    app = subprocess.Popen([sys.executable, "-m", "lattice.demo.apps.details"], env=ENV_BASE | {"PORT": str(port)})
+    agent = subprocess.Popen([LATTICE, "agent", "--service", "details", "--app-port", str(port)], env=plane.env, stdout=open(tmp_path / "agent.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        client = workloads("ratings")
+        wait_for(lambda: [p for p in plane.status()["proxies"] if p["service"] == "details" and p["healthy"]], 20, what="the agent to register details")
+        wait_for(lambda: client.call("http://details:9080/details/0")[0] == 200, 10, what="traffic to details through its agent")
+        assert client.call("http://details:9080/details/0")[1]["x-served-by"] == "details-v1"
+    finally:
+        assert stop(agent) == 0
+        stop(app)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
