@@ -38,8 +38,8 @@ class ControlPlane:
         self.rest = RestApi(self.store, self.registry, self.pusher, self.board, self.ads.connected_nodes)
 
     async def _on_connect(self, node_id: str) -> None:
-        if self.cache.get(node_id) is None and self.registry.get(node_id) is not None:
-            self.pusher.push()
+        if self.cache.get(node_id) is None:
+            self.pusher.push_one(node_id)
 
     async def _on_disconnect(self, node_id: str) -> None:
         log.info("proxy %s disconnected", node_id)

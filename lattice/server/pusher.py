@@ -50,15 +50,23 @@ class Pusher:
     def push(self) -> MeshSnapshot:
         started = time.perf_counter()
         self.snapshot = self.build()
-        live = set()
         for workload in self.snapshot.workloads:
-            resources = translate(self.snapshot, workload)
-            self._cache.set(workload.id, self.snapshot.version, resources.by_type)
-            live.add(workload.id)
-        for node in set(self._cache.nodes()) - live:
+            self._push_to(workload)
+        for node in set(self._cache.nodes()) - {w.id for w in self.snapshot.workloads}:
             self._cache.remove(node)
         self.last_push_seconds = time.perf_counter() - started
         return self.snapshot
+
+    def push_one(self, node_id: str) -> None:
+        """Config for one proxy from the current snapshot (a proxy that just connected). A
+        workload not in it yet registered after the last build; the push its registration
+        requested will include it."""
+        workload = self.snapshot.workload(node_id)
+        if workload is not None:
+            self._push_to(workload)
+
+    def _push_to(self, workload) -> None:
+        self._cache.set(workload.id, self.snapshot.version, translate(self.snapshot, workload).by_type)
 
     def build(self) -> MeshSnapshot:
         version = f"{self._store.revision}.{self._registry.generation}"
