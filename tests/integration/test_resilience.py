@@ -108,15 +108,17 @@ def test_workload_that_stops_heartbeating_is_dropped(tmp_path):
         plane.stop()
 
 
-SLOW_APP = "import runpy, time; time.sleep(6); runpy.run_module('lattice.demo.apps.reviews', run_name='__main__')"
+# Listens only once the test creates the gate file: a timer would race a loaded CI machine.
+SLOW_APP = "import os, runpy, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nrunpy.run_module('lattice.demo.apps.reviews', run_name='__main__')"
 
 
-def test_endpoints_whose_app_is_not_listening_get_no_traffic(plane, started):
+def test_endpoints_whose_app_is_not_listening_get_no_traffic(plane, started, tmp_path):
     client, ready = start_all(plane, [("productpage", "v1"), ("reviews", "v1")])
     started.extend([client, ready])
-    # Two more replicas register at once but their apps listen only after 6 s: one healthy
-    # endpoint of three is below Envoy's default 50% panic threshold.
-    slow = [Workload(plane, "reviews", v, command=[sys.executable, "-c", SLOW_APP]).start(wait=False) for v in ("v2", "v3")]
+    # Two more replicas register but their apps do not listen yet: one healthy endpoint of
+    # three is below Envoy's default 50% panic threshold.
+    gate = tmp_path / "listen-now"
+    slow = [Workload(plane, "reviews", v, command=[sys.executable, "-c", SLOW_APP, str(gate)]).start(wait=False) for v in ("v2", "v3")]
     started.extend(slow)
     wait_for(lambda: len([p for p in plane.status()["proxies"] if p["service"] == "reviews"]) == 3 and plane.all_synced(), 10, what="slow replicas to register")
     assert served_by(client, REVIEWS, 30) == {"reviews-v1": 30}
@@ -124,6 +126,7 @@ def test_endpoints_whose_app_is_not_listening_get_no_traffic(plane, started):
     for p in plane.status()["proxies"]:
         if p["service"] == "reviews" and not p["healthy"]:
             assert _inbound_requests(p) == 0, f"{p['id']} got traffic before its app listened"
+    gate.touch()
     for w in slow:
         w.wait_ready()
     wait_for(lambda: len(served_by(client, REVIEWS, 15)) == 3, 10, what="the replicas to get traffic once healthy")
