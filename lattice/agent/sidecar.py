@@ -59,6 +59,8 @@ class Sidecar:
         self.app: asyncio.subprocess.Process | None = None
         self.app_healthy = False
         self.exit_code = 0
+        self._runner: web.AppRunner | None = None
+        self._servers: list[grpc.aio.Server] = []
 
     def _registration(self) -> Registration:
         o = self.o
@@ -84,13 +86,15 @@ class Sidecar:
         main = asyncio.current_task()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
-        try:
-            await self._serve()
-        except asyncio.CancelledError:
-            log.info("stopping %s", reg.id)
-            self.exit_code = await self._stop_app() if self.app else 0
-        finally:
-            await self._cleanup()
+        # One registry client from registration to deregistration, cleanup included.
+        async with RegistryClient(self.o.api, reg, lambda: self.app_healthy) as self.registry:
+            try:
+                await self._serve()
+            except asyncio.CancelledError:
+                log.info("stopping %s", reg.id)
+                self.exit_code = await self._stop_app() if self.app else 0
+            finally:
+                await self._cleanup()
         return self.exit_code
 
     async def _serve(self) -> None:
@@ -98,28 +102,25 @@ class Sidecar:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.relay, relay_server)
         relay_server.add_insecure_port(f"unix:{self.run_dir / 'xds.sock'}")
         await relay_server.start()
-        self._servers = [relay_server]
-        async with RegistryClient(self.o.api, self.registration, lambda: self.app_healthy) as registry:
-            self.registry = registry
-            await registry.register()
-            runner = web.AppRunner(agent_app(self.envoy, lambda: self.app_healthy), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, self.registration.address, self.registration.agent_port).start()
-            self._runner = runner
-            async with asyncio.TaskGroup() as tasks:
-                background = [
-                    tasks.create_task(self.relay.run_upstream(), name="xds-upstream"),
-                    tasks.create_task(self.envoy.supervise(), name="envoy"),
-                    tasks.create_task(registry.heartbeats(self.o.heartbeat_interval), name="heartbeats"),
-                    tasks.create_task(self._probe_forever(), name="app-probe"),
-                ]
-                await self._wait_ready()
-                log.info("sidecar %s ready at %s (inbound :%d, outbound :%d)", self.registration.id, self.registration.address, self.registration.port, OUTBOUND_PORT)
-                if not self.o.command:
-                    await asyncio.Event().wait()  # `lattice agent`: serve until a signal
-                self.exit_code = await self._run_app()
-                for task in background:
-                    task.cancel()
+        self._servers.append(relay_server)
+        await self.registry.register()
+        self._runner = web.AppRunner(agent_app(self.envoy, lambda: self.app_healthy), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.registration.address, self.registration.agent_port).start()
+        async with asyncio.TaskGroup() as tasks:
+            background = [
+                tasks.create_task(self.relay.run_upstream(), name="xds-upstream"),
+                tasks.create_task(self.envoy.supervise(), name="envoy"),
+                tasks.create_task(self.registry.heartbeats(self.o.heartbeat_interval), name="heartbeats"),
+                tasks.create_task(self._probe_forever(), name="app-probe"),
+            ]
+            await self._wait_ready()
+            log.info("sidecar %s ready at %s (inbound :%d, outbound :%d)", self.registration.id, self.registration.address, self.registration.port, OUTBOUND_PORT)
+            if not self.o.command:
+                await asyncio.Event().wait()  # `lattice agent`: serve until a signal
+            self.exit_code = await self._run_app()
+            for task in background:
+                task.cancel()
 
     async def _wait_ready(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.o.ready_timeout
@@ -140,9 +141,9 @@ class Sidecar:
         except OSError as e:
             log.error("cannot start %s: %s", self.o.command[0], e.strerror)
             return 127
-        code = await self.app.wait()
+        code = _exit_status(await self.app.wait())
         log.info("app exited with %s", code)
-        return code if code >= 0 else 128 - code
+        return code
 
     async def _probe_forever(self) -> None:
         while True:
@@ -160,25 +161,26 @@ class Sidecar:
             except TimeoutError:
                 self.app.kill()
                 await self.app.wait()
-        code = self.app.returncode
-        return code if code >= 0 else 128 - code
+        return _exit_status(self.app.returncode)
 
     async def _cleanup(self) -> None:
         """Reverse order of start: app (above), registration, Envoy, agent port, relay, lease."""
         if self.app is not None and self.app.returncode is None:
             await self._stop_app()
-        registry = getattr(self, "registry", None)
-        if registry is not None:
-            async with RegistryClient(self.o.api, self.registration, lambda: False) as client:
-                await client.deregister()
+        await self.registry.deregister()
         await self.envoy.stop()
-        if getattr(self, "_runner", None) is not None:
+        if self._runner is not None:
             await self._runner.cleanup()
-        for server in getattr(self, "_servers", []):
+        for server in self._servers:
             await server.stop(grace=0.2)
         if self.lease is not None:
             self.lease.release()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _exit_status(code: int) -> int:
+    """A shell's exit status: the code, or 128 + the signal that ended the process."""
+    return code if code >= 0 else 128 - code
 
 
 async def _tcp_open(host: str, port: int) -> bool:
