@@ -115,8 +115,10 @@ class ControlPlane:
         return next((p for p in self.status()["proxies"] if p["id"] == proxy_id), None)
 
     def all_synced(self, ids: list[str] | None = None) -> bool:
-        proxies = [p for p in self.status()["proxies"] if ids is None or p["id"] in ids]
-        return bool(proxies) and all(p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values()) for p in proxies)
+        """Every (chosen) proxy connected and holding what it was sent, with no push pending."""
+        status = self.status()
+        proxies = [p for p in status["proxies"] if ids is None or p["id"] in ids]
+        return not status["server"]["push_pending"] and bool(proxies) and all(p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values()) for p in proxies)
 
 
 class Workload:
@@ -188,7 +190,10 @@ def served_by(workload: Workload, url: str, n: int, headers: dict | None = None)
 def start_all(plane: ControlPlane, specs: list[tuple[str, str]]) -> list[Workload]:
     """Start several workloads at once and wait for all: startup costs one sidecar, not n."""
     started = [Workload(plane, service, version).start(wait=False) for service, version in specs]
-    return [w.wait_ready() for w in started]
+    ready = [w.wait_ready() for w in started]
+    # Each is ready, but the push telling the others that the last one is healthy may be in flight.
+    wait_for(plane.all_synced, 10, what="every proxy to hold the endpoints of the new workloads")
+    return ready
 
 
 def reset_config(plane: ControlPlane) -> None:

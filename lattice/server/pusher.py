@@ -27,6 +27,11 @@ class Pusher:
         self.snapshot = MeshSnapshot("0")
         self.last_push_seconds = 0.0
 
+    @property
+    def pending(self) -> bool:
+        """A change arrived that no push has carried yet (it waits out the debounce)."""
+        return self._dirty.is_set()
+
     def request(self) -> None:
         """Ask for a push soon; many requests within the debounce window become one push."""
         self._dirty.set()

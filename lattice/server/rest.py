@@ -103,7 +103,7 @@ class RestApi:
         proxies = [self._proxy_status(w) for w in self.registry.workloads()]
         return web.json_response(
             {
-                "server": {"revision": self.store.revision, "snapshot": snapshot.version, "uptime_seconds": round(time.time() - self.started, 1), "last_push_ms": round(self.pusher.last_push_seconds * 1000, 2)},
+                "server": {"revision": self.store.revision, "snapshot": snapshot.version, "uptime_seconds": round(time.time() - self.started, 1), "last_push_ms": round(self.pusher.last_push_seconds * 1000, 2), "push_pending": self.pusher.pending},
                 "proxies": proxies,
                 "conflicts": snapshot.conflicts(),
             }
