@@ -32,6 +32,14 @@ def envoy_binary() -> str:
     return found
 
 
+def log_tail(path: Path, lines: int) -> str:
+    """The last lines of a log file, for error messages; empty if it cannot be read."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def die_with_parent() -> None:
     """preexec_fn: the child gets SIGTERM if the agent dies, even by SIGKILL (Linux)."""
     try:
@@ -86,10 +94,7 @@ class EnvoyProcess:
             await process.wait()
 
     def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return log_tail(self.log_path, lines)
 
     async def admin(self, path: str, params: dict | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
         """GET on Envoy's admin socket; (0, reason) if Envoy is not up."""

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lattice.agent.envoy import die_with_parent
+from lattice.agent.envoy import die_with_parent, log_tail
 
 
 def lattice_command() -> list[str]:
@@ -58,11 +58,7 @@ class Child:
             await self.process.wait()
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log, lines)
 
 
 def _kill_group(pid: int) -> None:
