@@ -84,7 +84,7 @@ def _run_options(service, port, version, namespace, service_account, label, name
         if not sep or not key:
             fail(f"--label {item!r} must be KEY=VALUE")
         labels[key] = value
-    api = server_url(server) if server else call(server_url)
+    api = call(server_url, server)
     health = call(Client(api).get, "/api/v1/health")
     xds = health.get("xds", "")
     host = api.split("://", 1)[-1].rsplit(":", 1)[0]
