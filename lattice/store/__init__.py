@@ -4,7 +4,7 @@ Parts:
     model   -- the frozen records handed out (StoredResource, ApplyResult, StoredWorkload)
                and StoreError.
     sqlite  -- Store: the SQLite (WAL) file, its schema, apply/get/list/delete, workloads,
-               and wait_for_change.
+               join tokens, and wait_for_change.
     watch   -- ChangeSignal: wakes asyncio waiters on any loop when this process writes.
 
 Rules:
@@ -16,6 +16,9 @@ Rules:
     * metadata, spec and workload records are stored as canonical JSON (sorted keys, compact);
       "unchanged" means equal canonical text. Each is bounded at MAX_DOCUMENT_BYTES.
     * Workloads are registry, not config: writing them never moves the revision.
+    * Join tokens (add_token, consume_token, …) are credentials, not config: they never move the
+      revision either. consume_token checks and decrements in one BEGIN IMMEDIATE transaction,
+      so a single-use token is used once even with several processes on the file.
     * A file that is not a Lattice database (or is corrupt) raises StoreError naming it and is
       never touched, let alone recreated.
     * Waiters are woken directly by writes through the same Store and by polling

@@ -10,7 +10,7 @@ import pathlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from lattice.store.model import ApplyResult, StoredResource, StoredWorkload, StoreError
@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS resources (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS workloads (
     id TEXT PRIMARY KEY, record TEXT NOT NULL, updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY, record TEXT NOT NULL, expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', {version}), ('revision', 0);
 """
@@ -151,6 +154,56 @@ class Store:
             rows = conn.execute("SELECT id, record, updated_at FROM workloads ORDER BY id")
             return [StoredWorkload(key, json.loads(record), at) for key, record, at in rows]
 
+    # -- join tokens: credentials, not config, so they never move the revision either ---------
+
+    def add_token(self, token_id: str, record: dict) -> None:
+        """Store a new token's record (which must hold `expires_at`); an existing id is an error."""
+        encoded = _canonical(record, f"token {token_id!r} record")
+        expires_at = _expires_at(token_id, record)
+        with self._transaction("add token") as conn:
+            if conn.execute("SELECT 1 FROM tokens WHERE id = ?", (token_id,)).fetchone():
+                raise StoreError(f"{self.path}: token {token_id!r} already exists")
+            conn.execute(
+                "INSERT INTO tokens (id, record, expires_at) VALUES (?, ?, ?)",
+                (token_id, encoded, expires_at),
+            )
+
+    def consume_token(self, token_id: str, check: Callable[[dict | None], None]) -> dict:
+        """Use a token once: `check(record)` (None if absent) raises to refuse, and then nothing
+        is written; otherwise `uses_left` drops by one unless it is None (unlimited). A token at
+        zero stays stored so a later refusal can say it is used up. Returns the record as it was.
+        Check and write share one BEGIN IMMEDIATE transaction, so two processes cannot both take
+        a token's last use."""
+        with self._transaction("consume token") as conn:
+            row = conn.execute("SELECT record FROM tokens WHERE id = ?", (token_id,)).fetchone()
+            record = None if row is None else json.loads(row[0])
+            check(record)
+            if record is None:
+                raise StoreError(f"{self.path}: token {token_id!r} does not exist")
+            if record.get("uses_left") is not None:
+                used = {**record, "uses_left": record["uses_left"] - 1}
+                conn.execute(
+                    "UPDATE tokens SET record = ? WHERE id = ?",
+                    (_canonical(used, f"token {token_id!r} record"), token_id),
+                )
+        return record
+
+    def list_tokens(self) -> builtins.list[dict]:
+        with self._reading("list tokens") as conn:
+            rows = conn.execute("SELECT record FROM tokens ORDER BY id").fetchall()
+        return [json.loads(record) for (record,) in rows]
+
+    def delete_token(self, token_id: str) -> bool:
+        with self._transaction("delete token") as conn:
+            cursor = conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,))
+        return cursor.rowcount > 0
+
+    def purge_tokens(self, before: float) -> int:
+        """Delete tokens that expired before `before`; returns how many."""
+        with self._transaction("purge tokens") as conn:
+            cursor = conn.execute("DELETE FROM tokens WHERE expires_at < ?", (before,))
+        return cursor.rowcount
+
     # -- watch -------------------------------------------------------------------------------
 
     async def wait_for_change(self, after_revision: int, timeout: float | None = None) -> int:
@@ -264,6 +317,13 @@ def _canonical(document: object, label: str) -> str:
     if size > MAX_DOCUMENT_BYTES:
         raise StoreError(f"{label} is {size} bytes serialized; the limit is {MAX_DOCUMENT_BYTES}")
     return text
+
+
+def _expires_at(token_id: str, record: dict) -> float:
+    expires_at = record.get("expires_at") if isinstance(record, dict) else None
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
+        raise StoreError(f"token {token_id!r} record needs a numeric expires_at, got {expires_at!r:.80}")
+    return float(expires_at)
 
 
 def _encode_item(item: Item) -> _Encoded:
