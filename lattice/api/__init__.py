@@ -2,7 +2,8 @@
 
 Parts:
 - `meta`       — the Kubernetes-shaped envelope (apiVersion, kind, metadata) every resource shares.
-- `networking` — Istio's `networking.istio.io` schemas (VirtualService, DestinationRule).
+- `networking` — Istio's `networking.istio.io` schemas (VirtualService, DestinationRule with TLS origination).
+- `security`   — Istio's `security.istio.io` schemas (PeerAuthentication).
 - `kinds`      — the table of known kinds: group, accepted versions, plural and short names.
 - `documents`  — YAML/JSON documents in, validated `Resource`s out.
 - `errors`     — `ValidationError`, which names the document and the path of each bad field.

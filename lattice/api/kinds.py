@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from lattice.api.networking import DestinationRuleSpec, VirtualServiceSpec
+from lattice.api.security import PeerAuthenticationSpec
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ KINDS: dict[str, KindInfo] = {
     for k in (
         KindInfo("VirtualService", "networking.istio.io", _ISTIO_VERSIONS, "virtualservices", ("vs",), VirtualServiceSpec),
         KindInfo("DestinationRule", "networking.istio.io", _ISTIO_VERSIONS, "destinationrules", ("dr",), DestinationRuleSpec),
+        KindInfo("PeerAuthentication", "security.istio.io", ("v1beta1", "v1"), "peerauthentications", ("pa",), PeerAuthenticationSpec),
     )
 }
 
