@@ -9,6 +9,7 @@ from typing import Mapping
 
 from lattice.api import Resource
 from lattice.mesh.hosts import fqdn
+from lattice.mesh.peer_auth import mtls_mode
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,10 @@ class MeshSnapshot:
     workloads: tuple[Workload, ...] = ()
     virtual_services: tuple[Resource, ...] = ()
     destination_rules: tuple[Resource, ...] = ()
-    domain: str = "cluster.local"
+    peer_authentications: tuple[Resource, ...] = ()
+    domain: str = "cluster.local"  # DNS suffix of service host names
+    trust_domain: str = "cluster.local"  # SPIFFE trust domain of workload identities
+    root_namespace: str = "istio-system"  # where mesh-wide policies live
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, Resource] = field(init=False, repr=False)
@@ -95,6 +99,13 @@ class MeshSnapshot:
 
     def destination_rule_for(self, hostname: str) -> Resource | None:
         return self._dr_by_host.get(hostname)
+
+    def mtls_mode(self, workload: Workload, port: int) -> str:
+        """STRICT, PERMISSIVE or DISABLE for traffic arriving at `workload` on `port`."""
+        return mtls_mode(self.peer_authentications, workload, port, self.root_namespace)
+
+    def identity(self, workload: Workload) -> str:
+        return f"spiffe://{self.trust_domain}/ns/{workload.namespace}/sa/{workload.service_account}"
 
     def workload(self, proxy_id: str) -> Workload | None:
         return next((w for w in self.workloads if w.id == proxy_id), None)

@@ -4,6 +4,7 @@ Parts, one per xDS type plus shared pieces:
 - `names`     — cluster/listener/route names (Istio's `outbound|9080|v1|reviews.default.svc.cluster.local`).
 - `protos`    — small constructors for the Envoy messages we use (durations, config sources, Any).
 - `cds`, `eds`, `lds`, `rds` — clusters, endpoints, listeners, route tables.
+- `tls`       — mutual TLS between sidecars (SDS secret names, auto mTLS, DestinationRule `tls`).
 - `routes`    — one VirtualService HTTP rule into Envoy routes (matches, splits, faults, retries).
 - `resources` — `Resources`: the output, sorted by name, type by type.
 
@@ -12,5 +13,6 @@ Every function takes what it needs and returns new messages.
 """
 
 from lattice.translate.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER, Resources, translate
+from lattice.translate.tls import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER
 
-__all__ = ["CLUSTER", "ENDPOINT", "LISTENER", "ROUTE", "TYPE_ORDER", "Resources", "translate"]
+__all__ = ["CERT_SECRET", "CLUSTER", "ENDPOINT", "LISTENER", "ROOT_SECRET", "ROUTE", "SDS_CLUSTER", "TYPE_ORDER", "Resources", "translate"]

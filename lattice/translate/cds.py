@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
-from envoy.config.core.v3 import protocol_pb2
+from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2
 from envoy.extensions.common.dynamic_forward_proxy.v3 import dns_cache_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.v3 import percent_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.wrappers_pb2 import UInt32Value
 
 from lattice.mesh import MeshSnapshot, Service, Workload
-from lattice.translate import names
+from lattice.translate import names, tls
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 CONNECT_TIMEOUT = 10.0
@@ -26,13 +28,13 @@ _UNLIMITED = 4294967295
 def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluster]:
     out = [_inbound(proxy), passthrough()]
     for service in snapshot.services:
-        out.append(_outbound(service, None))
+        out.append(_outbound(snapshot, service, None))
         rule = snapshot.destination_rule_for(service.hostname)
-        out.extend(_outbound(service, s.name) for s in (rule.spec.subsets if rule else ()))
+        out.extend(_outbound(snapshot, service, s.name) for s in (rule.spec.subsets if rule else ()))
     return out
 
 
-def _outbound(service: Service, subset: str | None) -> cluster_pb2.Cluster:
+def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None) -> cluster_pb2.Cluster:
     name = names.outbound_cluster(service.port, subset, service.hostname)
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -45,7 +47,27 @@ def _outbound(service: Service, subset: str | None) -> cluster_pb2.Cluster:
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(healthy_panic_threshold=percent_pb2.Percent(value=0)),
     )
     _set_protocol(cluster, service.protocol)
+    _set_tls(cluster, snapshot, service, subset)
     return cluster
+
+
+def _set_tls(cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, service: Service, subset: str | None) -> None:
+    """Istio's client side: a DestinationRule's `tls` if it has one; otherwise auto mTLS, where
+    each endpoint's metadata says whether it expects mesh mTLS (see eds.py)."""
+    settings = tls.client_tls(snapshot, service, subset)
+    sni = f"outbound_.{service.port}_.{subset or ''}_.{service.hostname}"
+    if settings is None:
+        mesh = cluster.transport_socket_matches.add(name="tlsMode-istio", transport_socket=tls.mesh_client_socket(tls.peer_identities(snapshot, service), sni))
+        mesh.match.update(tls.MESH_TLS_MODE)
+        cluster.transport_socket_matches.add(name="tlsMode-disabled", match=struct_pb2.Struct(), transport_socket=_plaintext())
+    elif settings.mode == "ISTIO_MUTUAL":
+        cluster.transport_socket.CopyFrom(tls.mesh_client_socket(tls.peer_identities(snapshot, service), sni))
+    elif settings.mode in ("SIMPLE", "MUTUAL"):
+        cluster.transport_socket.CopyFrom(tls.origination_socket(settings, service.hostname))
+
+
+def _plaintext() -> base_pb2.TransportSocket:
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer()))
 
 
 def _inbound(proxy: Workload) -> cluster_pb2.Cluster:

@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import protocol_pb2
+from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import dynamic_forward_proxy_pb2 as dfp
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from lattice.mesh import MeshSnapshot, Workload
-from lattice.translate import names
+from lattice.translate import names, tls
 from lattice.translate.cds import dns_cache
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
 FAULT = "envoy.filters.http.fault"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TCP_PROTOCOLS = ("tcp", "tls", "mongo", "mysql", "redis")
 
 
 def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.Listener]:
-    return [outbound(proxy), inbound(proxy)]
+    return [outbound(proxy), inbound(snapshot, proxy)]
 
 
 def outbound(proxy: Workload) -> listener_pb2.Listener:
@@ -32,26 +34,53 @@ def outbound(proxy: Workload) -> listener_pb2.Listener:
     return _listener(names.OUTBOUND_LISTENER, proxy.address, proxy.outbound_port, _network_filter(HCM, manager))
 
 
-def inbound(proxy: Workload) -> listener_pb2.Listener:
+def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
+    """The workload's service port: mTLS, plaintext or both, as its PeerAuthentication says."""
     name = names.inbound_listener(proxy.port)
+    mode = snapshot.mtls_mode(proxy, proxy.port)
+    chains = []
+    if mode in ("STRICT", "PERMISSIVE"):
+        chains.append(_inbound_chain(proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else ""))
+    if mode in ("PERMISSIVE", "DISABLE"):
+        chains.append(_inbound_chain(proxy, None, "raw_buffer" if mode == "PERMISSIVE" else ""))
+    listener = listener_pb2.Listener(name=name, address=socket_address(proxy.address, proxy.port), filter_chains=chains)
+    if mode == "PERMISSIVE":  # one port, two kinds of client: look at the first bytes to choose
+        listener.listener_filters.add(name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector()))
+    return listener
+
+
+def _inbound_chain(proxy: Workload, socket: base_pb2.TransportSocket | None, transport: str) -> listener_components_pb2.FilterChain:
     cluster = names.inbound_cluster(proxy.port)
     if proxy.protocol in TCP_PROTOCOLS:
-        proxy_filter = tcp_proxy_pb2.TcpProxy(stat_prefix=f"inbound_{proxy.port}", cluster=cluster)
-        return _listener(name, proxy.address, proxy.port, _network_filter("envoy.filters.network.tcp_proxy", proxy_filter))
-    manager = _manager(f"inbound_{proxy.port}", [])
-    manager.route_config.CopyFrom(
-        route_pb2.RouteConfiguration(
-            name=name,
-            virtual_hosts=[
-                rc.VirtualHost(
-                    name=f"inbound|http|{proxy.port}",
-                    domains=["*"],
-                    routes=[rc.Route(match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=cluster, timeout=duration(0)))],
-                )
-            ],
+        network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy_pb2.TcpProxy(stat_prefix=f"inbound_{proxy.port}", cluster=cluster))
+    else:
+        manager = _manager(f"inbound_{proxy.port}", [])
+        # The caller's identity reaches the app in x-forwarded-client-cert, set from the verified
+        # peer certificate only: whatever a client sent in that header is dropped.
+        manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
+        manager.set_current_client_cert_details.uri = True
+        manager.route_config.CopyFrom(
+            route_pb2.RouteConfiguration(
+                name=names.inbound_listener(proxy.port),
+                virtual_hosts=[
+                    rc.VirtualHost(
+                        name=f"inbound|http|{proxy.port}",
+                        domains=["*"],
+                        routes=[rc.Route(match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=cluster, timeout=duration(0)))],
+                    )
+                ],
+            )
         )
-    )
-    return _listener(name, proxy.address, proxy.port, _network_filter(HCM, manager))
+        network_filter = _network_filter(HCM, manager)
+    chain = listener_components_pb2.FilterChain(filters=[network_filter])
+    if transport:
+        chain.filter_chain_match.transport_protocol = transport
+    if socket is not None:
+        chain.name = f"inbound|{proxy.port}|mtls"
+        chain.transport_socket.CopyFrom(socket)
+    else:
+        chain.name = f"inbound|{proxy.port}|plaintext"
+    return chain
 
 
 def _manager(stat_prefix: str, filters: list[hcm.HttpFilter]) -> hcm.HttpConnectionManager:
