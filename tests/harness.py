@@ -38,8 +38,8 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, proxy: str | None = None, timeout: float = 5.0) -> tuple[int, dict, bytes]:
-    handlers = [urllib.request.ProxyHandler({"http": proxy} if proxy else {})]
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, proxy: str | None = None, timeout: float = 5.0, context=None) -> tuple[int, dict, bytes]:
+    handlers = [urllib.request.ProxyHandler({"http": proxy} if proxy else {}), urllib.request.HTTPSHandler(context=context)]
     opener = urllib.request.build_opener(*handlers)
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -64,16 +64,16 @@ class ControlPlane:
     def __init__(self, home: Path, *extra: str) -> None:
         self.home = home
         self.extra = extra
-        self.api = self.xds = ""
+        self.api = self.xds = self.agent_api = ""
         self.process: subprocess.Popen | None = None
         self.log = home / "server.log"
 
-    def start(self, api_port: int = 0, xds_port: int = 0) -> ControlPlane:
+    def start(self, api_port: int = 0, xds_port: int = 0, agent_port: int = 0) -> ControlPlane:
         self.home.mkdir(parents=True, exist_ok=True)
-        args = [LATTICE, "server", "--home", str(self.home), "--api-port", str(api_port), "--xds-port", str(xds_port), "--debounce", "0.05", *self.extra]
+        args = [LATTICE, "server", "--home", str(self.home), "--api-port", str(api_port), "--xds-port", str(xds_port), "--agent-port", str(agent_port), "--debounce", "0.05", *self.extra]
         self.process = subprocess.Popen(args, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         info = wait_for(self._discovery, 20, what=f"control plane to start (log {self.log})")
-        self.api, self.xds = info["api"], info["xds"]
+        self.api, self.xds, self.agent_api = info["api"], info["xds"], info["agent"]
         return self
 
     def _discovery(self):
@@ -87,8 +87,24 @@ class ControlPlane:
         return ENV_BASE | {"LATTICE_HOME": str(self.home)}
 
     @property
-    def ports(self) -> tuple[int, int]:
-        return int(self.api.rsplit(":", 1)[1]), int(self.xds.rsplit(":", 1)[1])
+    def ports(self) -> tuple[int, int, int]:
+        return int(self.api.rsplit(":", 1)[1]), int(self.xds.rsplit(":", 1)[1]), int(self.agent_api.rsplit(":", 1)[1])
+
+    @property
+    def admin(self) -> dict:
+        """The admin credential header, as the CLI sends it."""
+        return {"Authorization": f"Bearer {(self.home / 'admin-token').read_text().strip()}"}
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        status, _, raw = http(method, f"{self.api}{path}", data, self.admin | ({"Content-Type": "application/json"} if data else {}))
+        return status, json.loads(raw or b"{}")
+
+    def token(self, service_account: str, namespace: str = "default", ttl: float = 600, uses: int | None = None) -> str:
+        """A join token for spiffe://cluster.local/ns/<namespace>/sa/<service_account>."""
+        status, body = self.call("POST", "/api/v1/tokens", {"service_account": service_account, "namespace": namespace, "ttl_seconds": ttl, "uses": uses})
+        assert status == 200, body
+        return body["token"]
 
     def stop(self) -> None:
         if self.process is not None:
@@ -104,9 +120,9 @@ class ControlPlane:
         return self.cli("apply", "-f", "-", input=yaml_text)
 
     def get(self, path: str) -> dict:
-        status, _, body = http("GET", f"{self.api}{path}")
+        status, body = self.call("GET", path)
         assert status == 200, (status, body)
-        return json.loads(body)
+        return body
 
     def status(self) -> dict:
         return self.get("/api/v1/status")
@@ -124,8 +140,9 @@ class ControlPlane:
 class Workload:
     """`lattice run --service S --version V -- python -m lattice.demo.apps.<app>` as a user runs it."""
 
-    def __init__(self, plane: ControlPlane, service: str, version: str = "v1", app: str | None = None, command: list[str] | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, plane: ControlPlane, service: str, version: str = "v1", app: str | None = None, command: list[str] | None = None, extra: tuple[str, ...] = (), token: str | None = None) -> None:
         self.plane = plane
+        self.token = token
         self.service, self.version = service, version
         self.command = command or [sys.executable, "-m", f"lattice.demo.apps.{app or service}"]
         self.extra = extra
@@ -136,9 +153,14 @@ class Workload:
     def start(self, wait: bool = True) -> Workload:
         """Start `lattice run`; with `wait`, return once healthy and synced (see `wait_ready`)."""
         args = [LATTICE, "run", "--service", self.service, "--version", self.version, "--log-level", "info", *self.extra, "--", *self.command]
-        env = self.plane.env | {"SERVICE_VERSION": self.version}
+        token = self.token or self.plane.token(self._service_account())
+        env = self.plane.env | {"SERVICE_VERSION": self.version, "LATTICE_TOKEN": token}
         self.process = subprocess.Popen(args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         return self.wait_ready() if wait else self
+
+    def _service_account(self) -> str:
+        extra = list(self.extra)
+        return extra[extra.index("--service-account") + 1] if "--service-account" in extra else self.service
 
     def wait_ready(self) -> Workload:
         self.info = wait_for(self._ready, 30, what=f"{self.service}-{self.version} to be healthy and synced (log {self.log})")
@@ -197,10 +219,10 @@ def start_all(plane: ControlPlane, specs: list[tuple[str, str]]) -> list[Workloa
 
 
 def reset_config(plane: ControlPlane) -> None:
-    """Delete every VirtualService and DestinationRule and wait until all proxies hold that."""
-    for kind in ("virtualservices", "destinationrules"):
+    """Delete every VirtualService, DestinationRule and PeerAuthentication and wait until all proxies hold that."""
+    for kind in ("virtualservices", "destinationrules", "peerauthentications"):
         for item in plane.get(f"/api/v1/resources/{kind}")["items"]:
-            http("DELETE", f"{plane.api}/api/v1/resources/{kind}/{item['metadata']['namespace']}/{item['metadata']['name']}")
+            plane.call("DELETE", f"/api/v1/resources/{kind}/{item['metadata']['namespace']}/{item['metadata']['name']}")
     wait_for(plane.all_synced, 10, what="proxies to sync after reset")
 
 
@@ -225,3 +247,51 @@ def child_pid(workload: Workload, needle: str) -> int:
     found = [pid for pid, cmd in children(workload.process.pid) if needle in cmd]
     assert len(found) == 1, f"expected one child matching {needle!r} under {workload.process.pid}: {children(workload.process.pid)}"
     return found[0]
+
+
+class Enrolled:
+    """A workload identity obtained the way an agent does (join token, CSR, TLS), for tests that
+    play the agent themselves: key, chain and bundle on disk, and calls to the agents' API."""
+
+    def __init__(self, plane: ControlPlane, service_account: str, proxy_id: str, directory: Path, namespace: str = "default") -> None:
+        from lattice.identity import SpiffeId, key_pem, make_csr, new_key
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.plane, self.proxy_id, self.dir = plane, proxy_id, directory
+        self.bundle_file = directory / "bundle.pem"
+        self.bundle_file.write_text(json.loads(http("GET", f"{plane.agent_api}/agent/v1/bundle", context=_unverified())[2])["bundle"])
+        key = new_key()
+        csr = make_csr(key, SpiffeId("cluster.local", namespace, service_account))
+        token = plane.token(service_account, namespace)
+        status, body = self.agent_call("POST", "/agent/v1/certificate", {"csr": csr.decode(), "proxy_id": proxy_id}, {"Authorization": f"Bearer {token}"}, client_cert=False)
+        assert status == 200, body
+        self.cert_file, self.key_file = directory / "cert.pem", directory / "key.pem"
+        self.cert_file.write_text(body["chain"])
+        self.key_file.write_bytes(key_pem(key))
+
+    def context(self, client_cert: bool = True):
+        import ssl
+
+        context = ssl.create_default_context(cafile=str(self.bundle_file))
+        context.check_hostname = False  # the control plane's name is checked by agents, not here
+        if client_cert:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def agent_call(self, method: str, path: str, body: dict | None = None, headers: dict | None = None, client_cert: bool = True) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        status, _, raw = http(method, f"{self.plane.agent_api}{path}", data, {"Content-Type": "application/json", **(headers or {})}, context=self.context(client_cert))
+        return status, json.loads(raw or b"{}")
+
+    def register(self, record: dict) -> None:
+        status, body = self.agent_call("PUT", f"/agent/v1/workloads/{self.proxy_id}", record)
+        assert status == 200, body
+
+
+def _unverified():
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

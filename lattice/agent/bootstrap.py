@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lattice.translate import SDS_CLUSTER
 
-def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xds_socket: Path) -> dict:
+
+def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xds_socket: Path, sds_socket: Path) -> dict:
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
@@ -22,28 +24,26 @@ def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xd
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-agent",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds-agent",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(xds_socket)}}}}]}],
-                    },
-                }
-            ]
-        },
+        # Config (xDS) and certificates (SDS) both come from the agent over unix sockets.
+        "static_resources": {"clusters": [_grpc_cluster("xds-agent", xds_socket), _grpc_cluster(SDS_CLUSTER, sds_socket)]},
         "layered_runtime": {
             "layers": [{"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000}}]
         },
+    }
+
+
+def _grpc_cluster(name: str, socket: Path) -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(socket)}}}}]}]},
     }
 
 

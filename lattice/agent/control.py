@@ -1,4 +1,6 @@
-"""The agent's side of the registry: register, heartbeat, deregister."""
+"""The agent's side of the registry: register, heartbeat, deregister — over the agents' TLS API,
+authenticated by the workload's certificate. Heartbeats also carry what the agent holds (bundle
+version, certificate), and their answers tell it to fetch a new bundle or renew (root rotation)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Callable
 
 import aiohttp
 
+from lattice.agent.identity import SERVER_NAME, Identity, IdentityError
 from lattice.api.registration import Registration
 
 log = logging.getLogger("lattice.agent")
@@ -19,9 +22,10 @@ class ControlPlaneError(RuntimeError):
 
 
 class RegistryClient:
-    def __init__(self, api: str, registration: Registration, healthy: Callable[[], bool]) -> None:
+    def __init__(self, api: str, registration: Registration, healthy: Callable[[], bool], identity: Identity) -> None:
         self.api = api.rstrip("/")
         self.registration = registration
+        self.identity = identity
         self.healthy = healthy
         self.heartbeat_now = asyncio.Event()  # set to report a health change at once
         self._session: aiohttp.ClientSession | None = None
@@ -35,7 +39,14 @@ class RegistryClient:
 
     @property
     def _url(self) -> str:
-        return f"{self.api}/api/v1/workloads/{self.registration.id}"
+        return f"{self.api}/agent/v1/workloads/{self.registration.id}"
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._session
+
+    def _tls(self) -> dict:
+        return {"ssl": self.identity.ssl(), "server_hostname": SERVER_NAME}
 
     async def register(self, attempts: int | None = None) -> None:
         """Register, retrying with backoff while the control plane is unreachable."""
@@ -44,8 +55,8 @@ class RegistryClient:
             tried += 1
             try:
                 body = self.registration.model_dump() | {"healthy": self.healthy()}
-                async with self._session.put(self._url, json=body) as response:
-                    if response.status == 400:
+                async with self._session.put(self._url, json=body, **self._tls()) as response:
+                    if response.status in (400, 401, 403):
                         raise ControlPlaneError(f"the control plane refused the registration: {(await response.json()).get('error')}")
                     response.raise_for_status()
                     return
@@ -66,20 +77,26 @@ class RegistryClient:
             self.heartbeat_now.clear()
             healthy = self.healthy()
             try:
-                async with self._session.post(f"{self._url}/heartbeat", json={"healthy": healthy}) as response:
+                body = {"healthy": healthy, **self.identity.held()}
+                async with self._session.post(f"{self._url}/heartbeat", json=body, **self._tls()) as response:
                     if response.status == 404:  # expired, or the control plane lost its state
                         await self.register(attempts=1)
-                    else:
-                        response.raise_for_status()
+                        continue
+                    response.raise_for_status()
+                    answer = await response.json()
+                if answer.get("bundle_version", 0) != self.identity.bundle_version:
+                    await self.identity.refresh_bundle(self._session)
+                if answer.get("renew"):
+                    self.identity.renew_now.set()
                 if healthy != last:
                     log.info("reported %s", "healthy" if healthy else "unhealthy")
                 last = healthy
-            except (aiohttp.ClientError, TimeoutError, ControlPlaneError) as e:
+            except (aiohttp.ClientError, TimeoutError, ControlPlaneError, IdentityError) as e:
                 log.debug("heartbeat failed: %s", e)
 
     async def deregister(self) -> None:
         try:
-            async with self._session.delete(self._url, timeout=aiohttp.ClientTimeout(total=2)):
+            async with self._session.delete(self._url, timeout=aiohttp.ClientTimeout(total=2), **self._tls()):
                 pass
         except (aiohttp.ClientError, TimeoutError) as e:
             log.info("could not deregister (%s); the control plane will expire this workload", e)

@@ -14,7 +14,7 @@ import itertools
 import logging
 import random
 from collections import OrderedDict
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -51,9 +51,11 @@ class _EnvoySession:
 
 
 class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, node: base_pb2.Node, upstream: str) -> None:
+    def __init__(self, node: base_pb2.Node, upstream: str, credentials: Callable[[], grpc.ChannelCredentials], server_name: str) -> None:
         self.node = node
         self.upstream = upstream
+        self.credentials = credentials  # mTLS with the workload's current certificate, per connect
+        self.server_name = server_name
         self.wanted: dict[str, Request] = {}  # Envoy's latest request per type (its subscription)
         self.good: dict[str, Response] = {}  # the last response Envoy ACKed, per type
         self.latest_nonce: dict[str, str] = {}  # the newest upstream nonce per type
@@ -145,7 +147,8 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             backoff = min(backoff * 2, 5.0)
 
     async def _stream_upstream(self) -> None:
-        async with grpc.aio.insecure_channel(self.upstream) as channel:
+        options = [("grpc.ssl_target_name_override", self.server_name)]
+        async with grpc.aio.secure_channel(self.upstream, self.credentials(), options=options) as channel:
             await asyncio.wait_for(channel.channel_ready(), timeout=5.0)
             queue: asyncio.Queue[Request] = asyncio.Queue()
             for type_url in _ordered(self.wanted):

@@ -9,13 +9,16 @@ import secrets
 import shutil
 import signal
 import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import grpc
 from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import struct_pb2
 
 from lattice.agent.address import AddressLease, free_port, lease_loopback, port_free
@@ -23,7 +26,9 @@ from lattice.agent.bootstrap import bootstrap, write_bootstrap
 from lattice.agent.control import RegistryClient
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
 from lattice.agent.http import agent_app
+from lattice.agent.identity import SERVER_NAME, Identity
 from lattice.agent.relay import XdsRelay
+from lattice.agent.sds import SecretServer
 from lattice.api.registration import Registration
 
 log = logging.getLogger("lattice.agent")
@@ -35,8 +40,8 @@ AGENT_PORT = 15020
 class RunOptions:
     service: str
     port: int
-    api: str  # control plane REST base URL
-    xds: str  # control plane xDS host:port
+    server: str  # the control plane's agent API, https://host:port
+    token: str | None = None  # join token: who this workload may be
     command: list[str] = field(default_factory=list)
     version: str = "v1"
     namespace: str = "default"
@@ -80,15 +85,18 @@ class Sidecar:
         self.registration = reg = self._registration()
         node = base_pb2.Node(id=reg.id, cluster=f"{reg.service}.{reg.namespace}")
         node.metadata.CopyFrom(_struct({"NAMESPACE": reg.namespace, "WORKLOAD_NAME": reg.name, "LABELS": reg.labels}))
-        self.relay = XdsRelay(node, self.o.xds)
+        self.sds = SecretServer()
+        self.identity = Identity(self.o.server, reg.id, reg.namespace, reg.service_account, self.o.token, self.run_dir, self._publish_secrets)
         self.envoy = EnvoyProcess(self.run_dir / "envoy.json", self.run_dir / "admin.sock", self.run_dir / "envoy.log", self.o.envoy_log_level)
-        write_bootstrap(self.envoy.bootstrap, bootstrap(reg.id, node.cluster, {"NAMESPACE": reg.namespace}, self.envoy.admin_socket, self.run_dir / "xds.sock"))
+        write_bootstrap(self.envoy.bootstrap, bootstrap(reg.id, node.cluster, {"NAMESPACE": reg.namespace}, self.envoy.admin_socket, self.run_dir / "xds.sock", self.run_dir / "sds.sock"))
         main = asyncio.current_task()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
         # One registry client from registration to deregistration, cleanup included.
-        async with RegistryClient(self.o.api, reg, lambda: self.app_healthy) as self.registry:
+        async with RegistryClient(self.o.server, reg, lambda: self.app_healthy, self.identity) as self.registry:
             try:
+                await self._obtain_identity()
+                self.relay = XdsRelay(node, self._xds_address(), self._xds_credentials, SERVER_NAME)
                 await self._serve()
             except asyncio.CancelledError:
                 log.info("stopping %s", reg.id)
@@ -97,12 +105,42 @@ class Sidecar:
                 await self._cleanup()
         return self.exit_code
 
+    async def _obtain_identity(self) -> None:
+        """The first certificate, before Envoy starts: no certificate, no mesh traffic at all."""
+        backoff = 0.2
+        while True:
+            try:
+                return await self.identity.obtain(self.registry.session)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                log.info("control plane %s unreachable (%s); retrying in %.1fs", self.o.server, e, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _publish_secrets(self) -> None:
+        self.sds.update(self.identity.chain, self.identity.key, self.identity.bundle)
+
+    def _xds_credentials(self) -> grpc.ChannelCredentials:
+        i = self.identity
+        return grpc.ssl_channel_credentials(root_certificates=i.bundle, private_key=i.key, certificate_chain=i.chain)
+
+    def _xds_address(self) -> str:
+        """Where xDS is: as the control plane says, with its host if it listens on all addresses."""
+        xds = self.identity.xds
+        host = urllib.parse.urlsplit(self.o.server).hostname or "127.0.0.1"
+        if xds.startswith(("0.0.0.0:", "[::]:")):
+            return f"{host}:{xds.rsplit(':', 1)[1]}"
+        return xds
+
     async def _serve(self) -> None:
-        relay_server = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.relay, relay_server)
-        relay_server.add_insecure_port(f"unix:{self.run_dir / 'xds.sock'}")
-        await relay_server.start()
-        self._servers.append(relay_server)
+        local = grpc.aio.server()
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.relay, local)
+        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self.sds, local)
+        local.add_insecure_port(f"unix:{self.run_dir / 'xds.sock'}")
+        local.add_insecure_port(f"unix:{self.run_dir / 'sds.sock'}")
+        await local.start()
+        for socket_name in ("xds.sock", "sds.sock"):  # our Envoy only (the directory is 0700 too)
+            os.chmod(self.run_dir / socket_name, 0o600)
+        self._servers.append(local)
         await self.registry.register()
         self._runner = web.AppRunner(agent_app(self.envoy, lambda: self.app_healthy), access_log=None)
         await self._runner.setup()
@@ -112,6 +150,7 @@ class Sidecar:
                 tasks.create_task(self.relay.run_upstream(), name="xds-upstream"),
                 tasks.create_task(self.envoy.supervise(), name="envoy"),
                 tasks.create_task(self.registry.heartbeats(self.o.heartbeat_interval), name="heartbeats"),
+                tasks.create_task(self.identity.renew_forever(self.registry.session), name="renewal"),
                 tasks.create_task(self._probe_forever(), name="app-probe"),
             ]
             await self._wait_ready()
@@ -126,7 +165,7 @@ class Sidecar:
         deadline = asyncio.get_running_loop().time() + self.o.ready_timeout
         while not (self.relay.has_config.is_set() and await self.envoy.live()):
             if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"Envoy did not get its config within {self.o.ready_timeout:.0f}s; is the control plane at {self.o.xds} reachable?\n{self.envoy.log_tail()}")
+                raise RuntimeError(f"Envoy did not get its config within {self.o.ready_timeout:.0f}s; is the control plane's xDS at {self.relay.upstream} reachable?\n{self.envoy.log_tail()}")
             await asyncio.sleep(0.05)
 
     async def _run_app(self) -> int:
@@ -167,7 +206,8 @@ class Sidecar:
         """Reverse order of start: app (above), registration, Envoy, agent port, relay, lease."""
         if self.app is not None and self.app.returncode is None:
             await self._stop_app()
-        await self.registry.deregister()
+        if self.identity.chain:  # registered with it; without one there is nothing to undo
+            await self.registry.deregister()
         await self.envoy.stop()
         if self._runner is not None:
             await self._runner.cleanup()

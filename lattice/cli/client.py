@@ -8,7 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from lattice.server.config import lattice_home, read_discovery
+from lattice.server.config import ADMIN_TOKEN_FILE, lattice_home, read_discovery
 
 
 class ApiError(Exception):
@@ -16,6 +16,28 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.body = body or {}
+
+
+def agent_url(explicit: str | None = None) -> str:
+    """The control plane's agent API (certificates, registration), for `lattice run`/`agent`."""
+    url = explicit or os.environ.get("LATTICE_AGENT_SERVER")
+    if url:
+        return url.rstrip("/") if "://" in url else f"https://{url}"
+    info = read_discovery(lattice_home())
+    if info is None:
+        raise ApiError(f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or pass --server https://HOST:15012")
+    return info["agent"]
+
+
+def admin_credential() -> str:
+    """The admin token: $LATTICE_ADMIN_TOKEN, or the file `lattice server` wrote under $LATTICE_HOME."""
+    token = os.environ.get("LATTICE_ADMIN_TOKEN")
+    if token:
+        return token.strip()
+    try:
+        return (lattice_home() / ADMIN_TOKEN_FILE).read_text().strip()
+    except OSError:
+        return ""
 
 
 def server_url(explicit: str | None = None) -> str:
@@ -29,19 +51,26 @@ def server_url(explicit: str | None = None) -> str:
 
 
 class Client:
-    def __init__(self, base: str, timeout: float = 10.0) -> None:
+    def __init__(self, base: str, timeout: float = 10.0, token: str | None = None) -> None:
         self.base = base.rstrip("/")
         self.timeout = timeout
+        self.token = admin_credential() if token is None else token
 
     def request(self, method: str, path: str, body: bytes | None = None, query: dict | None = None, content_type: str = "application/yaml") -> dict:
         url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
-        req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": content_type} if body is not None else {})
+        headers = {"Content-Type": content_type} if body is not None else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(url, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as e:
             payload = _json(e.read())
-            raise ApiError(payload.get("error") or f"HTTP {e.code}", e.code, payload) from None
+            message = payload.get("error") or f"HTTP {e.code}"
+            if e.code == 401 and not self.token:
+                message += f"; no admin token found in {lattice_home() / ADMIN_TOKEN_FILE} or $LATTICE_ADMIN_TOKEN"
+            raise ApiError(message, e.code, payload) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise ApiError(f"cannot reach the control plane at {self.base}: {reason}; is `lattice server` running?") from None

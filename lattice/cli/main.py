@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -15,8 +16,8 @@ import typer
 # use gRPC in a child, so they are off (read by gRPC at import, hence before any import of it).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from lattice.cli import proxy_config  # noqa: E402
-from lattice.cli.client import ApiError, Client, server_url  # noqa: E402
+from lattice.cli import proxy_config, security  # noqa: E402
+from lattice.cli.client import ApiError, Client, agent_url, server_url  # noqa: E402
 from lattice.cli.output import Format, emit, fail  # noqa: E402
 from lattice.server.config import lattice_home  # noqa: E402
 
@@ -27,8 +28,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(proxy_config.app, name="proxy-config")
+app.add_typer(security.token_app, name="token")
+app.add_typer(security.ca_app, name="ca")
 
 ServerOpt = typer.Option(None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json).")
+AgentServerOpt = typer.Option(None, "--server", envvar="LATTICE_AGENT_SERVER", help="Control plane agent API, https://HOST:15012 (default: from $LATTICE_HOME/server.json).")
+TokenOpt = typer.Option(None, "--token", envvar="LATTICE_TOKEN", help="Join token from `lattice token create`: the identity this workload may take.", show_default=False)
+TokenFileOpt = typer.Option(None, "--token-file", help="Read the join token from this file.")
 OutputOpt = typer.Option(Format.table, "-o", "--output", help="Output format.")
 
 
@@ -57,25 +63,48 @@ def server(
     api_host: str = typer.Option("127.0.0.1", help="REST API address; loopback unless you mean to expose it."),
     api_port: int = typer.Option(15080, help="REST API port (0: pick a free one)."),
     xds_host: str = typer.Option("127.0.0.1", help="xDS gRPC address (0.0.0.0 for agents on other hosts)."),
-    xds_port: int = typer.Option(15010, help="xDS gRPC port (0: pick a free one)."),
+    xds_port: int = typer.Option(15010, help="xDS gRPC port, mTLS (0: pick a free one)."),
+    agent_host: str = typer.Option("127.0.0.1", help="Agent API address: certificates and registration (0.0.0.0 for agents on other hosts)."),
+    agent_port: int = typer.Option(15012, help="Agent API port, TLS (0: pick a free one)."),
+    trust_domain: str = typer.Option("cluster.local", help="SPIFFE trust domain of workload identities."),
+    cert_ttl: str = typer.Option("24h", help="Lifetime of workload certificates (renewed at half-life), e.g. 24h, 30m, 30s."),
+    ca_cert: Optional[Path] = typer.Option(None, help="Plug-in CA: signing certificate, then any intermediates, then the root (PEM)."),
+    ca_key: Optional[Path] = typer.Option(None, help="Plug-in CA: the signing certificate's private key (PEM)."),
+    root_namespace: str = typer.Option("istio-system", help="Namespace whose selector-less policies apply mesh-wide."),
     debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
     heartbeat_timeout: float = typer.Option(15.0, help="Seconds without a heartbeat before a workload is dropped."),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
-    """Run the control plane: config store, registry, xDS server and REST API."""
+    """Run the control plane: config store, registry, CA, xDS server and REST API.
+
+    On first start it creates a root CA under <home>/ca (or uses --ca-cert/--ca-key) and the admin
+    credential <home>/admin-token that the CLI reads.
+    """
+    from lattice.api.durations import parse_duration
     from lattice.server.config import ServerConfig
     from lattice.server.main import run_server
 
     _logging(log_level)
     home = home or lattice_home()
-    config = ServerConfig(home=home, db=db or home / "lattice.db", api_host=api_host, api_port=api_port, xds_host=xds_host, xds_port=xds_port, debounce=debounce, heartbeat_timeout=heartbeat_timeout)
+    if (ca_cert is None) != (ca_key is None):
+        fail("give both --ca-cert and --ca-key, or neither (to use the built-in CA)")
+    try:
+        ttl = parse_duration(cert_ttl)
+    except ValueError as e:
+        fail(f"--cert-ttl {cert_ttl!r}: {e}")
+    if ttl < 10:
+        fail("--cert-ttl must be at least 10s: agents renew at half-life")
+    config = ServerConfig(
+        home=home, db=db or home / "lattice.db", api_host=api_host, api_port=api_port, xds_host=xds_host, xds_port=xds_port, agent_host=agent_host, agent_port=agent_port,
+        debounce=debounce, heartbeat_timeout=heartbeat_timeout, trust_domain=trust_domain, root_namespace=root_namespace, cert_ttl=ttl, ca_cert=ca_cert, ca_key=ca_key,
+    )
     try:
         asyncio.run(run_server(config))
     except Exception as e:  # StoreError and friends: say what and where, no traceback
         fail(str(e))
 
 
-def _run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, command, log_level):
+def _run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, command, log_level):
     from lattice.agent.sidecar import RunOptions
 
     labels = {}
@@ -84,21 +113,26 @@ def _run_options(service, port, version, namespace, service_account, label, name
         if not sep or not key:
             fail(f"--label {item!r} must be KEY=VALUE")
         labels[key] = value
-    api = call(server_url, server)
-    health = call(Client(api).get, "/api/v1/health")
-    xds = health.get("xds", "")
-    host = api.split("://", 1)[-1].rsplit(":", 1)[0]
-    if xds.startswith(("0.0.0.0:", "[::]:")):
-        xds = f"{host}:{xds.rsplit(':', 1)[1]}"
-    return RunOptions(service=service, port=port, api=api, xds=xds, command=command, version=version, namespace=namespace, service_account=service_account, labels=labels, name=name, address=address, app_port=app_port, protocol=protocol, envoy_log_level=log_level)
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as e:
+            fail(f"cannot read --token-file {token_file}: {e.strerror}")
+    if not token:
+        sa = service_account or service
+        fail(f"no join token: pass --token, --token-file or set LATTICE_TOKEN; create one with `lattice token create --service-account {sa} -n {namespace}`")
+    return RunOptions(service=service, port=port, server=call(agent_url, server), token=token, command=command, version=version, namespace=namespace, service_account=service_account, labels=labels, name=name, address=address, app_port=app_port, protocol=protocol, envoy_log_level=log_level)
 
 
 _RUN_HELP = """Run COMMAND as a workload of SERVICE, under its own sidecar.
 
-The app gets PORT (listen there on 127.0.0.1) and HTTP_PROXY (the sidecar) in its environment and
-starts once the sidecar holds its config. `lattice run` exits with the app's exit code.
+The sidecar first gets the workload a certificate for its identity
+(spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>), paid with a join token. The app gets
+PORT (listen there on 127.0.0.1) and HTTP_PROXY (the sidecar) in its environment and starts once
+the sidecar holds its config. `lattice run` exits with the app's exit code.
 
-  lattice run --service reviews --version v1 --port 9080 -- python reviews.py
+  lattice token create --service-account reviews > reviews.token
+  lattice run --service reviews --version v1 --port 9080 --token-file reviews.token -- python reviews.py
 """
 
 
@@ -115,13 +149,15 @@ def run(
     address: Optional[str] = typer.Option(None, help="Address other hosts reach this workload on (default: a loopback of its own)."),
     app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
     protocol: str = typer.Option("http", help="http, http2, grpc or tcp."),
-    server: Optional[str] = ServerOpt,
+    server: Optional[str] = AgentServerOpt,
+    token: Optional[str] = TokenOpt,
+    token_file: Optional[Path] = TokenFileOpt,
     log_level: str = typer.Option("warning", help="Agent and Envoy log level."),
 ) -> None:
     command = list(ctx.args)
     if not command:
         fail("give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice agent` runs a sidecar alone")
-    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, command, log_level), log_level))
+    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, command, log_level), log_level))
 
 
 @app.command()
@@ -136,11 +172,13 @@ def agent(
     address: Optional[str] = typer.Option(None),
     app_port: int = typer.Option(..., help="Port the (separately started) app listens on, on 127.0.0.1."),
     protocol: str = typer.Option("http"),
-    server: Optional[str] = ServerOpt,
+    server: Optional[str] = AgentServerOpt,
+    token: Optional[str] = TokenOpt,
+    token_file: Optional[Path] = TokenFileOpt,
     log_level: str = typer.Option("warning"),
 ) -> None:
     """Run a sidecar alone, for an app you start yourself on 127.0.0.1:APP_PORT."""
-    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, [], log_level), log_level))
+    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, [], log_level), log_level))
 
 
 def _sidecar(options, log_level: str) -> int:
@@ -250,8 +288,10 @@ def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> Non
     rows = []
     for p in data["proxies"]:
         sync = [p["types"][t]["state"] for t in ("Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration")]
-        rows.append([p["id"], p["service"], p["version"], f"{p['address']}:{p['port']}", "yes" if p["healthy"] else "NO", "yes" if p["connected"] else "NO", *sync])
-    emit(data, output, ["PROXY", "SERVICE", "VERSION", "ADDRESS", "HEALTHY", "CONNECTED", "CDS", "EDS", "LDS", "RDS"], rows)
+        cert = p.get("certificate") or {}
+        identity = cert.get("identity", "").removeprefix("spiffe://") or "NONE"
+        rows.append([p["id"], p["service"], p["version"], f"{p['address']}:{p['port']}", "yes" if p["healthy"] else "NO", "yes" if p["connected"] else "NO", *sync, identity, _expires_in(cert.get("expires", ""))])
+    emit(data, output, ["PROXY", "SERVICE", "VERSION", "ADDRESS", "HEALTHY", "CONNECTED", "CDS", "EDS", "LDS", "RDS", "IDENTITY", "CERT EXPIRES"], rows)
     if output is Format.table:
         s = data["server"]
         typer.echo(f"\nconfig revision {s['revision']}, snapshot {s['snapshot']}, last push {s['last_push_ms']} ms")
@@ -261,6 +301,15 @@ def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> Non
                     typer.echo(f"NACK {p['id']} {t}: {v['error']}")
         for c in data["conflicts"]:
             typer.echo(f"conflict: {c}")
+
+
+def _expires_in(iso: str) -> str:
+    if not iso:
+        return "-"
+    left = (datetime.fromisoformat(iso) - datetime.now(timezone.utc)).total_seconds()
+    if left <= 0:
+        return "EXPIRED"
+    return f"in {left / 3600:.1f}h" if left >= 5400 else f"in {left / 60:.0f}m" if left >= 90 else f"in {left:.0f}s"
 
 
 @app.command()

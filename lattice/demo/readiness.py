@@ -40,11 +40,11 @@ async def fetch_status(session: aiohttp.ClientSession, api: str) -> dict:
         return await response.json()
 
 
-async def wait_until_ready(api: str, names: list[str], progress: Callable[[dict[str, str]], None], check_alive: Callable[[], None], timeout: float = 60.0) -> dict:
+async def wait_until_ready(api: str, names: list[str], progress: Callable[[dict[str, str]], None], check_alive: Callable[[], None], headers: dict[str, str], timeout: float = 60.0) -> dict:
     """The status once all `names` are ready; `progress` hears what is pending, `check_alive` may raise."""
     deadline = time.monotonic() + timeout
     left = {name: "registering" for name in names}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=headers) as session:
         while time.monotonic() < deadline:
             check_alive()
             status = await fetch_status(session, api)

@@ -10,6 +10,7 @@ always, also on errors.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import signal
@@ -31,12 +32,18 @@ from lattice.demo.processes import Child, lattice_command, stop_all
 from lattice.demo.readiness import NotReady, fetch_status, wait_until_ready
 from lattice.demo.traffic import scrape_all
 from lattice.demo.traffic_table import TrafficMeter, TrafficRow, render, total_requests, unanswered
-from lattice.server.config import lattice_home, read_discovery
+from lattice.server.config import admin_token, lattice_home, read_discovery
 
 NETWORKING = Path(__file__).parent / "networking"  # Bookinfo routing files, Istio's shapes
 PRINT_EVERY = 5.0  # seconds between plain tables when stdout is not a terminal (CI logs)
 PIPE_PROGRESS_EVERY = 1.0  # seconds between progress lines on a pipe
 SERVER_START_TIMEOUT = 20.0
+# Istio's way to require mutual TLS for every workload: one mesh-wide policy in the root namespace.
+STRICT_MTLS = """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
 
 
 class DemoError(Exception):
@@ -77,7 +84,8 @@ class Demo:
         self.logs = home / "demo-logs"
         self.env = os.environ | {"LATTICE_HOME": str(home), "PYTHONUNBUFFERED": "1", "GRPC_ENABLE_FORK_SUPPORT": "false"}
         self.started = time.monotonic()
-        self.api = ""
+        self.api = self.agent_api = ""
+        self.tokens: dict[str, str] = {}  # workload name -> its join token
         self.server: Child | None = None
         self.workloads: list[Child] = []
         self.rows: list[TrafficRow] = []
@@ -120,6 +128,13 @@ class Demo:
             self.api = await self._start_server()
             server_up = self.elapsed()
             apps = [*topology.bookinfo(), topology.loadgen(self.rate)]
+            progress.update("requiring mutual TLS mesh-wide; minting a join token per workload")
+            await self._admin("POST", "/api/v1/apply", STRICT_MTLS.encode(), "application/yaml")
+            # The demo stands in for an operator here: one single-use, short-lived token per
+            # workload, passed to its `lattice run` in LATTICE_TOKEN.
+            for spec in apps:
+                token = await self._admin("POST", "/api/v1/tokens", json.dumps({"service_account": spec.service, "ttl_seconds": 600, "uses": 1, "description": f"lattice demo: {spec.name}"}).encode(), "application/json")
+                self.tokens[spec.name] = token["token"]
             progress.update(f"starting {len(apps)} workloads, each under its own sidecar")
             # All at once: sidecars route only to endpoints whose app listens, so loadgen's first
             # requests cannot reach a service that is still starting.
@@ -130,26 +145,39 @@ class Demo:
         """Start `specs` (all at once) and wait until they are all ready."""
         self.workloads += [await self._workload(spec).start() for spec in specs]
         names = [child.name for child in self.workloads]
-        return await wait_until_ready(self.api, names, lambda left: progress.update(_waiting(left)), self._check_alive)
+        return await wait_until_ready(self.api, names, lambda left: progress.update(_waiting(left)), self._check_alive, self.admin_headers)
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {admin_token(self.home)}"}
+
+    async def _admin(self, method: str, path: str, body: bytes, content_type: str) -> dict:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=self.admin_headers) as session:
+            async with session.request(method, f"{self.api}{path}", data=body, headers={"Content-Type": content_type}) as response:
+                answer = await response.json()
+                if response.status != 200:
+                    raise DemoError(f"the control plane refused {method} {path}: {answer.get('error', answer)}")
+                return answer
 
     async def _start_server(self) -> str:
         db = self.home / "demo.db"
         for path in (db, db.with_name("demo.db-wal"), db.with_name("demo.db-shm")):
             path.unlink(missing_ok=True)  # the demo always starts from clean config
-        argv = [*lattice_command(), "server", "--home", str(self.home), "--db", str(db), "--api-port", "0", "--xds-port", "0"]
+        argv = [*lattice_command(), "server", "--home", str(self.home), "--db", str(db), "--api-port", "0", "--xds-port", "0", "--agent-port", "0"]
         self.server = await Child("server", argv, self.env, self.logs / "server.log").start()
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
             self._check_alive()
             info = read_discovery(self.home)
             if info is not None and info.get("pid") == self.server.pid:
+                self.agent_api = info["agent"]
                 return info["api"]
             await asyncio.sleep(0.05)
         raise DemoError(f"the control plane did not start within {SERVER_START_TIMEOUT:.0f} s; its log ends:\n{self.server.log_tail()}")
 
     def _workload(self, spec: topology.DemoWorkload) -> Child:
-        argv = [*lattice_command(), "run", "--service", spec.service, "--version", spec.version, "--port", str(topology.PORT), "--server", self.api, "--", *spec.command]
-        return Child(spec.name, argv, self.env | spec.env, self.logs / f"{spec.name}.log")
+        argv = [*lattice_command(), "run", "--service", spec.service, "--version", spec.version, "--port", str(topology.PORT), "--server", self.agent_api, "--", *spec.command]
+        return Child(spec.name, argv, self.env | spec.env | {"LATTICE_TOKEN": self.tokens[spec.name]}, self.logs / f"{spec.name}.log")
 
     def _check_alive(self) -> None:
         for child in [c for c in (self.server, *self.workloads) if c is not None]:
@@ -157,14 +185,18 @@ class Demo:
                 raise DemoError(f"{child.name} exited with code {child.returncode}; its log ({child.log}) ends:\n{child.log_tail()}")
 
     def _announce(self, status: dict, server_up: float) -> None:
-        front = next(p for p in status["proxies"] if p["service"] == "productpage")
+        client = next(p for p in status["proxies"] if p["service"] == "loadgen")
         home = shlex.quote(str(self.home))
         self.console.print(
             f"[bold green]mesh ready in {self.elapsed():.1f} s[/] (control plane up in {server_up:.1f} s): "
             f"{len(status['proxies'])} workloads, each with its own Envoy sidecar",
             highlight=False,
         )
-        self.console.print(f"productpage: [bold]http://{front['address']}:{front['port']}/productpage[/]", highlight=False)
+        identities = sorted({p["certificate"]["identity"].rsplit("/", 1)[-1] for p in status["proxies"] if p.get("certificate")})
+        self.console.print(f"mutual TLS: STRICT mesh-wide; identities spiffe://cluster.local/ns/default/sa/{{{','.join(identities)}}}", highlight=False)
+        # STRICT means productpage's port takes mesh mTLS only; from outside, enter the mesh the
+        # way its own apps do, through a sidecar's outbound proxy (here the load generator's).
+        self.console.print(f"productpage, through loadgen's sidecar: [bold]curl -x http://{client['address']}:{client['outbound_port']} http://productpage:9080/productpage[/]", highlight=False)
         self.console.print(
             "change routing while it runs, from another terminal (Istio's Bookinfo files apply unchanged):\n"
             f"  LATTICE_HOME={home} lattice apply -f {NETWORKING}/virtual-service-reviews-v3.yaml\n"
@@ -180,7 +212,7 @@ class Demo:
         until = "Ctrl-C to stop" if deadline is None else f"stopping in {duration:g} s"
         self.console.print(f"loadgen → productpage at {self.rate:g} requests/s, {topology.JASON_SHARE:.0%} as end-user: jason; {until}", highlight=False)
         meter, printed = TrafficMeter(), time.monotonic()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), headers=self.admin_headers) as session:
             with self._live() as live:
                 while deadline is None or time.monotonic() < deadline:
                     await self._sample(session, meter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +21,44 @@ class ServerConfig:
     api_port: int = 15080
     xds_host: str = "127.0.0.1"
     xds_port: int = 15010
+    agent_host: str = "127.0.0.1"
+    agent_port: int = 15012
     debounce: float = 0.1
     heartbeat_timeout: float = 15.0
+    trust_domain: str = "cluster.local"
+    root_namespace: str = "istio-system"
+    cert_ttl: float = 24 * 3600.0
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
 
     @property
     def discovery_file(self) -> Path:
         return self.home / "server.json"
 
+    @property
+    def admin_token_file(self) -> Path:
+        return self.home / ADMIN_TOKEN_FILE
 
-def write_discovery(path: Path, api: str, xds: str) -> None:
+
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def admin_token(home: Path) -> str:
+    """The REST API's admin credential: created on the server's first start, readable by its owner only."""
+    path = home / ADMIN_TOKEN_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+
+
+def write_discovery(path: Path, api: str, xds: str, agent: str) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"api": api, "xds": xds, "pid": os.getpid()}, indent=2))
+    tmp.write_text(json.dumps({"api": api, "xds": xds, "agent": agent, "pid": os.getpid()}, indent=2))
     tmp.replace(path)
 
 

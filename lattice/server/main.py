@@ -6,13 +6,16 @@ import asyncio
 import logging
 import signal
 import socket
+from datetime import timedelta
 
 import grpc
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from lattice.registry import Registry
-from lattice.server.config import ServerConfig, write_discovery
+from lattice.server.agent_api import AgentApi
+from lattice.server.ca import CaManager
+from lattice.server.config import ServerConfig, admin_token, write_discovery
 from lattice.server.pusher import Pusher
 from lattice.server.rest import RestApi
 from lattice.store import Store
@@ -30,12 +33,39 @@ class ControlPlane:
         self.config = config
         config.home.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db)
+        self.ca = CaManager(config.home, config.trust_domain, timedelta(seconds=config.cert_ttl), config.ca_cert, config.ca_key)
         self.cache = SnapshotCache()
         self.board = StatusBoard()
         self.registry = Registry(self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request())
-        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce)
-        self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect)
-        self.rest = RestApi(self.store, self.registry, self.pusher, self.board, self.ads.connected_nodes)
+        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce, trust_domain=config.trust_domain, root_namespace=config.root_namespace)
+        self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect, self._authorize)
+        self.rest = RestApi(self.store, self.registry, self.pusher, self.board, self.ads.connected_nodes, self.ca, admin_token(config.home))
+        self.agents = AgentApi(self.ca, self.store, self.registry)
+
+    def _authorize(self, node_id: str, peer: list[str]) -> str | None:
+        """Config goes only to a registered proxy, over a connection holding that proxy's identity."""
+        workload = self.registry.get(node_id)
+        if workload is None:
+            return f"proxy {node_id} is not registered"
+        expected = f"spiffe://{self.config.trust_domain}/ns/{workload.namespace}/sa/{workload.service_account}"
+        if expected not in peer:
+            return f"the client certificate ({', '.join(peer) or 'none'}) is not {expected}, the identity of {node_id}"
+        return None
+
+    def _xds_credentials(self) -> grpc.ServerCredentials:
+        """mTLS for xDS; every handshake sees the current server certificate and trust bundle."""
+        seen: list = [None]
+
+        def current():
+            chain, key = self.ca.server_credentials()
+            wanted = (chain, self.ca.bundle_version)
+            if wanted == seen[0]:
+                return None  # unchanged
+            seen[0] = wanted
+            return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=self.ca.bundle_pem)
+
+        initial = current()
+        return grpc.dynamic_ssl_server_credentials(initial, current, require_client_authentication=True)
 
     async def _on_connect(self, node_id: str) -> None:
         if self.cache.get(node_id) is None:
@@ -48,21 +78,27 @@ class ControlPlane:
         grpc_server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_XDS_MESSAGE), ("grpc.max_receive_message_length", MAX_XDS_MESSAGE)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, grpc_server)
         try:
-            xds_port = grpc_server.add_insecure_port(f"{self.config.xds_host}:{self.config.xds_port}")
+            xds_port = grpc_server.add_secure_port(f"{self.config.xds_host}:{self.config.xds_port}", self._xds_credentials())
         except RuntimeError:
             xds_port = 0
         if not xds_port:
             raise SystemExit(f"cannot listen on {self.config.xds_host}:{self.config.xds_port} for xDS; pass --xds-port 0 for a free port")
         runner = web.AppRunner(self.rest.app(), access_log=None)
         await runner.setup()
-        api_socket = _listen(self.config.api_host, self.config.api_port)
+        api_socket = _listen(self.config.api_host, self.config.api_port, "the REST API", "--api-port")
         site = web.SockSite(runner, api_socket)
+        agent_runner = web.AppRunner(self.agents.app(), access_log=None)
+        await agent_runner.setup()
+        agent_socket = _listen(self.config.agent_host, self.config.agent_port, "the agent API", "--agent-port")
+        agent_site = web.SockSite(agent_runner, agent_socket, ssl_context=self.agents.ssl_context())
         await grpc_server.start()
         await site.start()
-        api_port = api_socket.getsockname()[1]
-        self.rest.xds_address = f"{self.config.xds_host}:{xds_port}"
-        write_discovery(self.config.discovery_file, f"http://{self.config.api_host}:{api_port}", f"{self.config.xds_host}:{xds_port}")
-        log.info("control plane up: REST http://%s:%d, xDS %s:%d, state %s", self.config.api_host, api_port, self.config.xds_host, xds_port, self.config.db)
+        await agent_site.start()
+        api_port, agent_port = api_socket.getsockname()[1], agent_socket.getsockname()[1]
+        self.rest.xds_address = self.agents.xds_address = f"{self.config.xds_host}:{xds_port}"
+        api, agents = f"http://{self.config.api_host}:{api_port}", f"https://{self.config.agent_host}:{agent_port}"
+        write_discovery(self.config.discovery_file, api, self.rest.xds_address, agents)
+        log.info("control plane up: REST %s, agents %s, xDS %s (mTLS), trust domain %s, state %s", api, agents, self.rest.xds_address, self.config.trust_domain, self.config.db)
         self.pusher.push()
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -75,6 +111,7 @@ class ControlPlane:
             # Reverse order of start: stop taking requests, then stop streaming config, then state.
             self.config.discovery_file.unlink(missing_ok=True)
             await runner.cleanup()
+            await agent_runner.cleanup()
             await grpc_server.stop(grace=1.0)
             self.store.close()
 
@@ -86,7 +123,7 @@ class ControlPlane:
                 log.warning("workload %s missed its heartbeats; dropped", workload_id)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(host: str, port: int, what: str, flag: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -94,7 +131,7 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise SystemExit(f"cannot listen on {host}:{port} for the REST API: {e.strerror}; pass --api-port 0 for a free port") from None
+        raise SystemExit(f"cannot listen on {host}:{port} for {what}: {e.strerror}; pass {flag} 0 for a free port") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock

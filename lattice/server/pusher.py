@@ -17,7 +17,9 @@ log = logging.getLogger("lattice.push")
 
 
 class Pusher:
-    def __init__(self, store: Store, registry: Registry, cache: SnapshotCache, debounce: float = 0.1) -> None:
+    def __init__(self, store: Store, registry: Registry, cache: SnapshotCache, debounce: float = 0.1, trust_domain: str = "cluster.local", root_namespace: str = "istio-system") -> None:
+        self._trust_domain = trust_domain
+        self._root_namespace = root_namespace
         self._store = store
         self._registry = registry
         self._cache = cache
@@ -81,6 +83,9 @@ class Pusher:
             workloads=self._registry.workloads(),
             virtual_services=self._resources("VirtualService", previous),
             destination_rules=self._resources("DestinationRule", previous),
+            peer_authentications=self._resources("PeerAuthentication", previous),
+            trust_domain=self._trust_domain,
+            root_namespace=self._root_namespace,
         )
         return snapshot
 

@@ -1,7 +1,13 @@
-"""The REST API: one API for the CLI, the agents and (later) the dashboard."""
+"""The admin REST API: one API for the CLI and (later) the dashboard.
+
+Every call but /api/v1/health needs the admin credential `lattice server` writes to
+`$LATTICE_HOME/admin-token` (0600), sent as `Authorization: Bearer <token>`. Agents never use this
+API: they have their own, authenticated by join tokens and workload certificates (agent_api.py).
+"""
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -11,8 +17,9 @@ import pydantic
 from aiohttp import web
 
 from lattice.api import UnknownKindError, ValidationError, kind_for, parse_documents
-from lattice.api.registration import Registration
+from lattice.identity import mint_token
 from lattice.registry import Registry
+from lattice.server.ca import CaManager, RotationError
 from lattice.server.pusher import Pusher
 from lattice.store import Store, StoredResource, StoreError
 from lattice.translate import TYPE_ORDER
@@ -23,14 +30,15 @@ MAX_BODY = 8 << 20
 
 
 class RestApi:
-    def __init__(self, store: Store, registry: Registry, pusher: Pusher, board: StatusBoard, connected) -> None:
-        self.store, self.registry, self.pusher, self.board = store, registry, pusher, board
+    def __init__(self, store: Store, registry: Registry, pusher: Pusher, board: StatusBoard, connected, ca: CaManager, admin_token: str) -> None:
+        self.store, self.registry, self.pusher, self.board, self.ca = store, registry, pusher, board, ca
+        self._admin_token = admin_token
         self._connected = connected  # () -> list of node ids with an open ADS stream
         self.started = time.time()
         self.xds_address = ""  # set once the gRPC port is bound; agents learn it from /health
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._authenticate, _errors])
         r = app.router
         r.add_get("/api/v1/health", self.health)
         r.add_post("/api/v1/apply", self.apply)
@@ -39,15 +47,67 @@ class RestApi:
         r.add_get("/api/v1/resources/{kind}/{namespace}/{name}", self.get_resource)
         r.add_delete("/api/v1/resources/{kind}/{namespace}/{name}", self.delete_resource)
         r.add_get("/api/v1/workloads", self.list_workloads)
-        r.add_put("/api/v1/workloads/{id}", self.register)
-        r.add_post("/api/v1/workloads/{id}/heartbeat", self.heartbeat)
-        r.add_delete("/api/v1/workloads/{id}", self.deregister)
         r.add_get("/api/v1/status", self.status)
+        r.add_post("/api/v1/tokens", self.create_token)
+        r.add_get("/api/v1/tokens", self.list_tokens)
+        r.add_delete("/api/v1/tokens/{id}", self.delete_token)
+        r.add_get("/api/v1/ca", self.ca_info)
+        r.add_post("/api/v1/ca/rotate-root", self.rotate_root)
         r.add_get("/api/v1/proxies/{id}/config_dump", self.config_dump)
         return app
 
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler):
+        if request.path != "/api/v1/health":
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._admin_token.encode()):
+                return web.json_response({"error": "missing or wrong admin credential: the CLI reads it from $LATTICE_HOME/admin-token, written by `lattice server`"}, status=401)
+        return await handler(request)
+
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "revision": self.store.revision, "xds": self.xds_address})
+        return web.json_response({"status": "ok"})
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        uses = body.get("uses")
+        try:
+            token, record = mint_token(
+                str(body.get("namespace") or "default"), str(body.get("service_account") or ""), float(body.get("ttl_seconds") or 3600),
+                int(uses) if uses is not None else None, time.time(), self.ca.root_fingerprint, str(body.get("description") or ""),
+            )
+        except (TypeError, ValueError) as e:
+            return web.json_response({"error": f"cannot create the token: {e}"}, status=400)
+        self.store.add_token(record.id, record.to_dict())
+        identity = f"spiffe://{self.ca.trust_domain}/ns/{record.namespace}/sa/{record.service_account}"
+        log.info("join token %s created for %s", record.id, identity)
+        return web.json_response({"token": token, "id": record.id, "identity": identity, "expires_at": record.expires_at, "uses": record.uses_left})
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        now = time.time()
+        items = [
+            {k: v for k, v in t.items() if k != "secret_hash"} | {"identity": f"spiffe://{self.ca.trust_domain}/ns/{t['namespace']}/sa/{t['service_account']}", "expired": t["expires_at"] <= now}
+            for t in self.store.list_tokens()
+        ]
+        return web.json_response({"items": items})
+
+    async def delete_token(self, request: web.Request) -> web.Response:
+        if not self.store.delete_token(request.match_info["id"]):
+            raise web.HTTPNotFound(text=json.dumps({"error": f"no token {request.match_info['id']}; see `lattice token list`"}), content_type="application/json")
+        return web.json_response({"deleted": request.match_info["id"]})
+
+    async def ca_info(self, request: web.Request) -> web.Response:
+        info = self.ca.describe()
+        workloads = self.registry.workloads()
+        info["proxies"] = {"total": len(workloads), "trust_current_bundle": sum(self.ca.trusts_bundle(w.id) for w in workloads), "on_signing_root": sum(self.ca.on_signing_root(w.id) for w in workloads)}
+        return web.json_response(info)
+
+    async def rotate_root(self, request: web.Request) -> web.Response:
+        try:
+            self.ca.start_rotation()
+        except RotationError as e:
+            return web.json_response({"error": str(e)}, status=409)
+        self.ca.advance([w.id for w in self.registry.workloads()])
+        return web.json_response(self.ca.describe())
 
     async def apply(self, request: web.Request) -> web.Response:
         resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
@@ -82,21 +142,6 @@ class RestApi:
 
     async def list_workloads(self, request: web.Request) -> web.Response:
         return web.json_response({"items": [self._workload(w) for w in self.registry.workloads()]})
-
-    async def register(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        registration = Registration.model_validate(body | {"id": request.match_info["id"]})
-        workload = self.registry.register(registration)
-        return web.json_response(self._workload(workload))
-
-    async def heartbeat(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        if not self.registry.heartbeat(request.match_info["id"], bool(body.get("healthy"))):
-            raise web.HTTPNotFound(text=json.dumps({"error": "unknown workload; register again"}), content_type="application/json")
-        return web.json_response({"ok": True})
-
-    async def deregister(self, request: web.Request) -> web.Response:
-        return web.json_response({"deregistered": self.registry.deregister(request.match_info["id"])})
 
     async def status(self, request: web.Request) -> web.Response:
         snapshot = self.pusher.snapshot
@@ -144,7 +189,9 @@ class RestApi:
         for type_url in TYPE_ORDER:
             t = status.types.get(type_url) if status else None
             types[type_url.rsplit(".", 1)[-1]] = {"state": t.state if t else "NOT SENT", "sent": t.sent_version if t else "", "acked": t.acked_version if t else "", "error": t.nack if t else ""}
-        return self._workload(w) | {"connected": w.id in self._connected(), "xds": status.protocol if status else "", "pushes": status.pushes if status else 0, "types": types}
+        held = self.ca.held.get(w.id)
+        certificate = {"identity": held.identity, "serial": held.serial, "expires": held.not_after, "root": held.root[:16], "bundle_version": held.bundle_version} if held else None
+        return self._workload(w) | {"connected": w.id in self._connected(), "xds": status.protocol if status else "", "pushes": status.pushes if status else 0, "types": types, "certificate": certificate}
 
 
 def _host(address: str) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import AsyncIterator, Awaitable, Callable
 
+import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from lattice.xds.cache import SnapshotCache
@@ -17,25 +18,28 @@ log = logging.getLogger("lattice.xds")
 
 # Called with the node id when a proxy's first request arrives, and when its stream ends.
 ConnectHook = Callable[[str], Awaitable[None]]
+# Called with the node id and the peer's certificate URI SANs; returns why it is refused, or None.
+Authorizer = Callable[[str, list[str]], str | None]
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: SnapshotCache, board: StatusBoard, on_connect: ConnectHook, on_disconnect: ConnectHook) -> None:
+    def __init__(self, cache: SnapshotCache, board: StatusBoard, on_connect: ConnectHook, on_disconnect: ConnectHook, authorize: Authorizer | None = None) -> None:
         self._cache = cache
+        self._authorize = authorize
         self._board = board
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._streams: dict[str, int] = {}  # node id -> open stream count
 
     async def StreamAggregatedResources(self, requests: AsyncIterator, context) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        async for response in self._serve(requests, SotwStream, "sotw"):
+        async for response in self._serve(requests, context, SotwStream, "sotw"):
             yield response
 
     async def DeltaAggregatedResources(self, requests: AsyncIterator, context) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        async for response in self._serve(requests, DeltaStream, "delta"):
+        async for response in self._serve(requests, context, DeltaStream, "delta"):
             yield response
 
-    async def _serve(self, requests: AsyncIterator, stream_type, protocol: str) -> AsyncIterator:
+    async def _serve(self, requests: AsyncIterator, context, stream_type, protocol: str) -> AsyncIterator:
         inbox: asyncio.Queue = asyncio.Queue()
         reader = asyncio.create_task(_pump(requests, inbox), name="ads-reader")
         node_id = ""
@@ -47,6 +51,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if not node_id:
                 log.warning("ADS stream without a node id; closing it")
                 return
+            if self._authorize is not None:
+                refused = self._authorize(first.node.id, peer_uris(context))
+                if refused:
+                    log.warning("ADS stream for %s refused: %s", first.node.id, refused)
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
             self._streams[node_id] = self._streams.get(node_id, 0) + 1
             self._board.connected(node_id, protocol)
             await self._on_connect(node_id)
@@ -69,6 +78,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     def connected_nodes(self) -> list[str]:
         return sorted(self._streams)
+
+
+def peer_uris(context) -> list[str]:
+    """The URI SANs of the client certificate gRPC verified (empty on an insecure channel)."""
+    auth = context.auth_context() or {}
+    names = [v.decode() for v in auth.get("x509_subject_alternative_name", [])]
+    return [n for n in names if n.startswith("spiffe://")]
 
 
 async def _pump(requests: AsyncIterator, inbox: asyncio.Queue) -> None:

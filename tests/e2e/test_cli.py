@@ -101,7 +101,7 @@ def test_ctrl_c_stops_app_envoy_and_agent(plane):
 def test_agent_alone_serves_an_app_started_separately(plane, workloads, tmp_path):
     port = _free_port()
     app = subprocess.Popen([sys.executable, "-m", "lattice.demo.apps.details"], env=ENV_BASE | {"PORT": str(port)})
-    agent = subprocess.Popen([LATTICE, "agent", "--service", "details", "--app-port", str(port)], env=plane.env, stdout=open(tmp_path / "agent.log", "wb"), stderr=subprocess.STDOUT)
+    agent = subprocess.Popen([LATTICE, "agent", "--service", "details", "--app-port", str(port)], env=plane.env | {"LATTICE_TOKEN": plane.token("details")}, stdout=open(tmp_path / "agent.log", "wb"), stderr=subprocess.STDOUT)
     try:
         client = workloads("ratings")
         wait_for(lambda: [p for p in plane.status()["proxies"] if p["service"] == "details" and p["healthy"]], 20, what="the agent to register details")

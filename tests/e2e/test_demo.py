@@ -56,7 +56,8 @@ def test_demo_runs_bookinfo_through_the_mesh_and_leaves_nothing_running(tmp_path
     result = subprocess.run([LATTICE, "demo", "--duration", "20", "--check"], env=demo_env(home), capture_output=True, text=True, timeout=150)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "/productpage" in output and "productpage: http://127." in output, output
+    assert "mutual TLS: STRICT mesh-wide" in output and "sa/{details,loadgen,productpage,ratings,reviews}" in output, output
+    assert "curl -x http://127." in output and "http://productpage:9080/productpage" in output, output
     assert "mesh ready in" in output and "check passed" in output, output
     for row in ("productpage", "details", "ratings", "reviews"):
         assert row in output
@@ -70,7 +71,7 @@ def test_demo_refuses_when_a_control_plane_already_runs_for_the_home(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([LATTICE, "server", "--home", str(home), "--api-port", "0", "--xds-port", "0"], env=demo_env(home), stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen([LATTICE, "server", "--home", str(home), "--api-port", "0", "--xds-port", "0", "--agent-port", "0"], env=demo_env(home), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         while not (home / "server.json").exists():

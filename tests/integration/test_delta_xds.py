@@ -1,22 +1,46 @@
-"""A real Envoy speaking incremental (delta) ADS straight to the control plane, no agent between."""
+"""A real Envoy speaking incremental (delta) ADS straight to the control plane, no agent between.
+
+The test plays the agent's part: it enrolls an identity with a join token, gives Envoy that
+certificate for the xDS connection (mTLS, as agents do), and serves Envoy's SDS itself with the
+agent's own SecretServer in a thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
+import threading
+from pathlib import Path
 
+import grpc
 import pytest
+from envoy.service.secret.v3 import sds_pb2_grpc
 
-from harness import ENV_BASE, http, start_all, stop, wait_for
+from harness import ENV_BASE, Enrolled, http, start_all, stop, wait_for
 from lattice.agent.address import lease_loopback
 from lattice.agent.envoy import envoy_binary
+from lattice.agent.sds import SecretServer
 
 pytestmark = pytest.mark.slow
 
 
-def _bootstrap(node_id: str, xds: str, admin_port: int) -> dict:
+def _bootstrap(node_id: str, xds: str, admin_port: int, me: Enrolled, sds_socket: Path) -> dict:
     host, port = xds.rsplit(":", 1)
+    xds_tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "lattice-control-plane",
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": str(me.cert_file)}, "private_key": {"filename": str(me.key_file)}}],
+                "validation_context": {"trusted_ca": {"filename": str(me.bundle_file)}, "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "lattice-control-plane"}}]},
+                "alpn_protocols": ["h2"],
+            },
+        },
+    }
+    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "explicit_http_config": {"http2_protocol_options": {}}}}
     return {
         "node": {"id": node_id, "cluster": "delta-client.default"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -28,10 +52,13 @@ def _bootstrap(node_id: str, xds: str, admin_port: int) -> dict:
         "static_resources": {
             "clusters": [
                 {
-                    "name": "xds", "type": "STATIC", "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "explicit_http_config": {"http2_protocol_options": {}}}},
+                    "name": "xds", "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": h2, "transport_socket": xds_tls,
                     "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}]}]},
-                }
+                },
+                {
+                    "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": h2,
+                    "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(sds_socket)}}}}]}]},
+                },
             ]
         },
     }
@@ -42,11 +69,12 @@ def test_envoy_on_delta_xds_gets_config_and_changes(plane, tmp_path):
     lease = lease_loopback([9080, 15001])
     node_id = "delta-client-v1-000001.default"
     record = {"name": "delta-client-v1", "service": "delta-client", "service_account": "delta-client", "address": lease.address, "port": 9080, "app_port": 9, "outbound_port": 15001, "agent_port": 15020, "healthy": True, "labels": {"app": "delta-client"}}
-    status, _, body = http("PUT", f"{plane.api}/api/v1/workloads/{node_id}", json.dumps(record).encode(), {"Content-Type": "application/json"})
-    assert status == 200, body
+    me = Enrolled(plane, "delta-client", node_id, tmp_path / "identity")
+    me.register(record)
+    sds = _SdsThread(tmp_path / "sds.sock", me)
     bootstrap = tmp_path / "envoy.json"
     admin_port = _free_port()
-    bootstrap.write_text(json.dumps(_bootstrap(node_id, plane.xds, admin_port)))
+    bootstrap.write_text(json.dumps(_bootstrap(node_id, plane.xds, admin_port, me, sds.socket)))
     envoy = subprocess.Popen([envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warning"], env=ENV_BASE, stdout=open(tmp_path / "envoy.log", "wb"), stderr=subprocess.STDOUT)
     try:
         proxy = wait_for(lambda: plane.all_synced([node_id]) and plane.proxy(node_id), 20, what="the delta Envoy to sync")
@@ -67,6 +95,7 @@ def test_envoy_on_delta_xds_gets_config_and_changes(plane, tmp_path):
         wait_for(lambda: not [c for c in _clusters(admin_port) if "|v1|" in c], 5, what="subset clusters to be removed")
     finally:
         stop(envoy)
+        sds.stop()
         lease.release()
 
 
@@ -90,6 +119,33 @@ spec:
 def _clusters(admin_port: int) -> list[str]:
     status, _, body = http("GET", f"http://127.0.0.1:{admin_port}/clusters?format=json")
     return [c["name"] for c in json.loads(body).get("cluster_statuses", [])]
+
+
+class _SdsThread:
+    """The agent's SDS server for the enrolled identity, on a unix socket, in a thread of its own."""
+
+    def __init__(self, socket_path: Path, me: Enrolled) -> None:
+        self.socket = socket_path
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def serve() -> None:
+            secrets = SecretServer()
+            secrets.update(me.cert_file.read_bytes(), me.key_file.read_bytes(), me.bundle_file.read_bytes())
+            self.server = grpc.aio.server()
+            sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(secrets, self.server)
+            self.server.add_insecure_port(f"unix:{socket_path}")
+            await self.server.start()
+            started.set()
+            await self.server.wait_for_termination()
+
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(serve(),), daemon=True)
+        self.thread.start()
+        assert started.wait(10), "SDS server did not start"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(5)
+        self.thread.join(5)
 
 
 def _free_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -13,7 +12,7 @@ import lattice.demo
 
 import pytest
 
-from harness import ControlPlane, Workload, child_pid, http, served_by, start_all, wait_for
+from harness import ControlPlane, Enrolled, Workload, child_pid, http, served_by, start_all, wait_for
 
 pytestmark = pytest.mark.slow
 DATA = Path(lattice.demo.__file__).parent / "networking"
@@ -62,10 +61,10 @@ def test_invalid_push_is_nacked_and_old_routes_keep_serving(plane, started):
 
 def test_control_plane_restart_keeps_config_and_proxies_resync(plane, started):
     client, *_ = _mesh(plane, started)
-    api_port, xds_port = plane.ports
+    ports = plane.ports
     plane.stop()
     assert served_by(client, REVIEWS, 20) == {"reviews-v3": 20}  # data plane runs on without it
-    plane.start(api_port, xds_port)
+    plane.start(*ports)
     wait_for(lambda: plane.all_synced(), 15, what="every proxy to reconnect and resync")
     assert [i["metadata"]["name"] for i in plane.get("/api/v1/resources/virtualservices")["items"]] == ["reviews"]
     assert served_by(client, REVIEWS, 10) == {"reviews-v3": 10}
@@ -98,8 +97,7 @@ def test_workload_that_stops_heartbeating_is_dropped(tmp_path):
     plane = ControlPlane(tmp_path / "home", "--heartbeat-timeout", "1").start()
     try:
         record = {"name": "ghost-v1", "service": "ghost", "service_account": "ghost", "address": "127.0.0.77", "port": 9080, "app_port": 9, "outbound_port": 15001, "agent_port": 15020, "healthy": True}
-        status, _, body = http("PUT", f"{plane.api}/api/v1/workloads/ghost-v1-abc.default", json.dumps(record).encode(), {"Content-Type": "application/json"})
-        assert status == 200, body
+        Enrolled(plane, "ghost", "ghost-v1-abc.default", tmp_path / "ghost").register(record)
         assert [p["id"] for p in plane.status()["proxies"]] == ["ghost-v1-abc.default"]
         started = time.monotonic()
         wait_for(lambda: plane.status()["proxies"] == [], 5, what="the silent workload to expire")

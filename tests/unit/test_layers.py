@@ -10,12 +10,13 @@ ROOT = Path(__file__).parents[2] / "lattice"
 ALLOWED = {
     "api": set(),
     "store": set(),
+    "identity": set(),
     "mesh": {"api"},
     "translate": {"api", "mesh"},
     "xds": {"translate"},
     "registry": {"api", "mesh", "store"},
-    "server": {"api", "store", "registry", "mesh", "translate", "xds"},
-    "agent": {"api", "translate"},
+    "server": {"api", "store", "registry", "mesh", "translate", "xds", "identity"},
+    "agent": {"api", "translate", "identity"},
     "cli": {"api", "server", "agent", "translate", "demo"},
     "demo": {"server", "agent", "cli"},
 }

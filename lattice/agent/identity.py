@@ -1,0 +1,171 @@
+"""The workload's identity: its key (made here, never sent), its certificate, the trust bundle.
+
+First certificate: fetch the trust bundle, check it holds the root the join token was minted
+under (the token's pin), then send a CSR with the token over TLS verified against that bundle.
+Renewals are paid with the current certificate, at half-life, or at once when the control plane
+asks (root rotation). A failed renewal is retried with backoff while the certificate lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import ssl
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+from cryptography import x509
+
+from lattice.identity import SpiffeId, cert_info, fingerprint, key_pem, make_csr, new_key, parse_token
+
+log = logging.getLogger("lattice.identity")
+SERVER_NAME = "lattice-control-plane"  # the name in the control plane's certificate
+
+
+class IdentityError(RuntimeError):
+    pass
+
+
+class Identity:
+    def __init__(self, server: str, proxy_id: str, namespace: str, service_account: str, token: str | None, run_dir: Path, on_change: Callable[[], None] = lambda: None) -> None:
+        self.server = server.rstrip("/")
+        self.proxy_id = proxy_id
+        self.namespace, self.service_account = namespace, service_account
+        self.token = token
+        self.run_dir = run_dir
+        self.on_change = on_change
+        self.chain = self.key = self.bundle = b""
+        self.bundle_version = 0
+        self.spiffe = self.trust_domain = self.root = ""
+        self.xds = ""
+        self.not_after: datetime | None = None
+        self.renew_now = asyncio.Event()
+        self._issued_at: datetime | None = None
+        self._ssl: ssl.SSLContext | None = None
+
+    # --- what others use ---------------------------------------------------------------------
+
+    def ssl(self) -> ssl.SSLContext:
+        """Client context for the agent API: our certificate, the server checked against the bundle."""
+        return self._ssl
+
+    def held(self) -> dict:
+        """What we hold, as heartbeats report it (lets the control plane track rotation)."""
+        info = cert_info(self.chain)
+        return {"bundle_version": self.bundle_version, "certificate": {"identity": info.spiffe_id, "serial": info.serial, "not_after": info.not_after.isoformat(), "root": self.root}}
+
+    # --- getting and renewing ----------------------------------------------------------------
+
+    async def obtain(self, session: aiohttp.ClientSession) -> None:
+        """The first certificate, for the join token."""
+        if not self.token:
+            raise IdentityError(f"no join token for {self._wanted}: pass --token, --token-file or LATTICE_TOKEN (create one with `lattice token create --service-account {self.service_account} -n {self.namespace}`)")
+        try:
+            pin = parse_token(self.token).pin
+        except ValueError as e:
+            raise IdentityError(f"the join token is malformed: {e}") from None
+        bundle = await self._fetch_bundle(session, pin)
+        await self._request(session, {"Authorization": f"Bearer {self.token}"}, bundle)
+        self.token = None  # spent (or single-use); renewals use the certificate
+
+    async def renew(self, session: aiohttp.ClientSession) -> None:
+        await self._request(session, {}, self.bundle)
+
+    async def renew_forever(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            await self._wait_half_life()
+            backoff = 0.5
+            while True:
+                try:
+                    await self.renew(session)
+                    break
+                except (aiohttp.ClientError, TimeoutError, IdentityError) as e:
+                    left = (self.not_after - _now()).total_seconds()
+                    log.warning("certificate renewal failed (%s); %.0fs of validity left, retrying in %.1fs", e, left, backoff)
+                    await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                    backoff = min(backoff * 2, max(1.0, left / 10))
+
+    async def refresh_bundle(self, session: aiohttp.ClientSession) -> None:
+        async with session.get(f"{self.server}/agent/v1/bundle", ssl=self._ssl, server_hostname=SERVER_NAME) as response:
+            body = await _json(response, "fetching the trust bundle")
+        self._store(self.chain, self.key, body["bundle"].encode(), int(body["bundle_version"]))
+        log.info("trust bundle version %d (%d roots)", self.bundle_version, self.bundle.count(b"BEGIN CERTIFICATE"))
+
+    async def _wait_half_life(self) -> None:
+        remaining = (self.not_after - self._issued_at) / 2 - (_now() - self._issued_at)
+        try:
+            await asyncio.wait_for(self.renew_now.wait(), max(0.0, remaining.total_seconds()))
+        except TimeoutError:
+            pass
+        self.renew_now.clear()
+
+    async def _fetch_bundle(self, session: aiohttp.ClientSession, pin: str) -> bytes:
+        """The bundle over unverified TLS (it is public), trusted only if it holds the pinned root."""
+        unverified = ssl.create_default_context()
+        unverified.check_hostname = False
+        unverified.verify_mode = ssl.CERT_NONE
+        async with session.get(f"{self.server}/agent/v1/bundle", ssl=unverified) as response:
+            body = await _json(response, "fetching the trust bundle")
+        bundle = body["bundle"].encode()
+        self.trust_domain = body["trust_domain"]
+        roots = [fingerprint(c) for c in x509.load_pem_x509_certificates(bundle)]
+        if not any(r.startswith(pin) for r in roots):
+            raise IdentityError(f"the control plane at {self.server} does not hold the CA root this join token was made for; is it the right server? (mint a new token if its root was rotated)")
+        return bundle
+
+    async def _request(self, session: aiohttp.ClientSession, headers: dict, bundle: bytes) -> None:
+        key = new_key()
+        csr = make_csr(key, SpiffeId(self.trust_domain, self.namespace, self.service_account))
+        context = self._context(bundle, with_client=not headers)
+        async with session.post(f"{self.server}/agent/v1/certificate", json={"csr": csr.decode(), "proxy_id": self.proxy_id}, headers=headers, ssl=context, server_hostname=SERVER_NAME) as response:
+            body = await _json(response, "requesting a certificate")
+        self.xds, self.root = body.get("xds", ""), body["root"]
+        self._store(body["chain"].encode(), key_pem(key), body["bundle"].encode(), int(body["bundle_version"]))
+        info = cert_info(self.chain)
+        self.spiffe, self.not_after, self._issued_at = info.spiffe_id, info.not_after, _now()
+        log.info("certificate for %s until %s", self.spiffe, info.not_after.isoformat(timespec="seconds"))
+
+    def _store(self, chain: bytes, key: bytes, bundle: bytes, bundle_version: int) -> None:
+        changed = (chain, key, bundle) != (self.chain, self.key, self.bundle)
+        self.chain, self.key, self.bundle, self.bundle_version = chain, key, bundle, bundle_version
+        self._ssl = self._context(bundle, with_client=True)
+        if changed:
+            self.on_change()
+
+    def _context(self, bundle: bytes, with_client: bool) -> ssl.SSLContext:
+        context = ssl.create_default_context(cadata=bundle.decode())
+        if with_client and self.chain:
+            # ssl loads certificates from files only: they live in the agent's 0700 run directory.
+            cert_file, key_file = self.run_dir / "cert.pem", self.run_dir / "key.pem"
+            _write_private(key_file, self.key)
+            cert_file.write_bytes(self.chain)
+            context.load_cert_chain(cert_file, key_file)
+        return context
+
+    @property
+    def _wanted(self) -> str:
+        return f"{self.namespace}/{self.service_account}"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+async def _json(response: aiohttp.ClientResponse, what: str) -> dict:
+    try:
+        body = await response.json(content_type=None)
+    except (ValueError, aiohttp.ContentTypeError):
+        body = {"error": (await response.text())[:300]}
+    if response.status != 200:
+        raise IdentityError(f"{what}: the control plane said {response.status}: {body.get('error', body)}")
+    return body
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,140 @@
+"""`lattice token` (who may join as whom) and `lattice ca` (the mesh's certificate authority)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from lattice.api.durations import parse_duration
+from lattice.cli.client import ApiError, Client, server_url
+from lattice.cli.output import Format, emit, fail
+
+token_app = typer.Typer(help="Join tokens: each lets one workload identity get its first certificate.", no_args_is_help=True)
+ca_app = typer.Typer(help="The mesh's certificate authority: its roots, what it issued, root rotation.", no_args_is_help=True)
+ServerOpt = typer.Option(None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json).")
+OutputOpt = typer.Option(Format.table, "-o", "--output", help="Output format.")
+
+
+def _client(server: str | None) -> Client:
+    try:
+        return Client(server_url(server))
+    except ApiError as e:
+        fail(str(e))
+
+
+def _call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as e:
+        fail(str(e))
+
+
+@token_app.command("create")
+def create(
+    service_account: str = typer.Option(..., "--service-account", help="The identity's service account, e.g. reviews."),
+    namespace: str = typer.Option("default", "-n", "--namespace"),
+    ttl: str = typer.Option("1h", help="How long the token may be used, e.g. 10m, 1h, 24h."),
+    uses: Optional[int] = typer.Option(None, help="How many workloads may join with it (default: unlimited until it expires)."),
+    description: str = typer.Option("", help="A note shown by `lattice token list`."),
+    server: Optional[str] = ServerOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """Print a join token bound to spiffe://<trust-domain>/ns/NAMESPACE/sa/SERVICE_ACCOUNT.
+
+    Give it to `lattice run --token` (or LATTICE_TOKEN, or --token-file). A workload that presents
+    it can get a certificate for that identity and no other. Treat it like a password.
+    """
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError as e:
+        fail(f"--ttl {ttl!r}: {e}")
+    body = {"namespace": namespace, "service_account": service_account, "ttl_seconds": seconds, "uses": uses, "description": description}
+    result = _call(_client(server).request, "POST", "/api/v1/tokens", json.dumps(body).encode(), content_type="application/json")
+    if output is not Format.table:
+        return emit(result, output, [], [])
+    typer.echo(result["token"])
+    uses_text = "unlimited uses" if result["uses"] is None else f"{result['uses']} use{'s' if result['uses'] != 1 else ''}"
+    Console(stderr=True).print(f"token {result['id']} for {result['identity']}: {uses_text}, expires {_when(result['expires_at'])}", highlight=False)
+
+
+@token_app.command("list")
+def list_tokens(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
+    """Tokens the control plane knows (never their secrets)."""
+    items = _call(_client(server).get, "/api/v1/tokens")["items"]
+    rows = [
+        [t["id"], t["identity"].removeprefix("spiffe://"), "unlimited" if t["uses_left"] is None else t["uses_left"], "EXPIRED" if t["expired"] else _when(t["expires_at"]), t.get("description", "")]
+        for t in items
+    ]
+    emit({"items": items}, output, ["ID", "IDENTITY", "USES LEFT", "EXPIRES", "DESCRIPTION"], rows)
+
+
+@token_app.command("revoke")
+def revoke(token_id: str = typer.Argument(..., help="Token id (the second part of the token; see `lattice token list`)."), server: Optional[str] = ServerOpt) -> None:
+    """Make a token unusable. Certificates already issued for it stay valid until they expire."""
+    _call(_client(server).request, "DELETE", f"/api/v1/tokens/{token_id}")
+    typer.echo(f"token {token_id} revoked")
+
+
+@ca_app.command("show")
+def show(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
+    """Trusted roots (fingerprint, validity), the signing CA, certificates issued and refused."""
+    info = _call(_client(server).get, "/api/v1/ca")
+    rows = [[r["fingerprint"][:32], r["subject"], r["not_before"][:10], r["not_after"][:10], "signing" if r["signing"] else "trusted"] for r in info["roots"]]
+    emit(info, output, ["ROOT SHA-256", "SUBJECT", "NOT BEFORE", "NOT AFTER", "ROLE"], rows)
+    if output is Format.table:
+        refused = ", ".join(f"{k} {v}" for k, v in sorted(info["refused"].items())) or "none"
+        proxies = info["proxies"]
+        typer.echo(
+            f"\ntrust domain {info['trust_domain']}{' (plug-in CA)' if info['plug_in'] else ''}; workload certificates last {_span(info['cert_ttl_seconds'])}\n"
+            f"signing CA: {info['signing']['subject']}, {info['signing']['days_left']} days left\n"
+            f"issued {info['issued']}, refused {refused}\n"
+            f"rotation: {info['rotation']}; {proxies['trust_current_bundle']}/{proxies['total']} proxies hold trust bundle v{info['bundle_version']}, {proxies['on_signing_root']}/{proxies['total']} hold a certificate from the signing root"
+        )
+
+
+@ca_app.command("rotate-root")
+def rotate_root(
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the rotation until the old root is retired."),
+    timeout: float = typer.Option(300.0, help="Seconds to follow it before giving up (the rotation itself goes on)."),
+    server: Optional[str] = ServerOpt,
+) -> None:
+    """Replace the root CA with no failed requests.
+
+    The new root is first trusted alongside the old one; once every workload trusts it, certificates
+    are signed by it and every workload renews; once all hold one, the old root is retired.
+    """
+    client = _client(server)
+    info = _call(client.request, "POST", "/api/v1/ca/rotate-root")
+    new = next(r for r in info["roots"] if not r["signing"])["fingerprint"][:16] if len(info["roots"]) > 1 else "?"
+    typer.echo(f"rotation started: new root {new} added to the trust bundle")
+    if not wait:
+        return
+    console = Console(stderr=True)
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for every workload to trust the new root") as status:
+        while time.monotonic() < deadline:
+            info = _call(client.get, "/api/v1/ca")
+            p = info["proxies"]
+            if info["rotation"] == "none":
+                break
+            if info["rotation"] == "distributing":
+                status.update(f"distributing the new root: {p['trust_current_bundle']}/{p['total']} workloads trust it")
+            else:
+                status.update(f"switching: {p['on_signing_root']}/{p['total']} workloads hold a certificate from the new root")
+            time.sleep(0.5)
+    if info["rotation"] != "none":
+        fail(f"the rotation is still {info['rotation']} after {timeout:.0f}s (it goes on; see `lattice ca show`)")
+    typer.echo(f"rotation done: the trust bundle holds only {info['roots'][0]['fingerprint'][:16]}")
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 3600:g}h" if seconds >= 3600 else f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"

@@ -1,0 +1,180 @@
+"""The agents' API (TLS): certificates for join tokens or current certificates, and registration.
+
+An agent with nothing but a join token fetches the trust bundle (public), checks it against the
+root pin in its token, and from then on talks TLS verified against that bundle. Its first
+certificate costs it the token; renewals are paid with the certificate it holds. Registration,
+heartbeats and deregistration need a certificate whose identity is the workload's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import tempfile
+import time
+from pathlib import Path
+
+import pydantic
+from aiohttp import web
+
+from lattice.api.registration import Registration
+from lattice.identity import CsrRefused, SpiffeId, TokenError, TokenRecord, parse_token
+from lattice.identity import check_token as token_check
+from lattice.registry import Registry
+from lattice.server.ca import SERVER_NAME, CaManager
+from lattice.store import Store
+
+log = logging.getLogger("lattice.agent-api")
+MAX_BODY = 64 << 10
+
+
+class AgentApi:
+    def __init__(self, ca: CaManager, store: Store, registry: Registry, xds_address: str = "") -> None:
+        self.ca, self.store, self.registry = ca, store, registry
+        self.xds_address = xds_address  # set once the gRPC port is bound
+        self._context: ssl.SSLContext | None = None
+        self._context_key: tuple | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
+        r = app.router
+        r.add_get("/agent/v1/bundle", self.bundle)
+        r.add_post("/agent/v1/certificate", self.certificate)
+        r.add_put("/agent/v1/workloads/{id}", self.register)
+        r.add_post("/agent/v1/workloads/{id}/heartbeat", self.heartbeat)
+        r.add_delete("/agent/v1/workloads/{id}", self.deregister)
+        return app
+
+    # --- TLS: the server certificate and the client roots follow renewals and root rotation ---
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The listening context; each handshake switches to the current one (see `_current`)."""
+        context = self._current()
+        context.sni_callback = self._choose
+        return context
+
+    def _choose(self, connection: ssl.SSLObject, server_name: str | None, _context) -> None:
+        connection.context = self._current()
+
+    def _current(self) -> ssl.SSLContext:
+        chain, key = self.ca.server_credentials()
+        wanted = (chain, self.ca.bundle_version)
+        if self._context is None or self._context_key != wanted:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            with tempfile.TemporaryDirectory() as tmp:  # ssl loads keys from files only
+                cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+                cert_file.write_bytes(chain)
+                key_file.touch(mode=0o600)
+                key_file.write_bytes(key)
+                context.load_cert_chain(cert_file, key_file)
+            context.load_verify_locations(cadata=self.ca.bundle_pem.decode())
+            context.verify_mode = ssl.CERT_OPTIONAL  # a token-holder has no certificate yet
+            context.sni_callback = self._choose
+            self._context, self._context_key = context, wanted
+        return self._context
+
+    # --- handlers -----------------------------------------------------------------------
+
+    async def bundle(self, request: web.Request) -> web.Response:
+        return web.json_response({"bundle": self.ca.bundle_pem.decode(), "bundle_version": self.ca.bundle_version, "trust_domain": self.ca.trust_domain})
+
+    async def certificate(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        csr, proxy_id = str(body.get("csr", "")), str(body.get("proxy_id", ""))
+        identity = _peer(request, self.ca.trust_domain) or self._redeem(request)
+        if not proxy_id.endswith(f".{identity.namespace}"):
+            raise _refuse(403, f"proxy id {proxy_id!r} must end with .{identity.namespace}, the namespace of {identity}")
+        try:
+            issued = self.ca.sign(csr.encode(), identity, proxy_id)
+        except CsrRefused as e:  # counted by the CA manager
+            log.warning("refused a CSR for %s (%s): %s", identity, e.reason, e)
+            raise _refuse(403, str(e), reason=e.reason) from None
+        log.info("issued %s to %s (serial %x, until %s)", identity, proxy_id, issued.serial, issued.not_after.isoformat(timespec="seconds"))
+        return web.json_response(
+            {
+                "chain": issued.chain_pem.decode(), "bundle": self.ca.bundle_pem.decode(), "bundle_version": self.ca.bundle_version,
+                "identity": str(identity), "root": issued.root_fingerprint, "xds": self.xds_address, "server_name": SERVER_NAME,
+            }
+        )
+
+    def _redeem(self, request: web.Request) -> SpiffeId:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise _refuse(401, "no credential: present a join token (`lattice token create`) or a current workload certificate")
+        try:
+            parsed = parse_token(token.strip())
+            record = TokenRecord.from_dict(self.store.consume_token(parsed.id, lambda r: token_check(parsed, TokenRecord.from_dict(r) if r else None, time.time())))
+        except TokenError as e:
+            self.ca.refused["token"] += 1
+            log.warning("refused a join token: %s", e)
+            raise _refuse(401, f"join token refused: {e}") from None
+        return SpiffeId(self.ca.trust_domain, record.namespace, record.service_account)
+
+    async def register(self, request: web.Request) -> web.Response:
+        identity = self._require_peer(request)
+        registration = Registration.model_validate(await request.json() | {"id": request.match_info["id"]})
+        if (registration.namespace, registration.service_account) != (identity.namespace, identity.service_account):
+            raise _refuse(403, f"{identity} may not register a workload of service account {registration.namespace}/{registration.service_account}")
+        workload = self.registry.register(registration)
+        return web.json_response({"id": workload.id})
+
+    async def heartbeat(self, request: web.Request) -> web.Response:
+        workload_id = self._owned(request)
+        body = await request.json()
+        if not self.registry.heartbeat(workload_id, bool(body.get("healthy"))):
+            raise _refuse(404, "unknown workload; register again")
+        answer = self.ca.report(workload_id, int(body.get("bundle_version", 0)), body.get("certificate"))
+        self.ca.advance([w.id for w in self.registry.workloads()])
+        return web.json_response({"ok": True, **answer, "bundle_version": self.ca.bundle_version})
+
+    async def deregister(self, request: web.Request) -> web.Response:
+        workload_id = self._owned(request)
+        self.ca.forget(workload_id)
+        return web.json_response({"deregistered": self.registry.deregister(workload_id)})
+
+    def _require_peer(self, request: web.Request) -> SpiffeId:
+        identity = _peer(request, self.ca.trust_domain)
+        if identity is None:
+            raise _refuse(401, "a workload certificate is required: get one with a join token first")
+        return identity
+
+    def _owned(self, request: web.Request) -> str:
+        """The workload id in the path, if the caller's certificate is that workload's identity."""
+        identity = self._require_peer(request)
+        workload_id = request.match_info["id"]
+        workload = self.registry.get(workload_id)
+        if workload is not None and (workload.namespace, workload.service_account) != (identity.namespace, identity.service_account):
+            raise _refuse(403, f"{identity} does not own workload {workload_id}")
+        return workload_id
+
+
+def _peer(request: web.Request, trust_domain: str) -> SpiffeId | None:
+    """The SPIFFE identity of the verified client certificate, if one was presented."""
+    cert = request.transport.get_extra_info("peercert") if request.transport else None
+    for kind, value in (cert or {}).get("subjectAltName", ()):
+        if kind == "URI":
+            try:
+                identity = SpiffeId.parse(value)
+            except ValueError:
+                continue
+            if identity.trust_domain == trust_domain:
+                return identity
+    return None
+
+
+def _refuse(status: int, message: str, **extra) -> web.HTTPException:
+    kinds = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound}
+    return kinds[status](text=json.dumps({"error": message, **extra}), content_type="application/json")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except pydantic.ValidationError as e:
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        return web.json_response({"error": "invalid registration: " + "; ".join(problems)}, status=400)
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        return web.json_response({"error": f"bad request body: {e}"}, status=400)

@@ -1,0 +1,230 @@
+"""The control plane's CA: its files, the trust bundle, what each proxy holds, and root rotation.
+
+Files under `$LATTICE_HOME/ca/` (keys 0600, directory 0700): `ca.pem` + `ca-key.pem` (the signing
+CA, generated on first start unless `--ca-cert/--ca-key` name a plug-in CA), `bundle.pem` (the
+roots workloads trust) and `state.json` (bundle version, rotation phase, the next CA during one).
+
+Root rotation never leaves two workloads unable to talk:
+1. `distributing`: the new root joins the bundle; signing stays on the old one. Once every
+   registered proxy reports holding the new bundle,
+2. `switching`: signing moves to the new root and every proxy is told to renew. Once every proxy
+   holds a certificate from the new root,
+3. the old root leaves the bundle, and the rotation is over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from cryptography import x509
+
+from lattice.identity import CertificateAuthority, CsrRefused, Issued, SpiffeId, fingerprint, new_key, trust_bundle_pem
+from lattice.identity.csr import key_pem
+
+log = logging.getLogger("lattice.ca")
+SERVER_NAME = "lattice-control-plane"  # DNS name in the control plane's own certificate
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Held:
+    """What one proxy holds: from the certificate we signed for it and its heartbeats."""
+
+    identity: str
+    serial: str
+    not_after: str  # ISO 8601
+    root: str  # fingerprint of the root its chain ends at
+    bundle_version: int = 0
+
+
+class CaManager:
+    def __init__(self, home: Path, trust_domain: str, cert_ttl: timedelta, ca_cert: Path | None = None, ca_key: Path | None = None, clock: Callable[[], datetime] = utc_now) -> None:
+        self.dir = home / "ca"
+        self.trust_domain = trust_domain
+        self.cert_ttl = cert_ttl
+        self.clock = clock
+        self.plugged = ca_cert is not None
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if ca_cert is not None:
+            self.ca = self._load(ca_cert, ca_key)
+        elif (self.dir / "ca.pem").exists():
+            self.ca = self._load(self.dir / "ca.pem", self.dir / "ca-key.pem")
+        else:
+            self.ca = CertificateAuthority.generate(trust_domain, clock)
+            self._save_ca(self.ca, "ca")
+            log.info("generated a new root CA for trust domain %s (sha256 %s)", trust_domain, self.ca.root_fingerprint[:16])
+        state = self._read_state()
+        self.bundle_version: int = state.get("bundle_version", 1)
+        self.phase: str = state.get("phase", "")
+        self.next: CertificateAuthority | None = self._load(self.dir / "next.pem", self.dir / "next-key.pem") if self.phase else None
+        self.roots: list[x509.Certificate] = self._read_bundle() or [self.ca.root]
+        if self.ca.root_fingerprint not in {fingerprint(r) for r in self.roots}:
+            self.roots.append(self.ca.root)  # a plug-in CA changed: trust it
+            self.bundle_version += 1
+        self.held: dict[str, Held] = {}  # proxy id -> what it holds
+        self.issued = 0
+        self.refused: Counter[str] = Counter()  # CSR refusals by reason, and "token" for join tokens
+        self._server: tuple[bytes, bytes, datetime] | None = None
+        self._persist()
+
+    # --- signing -------------------------------------------------------------------------
+
+    def sign(self, csr_pem: bytes, identity: SpiffeId, proxy_id: str) -> Issued:
+        try:
+            issued = self.ca.sign(csr_pem, identity, self.cert_ttl)
+        except CsrRefused as e:
+            self.refused[e.reason] += 1
+            raise
+        self.issued += 1
+        self.held[proxy_id] = Held(str(identity), f"{issued.serial:x}", issued.not_after.isoformat(), issued.root_fingerprint, self.held.get(proxy_id, Held("", "", "", "")).bundle_version)
+        return issued
+
+    def server_credentials(self) -> tuple[bytes, bytes]:
+        """(chain, key) for the control plane's own TLS endpoints; renewed at half-life."""
+        now = self.clock()
+        if self._server is None or now >= self._server[2]:
+            key = new_key()
+            issued = self.ca.issue_server(key, [SERVER_NAME], self.cert_ttl)
+            renew_at = now + (issued.not_after - now) / 2
+            self._server = (issued.chain_pem, key_pem(key), renew_at)
+        return self._server[0], self._server[1]
+
+    @property
+    def bundle_pem(self) -> bytes:
+        return trust_bundle_pem(self.roots)
+
+    @property
+    def root_fingerprint(self) -> str:
+        return self.ca.root_fingerprint
+
+    def counters(self) -> dict:
+        """Since this control plane started: certificates issued, and refusals by reason."""
+        return {"issued": self.issued, "refused": dict(self.refused)}
+
+    # --- what proxies hold ---------------------------------------------------------------
+
+    def report(self, proxy_id: str, bundle_version: int, certificate: dict | None) -> dict:
+        """A heartbeat's view of what the proxy holds (so a restarted control plane knows it
+        too). Answers what the proxy should do next: fetch the bundle, renew."""
+        if certificate:
+            self.held[proxy_id] = Held(str(certificate.get("identity", "")), str(certificate.get("serial", "")), str(certificate.get("not_after", "")), str(certificate.get("root", "")))
+        held = self.held.get(proxy_id)
+        if held is not None:
+            held.bundle_version = bundle_version
+        renew = held is not None and held.root != self.ca.root_fingerprint
+        return {"bundle_version": self.bundle_version, "renew": renew}
+
+    def forget(self, proxy_id: str) -> None:
+        self.held.pop(proxy_id, None)
+
+    # --- root rotation -------------------------------------------------------------------
+
+    def start_rotation(self) -> None:
+        if self.plugged:
+            raise RotationError("the CA is a plug-in (--ca-cert/--ca-key): rotate it at its source, then restart the server with the new files")
+        if self.phase:
+            raise RotationError(f"a root rotation is already in progress ({self.phase}); see `lattice ca show`")
+        self.next = CertificateAuthority.generate(self.trust_domain, self.clock)
+        self._save_ca(self.next, "next")
+        self.roots = [*self.roots, self.next.root]
+        self.bundle_version += 1
+        self.phase = "distributing"
+        self._persist()
+        log.info("root rotation: new root %s added to the trust bundle (version %d)", self.next.root_fingerprint[:16], self.bundle_version)
+
+    def advance(self, proxies: list[str]) -> None:
+        """Move the rotation on when every registered proxy has caught up with its phase."""
+        if self.phase == "distributing" and all(self.trusts_bundle(p) for p in proxies):
+            self.ca, self.next = self.next, None
+            self._save_ca(self.ca, "ca")
+            for suffix in ("next.pem", "next-key.pem"):
+                (self.dir / suffix).unlink(missing_ok=True)
+            self._server = None  # the control plane's own certificate moves to the new root too
+            self.phase = "switching"
+            self._persist()
+            log.info("root rotation: every proxy trusts the new root; signing with it now")
+        elif self.phase == "switching" and all(self.trusts_bundle(p) and self.on_signing_root(p) for p in proxies):
+            retired = [fingerprint(r)[:16] for r in self.roots if fingerprint(r) != self.ca.root_fingerprint]
+            self.roots = [self.ca.root]
+            self.bundle_version += 1
+            self.phase = ""
+            self._persist()
+            log.info("root rotation done: retired %s", ", ".join(retired))
+
+    def trusts_bundle(self, proxy_id: str) -> bool:
+        held = self.held.get(proxy_id)
+        return held is not None and held.bundle_version >= self.bundle_version
+
+    def on_signing_root(self, proxy_id: str) -> bool:
+        held = self.held.get(proxy_id)
+        return held is not None and held.root == self.ca.root_fingerprint
+
+    def describe(self) -> dict:
+        now = self.clock()
+        roots = [
+            {"fingerprint": fingerprint(r), "subject": r.subject.rfc4514_string(), "not_before": r.not_valid_before_utc.isoformat(), "not_after": r.not_valid_after_utc.isoformat(), "signing": fingerprint(r) == self.ca.root_fingerprint}
+            for r in self.roots
+        ]
+        signing = self.ca.signing_cert
+        return {
+            "trust_domain": self.trust_domain, "plug_in": self.plugged, "cert_ttl_seconds": self.cert_ttl.total_seconds(),
+            "bundle_version": self.bundle_version, "rotation": self.phase or "none", "roots": roots,
+            "signing": {"subject": signing.subject.rfc4514_string(), "not_after": signing.not_valid_after_utc.isoformat(), "days_left": round((signing.not_valid_after_utc - now).total_seconds() / 86400, 1)},
+            **self.counters(),
+        }
+
+    # --- files ---------------------------------------------------------------------------
+
+    def _load(self, cert: Path, key: Path | None) -> CertificateAuthority:
+        try:
+            return CertificateAuthority.load(cert.read_bytes(), key.read_bytes() if key else b"", self.trust_domain, self.clock)
+        except OSError as e:
+            raise SystemExit(f"cannot read the CA file {e.filename}: {e.strerror}") from None
+        except ValueError as e:
+            raise SystemExit(f"cannot use the CA in {cert}: {e}") from None
+
+    def _save_ca(self, ca: CertificateAuthority, stem: str) -> None:
+        cert_pem, private = ca.to_pem()
+        _write(self.dir / f"{stem}-key.pem", private, 0o600)
+        _write(self.dir / f"{stem}.pem", cert_pem, 0o644)
+
+    def _read_state(self) -> dict:
+        try:
+            return json.loads((self.dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _read_bundle(self) -> list[x509.Certificate]:
+        try:
+            return x509.load_pem_x509_certificates((self.dir / "bundle.pem").read_bytes())
+        except (OSError, ValueError):
+            return []
+
+    def _persist(self) -> None:
+        _write(self.dir / "bundle.pem", self.bundle_pem, 0o644)
+        _write(self.dir / "state.json", json.dumps({"bundle_version": self.bundle_version, "phase": self.phase}).encode(), 0o644)
+
+
+class RotationError(RuntimeError):
+    pass
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Atomically, and never readable by others even for an instant."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    tmp.replace(path)
+
