@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test test-fast demo clean
+.PHONY: install tools test test-fast demo clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Lattice needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -14,12 +14,23 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# Tools the tests drive from outside, as a user would: openssl s_client for handshakes, tcpdump to
+# capture what goes over loopback between sidecars. Installed with apt if missing (needs root).
+TOOLS := openssl tcpdump
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 # The whole suite, slow tests included (real Envoys, real processes); two workers for two cores.
-test: install
+test: install tools
 	$(BIN)/pytest -n 2 --dist loadgroup -q
 
 # Everything but the slow tests, for a quick loop while editing.
-test-fast: install
+test-fast: install tools
 	$(BIN)/pytest -q -m "not slow"
 
 demo: install

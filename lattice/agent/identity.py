@@ -70,10 +70,16 @@ class Identity:
             raise IdentityError(f"the join token is malformed: {e}") from None
         bundle = await self._fetch_bundle(session, pin)
         await self._request(session, {"Authorization": f"Bearer {self.token}"}, bundle)
-        self.token = None  # spent (or single-use); renewals use the certificate
 
     async def renew(self, session: aiohttp.ClientSession) -> None:
-        await self._request(session, {}, self.bundle)
+        """With the certificate we hold; once that has expired (the control plane was away too
+        long), only the join token can vouch for us again, if it is still good."""
+        if self.not_after is not None and _now() >= self.not_after:
+            if not self.token:
+                raise IdentityError("the certificate expired and there is no join token to get a new one")
+            await self._request(session, {"Authorization": f"Bearer {self.token}"}, self.bundle)
+        else:
+            await self._request(session, {}, self.bundle)
 
     async def renew_forever(self, session: aiohttp.ClientSession) -> None:
         while True:

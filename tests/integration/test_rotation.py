@@ -1,0 +1,163 @@
+"""Certificates change under live traffic and nobody notices: renewal at half-life, root rotation,
+and a control plane that goes away (traffic flows until the certificates expire, then fails closed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from harness import ControlPlane, Workload, child_pid, start_all, wait_for
+
+pytestmark = pytest.mark.slow
+
+STRICT = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+URL = "http://ratings:9080/ratings/0"
+
+
+class Traffic:
+    """Steady requests from `client` to ratings in a thread; every status code is kept."""
+
+    def __init__(self, client: Workload, interval: float = 0.05) -> None:
+        self.client, self.interval = client, interval
+        self.codes: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                code = self.client.call(URL, timeout=5)[0]
+            except OSError:
+                code = 0
+            self.codes.append(code)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    @property
+    def failed(self) -> list[int]:
+        return [c for c in self.codes if c != 200]
+
+
+def served_certificate(address: str, port: int = 9080) -> dict:
+    """Serial and issuer of the certificate a sidecar presents, as `openssl s_client` sees it
+    (the handshake itself fails without a client certificate; the server's chain shows first)."""
+    out = subprocess.run(["openssl", "s_client", "-connect", f"{address}:{port}", "-showcerts"], input="", capture_output=True, text=True, timeout=10).stdout
+    pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
+    assert pem, f"no certificate presented by {address}:{port}:\n{out}"
+    text = subprocess.run(["openssl", "x509", "-noout", "-serial", "-issuer", "-ext", "subjectAltName"], input=pem.group(0), capture_output=True, text=True, timeout=10).stdout
+    return {"serial": re.search(r"serial=(\w+)", text).group(1).lower(), "issuer": re.search(r"issuer=(.*)", text).group(1).strip(), "san": text}
+
+
+def serials(plane: ControlPlane) -> dict[str, str]:
+    return {p["id"]: (p.get("certificate") or {}).get("serial", "") for p in plane.status()["proxies"]}
+
+
+def test_short_lived_certificates_rotate_under_traffic_without_a_failed_request(tmp_path):
+    plane = ControlPlane(tmp_path / "home", "--cert-ttl", "30s").start()
+    started = []
+    try:
+        plane.apply(STRICT)
+        client, server = started = start_all(plane, [("productpage", "v1"), ("ratings", "v1")])
+        seen: dict[str, set[str]] = {w.id: set() for w in started}
+        presented: set[str] = set()
+        with Traffic(client) as traffic:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                for proxy_id, serial in serials(plane).items():
+                    seen[proxy_id].add(serial)
+                presented.add(served_certificate(server.address)["serial"].lstrip("0"))
+                time.sleep(2)
+        assert len(traffic.codes) > 500
+        assert traffic.failed == [], f"{len(traffic.failed)} of {len(traffic.codes)} requests failed: {sorted(set(traffic.failed))}"
+        for proxy_id, held in seen.items():
+            assert len(held - {""}) >= 3, f"{proxy_id} held {held}: expected the first certificate and at least two renewals"
+        # Envoy itself presents the renewed certificates (SDS), not only the agent holding them.
+        assert len(presented) >= 3, presented
+        assert child_pid(server, "envoy") and child_pid(client, "envoy")  # same Envoys, never restarted
+    finally:
+        for w in reversed(started):
+            w.stop()
+        plane.stop()
+
+
+def test_root_rotation_under_traffic_fails_no_request(tmp_path):
+    plane = ControlPlane(tmp_path / "home").start()
+    started = []
+    try:
+        plane.apply(STRICT)
+        client, server, other = started = start_all(plane, [("productpage", "v1"), ("ratings", "v1"), ("ratings", "v2")])
+        before = json.loads(plane.cli("ca", "show", "-o", "json").stdout)
+        old_root = before["roots"][0]["fingerprint"]
+        old_issuer = served_certificate(server.address)["issuer"]
+        envoys = {w.id: child_pid(w, "envoy") for w in started}
+        with Traffic(client) as traffic:
+            time.sleep(2)
+            result = plane.cli("ca", "rotate-root", "--timeout", "90")
+            assert "rotation done" in result.stdout, result.stdout + result.stderr
+            time.sleep(2)
+        assert traffic.failed == [], f"{len(traffic.failed)} of {len(traffic.codes)} requests failed during root rotation"
+        after = json.loads(plane.cli("ca", "show", "-o", "json").stdout)
+        assert [r["fingerprint"] for r in after["roots"]] != [old_root] and len(after["roots"]) == 1
+        assert after["rotation"] == "none"
+        # Every sidecar now presents a certificate from the new root, and trusts only it.
+        for w in (server, other):
+            assert served_certificate(w.address)["issuer"] != old_issuer
+        assert all(child_pid(w, "envoy") == pid for w, pid in zip(started, envoys.values()))
+        # Traffic keeps working on new connections too: restart the client's Envoy.
+        os.kill(envoys[client.id], signal.SIGKILL)
+        wait_for(lambda: client.call(URL)[0] == 200, 15, what="the restarted Envoy to reach ratings over the new root")
+    finally:
+        for w in reversed(started):
+            w.stop()
+        plane.stop()
+
+
+def test_control_plane_gone_traffic_flows_until_certificates_expire_then_fails_closed(tmp_path):
+    plane = ControlPlane(tmp_path / "home", "--cert-ttl", "20s").start()
+    started = []
+    try:
+        plane.apply(STRICT)
+        client, server = started = start_all(plane, [("productpage", "v1"), ("ratings", "v1")])
+        expires = min(p["certificate"]["expires"] for p in plane.status()["proxies"])
+        ports = plane.ports
+        plane.stop()
+        with Traffic(client) as traffic:
+            time.sleep(5)
+        assert traffic.codes and traffic.failed == [], "traffic must flow while the control plane is down"
+        # Wait out the certificates, then force fresh handshakes: a new client Envoy.
+        wait_for(lambda: datetime.now(timezone.utc) > datetime.fromisoformat(expires), 40, interval=0.5, what="the certificates to expire")
+        envoy = child_pid(client, "envoy")
+        os.kill(envoy, signal.SIGKILL)
+        wait_for(lambda: child_pid(client, "envoy") != envoy, 10, what="the agent to restart Envoy")
+        time.sleep(1)
+        codes = [client.call(URL, timeout=5)[0] for _ in range(5)]
+        assert 200 not in codes, f"an expired certificate must not be accepted: {codes}"
+        # The control plane returns: agents re-attest with their join tokens, traffic recovers.
+        plane.start(*ports)
+        wait_for(lambda: client.call(URL)[0] == 200, 30, what="traffic to recover once certificates are renewed")
+    finally:
+        for w in reversed(started):
+            w.stop()
+        plane.stop()
+
