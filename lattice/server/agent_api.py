@@ -86,6 +86,7 @@ class AgentApi:
         identity = _peer(request, self.ca.trust_domain) or self._redeem(request)
         if not proxy_id.endswith(f".{identity.namespace}"):
             raise _refuse(403, f"proxy id {proxy_id!r} must end with .{identity.namespace}, the namespace of {identity}")
+        self._check_owner(proxy_id, identity)
         try:
             issued = self.ca.sign(csr.encode(), identity, proxy_id)
         except CsrRefused as e:  # counted by the CA manager
@@ -117,6 +118,7 @@ class AgentApi:
         registration = Registration.model_validate(await request.json() | {"id": request.match_info["id"]})
         if (registration.namespace, registration.service_account) != (identity.namespace, identity.service_account):
             raise _refuse(403, f"{identity} may not register a workload of service account {registration.namespace}/{registration.service_account}")
+        self._check_owner(registration.id, identity)
         workload = self.registry.register(registration)
         return web.json_response({"id": workload.id})
 
@@ -142,12 +144,15 @@ class AgentApi:
 
     def _owned(self, request: web.Request) -> str:
         """The workload id in the path, if the caller's certificate is that workload's identity."""
-        identity = self._require_peer(request)
         workload_id = request.match_info["id"]
+        self._check_owner(workload_id, self._require_peer(request))
+        return workload_id
+
+    def _check_owner(self, workload_id: str, identity: SpiffeId) -> None:
+        """A registered workload id belongs to its identity: nobody else may take it over."""
         workload = self.registry.get(workload_id)
         if workload is not None and (workload.namespace, workload.service_account) != (identity.namespace, identity.service_account):
             raise _refuse(403, f"{identity} does not own workload {workload_id}")
-        return workload_id
 
 
 def _peer(request: web.Request, trust_domain: str) -> SpiffeId | None:

@@ -47,15 +47,15 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             first = await inbox.get()
             if first is None:
                 return
-            node_id = first.node.id
-            if not node_id:
+            if not first.node.id:
                 log.warning("ADS stream without a node id; closing it")
                 return
             if self._authorize is not None:
                 refused = self._authorize(first.node.id, peer_uris(context))
-                if refused:
+                if refused:  # before the stream counts as the node's: a stranger cannot disconnect it
                     log.warning("ADS stream for %s refused: %s", first.node.id, refused)
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+            node_id = first.node.id
             self._streams[node_id] = self._streams.get(node_id, 0) + 1
             self._board.connected(node_id, protocol)
             await self._on_connect(node_id)

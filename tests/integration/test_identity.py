@@ -6,7 +6,6 @@ admin credential, and a plug-in CA whose intermediate carries real mTLS between 
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -217,7 +216,6 @@ def test_only_a_workloads_own_identity_may_register_and_heartbeat_it(shared_plan
     assert reviews.agent_call("DELETE", "/agent/v1/workloads/reviews-reg.default")[0] == 200
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: PUT /agent/v1/workloads/{id} replaces a workload another identity registered (lattice/server/agent_api.py register lacks _owned's check)")
 def test_another_identity_cannot_take_over_a_registered_workload_id(shared_plane, tmp_path):
     reviews = Enrolled(shared_plane, "reviews", "reviews-own.default", tmp_path / "reviews")
     ratings = Enrolled(shared_plane, "ratings", "ratings-own.default", tmp_path / "ratings")
@@ -226,6 +224,10 @@ def test_another_identity_cannot_take_over_a_registered_workload_id(shared_plane
         status, body = ratings.agent_call("PUT", "/agent/v1/workloads/reviews-own.default", _record("reviews-v1", "ratings", "127.1.0.5"))
         assert status == 403, body
         assert reviews.agent_call("POST", "/agent/v1/workloads/reviews-own.default/heartbeat", {"healthy": True})[0] == 200
+        # Nor get a certificate recorded under that proxy's id (what `lattice status` shows for it).
+        csr = make_csr(new_key(), SpiffeId("cluster.local", "default", "ratings"))
+        status, body = ratings.agent_call("POST", "/agent/v1/certificate", {"csr": csr.decode(), "proxy_id": "reviews-own.default"})
+        assert status == 403 and "does not own" in body["error"], body
     finally:
         ratings.agent_call("DELETE", "/agent/v1/workloads/reviews-own.default")
         reviews.agent_call("DELETE", "/agent/v1/workloads/reviews-own.default")
@@ -370,7 +372,6 @@ def test_xds_without_a_client_certificate_fails_the_handshake(shared_plane, xds_
         assert _refusal(call).code() == grpc.StatusCode.UNAVAILABLE
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: a refused ADS stream marks the node's real stream disconnected (lattice/xds/server.py _serve finally -> _closed)")
 def test_a_refused_stranger_does_not_disconnect_the_real_proxy(shared_plane, xds_peers):
     reviews, ratings, bundle = xds_peers
     with _ads(shared_plane, reviews.proxy_id, bundle, reviews, timeout=15) as own:
