@@ -8,6 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from lattice.cli.output import fail
 from lattice.server.config import ADMIN_TOKEN_FILE, lattice_home, read_discovery
 
 
@@ -20,13 +21,23 @@ class ApiError(Exception):
 
 def agent_url(explicit: str | None = None) -> str:
     """The control plane's agent API (certificates, registration), for `lattice run`/`agent`."""
-    url = explicit or os.environ.get("LATTICE_AGENT_SERVER")
+    return _discover(explicit, "LATTICE_AGENT_SERVER", "agent", "https", "https://HOST:15012")
+
+
+def server_url(explicit: str | None = None) -> str:
+    """The control plane's admin REST API, for every other command."""
+    return _discover(explicit, "LATTICE_SERVER", "api", "http", "URL")
+
+
+def _discover(explicit: str | None, variable: str, key: str, scheme: str, example: str) -> str:
+    """An explicit URL, else $variable, else what the running server wrote under $LATTICE_HOME."""
+    url = explicit or os.environ.get(variable)
     if url:
-        return url.rstrip("/") if "://" in url else f"https://{url}"
+        return url.rstrip("/") if "://" in url else f"{scheme}://{url}"
     info = read_discovery(lattice_home())
     if info is None:
-        raise ApiError(f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or pass --server https://HOST:15012")
-    return info["agent"]
+        raise ApiError(f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or pass --server {example}")
+    return info[key]
 
 
 def admin_credential() -> str:
@@ -40,14 +51,20 @@ def admin_credential() -> str:
         return ""
 
 
-def server_url(explicit: str | None = None) -> str:
-    url = explicit or os.environ.get("LATTICE_SERVER")
-    if url:
-        return url.rstrip("/") if "://" in url else f"http://{url}"
-    info = read_discovery(lattice_home())
-    if info is None:
-        raise ApiError(f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or pass --server URL")
-    return info["api"]
+def connect(server: str | None) -> Client:
+    """A client of the admin API, or a clear error and exit."""
+    try:
+        return Client(server_url(server))
+    except ApiError as e:
+        fail(str(e))
+
+
+def call(fn, *args, **kwargs):
+    """fn(*args), with an API error turned into a clear message and exit."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as e:
+        fail(str(e))
 
 
 class Client:

@@ -17,7 +17,8 @@ import typer
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from lattice.cli import proxy_config, security  # noqa: E402
-from lattice.cli.client import ApiError, Client, agent_url, server_url  # noqa: E402
+from lattice.cli.client import ApiError, agent_url, call  # noqa: E402
+from lattice.cli.client import connect as client  # noqa: E402
 from lattice.cli.output import Format, emit, fail  # noqa: E402
 from lattice.server.config import lattice_home  # noqa: E402
 
@@ -40,20 +41,6 @@ OutputOpt = typer.Option(Format.table, "-o", "--output", help="Output format.")
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-
-
-def client(server: str | None) -> Client:
-    try:
-        return Client(server_url(server))
-    except ApiError as e:
-        fail(str(e))
-
-
-def call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as e:
-        fail(str(e))
 
 
 @app.command()

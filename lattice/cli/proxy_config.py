@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from lattice.cli.client import ApiError, Client, server_url
-from lattice.cli.output import Format, emit, fail
+from lattice.cli.client import call, connect
+from lattice.cli.output import Format, emit
 from lattice.translate.names import parse_cluster
 
 app = typer.Typer(help="Show the config a sidecar's Envoy holds (from Envoy's own config_dump).", no_args_is_help=True)
@@ -17,10 +17,7 @@ OutputOpt = typer.Option(Format.table, "-o", "--output")
 
 
 def _dump(workload: str, server: str | None) -> dict:
-    try:
-        return Client(server_url(server)).get(f"/api/v1/proxies/{workload}/config_dump")
-    except ApiError as e:
-        fail(str(e))
+    return call(connect(server).get, f"/api/v1/proxies/{workload}/config_dump")
 
 
 def _section(dump: dict, name: str) -> dict:

@@ -11,27 +11,13 @@ import typer
 from rich.console import Console
 
 from lattice.api.durations import parse_duration
-from lattice.cli.client import ApiError, Client, server_url
+from lattice.cli.client import call, connect
 from lattice.cli.output import Format, emit, fail
 
 token_app = typer.Typer(help="Join tokens: each lets one workload identity get its first certificate.", no_args_is_help=True)
 ca_app = typer.Typer(help="The mesh's certificate authority: its roots, what it issued, root rotation.", no_args_is_help=True)
 ServerOpt = typer.Option(None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json).")
 OutputOpt = typer.Option(Format.table, "-o", "--output", help="Output format.")
-
-
-def _client(server: str | None) -> Client:
-    try:
-        return Client(server_url(server))
-    except ApiError as e:
-        fail(str(e))
-
-
-def _call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except ApiError as e:
-        fail(str(e))
 
 
 @token_app.command("create")
@@ -54,7 +40,7 @@ def create(
     except ValueError as e:
         fail(f"--ttl {ttl!r}: {e}")
     body = {"namespace": namespace, "service_account": service_account, "ttl_seconds": seconds, "uses": uses, "description": description}
-    result = _call(_client(server).request, "POST", "/api/v1/tokens", json.dumps(body).encode(), content_type="application/json")
+    result = call(connect(server).request, "POST", "/api/v1/tokens", json.dumps(body).encode(), content_type="application/json")
     if output is not Format.table:
         return emit(result, output, [], [])
     typer.echo(result["token"])
@@ -65,7 +51,7 @@ def create(
 @token_app.command("list")
 def list_tokens(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
     """Tokens the control plane knows (never their secrets)."""
-    items = _call(_client(server).get, "/api/v1/tokens")["items"]
+    items = call(connect(server).get, "/api/v1/tokens")["items"]
     rows = [
         [t["id"], t["identity"].removeprefix("spiffe://"), "unlimited" if t["uses_left"] is None else t["uses_left"], "EXPIRED" if t["expired"] else _when(t["expires_at"]), t.get("description", "")]
         for t in items
@@ -76,14 +62,14 @@ def list_tokens(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -
 @token_app.command("revoke")
 def revoke(token_id: str = typer.Argument(..., help="Token id (the second part of the token; see `lattice token list`)."), server: Optional[str] = ServerOpt) -> None:
     """Make a token unusable. Certificates already issued for it stay valid until they expire."""
-    _call(_client(server).request, "DELETE", f"/api/v1/tokens/{token_id}")
+    call(connect(server).request, "DELETE", f"/api/v1/tokens/{token_id}")
     typer.echo(f"token {token_id} revoked")
 
 
 @ca_app.command("show")
 def show(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
     """Trusted roots (fingerprint, validity), the signing CA, certificates issued and refused."""
-    info = _call(_client(server).get, "/api/v1/ca")
+    info = call(connect(server).get, "/api/v1/ca")
     rows = [[r["fingerprint"][:32], r["subject"], r["not_before"][:10], r["not_after"][:10], "signing" if r["signing"] else "trusted"] for r in info["roots"]]
     emit(info, output, ["ROOT SHA-256", "SUBJECT", "NOT BEFORE", "NOT AFTER", "ROLE"], rows)
     if output is Format.table:
@@ -108,8 +94,8 @@ def rotate_root(
     The new root is first trusted alongside the old one; once every workload trusts it, certificates
     are signed by it and every workload renews; once all hold one, the old root is retired.
     """
-    client = _client(server)
-    info = _call(client.request, "POST", "/api/v1/ca/rotate-root")
+    client = connect(server)
+    info = call(client.request, "POST", "/api/v1/ca/rotate-root")
     new = next(r for r in info["roots"] if not r["signing"])["fingerprint"][:16] if len(info["roots"]) > 1 else "?"
     typer.echo(f"rotation started: new root {new} added to the trust bundle")
     if not wait:
@@ -118,7 +104,7 @@ def rotate_root(
     deadline = time.monotonic() + timeout
     with console.status("waiting for every workload to trust the new root") as status:
         while time.monotonic() < deadline:
-            info = _call(client.get, "/api/v1/ca")
+            info = call(client.get, "/api/v1/ca")
             p = info["proxies"]
             if info["rotation"] == "none":
                 break
