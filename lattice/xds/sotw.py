@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from lattice.translate import CLUSTER, LISTENER
+from lattice.translate import CLUSTER, ENDPOINT, LISTENER
 from lattice.xds.cache import ProxySnapshot
 from lattice.xds.stream import Stream, next_nonce, type_rank
 
@@ -19,6 +19,9 @@ class _Subscription:
     nonce: str = ""
     sent_version: str = ""
     must_send: bool = True  # a new or changed subscription is always answered
+    # Set for endpoints when clusters were sent: a changed cluster warms until it gets its
+    # endpoints, and Envoy asks for them with the same names and nonce, which looks like an ACK.
+    answer_next: bool = False
 
 
 class SotwStream(Stream):
@@ -38,8 +41,8 @@ class SotwStream(Stream):
             return  # stale: an answer to a response that a newer one replaced
         if request.response_nonce:
             self.record_answer(type_url, request, sub.sent_version, request.version_info)
-        if wanted != sub.names or not request.response_nonce:
-            sub.names, sub.must_send = wanted, True
+        if wanted != sub.names or not request.response_nonce or (sub.answer_next and not request.HasField("error_detail")):
+            sub.names, sub.must_send, sub.answer_next = wanted, True, False
 
     def responses(self, snapshot: ProxySnapshot) -> list[discovery_pb2.DiscoveryResponse]:
         out = []
@@ -50,6 +53,8 @@ class SotwStream(Stream):
             if version == sub.sent_version and not sub.must_send:
                 continue
             sub.nonce, sub.sent_version, sub.must_send = next_nonce(), version, False
+            if type_url == CLUSTER and ENDPOINT in self.subscriptions:
+                self.subscriptions[ENDPOINT].answer_next = True
             self.board.sent(self.node_id, type_url, version)
             out.append(
                 discovery_pb2.DiscoveryResponse(

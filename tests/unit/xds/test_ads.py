@@ -120,6 +120,30 @@ async def test_sotw_named_subscription_gets_only_those(ads):
     assert [endpoint_pb2.ClusterLoadAssignment.FromString(r.value).cluster_name for r in changed.resources] == ["b"]
 
 
+async def test_sotw_answers_the_endpoint_request_of_a_changed_cluster(ads):
+    """A changed cluster warms until it gets endpoints; Envoy asks again with the same names and
+    nonce. Unanswered, the cluster would wait out Envoy's 15 s initial fetch timeout."""
+    cache, _, stub, _ = ads
+    cache.set(NODE, "1", _clusters("a"))
+    client = Client(stub.StreamAggregatedResources)
+    client.send(_sotw(CLUSTER, node=True))
+    clusters = await client.recv()
+    client.send(_sotw(CLUSTER, version=clusters.version_info, nonce=clusters.nonce))
+    client.send(_sotw(ENDPOINT, names=["a"]))
+    endpoints = await client.recv()
+    client.send(_sotw(ENDPOINT, names=["a"], version=endpoints.version_info, nonce=endpoints.nonce))
+    assert await client.nothing()  # a plain ACK gets no answer
+
+    cache.set(NODE, "2", _clusters("a", timeout=5))  # the cluster changes, its endpoints do not
+    changed = await client.recv()
+    assert changed.type_url == CLUSTER
+    client.send(_sotw(ENDPOINT, names=["a"], version=endpoints.version_info, nonce=endpoints.nonce))
+    again = await client.recv()
+    assert again.type_url == ENDPOINT and again.version_info == endpoints.version_info
+    client.send(_sotw(ENDPOINT, names=["a"], version=again.version_info, nonce=again.nonce))
+    assert await client.nothing()  # and only that once
+
+
 async def test_unregistered_node_waits_until_it_has_a_snapshot(ads):
     cache, _, stub, _ = ads
     client = Client(stub.StreamAggregatedResources)
