@@ -2,26 +2,22 @@
 
 The test plays the agent's part: it enrolls an identity with a join token, gives Envoy that
 certificate for the xDS connection (mTLS, as agents do), and serves Envoy's SDS itself with the
-agent's own SecretServer in a thread.
+agent's own SecretServer in a process of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
-import threading
+import sys
 from pathlib import Path
 
-import grpc
 import pytest
-from envoy.service.secret.v3 import sds_pb2_grpc
 
 from harness import ENV_BASE, Enrolled, http, start_all, stop, wait_for
 from lattice.agent.address import lease_loopback
-from lattice.agent.envoy import envoy_binary
-from lattice.agent.sds import SecretServer
+from lattice.agent.envoy import die_with_parent, envoy_binary
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +67,7 @@ def test_envoy_on_delta_xds_gets_config_and_changes(plane, tmp_path):
     record = {"name": "delta-client-v1", "service": "delta-client", "service_account": "delta-client", "address": lease.address, "port": 9080, "app_port": 9, "outbound_port": 15001, "agent_port": 15020, "healthy": True, "labels": {"app": "delta-client"}}
     me = Enrolled(plane, "delta-client", node_id, tmp_path / "identity")
     me.register(record)
-    sds = _SdsThread(tmp_path / "sds.sock", me)
+    sds = _SdsServer(tmp_path / "sds.sock", me)
     bootstrap = tmp_path / "envoy.json"
     admin_port = _free_port()
     bootstrap.write_text(json.dumps(_bootstrap(node_id, plane.xds, admin_port, me, sds.socket)))
@@ -121,31 +117,37 @@ def _clusters(admin_port: int) -> list[str]:
     return [c["name"] for c in json.loads(body).get("cluster_statuses", [])]
 
 
-class _SdsThread:
-    """The agent's SDS server for the enrolled identity, on a unix socket, in a thread of its own."""
+# The agent's SDS server for the enrolled identity, in a process of its own: argv is the socket,
+# then the chain, key and bundle files.
+SDS_SERVER = """
+import asyncio, sys
+from pathlib import Path
+import grpc
+from envoy.service.secret.v3 import sds_pb2_grpc
+from lattice.agent.sds import SecretServer
 
+async def main():
+    secrets = SecretServer()
+    secrets.update(*(Path(f).read_bytes() for f in sys.argv[2:5]))
+    server = grpc.aio.server()
+    sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(secrets, server)
+    server.add_insecure_port("unix:" + sys.argv[1])
+    await server.start()
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+class _SdsServer:
     def __init__(self, socket_path: Path, me: Enrolled) -> None:
         self.socket = socket_path
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        async def serve() -> None:
-            secrets = SecretServer()
-            secrets.update(me.cert_file.read_bytes(), me.key_file.read_bytes(), me.bundle_file.read_bytes())
-            self.server = grpc.aio.server()
-            sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(secrets, self.server)
-            self.server.add_insecure_port(f"unix:{socket_path}")
-            await self.server.start()
-            started.set()
-            await self.server.wait_for_termination()
-
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(serve(),), daemon=True)
-        self.thread.start()
-        assert started.wait(10), "SDS server did not start"
+        argv = [sys.executable, "-c", SDS_SERVER, str(socket_path), str(me.cert_file), str(me.key_file), str(me.bundle_file)]
+        self.process = subprocess.Popen(argv, env=ENV_BASE, preexec_fn=die_with_parent)
+        wait_for(socket_path.exists, 10, what="the SDS server to listen")
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(5)
-        self.thread.join(5)
+        stop(self.process)
 
 
 def _free_port() -> int:
