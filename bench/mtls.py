@@ -85,12 +85,15 @@ def measure(rate: float, seconds: float, rounds: int) -> dict:
             "mtls": ((client.address, 15001), "http://bench-server:9080/", "bench-server:9080"),
         }
         results: dict[str, list] = {mode: [] for mode in paths}
-        for _ in range(rounds):
-            for mode, (target, url, host) in paths.items():
+        for round_ in range(rounds):
+            # Alternate which sidecar mode follows which, so neither always inherits the other's churn.
+            order = ["direct", "plaintext", "mtls"] if round_ % 2 == 0 else ["direct", "mtls", "plaintext"]
+            for mode in order:
+                target, url, host = paths[mode]
                 if mode != "direct":
                     plane.apply(POLICY.format(mode="DISABLE" if mode == "plaintext" else "STRICT"))
                     time.sleep(1.0)
-                run(target, url, host, rate, 2.0)  # warm up connections and caches
+                run(target, url, host, rate, 3.0)  # warm up connections and caches
                 results[mode].append(run(target, url, host, rate, seconds))
         return {mode: _summary(rs) for mode, rs in results.items()}
     finally:
@@ -113,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 140)
     with console.status("signing CSRs on one core"):
