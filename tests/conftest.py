@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# Tests use gRPC in-process (xDS clients) and also start processes. With gRPC's fork support on,
+# its fork handler restarts gRPC's poller in the forked child, whose descriptors subprocess then
+# closes before exec: the child aborts ("epoll_wait error: Bad file descriptor"). The CLI turns
+# fork support off for the same reason; it must be off before gRPC is first imported.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
+import pytest  # noqa: E402
 
 
 def pytest_addoption(parser):
