@@ -11,7 +11,8 @@ from typing import Callable
 
 import aiohttp
 
-from lattice.agent.identity import SERVER_NAME, Identity, IdentityError
+from lattice.agent.identity import Identity, IdentityError
+from lattice.identity import CONTROL_PLANE_NAME
 from lattice.api.registration import Registration
 
 log = logging.getLogger("lattice.agent")
@@ -46,7 +47,7 @@ class RegistryClient:
         return self._session
 
     def _tls(self) -> dict:
-        return {"ssl": self.identity.ssl(), "server_hostname": SERVER_NAME}
+        return {"ssl": self.identity.ssl(), "server_hostname": CONTROL_PLANE_NAME}
 
     async def register(self, attempts: int | None = None) -> None:
         """Register, retrying with backoff while the control plane is unreachable."""

@@ -20,10 +20,9 @@ from typing import Callable
 import aiohttp
 from cryptography import x509
 
-from lattice.identity import SpiffeId, cert_info, fingerprint, key_pem, make_csr, new_key, parse_token
+from lattice.identity import CONTROL_PLANE_NAME, SpiffeId, cert_info, fingerprint, key_pem, make_csr, new_key, parse_token
 
 log = logging.getLogger("lattice.identity")
-SERVER_NAME = "lattice-control-plane"  # the name in the control plane's certificate
 
 
 class IdentityError(RuntimeError):
@@ -45,6 +44,7 @@ class Identity:
         self.not_after: datetime | None = None
         self.renew_now = asyncio.Event()
         self._issued_at: datetime | None = None
+        self._certificate: dict = {}  # what heartbeats report about the certificate held
         self._ssl: ssl.SSLContext | None = None
 
     # --- what others use ---------------------------------------------------------------------
@@ -55,8 +55,7 @@ class Identity:
 
     def held(self) -> dict:
         """What we hold, as heartbeats report it (lets the control plane track rotation)."""
-        info = cert_info(self.chain)
-        return {"bundle_version": self.bundle_version, "certificate": {"identity": info.spiffe_id, "serial": info.serial, "not_after": info.not_after.isoformat(), "root": self.root}}
+        return {"bundle_version": self.bundle_version, "certificate": self._certificate}
 
     # --- getting and renewing ----------------------------------------------------------------
 
@@ -96,7 +95,7 @@ class Identity:
                     backoff = min(backoff * 2, max(1.0, left / 10))
 
     async def refresh_bundle(self, session: aiohttp.ClientSession) -> None:
-        async with session.get(f"{self.server}/agent/v1/bundle", ssl=self._ssl, server_hostname=SERVER_NAME) as response:
+        async with session.get(f"{self.server}/agent/v1/bundle", ssl=self._ssl, server_hostname=CONTROL_PLANE_NAME) as response:
             body = await _json(response, "fetching the trust bundle")
         self._store(self.chain, self.key, body["bundle"].encode(), int(body["bundle_version"]))
         log.info("trust bundle version %d (%d roots)", self.bundle_version, self.bundle.count(b"BEGIN CERTIFICATE"))
@@ -127,12 +126,13 @@ class Identity:
         key = new_key()
         csr = make_csr(key, SpiffeId(self.trust_domain, self.namespace, self.service_account))
         context = self._context(bundle, with_client=not headers)
-        async with session.post(f"{self.server}/agent/v1/certificate", json={"csr": csr.decode(), "proxy_id": self.proxy_id}, headers=headers, ssl=context, server_hostname=SERVER_NAME) as response:
+        async with session.post(f"{self.server}/agent/v1/certificate", json={"csr": csr.decode(), "proxy_id": self.proxy_id}, headers=headers, ssl=context, server_hostname=CONTROL_PLANE_NAME) as response:
             body = await _json(response, "requesting a certificate")
         self.xds, self.root = body.get("xds", ""), body["root"]
         self._store(body["chain"].encode(), key_pem(key), body["bundle"].encode(), int(body["bundle_version"]))
         info = cert_info(self.chain)
         self.spiffe, self.not_after, self._issued_at = info.spiffe_id, info.not_after, _now()
+        self._certificate = {"identity": info.spiffe_id, "serial": info.serial, "not_after": info.not_after.isoformat(), "root": self.root}
         log.info("certificate for %s until %s", self.spiffe, info.not_after.isoformat(timespec="seconds"))
 
     def _store(self, chain: bytes, key: bytes, bundle: bytes, bundle_version: int) -> None:

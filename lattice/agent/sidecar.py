@@ -26,10 +26,11 @@ from lattice.agent.bootstrap import bootstrap, write_bootstrap
 from lattice.agent.control import RegistryClient
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
 from lattice.agent.http import agent_app
-from lattice.agent.identity import SERVER_NAME, Identity
+from lattice.agent.identity import Identity
 from lattice.agent.relay import XdsRelay
 from lattice.agent.sds import SecretServer
 from lattice.api.registration import Registration
+from lattice.identity import CONTROL_PLANE_NAME
 
 log = logging.getLogger("lattice.agent")
 OUTBOUND_PORT = 15001
@@ -96,7 +97,7 @@ class Sidecar:
         async with RegistryClient(self.o.server, reg, lambda: self.app_healthy, self.identity) as self.registry:
             try:
                 await self._obtain_identity()
-                self.relay = XdsRelay(node, self._xds_address(), self._xds_credentials, SERVER_NAME)
+                self.relay = XdsRelay(node, self._xds_address(), self._xds_credentials, CONTROL_PLANE_NAME)
                 await self._serve()
             except asyncio.CancelledError:
                 log.info("stopping %s", reg.id)

@@ -24,6 +24,7 @@ Rules:
 
 from lattice.identity import tokens
 from lattice.identity.ca import (
+    CONTROL_PLANE_NAME,
     CertificateAuthority,
     CsrRefused,
     Issued,
@@ -40,6 +41,7 @@ from lattice.identity.tokens import mint as mint_token
 from lattice.identity.tokens import parse as parse_token
 
 __all__ = [
+    "CONTROL_PLANE_NAME",
     "CertInfo",
     "CertificateAuthority",
     "CsrRefused",

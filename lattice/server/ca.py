@@ -25,11 +25,10 @@ from typing import Callable
 
 from cryptography import x509
 
-from lattice.identity import CertificateAuthority, CsrRefused, Issued, SpiffeId, fingerprint, new_key, trust_bundle_pem
+from lattice.identity import CONTROL_PLANE_NAME, CertificateAuthority, CsrRefused, Issued, SpiffeId, fingerprint, new_key, trust_bundle_pem
 from lattice.identity.csr import key_pem
 
 log = logging.getLogger("lattice.ca")
-SERVER_NAME = "lattice-control-plane"  # DNS name in the control plane's own certificate
 
 
 def utc_now() -> datetime:
@@ -94,7 +93,7 @@ class CaManager:
         now = self.clock()
         if self._server is None or now >= self._server[2]:
             key = new_key()
-            issued = self.ca.issue_server(key, [SERVER_NAME], self.cert_ttl)
+            issued = self.ca.issue_server(key, [CONTROL_PLANE_NAME], self.cert_ttl)
             renew_at = now + (issued.not_after - now) / 2
             self._server = (issued.chain_pem, key_pem(key), renew_at)
         return self._server[0], self._server[1]
