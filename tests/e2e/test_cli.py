@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from harness import ENV_BASE, LATTICE, Workload, children, start_all, stop, wait_for
+from lattice.agent.envoy import die_with_parent
 
 pytestmark = pytest.mark.slow
 DATA = Path(lattice.demo.__file__).parent / "networking"
@@ -100,7 +101,7 @@ def test_ctrl_c_stops_app_envoy_and_agent(plane):
 
 def test_agent_alone_serves_an_app_started_separately(plane, workloads, tmp_path):
     port = _free_port()
-    app = subprocess.Popen([sys.executable, "-m", "lattice.demo.apps.details"], env=ENV_BASE | {"PORT": str(port)})
+    app = subprocess.Popen([sys.executable, "-m", "lattice.demo.apps.details"], env=ENV_BASE | {"PORT": str(port)}, preexec_fn=die_with_parent)
     agent = subprocess.Popen([LATTICE, "agent", "--service", "details", "--app-port", str(port)], env=plane.env | {"LATTICE_TOKEN": plane.token("details")}, stdout=open(tmp_path / "agent.log", "wb"), stderr=subprocess.STDOUT)
     try:
         client = workloads("ratings")
@@ -108,8 +109,9 @@ def test_agent_alone_serves_an_app_started_separately(plane, workloads, tmp_path
         wait_for(lambda: client.call("http://details:9080/details/0")[0] == 200, 10, what="traffic to details through its agent")
         assert client.call("http://details:9080/details/0")[1]["x-served-by"] == "details-v1"
     finally:
-        assert stop(agent) == 0
+        stopped = stop(agent)
         stop(app)
+    assert stopped == 0
 
 
 def _free_port() -> int:
