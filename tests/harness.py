@@ -49,9 +49,10 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
-def stop(process: subprocess.Popen, timeout: float = 10.0) -> int:
+def stop(process: subprocess.Popen, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
+    """Ask `process` to stop with `sig`; kill it if it has not within `timeout`."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:

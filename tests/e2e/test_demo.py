@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-LATTICE = str(Path(sys.executable).parent / "lattice")
+from harness import LATTICE, stop
 
 
 def processes_with_home(home: Path) -> list[str]:
@@ -84,10 +82,5 @@ def test_demo_refuses_when_a_control_plane_already_runs_for_the_home(tmp_path):
         assert "already running" in output and f"pid {pid}" in output and str(home) in output, output
         assert server.poll() is None, "the demo must not touch a control plane it did not start"
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
     assert settled_leftovers(home) == []

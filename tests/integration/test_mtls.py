@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Enrolled, Workload, http, reset_config, wait_for
+from harness import Enrolled, Workload, http, reset_config, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mtls")]
 SERVER, CLIENT = "ratings", "productpage"
@@ -264,12 +264,7 @@ def test_meshed_traffic_is_encrypted_on_the_wire(plane, mesh, tmp_path):
         # Packets arrive in order: once the control shows, every meshed request before it is in.
         wait_for(lambda: control_path.encode() in pcap.read_bytes(), 10, what="the plaintext control request in the capture")
     finally:
-        tcpdump.send_signal(signal.SIGINT)
-        try:
-            tcpdump.wait(10)
-        except subprocess.TimeoutExpired:
-            tcpdump.kill()
-            tcpdump.wait()
+        stop(tcpdump, sig=signal.SIGINT)  # SIGINT: tcpdump flushes the capture
     capture = pcap.read_bytes()
     assert secret_path.encode() not in capture and secret_value.encode() not in capture, "meshed request visible on the wire"
     segments = _tcp_payloads(capture)
