@@ -21,6 +21,7 @@ import aiohttp
 from cryptography import x509
 
 from lattice.identity import CONTROL_PLANE_NAME, SpiffeId, cert_info, fingerprint, key_pem, make_csr, new_key, parse_token
+from lattice.identity.tokens import pin_for
 
 log = logging.getLogger("lattice.identity")
 
@@ -117,8 +118,8 @@ class Identity:
             body = await _json(response, "fetching the trust bundle")
         bundle = body["bundle"].encode()
         self.trust_domain = body["trust_domain"]
-        roots = [fingerprint(c) for c in x509.load_pem_x509_certificates(bundle)]
-        if not any(r.startswith(pin) for r in roots):
+        pins = {pin_for(fingerprint(c)) for c in x509.load_pem_x509_certificates(bundle)}
+        if pin not in pins:
             raise IdentityError(f"the control plane at {self.server} does not hold the CA root this join token was made for; is it the right server? (mint a new token if its root was rotated)")
         return bundle
 

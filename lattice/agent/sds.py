@@ -27,7 +27,6 @@ class SecretServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
     def __init__(self) -> None:
         self._secrets: dict[str, secret_pb2.Secret] = {}
         self._wakeups: set[asyncio.Event] = set()  # one per open stream
-        self.rejected: str = ""  # Envoy's last NACK text, for diagnosis
 
     def update(self, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
         """Publish new material; every open stream sends what changed."""
@@ -75,7 +74,6 @@ class SecretServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         try:
             async for request in requests:
                 if request.HasField("error_detail"):
-                    self.rejected = request.error_detail.message
                     log.error("envoy rejected secrets %s: %s", list(request.resource_names), request.error_detail.message)
                 if list(request.resource_names) != subscription[0]:
                     subscription[0] = list(request.resource_names)

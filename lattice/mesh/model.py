@@ -66,6 +66,7 @@ class MeshSnapshot:
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, Resource] = field(init=False, repr=False)
     _dr_by_host: Mapping[str, Resource] = field(init=False, repr=False)
+    _inbound_mtls: Mapping[str, str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         endpoints: dict[str, list[Workload]] = defaultdict(list)
@@ -78,6 +79,9 @@ class MeshSnapshot:
         object.__setattr__(self, "_endpoints", MappingProxyType({h: tuple(ws) for h, ws in endpoints.items()}))
         object.__setattr__(self, "_vs_by_host", MappingProxyType(self._first_by_host(self.virtual_services, "hosts")))
         object.__setattr__(self, "_dr_by_host", MappingProxyType(self._first_by_host(self.destination_rules, "host")))
+        # Once per snapshot: every proxy's endpoints read each destination's mode.
+        modes = {w.id: mtls_mode(self.peer_authentications, w, w.port, self.root_namespace) for w in self.workloads}
+        object.__setattr__(self, "_inbound_mtls", MappingProxyType(modes))
 
     def _first_by_host(self, resources: tuple[Resource, ...], attr: str) -> dict[str, Resource]:
         # Istio: when several resources claim one host, the oldest wins; callers pass them oldest first.
@@ -100,9 +104,9 @@ class MeshSnapshot:
     def destination_rule_for(self, hostname: str) -> Resource | None:
         return self._dr_by_host.get(hostname)
 
-    def mtls_mode(self, workload: Workload, port: int) -> str:
-        """STRICT, PERMISSIVE or DISABLE for traffic arriving at `workload` on `port`."""
-        return mtls_mode(self.peer_authentications, workload, port, self.root_namespace)
+    def inbound_mtls(self, workload: Workload) -> str:
+        """STRICT, PERMISSIVE or DISABLE for traffic arriving at `workload` on its service port."""
+        return self._inbound_mtls[workload.id]
 
     def identity(self, workload: Workload) -> str:
         return f"spiffe://{self.trust_domain}/ns/{workload.namespace}/sa/{workload.service_account}"

@@ -19,7 +19,7 @@ import pydantic
 from aiohttp import web
 
 from lattice.api.registration import Registration
-from lattice.identity import CONTROL_PLANE_NAME, CsrRefused, SpiffeId, TokenError, TokenRecord, parse_token
+from lattice.identity import CsrRefused, SpiffeId, TokenError, TokenRecord, parse_token
 from lattice.identity import check_token as token_check
 from lattice.registry import Registry
 from lattice.server.ca import CaManager
@@ -96,7 +96,7 @@ class AgentApi:
         return web.json_response(
             {
                 "chain": issued.chain_pem.decode(), "bundle": self.ca.bundle_pem.decode(), "bundle_version": self.ca.bundle_version,
-                "identity": str(identity), "root": issued.root_fingerprint, "xds": self.xds_address, "server_name": CONTROL_PLANE_NAME,
+                "identity": str(identity), "root": issued.root_fingerprint, "xds": self.xds_address,
             }
         )
 

@@ -85,7 +85,8 @@ class CaManager:
             self.refused[e.reason] += 1
             raise
         self.issued += 1
-        self.held[proxy_id] = Held(str(identity), f"{issued.serial:x}", issued.not_after.isoformat(), issued.root_fingerprint, self.held.get(proxy_id, Held("", "", "", "")).bundle_version)
+        previous = self.held.get(proxy_id)
+        self.held[proxy_id] = Held(str(identity), f"{issued.serial:x}", issued.not_after.isoformat(), issued.root_fingerprint, previous.bundle_version if previous else 0)
         return issued
 
     def server_credentials(self) -> tuple[bytes, bytes]:

@@ -12,6 +12,7 @@ import grpc
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from lattice.identity import SpiffeId
 from lattice.registry import Registry
 from lattice.server.agent_api import AgentApi
 from lattice.server.ca import CaManager
@@ -47,7 +48,7 @@ class ControlPlane:
         workload = self.registry.get(node_id)
         if workload is None:
             return f"proxy {node_id} is not registered"
-        expected = f"spiffe://{self.config.trust_domain}/ns/{workload.namespace}/sa/{workload.service_account}"
+        expected = str(SpiffeId(self.config.trust_domain, workload.namespace, workload.service_account))
         if expected not in peer:
             return f"the client certificate ({', '.join(peer) or 'none'}) is not {expected}, the identity of {node_id}"
         return None

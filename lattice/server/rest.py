@@ -17,7 +17,7 @@ import pydantic
 from aiohttp import web
 
 from lattice.api import UnknownKindError, ValidationError, kind_for, parse_documents
-from lattice.identity import mint_token
+from lattice.identity import TokenRecord, mint_token
 from lattice.registry import Registry
 from lattice.server.ca import CaManager, RotationError
 from lattice.server.pusher import Pusher
@@ -78,14 +78,14 @@ class RestApi:
         except (TypeError, ValueError) as e:
             return web.json_response({"error": f"cannot create the token: {e}"}, status=400)
         self.store.add_token(record.id, record.to_dict())
-        identity = f"spiffe://{self.ca.trust_domain}/ns/{record.namespace}/sa/{record.service_account}"
+        identity = str(record.identity(self.ca.trust_domain))
         log.info("join token %s created for %s", record.id, identity)
         return web.json_response({"token": token, "id": record.id, "identity": identity, "expires_at": record.expires_at, "uses": record.uses_left})
 
     async def list_tokens(self, request: web.Request) -> web.Response:
         now = time.time()
         items = [
-            {k: v for k, v in t.items() if k != "secret_hash"} | {"identity": f"spiffe://{self.ca.trust_domain}/ns/{t['namespace']}/sa/{t['service_account']}", "expired": t["expires_at"] <= now}
+            {k: v for k, v in t.items() if k != "secret_hash"} | {"identity": str(TokenRecord.from_dict(t).identity(self.ca.trust_domain)), "expired": t["expires_at"] <= now}
             for t in self.store.list_tokens()
         ]
         return web.json_response({"items": items})

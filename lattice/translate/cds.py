@@ -28,13 +28,14 @@ _UNLIMITED = 4294967295
 def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluster]:
     out = [_inbound(proxy), passthrough()]
     for service in snapshot.services:
-        out.append(_outbound(snapshot, service, None))
+        peers = tls.peer_identities(snapshot, service)  # one list for the service and its subsets
+        out.append(_outbound(snapshot, service, None, peers))
         rule = snapshot.destination_rule_for(service.hostname)
-        out.extend(_outbound(snapshot, service, s.name) for s in (rule.spec.subsets if rule else ()))
+        out.extend(_outbound(snapshot, service, s.name, peers) for s in (rule.spec.subsets if rule else ()))
     return out
 
 
-def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None) -> cluster_pb2.Cluster:
+def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None, peers: list[str]) -> cluster_pb2.Cluster:
     name = names.outbound_cluster(service.port, subset, service.hostname)
     cluster = cluster_pb2.Cluster(
         name=name,
@@ -47,21 +48,21 @@ def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None) -> c
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(healthy_panic_threshold=percent_pb2.Percent(value=0)),
     )
     _set_protocol(cluster, service.protocol)
-    _set_tls(cluster, snapshot, service, subset)
+    _set_tls(cluster, snapshot, service, subset, peers)
     return cluster
 
 
-def _set_tls(cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, service: Service, subset: str | None) -> None:
+def _set_tls(cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, service: Service, subset: str | None, peers: list[str]) -> None:
     """Istio's client side: a DestinationRule's `tls` if it has one; otherwise auto mTLS, where
     each endpoint's metadata says whether it expects mesh mTLS (see eds.py)."""
     settings = tls.client_tls(snapshot, service, subset)
     sni = f"outbound_.{service.port}_.{subset or ''}_.{service.hostname}"
     if settings is None:
-        mesh = cluster.transport_socket_matches.add(name="tlsMode-istio", transport_socket=tls.mesh_client_socket(tls.peer_identities(snapshot, service), sni))
+        mesh = cluster.transport_socket_matches.add(name="tlsMode-istio", transport_socket=tls.mesh_client_socket(peers, sni))
         mesh.match.update(tls.MESH_TLS_MODE)
         cluster.transport_socket_matches.add(name="tlsMode-disabled", match=struct_pb2.Struct(), transport_socket=_plaintext())
     elif settings.mode == "ISTIO_MUTUAL":
-        cluster.transport_socket.CopyFrom(tls.mesh_client_socket(tls.peer_identities(snapshot, service), sni))
+        cluster.transport_socket.CopyFrom(tls.mesh_client_socket(peers, sni))
     elif settings.mode in ("SIMPLE", "MUTUAL"):
         cluster.transport_socket.CopyFrom(tls.origination_socket(settings, service.hostname))
 

@@ -17,7 +17,7 @@ def load_assignments(snapshot: MeshSnapshot, proxy: Workload) -> list[endpoint_p
     for service in snapshot.services:
         members = [w for w in snapshot.endpoints(service.hostname) if w.port == service.port]
         # Auto mTLS: an endpoint whose own PeerAuthentication accepts mTLS is marked for it.
-        mesh_tls = {w.id for w in members if snapshot.mtls_mode(w, w.port) != "DISABLE"}
+        mesh_tls = {w.id for w in members if snapshot.inbound_mtls(w) != "DISABLE"}
         out.append(_assignment(names.outbound_cluster(service.port, None, service.hostname), members, mesh_tls))
         rule = snapshot.destination_rule_for(service.hostname)
         for subset in rule.spec.subsets if rule else ():

@@ -37,7 +37,7 @@ def outbound(proxy: Workload) -> listener_pb2.Listener:
 def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     """The workload's service port: mTLS, plaintext or both, as its PeerAuthentication says."""
     name = names.inbound_listener(proxy.port)
-    mode = snapshot.mtls_mode(proxy, proxy.port)
+    mode = snapshot.inbound_mtls(proxy)
     chains = []
     if mode in ("STRICT", "PERMISSIVE"):
         chains.append(_inbound_chain(proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else ""))
