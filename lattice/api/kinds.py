@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from lattice.api.networking import DestinationRuleSpec, VirtualServiceSpec
+from lattice.api.destination_rule import DestinationRuleSpec
+from lattice.api.networking import VirtualServiceSpec
 from lattice.api.security import PeerAuthenticationSpec
 
 

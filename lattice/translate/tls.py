@@ -11,7 +11,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
-from lattice.api.networking import ClientTLSSettings
+from lattice.api.destination_rule import ClientTLSSettings
 from lattice.mesh import MeshSnapshot, Service
 from lattice.translate.protos import pack
 
