@@ -18,9 +18,12 @@ import urllib.request
 from pathlib import Path
 
 from lattice.agent.envoy import die_with_parent
+from lattice.api.kinds import KINDS
 
 BIN = Path(sys.executable).parent
 LATTICE = str(BIN / "lattice")
+# tests/apps/backend.py: answers with what it saw; fails, delays and counts on demand.
+BACKEND = [sys.executable, str(Path(__file__).parent / "apps" / "backend.py")]
 ENV_BASE = os.environ | {"GRPC_ENABLE_FORK_SUPPORT": "false", "PYTHONUNBUFFERED": "1"}
 
 
@@ -141,8 +144,9 @@ class ControlPlane:
 class Workload:
     """`lattice run --service S --version V -- python -m lattice.demo.apps.<app>` as a user runs it."""
 
-    def __init__(self, plane: ControlPlane, service: str, version: str = "v1", app: str | None = None, command: list[str] | None = None, extra: tuple[str, ...] = (), token: str | None = None) -> None:
+    def __init__(self, plane: ControlPlane, service: str, version: str = "v1", app: str | None = None, command: list[str] | None = None, extra: tuple[str, ...] = (), token: str | None = None, env: dict | None = None) -> None:
         self.plane = plane
+        self.app_env = env or {}
         self.token = token
         self.service, self.version = service, version
         self.command = command or [sys.executable, "-m", f"lattice.demo.apps.{app or service}"]
@@ -155,7 +159,7 @@ class Workload:
         """Start `lattice run`; with `wait`, return once healthy and synced (see `wait_ready`)."""
         args = [LATTICE, "run", "--service", self.service, "--version", self.version, "--log-level", "info", *self.extra, "--", *self.command]
         token = self.token or self.plane.token(self._service_account())
-        env = self.plane.env | {"SERVICE_VERSION": self.version, "LATTICE_TOKEN": token}
+        env = self.plane.env | {"SERVICE_VERSION": self.version, "LATTICE_TOKEN": token} | self.app_env
         self.process = subprocess.Popen(args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         return self.wait_ready() if wait else self
 
@@ -220,8 +224,8 @@ def start_all(plane: ControlPlane, specs: list[tuple[str, str]]) -> list[Workloa
 
 
 def reset_config(plane: ControlPlane) -> None:
-    """Delete every VirtualService, DestinationRule and PeerAuthentication and wait until all proxies hold that."""
-    for kind in ("virtualservices", "destinationrules", "peerauthentications"):
+    """Delete every stored resource, of every kind, and wait until all proxies hold that."""
+    for kind in sorted(k.plural for k in KINDS.values()):
         for item in plane.get(f"/api/v1/resources/{kind}")["items"]:
             plane.call("DELETE", f"/api/v1/resources/{kind}/{item['metadata']['namespace']}/{item['metadata']['name']}")
     wait_for(plane.all_synced, 10, what="proxies to sync after reset")

@@ -1,0 +1,90 @@
+"""A test backend run under `lattice run`: answers every request with what it saw, and misbehaves on demand.
+
+Behaviour per request (query parameters) or per process (environment):
+- `?status=N` / BACKEND_STATUS=N      answer N instead of 200
+- `?fail=P` / BACKEND_FAIL_RATE=P     answer 503 with probability P (0..1)
+- `?delay=S` / BACKEND_DELAY=S        sleep S seconds before answering
+- every other 2nd request 503 when BACKEND_FAIL_EVERY_OTHER=1 (deterministic "fails half")
+- `GET /__count` → {"count": requests seen so far, excluding these}; `POST /__reset` zeroes it.
+
+Every answer carries `x-served-by: <service>-<version>` and `x-instance: <pid>`, and a JSON body
+with method, path, query, headers and the instance, so a test sees exactly what arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+SERVICE = os.environ.get("BACKEND_SERVICE") or os.environ.get("LATTICE_SERVICE", "backend")
+VERSION = os.environ.get("SERVICE_VERSION", "v1")
+_lock = threading.Lock()
+_count = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _answer(self) -> None:
+        global _count
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if url.path == "/__count":
+            return self._send(200, {"count": _count})
+        if url.path == "/__reset":
+            with _lock:
+                _count = 0
+            return self._send(200, {"count": 0})
+        with _lock:
+            _count += 1
+            seen = _count
+        delay = float(query.get("delay") or os.environ.get("BACKEND_DELAY") or 0)
+        if delay:
+            time.sleep(delay)
+        status = int(query.get("status") or os.environ.get("BACKEND_STATUS") or 200)
+        fail = float(query.get("fail") or os.environ.get("BACKEND_FAIL_RATE") or 0)
+        if fail and random.random() < fail:
+            status = 503
+        if os.environ.get("BACKEND_FAIL_EVERY_OTHER") == "1" and seen % 2 == 0:
+            status = 503
+        self._send(status, {
+            "method": self.command, "path": url.path, "query": query, "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body.decode(errors="replace"), "served_by": f"{SERVICE}-{VERSION}", "instance": os.getpid(), "count": seen,
+        })
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.send_header("x-served-by", f"{SERVICE}-{VERSION}")
+        self.send_header("x-instance", str(os.getpid()))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _answer
+
+
+def main() -> int:
+    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
