@@ -13,8 +13,9 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.wrappers_pb2 import UInt32Value
 
+from lattice.api.destination_rule import HTTPSettings
 from lattice.mesh import MeshSnapshot, Service, Workload
-from lattice.translate import names, tls
+from lattice.translate import eds, names, policy, tls
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 CONNECT_TIMEOUT = 10.0
@@ -27,7 +28,7 @@ _UNLIMITED = 4294967295
 
 def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluster]:
     out = [_inbound(proxy), passthrough()]
-    for service in snapshot.services:
+    for service in snapshot.visible_services(proxy.namespace):
         peers = tls.peer_identities(snapshot, service)  # one list for the service and its subsets
         out.append(_outbound(snapshot, service, None, peers))
         rule = snapshot.destination_rule_for(service.hostname)
@@ -42,14 +43,33 @@ def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None, peer
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads(), service_name=name),
         connect_timeout=duration(CONNECT_TIMEOUT),
-        circuit_breakers=_no_limits(),
         # Envoy's default panic mode (below 50% healthy, use them all) would send requests to apps
         # that are not listening yet; a mesh only routes to endpoints whose health it knows.
         common_lb_config=cluster_pb2.Cluster.CommonLbConfig(healthy_panic_threshold=percent_pb2.Percent(value=0)),
     )
-    _set_protocol(cluster, service.protocol)
+    _set_discovery(cluster, snapshot, service, subset)
+    http = _http_pool(snapshot, service, subset)
+    _set_protocol(cluster, service.protocol, _h2_upgrade(service.protocol, http, snapshot.h2_upgrade_policy), bool(http and http.use_client_protocol))
     _set_tls(cluster, snapshot, service, subset, peers)
+    policy.apply(cluster, snapshot, service.hostname, subset, service.port)  # last: it adds to the protocol options
     return cluster
+
+
+def _set_discovery(cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, service: Service, subset: str | None) -> None:
+    """Where endpoints come from, by ServiceEntry resolution: EDS for registered workloads and
+    STATIC entries; Envoy's own DNS for DNS (every address, STRICT_DNS) and DNS_ROUND_ROBIN (one
+    address at a time, LOGICAL_DNS); for NONE, the host the client asked for (dynamic forward proxy)."""
+    if service.resolution == "STATIC":
+        return
+    cluster.ClearField("eds_cluster_config")
+    if service.resolution == "NONE":
+        cluster.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+        cluster.cluster_type.CopyFrom(_dynamic_forward_proxy())
+        return
+    cluster.type = cluster_pb2.Cluster.STRICT_DNS if service.resolution == "DNS" else cluster_pb2.Cluster.LOGICAL_DNS
+    cluster.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
+    cluster.respect_dns_ttl = True
+    cluster.load_assignment.CopyFrom(eds.assignment(snapshot, service, subset))
 
 
 def _set_tls(cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, service: Service, subset: str | None, peers: list[str]) -> None:
@@ -101,10 +121,15 @@ def passthrough() -> cluster_pb2.Cluster:
         name=names.PASSTHROUGH,
         connect_timeout=duration(CONNECT_TIMEOUT),
         lb_policy=cluster_pb2.Cluster.CLUSTER_PROVIDED,
-        cluster_type=cluster_pb2.Cluster.CustomClusterType(
-            name="envoy.clusters.dynamic_forward_proxy",
-            typed_config=pack(dfp_cluster_pb2.ClusterConfig(dns_cache_config=dns_cache())),
-        ),
+        cluster_type=_dynamic_forward_proxy(),
+    )
+
+
+def _dynamic_forward_proxy() -> cluster_pb2.Cluster.CustomClusterType:
+    # One DNS cache, shared with the outbound listener's filter: Envoy requires them to match.
+    return cluster_pb2.Cluster.CustomClusterType(
+        name="envoy.clusters.dynamic_forward_proxy",
+        typed_config=pack(dfp_cluster_pb2.ClusterConfig(dns_cache_config=dns_cache())),
     )
 
 
@@ -120,9 +145,31 @@ def _no_limits() -> circuit_breaker_pb2.CircuitBreakers:
     return circuit_breaker_pb2.CircuitBreakers(thresholds=[thresholds])
 
 
-def _set_protocol(cluster: cluster_pb2.Cluster, protocol: str) -> None:
-    if protocol in HTTP2_PROTOCOLS:
-        options = hpo.HttpProtocolOptions(
-            explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(http2_protocol_options=protocol_pb2.Http2ProtocolOptions())
-        )
-        cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(options))
+def _http_pool(snapshot: MeshSnapshot, service: Service, subset: str | None) -> HTTPSettings | None:
+    pool = policy.effective(snapshot, service.hostname, subset, service.port).connection_pool
+    return pool.http if pool else None
+
+
+def _h2_upgrade(protocol: str, http: HTTPSettings | None, mesh_policy: str) -> bool:
+    """Istio's shouldH2Upgrade, for the hop between sidecars: UPGRADE in the DestinationRule
+    always (the user vouches the port is HTTP), DO_NOT_UPGRADE never, otherwise (DEFAULT or
+    unset) the mesh-wide policy, and only for HTTP/1.1 ports."""
+    chosen = (http.h2_upgrade_policy if http else None) or "DEFAULT"
+    if chosen != "DEFAULT":
+        return chosen == "UPGRADE"
+    return protocol == "http" and mesh_policy == "UPGRADE"
+
+
+def _set_protocol(cluster: cluster_pb2.Cluster, protocol: str, upgrade: bool = False, client_protocol: bool = False) -> None:
+    """HTTP/2 to destinations that speak it, or to an HTTP/1.1 one's sidecar when upgraded (one
+    connection carries every request); with useClientProtocol, whichever the client spoke.
+    Extended CONNECT is allowed wherever HTTP/2 may be used, so WebSockets cross such a hop."""
+    h2 = protocol_pb2.Http2ProtocolOptions(allow_connect=True)
+    if client_protocol:
+        config = hpo.HttpProtocolOptions.UseDownstreamHttpConfig(http_protocol_options=protocol_pb2.Http1ProtocolOptions(), http2_protocol_options=h2)
+        options = hpo.HttpProtocolOptions(use_downstream_protocol_config=config)
+    elif protocol in HTTP2_PROTOCOLS or upgrade:
+        options = hpo.HttpProtocolOptions(explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(http2_protocol_options=h2))
+    else:
+        return
+    cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(options))

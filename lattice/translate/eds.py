@@ -1,4 +1,8 @@
-"""Endpoints: each outbound cluster's workloads, filtered by subset labels, with their health."""
+"""Endpoints: each outbound cluster's workloads, filtered by subset labels, with their health.
+
+ServiceEntry endpoints come through the same path (mesh/service_entry.py): they add a
+load-balancing weight and a locality, and listen on their own target port.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +10,47 @@ from envoy.config.core.v3 import health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 
-from lattice.mesh import MeshSnapshot, Workload
-from lattice.translate import names
+from lattice.mesh import MeshSnapshot, Service, Workload
+from lattice.translate import names, policy
 from lattice.translate.protos import socket_address
 from lattice.translate.tls import MESH_TLS_MODE, SOCKET_MATCH
 
 
 def load_assignments(snapshot: MeshSnapshot, proxy: Workload) -> list[endpoint_pb2.ClusterLoadAssignment]:
     out = []
-    for service in snapshot.services:
-        members = [w for w in snapshot.endpoints(service.hostname) if w.port == service.port]
-        # Auto mTLS: an endpoint whose own PeerAuthentication accepts mTLS is marked for it.
-        mesh_tls = {w.id for w in members if snapshot.inbound_mtls(w) != "DISABLE"}
-        out.append(_assignment(names.outbound_cluster(service.port, None, service.hostname), members, mesh_tls))
+    for service in snapshot.visible_services(proxy.namespace):
+        if service.resolution != "STATIC":
+            continue  # DNS clusters carry their endpoints inline (cds.py); NONE goes to the requested host
         rule = snapshot.destination_rule_for(service.hostname)
-        for subset in rule.spec.subsets if rule else ():
-            chosen = [w for w in members if all(w.labels.get(k) == v for k, v in subset.labels.items())]
-            out.append(_assignment(names.outbound_cluster(service.port, subset.name, service.hostname), chosen, mesh_tls))
+        for subset in [None, *(s.name for s in rule.spec.subsets)] if rule else [None]:
+            out.append(assignment(snapshot, service, subset, proxy))
     return out
 
 
-def _assignment(cluster: str, members: list[Workload], mesh_tls: set[str]) -> endpoint_pb2.ClusterLoadAssignment:
-    # Unhealthy endpoints stay listed (so `proxy-config endpoints` shows them) but get no traffic.
-    endpoints = []
-    for w in members:
-        endpoint = ec.LbEndpoint(
-            endpoint=ec.Endpoint(address=socket_address(w.address, w.port)),
-            health_status=health_check_pb2.HEALTHY if w.healthy else health_check_pb2.UNHEALTHY,
-        )
-        if w.id in mesh_tls:
-            endpoint.metadata.filter_metadata[SOCKET_MATCH].update(MESH_TLS_MODE)
-        endpoints.append(endpoint)
+def assignment(snapshot: MeshSnapshot, service: Service, subset: str | None, proxy: Workload | None = None) -> endpoint_pb2.ClusterLoadAssignment:
+    """One cluster's endpoints: the service's, on its port, narrowed to the subset's labels, grouped
+    by locality with the priorities or weights the DestinationRule gives the calling `proxy`."""
+    members = [w for w in snapshot.endpoints(service.hostname) if w.port == service.port]
+    rule = snapshot.destination_rule_for(service.hostname)
+    labels = next((s.labels for s in rule.spec.subsets if s.name == subset), {}) if rule and subset else {}
+    chosen = [w for w in members if all(w.labels.get(k) == v for k, v in labels.items())]
+    pairs = [(w, _lb_endpoint(snapshot, w)) for w in chosen]
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=cluster, endpoints=[ec.LocalityLbEndpoints(lb_endpoints=endpoints)] if endpoints else []
+        cluster_name=names.outbound_cluster(service.port, subset, service.hostname),
+        endpoints=policy.locality_endpoints(snapshot, proxy, service.hostname, subset, service.port, pairs),
     )
+
+
+def _lb_endpoint(snapshot: MeshSnapshot, w) -> ec.LbEndpoint:
+    # Unhealthy endpoints stay listed (so `proxy-config endpoints` shows them) but get no traffic.
+    endpoint = ec.LbEndpoint(
+        endpoint=ec.Endpoint(address=socket_address(w.address, w.target_port)),
+        health_status=health_check_pb2.HEALTHY if w.healthy else health_check_pb2.UNHEALTHY,
+    )
+    if w.weight:
+        endpoint.load_balancing_weight.value = w.weight
+    # Auto mTLS: an endpoint that accepts mesh mTLS is marked for it.
+    if snapshot.accepts_mesh_tls(w):
+        endpoint.metadata.filter_metadata[SOCKET_MATCH].update(MESH_TLS_MODE)
+    return endpoint
+

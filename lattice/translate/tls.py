@@ -93,27 +93,15 @@ def origination_socket(tls: ClientTLSSettings, sni: str) -> base_pb2.TransportSo
 
 
 def client_tls(snapshot: MeshSnapshot, service: Service, subset: str | None) -> ClientTLSSettings | None:
-    """The DestinationRule's TLS settings for one cluster, with Istio's precedence: subset over
-    host, and within each, the port-level setting over the policy's own."""
-    rule = snapshot.destination_rule_for(service.hostname)
-    if rule is None:
-        return None
-    chosen = _policy_tls(rule.spec.traffic_policy, service.port)
-    for s in rule.spec.subsets:
-        if s.name == subset:
-            chosen = _policy_tls(s.traffic_policy, service.port) or chosen
-    return chosen
+    """The DestinationRule's TLS settings for one cluster, by the precedence every traffic-policy
+    field follows (host, its port level, the subset, the subset's port level; see policy.py)."""
+    from lattice.translate.policy import effective  # policy.py is the one place that precedence lives
 
-
-def _policy_tls(policy, port: int) -> ClientTLSSettings | None:
-    if policy is None:
-        return None
-    for setting in policy.port_level_settings:
-        if setting.port.number == port and setting.tls is not None:
-            return setting.tls
-    return policy.tls
+    return effective(snapshot, service.hostname, subset, service.port).tls
 
 
 def peer_identities(snapshot: MeshSnapshot, service: Service) -> list[str]:
-    """The SPIFFE IDs a client accepts from the service's endpoints: its workloads' identities."""
-    return sorted({snapshot.identity(w) for w in snapshot.endpoints(service.hostname)})
+    """The identities a client accepts from the service's endpoints: its workloads' SPIFFE IDs, and
+    a ServiceEntry's `subjectAltNames` (Istio verifies both)."""
+    identities = {snapshot.identity(w) for w in snapshot.endpoints(service.hostname) if w.service_account}
+    return sorted(identities | set(service.subject_alt_names))

@@ -1,4 +1,4 @@
-"""DestinationRule trafficPolicy.tls: Istio's ClientTLSSettings, checked for consistency; nothing else of trafficPolicy yet."""
+"""DestinationRule trafficPolicy.tls: Istio's ClientTLSSettings, checked for consistency (the rest of trafficPolicy: test_destination_rule_policy.py)."""
 
 from __future__ import annotations
 
@@ -80,10 +80,10 @@ TP = "  trafficPolicy:\n    tls: "
         (TP + "{mode: SIMPLE, insecureSkipVerify: true, caCertificates: /ca.pem}\n", "spec.trafficPolicy.tls: insecureSkipVerify turns off the server-certificate check that caCertificates configure"),
         (TP + "{mode: SIMPLE, insecureSkipVerify: true, subjectAltNames: [a]}\n", "insecureSkipVerify turns off the server-certificate check that subjectAltNames configure"),
         (TP + "{mode: SIMPLE, verifyCertificate: true}\n", "spec.trafficPolicy.tls.verifyCertificate: unknown field"),
-        ("  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n", "spec.trafficPolicy.loadBalancer: unknown field, or one Lattice does not support yet"),
-        ("  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}\n", "spec.trafficPolicy.connectionPool: unknown field"),
-        ("  trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}\n", "spec.trafficPolicy.outlierDetection: unknown field"),
-        ("  trafficPolicy: {portLevelSettings: [{port: {number: 80}, loadBalancer: {simple: RANDOM}}]}\n", "spec.trafficPolicy.portLevelSettings[0].loadBalancer: unknown field"),
+        ("  trafficPolicy: {tunnel: {targetHost: h, targetPort: 80}}\n", "spec.trafficPolicy.tunnel: tunnel (TCP carried over HTTP CONNECT or POST to a tunnel target) is not supported by Lattice"),
+        ("  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1, burst: 2}}}\n", "spec.trafficPolicy.connectionPool.tcp.burst: unknown field"),
+        ("  trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1, ejectAll: true}}\n", "spec.trafficPolicy.outlierDetection.ejectAll: unknown field"),
+        ("  trafficPolicy: {portLevelSettings: [{port: {number: 80}, tunnel: {targetHost: h, targetPort: 80}}]}\n", "spec.trafficPolicy.portLevelSettings[0].tunnel: unknown field"),
         ("  trafficPolicy: {portLevelSettings: [{tls: {mode: SIMPLE}}]}\n", "spec.trafficPolicy.portLevelSettings[0].port: Field required"),
         ("  trafficPolicy: {portLevelSettings: [{port: {number: 0}}]}\n", "spec.trafficPolicy.portLevelSettings[0].port.number: Input should be greater than or equal to 1"),
         (
@@ -91,7 +91,7 @@ TP = "  trafficPolicy:\n    tls: "
             "spec.trafficPolicy.portLevelSettings: each port may appear once; repeated: 80",
         ),
         ("  subsets: [{name: v1, trafficPolicy: {tls: {mode: MUTUAL}}}]\n", "spec.subsets[0].trafficPolicy.tls: MUTUAL presents a client certificate"),
-        ("  subsets: [{name: v1, trafficPolicy: {loadBalancer: {simple: RANDOM}}}]\n", "spec.subsets[0].trafficPolicy.loadBalancer: unknown field"),
+        ("  subsets: [{name: v1, trafficPolicy: {proxyProtocol: {version: V2}}}]\n", "spec.subsets[0].trafficPolicy.proxyProtocol: proxyProtocol (sending a PROXY protocol header upstream) is not supported by Lattice"),
         ("  trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: ISTIO_MUTUAL, privateKey: /k.pem}}]}\n", "spec.trafficPolicy.portLevelSettings[0].tls: ISTIO_MUTUAL uses the mesh's own certificates"),
     ],
 )
