@@ -3,7 +3,10 @@
 Parts:
 - `meta`       — the Kubernetes-shaped envelope (apiVersion, kind, metadata) every resource shares.
 - `networking` — Istio's `networking.istio.io` schemas (VirtualService, DestinationRule with TLS origination).
+- `service_entry` — Istio's ServiceEntry and WorkloadEntry.
 - `security`   — Istio's `security.istio.io` schemas (PeerAuthentication).
+- `gateway_api` — Kubernetes Gateway API HTTPRoute and GRPCRoute, attached to Services (GAMMA).
+- `ratelimit`  — Lattice's `lattice.dev/v1` RateLimitPolicy (local token buckets).
 - `kinds`      — the table of known kinds: group, accepted versions, plural and short names.
 - `documents`  — YAML/JSON documents in, validated `Resource`s out.
 - `errors`     — `ValidationError`, which names the document and the path of each bad field.

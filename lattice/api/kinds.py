@@ -7,8 +7,12 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from lattice.api.destination_rule import DestinationRuleSpec
+from lattice.api.gateway import GatewaySpec
+from lattice.api.gateway_api import GRPCRouteSpec, HTTPRouteSpec
 from lattice.api.networking import VirtualServiceSpec
+from lattice.api.ratelimit import RateLimitPolicySpec
 from lattice.api.security import PeerAuthenticationSpec
+from lattice.api.service_entry import ServiceEntrySpec, WorkloadEntrySpec
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,13 @@ KINDS: dict[str, KindInfo] = {
     for k in (
         KindInfo("VirtualService", "networking.istio.io", _ISTIO_VERSIONS, "virtualservices", ("vs",), VirtualServiceSpec),
         KindInfo("DestinationRule", "networking.istio.io", _ISTIO_VERSIONS, "destinationrules", ("dr",), DestinationRuleSpec),
+        KindInfo("Gateway", "networking.istio.io", _ISTIO_VERSIONS, "gateways", ("gw",), GatewaySpec),
+        KindInfo("ServiceEntry", "networking.istio.io", _ISTIO_VERSIONS, "serviceentries", ("se",), ServiceEntrySpec),
+        KindInfo("WorkloadEntry", "networking.istio.io", _ISTIO_VERSIONS, "workloadentries", ("we",), WorkloadEntrySpec),
         KindInfo("PeerAuthentication", "security.istio.io", ("v1beta1", "v1"), "peerauthentications", ("pa",), PeerAuthenticationSpec),
+        KindInfo("HTTPRoute", "gateway.networking.k8s.io", ("v1beta1", "v1"), "httproutes", (), HTTPRouteSpec),
+        KindInfo("GRPCRoute", "gateway.networking.k8s.io", ("v1alpha2", "v1"), "grpcroutes", (), GRPCRouteSpec),
+        KindInfo("RateLimitPolicy", "lattice.dev", ("v1",), "ratelimitpolicies", ("rlp",), RateLimitPolicySpec),
     )
 }
 

@@ -3,6 +3,9 @@
 Parts:
 - `model`    — frozen `Workload`, `Service`, `MeshSnapshot` (indexes built once, lookups lock-free).
 - `hosts`    — Kubernetes-style host names: short names resolved in a namespace, FQDNs, aliases.
+- `rate_limits` — which RateLimitPolicies a workload enforces (workload > namespace > mesh).
+- `gateway_api` — HTTPRoutes and GRPCRoutes as ordered VirtualService tables, and their precedence.
+- `service_entry` — ServiceEntries and the WorkloadEntries they select, as services and endpoints.
 
 Rules: nothing here does IO or reads a clock; a snapshot never changes after it is built, so the
 translator can cache on it and every proxy sees the same world.

@@ -5,11 +5,23 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from lattice.api import Resource
-from lattice.mesh.hosts import fqdn
+from lattice.api.networking import binds_mesh
+from lattice.mesh.hosts import fqdn, host_aliases
 from lattice.mesh.peer_auth import mtls_mode
+from lattice.mesh import gateway_api, rate_limits
+
+
+class Upstream(NamedTuple):
+    """A local port the workload's sidecar forwards to a service port (`lattice run --upstream`).
+    A tuple, so a stored record (JSON) reads back as the same value."""
+
+    service: str
+    namespace: str
+    port: int
+    local_port: int
 
 
 @dataclass(frozen=True)
@@ -29,15 +41,34 @@ class Workload:
     outbound_port: int
     agent_port: int
     healthy: bool = False
+    kind: str = "sidecar"  # or "gateway": a `lattice gateway` proxy, serving Gateways, not in any service
+    listen: tuple[tuple[int, int], ...] = ()  # a gateway's (Gateway port, local port) overrides
+    upstreams: tuple[Upstream, ...] = ()
 
     @property
     def version(self) -> str:
         return self.labels.get("version", "")
 
+    # The translator reads these alike for workloads and ServiceEntry endpoints (mesh/service_entry.py).
+    @property
+    def target_port(self) -> int:
+        return self.port  # other sidecars connect to the inbound listener, on the service port
+
+    @property
+    def weight(self) -> int:
+        return 0  # Envoy's default
+
+    @property
+    def locality(self) -> str:
+        return ""  # registered workloads declare none
+
     @staticmethod
     def from_record(record: dict) -> Workload:
         fields = {k: record[k] for k in Workload.__dataclass_fields__ if k in record}
         fields["labels"] = MappingProxyType(dict(record.get("labels", {})))
+        # Stored as JSON, so keys come back as strings; a tuple keeps the dataclass hashable and JSON-able.
+        fields["listen"] = tuple(sorted((int(k), int(v)) for k, v in dict(record.get("listen") or {}).items()))
+        fields["upstreams"] = tuple(Upstream(**u) if isinstance(u, dict) else Upstream(*u) for u in record.get("upstreams") or ())
         return Workload(**fields)
 
 
@@ -48,6 +79,20 @@ class Service:
     port: int
     protocol: str
     hostname: str  # FQDN
+    # Services of registered workloads keep these defaults; ServiceEntries set them (mesh/service_entry.py).
+    source: str = "registry"  # or "ServiceEntry"
+    resolution: str = "STATIC"  # STATIC (EDS), DNS, DNS_ROUND_ROBIN or NONE (the requested host as-is)
+    location: str = "MESH_INTERNAL"
+    addresses: tuple[str, ...] = ()  # extra names (IP addresses) the service answers to
+    export_to: tuple[str, ...] = ()
+    subject_alt_names: tuple[str, ...] = ()
+
+    def aliases(self, proxy_namespace: str, domain: str) -> list[str]:
+        """Host names a client may use: Kubernetes' forms for registered services, a
+        ServiceEntry's host and addresses as written."""
+        if self.source == "registry":
+            return host_aliases(self.name, self.namespace, proxy_namespace, domain)
+        return [self.hostname, *self.addresses]
 
 
 @dataclass(frozen=True)
@@ -62,26 +107,86 @@ class MeshSnapshot:
     domain: str = "cluster.local"  # DNS suffix of service host names
     trust_domain: str = "cluster.local"  # SPIFFE trust domain of workload identities
     root_namespace: str = "istio-system"  # where mesh-wide policies live
+    service_entries: tuple[Resource, ...] = ()
+    workload_entries: tuple[Resource, ...] = ()
+    outbound_traffic_policy: str = "ALLOW_ANY"  # Istio's MeshConfig: ALLOW_ANY or REGISTRY_ONLY
+    gateways: tuple[Resource, ...] = ()  # Istio Gateways, oldest first; served by `kind: gateway` workloads
+    h2_upgrade_policy: str = "DO_NOT_UPGRADE"  # Istio's MeshConfig default: HTTP/1.1 stays HTTP/1.1 between sidecars
+    rate_limit_policies: tuple[Resource, ...] = ()  # lattice.dev RateLimitPolicies, oldest first
+    http_routes: tuple[Resource, ...] = ()  # Gateway API routes attached to Services (mesh/gateway_api.py)
+    grpc_routes: tuple[Resource, ...] = ()
+    # Creation time per (kind, namespace, name): VirtualServices and Gateway API routes compete for a host by age.
+    created: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, Resource] = field(init=False, repr=False)
     _dr_by_host: Mapping[str, Resource] = field(init=False, repr=False)
     _inbound_mtls: Mapping[str, str] = field(init=False, repr=False)
+    _entry_hosts: frozenset[str] = field(init=False, repr=False)
+    _entry_problems: tuple[str, ...] = field(init=False, repr=False)
+    _route_tables: tuple[gateway_api.RouteTable, ...] = field(init=False, repr=False)
+    _route_problems: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         endpoints: dict[str, list[Workload]] = defaultdict(list)
         services: dict[tuple[str, int], Service] = {}
         for w in sorted(self.workloads, key=lambda w: w.id):
+            if w.kind == "gateway":  # serves Gateways at the edge; no inbound listener to send mesh traffic to
+                continue
             host = fqdn(w.service, w.namespace, self.domain)
             endpoints[host].append(w)
             services.setdefault((host, w.port), Service(w.service, w.namespace, w.port, w.protocol, host))
+        entries = self._entries(set(endpoints))
+        services.update({(s.hostname, s.port): s for s in entries.services})
         object.__setattr__(self, "services", tuple(services[k] for k in sorted(services)))
-        object.__setattr__(self, "_endpoints", MappingProxyType({h: tuple(ws) for h, ws in endpoints.items()}))
-        object.__setattr__(self, "_vs_by_host", MappingProxyType(self._first_by_host(self.virtual_services, "hosts")))
+        merged = {h: tuple(ws) for h, ws in endpoints.items()} | dict(entries.endpoints)
+        object.__setattr__(self, "_endpoints", MappingProxyType(merged))
+        # Sidecars apply only VirtualServices bound to the mesh (no gateways, or `mesh` named).
+        mesh_vs = tuple(r for r in self.virtual_services if binds_mesh(r.spec.gateways))
+        tables, problems = gateway_api.route_tables(self.http_routes + self.grpc_routes, self.created, self.domain)
+        object.__setattr__(self, "_route_tables", tables)
+        object.__setattr__(self, "_route_problems", problems)
+        routing = gateway_api.by_precedence(mesh_vs, tables, self.created)
+        object.__setattr__(self, "_vs_by_host", MappingProxyType(self._all_by_host(routing, "hosts")))
         object.__setattr__(self, "_dr_by_host", MappingProxyType(self._first_by_host(self.destination_rules, "host")))
         # Once per snapshot: every proxy's endpoints read each destination's mode.
         modes = {w.id: mtls_mode(self.peer_authentications, w, w.port, self.root_namespace) for w in self.workloads}
         object.__setattr__(self, "_inbound_mtls", MappingProxyType(modes))
+
+    def _entries(self, taken: set[str]):
+        # Imported here: service_entry builds this module's Service, so it imports model first.
+        from lattice.mesh.service_entry import entry_registry
+
+        entries = entry_registry(self.service_entries, self.workload_entries, taken)
+        object.__setattr__(self, "_entry_hosts", frozenset(s.hostname for s in entries.services))
+        object.__setattr__(self, "_entry_problems", entries.problems)
+        return entries
+
+    def resolve_host(self, host: str, namespace: str) -> str:
+        """The service a host written in `namespace` means: a ServiceEntry host with a dot as written
+        (Istio takes those literally), otherwise its FQDN (Istio expands a dotless name even then)."""
+        literal = host.lower().rstrip(".")
+        return literal if "." in literal and literal in self._entry_hosts else fqdn(host, namespace, self.domain)
+
+    def visible_services(self, namespace: str) -> list[Service]:
+        """The services a proxy in `namespace` may reach: all, less ServiceEntries not exported to it."""
+        from lattice.mesh.service_entry import visible
+
+        return [s for s in self.services if s.source == "registry" or visible(s, namespace)]
+
+    def accepts_mesh_tls(self, endpoint) -> bool:
+        """Auto mTLS: a workload whose PeerAuthentication accepts mTLS; a ServiceEntry endpoint
+        marked for it (mesh/service_entry.py says when)."""
+        mode = self._inbound_mtls.get(endpoint.id)
+        return mode != "DISABLE" if mode is not None else endpoint.mesh_tls
+
+    def _all_by_host(self, resources: tuple[Resource, ...], attr: str) -> dict[str, tuple[Resource, ...]]:
+        # Oldest first, as callers pass them: the first one visible to a proxy wins (Istio's rule).
+        index: dict[str, list[Resource]] = defaultdict(list)
+        for r in resources:
+            for h in r.spec.hosts:
+                index[self.resolve_host(h, r.namespace)].append(r)
+        return {h: tuple(rs) for h, rs in index.items()}
 
     def _first_by_host(self, resources: tuple[Resource, ...], attr: str) -> dict[str, Resource]:
         # Istio: when several resources claim one host, the oldest wins; callers pass them oldest first.
@@ -89,7 +194,7 @@ class MeshSnapshot:
         for r in resources:
             hosts = getattr(r.spec, attr)
             for h in [hosts] if isinstance(hosts, str) else hosts:
-                index.setdefault(fqdn(h, r.namespace, self.domain), r)
+                index.setdefault(self.resolve_host(h, r.namespace), r)
         return index
 
     def endpoints(self, hostname: str) -> tuple[Workload, ...]:
@@ -98,8 +203,13 @@ class MeshSnapshot:
     def service_ports(self, hostname: str) -> list[int]:
         return [s.port for s in self.services if s.hostname == hostname]
 
-    def virtual_service_for(self, hostname: str) -> Resource | None:
-        return self._vs_by_host.get(hostname)
+    def virtual_service_for(self, hostname: str, namespace: str | None = None) -> Resource | None:
+        """The VirtualService routing `hostname` for a proxy in `namespace` (all proxies when None):
+        the oldest one exported to that namespace."""
+        for r in self._vs_by_host.get(hostname, ()):
+            if namespace is None or r.spec.exported_to(r.namespace, namespace):
+                return r
+        return None
 
     def destination_rule_for(self, hostname: str) -> Resource | None:
         return self._dr_by_host.get(hostname)
@@ -107,6 +217,10 @@ class MeshSnapshot:
     def inbound_mtls(self, workload: Workload) -> str:
         """STRICT, PERMISSIVE or DISABLE for traffic arriving at `workload` on its service port."""
         return self._inbound_mtls[workload.id]
+
+    def rate_limit_policies_for(self, workload: Workload) -> tuple[Resource, ...]:
+        """The RateLimitPolicies `workload`'s sidecar enforces (precedence in `mesh.rate_limits`)."""
+        return rate_limits.policies_for(self.rate_limit_policies, workload, self.root_namespace)
 
     def identity(self, workload: Workload) -> str:
         return f"spiffe://{self.trust_domain}/ns/{workload.namespace}/sa/{workload.service_account}"
@@ -117,11 +231,13 @@ class MeshSnapshot:
     def conflicts(self) -> list[str]:
         """Resources that lost a host to an older one (shown by `lattice status`)."""
         out = []
-        for resources, index, attr in ((self.virtual_services, self._vs_by_host, "hosts"), (self.destination_rules, self._dr_by_host, "host")):
+        vs_winners = gateway_api.mesh_wide_winners(self._vs_by_host)
+        for resources, index, attr in ((self.virtual_services, vs_winners, "hosts"), (self.destination_rules, self._dr_by_host, "host")):
             for r in resources:
                 hosts = getattr(r.spec, attr)
                 for h in [hosts] if isinstance(hosts, str) else hosts:
-                    winner = index.get(fqdn(h, r.namespace, self.domain))
+                    winner = index.get(self.resolve_host(h, r.namespace))
                     if winner is not None and winner is not r:
-                        out.append(f"{r.kind} {r.namespace}/{r.name}: host {h} is already claimed by {winner.namespace}/{winner.name}; ignored for that host")
-        return out
+                        out.append(f"{r.kind} {r.namespace}/{r.name}: host {h} is already claimed by {winner.kind} {winner.namespace}/{winner.name}; ignored for that host")
+        out += gateway_api.table_conflicts(self._route_tables, vs_winners)
+        return out + list(self._entry_problems) + list(self._route_problems)

@@ -30,6 +30,8 @@ class ServerConfig:
     cert_ttl: float = 24 * 3600.0
     ca_cert: Path | None = None
     ca_key: Path | None = None
+    outbound_traffic_policy: str = "ALLOW_ANY"  # Istio's MeshConfig outboundTrafficPolicy.mode, or REGISTRY_ONLY
+    h2_upgrade_policy: str = "DO_NOT_UPGRADE"  # Istio's MeshConfig h2UpgradePolicy, or UPGRADE
 
     @property
     def discovery_file(self) -> Path:

@@ -38,7 +38,7 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.board = StatusBoard()
         self.registry = Registry(self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request())
-        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce, trust_domain=config.trust_domain, root_namespace=config.root_namespace)
+        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce, trust_domain=config.trust_domain, root_namespace=config.root_namespace, outbound_traffic_policy=config.outbound_traffic_policy, h2_upgrade_policy=config.h2_upgrade_policy)
         self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect, self._authorize)
         self.rest = RestApi(self.store, self.registry, self.pusher, self.board, self.ads.connected_nodes, self.ca, admin_token(config.home))
         self.agents = AgentApi(self.ca, self.store, self.registry)

@@ -17,7 +17,9 @@ log = logging.getLogger("lattice.push")
 
 
 class Pusher:
-    def __init__(self, store: Store, registry: Registry, cache: SnapshotCache, debounce: float = 0.1, trust_domain: str = "cluster.local", root_namespace: str = "istio-system") -> None:
+    def __init__(self, store: Store, registry: Registry, cache: SnapshotCache, debounce: float = 0.1, trust_domain: str = "cluster.local", root_namespace: str = "istio-system", outbound_traffic_policy: str = "ALLOW_ANY", h2_upgrade_policy: str = "DO_NOT_UPGRADE") -> None:
+        self._outbound_traffic_policy = outbound_traffic_policy
+        self._h2_upgrade_policy = h2_upgrade_policy
         self._trust_domain = trust_domain
         self._root_namespace = root_namespace
         self._store = store
@@ -84,6 +86,15 @@ class Pusher:
             virtual_services=self._resources("VirtualService", previous),
             destination_rules=self._resources("DestinationRule", previous),
             peer_authentications=self._resources("PeerAuthentication", previous),
+            service_entries=self._resources("ServiceEntry", previous),
+            workload_entries=self._resources("WorkloadEntry", previous),
+            outbound_traffic_policy=self._outbound_traffic_policy,
+            h2_upgrade_policy=self._h2_upgrade_policy,
+            gateways=self._resources("Gateway", previous),
+            rate_limit_policies=self._resources("RateLimitPolicy", previous),
+            http_routes=self._resources("HTTPRoute", previous),
+            grpc_routes=self._resources("GRPCRoute", previous),
+            created=self._created("VirtualService", "HTTPRoute", "GRPCRoute"),
             trust_domain=self._trust_domain,
             root_namespace=self._root_namespace,
         )
@@ -92,6 +103,11 @@ class Pusher:
     def _resources(self, kind: str, previous: dict) -> tuple[Resource, ...]:
         stored = sorted(self._store.list(kind), key=lambda r: (r.created_at, r.namespace, r.name))
         return tuple(self._parse(r, previous) for r in stored)
+
+    def _created(self, *kinds: str) -> dict[tuple[str, str, str], float]:
+        """Creation times of routing resources: VirtualServices and Gateway API routes claim a host
+        oldest first, whichever API they come from."""
+        return {(r.kind, r.namespace, r.name): r.created_at for kind in kinds for r in self._store.list(kind)}
 
     def _parse(self, stored: StoredResource, previous: dict) -> Resource:
         # Stored specs were validated on apply; parsing again only when a resource changed keeps

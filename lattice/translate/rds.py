@@ -5,13 +5,21 @@ from __future__ import annotations
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
-from lattice.mesh import MeshSnapshot, Service, Workload, host_aliases
+from lattice.mesh import MeshSnapshot, Service, Workload
 from lattice.translate import names, routes
 
 
 def route_configurations(snapshot: MeshSnapshot, proxy: Workload) -> list[route_pb2.RouteConfiguration]:
-    hosts = [_virtual_host(snapshot, proxy, s) for s in snapshot.services]
-    hosts.append(_passthrough_host())
+    hosts, taken = [], set()
+    # Registered services first: a ServiceEntry repeating one of their names does not get it
+    # (Envoy refuses a table that lists one domain twice).
+    for service in sorted(snapshot.visible_services(proxy.namespace), key=lambda s: s.source != "registry"):
+        host = _virtual_host(snapshot, proxy, service)
+        host.domains[:] = [d for d in host.domains if d not in taken]
+        taken.update(host.domains)
+        if host.domains:
+            hosts.append(host)
+    hosts.append(_block_all_host() if snapshot.outbound_traffic_policy == "REGISTRY_ONLY" else _passthrough_host())
     # A route may name a cluster that does not exist (a subset no DestinationRule defines);
     # Envoy accepts the table and answers such requests 503, as Istio does.
     return [route_pb2.RouteConfiguration(name=names.OUTBOUND_ROUTE, virtual_hosts=hosts)]
@@ -19,14 +27,14 @@ def route_configurations(snapshot: MeshSnapshot, proxy: Workload) -> list[route_
 
 def _virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Service) -> rc.VirtualHost:
     ports = snapshot.service_ports(service.hostname)
-    aliases = host_aliases(service.name, service.namespace, proxy.namespace, snapshot.domain)
+    aliases = service.aliases(proxy.namespace, snapshot.domain)
     domains = [f"{a}:{service.port}" for a in aliases]
     # A bare host (no port) means port 80 in HTTP; a service with a single port also takes it,
     # so `http://reviews/` works for a service that only serves 9080.
     if service.port == 80 or (len(ports) == 1 and 80 not in ports):
         domains += aliases
-    rule = snapshot.virtual_service_for(service.hostname)
-    table = routes.for_virtual_service(snapshot, rule, service) if rule else [routes.default_route(service)]
+    rule = snapshot.virtual_service_for(service.hostname, proxy.namespace)
+    table = routes.for_virtual_service(snapshot, rule, service, proxy) if rule else [routes.default_route(service, snapshot)]
     return rc.VirtualHost(name=f"{service.hostname}:{service.port}", domains=domains, routes=table)
 
 
@@ -36,3 +44,20 @@ def _passthrough_host() -> rc.VirtualHost:
         domains=["*"],
         routes=[rc.Route(name="allow_any", match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=names.PASSTHROUGH, timeout={"seconds": 0}))],
     )
+
+
+def _block_all_host() -> rc.VirtualHost:
+    """REGISTRY_ONLY: a host that is neither a service nor a ServiceEntry gets 502, as from Istio's BlackHoleCluster."""
+    return rc.VirtualHost(
+        name="block_all",
+        domains=["*"],
+        routes=[rc.Route(name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502))],
+    )
+
+
+def upstream_route_configuration(snapshot: MeshSnapshot, proxy: Workload, service: Service, name: str) -> route_pb2.RouteConfiguration:
+    """An `--upstream` port's table: the service's own routes, whatever Host the app sends (it
+    chose the service by dialing its local port, not by name)."""
+    host = _virtual_host(snapshot, proxy, service)
+    host.domains[:] = ["*"]
+    return route_pb2.RouteConfiguration(name=name, virtual_hosts=[host])
