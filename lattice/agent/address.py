@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,3 +67,28 @@ def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((address, 0))
         return s.getsockname()[1]
+
+
+def app_port(address: str = "127.0.0.1") -> int:
+    """A free port for an app to bind a moment later, chosen below the kernel's ephemeral range.
+
+    bind(0) and outgoing connections take their ports from the ephemeral range, so on a busy
+    machine a port found free there can be taken again before the app binds it ("address already
+    in use"). Below that range only another such pick can take it, and picking at random makes
+    that unlikely.
+    """
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, low)
+        if port_free(address, port):
+            return port
+    return free_port(address)
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; macOS starts at 49152
+    return max(low, 20001)

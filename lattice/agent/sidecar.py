@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import struct_pb2
 
-from lattice.agent.address import AddressLease, free_port, lease_loopback, port_free
+from lattice.agent.address import AddressLease, app_port, free_port, lease_loopback, port_free
 from lattice.agent.bootstrap import bootstrap, write_bootstrap
 from lattice.agent.control import RegistryClient
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
@@ -29,7 +30,7 @@ from lattice.agent.http import agent_app
 from lattice.agent.identity import Identity
 from lattice.agent.relay import XdsRelay
 from lattice.agent.sds import SecretServer
-from lattice.api.registration import Registration
+from lattice.api.registration import Registration, Upstream
 from lattice.identity import CONTROL_PLANE_NAME
 
 log = logging.getLogger("lattice.agent")
@@ -52,6 +53,7 @@ class RunOptions:
     address: str | None = None  # reachable address for multi-host meshes; default: a leased loopback
     app_port: int | None = None
     protocol: str = "http"
+    upstreams: list[Upstream] = field(default_factory=list)  # local ports forwarding to service ports
     ready_timeout: float = 60.0
     heartbeat_interval: float = 3.0
     envoy_log_level: str = "warning"
@@ -73,16 +75,18 @@ class Sidecar:
         address = o.address or self.lease.address
         name = o.name or (f"{o.service}-{o.version}" if o.version else o.service)
         labels = {**o.labels, "app": o.service, **({"version": o.version} if o.version else {})}
-        agent_port = AGENT_PORT if port_free(address, AGENT_PORT) else free_port(address)
+        local = {u.local_port for u in o.upstreams}
+        agent_port = AGENT_PORT if AGENT_PORT not in local and port_free(address, AGENT_PORT) else free_port(address)
         return Registration(
             id=f"{name}-{secrets.token_hex(3)}.{o.namespace}", name=name, namespace=o.namespace, service=o.service,
             service_account=o.service_account or o.service, labels=labels, address=address, port=o.port,
-            app_port=o.app_port or free_port(), protocol=o.protocol, outbound_port=OUTBOUND_PORT, agent_port=agent_port,
+            app_port=o.app_port or app_port(), protocol=o.protocol, outbound_port=OUTBOUND_PORT, agent_port=agent_port,
+            upstreams=o.upstreams,
         )
 
     async def run(self) -> int:
         if self.o.address is None:
-            self.lease = lease_loopback([self.o.port, OUTBOUND_PORT])
+            self.lease = lease_loopback(self._ports())
         self.registration = reg = self._registration()
         node = base_pb2.Node(id=reg.id, cluster=f"{reg.service}.{reg.namespace}")
         node.metadata.CopyFrom(_struct({"NAMESPACE": reg.namespace, "WORKLOAD_NAME": reg.name, "LABELS": reg.labels}))
@@ -155,7 +159,7 @@ class Sidecar:
                 tasks.create_task(self._probe_forever(), name="app-probe"),
             ]
             await self._wait_ready()
-            log.info("sidecar %s ready at %s (inbound :%d, outbound :%d)", self.registration.id, self.registration.address, self.registration.port, OUTBOUND_PORT)
+            self._announce()
             if not self.o.command:
                 await asyncio.Event().wait()  # `lattice agent`: serve until a signal
             self.exit_code = await self._run_app()
@@ -175,6 +179,7 @@ class Sidecar:
         env = os.environ | {
             "PORT": str(reg.app_port), "HTTP_PROXY": proxy, "http_proxy": proxy,
             "LATTICE_WORKLOAD": reg.name, "LATTICE_PROXY_ID": reg.id, "LATTICE_SERVICE": reg.service,
+            **_no_proxy(reg.address), **upstream_env(reg),
         }
         try:
             self.app = await asyncio.create_subprocess_exec(*self.o.command, env=env, preexec_fn=die_with_parent)
@@ -185,9 +190,22 @@ class Sidecar:
         log.info("app exited with %s", code)
         return code
 
+    def _ports(self) -> list[int]:
+        """Ports this proxy serves on its address, so the leased loopback has them free."""
+        return [self.o.port, OUTBOUND_PORT, *(u.local_port for u in self.o.upstreams)]
+
+    def _announce(self) -> None:
+        log.info("sidecar %s ready at %s (inbound :%d, outbound :%d)", self.registration.id, self.registration.address, self.registration.port, OUTBOUND_PORT)
+        for (variable, where), u in zip(upstream_env(self.registration).items(), self.registration.upstreams):
+            print(f"upstream {u.service}.{u.namespace}:{u.port} at {where} (${variable})", file=sys.stderr, flush=True)
+
+    async def _up(self) -> bool:
+        """What the health reported to the control plane means: the app accepts connections."""
+        return await _tcp_open("127.0.0.1", self.registration.app_port)
+
     async def _probe_forever(self) -> None:
         while True:
-            healthy = await _tcp_open("127.0.0.1", self.registration.app_port)
+            healthy = await self._up()
             if healthy != self.app_healthy:
                 self.app_healthy = healthy
                 self.registry.heartbeat_now.set()
@@ -217,6 +235,24 @@ class Sidecar:
         if self.lease is not None:
             self.lease.release()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def upstream_env(reg: Registration) -> dict[str, str]:
+    """LATTICE_UPSTREAM_<SERVICE>_<PORT>=host:port per upstream, so the app finds its local ports;
+    the namespace joins the name for a service of another namespace."""
+    out = {}
+    for u in reg.upstreams:
+        parts = [u.service] if u.namespace == reg.namespace else [u.service, u.namespace]
+        out["_".join(["LATTICE_UPSTREAM", *parts, str(u.port)]).upper().replace("-", "_")] = f"{reg.address}:{u.local_port}"
+    return out
+
+
+def _no_proxy(address: str) -> dict[str, str]:
+    """The upstream ports are dialed directly: HTTP clients and gRPC (which also obeys http_proxy)
+    must not send those connections to the HTTP proxy."""
+    current = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
+    value = ",".join(filter(None, [current, address]))
+    return {"no_proxy": value, "NO_PROXY": value}
 
 
 def _exit_status(code: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,10 +17,13 @@ import typer
 # use gRPC in a child, so they are off (read by gRPC at import, hence before any import of it).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
+from lattice.api import ValidationError, parse_documents  # noqa: E402
 from lattice.cli import proxy_config, security  # noqa: E402
-from lattice.cli.client import ApiError, agent_url, call  # noqa: E402
+from lattice.cli.client import ApiError, Client, agent_url, call, server_url  # noqa: E402
 from lattice.cli.client import connect as client  # noqa: E402
-from lattice.cli.output import Format, emit, fail  # noqa: E402
+from lattice.cli.output import Format, emit, errors, fail  # noqa: E402
+from lattice.mesh.analyze import analyze as find_problems  # noqa: E402
+from lattice.mesh.analyze import snapshot_of  # noqa: E402
 from lattice.server.config import lattice_home  # noqa: E402
 
 app = typer.Typer(
@@ -58,6 +62,8 @@ def server(
     ca_cert: Optional[Path] = typer.Option(None, help="Plug-in CA: signing certificate, then any intermediates, then the root (PEM)."),
     ca_key: Optional[Path] = typer.Option(None, help="Plug-in CA: the signing certificate's private key (PEM)."),
     root_namespace: str = typer.Option("istio-system", help="Namespace whose selector-less policies apply mesh-wide."),
+    outbound_traffic_policy: str = typer.Option("ALLOW_ANY", help="Hosts outside the registry: ALLOW_ANY passes them through, REGISTRY_ONLY answers 502 (Istio's MeshConfig outboundTrafficPolicy)."),
+    h2_upgrade_policy: str = typer.Option("DO_NOT_UPGRADE", help="HTTP/1.1 between sidecars: UPGRADE to HTTP/2 (one connection for many requests) or DO_NOT_UPGRADE; a DestinationRule's connectionPool.http.h2UpgradePolicy overrides it (Istio's MeshConfig h2UpgradePolicy)."),
     debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
     heartbeat_timeout: float = typer.Option(15.0, help="Seconds without a heartbeat before a workload is dropped."),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
@@ -81,9 +87,14 @@ def server(
         fail(f"--cert-ttl {cert_ttl!r}: {e}")
     if ttl < 10:
         fail("--cert-ttl must be at least 10s: agents renew at half-life")
+    if outbound_traffic_policy not in ("ALLOW_ANY", "REGISTRY_ONLY"):
+        fail(f"--outbound-traffic-policy {outbound_traffic_policy!r}: use ALLOW_ANY or REGISTRY_ONLY")
+    if h2_upgrade_policy not in ("DO_NOT_UPGRADE", "UPGRADE"):
+        fail(f"--h2-upgrade-policy {h2_upgrade_policy!r}: use DO_NOT_UPGRADE or UPGRADE")
     config = ServerConfig(
         home=home, db=db or home / "lattice.db", api_host=api_host, api_port=api_port, xds_host=xds_host, xds_port=xds_port, agent_host=agent_host, agent_port=agent_port,
         debounce=debounce, heartbeat_timeout=heartbeat_timeout, trust_domain=trust_domain, root_namespace=root_namespace, cert_ttl=ttl, ca_cert=ca_cert, ca_key=ca_key,
+        outbound_traffic_policy=outbound_traffic_policy, h2_upgrade_policy=h2_upgrade_policy,
     )
     try:
         asyncio.run(run_server(config))
@@ -91,7 +102,7 @@ def server(
         fail(str(e))
 
 
-def _run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, command, log_level):
+def _run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, command, log_level, port_name=None, upstream=()):
     from lattice.agent.sidecar import RunOptions
 
     labels = {}
@@ -100,15 +111,60 @@ def _run_options(service, port, version, namespace, service_account, label, name
         if not sep or not key:
             fail(f"--label {item!r} must be KEY=VALUE")
         labels[key] = value
+    token = _join_token(token, token_file, service_account or service, namespace)
+    return RunOptions(
+        service=service, port=port, server=call(agent_url, server), token=token, command=command, version=version, namespace=namespace, service_account=service_account, labels=labels, name=name,
+        address=address, app_port=app_port, protocol=_protocol(protocol, port_name, port), upstreams=_upstreams(upstream, namespace, port), envoy_log_level=log_level,
+    )
+
+
+def _protocol(protocol: str | None, port_name: str | None, port: int) -> str:
+    """Istio's protocol selection: --protocol, else the --port-name prefix, else HTTP (see lattice.mesh.protocol)."""
+    from lattice.mesh.protocol import ProtocolError, from_port_name, parse, select
+
+    try:
+        if protocol:
+            return parse(protocol, "--protocol")
+        return select(protocol=from_port_name(port_name, "--port-name") if port_name else None, port=port)
+    except ProtocolError as e:
+        fail(str(e))
+
+
+_UPSTREAM = re.compile(r"^(?P<service>[a-z0-9-]+)(?:\.(?P<namespace>[a-z0-9-]+))?:(?P<port>\d{1,5})(?:=(?P<local>\d{1,5}))?$")
+
+
+def _upstreams(specs: list[str], namespace: str, port: int) -> list:
+    """--upstream SERVICE[.NAMESPACE]:PORT[=LOCALPORT], each on a local port of its own."""
+    from pydantic import ValidationError
+
+    from lattice.api.registration import Upstream
+
+    out, taken = [], {port: "--port", 15001: "the outbound proxy"}
+    for spec in specs:
+        m = _UPSTREAM.match(spec)
+        if m is None:
+            fail(f"--upstream {spec!r} must be SERVICE[.NAMESPACE]:PORT[=LOCALPORT], e.g. --upstream tcp-echo:9000=19000")
+        local = int(m["local"] or m["port"])
+        if local in taken:
+            fail(f"--upstream {spec!r}: local port {local} is already used by {taken[local]}; pick another with =LOCALPORT")
+        taken[local] = f"--upstream {spec}"
+        try:
+            out.append(Upstream(service=m["service"], namespace=m["namespace"] or namespace, port=int(m["port"]), local_port=local))
+        except ValidationError as e:
+            fail(f"--upstream {spec!r}: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+    return out
+
+
+def _join_token(token: str | None, token_file: Path | None, service_account: str, namespace: str) -> str:
+    """The join token from --token, --token-file or LATTICE_TOKEN, or a message saying how to make one."""
     if token_file is not None:
         try:
             token = token_file.read_text().strip()
         except OSError as e:
             fail(f"cannot read --token-file {token_file}: {e.strerror}")
     if not token:
-        sa = service_account or service
-        fail(f"no join token: pass --token, --token-file or set LATTICE_TOKEN; create one with `lattice token create --service-account {sa} -n {namespace}`")
-    return RunOptions(service=service, port=port, server=call(agent_url, server), token=token, command=command, version=version, namespace=namespace, service_account=service_account, labels=labels, name=name, address=address, app_port=app_port, protocol=protocol, envoy_log_level=log_level)
+        fail(f"no join token: pass --token, --token-file or set LATTICE_TOKEN; create one with `lattice token create --service-account {service_account} -n {namespace}`")
+    return token
 
 
 _RUN_HELP = """Run COMMAND as a workload of SERVICE, under its own sidecar.
@@ -135,7 +191,9 @@ def run(
     name: Optional[str] = typer.Option(None, help="Workload name (default <service>-<version>)."),
     address: Optional[str] = typer.Option(None, help="Address other hosts reach this workload on (default: a loopback of its own)."),
     app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
-    protocol: str = typer.Option("http", help="http, http2, grpc or tcp."),
+    protocol: Optional[str] = typer.Option(None, help="Istio protocol: HTTP, HTTP2, GRPC, GRPC-Web, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS (default: from --port-name, else HTTP)."),
+    port_name: Optional[str] = typer.Option(None, help="Istio-style port name, <protocol>[-<suffix>] (http-web, grpc-api, tcp-db): picks the protocol when --protocol is not given."),
+    upstream: list[str] = typer.Option([], "--upstream", help="SERVICE[.NAMESPACE]:PORT[=LOCALPORT] (repeatable): the sidecar listens on this workload's address at LOCALPORT (default PORT) and forwards to that service port; the app finds it in $LATTICE_UPSTREAM_<SERVICE>_<PORT>. For TCP and clients that cannot use HTTP_PROXY."),
     server: Optional[str] = AgentServerOpt,
     token: Optional[str] = TokenOpt,
     token_file: Optional[Path] = TokenFileOpt,
@@ -144,7 +202,7 @@ def run(
     command = list(ctx.args)
     if not command:
         fail("give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice agent` runs a sidecar alone")
-    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, command, log_level), log_level))
+    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, command, log_level, port_name, upstream), log_level))
 
 
 @app.command()
@@ -158,14 +216,71 @@ def agent(
     name: Optional[str] = typer.Option(None),
     address: Optional[str] = typer.Option(None),
     app_port: int = typer.Option(..., help="Port the (separately started) app listens on, on 127.0.0.1."),
-    protocol: str = typer.Option("http"),
+    protocol: Optional[str] = typer.Option(None, help="As for `lattice run`."),
+    port_name: Optional[str] = typer.Option(None, help="As for `lattice run`."),
+    upstream: list[str] = typer.Option([], "--upstream", help="As for `lattice run` (repeatable)."),
     server: Optional[str] = AgentServerOpt,
     token: Optional[str] = TokenOpt,
     token_file: Optional[Path] = TokenFileOpt,
     log_level: str = typer.Option("warning"),
 ) -> None:
     """Run a sidecar alone, for an app you start yourself on 127.0.0.1:APP_PORT."""
-    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, [], log_level), log_level))
+    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, [], log_level, port_name, upstream), log_level))
+
+
+_GATEWAY_HELP = """Run an ingress gateway: Envoy serving the Gateways whose selector matches its labels.
+
+It has no app. Istio's Gateway and VirtualService YAML apply unchanged (labels default to
+istio=ingressgateway, Istio's gateway selector). A Gateway port below 1024 is served on port + 8000
+(80 on 8080, 443 on 8443, as Istio's gateway pods do; no root needed), a port from 1024 up on
+itself, unless --listen PORT=LOCALPORT says otherwise. The URLs are printed at startup.
+
+  lattice token create --service-account istio-ingressgateway -n istio-system > gw.token
+  lattice gateway --token-file gw.token
+  lattice apply -f bookinfo-gateway.yaml
+  curl http://<address>:8080/productpage
+"""
+
+
+@app.command(help=_GATEWAY_HELP)
+def gateway(
+    name: str = typer.Option("ingressgateway", help="Gateway workload name."),
+    namespace: str = typer.Option("istio-system", "-n", "--namespace"),
+    service_account: Optional[str] = typer.Option(None, help="Identity (default istio-<name>)."),
+    label: list[str] = typer.Option([], "--label", "-l", help="Label KEY=VALUE that Gateway selectors match (repeatable; default istio=ingressgateway)."),
+    listen: list[str] = typer.Option([], "--listen", help="Serve Gateway port PORT on local port LOCALPORT: PORT=LOCALPORT (repeatable)."),
+    address: Optional[str] = typer.Option(None, help="Address to serve on (default: a loopback of its own, printed at startup)."),
+    server: Optional[str] = AgentServerOpt,
+    token: Optional[str] = TokenOpt,
+    token_file: Optional[Path] = TokenFileOpt,
+    log_level: str = typer.Option("warning", help="Agent and Envoy log level."),
+) -> None:
+    from lattice.agent.gateway import GatewayOptions, run_gateway
+
+    labels = dict(_pair(item, "--label", "KEY=VALUE") for item in label)
+    ports = {}
+    for item in listen:
+        port, local = _pair(item, "--listen", "PORT=LOCALPORT")
+        if not (port.isdigit() and local.isdigit() and 1 <= int(port) <= 65535 and 1 <= int(local) <= 65535):
+            fail(f"--listen {item!r} must be PORT=LOCALPORT, two port numbers (1-65535)")
+        ports[int(port)] = int(local)
+    options = GatewayOptions(
+        server=call(agent_url, server), token=_join_token(token, token_file, service_account or f"istio-{name}", namespace), name=name, namespace=namespace,
+        service_account=service_account, labels=labels, listen=ports, address=address, envoy_log_level=log_level,
+    )
+    _logging("info" if log_level in ("debug", "info") else "warning")
+    try:
+        code = asyncio.run(run_gateway(options))
+    except (RuntimeError, OSError) as e:
+        fail(str(e))
+    raise typer.Exit(code)
+
+
+def _pair(item: str, option: str, shape: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        fail(f"{option} {item!r} must be {shape}")
+    return key, value
 
 
 def _sidecar(options, log_level: str) -> int:
@@ -208,12 +323,76 @@ def apply(files: list[str] = typer.Option([], "-f", "--filename", help="YAML fil
     """Create or update resources from Istio YAML (VirtualService, DestinationRule...)."""
     c = client(server)
     results = []
+    warnings = []
     for text, source in _documents(files):
         try:
-            results += c.request("POST", "/api/v1/apply", text.encode(), {"source": source})["results"]
+            answer = c.request("POST", "/api/v1/apply", text.encode(), {"source": source})
         except ApiError as e:
             fail(_explain(e) + ("\nnothing from this file was applied" if e.status == 400 else ""))
+        results += answer["results"]
+        warnings += answer.get("warnings", [])
     _print_results(results, output)
+    for w in warnings:  # on stderr, so -o json|yaml output stays parseable
+        errors.print(f"[yellow]{w['level']}:[/] {_finding_text(w)}", highlight=False, soft_wrap=True)
+
+
+_ANALYZE_HELP = """Check Istio YAML for mistakes before (or after) applying it.
+
+Invalid resources are errors (exit status 1), named by field path as `lattice apply` names them.
+Valid but suspicious config gets a warning: a subset no DestinationRule defines or no workload
+matches, weights that do not add up to 100, a host that resolves to nothing, a Gateway that does
+not exist, two resources claiming one host.
+
+With a control plane running (or --server), FILE is checked against the live mesh as if it had
+been applied. With --offline, or when no control plane is running, only the files are used: checks
+that need the registry are skipped.
+
+  lattice analyze -f reviews-routing.yaml
+  lattice analyze --offline -f samples/ -o json
+"""
+
+
+@app.command(help=_ANALYZE_HELP)
+def analyze(
+    files: list[str] = typer.Option([], "-f", "--filename", help="YAML file, directory, or - for stdin (repeatable)."),
+    offline: bool = typer.Option(False, "--offline", help="Do not consult a control plane, even if one is running."),
+    server: Optional[str] = ServerOpt,
+    output: Format = OutputOpt,
+) -> None:
+    documents = _documents(files)
+    resources, invalid = [], []
+    for text, source in documents:
+        try:
+            resources += parse_documents(text, source)
+        except ValidationError as e:
+            invalid += [{"level": "error", "resource": e.source, "field": x.path, "message": x.message} for x in e.errors]
+    c = None if offline else _optional_client(server)
+    if c is not None and not invalid:
+        findings = []
+        for text, source in documents:
+            findings += call(c.request, "POST", "/api/v1/analyze", text.encode(), {"source": source})["findings"]
+    else:
+        findings = [f.to_dict() for f in find_problems(snapshot_of(resources), resources, registry_known=False)]
+    findings = invalid + findings
+    emit({"findings": findings}, output, ["LEVEL", "RESOURCE", "FIELD", "MESSAGE"], [[f["level"], f["resource"], f["field"], f["message"]] for f in findings])
+    if output is Format.table and not findings:
+        typer.echo(f"no problems found in {len(resources)} resource(s)")
+    raise typer.Exit(1 if invalid else 0)
+
+
+def _optional_client(server: str | None):
+    """A client when a control plane is known (--server, LATTICE_SERVER or a running one), else None."""
+    try:
+        return Client(server_url(server))
+    except ApiError:
+        if server:
+            fail(f"cannot reach the control plane at {server}; use --offline to check the files alone")
+        return None
+
+
+def _finding_text(f: dict) -> str:
+    where = " ".join(x for x in (f["resource"], f["field"]) if x)
+    return f"{where}: {f['message']}" if where else f["message"]
 
 
 @app.command()
@@ -281,7 +460,7 @@ def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> Non
     emit(data, output, ["PROXY", "SERVICE", "VERSION", "ADDRESS", "HEALTHY", "CONNECTED", "CDS", "EDS", "LDS", "RDS", "IDENTITY", "CERT EXPIRES"], rows)
     if output is Format.table:
         s = data["server"]
-        typer.echo(f"\nconfig revision {s['revision']}, snapshot {s['snapshot']}, last push {s['last_push_ms']} ms")
+        typer.echo(f"\nconfig revision {s['revision']}, snapshot {s['snapshot']}, last push {s['last_push_ms']} ms, outbound traffic policy {s.get('outbound_traffic_policy', '?')}")
         for p in data["proxies"]:
             for t, v in p["types"].items():
                 if v["error"]:

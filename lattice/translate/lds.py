@@ -6,6 +6,7 @@ from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import dynamic_forward_proxy_pb2 as dfp
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -13,25 +14,50 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from lattice.mesh import MeshSnapshot, Workload
-from lattice.translate import names, tls
+from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
+from lattice.mesh import protocol as protocols
+from lattice.mesh.model import Upstream
+from lattice.translate import l4, names, ratelimit, rds, tls
 from lattice.translate.cds import dns_cache
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
 FAULT = "envoy.filters.http.fault"
+CORS = "envoy.filters.http.cors"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
-TCP_PROTOCOLS = ("tcp", "tls", "mongo", "mysql", "redis")
+TCP_PROTOCOLS = protocols.OPAQUE
 
 
 def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.Listener]:
-    return [outbound(proxy), inbound(snapshot, proxy)]
+    return [outbound(proxy), inbound(snapshot, proxy), *(_upstream(snapshot, proxy, u) for u in proxy.upstreams)]
 
 
 def outbound(proxy: Workload) -> listener_pb2.Listener:
-    manager = _manager("outbound_http", [_filter(FAULT, fault_pb2.HTTPFault()), _filter("envoy.filters.http.dynamic_forward_proxy", dfp.FilterConfig(dns_cache_config=dns_cache()))])
+    manager = _outbound_manager("outbound_http")
     manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=names.OUTBOUND_ROUTE))
     return _listener(names.OUTBOUND_LISTENER, proxy.address, proxy.outbound_port, _network_filter(HCM, manager))
+
+
+def _outbound_manager(stat_prefix: str) -> hcm.HttpConnectionManager:
+    # CORS first (a preflight is answered before any fault or route), then faults, as Istio orders them.
+    return _manager(stat_prefix, [_filter(CORS, cors_pb2.Cors()), _filter(FAULT, fault_pb2.HTTPFault()), _filter("envoy.filters.http.dynamic_forward_proxy", dfp.FilterConfig(dns_cache_config=dns_cache()))])
+
+
+def _upstream(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream) -> listener_pb2.Listener:
+    """An `--upstream` port: HTTP services routed as the outbound listener routes them, anything
+    else (and a service not registered yet) by l4."""
+    host = fqdn(upstream.service, upstream.namespace, snapshot.domain)
+    service = next((s for s in snapshot.visible_services(proxy.namespace) if s.hostname == host and s.port == upstream.port), None)
+    if service is None or not protocols.is_http(service.protocol):
+        return l4.upstream_listener(snapshot, proxy, upstream, service)
+    return _http_upstream(snapshot, proxy, upstream, service)
+
+
+def _http_upstream(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream, service: Service) -> listener_pb2.Listener:
+    name = l4.listener_name(proxy, upstream)
+    manager = _outbound_manager(name)
+    manager.route_config.CopyFrom(rds.upstream_route_configuration(snapshot, proxy, service, name))
+    return _listener(name, proxy.address, upstream.local_port, _network_filter(HCM, manager))
 
 
 def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
@@ -39,22 +65,23 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     name = names.inbound_listener(proxy.port)
     mode = snapshot.inbound_mtls(proxy)
     chains = []
+    http_filters = ratelimit.inbound_filters(snapshot, proxy)
     if mode in ("STRICT", "PERMISSIVE"):
-        chains.append(_inbound_chain(proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else ""))
+        chains.append(_inbound_chain(proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else "", http_filters))
     if mode in ("PERMISSIVE", "DISABLE"):
-        chains.append(_inbound_chain(proxy, None, "raw_buffer" if mode == "PERMISSIVE" else ""))
+        chains.append(_inbound_chain(proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http_filters))
     listener = listener_pb2.Listener(name=name, address=socket_address(proxy.address, proxy.port), filter_chains=chains)
     if mode == "PERMISSIVE":  # one port, two kinds of client: look at the first bytes to choose
         listener.listener_filters.add(name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector()))
     return listener
 
 
-def _inbound_chain(proxy: Workload, socket: base_pb2.TransportSocket | None, transport: str) -> listener_components_pb2.FilterChain:
+def _inbound_chain(proxy: Workload, socket: base_pb2.TransportSocket | None, transport: str, http_filters: list[hcm.HttpFilter]) -> listener_components_pb2.FilterChain:
     cluster = names.inbound_cluster(proxy.port)
     if proxy.protocol in TCP_PROTOCOLS:
         network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy_pb2.TcpProxy(stat_prefix=f"inbound_{proxy.port}", cluster=cluster))
     else:
-        manager = _manager(f"inbound_{proxy.port}", [])
+        manager = _manager(f"inbound_{proxy.port}", http_filters)
         # The caller's identity reaches the app in x-forwarded-client-cert, set from the verified
         # peer certificate only: whatever a client sent in that header is dropped.
         manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
@@ -91,6 +118,10 @@ def _manager(stat_prefix: str, filters: list[hcm.HttpFilter]) -> hcm.HttpConnect
         stat_prefix=stat_prefix,
         codec_type=hcm.HttpConnectionManager.AUTO,
         http_filters=[*filters, _filter("envoy.filters.http.router", router_pb2.Router())],
+        # WebSockets pass every hop: as HTTP/1.1 upgrades, and as extended CONNECT (RFC 8441)
+        # where the hop between sidecars is HTTP/2.
+        upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True),
         normalize_path={"value": True},
         merge_slashes=True,
         path_with_escaped_slashes_action=hcm.HttpConnectionManager.UNESCAPE_AND_REDIRECT,

@@ -17,7 +17,7 @@ ALLOWED = {
     "registry": {"api", "mesh", "store"},
     "server": {"api", "store", "registry", "mesh", "translate", "xds", "identity"},
     "agent": {"api", "translate", "identity"},
-    "cli": {"api", "server", "agent", "translate", "demo"},
+    "cli": {"api", "server", "agent", "mesh", "translate", "demo"},
     "demo": {"server", "agent", "cli"},
 }
 
