@@ -27,13 +27,15 @@ class Resources:
 
 
 def translate(snapshot: MeshSnapshot, proxy: Workload) -> Resources:
-    from lattice.translate import cds, eds, lds, rds
+    from lattice.translate import cds, eds, gateway, lds, rds
 
+    # A gateway proxy serves its Gateways' ports instead of an app's; it reaches the mesh as sidecars do.
+    edge = proxy.kind == "gateway"
     produced = {
-        CLUSTER: cds.clusters(snapshot, proxy),
+        CLUSTER: gateway.clusters(snapshot, proxy) if edge else cds.clusters(snapshot, proxy),
         ENDPOINT: eds.load_assignments(snapshot, proxy),
-        LISTENER: lds.listeners(snapshot, proxy),
-        ROUTE: rds.route_configurations(snapshot, proxy),
+        LISTENER: gateway.listeners(snapshot, proxy) if edge else lds.listeners(snapshot, proxy),
+        ROUTE: gateway.route_configurations(snapshot, proxy) if edge else rds.route_configurations(snapshot, proxy),
     }
     return Resources({t: tuple(sorted(((_name(m), m) for m in msgs), key=lambda p: p[0])) for t, msgs in produced.items()})
 
