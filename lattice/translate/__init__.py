@@ -6,6 +6,8 @@ Parts, one per xDS type plus shared pieces:
 - `cds`, `eds`, `lds`, `rds` — clusters, endpoints, listeners, route tables.
 - `tls`       — mutual TLS between sidecars (SDS secret names, auto mTLS, DestinationRule `tls`).
 - `routes`    — one VirtualService HTTP rule into Envoy routes (matches, splits, faults, retries).
+- `policy`    — DestinationRule traffic policy for a cluster (precedence; load balancing, pools, outliers, locality).
+- `ratelimit` — RateLimitPolicy limits as the inbound local rate limit filter.
 - `resources` — `Resources`: the output, sorted by name, type by type.
 
 Rules: no awaits, no clock, no globals, no IO; the same input always yields byte-identical output.
