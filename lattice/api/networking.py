@@ -23,15 +23,30 @@ class IstioSpec(Spec):
     model_config = {**Spec.model_config, "alias_generator": to_camel}
 
 
-# RE2 (Envoy's regex engine) has no look-around and no back-references; Python's `re` does.
-# Checked here so such a pattern is refused at apply time, not NACKed by every proxy later.
-_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=")
+# What Python's `re` accepts and RE2 (Envoy's regex engine) does not: look-around, back-references,
+# atomic groups, possessive quantifiers, conditionals, \Z, repetition counts over 1000. Checked here
+# so such a pattern is refused at apply time, not NACKed by every proxy later.
+_NOT_RE2_ESCAPES = ((re.compile(r"\\[1-9]"), "a back-reference"), (re.compile(r"\\Z"), "\\Z (use $ or \\z)"))
+_NOT_RE2_SYNTAX = (
+    (re.compile(r"\(\?<?[=!]"), "look-around"),
+    (re.compile(r"\(\?P="), "a back-reference"),
+    (re.compile(r"\(\?>"), "an atomic group"),
+    (re.compile(r"[*+?}]\+"), "a possessive quantifier"),
+    (re.compile(r"\(\?\("), "a conditional"),
+)
+_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+_ESCAPED = re.compile(r"\\.")
 
 
 def check_regex(pattern: str) -> str:
     """`pattern` if Envoy (RE2) will accept it; ValueError naming the problem otherwise."""
-    if _NOT_RE2.search(pattern):
-        raise ValueError(f"regex {pattern!r} uses look-around or a back-reference, which RE2 (Envoy's regex engine) does not support")
+    unescaped = _ESCAPED.sub("x", pattern)  # `\+` or `\(` are literals, not syntax
+    problems = [what for construct, what in _NOT_RE2_ESCAPES if construct.search(pattern.replace("\\\\", ""))]
+    problems += [what for construct, what in _NOT_RE2_SYNTAX if construct.search(unescaped)]
+    if problems:
+        raise ValueError(f"regex {pattern!r} uses {problems[0]}, which RE2 (Envoy's regex engine) does not support")
+    if any(int(n) > 1000 for m in _REPEAT.finditer(unescaped) for n in m.groups() if n):
+        raise ValueError(f"regex {pattern!r} repeats more than 1000 times, which RE2 (Envoy's regex engine) does not allow")
     try:
         re.compile(pattern)
     except re.error as e:

@@ -7,6 +7,7 @@ API: they have their own, authenticated by join tokens and workload certificates
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from lattice.api import UnknownKindError, ValidationError, kind_for, parse_documents
 from lattice.identity import TokenRecord, mint_token
+from lattice.mesh.analyze import SNAPSHOT_FIELDS, analyze
 from lattice.registry import Registry
 from lattice.server.ca import CaManager, RotationError
 from lattice.server.pusher import Pusher
@@ -42,6 +44,7 @@ class RestApi:
         r = app.router
         r.add_get("/api/v1/health", self.health)
         r.add_post("/api/v1/apply", self.apply)
+        r.add_post("/api/v1/analyze", self.analyze)
         r.add_post("/api/v1/delete", self.delete_documents)
         r.add_get("/api/v1/resources/{kind}", self.list_resources)
         r.add_get("/api/v1/resources/{kind}/{namespace}/{name}", self.get_resource)
@@ -113,7 +116,26 @@ class RestApi:
         resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
         items = [(r.kind, r.namespace, r.name, r.api_version, r.metadata_dict(), r.spec_dict()) for r in resources]
         results = self.store.apply(items)
-        return web.json_response({"results": [_result(x.resource, x.action) for x in results], "revision": self.store.revision})
+        warnings = self._analysis(resources)
+        return web.json_response({"results": [_result(x.resource, x.action) for x in results], "revision": self.store.revision, "warnings": warnings})
+
+    async def analyze(self, request: web.Request) -> web.Response:
+        """What `lattice apply` would warn about for these documents, without storing anything."""
+        resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
+        return web.json_response({"findings": self._analysis(resources)})
+
+    def _analysis(self, resources: list) -> list[dict]:
+        # The mesh as stored (with the registry's workloads), with `resources` in place of their
+        # stored versions: what the mesh would be once they are applied.
+        base = self.pusher.build()
+        keys = {r.key for r in resources}
+        changes = {}
+        for kind, name in SNAPSHOT_FIELDS.items():
+            mine = tuple(r for r in resources if r.kind == kind)
+            if mine:
+                changes[name] = tuple(r for r in getattr(base, name) if r.key not in keys) + mine
+        snapshot = dataclasses.replace(base, **changes) if changes else base
+        return [f.to_dict() for f in analyze(snapshot, resources, registry_known=True)]
 
     async def delete_documents(self, request: web.Request) -> web.Response:
         resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
@@ -148,7 +170,7 @@ class RestApi:
         proxies = [self._proxy_status(w) for w in self.registry.workloads()]
         return web.json_response(
             {
-                "server": {"revision": self.store.revision, "snapshot": snapshot.version, "uptime_seconds": round(time.time() - self.started, 1), "last_push_ms": round(self.pusher.last_push_seconds * 1000, 2), "push_pending": self.pusher.pending},
+                "server": {"revision": self.store.revision, "snapshot": snapshot.version, "uptime_seconds": round(time.time() - self.started, 1), "last_push_ms": round(self.pusher.last_push_seconds * 1000, 2), "push_pending": self.pusher.pending, "outbound_traffic_policy": snapshot.outbound_traffic_policy},
                 "proxies": proxies,
                 "conflicts": snapshot.conflicts(),
             }

@@ -63,7 +63,7 @@ def test_every_error_of_a_document_is_reported_at_once():
 
 
 def test_unknown_kind_and_wrong_version():
-    assert "unknown kind 'Gateway'" in _errors("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n")[0]
+    assert "unknown kind 'EnvoyFilter'" in _errors("apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: g}\nspec: {}\n")[0]
     assert "is not an apiVersion of VirtualService" in _errors("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: g}\nspec: {hosts: [a]}\n")[0]
 
 
@@ -95,3 +95,18 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "pattern, problem",
+    [("/(?!admin).*", "look-around"), ("(a)\\1", "back-reference"), ("(?>a)", "atomic group"), ("a*+", "possessive"), ("(?(1)a|b)", "conditional"), ("a\\Z", "\\Z"), ("a{1001}", "more than 1000")],
+)
+def test_regexes_envoy_cannot_compile_are_refused_at_apply(pattern, problem):
+    spec = f"  hosts: [r]\n  http: [{{match: [{{uri: {{regex: '{pattern}'}}}}], route: [{{destination: {{host: r}}}}]}}]\n"
+    (error,) = _errors(VS + spec)
+    assert "spec.http[0].match[0].uri" in error and problem in error and "RE2" in error
+
+
+@pytest.mark.parametrize("pattern", ["/items/[0-9]+", "a{2,1000}", "\\+\\+", "\\(?=x", "a+?", "^/users/([0-9]+)$"])
+def test_re2_regexes_pass(pattern):
+    assert parse_documents(VS + f"  hosts: [r]\n  http: [{{match: [{{uri: {{regex: '{pattern}'}}}}], route: [{{destination: {{host: r}}}}]}}]\n")
