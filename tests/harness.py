@@ -7,6 +7,7 @@ the test process if that is killed (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -212,6 +213,21 @@ def served_by(workload: Workload, url: str, n: int, headers: dict | None = None)
         key = h.get("x-served-by", f"status {status}") if status == 200 else f"status {status}"
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+@contextlib.contextmanager
+def running(plane: ControlPlane, workloads: list[Workload], timeout: float = 15):
+    """Start `workloads` at once (startup costs one sidecar, not n), wait until each is ready and
+    every proxy holds the others' endpoints; stop them all on exit, even when one failed to start."""
+    for w in workloads:
+        w.start(wait=False)
+    try:
+        ready = [w.wait_ready() for w in workloads]
+        wait_for(plane.all_synced, timeout, what="every proxy to hold the others' endpoints")
+        yield ready
+    finally:
+        for w in reversed(workloads):
+            w.stop()
 
 
 def start_all(plane: ControlPlane, specs: list[tuple[str, str]]) -> list[Workload]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Enrolled, Workload, http, reset_config, stop, wait_for
+from harness import Enrolled, Workload, http, reset_config, running, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mtls")]
 SERVER, CLIENT = "ratings", "productpage"
@@ -77,14 +77,8 @@ def plane(shared_plane):
 @pytest.fixture(scope="module")
 def echo_mesh(shared_plane):
     """Server and client, both running the echo app under their own sidecars."""
-    started = [Workload(shared_plane, s, "v1", command=[sys.executable, "-c", ECHO_APP]).start(wait=False) for s in (SERVER, CLIENT)]
-    try:
-        ready = [w.wait_ready() for w in started]
-        wait_for(shared_plane.all_synced, 10, what="both proxies to hold each other's endpoints")
+    with running(shared_plane, [Workload(shared_plane, s, "v1", command=[sys.executable, "-c", ECHO_APP]) for s in (SERVER, CLIENT)]) as ready:
         yield ready
-    finally:
-        for w in reversed(started):
-            w.stop()
 
 
 @pytest.fixture
