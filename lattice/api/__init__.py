@@ -5,6 +5,9 @@ Parts:
 - `networking` — Istio's `networking.istio.io` schemas (VirtualService, DestinationRule with TLS origination).
 - `service_entry` — Istio's ServiceEntry and WorkloadEntry.
 - `security`   — Istio's `security.istio.io` schemas (PeerAuthentication).
+- `request_authn` — Istio's RequestAuthentication (JWT rules; JWKS and URL checks).
+- `authorization` — Istio's AuthorizationPolicy (rules, conditions, dry-run annotation).
+- `mesh_config` — the MeshConfig file's extensionProviders (`lattice server --mesh-config`).
 - `gateway_api` — Kubernetes Gateway API HTTPRoute and GRPCRoute, attached to Services (GAMMA).
 - `ratelimit`  — Lattice's `lattice.dev/v1` RateLimitPolicy (local token buckets).
 - `kinds`      — the table of known kinds: group, accepted versions, plural and short names.

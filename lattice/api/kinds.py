@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from lattice.api.authorization import AuthorizationPolicySpec
 from lattice.api.destination_rule import DestinationRuleSpec
 from lattice.api.gateway import GatewaySpec
 from lattice.api.gateway_api import GRPCRouteSpec, HTTPRouteSpec
 from lattice.api.networking import VirtualServiceSpec
 from lattice.api.ratelimit import RateLimitPolicySpec
+from lattice.api.request_authn import RequestAuthenticationSpec
 from lattice.api.security import PeerAuthenticationSpec
 from lattice.api.service_entry import ServiceEntrySpec, WorkloadEntrySpec
 
@@ -44,6 +46,8 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("ServiceEntry", "networking.istio.io", _ISTIO_VERSIONS, "serviceentries", ("se",), ServiceEntrySpec),
         KindInfo("WorkloadEntry", "networking.istio.io", _ISTIO_VERSIONS, "workloadentries", ("we",), WorkloadEntrySpec),
         KindInfo("PeerAuthentication", "security.istio.io", ("v1beta1", "v1"), "peerauthentications", ("pa",), PeerAuthenticationSpec),
+        KindInfo("AuthorizationPolicy", "security.istio.io", ("v1beta1", "v1"), "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
+        KindInfo("RequestAuthentication", "security.istio.io", ("v1beta1", "v1"), "requestauthentications", ("ra",), RequestAuthenticationSpec),
         KindInfo("HTTPRoute", "gateway.networking.k8s.io", ("v1beta1", "v1"), "httproutes", (), HTTPRouteSpec),
         KindInfo("GRPCRoute", "gateway.networking.k8s.io", ("v1alpha2", "v1"), "grpcroutes", (), GRPCRouteSpec),
         KindInfo("RateLimitPolicy", "lattice.dev", ("v1",), "ratelimitpolicies", ("rlp",), RateLimitPolicySpec),

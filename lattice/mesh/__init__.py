@@ -4,6 +4,8 @@ Parts:
 - `model`    — frozen `Workload`, `Service`, `MeshSnapshot` (indexes built once, lookups lock-free).
 - `hosts`    — Kubernetes-style host names: short names resolved in a namespace, FQDNs, aliases.
 - `rate_limits` — which RateLimitPolicies a workload enforces (workload > namespace > mesh).
+- `request_authn` — which RequestAuthentications a workload enforces (all that match), JWKS problems.
+- `authz`    — which AuthorizationPolicies a workload enforces (all that select it; root selectors mesh-wide).
 - `gateway_api` — HTTPRoutes and GRPCRoutes as ordered VirtualService tables, and their precedence.
 - `service_entry` — ServiceEntries and the WorkloadEntries they select, as services and endpoints.
 

@@ -22,6 +22,8 @@ SNAPSHOT_FIELDS = {
     "VirtualService": "virtual_services",
     "DestinationRule": "destination_rules",
     "PeerAuthentication": "peer_authentications",
+    "AuthorizationPolicy": "authorization_policies",
+    "RequestAuthentication": "request_authentications",
     "ServiceEntry": "service_entries",
     "WorkloadEntry": "workload_entries",
     "Gateway": "gateways",

@@ -8,10 +8,11 @@ from types import MappingProxyType
 from typing import Mapping, NamedTuple
 
 from lattice.api import Resource
+from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
 from lattice.mesh.hosts import fqdn, host_aliases
 from lattice.mesh.peer_auth import mtls_mode
-from lattice.mesh import gateway_api, rate_limits
+from lattice.mesh import authz, gateway_api, rate_limits, request_authn
 
 
 class Upstream(NamedTuple):
@@ -113,6 +114,13 @@ class MeshSnapshot:
     gateways: tuple[Resource, ...] = ()  # Istio Gateways, oldest first; served by `kind: gateway` workloads
     h2_upgrade_policy: str = "DO_NOT_UPGRADE"  # Istio's MeshConfig default: HTTP/1.1 stays HTTP/1.1 between sidecars
     rate_limit_policies: tuple[Resource, ...] = ()  # lattice.dev RateLimitPolicies, oldest first
+    authorization_policies: tuple[Resource, ...] = ()  # oldest first
+    extension_providers: tuple[ExtensionProvider, ...] = ()  # MeshConfig extensionProviders (`lattice server --mesh-config`)
+    request_authentications: tuple[Resource, ...] = ()  # oldest first
+    # JWKS text per RequestAuthentication jwksUri, as last fetched by the control plane, and why
+    # the last fetch of a URI failed (mesh/request_authn.py; the translator stays free of IO).
+    jwks: Mapping[str, str] = field(default_factory=dict)
+    jwks_errors: Mapping[str, str] = field(default_factory=dict)
     http_routes: tuple[Resource, ...] = ()  # Gateway API routes attached to Services (mesh/gateway_api.py)
     grpc_routes: tuple[Resource, ...] = ()
     # Creation time per (kind, namespace, name): VirtualServices and Gateway API routes compete for a host by age.
@@ -222,6 +230,14 @@ class MeshSnapshot:
         """The RateLimitPolicies `workload`'s sidecar enforces (precedence in `mesh.rate_limits`)."""
         return rate_limits.policies_for(self.rate_limit_policies, workload, self.root_namespace)
 
+    def authorization_policies_for(self, workload: Workload) -> tuple[Resource, ...]:
+        """Every AuthorizationPolicy `workload`'s sidecar enforces, oldest first (`mesh.authz`)."""
+        return authz.policies_for(self.authorization_policies, workload, self.root_namespace)
+
+    def request_authentications_for(self, workload: Workload) -> tuple[Resource, ...]:
+        """Every RequestAuthentication `workload`'s sidecar enforces: all that match, combined (`mesh.request_authn`)."""
+        return request_authn.policies_for(self.request_authentications, workload, self.root_namespace)
+
     def identity(self, workload: Workload) -> str:
         return f"spiffe://{self.trust_domain}/ns/{workload.namespace}/sa/{workload.service_account}"
 
@@ -240,4 +256,5 @@ class MeshSnapshot:
                     if winner is not None and winner is not r:
                         out.append(f"{r.kind} {r.namespace}/{r.name}: host {h} is already claimed by {winner.kind} {winner.namespace}/{winner.name}; ignored for that host")
         out += gateway_api.table_conflicts(self._route_tables, vs_winners)
+        out += request_authn.jwks_problems(self.request_authentications, self.jwks, self.jwks_errors)
         return out + list(self._entry_problems) + list(self._route_problems)

@@ -32,6 +32,8 @@ class ServerConfig:
     ca_key: Path | None = None
     outbound_traffic_policy: str = "ALLOW_ANY"  # Istio's MeshConfig outboundTrafficPolicy.mode, or REGISTRY_ONLY
     h2_upgrade_policy: str = "DO_NOT_UPGRADE"  # Istio's MeshConfig h2UpgradePolicy, or UPGRADE
+    extension_providers: tuple = ()  # MeshConfig extensionProviders (`--mesh-config`): CUSTOM authorizers
+    jwks_refresh: float = 20 * 60.0  # seconds between fetches of RequestAuthentication jwksUris (Istio's default)
 
     @property
     def discovery_file(self) -> Path:
@@ -43,6 +45,13 @@ class ServerConfig:
 
 
 ADMIN_TOKEN_FILE = "admin-token"
+
+
+def load_extension_providers(path: Path) -> tuple:
+    """The extensionProviders of an Istio MeshConfig file; ValidationError names the bad field."""
+    from lattice.api.mesh_config import parse_mesh_config
+
+    return tuple(parse_mesh_config(path.read_text(), str(path)).extension_providers)
 
 
 def admin_token(home: Path) -> str:

@@ -17,6 +17,7 @@ from lattice.registry import Registry
 from lattice.server.agent_api import AgentApi
 from lattice.server.ca import CaManager
 from lattice.server.config import ServerConfig, admin_token, write_discovery
+from lattice.server.jwks import JwksCache
 from lattice.server.pusher import Pusher
 from lattice.server.rest import RestApi
 from lattice.store import Store
@@ -38,7 +39,8 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.board = StatusBoard()
         self.registry = Registry(self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request())
-        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce, trust_domain=config.trust_domain, root_namespace=config.root_namespace, outbound_traffic_policy=config.outbound_traffic_policy, h2_upgrade_policy=config.h2_upgrade_policy)
+        self.jwks = JwksCache(self.store, on_change=lambda: self.pusher.request(), refresh=config.jwks_refresh)
+        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce, trust_domain=config.trust_domain, root_namespace=config.root_namespace, outbound_traffic_policy=config.outbound_traffic_policy, h2_upgrade_policy=config.h2_upgrade_policy, jwks=self.jwks, extension_providers=config.extension_providers)
         self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect, self._authorize)
         self.rest = RestApi(self.store, self.registry, self.pusher, self.board, self.ads.connected_nodes, self.ca, admin_token(config.home))
         self.agents = AgentApi(self.ca, self.store, self.registry)
@@ -100,12 +102,14 @@ class ControlPlane:
         api, agents = f"http://{self.config.api_host}:{api_port}", f"https://{self.config.agent_host}:{agent_port}"
         write_discovery(self.config.discovery_file, api, self.rest.xds_address, agents)
         log.info("control plane up: REST %s, agents %s, xDS %s (mTLS), trust domain %s, state %s", api, agents, self.rest.xds_address, self.config.trust_domain, self.config.db)
+        await self.jwks.prepare()  # stored RequestAuthentications' keys, before the first push
         self.pusher.push()
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.pusher.run(), name="pusher")
                 tasks.create_task(self.pusher.watch_store(), name="store-watch")
                 tasks.create_task(self._expire_loop(), name="registry-expiry")
+                tasks.create_task(self.jwks.run(), name="jwks-refresh")
                 if ready is not None:
                     ready.set()
         finally:

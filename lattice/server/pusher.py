@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from types import MappingProxyType
 
 from lattice.api import Resource, validate_object
 from lattice.mesh import MeshSnapshot
 from lattice.registry import Registry
+from lattice.server.jwks import JwksCache
 from lattice.store import Store, StoredResource
 from lattice.translate import translate
 from lattice.xds import SnapshotCache
@@ -17,7 +19,9 @@ log = logging.getLogger("lattice.push")
 
 
 class Pusher:
-    def __init__(self, store: Store, registry: Registry, cache: SnapshotCache, debounce: float = 0.1, trust_domain: str = "cluster.local", root_namespace: str = "istio-system", outbound_traffic_policy: str = "ALLOW_ANY", h2_upgrade_policy: str = "DO_NOT_UPGRADE") -> None:
+    def __init__(self, store: Store, registry: Registry, cache: SnapshotCache, debounce: float = 0.1, trust_domain: str = "cluster.local", root_namespace: str = "istio-system", outbound_traffic_policy: str = "ALLOW_ANY", h2_upgrade_policy: str = "DO_NOT_UPGRADE", jwks: JwksCache | None = None, extension_providers: tuple = ()) -> None:
+        self._jwks = jwks
+        self._extension_providers = tuple(extension_providers)  # MeshConfig's, fixed for the server's life
         self._outbound_traffic_policy = outbound_traffic_policy
         self._h2_upgrade_policy = h2_upgrade_policy
         self._trust_domain = trust_domain
@@ -44,6 +48,8 @@ class Pusher:
         while True:
             await self._dirty.wait()
             await asyncio.sleep(self._debounce)
+            if self._jwks is not None:  # keys of a new or changed RequestAuthentication, before its push
+                await self._jwks.prepare()  # (never raises); the push stays `pending` meanwhile
             self._dirty.clear()
             try:
                 self.push()
@@ -92,6 +98,11 @@ class Pusher:
             h2_upgrade_policy=self._h2_upgrade_policy,
             gateways=self._resources("Gateway", previous),
             rate_limit_policies=self._resources("RateLimitPolicy", previous),
+            authorization_policies=self._resources("AuthorizationPolicy", previous),
+            extension_providers=self._extension_providers,
+            request_authentications=self._resources("RequestAuthentication", previous),
+            jwks=MappingProxyType(dict(self._jwks.keys)) if self._jwks else {},
+            jwks_errors=MappingProxyType(dict(self._jwks.errors)) if self._jwks else {},
             http_routes=self._resources("HTTPRoute", previous),
             grpc_routes=self._resources("GRPCRoute", previous),
             created=self._created("VirtualService", "HTTPRoute", "GRPCRoute"),
