@@ -73,6 +73,9 @@ def validate_object(obj: Any, source: str = "<input>") -> Resource:
     errors: list[FieldError] = []
     metadata = _model(ObjectMeta, obj.get("metadata"), "metadata", errors)
     spec = _model(info.spec_model, obj.get("spec", {}), "spec", errors)
+    # A kind whose metadata carries meaning (AuthorizationPolicy's dry-run annotation) checks it here.
+    if metadata is not None and hasattr(info.spec_model, "metadata_errors"):
+        errors += info.spec_model.metadata_errors(metadata, spec)
     unknown = sorted(set(obj) - {"apiVersion", "kind", "metadata", "spec", "status"})
     errors += [FieldError(k, "unknown top-level field") for k in unknown]
     if errors:

@@ -8,6 +8,9 @@ Parts, one per xDS type plus shared pieces:
 - `routes`    — one VirtualService HTTP rule into Envoy routes (matches, splits, faults, retries).
 - `policy`    — DestinationRule traffic policy for a cluster (precedence; load balancing, pools, outliers, locality).
 - `ratelimit` — RateLimitPolicy limits as the inbound local rate limit filter.
+- `jwt`       — RequestAuthentication as the inbound jwt_authn filter (Istio's layout).
+- `authz`     — AuthorizationPolicy as inbound RBAC filters (`rbac_configs`: the one compiled form).
+- `ext_authz` — CUSTOM policies: ext_authz to the mesh config's extension provider, and its cluster.
 - `resources` — `Resources`: the output, sorted by name, type by type.
 
 Rules: no awaits, no clock, no globals, no IO; the same input always yields byte-identical output.

@@ -15,7 +15,7 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from lattice.api.destination_rule import HTTPSettings
 from lattice.mesh import MeshSnapshot, Service, Workload
-from lattice.translate import eds, names, policy, tls
+from lattice.translate import eds, ext_authz, names, policy, tls
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 CONNECT_TIMEOUT = 10.0
@@ -33,7 +33,7 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
         out.append(_outbound(snapshot, service, None, peers))
         rule = snapshot.destination_rule_for(service.hostname)
         out.extend(_outbound(snapshot, service, s.name, peers) for s in (rule.spec.subsets if rule else ()))
-    return out
+    return out + ext_authz.clusters(snapshot, proxy)  # a CUSTOM authorizer outside the mesh
 
 
 def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None, peers: list[str]) -> cluster_pb2.Cluster:
