@@ -26,8 +26,11 @@ def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xd
         },
         # Config (xDS) and certificates (SDS) both come from the agent over unix sockets.
         "static_resources": {"clusters": [_grpc_cluster("xds-agent", xds_socket), _grpc_cluster(SDS_CLUSTER, sds_socket)]},
+        # A #fragment never belongs on the wire (RFC 9110 4.2.1): Envoy strips it before path
+        # normalization, so routes, authorization and the app see one path, as Istio does,
+        # instead of answering 400 to clients that send one.
         "layered_runtime": {
-            "layers": [{"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000}}]
+            "layers": [{"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000, "envoy.reloadable_features.http_reject_path_with_fragment": False}}]
         },
     }
 

@@ -35,7 +35,7 @@ from lattice.api.gateway import Server, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
 from lattice.mesh import MeshSnapshot, Workload, fqdn
-from lattice.translate import cds, lds, names, routes, tls
+from lattice.translate import cds, lds, names, rds, routes, tls
 from lattice.translate.protos import ads, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -236,6 +236,7 @@ def _http_manager(proxy: Workload, stat_prefix: str, route_name: str) -> hcm.Htt
     manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=route_name))
     manager.strip_any_host_port = True
     manager.use_remote_address.value = True
+    lds.distrust_client(manager)
     return manager
 
 
@@ -313,7 +314,7 @@ def _redirects(server: Server) -> bool:
 
 def _virtual_host(snapshot: MeshSnapshot, proxy: Workload, host: str, b: BoundServer, bound: list[Resource]) -> rc.VirtualHost:
     table = [r for vs in bound for r in routes.for_virtual_service(snapshot, vs, None, proxy, gateway=b.ref, port=b.server.port.number)]
-    out = rc.VirtualHost(name=f"{host}:{b.server.port.number}", domains=[host], routes=table)
+    out = rc.VirtualHost(name=f"{host}:{b.server.port.number}", domains=[host], routes=[*rds.refusals(), *table] if host == "*" else table)
     if _redirects(b.server):
         out.require_tls = rc.VirtualHost.ALL  # Envoy answers 301 to https:// before any route
     return out

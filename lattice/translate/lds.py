@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import base_pb2, protocol_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -13,11 +14,12 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 
 from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
 from lattice.mesh import protocol as protocols
 from lattice.mesh.model import Upstream
-from lattice.translate import l4, names, ratelimit, rds, tls
+from lattice.translate import authz, jwt, l4, names, ratelimit, rds, tls
 from lattice.translate.cds import dns_cache
 from lattice.translate.protos import ads, duration, pack, socket_address
 
@@ -26,6 +28,12 @@ FAULT = "envoy.filters.http.fault"
 CORS = "envoy.filters.http.cors"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TCP_PROTOCOLS = protocols.OPAQUE
+# Headers that only Envoy itself sets (on a path rewrite or an internal redirect) and that its own
+# sanitizing of external requests leaves alone: a client's copy would pose as the proxy's word.
+ENVOY_SET_HEADERS = ("x-envoy-original-path", "x-envoy-original-url")
+# Slow clients may take this long to send their headers before the connection is closed
+# (slowloris); large enough for any real client, small enough that idle sockets do not pile up.
+REQUEST_HEADERS_TIMEOUT = 10
 
 
 def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.Listener]:
@@ -65,18 +73,21 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     name = names.inbound_listener(proxy.port)
     mode = snapshot.inbound_mtls(proxy)
     chains = []
-    http_filters = ratelimit.inbound_filters(snapshot, proxy)
+    # Authentication first: the filters after it (authorization, limits) read who the caller is.
+    # Authorization before limits: a request that is refused spends no one's tokens.
+    http_filters = [*jwt.inbound_filters(snapshot, proxy), *authz.http_filters(snapshot, proxy), *ratelimit.inbound_filters(snapshot, proxy)]
+    tcp_filters = authz.network_filters(snapshot, proxy) if proxy.protocol in TCP_PROTOCOLS else []
     if mode in ("STRICT", "PERMISSIVE"):
-        chains.append(_inbound_chain(proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else "", http_filters))
+        chains.append(_inbound_chain(proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else "", http_filters, tcp_filters))
     if mode in ("PERMISSIVE", "DISABLE"):
-        chains.append(_inbound_chain(proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http_filters))
+        chains.append(_inbound_chain(proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http_filters, tcp_filters))
     listener = listener_pb2.Listener(name=name, address=socket_address(proxy.address, proxy.port), filter_chains=chains)
     if mode == "PERMISSIVE":  # one port, two kinds of client: look at the first bytes to choose
         listener.listener_filters.add(name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector()))
     return listener
 
 
-def _inbound_chain(proxy: Workload, socket: base_pb2.TransportSocket | None, transport: str, http_filters: list[hcm.HttpFilter]) -> listener_components_pb2.FilterChain:
+def _inbound_chain(proxy: Workload, socket: base_pb2.TransportSocket | None, transport: str, http_filters: list[hcm.HttpFilter], tcp_filters: list[listener_components_pb2.Filter] = ()) -> listener_components_pb2.FilterChain:
     cluster = names.inbound_cluster(proxy.port)
     if proxy.protocol in TCP_PROTOCOLS:
         network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy_pb2.TcpProxy(stat_prefix=f"inbound_{proxy.port}", cluster=cluster))
@@ -86,6 +97,7 @@ def _inbound_chain(proxy: Workload, socket: base_pb2.TransportSocket | None, tra
         # peer certificate only: whatever a client sent in that header is dropped.
         manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
         manager.set_current_client_cert_details.uri = True
+        distrust_client(manager)
         manager.route_config.CopyFrom(
             route_pb2.RouteConfiguration(
                 name=names.inbound_listener(proxy.port),
@@ -93,13 +105,13 @@ def _inbound_chain(proxy: Workload, socket: base_pb2.TransportSocket | None, tra
                     rc.VirtualHost(
                         name=f"inbound|http|{proxy.port}",
                         domains=["*"],
-                        routes=[rc.Route(match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=cluster, timeout=duration(0)))],
+                        routes=[*rds.refusals(), rc.Route(match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=cluster, timeout=duration(0)))],
                     )
                 ],
             )
         )
         network_filter = _network_filter(HCM, manager)
-    chain = listener_components_pb2.FilterChain(filters=[network_filter])
+    chain = listener_components_pb2.FilterChain(filters=[*tcp_filters, network_filter])  # authorization (TCP) before the proxy
     if transport:
         chain.filter_chain_match.transport_protocol = transport
     if socket is not None:
@@ -111,9 +123,13 @@ def _inbound_chain(proxy: Workload, socket: base_pb2.TransportSocket | None, tra
 
 
 def _manager(stat_prefix: str, filters: list[hcm.HttpFilter]) -> hcm.HttpConnectionManager:
-    # Safe request handling by default (DESIGN "Failure rules"): routing sees a normalized path,
-    # escaped slashes never reach a route match unescaped-but-unseen, underscores in header
-    # names (a classic smuggling vector across proxies) are refused.
+    # Safe request handling by default (DESIGN "Failure rules"): routing, authorization and the app
+    # all see one normalized path (RFC 3986 dot segments, merged slashes; a #fragment is stripped
+    # by the runtime flag in the bootstrap). Escaped slashes (%2F, %5C) are refused outright rather
+    # than redirected: a redirect would have the client fetch `a/b` when it named the one segment
+    # `a%2Fb`, and would resend bodies of non-idempotent requests. Underscores in header names (a
+    # classic smuggling vector across proxies) are refused; a Host with a trailing dot names the
+    # same service as without one, so it must meet the same routes.
     return hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm.HttpConnectionManager.AUTO,
@@ -124,11 +140,22 @@ def _manager(stat_prefix: str, filters: list[hcm.HttpFilter]) -> hcm.HttpConnect
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True),
         normalize_path={"value": True},
         merge_slashes=True,
-        path_with_escaped_slashes_action=hcm.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
+        path_with_escaped_slashes_action=hcm.HttpConnectionManager.REJECT_REQUEST,
+        strip_trailing_host_dot=True,
+        request_headers_timeout=duration(REQUEST_HEADERS_TIMEOUT),
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
             headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
         ),
     )
+
+
+def distrust_client(manager: hcm.HttpConnectionManager) -> None:
+    """Where the client is another machine (inbound, gateway), drop the Envoy-set headers it may
+    have forged before any filter or route reads them. Envoy already ignores its other x-envoy-*
+    controls (retries, timeouts) from such clients: none of them is an internal address."""
+    rules = [mutation_rules_pb2.HeaderMutation(remove=name) for name in ENVOY_SET_HEADERS]
+    config = header_mutation_pb2.HeaderMutation(mutations=rules)
+    manager.early_header_mutation_extensions.append(extension_pb2.TypedExtensionConfig(name="envoy.http.early_header_mutation.header_mutation", typed_config=pack(config)))
 
 
 def _filter(name: str, config) -> hcm.HttpFilter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from lattice.mesh import MeshSnapshot, Service, Workload
 from lattice.translate import names, routes
@@ -42,7 +43,7 @@ def _passthrough_host() -> rc.VirtualHost:
     return rc.VirtualHost(
         name="allow_any",
         domains=["*"],
-        routes=[rc.Route(name="allow_any", match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=names.PASSTHROUGH, timeout={"seconds": 0}))],
+        routes=[*refusals(), rc.Route(name="allow_any", match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=names.PASSTHROUGH, timeout={"seconds": 0}))],
     )
 
 
@@ -51,8 +52,23 @@ def _block_all_host() -> rc.VirtualHost:
     return rc.VirtualHost(
         name="block_all",
         domains=["*"],
-        routes=[rc.Route(name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502))],
+        routes=[*refusals(), rc.Route(name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502))],
     )
+
+
+def refusals() -> list[rc.Route]:
+    """400 for requests Envoy's codecs let through but a careful proxy refuses, first in every
+    catch-all host (where they land) and inbound (the last hop before the app):
+    - a host named twice: Envoy joins repeated Host headers with ',', a value no host name has;
+      which of the two a later hop would believe is anyone's guess (RFC 9112, section 3.2);
+    - a method not in upper case (`gEt`): HTTP/1.1 refuses it in the codec, HTTP/2 does not, and
+      a policy on GET would not match what a case-blind app serves as GET."""
+    authority = rc.HeaderMatcher(name=":authority", string_match=string_pb2.StringMatcher(contains=","))
+    lowercase = rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*[a-z].*")))
+    return [
+        rc.Route(name="ambiguous_host", match=rc.RouteMatch(prefix="/", headers=[authority]), direct_response=rc.DirectResponseAction(status=400)),
+        rc.Route(name="method_case", match=rc.RouteMatch(prefix="/", headers=[lowercase]), direct_response=rc.DirectResponseAction(status=400)),
+    ]
 
 
 def upstream_route_configuration(snapshot: MeshSnapshot, proxy: Workload, service: Service, name: str) -> route_pb2.RouteConfiguration:

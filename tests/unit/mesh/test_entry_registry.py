@@ -182,9 +182,9 @@ def test_an_entry_does_not_take_a_domain_a_service_already_has():
 
 def test_outbound_traffic_policy_decides_the_catch_all():
     allow = _vhosts(_snapshot(STATIC))["allow_any"]
-    assert allow.domains == ["*"] and allow.routes[0].route.cluster == "PassthroughCluster"
+    assert allow.domains == ["*"] and allow.routes[-1].route.cluster == "PassthroughCluster"  # after rds.refusals()
     block = _vhosts(_snapshot(STATIC, "REGISTRY_ONLY"))
-    assert "allow_any" not in block and block["block_all"].routes[0].direct_response.status == 502
+    assert "allow_any" not in block and block["block_all"].routes[-1].direct_response.status == 502
 
 
 def test_a_dotless_host_in_a_rule_still_means_the_kubernetes_service():

@@ -56,8 +56,10 @@ def test_bookinfo_gateway_serves_port_80_on_8080_with_the_bound_routes():
     assert "envoy.filters.http.dynamic_forward_proxy" not in [f.name for f in manager.http_filters]
     (vhost,) = out[ROUTE]["http.80"].virtual_hosts
     assert list(vhost.domains) == ["*"]
-    assert [r.match.path or r.match.prefix for r in vhost.routes] == ["/productpage", "/static", "/login", "/logout", "/api/v1/products"]
-    assert {r.route.cluster for r in vhost.routes} == {"outbound|9080||productpage.default.svc.cluster.local"}
+    refused, routed = vhost.routes[:2], vhost.routes[2:]  # a '*' host first refuses malformed requests (rds.refusals)
+    assert [r.name for r in refused] == ["ambiguous_host", "method_case"] and all(r.direct_response.status == 400 for r in refused)
+    assert [r.match.path or r.match.prefix for r in routed] == ["/productpage", "/static", "/login", "/logout", "/api/v1/products"]
+    assert {r.route.cluster for r in routed} == {"outbound|9080||productpage.default.svc.cluster.local"}
 
 
 def test_gateway_has_mesh_clusters_but_no_inbound_and_is_no_service():
