@@ -8,8 +8,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import typer
+
 from lattice.cli.output import fail
 from lattice.server.config import ADMIN_TOKEN_FILE, lattice_home, read_discovery
+
+
+# The --server option every command that talks to the control plane takes.
+ServerOpt = typer.Option(None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json).")
 
 
 class ApiError(Exception):

@@ -18,10 +18,10 @@ import typer
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from lattice.api import ValidationError, parse_documents  # noqa: E402
-from lattice.cli import proxy_config, security  # noqa: E402
-from lattice.cli.client import ApiError, Client, agent_url, call, server_url  # noqa: E402
+from lattice.cli import authz, proxy_config, security  # noqa: E402
+from lattice.cli.client import ApiError, Client, ServerOpt, agent_url, call, server_url  # noqa: E402
 from lattice.cli.client import connect as client  # noqa: E402
-from lattice.cli.output import Format, emit, errors, fail  # noqa: E402
+from lattice.cli.output import Format, OutputOpt, emit, errors, fail  # noqa: E402
 from lattice.mesh.analyze import analyze as find_problems  # noqa: E402
 from lattice.mesh.analyze import snapshot_of  # noqa: E402
 from lattice.server.config import lattice_home  # noqa: E402
@@ -35,12 +35,11 @@ app = typer.Typer(
 app.add_typer(proxy_config.app, name="proxy-config")
 app.add_typer(security.token_app, name="token")
 app.add_typer(security.ca_app, name="ca")
+app.add_typer(authz.app, name="authz")
 
-ServerOpt = typer.Option(None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json).")
 AgentServerOpt = typer.Option(None, "--server", envvar="LATTICE_AGENT_SERVER", help="Control plane agent API, https://HOST:15012 (default: from $LATTICE_HOME/server.json).")
 TokenOpt = typer.Option(None, "--token", envvar="LATTICE_TOKEN", help="Join token from `lattice token create`: the identity this workload may take.", show_default=False)
 TokenFileOpt = typer.Option(None, "--token-file", help="Read the join token from this file.")
-OutputOpt = typer.Option(Format.table, "-o", "--output", help="Output format.")
 
 
 def _logging(level: str) -> None:
@@ -66,6 +65,8 @@ def server(
     h2_upgrade_policy: str = typer.Option("DO_NOT_UPGRADE", help="HTTP/1.1 between sidecars: UPGRADE to HTTP/2 (one connection for many requests) or DO_NOT_UPGRADE; a DestinationRule's connectionPool.http.h2UpgradePolicy overrides it (Istio's MeshConfig h2UpgradePolicy)."),
     debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
     heartbeat_timeout: float = typer.Option(15.0, help="Seconds without a heartbeat before a workload is dropped."),
+    jwks_refresh: str = typer.Option("20m", help="How often to fetch the keys of RequestAuthentication jwksUris again, e.g. 20m, 30s."),
+    mesh_config: Optional[Path] = typer.Option(None, "--mesh-config", help="Istio MeshConfig YAML; its extensionProviders are the external authorizers CUSTOM AuthorizationPolicies name."),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
     """Run the control plane: config store, registry, CA, xDS server and REST API.
@@ -74,7 +75,8 @@ def server(
     credential <home>/admin-token that the CLI reads.
     """
     from lattice.api.durations import parse_duration
-    from lattice.server.config import ServerConfig
+    from lattice.api import ValidationError
+    from lattice.server.config import ServerConfig, load_extension_providers
     from lattice.server.main import run_server
 
     _logging(log_level)
@@ -89,12 +91,23 @@ def server(
         fail("--cert-ttl must be at least 10s: agents renew at half-life")
     if outbound_traffic_policy not in ("ALLOW_ANY", "REGISTRY_ONLY"):
         fail(f"--outbound-traffic-policy {outbound_traffic_policy!r}: use ALLOW_ANY or REGISTRY_ONLY")
+    try:
+        jwks_every = parse_duration(jwks_refresh)
+    except ValueError as e:
+        fail(f"--jwks-refresh {jwks_refresh!r}: {e}")
+    if jwks_every < 1:
+        fail("--jwks-refresh must be at least 1s")
     if h2_upgrade_policy not in ("DO_NOT_UPGRADE", "UPGRADE"):
         fail(f"--h2-upgrade-policy {h2_upgrade_policy!r}: use DO_NOT_UPGRADE or UPGRADE")
+    try:
+        providers = load_extension_providers(mesh_config) if mesh_config else ()
+    except (OSError, ValidationError) as e:
+        fail(f"--mesh-config {mesh_config}: {e}")
     config = ServerConfig(
         home=home, db=db or home / "lattice.db", api_host=api_host, api_port=api_port, xds_host=xds_host, xds_port=xds_port, agent_host=agent_host, agent_port=agent_port,
         debounce=debounce, heartbeat_timeout=heartbeat_timeout, trust_domain=trust_domain, root_namespace=root_namespace, cert_ttl=ttl, ca_cert=ca_cert, ca_key=ca_key,
-        outbound_traffic_policy=outbound_traffic_policy, h2_upgrade_policy=h2_upgrade_policy,
+        outbound_traffic_policy=outbound_traffic_policy, h2_upgrade_policy=h2_upgrade_policy, jwks_refresh=jwks_every,
+        extension_providers=providers,
     )
     try:
         asyncio.run(run_server(config))

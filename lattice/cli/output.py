@@ -6,9 +6,11 @@ import enum
 import json
 import sys
 
+import typer
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 # Wide enough that cluster names are never cut when output goes to a pipe or a CI log.
 console = Console(width=None if sys.stdout.isatty() else 250)
@@ -19,6 +21,10 @@ class Format(str, enum.Enum):
     table = "table"
     json = "json"
     yaml = "yaml"
+
+
+# The -o option every read command takes.
+OutputOpt = typer.Option(Format.table, "-o", "--output", help="Output format: a table, or json / yaml for programs.")
 
 
 def emit(data, fmt: Format, columns: list[str], rows: list[list]) -> None:
@@ -32,7 +38,7 @@ def emit(data, fmt: Format, columns: list[str], rows: list[list]) -> None:
         for column in columns:
             table.add_column(column)
         for row in rows:
-            table.add_row(*[str(c) for c in row])
+            table.add_row(*[Text(str(c)) for c in row])  # data, never markup: `ns[default]` stays as written
         console.print(table)
 
 

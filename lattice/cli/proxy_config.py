@@ -6,14 +6,12 @@ from typing import Optional
 
 import typer
 
-from lattice.cli.client import call, connect
-from lattice.cli.output import Format, emit
+from lattice.cli.client import ServerOpt, call, connect
+from lattice.cli.output import Format, OutputOpt, emit
 from lattice.translate.names import parse_cluster
 
 app = typer.Typer(help="Show the config a sidecar's Envoy holds (from Envoy's own config_dump).", no_args_is_help=True)
 WorkloadArg = typer.Argument(..., help="Proxy id or workload name (see `lattice status`).")
-ServerOpt = typer.Option(None, "--server", envvar="LATTICE_SERVER")
-OutputOpt = typer.Option(Format.table, "-o", "--output")
 
 
 def _dump(workload: str, server: str | None) -> dict:

@@ -11,13 +11,11 @@ import typer
 from rich.console import Console
 
 from lattice.api.durations import parse_duration
-from lattice.cli.client import call, connect
-from lattice.cli.output import Format, emit, fail
+from lattice.cli.client import ServerOpt, call, connect
+from lattice.cli.output import Format, OutputOpt, emit, fail
 
 token_app = typer.Typer(help="Join tokens: each lets one workload identity get its first certificate.", no_args_is_help=True)
 ca_app = typer.Typer(help="The mesh's certificate authority: its roots, what it issued, root rotation.", no_args_is_help=True)
-ServerOpt = typer.Option(None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json).")
-OutputOpt = typer.Option(Format.table, "-o", "--output", help="Output format.")
 
 
 @token_app.command("create")

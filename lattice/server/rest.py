@@ -21,6 +21,7 @@ from lattice.api import UnknownKindError, ValidationError, kind_for, parse_docum
 from lattice.identity import TokenRecord, mint_token
 from lattice.mesh.analyze import SNAPSHOT_FIELDS, analyze
 from lattice.registry import Registry
+from lattice.server.authz_check import CheckError, Question, check
 from lattice.server.ca import CaManager, RotationError
 from lattice.server.pusher import Pusher
 from lattice.store import Store, StoredResource, StoreError
@@ -45,6 +46,7 @@ class RestApi:
         r.add_get("/api/v1/health", self.health)
         r.add_post("/api/v1/apply", self.apply)
         r.add_post("/api/v1/analyze", self.analyze)
+        r.add_post("/api/v1/authz/check", self.authz_check)
         r.add_post("/api/v1/delete", self.delete_documents)
         r.add_get("/api/v1/resources/{kind}", self.list_resources)
         r.add_get("/api/v1/resources/{kind}/{namespace}/{name}", self.get_resource)
@@ -123,6 +125,21 @@ class RestApi:
         """What `lattice apply` would warn about for these documents, without storing anything."""
         resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
         return web.json_response({"findings": self._analysis(resources)})
+
+    async def authz_check(self, request: web.Request) -> web.Response:
+        """The decision the destination's sidecar would make for a request, and the rule behind it."""
+        body = await request.json()
+        try:
+            q = Question(
+                source=str(body.get("from", "")), destination=str(body["to"]), method=str(body.get("method", "GET")),
+                path=str(body.get("path", "/")), headers={str(k).lower(): str(v) for k, v in (body.get("headers") or {}).items()},
+                namespace=str(body.get("namespace", "default")),
+            )
+            return web.json_response(check(self.pusher.snapshot, q))
+        except KeyError as e:
+            return web.json_response({"error": f"missing field {e.args[0]!r}"}, status=400)
+        except CheckError as e:
+            return web.json_response({"error": str(e)}, status=404)
 
     def _analysis(self, resources: list) -> list[dict]:
         # The mesh as stored (with the registry's workloads), with `resources` in place of their
