@@ -35,7 +35,7 @@ from lattice.api.gateway import Server, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
 from lattice.mesh import MeshSnapshot, Workload, fqdn
-from lattice.translate import cds, lds, names, rds, routes, tls
+from lattice.translate import authz, cds, jwt, lds, names, rds, routes, tls
 from lattice.translate.protos import ads, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -141,7 +141,7 @@ def _chains(snapshot: MeshSnapshot, proxy: Workload, group: list[BoundServer]) -
     shape = _shape(group[0].server)
     address, number = group[0].server.bind or proxy.address, group[0].server.port.number
     if shape == "http":
-        manager = _http_manager(proxy, f"gateway_http_{number}", _http_route_name(address, number, proxy))
+        manager = _http_manager(snapshot, proxy, f"gateway_http_{number}", _http_route_name(address, number, proxy))
         return [lc.FilterChain(name=f"http.{number}", filters=[_network(lds.HCM, manager)])]
     if shape == "tcp":
         proxy_filter = _tcp_proxy(snapshot, group, number, f"gateway_tcp_{number}")
@@ -159,7 +159,7 @@ def _terminating_chains(snapshot: MeshSnapshot, proxy: Workload, group: list[Bou
             continue
         seen.add(tuple(sni))
         if b.server.speaks_http:
-            network = _network(lds.HCM, _http_manager(proxy, f"gateway_https_{b.server.port.number}", _https_route_name(b)))
+            network = _network(lds.HCM, _http_manager(snapshot, proxy, f"gateway_https_{b.server.port.number}", _https_route_name(b)))
         else:
             network = _tcp_proxy(snapshot, [b], b.server.port.number, f"gateway_tls_{b.server.port.number}")
         if network is None:
@@ -224,14 +224,15 @@ def _tcp_filter(snapshot: MeshSnapshot, vs: Resource, route: list[RouteDestinati
     return _network(TCP_PROXY, config)
 
 
-def _http_manager(proxy: Workload, stat_prefix: str, route_name: str) -> hcm.HttpConnectionManager:
+def _http_manager(snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str, route_name: str) -> hcm.HttpConnectionManager:
     """The sidecar's outbound connection manager (same filters, same safe request handling), routing
-    by this port's table. At the edge, the client's address is the peer's (Istio's gateway default)."""
+    by this port's table. At the edge, the client's address is the peer's (Istio's gateway default).
+    RequestAuthentication and AuthorizationPolicy selecting the gateway run first, as in Istio."""
     manager = hcm.HttpConnectionManager()
     lds.outbound(proxy).filter_chains[0].filters[0].typed_config.Unpack(manager)
     kept = [f for f in manager.http_filters if f.name != _DFP]  # no passthrough to arbitrary hosts from outside
     del manager.http_filters[:]
-    manager.http_filters.extend(kept)
+    manager.http_filters.extend([*jwt.inbound_filters(snapshot, proxy), *authz.http_filters(snapshot, proxy), *kept])
     manager.stat_prefix = stat_prefix
     manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=route_name))
     manager.strip_any_host_port = True

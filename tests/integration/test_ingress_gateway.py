@@ -255,3 +255,23 @@ def test_tls_passthrough_reaches_the_app_that_holds_the_certificate(plane, booki
     assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"tls-backend")
     with pytest.raises(OSError):  # an SNI no tls route names has no filter chain: the connection is closed
         _tls_get(gateway.info["address"], gateway.local[443], "other.example.com", ssl._create_unverified_context())
+
+
+def test_authorization_policy_selecting_the_gateway_applies_at_the_edge(plane, bookinfo, gateway):
+    """Istio's ingress access control task: a policy selecting the gateway's labels guards what
+    outsiders may reach, before any route is taken."""
+    _apply(plane, BOOKINFO_GATEWAY)
+    wait_for(lambda: gateway.get(80, "/productpage")[0] == 200, 10, what="productpage through the gateway")
+    namespace = gateway.info.get("namespace", "default")
+    _apply(plane, f"""
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: edge, namespace: {namespace}}}
+spec:
+  selector: {{matchLabels: {{istio: ingressgateway}}}}
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: ["/api/*"]}}}}]}}]
+""")
+    status, _, body = wait_for(lambda: (r := gateway.get(80, "/api/v1/products"))[0] == 403 and r, 10, what="the gateway to deny /api/*")
+    assert body == b"RBAC: access denied"
+    assert gateway.get(80, "/productpage")[0] == 200
