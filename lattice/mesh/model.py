@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple, TypeVar
 
 from lattice.api import Resource
 from lattice.api.mesh_config import ExtensionProvider
@@ -13,6 +13,8 @@ from lattice.api.networking import binds_mesh
 from lattice.mesh.hosts import fqdn, host_aliases
 from lattice.mesh.peer_auth import mtls_mode
 from lattice.mesh import authz, gateway_api, rate_limits, request_authn
+
+T = TypeVar("T")
 
 
 class Upstream(NamedTuple):
@@ -134,6 +136,7 @@ class MeshSnapshot:
     _entry_problems: tuple[str, ...] = field(init=False, repr=False)
     _route_tables: tuple[gateway_api.RouteTable, ...] = field(init=False, repr=False)
     _route_problems: tuple[str, ...] = field(init=False, repr=False)
+    _memo: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         endpoints: dict[str, list[Workload]] = defaultdict(list)
@@ -160,6 +163,7 @@ class MeshSnapshot:
         # Once per snapshot: every proxy's endpoints read each destination's mode.
         modes = {w.id: mtls_mode(self.peer_authentications, w, w.port, self.root_namespace) for w in self.workloads}
         object.__setattr__(self, "_inbound_mtls", MappingProxyType(modes))
+        object.__setattr__(self, "_memo", {})
 
     def _entries(self, taken: set[str]):
         # Imported here: service_entry builds this module's Service, so it imports model first.
@@ -204,6 +208,16 @@ class MeshSnapshot:
             for h in [hosts] if isinstance(hosts, str) else hosts:
                 index.setdefault(self.resolve_host(h, r.namespace), r)
         return index
+
+    def memo(self, key: tuple, build: Callable[[], T]) -> T:
+        """`build()` once per snapshot for `key`: translated pieces that many proxies share (a
+        service's clusters, a cluster's endpoints for callers alike) are built once per push, not
+        once per proxy. Safe because a snapshot never changes; callers must not mutate the result."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = build()
+            return value
 
     def endpoints(self, hostname: str) -> tuple[Workload, ...]:
         return self._endpoints.get(hostname, ())

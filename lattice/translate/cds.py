@@ -29,11 +29,15 @@ _UNLIMITED = 4294967295
 def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluster]:
     out = [_inbound(proxy), passthrough()]
     for service in snapshot.visible_services(proxy.namespace):
-        peers = tls.peer_identities(snapshot, service)  # one list for the service and its subsets
-        out.append(_outbound(snapshot, service, None, peers))
-        rule = snapshot.destination_rule_for(service.hostname)
-        out.extend(_outbound(snapshot, service, s.name, peers) for s in (rule.spec.subsets if rule else ()))
+        # The same for every caller: built once per snapshot, shared by all proxies.
+        out.extend(snapshot.memo(("clusters", service.hostname, service.port), lambda: _service_clusters(snapshot, service)))
     return out + ext_authz.clusters(snapshot, proxy)  # a CUSTOM authorizer outside the mesh
+
+
+def _service_clusters(snapshot: MeshSnapshot, service: Service) -> list[cluster_pb2.Cluster]:
+    peers = tls.peer_identities(snapshot, service)  # one list for the service and its subsets
+    rule = snapshot.destination_rule_for(service.hostname)
+    return [_outbound(snapshot, service, None, peers), *(_outbound(snapshot, service, s.name, peers) for s in (rule.spec.subsets if rule else ()))]
 
 
 def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None, peers: list[str]) -> cluster_pb2.Cluster:

@@ -275,6 +275,14 @@ def _labelled_locality(labels) -> Locality:
     return tuple(labels.get(k, "") for k in LOCALITY_LABELS)
 
 
+def caller_matters(snapshot: MeshSnapshot, hostname: str, subset: str | None, port: int) -> bool:
+    """Whether the calling proxy changes a cluster's endpoints: only when its DestinationRule
+    distributes or fails over by locality (or labels). Otherwise every caller gets the same list."""
+    policy = effective(snapshot, hostname, subset, port)
+    setting = _locality_setting(policy.load_balancer)
+    return setting is not None and (bool(setting.distribute) or policy.outlier_detection is not None)
+
+
 def locality_endpoints(snapshot: MeshSnapshot, proxy: Workload | None, hostname: str, subset: str | None, port: int, members: list[tuple[Workload, ec.LbEndpoint]]) -> list[ec.LocalityLbEndpoints]:
     """Endpoints grouped by locality, with the priorities (failover) or weights (distribute) that
     Istio computes for the calling proxy. Failover needs outlier detection, as in Istio: without

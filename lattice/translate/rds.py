@@ -16,7 +16,11 @@ def route_configurations(snapshot: MeshSnapshot, proxy: Workload) -> list[route_
     # (Envoy refuses a table that lists one domain twice).
     for service in sorted(snapshot.visible_services(proxy.namespace), key=lambda s: s.source != "registry"):
         host = _virtual_host(snapshot, proxy, service)
-        host.domains[:] = [d for d in host.domains if d not in taken]
+        if any(d in taken for d in host.domains):
+            trimmed = rc.VirtualHost()
+            trimmed.CopyFrom(host)  # the shared one stays whole for other proxies' tables
+            trimmed.domains[:] = [d for d in host.domains if d not in taken]
+            host = trimmed
         taken.update(host.domains)
         if host.domains:
             hosts.append(host)
@@ -27,6 +31,14 @@ def route_configurations(snapshot: MeshSnapshot, proxy: Workload) -> list[route_
 
 
 def _virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Service) -> rc.VirtualHost:
+    """Built once per snapshot for all callers alike: a host's names depend on the caller's
+    namespace, and a VirtualService's rules (sourceLabels, sourceNamespace) on its labels too."""
+    rule = snapshot.virtual_service_for(service.hostname, proxy.namespace)
+    caller = (proxy.namespace, tuple(sorted(proxy.labels.items()))) if rule else (proxy.namespace,)
+    return snapshot.memo(("virtual-host", service.hostname, service.port, caller), lambda: _build_virtual_host(snapshot, proxy, service, rule))
+
+
+def _build_virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Service, rule) -> rc.VirtualHost:
     ports = snapshot.service_ports(service.hostname)
     aliases = service.aliases(proxy.namespace, snapshot.domain)
     domains = [f"{a}:{service.port}" for a in aliases]
@@ -34,7 +46,6 @@ def _virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Service) -> 
     # so `http://reviews/` works for a service that only serves 9080.
     if service.port == 80 or (len(ports) == 1 and 80 not in ports):
         domains += aliases
-    rule = snapshot.virtual_service_for(service.hostname, proxy.namespace)
     table = routes.for_virtual_service(snapshot, rule, service, proxy) if rule else [routes.default_route(service, snapshot)]
     return rc.VirtualHost(name=f"{service.hostname}:{service.port}", domains=domains, routes=table)
 
@@ -74,6 +85,7 @@ def refusals() -> list[rc.Route]:
 def upstream_route_configuration(snapshot: MeshSnapshot, proxy: Workload, service: Service, name: str) -> route_pb2.RouteConfiguration:
     """An `--upstream` port's table: the service's own routes, whatever Host the app sends (it
     chose the service by dialing its local port, not by name)."""
-    host = _virtual_host(snapshot, proxy, service)
+    host = rc.VirtualHost()
+    host.CopyFrom(_virtual_host(snapshot, proxy, service))  # a copy: the shared one serves other tables
     host.domains[:] = ["*"]
     return route_pb2.RouteConfiguration(name=name, virtual_hosts=[host])
