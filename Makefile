@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install tools test test-fast demo clean
+.PHONY: install tools test test-fast demo bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Lattice needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -35,6 +35,14 @@ test-fast: install tools
 
 demo: install
 	$(BIN)/lattice demo
+
+# Benchmarks (not tests: nothing asserts a time): tables on screen, JSON under bench/results/.
+# bench-quick takes a few minutes; bench runs the full sizes (1,000 simulated proxies).
+bench: install
+	$(BIN)/python bench/run.py
+
+bench-quick: install
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
