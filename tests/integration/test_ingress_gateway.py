@@ -95,7 +95,9 @@ def _refused(gateway: Gateway, port: int) -> bool:
 
 
 def test_bookinfo_gateway_yaml_unchanged_reaches_productpage(plane, bookinfo, gateway):
-    assert "ready at" in gateway.log.read_text() and f"Gateway port 80: http://{gateway.info['address']}:{gateway.local[80]}" in gateway.log.read_text()
+    # The agent reports healthy before it prints where it serves: wait for the line, don't race it.
+    announced = f"Gateway port 80: http://{gateway.info['address']}:{gateway.local[80]}"
+    wait_for(lambda: "ready at" in (text := gateway.log.read_text()) and announced in text, 5, what="the gateway to print where it serves")
     _apply(plane, BOOKINFO_GATEWAY)
     status, _, body = wait_for(lambda: (r := gateway.get(80, "/productpage"))[0] == 200 and r, 10, what="productpage through the gateway")
     assert PAGE_TITLE in body and b"Book Reviews" in body
