@@ -18,6 +18,7 @@ import typer
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from lattice.api import ValidationError, parse_documents  # noqa: E402
+from lattice.api.durations import parse_duration  # noqa: E402
 from lattice.cli import authz, proxy_config, security  # noqa: E402
 from lattice.cli.client import ApiError, Client, ServerOpt, agent_url, call, server_url  # noqa: E402
 from lattice.cli.client import connect as client  # noqa: E402
@@ -74,8 +75,6 @@ def server(
     On first start it creates a root CA under <home>/ca (or uses --ca-cert/--ca-key) and the admin
     credential <home>/admin-token that the CLI reads.
     """
-    from lattice.api.durations import parse_duration
-    from lattice.api import ValidationError
     from lattice.server.config import ServerConfig, load_extension_providers
     from lattice.server.main import run_server
 
@@ -83,22 +82,10 @@ def server(
     home = home or lattice_home()
     if (ca_cert is None) != (ca_key is None):
         fail("give both --ca-cert and --ca-key, or neither (to use the built-in CA)")
-    try:
-        ttl = parse_duration(cert_ttl)
-    except ValueError as e:
-        fail(f"--cert-ttl {cert_ttl!r}: {e}")
-    if ttl < 10:
-        fail("--cert-ttl must be at least 10s: agents renew at half-life")
-    if outbound_traffic_policy not in ("ALLOW_ANY", "REGISTRY_ONLY"):
-        fail(f"--outbound-traffic-policy {outbound_traffic_policy!r}: use ALLOW_ANY or REGISTRY_ONLY")
-    try:
-        jwks_every = parse_duration(jwks_refresh)
-    except ValueError as e:
-        fail(f"--jwks-refresh {jwks_refresh!r}: {e}")
-    if jwks_every < 1:
-        fail("--jwks-refresh must be at least 1s")
-    if h2_upgrade_policy not in ("DO_NOT_UPGRADE", "UPGRADE"):
-        fail(f"--h2-upgrade-policy {h2_upgrade_policy!r}: use DO_NOT_UPGRADE or UPGRADE")
+    ttl = _seconds("--cert-ttl", cert_ttl, 10, ": agents renew at half-life")
+    jwks_every = _seconds("--jwks-refresh", jwks_refresh, 1)
+    _one_of("--outbound-traffic-policy", outbound_traffic_policy, ("ALLOW_ANY", "REGISTRY_ONLY"))
+    _one_of("--h2-upgrade-policy", h2_upgrade_policy, ("DO_NOT_UPGRADE", "UPGRADE"))
     try:
         providers = load_extension_providers(mesh_config) if mesh_config else ()
     except (OSError, ValidationError) as e:
@@ -113,6 +100,22 @@ def server(
         asyncio.run(run_server(config))
     except Exception as e:  # StoreError and friends: say what and where, no traceback
         fail(str(e))
+
+
+def _seconds(option: str, text: str, minimum: float, why: str = "") -> float:
+    """A duration option in seconds, or a clear error naming the option."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        fail(f"{option} {text!r}: {e}")
+    if seconds < minimum:
+        fail(f"{option} must be at least {minimum:g}s{why}")
+    return seconds
+
+
+def _one_of(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        fail(f"{option} {value!r}: use {' or '.join(allowed)}")
 
 
 def _run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, command, log_level, port_name=None, upstream=()):

@@ -15,22 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Iterable
 
 from lattice.api import Resource
-from lattice.mesh.model import MeshSnapshot
+from lattice.mesh.model import SNAPSHOT_FIELDS, MeshSnapshot
 
-# MeshSnapshot's field for each kind it holds (the pusher and the analyzer build snapshots alike).
-SNAPSHOT_FIELDS = {
-    "VirtualService": "virtual_services",
-    "DestinationRule": "destination_rules",
-    "PeerAuthentication": "peer_authentications",
-    "AuthorizationPolicy": "authorization_policies",
-    "RequestAuthentication": "request_authentications",
-    "ServiceEntry": "service_entries",
-    "WorkloadEntry": "workload_entries",
-    "Gateway": "gateways",
-    "RateLimitPolicy": "rate_limit_policies",
-    "HTTPRoute": "http_routes",
-    "GRPCRoute": "grpc_routes",
-}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,21 @@ from lattice.mesh import authz, gateway_api, rate_limits, request_authn
 
 T = TypeVar("T")
 
+# MeshSnapshot's field for each stored kind it holds: the pusher and the analyzer fill them alike.
+SNAPSHOT_FIELDS = {
+    "VirtualService": "virtual_services",
+    "DestinationRule": "destination_rules",
+    "PeerAuthentication": "peer_authentications",
+    "AuthorizationPolicy": "authorization_policies",
+    "RequestAuthentication": "request_authentications",
+    "ServiceEntry": "service_entries",
+    "WorkloadEntry": "workload_entries",
+    "Gateway": "gateways",
+    "RateLimitPolicy": "rate_limit_policies",
+    "HTTPRoute": "http_routes",
+    "GRPCRoute": "grpc_routes",
+}
+
 
 class Upstream(NamedTuple):
     """A local port the workload's sidecar forwards to a service port (`lattice run --upstream`).

@@ -9,6 +9,7 @@ from types import MappingProxyType
 
 from lattice.api import Resource, validate_object
 from lattice.mesh import MeshSnapshot
+from lattice.mesh.model import SNAPSHOT_FIELDS
 from lattice.registry import Registry
 from lattice.server.jwks import JwksCache
 from lattice.store import Store, StoredResource
@@ -89,22 +90,12 @@ class Pusher:
         snapshot = MeshSnapshot(
             version,
             workloads=self._registry.workloads(),
-            virtual_services=self._resources("VirtualService", previous),
-            destination_rules=self._resources("DestinationRule", previous),
-            peer_authentications=self._resources("PeerAuthentication", previous),
-            service_entries=self._resources("ServiceEntry", previous),
-            workload_entries=self._resources("WorkloadEntry", previous),
+            **{name: self._resources(kind, previous) for kind, name in SNAPSHOT_FIELDS.items()},
             outbound_traffic_policy=self._outbound_traffic_policy,
             h2_upgrade_policy=self._h2_upgrade_policy,
-            gateways=self._resources("Gateway", previous),
-            rate_limit_policies=self._resources("RateLimitPolicy", previous),
-            authorization_policies=self._resources("AuthorizationPolicy", previous),
             extension_providers=self._extension_providers,
-            request_authentications=self._resources("RequestAuthentication", previous),
             jwks=MappingProxyType(dict(self._jwks.keys)) if self._jwks else {},
             jwks_errors=MappingProxyType(dict(self._jwks.errors)) if self._jwks else {},
-            http_routes=self._resources("HTTPRoute", previous),
-            grpc_routes=self._resources("GRPCRoute", previous),
             created=self._created("VirtualService", "HTTPRoute", "GRPCRoute"),
             trust_domain=self._trust_domain,
             root_namespace=self._root_namespace,

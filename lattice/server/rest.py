@@ -19,7 +19,8 @@ from aiohttp import web
 
 from lattice.api import UnknownKindError, ValidationError, kind_for, parse_documents
 from lattice.identity import TokenRecord, mint_token
-from lattice.mesh.analyze import SNAPSHOT_FIELDS, analyze
+from lattice.mesh.analyze import analyze
+from lattice.mesh.model import SNAPSHOT_FIELDS
 from lattice.registry import Registry
 from lattice.server.authz_check import CheckError, Question, check
 from lattice.server.ca import CaManager, RotationError
@@ -142,9 +143,10 @@ class RestApi:
             return web.json_response({"error": str(e)}, status=404)
 
     def _analysis(self, resources: list) -> list[dict]:
-        # The mesh as stored (with the registry's workloads), with `resources` in place of their
-        # stored versions: what the mesh would be once they are applied.
-        base = self.pusher.build()
+        # The mesh as last pushed (config and the registry's workloads), with `resources` in place
+        # of their stored versions: what the mesh is, or will be at the next push, once they are
+        # applied. No rebuild of everything stored for each apply.
+        base = self.pusher.snapshot
         keys = {r.key for r in resources}
         changes = {}
         for kind, name in SNAPSHOT_FIELDS.items():
