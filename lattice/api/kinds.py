@@ -15,6 +15,7 @@ from lattice.api.ratelimit import RateLimitPolicySpec
 from lattice.api.request_authn import RequestAuthenticationSpec
 from lattice.api.security import PeerAuthenticationSpec
 from lattice.api.service_entry import ServiceEntrySpec, WorkloadEntrySpec
+from lattice.api.telemetry import TelemetrySpec
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("PeerAuthentication", "security.istio.io", ("v1beta1", "v1"), "peerauthentications", ("pa",), PeerAuthenticationSpec),
         KindInfo("AuthorizationPolicy", "security.istio.io", ("v1beta1", "v1"), "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
         KindInfo("RequestAuthentication", "security.istio.io", ("v1beta1", "v1"), "requestauthentications", ("ra",), RequestAuthenticationSpec),
+        KindInfo("Telemetry", "telemetry.istio.io", ("v1alpha1", "v1"), "telemetries", (), TelemetrySpec),
         KindInfo("HTTPRoute", "gateway.networking.k8s.io", ("v1beta1", "v1"), "httproutes", (), HTTPRouteSpec),
         KindInfo("GRPCRoute", "gateway.networking.k8s.io", ("v1alpha2", "v1"), "grpcroutes", (), GRPCRouteSpec),
         KindInfo("RateLimitPolicy", "lattice.dev", ("v1",), "ratelimitpolicies", ("rlp",), RateLimitPolicySpec),

@@ -3,7 +3,8 @@
 Validation (lattice.api) refuses what cannot work; this finds what works but probably does not do
 what its author meant: a subset no DestinationRule defines or no workload matches, weights that do
 not add up to 100, a host that resolves to nothing, a Gateway that does not exist, two resources
-claiming one host. Pure: a snapshot in, findings out.
+claiming one host, a Telemetry naming a provider the server's mesh config does not have. Pure:
+a snapshot in, findings out.
 
 Offline (`lattice analyze -f FILE` with no server), the snapshot holds only the files' resources and
 no workloads, so the checks that need the registry (hosts, subset members) are skipped and say so.
@@ -16,6 +17,7 @@ from typing import Iterable
 
 from lattice.api import Resource
 from lattice.mesh.model import SNAPSHOT_FIELDS, MeshSnapshot
+from lattice.mesh.telemetry import provider_problems
 
 
 
@@ -48,6 +50,8 @@ def analyze(snapshot: MeshSnapshot, targets: Iterable[Resource], registry_known:
             out += _virtual_service(snapshot, r, registry_known)
         elif r.kind == "DestinationRule":
             out += _destination_rule(snapshot, r, registry_known)
+        elif r.kind == "Telemetry" and registry_known:  # offline there is no mesh config to name providers
+            out += [_finding(r, path, message) for path, message in provider_problems(snapshot.mesh_telemetry, r.spec)]
     keys = {(r.kind, r.namespace, r.name) for r in targets}
     out += [Finding("warning", _conflict_subject(c), "", c) for c in snapshot.conflicts() if _mentions(c, keys)]
     if not registry_known and any(r.kind in ("VirtualService", "DestinationRule") for r in targets):

@@ -12,6 +12,7 @@ from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
 from lattice.mesh.hosts import fqdn, host_aliases
 from lattice.mesh.peer_auth import mtls_mode
+from lattice.mesh.telemetry import MeshTelemetry
 from lattice.mesh import authz, gateway_api, rate_limits, request_authn
 
 T = TypeVar("T")
@@ -29,6 +30,7 @@ SNAPSHOT_FIELDS = {
     "RateLimitPolicy": "rate_limit_policies",
     "HTTPRoute": "http_routes",
     "GRPCRoute": "grpc_routes",
+    "Telemetry": "telemetries",
 }
 
 
@@ -142,6 +144,8 @@ class MeshSnapshot:
     grpc_routes: tuple[Resource, ...] = ()
     # Creation time per (kind, namespace, name): VirtualServices and Gateway API routes compete for a host by age.
     created: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
+    telemetries: tuple[Resource, ...] = ()  # Telemetry resources, oldest first (mesh/telemetry.py)
+    mesh_telemetry: MeshTelemetry = field(default_factory=MeshTelemetry)  # MeshConfig's telemetry part (`--mesh-config`)
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, Resource] = field(init=False, repr=False)

@@ -7,6 +7,10 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lattice.mesh.telemetry import MeshTelemetry
 
 
 def lattice_home() -> Path:
@@ -33,6 +37,7 @@ class ServerConfig:
     outbound_traffic_policy: str = "ALLOW_ANY"  # Istio's MeshConfig outboundTrafficPolicy.mode, or REGISTRY_ONLY
     h2_upgrade_policy: str = "DO_NOT_UPGRADE"  # Istio's MeshConfig h2UpgradePolicy, or UPGRADE
     extension_providers: tuple = ()  # MeshConfig extensionProviders (`--mesh-config`): CUSTOM authorizers
+    mesh_telemetry: MeshTelemetry | None = None  # MeshConfig's telemetry part (`--mesh-config`); None: Istio's defaults
     jwks_refresh: float = 20 * 60.0  # seconds between fetches of RequestAuthentication jwksUris (Istio's default)
 
     @property
@@ -48,10 +53,18 @@ ADMIN_TOKEN_FILE = "admin-token"
 
 
 def load_extension_providers(path: Path) -> tuple:
-    """The extensionProviders of an Istio MeshConfig file; ValidationError names the bad field."""
-    from lattice.api.mesh_config import parse_mesh_config
+    """The external authorizers among an Istio MeshConfig file's extensionProviders; ValidationError names the bad field."""
+    return load_mesh_config(path)[0]
 
-    return tuple(parse_mesh_config(path.read_text(), str(path)).extension_providers)
+
+def load_mesh_config(path: Path) -> tuple[tuple, MeshTelemetry]:
+    """An Istio MeshConfig file's external authorizers (what CUSTOM AuthorizationPolicies name) and
+    its telemetry part (defaults, trace and access log providers); ValidationError names the bad field."""
+    from lattice.api.mesh_config import parse_mesh_config
+    from lattice.mesh.telemetry import mesh_telemetry
+
+    config = parse_mesh_config(path.read_text(), str(path))
+    return tuple(p for p in config.extension_providers if p.authorizer is not None), mesh_telemetry(config)
 
 
 def admin_token(home: Path) -> str:

@@ -190,7 +190,7 @@ def test_mesh_config_extension_providers():
         ("extensionProviders:\n- name: a\n  envoyExtAuthzHttp: {service: x, port: 1, pathPrefix: check}\n", "extensionProviders[0].envoyExtAuthzHttp.pathPrefix", "must begin with '/'"),
         ("extensionProviders:\n- name: a\n  envoyExtAuthzHttp: {service: 'a b', port: 1}\n", "extensionProviders[0].envoyExtAuthzHttp.service", "not a host name"),
         ("extensionProviders:\n- {name: a, envoyExtAuthzGrpc: {service: x, port: 1}}\n- {name: a, envoyExtAuthzGrpc: {service: y, port: 1}}\n", "extensionProviders", "repeated: a"),
-        ("accessLogFile: /dev/stdout\n", "accessLogFile", "MeshConfig field Lattice does not read"),
+        ("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n", "outboundTrafficPolicy", "MeshConfig field Lattice does not read"),
     ],
 )
 def test_mesh_config_refusals(text, path, reason):
