@@ -89,9 +89,8 @@ class Enroller:
     def __init__(self, agent_api: str, bundle: bytes, directory: Path, concurrency: int = 16) -> None:
         self.api, self.bundle, self.dir = agent_api, bundle, directory
         self._limit = asyncio.Semaphore(concurrency)
-        # Registrations in bulk go many at a time: each change to the registry sets off a push
-        # that holds the server for as long as it takes, and a few in flight would mean a push
-        # for every few proxies.
+        # Registrations in bulk go many at a time, as a fleet starting together would: the
+        # server's debounce gathers them into few pushes.
         self._bulk = asyncio.Semaphore(256)
         # No keep-alive: idle connections held for a thousand identities would count in the
         # server's memory as if proxies cost it that.
@@ -125,8 +124,8 @@ class Enroller:
         await self._call("DELETE", f"/agent/v1/workloads/{identity.proxy_id}", identity)
 
     async def _call(self, method: str, path: str, identity: Identity | None, body: dict | None = None, headers: dict | None = None, limit: asyncio.Semaphore | None = None) -> dict:
-        """One request, retried as agents retry: a push of a big fleet holds the server's loop
-        for longer than a TLS handshake may take (60 s)."""
+        """One request, retried as agents retry (a server busy with a big fleet may be slow to
+        take a connection)."""
         for attempt in range(5):
             try:
                 return await self._request(method, path, identity, body, headers, limit or self._limit)

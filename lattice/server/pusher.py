@@ -1,28 +1,48 @@
-"""Turns store and registry changes into per-proxy snapshots in the xDS cache."""
+"""Turns store and registry changes into per-proxy snapshots in the xDS cache.
+
+A push builds the mesh snapshot, then goes proxy by proxy: each proxy's types are re-translated
+only where the snapshot changed what they read (`lattice.translate.incremental`), serialized
+(each shared piece once per push), and put in the cache, which wakes that proxy's stream at once.
+On the server's loop a push yields every few milliseconds, so ACKs, new connections and the
+responses of proxies already done go out while the rest are computed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from functools import partial
 from types import MappingProxyType
+from typing import Iterator
 
 from lattice.api import Resource, validate_object
 from lattice.mesh import MeshSnapshot
 from lattice.mesh.model import SNAPSHOT_FIELDS
+from lattice.mesh.telemetry import MeshTelemetry
 from lattice.registry import Registry
 from lattice.server.jwks import JwksCache
+from lattice.server.metrics import ControlPlaneMetrics
 from lattice.store import Store, StoredResource
-from lattice.translate import translate
+from lattice.translate import TYPE_ORDER
+from lattice.translate.incremental import ProxyTranslations
 from lattice.xds import SnapshotCache
+from lattice.xds.cache import Encoder
 
 log = logging.getLogger("lattice.push")
 
+# How long a push computes before it lets the loop serve streams and requests: short enough
+# that nothing waits noticeably, long enough that switching costs little.
+SLICE_SECONDS = 0.005
+
 
 class Pusher:
-    def __init__(self, store: Store, registry: Registry, cache: SnapshotCache, debounce: float = 0.1, trust_domain: str = "cluster.local", root_namespace: str = "istio-system", outbound_traffic_policy: str = "ALLOW_ANY", h2_upgrade_policy: str = "DO_NOT_UPGRADE", jwks: JwksCache | None = None, extension_providers: tuple = ()) -> None:
+    def __init__(self, store: Store, registry: Registry, cache: SnapshotCache, debounce: float = 0.1, trust_domain: str = "cluster.local", root_namespace: str = "istio-system", outbound_traffic_policy: str = "ALLOW_ANY", h2_upgrade_policy: str = "DO_NOT_UPGRADE", jwks: JwksCache | None = None, extension_providers: tuple = (), mesh_telemetry: MeshTelemetry | None = None, metrics: ControlPlaneMetrics | None = None) -> None:
+        self._metrics = metrics or ControlPlaneMetrics()
+        self._changed_at: float | None = None  # when the first change not yet pushed arrived
         self._jwks = jwks
         self._extension_providers = tuple(extension_providers)  # MeshConfig's, fixed for the server's life
+        self._mesh_telemetry = mesh_telemetry or MeshTelemetry()  # likewise
         self._outbound_traffic_policy = outbound_traffic_policy
         self._h2_upgrade_policy = h2_upgrade_policy
         self._trust_domain = trust_domain
@@ -33,8 +53,10 @@ class Pusher:
         self._debounce = debounce
         self._dirty = asyncio.Event()
         self._parsed: dict[tuple[str, str, str, int], Resource] = {}
-        self.snapshot = MeshSnapshot("0")
-        self.last_push_seconds = 0.0
+        self.snapshot = MeshSnapshot("0", mesh_telemetry=self._mesh_telemetry)
+        self.last_push_seconds = 0.0  # computing time of the last push (time spent serving streams between its slices left out)
+        self._translations = ProxyTranslations()
+        self._encoder = Encoder(cache)
 
     @property
     def pending(self) -> bool:
@@ -43,6 +65,8 @@ class Pusher:
 
     def request(self) -> None:
         """Ask for a push soon; many requests within the debounce window become one push."""
+        if self._changed_at is None:
+            self._changed_at = time.time()  # the status board's clock: ACK times are compared to it
         self._dirty.set()
 
     async def run(self) -> None:
@@ -53,7 +77,7 @@ class Pusher:
                 await self._jwks.prepare()  # (never raises); the push stays `pending` meanwhile
             self._dirty.clear()
             try:
-                self.push()
+                await self.push_sliced()
             except Exception:  # a push bug must not stop future pushes
                 log.exception("push failed; proxies keep their last config")
 
@@ -64,14 +88,41 @@ class Pusher:
             self.request()
 
     def push(self) -> MeshSnapshot:
-        started = time.perf_counter()
-        self.snapshot = self.build()
-        for workload in self.snapshot.workloads:
-            self._push_to(workload)
-        for node in set(self._cache.nodes()) - {w.id for w in self.snapshot.workloads}:
-            self._cache.remove(node)
-        self.last_push_seconds = time.perf_counter() - started
+        """A whole push at once, holding the loop (the first push, before any proxy connects)."""
+        for _ in self._pushing():
+            pass
         return self.snapshot
+
+    async def push_sliced(self) -> MeshSnapshot:
+        """A push that lets the loop run between slices of SLICE_SECONDS."""
+        until = time.perf_counter() + SLICE_SECONDS
+        for _ in self._pushing():
+            if time.perf_counter() >= until:
+                await asyncio.sleep(0)
+                until = time.perf_counter() + SLICE_SECONDS
+        return self.snapshot
+
+    def _pushing(self) -> Iterator[None]:
+        """The push, one proxy per step; the caller decides when the loop runs between steps.
+        The change's time is reported before any proxy gets config, so a proxy converging on it
+        while the push goes on still counts."""
+        resumed, busy = time.perf_counter(), 0.0
+        changed_at, self._changed_at = self._changed_at, None
+        self.snapshot = snapshot = self.build()
+        nodes = {w.id for w in snapshot.workloads}
+        self._translations.advance(snapshot)
+        self._encoder = Encoder(self._cache, self._encoder, self._translations.shared)  # shared pieces: serialized once
+        self._metrics.push_started(snapshot.version, changed_at)
+        for node in set(self._cache.nodes()) - nodes:
+            self._cache.remove(node)
+        for workload in snapshot.workloads:
+            self._push_to(workload)
+            now = time.perf_counter()
+            busy, resumed = busy + now - resumed, now
+            yield
+            resumed = time.perf_counter()
+        self.last_push_seconds = busy + time.perf_counter() - resumed
+        self._metrics.pushed(snapshot.version, changed_at, self.last_push_seconds)
 
     def push_one(self, node_id: str) -> None:
         """Config for one proxy from the current snapshot (a proxy that just connected). A
@@ -82,7 +133,10 @@ class Pusher:
             self._push_to(workload)
 
     def _push_to(self, workload) -> None:
-        self._cache.set(workload.id, self.snapshot.version, translate(self.snapshot, workload).by_type)
+        """The proxy's resources, type by type: kept or shared where the snapshot changed
+        nothing they read, translated and serialized otherwise."""
+        resources = {t: self._translations.resources(workload, t, partial(self._encoder.resource_set, t, shared=self._translations.shared)) for t in TYPE_ORDER}
+        self._cache.set_resources(workload.id, self.snapshot.version, resources)
 
     def build(self) -> MeshSnapshot:
         version = f"{self._store.revision}.{self._registry.generation}"
@@ -94,6 +148,7 @@ class Pusher:
             outbound_traffic_policy=self._outbound_traffic_policy,
             h2_upgrade_policy=self._h2_upgrade_policy,
             extension_providers=self._extension_providers,
+            mesh_telemetry=self._mesh_telemetry,
             jwks=MappingProxyType(dict(self._jwks.keys)) if self._jwks else {},
             jwks_errors=MappingProxyType(dict(self._jwks.errors)) if self._jwks else {},
             created=self._created("VirtualService", "HTTPRoute", "GRPCRoute"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter, itemgetter
 
 from google.protobuf.message import Message
 
@@ -27,18 +28,28 @@ class Resources:
 
 
 def translate(snapshot: MeshSnapshot, proxy: Workload) -> Resources:
+    return Resources({t: translate_type(snapshot, proxy, t) for t in TYPE_ORDER})
+
+
+def translate_type(snapshot: MeshSnapshot, proxy: Workload, type_url: str) -> tuple[tuple[str, Message], ...]:
+    """One type of `translate`'s output, sorted by name. Each type is built on its own, so a caller
+    may rebuild only the types whose inputs changed."""
     from lattice.translate import cds, eds, gateway, lds, rds
 
     # A gateway proxy serves its Gateways' ports instead of an app's; it reaches the mesh as sidecars do.
     edge = proxy.kind == "gateway"
-    produced = {
-        CLUSTER: gateway.clusters(snapshot, proxy) if edge else cds.clusters(snapshot, proxy),
-        ENDPOINT: eds.load_assignments(snapshot, proxy),
-        LISTENER: gateway.listeners(snapshot, proxy) if edge else lds.listeners(snapshot, proxy),
-        ROUTE: gateway.route_configurations(snapshot, proxy) if edge else rds.route_configurations(snapshot, proxy),
-    }
-    return Resources({t: tuple(sorted(((_name(m), m) for m in msgs), key=lambda p: p[0])) for t, msgs in produced.items()})
+    if type_url == CLUSTER:
+        produced = gateway.clusters(snapshot, proxy) if edge else cds.clusters(snapshot, proxy)
+    elif type_url == ENDPOINT:
+        produced = eds.load_assignments(snapshot, proxy)
+    elif type_url == LISTENER:
+        produced = gateway.listeners(snapshot, proxy) if edge else lds.listeners(snapshot, proxy)
+    else:
+        produced = gateway.route_configurations(snapshot, proxy) if edge else rds.route_configurations(snapshot, proxy)
+    name = _NAME[type_url]
+    return tuple(sorted(((name(m), m) for m in produced), key=_first))
 
 
-def _name(message: Message) -> str:
-    return getattr(message, "cluster_name", "") or message.name
+# Endpoints are named by their cluster; everything else by its own name.
+_NAME = {CLUSTER: attrgetter("name"), ENDPOINT: attrgetter("cluster_name"), LISTENER: attrgetter("name"), ROUTE: attrgetter("name")}
+_first = itemgetter(0)

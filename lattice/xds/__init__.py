@@ -2,8 +2,11 @@
 
 Parts:
 - `cache`  — `SnapshotCache`: node id -> `ProxySnapshot` (resources serialized once, versioned by
-             the hash of their bytes, identical resources shared between proxies).
-- `status` — `StatusBoard`: per proxy and type, what was sent, ACKed or NACKed (with Envoy's text).
+             the hash of their bytes, identical resources and sets of them shared between
+             proxies); `Encoder`: a piece many proxies hold is serialized once per push.
+- `budget` — `SendBudget`: bytes of responses in flight over all streams, bounded.
+- `status` — `StatusBoard`: per proxy and type, what was sent, ACKed or NACKed (with Envoy's text);
+             it reports sends, NACKs and convergence to an optional `XdsEvents` (metrics).
 - `sotw`, `delta` — one stream's protocol state machine for state-of-the-world and incremental xDS.
 - `server` — the gRPC `AggregatedDiscoveryService` binding both to the cache.
 

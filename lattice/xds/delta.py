@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from lattice.xds.cache import ProxySnapshot
+from lattice.xds.cache import ProxySnapshot, XdsResource
 from lattice.xds.sotw import WILDCARD_TYPES
-from lattice.xds.stream import Stream, next_nonce, type_rank
+from lattice.xds.stream import Outgoing, Stream, next_nonce, type_rank
 
 
 @dataclass
@@ -22,8 +23,8 @@ class _Subscription:
 
 
 class DeltaStream(Stream):
-    def __init__(self, node_id, cache, board) -> None:
-        super().__init__(node_id, cache, board)
+    def __init__(self, node_id, cache, board, budget=None) -> None:
+        super().__init__(node_id, cache, board, budget)
         self.subscriptions: dict[str, _Subscription] = {}
 
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
@@ -45,7 +46,7 @@ class DeltaStream(Stream):
         if "*" in request.resource_names_unsubscribe:
             sub.wildcard = False
 
-    def responses(self, snapshot: ProxySnapshot) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+    def responses(self, snapshot: ProxySnapshot) -> list[Outgoing]:
         out = []
         for type_url in sorted(self.subscriptions, key=type_rank):
             response = self._response(type_url, self.subscriptions[type_url], snapshot)
@@ -54,7 +55,8 @@ class DeltaStream(Stream):
         return out
 
     def _response(self, type_url: str, sub: _Subscription, snapshot: ProxySnapshot):
-        wanted = snapshot.select(type_url, None if sub.wildcard else sub.names)
+        chosen = snapshot.chosen(type_url, None if sub.wildcard else sub.names)
+        wanted = chosen.resources
         changed = [r for r in wanted if sub.known.get(r.name) != r.version]
         present = {r.name for r in wanted}
         removed = sorted(n for n in sub.known if n not in present)
@@ -64,12 +66,17 @@ class DeltaStream(Stream):
             sub.known[r.name] = r.version
         for name in removed:
             del sub.known[name]
-        sub.nonce, sub.sent_version, sub.must_send = next_nonce(), ProxySnapshot.version_of(wanted), False
-        self.board.sent(self.node_id, type_url, sub.sent_version)
-        return discovery_pb2.DeltaDiscoveryResponse(
-            system_version_info=sub.sent_version,
-            type_url=type_url,
-            nonce=sub.nonce,
-            resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.body) for r in changed],
-            removed_resources=removed,
-        )
+        sub.nonce, sub.sent_version, sub.must_send = next_nonce(), chosen.version, False
+        size = sum(len(r.body.value) for r in changed)
+        self.board.sent(self.node_id, type_url, sub.sent_version, snapshot.label, size)
+        return Outgoing(type_url, size, partial(_response, sub.sent_version, type_url, sub.nonce, changed, removed))
+
+
+def _response(version: str, type_url: str, nonce: str, changed: list[XdsResource], removed: list[str]) -> discovery_pb2.DeltaDiscoveryResponse:
+    return discovery_pb2.DeltaDiscoveryResponse(
+        system_version_info=version,
+        type_url=type_url,
+        nonce=nonce,
+        resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.body) for r in changed],
+        removed_resources=removed,
+    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc
 
+from lattice.xds.budget import SendBudget
 from lattice.xds.cache import SnapshotCache
 from lattice.xds.delta import DeltaStream
 from lattice.xds.sotw import SotwStream
@@ -23,23 +25,27 @@ Authorizer = Callable[[str, list[str]], str | None]
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: SnapshotCache, board: StatusBoard, on_connect: ConnectHook, on_disconnect: ConnectHook, authorize: Authorizer | None = None) -> None:
+    def __init__(self, cache: SnapshotCache, board: StatusBoard, on_connect: ConnectHook, on_disconnect: ConnectHook, authorize: Authorizer | None = None, budget: SendBudget | None = None) -> None:
         self._cache = cache
         self._authorize = authorize
         self._board = board
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._streams: dict[str, int] = {}  # node id -> open stream count
+        self._budget = budget or SendBudget()  # bytes of responses out with proxies, over all streams
+        keep_response_buffers()
 
-    async def StreamAggregatedResources(self, requests: AsyncIterator, context) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        async for response in self._serve(requests, context, SotwStream, "sotw"):
-            yield response
+    # Handlers write with `context.write` rather than yield: gRPC keeps the last object a handler
+    # yielded until it yields the next, and a stream waits for its next change for minutes; a
+    # thousand proxies' last responses (every endpoint of the mesh, each) would wait with them.
 
-    async def DeltaAggregatedResources(self, requests: AsyncIterator, context) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        async for response in self._serve(requests, context, DeltaStream, "delta"):
-            yield response
+    async def StreamAggregatedResources(self, requests: AsyncIterator, context) -> None:
+        await self._serve(requests, context, SotwStream, "sotw")
 
-    async def _serve(self, requests: AsyncIterator, context, stream_type, protocol: str) -> AsyncIterator:
+    async def DeltaAggregatedResources(self, requests: AsyncIterator, context) -> None:
+        await self._serve(requests, context, DeltaStream, "delta")
+
+    async def _serve(self, requests: AsyncIterator, context, stream_type, protocol: str) -> None:
         inbox: asyncio.Queue = asyncio.Queue()
         reader = asyncio.create_task(_pump(requests, inbox), name="ads-reader")
         node_id = ""
@@ -59,9 +65,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._streams[node_id] = self._streams.get(node_id, 0) + 1
             self._board.connected(node_id, protocol)
             await self._on_connect(node_id)
-            stream = stream_type(node_id, self._cache, self._board)
+            stream = stream_type(node_id, self._cache, self._board, self._budget)
             async for response in stream.run(first, inbox):
-                yield response
+                await context.write(response)
+                del response  # sent: nothing here holds it while the stream waits
         finally:
             reader.cancel()
             if node_id:
@@ -78,6 +85,24 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     def connected_nodes(self) -> list[str]:
         return sorted(self._streams)
+
+
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_response_buffers() -> None:
+    """Let the allocator keep a few MB for reuse. By default glibc maps blocks of a few hundred KB
+    afresh, or trims them from the heap, as soon as they are freed; a response carrying a proxy's
+    endpoints is encoded into such a block, so each would be encoded into newly faulted pages, ten
+    times slower than into reused ones (0.6 ms against 0.05 ms for 380 KB). Fixed thresholds end
+    that at the cost of at most 4 MB kept. Elsewhere than glibc, nothing to do."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 2 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 4 << 20)
 
 
 def peer_uris(context) -> list[str]:

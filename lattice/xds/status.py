@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass
@@ -32,13 +33,27 @@ class ProxyStatus:
     connected: bool = True
     types: dict[str, TypeStatus] = field(default_factory=dict)
     pushes: int = 0
+    sent_label: str = ""  # the mesh snapshot the newest response came from
+    converged_label: str = ""  # the newest snapshot whose every response this proxy ACKed
+
+
+class XdsEvents(Protocol):
+    """What the board reports as it happens (the control plane's metrics). Called on the event
+    loop for every response and answer, so each must be cheap and never raise."""
+
+    def sent(self, type_url: str, size: int) -> None: ...
+
+    def rejected(self, type_url: str) -> None: ...
+
+    def converged(self, label: str, connected_at: float, now: float) -> None: ...
 
 
 class StatusBoard:
     """Updated by ADS streams; read by the REST API. Single event loop, so no locks."""
 
-    def __init__(self, clock=time.time) -> None:
+    def __init__(self, clock=time.time, events: XdsEvents | None = None) -> None:
         self._clock = clock
+        self._events = events
         self._proxies: dict[str, ProxyStatus] = {}
         self.convergence_seconds: list[float] = []  # sent -> ACK, most recent last (bounded)
 
@@ -50,10 +65,15 @@ class StatusBoard:
         if status is not None:
             status.connected = False
 
-    def sent(self, node_id: str, type_url: str, version: str) -> None:
+    def sent(self, node_id: str, type_url: str, version: str, label: str = "", size: int = 0) -> None:
+        """A response of `size` bytes of resources, built from mesh snapshot `label`."""
         status = self._type(node_id, type_url)
         status.sent_version, status.sent_at = version, self._clock()
-        self._proxies[node_id].pushes += 1
+        proxy = self._proxies[node_id]
+        proxy.pushes += 1
+        proxy.sent_label = label or proxy.sent_label
+        if self._events is not None:
+            self._events.sent(type_url, size)
 
     def acked(self, node_id: str, type_url: str, version: str) -> None:
         status = self._type(node_id, type_url)
@@ -61,10 +81,14 @@ class StatusBoard:
             self.convergence_seconds = [*self.convergence_seconds[-999:], self._clock() - status.sent_at]
         status.acked_version, status.acked_at = version, self._clock()
         status.nack = status.nacked_version = ""
+        if self._events is not None:
+            self._check_converged(self._proxies[node_id])
 
     def nacked(self, node_id: str, type_url: str, version: str, message: str) -> None:
         status = self._type(node_id, type_url)
         status.nack, status.nacked_version = message or "rejected without a message", version
+        if self._events is not None:
+            self._events.rejected(type_url)
 
     def forget(self, node_id: str) -> None:
         self._proxies.pop(node_id, None)
@@ -74,6 +98,15 @@ class StatusBoard:
 
     def all(self) -> list[ProxyStatus]:
         return [self._proxies[k] for k in sorted(self._proxies)]
+
+    def _check_converged(self, proxy: ProxyStatus) -> None:
+        """Once per snapshot: when the proxy holds everything it was sent from it."""
+        if proxy.sent_label == proxy.converged_label:
+            return
+        if any(t.nack or t.acked_version != t.sent_version for t in proxy.types.values()):
+            return
+        proxy.converged_label = proxy.sent_label
+        self._events.converged(proxy.sent_label, proxy.connected_at, self._clock())
 
     def _type(self, node_id: str, type_url: str) -> TypeStatus:
         proxy = self._proxies.setdefault(node_id, ProxyStatus(node_id, "?", self._clock()))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, NamedTuple
 
 from lattice.translate import TYPE_ORDER
+from lattice.xds.budget import ANSWER_SECONDS, SendBudget
 from lattice.xds.cache import ProxySnapshot, SnapshotCache
 from lattice.xds.status import StatusBoard
 
@@ -21,42 +22,87 @@ def type_rank(type_url: str) -> int:
     return TYPE_ORDER.index(type_url) if type_url in TYPE_ORDER else len(TYPE_ORDER)
 
 
-class Stream:
-    """Subclasses implement `handle(request)` and `responses(snapshot)` for their protocol."""
+class Outgoing(NamedTuple):
+    """A response decided (nonce, version, status board) but not built yet: it is built once the
+    send budget has room for the bytes of resources it carries."""
 
-    def __init__(self, node_id: str, cache: SnapshotCache, board: StatusBoard) -> None:
+    type_url: str
+    size: int
+    build: Callable[[], object]
+
+
+class Stream:
+    """Subclasses implement `handle(request)` and `responses(snapshot)` (a list of `Outgoing`)
+    for their protocol, and call `record_answer` for an ACK or NACK of a type's newest response."""
+
+    def __init__(self, node_id: str, cache: SnapshotCache, board: StatusBoard, budget: SendBudget | None = None) -> None:
         self.node_id = node_id
         self.cache = cache
         self.board = board
+        self.budget = budget or SendBudget()
+        self._out: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # type -> budget its unanswered response holds
 
     async def run(self, first, inbox: asyncio.Queue) -> AsyncIterator:
-        changed = self.cache.watch(self.node_id)
-        try:
-            async for response in self._loop(first, inbox, changed):
-                yield response
-        finally:
-            self.cache.unwatch(self.node_id, changed)
+        """Responses to `first` and to what arrives in `inbox` (requests; None at the end of the
+        stream). A change of the node's snapshot is put in the same queue, so one wait serves both."""
+        woken = [False]
 
-    async def _loop(self, first, inbox: asyncio.Queue, changed: asyncio.Event) -> AsyncIterator:
-        self.handle(first)
-        while True:
-            snapshot = self.cache.get(self.node_id)
-            if snapshot is not None:
-                for response in self.responses(snapshot):
-                    yield response
-            request = await _next(inbox, changed)
-            if request is _CLOSED:
-                return
-            if request is not None:
-                self.handle(request)
-                while not inbox.empty():  # drain, so a burst of ACKs costs one pass
-                    queued = inbox.get_nowait()
-                    if queued is None:
+        def wake() -> None:
+            if not woken[0]:  # one mark in the queue is enough, however many changes come meanwhile
+                woken[0] = True
+                inbox.put_nowait(_CHANGED)
+
+        self.cache.watch(self.node_id, wake)
+        try:
+            self.handle(first)
+            while True:
+                snapshot = self.cache.get(self.node_id)
+                if snapshot is not None:
+                    outgoing = self.responses(snapshot)
+                    if outgoing:
+                        await self._take(outgoing)
+                    for response in outgoing:
+                        yield response.build()  # (held by nothing here once gRPC has it)
+                item = await inbox.get()
+                while True:  # drain, so a burst of ACKs (and changes) costs one pass
+                    if item is None:
                         return
-                    self.handle(queued)
+                    if item is _CHANGED:
+                        woken[0] = False
+                    else:
+                        self.handle(item)
+                    if inbox.empty():
+                        break
+                    item = inbox.get_nowait()
+        finally:
+            self.cache.unwatch(self.node_id, wake)
+            for type_url in list(self._out):
+                self._answered(type_url)
+
+    async def _take(self, outgoing: list[Outgoing]) -> None:
+        """Budget for these responses, each holding its share until answered."""
+        for response in outgoing:
+            self._answered(response.type_url)  # a newer response replaces an unanswered one
+        total = sum(r.size for r in outgoing)
+        left = self.budget.take_now(total) if self._out else await self.budget.take(total)
+        loop = asyncio.get_running_loop()
+        for response in outgoing:
+            share = min(response.size, left)
+            left -= share
+            self._out[response.type_url] = (share, loop.call_later(ANSWER_SECONDS, self._answered, response.type_url))
+        if left:
+            self.budget.give(left)
+
+    def _answered(self, type_url: str) -> None:
+        held = self._out.pop(type_url, None)
+        if held is not None:
+            held[1].cancel()
+            self.budget.give(held[0])
 
     def record_answer(self, type_url: str, request, sent_version: str, acked_version: str) -> None:
-        """An ACK or NACK of the newest response of a type, into the status board."""
+        """An ACK or NACK of the newest response of a type, into the status board; the budget
+        its bytes held is free again."""
+        self._answered(type_url)
         if request.HasField("error_detail"):
             self.board.nacked(self.node_id, type_url, sent_version, request.error_detail.message)
         else:
@@ -65,29 +111,8 @@ class Stream:
     def handle(self, request) -> None:
         raise NotImplementedError
 
-    def responses(self, snapshot: ProxySnapshot) -> list:
+    def responses(self, snapshot: ProxySnapshot) -> list[Outgoing]:
         raise NotImplementedError
 
 
-_CLOSED = object()
-
-
-async def _next(inbox: asyncio.Queue, changed: asyncio.Event):
-    """The next request, or None when the snapshot changed first; _CLOSED at end of stream."""
-    if not inbox.empty():
-        item = inbox.get_nowait()
-        return _CLOSED if item is None else item
-    get = asyncio.ensure_future(inbox.get())
-    wait = asyncio.ensure_future(changed.wait())
-    try:
-        done, _ = await asyncio.wait({get, wait}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (get, wait):
-            if not task.done():
-                task.cancel()
-    if wait in done:
-        changed.clear()
-    if get in done:
-        item = get.result()
-        return _CLOSED if item is None else item
-    return None
+_CHANGED = object()  # in a stream's queue: the node's snapshot changed
