@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/dataplane.py [--quick] [--rate 1000] [--seconds N] [--json PATH]
 
-Three paths to one app, side by side in one run:
+Four paths, side by side in one run:
   (a) direct     client → app
   (b) envoy-pair client → Envoy ⇄mTLS⇄ Envoy → app: two plain Envoys from a static bootstrap
                  (bench/envoy_pair.py), the floor for any Envoy-based mesh
   (c) lattice    client → `lattice run` sidecar ⇄mTLS⇄ `lattice run` sidecar → app, with
                  PeerAuthentication STRICT mesh-wide and an AuthorizationPolicy ALLOW on the server
                  (so its RBAC filter runs on every request) and the sidecars' telemetry as shipped
+                 (Istio metrics streamed to each agent, tracing at the default 1%)
+  (d) lattice-no-telemetry  the same with a Telemetry resource turning metrics and spans off, to
+                 an app of its own: the cost of telemetry is (c) against (d)
 The app is an Envoy answering `200 ok` itself, so its own cost is small and steady.
 
 Latency: open loop (bench/openloop.py) at a fixed rate, counted from each request's scheduled send
@@ -45,8 +48,9 @@ from rich.table import Table  # noqa: E402
 from lattice.agent.envoy import envoy_binary  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "dataplane.json"
-PATHS = ("direct", "envoy-pair", "lattice")
+PATHS = ("direct", "envoy-pair", "lattice", "lattice-no-telemetry")
 URL, HOST = "http://bench-server:9080/", "bench-server:9080"
+QUIET_URL, QUIET_HOST = "http://bench-quiet-server:9080/", "bench-quiet-server:9080"
 POLICIES = """
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -61,7 +65,25 @@ spec:
   action: ALLOW
   rules:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/bench-client"]}}]
-"""
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bench-quiet-server, namespace: default}
+spec:
+  selector: {matchLabels: {app: bench-quiet-server}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/bench-quiet-client"]}}]
+""" + "".join(f"""---
+# The same sidecars with telemetry off (no metrics stream, no spans): what telemetry costs.
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {{name: {app}, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: {app}}}}}
+  metrics: [{{providers: [{{name: prometheus}}], overrides: [{{match: {{metric: ALL_METRICS}}, disabled: true}}]}}]
+  tracing: [{{disableSpanReporting: true}}]
+""" for app in ("bench-quiet-client", "bench-quiet-server"))
 # Admin stats that are not about the data path: the xDS/SDS channels, the admin listener, per-worker copies.
 _NOT_DATA_PATH = re.compile(r"^(cluster\.(xds|sds)|listener\.admin|http\.admin|.*\.worker_\d+\.)")
 _WORK = re.compile(r"(cx_|rq_|ssl|rbac|memory_)")
@@ -99,12 +121,12 @@ class DataPath:
         return self.proxies | {f"{label} agent": pid for label, pid in self.agents.items()}
 
 
-# -- setting up the three paths ---------------------------------------------------------------------
+# -- setting up the paths ---------------------------------------------------------------------
 
 
 def _lattice_workloads(plane: ControlPlane) -> list[Workload]:
     quiet = ("--log-level", "warning")  # as the pair's Envoys run; the harness default is info
-    return [Workload(plane, name, command=app_command(), extra=quiet) for name in ("bench-client", "bench-server")]
+    return [Workload(plane, name, command=app_command(), extra=quiet) for name in ("bench-client", "bench-server", "bench-quiet-client", "bench-quiet-server")]
 
 
 def _sidecar_envoy(workload: Workload) -> tuple[int, Path]:
@@ -115,14 +137,19 @@ def _sidecar_envoy(workload: Workload) -> tuple[int, Path]:
     return pid, Path(bootstrap).parent / "admin.sock"
 
 
-def _paths(client: Workload, server: Workload, pair: EnvoyPair) -> dict[str, DataPath]:
+def _paths(client: Workload, server: Workload, quiet_client: Workload, quiet_server: Workload, pair: EnvoyPair) -> dict[str, DataPath]:
     app = ("127.0.0.1", server.info["app_port"])
-    (client_pid, client_admin), (server_pid, server_admin) = _sidecar_envoy(client), _sidecar_envoy(server)
     return {
         "direct": DataPath("direct", app, "/", "bench-server"),
         "envoy-pair": DataPath("envoy-pair", ("127.0.0.1", pair.port), URL, HOST, {"client": pair.client.pid, "server": pair.server.pid}, {"client": pair.client.admin, "server": pair.server.admin}),
-        "lattice": DataPath("lattice", (client.address, 15001), URL, HOST, {"client": client_pid, "server": server_pid}, {"client": client_admin, "server": server_admin}, {"client": client.process.pid, "server": server.process.pid}),
+        "lattice": _lattice_path("lattice", client, server, URL, HOST),
+        "lattice-no-telemetry": _lattice_path("lattice-no-telemetry", quiet_client, quiet_server, QUIET_URL, QUIET_HOST),
     }
+
+
+def _lattice_path(name: str, client: Workload, server: Workload, url: str, host: str) -> DataPath:
+    (client_pid, client_admin), (server_pid, server_admin) = _sidecar_envoy(client), _sidecar_envoy(server)
+    return DataPath(name, (client.address, 15001), url, host, {"client": client_pid, "server": server_pid}, {"client": client_admin, "server": server_admin}, {"client": client.process.pid, "server": server.process.pid})
 
 
 def _check(path: DataPath) -> None:
@@ -218,7 +245,7 @@ def _measure_paths(paths: dict[str, DataPath], settings: Settings, rate: float, 
 
 
 def measure(quick: bool, rate: float = 1000.0, seconds: float | None = None, pin: bool = True) -> dict:
-    """Start everything, measure the three paths, stop everything; the result as JSON-ready data."""
+    """Start everything, measure the paths, stop everything; the result as JSON-ready data."""
     settings = Settings.of(quick, seconds)
     generator_cpus, server_cpus = procstat.split_cpus() if pin else (None, None)
     home = Path(tempfile.mkdtemp(prefix="lattice-bench-dataplane-"))
@@ -228,10 +255,10 @@ def measure(quick: bool, rate: float = 1000.0, seconds: float | None = None, pin
             plane = ControlPlane(home / "home").start()
             stack.callback(plane.stop)
             plane.apply(POLICIES)
-            client, server = stack.enter_context(running(plane, _lattice_workloads(plane)))
+            client, server, quiet_client, quiet_server = stack.enter_context(running(plane, _lattice_workloads(plane)))
             pair = EnvoyPair.start(home / "pair", server.info["app_port"])
             stack.callback(pair.stop)
-        paths = _measure_paths(_paths(client, server, pair), settings, rate, generator_cpus)
+        paths = _measure_paths(_paths(client, server, quiet_client, quiet_server, pair), settings, rate, generator_cpus)
     return {
         "mode": "quick" if quick else "full", "rate": rate, "rounds": settings.rounds, "seconds_per_run": settings.seconds,
         "warmup_seconds": settings.warmup, "max_throughput_seconds": settings.max_seconds,
@@ -269,8 +296,14 @@ def _caption(result: dict) -> str:
     agents = ", ".join(f"{label} {v:.4f} s/1k req, {lattice['rss_anon_mb'][label]:.1f} MB" for label, v in lattice["cpu_s_per_1k_requests"].items() if label.endswith("agent"))
     m = result["machine"]
     busy = ", ".join(f"{name} {r['machine_busy_cores']:.2f}" for name, r in result["paths"].items())
+    quiet = result["paths"].get("lattice-no-telemetry")
+    telemetry = ""
+    if quiet:
+        cost = [f"p{q} {lattice[f'p{q}_ms'] - quiet[f'p{q}_ms']:+.3f} ms" for q in (50, 99)]
+        cpu = sum(lattice["cpu_s_per_1k_requests"].values()) - sum(quiet["cpu_s_per_1k_requests"].values())
+        telemetry = f"telemetry on vs off: {', '.join(cost)}, {cpu:+.4f} CPU s/1k req (Envoys and agents), max rps {lattice['max_throughput']['rps'] / quiet['max_throughput']['rps']:.2f}×. "
     return (
-        f"per proxy: client / server Envoy. lattice vs envoy-pair added latency: {', '.join(ratios) or 'n/a'}. "
+        f"per proxy: client / server Envoy. lattice vs envoy-pair added latency: {', '.join(ratios) or 'n/a'}. {telemetry}"
         f"lattice agents (Python, beside each Envoy): {agents}. max rps: closed loop, 32 keep-alive connections, "
         f"{result['max_throughput_seconds']:g} s. {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, Envoy {m['envoy'].split('/')[1] if '/' in m['envoy'] else m['envoy']}; "
         f"generator on CPU {result['pinning']['generator'] or 'any'}, servers on {result['pinning']['servers'] or 'any'}; "

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -203,6 +204,20 @@ class Workload:
 
 
 _claimed: set[str] = set()
+
+
+def drained(server: Workload) -> None:
+    """Wait until the server's sidecar has closed connections accepted under its previous inbound
+    listener (Envoy drains them for 1 s): a client's pooled connection would still meet the old
+    filters (authorization, limits, access logs)."""
+    stats = "^listener_manager\\.total_(listeners_warming|listeners_draining|filter_chains_draining)$"
+    url = f"http://{server.address}:{server.info['agent_port']}/stats?filter={urllib.parse.quote(stats)}"
+
+    def idle():
+        lines = [line for line in http("GET", url)[2].decode().splitlines() if ":" in line]
+        return len(lines) == 3 and all(int(line.rsplit(":", 1)[1]) == 0 for line in lines)
+
+    wait_for(idle, 5, what="the server's sidecar to finish draining its old inbound listener")
 
 
 def served_by(workload: Workload, url: str, n: int, headers: dict | None = None) -> dict[str, int]:

@@ -8,6 +8,11 @@ Parts:
                 so a restarted Envoy gets config even while the control plane is down.
 - `control`   — registration, heartbeats and deregistration with the control plane.
 - `http`      — the agent's own port: readiness, config dump, stats.
+- `access_log` — Envoy's access log stream (gRPC): one `Request` per request or TCP event, both ends named.
+- `metrics`   — Istio's standard metrics counted from that stream, as Prometheus text.
+- `live`      — the last five minutes per second (`lattice stat/top/edges`) and the tap fan-out.
+- `observer`  — ties stream, metrics, window and tap together; reads the workload's metric rules.
+- `traces`    — OTLP spans from Envoy, queued (bounded, never waiting) and forwarded to the control plane.
 - `sidecar`   — `Sidecar`: the lifecycle that ties these together and runs the app.
 
 Rules: the app starts only after Envoy holds its config; when the app exits, the sidecar stops

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from lattice.translate import SDS_CLUSTER
+from lattice.translate.names import TELEMETRY_CLUSTER
 
 
-def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xds_socket: Path, sds_socket: Path) -> dict:
+def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xds_socket: Path, sds_socket: Path, telemetry_socket: Path) -> dict:
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
@@ -24,8 +25,9 @@ def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xd
             "cds_config": ads,
             "lds_config": ads,
         },
-        # Config (xDS) and certificates (SDS) both come from the agent over unix sockets.
-        "static_resources": {"clusters": [_grpc_cluster("xds-agent", xds_socket), _grpc_cluster(SDS_CLUSTER, sds_socket)]},
+        # Config (xDS) and certificates (SDS) both come from the agent over unix sockets; access
+        # logs (the agent's metrics, tap) and spans go back to it over a third.
+        "static_resources": {"clusters": [_grpc_cluster("xds-agent", xds_socket), _grpc_cluster(SDS_CLUSTER, sds_socket), _grpc_cluster(TELEMETRY_CLUSTER, telemetry_socket)]},
         # A #fragment never belongs on the wire (RFC 9110 4.2.1): Envoy strips it before path
         # normalization, so routes, authorization and the app see one path, as Istio does,
         # instead of answering 400 to clients that send one.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import os
 import shutil
 import signal
 import time
@@ -49,8 +50,9 @@ def die_with_parent() -> None:
 
 
 class EnvoyProcess:
-    def __init__(self, bootstrap: Path, admin_socket: Path, log_path: Path, log_level: str = "warning") -> None:
+    def __init__(self, bootstrap: Path, admin_socket: Path, log_path: Path, log_level: str = "warning", env: dict[str, str] | None = None) -> None:
         self.bootstrap = bootstrap
+        self.env = env or {}  # added to Envoy's environment (route tables read it: translate/telemetry.py)
         self.admin_socket = admin_socket
         self.log_path = log_path
         self.log_level = log_level
@@ -77,7 +79,8 @@ class EnvoyProcess:
             self.process = await asyncio.create_subprocess_exec(
                 envoy_binary(), "-c", str(self.bootstrap), "--disable-hot-restart", "--log-level", self.log_level,
                 "--drain-time-s", "1", "--parent-shutdown-time-s", "2",
-                stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink, preexec_fn=die_with_parent,
+                # Envoy logs to stderr (the log file); its stdout is the agent's, for access logs to /dev/stdout.
+                stdin=asyncio.subprocess.DEVNULL, stderr=sink, preexec_fn=die_with_parent, env=os.environ | self.env,
             )
         return await self.process.wait()
 

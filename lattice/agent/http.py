@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Callable
 
 from aiohttp import web
 
 from lattice.agent.envoy import EnvoyProcess
+from lattice.agent.live import KEEP_SECONDS
+from lattice.agent.observer import Observer
 
 _CONFIG_DUMP_PARAMS = ("resource", "mask", "name_regex", "include_eds")
 
 
-def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool]) -> web.Application:
+def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Observer) -> web.Application:
     async def ready(request: web.Request) -> web.Response:
         live, healthy = await envoy.live(), app_healthy()
         body = {"envoy": "LIVE" if live else "NOT READY", "app": "healthy" if healthy else "unhealthy"}
@@ -26,13 +30,44 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool]) -> web.Appli
         return await _relay(envoy, "/stats", {k: v for k, v in request.query.items() if k in ("format", "filter", "usedonly")})
 
     async def prometheus(request: web.Request) -> web.Response:
-        return await _relay(envoy, "/stats/prometheus", {})
+        """One scrape target per workload: Envoy's own statistics, then Istio's metrics."""
+        status, body = await envoy.admin("/stats/prometheus", {})
+        envoy_text = body.decode(errors="replace") if status == 200 else ""
+        return web.Response(text=envoy_text + observer.render(), content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+
+    async def window(request: web.Request) -> web.Response:
+        try:
+            seconds = min(float(request.query.get("seconds", "60")), KEEP_SECONDS)
+        except ValueError:
+            return web.json_response({"error": "seconds must be a number"}, status=400)
+        return web.json_response(observer.window.summary(seconds))
+
+    async def tap(request: web.Request) -> web.StreamResponse:
+        """Requests as they arrive, one JSON object per line, until the client goes away."""
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        queue = observer.tap.watch()
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), 5.0)
+                except TimeoutError:
+                    await response.write(b"\n")  # keep-alive: notices a client that went away
+                    continue
+                await response.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            observer.tap.unwatch(queue)
+        return response
 
     app = web.Application()
     app.router.add_get("/healthz/ready", ready)
     app.router.add_get("/config_dump", config_dump)
     app.router.add_get("/stats", stats)
     app.router.add_get("/stats/prometheus", prometheus)
+    app.router.add_get("/lattice/v1/window", window)
+    app.router.add_get("/lattice/v1/tap", tap)
     return app
 
 

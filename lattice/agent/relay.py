@@ -64,6 +64,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._session: _EnvoySession | None = None
         self._upstream_queue: asyncio.Queue[Request] | None = None
         self._nonces = itertools.count(1)
+        self.on_accept: Callable[[str, Response], None] = lambda type_url, response: None  # Envoy ACKed this response
 
     # --- Envoy side -------------------------------------------------------------------------
 
@@ -100,6 +101,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             return  # stale nonce from an earlier session
         if not request.HasField("error_detail"):
             self.good[type_url] = answered
+            self.on_accept(type_url, answered)
             if CLUSTER in self.good and LISTENER in self.good:
                 self.has_config.set()
         else:

@@ -18,20 +18,26 @@ import aiohttp
 import grpc
 from aiohttp import web
 from envoy.config.core.v3 import base_pb2
+from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import struct_pb2
 
+from lattice.agent.access_log import Peer
 from lattice.agent.address import AddressLease, app_port, free_port, lease_loopback, port_free
 from lattice.agent.bootstrap import bootstrap, write_bootstrap
 from lattice.agent.control import RegistryClient
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
 from lattice.agent.http import agent_app
 from lattice.agent.identity import Identity
+from lattice.agent.observer import Observer
 from lattice.agent.relay import XdsRelay
 from lattice.agent.sds import SecretServer
+from lattice.agent.traces import TraceRelay
+from lattice.agent.traces import add_to_server as add_trace_service
 from lattice.api.registration import Registration, Upstream
 from lattice.identity import CONTROL_PLANE_NAME
+from lattice.translate.telemetry import PEER_ENV, peer_value
 
 log = logging.getLogger("lattice.agent")
 OUTBOUND_PORT = 15001
@@ -92,8 +98,8 @@ class Sidecar:
         node.metadata.CopyFrom(_struct({"NAMESPACE": reg.namespace, "WORKLOAD_NAME": reg.name, "LABELS": reg.labels}))
         self.sds = SecretServer()
         self.identity = Identity(self.o.server, reg.id, reg.namespace, reg.service_account, self.o.token, self.run_dir, self._publish_secrets)
-        self.envoy = EnvoyProcess(self.run_dir / "envoy.json", self.run_dir / "admin.sock", self.run_dir / "envoy.log", self.o.envoy_log_level)
-        write_bootstrap(self.envoy.bootstrap, bootstrap(reg.id, node.cluster, {"NAMESPACE": reg.namespace}, self.envoy.admin_socket, self.run_dir / "xds.sock", self.run_dir / "sds.sock"))
+        self.envoy = EnvoyProcess(self.run_dir / "envoy.json", self.run_dir / "admin.sock", self.run_dir / "envoy.log", self.o.envoy_log_level, {PEER_ENV: peer_value(reg.name, reg.namespace, reg.labels)})
+        write_bootstrap(self.envoy.bootstrap, bootstrap(reg.id, node.cluster, {"NAMESPACE": reg.namespace}, self.envoy.admin_socket, self.run_dir / "xds.sock", self.run_dir / "sds.sock", self.run_dir / "telemetry.sock"))
         main = asyncio.current_task()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
@@ -102,6 +108,8 @@ class Sidecar:
             try:
                 await self._obtain_identity()
                 self.relay = XdsRelay(node, self._xds_address(), self._xds_credentials, CONTROL_PLANE_NAME)
+                self.observer = Observer(self._me(), f"{reg.service}.{reg.namespace}.svc.cluster.local")
+                self.relay.on_accept = self.observer.on_accept
                 await self._serve()
             except asyncio.CancelledError:
                 log.info("stopping %s", reg.id)
@@ -120,6 +128,10 @@ class Sidecar:
                 log.info("control plane %s unreachable (%s); retrying in %.1fs", self.o.server, e, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _me(self) -> Peer:
+        reg = self.registration
+        return Peer(reg.name, reg.namespace, reg.labels.get("app", reg.service), reg.labels.get("version", "unknown") or "unknown", self.identity.spiffe)
 
     def _publish_secrets(self) -> None:
         self.sds.update(self.identity.chain, self.identity.key, self.identity.bundle)
@@ -140,14 +152,19 @@ class Sidecar:
         local = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.relay, local)
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self.sds, local)
+        als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.observer.receiver, local)
+        self.traces = TraceRelay(self.o.server, self.identity)  # Envoy's spans, on to the control plane
+        self.observer.span_counts = self.traces.counts
+        add_trace_service(self.traces, local)
         local.add_insecure_port(f"unix:{self.run_dir / 'xds.sock'}")
         local.add_insecure_port(f"unix:{self.run_dir / 'sds.sock'}")
+        local.add_insecure_port(f"unix:{self.run_dir / 'telemetry.sock'}")
         await local.start()
-        for socket_name in ("xds.sock", "sds.sock"):  # our Envoy only (the directory is 0700 too)
+        for socket_name in ("xds.sock", "sds.sock", "telemetry.sock"):  # our Envoy only (the directory is 0700 too)
             os.chmod(self.run_dir / socket_name, 0o600)
         self._servers.append(local)
         await self.registry.register()
-        self._runner = web.AppRunner(agent_app(self.envoy, lambda: self.app_healthy), access_log=None)
+        self._runner = web.AppRunner(agent_app(self.envoy, lambda: self.app_healthy, self.observer), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.registration.address, self.registration.agent_port).start()
         async with asyncio.TaskGroup() as tasks:
@@ -157,6 +174,7 @@ class Sidecar:
                 tasks.create_task(self.registry.heartbeats(self.o.heartbeat_interval), name="heartbeats"),
                 tasks.create_task(self.identity.renew_forever(self.registry.session), name="renewal"),
                 tasks.create_task(self._probe_forever(), name="app-probe"),
+                tasks.create_task(self.traces.forward(self.registry.session), name="trace-relay"),
             ]
             await self._wait_ready()
             self._announce()

@@ -7,7 +7,10 @@ Parts:
 - `security`   — Istio's `security.istio.io` schemas (PeerAuthentication).
 - `request_authn` — Istio's RequestAuthentication (JWT rules; JWKS and URL checks).
 - `authorization` — Istio's AuthorizationPolicy (rules, conditions, dry-run annotation).
-- `mesh_config` — the MeshConfig file's extensionProviders (`lattice server --mesh-config`).
+- `telemetry`  — Istio's `telemetry.istio.io` Telemetry (metrics, access logs, tracing per workload).
+- `telemetry_expr` — the expressions a Telemetry tag override may use: parsed at apply, evaluated by the agent.
+- `otlp`       — OTLP trace messages (what Envoy exports and the control plane keeps), declared field for field.
+- `mesh_config` — the MeshConfig file (`lattice server --mesh-config`): extensionProviders and telemetry defaults.
 - `gateway_api` — Kubernetes Gateway API HTTPRoute and GRPCRoute, attached to Services (GAMMA).
 - `ratelimit`  — Lattice's `lattice.dev/v1` RateLimitPolicy (local token buckets).
 - `kinds`      — the table of known kinds: group, accepted versions, plural and short names.

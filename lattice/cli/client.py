@@ -101,6 +101,20 @@ class Client:
     def get(self, path: str, **query) -> dict:
         return self.request("GET", path, query={k: v for k, v in query.items() if v is not None} or None)
 
+    def stream(self, endpoint: str, query: dict):
+        """The JSON objects of a streaming (one per line) answer, as they arrive; no read timeout."""
+        url = f"{self.base}{endpoint}?{urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})}"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"} if self.token else {})
+        try:
+            with urllib.request.urlopen(req, timeout=None) as response:
+                for line in response:
+                    if line.strip():
+                        yield json.loads(line)
+        except urllib.error.HTTPError as e:
+            raise ApiError(_json(e.read()).get("error") or f"HTTP {e.code}", e.code) from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ApiError(f"cannot reach the control plane at {self.base}: {getattr(e, 'reason', e)}; is `lattice server` running?") from None
+
 
 def _json(raw: bytes) -> dict:
     try:

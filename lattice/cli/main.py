@@ -19,7 +19,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from lattice.api import ValidationError, parse_documents  # noqa: E402
 from lattice.api.durations import parse_duration  # noqa: E402
-from lattice.cli import authz, proxy_config, security  # noqa: E402
+from lattice.cli import authz, observe, observe_trace, proxy_config, security  # noqa: E402
 from lattice.cli.client import ApiError, Client, ServerOpt, agent_url, call, server_url  # noqa: E402
 from lattice.cli.client import connect as client  # noqa: E402
 from lattice.cli.output import Format, OutputOpt, emit, errors, fail  # noqa: E402
@@ -37,6 +37,8 @@ app.add_typer(proxy_config.app, name="proxy-config")
 app.add_typer(security.token_app, name="token")
 app.add_typer(security.ca_app, name="ca")
 app.add_typer(authz.app, name="authz")
+observe.register(app)
+observe_trace.register(app)
 
 AgentServerOpt = typer.Option(None, "--server", envvar="LATTICE_AGENT_SERVER", help="Control plane agent API, https://HOST:15012 (default: from $LATTICE_HOME/server.json).")
 TokenOpt = typer.Option(None, "--token", envvar="LATTICE_TOKEN", help="Join token from `lattice token create`: the identity this workload may take.", show_default=False)
@@ -67,7 +69,7 @@ def server(
     debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
     heartbeat_timeout: float = typer.Option(15.0, help="Seconds without a heartbeat before a workload is dropped."),
     jwks_refresh: str = typer.Option("20m", help="How often to fetch the keys of RequestAuthentication jwksUris again, e.g. 20m, 30s."),
-    mesh_config: Optional[Path] = typer.Option(None, "--mesh-config", help="Istio MeshConfig YAML; its extensionProviders are the external authorizers CUSTOM AuthorizationPolicies name."),
+    mesh_config: Optional[Path] = typer.Option(None, "--mesh-config", help="Istio MeshConfig YAML: extensionProviders (external authorizers for CUSTOM AuthorizationPolicies; trace, access log and metrics providers for Telemetry) and telemetry defaults (accessLogFile, enableTracing, defaultProviders, defaultConfig.tracing.sampling)."),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
     """Run the control plane: config store, registry, CA, xDS server and REST API.
@@ -75,7 +77,7 @@ def server(
     On first start it creates a root CA under <home>/ca (or uses --ca-cert/--ca-key) and the admin
     credential <home>/admin-token that the CLI reads.
     """
-    from lattice.server.config import ServerConfig, load_extension_providers
+    from lattice.server.config import ServerConfig, load_mesh_config
     from lattice.server.main import run_server
 
     _logging(log_level)
@@ -87,14 +89,14 @@ def server(
     _one_of("--outbound-traffic-policy", outbound_traffic_policy, ("ALLOW_ANY", "REGISTRY_ONLY"))
     _one_of("--h2-upgrade-policy", h2_upgrade_policy, ("DO_NOT_UPGRADE", "UPGRADE"))
     try:
-        providers = load_extension_providers(mesh_config) if mesh_config else ()
+        providers, telemetry = load_mesh_config(mesh_config) if mesh_config else ((), None)
     except (OSError, ValidationError) as e:
         fail(f"--mesh-config {mesh_config}: {e}")
     config = ServerConfig(
         home=home, db=db or home / "lattice.db", api_host=api_host, api_port=api_port, xds_host=xds_host, xds_port=xds_port, agent_host=agent_host, agent_port=agent_port,
         debounce=debounce, heartbeat_timeout=heartbeat_timeout, trust_domain=trust_domain, root_namespace=root_namespace, cert_ttl=ttl, ca_cert=ca_cert, ca_key=ca_key,
         outbound_traffic_policy=outbound_traffic_policy, h2_upgrade_policy=h2_upgrade_policy, jwks_refresh=jwks_every,
-        extension_providers=providers,
+        extension_providers=providers, mesh_telemetry=telemetry,
     )
     try:
         asyncio.run(run_server(config))

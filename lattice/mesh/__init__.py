@@ -7,7 +7,12 @@ Parts:
 - `request_authn` — which RequestAuthentications a workload enforces (all that match), JWKS problems.
 - `authz`    — which AuthorizationPolicies a workload enforces (all that select it; root selectors mesh-wide).
 - `gateway_api` — HTTPRoutes and GRPCRoutes as ordered VirtualService tables, and their precedence.
+- `telemetry` — what telemetry a workload reports (Telemetry resources over MeshConfig defaults);
+  latency histogram buckets shared by sidecars and the control plane.
+- `telemetry_expr` — the tag-override expressions (Istio's CEL subset) a metric label may take.
 - `service_entry` — ServiceEntries and the WorkloadEntries they select, as services and endpoints.
+- `reads`    — what a computation read of a snapshot and a proxy (`TracedSnapshot`), and which of
+               those reads a new snapshot changed (`SnapshotReads`).
 
 Rules: nothing here does IO or reads a clock; a snapshot never changes after it is built, so the
 translator can cache on it and every proxy sees the same world.

@@ -2,9 +2,13 @@
 
 Parts:
 - `config`  — `ServerConfig`: where state lives, which ports, timings; `server.json` discovery file.
-- `pusher`  — config or registry change -> (debounce) -> mesh snapshot -> translate -> cache.
+- `pusher`  — config or registry change -> (debounce) -> mesh snapshot -> translate (only what the
+              change touched) -> cache, proxy by proxy, yielding to the loop as it goes.
 - `jwks`    — RequestAuthentication jwksUri keys: fetched, refreshed, handed to each snapshot.
 - `rest`    — the REST API (aiohttp): apply/get/delete, registry, status, proxy config dumps.
+- `metrics` — the control plane's own Prometheus metrics (`/metrics`): pushes, convergence, CSRs, API.
+- `observe` — `lattice stat/top/edges/tap`: every agent's live window, asked at once and merged.
+- `traces`  — the embedded trace collector: spans agents post, kept in memory, bounded, for `lattice trace`.
 - `main`    — `run_server`: gRPC ADS + REST on one asyncio loop, started in order, stopped in reverse.
 
 Rules: one TaskGroup; every task named; a signal stops everything and removes `server.json`.

@@ -23,6 +23,8 @@ from lattice.identity import CsrRefused, SpiffeId, TokenError, TokenRecord, pars
 from lattice.identity import check_token as token_check
 from lattice.registry import Registry
 from lattice.server.ca import CaManager
+from lattice.server.metrics import ControlPlaneMetrics
+from lattice.server.traces import TraceStore, receive
 from lattice.store import Store
 
 log = logging.getLogger("lattice.agent-api")
@@ -30,8 +32,10 @@ MAX_BODY = 64 << 10
 
 
 class AgentApi:
-    def __init__(self, ca: CaManager, store: Store, registry: Registry, xds_address: str = "") -> None:
+    def __init__(self, ca: CaManager, store: Store, registry: Registry, xds_address: str = "", metrics: ControlPlaneMetrics | None = None, traces: TraceStore | None = None) -> None:
         self.ca, self.store, self.registry = ca, store, registry
+        self.traces = traces if traces is not None else TraceStore()  # the embedded trace collector
+        self.metrics = metrics or ControlPlaneMetrics()
         self.xds_address = xds_address  # set once the gRPC port is bound
         self._context: ssl.SSLContext | None = None
         self._context_key: tuple | None = None
@@ -44,6 +48,7 @@ class AgentApi:
         r.add_put("/agent/v1/workloads/{id}", self.register)
         r.add_post("/agent/v1/workloads/{id}/heartbeat", self.heartbeat)
         r.add_delete("/agent/v1/workloads/{id}", self.deregister)
+        r.add_post("/agent/v1/traces", self.traces_in)
         return app
 
     # --- TLS: the server certificate and the client roots follow renewals and root rotation ---
@@ -83,15 +88,15 @@ class AgentApi:
     async def certificate(self, request: web.Request) -> web.Response:
         body = await request.json()
         csr, proxy_id = str(body.get("csr", "")), str(body.get("proxy_id", ""))
-        identity = _peer(request, self.ca.trust_domain) or self._redeem(request)
-        if not proxy_id.endswith(f".{identity.namespace}"):
-            raise _refuse(403, f"proxy id {proxy_id!r} must end with .{identity.namespace}, the namespace of {identity}")
-        self._check_owner(proxy_id, identity)
+        self.metrics.csrs.inc()
+        identity = self._csr_identity(request, proxy_id)
         try:
             issued = self.ca.sign(csr.encode(), identity, proxy_id)
-        except CsrRefused as e:  # counted by the CA manager
+        except CsrRefused as e:  # counted by the CA manager too, by reason
+            self.metrics.csr_refused(e.reason)
             log.warning("refused a CSR for %s (%s): %s", identity, e.reason, e)
             raise _refuse(403, str(e), reason=e.reason) from None
+        self.metrics.issued.inc()
         log.info("issued %s to %s (serial %x, until %s)", identity, proxy_id, issued.serial, issued.not_after.isoformat(timespec="seconds"))
         return web.json_response(
             {
@@ -99,6 +104,19 @@ class AgentApi:
                 "identity": str(identity), "root": issued.root_fingerprint, "xds": self.xds_address,
             }
         )
+
+    def _csr_identity(self, request: web.Request, proxy_id: str) -> SpiffeId:
+        """The identity a CSR is for: the caller's certificate's or join token's, if it may have
+        one for `proxy_id`."""
+        try:
+            identity = _peer(request, self.ca.trust_domain) or self._redeem(request)
+            if not proxy_id.endswith(f".{identity.namespace}"):
+                raise _refuse(403, f"proxy id {proxy_id!r} must end with .{identity.namespace}, the namespace of {identity}")
+            self._check_owner(proxy_id, identity)
+        except web.HTTPException:
+            self.metrics.authentication_failures.inc()
+            raise
+        return identity
 
     def _redeem(self, request: web.Request) -> SpiffeId:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -135,6 +153,10 @@ class AgentApi:
         workload_id = self._owned(request)
         self.ca.forget(workload_id)
         return web.json_response({"deregistered": self.registry.deregister(workload_id)})
+
+    async def traces_in(self, request: web.Request) -> web.Response:
+        """Spans from a workload's Envoy, forwarded by its agent (server/traces.py)."""
+        return await receive(request, self.traces, str(self._require_peer(request)))
 
     def _require_peer(self, request: web.Request) -> SpiffeId:
         identity = _peer(request, self.ca.trust_domain)

@@ -18,8 +18,10 @@ from lattice.server.agent_api import AgentApi
 from lattice.server.ca import CaManager
 from lattice.server.config import ServerConfig, admin_token, write_discovery
 from lattice.server.jwks import JwksCache
+from lattice.server.metrics import ControlPlaneMetrics
 from lattice.server.pusher import Pusher
 from lattice.server.rest import RestApi
+from lattice.server.traces import TraceStore
 from lattice.store import Store
 from lattice.xds import SnapshotCache, StatusBoard
 from lattice.xds.server import AdsServer
@@ -37,13 +39,16 @@ class ControlPlane:
         self.store = Store(config.db)
         self.ca = CaManager(config.home, config.trust_domain, timedelta(seconds=config.cert_ttl), config.ca_cert, config.ca_key)
         self.cache = SnapshotCache()
-        self.board = StatusBoard()
+        self.metrics = ControlPlaneMetrics()  # served on the REST port's /metrics, without the admin token
+        self.board = StatusBoard(events=self.metrics)
         self.registry = Registry(self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request())
         self.jwks = JwksCache(self.store, on_change=lambda: self.pusher.request(), refresh=config.jwks_refresh)
-        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce, trust_domain=config.trust_domain, root_namespace=config.root_namespace, outbound_traffic_policy=config.outbound_traffic_policy, h2_upgrade_policy=config.h2_upgrade_policy, jwks=self.jwks, extension_providers=config.extension_providers)
+        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce, trust_domain=config.trust_domain, root_namespace=config.root_namespace, outbound_traffic_policy=config.outbound_traffic_policy, h2_upgrade_policy=config.h2_upgrade_policy, jwks=self.jwks, extension_providers=config.extension_providers, mesh_telemetry=config.mesh_telemetry, metrics=self.metrics)
         self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect, self._authorize)
-        self.rest = RestApi(self.store, self.registry, self.pusher, self.board, self.ads.connected_nodes, self.ca, admin_token(config.home))
-        self.agents = AgentApi(self.ca, self.store, self.registry)
+        self.traces = TraceStore()  # the embedded trace collector: agents post spans, the REST API serves them
+        self.rest = RestApi(self.store, self.registry, self.pusher, self.board, self.ads.connected_nodes, self.ca, admin_token(config.home), metrics=self.metrics, traces=self.traces)
+        self.agents = AgentApi(self.ca, self.store, self.registry, metrics=self.metrics, traces=self.traces)
+        self.metrics.read_state(self.ads, self.board, self.registry, self.pusher, self.ca)
 
     def _authorize(self, node_id: str, peer: list[str]) -> str | None:
         """Config goes only to a registered proxy, over a connection holding that proxy's identity."""

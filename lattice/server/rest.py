@@ -1,6 +1,7 @@
 """The admin REST API: one API for the CLI and (later) the dashboard.
 
-Every call but /api/v1/health needs the admin credential `lattice server` writes to
+Every call but /api/v1/health and /metrics (Prometheus' scrape: counts and timings, no secrets)
+needs the admin credential `lattice server` writes to
 `$LATTICE_HOME/admin-token` (0600), sent as `Authorization: Bearer <token>`. Agents never use this
 API: they have their own, authenticated by join tokens and workload certificates (agent_api.py).
 """
@@ -24,27 +25,35 @@ from lattice.mesh.model import SNAPSHOT_FIELDS
 from lattice.registry import Registry
 from lattice.server.authz_check import CheckError, Question, check
 from lattice.server.ca import CaManager, RotationError
+from lattice.server.observe import Observatory
+from lattice.server.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from lattice.server.pusher import Pusher
+from lattice.server.traces import TraceStore, list_response, trace_response
 from lattice.store import Store, StoredResource, StoreError
 from lattice.translate import TYPE_ORDER
 from lattice.xds import StatusBoard
 
 log = logging.getLogger("lattice.api")
 MAX_BODY = 8 << 20
+PUBLIC = frozenset({"/api/v1/health", "/metrics"})  # no admin credential needed
 
 
 class RestApi:
-    def __init__(self, store: Store, registry: Registry, pusher: Pusher, board: StatusBoard, connected, ca: CaManager, admin_token: str) -> None:
+    def __init__(self, store: Store, registry: Registry, pusher: Pusher, board: StatusBoard, connected, ca: CaManager, admin_token: str, metrics: ControlPlaneMetrics | None = None, traces: TraceStore | None = None) -> None:
         self.store, self.registry, self.pusher, self.board, self.ca = store, registry, pusher, board, ca
+        self.traces = traces if traces is not None else TraceStore()  # spans the agents forward (agent_api.py)
+        self.metrics = metrics or ControlPlaneMetrics()
         self._admin_token = admin_token
         self._connected = connected  # () -> list of node ids with an open ADS stream
         self.started = time.time()
         self.xds_address = ""  # set once the gRPC port is bound; agents learn it from /health
+        self.observatory = Observatory(registry)  # stat, top, edges, tap: asked of the agents live
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._authenticate, _errors])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._measure, self._authenticate, _errors])
         r = app.router
         r.add_get("/api/v1/health", self.health)
+        r.add_get("/metrics", self.prometheus)
         r.add_post("/api/v1/apply", self.apply)
         r.add_post("/api/v1/analyze", self.analyze)
         r.add_post("/api/v1/authz/check", self.authz_check)
@@ -60,11 +69,14 @@ class RestApi:
         r.add_get("/api/v1/ca", self.ca_info)
         r.add_post("/api/v1/ca/rotate-root", self.rotate_root)
         r.add_get("/api/v1/proxies/{id}/config_dump", self.config_dump)
+        r.add_get("/api/v1/traces", self.list_traces)
+        r.add_get("/api/v1/traces/{trace_id}", self.get_trace)
+        self.observatory.add_routes(app)
         return app
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler):
-        if request.path != "/api/v1/health":
+        if request.path not in PUBLIC:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._admin_token.encode()):
                 return web.json_response({"error": "missing or wrong admin credential: the CLI reads it from $LATTICE_HOME/admin-token, written by `lattice server`"}, status=401)
@@ -72,6 +84,23 @@ class RestApi:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    @web.middleware
+    async def _measure(self, request: web.Request, handler):
+        """Every request into `lattice_api_*`, by route pattern (not path: bounded cardinality)."""
+        started, code = time.perf_counter(), 500
+        try:
+            response = await handler(request)
+            code = response.status
+            return response
+        except web.HTTPException as e:
+            code = e.status
+            raise
+        finally:
+            self.metrics.api_request(request.method, _route(request), code, time.perf_counter() - started)
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE})
 
     async def create_token(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -195,6 +224,12 @@ class RestApi:
             }
         )
 
+    async def list_traces(self, request: web.Request) -> web.Response:
+        return list_response(self.traces, request.query)
+
+    async def get_trace(self, request: web.Request) -> web.Response:
+        return trace_response(self.traces, request.match_info["trace_id"])
+
     async def config_dump(self, request: web.Request) -> web.Response:
         workload = self._find(request.match_info["id"])
         url = f"http://{_host(workload.address)}:{workload.agent_port}/config_dump"
@@ -233,6 +268,11 @@ class RestApi:
         held = self.ca.held.get(w.id)
         certificate = {"identity": held.identity, "serial": held.serial, "expires": held.not_after, "root": held.root[:16], "bundle_version": held.bundle_version} if held else None
         return self._workload(w) | {"connected": w.id in self._connected(), "xds": status.protocol if status else "", "pushes": status.pushes if status else 0, "types": types, "certificate": certificate}
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 def _host(address: str) -> str:

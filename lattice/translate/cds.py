@@ -15,7 +15,7 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from lattice.api.destination_rule import HTTPSettings
 from lattice.mesh import MeshSnapshot, Service, Workload
-from lattice.translate import eds, ext_authz, names, policy, tls
+from lattice.translate import eds, ext_authz, names, policy, tls, tracing
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 CONNECT_TIMEOUT = 10.0
@@ -31,7 +31,7 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
     for service in snapshot.visible_services(proxy.namespace):
         # The same for every caller: built once per snapshot, shared by all proxies.
         out.extend(snapshot.memo(("clusters", service.hostname, service.port), lambda: _service_clusters(snapshot, service)))
-    return out + ext_authz.clusters(snapshot, proxy)  # a CUSTOM authorizer outside the mesh
+    return out + ext_authz.clusters(snapshot, proxy) + tracing.clusters(snapshot, proxy)  # a CUSTOM authorizer, a trace collector
 
 
 def _service_clusters(snapshot: MeshSnapshot, service: Service) -> list[cluster_pb2.Cluster]:

@@ -11,7 +11,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2 as ec
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from lattice.mesh import MeshSnapshot, Service, Workload
-from lattice.translate import names, policy
+from lattice.translate import names, policy, telemetry
 from lattice.translate.protos import socket_address
 from lattice.translate.tls import MESH_TLS_MODE, SOCKET_MATCH
 
@@ -57,6 +57,9 @@ def _lb_endpoint(snapshot: MeshSnapshot, w) -> ec.LbEndpoint:
     )
     if w.weight:
         endpoint.load_balancing_weight.value = w.weight
+    peer = telemetry.endpoint_metadata(snapshot, w)
+    if peer is not None:  # who answered, for the caller's metrics (translate/telemetry.py)
+        endpoint.metadata.filter_metadata[telemetry.ENDPOINT_METADATA].update({"peer": peer})
     # Auto mTLS: an endpoint that accepts mesh mTLS is marked for it.
     if snapshot.accepts_mesh_tls(w):
         endpoint.metadata.filter_metadata[SOCKET_MATCH].update(MESH_TLS_MODE)

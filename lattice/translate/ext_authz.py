@@ -15,11 +15,8 @@ only a gRPC provider can judge a connection (the network ext_authz filter); see 
 
 from __future__ import annotations
 
-import ipaddress
-
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, http_uri_pb2, protocol_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, http_uri_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2 as http_ext_authz
@@ -27,14 +24,13 @@ from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac
 from envoy.extensions.filters.network.ext_authz.v3 import ext_authz_pb2 as network_ext_authz
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
-from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 
 from lattice.api.mesh_config import ExtAuthzHttp, ExtAuthzProvider, ExtensionProvider
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.translate import names
 from lattice.translate.authz import CUSTOM_POLICY_PREFIX, HTTP_FILTER, NETWORK_FILTER, TCP_STAT_PREFIX, custom_provider
-from lattice.translate.protos import duration, pack, socket_address
+from lattice.translate.protos import duration, external_cluster, pack
 
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
@@ -145,24 +141,5 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
 
 
 def _external(name: str, provider: ExtensionProvider) -> cluster_pb2.Cluster:
-    authorizer = provider.authorizer
-    host = authorizer.host.lower()
-    endpoint = endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=socket_address(host, authorizer.port)))
-    cluster = cluster_pb2.Cluster(
-        name=name,
-        type=cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
-        connect_timeout=duration(CONNECT_TIMEOUT),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]),
-    )
-    if provider.envoy_ext_authz_grpc is not None:  # gRPC needs HTTP/2 to the authorizer
-        options = hpo.HttpProtocolOptions(explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
-        cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(pack(options))
-    return cluster
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+    authorizer = provider.authorizer  # gRPC authorizers need HTTP/2
+    return external_cluster(name, authorizer.host, authorizer.port, http2=provider.envoy_ext_authz_grpc is not None, connect_timeout=CONNECT_TIMEOUT)

@@ -35,7 +35,7 @@ from lattice.api.gateway import Server, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
 from lattice.mesh import MeshSnapshot, Workload, fqdn
-from lattice.translate import authz, cds, jwt, lds, names, rds, routes, tls
+from lattice.translate import authz, cds, jwt, lds, names, rds, routes, tls, tracing
 from lattice.translate.protos import ads, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -229,7 +229,7 @@ def _http_manager(snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str, rou
     by this port's table. At the edge, the client's address is the peer's (Istio's gateway default).
     RequestAuthentication and AuthorizationPolicy selecting the gateway run first, as in Istio."""
     manager = hcm.HttpConnectionManager()
-    lds.outbound(proxy).filter_chains[0].filters[0].typed_config.Unpack(manager)
+    lds.outbound(snapshot, proxy).filter_chains[0].filters[0].typed_config.Unpack(manager)
     kept = [f for f in manager.http_filters if f.name != _DFP]  # no passthrough to arbitrary hosts from outside
     del manager.http_filters[:]
     manager.http_filters.extend([*jwt.inbound_filters(snapshot, proxy), *authz.http_filters(snapshot, proxy), *kept])
@@ -238,6 +238,7 @@ def _http_manager(snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str, rou
     manager.strip_any_host_port = True
     manager.use_remote_address.value = True
     lds.distrust_client(manager)
+    tracing.configure(manager, snapshot, proxy, tracing.GATEWAY)  # a hop of its own: a span per upstream request too
     return manager
 
 

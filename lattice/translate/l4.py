@@ -29,7 +29,7 @@ from lattice.api import Resource
 from lattice.api.networking import L4MatchAttributes, RouteDestination, TCPRoute
 from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
 from lattice.mesh.model import Upstream
-from lattice.translate import names, routes
+from lattice.translate import names, routes, telemetry
 from lattice.translate.protos import pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -55,7 +55,17 @@ def upstream_listener(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstrea
         listener.filter_chains.extend(_sni_chains(snapshot, proxy, vs, service, upstream))
     default = _tcp_destinations(snapshot, proxy, vs, service, upstream) if service else [(names.outbound_cluster(upstream.port, None, host), 100)]
     listener.filter_chains.append(_chain(f"{listener.name}|tcp", default, listener.name))
+    for chain in listener.filter_chains:  # every connection reported, as the outbound side
+        _report(snapshot, proxy, chain)
     return listener
+
+
+def _report(snapshot: MeshSnapshot, proxy: Workload, chain: listener_components_pb2.FilterChain) -> None:
+    config = tcp_proxy_pb2.TcpProxy()
+    chain.filters[-1].typed_config.Unpack(config)
+    config.access_log.extend(telemetry.tcp_access_logs(snapshot, proxy, "outbound"))
+    telemetry.tcp_log_options(config, "outbound")
+    chain.filters[-1].typed_config.CopyFrom(pack(config))
 
 
 def _sni_chains(snapshot: MeshSnapshot, proxy: Workload, vs: Resource | None, service: Service, upstream: Upstream) -> list[listener_components_pb2.FilterChain]:

@@ -19,7 +19,7 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
 from lattice.mesh import protocol as protocols
 from lattice.mesh.model import Upstream
-from lattice.translate import authz, jwt, l4, names, ratelimit, rds, tls
+from lattice.translate import authz, jwt, l4, names, ratelimit, rds, telemetry, tls, tracing
 from lattice.translate.cds import dns_cache
 from lattice.translate.protos import ads, duration, pack, socket_address
 
@@ -37,18 +37,23 @@ REQUEST_HEADERS_TIMEOUT = 10
 
 
 def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.Listener]:
-    return [outbound(proxy), inbound(snapshot, proxy), *(_upstream(snapshot, proxy, u) for u in proxy.upstreams)]
+    return [outbound(snapshot, proxy), inbound(snapshot, proxy), *(_upstream(snapshot, proxy, u) for u in proxy.upstreams)]
 
 
-def outbound(proxy: Workload) -> listener_pb2.Listener:
-    manager = _outbound_manager("outbound_http")
+def outbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
+    manager = _outbound_manager(snapshot, proxy, "outbound_http")
     manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=names.OUTBOUND_ROUTE))
-    return _listener(names.OUTBOUND_LISTENER, proxy.address, proxy.outbound_port, _network_filter(HCM, manager))
+    listener = _listener(names.OUTBOUND_LISTENER, proxy.address, proxy.outbound_port, _network_filter(HCM, manager))
+    listener.metadata.CopyFrom(telemetry.rules_metadata(snapshot, proxy))
+    return listener
 
 
-def _outbound_manager(stat_prefix: str) -> hcm.HttpConnectionManager:
+def _outbound_manager(snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str) -> hcm.HttpConnectionManager:
     # CORS first (a preflight is answered before any fault or route), then faults, as Istio orders them.
-    return _manager(stat_prefix, [_filter(CORS, cors_pb2.Cors()), _filter(FAULT, fault_pb2.HTTPFault()), _filter("envoy.filters.http.dynamic_forward_proxy", dfp.FilterConfig(dns_cache_config=dns_cache()))])
+    manager = _manager(stat_prefix, [_filter(CORS, cors_pb2.Cors()), _filter(FAULT, fault_pb2.HTTPFault()), _filter("envoy.filters.http.dynamic_forward_proxy", dfp.FilterConfig(dns_cache_config=dns_cache()))])
+    manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "outbound"))
+    tracing.configure(manager, snapshot, proxy, tracing.OUTBOUND)
+    return manager
 
 
 def _upstream(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream) -> listener_pb2.Listener:
@@ -63,7 +68,7 @@ def _upstream(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream) -> li
 
 def _http_upstream(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream, service: Service) -> listener_pb2.Listener:
     name = l4.listener_name(proxy, upstream)
-    manager = _outbound_manager(name)
+    manager = _outbound_manager(snapshot, proxy, name)
     manager.route_config.CopyFrom(rds.upstream_route_configuration(snapshot, proxy, service, name))
     return _listener(name, proxy.address, upstream.local_port, _network_filter(HCM, manager))
 
@@ -75,24 +80,30 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     chains = []
     # Authentication first: the filters after it (authorization, limits) read who the caller is.
     # Authorization before limits: a request that is refused spends no one's tokens.
-    http_filters = [*jwt.inbound_filters(snapshot, proxy), *authz.http_filters(snapshot, proxy), *ratelimit.inbound_filters(snapshot, proxy)]
+    # The caller's workload (for metrics) leaves the headers before anything else reads them.
+    http_filters = [*telemetry.inbound_filters(), *jwt.inbound_filters(snapshot, proxy), *authz.http_filters(snapshot, proxy), *ratelimit.inbound_filters(snapshot, proxy)]
     tcp_filters = authz.network_filters(snapshot, proxy) if proxy.protocol in TCP_PROTOCOLS else []
     if mode in ("STRICT", "PERMISSIVE"):
-        chains.append(_inbound_chain(proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else "", http_filters, tcp_filters))
+        chains.append(_inbound_chain(snapshot, proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else "", http_filters, tcp_filters))
     if mode in ("PERMISSIVE", "DISABLE"):
-        chains.append(_inbound_chain(proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http_filters, tcp_filters))
+        chains.append(_inbound_chain(snapshot, proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http_filters, tcp_filters))
     listener = listener_pb2.Listener(name=name, address=socket_address(proxy.address, proxy.port), filter_chains=chains)
+    listener.metadata.CopyFrom(telemetry.rules_metadata(snapshot, proxy))
     if mode == "PERMISSIVE":  # one port, two kinds of client: look at the first bytes to choose
         listener.listener_filters.add(name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector()))
     return listener
 
 
-def _inbound_chain(proxy: Workload, socket: base_pb2.TransportSocket | None, transport: str, http_filters: list[hcm.HttpFilter], tcp_filters: list[listener_components_pb2.Filter] = ()) -> listener_components_pb2.FilterChain:
+def _inbound_chain(snapshot: MeshSnapshot, proxy: Workload, socket: base_pb2.TransportSocket | None, transport: str, http_filters: list[hcm.HttpFilter], tcp_filters: list[listener_components_pb2.Filter] = ()) -> listener_components_pb2.FilterChain:
     cluster = names.inbound_cluster(proxy.port)
     if proxy.protocol in TCP_PROTOCOLS:
-        network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy_pb2.TcpProxy(stat_prefix=f"inbound_{proxy.port}", cluster=cluster))
+        tcp_proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=f"inbound_{proxy.port}", cluster=cluster, access_log=telemetry.tcp_access_logs(snapshot, proxy, "inbound"))
+        telemetry.tcp_log_options(tcp_proxy, "inbound")
+        network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy)
     else:
         manager = _manager(f"inbound_{proxy.port}", http_filters)
+        manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "inbound"))
+        tracing.configure(manager, snapshot, proxy, tracing.INBOUND)
         # The caller's identity reaches the app in x-forwarded-client-cert, set from the verified
         # peer certificate only: whatever a client sent in that header is dropped.
         manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
@@ -171,4 +182,5 @@ def _listener(name: str, ip: str, port: int, network_filter: listener_components
         name=name,
         address=socket_address(ip, port),
         filter_chains=[listener_components_pb2.FilterChain(filters=[network_filter])],
+        traffic_direction=base_pb2.OUTBOUND,  # the app's requests out: Envoy's spans here are CLIENT spans
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 OUTBOUND_ROUTE = "http_proxy"
 OUTBOUND_LISTENER = "outbound_http"
 PASSTHROUGH = "PassthroughCluster"
+# The agent's telemetry socket (a static cluster of the bootstrap): access logs and spans go there.
+TELEMETRY_CLUSTER = "lattice-telemetry"
 
 
 def outbound_cluster(port: int, subset: str | None, hostname: str) -> str:

@@ -7,7 +7,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from lattice.mesh import MeshSnapshot, Service, Workload
-from lattice.translate import names, routes
+from lattice.translate import names, routes, telemetry
 
 
 def route_configurations(snapshot: MeshSnapshot, proxy: Workload) -> list[route_pb2.RouteConfiguration]:
@@ -47,7 +47,10 @@ def _build_virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Servic
     if service.port == 80 or (len(ports) == 1 and 80 not in ports):
         domains += aliases
     table = routes.for_virtual_service(snapshot, rule, service, proxy) if rule else [routes.default_route(service, snapshot)]
-    return rc.VirtualHost(name=f"{service.hostname}:{service.port}", domains=domains, routes=table)
+    host = rc.VirtualHost(name=f"{service.hostname}:{service.port}", domains=domains, routes=table)
+    if service.source == "registry":  # the destination's sidecar learns which workload called (never sent outside the mesh)
+        telemetry.add_peer_header(host.request_headers_to_add)
+    return host
 
 
 def _passthrough_host() -> rc.VirtualHost:

@@ -6,6 +6,10 @@ Behaviour per request (query parameters) or per process (environment):
 - `?delay=S` / BACKEND_DELAY=S        sleep S seconds before answering
 - every other 2nd request 503 when BACKEND_FAIL_EVERY_OTHER=1 (deterministic "fails half")
 - `GET /__count` → {"count": requests seen so far, excluding these}; `POST /__reset` zeroes it.
+- `?call=URL`                           GET URL first (through the sidecar, HTTP_PROXY), forwarding
+                                        the trace headers it got (W3C, B3, x-request-id) as an
+                                        instrumented app does; the answer is under "called", and a
+                                        failed call (no answer, or 5xx) makes this answer 502.
 
 Every answer carries `x-served-by: <service>-<version>` and `x-instance: <pid>`, and a JSON body
 with method, path, query, headers and the instance, so a test sees exactly what arrived.
@@ -20,6 +24,8 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,6 +33,8 @@ SERVICE = os.environ.get("BACKEND_SERVICE") or os.environ.get("LATTICE_SERVICE",
 VERSION = os.environ.get("SERVICE_VERSION", "v1")
 _lock = threading.Lock()
 _count = 0
+# What an app copies from the request it serves to the requests it makes, so the hops join one trace.
+TRACE_HEADERS = ("traceparent", "tracestate", "x-request-id", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -62,10 +70,30 @@ class Handler(BaseHTTPRequestHandler):
             status = 503
         if os.environ.get("BACKEND_FAIL_EVERY_OTHER") == "1" and seen % 2 == 0:
             status = 503
+        called = self._call(query["call"]) if "call" in query else None
+        if called is not None and not 0 < called["status"] < 500 and "status" not in query:
+            status = 502
         self._send(status, {
             "method": self.command, "path": url.path, "query": query, "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body.decode(errors="replace"), "served_by": f"{SERVICE}-{VERSION}", "instance": os.getpid(), "count": seen,
+            **({"called": called} if called is not None else {}),
         })
+
+    def _call(self, url: str) -> dict:
+        """GET the next hop with this request's trace headers; its status (0: no answer) and body."""
+        headers = {name: self.headers[name] for name in TRACE_HEADERS if self.headers.get(name)}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        except OSError as e:
+            return {"url": url, "status": 0, "error": str(e)}
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = raw.decode(errors="replace")
+        return {"url": url, "status": status, "body": answer}
 
     def _send(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -59,6 +60,10 @@ def test_demo_runs_bookinfo_through_the_mesh_and_leaves_nothing_running(tmp_path
     assert "mesh ready in" in output and "check passed" in output, output
     for row in ("productpage", "details", "ratings", "reviews"):
         assert row in output
+    # Who called whom, with the caller's identity, each hop mutual TLS (the callee's sidecar saw the certificate).
+    assert "who called whom" in output, output
+    assert re.search(r"productpage-v1\s+reviews-v\d\s+spiffe://cluster.local/ns/default/sa/productpage\s+yes", output), output
+    assert re.search(r"reviews-v[23]\s+ratings-v1\s+spiffe://cluster.local/ns/default/sa/reviews\s+yes", output), output
     assert not (home / "server.json").exists(), "the control plane left its discovery file behind"
     assert settled_leftovers(home) == []
 

@@ -11,13 +11,12 @@ import signal
 import struct
 import subprocess
 import sys
-import urllib.parse
 from http.client import HTTPException
 from pathlib import Path
 
 import pytest
 
-from harness import Enrolled, Workload, http, reset_config, running, stop, wait_for
+from harness import Enrolled, Workload, drained, http, reset_config, running, stop, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mtls")]
 SERVER, CLIENT = "ratings", "productpage"
@@ -128,17 +127,7 @@ def _meshed_xfcc(client: Workload, server: Workload, mtls: bool, path: str = "/"
 
 
 def _drained(server: Workload) -> None:
-    """Wait until the server's sidecar has closed the connections it accepted under its previous
-    inbound config: Envoy keeps them for its drain time (1 s), so a client's pooled connection
-    can carry the old mode until then."""
-    stats = "^listener_manager\\.total_(listeners_warming|listeners_draining|filter_chains_draining)$"
-    url = f"http://{server.address}:{server.info['agent_port']}/stats?filter={urllib.parse.quote(stats)}"
-
-    def idle():
-        lines = [line for line in http("GET", url)[2].decode().splitlines() if ":" in line]
-        return len(lines) == 3 and all(int(line.rsplit(":", 1)[1]) == 0 for line in lines)
-
-    wait_for(idle, 5, what="the server's sidecar to finish draining connections of its old inbound config")
+    drained(server)
 
 
 def _s_client(server: Workload, *args: str) -> str:

@@ -8,11 +8,10 @@ few dozen milliseconds no token comes back and the counts are exact.
 from __future__ import annotations
 
 import json
-import urllib.parse
 
 import pytest
 
-from harness import BACKEND, Workload, http, reset_config, running, wait_for
+from harness import BACKEND, Workload, drained, http, reset_config, running, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ratelimit")]
 SERVER = "ratings"
@@ -53,16 +52,7 @@ def _apply(plane, server: Workload, doc: str) -> None:
 
 
 def _drained(server: Workload) -> None:
-    """Wait until the server's sidecar has closed connections accepted under its previous inbound
-    listener (Envoy drains them for 1 s): a client's pooled connection could bypass new buckets."""
-    stats = "^listener_manager\\.total_(listeners_warming|listeners_draining|filter_chains_draining)$"
-    url = f"http://{server.address}:{server.info['agent_port']}/stats?filter={urllib.parse.quote(stats)}"
-
-    def idle():
-        lines = [line for line in http("GET", url)[2].decode().splitlines() if ":" in line]
-        return len(lines) == 3 and all(int(line.rsplit(":", 1)[1]) == 0 for line in lines)
-
-    wait_for(idle, 5, what="the server's sidecar to finish draining its old inbound listener")
+    drained(server)
 
 
 def _burst(client: Workload, n: int, path: str = "/", headers: dict | None = None) -> list[tuple[int, dict]]:

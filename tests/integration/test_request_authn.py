@@ -10,12 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from harness import BACKEND, ControlPlane, Workload, http, reset_config, running, wait_for
+from harness import BACKEND, ControlPlane, Workload, drained, http, reset_config, running, wait_for
 from jwt_tokens import SigningKey, claims, jwks
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("request_authn")]
@@ -95,16 +94,7 @@ def _apply(plane, server: Workload, *docs: str) -> None:
 
 
 def _drained(server: Workload) -> None:
-    """Wait until the server's sidecar has closed connections accepted under its previous inbound
-    listener (Envoy drains them for a while): a pooled connection could skip the new filters."""
-    stats = "^listener_manager\\.total_(listeners_warming|listeners_draining|filter_chains_draining)$"
-    url = f"http://{server.address}:{server.info['agent_port']}/stats?filter={urllib.parse.quote(stats)}"
-
-    def idle():
-        lines = [line for line in http("GET", url)[2].decode().splitlines() if ":" in line]
-        return len(lines) == 3 and all(int(line.rsplit(":", 1)[1]) == 0 for line in lines)
-
-    wait_for(idle, 5, what="the server's sidecar to finish draining its old inbound listener")
+    drained(server)
 
 
 def _call(client: Workload, token: str | None = None, path: str = "", headers: dict | None = None) -> tuple[int, dict, dict]:

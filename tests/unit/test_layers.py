@@ -16,7 +16,7 @@ ALLOWED = {
     "xds": {"translate"},
     "registry": {"api", "mesh", "store"},
     "server": {"api", "store", "registry", "mesh", "translate", "xds", "identity"},
-    "agent": {"api", "translate", "identity"},
+    "agent": {"api", "mesh", "translate", "identity"},
     "cli": {"api", "server", "agent", "mesh", "translate", "demo"},
     "demo": {"server", "agent", "cli"},
 }

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from lattice.agent.address import app_port
 from lattice.demo.apps import common
 
 REPO = Path(__file__).resolve().parents[3]
@@ -34,9 +35,9 @@ HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "te", "upgrade"}
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """Below the ephemeral range, as `lattice run` picks app ports: a port bind(0) found free can be
+    taken by some outgoing connection before the app binds it."""
+    return app_port()
 
 
 def app_env(**overrides: str) -> dict[str, str]:

@@ -81,8 +81,20 @@ CASES = {
 
 def _render(snapshot: MeshSnapshot) -> str:
     resources = translate(snapshot, WORKLOADS[0])
-    out = {t.rsplit(".", 1)[-1]: [json.loads(json_format.MessageToJson(m, preserving_proto_field_name=True)) for _, m in resources.by_type[t]] for t in TYPE_ORDER}
+    out = {t.rsplit(".", 1)[-1]: [_maps_sorted(json.loads(json_format.MessageToJson(m, preserving_proto_field_name=True))) for _, m in resources.by_type[t]] for t in TYPE_ORDER}
     return yaml.safe_dump(out, sort_keys=False, width=120)
+
+
+_MAPS = ("filter_metadata", "typed_filter_metadata")  # protobuf maps: no stable order to compare
+
+
+def _maps_sorted(value, key: str = ""):
+    if isinstance(value, dict):
+        items = sorted(value.items()) if key in _MAPS else value.items()
+        return {k: _maps_sorted(v, k) for k, v in items}
+    if isinstance(value, list):
+        return [_maps_sorted(v) for v in value]
+    return value
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -55,9 +55,10 @@ def test_no_request_authentication_no_filter():
 
 
 def test_jwt_filter_comes_first_on_every_inbound_chain():
+    """First after the caller's workload is moved out of the headers (metrics): nothing else reads that."""
     snap = snapshot(ra("jwt", {"issuer": "i", "jwks": JWKS}), policy("limits", labels={"app": "ratings"}))
     for manager in inbound_managers(snap):
-        assert [f.name for f in manager.http_filters] == [FILTER, RATE_LIMIT, "envoy.filters.http.router"]
+        assert [f.name for f in manager.http_filters] == ["envoy.filters.http.header_to_metadata", FILTER, RATE_LIMIT, "envoy.filters.http.router"]
 
 
 def test_one_rule_becomes_istios_provider_with_defaults():

@@ -1,0 +1,244 @@
+"""Live golden signals for the CLI (`lattice stat`, `top`, `edges`, `tap`), from the sidecars.
+
+Each sidecar's agent keeps the last minutes of its own traffic (agent/live.py). The control plane
+asks every registered agent at once for the same window and merges the answers: a workload's
+success rate and latency come from what its own sidecar served (reporter=destination), callers
+from the identities those requests presented. Nothing is stored here, so there is nothing to
+configure and nothing to lose; an agent that does not answer within `TIMEOUT` is left out and
+named in the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from lattice.mesh import Workload
+from lattice.mesh.telemetry import percentile
+
+TIMEOUT = 2.0
+
+
+async def windows(session: aiohttp.ClientSession, workloads: tuple[Workload, ...], seconds: float) -> tuple[list[tuple[Workload, dict]], list[str]]:
+    """Every agent's window summary; and the workloads whose agents did not answer."""
+    async def one(w: Workload):
+        url = f"http://{w.address}:{w.agent_port}/lattice/v1/window"
+        try:
+            async with session.get(url, params={"seconds": str(seconds)}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as response:
+                return w, await response.json() if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return w, None
+
+    answers = await asyncio.gather(*(one(w) for w in workloads))
+    return [(w, s) for w, s in answers if s is not None], [w.name for w, s in answers if s is None]
+
+
+def _matches(w: Workload, name: str | None, namespace: str | None) -> bool:
+    return (name is None or name in (w.name, w.service)) and (namespace is None or w.namespace == namespace)
+
+
+def _caller_matches(row: dict, caller: str | None) -> bool:
+    """`--from`: a workload name, or a service name (its workloads are `<service>-<version>`)."""
+    return caller is None or row["peer_workload"] == caller or row["peer_workload"].rsplit("-", 1)[0] == caller
+
+
+def stat(summaries: list[tuple[Workload, dict]], seconds: float, name: str | None = None, namespace: str | None = None, caller: str | None = None, by: str = "workload") -> list[dict]:
+    """Success rate, requests per second and latency percentiles of what each workload (or
+    service) served, optionally only of requests from `caller`."""
+    groups: dict[tuple[str, str], dict] = {}
+    for w, summary in summaries:
+        if w.kind == "gateway" or not _matches(w, name, namespace):
+            continue
+        key = (w.namespace, w.service if by == "service" else w.name)
+        group = groups.setdefault(key, {"requests": 0, "failures": 0, "latency": {}, "tcp_opened": 0, "tcp_bytes": 0, "workloads": 0, "callers": set()})
+        group["workloads"] += 1
+        for row in summary["peers"]:
+            if row["reporter"] != "destination" or not _caller_matches(row, caller):
+                continue
+            group["requests"] += row["requests"]
+            group["failures"] += row["failures"]
+            group["tcp_opened"] += row["tcp_opened"]
+            group["tcp_bytes"] += row["tcp_bytes"]
+            group["callers"].add(row["peer_workload"])
+            for index, count in row["latency"].items():
+                group["latency"][int(index)] = group["latency"].get(int(index), 0) + count
+    return [_stat_row(by, key, g, seconds) for key, g in sorted(groups.items())]
+
+
+def _stat_row(by: str, key: tuple[str, str], g: dict, seconds: float) -> dict:
+    n = g["requests"]
+    return {
+        "namespace": key[0], by: key[1], "workloads": g["workloads"],
+        "requests": n, "success_rate": round((n - g["failures"]) / n, 4) if n else None,
+        "rps": round(n / seconds, 2) if seconds else 0.0,
+        "latency_ms": {"p50": percentile(g["latency"], 0.5), "p95": percentile(g["latency"], 0.95), "p99": percentile(g["latency"], 0.99)},
+        "tcp_connections": g["tcp_opened"], "tcp_bytes": g["tcp_bytes"], "callers": sorted(g["callers"]),
+    }
+
+
+def top(summaries: list[tuple[Workload, dict]], name: str, namespace: str | None = None, limit: int = 20) -> list[dict]:
+    """The busiest (caller, method, path) through `name`'s sidecars, inbound and outbound."""
+    rows: dict[tuple, dict] = {}
+    for w, summary in summaries:
+        if not _matches(w, name, namespace):
+            continue
+        for p in summary["paths"]:
+            source, destination = (p["peer_workload"], w.name) if p["reporter"] == "destination" else (w.name, p["peer_workload"])
+            key = (source, destination, p["method"], p["path"])
+            row = rows.get(key)
+            if row is None:
+                rows[key] = {"source": source, "destination": destination, "service": p["service"], "method": p["method"], "path": p["path"],
+                             "requests": p["requests"], "failures": p["failures"], "best_ms": p["best_ms"], "worst_ms": p["worst_ms"], "last_ms": p["last_ms"],
+                             "direction": "inbound" if p["reporter"] == "destination" else "outbound"}
+                continue
+            row["requests"] += p["requests"]
+            row["failures"] += p["failures"]
+            row["best_ms"], row["worst_ms"], row["last_ms"] = min(row["best_ms"], p["best_ms"]), max(row["worst_ms"], p["worst_ms"]), p["last_ms"]
+    ordered = sorted(rows.values(), key=lambda r: (-r["requests"], r["path"]))[:limit]
+    for row in ordered:
+        row["success_rate"] = round((row["requests"] - row["failures"]) / row["requests"], 4) if row["requests"] else None
+    return ordered
+
+
+def edges(summaries: list[tuple[Workload, dict]], namespace: str | None = None) -> list[dict]:
+    """Who called whom in the window, with both identities and whether the hop was mutual TLS.
+    The callee's sidecar knows best (it saw the certificate); a callee without a sidecar is
+    known only from the caller's side, and then the hop's security is "unknown"."""
+    found: dict[tuple[str, str], dict] = {}
+    for w, summary in summaries:
+        for row in summary["peers"]:
+            if row["reporter"] != "destination":
+                continue
+            key = (row["peer_workload"], w.name)
+            edge = found.setdefault(key, {"source": row["peer_workload"], "source_namespace": row["peer_namespace"], "source_principal": row["peer_principal"],
+                                          "destination": w.name, "destination_namespace": w.namespace, "destination_principal": "", "secured": True, "requests": 0, "tcp_connections": 0})
+            edge["secured"] = edge["secured"] and row["mtls"]
+            edge["requests"] += row["requests"]
+            edge["tcp_connections"] += row["tcp_opened"]
+    principals = {w.name: w for w, _ in summaries}
+    for w, summary in summaries:
+        for row in summary["peers"]:
+            key = (w.name, row["peer_workload"])
+            if row["reporter"] != "source" or key in found or row["peer_workload"] in principals:
+                continue  # the callee's own report (above) is the one to believe
+            found[key] = {"source": w.name, "source_namespace": w.namespace, "source_principal": "", "destination": row["peer_workload"] if row["peer_workload"] != "unknown" else row["service"],
+                          "destination_namespace": row["peer_namespace"], "destination_principal": row["peer_principal"], "secured": None,
+                          "requests": row["requests"], "tcp_connections": row["tcp_opened"]}
+    by_name = {w.name: w for w, _ in summaries}
+    out = []
+    for edge in found.values():
+        if edge["destination"] in by_name and not edge["destination_principal"]:
+            edge["destination_principal"] = _principal(by_name[edge["destination"]], summaries)
+        if edge["source"] in by_name and not edge["source_principal"]:
+            edge["source_principal"] = _principal(by_name[edge["source"]], summaries)
+        if namespace is None or namespace in (edge["source_namespace"], edge["destination_namespace"]):
+            out.append(edge)
+    return sorted(out, key=lambda e: (e["source"], e["destination"]))
+
+
+def _principal(w: Workload, summaries) -> str:
+    for other, summary in summaries:  # how a callee of `w` saw it, or how `w`'s callers named it
+        for row in summary["peers"]:
+            if row["peer_workload"] == w.name and row["peer_principal"] != "unknown":
+                return row["peer_principal"]
+    return ""
+
+
+async def tap(session: aiohttp.ClientSession, targets: list[Workload], path: str | None, method: str | None) -> AsyncIterator[dict]:
+    """Requests through the targets' sidecars as they happen; each appears once (the target's
+    own report: inbound for what it serves, outbound for what it calls)."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
+
+    async def follow(w: Workload) -> None:
+        url = f"http://{w.address}:{w.agent_port}/lattice/v1/tap"
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=TIMEOUT)) as response:
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if (path is None or event["path"].startswith(path)) and (method is None or event["method"] == method.upper()) and not queue.full():
+                    queue.put_nowait(event | {"proxy": w.name})
+
+    async with asyncio.TaskGroup() as group:
+        for w in targets:
+            group.create_task(follow(w), name=f"tap-{w.id}")
+        while True:
+            yield await queue.get()
+
+
+class Observatory:
+    """The REST side: `/api/v1/stat`, `/top`, `/edges` (JSON) and `/tap` (one JSON object per line)."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+        self._session: aiohttp.ClientSession | None = None
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/v1/stat", self.stat)
+        app.router.add_get("/api/v1/top", self.top)
+        app.router.add_get("/api/v1/edges", self.edges)
+        app.router.add_get("/api/v1/tap", self.tap)
+        app.on_cleanup.append(self._close)
+
+    async def _close(self, app) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def _summaries(self, request: web.Request) -> tuple[float, list, list[str]]:
+        seconds = _window(request.query.get("window", "60"))
+        summaries, silent = await windows(self.session, self.registry.workloads(), seconds)
+        return seconds, summaries, silent
+
+    async def stat(self, request: web.Request) -> web.Response:
+        q = request.query
+        by = q.get("by", "workload")
+        if by not in ("workload", "service"):
+            raise web.HTTPBadRequest(text=json.dumps({"error": f"by must be workload or service, not {by!r}"}), content_type="application/json")
+        seconds, summaries, silent = await self._summaries(request)
+        rows = stat(summaries, seconds, q.get("name") or None, q.get("namespace") or None, q.get("from") or None, by)
+        return web.json_response({"window_seconds": seconds, "items": rows, "unreachable": silent})
+
+    async def top(self, request: web.Request) -> web.Response:
+        q = request.query
+        seconds, summaries, silent = await self._summaries(request)
+        rows = top(summaries, q.get("name", ""), q.get("namespace") or None, int(q.get("limit", "20")))
+        return web.json_response({"window_seconds": seconds, "items": rows, "unreachable": silent})
+
+    async def edges(self, request: web.Request) -> web.Response:
+        seconds, summaries, silent = await self._summaries(request)
+        return web.json_response({"window_seconds": seconds, "items": edges(summaries, request.query.get("namespace") or None), "unreachable": silent})
+
+    async def tap(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        targets = [w for w in self.registry.workloads() if _matches(w, q.get("name") or None, q.get("namespace") or None)]
+        if not targets:
+            raise web.HTTPNotFound(text=json.dumps({"error": f"no workload or service named {q.get('name')!r} is registered; `lattice status` lists them"}), content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        await response.write(json.dumps({"tapping": sorted(w.name for w in targets)}).encode() + b"\n")
+        try:
+            async for event in tap(self.session, targets, q.get("path") or None, q.get("method") or None):
+                await response.write(json.dumps(event).encode() + b"\n")
+        except (ConnectionResetError, aiohttp.ClientError):
+            pass
+        return response
+
+
+def _window(text: str) -> float:
+    try:
+        seconds = float(text.rstrip("s"))
+    except ValueError:
+        seconds = -1
+    if not 1 <= seconds <= 300:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"window must be 1 to 300 seconds, not {text!r}"}), content_type="application/json")
+    return seconds
