@@ -4,12 +4,17 @@ Envoy sends every request's entry over gRPC (its AccessLogService) to the agent,
 half second (translate/telemetry.py configures it). The agent turns each entry into a `Request`
 holding both ends in the mesh's own terms (workload, namespace, app, version, principal) and hands
 it to its consumers: Istio's metrics, the live window behind `lattice stat/top/edges`, and tap.
+That work runs on a thread of its own at a lower CPU priority, so that on a shared core counting
+requests never delays them.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import queue
+import threading
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
@@ -21,6 +26,8 @@ from lattice.translate.telemetry import ENDPOINT_TAG, PEER_METADATA
 
 log = logging.getLogger("lattice.access-log")
 UNKNOWN = "unknown"
+MAX_BEHIND = 2000  # messages (each up to 16 KB of entries) queued for the worker before new ones are dropped
+WORKER_NICENESS = 10
 # Envoy's short response flags (what %RESPONSE_FLAGS% prints), by ResponseFlags field.
 FLAGS = {
     "failed_local_healthcheck": "LH", "no_healthy_upstream": "UH", "upstream_request_timeout": "UT", "local_reset": "LR",
@@ -93,23 +100,53 @@ class Request:
 class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
     """The agent end of Envoy's access log stream; `me` is this sidecar's workload, `service` its service's host."""
 
-    def __init__(self, me: Peer, service: str, consumers: list[Callable[[Request], None]]) -> None:
+    def __init__(self, me: Peer, service: str, consumers: list[Callable[[Request], None]], lock: threading.Lock | None = None) -> None:
         self.me, self.service, self.consumers = me, service, consumers
+        self.lock = lock or threading.Lock()  # held while consumers run: readers (scrapes, stat) take it too
         self._tcp_bytes: dict[int, tuple[int, int]] = {}  # TCP stream id -> (sent, received) so far
         self.received = 0
+        self.dropped = 0  # messages not counted: the worker was too far behind
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
 
     async def StreamAccessLogs(self, messages: AsyncIterator[als_pb2.StreamAccessLogsMessage], context) -> als_pb2.StreamAccessLogsResponse:
+        """Hand each message to the worker thread; the event loop (xDS, certificates) never waits on it."""
+        self._start()
         outbound = False
         async for message in messages:
             if message.HasField("identifier"):
                 outbound = message.identifier.log_name != "inbound"
+            if self._queue.qsize() < MAX_BEHIND:
+                self._queue.put((message, outbound))
+            else:
+                self.dropped += 1
+        return als_pb2.StreamAccessLogsResponse()
+
+    def _start(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="access-log", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        """At a lower CPU priority than Envoy (Linux: niceness is per thread): on a busy core the
+        proxies' requests go first and the counting catches up after, instead of the other way."""
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
+        except (OSError, AttributeError):
+            pass  # not Linux, or not allowed: counting at normal priority still counts
+        while True:
+            message, outbound = self._queue.get()
+            self.process(message, outbound)
+
+    def process(self, message: als_pb2.StreamAccessLogsMessage, outbound: bool) -> None:
+        """One message's entries, to every consumer."""
+        with self.lock:
             for entry in message.http_logs.log_entry:
                 self._deliver(self._http(entry, outbound))
             for entry in message.tcp_logs.log_entry:
                 request = self._tcp(entry, outbound)
                 if request is not None:
                     self._deliver(request)
-        return als_pb2.StreamAccessLogsResponse()
 
     def _deliver(self, request: Request) -> None:
         self.received += 1

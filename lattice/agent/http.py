@@ -33,14 +33,18 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
         """One scrape target per workload: Envoy's own statistics, then Istio's metrics."""
         status, body = await envoy.admin("/stats/prometheus", {})
         envoy_text = body.decode(errors="replace") if status == 200 else ""
-        return web.Response(text=envoy_text + observer.render(), content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+        with observer.lock:
+            ours = observer.render()
+        return web.Response(text=envoy_text + ours, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
     async def window(request: web.Request) -> web.Response:
         try:
             seconds = min(float(request.query.get("seconds", "60")), KEEP_SECONDS)
         except ValueError:
             return web.json_response({"error": "seconds must be a number"}, status=400)
-        return web.json_response(observer.window.summary(seconds))
+        with observer.lock:
+            summary = observer.window.summary(seconds)
+        return web.json_response(summary)
 
     async def tap(request: web.Request) -> web.StreamResponse:
         """Requests as they arrive, one JSON object per line, until the client goes away."""

@@ -130,8 +130,11 @@ class Window:
 
 
 class Tap:
+    """Watchers are asyncio queues on the agent's loop; requests are published from the access log
+    worker thread, so they cross over with `call_soon_threadsafe`."""
+
     def __init__(self) -> None:
-        self._watchers: set[asyncio.Queue] = set()
+        self._watchers: dict[asyncio.Queue, asyncio.AbstractEventLoop] = {}
 
     @property
     def watched(self) -> bool:
@@ -141,17 +144,17 @@ class Tap:
         if not self._watchers:
             return
         event = tap_event(r)
-        for queue in self._watchers:
+        for queue, loop in list(self._watchers.items()):
             if queue.qsize() < TAP_QUEUE:
-                queue.put_nowait(event)
+                loop.call_soon_threadsafe(queue.put_nowait, event)
 
     def watch(self) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue()
-        self._watchers.add(queue)
+        self._watchers[queue] = asyncio.get_running_loop()
         return queue
 
     def unwatch(self, queue: asyncio.Queue) -> None:
-        self._watchers.discard(queue)
+        self._watchers.pop(queue, None)
 
 
 def tap_event(r: Request) -> dict:

@@ -27,6 +27,7 @@ class Observer:
         self.window = Window()
         self.tap = Tap()
         self.receiver = AccessLogReceiver(me, service, [self.metrics.observe, self.window.observe, self.tap.publish])
+        self.lock = self.receiver.lock  # take it to read metrics or the window while requests are counted
         self._rules = ""
         self.span_counts: dict[str, int] = {}  # the trace relay's, by outcome (agent/traces.py)
 
@@ -40,6 +41,11 @@ class Observer:
         if self.span_counts:
             lines += ["# HELP lattice_agent_spans_total Spans Envoy sent to the agent, by what became of them.", "# TYPE lattice_agent_spans_total counter"]
             lines += [f'lattice_agent_spans_total{{outcome="{outcome}"}} {n}' for outcome, n in sorted(self.span_counts.items())]
+        lines += [
+            "# HELP lattice_agent_access_log_messages_dropped_total Access log messages not counted: the agent fell too far behind.",
+            "# TYPE lattice_agent_access_log_messages_dropped_total counter",
+            f"lattice_agent_access_log_messages_dropped_total {self.receiver.dropped}",
+        ]
         return self.metrics.render() + "\n".join(lines) + "\n"
 
     def on_accept(self, type_url: str, response: discovery_pb2.DiscoveryResponse) -> None:

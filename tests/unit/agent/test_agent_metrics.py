@@ -4,6 +4,9 @@ Istio's metrics in Prometheus text, the live window and tap events."""
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.accesslog.v3 import als_pb2
@@ -43,12 +46,26 @@ def run(entries, log_name: str = "inbound", consumers=None) -> list:
     message = als_pb2.StreamAccessLogsMessage()
     message.identifier.log_name = log_name
     message.http_logs.log_entry.extend(entries)
+    receiver.process(message, outbound=log_name != "inbound")
+    return seen
+
+
+def test_the_stream_is_counted_on_a_worker_thread_below_envoys_priority():
+    seen = []
+    receiver = AccessLogReceiver(ME, "ratings.default.svc.cluster.local", [lambda r: seen.append((r, threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))])
+    message = als_pb2.StreamAccessLogsMessage()
+    message.identifier.log_name = "inbound"
+    message.http_logs.log_entry.append(inbound_entry())
 
     async def stream():
         yield message
 
     asyncio.run(receiver.StreamAccessLogs(stream(), None))
-    return seen
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (request, thread, niceness), = seen
+    assert request.code == 200 and thread == "access-log" and niceness >= os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def test_an_inbound_entry_names_both_ends():
@@ -121,9 +138,12 @@ def test_the_window_gives_rates_percentiles_and_paths():
 
 
 def test_tap_hands_watchers_events_without_query_strings():
-    tap = Tap()
-    run([inbound_entry()], consumers=[tap.publish])  # nobody watching: nothing kept
-    queue = tap.watch()
-    run([inbound_entry(path="/secret?token=abc")], consumers=[tap.publish])
-    event = queue.get_nowait()
+    async def watch():
+        tap = Tap()
+        run([inbound_entry()], consumers=[tap.publish])  # nobody watching: nothing kept
+        queue = tap.watch()
+        run([inbound_entry(path="/secret?token=abc")], consumers=[tap.publish])
+        return await asyncio.wait_for(queue.get(), 5)
+
+    event = asyncio.run(watch())
     assert event["path"] == "/secret" and "token" not in str(event) and event["source"]["workload"] == "reviews-v2"
