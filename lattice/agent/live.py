@@ -136,10 +136,6 @@ class Tap:
     def __init__(self) -> None:
         self._watchers: dict[asyncio.Queue, asyncio.AbstractEventLoop] = {}
 
-    @property
-    def watched(self) -> bool:
-        return bool(self._watchers)
-
     def publish(self, r: Request) -> None:
         if not self._watchers:
             return

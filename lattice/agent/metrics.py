@@ -127,7 +127,7 @@ class IstioMetrics:
             "destination_workload": dst.workload, "destination_workload_namespace": dst.namespace, "destination_principal": dst.principal,
             "destination_app": dst.app, "destination_version": dst.version,
             "destination_service": service, "destination_service_name": parts[0] if service != UNKNOWN else UNKNOWN,
-            "destination_service_namespace": parts[1] if len(parts) > 2 and service.endswith(".svc." + ".".join(parts[3:])) else (dst.namespace if service != UNKNOWN else UNKNOWN),
+            "destination_service_namespace": parts[1] if len(parts) > 2 and parts[2] == "svc" else (dst.namespace if service != UNKNOWN else UNKNOWN),
             "destination_cluster": self.cluster if dst.workload != UNKNOWN else UNKNOWN,
             "request_protocol": r.protocol, "response_code": str(r.code), "grpc_response_status": r.grpc_status,
             "response_flags": r.flags,
