@@ -206,7 +206,7 @@ class Workload:
 _claimed: set[str] = set()
 
 
-def drained(server: Workload) -> None:
+def drained(server: Workload, timeout: float = 5) -> None:
     """Wait until the server's sidecar has closed connections accepted under its previous inbound
     listener (Envoy drains them for 1 s): a client's pooled connection would still meet the old
     filters (authorization, limits, access logs)."""
@@ -217,7 +217,7 @@ def drained(server: Workload) -> None:
         lines = [line for line in http("GET", url)[2].decode().splitlines() if ":" in line]
         return len(lines) == 3 and all(int(line.rsplit(":", 1)[1]) == 0 for line in lines)
 
-    wait_for(idle, 5, what="the server's sidecar to finish draining its old inbound listener")
+    wait_for(idle, timeout, what=f"{server.service}'s sidecar to finish draining its old inbound listener")
 
 
 def served_by(workload: Workload, url: str, n: int, headers: dict | None = None) -> dict[str, int]:

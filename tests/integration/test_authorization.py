@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import BACKEND, ControlPlane, Workload, http, reset_config, running, wait_for
+from harness import BACKEND, ControlPlane, Workload, drained, http, reset_config, running, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("authorization")]
 APPS = Path(__file__).parents[1] / "apps"
@@ -85,7 +85,7 @@ def mesh(tmp_path_factory):
 def ctx(mesh):
     reset_config(mesh["plane"])
     for w in (mesh["server"], mesh["tcp"]):
-        _drained(w)
+        drained(w)
     Authorizer.seen.clear()
     return mesh
 
@@ -102,20 +102,7 @@ def _apply(mesh, *docs: dict) -> None:
     plane.apply("\n---\n".join(json.dumps(d) for d in docs))
     wait_for(plane.all_synced, 10, what="every proxy to hold the policies")
     for w in (mesh["server"], mesh["tcp"]):
-        _drained(w)
-
-
-def _drained(workload: Workload) -> None:
-    """Connections a client pooled under the previous inbound listener would still see the old
-    filters for Envoy's drain time; wait until the sidecar has closed them."""
-    stats = "^listener_manager\\.total_(listeners_warming|listeners_draining|filter_chains_draining)$"
-    url = f"http://{workload.address}:{workload.info['agent_port']}/stats?filter={urllib.parse.quote(stats)}"
-
-    def idle():
-        lines = [line for line in http("GET", url)[2].decode().splitlines() if ":" in line]
-        return len(lines) == 3 and all(int(line.rsplit(":", 1)[1]) == 0 for line in lines)
-
-    wait_for(idle, 5, what=f"{workload.service}'s sidecar to finish draining its old inbound listener")
+        drained(w)
 
 
 def _get(client: Workload, path: str = "/", headers: dict | None = None) -> tuple[int, bytes, bool]:

@@ -120,14 +120,10 @@ def _meshed_xfcc(client: Workload, server: Workload, mtls: bool, path: str = "/"
     """The XFCC values the server's app saw on meshed requests, checked to be the same (present or
     absent, as `mtls` says) on several requests, whichever of the client sidecar's pooled
     connections each one takes."""
-    _drained(server)
+    drained(server)
     seen = [_seen(_meshed_ok(client, path, headers), XFCC) for _ in range(6)]
     assert all(bool(s) == mtls for s in seen), f"expected {'mTLS' if mtls else 'plaintext'} on every meshed request; XFCC seen: {seen}"
     return seen[-1]
-
-
-def _drained(server: Workload) -> None:
-    drained(server)
 
 
 def _s_client(server: Workload, *args: str) -> str:

@@ -41,17 +41,13 @@ def mesh(shared_plane):
 def ctx(shared_plane, mesh):
     """(plane, server, client a, client b) with no config: every test starts from fresh buckets."""
     reset_config(shared_plane)
-    _drained(mesh[0])
+    drained(mesh[0])
     return (shared_plane, *mesh)
 
 
 def _apply(plane, server: Workload, doc: str) -> None:
     plane.apply(doc)
     wait_for(plane.all_synced, 10, what="every proxy to hold the policy")
-    _drained(server)
-
-
-def _drained(server: Workload) -> None:
     drained(server)
 
 
@@ -139,5 +135,5 @@ def test_deleting_the_policy_removes_the_limit(ctx):
     assert _statuses(_burst(client, 2)) == [200, 429]
     plane.cli("delete", "rlp", "limits")  # by short name, as a user types it
     wait_for(plane.all_synced, 10, what="every proxy to drop the policy")
-    _drained(server)
+    drained(server)
     assert _burst(client, 10) == [(200, {})] * 10

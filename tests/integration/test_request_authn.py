@@ -76,7 +76,7 @@ def ctx(mesh, keys_server):
     plane, server, client = mesh
     keys_server.document = jwks(RSA_KEY, EC_KEY)
     reset_config(plane)
-    _drained(server)
+    drained(server)
     return plane, server, client, keys_server
 
 
@@ -90,10 +90,6 @@ def _policy(name: str = "jwt", namespace: str = "default", labels: dict | None =
 def _apply(plane, server: Workload, *docs: str) -> None:
     plane.apply("\n---\n".join(docs))
     wait_for(plane.all_synced, 10, what="every proxy to hold the policy")
-    _drained(server)
-
-
-def _drained(server: Workload) -> None:
     drained(server)
 
 

@@ -20,7 +20,7 @@ import urllib.parse
 import pytest
 from lattice.api import otlp
 
-from harness import BACKEND, LATTICE, Enrolled, Workload, die_with_parent, http, reset_config, running, stop, wait_for
+from harness import BACKEND, Enrolled, LATTICE, Workload, die_with_parent, drained, http, reset_config, running, stop, wait_for
 from lattice.agent.address import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tracing")]
@@ -44,21 +44,9 @@ def mesh(shared_plane):
 @pytest.fixture
 def ctx(shared_plane, mesh):
     reset_config(shared_plane)
-    _drained(mesh)
+    for w in mesh.values():  # no sidecar still serves connections on a listener a change replaced
+        drained(w, timeout=10)
     return shared_plane, mesh
-
-
-def _drained(mesh: dict) -> None:
-    """Wait until no sidecar still serves connections on a listener a config change replaced."""
-    stats = "^listener_manager\\.total_(listeners_warming|listeners_draining|filter_chains_draining)$"
-
-    def idle(w: Workload) -> bool:
-        url = f"http://{w.address}:{w.info['agent_port']}/stats?filter={urllib.parse.quote(stats)}"
-        lines = [line for line in http("GET", url)[2].decode().splitlines() if ":" in line]
-        return len(lines) == 3 and all(int(line.rsplit(":", 1)[1]) == 0 for line in lines)
-
-    for w in mesh.values():
-        wait_for(lambda: idle(w), 10, what=f"{w.service}'s sidecar to drain its replaced listeners")
 
 
 def _three_hops(productpage: Workload, headers: dict | None = None) -> dict:
@@ -127,7 +115,8 @@ def test_a_telemetry_resource_samples_every_request(ctx):
     plane, mesh = ctx
     plane.apply(SAMPLE_ALL)
     wait_for(plane.all_synced, 10, what="every proxy to hold the 100% sampling")
-    _drained(mesh)
+    for w in mesh.values():  # no sidecar still serves connections on a listener a change replaced
+        drained(w, timeout=10)
     body = _three_hops(mesh["productpage"])  # no trace headers: the first sidecar starts the trace
     traceparent = body["headers"].get("traceparent", "")
     assert traceparent.endswith("-01"), body["headers"]  # sampled by productpage's sidecar
