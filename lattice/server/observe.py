@@ -119,33 +119,29 @@ def edges(summaries: list[tuple[Workload, dict]], namespace: str | None = None) 
             edge["secured"] = edge["secured"] and row["mtls"]
             edge["requests"] += row["requests"]
             edge["tcp_connections"] += row["tcp_opened"]
-    principals = {w.name: w for w, _ in summaries}
+    meshed = {w.name for w, _ in summaries}
     for w, summary in summaries:
         for row in summary["peers"]:
             key = (w.name, row["peer_workload"])
-            if row["reporter"] != "source" or key in found or row["peer_workload"] in principals:
+            if row["reporter"] != "source" or key in found or row["peer_workload"] in meshed:
                 continue  # the callee's own report (above) is the one to believe
             found[key] = {"source": w.name, "source_namespace": w.namespace, "source_principal": "", "destination": row["peer_workload"] if row["peer_workload"] != "unknown" else row["service"],
                           "destination_namespace": row["peer_namespace"], "destination_principal": row["peer_principal"], "secured": None,
                           "requests": row["requests"], "tcp_connections": row["tcp_opened"]}
-    by_name = {w.name: w for w, _ in summaries}
+    # A meshed workload's identity, as its peers saw it (a callee its caller's certificate, a caller its callee's).
+    principal = {}
+    for _, summary in summaries:
+        for row in summary["peers"]:
+            if row["peer_principal"] != "unknown":
+                principal.setdefault(row["peer_workload"], row["peer_principal"])
     out = []
     for edge in found.values():
-        if edge["destination"] in by_name and not edge["destination_principal"]:
-            edge["destination_principal"] = _principal(by_name[edge["destination"]], summaries)
-        if edge["source"] in by_name and not edge["source_principal"]:
-            edge["source_principal"] = _principal(by_name[edge["source"]], summaries)
+        for end in ("source", "destination"):
+            if edge[end] in meshed and not edge[f"{end}_principal"]:
+                edge[f"{end}_principal"] = principal.get(edge[end], "")
         if namespace is None or namespace in (edge["source_namespace"], edge["destination_namespace"]):
             out.append(edge)
     return sorted(out, key=lambda e: (e["source"], e["destination"]))
-
-
-def _principal(w: Workload, summaries) -> str:
-    for other, summary in summaries:  # how a callee of `w` saw it, or how `w`'s callers named it
-        for row in summary["peers"]:
-            if row["peer_workload"] == w.name and row["peer_principal"] != "unknown":
-                return row["peer_principal"]
-    return ""
 
 
 async def tap(session: aiohttp.ClientSession, targets: list[Workload], path: str | None, method: str | None) -> AsyncIterator[dict]:
