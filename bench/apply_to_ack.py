@@ -27,7 +27,14 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 DATA = Path(lattice.demo.__file__).parent / "networking"
-SPECS = [("productpage", "v1"), ("details", "v1"), ("ratings", "v1"), ("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")]
+SPECS = [
+    ("productpage", "v1"),
+    ("details", "v1"),
+    ("ratings", "v1"),
+    ("reviews", "v1"),
+    ("reviews", "v2"),
+    ("reviews", "v3"),
+]
 
 
 def _routes_acked(plane: ControlPlane) -> dict[str, str] | None:
@@ -64,8 +71,14 @@ def measure(rounds: int) -> dict:
             _wait(plane, before)
             samples.append(time.monotonic() - t0)
         return {
-            "proxies": len(workloads), "rounds": rounds,
-            "apply_to_all_acked_ms": {"p50": _quantile(samples, 0.5) * 1000, "p99": _quantile(samples, 0.99) * 1000, "max": max(samples) * 1000, "mean": statistics.mean(samples) * 1000},
+            "proxies": len(workloads),
+            "rounds": rounds,
+            "apply_to_all_acked_ms": {
+                "p50": _quantile(samples, 0.5) * 1000,
+                "p99": _quantile(samples, 0.99) * 1000,
+                "max": max(samples) * 1000,
+                "mean": statistics.mean(samples) * 1000,
+            },
             "lattice_run_to_synced_ms": single_start * 1000,
             "six_workloads_in_parallel_to_synced_ms": fleet_start * 1000,
         }
@@ -95,7 +108,9 @@ def main() -> None:
     for k, v in result["apply_to_all_acked_ms"].items():
         table.add_row(f"apply → all proxies ACKed, {k}", f"{v:.1f} ms")
     table.add_row("lattice run → healthy and synced (one)", f"{result['lattice_run_to_synced_ms']:.0f} ms")
-    table.add_row("six workloads in parallel → all synced", f"{result['six_workloads_in_parallel_to_synced_ms']:.0f} ms")
+    table.add_row(
+        "six workloads in parallel → all synced", f"{result['six_workloads_in_parallel_to_synced_ms']:.0f} ms"
+    )
     Console().print(table)
     out = Path(__file__).parent / "results" / "apply_to_ack.json"
     out.parent.mkdir(exist_ok=True)

@@ -63,7 +63,9 @@ def _content_length(head: bytes) -> int:
     return 0
 
 
-async def _max_rate(target: tuple[str, int], url: str, host: str, connections: int, seconds: float, warmup: float) -> Throughput:
+async def _max_rate(
+    target: tuple[str, int], url: str, host: str, connections: int, seconds: float, warmup: float
+) -> Throughput:
     request = f"GET {url} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lattice-closedloop\r\n\r\n".encode()
     tally = {"ok": 0, "errors": 0, "stop": False}
     loop = asyncio.get_running_loop()
@@ -78,6 +80,8 @@ async def _max_rate(target: tuple[str, int], url: str, host: str, connections: i
     return result
 
 
-def max_rate(target: tuple[str, int], url: str, host: str, connections: int = 32, seconds: float = 3.0, warmup: float = 0.5) -> Throughput:
+def max_rate(
+    target: tuple[str, int], url: str, host: str, connections: int = 32, seconds: float = 3.0, warmup: float = 0.5
+) -> Throughput:
     """Blocking: responses per second over `seconds`, with `connections` keep-alive connections."""
     return asyncio.run(_max_rate(target, url, host, connections, seconds, warmup))

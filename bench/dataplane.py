@@ -74,7 +74,8 @@ spec:
   action: ALLOW
   rules:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/bench-quiet-client"]}}]
-""" + "".join(f"""---
+""" + "".join(
+    f"""---
 # The same sidecars with telemetry off (no metrics stream, no spans): what telemetry costs.
 apiVersion: telemetry.istio.io/v1
 kind: Telemetry
@@ -83,7 +84,9 @@ spec:
   selector: {{matchLabels: {{app: {app}}}}}
   metrics: [{{providers: [{{name: prometheus}}], overrides: [{{match: {{metric: ALL_METRICS}}, disabled: true}}]}}]
   tracing: [{{disableSpanReporting: true}}]
-""" for app in ("bench-quiet-client", "bench-quiet-server"))
+"""
+    for app in ("bench-quiet-client", "bench-quiet-server")
+)
 # Admin stats that are not about the data path: the xDS/SDS channels, the admin listener, per-worker copies.
 _NOT_DATA_PATH = re.compile(r"^(cluster\.(xds|sds)|listener\.admin|http\.admin|.*\.worker_\d+\.)")
 _WORK = re.compile(r"(cx_|rq_|ssl|rbac|memory_)")
@@ -126,7 +129,10 @@ class DataPath:
 
 def _lattice_workloads(plane: ControlPlane) -> list[Workload]:
     quiet = ("--log-level", "warning")  # as the pair's Envoys run; the harness default is info
-    return [Workload(plane, name, command=app_command(), extra=quiet) for name in ("bench-client", "bench-server", "bench-quiet-client", "bench-quiet-server")]
+    return [
+        Workload(plane, name, command=app_command(), extra=quiet)
+        for name in ("bench-client", "bench-server", "bench-quiet-client", "bench-quiet-server")
+    ]
 
 
 def _sidecar_envoy(workload: Workload) -> tuple[int, Path]:
@@ -137,19 +143,38 @@ def _sidecar_envoy(workload: Workload) -> tuple[int, Path]:
     return pid, Path(bootstrap).parent / "admin.sock"
 
 
-def _paths(client: Workload, server: Workload, quiet_client: Workload, quiet_server: Workload, pair: EnvoyPair) -> dict[str, DataPath]:
+def _paths(
+    client: Workload, server: Workload, quiet_client: Workload, quiet_server: Workload, pair: EnvoyPair
+) -> dict[str, DataPath]:
     app = ("127.0.0.1", server.info["app_port"])
     return {
         "direct": DataPath("direct", app, "/", "bench-server"),
-        "envoy-pair": DataPath("envoy-pair", ("127.0.0.1", pair.port), URL, HOST, {"client": pair.client.pid, "server": pair.server.pid}, {"client": pair.client.admin, "server": pair.server.admin}),
+        "envoy-pair": DataPath(
+            "envoy-pair",
+            ("127.0.0.1", pair.port),
+            URL,
+            HOST,
+            {"client": pair.client.pid, "server": pair.server.pid},
+            {"client": pair.client.admin, "server": pair.server.admin},
+        ),
         "lattice": _lattice_path("lattice", client, server, URL, HOST),
-        "lattice-no-telemetry": _lattice_path("lattice-no-telemetry", quiet_client, quiet_server, QUIET_URL, QUIET_HOST),
+        "lattice-no-telemetry": _lattice_path(
+            "lattice-no-telemetry", quiet_client, quiet_server, QUIET_URL, QUIET_HOST
+        ),
     }
 
 
 def _lattice_path(name: str, client: Workload, server: Workload, url: str, host: str) -> DataPath:
     (client_pid, client_admin), (server_pid, server_admin) = _sidecar_envoy(client), _sidecar_envoy(server)
-    return DataPath(name, (client.address, 15001), url, host, {"client": client_pid, "server": server_pid}, {"client": client_admin, "server": server_admin}, {"client": client.process.pid, "server": server.process.pid})
+    return DataPath(
+        name,
+        (client.address, 15001),
+        url,
+        host,
+        {"client": client_pid, "server": server_pid},
+        {"client": client_admin, "server": server_admin},
+        {"client": client.process.pid, "server": server.process.pid},
+    )
 
 
 def _check(path: DataPath) -> None:
@@ -189,7 +214,14 @@ def _max_throughput(path: DataPath, seconds: float) -> dict:
     before = _cpu(path.processes())
     result = max_rate(path.target, path.url, path.host, connections=32, seconds=seconds)
     used = {label: cpu - before[label] for label, cpu in _cpu(path.processes()).items()}
-    return {"rps": result.rps, "requests": result.requests, "errors": result.errors, "seconds": result.seconds, "connections": result.connections, "cpu_seconds": used}
+    return {
+        "rps": result.rps,
+        "requests": result.requests,
+        "errors": result.errors,
+        "seconds": result.seconds,
+        "connections": result.connections,
+        "cpu_seconds": used,
+    }
 
 
 def _admin_stats(admin: Path) -> dict:
@@ -213,7 +245,9 @@ def _summary(path: DataPath, rate: float) -> dict:
     merged = Result(rate, sum(r.seconds for r in path.runs), latencies)
     requests = len(latencies)
     return {
-        "requests": requests, "errors": sum(r.errors for r in path.runs), "late_sends": sum(r.late_sends for r in path.runs),
+        "requests": requests,
+        "errors": sum(r.errors for r in path.runs),
+        "late_sends": sum(r.late_sends for r in path.runs),
         "connections": max(r.connections for r in path.runs),
         **{f"p{int(q * 100)}_ms": merged.quantile(q) for q in (0.5, 0.9, 0.99)},
         "per_run": [{f"p{int(q * 100)}_ms": r.quantile(q) for q in (0.5, 0.9, 0.99)} for r in path.runs],
@@ -225,12 +259,16 @@ def _summary(path: DataPath, rate: float) -> dict:
     }
 
 
-def _measure_paths(paths: dict[str, DataPath], settings: Settings, rate: float, generator_cpus: set[int] | None) -> dict:
+def _measure_paths(
+    paths: dict[str, DataPath], settings: Settings, rate: float, generator_cpus: set[int] | None
+) -> dict:
     for path in paths.values():
         _check(path)
     with procstat.pinned(generator_cpus):
         _open_loop(paths, settings, rate)
-        open_loop_stats = {name: {label: _admin_stats(admin) for label, admin in path.admins.items()} for name, path in paths.items()}
+        open_loop_stats = {
+            name: {label: _admin_stats(admin) for label, admin in path.admins.items()} for name, path in paths.items()
+        }
         throughput = {name: _max_throughput(path, settings.max_seconds) for name, path in paths.items()}
     out = {}
     for name, path in paths.items():
@@ -260,10 +298,16 @@ def measure(quick: bool, rate: float = 1000.0, seconds: float | None = None, pin
             stack.callback(pair.stop)
         paths = _measure_paths(_paths(client, server, quiet_client, quiet_server, pair), settings, rate, generator_cpus)
     return {
-        "mode": "quick" if quick else "full", "rate": rate, "rounds": settings.rounds, "seconds_per_run": settings.seconds,
-        "warmup_seconds": settings.warmup, "max_throughput_seconds": settings.max_seconds,
+        "mode": "quick" if quick else "full",
+        "rate": rate,
+        "rounds": settings.rounds,
+        "seconds_per_run": settings.seconds,
+        "warmup_seconds": settings.warmup,
+        "max_throughput_seconds": settings.max_seconds,
         "pinning": {"generator": sorted(generator_cpus or ()), "servers": sorted(server_cpus or ())},
-        "machine": procstat.machine(envoy_binary()), "wall_seconds": time.monotonic() - started, "paths": paths,
+        "machine": procstat.machine(envoy_binary()),
+        "wall_seconds": time.monotonic() - started,
+        "paths": paths,
     }
 
 
@@ -280,20 +324,42 @@ def table(result: dict) -> Table:
     paths = result["paths"]
     title = f"data plane: open loop at {result['rate']:g} req/s, {result['rounds']} × {result['seconds_per_run']:g} s per path, latency from scheduled send time (ms)"
     out = Table(title=title, caption=_caption(result))
-    for column in ("path", "p50", "p90", "p99", "+p90 vs direct", "+p99 vs direct", "CPU s/1k req per proxy", "RssAnon MB per proxy", "max rps"):
+    for column in (
+        "path",
+        "p50",
+        "p90",
+        "p99",
+        "+p90 vs direct",
+        "+p99 vs direct",
+        "CPU s/1k req per proxy",
+        "RssAnon MB per proxy",
+        "max rps",
+    ):
         out.add_column(column, justify="left" if column == "path" else "right")
     for name, r in paths.items():
         out.add_row(
-            name, *(f"{r[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms")), *(f"{r[k]:+.3f}" for k in ("added_p90_ms", "added_p99_ms")),
-            _per_proxy(r["cpu_s_per_1k_requests"], ".4f"), _per_proxy(r["rss_anon_mb"], ".1f"), f"{r['max_throughput']['rps']:,.0f}",
+            name,
+            *(f"{r[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms")),
+            *(f"{r[k]:+.3f}" for k in ("added_p90_ms", "added_p99_ms")),
+            _per_proxy(r["cpu_s_per_1k_requests"], ".4f"),
+            _per_proxy(r["rss_anon_mb"], ".1f"),
+            f"{r['max_throughput']['rps']:,.0f}",
         )
     return out
 
 
 def _caption(result: dict) -> str:
     pair, lattice = result["paths"]["envoy-pair"], result["paths"]["lattice"]
-    ratios = [f"+p{q} {lattice[f'added_p{q}_ms'] / pair[f'added_p{q}_ms']:.2f}×" for q in (90, 99) if pair[f"added_p{q}_ms"] > 0]
-    agents = ", ".join(f"{label} {v:.4f} s/1k req, {lattice['rss_anon_mb'][label]:.1f} MB" for label, v in lattice["cpu_s_per_1k_requests"].items() if label.endswith("agent"))
+    ratios = [
+        f"+p{q} {lattice[f'added_p{q}_ms'] / pair[f'added_p{q}_ms']:.2f}×"
+        for q in (90, 99)
+        if pair[f"added_p{q}_ms"] > 0
+    ]
+    agents = ", ".join(
+        f"{label} {v:.4f} s/1k req, {lattice['rss_anon_mb'][label]:.1f} MB"
+        for label, v in lattice["cpu_s_per_1k_requests"].items()
+        if label.endswith("agent")
+    )
     m = result["machine"]
     busy = ", ".join(f"{name} {r['machine_busy_cores']:.2f}" for name, r in result["paths"].items())
     quiet = result["paths"].get("lattice-no-telemetry")
@@ -317,8 +383,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 3 s per path (well under 2 minutes)")
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop requests per second")
-    parser.add_argument("--seconds", type=float, default=None, help="seconds per measured run (default 3 quick, 10 full)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the result (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="seconds per measured run (default 3 quick, 10 full)"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"where to write the result (default {DEFAULT_JSON})"
+    )
     parser.add_argument("--no-pin", action="store_true", help="let the generator and the servers share every core")
     args = parser.parse_args()
     console = Console(width=None if sys.stdout.isatty() else 160)

@@ -33,7 +33,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lattice.agent.envoy import die_with_parent, envoy_binary
 
 TRUST_DOMAIN = "cluster.local"
-_ROUTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+_ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _TLS = "envoy.transport_sockets.tls"
 
@@ -65,7 +68,9 @@ class Credentials:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def _certificate(subject: str, key, issuer_name: x509.Name, issuer_key, ca: bool, san: str | None) -> x509.Certificate:
@@ -81,15 +86,21 @@ def _certificate(subject: str, key, issuer_name: x509.Name, issuer_key, ca: bool
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(san)]), critical=False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(san)]), critical=False
+        )
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
 def issue(identities: list[str]) -> dict[str, Credentials]:
     """A fresh root and one SPIFFE certificate per service account, as a mesh CA would make them."""
     root_key = ec.generate_private_key(ec.SECP256R1())
-    root = _certificate("bench root", root_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench root")]), root_key, True, None)
+    root = _certificate(
+        "bench root", root_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench root")]), root_key, True, None
+    )
     root_pem = root.public_bytes(serialization.Encoding.PEM).decode()
     out = {}
     for sa in identities:
@@ -113,20 +124,47 @@ def _tls_context(creds: Credentials, peer: str | None) -> dict:
     return {
         # TLS 1.3 as a mesh negotiates it (Envoy's client default stops at 1.2): same handshake, same cipher.
         "tls_params": {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"},
-        "tls_certificates": [{"certificate_chain": {"inline_string": creds.chain}, "private_key": {"inline_string": creds.key}}],
+        "tls_certificates": [
+            {"certificate_chain": {"inline_string": creds.chain}, "private_key": {"inline_string": creds.key}}
+        ],
         "validation_context": validation,
     }
 
 
 def _listener(name: str, filter_chain: dict) -> dict:
-    manager = {"@type": _HCM, "stat_prefix": name, "http_filters": [_ROUTER], "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]}}
-    chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}], **filter_chain}
-    return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}, "filter_chains": [chain]}
+    manager = {
+        "@type": _HCM,
+        "stat_prefix": name,
+        "http_filters": [_ROUTER],
+        "route_config": {
+            "virtual_hosts": [
+                {
+                    "name": name,
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                }
+            ]
+        },
+    }
+    chain = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}],
+        **filter_chain,
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [chain],
+    }
 
 
 def _cluster(port: int, transport_socket: dict | None) -> dict:
     endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
-    cluster = {"name": "upstream", "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [endpoint]}]}}
+    cluster = {
+        "name": "upstream",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
     if transport_socket:
         cluster["transport_socket"] = transport_socket
     return cluster
@@ -134,16 +172,30 @@ def _cluster(port: int, transport_socket: dict | None) -> dict:
 
 def server_bootstrap(creds: Credentials, app_port: int, admin: Path) -> dict:
     """Terminates mTLS (a client certificate from the root is required) and forwards to the app."""
-    downstream = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext", "require_client_certificate": True, "common_tls_context": _tls_context(creds, None)}
+    downstream = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": _tls_context(creds, None),
+    }
     listener = _listener("inbound", {"transport_socket": {"name": _TLS, "typed_config": downstream}})
-    return {"admin": {"address": {"pipe": {"path": str(admin)}}}, "static_resources": {"listeners": [listener], "clusters": [_cluster(app_port, None)]}}
+    return {
+        "admin": {"address": {"pipe": {"path": str(admin)}}},
+        "static_resources": {"listeners": [listener], "clusters": [_cluster(app_port, None)]},
+    }
 
 
 def client_bootstrap(creds: Credentials, server_port: int, server_identity: str, admin: Path) -> dict:
     """Plain HTTP in, mTLS out to the server-side Envoy, accepting only the server's identity."""
-    upstream = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", "sni": "bench-server", "common_tls_context": _tls_context(creds, server_identity)}
+    upstream = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": "bench-server",
+        "common_tls_context": _tls_context(creds, server_identity),
+    }
     cluster = _cluster(server_port, {"name": _TLS, "typed_config": upstream})
-    return {"admin": {"address": {"pipe": {"path": str(admin)}}}, "static_resources": {"listeners": [_listener("outbound", {})], "clusters": [cluster]}}
+    return {
+        "admin": {"address": {"pipe": {"path": str(admin)}}},
+        "static_resources": {"listeners": [_listener("outbound", {})], "clusters": [cluster]},
+    }
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -170,8 +222,23 @@ class StaticEnvoy:
         self.config_path = directory / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log = directory / f"{name}.log"
-        args = [envoy_binary(), "-c", str(self.config_path), "--disable-hot-restart", "--log-level", log_level, "--drain-time-s", "1"]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        args = [
+            envoy_binary(),
+            "-c",
+            str(self.config_path),
+            "--disable-hot-restart",
+            "--log-level",
+            log_level,
+            "--drain-time-s",
+            "1",
+        ]
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
         self.port = self._listening_port()
 
     @property
@@ -210,9 +277,16 @@ class EnvoyPair:
         """Server side first: the client side's cluster needs the port the OS gave it."""
         directory.mkdir(parents=True, exist_ok=True)
         creds = issue(["bench-client", "bench-server"])
-        server = StaticEnvoy(directory, "pair-server", server_bootstrap(creds["bench-server"], app_port, directory / "pair-server.sock"), log_level)
+        server = StaticEnvoy(
+            directory,
+            "pair-server",
+            server_bootstrap(creds["bench-server"], app_port, directory / "pair-server.sock"),
+            log_level,
+        )
         try:
-            config = client_bootstrap(creds["bench-client"], server.port, spiffe("bench-server"), directory / "pair-client.sock")
+            config = client_bootstrap(
+                creds["bench-client"], server.port, spiffe("bench-server"), directory / "pair-client.sock"
+            )
             return cls(StaticEnvoy(directory, "pair-client", config, log_level), server)
         except BaseException:
             server.stop()

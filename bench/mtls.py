@@ -106,9 +106,13 @@ def _summary(results: list) -> dict:
     latencies = [x for r in results for x in r.latencies_ms]
     merged = type(results[0])(results[0].rate, sum(r.seconds for r in results), latencies)
     return {
-        "requests": len(latencies), "errors": sum(r.errors for r in results), "connections": max(r.connections for r in results),
+        "requests": len(latencies),
+        "errors": sum(r.errors for r in results),
+        "connections": max(r.connections for r in results),
         "late_sends": sum(r.late_sends for r in results),
-        "p50_ms": merged.quantile(0.50), "p90_ms": merged.quantile(0.90), "p99_ms": merged.quantile(0.99),
+        "p50_ms": merged.quantile(0.50),
+        "p90_ms": merged.quantile(0.90),
+        "p99_ms": merged.quantile(0.99),
     }
 
 
@@ -121,22 +125,45 @@ def main() -> None:
     console = Console(width=None if sys.stdout.isatty() else 140)
     with console.status("signing CSRs on one core"):
         csr_rate = signing_rate()
-    with console.status(f"driving {args.rate:g} requests/s: direct, plaintext sidecars, mTLS sidecars ({args.rounds} rounds of {args.seconds:g} s each)"):
+    with console.status(
+        f"driving {args.rate:g} requests/s: direct, plaintext sidecars, mTLS sidecars ({args.rounds} rounds of {args.seconds:g} s each)"
+    ):
         paths = measure(args.rate, args.seconds, args.rounds)
-    table = Table(title=f"open loop, {args.rate:g} requests/s, {args.rounds} x {args.seconds:g} s per path, latency from scheduled send time")
+    table = Table(
+        title=f"open loop, {args.rate:g} requests/s, {args.rounds} x {args.seconds:g} s per path, latency from scheduled send time"
+    )
     for column in ("path", "requests", "errors", "p50 ms", "p90 ms", "p99 ms", "added p50", "added p90", "added p99"):
         table.add_column(column, justify="right" if column != "path" else "left")
     floor = paths["direct"]
     for mode, r in paths.items():
         added = [r[k] - floor[k] for k in ("p50_ms", "p90_ms", "p99_ms")]
-        table.add_row(mode, str(r["requests"]), str(r["errors"]), *(f"{r[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms")), *(f"{a:+.3f}" for a in added))
+        table.add_row(
+            mode,
+            str(r["requests"]),
+            str(r["errors"]),
+            *(f"{r[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms")),
+            *(f"{a:+.3f}" for a in added),
+        )
     console.print(table)
     plain, mtls = paths["plaintext"], paths["mtls"]
-    console.print(f"mTLS vs plaintext between two sidecars: p50 {mtls['p50_ms'] - plain['p50_ms']:+.3f} ms, p90 {mtls['p90_ms'] - plain['p90_ms']:+.3f} ms, p99 {mtls['p99_ms'] - plain['p99_ms']:+.3f} ms")
+    console.print(
+        f"mTLS vs plaintext between two sidecars: p50 {mtls['p50_ms'] - plain['p50_ms']:+.3f} ms, p90 {mtls['p90_ms'] - plain['p90_ms']:+.3f} ms, p99 {mtls['p99_ms'] - plain['p99_ms']:+.3f} ms"
+    )
     console.print(f"CSR signing: {csr_rate:,.0f} certificates/s on one core")
     out = Path(__file__).parent / "results" / "mtls.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"rate": args.rate, "seconds": args.seconds, "rounds": args.rounds, "paths": paths, "csr_per_second_one_core": csr_rate}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "rate": args.rate,
+                "seconds": args.seconds,
+                "rounds": args.rounds,
+                "paths": paths,
+                "csr_per_second_one_core": csr_rate,
+            },
+            indent=2,
+        )
+    )
     console.print(f"saved {out}")
 
 

@@ -90,4 +90,3 @@ async def _run(target: tuple[str, int], url: str, host: str, rate: float, second
 def run(target: tuple[str, int], url: str, host: str, rate: float, seconds: float) -> Result:
     """Blocking: `rate` requests/s for `seconds` to `target`, as a proxy request when `url` is absolute."""
     return asyncio.run(_run(target, url, host, rate, seconds))
-

@@ -75,6 +75,24 @@ def split_cpus() -> tuple[set[int] | None, set[int] | None]:
 
 def machine(envoy: str) -> dict:
     """The facts a reader needs to compare figures across machines."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    version = subprocess.run([envoy, "--version"], capture_output=True, text=True, timeout=10).stdout.strip().split("version:")[-1].strip()
-    return {"cpu_model": model, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(), "envoy": version}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    version = (
+        subprocess.run([envoy, "--version"], capture_output=True, text=True, timeout=10)
+        .stdout.strip()
+        .split("version:")[-1]
+        .strip()
+    )
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "envoy": version,
+    }

@@ -46,14 +46,28 @@ def goals(results: dict) -> list[tuple[str, str, str, bool | None]]:
     lattice, floor = results["dataplane"]["paths"]["lattice"], results["dataplane"]["paths"]["envoy-pair"]
     for q in ("p90", "p99"):
         added, floor_added = lattice[f"added_{q}_ms"], floor[f"added_{q}_ms"]
-        out.append((f"added {q}, two sidecars + mTLS, vs Envoy pair", "within 10% (or 0.05 ms) of the pair", f"+{added:.3f} ms vs +{floor_added:.3f} ms", added <= max(floor_added * 1.1, floor_added + 0.05)))
+        out.append(
+            (
+                f"added {q}, two sidecars + mTLS, vs Envoy pair",
+                "within 10% (or 0.05 ms) of the pair",
+                f"+{added:.3f} ms vs +{floor_added:.3f} ms",
+                added <= max(floor_added * 1.1, floor_added + 0.05),
+            )
+        )
     cpu = max(lattice["cpu_s_per_1k_requests"][side] for side in ("client", "server"))  # the Envoys
     out.append(("CPU per sidecar per 1,000 rps", "≤ 0.10 vCPU", f"{cpu:.3f} vCPU", cpu <= 0.10))
     rss = max(lattice["rss_anon_mb"][side] for side in ("client", "server"))
     out.append(("sidecar private memory (Envoy RssAnon)", "≤ 25 MB", f"{rss:.1f} MB", rss <= 25))
     largest = max(results["scale"]["runs"], key=lambda r: r["proxies"])
     p99 = largest["route_change"]["p99_s"]
-    out.append((f"VirtualService change → {largest['proxies']} proxies ACKed, p99", "≤ 1 s at 1,000", f"{p99:.3f} s", p99 <= 1.0 if largest["proxies"] >= 1000 else None))
+    out.append(
+        (
+            f"VirtualService change → {largest['proxies']} proxies ACKed, p99",
+            "≤ 1 s at 1,000",
+            f"{p99:.3f} s",
+            p99 <= 1.0 if largest["proxies"] >= 1000 else None,
+        )
+    )
     per_proxy = largest["server_rss_per_proxy_mb"]
     out.append(("control-plane memory per connected proxy", "≤ 0.5 MB", f"{per_proxy:.3f} MB", per_proxy <= 0.5))
     csr = results["csr_per_second"]

@@ -99,7 +99,11 @@ class Meter:
         now = self._now()
         server, client, wall = (a - b for a, b in zip(now, self._last))
         self._last = now
-        self.phases[phase] = {"server_cpu_s": round(server, 2), "client_cpu_s": round(client, 2), "wall_s": round(wall, 2)}
+        self.phases[phase] = {
+            "server_cpu_s": round(server, 2),
+            "client_cpu_s": round(client, 2),
+            "wall_s": round(wall, 2),
+        }
         return self.phases[phase]
 
 
@@ -127,7 +131,9 @@ async def apply(session: aiohttp.ClientSession, plane: ControlPlane, yaml_text: 
     Not the command's exit: its interpreter's teardown can outlast the 100 ms debounce, so the
     push would sometimes start before the clock does."""
     headers = plane.admin | {"Content-Type": "application/yaml"}
-    async with session.post(f"{plane.api}/api/v1/apply", params={"source": "-"}, data=yaml_text.encode(), headers=headers) as response:
+    async with session.post(
+        f"{plane.api}/api/v1/apply", params={"source": "-"}, data=yaml_text.encode(), headers=headers
+    ) as response:
         answer = await response.json(content_type=None)
     returned = time.perf_counter(), time.time()
     if response.status != 200:
@@ -147,7 +153,9 @@ def _timestamp(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-async def real_accepted(session: aiohttp.ClientSession, sidecar: Workload, what: str, test, since: float, timeout: float = 10.0) -> float | None:
+async def real_accepted(
+    session: aiohttp.ClientSession, sidecar: Workload, what: str, test, since: float, timeout: float = 10.0
+) -> float | None:
     """Seconds from `since` (wall clock) to when a real Envoy accepted the change, by its own
     clock; None if it shows none within `timeout`. Routes carry `last_updated` in the config dump;
     endpoints do not, so for them it is the cluster's EDS `update_time` gauge once the change shows."""
@@ -169,7 +177,9 @@ async def _accepted_at(session: aiohttp.ClientSession, base: str, entries: list[
     if what == "dynamic_route_configs":
         return max(_timestamp(e["last_updated"]) for e in entries)
     cluster = entries[0]["endpoint_config"]["cluster_name"]
-    async with session.get(f"{base}/stats", params={"filter": f"^cluster\\.{re.escape(cluster)}\\.update_time$"}) as response:
+    async with session.get(
+        f"{base}/stats", params={"filter": f"^cluster\\.{re.escape(cluster)}\\.update_time$"}
+    ) as response:
         text = await response.text()
     return int(text.rsplit(":", 1)[1]) / 1000 if ":" in text else None
 
@@ -180,13 +190,28 @@ async def _accepted_at(session: aiohttp.ClientSession, base: str, entries: list[
 class ScaleRun:
     """A fresh control plane, the fleet of one size on it, and the changes measured against it."""
 
-    def __init__(self, proxies: int, services: int, route_rounds: int, endpoint_rounds: int, profile: Path | None = None, native: bool = False) -> None:
+    def __init__(
+        self,
+        proxies: int,
+        services: int,
+        route_rounds: int,
+        endpoint_rounds: int,
+        profile: Path | None = None,
+        native: bool = False,
+    ) -> None:
         self.n, self.services, self.profile, self.native = proxies, services, profile, native
         self.route_rounds, self.endpoint_rounds = route_rounds, endpoint_rounds
         self.home = Path(tempfile.mkdtemp(prefix="lattice-scale-"))
-        self.plane = ControlPlane(self.home / "home", "--debounce", "0.1", "--heartbeat-timeout", "3600", "--log-level", "warning")
+        self.plane = ControlPlane(
+            self.home / "home", "--debounce", "0.1", "--heartbeat-timeout", "3600", "--log-level", "warning"
+        )
         self.real: list[Workload] = []
-        self.result: dict = {"proxies": proxies, "services": services, "versions": VERSIONS, "real_sidecars": REAL_SIDECARS}
+        self.result: dict = {
+            "proxies": proxies,
+            "services": services,
+            "versions": VERSIONS,
+            "real_sidecars": REAL_SIDECARS,
+        }
 
     def run(self) -> dict:
         self.plane.start()
@@ -195,7 +220,10 @@ class ScaleRun:
             time.sleep(0.5)
             self.meter = Meter(self.plane.process.pid)
             self.result["server_idle"] = memory_mb(self.meter.pid)
-            self.real = [Workload(self.plane, f"svc-{i:02d}", "v1", command=BACKEND).start(wait=False) for i in range(REAL_SIDECARS)]
+            self.real = [
+                Workload(self.plane, f"svc-{i:02d}", "v1", command=BACKEND).start(wait=False)
+                for i in range(REAL_SIDECARS)
+            ]
             self.real = [w.wait_ready() for w in self.real]
             self.meter.mark("real_sidecars_start")
             asyncio.run(self._measure())
@@ -207,7 +235,9 @@ class ScaleRun:
         return self.result
 
     async def _measure(self) -> None:
-        bundle = json.loads(http("GET", f"{self.plane.agent_api}/agent/v1/bundle", context=_unverified())[2])["bundle"].encode()
+        bundle = json.loads(http("GET", f"{self.plane.agent_api}/agent/v1/bundle", context=_unverified())[2])[
+            "bundle"
+        ].encode()
         self.enroller = Enroller(self.plane.agent_api, bundle, self.home / "identities")
         (self.home / "identities").mkdir()
         self.fleet = Fleet(self.plane.xds, bundle)
@@ -260,14 +290,32 @@ class ScaleRun:
         self.profile.mkdir(parents=True, exist_ok=True)
         out = self.profile / f"scale-{self.n}.collapsed.txt"
         self.result["profile"] = str(out)
-        args = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(self.meter.pid), "--rate", "50", "--format", "raw", "--output", str(out), *(["--native"] if self.native else ["--nonblocking"])]
+        args = [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(self.meter.pid),
+            "--rate",
+            "50",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            *(["--native"] if self.native else ["--nonblocking"]),
+        ]
         return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # ends with the server
 
     def _server_view(self) -> dict:
         """What `lattice status` says: proxies connected and SYNCED, and the last push's time."""
         status = self.plane.status()
-        synced = [p for p in status["proxies"] if p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values())]
-        return {"proxies": len(status["proxies"]), "synced": len(synced), "last_push_ms": status["server"]["last_push_ms"]}
+        synced = [
+            p for p in status["proxies"] if p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values())
+        ]
+        return {
+            "proxies": len(status["proxies"]),
+            "synced": len(synced),
+            "last_push_ms": status["server"]["last_push_ms"],
+        }
 
     async def _quiet(self) -> None:
         await self.fleet.settled(quiet=0.3, timeout=CHANGE_TIMEOUT)
@@ -286,7 +334,12 @@ class ScaleRun:
         route_name = f"bench-{i}-{secrets.token_hex(3)}"
         affected = self.fleet.holding(lambda p: contains(host)(p.types[ROUTE].resources))
         yaml_text = virtual_service(service, route_name, f"v{i % 2 + 1}")
-        return await self._change(Probe(ROUTE, contains(route_name.encode()), affected), lambda: apply(self.session, self.plane, yaml_text), "dynamic_route_configs", lambda dump: route_name in dump)
+        return await self._change(
+            Probe(ROUTE, contains(route_name.encode()), affected),
+            lambda: apply(self.session, self.plane, yaml_text),
+            "dynamic_route_configs",
+            lambda dump: route_name in dump,
+        )
 
     async def _endpoint_rounds(self) -> tuple[dict, dict]:
         """Each spare identity registers (an endpoint added), then deregisters (removed)."""
@@ -341,7 +394,10 @@ def after_changes(result: dict) -> dict:
     what a server that has carried changes holds (and its peak), next to the fresh figure."""
     connected, idle = result["proxies"] + REAL_SIDECARS, result["server_idle"]["rss_mb"]
     end = result["server_end"]
-    return {"server_rss_per_proxy_after_changes_mb": round((end["rss_mb"] - idle) / connected, 3), "server_peak_rss_per_proxy_mb": round((end["peak_rss_mb"] - idle) / connected, 3)}
+    return {
+        "server_rss_per_proxy_after_changes_mb": round((end["rss_mb"] - idle) / connected, 3),
+        "server_peak_rss_per_proxy_mb": round((end["peak_rss_mb"] - idle) / connected, 3),
+    }
 
 
 def _per_service(identities) -> dict[str, int]:
@@ -366,10 +422,17 @@ def summarize(samples: list[dict]) -> dict:
     pooled = [a for s in samples for a in s["acks_s"]]
     real = [r for s in samples for r in s["real_s"] if r is not None]
     return {
-        "changes": len(samples), "affected": max((s["affected"] for s in samples), default=0), "incomplete": sum(1 for s in samples if s["missing"]),
-        "p50_s": quantile(to_all, 0.5), "p99_s": quantile(to_all, 0.99), "max_s": max(to_all, default=float("nan")),
-        "per_proxy_p50_s": quantile(pooled, 0.5), "per_proxy_p99_s": quantile(pooled, 0.99),
-        "real_envoy_p50_s": quantile(real, 0.5), "real_envoy_max_s": max(real, default=float("nan")), "real_envoy_confirmed": f"{len(real)}/{sum(len(s['real_s']) for s in samples)}",
+        "changes": len(samples),
+        "affected": max((s["affected"] for s in samples), default=0),
+        "incomplete": sum(1 for s in samples if s["missing"]),
+        "p50_s": quantile(to_all, 0.5),
+        "p99_s": quantile(to_all, 0.99),
+        "max_s": max(to_all, default=float("nan")),
+        "per_proxy_p50_s": quantile(pooled, 0.5),
+        "per_proxy_p99_s": quantile(pooled, 0.99),
+        "real_envoy_p50_s": quantile(real, 0.5),
+        "real_envoy_max_s": max(real, default=float("nan")),
+        "real_envoy_confirmed": f"{len(real)}/{sum(len(s['real_s']) for s in samples)}",
         "to_all_s": [round(x, 4) for x in to_all],
     }
 
@@ -380,14 +443,19 @@ def growth(runs: list[dict]) -> dict:
     if small is large:
         return {}
     figures = {
-        "route_change_p99": lambda r: r["route_change"]["p99_s"], "endpoint_added_p99": lambda r: r["endpoint_added"]["p99_s"],
-        "endpoint_removed_p99": lambda r: r["endpoint_removed"]["p99_s"], "server_rss_mb": lambda r: r["server_connected"]["rss_mb"],
-        "server_cpu_per_route_change_s": lambda r: r["phases"]["route_changes"]["server_cpu_s"] / r["route_change"]["changes"],
+        "route_change_p99": lambda r: r["route_change"]["p99_s"],
+        "endpoint_added_p99": lambda r: r["endpoint_added"]["p99_s"],
+        "endpoint_removed_p99": lambda r: r["endpoint_removed"]["p99_s"],
+        "server_rss_mb": lambda r: r["server_connected"]["rss_mb"],
+        "server_cpu_per_route_change_s": lambda r: (
+            r["phases"]["route_changes"]["server_cpu_s"] / r["route_change"]["changes"]
+        ),
         "connect_to_synced_s": lambda r: r["connect_to_synced_s"],
     }
-    return {"proxies": f"{small['proxies']} → {large['proxies']}", "fleet_ratio": large["proxies"] / small["proxies"]} | {
-        k: round(f(large) / f(small), 2) if f(small) else None for k, f in figures.items()
-    }
+    return {
+        "proxies": f"{small['proxies']} → {large['proxies']}",
+        "fleet_ratio": large["proxies"] / small["proxies"],
+    } | {k: round(f(large) / f(small), 2) if f(small) else None for k, f in figures.items()}
 
 
 def rounds(proxies: int, quick: bool) -> tuple[int, int]:
@@ -396,15 +464,21 @@ def rounds(proxies: int, quick: bool) -> tuple[int, int]:
     return (8, 4) if quick else (12, 6)
 
 
-def measure(quick: bool, sizes: list[int] | None = None, services: int = 20, profile: Path | None = None, native: bool = False) -> dict:
+def measure(
+    quick: bool, sizes: list[int] | None = None, services: int = 20, profile: Path | None = None, native: bool = False
+) -> dict:
     """The benchmark: one fresh control plane per fleet size (quick: 100 proxies only)."""
     sizes = sizes or ([100] if quick else [100, 1000])
     started = time.monotonic()
     runs = [ScaleRun(n, services, *rounds(n, quick), profile, native).run() for n in sizes]
     return {
-        "mode": "quick" if quick else "full", "machine": procstat.machine(envoy_binary()) | {"memory_gb": _memory_gb()},
-        "client": "one asyncio process (this one) runs every simulated proxy", "services": services,
-        "runs": runs, "growth": growth(runs), "seconds": round(time.monotonic() - started, 1),
+        "mode": "quick" if quick else "full",
+        "machine": procstat.machine(envoy_binary()) | {"memory_gb": _memory_gb()},
+        "client": "one asyncio process (this one) runs every simulated proxy",
+        "services": services,
+        "runs": runs,
+        "growth": growth(runs),
+        "seconds": round(time.monotonic() - started, 1),
     }
 
 
@@ -422,7 +496,11 @@ def _ms(seconds: float | None) -> str:
 def table(result: dict) -> Table:
     """One column per fleet size, plus growth when there are two."""
     runs = result["runs"]
-    t = Table(title=f"Control plane scale: {result['services']} services × {VERSIONS} versions, simulated ADS proxies + {REAL_SIDECARS} real Envoys", box=None, header_style="bold")
+    t = Table(
+        title=f"Control plane scale: {result['services']} services × {VERSIONS} versions, simulated ADS proxies + {REAL_SIDECARS} real Envoys",
+        box=None,
+        header_style="bold",
+    )
     t.add_column("metric")
     for r in runs:
         t.add_column(f"N = {r['proxies']:,}", justify="right")
@@ -430,24 +508,68 @@ def table(result: dict) -> Table:
         t.add_row(label, *(value(r) for r in runs))
     g = result.get("growth") or {}
     if g:
-        t.add_row("growth " + g["proxies"], *([""] * (len(runs) - 1)), ", ".join(f"{k} ×{v}" for k, v in g.items() if k not in ("proxies", "fleet_ratio") and v is not None))
+        t.add_row(
+            "growth " + g["proxies"],
+            *([""] * (len(runs) - 1)),
+            ", ".join(f"{k} ×{v}" for k, v in g.items() if k not in ("proxies", "fleet_ratio") and v is not None),
+        )
     return t
 
 
 def _rows() -> list[tuple[str, callable]]:
     rows = []
-    for key, name in (("route_change", "VirtualService change"), ("endpoint_added", "endpoint added"), ("endpoint_removed", "endpoint removed")):
+    for key, name in (
+        ("route_change", "VirtualService change"),
+        ("endpoint_added", "endpoint added"),
+        ("endpoint_removed", "endpoint removed"),
+    ):
         rows += [
-            (f"{name} → all ACKed p50 / p99 / max", lambda r, k=key: f"{_ms(r[k]['p50_s'])} / {_ms(r[k]['p99_s'])} / {_ms(r[k]['max_s'])}"),
-            (f"  per proxy p50 / p99 ({key.split('_')[0]}s: changes)", lambda r, k=key: f"{_ms(r[k]['per_proxy_p50_s'])} / {_ms(r[k]['per_proxy_p99_s'])} ({r[k]['affected']} × {r[k]['changes']})"),
-            ("  real Envoys accepted p50 / max", lambda r, k=key: f"{_ms(r[k]['real_envoy_p50_s'])} / {_ms(r[k]['real_envoy_max_s'])} ({r[k]['real_envoy_confirmed']})"),
+            (
+                f"{name} → all ACKed p50 / p99 / max",
+                lambda r, k=key: f"{_ms(r[k]['p50_s'])} / {_ms(r[k]['p99_s'])} / {_ms(r[k]['max_s'])}",
+            ),
+            (
+                f"  per proxy p50 / p99 ({key.split('_')[0]}s: changes)",
+                lambda r, k=key: (
+                    f"{_ms(r[k]['per_proxy_p50_s'])} / {_ms(r[k]['per_proxy_p99_s'])} ({r[k]['affected']} × {r[k]['changes']})"
+                ),
+            ),
+            (
+                "  real Envoys accepted p50 / max",
+                lambda r, k=key: (
+                    f"{_ms(r[k]['real_envoy_p50_s'])} / {_ms(r[k]['real_envoy_max_s'])} ({r[k]['real_envoy_confirmed']})"
+                ),
+            ),
         ]
     rows += [
-        ("enroll + register / connect → all synced", lambda r: f"{r['enroll_s']:.1f} s / {r['connect_to_synced_s']:.1f} s"),
-        ("server RSS idle → N connected → after changes (peak)", lambda r: f"{r['server_idle']['rss_mb']:.0f} → {r['server_connected']['rss_mb']:.0f} → {r['server_end']['rss_mb']:.0f} ({r['server_end']['peak_rss_mb']:.0f}) MB"),
-        ("server RSS per proxy: connected / after changes (peak)", lambda r: f"{r['server_rss_per_proxy_mb'] * 1024:.0f} / {r['server_rss_per_proxy_after_changes_mb'] * 1024:.0f} ({r['server_peak_rss_per_proxy_mb'] * 1024:.0f}) KB"),
-        ("server CPU: connect / per route change / per endpoint change", lambda r: f"{r['phases']['connect_and_sync']['server_cpu_s']:.1f} / {r['phases']['route_changes']['server_cpu_s'] / r['route_change']['changes']:.2f} / {r['phases']['endpoint_changes']['server_cpu_s'] / (2 * r['endpoint_added']['changes']):.2f} s"),
-        ("server: last full push / status SYNCED", lambda r: f"{r['server_view']['last_push_ms']:.0f} ms / {r['server_view']['synced']}/{r['server_view']['proxies']}"),
+        (
+            "enroll + register / connect → all synced",
+            lambda r: f"{r['enroll_s']:.1f} s / {r['connect_to_synced_s']:.1f} s",
+        ),
+        (
+            "server RSS idle → N connected → after changes (peak)",
+            lambda r: (
+                f"{r['server_idle']['rss_mb']:.0f} → {r['server_connected']['rss_mb']:.0f} → {r['server_end']['rss_mb']:.0f} ({r['server_end']['peak_rss_mb']:.0f}) MB"
+            ),
+        ),
+        (
+            "server RSS per proxy: connected / after changes (peak)",
+            lambda r: (
+                f"{r['server_rss_per_proxy_mb'] * 1024:.0f} / {r['server_rss_per_proxy_after_changes_mb'] * 1024:.0f} ({r['server_peak_rss_per_proxy_mb'] * 1024:.0f}) KB"
+            ),
+        ),
+        (
+            "server CPU: connect / per route change / per endpoint change",
+            lambda r: (
+                f"{r['phases']['connect_and_sync']['server_cpu_s']:.1f} / {r['phases']['route_changes']['server_cpu_s'] / r['route_change']['changes']:.2f} / {r['phases']['endpoint_changes']['server_cpu_s'] / (2 * r['endpoint_added']['changes']):.2f} s"
+            ),
+        ),
+        (
+            "server: last full push / status SYNCED",
+            lambda r: (
+                f"{r['server_view']['last_push_ms']:.0f} ms / {r['server_view']['synced']}/{r['server_view']['proxies']}"
+            ),
+        ),
         ("client CPU share during changes", lambda r: _client_share(r)),
         ("NACKs", lambda r: str(r["nacks"])),
     ]
@@ -465,8 +587,14 @@ def main() -> None:
     parser.add_argument("--proxies", type=int, nargs="+", help="Fleet sizes (default 100 1000; quick: 100).")
     parser.add_argument("--services", type=int, default=20)
     parser.add_argument("--json", type=Path, default=RESULTS / "scale.json")
-    parser.add_argument("--profile", type=Path, help="Record the server with py-spy during the changes, into this directory (needs py-spy).")
-    parser.add_argument("--native", action="store_true", help="With --profile: native frames too (gRPC's C and Cython code).")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="Record the server with py-spy during the changes, into this directory (needs py-spy).",
+    )
+    parser.add_argument(
+        "--native", action="store_true", help="With --profile: native frames too (gRPC's C and Cython code)."
+    )
     args = parser.parse_args()
     from rich.console import Console
 

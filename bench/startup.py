@@ -59,7 +59,10 @@ def run_to_first_request(rounds: int) -> list[float]:
             started = time.monotonic()
             process = subprocess.run(
                 [LATTICE, "run", "--service", "client", "--version", f"v{i}", "--", sys.executable, "-c", FIRST_ANSWER],
-                env=env, capture_output=True, text=True, timeout=60,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
             found = re.search(r"first-answer (\d+\.\d+)", process.stdout)
             if not found:
@@ -74,7 +77,13 @@ def run_to_first_request(rounds: int) -> list[float]:
 def demo_to_answering(timeout: float = 90) -> dict:
     home = Path(tempfile.mkdtemp(prefix="lattice-bench-demo-"))
     env = os.environ | {"LATTICE_HOME": str(home), "GRPC_ENABLE_FORK_SUPPORT": "false", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([LATTICE, "demo", "--duration", str(timeout)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [LATTICE, "demo", "--duration", str(timeout)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out: dict = {}
     try:
         for line in process.stdout:

@@ -66,9 +66,17 @@ class Identity:
     def registration(self) -> dict:
         """What `lattice run` registers for a healthy workload on port 9080."""
         return {
-            "name": f"{self.service}-{self.version}", "namespace": self.namespace, "service": self.service,
-            "service_account": self.service, "labels": {"app": self.service, "version": self.version},
-            "address": self.address, "port": 9080, "app_port": 9, "outbound_port": 15001, "agent_port": 15020, "healthy": True,
+            "name": f"{self.service}-{self.version}",
+            "namespace": self.namespace,
+            "service": self.service,
+            "service_account": self.service,
+            "labels": {"app": self.service, "version": self.version},
+            "address": self.address,
+            "port": 9080,
+            "app_port": 9,
+            "outbound_port": 15001,
+            "agent_port": 15020,
+            "healthy": True,
         }
 
 
@@ -94,7 +102,9 @@ class Enroller:
         self._bulk = asyncio.Semaphore(256)
         # No keep-alive: idle connections held for a thousand identities would count in the
         # server's memory as if proxies cost it that.
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), timeout=aiohttp.ClientTimeout(total=900))
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True), timeout=aiohttp.ClientTimeout(total=900)
+        )
 
     async def close(self) -> None:
         await self._session.close()
@@ -118,12 +128,26 @@ class Enroller:
         identity.tls = self._context(identity)
 
     async def register(self, identity: Identity, many: bool = False) -> None:
-        await self._call("PUT", f"/agent/v1/workloads/{identity.proxy_id}", identity, identity.registration(), limit=self._bulk if many else None)
+        await self._call(
+            "PUT",
+            f"/agent/v1/workloads/{identity.proxy_id}",
+            identity,
+            identity.registration(),
+            limit=self._bulk if many else None,
+        )
 
     async def deregister(self, identity: Identity) -> None:
         await self._call("DELETE", f"/agent/v1/workloads/{identity.proxy_id}", identity)
 
-    async def _call(self, method: str, path: str, identity: Identity | None, body: dict | None = None, headers: dict | None = None, limit: asyncio.Semaphore | None = None) -> dict:
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        identity: Identity | None,
+        body: dict | None = None,
+        headers: dict | None = None,
+        limit: asyncio.Semaphore | None = None,
+    ) -> dict:
         """One request, retried as agents retry (a server busy with a big fleet may be slow to
         take a connection)."""
         for attempt in range(5):
@@ -135,9 +159,22 @@ class Enroller:
                 await asyncio.sleep(1.0)
         raise AssertionError("unreachable")
 
-    async def _request(self, method: str, path: str, identity: Identity | None, body: dict | None, headers: dict | None, limit: asyncio.Semaphore) -> dict:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        identity: Identity | None,
+        body: dict | None,
+        headers: dict | None,
+        limit: asyncio.Semaphore,
+    ) -> dict:
         tls = identity.tls if identity is not None else self._context(None)
-        async with limit, self._session.request(method, self.api + path, json=body, headers=headers, ssl=tls, server_hostname=CONTROL_PLANE_NAME) as response:
+        async with (
+            limit,
+            self._session.request(
+                method, self.api + path, json=body, headers=headers, ssl=tls, server_hostname=CONTROL_PLANE_NAME
+            ) as response,
+        ):
             answer = await response.json(content_type=None)
             if response.status != 200:
                 raise RuntimeError(f"{method} {path}: {response.status} {answer}")
@@ -165,7 +202,11 @@ def eds_name(body: bytes) -> str | None:
     found = _cluster_memo.get(body, "?")
     if found == "?":
         cluster = cluster_pb2.Cluster.FromString(body)
-        found = (cluster.eds_cluster_config.service_name or cluster.name) if cluster.type == cluster_pb2.Cluster.EDS else None
+        found = (
+            (cluster.eds_cluster_config.service_name or cluster.name)
+            if cluster.type == cluster_pb2.Cluster.EDS
+            else None
+        )
         _cluster_memo[body] = found
     return found
 
@@ -175,8 +216,16 @@ def route_names(body: bytes) -> frozenset[str]:
     found = _listener_memo.get(body)
     if found is None:
         listener = listener_pb2.Listener.FromString(body)
-        chains = [*listener.filter_chains, *([listener.default_filter_chain] if listener.HasField("default_filter_chain") else [])]
-        managers = [hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value) for c in chains for f in c.filters if f.typed_config.type_url == HCM]
+        chains = [
+            *listener.filter_chains,
+            *([listener.default_filter_chain] if listener.HasField("default_filter_chain") else []),
+        ]
+        managers = [
+            hcm_pb2.HttpConnectionManager.FromString(f.typed_config.value)
+            for c in chains
+            for f in c.filters
+            if f.typed_config.type_url == HCM
+        ]
         found = _listener_memo[body] = frozenset(m.rds.route_config_name for m in managers if m.HasField("rds"))
     return found
 
@@ -200,7 +249,9 @@ class SimProxy:
 
     async def run(self) -> None:
         i = self.identity
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.bundle, private_key=i.key, certificate_chain=i.chain)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.bundle, private_key=i.key, certificate_chain=i.chain
+        )
         try:
             async with grpc.aio.secure_channel(self.xds, credentials, options=CHANNEL_OPTIONS) as channel:
                 self._call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
@@ -217,13 +268,19 @@ class SimProxy:
     def _node(self) -> base_pb2.Node:
         i = self.identity
         node = base_pb2.Node(id=i.proxy_id, cluster=f"{i.service}.{i.namespace}")
-        meta = {"NAMESPACE": i.namespace, "WORKLOAD_NAME": f"{i.service}-{i.version}", "LABELS": {"app": i.service, "version": i.version}}
+        meta = {
+            "NAMESPACE": i.namespace,
+            "WORKLOAD_NAME": f"{i.service}-{i.version}",
+            "LABELS": {"app": i.service, "version": i.version},
+        }
         node.metadata.CopyFrom(_struct(meta))
         return node
 
     async def _send(self, type_url: str, version: str, nonce: str, error: str | None = None) -> None:
         state = self.types[type_url]
-        request = discovery_pb2.DiscoveryRequest(type_url=type_url, version_info=version, response_nonce=nonce, resource_names=state.names or [])
+        request = discovery_pb2.DiscoveryRequest(
+            type_url=type_url, version_info=version, response_nonce=nonce, resource_names=state.names or []
+        )
         if error is not None:
             request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))  # INVALID_ARGUMENT
         if self._first:
@@ -357,4 +414,3 @@ class Fleet:
             await asyncio.sleep(0.05)
         behind = [p.id for p in self.proxies.values() if not p.synced]
         raise TimeoutError(f"fleet not settled after {timeout}s: {len(behind)} proxies lack a type, e.g. {behind[:3]}")
-

@@ -14,7 +14,10 @@ import pytest  # noqa: E402
 
 
 def pytest_addoption(parser):
-    parser.addoption("--update-golden", action="store_true", help="Rewrite translator golden files from current output.")
+    parser.addoption(
+        "--update-golden", action="store_true", help="Rewrite translator golden files from current output."
+    )
+
 
 from harness import ControlPlane, Workload, reset_config, start_all
 
@@ -51,7 +54,14 @@ def shared_plane(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bookinfo_mesh(shared_plane):
     """productpage, details, ratings and reviews v1/v2/v3, each under its own sidecar."""
-    specs = [("productpage", "v1"), ("details", "v1"), ("ratings", "v1"), ("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3")]
+    specs = [
+        ("productpage", "v1"),
+        ("details", "v1"),
+        ("ratings", "v1"),
+        ("reviews", "v1"),
+        ("reviews", "v2"),
+        ("reviews", "v3"),
+    ]
     started = start_all(shared_plane, specs)
     yield {f"{w.service}-{w.version}": w for w in started}
     for w in reversed(started):

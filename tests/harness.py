@@ -43,8 +43,19 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, proxy: str | None = None, timeout: float = 5.0, context=None) -> tuple[int, dict, bytes]:
-    handlers = [urllib.request.ProxyHandler({"http": proxy} if proxy else {}), urllib.request.HTTPSHandler(context=context)]
+def http(
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict | None = None,
+    proxy: str | None = None,
+    timeout: float = 5.0,
+    context=None,
+) -> tuple[int, dict, bytes]:
+    handlers = [
+        urllib.request.ProxyHandler({"http": proxy} if proxy else {}),
+        urllib.request.HTTPSHandler(context=context),
+    ]
     opener = urllib.request.build_opener(*handlers)
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -76,8 +87,24 @@ class ControlPlane:
 
     def start(self, api_port: int = 0, xds_port: int = 0, agent_port: int = 0) -> ControlPlane:
         self.home.mkdir(parents=True, exist_ok=True)
-        args = [LATTICE, "server", "--home", str(self.home), "--api-port", str(api_port), "--xds-port", str(xds_port), "--agent-port", str(agent_port), "--debounce", "0.05", *self.extra]
-        self.process = subprocess.Popen(args, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        args = [
+            LATTICE,
+            "server",
+            "--home",
+            str(self.home),
+            "--api-port",
+            str(api_port),
+            "--xds-port",
+            str(xds_port),
+            "--agent-port",
+            str(agent_port),
+            "--debounce",
+            "0.05",
+            *self.extra,
+        ]
+        self.process = subprocess.Popen(
+            args, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
         info = wait_for(self._discovery, 20, what=f"control plane to start (log {self.log})")
         self.api, self.xds, self.agent_api = info["api"], info["xds"], info["agent"]
         return self
@@ -103,12 +130,18 @@ class ControlPlane:
 
     def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
-        status, _, raw = http(method, f"{self.api}{path}", data, self.admin | ({"Content-Type": "application/json"} if data else {}))
+        status, _, raw = http(
+            method, f"{self.api}{path}", data, self.admin | ({"Content-Type": "application/json"} if data else {})
+        )
         return status, json.loads(raw or b"{}")
 
     def token(self, service_account: str, namespace: str = "default", ttl: float = 600, uses: int | None = None) -> str:
         """A join token for spiffe://cluster.local/ns/<namespace>/sa/<service_account>."""
-        status, body = self.call("POST", "/api/v1/tokens", {"service_account": service_account, "namespace": namespace, "ttl_seconds": ttl, "uses": uses})
+        status, body = self.call(
+            "POST",
+            "/api/v1/tokens",
+            {"service_account": service_account, "namespace": namespace, "ttl_seconds": ttl, "uses": uses},
+        )
         assert status == 200, body
         return body["token"]
 
@@ -119,7 +152,9 @@ class ControlPlane:
     def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run([LATTICE, *args], env=self.env, input=input, capture_output=True, text=True, timeout=60)
         if check and result.returncode != 0:
-            raise AssertionError(f"lattice {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+            raise AssertionError(
+                f"lattice {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def apply(self, yaml_text: str) -> subprocess.CompletedProcess:
@@ -140,13 +175,27 @@ class ControlPlane:
         """Every (chosen) proxy connected and holding what it was sent, with no push pending."""
         status = self.status()
         proxies = [p for p in status["proxies"] if ids is None or p["id"] in ids]
-        return not status["server"]["push_pending"] and bool(proxies) and all(p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values()) for p in proxies)
+        return (
+            not status["server"]["push_pending"]
+            and bool(proxies)
+            and all(p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values()) for p in proxies)
+        )
 
 
 class Workload:
     """`lattice run --service S --version V -- python -m lattice.demo.apps.<app>` as a user runs it."""
 
-    def __init__(self, plane: ControlPlane, service: str, version: str = "v1", app: str | None = None, command: list[str] | None = None, extra: tuple[str, ...] = (), token: str | None = None, env: dict | None = None) -> None:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        service: str,
+        version: str = "v1",
+        app: str | None = None,
+        command: list[str] | None = None,
+        extra: tuple[str, ...] = (),
+        token: str | None = None,
+        env: dict | None = None,
+    ) -> None:
         self.plane = plane
         self.app_env = env or {}
         self.token = token
@@ -159,10 +208,24 @@ class Workload:
 
     def start(self, wait: bool = True) -> Workload:
         """Start `lattice run`; with `wait`, return once healthy and synced (see `wait_ready`)."""
-        args = [LATTICE, "run", "--service", self.service, "--version", self.version, "--log-level", "info", *self.extra, "--", *self.command]
+        args = [
+            LATTICE,
+            "run",
+            "--service",
+            self.service,
+            "--version",
+            self.version,
+            "--log-level",
+            "info",
+            *self.extra,
+            "--",
+            *self.command,
+        ]
         token = self.token or self.plane.token(self._service_account())
         env = self.plane.env | {"SERVICE_VERSION": self.version, "LATTICE_TOKEN": token} | self.app_env
-        self.process = subprocess.Popen(args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(
+            args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
         return self.wait_ready() if wait else self
 
     def _service_account(self) -> str:
@@ -170,13 +233,19 @@ class Workload:
         return extra[extra.index("--service-account") + 1] if "--service-account" in extra else self.service
 
     def wait_ready(self) -> Workload:
-        self.info = wait_for(self._ready, 30, what=f"{self.service}-{self.version} to be healthy and synced (log {self.log})")
+        self.info = wait_for(
+            self._ready, 30, what=f"{self.service}-{self.version} to be healthy and synced (log {self.log})"
+        )
         return self
 
     def _ready(self):
         if self.process.poll() is not None:
             raise AssertionError(f"lattice run exited with {self.process.returncode}:\n{self.log.read_text()}")
-        mine = [p for p in self.plane.status()["proxies"] if p["name"] == f"{self.service}-{self.version}" and p["id"] not in _claimed]
+        mine = [
+            p
+            for p in self.plane.status()["proxies"]
+            if p["name"] == f"{self.service}-{self.version}" and p["id"] not in _claimed
+        ]
         for p in mine:
             if p["healthy"] and p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values()):
                 _claimed.add(p["id"])
@@ -281,7 +350,9 @@ def children(pid: int) -> list[tuple[int, str]]:
 
 def child_pid(workload: Workload, needle: str) -> int:
     found = [pid for pid, cmd in children(workload.process.pid) if needle in cmd]
-    assert len(found) == 1, f"expected one child matching {needle!r} under {workload.process.pid}: {children(workload.process.pid)}"
+    assert len(found) == 1, (
+        f"expected one child matching {needle!r} under {workload.process.pid}: {children(workload.process.pid)}"
+    )
     return found[0]
 
 
@@ -289,17 +360,27 @@ class Enrolled:
     """A workload identity obtained the way an agent does (join token, CSR, TLS), for tests that
     play the agent themselves: key, chain and bundle on disk, and calls to the agents' API."""
 
-    def __init__(self, plane: ControlPlane, service_account: str, proxy_id: str, directory: Path, namespace: str = "default") -> None:
+    def __init__(
+        self, plane: ControlPlane, service_account: str, proxy_id: str, directory: Path, namespace: str = "default"
+    ) -> None:
         from lattice.identity import SpiffeId, key_pem, make_csr, new_key
 
         directory.mkdir(parents=True, exist_ok=True)
         self.plane, self.proxy_id, self.dir = plane, proxy_id, directory
         self.bundle_file = directory / "bundle.pem"
-        self.bundle_file.write_text(json.loads(http("GET", f"{plane.agent_api}/agent/v1/bundle", context=_unverified())[2])["bundle"])
+        self.bundle_file.write_text(
+            json.loads(http("GET", f"{plane.agent_api}/agent/v1/bundle", context=_unverified())[2])["bundle"]
+        )
         key = new_key()
         csr = make_csr(key, SpiffeId("cluster.local", namespace, service_account))
         token = plane.token(service_account, namespace)
-        status, body = self.agent_call("POST", "/agent/v1/certificate", {"csr": csr.decode(), "proxy_id": proxy_id}, {"Authorization": f"Bearer {token}"}, client_cert=False)
+        status, body = self.agent_call(
+            "POST",
+            "/agent/v1/certificate",
+            {"csr": csr.decode(), "proxy_id": proxy_id},
+            {"Authorization": f"Bearer {token}"},
+            client_cert=False,
+        )
         assert status == 200, body
         self.cert_file, self.key_file = directory / "cert.pem", directory / "key.pem"
         self.cert_file.write_text(body["chain"])
@@ -314,9 +395,17 @@ class Enrolled:
             context.load_cert_chain(self.cert_file, self.key_file)
         return context
 
-    def agent_call(self, method: str, path: str, body: dict | None = None, headers: dict | None = None, client_cert: bool = True) -> tuple[int, dict]:
+    def agent_call(
+        self, method: str, path: str, body: dict | None = None, headers: dict | None = None, client_cert: bool = True
+    ) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
-        status, _, raw = http(method, f"{self.plane.agent_api}{path}", data, {"Content-Type": "application/json", **(headers or {})}, context=self.context(client_cert))
+        status, _, raw = http(
+            method,
+            f"{self.plane.agent_api}{path}",
+            data,
+            {"Content-Type": "application/json", **(headers or {})},
+            context=self.context(client_cert),
+        )
         return status, json.loads(raw or b"{}")
 
     def register(self, record: dict) -> None:

@@ -42,8 +42,23 @@ class SigningKey:
     def jwk(self) -> dict:
         numbers = self.private.public_key().public_numbers()
         if self.alg == "RS256":
-            return {"kty": "RSA", "kid": self.kid, "alg": "RS256", "use": "sig", "n": _uint(numbers.n), "e": _uint(numbers.e)}
-        return {"kty": "EC", "kid": self.kid, "alg": "ES256", "use": "sig", "crv": "P-256", "x": _uint(numbers.x, 32), "y": _uint(numbers.y, 32)}
+            return {
+                "kty": "RSA",
+                "kid": self.kid,
+                "alg": "RS256",
+                "use": "sig",
+                "n": _uint(numbers.n),
+                "e": _uint(numbers.e),
+            }
+        return {
+            "kty": "EC",
+            "kid": self.kid,
+            "alg": "ES256",
+            "use": "sig",
+            "crv": "P-256",
+            "x": _uint(numbers.x, 32),
+            "y": _uint(numbers.y, 32),
+        }
 
     def sign(self, claims: dict, header: dict | None = None) -> str:
         head = {"alg": self.alg, "typ": "JWT", "kid": self.kid, **(header or {})}

@@ -28,33 +28,136 @@ import json
 import re
 from typing import Iterator, NamedTuple
 
-AGGREGATIONS = frozenset({
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk", "topk", "quantile",
-    "limitk", "limit_ratio",
-})
-FUNCTIONS = frozenset({
-    "abs", "absent", "absent_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh", "avg_over_time", "ceil",
-    "changes", "clamp", "clamp_max", "clamp_min", "cos", "cosh", "count_over_time", "day_of_month", "day_of_week",
-    "day_of_year", "days_in_month", "deg", "delta", "deriv", "double_exponential_smoothing", "end", "exp", "floor",
-    "histogram_avg", "histogram_count", "histogram_fraction", "histogram_quantile", "histogram_stddev",
-    "histogram_stdvar", "histogram_sum", "holt_winters", "hour", "idelta", "increase", "info", "irate", "label_join",
-    "label_replace", "last_over_time", "ln", "log10", "log2", "mad_over_time", "max_over_time", "min_over_time",
-    "minute", "month", "pi", "predict_linear", "present_over_time", "quantile_over_time", "rad", "rate", "resets",
-    "round", "scalar", "sgn", "sin", "sinh", "sort", "sort_by_label", "sort_by_label_desc", "sort_desc", "sqrt", "start",
-    "stddev_over_time", "stdvar_over_time", "sum_over_time", "tan", "tanh", "time", "timestamp", "vector", "year",
-})
+AGGREGATIONS = frozenset(
+    {
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    }
+)
+FUNCTIONS = frozenset(
+    {
+        "abs",
+        "absent",
+        "absent_over_time",
+        "acos",
+        "acosh",
+        "asin",
+        "asinh",
+        "atan",
+        "atanh",
+        "avg_over_time",
+        "ceil",
+        "changes",
+        "clamp",
+        "clamp_max",
+        "clamp_min",
+        "cos",
+        "cosh",
+        "count_over_time",
+        "day_of_month",
+        "day_of_week",
+        "day_of_year",
+        "days_in_month",
+        "deg",
+        "delta",
+        "deriv",
+        "double_exponential_smoothing",
+        "end",
+        "exp",
+        "floor",
+        "histogram_avg",
+        "histogram_count",
+        "histogram_fraction",
+        "histogram_quantile",
+        "histogram_stddev",
+        "histogram_stdvar",
+        "histogram_sum",
+        "holt_winters",
+        "hour",
+        "idelta",
+        "increase",
+        "info",
+        "irate",
+        "label_join",
+        "label_replace",
+        "last_over_time",
+        "ln",
+        "log10",
+        "log2",
+        "mad_over_time",
+        "max_over_time",
+        "min_over_time",
+        "minute",
+        "month",
+        "pi",
+        "predict_linear",
+        "present_over_time",
+        "quantile_over_time",
+        "rad",
+        "rate",
+        "resets",
+        "round",
+        "scalar",
+        "sgn",
+        "sin",
+        "sinh",
+        "sort",
+        "sort_by_label",
+        "sort_by_label_desc",
+        "sort_desc",
+        "sqrt",
+        "start",
+        "stddev_over_time",
+        "stdvar_over_time",
+        "sum_over_time",
+        "tan",
+        "tanh",
+        "time",
+        "timestamp",
+        "vector",
+        "year",
+    }
+)
 BINARY_KEYWORDS = frozenset({"and", "or", "unless", "atan2", "bool"})
 GROUPING = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 NUMBER_WORDS = frozenset({"inf", "nan"})
 # Label-name arguments (0-based argument positions; None: this one and every later one).
-LABEL_ARGUMENTS = {"label_replace": (1, 3), "label_join": (1, 3, None), "count_values": (0,), "sort_by_label": (1, None), "sort_by_label_desc": (1, None)}
+LABEL_ARGUMENTS = {
+    "label_replace": (1, 3),
+    "label_join": (1, 3, None),
+    "count_values": (0,),
+    "sort_by_label": (1, None),
+    "sort_by_label_desc": (1, None),
+}
 MATCH_OPS = frozenset({"=", "!=", "=~", "!~"})
 
 # Grafana's built-in variables, as a dashboard sees them over the last hour.
 BUILTINS = {
-    "__rate_interval": "1m", "__interval": "30s", "__interval_ms": "30000", "__range": "1h", "__range_s": "3600",
-    "__range_ms": "3600000", "__auto_interval": "30s", "__from": "1700000000000", "__to": "1700003600000",
-    "__name": "name", "__org": "1", "__user": "admin", "__dashboard": "dashboard",
+    "__rate_interval": "1m",
+    "__interval": "30s",
+    "__interval_ms": "30000",
+    "__range": "1h",
+    "__range_s": "3600",
+    "__range_ms": "3600000",
+    "__auto_interval": "30s",
+    "__from": "1700000000000",
+    "__to": "1700003600000",
+    "__name": "name",
+    "__org": "1",
+    "__user": "admin",
+    "__dashboard": "dashboard",
 }
 
 
@@ -81,7 +184,9 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-_RANGE = re.compile(r"\[\s*(?:\d+(?:ms|[smhdwy]))+\s*(?::\s*(?:(?:\d+(?:ms|[smhdwy]))+)?\s*)?\]|\[\s*\d+(?:\.\d+)?\s*\]")
+_RANGE = re.compile(
+    r"\[\s*(?:\d+(?:ms|[smhdwy]))+\s*(?::\s*(?:(?:\d+(?:ms|[smhdwy]))+)?\s*)?\]|\[\s*\d+(?:\.\d+)?\s*\]"
+)
 
 
 def tokens(expr: str) -> list[Token]:
@@ -268,7 +373,12 @@ def substitute(expr: str, values: dict[str, str] | None = None, fallback: str | 
 def undefined_variables(dashboard: dict) -> set[str]:
     """Variables the queries use that are neither Grafana's built-ins nor the dashboard's own."""
     known = set(BUILTINS) | set(variables(dashboard))
-    used = {m.group(1) or m.group(2) or m.group(3) for p in panels(dashboard) for t in p.get("targets", []) for m in _VARIABLE.finditer(t.get("expr", ""))}
+    used = {
+        m.group(1) or m.group(2) or m.group(3)
+        for p in panels(dashboard)
+        for t in p.get("targets", [])
+        for m in _VARIABLE.finditer(t.get("expr", ""))
+    }
     return {name for name in used - known if not name.isdigit()}  # $1: a label_replace group
 
 

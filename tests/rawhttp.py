@@ -69,7 +69,13 @@ def _parse_h1(data: bytes) -> Answer:
 def h2c(address: str, port: int, headers: list[tuple[str, str]], timeout: float = 5.0) -> Answer:
     """One request over HTTP/2 cleartext with prior knowledge. `headers` (pseudo-headers first) go
     out exactly as given: h2's own validation and normalization are off."""
-    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8", validate_outbound_headers=False, normalize_outbound_headers=False, validate_inbound_headers=False)
+    config = h2.config.H2Configuration(
+        client_side=True,
+        header_encoding="utf-8",
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        validate_inbound_headers=False,
+    )
     conn = h2.connection.H2Connection(config=config)
     with socket.create_connection((address, port), timeout=timeout) as sock:
         conn.initiate_connection()

@@ -30,14 +30,33 @@ MAX_BEHIND = 2000  # messages (each up to 16 KB of entries) queued for the worke
 WORKER_NICENESS = 10
 # Envoy's short response flags (what %RESPONSE_FLAGS% prints), by ResponseFlags field.
 FLAGS = {
-    "failed_local_healthcheck": "LH", "no_healthy_upstream": "UH", "upstream_request_timeout": "UT", "local_reset": "LR",
-    "upstream_remote_reset": "UR", "upstream_connection_failure": "UF", "upstream_connection_termination": "UC",
-    "upstream_overflow": "UO", "no_route_found": "NR", "delay_injected": "DI", "fault_injected": "FI", "rate_limited": "RL",
-    "rate_limit_service_error": "RLSE", "downstream_connection_termination": "DC", "upstream_retry_limit_exceeded": "URX",
-    "stream_idle_timeout": "SI", "invalid_envoy_request_headers": "IH", "downstream_protocol_error": "DPE",
-    "upstream_max_stream_duration_reached": "UMSDR", "response_from_cache_filter": "RFCF", "no_filter_config_found": "NFCF",
-    "duration_timeout": "DT", "upstream_protocol_error": "UPE", "no_cluster_found": "NC", "overload_manager": "OM",
-    "dns_resolution_failure": "DF", "downstream_remote_reset": "DR",
+    "failed_local_healthcheck": "LH",
+    "no_healthy_upstream": "UH",
+    "upstream_request_timeout": "UT",
+    "local_reset": "LR",
+    "upstream_remote_reset": "UR",
+    "upstream_connection_failure": "UF",
+    "upstream_connection_termination": "UC",
+    "upstream_overflow": "UO",
+    "no_route_found": "NR",
+    "delay_injected": "DI",
+    "fault_injected": "FI",
+    "rate_limited": "RL",
+    "rate_limit_service_error": "RLSE",
+    "downstream_connection_termination": "DC",
+    "upstream_retry_limit_exceeded": "URX",
+    "stream_idle_timeout": "SI",
+    "invalid_envoy_request_headers": "IH",
+    "downstream_protocol_error": "DPE",
+    "upstream_max_stream_duration_reached": "UMSDR",
+    "response_from_cache_filter": "RFCF",
+    "no_filter_config_found": "NFCF",
+    "duration_timeout": "DT",
+    "upstream_protocol_error": "UPE",
+    "no_cluster_found": "NC",
+    "overload_manager": "OM",
+    "dns_resolution_failure": "DF",
+    "downstream_remote_reset": "DR",
 }
 _TCP_EVENTS = {
     accesslog_pb2.TcpUpstreamConnected: "open",
@@ -100,7 +119,9 @@ class Request:
 class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
     """The agent end of Envoy's access log stream; `me` is this sidecar's workload, `service` its service's host."""
 
-    def __init__(self, me: Peer, service: str, consumers: list[Callable[[Request], None]], lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self, me: Peer, service: str, consumers: list[Callable[[Request], None]], lock: threading.Lock | None = None
+    ) -> None:
         self.me, self.service, self.consumers = me, service, consumers
         self.lock = lock or threading.Lock()  # held while consumers run: readers (scrapes, stat) take it too
         self._tcp_bytes: dict[int, tuple[int, int]] = {}  # TCP stream id -> (sent, received) so far
@@ -109,7 +130,9 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
 
-    async def StreamAccessLogs(self, messages: AsyncIterator[als_pb2.StreamAccessLogsMessage], context) -> als_pb2.StreamAccessLogsResponse:
+    async def StreamAccessLogs(
+        self, messages: AsyncIterator[als_pb2.StreamAccessLogsMessage], context
+    ) -> als_pb2.StreamAccessLogsResponse:
         """Hand each message to the worker thread; the event loop (xDS, certificates) never waits on it."""
         self._start()
         outbound = False
@@ -156,28 +179,62 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
             except Exception:  # a consumer's bug must not stop the others or the stream
                 log.exception("access log consumer failed")
 
-    def _ends(self, common: accesslog_pb2.AccessLogCommon, outbound: bool, metadata_peer: str) -> tuple[str, Peer, Peer, str, bool]:
+    def _ends(
+        self, common: accesslog_pb2.AccessLogCommon, outbound: bool, metadata_peer: str
+    ) -> tuple[str, Peer, Peer, str, bool]:
         if outbound:
-            return "source", self.me, _endpoint_peer(common.custom_tags.get(ENDPOINT_TAG, "")), _service_of(common.upstream_cluster), False
-        principal = next((san.uri for san in common.tls_properties.peer_certificate_properties.subject_alt_name if san.uri), "")
+            return (
+                "source",
+                self.me,
+                _endpoint_peer(common.custom_tags.get(ENDPOINT_TAG, "")),
+                _service_of(common.upstream_cluster),
+                False,
+            )
+        principal = next(
+            (san.uri for san in common.tls_properties.peer_certificate_properties.subject_alt_name if san.uri), ""
+        )
         return "destination", _caller(principal, metadata_peer), self.me, self.service, bool(principal)
 
     def _http(self, entry: accesslog_pb2.HTTPAccessLogEntry, outbound: bool) -> Request:
         common, request, response = entry.common_properties, entry.request, entry.response
         peer_field = common.metadata.filter_metadata.get(PEER_METADATA)
-        reporter, source, destination, service, mtls = self._ends(common, outbound, peer_field.fields["peer"].string_value if peer_field and "peer" in peer_field.fields else "")
+        reporter, source, destination, service, mtls = self._ends(
+            common,
+            outbound,
+            peer_field.fields["peer"].string_value if peer_field and "peer" in peer_field.fields else "",
+        )
         authority = request.authority
         if outbound and service == UNKNOWN:
             service = authority.rpartition(":")[0] if ":" in authority else authority
-        timing = common.time_to_last_downstream_tx_byte if common.HasField("time_to_last_downstream_tx_byte") else common.duration
+        timing = (
+            common.time_to_last_downstream_tx_byte
+            if common.HasField("time_to_last_downstream_tx_byte")
+            else common.duration
+        )
         grpc = request.request_headers.get("content-type", "").startswith("application/grpc")
-        grpc_status = (response.response_trailers.get("grpc-status") or response.response_headers.get("grpc-status", "")) if grpc else ""
+        grpc_status = (
+            (response.response_trailers.get("grpc-status") or response.response_headers.get("grpc-status", ""))
+            if grpc
+            else ""
+        )
         start, method = common.start_time, request.request_method
         return Request(
-            reporter, "grpc" if grpc else "http", start.seconds + start.nanos / 1e9, source, destination, service, mtls,
-            timing.seconds * 1000 + timing.nanos / 1e6, _METHODS[method] if 0 <= method < len(_METHODS) else "", request.path.partition("?")[0],
-            authority, response.response_code.value, grpc_status, _flags(common.response_flags),
-            request.request_headers_bytes + request.request_body_bytes, response.response_headers_bytes + response.response_body_bytes,
+            reporter,
+            "grpc" if grpc else "http",
+            start.seconds + start.nanos / 1e9,
+            source,
+            destination,
+            service,
+            mtls,
+            timing.seconds * 1000 + timing.nanos / 1e6,
+            _METHODS[method] if 0 <= method < len(_METHODS) else "",
+            request.path.partition("?")[0],
+            authority,
+            response.response_code.value,
+            grpc_status,
+            _flags(common.response_flags),
+            request.request_headers_bytes + request.request_body_bytes,
+            response.response_headers_bytes + response.response_body_bytes,
         )
 
     def _tcp(self, entry: accesslog_pb2.TCPAccessLogEntry, outbound: bool) -> Request | None:
@@ -192,14 +249,25 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
         if outbound and not common.upstream_cluster.startswith("outbound|"):
             service = UNKNOWN
         sent, received = entry.connection_properties.sent_bytes, entry.connection_properties.received_bytes
-        before = self._tcp_bytes.pop(common.stream_id, None) if event == "close" else self._tcp_bytes.get(common.stream_id)
+        before = (
+            self._tcp_bytes.pop(common.stream_id, None) if event == "close" else self._tcp_bytes.get(common.stream_id)
+        )
         if event != "close":
             self._tcp_bytes[common.stream_id] = (sent, received)
         sent_before, received_before = before or (0, 0)
         return Request(
-            reporter=reporter, protocol="tcp", start=common.start_time.seconds + common.start_time.nanos / 1e9,
-            source=source, destination=destination, service=service, mtls=mtls, flags=_flags(common.response_flags),
-            opened=before is None, closed=event == "close", sent=max(0, sent - sent_before), received=max(0, received - received_before),
+            reporter=reporter,
+            protocol="tcp",
+            start=common.start_time.seconds + common.start_time.nanos / 1e9,
+            source=source,
+            destination=destination,
+            service=service,
+            mtls=mtls,
+            flags=_flags(common.response_flags),
+            opened=before is None,
+            closed=event == "close",
+            sent=max(0, sent - sent_before),
+            received=max(0, received - received_before),
         )
 
 

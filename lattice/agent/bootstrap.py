@@ -9,7 +9,15 @@ from lattice.translate import SDS_CLUSTER
 from lattice.translate.names import TELEMETRY_CLUSTER
 
 
-def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xds_socket: Path, sds_socket: Path, telemetry_socket: Path) -> dict:
+def bootstrap(
+    node_id: str,
+    cluster: str,
+    metadata: dict,
+    admin_socket: Path,
+    xds_socket: Path,
+    sds_socket: Path,
+    telemetry_socket: Path,
+) -> dict:
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
@@ -27,12 +35,26 @@ def bootstrap(node_id: str, cluster: str, metadata: dict, admin_socket: Path, xd
         },
         # Config (xDS) and certificates (SDS) both come from the agent over unix sockets; access
         # logs (the agent's metrics, tap) and spans go back to it over a third.
-        "static_resources": {"clusters": [_grpc_cluster("xds-agent", xds_socket), _grpc_cluster(SDS_CLUSTER, sds_socket), _grpc_cluster(TELEMETRY_CLUSTER, telemetry_socket)]},
+        "static_resources": {
+            "clusters": [
+                _grpc_cluster("xds-agent", xds_socket),
+                _grpc_cluster(SDS_CLUSTER, sds_socket),
+                _grpc_cluster(TELEMETRY_CLUSTER, telemetry_socket),
+            ]
+        },
         # A #fragment never belongs on the wire (RFC 9110 4.2.1): Envoy strips it before path
         # normalization, so routes, authorization and the app see one path, as Istio does,
         # instead of answering 400 to clients that send one.
         "layered_runtime": {
-            "layers": [{"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000, "envoy.reloadable_features.http_reject_path_with_fragment": False}}]
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {
+                        "overload.global_downstream_max_connections": 50000,
+                        "envoy.reloadable_features.http_reject_path_with_fragment": False,
+                    },
+                }
+            ]
         },
     }
 
@@ -48,7 +70,10 @@ def _grpc_cluster(name: str, socket: Path) -> dict:
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         },
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(socket)}}}}]}]},
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(socket)}}}}]}],
+        },
     }
 
 

@@ -58,7 +58,9 @@ class RegistryClient:
                 body = self.registration.model_dump() | {"healthy": self.healthy()}
                 async with self._session.put(self._url, json=body, **self._tls()) as response:
                     if response.status in (400, 401, 403):
-                        raise ControlPlaneError(f"the control plane refused the registration: {(await response.json()).get('error')}")
+                        raise ControlPlaneError(
+                            f"the control plane refused the registration: {(await response.json()).get('error')}"
+                        )
                     response.raise_for_status()
                     return
             except (aiohttp.ClientError, TimeoutError) as e:

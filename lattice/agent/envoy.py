@@ -50,7 +50,14 @@ def die_with_parent() -> None:
 
 
 class EnvoyProcess:
-    def __init__(self, bootstrap: Path, admin_socket: Path, log_path: Path, log_level: str = "warning", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: Path,
+        admin_socket: Path,
+        log_path: Path,
+        log_level: str = "warning",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.env = env or {}  # added to Envoy's environment (route tables read it: translate/telemetry.py)
         self.admin_socket = admin_socket
@@ -70,17 +77,34 @@ class EnvoyProcess:
                 return
             self.restarts += 1
             backoff = 0.2 if time.monotonic() - started > 10 else min(backoff * 2, 5.0)
-            log.warning("envoy exited with %s; restarting in %.1fs (restart %d)\n%s", code, backoff, self.restarts, self.log_tail())
+            log.warning(
+                "envoy exited with %s; restarting in %.1fs (restart %d)\n%s",
+                code,
+                backoff,
+                self.restarts,
+                self.log_tail(),
+            )
             await asyncio.sleep(backoff)
 
     async def _run_once(self) -> int:
         self.admin_socket.unlink(missing_ok=True)
         with open(self.log_path, "ab") as sink:
             self.process = await asyncio.create_subprocess_exec(
-                envoy_binary(), "-c", str(self.bootstrap), "--disable-hot-restart", "--log-level", self.log_level,
-                "--drain-time-s", "1", "--parent-shutdown-time-s", "2",
+                envoy_binary(),
+                "-c",
+                str(self.bootstrap),
+                "--disable-hot-restart",
+                "--log-level",
+                self.log_level,
+                "--drain-time-s",
+                "1",
+                "--parent-shutdown-time-s",
+                "2",
                 # Envoy logs to stderr (the log file); its stdout is the agent's, for access logs to /dev/stdout.
-                stdin=asyncio.subprocess.DEVNULL, stderr=sink, preexec_fn=die_with_parent, env=os.environ | self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stderr=sink,
+                preexec_fn=die_with_parent,
+                env=os.environ | self.env,
             )
         return await self.process.wait()
 
@@ -103,7 +127,9 @@ class EnvoyProcess:
         """GET on Envoy's admin socket; (0, reason) if Envoy is not up."""
         try:
             connector = aiohttp.UnixConnector(path=str(self.admin_socket))
-            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as session:
                 async with session.get(f"http://envoy{path}", params=params) as response:
                     return response.status, await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as e:

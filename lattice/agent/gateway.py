@@ -42,7 +42,9 @@ class GatewayProxy(Sidecar):
     """The sidecar lifecycle (identity, Envoy, xDS relay, registration) serving Gateways instead of an app."""
 
     def _ports(self) -> list[int]:
-        return sorted({*self.o.listen.values(), gateway_local_port(80, self.o.listen), gateway_local_port(443, self.o.listen)})
+        return sorted(
+            {*self.o.listen.values(), gateway_local_port(80, self.o.listen), gateway_local_port(443, self.o.listen)}
+        )
 
     def _registration(self) -> Registration:
         o = self.o
@@ -50,10 +52,20 @@ class GatewayProxy(Sidecar):
         labels = {"app": o.account, **(o.labels or DEFAULT_LABELS)}
         shown = gateway_local_port(80, o.listen)  # `port` is informative for a gateway: its HTTP port
         return Registration(
-            id=f"{o.name}-{secrets.token_hex(3)}.{o.namespace}", name=o.name, namespace=o.namespace, service=o.account,
-            service_account=o.account, labels=labels, address=address, port=shown, app_port=shown, protocol="http",
-            outbound_port=OUTBOUND_PORT, agent_port=AGENT_PORT if port_free(address, AGENT_PORT) else free_port(address),
-            kind="gateway", listen=o.listen,
+            id=f"{o.name}-{secrets.token_hex(3)}.{o.namespace}",
+            name=o.name,
+            namespace=o.namespace,
+            service=o.account,
+            service_account=o.account,
+            labels=labels,
+            address=address,
+            port=shown,
+            app_port=shown,
+            protocol="http",
+            outbound_port=OUTBOUND_PORT,
+            agent_port=AGENT_PORT if port_free(address, AGENT_PORT) else free_port(address),
+            kind="gateway",
+            listen=o.listen,
         )
 
     async def _up(self) -> bool:
@@ -65,7 +77,9 @@ class GatewayProxy(Sidecar):
 
 def describe(reg: Registration) -> str:
     """What a user needs to reach the gateway: its address and where each Gateway port is served."""
-    lines = [f"gateway {reg.id} ready at {reg.address} (labels {', '.join(f'{k}={v}' for k, v in sorted(reg.labels.items()))})"]
+    lines = [
+        f"gateway {reg.id} ready at {reg.address} (labels {', '.join(f'{k}={v}' for k, v in sorted(reg.labels.items()))})"
+    ]
     for number, local in sorted(reg.listen.items()):
         lines.append(f"  Gateway port {number}: {_url(reg.address, local)}")
     lines.append(

@@ -27,7 +27,9 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
         return await _relay(envoy, "/config_dump", params)
 
     async def stats(request: web.Request) -> web.Response:
-        return await _relay(envoy, "/stats", {k: v for k, v in request.query.items() if k in ("format", "filter", "usedonly")})
+        return await _relay(
+            envoy, "/stats", {k: v for k, v in request.query.items() if k in ("format", "filter", "usedonly")}
+        )
 
     async def prometheus(request: web.Request) -> web.Response:
         """One scrape target per workload: Envoy's own statistics, then Istio's metrics."""
@@ -35,7 +37,12 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
         envoy_text = body.decode(errors="replace") if status == 200 else ""
         with observer.lock:
             ours = observer.render()
-        return web.Response(text=envoy_text + ours, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            text=envoy_text + ours,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def window(request: web.Request) -> web.Response:
         try:

@@ -20,7 +20,16 @@ from typing import Callable
 import aiohttp
 from cryptography import x509
 
-from lattice.identity import CONTROL_PLANE_NAME, SpiffeId, cert_info, fingerprint, key_pem, make_csr, new_key, parse_token
+from lattice.identity import (
+    CONTROL_PLANE_NAME,
+    SpiffeId,
+    cert_info,
+    fingerprint,
+    key_pem,
+    make_csr,
+    new_key,
+    parse_token,
+)
 from lattice.identity.tokens import pin_for
 
 log = logging.getLogger("lattice.identity")
@@ -31,7 +40,16 @@ class IdentityError(RuntimeError):
 
 
 class Identity:
-    def __init__(self, server: str, proxy_id: str, namespace: str, service_account: str, token: str | None, run_dir: Path, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        server: str,
+        proxy_id: str,
+        namespace: str,
+        service_account: str,
+        token: str | None,
+        run_dir: Path,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.server = server.rstrip("/")
         self.proxy_id = proxy_id
         self.namespace, self.service_account = namespace, service_account
@@ -63,7 +81,9 @@ class Identity:
     async def obtain(self, session: aiohttp.ClientSession) -> None:
         """The first certificate, for the join token."""
         if not self.token:
-            raise IdentityError(f"no join token for {self._wanted}: pass --token, --token-file or LATTICE_TOKEN (create one with `lattice token create --service-account {self.service_account} -n {self.namespace}`)")
+            raise IdentityError(
+                f"no join token for {self._wanted}: pass --token, --token-file or LATTICE_TOKEN (create one with `lattice token create --service-account {self.service_account} -n {self.namespace}`)"
+            )
         try:
             pin = parse_token(self.token).pin
         except ValueError as e:
@@ -91,12 +111,16 @@ class Identity:
                     break
                 except (aiohttp.ClientError, TimeoutError, IdentityError) as e:
                     left = (self.not_after - _now()).total_seconds()
-                    log.warning("certificate renewal failed (%s); %.0fs of validity left, retrying in %.1fs", e, left, backoff)
+                    log.warning(
+                        "certificate renewal failed (%s); %.0fs of validity left, retrying in %.1fs", e, left, backoff
+                    )
                     await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                     backoff = min(backoff * 2, max(1.0, left / 10))
 
     async def refresh_bundle(self, session: aiohttp.ClientSession) -> None:
-        async with session.get(f"{self.server}/agent/v1/bundle", ssl=self._ssl, server_hostname=CONTROL_PLANE_NAME) as response:
+        async with session.get(
+            f"{self.server}/agent/v1/bundle", ssl=self._ssl, server_hostname=CONTROL_PLANE_NAME
+        ) as response:
             body = await _json(response, "fetching the trust bundle")
         self._store(self.chain, self.key, body["bundle"].encode(), int(body["bundle_version"]))
         log.info("trust bundle version %d (%d roots)", self.bundle_version, self.bundle.count(b"BEGIN CERTIFICATE"))
@@ -120,20 +144,33 @@ class Identity:
         self.trust_domain = body["trust_domain"]
         pins = {pin_for(fingerprint(c)) for c in x509.load_pem_x509_certificates(bundle)}
         if pin not in pins:
-            raise IdentityError(f"the control plane at {self.server} does not hold the CA root this join token was made for; is it the right server? (mint a new token if its root was rotated)")
+            raise IdentityError(
+                f"the control plane at {self.server} does not hold the CA root this join token was made for; is it the right server? (mint a new token if its root was rotated)"
+            )
         return bundle
 
     async def _request(self, session: aiohttp.ClientSession, headers: dict, bundle: bytes) -> None:
         key = new_key()
         csr = make_csr(key, SpiffeId(self.trust_domain, self.namespace, self.service_account))
         context = self._context(bundle, with_client=not headers)
-        async with session.post(f"{self.server}/agent/v1/certificate", json={"csr": csr.decode(), "proxy_id": self.proxy_id}, headers=headers, ssl=context, server_hostname=CONTROL_PLANE_NAME) as response:
+        async with session.post(
+            f"{self.server}/agent/v1/certificate",
+            json={"csr": csr.decode(), "proxy_id": self.proxy_id},
+            headers=headers,
+            ssl=context,
+            server_hostname=CONTROL_PLANE_NAME,
+        ) as response:
             body = await _json(response, "requesting a certificate")
         self.xds, self.root = body.get("xds", ""), body["root"]
         self._store(body["chain"].encode(), key_pem(key), body["bundle"].encode(), int(body["bundle_version"]))
         info = cert_info(self.chain)
         self.spiffe, self.not_after, self._issued_at = info.spiffe_id, info.not_after, _now()
-        self._certificate = {"identity": info.spiffe_id, "serial": info.serial, "not_after": info.not_after.isoformat(), "root": self.root}
+        self._certificate = {
+            "identity": info.spiffe_id,
+            "serial": info.serial,
+            "not_after": info.not_after.isoformat(),
+            "root": self.root,
+        }
         log.info("certificate for %s until %s", self.spiffe, info.not_after.isoformat(timespec="seconds"))
 
     def _store(self, chain: bytes, key: bytes, bundle: bytes, bundle_version: int) -> None:

@@ -28,7 +28,9 @@ class _Second:
 
     def __init__(self, at: int) -> None:
         self.at = at
-        self.peers: dict[tuple, list] = {}  # (reporter, peer, service, mtls) -> [requests, failures, {bucket: n}, tcp opened, tcp bytes]
+        self.peers: dict[
+            tuple, list
+        ] = {}  # (reporter, peer, service, mtls) -> [requests, failures, {bucket: n}, tcp opened, tcp bytes]
         self.paths: dict[tuple, list] = {}  # key -> [requests, failures, min ms, max ms, last ms]
 
 
@@ -117,13 +119,34 @@ class Window:
         return {
             "seconds": seconds,
             "peers": [
-                {"reporter": k[0], "peer_workload": k[1].workload, "peer_namespace": k[1].namespace, "peer_principal": k[1].principal, "service": k[2], "mtls": k[3],
-                 "requests": v[0], "failures": v[1], "latency": {str(i): c for i, c in sorted(v[2].items())}, "tcp_opened": v[3], "tcp_bytes": v[4]}
+                {
+                    "reporter": k[0],
+                    "peer_workload": k[1].workload,
+                    "peer_namespace": k[1].namespace,
+                    "peer_principal": k[1].principal,
+                    "service": k[2],
+                    "mtls": k[3],
+                    "requests": v[0],
+                    "failures": v[1],
+                    "latency": {str(i): c for i, c in sorted(v[2].items())},
+                    "tcp_opened": v[3],
+                    "tcp_bytes": v[4],
+                }
                 for k, v in peers.items()
             ],
             "paths": [
-                {"reporter": k[0], "peer_workload": k[1], "method": k[2], "path": k[3], "service": k[4],
-                 "requests": v[0], "failures": v[1], "best_ms": round(v[2], 3), "worst_ms": round(v[3], 3), "last_ms": round(v[4], 3)}
+                {
+                    "reporter": k[0],
+                    "peer_workload": k[1],
+                    "method": k[2],
+                    "path": k[3],
+                    "service": k[4],
+                    "requests": v[0],
+                    "failures": v[1],
+                    "best_ms": round(v[2], 3),
+                    "worst_ms": round(v[3], 3),
+                    "last_ms": round(v[4], 3),
+                }
                 for k, v in paths.items()
             ],
         }
@@ -157,10 +180,24 @@ def tap_event(r: Request) -> dict:
     """One request as `lattice tap` shows it: who called whom, what, and how it went. Never headers,
     bodies or query strings (they may carry credentials)."""
     return {
-        "time": r.start, "reporter": r.reporter, "protocol": r.protocol,
+        "time": r.start,
+        "reporter": r.reporter,
+        "protocol": r.protocol,
         "source": {"workload": r.source.workload, "namespace": r.source.namespace, "principal": r.source.principal},
-        "destination": {"workload": r.destination.workload, "namespace": r.destination.namespace, "principal": r.destination.principal},
-        "service": r.service, "mtls": r.mtls, "method": r.method, "path": r.path, "authority": r.authority,
-        "status": r.code, "grpc_status": r.grpc_status, "flags": r.flags, "duration_ms": round(r.duration_ms, 3),
-        "event": "open" if r.opened else "close" if r.closed else "data", "bytes": r.sent + r.received,
+        "destination": {
+            "workload": r.destination.workload,
+            "namespace": r.destination.namespace,
+            "principal": r.destination.principal,
+        },
+        "service": r.service,
+        "mtls": r.mtls,
+        "method": r.method,
+        "path": r.path,
+        "authority": r.authority,
+        "status": r.code,
+        "grpc_status": r.grpc_status,
+        "flags": r.flags,
+        "duration_ms": round(r.duration_ms, 3),
+        "event": "open" if r.opened else "close" if r.closed else "data",
+        "bytes": r.sent + r.received,
     }

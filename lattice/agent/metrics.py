@@ -18,14 +18,50 @@ from lattice.mesh import telemetry_expr
 from lattice.mesh.telemetry import MetricRule, TagOverride, Telemetry
 
 LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
-    "source_cluster", "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
-    "destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
-    "destination_cluster", "request_protocol", "response_code", "grpc_response_status", "response_flags",
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
     "connection_security_policy",
 )
 TCP_DROPPED = ("response_code", "grpc_response_status")  # Istio's TCP metrics have no response labels
-DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000)
+DURATION_BUCKETS = (
+    0.5,
+    1,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    30000,
+    60000,
+    300000,
+    600000,
+    1800000,
+    3600000,
+)
 SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
 HELP = {
     t.REQUEST_COUNT: ("counter", "Requests, by both ends and the response."),
@@ -58,23 +94,37 @@ class _Histogram:
 class IstioMetrics:
     def __init__(self, trust_domain_cluster: str = CLUSTER) -> None:
         self.cluster = trust_domain_cluster
-        self._counters: dict[str, dict[tuple, float]] = {m: {} for m in (t.REQUEST_COUNT, t.TCP_SENT, t.TCP_RECEIVED, t.TCP_OPENED, t.TCP_CLOSED)}
-        self._histograms: dict[str, dict[tuple, _Histogram]] = {m: {} for m in (t.REQUEST_DURATION, t.REQUEST_SIZE, t.RESPONSE_SIZE)}
+        self._counters: dict[str, dict[tuple, float]] = {
+            m: {} for m in (t.REQUEST_COUNT, t.TCP_SENT, t.TCP_RECEIVED, t.TCP_OPENED, t.TCP_CLOSED)
+        }
+        self._histograms: dict[str, dict[tuple, _Histogram]] = {
+            m: {} for m in (t.REQUEST_DURATION, t.REQUEST_SIZE, t.RESPONSE_SIZE)
+        }
         self.telemetry = Telemetry(tracing=None)
         self._overrides: dict[tuple[str, str], tuple[bool, dict[str, TagOverride], dict]] = {}
         self._touched: set[str] = set()  # reporters some rule applies to (else the fast path)
-        self._base: dict[tuple, tuple[dict, tuple]] = {}  # labels per distinct (ends, service, response), as dict and as key
+        self._base: dict[
+            tuple, tuple[dict, tuple]
+        ] = {}  # labels per distinct (ends, service, response), as dict and as key
 
     def set_rules(self, rules: Iterable[MetricRule]) -> None:
         """The workload's metric rules (from its Telemetry); counts kept so far stay."""
         self.telemetry = Telemetry(metrics=tuple(rules), tracing=None)
         self._overrides = {}
-        self._touched = {reporter for reporter in ("source", "destination") if any(rule.applies(m, reporter) for rule in self.telemetry.metrics for m in t.METRICS)}
+        self._touched = {
+            reporter
+            for reporter in ("source", "destination")
+            if any(rule.applies(m, reporter) for rule in self.telemetry.metrics for m in t.METRICS)
+        }
         for metric in t.METRICS:
             for reporter in ("source", "destination"):
                 overrides = self.telemetry.tag_overrides(metric, reporter)
                 parsed = {name: telemetry_expr.parse(o.value) for name, o in overrides.items() if not o.remove}
-                self._overrides[(metric, reporter)] = (self.telemetry.metric_enabled(metric, reporter), overrides, parsed)
+                self._overrides[(metric, reporter)] = (
+                    self.telemetry.metric_enabled(metric, reporter),
+                    overrides,
+                    parsed,
+                )
 
     def observe(self, request: Request) -> None:
         r = request
@@ -95,7 +145,11 @@ class IstioMetrics:
             key = base[1]
             counters = self._counters[t.REQUEST_COUNT]
             counters[key] = counters.get(key, 0) + 1
-            for metric, buckets, value in ((t.REQUEST_DURATION, DURATION_BUCKETS, r.duration_ms), (t.REQUEST_SIZE, SIZE_BUCKETS, r.request_bytes), (t.RESPONSE_SIZE, SIZE_BUCKETS, r.response_bytes)):
+            for metric, buckets, value in (
+                (t.REQUEST_DURATION, DURATION_BUCKETS, r.duration_ms),
+                (t.REQUEST_SIZE, SIZE_BUCKETS, r.request_bytes),
+                (t.RESPONSE_SIZE, SIZE_BUCKETS, r.response_bytes),
+            ):
                 histogram = self._histograms[metric].get(key)
                 if histogram is None:
                     histogram = self._histograms[metric][key] = _Histogram(buckets)
@@ -122,16 +176,30 @@ class IstioMetrics:
         parts = service.split(".")
         return {
             "reporter": r.reporter,
-            "source_workload": src.workload, "source_workload_namespace": src.namespace, "source_principal": src.principal,
-            "source_app": src.app, "source_version": src.version, "source_cluster": self.cluster if src.workload != UNKNOWN else UNKNOWN,
-            "destination_workload": dst.workload, "destination_workload_namespace": dst.namespace, "destination_principal": dst.principal,
-            "destination_app": dst.app, "destination_version": dst.version,
-            "destination_service": service, "destination_service_name": parts[0] if service != UNKNOWN else UNKNOWN,
-            "destination_service_namespace": parts[1] if len(parts) > 2 and parts[2] == "svc" else (dst.namespace if service != UNKNOWN else UNKNOWN),
+            "source_workload": src.workload,
+            "source_workload_namespace": src.namespace,
+            "source_principal": src.principal,
+            "source_app": src.app,
+            "source_version": src.version,
+            "source_cluster": self.cluster if src.workload != UNKNOWN else UNKNOWN,
+            "destination_workload": dst.workload,
+            "destination_workload_namespace": dst.namespace,
+            "destination_principal": dst.principal,
+            "destination_app": dst.app,
+            "destination_version": dst.version,
+            "destination_service": service,
+            "destination_service_name": parts[0] if service != UNKNOWN else UNKNOWN,
+            "destination_service_namespace": parts[1]
+            if len(parts) > 2 and parts[2] == "svc"
+            else (dst.namespace if service != UNKNOWN else UNKNOWN),
             "destination_cluster": self.cluster if dst.workload != UNKNOWN else UNKNOWN,
-            "request_protocol": r.protocol, "response_code": str(r.code), "grpc_response_status": r.grpc_status,
+            "request_protocol": r.protocol,
+            "response_code": str(r.code),
+            "grpc_response_status": r.grpc_status,
             "response_flags": r.flags,
-            "connection_security_policy": ("mutual_tls" if r.mtls else "none") if r.reporter == "destination" else UNKNOWN,
+            "connection_security_policy": ("mutual_tls" if r.mtls else "none")
+            if r.reporter == "destination"
+            else UNKNOWN,
         }
 
     def _key(self, metric: str, request: Request, base: tuple) -> tuple | None:
@@ -192,9 +260,18 @@ class IstioMetrics:
 def _record(r: Request) -> dict:
     """What a tag override's expression may read of a request (mesh/telemetry_expr.py)."""
     return {
-        "method": r.method, "path": r.path, "host": r.authority, "scheme": "http", "protocol": r.protocol,
-        "response_code": r.code, "source_principal": r.source.principal, "destination_principal": r.destination.principal,
-        "upstream_address": "", "source_address": "", "destination_port": "", "headers": {},
+        "method": r.method,
+        "path": r.path,
+        "host": r.authority,
+        "scheme": "http",
+        "protocol": r.protocol,
+        "response_code": r.code,
+        "source_principal": r.source.principal,
+        "destination_principal": r.destination.principal,
+        "upstream_address": "",
+        "source_address": "",
+        "destination_port": "",
+        "headers": {},
     }
 
 

@@ -39,8 +39,14 @@ class Observer:
             f"lattice_agent_access_log_entries_total {self.receiver.received}",
         ]
         if self.span_counts:
-            lines += ["# HELP lattice_agent_spans_total Spans Envoy sent to the agent, by what became of them.", "# TYPE lattice_agent_spans_total counter"]
-            lines += [f'lattice_agent_spans_total{{outcome="{outcome}"}} {n}' for outcome, n in sorted(self.span_counts.items())]
+            lines += [
+                "# HELP lattice_agent_spans_total Spans Envoy sent to the agent, by what became of them.",
+                "# TYPE lattice_agent_spans_total counter",
+            ]
+            lines += [
+                f'lattice_agent_spans_total{{outcome="{outcome}"}} {n}'
+                for outcome, n in sorted(self.span_counts.items())
+            ]
         lines += [
             "# HELP lattice_agent_access_log_messages_dropped_total Access log messages not counted: the agent fell too far behind.",
             "# TYPE lattice_agent_access_log_messages_dropped_total counter",
@@ -63,7 +69,11 @@ class Observer:
             try:
                 config = json.loads(text)
                 self.metrics.set_rules(rules_from_metadata(config.get("rules", [])))
-            except (ValueError, TypeError, AttributeError) as e:  # a newer control plane's rules: keep counting as before
+            except (
+                ValueError,
+                TypeError,
+                AttributeError,
+            ) as e:  # a newer control plane's rules: keep counting as before
                 log.warning("cannot read the metric rules of listener %s: %s", listener.name, e)
                 return
             self._rules = text

@@ -51,7 +51,9 @@ class _EnvoySession:
 
 
 class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, node: base_pb2.Node, upstream: str, credentials: Callable[[], grpc.ChannelCredentials], server_name: str) -> None:
+    def __init__(
+        self, node: base_pb2.Node, upstream: str, credentials: Callable[[], grpc.ChannelCredentials], server_name: str
+    ) -> None:
         self.node = node
         self.upstream = upstream
         self.credentials = credentials  # mTLS with the workload's current certificate, per connect
@@ -105,7 +107,12 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             if CLUSTER in self.good and LISTENER in self.good:
                 self.has_config.set()
         else:
-            log.warning("envoy rejected %s version %s: %s", type_url.rsplit(".", 1)[-1], answered.version_info, request.error_detail.message)
+            log.warning(
+                "envoy rejected %s version %s: %s",
+                type_url.rsplit(".", 1)[-1],
+                answered.version_info,
+                request.error_detail.message,
+            )
         up = Request()
         up.CopyFrom(request)
         up.ClearField("node")
@@ -122,7 +129,9 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def _subscription(self, type_url: str) -> Request:
         wanted = self.wanted[type_url]
         good = self.good.get(type_url)
-        return Request(type_url=type_url, resource_names=wanted.resource_names, version_info=good.version_info if good else "")
+        return Request(
+            type_url=type_url, resource_names=wanted.resource_names, version_info=good.version_info if good else ""
+        )
 
     def _upstream(self, request: Request) -> None:
         if self._upstream_queue is not None:

@@ -39,7 +39,9 @@ class SecretServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         for wakeup in self._wakeups:
             wakeup.set()
 
-    async def StreamSecrets(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    async def StreamSecrets(
+        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         wakeup = asyncio.Event()
         subscription: list[list[str]] = [[]]  # the names Envoy asks for on this stream
         self._wakeups.add(wakeup)
@@ -70,11 +72,18 @@ class SecretServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
             response.resources.add().Pack(s)
         return response
 
-    async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], subscription: list[list[str]], wakeup: asyncio.Event) -> None:
+    async def _read(
+        self,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        subscription: list[list[str]],
+        wakeup: asyncio.Event,
+    ) -> None:
         try:
             async for request in requests:
                 if request.HasField("error_detail"):
-                    log.error("envoy rejected secrets %s: %s", list(request.resource_names), request.error_detail.message)
+                    log.error(
+                        "envoy rejected secrets %s: %s", list(request.resource_names), request.error_detail.message
+                    )
                 if list(request.resource_names) != subscription[0]:
                     subscription[0] = list(request.resource_names)
                     wakeup.set()

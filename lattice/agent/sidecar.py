@@ -84,9 +84,18 @@ class Sidecar:
         local = {u.local_port for u in o.upstreams}
         agent_port = AGENT_PORT if AGENT_PORT not in local and port_free(address, AGENT_PORT) else free_port(address)
         return Registration(
-            id=f"{name}-{secrets.token_hex(3)}.{o.namespace}", name=name, namespace=o.namespace, service=o.service,
-            service_account=o.service_account or o.service, labels=labels, address=address, port=o.port,
-            app_port=o.app_port or app_port(), protocol=o.protocol, outbound_port=OUTBOUND_PORT, agent_port=agent_port,
+            id=f"{name}-{secrets.token_hex(3)}.{o.namespace}",
+            name=name,
+            namespace=o.namespace,
+            service=o.service,
+            service_account=o.service_account or o.service,
+            labels=labels,
+            address=address,
+            port=o.port,
+            app_port=o.app_port or app_port(),
+            protocol=o.protocol,
+            outbound_port=OUTBOUND_PORT,
+            agent_port=agent_port,
             upstreams=o.upstreams,
         )
 
@@ -97,9 +106,28 @@ class Sidecar:
         node = base_pb2.Node(id=reg.id, cluster=f"{reg.service}.{reg.namespace}")
         node.metadata.CopyFrom(_struct({"NAMESPACE": reg.namespace, "WORKLOAD_NAME": reg.name, "LABELS": reg.labels}))
         self.sds = SecretServer()
-        self.identity = Identity(self.o.server, reg.id, reg.namespace, reg.service_account, self.o.token, self.run_dir, self._publish_secrets)
-        self.envoy = EnvoyProcess(self.run_dir / "envoy.json", self.run_dir / "admin.sock", self.run_dir / "envoy.log", self.o.envoy_log_level, {PEER_ENV: peer_value(reg.name, reg.namespace, reg.labels)})
-        write_bootstrap(self.envoy.bootstrap, bootstrap(reg.id, node.cluster, {"NAMESPACE": reg.namespace}, self.envoy.admin_socket, self.run_dir / "xds.sock", self.run_dir / "sds.sock", self.run_dir / "telemetry.sock"))
+        self.identity = Identity(
+            self.o.server, reg.id, reg.namespace, reg.service_account, self.o.token, self.run_dir, self._publish_secrets
+        )
+        self.envoy = EnvoyProcess(
+            self.run_dir / "envoy.json",
+            self.run_dir / "admin.sock",
+            self.run_dir / "envoy.log",
+            self.o.envoy_log_level,
+            {PEER_ENV: peer_value(reg.name, reg.namespace, reg.labels)},
+        )
+        write_bootstrap(
+            self.envoy.bootstrap,
+            bootstrap(
+                reg.id,
+                node.cluster,
+                {"NAMESPACE": reg.namespace},
+                self.envoy.admin_socket,
+                self.run_dir / "xds.sock",
+                self.run_dir / "sds.sock",
+                self.run_dir / "telemetry.sock",
+            ),
+        )
         main = asyncio.current_task()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
@@ -131,7 +159,13 @@ class Sidecar:
 
     def _me(self) -> Peer:
         reg = self.registration
-        return Peer(reg.name, reg.namespace, reg.labels.get("app", reg.service), reg.labels.get("version", "unknown") or "unknown", self.identity.spiffe)
+        return Peer(
+            reg.name,
+            reg.namespace,
+            reg.labels.get("app", reg.service),
+            reg.labels.get("version", "unknown") or "unknown",
+            self.identity.spiffe,
+        )
 
     def _publish_secrets(self) -> None:
         self.sds.update(self.identity.chain, self.identity.key, self.identity.bundle)
@@ -188,16 +222,23 @@ class Sidecar:
         deadline = asyncio.get_running_loop().time() + self.o.ready_timeout
         while not (self.relay.has_config.is_set() and await self.envoy.live()):
             if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"Envoy did not get its config within {self.o.ready_timeout:.0f}s; is the control plane's xDS at {self.relay.upstream} reachable?\n{self.envoy.log_tail()}")
+                raise RuntimeError(
+                    f"Envoy did not get its config within {self.o.ready_timeout:.0f}s; is the control plane's xDS at {self.relay.upstream} reachable?\n{self.envoy.log_tail()}"
+                )
             await asyncio.sleep(0.05)
 
     async def _run_app(self) -> int:
         reg = self.registration
         proxy = f"http://{reg.address}:{OUTBOUND_PORT}"
         env = os.environ | {
-            "PORT": str(reg.app_port), "HTTP_PROXY": proxy, "http_proxy": proxy,
-            "LATTICE_WORKLOAD": reg.name, "LATTICE_PROXY_ID": reg.id, "LATTICE_SERVICE": reg.service,
-            **_no_proxy(reg.address), **upstream_env(reg),
+            "PORT": str(reg.app_port),
+            "HTTP_PROXY": proxy,
+            "http_proxy": proxy,
+            "LATTICE_WORKLOAD": reg.name,
+            "LATTICE_PROXY_ID": reg.id,
+            "LATTICE_SERVICE": reg.service,
+            **_no_proxy(reg.address),
+            **upstream_env(reg),
         }
         try:
             self.app = await asyncio.create_subprocess_exec(*self.o.command, env=env, preexec_fn=die_with_parent)
@@ -213,7 +254,13 @@ class Sidecar:
         return [self.o.port, OUTBOUND_PORT, *(u.local_port for u in self.o.upstreams)]
 
     def _announce(self) -> None:
-        log.info("sidecar %s ready at %s (inbound :%d, outbound :%d)", self.registration.id, self.registration.address, self.registration.port, OUTBOUND_PORT)
+        log.info(
+            "sidecar %s ready at %s (inbound :%d, outbound :%d)",
+            self.registration.id,
+            self.registration.address,
+            self.registration.port,
+            OUTBOUND_PORT,
+        )
         for (variable, where), u in zip(upstream_env(self.registration).items(), self.registration.upstreams):
             print(f"upstream {u.service}.{u.namespace}:{u.port} at {where} (${variable})", file=sys.stderr, flush=True)
 
@@ -261,7 +308,9 @@ def upstream_env(reg: Registration) -> dict[str, str]:
     out = {}
     for u in reg.upstreams:
         parts = [u.service] if u.namespace == reg.namespace else [u.service, u.namespace]
-        out["_".join(["LATTICE_UPSTREAM", *parts, str(u.port)]).upper().replace("-", "_")] = f"{reg.address}:{u.local_port}"
+        out["_".join(["LATTICE_UPSTREAM", *parts, str(u.port)]).upper().replace("-", "_")] = (
+            f"{reg.address}:{u.local_port}"
+        )
     return out
 
 

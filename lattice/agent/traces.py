@@ -34,7 +34,14 @@ MAX_BACKOFF = 5.0
 class TraceRelay:
     """OTLP TraceService on the telemetry socket, and the task that forwards what it queued."""
 
-    def __init__(self, api: str, identity: Identity, max_queued: int = MAX_QUEUED, max_queued_bytes: int = MAX_QUEUED_BYTES, max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
+    def __init__(
+        self,
+        api: str,
+        identity: Identity,
+        max_queued: int = MAX_QUEUED,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
         self.url = f"{api.rstrip('/')}/agent/v1/traces"
         self.identity = identity
         self.max_queued, self.max_queued_bytes, self.max_batch_bytes = max_queued, max_queued_bytes, max_batch_bytes
@@ -44,18 +51,27 @@ class TraceRelay:
         self.counts = {"received": 0, "forwarded": 0, "dropped": 0, "failed": 0}  # spans
         self._reported_drops = 0
 
-    async def Export(self, request: otlp.ExportTraceServiceRequest, context: grpc.aio.ServicerContext) -> otlp.ExportTraceServiceResponse:
+    async def Export(
+        self, request: otlp.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
+    ) -> otlp.ExportTraceServiceResponse:
         spans = sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
         if self.offer(request.SerializeToString(), spans):
             return otlp.ExportTraceServiceResponse()
-        rejected = otlp.ExportTracePartialSuccess(rejected_spans=spans, error_message="the agent could not queue these spans: its queue is full (the control plane is slow or unreachable) or the export is over the batch limit")
+        rejected = otlp.ExportTracePartialSuccess(
+            rejected_spans=spans,
+            error_message="the agent could not queue these spans: its queue is full (the control plane is slow or unreachable) or the export is over the batch limit",
+        )
         return otlp.ExportTraceServiceResponse(partial_success=rejected)
 
     def offer(self, export: bytes, spans: int) -> bool:
         """Queue one export unless the queue is full (then count its spans as dropped); never waits."""
         self.counts["received"] += spans
         size = len(export)
-        if len(self._queue) >= self.max_queued or self._queued_bytes + size > self.max_queued_bytes or size > self.max_batch_bytes:
+        if (
+            len(self._queue) >= self.max_queued
+            or self._queued_bytes + size > self.max_queued_bytes
+            or size > self.max_batch_bytes
+        ):
             self.counts["dropped"] += spans
             return False
         self._queue.append((export, spans))
@@ -90,10 +106,21 @@ class TraceRelay:
 
     async def _post(self, session: aiohttp.ClientSession, batch: bytes, spans: int) -> bool:
         try:
-            async with session.post(self.url, data=batch, headers={"Content-Type": "application/x-protobuf"}, ssl=self.identity.ssl(), server_hostname=CONTROL_PLANE_NAME) as response:
+            async with session.post(
+                self.url,
+                data=batch,
+                headers={"Content-Type": "application/x-protobuf"},
+                ssl=self.identity.ssl(),
+                server_hostname=CONTROL_PLANE_NAME,
+            ) as response:
                 if response.status != 200:
                     self.counts["failed"] += spans
-                    log.warning("the control plane refused %d spans (HTTP %d): %s", spans, response.status, (await response.text())[:300])
+                    log.warning(
+                        "the control plane refused %d spans (HTTP %d): %s",
+                        spans,
+                        response.status,
+                        (await response.text())[:300],
+                    )
                     return response.status < 500  # a refused batch is not a reason to slow down
         except (aiohttp.ClientError, TimeoutError) as e:
             self.counts["failed"] += spans
@@ -106,7 +133,9 @@ class TraceRelay:
     def _report_drops(self) -> None:
         dropped = self.counts["dropped"]
         if dropped > self._reported_drops:
-            log.warning("dropped %d spans while the queue was full (%d in all)", dropped - self._reported_drops, dropped)
+            log.warning(
+                "dropped %d spans while the queue was full (%d in all)", dropped - self._reported_drops, dropped
+            )
             self._reported_drops = dropped
 
 

@@ -24,8 +24,16 @@ Action = Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"]
 DRY_RUN = "istio.io/dry-run"
 # `when` keys Istio documents, exact or as `prefix[...]`. Other `experimental.*` keys are refused.
 CONDITION_KEYS = (
-    "source.ip", "remote.ip", "source.namespace", "source.principal", "request.auth.principal",
-    "request.auth.audiences", "request.auth.presenter", "destination.ip", "destination.port", "connection.sni",
+    "source.ip",
+    "remote.ip",
+    "source.namespace",
+    "source.principal",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "destination.ip",
+    "destination.port",
+    "connection.sni",
 )
 MAP_KEYS = ("request.headers", "request.auth.claims", "experimental.envoy.filters.")
 _IP_KEYS = ("source.ip", "remote.ip", "destination.ip")
@@ -107,7 +115,14 @@ def check_condition_key(key: str) -> str:
         if not rest or len(bracket_names("[" + rest)) != 1 or filter_name.endswith("."):
             raise ValueError(f"{key!r}: write experimental.envoy.filters.<filter>[<metadata key>]")
         return key
-    known = ", ".join([*CONDITION_KEYS, "request.headers[<name>]", "request.auth.claims[<name>]", "experimental.envoy.filters.<filter>[<key>]"])
+    known = ", ".join(
+        [
+            *CONDITION_KEYS,
+            "request.headers[<name>]",
+            "request.auth.claims[<name>]",
+            "experimental.envoy.filters.<filter>[<key>]",
+        ]
+    )
     raise ValueError(f"unknown attribute {key!r}; Istio's conditions are {known}")
 
 
@@ -129,7 +144,9 @@ class Source(IstioSpec):
     @model_validator(mode="after")
     def _says_something(self) -> Source:
         if not any(getattr(self, name) for name in type(self).model_fields):
-            raise ValueError("`from.source` must not be empty: set at least one field, or leave `from` out to match any source")
+            raise ValueError(
+                "`from.source` must not be empty: set at least one field, or leave `from` out to match any source"
+            )
         return self
 
 
@@ -150,7 +167,9 @@ class Operation(IstioSpec):
     @model_validator(mode="after")
     def _says_something(self) -> Operation:
         if not any(getattr(self, name) for name in type(self).model_fields):
-            raise ValueError("`to.operation` must not be empty: set at least one field, or leave `to` out to match any operation")
+            raise ValueError(
+                "`to.operation` must not be empty: set at least one field, or leave `to` out to match any operation"
+            )
         return self
 
 
@@ -260,7 +279,11 @@ class AuthorizationPolicySpec(IstioSpec):
         if value.lower() not in ("true", "false", "1", "0", "t", "f"):
             return [FieldError(path, f"{value!r} is not a boolean; use \"true\" or \"false\"")]
         if is_true(value) and spec is not None and spec.action == "CUSTOM":
-            return [FieldError(path, "dry-run is not supported for action CUSTOM: the external authorizer would still decide")]
+            return [
+                FieldError(
+                    path, "dry-run is not supported for action CUSTOM: the external authorizer would still decide"
+                )
+            ]
         return []
 
 

@@ -43,7 +43,9 @@ class ClientTLSSettings(IstioSpec):
         if self.insecure_skip_verify:
             checks = [f for f in ("ca_certificates", "subject_alt_names") if getattr(self, f)]
             if checks:
-                problems.append(f"insecureSkipVerify turns off the server-certificate check that {_names(checks)} configure; set one or the other")
+                problems.append(
+                    f"insecureSkipVerify turns off the server-certificate check that {_names(checks)} configure; set one or the other"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -54,11 +56,21 @@ class ClientTLSSettings(IstioSpec):
             return [f"MUTUAL presents a client certificate: set {_names(missing)}"] if missing else []
         if self.mode == "SIMPLE":
             given = self._given("client_certificate", "private_key")
-            return [f"SIMPLE presents no client certificate, so {_names(given)} would be unused; use MUTUAL to send one"] if given else []
+            return (
+                [f"SIMPLE presents no client certificate, so {_names(given)} would be unused; use MUTUAL to send one"]
+                if given
+                else []
+            )
         own_certs = ("client_certificate", "private_key", "ca_certificates", "credential_name", "ca_crl")
         if self.mode == "ISTIO_MUTUAL":
             given = self._given(*own_certs)
-            return [f"ISTIO_MUTUAL uses the mesh's own certificates, issued by Lattice; remove {_names(given)} (or use MUTUAL to present your own)"] if given else []
+            return (
+                [
+                    f"ISTIO_MUTUAL uses the mesh's own certificates, issued by Lattice; remove {_names(given)} (or use MUTUAL to present your own)"
+                ]
+                if given
+                else []
+            )
         given = self._given(*own_certs, "subject_alt_names", "sni", "insecure_skip_verify")
         return [f"DISABLE sends plaintext, so {_names(given)} would be unused; remove them"] if given else []
 
@@ -132,7 +144,9 @@ class HTTPSettings(IstioSpec):
     @model_validator(mode="after")
     def _upgrade_or_keep(self) -> HTTPSettings:
         if self.h2_upgrade_policy == "UPGRADE" and self.use_client_protocol:
-            raise ValueError("useClientProtocol keeps the client's HTTP version, so it cannot be combined with h2UpgradePolicy: UPGRADE")
+            raise ValueError(
+                "useClientProtocol keeps the client's HTTP version, so it cannot be combined with h2UpgradePolicy: UPGRADE"
+            )
         return self
 
 
@@ -168,7 +182,9 @@ class OutlierDetection(IstioSpec):
     @model_validator(mode="after")
     def _local_origin(self) -> OutlierDetection:
         if self.consecutive_local_origin_failures and not self.split_external_local_origin_errors:
-            raise ValueError("consecutiveLocalOriginFailures is only counted when splitExternalLocalOriginErrors is true")
+            raise ValueError(
+                "consecutiveLocalOriginFailures is only counted when splitExternalLocalOriginErrors is true"
+            )
         return self
 
 
@@ -213,7 +229,9 @@ class LocalityLoadBalancerSetting(IstioSpec):
             raise ValueError("set 'distribute' or failover ('failover', 'failoverPriority'), not both")
         topology = [p for p in self.failover_priority if p in LOCALITY_LABELS]
         if self.failover and topology:
-            raise ValueError(f"'failover' already orders regions; remove topology label {topology[0]} from 'failoverPriority' or drop 'failover'")
+            raise ValueError(
+                f"'failover' already orders regions; remove topology label {topology[0]} from 'failoverPriority' or drop 'failover'"
+            )
         _check_localities([d.from_ for d in self.distribute])
         if any(not p or p.startswith("=") for p in self.failover_priority):
             raise ValueError("failoverPriority entries are label keys, or key=value")
@@ -254,7 +272,9 @@ class MagLev(IstioSpec):
     @classmethod
     def _prime(cls, v: int) -> int:
         if v >= _MAGLEV_MAX or not _is_prime(v):
-            raise ValueError(f"tableSize must be a prime number below {_MAGLEV_MAX} (Envoy's Maglev needs one); 65537 is the default")
+            raise ValueError(
+                f"tableSize must be a prime number below {_MAGLEV_MAX} (Envoy's Maglev needs one); 65537 is the default"
+            )
         return v
 
 
@@ -273,12 +293,20 @@ class ConsistentHashLB(IstioSpec):
 
     @model_validator(mode="after")
     def _one_key_one_algorithm(self) -> ConsistentHashLB:
-        keys = [k for k in ("http_header_name", "http_cookie", "use_source_ip", "http_query_parameter_name") if getattr(self, k)]
+        keys = [
+            k
+            for k in ("http_header_name", "http_cookie", "use_source_ip", "http_query_parameter_name")
+            if getattr(self, k)
+        ]
         if len(keys) != 1:
-            raise ValueError(f"set exactly one hash key of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName (got {_names(keys) or 'none'})")
+            raise ValueError(
+                f"set exactly one hash key of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName (got {_names(keys) or 'none'})"
+            )
         algorithms = [k for k in ("ring_hash", "maglev", "minimum_ring_size") if getattr(self, k) is not None]
         if len(algorithms) > 1:
-            raise ValueError(f"set one of ringHash, maglev or the deprecated minimumRingSize (got {_names(algorithms)})")
+            raise ValueError(
+                f"set one of ringHash, maglev or the deprecated minimumRingSize (got {_names(algorithms)})"
+            )
         return self
 
 
@@ -366,8 +394,12 @@ class TrafficPolicy(PolicyFields):
     tunnel: dict | None = None
     proxy_protocol: dict | None = None
 
-    _tunnel = field_validator("tunnel")(_unsupported("tunnel (TCP carried over HTTP CONNECT or POST to a tunnel target) is not supported by Lattice"))
-    _proxy_protocol = field_validator("proxy_protocol")(_unsupported("proxyProtocol (sending a PROXY protocol header upstream) is not supported by Lattice"))
+    _tunnel = field_validator("tunnel")(
+        _unsupported("tunnel (TCP carried over HTTP CONNECT or POST to a tunnel target) is not supported by Lattice")
+    )
+    _proxy_protocol = field_validator("proxy_protocol")(
+        _unsupported("proxyProtocol (sending a PROXY protocol header upstream) is not supported by Lattice")
+    )
 
     @field_validator("port_level_settings")
     @classmethod
@@ -405,7 +437,11 @@ class DestinationRuleSpec(IstioSpec):
         host = self.traffic_policy
         problems = [f"trafficPolicy.{p}" for p in [host.failover_problem() if host else None] if p]
         for i, s in enumerate(self.subsets):
-            problem = s.traffic_policy.failover_problem(host.outlier_detection if host else None) if s.traffic_policy else None
+            problem = (
+                s.traffic_policy.failover_problem(host.outlier_detection if host else None)
+                if s.traffic_policy
+                else None
+            )
             problems += [f"subsets[{i}].trafficPolicy.{problem}"] if problem else []
         if problems:
             raise ValueError("; ".join(problems))

@@ -41,7 +41,12 @@ class Resource:
         return self.spec.model_dump(by_alias=True, exclude_unset=True, exclude_none=True)
 
     def to_dict(self) -> dict:
-        return {"apiVersion": self.api_version, "kind": self.kind, "metadata": self.metadata_dict(), "spec": self.spec_dict()}
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": self.metadata_dict(),
+            "spec": self.spec_dict(),
+        }
 
 
 def parse_documents(text: str, source: str = "<input>") -> list[Resource]:
@@ -68,7 +73,10 @@ def _expand(doc: Any, source: str) -> list[Resource]:
 
 def validate_object(obj: Any, source: str = "<input>") -> Resource:
     if not isinstance(obj, dict):
-        raise ValidationError(source, [FieldError("", f"expected a mapping with apiVersion, kind, metadata, spec; got {type(obj).__name__}")])
+        raise ValidationError(
+            source,
+            [FieldError("", f"expected a mapping with apiVersion, kind, metadata, spec; got {type(obj).__name__}")],
+        )
     info = _kind_info(obj, source)
     errors: list[FieldError] = []
     metadata = _model(ObjectMeta, obj.get("metadata"), "metadata", errors)
@@ -91,7 +99,9 @@ def _kind_info(obj: dict, source: str) -> KindInfo:
         raise ValidationError(source, [FieldError("kind", f"unknown kind {kind!r}; Lattice knows {known}")])
     if not isinstance(api_version, str) or not info.accepts(api_version):
         versions = ", ".join(f"{info.group}/{v}" for v in info.versions)
-        raise ValidationError(source, [FieldError("apiVersion", f"{api_version!r} is not an apiVersion of {kind}; use one of {versions}")])
+        raise ValidationError(
+            source, [FieldError("apiVersion", f"{api_version!r} is not an apiVersion of {kind}; use one of {versions}")]
+        )
     return info
 
 

@@ -52,7 +52,9 @@ class GatewayPort(IstioSpec):
 
 class ServerTLSSettings(IstioSpec):
     https_redirect: bool = False
-    mode: Literal["PASSTHROUGH", "SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL", "AUTO_PASSTHROUGH"] | None = None
+    mode: Literal["PASSTHROUGH", "SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL", "AUTO_PASSTHROUGH"] | None = (
+        None
+    )
     server_certificate: str | None = None
     private_key: str | None = None
     ca_certificates: str | None = None
@@ -91,7 +93,9 @@ class ServerTLSSettings(IstioSpec):
     @classmethod
     def _one_certificate(cls, v):
         if v is not None:
-            raise ValueError("tlsCertificates (several server certificates) is not supported; give one serverCertificate and privateKey")
+            raise ValueError(
+                "tlsCertificates (several server certificates) is not supported; give one serverCertificate and privateKey"
+            )
         return v
 
     @field_validator("cipher_suites")
@@ -99,7 +103,9 @@ class ServerTLSSettings(IstioSpec):
     def _ciphers(cls, v: list[str]) -> list[str]:
         bad = [c for c in v if not _CIPHER.match(c)]
         if bad:
-            raise ValueError(f"{', '.join(map(repr, bad))} is not a cipher suite name (OpenSSL/BoringSSL names, e.g. ECDHE-RSA-AES128-GCM-SHA256)")
+            raise ValueError(
+                f"{', '.join(map(repr, bad))} is not a cipher suite name (OpenSSL/BoringSSL names, e.g. ECDHE-RSA-AES128-GCM-SHA256)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -114,21 +120,43 @@ class ServerTLSSettings(IstioSpec):
         return self
 
     def _mode_problems(self) -> list[str]:
-        checks = ("ca_certificates", "ca_crl", "subject_alt_names", "verify_certificate_spki", "verify_certificate_hash")
+        checks = (
+            "ca_certificates",
+            "ca_crl",
+            "subject_alt_names",
+            "verify_certificate_spki",
+            "verify_certificate_hash",
+        )
         files = ("server_certificate", "private_key")
         if self.mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
             missing = [f for f in (*files, "ca_certificates") if not getattr(self, f)]
-            return [f"{self.mode} terminates TLS and checks client certificates: set {_names(missing)}"] if missing else []
+            return (
+                [f"{self.mode} terminates TLS and checks client certificates: set {_names(missing)}"] if missing else []
+            )
         if self.mode == "SIMPLE":
             missing, given = [f for f in files if not getattr(self, f)], self._given(*checks)
             out = [f"SIMPLE terminates TLS with your certificate: set {_names(missing)}"] if missing else []
-            return out + ([f"SIMPLE asks no client certificate, so {_names(given)} would be unused; use MUTUAL or OPTIONAL_MUTUAL"] if given else [])
+            return out + (
+                [
+                    f"SIMPLE asks no client certificate, so {_names(given)} would be unused; use MUTUAL or OPTIONAL_MUTUAL"
+                ]
+                if given
+                else []
+            )
         if self.mode == "ISTIO_MUTUAL":
             given = self._given(*files, "ca_certificates", "ca_crl")
-            return [f"ISTIO_MUTUAL uses the gateway's mesh certificate, issued by Lattice; remove {_names(given)} (or use MUTUAL)"] if given else []
+            return (
+                [
+                    f"ISTIO_MUTUAL uses the gateway's mesh certificate, issued by Lattice; remove {_names(given)} (or use MUTUAL)"
+                ]
+                if given
+                else []
+            )
         if self.mode == "PASSTHROUGH":
             given = self._given(*files, *checks, "min_protocol_version", "max_protocol_version", "cipher_suites")
-            return [f"PASSTHROUGH forwards TLS unopened, so {_names(given)} would be unused; remove them"] if given else []
+            return (
+                [f"PASSTHROUGH forwards TLS unopened, so {_names(given)} would be unused; remove them"] if given else []
+            )
         given = self._given(*files, *checks, "min_protocol_version", "max_protocol_version", "cipher_suites")
         return [f"no TLS mode is set, so {_names(given)} would be unused; set mode"] if given else []
 
@@ -176,7 +204,9 @@ class Server(IstioSpec):
     @classmethod
     def _no_default_endpoint(cls, v: str | None) -> str | None:
         if v is not None:
-            raise ValueError("defaultEndpoint is for Sidecar ingress listeners, not Gateway servers; route with a VirtualService bound to this Gateway")
+            raise ValueError(
+                "defaultEndpoint is for Sidecar ingress listeners, not Gateway servers; route with a VirtualService bound to this Gateway"
+            )
         return v
 
     @model_validator(mode="after")
@@ -190,7 +220,9 @@ class Server(IstioSpec):
         protocol, tls = self.port.protocol, self.tls
         if protocol in ("HTTPS", "TLS"):
             if tls is None:
-                return f"protocol {protocol} needs tls (mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL or PASSTHROUGH)"
+                return (
+                    f"protocol {protocol} needs tls (mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL or PASSTHROUGH)"
+                )
             if tls.https_redirect:
                 return "httpsRedirect applies to HTTP servers (it sends plaintext clients to HTTPS); this server already speaks TLS"
             return None
@@ -210,7 +242,9 @@ class Server(IstioSpec):
     @property
     def speaks_http(self) -> bool:
         """Whether requests are HTTP once any TLS is taken off (HTTP routes apply, not TCP/TLS ones)."""
-        return self.port.protocol in HTTP_PROTOCOLS or (self.port.protocol == "HTTPS" and self.tls_mode != "PASSTHROUGH")
+        return self.port.protocol in HTTP_PROTOCOLS or (
+            self.port.protocol == "HTTPS" and self.tls_mode != "PASSTHROUGH"
+        )
 
 
 class GatewaySpec(IstioSpec):
@@ -227,7 +261,9 @@ class GatewaySpec(IstioSpec):
         for i, a in enumerate(v):
             for j, b in enumerate(v[:i]):
                 if (a.bind, a.port.number) == (b.bind, b.port.number) and _port_kind(a) != _port_kind(b):
-                    raise ValueError(f"servers[{j}] and servers[{i}] share port {a.port.number} but one is {_port_kind(b)} and the other {_port_kind(a)}; give them different ports")
+                    raise ValueError(
+                        f"servers[{j}] and servers[{i}] share port {a.port.number} but one is {_port_kind(b)} and the other {_port_kind(a)}; give them different ports"
+                    )
         return v
 
     def selects(self, labels: dict[str, str]) -> bool:

@@ -60,7 +60,9 @@ class ParentReference(GatewayApiSpec):
         # Unset group and kind mean a Gateway (the CRD's defaults).
         if self.group not in _CORE_GROUPS or self.kind != "Service":
             got = f"{self.group or 'gateway.networking.k8s.io'}/{self.kind or 'Gateway'}"
-            raise ValueError(f"parent {got} is not supported: Lattice attaches routes to Services (mesh routing); set group: \"\" and kind: Service")
+            raise ValueError(
+                f"parent {got} is not supported: Lattice attaches routes to Services (mesh routing); set group: \"\" and kind: Service"
+            )
         if self.section_name is not None:
             raise ValueError("sectionName is not supported for a Service parent; select the service port with `port`")
         if self.namespace is not None and not DNS1123_LABEL.match(self.namespace):
@@ -78,7 +80,9 @@ class PathMatch(GatewayApiSpec):
             check_regex(self.value)
         elif not self.value.startswith("/"):
             raise ValueError(f"path {self.value!r} must start with '/'")
-        elif "//" in self.value or "/./" in self.value or "/../" in self.value or "#" in self.value or "?" in self.value:
+        elif (
+            "//" in self.value or "/./" in self.value or "/../" in self.value or "#" in self.value or "?" in self.value
+        ):
             raise ValueError(f"path {self.value!r} must not contain '//', '/./', '/../', '#' or '?'")
         return self
 
@@ -158,7 +162,9 @@ class RequestRedirect(GatewayApiSpec):
     @classmethod
     def _full_path_only(cls, v: PathModifier | None) -> PathModifier | None:
         if v is not None and v.type == "ReplacePrefixMatch":
-            raise ValueError("a redirect with ReplacePrefixMatch is not supported yet; redirect to a full path with ReplaceFullPath")
+            raise ValueError(
+                "a redirect with ReplacePrefixMatch is not supported yet; redirect to a full path with ReplaceFullPath"
+            )
         return v
 
 
@@ -185,7 +191,9 @@ class BackendObjectReference(GatewayApiSpec):
     @model_validator(mode="after")
     def _a_service_port(self) -> BackendObjectReference:
         if self.group not in (None, *_CORE_GROUPS) or self.kind not in (None, "Service"):
-            raise ValueError(f"backend {self.group or ''}/{self.kind} is not supported: Lattice routes to Services (group \"\", kind Service)")
+            raise ValueError(
+                f"backend {self.group or ''}/{self.kind} is not supported: Lattice routes to Services (group \"\", kind Service)"
+            )
         if self.port is None:
             raise ValueError("port is required when the backend is a Service")
         if self.namespace is not None and not DNS1123_LABEL.match(self.namespace):
@@ -241,7 +249,9 @@ class CORS(GatewayApiSpec):
     def _origins(cls, v: list[str]) -> list[str]:
         for origin in v:
             if origin != "*" and not re.match(r"^(https?)://(\*\.)?[A-Za-z0-9.\-]+(:[0-9]{1,5})?$", origin):
-                raise ValueError(f"origin {origin!r} must be '*' or scheme://host[:port], the host optionally starting with '*.'")
+                raise ValueError(
+                    f"origin {origin!r} must be '*' or scheme://host[:port], the host optionally starting with '*.'"
+                )
         return v
 
 
@@ -257,7 +267,15 @@ FILTER_FIELDS = {
 
 
 class HTTPRouteFilter(GatewayApiSpec):
-    type: Literal["RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite", "RequestMirror", "CORS", "ExtensionRef"]
+    type: Literal[
+        "RequestHeaderModifier",
+        "ResponseHeaderModifier",
+        "RequestRedirect",
+        "URLRewrite",
+        "RequestMirror",
+        "CORS",
+        "ExtensionRef",
+    ]
     request_header_modifier: HeaderModifier | None = None
     response_header_modifier: HeaderModifier | None = None
     request_redirect: RequestRedirect | None = None
@@ -271,9 +289,13 @@ class HTTPRouteFilter(GatewayApiSpec):
         given = [t for t, f in FILTER_FIELDS.items() if getattr(self, f) is not None]
         if given != [self.type]:
             field = to_camel(FILTER_FIELDS[self.type])
-            raise ValueError(f"a {self.type} filter takes exactly its `{field}` configuration (got {', '.join(map(_camel_field, given)) or 'none'})")
+            raise ValueError(
+                f"a {self.type} filter takes exactly its `{field}` configuration (got {', '.join(map(_camel_field, given)) or 'none'})"
+            )
         if self.type == "ExtensionRef":
-            raise ValueError("ExtensionRef filters are not supported: Lattice has no filter extensions; use the built-in filter types")
+            raise ValueError(
+                "ExtensionRef filters are not supported: Lattice has no filter extensions; use the built-in filter types"
+            )
         return self
 
 
@@ -290,11 +312,20 @@ def _check_filters(filters: list, allowed: tuple[str, ...], where: str) -> list:
         if t != "RequestMirror" and types.count(t) > 1:
             raise ValueError(f"{t} may appear only once")
     if "RequestRedirect" in types and "URLRewrite" in types:
-        raise ValueError("RequestRedirect and URLRewrite cannot both be set: a redirect answers the client, nothing is forwarded to rewrite")
+        raise ValueError(
+            "RequestRedirect and URLRewrite cannot both be set: a redirect answers the client, nothing is forwarded to rewrite"
+        )
     return filters
 
 
-_RULE_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite", "RequestMirror", "CORS")
+_RULE_FILTERS = (
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestRedirect",
+    "URLRewrite",
+    "RequestMirror",
+    "CORS",
+)
 _BACKEND_FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier")
 
 
@@ -302,7 +333,11 @@ class HTTPBackendRef(BackendObjectReference):
     weight: int = Field(default=1, ge=0, le=1_000_000)
     filters: list[HTTPRouteFilter] = Field(default_factory=list, max_length=16)
 
-    _filters = field_validator("filters")(lambda v: _check_filters(v, _BACKEND_FILTERS, "on a backendRef (Lattice applies only header filters per backend)"))
+    _filters = field_validator("filters")(
+        lambda v: _check_filters(
+            v, _BACKEND_FILTERS, "on a backendRef (Lattice applies only header filters per backend)"
+        )
+    )
 
 
 class HTTPRouteTimeouts(GatewayApiSpec):
@@ -329,13 +364,17 @@ class HTTPRouteRetry(GatewayApiSpec):
     @classmethod
     def _no_backoff(cls, v: str | None) -> str | None:
         if v is not None:
-            raise ValueError("backoff is not supported: Lattice retries with Envoy's exponential backoff from 25ms; remove backoff")
+            raise ValueError(
+                "backoff is not supported: Lattice retries with Envoy's exponential backoff from 25ms; remove backoff"
+            )
         return v
 
 
 def _no_session_persistence(v: object) -> object:
     if v is not None:
-        raise ValueError("sessionPersistence is not supported; use a DestinationRule consistentHash load balancer for affinity")
+        raise ValueError(
+            "sessionPersistence is not supported; use a DestinationRule consistentHash load balancer for affinity"
+        )
     return v
 
 
@@ -360,13 +399,17 @@ class HTTPRouteRule(GatewayApiSpec):
         rewrite = self.filter("URLRewrite")
         if rewrite is not None and rewrite.path is not None and rewrite.path.type == "ReplacePrefixMatch":
             if any(m.path is not None and m.path.type != "PathPrefix" for m in self.matches):
-                raise ValueError("URLRewrite with ReplacePrefixMatch needs every match of the rule to be a PathPrefix path match")
+                raise ValueError(
+                    "URLRewrite with ReplacePrefixMatch needs every match of the rule to be a PathPrefix path match"
+                )
         return self
 
 
 def _check_hostnames(v: list[str]) -> list[str]:
     if v:
-        raise ValueError("hostnames has no effect on a route attached to a Service (the Service is the host); remove it")
+        raise ValueError(
+            "hostnames has no effect on a route attached to a Service (the Service is the host); remove it"
+        )
     return v
 
 
@@ -391,9 +434,10 @@ class GRPCMethodMatch(GatewayApiSpec):
             for v in (self.service, self.method):
                 if v is not None:
                     check_regex(v)
-        elif (self.service is not None and not re.match(r"^[A-Za-z_][A-Za-z_0-9]*(\.[A-Za-z_][A-Za-z_0-9]*)*$", self.service)) or (
-            self.method is not None and not re.match(r"^[A-Za-z_][A-Za-z_0-9]*$", self.method)
-        ):
+        elif (
+            self.service is not None
+            and not re.match(r"^[A-Za-z_][A-Za-z_0-9]*(\.[A-Za-z_][A-Za-z_0-9]*)*$", self.service)
+        ) or (self.method is not None and not re.match(r"^[A-Za-z_][A-Za-z_0-9]*$", self.method)):
             raise ValueError("an Exact match needs a dotted service name and a method name (letters, digits, '_')")
         return self
 
@@ -421,7 +465,11 @@ class GRPCBackendRef(BackendObjectReference):
     weight: int = Field(default=1, ge=0, le=1_000_000)
     filters: list[GRPCRouteFilter] = Field(default_factory=list, max_length=16)
 
-    _filters = field_validator("filters")(lambda v: _check_filters(v, _BACKEND_FILTERS, "on a backendRef (Lattice applies only header filters per backend)"))
+    _filters = field_validator("filters")(
+        lambda v: _check_filters(
+            v, _BACKEND_FILTERS, "on a backendRef (Lattice applies only header filters per backend)"
+        )
+    )
 
 
 class GRPCRouteRule(GatewayApiSpec):

@@ -41,14 +41,41 @@ _ISTIO_VERSIONS = ("v1alpha3", "v1beta1", "v1")
 KINDS: dict[str, KindInfo] = {
     k.kind: k
     for k in (
-        KindInfo("VirtualService", "networking.istio.io", _ISTIO_VERSIONS, "virtualservices", ("vs",), VirtualServiceSpec),
-        KindInfo("DestinationRule", "networking.istio.io", _ISTIO_VERSIONS, "destinationrules", ("dr",), DestinationRuleSpec),
+        KindInfo(
+            "VirtualService", "networking.istio.io", _ISTIO_VERSIONS, "virtualservices", ("vs",), VirtualServiceSpec
+        ),
+        KindInfo(
+            "DestinationRule", "networking.istio.io", _ISTIO_VERSIONS, "destinationrules", ("dr",), DestinationRuleSpec
+        ),
         KindInfo("Gateway", "networking.istio.io", _ISTIO_VERSIONS, "gateways", ("gw",), GatewaySpec),
         KindInfo("ServiceEntry", "networking.istio.io", _ISTIO_VERSIONS, "serviceentries", ("se",), ServiceEntrySpec),
-        KindInfo("WorkloadEntry", "networking.istio.io", _ISTIO_VERSIONS, "workloadentries", ("we",), WorkloadEntrySpec),
-        KindInfo("PeerAuthentication", "security.istio.io", ("v1beta1", "v1"), "peerauthentications", ("pa",), PeerAuthenticationSpec),
-        KindInfo("AuthorizationPolicy", "security.istio.io", ("v1beta1", "v1"), "authorizationpolicies", ("ap",), AuthorizationPolicySpec),
-        KindInfo("RequestAuthentication", "security.istio.io", ("v1beta1", "v1"), "requestauthentications", ("ra",), RequestAuthenticationSpec),
+        KindInfo(
+            "WorkloadEntry", "networking.istio.io", _ISTIO_VERSIONS, "workloadentries", ("we",), WorkloadEntrySpec
+        ),
+        KindInfo(
+            "PeerAuthentication",
+            "security.istio.io",
+            ("v1beta1", "v1"),
+            "peerauthentications",
+            ("pa",),
+            PeerAuthenticationSpec,
+        ),
+        KindInfo(
+            "AuthorizationPolicy",
+            "security.istio.io",
+            ("v1beta1", "v1"),
+            "authorizationpolicies",
+            ("ap",),
+            AuthorizationPolicySpec,
+        ),
+        KindInfo(
+            "RequestAuthentication",
+            "security.istio.io",
+            ("v1beta1", "v1"),
+            "requestauthentications",
+            ("ra",),
+            RequestAuthenticationSpec,
+        ),
         KindInfo("Telemetry", "telemetry.istio.io", ("v1alpha1", "v1"), "telemetries", (), TelemetrySpec),
         KindInfo("HTTPRoute", "gateway.networking.k8s.io", ("v1beta1", "v1"), "httproutes", (), HTTPRouteSpec),
         KindInfo("GRPCRoute", "gateway.networking.k8s.io", ("v1alpha2", "v1"), "grpcroutes", (), GRPCRouteSpec),

@@ -26,11 +26,66 @@ from lattice.api.errors import FieldError, ValidationError
 from lattice.api.networking import IstioSpec
 
 # HTTP status codes Envoy's HttpStatus enum names (what Istio accepts for statusOnError).
-_STATUS_CODES = frozenset({
-    100, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308,
-    400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424, 426, 428, 429, 431,
-    500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
-})
+_STATUS_CODES = frozenset(
+    {
+        100,
+        200,
+        201,
+        202,
+        203,
+        204,
+        205,
+        206,
+        207,
+        208,
+        226,
+        300,
+        301,
+        302,
+        303,
+        304,
+        305,
+        307,
+        308,
+        400,
+        401,
+        402,
+        403,
+        404,
+        405,
+        406,
+        407,
+        408,
+        409,
+        410,
+        411,
+        412,
+        413,
+        414,
+        415,
+        416,
+        417,
+        421,
+        422,
+        423,
+        424,
+        426,
+        428,
+        429,
+        431,
+        500,
+        501,
+        502,
+        503,
+        504,
+        505,
+        506,
+        507,
+        508,
+        510,
+        511,
+    }
+)
 _HOST = re.compile(r"^(?:[a-z0-9-]+/)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
 
@@ -125,14 +180,18 @@ class OpenTelemetryProvider(Collector):
     @classmethod
     def _no_http(cls, v: Any) -> Any:
         if v is not None:
-            raise ValueError("OTLP over HTTP is not supported: Lattice's proxies export spans over OTLP/gRPC to service:port; remove `http`")
+            raise ValueError(
+                "OTLP over HTTP is not supported: Lattice's proxies export spans over OTLP/gRPC to service:port; remove `http`"
+            )
         return v
 
     @field_validator("resource_detectors", "dynatrace_sampler")
     @classmethod
     def _not_supported(cls, v: Any) -> Any:
         if v is not None:
-            raise ValueError("not supported: spans carry the proxy's service name and Istio's canonical service tags; sampling is `randomSamplingPercentage`")
+            raise ValueError(
+                "not supported: spans carry the proxy's service name and Istio's canonical service tags; sampling is `randomSamplingPercentage`"
+            )
         return v
 
 
@@ -154,7 +213,9 @@ class LogFormat(IstioSpec):
     @model_validator(mode="after")
     def _one_kind(self) -> LogFormat:
         if (self.text is None) == (self.labels is None):
-            raise ValueError("set exactly one of text (an Envoy format string) or labels (JSON keys and their Envoy command operators)")
+            raise ValueError(
+                "set exactly one of text (an Envoy format string) or labels (JSON keys and their Envoy command operators)"
+            )
         return self
 
 
@@ -180,8 +241,25 @@ def check_log_path(v: str) -> str:
 
 
 # Istio's other provider kinds, each refused by name.
-_UNSUPPORTED_KINDS = ("envoy_otel_als", "envoy_http_als", "envoy_tcp_als", "skywalking", "datadog", "stackdriver", "lightstep", "sds", "opencensus")
-_KINDS = ("envoy_ext_authz_http", "envoy_ext_authz_grpc", "opentelemetry", "zipkin", "envoy_file_access_log", "prometheus")
+_UNSUPPORTED_KINDS = (
+    "envoy_otel_als",
+    "envoy_http_als",
+    "envoy_tcp_als",
+    "skywalking",
+    "datadog",
+    "stackdriver",
+    "lightstep",
+    "sds",
+    "opencensus",
+)
+_KINDS = (
+    "envoy_ext_authz_http",
+    "envoy_ext_authz_grpc",
+    "opentelemetry",
+    "zipkin",
+    "envoy_file_access_log",
+    "prometheus",
+)
 RESERVED_PROVIDERS = ("lattice",)  # the control plane's own trace collector
 
 
@@ -207,7 +285,9 @@ class ExtensionProvider(IstioSpec):
     @classmethod
     def _unsupported(cls, v: Any) -> Any:
         if v is not None:
-            raise ValueError("this provider kind is not supported; Lattice supports envoyExtAuthzHttp, envoyExtAuthzGrpc, opentelemetry, zipkin, envoyFileAccessLog and prometheus")
+            raise ValueError(
+                "this provider kind is not supported; Lattice supports envoyExtAuthzHttp, envoyExtAuthzGrpc, opentelemetry, zipkin, envoyFileAccessLog and prometheus"
+            )
         return v
 
     @field_validator("name")
@@ -226,7 +306,9 @@ class ExtensionProvider(IstioSpec):
                 "zipkin (tracing), envoyFileAccessLog (access logs) or prometheus (metrics)"
             )
         if self.prometheus is not None and self.name != "prometheus":
-            raise ValueError(f"a prometheus provider must be named 'prometheus' (the name Telemetry metrics use), not {self.name!r}")
+            raise ValueError(
+                f"a prometheus provider must be named 'prometheus' (the name Telemetry metrics use), not {self.name!r}"
+            )
         return self
 
     @property
@@ -252,7 +334,9 @@ class DefaultProviders(IstioSpec):
     def _prometheus(cls, v: list[str] | None) -> list[str] | None:
         others = [name for name in v or () if name != "prometheus"]
         if others:
-            raise ValueError(f"metrics provider {', '.join(map(repr, others))} is not supported: Lattice's sidecars expose metrics for Prometheus only (`prometheus`)")
+            raise ValueError(
+                f"metrics provider {', '.join(map(repr, others))} is not supported: Lattice's sidecars expose metrics for Prometheus only (`prometheus`)"
+            )
         return v
 
 
@@ -288,7 +372,9 @@ class MeshConfig(IstioSpec):
     @property
     def access_log_labels(self) -> dict[str, str]:
         """JSON encoding: accessLogFormat's keys and Envoy command operators (none: Istio's default fields)."""
-        return json_labels(self.access_log_format) if self.access_log_encoding == "JSON" and self.access_log_format else {}
+        return (
+            json_labels(self.access_log_format) if self.access_log_encoding == "JSON" and self.access_log_format else {}
+        )
 
     @property
     def sampling(self) -> float | None:
@@ -312,7 +398,9 @@ def json_labels(text: str) -> dict[str, str]:
     except ValueError:
         labels = None
     if not isinstance(labels, dict) or not labels or not all(isinstance(v, str) for v in labels.values()):
-        raise ValueError('with accessLogEncoding JSON, accessLogFormat must be a JSON object of field names and Envoy command operators, e.g. {"path": "%REQ(:PATH)%"}')
+        raise ValueError(
+            'with accessLogEncoding JSON, accessLogFormat must be a JSON object of field names and Envoy command operators, e.g. {"path": "%REQ(:PATH)%"}'
+        )
     return labels
 
 

@@ -46,7 +46,9 @@ def check_regex(pattern: str) -> str:
     if problems:
         raise ValueError(f"regex {pattern!r} uses {problems[0]}, which RE2 (Envoy's regex engine) does not support")
     if any(int(n) > 1000 for m in _REPEAT.finditer(unescaped) for n in m.groups() if n):
-        raise ValueError(f"regex {pattern!r} repeats more than 1000 times, which RE2 (Envoy's regex engine) does not allow")
+        raise ValueError(
+            f"regex {pattern!r} repeats more than 1000 times, which RE2 (Envoy's regex engine) does not allow"
+        )
     try:
         re.compile(pattern)
     except re.error as e:
@@ -162,16 +164,33 @@ class HTTPRetry(IstioSpec):
             return v
         unknown = [c for c in (p.strip() for p in v.split(",")) if c and not c.isdigit() and c not in RETRY_CONDITIONS]
         if unknown:
-            raise ValueError(f"unknown retry condition(s) {', '.join(unknown)}; use HTTP status codes or {', '.join(sorted(RETRY_CONDITIONS))}")
+            raise ValueError(
+                f"unknown retry condition(s) {', '.join(unknown)}; use HTTP status codes or {', '.join(sorted(RETRY_CONDITIONS))}"
+            )
         return v
 
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on conditions (what Istio passes through).
-RETRY_CONDITIONS = frozenset({
-    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "envoy-ratelimited", "retriable-4xx",
-    "refused-stream", "retriable-status-codes", "retriable-headers", "http3-post-connect-failure",
-    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
-})
+RETRY_CONDITIONS = frozenset(
+    {
+        "5xx",
+        "gateway-error",
+        "reset",
+        "reset-before-request",
+        "connect-failure",
+        "envoy-ratelimited",
+        "retriable-4xx",
+        "refused-stream",
+        "retriable-status-codes",
+        "retriable-headers",
+        "http3-post-connect-failure",
+        "cancelled",
+        "deadline-exceeded",
+        "internal",
+        "resource-exhausted",
+        "unavailable",
+    }
+)
 
 
 class Delay(IstioSpec):
@@ -183,9 +202,23 @@ class Delay(IstioSpec):
 
 
 GRPC_STATUS = {
-    "OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
-    "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "ABORTED": 10,
-    "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+    "OK": 0,
+    "CANCELLED": 1,
+    "UNKNOWN": 2,
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "ABORTED": 10,
+    "OUT_OF_RANGE": 11,
+    "UNIMPLEMENTED": 12,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+    "DATA_LOSS": 15,
+    "UNAUTHENTICATED": 16,
 }
 
 
@@ -207,7 +240,9 @@ class Abort(IstioSpec):
     @classmethod
     def _no_http2_error(cls, v: str | None) -> str | None:
         if v is not None:
-            raise ValueError("http2Error is not supported (Istio does not implement it either); abort with httpStatus or grpcStatus")
+            raise ValueError(
+                "http2Error is not supported (Istio does not implement it either); abort with httpStatus or grpcStatus"
+            )
         return v
 
     @model_validator(mode="after")
@@ -240,7 +275,9 @@ class HTTPRedirect(IstioSpec):
     @classmethod
     def _code(cls, v: int) -> int:
         if v not in REDIRECT_CODES:
-            raise ValueError(f"{v} is not a redirect status Envoy can send; use one of {', '.join(map(str, REDIRECT_CODES))}")
+            raise ValueError(
+                f"{v} is not a redirect status Envoy can send; use one of {', '.join(map(str, REDIRECT_CODES))}"
+            )
         return v
 
     @model_validator(mode="after")
@@ -340,16 +377,26 @@ class HTTPRoute(IstioSpec):
     @classmethod
     def _no_delegate(cls, v: Delegate | None) -> Delegate | None:
         if v is not None:
-            raise ValueError("delegate (VirtualService chaining) is not supported; put the delegated rules in this VirtualService")
+            raise ValueError(
+                "delegate (VirtualService chaining) is not supported; put the delegated rules in this VirtualService"
+            )
         return v
 
     @model_validator(mode="after")
     def _one_action(self) -> HTTPRoute:
-        actions = [n for n, v in (("route", self.route), ("redirect", self.redirect), ("directResponse", self.direct_response)) if v]
+        actions = [
+            n
+            for n, v in (("route", self.route), ("redirect", self.redirect), ("directResponse", self.direct_response))
+            if v
+        ]
         if len(actions) != 1:
-            raise ValueError(f"a rule needs exactly one of route, redirect or directResponse (got {', '.join(actions) or 'none'})")
+            raise ValueError(
+                f"a rule needs exactly one of route, redirect or directResponse (got {', '.join(actions) or 'none'})"
+            )
         if self.rewrite is not None and self.redirect is not None:
-            raise ValueError("rewrite and redirect cannot both be set: a redirect answers the client, nothing is forwarded to rewrite")
+            raise ValueError(
+                "rewrite and redirect cannot both be set: a redirect answers the client, nothing is forwarded to rewrite"
+            )
         if self.mirror is not None and self.mirrors:
             raise ValueError("set mirror or mirrors, not both")
         if (self.mirror_percentage is not None or self.mirror_percent is not None) and self.mirror is None:
@@ -429,7 +476,9 @@ class VirtualServiceSpec(IstioSpec):
     @model_validator(mode="after")
     def _star_only_on_gateways(self) -> VirtualServiceSpec:
         if "*" in self.hosts and binds_mesh(self.gateways):
-            raise ValueError("hosts: '*' would capture every destination of every sidecar; name the hosts, or bind the VirtualService to a Gateway")
+            raise ValueError(
+                "hosts: '*' would capture every destination of every sidecar; name the hosts, or bind the VirtualService to a Gateway"
+            )
         return self
 
     @field_validator("export_to")

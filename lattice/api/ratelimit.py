@@ -63,7 +63,9 @@ class RequestMatch(IstioSpec):
     def _path(cls, v: StringMatch | None) -> StringMatch | None:
         literal = v and (v.exact if v.exact is not None else v.prefix)
         if literal is not None and (not literal.startswith("/") or "?" in literal):
-            raise ValueError(f"{literal!r} must start with '/' and hold no '?': the path is matched without its query string")
+            raise ValueError(
+                f"{literal!r} must start with '/' and hold no '?': the path is matched without its query string"
+            )
         return v
 
     @field_validator("methods")
@@ -114,14 +116,18 @@ class Limit(IstioSpec):
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         if v is not None and not DNS1123_LABEL.match(v):
-            raise ValueError(f"{v!r} is not a name: use lower-case letters, digits and '-', starting and ending alphanumeric")
+            raise ValueError(
+                f"{v!r} is not a name: use lower-case letters, digits and '-', starting and ending alphanumeric"
+            )
         return v
 
     @field_validator("requests", "burst")
     @classmethod
     def _tokens(cls, v: int | None) -> int | None:
         if v is not None and not 0 < v <= MAX_TOKENS:
-            raise ValueError(f"must be between 1 and {MAX_TOKENS}; to refuse requests outright use an AuthorizationPolicy")
+            raise ValueError(
+                f"must be between 1 and {MAX_TOKENS}; to refuse requests outright use an AuthorizationPolicy"
+            )
         return v
 
     @field_validator("per")
@@ -132,7 +138,9 @@ class Limit(IstioSpec):
         if abs(millis - round(millis)) > 1e-6:
             raise ValueError(f"{v!r} is not a whole number of milliseconds")
         if not MIN_PERIOD_SECONDS <= seconds <= MAX_PERIOD_SECONDS:
-            raise ValueError(f"{v!r} is out of range: Envoy refills buckets at most every 50ms, and Lattice allows at most 24h")
+            raise ValueError(
+                f"{v!r} is out of range: Envoy refills buckets at most every 50ms, and Lattice allows at most 24h"
+            )
         return v
 
     @property

@@ -105,10 +105,16 @@ class Registration(BaseModel):
     @model_validator(mode="after")
     def _upstream_ports(self) -> Registration:
         """Each upstream needs a port of its own on the workload's address."""
-        taken = {self.port: "the service port", self.outbound_port: "the outbound proxy port", self.agent_port: "the agent port"}
+        taken = {
+            self.port: "the service port",
+            self.outbound_port: "the outbound proxy port",
+            self.agent_port: "the agent port",
+        }
         for u in self.upstreams:
             owner = taken.get(u.local_port)
             if owner is not None:
-                raise ValueError(f"upstream {u.service}.{u.namespace}:{u.port}: local port {u.local_port} is already {owner}")
+                raise ValueError(
+                    f"upstream {u.service}.{u.namespace}:{u.port}: local port {u.local_port} is already {owner}"
+                )
             taken[u.local_port] = f"upstream {u.service}.{u.namespace}:{u.port}'s"
         return self

@@ -102,7 +102,9 @@ class JWTHeader(IstioSpec):
         _header_name(v, "header")
         if "_" in v:
             # The sidecar rejects requests with '_' in a header name, so no token could arrive here.
-            raise ValueError(f"{v!r} contains '_'; the sidecar rejects requests with underscores in header names, so a token could never be read from it")
+            raise ValueError(
+                f"{v!r} contains '_'; the sidecar rejects requests with underscores in header names, so a token could never be read from it"
+            )
         return v
 
 
@@ -201,5 +203,7 @@ class RequestAuthenticationSpec(IstioSpec):
     @classmethod
     def _no_target_refs(cls, v: Any) -> Any:
         if v is not None:
-            raise ValueError("attaching to a Gateway or Service (waypoint) is not supported: Lattice applies RequestAuthentication at sidecars chosen by `selector`")
+            raise ValueError(
+                "attaching to a Gateway or Service (waypoint) is not supported: Lattice applies RequestAuthentication at sidecars chosen by `selector`"
+            )
         return v

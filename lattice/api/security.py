@@ -48,19 +48,25 @@ class PeerAuthenticationSpec(IstioSpec):
             raise ValueError(f"keys must be port numbers 1..65535; got {', '.join(bad)}")
         null = [str(ports[key]) for key, value in v.items() if value is None]
         if null:
-            raise ValueError(f"the mTLS setting of port {', '.join(null)} must not be null; give {{mode: ...}} (UNSET inherits)")
+            raise ValueError(
+                f"the mTLS setting of port {', '.join(null)} must not be null; give {{mode: ...}} (UNSET inherits)"
+            )
         if len(set(ports.values())) != len(ports):
             raise ValueError("a port is given more than once")
         return {ports[key]: value for key, value in v.items()}
 
     @field_validator("port_level_mtls")
     @classmethod
-    def _needs_selector(cls, v: dict[int, PeerAuthenticationMutualTLS], info: ValidationInfo) -> dict[int, PeerAuthenticationMutualTLS]:
+    def _needs_selector(
+        cls, v: dict[int, PeerAuthenticationMutualTLS], info: ValidationInfo
+    ) -> dict[int, PeerAuthenticationMutualTLS]:
         if "selector" not in info.data:
             return v  # the selector itself is invalid and already reported
         selector = info.data["selector"]
         if v and (selector is None or not selector.match_labels):
-            raise ValueError("portLevelMtls requires a workload selector; a namespace- or mesh-wide PeerAuthentication cannot set per-port modes")
+            raise ValueError(
+                "portLevelMtls requires a workload selector; a namespace- or mesh-wide PeerAuthentication cannot set per-port modes"
+            )
         return v
 
 

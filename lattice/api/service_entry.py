@@ -19,15 +19,25 @@ from lattice.api.networking import IstioSpec
 
 # Istio's protocol names (matched without regard to case) and the name Lattice's services use.
 PROTOCOLS = {
-    "HTTP": "http", "HTTP2": "http2", "GRPC": "grpc", "GRPC-WEB": "grpc-web", "HTTPS": "https",
-    "TLS": "tls", "TCP": "tcp", "MONGO": "mongo", "MYSQL": "mysql", "REDIS": "redis",
+    "HTTP": "http",
+    "HTTP2": "http2",
+    "GRPC": "grpc",
+    "GRPC-WEB": "grpc-web",
+    "HTTPS": "https",
+    "TLS": "tls",
+    "TCP": "tcp",
+    "MONGO": "mongo",
+    "MYSQL": "mysql",
+    "REDIS": "redis",
 }
 _REFUSED_PROTOCOLS = {
     "UDP": "Lattice's sidecars proxy TCP and HTTP only, not UDP",
     "HTTP_PROXY": "Lattice's outbound listener is already the HTTP proxy; declare the upstream's own protocol (HTTP)",
 }
 _HTTP_OR_TLS = {"http", "http2", "grpc", "grpc-web", "https", "tls"}
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 
 
 def is_ip(value: str) -> bool:
@@ -94,7 +104,9 @@ class WorkloadEntrySpec(IstioSpec):
     @classmethod
     def _address(cls, v: str) -> str:
         if v.startswith("unix://"):
-            raise ValueError("unix domain socket endpoints are not supported: Lattice's sidecars reach endpoints over TCP")
+            raise ValueError(
+                "unix domain socket endpoints are not supported: Lattice's sidecars reach endpoints over TCP"
+            )
         if "*" in v:
             raise ValueError(f"address {v!r} must not contain a wildcard")
         if not is_ip(v) and not _is_host_name(v):
@@ -154,7 +166,9 @@ class ServiceEntrySpec(IstioSpec):
                 raise ValueError("'*' would claim every host; name the hosts, or use a wildcard such as *.example.com")
             bare = host[2:] if host.startswith("*.") else host
             if not is_ip(host) and (not _is_host_name(bare) or "*" in bare):
-                raise ValueError(f"hosts[{i}] {host!r} is not a host name (a wildcard may only lead, as in *.example.com)")
+                raise ValueError(
+                    f"hosts[{i}] {host!r} is not a host name (a wildcard may only lead, as in *.example.com)"
+                )
         return v
 
     @field_validator("addresses")
@@ -224,9 +238,13 @@ def _resolution_problems(resolution: str, data: dict) -> list[str]:
     problems = []
     if resolution == "NONE":
         if endpoints or data.get("workload_selector") is not None:
-            problems.append("NONE forwards to the host the client asked for, so endpoints and workloadSelector would be unused; use STATIC or DNS")
+            problems.append(
+                "NONE forwards to the host the client asked for, so endpoints and workloadSelector would be unused; use STATIC or DNS"
+            )
         if any(p.target_port for p in ports):
-            problems.append("NONE forwards to the port the client asked for, so targetPort would be unused; use STATIC or DNS")
+            problems.append(
+                "NONE forwards to the port the client asked for, so targetPort would be unused; use STATIC or DNS"
+            )
     if resolution == "STATIC":
         named = [f"endpoints[{i}] {e.address!r}" for i, e in enumerate(endpoints) if not is_ip(e.address)]
         if named:
@@ -234,11 +252,15 @@ def _resolution_problems(resolution: str, data: dict) -> list[str]:
     if resolution in ("DNS", "DNS_ROUND_ROBIN") and not endpoints and data.get("workload_selector") is None:
         wild = [h for h in hosts if h.startswith("*")]
         if wild:
-            problems.append(f"{resolution} without endpoints resolves the hosts themselves; {', '.join(wild)} cannot be resolved")
+            problems.append(
+                f"{resolution} without endpoints resolves the hosts themselves; {', '.join(wild)} cannot be resolved"
+            )
     if resolution == "DNS_ROUND_ROBIN" and len(endpoints) > 1:
         problems.append("DNS_ROUND_ROBIN connects to one name at a time; give at most one endpoint (or use DNS)")
     if resolution != "NONE" and len(hosts) > 1 and any(p.lattice_protocol not in _HTTP_OR_TLS for p in ports):
-        problems.append("several hosts with a TCP port: nothing in plain TCP says which host a connection is for; use NONE or one host per ServiceEntry")
+        problems.append(
+            "several hosts with a TCP port: nothing in plain TCP says which host a connection is for; use NONE or one host per ServiceEntry"
+        )
     return problems
 
 

@@ -27,16 +27,38 @@ WorkloadMode = Literal["CLIENT_AND_SERVER", "CLIENT", "SERVER"]
 PROMETHEUS = "prometheus"
 # The Telemetry API's metric names that Lattice's sidecars report (each maps to an istio_* metric).
 METRICS = (
-    "ALL_METRICS", "REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE", "RESPONSE_SIZE",
-    "TCP_OPENED_CONNECTIONS", "TCP_CLOSED_CONNECTIONS", "TCP_SENT_BYTES", "TCP_RECEIVED_BYTES",
+    "ALL_METRICS",
+    "REQUEST_COUNT",
+    "REQUEST_DURATION",
+    "REQUEST_SIZE",
+    "RESPONSE_SIZE",
+    "TCP_OPENED_CONNECTIONS",
+    "TCP_CLOSED_CONNECTIONS",
+    "TCP_SENT_BYTES",
+    "TCP_RECEIVED_BYTES",
 )
 _GRPC_METRICS = ("GRPC_REQUEST_MESSAGES", "GRPC_RESPONSE_MESSAGES")
 # Istio's standard metric labels: what a tag override may REMOVE (UPSERT may also add a new one).
 STANDARD_LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
-    "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
-    "destination_version", "destination_service", "destination_service_name", "destination_service_namespace",
-    "request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
 )
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -124,7 +146,9 @@ class Tracing(IstioSpec):
     @classmethod
     def _one_provider(cls, v: list[ProviderRef]) -> list[ProviderRef]:
         if len(v) > 1:
-            raise ValueError("at most one provider per tracing rule (as in Istio): spans of one request go to one collector")
+            raise ValueError(
+                "at most one provider per tracing rule (as in Istio): spans of one request go to one collector"
+            )
         return v
 
     @field_validator("custom_tags")
@@ -138,7 +162,9 @@ class Tracing(IstioSpec):
     @classmethod
     def _request_id(cls, v: bool | None) -> bool | None:
         if v is False:
-            raise ValueError("false is not supported: Lattice's sidecars always sample on x-request-id (Envoy's default), so a request is traced at all its hops or none")
+            raise ValueError(
+                "false is not supported: Lattice's sidecars always sample on x-request-id (Envoy's default), so a request is traced at all its hops or none"
+            )
         return v
 
     @model_validator(mode="after")
@@ -146,9 +172,19 @@ class Tracing(IstioSpec):
         # Both sides of a proxy trace with one provider and one rate; a rule for one side can
         # only switch that side's spans off or on.
         if self.mode != "CLIENT_AND_SERVER":
-            extra = [f for f, v in (("providers", self.providers), ("randomSamplingPercentage", self.random_sampling_percentage), ("customTags", self.custom_tags)) if v]
+            extra = [
+                f
+                for f, v in (
+                    ("providers", self.providers),
+                    ("randomSamplingPercentage", self.random_sampling_percentage),
+                    ("customTags", self.custom_tags),
+                )
+                if v
+            ]
             if extra:
-                raise ValueError(f"a tracing rule for one side (match.mode {self.mode}) may only set disableSpanReporting; move {', '.join(extra)} to a rule for CLIENT_AND_SERVER")
+                raise ValueError(
+                    f"a tracing rule for one side (match.mode {self.mode}) may only set disableSpanReporting; move {', '.join(extra)} to a rule for CLIENT_AND_SERVER"
+                )
         return self
 
     @property
@@ -177,7 +213,9 @@ class MetricSelector(IstioSpec):
     @classmethod
     def _no_custom(cls, v: Any) -> Any:
         if v is not None:
-            raise ValueError("custom metrics are not supported: overrides apply to Istio's standard metrics (set `metric`)")
+            raise ValueError(
+                "custom metrics are not supported: overrides apply to Istio's standard metrics (set `metric`)"
+            )
         return v
 
 
@@ -206,9 +244,13 @@ class MetricsOverrides(IstioSpec):
     def _labels(cls, v: dict[str, TagOverride]) -> dict[str, TagOverride]:
         for name, override in v.items():
             if not _LABEL.match(name) or name.startswith("__"):
-                raise ValueError(f"{name!r} is not a Prometheus label name: letters, digits and '_', not starting with a digit or '__'")
+                raise ValueError(
+                    f"{name!r} is not a Prometheus label name: letters, digits and '_', not starting with a digit or '__'"
+                )
             if override.operation == "REMOVE" and name not in STANDARD_LABELS:
-                raise ValueError(f"cannot REMOVE {name!r}: it is not one of Istio's standard labels ({', '.join(STANDARD_LABELS)})")
+                raise ValueError(
+                    f"cannot REMOVE {name!r}: it is not one of Istio's standard labels ({', '.join(STANDARD_LABELS)})"
+                )
         return v
 
     @property
@@ -230,14 +272,18 @@ class Metrics(IstioSpec):
     def _prometheus(cls, v: list[ProviderRef]) -> list[ProviderRef]:
         others = [p.name for p in v if p.name != PROMETHEUS]
         if others:
-            raise ValueError(f"metrics provider {', '.join(map(repr, others))} is not supported: Lattice's sidecars expose Istio's metrics for Prometheus only (provider `prometheus`)")
+            raise ValueError(
+                f"metrics provider {', '.join(map(repr, others))} is not supported: Lattice's sidecars expose Istio's metrics for Prometheus only (provider `prometheus`)"
+            )
         return v
 
     @field_validator("reporting_interval")
     @classmethod
     def _no_interval(cls, v: Any) -> Any:
         if v is not None:
-            raise ValueError("not supported: a sidecar's metrics are counted as traffic flows and read when Prometheus scrapes; there is no reporting period to set")
+            raise ValueError(
+                "not supported: a sidecar's metrics are counted as traffic flows and read when Prometheus scrapes; there is no reporting period to set"
+            )
         return v
 
 
@@ -331,7 +377,10 @@ class TelemetrySpec(IstioSpec):
             return []
         field = "targetRef" if spec.target_ref is not None else "targetRefs"
         return [
-            FieldError(f"spec.{field}" + ("" if spec.target_ref is not None else f"[{i}]") + ".namespace", f"must be the Telemetry's own namespace {metadata.namespace!r} or left out")
+            FieldError(
+                f"spec.{field}" + ("" if spec.target_ref is not None else f"[{i}]") + ".namespace",
+                f"must be the Telemetry's own namespace {metadata.namespace!r} or left out",
+            )
             for i, t in enumerate(spec.targets)
             if t.namespace not in (None, metadata.namespace)
         ]

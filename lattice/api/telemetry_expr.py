@@ -80,7 +80,11 @@ def _parse(text: str) -> Expr | None:
 
 def supported() -> str:
     """The supported forms, for error messages and documentation."""
-    return "a string literal ('x'), request.headers['<name>'] or one of " + ", ".join(ATTRIBUTES) + ", optionally inside string(...)"
+    return (
+        "a string literal ('x'), request.headers['<name>'] or one of "
+        + ", ".join(ATTRIBUTES)
+        + ", optionally inside string(...)"
+    )
 
 
 def evaluate(expr: Expr, record: Mapping[str, object]) -> str:

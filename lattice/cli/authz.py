@@ -12,7 +12,9 @@ from lattice.cli.client import ApiError, ServerOpt
 from lattice.cli.client import connect as client
 from lattice.cli.output import Format, OutputOpt, console, emit, fail
 
-app = typer.Typer(help="Authorization: explain what AuthorizationPolicies decide, before you send a request.", no_args_is_help=True)
+app = typer.Typer(
+    help="Authorization: explain what AuthorizationPolicies decide, before you send a request.", no_args_is_help=True
+)
 
 _CHECK_HELP = """Would the destination's sidecar let this request through, and which policy and rule decide?
 
@@ -30,8 +32,14 @@ claims are read as the sidecar would, but its signature is not checked here.
 @app.command(help=_CHECK_HELP)
 def check(
     request: list[str] = typer.Argument(..., help="[METHOD] PATH, e.g. GET /reviews/0"),
-    source: str = typer.Option("anonymous", "--from", help="Caller: a workload (id or name), a service, a SPIFFE ID or principal, or 'anonymous'."),
-    destination: str = typer.Option(..., "--to", help="Destination service (name, name.namespace, FQDN) or a workload id."),
+    source: str = typer.Option(
+        "anonymous",
+        "--from",
+        help="Caller: a workload (id or name), a service, a SPIFFE ID or principal, or 'anonymous'.",
+    ),
+    destination: str = typer.Option(
+        ..., "--to", help="Destination service (name, name.namespace, FQDN) or a workload id."
+    ),
     header: list[str] = typer.Option([], "-H", "--header", help="Request header 'name: value' (repeatable)."),
     namespace: str = typer.Option("default", "-n", "--namespace", help="Namespace for short names in --from and --to."),
     server: Optional[str] = ServerOpt,
@@ -41,11 +49,23 @@ def check(
     headers = dict(_header(h) for h in header)
     c = client(server)
     try:
-        question = {"from": source, "to": destination, "method": method, "path": path, "headers": headers, "namespace": namespace}
-        answer = c.request("POST", "/api/v1/authz/check", json.dumps(question).encode(), content_type="application/json")
+        question = {
+            "from": source,
+            "to": destination,
+            "method": method,
+            "path": path,
+            "headers": headers,
+            "namespace": namespace,
+        }
+        answer = c.request(
+            "POST", "/api/v1/authz/check", json.dumps(question).encode(), content_type="application/json"
+        )
     except ApiError as e:
         fail(f"{e}")
-    rows = [[r["workload"], r["decision"], r["reason"], ", ".join(_dry(d) for d in r.get("dry_run", [])) or "-"] for r in answer["results"]]
+    rows = [
+        [r["workload"], r["decision"], r["reason"], ", ".join(_dry(d) for d in r.get("dry_run", [])) or "-"]
+        for r in answer["results"]
+    ]
     if output is Format.table:
         console.print(Text(f"{answer['request']} from {answer['source']} to {answer['destination']}"))
     emit(answer, output, ["WORKLOAD", "DECISION", "WHY", "DRY-RUN"], rows)
@@ -69,4 +89,6 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def _dry(d: dict) -> str:
-    return f"{d['action']} would {'deny' if d['would_deny'] else 'allow'}" + (f" ({d['matched'][0]})" if d["matched"] else "")
+    return f"{d['action']} would {'deny' if d['would_deny'] else 'allow'}" + (
+        f" ({d['matched'][0]})" if d["matched"] else ""
+    )

@@ -15,7 +15,9 @@ from lattice.server.config import ADMIN_TOKEN_FILE, lattice_home, read_discovery
 
 
 # The --server option every command that talks to the control plane takes.
-ServerOpt = typer.Option(None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json).")
+ServerOpt = typer.Option(
+    None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json)."
+)
 
 
 class ApiError(Exception):
@@ -42,7 +44,9 @@ def _discover(explicit: str | None, variable: str, key: str, scheme: str, exampl
         return url.rstrip("/") if "://" in url else f"{scheme}://{url}"
     info = read_discovery(lattice_home())
     if info is None:
-        raise ApiError(f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or pass --server {example}")
+        raise ApiError(
+            f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or pass --server {example}"
+        )
     return info[key]
 
 
@@ -79,7 +83,14 @@ class Client:
         self.timeout = timeout
         self.token = admin_credential() if token is None else token
 
-    def request(self, method: str, path: str, body: bytes | None = None, query: dict | None = None, content_type: str = "application/yaml") -> dict:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        query: dict | None = None,
+        content_type: str = "application/yaml",
+    ) -> dict:
         url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(query)}" if query else "")
         headers = {"Content-Type": content_type} if body is not None else {}
         if self.token:
@@ -96,7 +107,9 @@ class Client:
             raise ApiError(message, e.code, payload) from None
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise ApiError(f"cannot reach the control plane at {self.base}: {reason}; is `lattice server` running?") from None
+            raise ApiError(
+                f"cannot reach the control plane at {self.base}: {reason}; is `lattice server` running?"
+            ) from None
 
     def get(self, path: str, **query) -> dict:
         return self.request("GET", path, query={k: v for k, v in query.items() if v is not None} or None)
@@ -113,7 +126,9 @@ class Client:
         except urllib.error.HTTPError as e:
             raise ApiError(_json(e.read()).get("error") or f"HTTP {e.code}", e.code) from None
         except (urllib.error.URLError, OSError) as e:
-            raise ApiError(f"cannot reach the control plane at {self.base}: {getattr(e, 'reason', e)}; is `lattice server` running?") from None
+            raise ApiError(
+                f"cannot reach the control plane at {self.base}: {getattr(e, 'reason', e)}; is `lattice server` running?"
+            ) from None
 
 
 def _json(raw: bytes) -> dict:

@@ -40,13 +40,29 @@ app.add_typer(authz.app, name="authz")
 observe.register(app)
 observe_trace.register(app)
 
-AgentServerOpt = typer.Option(None, "--server", envvar="LATTICE_AGENT_SERVER", help="Control plane agent API, https://HOST:15012 (default: from $LATTICE_HOME/server.json).")
-TokenOpt = typer.Option(None, "--token", envvar="LATTICE_TOKEN", help="Join token from `lattice token create`: the identity this workload may take.", show_default=False)
+AgentServerOpt = typer.Option(
+    None,
+    "--server",
+    envvar="LATTICE_AGENT_SERVER",
+    help="Control plane agent API, https://HOST:15012 (default: from $LATTICE_HOME/server.json).",
+)
+TokenOpt = typer.Option(
+    None,
+    "--token",
+    envvar="LATTICE_TOKEN",
+    help="Join token from `lattice token create`: the identity this workload may take.",
+    show_default=False,
+)
 TokenFileOpt = typer.Option(None, "--token-file", help="Read the join token from this file.")
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
 
 
 @app.command()
@@ -57,19 +73,37 @@ def server(
     api_port: int = typer.Option(15080, help="REST API port (0: pick a free one)."),
     xds_host: str = typer.Option("127.0.0.1", help="xDS gRPC address (0.0.0.0 for agents on other hosts)."),
     xds_port: int = typer.Option(15010, help="xDS gRPC port, mTLS (0: pick a free one)."),
-    agent_host: str = typer.Option("127.0.0.1", help="Agent API address: certificates and registration (0.0.0.0 for agents on other hosts)."),
+    agent_host: str = typer.Option(
+        "127.0.0.1", help="Agent API address: certificates and registration (0.0.0.0 for agents on other hosts)."
+    ),
     agent_port: int = typer.Option(15012, help="Agent API port, TLS (0: pick a free one)."),
     trust_domain: str = typer.Option("cluster.local", help="SPIFFE trust domain of workload identities."),
-    cert_ttl: str = typer.Option("24h", help="Lifetime of workload certificates (renewed at half-life), e.g. 24h, 30m, 30s."),
-    ca_cert: Optional[Path] = typer.Option(None, help="Plug-in CA: signing certificate, then any intermediates, then the root (PEM)."),
+    cert_ttl: str = typer.Option(
+        "24h", help="Lifetime of workload certificates (renewed at half-life), e.g. 24h, 30m, 30s."
+    ),
+    ca_cert: Optional[Path] = typer.Option(
+        None, help="Plug-in CA: signing certificate, then any intermediates, then the root (PEM)."
+    ),
     ca_key: Optional[Path] = typer.Option(None, help="Plug-in CA: the signing certificate's private key (PEM)."),
     root_namespace: str = typer.Option("istio-system", help="Namespace whose selector-less policies apply mesh-wide."),
-    outbound_traffic_policy: str = typer.Option("ALLOW_ANY", help="Hosts outside the registry: ALLOW_ANY passes them through, REGISTRY_ONLY answers 502 (Istio's MeshConfig outboundTrafficPolicy)."),
-    h2_upgrade_policy: str = typer.Option("DO_NOT_UPGRADE", help="HTTP/1.1 between sidecars: UPGRADE to HTTP/2 (one connection for many requests) or DO_NOT_UPGRADE; a DestinationRule's connectionPool.http.h2UpgradePolicy overrides it (Istio's MeshConfig h2UpgradePolicy)."),
+    outbound_traffic_policy: str = typer.Option(
+        "ALLOW_ANY",
+        help="Hosts outside the registry: ALLOW_ANY passes them through, REGISTRY_ONLY answers 502 (Istio's MeshConfig outboundTrafficPolicy).",
+    ),
+    h2_upgrade_policy: str = typer.Option(
+        "DO_NOT_UPGRADE",
+        help="HTTP/1.1 between sidecars: UPGRADE to HTTP/2 (one connection for many requests) or DO_NOT_UPGRADE; a DestinationRule's connectionPool.http.h2UpgradePolicy overrides it (Istio's MeshConfig h2UpgradePolicy).",
+    ),
     debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
     heartbeat_timeout: float = typer.Option(15.0, help="Seconds without a heartbeat before a workload is dropped."),
-    jwks_refresh: str = typer.Option("20m", help="How often to fetch the keys of RequestAuthentication jwksUris again, e.g. 20m, 30s."),
-    mesh_config: Optional[Path] = typer.Option(None, "--mesh-config", help="Istio MeshConfig YAML: extensionProviders (external authorizers for CUSTOM AuthorizationPolicies; trace, access log and metrics providers for Telemetry) and telemetry defaults (accessLogFile, enableTracing, defaultProviders, defaultConfig.tracing.sampling)."),
+    jwks_refresh: str = typer.Option(
+        "20m", help="How often to fetch the keys of RequestAuthentication jwksUris again, e.g. 20m, 30s."
+    ),
+    mesh_config: Optional[Path] = typer.Option(
+        None,
+        "--mesh-config",
+        help="Istio MeshConfig YAML: extensionProviders (external authorizers for CUSTOM AuthorizationPolicies; trace, access log and metrics providers for Telemetry) and telemetry defaults (accessLogFile, enableTracing, defaultProviders, defaultConfig.tracing.sampling).",
+    ),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
     """Run the control plane: config store, registry, CA, xDS server and REST API.
@@ -93,10 +127,26 @@ def server(
     except (OSError, ValidationError) as e:
         fail(f"--mesh-config {mesh_config}: {e}")
     config = ServerConfig(
-        home=home, db=db or home / "lattice.db", api_host=api_host, api_port=api_port, xds_host=xds_host, xds_port=xds_port, agent_host=agent_host, agent_port=agent_port,
-        debounce=debounce, heartbeat_timeout=heartbeat_timeout, trust_domain=trust_domain, root_namespace=root_namespace, cert_ttl=ttl, ca_cert=ca_cert, ca_key=ca_key,
-        outbound_traffic_policy=outbound_traffic_policy, h2_upgrade_policy=h2_upgrade_policy, jwks_refresh=jwks_every,
-        extension_providers=providers, mesh_telemetry=telemetry,
+        home=home,
+        db=db or home / "lattice.db",
+        api_host=api_host,
+        api_port=api_port,
+        xds_host=xds_host,
+        xds_port=xds_port,
+        agent_host=agent_host,
+        agent_port=agent_port,
+        debounce=debounce,
+        heartbeat_timeout=heartbeat_timeout,
+        trust_domain=trust_domain,
+        root_namespace=root_namespace,
+        cert_ttl=ttl,
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        outbound_traffic_policy=outbound_traffic_policy,
+        h2_upgrade_policy=h2_upgrade_policy,
+        jwks_refresh=jwks_every,
+        extension_providers=providers,
+        mesh_telemetry=telemetry,
     )
     try:
         asyncio.run(run_server(config))
@@ -120,7 +170,25 @@ def _one_of(option: str, value: str, allowed: tuple[str, ...]) -> None:
         fail(f"{option} {value!r}: use {' or '.join(allowed)}")
 
 
-def _run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, command, log_level, port_name=None, upstream=()):
+def _run_options(
+    service,
+    port,
+    version,
+    namespace,
+    service_account,
+    label,
+    name,
+    address,
+    app_port,
+    protocol,
+    server,
+    token,
+    token_file,
+    command,
+    log_level,
+    port_name=None,
+    upstream=(),
+):
     from lattice.agent.sidecar import RunOptions
 
     labels = {}
@@ -131,8 +199,21 @@ def _run_options(service, port, version, namespace, service_account, label, name
         labels[key] = value
     token = _join_token(token, token_file, service_account or service, namespace)
     return RunOptions(
-        service=service, port=port, server=call(agent_url, server), token=token, command=command, version=version, namespace=namespace, service_account=service_account, labels=labels, name=name,
-        address=address, app_port=app_port, protocol=_protocol(protocol, port_name, port), upstreams=_upstreams(upstream, namespace, port), envoy_log_level=log_level,
+        service=service,
+        port=port,
+        server=call(agent_url, server),
+        token=token,
+        command=command,
+        version=version,
+        namespace=namespace,
+        service_account=service_account,
+        labels=labels,
+        name=name,
+        address=address,
+        app_port=app_port,
+        protocol=_protocol(protocol, port_name, port),
+        upstreams=_upstreams(upstream, namespace, port),
+        envoy_log_level=log_level,
     )
 
 
@@ -148,7 +229,9 @@ def _protocol(protocol: str | None, port_name: str | None, port: int) -> str:
         fail(str(e))
 
 
-_UPSTREAM = re.compile(r"^(?P<service>[a-z0-9-]+)(?:\.(?P<namespace>[a-z0-9-]+))?:(?P<port>\d{1,5})(?:=(?P<local>\d{1,5}))?$")
+_UPSTREAM = re.compile(
+    r"^(?P<service>[a-z0-9-]+)(?:\.(?P<namespace>[a-z0-9-]+))?:(?P<port>\d{1,5})(?:=(?P<local>\d{1,5}))?$"
+)
 
 
 def _upstreams(specs: list[str], namespace: str, port: int) -> list:
@@ -161,15 +244,26 @@ def _upstreams(specs: list[str], namespace: str, port: int) -> list:
     for spec in specs:
         m = _UPSTREAM.match(spec)
         if m is None:
-            fail(f"--upstream {spec!r} must be SERVICE[.NAMESPACE]:PORT[=LOCALPORT], e.g. --upstream tcp-echo:9000=19000")
+            fail(
+                f"--upstream {spec!r} must be SERVICE[.NAMESPACE]:PORT[=LOCALPORT], e.g. --upstream tcp-echo:9000=19000"
+            )
         local = int(m["local"] or m["port"])
         if local in taken:
-            fail(f"--upstream {spec!r}: local port {local} is already used by {taken[local]}; pick another with =LOCALPORT")
+            fail(
+                f"--upstream {spec!r}: local port {local} is already used by {taken[local]}; pick another with =LOCALPORT"
+            )
         taken[local] = f"--upstream {spec}"
         try:
-            out.append(Upstream(service=m["service"], namespace=m["namespace"] or namespace, port=int(m["port"]), local_port=local))
+            out.append(
+                Upstream(
+                    service=m["service"], namespace=m["namespace"] or namespace, port=int(m["port"]), local_port=local
+                )
+            )
         except ValidationError as e:
-            fail(f"--upstream {spec!r}: " + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()))
+            fail(
+                f"--upstream {spec!r}: "
+                + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            )
     return out
 
 
@@ -181,7 +275,9 @@ def _join_token(token: str | None, token_file: Path | None, service_account: str
         except OSError as e:
             fail(f"cannot read --token-file {token_file}: {e.strerror}")
     if not token:
-        fail(f"no join token: pass --token, --token-file or set LATTICE_TOKEN; create one with `lattice token create --service-account {service_account} -n {namespace}`")
+        fail(
+            f"no join token: pass --token, --token-file or set LATTICE_TOKEN; create one with `lattice token create --service-account {service_account} -n {namespace}`"
+        )
     return token
 
 
@@ -207,11 +303,23 @@ def run(
     service_account: Optional[str] = typer.Option(None, help="Identity (default: the service name)."),
     label: list[str] = typer.Option([], "--label", "-l", help="Extra label KEY=VALUE (repeatable)."),
     name: Optional[str] = typer.Option(None, help="Workload name (default <service>-<version>)."),
-    address: Optional[str] = typer.Option(None, help="Address other hosts reach this workload on (default: a loopback of its own)."),
+    address: Optional[str] = typer.Option(
+        None, help="Address other hosts reach this workload on (default: a loopback of its own)."
+    ),
     app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
-    protocol: Optional[str] = typer.Option(None, help="Istio protocol: HTTP, HTTP2, GRPC, GRPC-Web, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS (default: from --port-name, else HTTP)."),
-    port_name: Optional[str] = typer.Option(None, help="Istio-style port name, <protocol>[-<suffix>] (http-web, grpc-api, tcp-db): picks the protocol when --protocol is not given."),
-    upstream: list[str] = typer.Option([], "--upstream", help="SERVICE[.NAMESPACE]:PORT[=LOCALPORT] (repeatable): the sidecar listens on this workload's address at LOCALPORT (default PORT) and forwards to that service port; the app finds it in $LATTICE_UPSTREAM_<SERVICE>_<PORT>. For TCP and clients that cannot use HTTP_PROXY."),
+    protocol: Optional[str] = typer.Option(
+        None,
+        help="Istio protocol: HTTP, HTTP2, GRPC, GRPC-Web, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS (default: from --port-name, else HTTP).",
+    ),
+    port_name: Optional[str] = typer.Option(
+        None,
+        help="Istio-style port name, <protocol>[-<suffix>] (http-web, grpc-api, tcp-db): picks the protocol when --protocol is not given.",
+    ),
+    upstream: list[str] = typer.Option(
+        [],
+        "--upstream",
+        help="SERVICE[.NAMESPACE]:PORT[=LOCALPORT] (repeatable): the sidecar listens on this workload's address at LOCALPORT (default PORT) and forwards to that service port; the app finds it in $LATTICE_UPSTREAM_<SERVICE>_<PORT>. For TCP and clients that cannot use HTTP_PROXY.",
+    ),
     server: Optional[str] = AgentServerOpt,
     token: Optional[str] = TokenOpt,
     token_file: Optional[Path] = TokenFileOpt,
@@ -219,8 +327,33 @@ def run(
 ) -> None:
     command = list(ctx.args)
     if not command:
-        fail("give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice agent` runs a sidecar alone")
-    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, command, log_level, port_name, upstream), log_level))
+        fail(
+            "give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice agent` runs a sidecar alone"
+        )
+    raise typer.Exit(
+        _sidecar(
+            _run_options(
+                service,
+                port,
+                version,
+                namespace,
+                service_account,
+                label,
+                name,
+                address,
+                app_port,
+                protocol,
+                server,
+                token,
+                token_file,
+                command,
+                log_level,
+                port_name,
+                upstream,
+            ),
+            log_level,
+        )
+    )
 
 
 @app.command()
@@ -243,7 +376,30 @@ def agent(
     log_level: str = typer.Option("warning"),
 ) -> None:
     """Run a sidecar alone, for an app you start yourself on 127.0.0.1:APP_PORT."""
-    raise typer.Exit(_sidecar(_run_options(service, port, version, namespace, service_account, label, name, address, app_port, protocol, server, token, token_file, [], log_level, port_name, upstream), log_level))
+    raise typer.Exit(
+        _sidecar(
+            _run_options(
+                service,
+                port,
+                version,
+                namespace,
+                service_account,
+                label,
+                name,
+                address,
+                app_port,
+                protocol,
+                server,
+                token,
+                token_file,
+                [],
+                log_level,
+                port_name,
+                upstream,
+            ),
+            log_level,
+        )
+    )
 
 
 _GATEWAY_HELP = """Run an ingress gateway: Envoy serving the Gateways whose selector matches its labels.
@@ -265,9 +421,18 @@ def gateway(
     name: str = typer.Option("ingressgateway", help="Gateway workload name."),
     namespace: str = typer.Option("istio-system", "-n", "--namespace"),
     service_account: Optional[str] = typer.Option(None, help="Identity (default istio-<name>)."),
-    label: list[str] = typer.Option([], "--label", "-l", help="Label KEY=VALUE that Gateway selectors match (repeatable; default istio=ingressgateway)."),
-    listen: list[str] = typer.Option([], "--listen", help="Serve Gateway port PORT on local port LOCALPORT: PORT=LOCALPORT (repeatable)."),
-    address: Optional[str] = typer.Option(None, help="Address to serve on (default: a loopback of its own, printed at startup)."),
+    label: list[str] = typer.Option(
+        [],
+        "--label",
+        "-l",
+        help="Label KEY=VALUE that Gateway selectors match (repeatable; default istio=ingressgateway).",
+    ),
+    listen: list[str] = typer.Option(
+        [], "--listen", help="Serve Gateway port PORT on local port LOCALPORT: PORT=LOCALPORT (repeatable)."
+    ),
+    address: Optional[str] = typer.Option(
+        None, help="Address to serve on (default: a loopback of its own, printed at startup)."
+    ),
     server: Optional[str] = AgentServerOpt,
     token: Optional[str] = TokenOpt,
     token_file: Optional[Path] = TokenFileOpt,
@@ -283,8 +448,15 @@ def gateway(
             fail(f"--listen {item!r} must be PORT=LOCALPORT, two port numbers (1-65535)")
         ports[int(port)] = int(local)
     options = GatewayOptions(
-        server=call(agent_url, server), token=_join_token(token, token_file, service_account or f"istio-{name}", namespace), name=name, namespace=namespace,
-        service_account=service_account, labels=labels, listen=ports, address=address, envoy_log_level=log_level,
+        server=call(agent_url, server),
+        token=_join_token(token, token_file, service_account or f"istio-{name}", namespace),
+        name=name,
+        namespace=namespace,
+        service_account=service_account,
+        labels=labels,
+        listen=ports,
+        address=address,
+        envoy_log_level=log_level,
     )
     _logging("info" if log_level in ("debug", "info") else "warning")
     try:
@@ -326,18 +498,31 @@ def _documents(files: list[str]) -> list[tuple[str, str]]:
     out = []
     for f in files:
         p = Path(f)
-        paths = sorted(str(x) for x in p.iterdir() if x.suffix in (".yaml", ".yml", ".json")) if f != "-" and p.is_dir() else [f]
+        paths = (
+            sorted(str(x) for x in p.iterdir() if x.suffix in (".yaml", ".yml", ".json"))
+            if f != "-" and p.is_dir()
+            else [f]
+        )
         out.extend(_read(x) for x in paths)
     return out
 
 
 def _explain(e: ApiError) -> str:
     details = e.body.get("details")
-    return str(e) if not details else f"{details['source']}: invalid resource\n" + "\n".join(f"  - {x['path']}: {x['message']}" for x in details["errors"])
+    return (
+        str(e)
+        if not details
+        else f"{details['source']}: invalid resource\n"
+        + "\n".join(f"  - {x['path']}: {x['message']}" for x in details["errors"])
+    )
 
 
 @app.command()
-def apply(files: list[str] = typer.Option([], "-f", "--filename", help="YAML file, directory, or - for stdin (repeatable)."), server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
+def apply(
+    files: list[str] = typer.Option([], "-f", "--filename", help="YAML file, directory, or - for stdin (repeatable)."),
+    server: Optional[str] = ServerOpt,
+    output: Format = OutputOpt,
+) -> None:
     """Create or update resources from Istio YAML (VirtualService, DestinationRule...)."""
     c = client(server)
     results = []
@@ -383,7 +568,9 @@ def analyze(
         try:
             resources += parse_documents(text, source)
         except ValidationError as e:
-            invalid += [{"level": "error", "resource": e.source, "field": x.path, "message": x.message} for x in e.errors]
+            invalid += [
+                {"level": "error", "resource": e.source, "field": x.path, "message": x.message} for x in e.errors
+            ]
     c = None if offline else _optional_client(server)
     if c is not None and not invalid:
         findings = []
@@ -392,7 +579,12 @@ def analyze(
     else:
         findings = [f.to_dict() for f in find_problems(snapshot_of(resources), resources, registry_known=False)]
     findings = invalid + findings
-    emit({"findings": findings}, output, ["LEVEL", "RESOURCE", "FIELD", "MESSAGE"], [[f["level"], f["resource"], f["field"], f["message"]] for f in findings])
+    emit(
+        {"findings": findings},
+        output,
+        ["LEVEL", "RESOURCE", "FIELD", "MESSAGE"],
+        [[f["level"], f["resource"], f["field"], f["message"]] for f in findings],
+    )
     if output is Format.table and not findings:
         typer.echo(f"no problems found in {len(resources)} resource(s)")
     raise typer.Exit(1 if invalid else 0)
@@ -461,7 +653,16 @@ def get(
     else:
         items = call(c.get, f"/api/v1/resources/{kind}", namespace=namespace)["items"]
         data = {"apiVersion": "v1", "kind": "List", "items": items}
-    rows = [[i["metadata"]["namespace"], i["metadata"]["name"], i["apiVersion"], i["metadata"]["resourceVersion"], i["metadata"]["creationTimestamp"]] for i in items]
+    rows = [
+        [
+            i["metadata"]["namespace"],
+            i["metadata"]["name"],
+            i["apiVersion"],
+            i["metadata"]["resourceVersion"],
+            i["metadata"]["creationTimestamp"],
+        ]
+        for i in items
+    ]
     emit(data, output, ["NAMESPACE", "NAME", "API VERSION", "REVISION", "CREATED"], rows)
 
 
@@ -474,11 +675,43 @@ def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> Non
         sync = [p["types"][t]["state"] for t in ("Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration")]
         cert = p.get("certificate") or {}
         identity = cert.get("identity", "").removeprefix("spiffe://") or "NONE"
-        rows.append([p["id"], p["service"], p["version"], f"{p['address']}:{p['port']}", "yes" if p["healthy"] else "NO", "yes" if p["connected"] else "NO", *sync, identity, _expires_in(cert.get("expires", ""))])
-    emit(data, output, ["PROXY", "SERVICE", "VERSION", "ADDRESS", "HEALTHY", "CONNECTED", "CDS", "EDS", "LDS", "RDS", "IDENTITY", "CERT EXPIRES"], rows)
+        rows.append(
+            [
+                p["id"],
+                p["service"],
+                p["version"],
+                f"{p['address']}:{p['port']}",
+                "yes" if p["healthy"] else "NO",
+                "yes" if p["connected"] else "NO",
+                *sync,
+                identity,
+                _expires_in(cert.get("expires", "")),
+            ]
+        )
+    emit(
+        data,
+        output,
+        [
+            "PROXY",
+            "SERVICE",
+            "VERSION",
+            "ADDRESS",
+            "HEALTHY",
+            "CONNECTED",
+            "CDS",
+            "EDS",
+            "LDS",
+            "RDS",
+            "IDENTITY",
+            "CERT EXPIRES",
+        ],
+        rows,
+    )
     if output is Format.table:
         s = data["server"]
-        typer.echo(f"\nconfig revision {s['revision']}, snapshot {s['snapshot']}, last push {s['last_push_ms']} ms, outbound traffic policy {s.get('outbound_traffic_policy', '?')}")
+        typer.echo(
+            f"\nconfig revision {s['revision']}, snapshot {s['snapshot']}, last push {s['last_push_ms']} ms, outbound traffic policy {s.get('outbound_traffic_policy', '?')}"
+        )
         for p in data["proxies"]:
             for t, v in p["types"].items():
                 if v["error"]:

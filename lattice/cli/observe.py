@@ -104,9 +104,39 @@ def stat(
 ) -> None:
     if by not in ("workload", "service"):
         fail(f"--by {by!r}: give workload or service")
-    answer = _get(server, "/api/v1/stat", name=name, namespace=namespace, window=_seconds(window), by=by, **{"from": caller})
-    rows = [[r["namespace"], r[by], r["workloads"], _rate(r["success_rate"]), f"{r['rps']:.2f}", _ms(r["latency_ms"]["p50"]), _ms(r["latency_ms"]["p95"]), _ms(r["latency_ms"]["p99"]), r["tcp_connections"]] for r in answer["items"]]
-    emit(answer, output, ["NAMESPACE", by.upper(), "WORKLOADS" if by == "service" else "MESHED", "SUCCESS", "RPS", "P50", "P95", "P99", "TCP_CONN"], rows)
+    answer = _get(
+        server, "/api/v1/stat", name=name, namespace=namespace, window=_seconds(window), by=by, **{"from": caller}
+    )
+    rows = [
+        [
+            r["namespace"],
+            r[by],
+            r["workloads"],
+            _rate(r["success_rate"]),
+            f"{r['rps']:.2f}",
+            _ms(r["latency_ms"]["p50"]),
+            _ms(r["latency_ms"]["p95"]),
+            _ms(r["latency_ms"]["p99"]),
+            r["tcp_connections"],
+        ]
+        for r in answer["items"]
+    ]
+    emit(
+        answer,
+        output,
+        [
+            "NAMESPACE",
+            by.upper(),
+            "WORKLOADS" if by == "service" else "MESHED",
+            "SUCCESS",
+            "RPS",
+            "P50",
+            "P95",
+            "P99",
+            "TCP_CONN",
+        ],
+        rows,
+    )
     if output is Format.table:
         _unreachable(answer)
 
@@ -129,7 +159,12 @@ def top(
         try:
             while True:
                 answer = _get(server, "/api/v1/top", name=name, namespace=namespace, window=seconds, limit=limit)
-                table = Table(box=None, header_style="bold", pad_edge=False, title=Text(f"{name}: busiest paths, last {seconds}s  ({datetime.now():%H:%M:%S})"))
+                table = Table(
+                    box=None,
+                    header_style="bold",
+                    pad_edge=False,
+                    title=Text(f"{name}: busiest paths, last {seconds}s  ({datetime.now():%H:%M:%S})"),
+                )
                 columns, rows = _top_table(answer)
                 for column in columns:
                     table.add_column(column)
@@ -143,7 +178,20 @@ def top(
 
 def _top_table(answer: dict) -> tuple[list[str], list[list]]:
     columns = ["SOURCE", "DESTINATION", "METHOD", "PATH", "COUNT", "BEST", "WORST", "LAST", "SUCCESS"]
-    rows = [[r["source"], r["destination"], r["method"], r["path"], r["requests"], _ms(r["best_ms"]), _ms(r["worst_ms"]), _ms(r["last_ms"]), _rate(r["success_rate"])] for r in answer["items"]]
+    rows = [
+        [
+            r["source"],
+            r["destination"],
+            r["method"],
+            r["path"],
+            r["requests"],
+            _ms(r["best_ms"]),
+            _ms(r["worst_ms"]),
+            _ms(r["last_ms"]),
+            _rate(r["success_rate"]),
+        ]
+        for r in answer["items"]
+    ]
     return columns, rows
 
 
@@ -162,7 +210,9 @@ def tap(
         signal.setitimer(signal.ITIMER_REAL, duration)
     seen = 0
     try:
-        for event in client(server).stream("/api/v1/tap", {"name": name, "namespace": namespace, "path": path, "method": method}):
+        for event in client(server).stream(
+            "/api/v1/tap", {"name": name, "namespace": namespace, "path": path, "method": method}
+        ):
             if "tapping" in event:  # on stderr, so -o json output stays pure JSON lines
                 errors.print(Text(f"tapping {', '.join(event['tapping'])} (Ctrl-C stops)", style="dim"))
                 continue
@@ -203,7 +253,19 @@ def edges(
 ) -> None:
     answer = _get(server, "/api/v1/edges", namespace=namespace, window=_seconds(window))
     secured = {True: "yes", False: "NO", None: "unknown"}
-    rows = [[e["source"], e["destination"], e["source_namespace"], e["destination_namespace"], e["source_principal"] or "-", e["destination_principal"] or "-", secured[e["secured"]], e["requests"] + e["tcp_connections"]] for e in answer["items"]]
+    rows = [
+        [
+            e["source"],
+            e["destination"],
+            e["source_namespace"],
+            e["destination_namespace"],
+            e["source_principal"] or "-",
+            e["destination_principal"] or "-",
+            secured[e["secured"]],
+            e["requests"] + e["tcp_connections"],
+        ]
+        for e in answer["items"]
+    ]
     emit(answer, output, ["SRC", "DST", "SRC_NS", "DST_NS", "CLIENT_ID", "SERVER_ID", "SECURED", "REQUESTS"], rows)
 
 

@@ -47,23 +47,46 @@ def trace(
         return _one(call(c.get, f"/api/v1/traces/{trace_id}"), output)
     data = call(c.get, "/api/v1/traces", service=service, limit=limit)
     rows = [
-        [t["trace_id"], t["root_service"], t["root_operation"], _time(t["start"]), _duration(t["duration_ms"]), t["span_count"], ", ".join(t["services"]), "yes" if t["error"] else "no"]
+        [
+            t["trace_id"],
+            t["root_service"],
+            t["root_operation"],
+            _time(t["start"]),
+            _duration(t["duration_ms"]),
+            t["span_count"],
+            ", ".join(t["services"]),
+            "yes" if t["error"] else "no",
+        ]
         for t in data["items"]
     ]
-    emit(data, output, ["TRACE ID", "ROOT SERVICE", "OPERATION", "START", "DURATION", "SPANS", "SERVICES", "ERROR"], rows)
+    emit(
+        data, output, ["TRACE ID", "ROOT SERVICE", "OPERATION", "START", "DURATION", "SPANS", "SERVICES", "ERROR"], rows
+    )
     if output is Format.table and not rows:
         where = f" touching {service}" if service else ""
-        typer.echo(f"no traces{where} yet: 1% of requests are sampled unless a Telemetry resource sets randomSamplingPercentage; see `lattice trace --help`")
+        typer.echo(
+            f"no traces{where} yet: 1% of requests are sampled unless a Telemetry resource sets randomSamplingPercentage; see `lattice trace --help`"
+        )
 
 
 def _one(data: dict, output: Format) -> None:
     rows = [
-        ["  " * depth + span["name"], span["service"], span["kind"], _time(span["start"]), _duration(span["duration_ms"]), _status(span), span["span_id"]]
+        [
+            "  " * depth + span["name"],
+            span["service"],
+            span["kind"],
+            _time(span["start"]),
+            _duration(span["duration_ms"]),
+            _status(span),
+            span["span_id"],
+        ]
         for depth, span in _tree(data["spans"])
     ]
     emit(data, output, ["OPERATION", "SERVICE", "KIND", "START", "DURATION", "STATUS", "SPAN ID"], rows)
     if output is Format.table:
-        typer.echo(f"\ntrace {data['trace_id']}: {data['span_count']} spans over {', '.join(data['services'])}, {_duration(data['duration_ms'])}")
+        typer.echo(
+            f"\ntrace {data['trace_id']}: {data['span_count']} spans over {', '.join(data['services'])}, {_duration(data['duration_ms'])}"
+        )
 
 
 def _tree(spans: list[dict]) -> list[tuple[int, dict]]:

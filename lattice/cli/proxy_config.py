@@ -34,7 +34,9 @@ def listeners_of(dump: dict) -> list[dict]:
 
 def routes_of(dump: dict) -> list[dict]:
     section = _section(dump, "RoutesConfigDump")
-    return [r["route_config"] for r in section.get("static_route_configs", []) + section.get("dynamic_route_configs", [])]
+    return [
+        r["route_config"] for r in section.get("static_route_configs", []) + section.get("dynamic_route_configs", [])
+    ]
 
 
 def endpoints_of(dump: dict) -> list[dict]:
@@ -49,7 +51,15 @@ def clusters(workload: str = WorkloadArg, server: Optional[str] = ServerOpt, out
     rows = []
     for c in items:
         parts = parse_cluster(c["name"])
-        rows.append([parts["host"], parts["port"] or "-", parts["subset"] or "-", parts["direction"] or "-", c.get("type", c.get("cluster_type", {}).get("name", "-"))])
+        rows.append(
+            [
+                parts["host"],
+                parts["port"] or "-",
+                parts["subset"] or "-",
+                parts["direction"] or "-",
+                c.get("type", c.get("cluster_type", {}).get("name", "-")),
+            ]
+        )
     emit(items, output, ["SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "TYPE"], sorted(rows))
 
 
@@ -57,7 +67,10 @@ def clusters(workload: str = WorkloadArg, server: Optional[str] = ServerOpt, out
 def listeners(workload: str = WorkloadArg, server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
     """Listeners: inbound (service port) and outbound (the HTTP proxy port)."""
     items = listeners_of(_dump(workload, server))
-    rows = [[l["name"], l["address"]["socket_address"]["address"], l["address"]["socket_address"]["port_value"]] for l in items]
+    rows = [
+        [l["name"], l["address"]["socket_address"]["address"], l["address"]["socket_address"]["port_value"]]
+        for l in items
+    ]
     emit(items, output, ["NAME", "ADDRESS", "PORT"], rows)
 
 
@@ -82,12 +95,19 @@ def endpoints(workload: str = WorkloadArg, server: Optional[str] = ServerOpt, ou
         for group in cla.get("endpoints", []):
             for lb in group.get("lb_endpoints", []):
                 a = lb["endpoint"]["address"]["socket_address"]
-                rows.append([f"{a['address']}:{a['port_value']}", lb.get("health_status", "HEALTHY"), cla["cluster_name"]])
+                rows.append(
+                    [f"{a['address']}:{a['port_value']}", lb.get("health_status", "HEALTHY"), cla["cluster_name"]]
+                )
     emit(items, output, ["ENDPOINT", "STATUS", "CLUSTER"], rows)
 
 
 def _match(match: dict) -> str:
-    path = match.get("path") or match.get("prefix") or (match.get("safe_regex", {}).get("regex") and f"~{match['safe_regex']['regex']}") or "/"
+    path = (
+        match.get("path")
+        or match.get("prefix")
+        or (match.get("safe_regex", {}).get("regex") and f"~{match['safe_regex']['regex']}")
+        or "/"
+    )
     headers = [f"{h['name']}={next(iter(h.get('string_match', {}).values()), '')}" for h in match.get("headers", [])]
     return " ".join([path, *headers])
 

@@ -14,8 +14,12 @@ from lattice.api.durations import parse_duration
 from lattice.cli.client import ServerOpt, call, connect
 from lattice.cli.output import Format, OutputOpt, emit, fail
 
-token_app = typer.Typer(help="Join tokens: each lets one workload identity get its first certificate.", no_args_is_help=True)
-ca_app = typer.Typer(help="The mesh's certificate authority: its roots, what it issued, root rotation.", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Join tokens: each lets one workload identity get its first certificate.", no_args_is_help=True
+)
+ca_app = typer.Typer(
+    help="The mesh's certificate authority: its roots, what it issued, root rotation.", no_args_is_help=True
+)
 
 
 @token_app.command("create")
@@ -23,7 +27,9 @@ def create(
     service_account: str = typer.Option(..., "--service-account", help="The identity's service account, e.g. reviews."),
     namespace: str = typer.Option("default", "-n", "--namespace"),
     ttl: str = typer.Option("1h", help="How long the token may be used, e.g. 10m, 1h, 24h."),
-    uses: Optional[int] = typer.Option(None, help="How many workloads may join with it (default: unlimited until it expires)."),
+    uses: Optional[int] = typer.Option(
+        None, help="How many workloads may join with it (default: unlimited until it expires)."
+    ),
     description: str = typer.Option("", help="A note shown by `lattice token list`."),
     server: Optional[str] = ServerOpt,
     output: Format = OutputOpt,
@@ -37,13 +43,26 @@ def create(
         seconds = parse_duration(ttl)
     except ValueError as e:
         fail(f"--ttl {ttl!r}: {e}")
-    body = {"namespace": namespace, "service_account": service_account, "ttl_seconds": seconds, "uses": uses, "description": description}
-    result = call(connect(server).request, "POST", "/api/v1/tokens", json.dumps(body).encode(), content_type="application/json")
+    body = {
+        "namespace": namespace,
+        "service_account": service_account,
+        "ttl_seconds": seconds,
+        "uses": uses,
+        "description": description,
+    }
+    result = call(
+        connect(server).request, "POST", "/api/v1/tokens", json.dumps(body).encode(), content_type="application/json"
+    )
     if output is not Format.table:
         return emit(result, output, [], [])
     typer.echo(result["token"])
-    uses_text = "unlimited uses" if result["uses"] is None else f"{result['uses']} use{'s' if result['uses'] != 1 else ''}"
-    Console(stderr=True).print(f"token {result['id']} for {result['identity']}: {uses_text}, expires {_when(result['expires_at'])}", highlight=False)
+    uses_text = (
+        "unlimited uses" if result["uses"] is None else f"{result['uses']} use{'s' if result['uses'] != 1 else ''}"
+    )
+    Console(stderr=True).print(
+        f"token {result['id']} for {result['identity']}: {uses_text}, expires {_when(result['expires_at'])}",
+        highlight=False,
+    )
 
 
 @token_app.command("list")
@@ -51,14 +70,23 @@ def list_tokens(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -
     """Tokens the control plane knows (never their secrets)."""
     items = call(connect(server).get, "/api/v1/tokens")["items"]
     rows = [
-        [t["id"], t["identity"].removeprefix("spiffe://"), "unlimited" if t["uses_left"] is None else t["uses_left"], "EXPIRED" if t["expired"] else _when(t["expires_at"]), t.get("description", "")]
+        [
+            t["id"],
+            t["identity"].removeprefix("spiffe://"),
+            "unlimited" if t["uses_left"] is None else t["uses_left"],
+            "EXPIRED" if t["expired"] else _when(t["expires_at"]),
+            t.get("description", ""),
+        ]
         for t in items
     ]
     emit({"items": items}, output, ["ID", "IDENTITY", "USES LEFT", "EXPIRES", "DESCRIPTION"], rows)
 
 
 @token_app.command("revoke")
-def revoke(token_id: str = typer.Argument(..., help="Token id (the second part of the token; see `lattice token list`)."), server: Optional[str] = ServerOpt) -> None:
+def revoke(
+    token_id: str = typer.Argument(..., help="Token id (the second part of the token; see `lattice token list`)."),
+    server: Optional[str] = ServerOpt,
+) -> None:
     """Make a token unusable. Certificates already issued for it stay valid until they expire."""
     call(connect(server).request, "DELETE", f"/api/v1/tokens/{token_id}")
     typer.echo(f"token {token_id} revoked")
@@ -68,7 +96,16 @@ def revoke(token_id: str = typer.Argument(..., help="Token id (the second part o
 def show(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
     """Trusted roots (fingerprint, validity), the signing CA, certificates issued and refused."""
     info = call(connect(server).get, "/api/v1/ca")
-    rows = [[r["fingerprint"][:32], r["subject"], r["not_before"][:10], r["not_after"][:10], "signing" if r["signing"] else "trusted"] for r in info["roots"]]
+    rows = [
+        [
+            r["fingerprint"][:32],
+            r["subject"],
+            r["not_before"][:10],
+            r["not_after"][:10],
+            "signing" if r["signing"] else "trusted",
+        ]
+        for r in info["roots"]
+    ]
     emit(info, output, ["ROOT SHA-256", "SUBJECT", "NOT BEFORE", "NOT AFTER", "ROLE"], rows)
     if output is Format.table:
         refused = ", ".join(f"{k} {v}" for k, v in sorted(info["refused"].items())) or "none"
@@ -109,7 +146,9 @@ def rotate_root(
             if info["rotation"] == "distributing":
                 status.update(f"distributing the new root: {p['trust_current_bundle']}/{p['total']} workloads trust it")
             else:
-                status.update(f"switching: {p['on_signing_root']}/{p['total']} workloads hold a certificate from the new root")
+                status.update(
+                    f"switching: {p['on_signing_root']}/{p['total']} workloads hold a certificate from the new root"
+                )
             time.sleep(0.5)
     if info["rotation"] != "none":
         fail(f"the rotation is still {info['rotation']} after {timeout:.0f}s (it goes on; see `lattice ca show`)")

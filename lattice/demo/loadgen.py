@@ -52,7 +52,9 @@ class Client:
             i += 1
 
     async def _send(self, session: aiohttp.ClientSession, i: int) -> None:
-        headers = {"user-agent": "lattice-demo-loadgen"} | ({"end-user": "jason"} if is_jason(i, self.jason_share) else {})
+        headers = {"user-agent": "lattice-demo-loadgen"} | (
+            {"end-user": "jason"} if is_jason(i, self.jason_share) else {}
+        )
         self.in_flight += 1
         try:
             async with session.get(self.url, headers=headers, proxy=self.proxy) as response:

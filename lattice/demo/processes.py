@@ -33,8 +33,13 @@ class Child:
             # A session of its own: a Ctrl-C in the terminal reaches the demo only, which then
             # stops children in order; PDEATHSIG covers the demo dying without a chance to.
             self.process = await asyncio.create_subprocess_exec(
-                *self.argv, env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=sink, stderr=sink,
-                start_new_session=True, preexec_fn=die_with_parent,
+                *self.argv,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         return self
 

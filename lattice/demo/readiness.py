@@ -40,7 +40,14 @@ async def fetch_status(session: aiohttp.ClientSession, api: str) -> dict:
         return await response.json()
 
 
-async def wait_until_ready(api: str, names: list[str], progress: Callable[[dict[str, str]], None], check_alive: Callable[[], None], headers: dict[str, str], timeout: float = 60.0) -> dict:
+async def wait_until_ready(
+    api: str,
+    names: list[str],
+    progress: Callable[[dict[str, str]], None],
+    check_alive: Callable[[], None],
+    headers: dict[str, str],
+    timeout: float = 60.0,
+) -> dict:
     """The status once all `names` are ready; `progress` hears what is pending, `check_alive` may raise."""
     deadline = time.monotonic() + timeout
     left = {name: "registering" for name in names}

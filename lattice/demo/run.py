@@ -90,7 +90,11 @@ class Demo:
     def __init__(self, home: Path, rate: float, console: Console, main: asyncio.Task) -> None:
         self.home, self.rate, self.console, self.main = home, rate, console, main
         self.logs = home / "demo-logs"
-        self.env = os.environ | {"LATTICE_HOME": str(home), "PYTHONUNBUFFERED": "1", "GRPC_ENABLE_FORK_SUPPORT": "false"}
+        self.env = os.environ | {
+            "LATTICE_HOME": str(home),
+            "PYTHONUNBUFFERED": "1",
+            "GRPC_ENABLE_FORK_SUPPORT": "false",
+        }
         self.started = time.monotonic()
         self.api = self.agent_api = ""
         self.tokens: dict[str, str] = {}  # workload name -> its join token
@@ -142,7 +146,19 @@ class Demo:
             # The demo stands in for an operator here: one single-use, short-lived token per
             # workload, passed to its `lattice run` in LATTICE_TOKEN.
             for spec in apps:
-                token = await self._admin("POST", "/api/v1/tokens", json.dumps({"service_account": spec.service, "ttl_seconds": 600, "uses": 1, "description": f"lattice demo: {spec.name}"}).encode(), "application/json")
+                token = await self._admin(
+                    "POST",
+                    "/api/v1/tokens",
+                    json.dumps(
+                        {
+                            "service_account": spec.service,
+                            "ttl_seconds": 600,
+                            "uses": 1,
+                            "description": f"lattice demo: {spec.name}",
+                        }
+                    ).encode(),
+                    "application/json",
+                )
                 self.tokens[spec.name] = token["token"]
             progress.update(f"starting {len(apps)} workloads, each under its own sidecar")
             # All at once: sidecars route only to endpoints whose app listens, so loadgen's first
@@ -154,7 +170,9 @@ class Demo:
         """Start `specs` (all at once) and wait until they are all ready."""
         self.workloads += [await self._workload(spec).start() for spec in specs]
         names = [child.name for child in self.workloads]
-        return await wait_until_ready(self.api, names, lambda left: progress.update(_waiting(left)), self._check_alive, self.admin_headers)
+        return await wait_until_ready(
+            self.api, names, lambda left: progress.update(_waiting(left)), self._check_alive, self.admin_headers
+        )
 
     @property
     def admin_headers(self) -> dict[str, str]:
@@ -162,7 +180,9 @@ class Demo:
 
     async def _admin(self, method: str, path: str, body: bytes, content_type: str) -> dict:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=self.admin_headers) as session:
-            async with session.request(method, f"{self.api}{path}", data=body, headers={"Content-Type": content_type}) as response:
+            async with session.request(
+                method, f"{self.api}{path}", data=body, headers={"Content-Type": content_type}
+            ) as response:
                 answer = await response.json()
                 if response.status != 200:
                     raise DemoError(f"the control plane refused {method} {path}: {answer.get('error', answer)}")
@@ -172,7 +192,20 @@ class Demo:
         db = self.home / "demo.db"
         for path in (db, db.with_name("demo.db-wal"), db.with_name("demo.db-shm")):
             path.unlink(missing_ok=True)  # the demo always starts from clean config
-        argv = [*lattice_command(), "server", "--home", str(self.home), "--db", str(db), "--api-port", "0", "--xds-port", "0", "--agent-port", "0"]
+        argv = [
+            *lattice_command(),
+            "server",
+            "--home",
+            str(self.home),
+            "--db",
+            str(db),
+            "--api-port",
+            "0",
+            "--xds-port",
+            "0",
+            "--agent-port",
+            "0",
+        ]
         self.server = await Child("server", argv, self.env, self.logs / "server.log").start()
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while time.monotonic() < deadline:
@@ -182,16 +215,38 @@ class Demo:
                 self.agent_api = info["agent"]
                 return info["api"]
             await asyncio.sleep(0.05)
-        raise DemoError(f"the control plane did not start within {SERVER_START_TIMEOUT:.0f} s; its log ends:\n{self.server.log_tail()}")
+        raise DemoError(
+            f"the control plane did not start within {SERVER_START_TIMEOUT:.0f} s; its log ends:\n{self.server.log_tail()}"
+        )
 
     def _workload(self, spec: topology.DemoWorkload) -> Child:
-        argv = [*lattice_command(), "run", "--service", spec.service, "--version", spec.version, "--port", str(topology.PORT), "--server", self.agent_api, "--", *spec.command]
-        return Child(spec.name, argv, self.env | spec.env | {"LATTICE_TOKEN": self.tokens[spec.name]}, self.logs / f"{spec.name}.log")
+        argv = [
+            *lattice_command(),
+            "run",
+            "--service",
+            spec.service,
+            "--version",
+            spec.version,
+            "--port",
+            str(topology.PORT),
+            "--server",
+            self.agent_api,
+            "--",
+            *spec.command,
+        ]
+        return Child(
+            spec.name,
+            argv,
+            self.env | spec.env | {"LATTICE_TOKEN": self.tokens[spec.name]},
+            self.logs / f"{spec.name}.log",
+        )
 
     def _check_alive(self) -> None:
         for child in [c for c in (self.server, *self.workloads) if c is not None]:
             if child.returncode is not None:
-                raise DemoError(f"{child.name} exited with code {child.returncode}; its log ({child.log}) ends:\n{child.log_tail()}")
+                raise DemoError(
+                    f"{child.name} exited with code {child.returncode}; its log ({child.log}) ends:\n{child.log_tail()}"
+                )
 
     def _announce(self, status: dict, server_up: float) -> None:
         client = next(p for p in status["proxies"] if p["service"] == "loadgen")
@@ -201,11 +256,19 @@ class Demo:
             f"{len(status['proxies'])} workloads, each with its own Envoy sidecar",
             highlight=False,
         )
-        identities = sorted({p["certificate"]["identity"].rsplit("/", 1)[-1] for p in status["proxies"] if p.get("certificate")})
-        self.console.print(f"mutual TLS: STRICT mesh-wide; identities spiffe://cluster.local/ns/default/sa/{{{','.join(identities)}}}", highlight=False)
+        identities = sorted(
+            {p["certificate"]["identity"].rsplit("/", 1)[-1] for p in status["proxies"] if p.get("certificate")}
+        )
+        self.console.print(
+            f"mutual TLS: STRICT mesh-wide; identities spiffe://cluster.local/ns/default/sa/{{{','.join(identities)}}}",
+            highlight=False,
+        )
         # STRICT means productpage's port takes mesh mTLS only; from outside, enter the mesh the
         # way its own apps do, through a sidecar's outbound proxy (here the load generator's).
-        self.console.print(f"productpage, through loadgen's sidecar: [bold]curl -x http://{client['address']}:{client['outbound_port']} http://productpage:9080/productpage[/]", highlight=False)
+        self.console.print(
+            f"productpage, through loadgen's sidecar: [bold]curl -x http://{client['address']}:{client['outbound_port']} http://productpage:9080/productpage[/]",
+            highlight=False,
+        )
         self.console.print(
             "change routing while it runs, from another terminal (Istio's Bookinfo files apply unchanged):\n"
             f"  LATTICE_HOME={home} lattice apply -f {NETWORKING}/virtual-service-reviews-v3.yaml\n"
@@ -227,7 +290,10 @@ class Demo:
         self.traffic_started = time.monotonic()
         deadline = None if duration is None else self.traffic_started + duration
         until = "Ctrl-C to stop" if deadline is None else f"stopping in {duration:g} s"
-        self.console.print(f"loadgen → productpage at {self.rate:g} requests/s, {topology.JASON_SHARE:.0%} as end-user: jason; {until}", highlight=False)
+        self.console.print(
+            f"loadgen → productpage at {self.rate:g} requests/s, {topology.JASON_SHARE:.0%} as end-user: jason; {until}",
+            highlight=False,
+        )
         meter, printed = TrafficMeter(), time.monotonic()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), headers=self.admin_headers) as session:
             with self._live() as live:
@@ -262,7 +328,9 @@ class Demo:
         self.rows = meter.rows(status["proxies"], readings, self.sampled_at)
         if self.answering_at is None and not unanswered(self.rows):
             self.answering_at = self.elapsed()
-            self.console.print(f"[bold green]all services answering[/] {self.answering_at:.1f} s after start", highlight=False)
+            self.console.print(
+                f"[bold green]all services answering[/] {self.answering_at:.1f} s after start", highlight=False
+            )
 
     async def _edges(self, session: aiohttp.ClientSession) -> list[dict]:
         window = max(1, min(300, round(self.elapsed(self.traffic_started))))
@@ -273,7 +341,10 @@ class Demo:
             return []
 
     def _table(self) -> Table:
-        return render(self.rows, title=f"inbound requests, as each sidecar's Envoy counts them ({self.elapsed(self.traffic_started):.0f} s)")
+        return render(
+            self.rows,
+            title=f"inbound requests, as each sidecar's Envoy counts them ({self.elapsed(self.traffic_started):.0f} s)",
+        )
 
     # --- stop ------------------------------------------------------------------------------
 
@@ -292,16 +363,25 @@ class Demo:
             average = [replace(r, rps=r.stats.total / seconds if r.stats and seconds else None) for r in self.rows]
             self.console.print(render(average, title=f"final: {seconds:.0f} s of traffic (RPS: average)"))
             front = sum(r.stats.total for r in self.rows if r.stats and r.service == "productpage")
-            self.console.print(f"total: {total_requests(self.rows)} requests served by sidecars, {front} of them from loadgen to productpage", highlight=False)
+            self.console.print(
+                f"total: {total_requests(self.rows)} requests served by sidecars, {front} of them from loadgen to productpage",
+                highlight=False,
+            )
         if self.edges:
             self.console.print(render_edges(self.edges))
         if not check:
             return 0
         missing = unanswered(self.rows)
         if missing:
-            self.console.print(f"[bold red]check failed:[/] no 2xx seen on the inbound listener of: {', '.join(missing)}", highlight=False)
+            self.console.print(
+                f"[bold red]check failed:[/] no 2xx seen on the inbound listener of: {', '.join(missing)}",
+                highlight=False,
+            )
             return 1
-        self.console.print("[bold green]check passed:[/] every service and every reviews version answered through the mesh", highlight=False)
+        self.console.print(
+            "[bold green]check passed:[/] every service and every reviews version answered through the mesh",
+            highlight=False,
+        )
         return 0
 
 
@@ -314,7 +394,11 @@ def _waiting(left: dict[str, str]) -> str:
     groups: dict[str, list[str]] = {}
     for name, reason in left.items():
         groups.setdefault(reason, []).append(name)
-    return "waiting for " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in groups.items()) if left else "all workloads ready"
+    return (
+        "waiting for " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in groups.items())
+        if left
+        else "all workloads ready"
+    )
 
 
 @contextmanager
@@ -335,7 +419,9 @@ async def run_demo(duration: float | None, check: bool, rate: float) -> int:
     home = lattice_home()
     running = read_discovery(home)
     if running is not None:
-        _error(f"a control plane is already running for LATTICE_HOME={home} (pid {running['pid']}); stop it, or run the demo with LATTICE_HOME set to another directory")
+        _error(
+            f"a control plane is already running for LATTICE_HOME={home} (pid {running['pid']}); stop it, or run the demo with LATTICE_HOME set to another directory"
+        )
         return 2
     if rate <= 0:
         _error("--rate must be more than 0 requests per second")

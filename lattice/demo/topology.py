@@ -46,4 +46,11 @@ def loadgen(rate: float) -> DemoWorkload:
 
 # What `--check` requires to have answered: every service, and each reviews version on its own,
 # since round-robin over reviews is the first thing a user sees the mesh do.
-REQUIRED = (("productpage", None), ("details", None), ("ratings", None), ("reviews", "v1"), ("reviews", "v2"), ("reviews", "v3"))
+REQUIRED = (
+    ("productpage", None),
+    ("details", None),
+    ("ratings", None),
+    ("reviews", "v1"),
+    ("reviews", "v2"),
+    ("reviews", "v3"),
+)

@@ -100,11 +100,21 @@ def _ms(value: float | None) -> str:
 
 def render_edges(edges: list[dict]) -> Table:
     """Who called whom (`lattice edges`): both identities, and whether the callee saw mutual TLS."""
-    table = Table(title="who called whom, as the callee's sidecar saw it", box=box.SIMPLE_HEAD, title_justify="left", header_style="bold", pad_edge=False)
+    table = Table(
+        title="who called whom, as the callee's sidecar saw it",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        header_style="bold",
+        pad_edge=False,
+    )
     for name in ("FROM", "TO", "CLIENT IDENTITY", "MTLS"):
         table.add_column(name)
     table.add_column("REQUESTS", justify="right")
     for e in edges:
-        secured = Text("yes", style="green") if e["secured"] else Text("unknown" if e["secured"] is None else "NO", style="yellow" if e["secured"] is None else "red")
+        secured = (
+            Text("yes", style="green")
+            if e["secured"]
+            else Text("unknown" if e["secured"] is None else "NO", style="yellow" if e["secured"] is None else "red")
+        )
         table.add_row(e["source"], e["destination"], e["source_principal"] or "-", secured, str(e["requests"]))
     return table

@@ -37,23 +37,40 @@ _SHA256 = hashes.SHA256()
 _EMPTY_NAME = x509.Name([])
 _LEAF_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
 _LEAF_USAGE = x509.KeyUsage(
-    digital_signature=True, key_encipherment=True, content_commitment=False,
-    data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-    encipher_only=False, decipher_only=False,
+    digital_signature=True,
+    key_encipherment=True,
+    content_commitment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
 )
 _CA_USAGE = x509.KeyUsage(
-    digital_signature=False, key_encipherment=False, content_commitment=False,
-    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-    encipher_only=False, decipher_only=False,
+    digital_signature=False,
+    key_encipherment=False,
+    content_commitment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
 )
 _LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
 _SAN_KINDS = {
-    x509.DNSName: "DNS name", x509.IPAddress: "IP address", x509.RFC822Name: "email address",
-    x509.DirectoryName: "directory name", x509.RegisteredID: "registered ID",
+    x509.DNSName: "DNS name",
+    x509.IPAddress: "IP address",
+    x509.RFC822Name: "email address",
+    x509.DirectoryName: "directory name",
+    x509.RegisteredID: "registered ID",
     x509.OtherName: "other name",
 }
 _KEY_KINDS = {
-    ed25519.Ed25519PublicKey: "Ed25519", ed448.Ed448PublicKey: "Ed448", dsa.DSAPublicKey: "DSA",
+    ed25519.Ed25519PublicKey: "Ed25519",
+    ed448.Ed448PublicKey: "Ed448",
+    dsa.DSAPublicKey: "DSA",
 }
 
 
@@ -123,22 +140,26 @@ class CertificateAuthority:
         self.refused: collections.Counter[str] = collections.Counter()
 
     @classmethod
-    def generate(
-        cls, trust_domain: str, clock: Clock, validity: timedelta = ROOT_VALIDITY
-    ) -> CertificateAuthority:
+    def generate(cls, trust_domain: str, clock: Clock, validity: timedelta = ROOT_VALIDITY) -> CertificateAuthority:
         """A new self-signed ECDSA P-256 root that signs workload certificates directly."""
         check_trust_domain(trust_domain)
         key = ec.generate_private_key(ec.SECP256R1())
         now = _utc(clock())
         # The random suffix tells two roots of the same trust domain apart in any tool's output.
-        name = x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"Lattice root CA {secrets.token_hex(4)}"),
-        ])
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"Lattice root CA {secrets.token_hex(4)}"),
+            ]
+        )
         root = (
             x509.CertificateBuilder()
-            .subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(_serial()).not_valid_before(now - SKEW).not_valid_after(now + validity)
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(_serial())
+            .not_valid_before(now - SKEW)
+            .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(_CA_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -171,9 +192,7 @@ class CertificateAuthority:
     def to_pem(self) -> tuple[bytes, bytes]:
         """(cert file, key file) in the layout `load` reads."""
         certs = self._chain()
-        key = self._key.private_bytes(
-            _PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key = self._key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         return b"".join(cert.public_bytes(_PEM) for cert in certs), key
 
     def sign(self, csr_pem: bytes, identity: SpiffeId, ttl: timedelta) -> Issued:
@@ -224,29 +243,28 @@ class CertificateAuthority:
         public_key = _check_key(csr)
         if not _signature_valid(csr):
             raise CsrRefused(
-                "bad-signature", "the CSR's signature does not verify with its own public key; "
-                "sign the CSR with the key it carries",
+                "bad-signature",
+                "the CSR's signature does not verify with its own public key; sign the CSR with the key it carries",
             )
         extensions = _extensions(csr)
         _check_not_ca(extensions)
         _check_san(extensions, identity)
         return public_key
 
-    def _issue(
-        self, public_key: PublicKey, san: x509.SubjectAlternativeName, ttl: timedelta, identity: str
-    ) -> Issued:
+    def _issue(self, public_key: PublicKey, san: x509.SubjectAlternativeName, ttl: timedelta, identity: str) -> Issued:
         now = self._now()
         not_after = min(now + ttl, self._not_after_cap).replace(microsecond=0)
         if not_after <= now:
-            raise ValueError(
-                f"the CA chain expired at {self._not_after_cap.isoformat()}; rotate the CA"
-            )
+            raise ValueError(f"the CA chain expired at {self._not_after_cap.isoformat()}; rotate the CA")
         serial = _serial()
         cert = (
             x509.CertificateBuilder()
-            .subject_name(_EMPTY_NAME).issuer_name(self._issuer)
-            .public_key(public_key).serial_number(serial)
-            .not_valid_before(now - SKEW).not_valid_after(not_after)
+            .subject_name(_EMPTY_NAME)
+            .issuer_name(self._issuer)
+            .public_key(public_key)
+            .serial_number(serial)
+            .not_valid_before(now - SKEW)
+            .not_valid_after(not_after)
             # RFC 5280 4.2.1.6: with an empty subject the SAN must be critical.
             .add_extension(san, critical=True)
             .add_extension(_LEAF_CONSTRAINTS, critical=True)
@@ -267,14 +285,13 @@ def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
     if not isinstance(csr_pem, bytes | bytearray):
         raise CsrRefused("bad-pem", f"the CSR must be PEM bytes, not {type(csr_pem).__name__}")
     if len(csr_pem) > MAX_CSR_BYTES:
-        raise CsrRefused(
-            "too-large", f"the CSR is {len(csr_pem)} bytes; the limit is {MAX_CSR_BYTES}"
-        )
+        raise CsrRefused("too-large", f"the CSR is {len(csr_pem)} bytes; the limit is {MAX_CSR_BYTES}")
     try:
         return x509.load_pem_x509_csr(bytes(csr_pem))
     except ValueError:
         raise CsrRefused(
-            "bad-pem", "the CSR is not a PEM certificate request "
+            "bad-pem",
+            "the CSR is not a PEM certificate request "
             "('-----BEGIN CERTIFICATE REQUEST-----' block holding a valid PKCS#10 request)",
         ) from None
 
@@ -315,7 +332,8 @@ def _check_not_ca(extensions: x509.Extensions) -> None:
     for extension in extensions:
         if isinstance(extension.value, x509.BasicConstraints) and extension.value.ca:
             raise CsrRefused(
-                "ca-requested", "the CSR asks for a CA certificate (BasicConstraints ca=true); "
+                "ca-requested",
+                "the CSR asks for a CA certificate (BasicConstraints ca=true); "
                 "workload certificates are never CAs, so drop that extension",
             )
 
@@ -327,17 +345,15 @@ def _check_san(extensions: x509.Extensions, identity: SpiffeId) -> None:
     if others:
         found = ", ".join(f"{_SAN_KINDS.get(type(n), type(n).__name__)} {n.value!r}" for n in others)
         raise CsrRefused(
-            "extra-san", f"the CSR asks for {found}; a workload certificate carries only "
-            f"its SPIFFE ID as a URI SAN ({identity})",
+            "extra-san",
+            f"the CSR asks for {found}; a workload certificate carries only its SPIFFE ID as a URI SAN ({identity})",
         )
     if len(names) != 1:
-        raise CsrRefused(
-            "san-count", f"the CSR has {len(names)} URI SANs; expected exactly one, {identity}"
-        )
+        raise CsrRefused("san-count", f"the CSR has {len(names)} URI SANs; expected exactly one, {identity}")
     if names[0].value != str(identity):
         raise CsrRefused(
-            "san-mismatch", f"the CSR asks for {names[0].value!r:.300}, "
-            f"but this request may only be signed for {identity}",
+            "san-mismatch",
+            f"the CSR asks for {names[0].value!r:.300}, but this request may only be signed for {identity}",
         )
 
 
@@ -389,9 +405,7 @@ def _check_is_ca(cert: x509.Certificate, depth: int) -> None:
     except x509.ExtensionNotFound:
         return
     if not usage.key_cert_sign:
-        raise ValueError(
-            f"certificate {_label(cert)} has a KeyUsage without keyCertSign; it may not sign certificates"
-        )
+        raise ValueError(f"certificate {_label(cert)} has a KeyUsage without keyCertSign; it may not sign certificates")
 
 
 def _check_validity(cert: x509.Certificate, now: datetime) -> None:
@@ -456,9 +470,7 @@ def _label(cert: x509.Certificate) -> str:
 
 
 def _spki(public_key) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _serial() -> int:

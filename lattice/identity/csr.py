@@ -72,4 +72,3 @@ def _spiffe_id(cert: x509.Certificate) -> str:
         return ""
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     return next((uri for uri in uris if uri.startswith(SCHEME)), "")
-

@@ -49,9 +49,7 @@ def check_trust_domain(value: str) -> str:
     if value != value.lower():
         raise ValueError(f"trust domain {value!r} has uppercase letters; SPIFFE trust domains are lowercase")
     if not _TRUST_DOMAIN.fullmatch(value):
-        raise ValueError(
-            f"trust domain {value!r} may contain only a-z, 0-9, '.', '-' and '_' (no port or user)"
-        )
+        raise ValueError(f"trust domain {value!r} may contain only a-z, 0-9, '.', '-' and '_' (no port or user)")
     return value
 
 
@@ -71,7 +69,7 @@ def _split(uri: str) -> tuple[str, str, str]:
         raise ValueError("the scheme must be 'spiffe://' (lowercase)")
     if "?" in uri or "#" in uri:
         raise ValueError("a query or fragment is not allowed")
-    trust_domain, _, path = uri[len(SCHEME):].partition("/")
+    trust_domain, _, path = uri[len(SCHEME) :].partition("/")
     check_trust_domain(trust_domain)
     if not path:
         raise ValueError("the path is missing")

@@ -100,8 +100,14 @@ def mint(
     encoded = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
     token = f"{VERSION}.{token_id}.{encoded}.{pin_for(root_fingerprint)}"
     record = TokenRecord(
-        token_id, namespace, service_account, _hash(secret),
-        created_at=now, expires_at=now + ttl_seconds, uses_left=uses, description=description,
+        token_id,
+        namespace,
+        service_account,
+        _hash(secret),
+        created_at=now,
+        expires_at=now + ttl_seconds,
+        uses_left=uses,
+        description=description,
     )
     return token, record
 
@@ -111,9 +117,7 @@ def parse(token: str) -> ParsedToken:
         raise TokenError("malformed", f"not a join token; expected {SHAPE}")
     parts = token.strip().split(".")
     if len(parts) != 4:
-        raise TokenError(
-            "malformed", f"a join token has 4 dot-separated parts, {SHAPE}; this one has {len(parts)}"
-        )
+        raise TokenError("malformed", f"a join token has 4 dot-separated parts, {SHAPE}; this one has {len(parts)}")
     version, token_id, secret, pin = parts
     if version != VERSION:
         raise TokenError("malformed", f"unsupported join token version; expected it to start '{VERSION}.'")
@@ -147,7 +151,8 @@ def check_pin(parsed: ParsedToken, root_fingerprint: str) -> None:
     """The agent's check that the CA root it was handed is the one the token was minted under."""
     if not hmac.compare_digest(pin_for(root_fingerprint), parsed.pin):
         raise TokenError(
-            "pin-mismatch", f"the control plane's CA root (sha256 {root_fingerprint[:PIN_HEX]}…) "
+            "pin-mismatch",
+            f"the control plane's CA root (sha256 {root_fingerprint[:PIN_HEX]}…) "
             f"is not the one join token {parsed.id} was minted for (pin {parsed.pin}); "
             "check the server address, or mint a token from this control plane",
         )
@@ -162,8 +167,7 @@ def _check_request(
 ) -> None:
     if not _matches(_DNS_LABEL, namespace, 63):
         raise ValueError(
-            f"namespace {namespace!r} must be a DNS-1123 label: "
-            "lowercase a-z, 0-9 and '-', at most 63 characters"
+            f"namespace {namespace!r} must be a DNS-1123 label: lowercase a-z, 0-9 and '-', at most 63 characters"
         )
     if not _matches(_DNS_SUBDOMAIN, service_account, 253):
         raise ValueError(

@@ -20,7 +20,6 @@ from lattice.mesh.model import SNAPSHOT_FIELDS, MeshSnapshot
 from lattice.mesh.telemetry import provider_problems
 
 
-
 @dataclass(frozen=True)
 class Finding:
     level: str  # "warning" or "info"
@@ -55,7 +54,14 @@ def analyze(snapshot: MeshSnapshot, targets: Iterable[Resource], registry_known:
     keys = {(r.kind, r.namespace, r.name) for r in targets}
     out += [Finding("warning", _conflict_subject(c), "", c) for c in snapshot.conflicts() if _mentions(c, keys)]
     if not registry_known and any(r.kind in ("VirtualService", "DestinationRule") for r in targets):
-        out.append(Finding("info", "", "", "offline: no control plane consulted, so hosts and subset members were not checked (run with a server to check them)"))
+        out.append(
+            Finding(
+                "info",
+                "",
+                "",
+                "offline: no control plane consulted, so hosts and subset members were not checked (run with a server to check them)",
+            )
+        )
     return out
 
 
@@ -64,14 +70,24 @@ def _virtual_service(snapshot: MeshSnapshot, vs: Resource, registry_known: bool)
     spec = vs.spec
     for gw in spec.gateways:
         if gw != "mesh" and not _gateway_exists(snapshot, gw, vs.namespace):
-            out.append(_finding(vs, "spec.gateways", f"Gateway {gw!r} does not exist; this VirtualService applies to no gateway until it does"))
+            out.append(
+                _finding(
+                    vs,
+                    "spec.gateways",
+                    f"Gateway {gw!r} does not exist; this VirtualService applies to no gateway until it does",
+                )
+            )
     for section in ("http", "tcp", "tls"):
         for i, rule in enumerate(getattr(spec, section)):
             out += _weights(vs, f"spec.{section}[{i}].route", rule.route)
             for j, d in enumerate(rule.route):
-                out += _destination(snapshot, vs, f"spec.{section}[{i}].route[{j}].destination", d.destination, registry_known)
+                out += _destination(
+                    snapshot, vs, f"spec.{section}[{i}].route[{j}].destination", d.destination, registry_known
+                )
             for j, m in enumerate(getattr(rule, "mirrors", ())):
-                out += _destination(snapshot, vs, f"spec.{section}[{i}].mirrors[{j}].destination", m.destination, registry_known)
+                out += _destination(
+                    snapshot, vs, f"spec.{section}[{i}].mirrors[{j}].destination", m.destination, registry_known
+                )
             if getattr(rule, "mirror", None) is not None:
                 out += _destination(snapshot, vs, f"spec.{section}[{i}].mirror", rule.mirror, registry_known)
     return out
@@ -80,7 +96,13 @@ def _virtual_service(snapshot: MeshSnapshot, vs: Resource, registry_known: bool)
 def _weights(r: Resource, path: str, route: list) -> list[Finding]:
     weights = [d.weight for d in route]
     if len(route) == 1 and weights[0] not in (None, 100):
-        return [_finding(r, f"{path}[0].weight", f"the only destination has weight {weights[0]}; it gets all traffic anyway (write 100 or leave it out)")]
+        return [
+            _finding(
+                r,
+                f"{path}[0].weight",
+                f"the only destination has weight {weights[0]}; it gets all traffic anyway (write 100 or leave it out)",
+            )
+        ]
     total = sum(w or 0 for w in weights)
     if len(route) > 1 and total != 100:
         shares = ", ".join(f"{(w or 0) * 100 / total:.1f}%" for w in weights) if total else "nothing"
@@ -93,7 +115,13 @@ def _destination(snapshot: MeshSnapshot, r: Resource, path: str, d, registry_kno
     out = []
     known = any(s.hostname == host for s in snapshot.services)
     if registry_known and not known:
-        out.append(_finding(r, f"{path}.host", f"host {d.host!r} ({host}) resolves to no service or ServiceEntry; requests routed there get 503"))
+        out.append(
+            _finding(
+                r,
+                f"{path}.host",
+                f"host {d.host!r} ({host}) resolves to no service or ServiceEntry; requests routed there get 503",
+            )
+        )
     if d.port is not None and known and d.port.number not in snapshot.service_ports(host):
         ports = ", ".join(map(str, snapshot.service_ports(host)))
         out.append(_finding(r, f"{path}.port.number", f"{host} has no port {d.port.number} (it has {ports})"))
@@ -101,7 +129,13 @@ def _destination(snapshot: MeshSnapshot, r: Resource, path: str, d, registry_kno
         rule = snapshot.destination_rule_for(host)
         if rule is None or d.subset not in {s.name for s in rule.spec.subsets}:
             where = f"DestinationRule {rule.namespace}/{rule.name}" if rule else "no DestinationRule"
-            out.append(_finding(r, f"{path}.subset", f"subset {d.subset!r} of {host} is not defined ({where}); requests routed there get 503"))
+            out.append(
+                _finding(
+                    r,
+                    f"{path}.subset",
+                    f"subset {d.subset!r} of {host} is not defined ({where}); requests routed there get 503",
+                )
+            )
     return out
 
 
@@ -110,13 +144,25 @@ def _destination_rule(snapshot: MeshSnapshot, dr: Resource, registry_known: bool
         return []
     host = snapshot.resolve_host(dr.spec.host, dr.namespace)
     if not any(s.hostname == host for s in snapshot.services):
-        return [_finding(dr, "spec.host", f"host {dr.spec.host!r} ({host}) resolves to no service or ServiceEntry; this rule applies to nothing yet")]
+        return [
+            _finding(
+                dr,
+                "spec.host",
+                f"host {dr.spec.host!r} ({host}) resolves to no service or ServiceEntry; this rule applies to nothing yet",
+            )
+        ]
     members = snapshot.endpoints(host)
     out = []
     for i, subset in enumerate(dr.spec.subsets):
         if not any(all(w.labels.get(k) == v for k, v in subset.labels.items()) for w in members):
             labels = ",".join(f"{k}={v}" for k, v in sorted(subset.labels.items())) or "(none)"
-            out.append(_finding(dr, f"spec.subsets[{i}]", f"subset {subset.name!r} (labels {labels}) matches no workload of {host}; requests routed there get 503"))
+            out.append(
+                _finding(
+                    dr,
+                    f"spec.subsets[{i}]",
+                    f"subset {subset.name!r} (labels {labels}) matches no workload of {host}; requests routed there get 503",
+                )
+            )
     return out
 
 

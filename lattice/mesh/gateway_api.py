@@ -78,7 +78,9 @@ class _Parent:
     port: int | None
 
 
-def route_tables(routes: Iterable[Resource], created: Mapping[tuple[str, str, str], float], domain: str) -> tuple[tuple[RouteTable, ...], tuple[str, ...]]:
+def route_tables(
+    routes: Iterable[Resource], created: Mapping[tuple[str, str, str], float], domain: str
+) -> tuple[tuple[RouteTable, ...], tuple[str, ...]]:
     """Every route table, and the routes that could not be converted (with why)."""
     groups: dict[tuple[str, str, str], list[tuple[_Entry, Resource]]] = defaultdict(list)
     service_ns: dict[str, str] = {}
@@ -97,7 +99,11 @@ def route_tables(routes: Iterable[Resource], created: Mapping[tuple[str, str, st
     return tuple(tables), tuple(problems)
 
 
-def by_precedence(virtual_services: tuple[Resource, ...], tables: tuple[RouteTable, ...], created: Mapping[tuple[str, str, str], float]) -> tuple[Resource, ...]:
+def by_precedence(
+    virtual_services: tuple[Resource, ...],
+    tables: tuple[RouteTable, ...],
+    created: Mapping[tuple[str, str, str], float],
+) -> tuple[Resource, ...]:
     """VirtualServices and route tables in the order sidecars choose among them for a host:
     consumer route tables first (they apply only to their own namespace), then oldest first.
     VirtualServices arrive oldest first; a stable sort keeps that order where times tie."""
@@ -130,12 +136,16 @@ def table_conflicts(tables: tuple[RouteTable, ...], winners: Mapping[str, Resour
     return out
 
 
-def _table(kind: str, namespace: str, host: str, entries: list[tuple[_Entry, Resource]], created: Mapping, consumer: bool) -> RouteTable:
+def _table(
+    kind: str, namespace: str, host: str, entries: list[tuple[_Entry, Resource]], created: Mapping, consumer: bool
+) -> RouteTable:
     ordered = sorted(entries, key=lambda er: er[0].rank)
     spec = {"hosts": [host], "http": [rule for entry, _ in ordered for rule in entry.rules]}
     if consumer:
         spec["exportTo"] = ["."]
-    routes = sorted({r.key: r for _, r in entries}.values(), key=lambda r: (created.get(r.key, 0.0), r.namespace, r.name))
+    routes = sorted(
+        {r.key: r for _, r in entries}.values(), key=lambda r: (created.get(r.key, 0.0), r.namespace, r.name)
+    )
     names = tuple(f"{r.namespace}/{r.name}" for r in routes)
     meta = ObjectMeta(name=routes[0].name, namespace=namespace, annotations={"lattice.dev/routes": ",".join(names)})
     resource = Resource(routes[0].api_version, kind, meta, VirtualServiceSpec.model_validate(spec))
@@ -285,7 +295,9 @@ def _forward(namespace: str, backends: list, domain: str) -> dict:
 
 def _destination(namespace: str, backend, domain: str) -> dict:
     out = {"destination": _service(namespace, backend, domain), "weight": backend.weight}
-    headers = _headers(_filter(backend.filters, "RequestHeaderModifier"), _filter(backend.filters, "ResponseHeaderModifier"))
+    headers = _headers(
+        _filter(backend.filters, "RequestHeaderModifier"), _filter(backend.filters, "ResponseHeaderModifier")
+    )
     if headers:
         out["headers"] = headers
     return out

@@ -88,7 +88,9 @@ class Workload:
         fields["labels"] = MappingProxyType(dict(record.get("labels", {})))
         # Stored as JSON, so keys come back as strings; a tuple keeps the dataclass hashable and JSON-able.
         fields["listen"] = tuple(sorted((int(k), int(v)) for k, v in dict(record.get("listen") or {}).items()))
-        fields["upstreams"] = tuple(Upstream(**u) if isinstance(u, dict) else Upstream(*u) for u in record.get("upstreams") or ())
+        fields["upstreams"] = tuple(
+            Upstream(**u) if isinstance(u, dict) else Upstream(*u) for u in record.get("upstreams") or ()
+        )
         return Workload(**fields)
 
 
@@ -134,7 +136,9 @@ class MeshSnapshot:
     h2_upgrade_policy: str = "DO_NOT_UPGRADE"  # Istio's MeshConfig default: HTTP/1.1 stays HTTP/1.1 between sidecars
     rate_limit_policies: tuple[Resource, ...] = ()  # lattice.dev RateLimitPolicies, oldest first
     authorization_policies: tuple[Resource, ...] = ()  # oldest first
-    extension_providers: tuple[ExtensionProvider, ...] = ()  # MeshConfig extensionProviders (`lattice server --mesh-config`)
+    extension_providers: tuple[
+        ExtensionProvider, ...
+    ] = ()  # MeshConfig extensionProviders (`lattice server --mesh-config`)
     request_authentications: tuple[Resource, ...] = ()  # oldest first
     # JWKS text per RequestAuthentication jwksUri, as last fetched by the control plane, and why
     # the last fetch of a URI failed (mesh/request_authn.py; the translator stays free of IO).
@@ -145,7 +149,9 @@ class MeshSnapshot:
     # Creation time per (kind, namespace, name): VirtualServices and Gateway API routes compete for a host by age.
     created: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
     telemetries: tuple[Resource, ...] = ()  # Telemetry resources, oldest first (mesh/telemetry.py)
-    mesh_telemetry: MeshTelemetry = field(default_factory=MeshTelemetry)  # MeshConfig's telemetry part (`--mesh-config`)
+    mesh_telemetry: MeshTelemetry = field(
+        default_factory=MeshTelemetry
+    )  # MeshConfig's telemetry part (`--mesh-config`)
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, Resource] = field(init=False, repr=False)
@@ -281,13 +287,18 @@ class MeshSnapshot:
         """Resources that lost a host to an older one (shown by `lattice status`)."""
         out = []
         vs_winners = gateway_api.mesh_wide_winners(self._vs_by_host)
-        for resources, index, attr in ((self.virtual_services, vs_winners, "hosts"), (self.destination_rules, self._dr_by_host, "host")):
+        for resources, index, attr in (
+            (self.virtual_services, vs_winners, "hosts"),
+            (self.destination_rules, self._dr_by_host, "host"),
+        ):
             for r in resources:
                 hosts = getattr(r.spec, attr)
                 for h in [hosts] if isinstance(hosts, str) else hosts:
                     winner = index.get(self.resolve_host(h, r.namespace))
                     if winner is not None and winner is not r:
-                        out.append(f"{r.kind} {r.namespace}/{r.name}: host {h} is already claimed by {winner.kind} {winner.namespace}/{winner.name}; ignored for that host")
+                        out.append(
+                            f"{r.kind} {r.namespace}/{r.name}: host {h} is already claimed by {winner.kind} {winner.namespace}/{winner.name}; ignored for that host"
+                        )
         out += gateway_api.table_conflicts(self._route_tables, vs_winners)
         out += request_authn.jwks_problems(self.request_authentications, self.jwks, self.jwks_errors)
         return out + list(self._entry_problems) + list(self._route_problems)

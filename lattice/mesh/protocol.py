@@ -32,7 +32,9 @@ def parse(name: str, where: str = "protocol") -> str:
     """An explicit protocol name (any case) as Lattice's canonical name; `where` names the field."""
     value = name.strip().lower()
     if value == "udp":
-        raise ProtocolError(f"{where}: UDP is not proxied by Lattice (sidecars carry TCP only); leave the port out of the mesh")
+        raise ProtocolError(
+            f"{where}: UDP is not proxied by Lattice (sidecars carry TCP only); leave the port out of the mesh"
+        )
     if value not in PROTOCOLS:
         raise ProtocolError(f"{where}: unknown protocol {name!r}; use one of {', '.join(p.upper() for p in PROTOCOLS)}")
     return value
@@ -56,7 +58,13 @@ def from_port_name(name: str, where: str = "port name") -> str | None:
     return prefix if prefix in PROTOCOLS else None
 
 
-def select(protocol: str | None = None, app_protocol: str | None = None, port_name: str | None = None, port: int | None = None, default: str = DEFAULT) -> str:
+def select(
+    protocol: str | None = None,
+    app_protocol: str | None = None,
+    port_name: str | None = None,
+    port: int | None = None,
+    default: str = DEFAULT,
+) -> str:
     """Istio's precedence: explicit protocol, then appProtocol, then the port name's prefix, then
     well-known ports, then `default`."""
     if protocol:

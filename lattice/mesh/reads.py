@@ -90,7 +90,11 @@ class SnapshotReads:
         missed the changes between, and count as changed."""
         if checked == self.generation:
             return True
-        return checked == self.generation - 1 and dependencies.reads.isdisjoint(self._changed) and dependencies.memos.isdisjoint(self._changed_memos)
+        return (
+            checked == self.generation - 1
+            and dependencies.reads.isdisjoint(self._changed)
+            and dependencies.memos.isdisjoint(self._changed_memos)
+        )
 
     def note(self, key: Key, read: _Read) -> None:
         self._reads.setdefault(key, read)
@@ -129,7 +133,11 @@ class SnapshotReads:
         if found is None:
             dependencies = self._memos.get(key)
             verdicts[key] = True  # (a piece never depends on itself; this only ends a cycle)
-            found = dependencies is None or not dependencies.reads.isdisjoint(self._changed) or any(self._memo_changed(m, verdicts) for m in dependencies.memos)
+            found = (
+                dependencies is None
+                or not dependencies.reads.isdisjoint(self._changed)
+                or any(self._memo_changed(m, verdicts) for m in dependencies.memos)
+            )
             verdicts[key] = found
         return found
 
@@ -219,7 +227,9 @@ class TracedSnapshot:
         self._carried: dict[Hashable, tuple[Any, tuple]] = {}  # likewise, from the previous snapshot
         self._held: set[int] = set()  # ids of the objects memo pieces hold (alive as long as this)
         self._open: list[_Frame] = []  # computations under way, innermost last
-        offered = {**previous._carried, **previous._memo} if previous is not None else {}  # (pieces no proxy asked for last time too)
+        offered = (
+            {**previous._carried, **previous._memo} if previous is not None else {}
+        )  # (pieces no proxy asked for last time too)
         for key, entry in offered.items():
             if reads.memo_current(key):
                 self._carried[key] = entry
@@ -242,7 +252,9 @@ class TracedSnapshot:
         if frame.opaque:  # then only a proxy equal in every attribute reads alike
             attributes = tuple(f.name for f in fields(Workload))
         values = proxy_key(proxy, attributes)
-        return value, Trace(attributes, values, tuple(frame.own), self._reads.dependencies(frame.reads, frame.memos), proxy)
+        return value, Trace(
+            attributes, values, tuple(frame.own), self._reads.dependencies(frame.reads, frame.memos), proxy
+        )
 
     def shared(self, value: object) -> bool:
         """Whether `value` is (in) a memo piece of this snapshot: the same object for every proxy."""
@@ -284,10 +296,14 @@ class TracedSnapshot:
         frame, items = self._open[-1], tuple(sorted(kwargs.items()))
         if frame.proxy is not None and any(a is frame.proxy for a in args):  # the computation's own proxy
             fields = _fields_read(self._snapshot, name, plain, kwargs)
-            frame.own.append(_Read(name, tuple(_PROXY if a is frame.proxy else p for a, p in zip(args, plain)), items, value, fields))
+            frame.own.append(
+                _Read(name, tuple(_PROXY if a is frame.proxy else p for a, p in zip(args, plain)), items, value, fields)
+            )
             return value
         keys, named = [_arg_key(a) for a in plain], [(k, _arg_key(v)) for k, v in items]
-        frame.opaque = frame.opaque or any(type(k) is _Identity for k in keys) or any(type(k) is _Identity for _, k in named)
+        frame.opaque = (
+            frame.opaque or any(type(k) is _Identity for k in keys) or any(type(k) is _Identity for _, k in named)
+        )
         self._note((name, *keys, *named), _Read(name, plain, items, value))
         return value
 

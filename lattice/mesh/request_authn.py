@@ -42,6 +42,12 @@ def jwks_problems(policies: Sequence[Resource], jwks: Mapping[str, str], errors:
             error = errors.get(rule.jwks_uri or "")
             if error is None:
                 continue
-            effect = "sidecars keep the keys fetched before" if rule.jwks_uri in jwks else f"every token from issuer {rule.issuer} is rejected (401) until it can be fetched"
-            out.append(f"RequestAuthentication {p.namespace}/{p.name}: jwtRules[{i}].jwksUri {rule.jwks_uri} could not be fetched ({error}); {effect}")
+            effect = (
+                "sidecars keep the keys fetched before"
+                if rule.jwks_uri in jwks
+                else f"every token from issuer {rule.issuer} is rejected (401) until it can be fetched"
+            )
+            out.append(
+                f"RequestAuthentication {p.namespace}/{p.name}: jwtRules[{i}].jwksUri {rule.jwks_uri} could not be fetched ({error}); {effect}"
+            )
     return out

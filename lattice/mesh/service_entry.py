@@ -55,7 +55,9 @@ class EntryRegistry:
     problems: tuple[str, ...] = ()  # config that could not take effect, shown by `lattice status`
 
 
-def entry_registry(service_entries: tuple[Resource, ...], workload_entries: tuple[Resource, ...], taken: set[str]) -> EntryRegistry:
+def entry_registry(
+    service_entries: tuple[Resource, ...], workload_entries: tuple[Resource, ...], taken: set[str]
+) -> EntryRegistry:
     """Services and endpoints of every ServiceEntry, oldest first. A host already served by
     registered workloads (`taken`) or by an older ServiceEntry stays with it."""
     services: list[Service] = []
@@ -71,10 +73,19 @@ def entry_registry(service_entries: tuple[Resource, ...], workload_entries: tupl
                 # Addresses are extra names for the service; one host takes them, so each names one route.
                 services.append(_service(se, host, port, tuple(addresses) if i == 0 else ()))
                 endpoints[host].extend(_endpoints(se, port, host, members))
-    return EntryRegistry(tuple(services), MappingProxyType({h: tuple(e) for h, e in endpoints.items()}), tuple(problems))
+    return EntryRegistry(
+        tuple(services), MappingProxyType({h: tuple(e) for h, e in endpoints.items()}), tuple(problems)
+    )
 
 
-def _claim(se: Resource, names: list[str], taken: set[str], claimed: dict[str, Resource], problems: list[str], what: str = "host") -> list[str]:
+def _claim(
+    se: Resource,
+    names: list[str],
+    taken: set[str],
+    claimed: dict[str, Resource],
+    problems: list[str],
+    what: str = "host",
+) -> list[str]:
     kept = []
     for name in dict.fromkeys(names):
         owner = "registered workloads" if name in taken else _label(claimed[name]) if name in claimed else None
@@ -93,35 +104,57 @@ def _label(r: Resource) -> str:
 def _service(se: Resource, host: str, port: ServicePort, addresses: tuple[str, ...]) -> Service:
     spec = se.spec
     return Service(
-        host, se.namespace, port.number, port.lattice_protocol, host,
-        source="ServiceEntry", resolution=spec.resolution, location=spec.location, addresses=addresses,
-        export_to=tuple(spec.export_to), subject_alt_names=tuple(spec.subject_alt_names),
+        host,
+        se.namespace,
+        port.number,
+        port.lattice_protocol,
+        host,
+        source="ServiceEntry",
+        resolution=spec.resolution,
+        location=spec.location,
+        addresses=addresses,
+        export_to=tuple(spec.export_to),
+        subject_alt_names=tuple(spec.subject_alt_names),
     )
 
 
-def _members(se: Resource, workload_entries: tuple[Resource, ...], problems: list[str]) -> list[tuple[str, str, WorkloadEntrySpec]]:
+def _members(
+    se: Resource, workload_entries: tuple[Resource, ...], problems: list[str]
+) -> list[tuple[str, str, WorkloadEntrySpec]]:
     """(where declared, namespace, entry) for each endpoint the ServiceEntry has."""
     spec = se.spec
     if spec.workload_selector is None:
         return [(f"{_label(se)} endpoints[{i}]", se.namespace, e) for i, e in enumerate(spec.endpoints)]
     wanted = spec.workload_selector.labels.items()
-    chosen = [(_label(we), we.namespace, we.spec) for we in workload_entries if we.namespace == se.namespace and wanted <= we.spec.labels.items()]
+    chosen = [
+        (_label(we), we.namespace, we.spec)
+        for we in workload_entries
+        if we.namespace == se.namespace and wanted <= we.spec.labels.items()
+    ]
     if spec.resolution == "STATIC":
         named = [m for m in chosen if not is_ip(m[2].address)]
-        problems.extend(f"{_label(se)} (STATIC) needs IP addresses; {m[0]} has host name {m[2].address}; left out" for m in named)
+        problems.extend(
+            f"{_label(se)} (STATIC) needs IP addresses; {m[0]} has host name {m[2].address}; left out" for m in named
+        )
         chosen = [m for m in chosen if m not in named]
     if spec.resolution == "DNS_ROUND_ROBIN" and len(chosen) > 1:
-        problems.append(f"{_label(se)} (DNS_ROUND_ROBIN) uses one endpoint; it selects {len(chosen)}, so only {chosen[0][0]} is used")
+        problems.append(
+            f"{_label(se)} (DNS_ROUND_ROBIN) uses one endpoint; it selects {len(chosen)}, so only {chosen[0][0]} is used"
+        )
         chosen = chosen[:1]
     return chosen
 
 
-def _endpoints(se: Resource, port: ServicePort, host: str, members: list[tuple[str, str, WorkloadEntrySpec]]) -> list[EntryEndpoint]:
+def _endpoints(
+    se: Resource, port: ServicePort, host: str, members: list[tuple[str, str, WorkloadEntrySpec]]
+) -> list[EntryEndpoint]:
     if se.spec.resolution == "NONE":
         return []  # the client's requested host is the endpoint (see translate/cds.py)
     if not members and se.spec.resolution != "STATIC" and se.spec.workload_selector is None:
         # DNS without endpoints: the host itself is resolved.
-        return [EntryEndpoint(f"{_label(se)} host {host}", se.namespace, host, port.number, port.target_port or port.number)]
+        return [
+            EntryEndpoint(f"{_label(se)} host {host}", se.namespace, host, port.number, port.target_port or port.number)
+        ]
     return [_endpoint(se, port, source, namespace, entry) for source, namespace, entry in members]
 
 
@@ -130,7 +163,10 @@ def _endpoint(se: Resource, port: ServicePort, source: str, namespace: str, entr
     if entry.network:
         labels.setdefault(NETWORK_LABEL, entry.network)
     return EntryEndpoint(
-        source, namespace, entry.address, port.number,
+        source,
+        namespace,
+        entry.address,
+        port.number,
         target_port=entry.ports.get(port.name) or port.target_port or port.number,
         labels=MappingProxyType(labels),
         service_account=entry.service_account or "",

@@ -58,9 +58,15 @@ ENVOY = "envoy"
 SIDES = ("CLIENT", "SERVER")
 # The Telemetry API's metric names; None is every metric.
 METRIC_NAMES = {
-    "ALL_METRICS": None, "REQUEST_COUNT": REQUEST_COUNT, "REQUEST_DURATION": REQUEST_DURATION, "REQUEST_SIZE": REQUEST_SIZE,
-    "RESPONSE_SIZE": RESPONSE_SIZE, "TCP_OPENED_CONNECTIONS": TCP_OPENED, "TCP_CLOSED_CONNECTIONS": TCP_CLOSED,
-    "TCP_SENT_BYTES": TCP_SENT, "TCP_RECEIVED_BYTES": TCP_RECEIVED,
+    "ALL_METRICS": None,
+    "REQUEST_COUNT": REQUEST_COUNT,
+    "REQUEST_DURATION": REQUEST_DURATION,
+    "REQUEST_SIZE": REQUEST_SIZE,
+    "RESPONSE_SIZE": RESPONSE_SIZE,
+    "TCP_OPENED_CONNECTIONS": TCP_OPENED,
+    "TCP_CLOSED_CONNECTIONS": TCP_CLOSED,
+    "TCP_SENT_BYTES": TCP_SENT,
+    "TCP_RECEIVED_BYTES": TCP_RECEIVED,
 }
 _SIDE = {"source": "CLIENT", "destination": "SERVER"}
 
@@ -205,7 +211,9 @@ class MeshTelemetry:
         declared = next((a for a in self.access_loggers if a.provider == name), None)
         if declared is not None or name != ENVOY:
             return declared
-        return AccessLog(self.access_log_file or "/dev/stdout", self.access_log_encoding, self.access_log_format, provider=ENVOY)
+        return AccessLog(
+            self.access_log_file or "/dev/stdout", self.access_log_encoding, self.access_log_format, provider=ENVOY
+        )
 
     @property
     def default_access_logs(self) -> tuple[str, ...]:
@@ -221,7 +229,16 @@ def mesh_telemetry(config: MeshConfig) -> MeshTelemetry:
         collector = p.opentelemetry or p.zipkin
         if collector is not None:
             kind, path = ("zipkin", p.zipkin.path) if p.zipkin else ("opentelemetry", "")
-            tracers.append(Tracing(provider=p.name, kind=kind, service=collector.host, port=collector.port, path=path, max_tag_length=collector.max_tag_length))
+            tracers.append(
+                Tracing(
+                    provider=p.name,
+                    kind=kind,
+                    service=collector.host,
+                    port=collector.port,
+                    path=path,
+                    max_tag_length=collector.max_tag_length,
+                )
+            )
         elif p.envoy_file_access_log is not None:
             loggers.append(_file_logger(p.name, p.envoy_file_access_log))
     return MeshTelemetry(
@@ -293,7 +310,9 @@ def _selects(spec: TelemetrySpec, workload: Workload) -> bool:
 
 def resolve(mesh: MeshTelemetry, specs: list[TelemetrySpec]) -> Telemetry:
     """The telemetry of `specs` (least specific first) over the mesh defaults."""
-    return Telemetry(metrics=_metrics(mesh, specs), access_logs=_access_logs(mesh, specs), tracing=_tracing(mesh, specs))
+    return Telemetry(
+        metrics=_metrics(mesh, specs), access_logs=_access_logs(mesh, specs), tracing=_tracing(mesh, specs)
+    )
 
 
 def _metrics(mesh: MeshTelemetry, specs: list[TelemetrySpec]) -> tuple[MetricRule, ...]:
@@ -307,7 +326,9 @@ def _metrics(mesh: MeshTelemetry, specs: list[TelemetrySpec]) -> tuple[MetricRul
 
 
 def _rule(override: MetricsOverrides) -> MetricRule:
-    tags = tuple(TagOverride(name, t.operation == "REMOVE", t.value or "") for name, t in sorted(override.tag_overrides.items()))
+    tags = tuple(
+        TagOverride(name, t.operation == "REMOVE", t.value or "") for name, t in sorted(override.tag_overrides.items())
+    )
     return MetricRule(METRIC_NAMES[override.metric], override.mode, override.disabled, tags)
 
 
@@ -353,7 +374,9 @@ def _access_logs(mesh: MeshTelemetry, specs: list[TelemetrySpec]) -> tuple[Acces
         if client == server:
             out.append(replace(base, filter=client, mode="CLIENT_AND_SERVER"))
             continue
-        out += [replace(base, filter=f, mode=side) for side, f in (("CLIENT", client), ("SERVER", server)) if f is not None]
+        out += [
+            replace(base, filter=f, mode=side) for side, f in (("CLIENT", client), ("SERVER", server)) if f is not None
+        ]
     return tuple(out)
 
 
@@ -389,11 +412,23 @@ def provider_problems(mesh: MeshTelemetry, spec: TelemetrySpec) -> list[tuple[st
     for i, rule in enumerate(spec.tracing):
         for j, p in enumerate(rule.providers):
             if mesh.tracer(p.name) is None:
-                out.append((f"spec.tracing[{i}].providers[{j}].name", f"no tracing provider {p.name!r} in the mesh config (known: {tracers}); the workloads this selects send no spans"))
+                out.append(
+                    (
+                        f"spec.tracing[{i}].providers[{j}].name",
+                        f"no tracing provider {p.name!r} in the mesh config (known: {tracers}); the workloads this selects send no spans",
+                    )
+                )
     if spec.tracing and not mesh.enable_tracing:
-        out.append(("spec.tracing", "the mesh config sets enableTracing: false, so this tracing configuration has no effect"))
+        out.append(
+            ("spec.tracing", "the mesh config sets enableTracing: false, so this tracing configuration has no effect")
+        )
     for i, rule in enumerate(spec.access_logging):
         for j, p in enumerate(rule.providers):
             if mesh.access_logger(p.name) is None:
-                out.append((f"spec.accessLogging[{i}].providers[{j}].name", f"no access log provider {p.name!r} in the mesh config (known: {loggers}); that log is not written"))
+                out.append(
+                    (
+                        f"spec.accessLogging[{i}].providers[{j}].name",
+                        f"no access log provider {p.name!r} in the mesh config (known: {loggers}); that log is not written",
+                    )
+                )
     return out

@@ -11,7 +11,13 @@ from lattice.store import Store
 
 
 class Registry:
-    def __init__(self, store: Store, heartbeat_timeout: float = 15.0, clock: Callable[[], float] = time.monotonic, on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        heartbeat_timeout: float = 15.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self._store = store
         self._timeout = heartbeat_timeout
         self._clock = clock
@@ -77,4 +83,6 @@ class Registry:
 
 
 def _record(w: Workload) -> dict:
-    return {k: (dict(v) if k == "labels" else v) for k, v in ((f, getattr(w, f)) for f in Workload.__dataclass_fields__)}
+    return {
+        k: (dict(v) if k == "labels" else v) for k, v in ((f, getattr(w, f)) for f in Workload.__dataclass_fields__)
+    }

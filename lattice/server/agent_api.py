@@ -32,7 +32,15 @@ MAX_BODY = 64 << 10
 
 
 class AgentApi:
-    def __init__(self, ca: CaManager, store: Store, registry: Registry, xds_address: str = "", metrics: ControlPlaneMetrics | None = None, traces: TraceStore | None = None) -> None:
+    def __init__(
+        self,
+        ca: CaManager,
+        store: Store,
+        registry: Registry,
+        xds_address: str = "",
+        metrics: ControlPlaneMetrics | None = None,
+        traces: TraceStore | None = None,
+    ) -> None:
         self.ca, self.store, self.registry = ca, store, registry
         self.traces = traces if traces is not None else TraceStore()  # the embedded trace collector
         self.metrics = metrics or ControlPlaneMetrics()
@@ -83,7 +91,13 @@ class AgentApi:
     # --- handlers -----------------------------------------------------------------------
 
     async def bundle(self, request: web.Request) -> web.Response:
-        return web.json_response({"bundle": self.ca.bundle_pem.decode(), "bundle_version": self.ca.bundle_version, "trust_domain": self.ca.trust_domain})
+        return web.json_response(
+            {
+                "bundle": self.ca.bundle_pem.decode(),
+                "bundle_version": self.ca.bundle_version,
+                "trust_domain": self.ca.trust_domain,
+            }
+        )
 
     async def certificate(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -97,11 +111,21 @@ class AgentApi:
             log.warning("refused a CSR for %s (%s): %s", identity, e.reason, e)
             raise _refuse(403, str(e), reason=e.reason) from None
         self.metrics.issued.inc()
-        log.info("issued %s to %s (serial %x, until %s)", identity, proxy_id, issued.serial, issued.not_after.isoformat(timespec="seconds"))
+        log.info(
+            "issued %s to %s (serial %x, until %s)",
+            identity,
+            proxy_id,
+            issued.serial,
+            issued.not_after.isoformat(timespec="seconds"),
+        )
         return web.json_response(
             {
-                "chain": issued.chain_pem.decode(), "bundle": self.ca.bundle_pem.decode(), "bundle_version": self.ca.bundle_version,
-                "identity": str(identity), "root": issued.root_fingerprint, "xds": self.xds_address,
+                "chain": issued.chain_pem.decode(),
+                "bundle": self.ca.bundle_pem.decode(),
+                "bundle_version": self.ca.bundle_version,
+                "identity": str(identity),
+                "root": issued.root_fingerprint,
+                "xds": self.xds_address,
             }
         )
 
@@ -111,7 +135,9 @@ class AgentApi:
         try:
             identity = _peer(request, self.ca.trust_domain) or self._redeem(request)
             if not proxy_id.endswith(f".{identity.namespace}"):
-                raise _refuse(403, f"proxy id {proxy_id!r} must end with .{identity.namespace}, the namespace of {identity}")
+                raise _refuse(
+                    403, f"proxy id {proxy_id!r} must end with .{identity.namespace}, the namespace of {identity}"
+                )
             self._check_owner(proxy_id, identity)
         except web.HTTPException:
             self.metrics.authentication_failures.inc()
@@ -121,10 +147,16 @@ class AgentApi:
     def _redeem(self, request: web.Request) -> SpiffeId:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise _refuse(401, "no credential: present a join token (`lattice token create`) or a current workload certificate")
+            raise _refuse(
+                401, "no credential: present a join token (`lattice token create`) or a current workload certificate"
+            )
         try:
             parsed = parse_token(token.strip())
-            record = TokenRecord.from_dict(self.store.consume_token(parsed.id, lambda r: token_check(parsed, TokenRecord.from_dict(r) if r else None, time.time())))
+            record = TokenRecord.from_dict(
+                self.store.consume_token(
+                    parsed.id, lambda r: token_check(parsed, TokenRecord.from_dict(r) if r else None, time.time())
+                )
+            )
         except TokenError as e:
             self.ca.refused["token"] += 1
             log.warning("refused a join token: %s", e)
@@ -135,7 +167,10 @@ class AgentApi:
         identity = self._require_peer(request)
         registration = Registration.model_validate(await request.json() | {"id": request.match_info["id"]})
         if (registration.namespace, registration.service_account) != (identity.namespace, identity.service_account):
-            raise _refuse(403, f"{identity} may not register a workload of service account {registration.namespace}/{registration.service_account}")
+            raise _refuse(
+                403,
+                f"{identity} may not register a workload of service account {registration.namespace}/{registration.service_account}",
+            )
         self._check_owner(registration.id, identity)
         workload = self.registry.register(registration)
         return web.json_response({"id": workload.id})
@@ -173,7 +208,10 @@ class AgentApi:
     def _check_owner(self, workload_id: str, identity: SpiffeId) -> None:
         """A registered workload id belongs to its identity: nobody else may take it over."""
         workload = self.registry.get(workload_id)
-        if workload is not None and (workload.namespace, workload.service_account) != (identity.namespace, identity.service_account):
+        if workload is not None and (workload.namespace, workload.service_account) != (
+            identity.namespace,
+            identity.service_account,
+        ):
             raise _refuse(403, f"{identity} does not own workload {workload_id}")
 
 

@@ -39,17 +39,35 @@ def check(snapshot: MeshSnapshot, q: Question) -> dict:
     out = []
     for w in targets:
         request = Request(
-            method=q.method.upper(), path=q.path, headers=q.headers, host=q.headers.get("host", w.service), peer_uri=peer,
-            source_ip=source_ip, destination_ip=w.address, destination_port=w.port, metadata=_jwt_metadata(q.headers),
+            method=q.method.upper(),
+            path=q.path,
+            headers=q.headers,
+            host=q.headers.get("host", w.service),
+            peer_uri=peer,
+            source_ip=source_ip,
+            destination_ip=w.address,
+            destination_port=w.port,
+            metadata=_jwt_metadata(q.headers),
         )
         stages = authz.rbac_configs(snapshot, w)
         try:
             decision = decide([(action, config, shadow) for action, config, shadow in stages], request)
         except Unexplainable as e:
-            out.append({"workload": w.id, "decision": "UNKNOWN", "reason": f"the policy uses {e}, which authz check cannot evaluate"})
+            out.append(
+                {
+                    "workload": w.id,
+                    "decision": "UNKNOWN",
+                    "reason": f"the policy uses {e}, which authz check cannot evaluate",
+                }
+            )
             continue
         out.append(_report(w, decision, [a for a, _, _ in stages]))
-    return {"source": peer or "anonymous (plaintext, no certificate)", "destination": q.destination, "request": f"{q.method.upper()} {q.path}", "results": out}
+    return {
+        "source": peer or "anonymous (plaintext, no certificate)",
+        "destination": q.destination,
+        "request": f"{q.method.upper()} {q.path}",
+        "results": out,
+    }
 
 
 def _report(w: Workload, d: Decision, labels: list[str]) -> dict:
@@ -61,7 +79,10 @@ def _report(w: Workload, d: Decision, labels: list[str]) -> dict:
         "external_authorizer": d.external or None,
         "reason": d.reason,
         "dry_run": [{"action": s.action, "would_deny": s.denies, "matched": list(s.matched)} for s in d.dry_run],
-        "stages": [{"stage": label, "action": s.action, "shadow": s.shadow, "matched": list(s.matched)} for label, s in zip(labels, d.stages)],
+        "stages": [
+            {"stage": label, "action": s.action, "shadow": s.shadow, "matched": list(s.matched)}
+            for label, s in zip(labels, d.stages)
+        ],
     }
 
 
@@ -72,7 +93,9 @@ def _destinations(snapshot: MeshSnapshot, q: Question) -> list[Workload]:
     host = snapshot.resolve_host(q.destination, q.namespace)
     found = [w for w in snapshot.endpoints(host) if isinstance(w, Workload) and w.kind == "sidecar" and w.id]
     if not found:
-        raise CheckError(f"no workload serves {q.destination!r} ({host}); give a service or a workload id from `lattice status`")
+        raise CheckError(
+            f"no workload serves {q.destination!r} ({host}); give a service or a workload id from `lattice status`"
+        )
     return found
 
 
@@ -88,7 +111,9 @@ def _source(snapshot: MeshSnapshot, q: Question) -> tuple[str | None, str]:
     for w in snapshot.workloads:
         if s in (w.id, w.name) or (w.service == s and w.namespace == q.namespace):
             return snapshot.identity(w), w.address
-    raise CheckError(f"no workload or identity {s!r}; give a workload (id or name), a service, a SPIFFE ID, or 'anonymous'")
+    raise CheckError(
+        f"no workload or identity {s!r}; give a workload (id or name), a service, a SPIFFE ID, or 'anonymous'"
+    )
 
 
 def _jwt_metadata(headers: dict[str, str]) -> dict:

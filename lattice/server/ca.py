@@ -25,7 +25,16 @@ from typing import Callable
 
 from cryptography import x509
 
-from lattice.identity import CONTROL_PLANE_NAME, CertificateAuthority, CsrRefused, Issued, SpiffeId, fingerprint, new_key, trust_bundle_pem
+from lattice.identity import (
+    CONTROL_PLANE_NAME,
+    CertificateAuthority,
+    CsrRefused,
+    Issued,
+    SpiffeId,
+    fingerprint,
+    new_key,
+    trust_bundle_pem,
+)
 from lattice.identity.csr import key_pem
 
 log = logging.getLogger("lattice.ca")
@@ -47,7 +56,15 @@ class Held:
 
 
 class CaManager:
-    def __init__(self, home: Path, trust_domain: str, cert_ttl: timedelta, ca_cert: Path | None = None, ca_key: Path | None = None, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        home: Path,
+        trust_domain: str,
+        cert_ttl: timedelta,
+        ca_cert: Path | None = None,
+        ca_key: Path | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.dir = home / "ca"
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
@@ -61,11 +78,15 @@ class CaManager:
         else:
             self.ca = CertificateAuthority.generate(trust_domain, clock)
             self._save_ca(self.ca, "ca")
-            log.info("generated a new root CA for trust domain %s (sha256 %s)", trust_domain, self.ca.root_fingerprint[:16])
+            log.info(
+                "generated a new root CA for trust domain %s (sha256 %s)", trust_domain, self.ca.root_fingerprint[:16]
+            )
         state = self._read_state()
         self.bundle_version: int = state.get("bundle_version", 1)
         self.phase: str = state.get("phase", "")
-        self.next: CertificateAuthority | None = self._load(self.dir / "next.pem", self.dir / "next-key.pem") if self.phase else None
+        self.next: CertificateAuthority | None = (
+            self._load(self.dir / "next.pem", self.dir / "next-key.pem") if self.phase else None
+        )
         self.roots: list[x509.Certificate] = self._read_bundle() or [self.ca.root]
         if self.ca.root_fingerprint not in {fingerprint(r) for r in self.roots}:
             self.roots.append(self.ca.root)  # a plug-in CA changed: trust it
@@ -86,7 +107,13 @@ class CaManager:
             raise
         self.issued += 1
         previous = self.held.get(proxy_id)
-        self.held[proxy_id] = Held(str(identity), f"{issued.serial:x}", issued.not_after.isoformat(), issued.root_fingerprint, previous.bundle_version if previous else 0)
+        self.held[proxy_id] = Held(
+            str(identity),
+            f"{issued.serial:x}",
+            issued.not_after.isoformat(),
+            issued.root_fingerprint,
+            previous.bundle_version if previous else 0,
+        )
         return issued
 
     def server_credentials(self) -> tuple[bytes, bytes]:
@@ -117,7 +144,12 @@ class CaManager:
         """A heartbeat's view of what the proxy holds (so a restarted control plane knows it
         too). Answers what the proxy should do next: fetch the bundle, renew."""
         if certificate:
-            self.held[proxy_id] = Held(str(certificate.get("identity", "")), str(certificate.get("serial", "")), str(certificate.get("not_after", "")), str(certificate.get("root", "")))
+            self.held[proxy_id] = Held(
+                str(certificate.get("identity", "")),
+                str(certificate.get("serial", "")),
+                str(certificate.get("not_after", "")),
+                str(certificate.get("root", "")),
+            )
         held = self.held.get(proxy_id)
         if held is not None:
             held.bundle_version = bundle_version
@@ -131,7 +163,9 @@ class CaManager:
 
     def start_rotation(self) -> None:
         if self.plugged:
-            raise RotationError("the CA is a plug-in (--ca-cert/--ca-key): rotate it at its source, then restart the server with the new files")
+            raise RotationError(
+                "the CA is a plug-in (--ca-cert/--ca-key): rotate it at its source, then restart the server with the new files"
+            )
         if self.phase:
             raise RotationError(f"a root rotation is already in progress ({self.phase}); see `lattice ca show`")
         self.next = CertificateAuthority.generate(self.trust_domain, self.clock)
@@ -140,7 +174,11 @@ class CaManager:
         self.bundle_version += 1
         self.phase = "distributing"
         self._persist()
-        log.info("root rotation: new root %s added to the trust bundle (version %d)", self.next.root_fingerprint[:16], self.bundle_version)
+        log.info(
+            "root rotation: new root %s added to the trust bundle (version %d)",
+            self.next.root_fingerprint[:16],
+            self.bundle_version,
+        )
 
     def advance(self, proxies: list[str]) -> None:
         """Move the rotation on when every registered proxy has caught up with its phase."""
@@ -172,14 +210,28 @@ class CaManager:
     def describe(self) -> dict:
         now = self.clock()
         roots = [
-            {"fingerprint": fingerprint(r), "subject": r.subject.rfc4514_string(), "not_before": r.not_valid_before_utc.isoformat(), "not_after": r.not_valid_after_utc.isoformat(), "signing": fingerprint(r) == self.ca.root_fingerprint}
+            {
+                "fingerprint": fingerprint(r),
+                "subject": r.subject.rfc4514_string(),
+                "not_before": r.not_valid_before_utc.isoformat(),
+                "not_after": r.not_valid_after_utc.isoformat(),
+                "signing": fingerprint(r) == self.ca.root_fingerprint,
+            }
             for r in self.roots
         ]
         signing = self.ca.signing_cert
         return {
-            "trust_domain": self.trust_domain, "plug_in": self.plugged, "cert_ttl_seconds": self.cert_ttl.total_seconds(),
-            "bundle_version": self.bundle_version, "rotation": self.phase or "none", "roots": roots,
-            "signing": {"subject": signing.subject.rfc4514_string(), "not_after": signing.not_valid_after_utc.isoformat(), "days_left": round((signing.not_valid_after_utc - now).total_seconds() / 86400, 1)},
+            "trust_domain": self.trust_domain,
+            "plug_in": self.plugged,
+            "cert_ttl_seconds": self.cert_ttl.total_seconds(),
+            "bundle_version": self.bundle_version,
+            "rotation": self.phase or "none",
+            "roots": roots,
+            "signing": {
+                "subject": signing.subject.rfc4514_string(),
+                "not_after": signing.not_valid_after_utc.isoformat(),
+                "days_left": round((signing.not_valid_after_utc - now).total_seconds() / 86400, 1),
+            },
             **self.counters(),
         }
 
@@ -187,7 +239,9 @@ class CaManager:
 
     def _load(self, cert: Path, key: Path | None) -> CertificateAuthority:
         try:
-            return CertificateAuthority.load(cert.read_bytes(), key.read_bytes() if key else b"", self.trust_domain, self.clock)
+            return CertificateAuthority.load(
+                cert.read_bytes(), key.read_bytes() if key else b"", self.trust_domain, self.clock
+            )
         except OSError as e:
             raise SystemExit(f"cannot read the CA file {e.filename}: {e.strerror}") from None
         except ValueError as e:
@@ -212,7 +266,11 @@ class CaManager:
 
     def _persist(self) -> None:
         _write(self.dir / "bundle.pem", self.bundle_pem, 0o644)
-        _write(self.dir / "state.json", json.dumps({"bundle_version": self.bundle_version, "phase": self.phase}).encode(), 0o644)
+        _write(
+            self.dir / "state.json",
+            json.dumps({"bundle_version": self.bundle_version, "phase": self.phase}).encode(),
+            0o644,
+        )
 
 
 class RotationError(RuntimeError):
@@ -227,4 +285,3 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         f.write(data)
     os.chmod(tmp, mode)
     tmp.replace(path)
-

@@ -118,7 +118,9 @@ async def _fetch(uri: str, timeout: float) -> tuple[str | None, str | None]:
 async def _get(uri: str) -> str:
     tls = ssl.create_default_context()  # the system's roots; hostname checked
     async with aiohttp.ClientSession() as session:
-        async with session.get(uri, ssl=tls, max_redirects=MAX_REDIRECTS, headers={"Accept": "application/json"}) as response:
+        async with session.get(
+            uri, ssl=tls, max_redirects=MAX_REDIRECTS, headers={"Accept": "application/json"}
+        ) as response:
             if response.status != 200:
                 raise JwksFetchError(f"HTTP {response.status}")
             body = await _bounded_body(response)

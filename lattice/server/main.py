@@ -37,16 +37,41 @@ class ControlPlane:
         self.config = config
         config.home.mkdir(parents=True, exist_ok=True)
         self.store = Store(config.db)
-        self.ca = CaManager(config.home, config.trust_domain, timedelta(seconds=config.cert_ttl), config.ca_cert, config.ca_key)
+        self.ca = CaManager(
+            config.home, config.trust_domain, timedelta(seconds=config.cert_ttl), config.ca_cert, config.ca_key
+        )
         self.cache = SnapshotCache()
         self.metrics = ControlPlaneMetrics()  # served on the REST port's /metrics, without the admin token
         self.board = StatusBoard(events=self.metrics)
         self.registry = Registry(self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request())
         self.jwks = JwksCache(self.store, on_change=lambda: self.pusher.request(), refresh=config.jwks_refresh)
-        self.pusher = Pusher(self.store, self.registry, self.cache, config.debounce, trust_domain=config.trust_domain, root_namespace=config.root_namespace, outbound_traffic_policy=config.outbound_traffic_policy, h2_upgrade_policy=config.h2_upgrade_policy, jwks=self.jwks, extension_providers=config.extension_providers, mesh_telemetry=config.mesh_telemetry, metrics=self.metrics)
+        self.pusher = Pusher(
+            self.store,
+            self.registry,
+            self.cache,
+            config.debounce,
+            trust_domain=config.trust_domain,
+            root_namespace=config.root_namespace,
+            outbound_traffic_policy=config.outbound_traffic_policy,
+            h2_upgrade_policy=config.h2_upgrade_policy,
+            jwks=self.jwks,
+            extension_providers=config.extension_providers,
+            mesh_telemetry=config.mesh_telemetry,
+            metrics=self.metrics,
+        )
         self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect, self._authorize)
         self.traces = TraceStore()  # the embedded trace collector: agents post spans, the REST API serves them
-        self.rest = RestApi(self.store, self.registry, self.pusher, self.board, self.ads.connected_nodes, self.ca, admin_token(config.home), metrics=self.metrics, traces=self.traces)
+        self.rest = RestApi(
+            self.store,
+            self.registry,
+            self.pusher,
+            self.board,
+            self.ads.connected_nodes,
+            self.ca,
+            admin_token(config.home),
+            metrics=self.metrics,
+            traces=self.traces,
+        )
         self.agents = AgentApi(self.ca, self.store, self.registry, metrics=self.metrics, traces=self.traces)
         self.metrics.read_state(self.ads, self.board, self.registry, self.pusher, self.ca)
 
@@ -83,14 +108,23 @@ class ControlPlane:
         log.info("proxy %s disconnected", node_id)
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
-        grpc_server = grpc.aio.server(options=[("grpc.max_send_message_length", MAX_XDS_MESSAGE), ("grpc.max_receive_message_length", MAX_XDS_MESSAGE)])
+        grpc_server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", MAX_XDS_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_XDS_MESSAGE),
+            ]
+        )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, grpc_server)
         try:
-            xds_port = grpc_server.add_secure_port(f"{self.config.xds_host}:{self.config.xds_port}", self._xds_credentials())
+            xds_port = grpc_server.add_secure_port(
+                f"{self.config.xds_host}:{self.config.xds_port}", self._xds_credentials()
+            )
         except RuntimeError:
             xds_port = 0
         if not xds_port:
-            raise SystemExit(f"cannot listen on {self.config.xds_host}:{self.config.xds_port} for xDS; pass --xds-port 0 for a free port")
+            raise SystemExit(
+                f"cannot listen on {self.config.xds_host}:{self.config.xds_port} for xDS; pass --xds-port 0 for a free port"
+            )
         runner = web.AppRunner(self.rest.app(), access_log=None)
         await runner.setup()
         api_socket = _listen(self.config.api_host, self.config.api_port, "the REST API", "--api-port")
@@ -106,7 +140,14 @@ class ControlPlane:
         self.rest.xds_address = self.agents.xds_address = f"{self.config.xds_host}:{xds_port}"
         api, agents = f"http://{self.config.api_host}:{api_port}", f"https://{self.config.agent_host}:{agent_port}"
         write_discovery(self.config.discovery_file, api, self.rest.xds_address, agents)
-        log.info("control plane up: REST %s, agents %s, xDS %s (mTLS), trust domain %s, state %s", api, agents, self.rest.xds_address, self.config.trust_domain, self.config.db)
+        log.info(
+            "control plane up: REST %s, agents %s, xDS %s (mTLS), trust domain %s, state %s",
+            api,
+            agents,
+            self.rest.xds_address,
+            self.config.trust_domain,
+            self.config.db,
+        )
         await self.jwks.prepare()  # stored RequestAuthentications' keys, before the first push
         self.pusher.push()
         try:
@@ -141,7 +182,9 @@ def _listen(host: str, port: int, what: str, flag: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise SystemExit(f"cannot listen on {host}:{port} for {what}: {e.strerror}; pass {flag} 0 for a free port") from None
+        raise SystemExit(
+            f"cannot listen on {host}:{port} for {what}: {e.strerror}; pass {flag} 0 for a free port"
+        ) from None
     sock.listen(128)
     sock.setblocking(False)
     return sock

@@ -202,7 +202,9 @@ class Gauge(_Family):
         out.append(f"# HELP {self.name} {_escape_help(self.help)}")
         out.append(f"# TYPE {self.name} gauge")
         for values, value in samples.items():
-            out.append(f"{self.name}{_braced(_label_text(self.labelnames, tuple(map(str, values))))} {format_value(value)}")
+            out.append(
+                f"{self.name}{_braced(_label_text(self.labelnames, tuple(map(str, values))))} {format_value(value)}"
+            )
 
 
 class _HistogramValue:
@@ -256,7 +258,11 @@ class Histogram(_Family):
         self.labels().observe(value)
 
     def series(self) -> dict[str, tuple[str, ...]]:
-        return {f"{self.name}_bucket": (*self.labelnames, "le"), f"{self.name}_sum": self.labelnames, f"{self.name}_count": self.labelnames}
+        return {
+            f"{self.name}_bucket": (*self.labelnames, "le"),
+            f"{self.name}_sum": self.labelnames,
+            f"{self.name}_count": self.labelnames,
+        }
 
 
 class MetricRegistry:
@@ -316,22 +322,66 @@ class ControlPlaneMetrics:
     def __init__(self) -> None:
         r = self.registry = MetricRegistry()
         self.proxies = r.gauge("pilot_xds", "Number of proxies connected to this control plane over ADS.")
-        self.pushes = r.counter("pilot_xds_pushes", "xDS responses sent to proxies, by type (cds, eds, lds, rds).", ["type"])
-        self.convergence = r.histogram("pilot_proxy_convergence_time", "Seconds from the config or registry change that triggered a push to the proxy ACKing everything it was sent.", CONVERGENCE_BUCKETS)
-        self.push_time = r.histogram("pilot_xds_push_time", "Seconds a push takes to compute: mesh snapshot and every proxy's config.", PUSH_TIME_BUCKETS)
-        self.rejects = r.counter("pilot_total_xds_rejects", "xDS responses proxies rejected (NACKed), by type.", ["type"])
-        self.rejecting = {kind: r.gauge(f"pilot_xds_{kind}_reject", f"Connected proxies whose last answer to {kind.upper()} is a rejection (NACK).") for kind in ("cds", "eds", "lds", "rds")}
-        self.config_size = r.histogram("pilot_xds_config_size_bytes", "Bytes of resources in one xDS response, by type.", CONFIG_SIZE_BUCKETS, ["type"])
+        self.pushes = r.counter(
+            "pilot_xds_pushes", "xDS responses sent to proxies, by type (cds, eds, lds, rds).", ["type"]
+        )
+        self.convergence = r.histogram(
+            "pilot_proxy_convergence_time",
+            "Seconds from the config or registry change that triggered a push to the proxy ACKing everything it was sent.",
+            CONVERGENCE_BUCKETS,
+        )
+        self.push_time = r.histogram(
+            "pilot_xds_push_time",
+            "Seconds a push takes to compute: mesh snapshot and every proxy's config.",
+            PUSH_TIME_BUCKETS,
+        )
+        self.rejects = r.counter(
+            "pilot_total_xds_rejects", "xDS responses proxies rejected (NACKed), by type.", ["type"]
+        )
+        self.rejecting = {
+            kind: r.gauge(
+                f"pilot_xds_{kind}_reject",
+                f"Connected proxies whose last answer to {kind.upper()} is a rejection (NACK).",
+            )
+            for kind in ("cds", "eds", "lds", "rds")
+        }
+        self.config_size = r.histogram(
+            "pilot_xds_config_size_bytes",
+            "Bytes of resources in one xDS response, by type.",
+            CONFIG_SIZE_BUCKETS,
+            ["type"],
+        )
         self.csrs = r.counter("citadel_server_csr_count", "Certificate signing requests received.")
         self.issued = r.counter("citadel_server_success_cert_issuance_count", "Certificates issued.")
-        self.csr_parse_errors = r.counter("citadel_server_csr_parsing_err_count", "CSRs refused because they could not be read.")
-        self.csr_sign_errors = r.counter("citadel_server_csr_sign_err_count", "Readable CSRs refused (key type, trust domain, names, CA flag, signature).")
-        self.authentication_failures = r.counter("citadel_server_authentication_failure_count", "CSRs refused for their credential: missing or bad join token, or an identity that may not have the certificate asked for.")
-        self.root_expiry = r.gauge("citadel_server_root_cert_expiry_timestamp", "When the signing root certificate expires, in Unix seconds.")
-        self.api_requests = r.counter("lattice_api_requests_total", "REST API requests, by method, route pattern and status code.", ["method", "route", "code"])
-        self.api_duration = r.histogram("lattice_api_request_duration_seconds", "REST API request durations in seconds, by method and route pattern.", REQUEST_BUCKETS, ["method", "route"])
+        self.csr_parse_errors = r.counter(
+            "citadel_server_csr_parsing_err_count", "CSRs refused because they could not be read."
+        )
+        self.csr_sign_errors = r.counter(
+            "citadel_server_csr_sign_err_count",
+            "Readable CSRs refused (key type, trust domain, names, CA flag, signature).",
+        )
+        self.authentication_failures = r.counter(
+            "citadel_server_authentication_failure_count",
+            "CSRs refused for their credential: missing or bad join token, or an identity that may not have the certificate asked for.",
+        )
+        self.root_expiry = r.gauge(
+            "citadel_server_root_cert_expiry_timestamp", "When the signing root certificate expires, in Unix seconds."
+        )
+        self.api_requests = r.counter(
+            "lattice_api_requests_total",
+            "REST API requests, by method, route pattern and status code.",
+            ["method", "route", "code"],
+        )
+        self.api_duration = r.histogram(
+            "lattice_api_request_duration_seconds",
+            "REST API request durations in seconds, by method and route pattern.",
+            REQUEST_BUCKETS,
+            ["method", "route"],
+        )
         self.workloads = r.gauge("lattice_registry_workloads", "Registered workloads, by health.", ["healthy"])
-        self.config = r.gauge("lattice_config_resources", "Config resources in the mesh as last pushed, by kind.", ["kind"])
+        self.config = r.gauge(
+            "lattice_config_resources", "Config resources in the mesh as last pushed, by kind.", ["kind"]
+        )
         self._changes: OrderedDict[str, float] = OrderedDict()  # snapshot version -> when its change arrived
 
     def render(self) -> str:
@@ -343,7 +393,9 @@ class ControlPlaneMetrics:
         for kind, gauge in self.rejecting.items():
             gauge.collect = _rejecting(board, kind)
         self.workloads.collect = lambda: _by_health(registry)
-        self.config.collect = lambda: {(kind,): len(getattr(pusher.snapshot, field)) for kind, field in SNAPSHOT_FIELDS.items()}
+        self.config.collect = lambda: {
+            (kind,): len(getattr(pusher.snapshot, field)) for kind, field in SNAPSHOT_FIELDS.items()
+        }
         self.root_expiry.collect = lambda: ca.ca.root.not_valid_after_utc.timestamp()
 
     # --- reported by the pusher ---

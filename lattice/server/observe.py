@@ -23,12 +23,17 @@ from lattice.mesh.telemetry import percentile
 TIMEOUT = 2.0
 
 
-async def windows(session: aiohttp.ClientSession, workloads: tuple[Workload, ...], seconds: float) -> tuple[list[tuple[Workload, dict]], list[str]]:
+async def windows(
+    session: aiohttp.ClientSession, workloads: tuple[Workload, ...], seconds: float
+) -> tuple[list[tuple[Workload, dict]], list[str]]:
     """Every agent's window summary; and the workloads whose agents did not answer."""
+
     async def one(w: Workload):
         url = f"http://{w.address}:{w.agent_port}/lattice/v1/window"
         try:
-            async with session.get(url, params={"seconds": str(seconds)}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as response:
+            async with session.get(
+                url, params={"seconds": str(seconds)}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
+            ) as response:
                 return w, await response.json() if response.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return w, None
@@ -46,7 +51,14 @@ def _caller_matches(row: dict, caller: str | None) -> bool:
     return caller is None or row["peer_workload"] == caller or row["peer_workload"].rsplit("-", 1)[0] == caller
 
 
-def stat(summaries: list[tuple[Workload, dict]], seconds: float, name: str | None = None, namespace: str | None = None, caller: str | None = None, by: str = "workload") -> list[dict]:
+def stat(
+    summaries: list[tuple[Workload, dict]],
+    seconds: float,
+    name: str | None = None,
+    namespace: str | None = None,
+    caller: str | None = None,
+    by: str = "workload",
+) -> list[dict]:
     """Success rate, requests per second and latency percentiles of what each workload (or
     service) served, optionally only of requests from `caller`."""
     groups: dict[tuple[str, str], dict] = {}
@@ -54,7 +66,18 @@ def stat(summaries: list[tuple[Workload, dict]], seconds: float, name: str | Non
         if w.kind == "gateway" or not _matches(w, name, namespace):
             continue
         key = (w.namespace, w.service if by == "service" else w.name)
-        group = groups.setdefault(key, {"requests": 0, "failures": 0, "latency": {}, "tcp_opened": 0, "tcp_bytes": 0, "workloads": 0, "callers": set()})
+        group = groups.setdefault(
+            key,
+            {
+                "requests": 0,
+                "failures": 0,
+                "latency": {},
+                "tcp_opened": 0,
+                "tcp_bytes": 0,
+                "workloads": 0,
+                "callers": set(),
+            },
+        )
         group["workloads"] += 1
         for row in summary["peers"]:
             if row["reporter"] != "destination" or not _caller_matches(row, caller):
@@ -72,11 +95,20 @@ def stat(summaries: list[tuple[Workload, dict]], seconds: float, name: str | Non
 def _stat_row(by: str, key: tuple[str, str], g: dict, seconds: float) -> dict:
     n = g["requests"]
     return {
-        "namespace": key[0], by: key[1], "workloads": g["workloads"],
-        "requests": n, "success_rate": round((n - g["failures"]) / n, 4) if n else None,
+        "namespace": key[0],
+        by: key[1],
+        "workloads": g["workloads"],
+        "requests": n,
+        "success_rate": round((n - g["failures"]) / n, 4) if n else None,
         "rps": round(n / seconds, 2) if seconds else 0.0,
-        "latency_ms": {"p50": percentile(g["latency"], 0.5), "p95": percentile(g["latency"], 0.95), "p99": percentile(g["latency"], 0.99)},
-        "tcp_connections": g["tcp_opened"], "tcp_bytes": g["tcp_bytes"], "callers": sorted(g["callers"]),
+        "latency_ms": {
+            "p50": percentile(g["latency"], 0.5),
+            "p95": percentile(g["latency"], 0.95),
+            "p99": percentile(g["latency"], 0.99),
+        },
+        "tcp_connections": g["tcp_opened"],
+        "tcp_bytes": g["tcp_bytes"],
+        "callers": sorted(g["callers"]),
     }
 
 
@@ -87,20 +119,38 @@ def top(summaries: list[tuple[Workload, dict]], name: str, namespace: str | None
         if not _matches(w, name, namespace):
             continue
         for p in summary["paths"]:
-            source, destination = (p["peer_workload"], w.name) if p["reporter"] == "destination" else (w.name, p["peer_workload"])
+            source, destination = (
+                (p["peer_workload"], w.name) if p["reporter"] == "destination" else (w.name, p["peer_workload"])
+            )
             key = (source, destination, p["method"], p["path"])
             row = rows.get(key)
             if row is None:
-                rows[key] = {"source": source, "destination": destination, "service": p["service"], "method": p["method"], "path": p["path"],
-                             "requests": p["requests"], "failures": p["failures"], "best_ms": p["best_ms"], "worst_ms": p["worst_ms"], "last_ms": p["last_ms"],
-                             "direction": "inbound" if p["reporter"] == "destination" else "outbound"}
+                rows[key] = {
+                    "source": source,
+                    "destination": destination,
+                    "service": p["service"],
+                    "method": p["method"],
+                    "path": p["path"],
+                    "requests": p["requests"],
+                    "failures": p["failures"],
+                    "best_ms": p["best_ms"],
+                    "worst_ms": p["worst_ms"],
+                    "last_ms": p["last_ms"],
+                    "direction": "inbound" if p["reporter"] == "destination" else "outbound",
+                }
                 continue
             row["requests"] += p["requests"]
             row["failures"] += p["failures"]
-            row["best_ms"], row["worst_ms"], row["last_ms"] = min(row["best_ms"], p["best_ms"]), max(row["worst_ms"], p["worst_ms"]), p["last_ms"]
+            row["best_ms"], row["worst_ms"], row["last_ms"] = (
+                min(row["best_ms"], p["best_ms"]),
+                max(row["worst_ms"], p["worst_ms"]),
+                p["last_ms"],
+            )
     ordered = sorted(rows.values(), key=lambda r: (-r["requests"], r["path"]))[:limit]
     for row in ordered:
-        row["success_rate"] = round((row["requests"] - row["failures"]) / row["requests"], 4) if row["requests"] else None
+        row["success_rate"] = (
+            round((row["requests"] - row["failures"]) / row["requests"], 4) if row["requests"] else None
+        )
     return ordered
 
 
@@ -114,8 +164,20 @@ def edges(summaries: list[tuple[Workload, dict]], namespace: str | None = None) 
             if row["reporter"] != "destination":
                 continue
             key = (row["peer_workload"], w.name)
-            edge = found.setdefault(key, {"source": row["peer_workload"], "source_namespace": row["peer_namespace"], "source_principal": row["peer_principal"],
-                                          "destination": w.name, "destination_namespace": w.namespace, "destination_principal": "", "secured": True, "requests": 0, "tcp_connections": 0})
+            edge = found.setdefault(
+                key,
+                {
+                    "source": row["peer_workload"],
+                    "source_namespace": row["peer_namespace"],
+                    "source_principal": row["peer_principal"],
+                    "destination": w.name,
+                    "destination_namespace": w.namespace,
+                    "destination_principal": "",
+                    "secured": True,
+                    "requests": 0,
+                    "tcp_connections": 0,
+                },
+            )
             edge["secured"] = edge["secured"] and row["mtls"]
             edge["requests"] += row["requests"]
             edge["tcp_connections"] += row["tcp_opened"]
@@ -125,9 +187,17 @@ def edges(summaries: list[tuple[Workload, dict]], namespace: str | None = None) 
             key = (w.name, row["peer_workload"])
             if row["reporter"] != "source" or key in found or row["peer_workload"] in meshed:
                 continue  # the callee's own report (above) is the one to believe
-            found[key] = {"source": w.name, "source_namespace": w.namespace, "source_principal": "", "destination": row["peer_workload"] if row["peer_workload"] != "unknown" else row["service"],
-                          "destination_namespace": row["peer_namespace"], "destination_principal": row["peer_principal"], "secured": None,
-                          "requests": row["requests"], "tcp_connections": row["tcp_opened"]}
+            found[key] = {
+                "source": w.name,
+                "source_namespace": w.namespace,
+                "source_principal": "",
+                "destination": row["peer_workload"] if row["peer_workload"] != "unknown" else row["service"],
+                "destination_namespace": row["peer_namespace"],
+                "destination_principal": row["peer_principal"],
+                "secured": None,
+                "requests": row["requests"],
+                "tcp_connections": row["tcp_opened"],
+            }
     # A meshed workload's identity, as its peers saw it (a callee its caller's certificate, a caller its callee's).
     principal = {}
     for _, summary in summaries:
@@ -144,7 +214,9 @@ def edges(summaries: list[tuple[Workload, dict]], namespace: str | None = None) 
     return sorted(out, key=lambda e: (e["source"], e["destination"]))
 
 
-async def tap(session: aiohttp.ClientSession, targets: list[Workload], path: str | None, method: str | None) -> AsyncIterator[dict]:
+async def tap(
+    session: aiohttp.ClientSession, targets: list[Workload], path: str | None, method: str | None
+) -> AsyncIterator[dict]:
     """Requests through the targets' sidecars as they happen; each appears once (the target's
     own report: inbound for what it serves, outbound for what it calls)."""
     queue: asyncio.Queue = asyncio.Queue(maxsize=10000)
@@ -156,7 +228,11 @@ async def tap(session: aiohttp.ClientSession, targets: list[Workload], path: str
                 if not line.strip():
                     continue
                 event = json.loads(line)
-                if (path is None or event["path"].startswith(path)) and (method is None or event["method"] == method.upper()) and not queue.full():
+                if (
+                    (path is None or event["path"].startswith(path))
+                    and (method is None or event["method"] == method.upper())
+                    and not queue.full()
+                ):
                     queue.put_nowait(event | {"proxy": w.name})
 
     async with asyncio.TaskGroup() as group:
@@ -199,7 +275,10 @@ class Observatory:
         q = request.query
         by = q.get("by", "workload")
         if by not in ("workload", "service"):
-            raise web.HTTPBadRequest(text=json.dumps({"error": f"by must be workload or service, not {by!r}"}), content_type="application/json")
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": f"by must be workload or service, not {by!r}"}),
+                content_type="application/json",
+            )
         seconds, summaries, silent = await self._summaries(request)
         rows = stat(summaries, seconds, q.get("name") or None, q.get("namespace") or None, q.get("from") or None, by)
         return web.json_response({"window_seconds": seconds, "items": rows, "unreachable": silent})
@@ -212,13 +291,28 @@ class Observatory:
 
     async def edges(self, request: web.Request) -> web.Response:
         seconds, summaries, silent = await self._summaries(request)
-        return web.json_response({"window_seconds": seconds, "items": edges(summaries, request.query.get("namespace") or None), "unreachable": silent})
+        return web.json_response(
+            {
+                "window_seconds": seconds,
+                "items": edges(summaries, request.query.get("namespace") or None),
+                "unreachable": silent,
+            }
+        )
 
     async def tap(self, request: web.Request) -> web.StreamResponse:
         q = request.query
-        targets = [w for w in self.registry.workloads() if _matches(w, q.get("name") or None, q.get("namespace") or None)]
+        targets = [
+            w for w in self.registry.workloads() if _matches(w, q.get("name") or None, q.get("namespace") or None)
+        ]
         if not targets:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"no workload or service named {q.get('name')!r} is registered; `lattice status` lists them"}), content_type="application/json")
+            raise web.HTTPNotFound(
+                text=json.dumps(
+                    {
+                        "error": f"no workload or service named {q.get('name')!r} is registered; `lattice status` lists them"
+                    }
+                ),
+                content_type="application/json",
+            )
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         await response.write(json.dumps({"tapping": sorted(w.name for w in targets)}).encode() + b"\n")
@@ -236,5 +330,8 @@ def _window(text: str) -> float:
     except ValueError:
         seconds = -1
     if not 1 <= seconds <= 300:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"window must be 1 to 300 seconds, not {text!r}"}), content_type="application/json")
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"window must be 1 to 300 seconds, not {text!r}"}),
+            content_type="application/json",
+        )
     return seconds

@@ -37,7 +37,21 @@ SLICE_SECONDS = 0.005
 
 
 class Pusher:
-    def __init__(self, store: Store, registry: Registry, cache: SnapshotCache, debounce: float = 0.1, trust_domain: str = "cluster.local", root_namespace: str = "istio-system", outbound_traffic_policy: str = "ALLOW_ANY", h2_upgrade_policy: str = "DO_NOT_UPGRADE", jwks: JwksCache | None = None, extension_providers: tuple = (), mesh_telemetry: MeshTelemetry | None = None, metrics: ControlPlaneMetrics | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        cache: SnapshotCache,
+        debounce: float = 0.1,
+        trust_domain: str = "cluster.local",
+        root_namespace: str = "istio-system",
+        outbound_traffic_policy: str = "ALLOW_ANY",
+        h2_upgrade_policy: str = "DO_NOT_UPGRADE",
+        jwks: JwksCache | None = None,
+        extension_providers: tuple = (),
+        mesh_telemetry: MeshTelemetry | None = None,
+        metrics: ControlPlaneMetrics | None = None,
+    ) -> None:
         self._metrics = metrics or ControlPlaneMetrics()
         self._changed_at: float | None = None  # when the first change not yet pushed arrived
         self._jwks = jwks
@@ -54,7 +68,9 @@ class Pusher:
         self._dirty = asyncio.Event()
         self._parsed: dict[tuple[str, str, str, int], Resource] = {}
         self.snapshot = MeshSnapshot("0", mesh_telemetry=self._mesh_telemetry)
-        self.last_push_seconds = 0.0  # computing time of the last push (time spent serving streams between its slices left out)
+        self.last_push_seconds = (
+            0.0  # computing time of the last push (time spent serving streams between its slices left out)
+        )
         self._translations = ProxyTranslations()
         self._encoder = Encoder(cache)
 
@@ -135,7 +151,12 @@ class Pusher:
     def _push_to(self, workload) -> None:
         """The proxy's resources, type by type: kept or shared where the snapshot changed
         nothing they read, translated and serialized otherwise."""
-        resources = {t: self._translations.resources(workload, t, partial(self._encoder.resource_set, t, shared=self._translations.shared)) for t in TYPE_ORDER}
+        resources = {
+            t: self._translations.resources(
+                workload, t, partial(self._encoder.resource_set, t, shared=self._translations.shared)
+            )
+            for t in TYPE_ORDER
+        }
         self._cache.set_resources(workload.id, self.snapshot.version, resources)
 
     def build(self) -> MeshSnapshot:
@@ -172,8 +193,12 @@ class Pusher:
         key = (stored.kind, stored.namespace, stored.name, stored.revision)
         parsed = previous.get(key)
         if parsed is None:
-            obj = {"apiVersion": stored.api_version, "kind": stored.kind, "metadata": stored.metadata, "spec": stored.spec}
+            obj = {
+                "apiVersion": stored.api_version,
+                "kind": stored.kind,
+                "metadata": stored.metadata,
+                "spec": stored.spec,
+            }
             parsed = validate_object(obj, f"stored {stored.kind} {stored.namespace}/{stored.name}")
         self._parsed[key] = parsed
         return parsed
-

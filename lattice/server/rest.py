@@ -39,7 +39,18 @@ PUBLIC = frozenset({"/api/v1/health", "/metrics"})  # no admin credential needed
 
 
 class RestApi:
-    def __init__(self, store: Store, registry: Registry, pusher: Pusher, board: StatusBoard, connected, ca: CaManager, admin_token: str, metrics: ControlPlaneMetrics | None = None, traces: TraceStore | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        pusher: Pusher,
+        board: StatusBoard,
+        connected,
+        ca: CaManager,
+        admin_token: str,
+        metrics: ControlPlaneMetrics | None = None,
+        traces: TraceStore | None = None,
+    ) -> None:
         self.store, self.registry, self.pusher, self.board, self.ca = store, registry, pusher, board, ca
         self.traces = traces if traces is not None else TraceStore()  # spans the agents forward (agent_api.py)
         self.metrics = metrics or ControlPlaneMetrics()
@@ -78,8 +89,15 @@ class RestApi:
     async def _authenticate(self, request: web.Request, handler):
         if request.path not in PUBLIC:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._admin_token.encode()):
-                return web.json_response({"error": "missing or wrong admin credential: the CLI reads it from $LATTICE_HOME/admin-token, written by `lattice server`"}, status=401)
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), self._admin_token.encode()
+            ):
+                return web.json_response(
+                    {
+                        "error": "missing or wrong admin credential: the CLI reads it from $LATTICE_HOME/admin-token, written by `lattice server`"
+                    },
+                    status=401,
+                )
         return await handler(request)
 
     async def health(self, request: web.Request) -> web.Response:
@@ -107,33 +125,57 @@ class RestApi:
         uses = body.get("uses")
         try:
             token, record = mint_token(
-                str(body.get("namespace") or "default"), str(body.get("service_account") or ""), float(body.get("ttl_seconds") or 3600),
-                int(uses) if uses is not None else None, time.time(), self.ca.root_fingerprint, str(body.get("description") or ""),
+                str(body.get("namespace") or "default"),
+                str(body.get("service_account") or ""),
+                float(body.get("ttl_seconds") or 3600),
+                int(uses) if uses is not None else None,
+                time.time(),
+                self.ca.root_fingerprint,
+                str(body.get("description") or ""),
             )
         except (TypeError, ValueError) as e:
             return web.json_response({"error": f"cannot create the token: {e}"}, status=400)
         self.store.add_token(record.id, record.to_dict())
         identity = str(record.identity(self.ca.trust_domain))
         log.info("join token %s created for %s", record.id, identity)
-        return web.json_response({"token": token, "id": record.id, "identity": identity, "expires_at": record.expires_at, "uses": record.uses_left})
+        return web.json_response(
+            {
+                "token": token,
+                "id": record.id,
+                "identity": identity,
+                "expires_at": record.expires_at,
+                "uses": record.uses_left,
+            }
+        )
 
     async def list_tokens(self, request: web.Request) -> web.Response:
         now = time.time()
         items = [
-            {k: v for k, v in t.items() if k != "secret_hash"} | {"identity": str(TokenRecord.from_dict(t).identity(self.ca.trust_domain)), "expired": t["expires_at"] <= now}
+            {k: v for k, v in t.items() if k != "secret_hash"}
+            | {
+                "identity": str(TokenRecord.from_dict(t).identity(self.ca.trust_domain)),
+                "expired": t["expires_at"] <= now,
+            }
             for t in self.store.list_tokens()
         ]
         return web.json_response({"items": items})
 
     async def delete_token(self, request: web.Request) -> web.Response:
         if not self.store.delete_token(request.match_info["id"]):
-            raise web.HTTPNotFound(text=json.dumps({"error": f"no token {request.match_info['id']}; see `lattice token list`"}), content_type="application/json")
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"no token {request.match_info['id']}; see `lattice token list`"}),
+                content_type="application/json",
+            )
         return web.json_response({"deleted": request.match_info["id"]})
 
     async def ca_info(self, request: web.Request) -> web.Response:
         info = self.ca.describe()
         workloads = self.registry.workloads()
-        info["proxies"] = {"total": len(workloads), "trust_current_bundle": sum(self.ca.trusts_bundle(w.id) for w in workloads), "on_signing_root": sum(self.ca.on_signing_root(w.id) for w in workloads)}
+        info["proxies"] = {
+            "total": len(workloads),
+            "trust_current_bundle": sum(self.ca.trusts_bundle(w.id) for w in workloads),
+            "on_signing_root": sum(self.ca.on_signing_root(w.id) for w in workloads),
+        }
         return web.json_response(info)
 
     async def rotate_root(self, request: web.Request) -> web.Response:
@@ -149,7 +191,13 @@ class RestApi:
         items = [(r.kind, r.namespace, r.name, r.api_version, r.metadata_dict(), r.spec_dict()) for r in resources]
         results = self.store.apply(items)
         warnings = self._analysis(resources)
-        return web.json_response({"results": [_result(x.resource, x.action) for x in results], "revision": self.store.revision, "warnings": warnings})
+        return web.json_response(
+            {
+                "results": [_result(x.resource, x.action) for x in results],
+                "revision": self.store.revision,
+                "warnings": warnings,
+            }
+        )
 
     async def analyze(self, request: web.Request) -> web.Response:
         """What `lattice apply` would warn about for these documents, without storing anything."""
@@ -161,8 +209,11 @@ class RestApi:
         body = await request.json()
         try:
             q = Question(
-                source=str(body.get("from", "")), destination=str(body["to"]), method=str(body.get("method", "GET")),
-                path=str(body.get("path", "/")), headers={str(k).lower(): str(v) for k, v in (body.get("headers") or {}).items()},
+                source=str(body.get("from", "")),
+                destination=str(body["to"]),
+                method=str(body.get("method", "GET")),
+                path=str(body.get("path", "/")),
+                headers={str(k).lower(): str(v) for k, v in (body.get("headers") or {}).items()},
                 namespace=str(body.get("namespace", "default")),
             )
             return web.json_response(check(self.pusher.snapshot, q))
@@ -188,7 +239,10 @@ class RestApi:
     async def delete_documents(self, request: web.Request) -> web.Response:
         resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
         deleted = {(r.kind, r.namespace, r.name) for r in self.store.delete([r.key for r in resources])}
-        results = [{"kind": k, "namespace": ns, "name": n, "action": "deleted" if (k, ns, n) in deleted else "not found"} for k, ns, n in (r.key for r in resources)]
+        results = [
+            {"kind": k, "namespace": ns, "name": n, "action": "deleted" if (k, ns, n) in deleted else "not found"}
+            for k, ns, n in (r.key for r in resources)
+        ]
         return web.json_response({"results": results, "revision": self.store.revision})
 
     async def list_resources(self, request: web.Request) -> web.Response:
@@ -197,17 +251,29 @@ class RestApi:
         return web.json_response({"items": [_object(r) for r in items]})
 
     async def get_resource(self, request: web.Request) -> web.Response:
-        info, ns, name = kind_for(request.match_info["kind"]), request.match_info["namespace"], request.match_info["name"]
+        info, ns, name = (
+            kind_for(request.match_info["kind"]),
+            request.match_info["namespace"],
+            request.match_info["name"],
+        )
         found = self.store.get(info.kind, ns, name)
         if found is None:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"{info.kind} {ns}/{name} not found"}), content_type="application/json")
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"{info.kind} {ns}/{name} not found"}), content_type="application/json"
+            )
         return web.json_response(_object(found))
 
     async def delete_resource(self, request: web.Request) -> web.Response:
-        info, ns, name = kind_for(request.match_info["kind"]), request.match_info["namespace"], request.match_info["name"]
+        info, ns, name = (
+            kind_for(request.match_info["kind"]),
+            request.match_info["namespace"],
+            request.match_info["name"],
+        )
         deleted = self.store.delete([(info.kind, ns, name)])
         if not deleted:
-            raise web.HTTPNotFound(text=json.dumps({"error": f"{info.kind} {ns}/{name} not found"}), content_type="application/json")
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"{info.kind} {ns}/{name} not found"}), content_type="application/json"
+            )
         return web.json_response({"results": [{"kind": info.kind, "namespace": ns, "name": name, "action": "deleted"}]})
 
     async def list_workloads(self, request: web.Request) -> web.Response:
@@ -218,7 +284,14 @@ class RestApi:
         proxies = [self._proxy_status(w) for w in self.registry.workloads()]
         return web.json_response(
             {
-                "server": {"revision": self.store.revision, "snapshot": snapshot.version, "uptime_seconds": round(time.time() - self.started, 1), "last_push_ms": round(self.pusher.last_push_seconds * 1000, 2), "push_pending": self.pusher.pending, "outbound_traffic_policy": snapshot.outbound_traffic_policy},
+                "server": {
+                    "revision": self.store.revision,
+                    "snapshot": snapshot.version,
+                    "uptime_seconds": round(time.time() - self.started, 1),
+                    "last_push_ms": round(self.pusher.last_push_seconds * 1000, 2),
+                    "push_pending": self.pusher.pending,
+                    "outbound_traffic_policy": snapshot.outbound_traffic_policy,
+                },
                 "proxies": proxies,
                 "conflicts": snapshot.conflicts(),
             }
@@ -236,27 +309,49 @@ class RestApi:
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
                 async with session.get(url, params=request.query) as response:
-                    return web.Response(body=await response.read(), status=response.status, content_type="application/json")
+                    return web.Response(
+                        body=await response.read(), status=response.status, content_type="application/json"
+                    )
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise web.HTTPBadGateway(text=json.dumps({"error": f"cannot reach the agent of {workload.id} at {url}: {e}"}), content_type="application/json")
+            raise web.HTTPBadGateway(
+                text=json.dumps({"error": f"cannot reach the agent of {workload.id} at {url}: {e}"}),
+                content_type="application/json",
+            )
 
     def _find(self, ref: str):
         """A workload by proxy id, or by workload name if that names exactly one."""
         exact = self.registry.get(ref)
         if exact is not None:
             return exact
-        matches = [w for w in self.registry.workloads() if ref in (w.name, w.id.split(".")[0], f"{w.name}.{w.namespace}")]
+        matches = [
+            w for w in self.registry.workloads() if ref in (w.name, w.id.split(".")[0], f"{w.name}.{w.namespace}")
+        ]
         if len(matches) == 1:
             return matches[0]
-        detail = f"{ref!r} matches {len(matches)} workloads: {', '.join(w.id for w in matches)}" if matches else f"no workload {ref!r}; see `lattice status`"
+        detail = (
+            f"{ref!r} matches {len(matches)} workloads: {', '.join(w.id for w in matches)}"
+            if matches
+            else f"no workload {ref!r}; see `lattice status`"
+        )
         raise web.HTTPNotFound(text=json.dumps({"error": detail}), content_type="application/json")
 
     def _workload(self, w) -> dict:
         return {
-            "id": w.id, "name": w.name, "namespace": w.namespace, "service": w.service, "version": w.version,
-            "service_account": w.service_account, "labels": dict(w.labels), "address": w.address, "port": w.port,
-            "app_port": w.app_port, "protocol": w.protocol, "healthy": w.healthy, "agent_port": w.agent_port,
-            "outbound_port": w.outbound_port, "last_seen_seconds": round(self.registry.last_seen_age(w.id) or 0, 1),
+            "id": w.id,
+            "name": w.name,
+            "namespace": w.namespace,
+            "service": w.service,
+            "version": w.version,
+            "service_account": w.service_account,
+            "labels": dict(w.labels),
+            "address": w.address,
+            "port": w.port,
+            "app_port": w.app_port,
+            "protocol": w.protocol,
+            "healthy": w.healthy,
+            "agent_port": w.agent_port,
+            "outbound_port": w.outbound_port,
+            "last_seen_seconds": round(self.registry.last_seen_age(w.id) or 0, 1),
         }
 
     def _proxy_status(self, w) -> dict:
@@ -264,10 +359,31 @@ class RestApi:
         types = {}
         for type_url in TYPE_ORDER:
             t = status.types.get(type_url) if status else None
-            types[type_url.rsplit(".", 1)[-1]] = {"state": t.state if t else "NOT SENT", "sent": t.sent_version if t else "", "acked": t.acked_version if t else "", "error": t.nack if t else ""}
+            types[type_url.rsplit(".", 1)[-1]] = {
+                "state": t.state if t else "NOT SENT",
+                "sent": t.sent_version if t else "",
+                "acked": t.acked_version if t else "",
+                "error": t.nack if t else "",
+            }
         held = self.ca.held.get(w.id)
-        certificate = {"identity": held.identity, "serial": held.serial, "expires": held.not_after, "root": held.root[:16], "bundle_version": held.bundle_version} if held else None
-        return self._workload(w) | {"connected": w.id in self._connected(), "xds": status.protocol if status else "", "pushes": status.pushes if status else 0, "types": types, "certificate": certificate}
+        certificate = (
+            {
+                "identity": held.identity,
+                "serial": held.serial,
+                "expires": held.not_after,
+                "root": held.root[:16],
+                "bundle_version": held.bundle_version,
+            }
+            if held
+            else None
+        )
+        return self._workload(w) | {
+            "connected": w.id in self._connected(),
+            "xds": status.protocol if status else "",
+            "pushes": status.pushes if status else 0,
+            "types": types,
+            "certificate": certificate,
+        }
 
 
 def _route(request: web.Request) -> str:
@@ -284,7 +400,12 @@ def _result(r: StoredResource, action: str) -> dict:
 
 
 def _object(r: StoredResource) -> dict:
-    metadata = dict(r.metadata) | {"name": r.name, "namespace": r.namespace, "resourceVersion": str(r.revision), "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created_at))}
+    metadata = dict(r.metadata) | {
+        "name": r.name,
+        "namespace": r.namespace,
+        "resourceVersion": str(r.revision),
+        "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created_at)),
+    }
     return {"apiVersion": r.api_version, "kind": r.kind, "metadata": metadata, "spec": r.spec}
 
 

@@ -67,13 +67,30 @@ class Span:
     @property
     def size(self) -> int:
         """Roughly what it costs to keep, for the store's byte bound."""
-        return 200 + len(self.name) + len(self.service) + len(self.message) + sum(len(k) + len(v) for k, v in self.attributes.items())
+        return (
+            200
+            + len(self.name)
+            + len(self.service)
+            + len(self.message)
+            + sum(len(k) + len(v) for k, v in self.attributes.items())
+        )
 
     def to_dict(self) -> dict:
         return {
-            "span_id": self.span_id, "parent_span_id": self.parent_id, "service": self.service, "name": self.name, "kind": self.kind,
-            "start": _iso(self.start), "start_unix_nano": self.start, "duration_ms": _ms(self.end - self.start), "status": self.status,
-            "status_message": self.message, "error": self.error, "http": _http(self.attributes), "attributes": self.attributes, "reporter": self.reporter,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_id,
+            "service": self.service,
+            "name": self.name,
+            "kind": self.kind,
+            "start": _iso(self.start),
+            "start_unix_nano": self.start,
+            "duration_ms": _ms(self.end - self.start),
+            "status": self.status,
+            "status_message": self.message,
+            "error": self.error,
+            "http": _http(self.attributes),
+            "attributes": self.attributes,
+            "reporter": self.reporter,
         }
 
 
@@ -99,19 +116,39 @@ class Trace:
         root = self.root()
         start, end = min(s.start for s in self.spans.values()), max(s.end for s in self.spans.values())
         return {
-            "trace_id": self.trace_id, "root_service": root.service, "root_operation": root.name, "start": _iso(start), "start_unix_nano": start,
-            "duration_ms": _ms(end - start), "span_count": len(self.spans), "services": self.services, "error": any(s.error for s in self.spans.values()),
+            "trace_id": self.trace_id,
+            "root_service": root.service,
+            "root_operation": root.name,
+            "start": _iso(start),
+            "start_unix_nano": start,
+            "duration_ms": _ms(end - start),
+            "span_count": len(self.spans),
+            "services": self.services,
+            "error": any(s.error for s in self.spans.values()),
         }
 
     def to_dict(self) -> dict:
-        return self.summary() | {"spans": [s.to_dict() for s in sorted(self.spans.values(), key=lambda s: (s.start, s.span_id))]}
+        return self.summary() | {
+            "spans": [s.to_dict() for s in sorted(self.spans.values(), key=lambda s: (s.start, s.span_id))]
+        }
 
 
 class TraceStore:
     """The most recent traces, in memory, within fixed bounds."""
 
-    def __init__(self, max_traces: int = 1000, max_spans: int = 50_000, max_bytes: int = 64 << 20, max_spans_per_trace: int = 1000) -> None:
-        self.max_traces, self.max_spans, self.max_bytes, self.max_spans_per_trace = max_traces, max_spans, max_bytes, max_spans_per_trace
+    def __init__(
+        self,
+        max_traces: int = 1000,
+        max_spans: int = 50_000,
+        max_bytes: int = 64 << 20,
+        max_spans_per_trace: int = 1000,
+    ) -> None:
+        self.max_traces, self.max_spans, self.max_bytes, self.max_spans_per_trace = (
+            max_traces,
+            max_spans,
+            max_bytes,
+            max_spans_per_trace,
+        )
         self._traces: OrderedDict[str, Trace] = OrderedDict()  # least recently added to first
         self.span_count = 0
         self.bytes = 0
@@ -162,7 +199,9 @@ class TraceStore:
         return True
 
     def _evict(self) -> None:
-        while self._traces and (len(self._traces) > self.max_traces or self.span_count > self.max_spans or self.bytes > self.max_bytes):
+        while self._traces and (
+            len(self._traces) > self.max_traces or self.span_count > self.max_spans or self.bytes > self.max_bytes
+        ):
             _, oldest = self._traces.popitem(last=False)
             self.span_count -= len(oldest.spans)
             self.bytes -= oldest.size
@@ -199,9 +238,18 @@ def _span(span: otlp.Span, service: str, reporter: str, where: str) -> Span:
         raise TraceError(f"{where}: ends ({span.end_time_unix_nano}) before it starts ({span.start_time_unix_nano})")
     parent = span.parent_span_id.hex() if span.parent_span_id and any(span.parent_span_id) else ""
     return Span(
-        trace_id=span.trace_id.hex(), span_id=span.span_id.hex(), parent_id=parent, service=service[:MAX_VALUE], name=span.name[:MAX_VALUE],
-        kind=_KINDS.get(span.kind, "UNSPECIFIED"), start=span.start_time_unix_nano, end=span.end_time_unix_nano or span.start_time_unix_nano,
-        status=_STATUS.get(span.status.code, "UNSET"), message=span.status.message[:MAX_VALUE], attributes=_attributes(span.attributes), reporter=reporter,
+        trace_id=span.trace_id.hex(),
+        span_id=span.span_id.hex(),
+        parent_id=parent,
+        service=service[:MAX_VALUE],
+        name=span.name[:MAX_VALUE],
+        kind=_KINDS.get(span.kind, "UNSPECIFIED"),
+        start=span.start_time_unix_nano,
+        end=span.end_time_unix_nano or span.start_time_unix_nano,
+        status=_STATUS.get(span.status.code, "UNSET"),
+        message=span.status.message[:MAX_VALUE],
+        attributes=_attributes(span.attributes),
+        reporter=reporter,
     )
 
 
@@ -249,7 +297,9 @@ def _ms(nanos: int) -> float:
 async def receive(request: web.Request, store: TraceStore, reporter: str) -> web.Response:
     """`POST /agent/v1/traces`: an otlp.ExportTraceServiceRequest body, at most MAX_BODY bytes."""
     if request.content_length is not None and request.content_length > MAX_BODY:
-        return _error(413, f"body of {request.content_length} bytes is over the {MAX_BODY}-byte limit; send smaller batches")
+        return _error(
+            413, f"body of {request.content_length} bytes is over the {MAX_BODY}-byte limit; send smaller batches"
+        )
     body = bytearray()
     async for chunk in request.content.iter_chunked(64 << 10):
         body += chunk
@@ -277,7 +327,10 @@ def trace_response(store: TraceStore, trace_id: str) -> web.Response:
         return _error(400, f"trace id {trace_id!r}: give the 32 hex digits `lattice trace` lists")
     found = store.trace(trace_id)
     if found is None:
-        return _error(404, f"no trace {trace_id} in the collector: it keeps the most recent {store.max_traces} traces; see `lattice trace`")
+        return _error(
+            404,
+            f"no trace {trace_id} in the collector: it keeps the most recent {store.max_traces} traces; see `lattice trace`",
+        )
     return web.json_response(found)
 
 

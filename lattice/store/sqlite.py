@@ -290,9 +290,7 @@ def _check_ours(conn: sqlite3.Connection, path: pathlib.Path) -> None:
         if "meta" in tables:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     except sqlite3.Error as exc:
-        raise StoreError(
-            f"{path}: not a Lattice database, or it is corrupt ({exc}); refusing to touch it"
-        ) from exc
+        raise StoreError(f"{path}: not a Lattice database, or it is corrupt ({exc}); refusing to touch it") from exc
     if not tables:
         return  # new or empty file: ours to initialise
     if row is None:
@@ -333,15 +331,16 @@ def _encode_item(item: Item) -> _Encoded:
     kind, namespace, name, api_version, metadata, spec = item
     label = f"{kind} {namespace}/{name}"
     return _Encoded(
-        kind, namespace, name, api_version,
+        kind,
+        namespace,
+        name,
+        api_version,
         _canonical(metadata, f"{label} metadata"),
         _canonical(spec, f"{label} spec"),
     )
 
 
-def _apply_one(
-    conn: sqlite3.Connection, row: _Encoded, revision: int, now: float
-) -> tuple[ApplyResult, int]:
+def _apply_one(conn: sqlite3.Connection, row: _Encoded, revision: int, now: float) -> tuple[ApplyResult, int]:
     old = _select_one(conn, row[:3])
     if old is not None and tuple(old[3:6]) == row[3:6]:
         return ApplyResult(_resource(old), "unchanged"), revision
@@ -360,9 +359,15 @@ def _select_one(conn: sqlite3.Connection, key: tuple) -> tuple | None:
 def _resource(row: tuple) -> StoredResource:
     kind, namespace, name, api_version, metadata, spec, revision, created_at, updated_at = row
     return StoredResource(
-        kind, namespace, name, api_version,
-        json.loads(metadata), json.loads(spec),
-        revision, created_at, updated_at,
+        kind,
+        namespace,
+        name,
+        api_version,
+        json.loads(metadata),
+        json.loads(spec),
+        revision,
+        created_at,
+        updated_at,
     )
 
 

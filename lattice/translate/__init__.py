@@ -24,4 +24,15 @@ Every function takes what it needs and returns new messages.
 from lattice.translate.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER, Resources, translate
 from lattice.translate.tls import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER
 
-__all__ = ["CERT_SECRET", "CLUSTER", "ENDPOINT", "LISTENER", "ROOT_SECRET", "ROUTE", "SDS_CLUSTER", "TYPE_ORDER", "Resources", "translate"]
+__all__ = [
+    "CERT_SECRET",
+    "CLUSTER",
+    "ENDPOINT",
+    "LISTENER",
+    "ROOT_SECRET",
+    "ROUTE",
+    "SDS_CLUSTER",
+    "TYPE_ORDER",
+    "Resources",
+    "translate",
+]

@@ -51,7 +51,12 @@ NETWORK_FILTER = "envoy.filters.network.rbac"
 JWT_METADATA = "envoy.filters.http.jwt_authn"  # where jwt_authn puts verified payloads, keyed by issuer
 TCP_STAT_PREFIX = "tcp."
 SHADOW_STAT_PREFIX = {"ALLOW": "istio_dry_run_allow_", "DENY": "istio_dry_run_deny_", "AUDIT": ""}
-ENVOY_ACTION = {"ALLOW": rbac_pb2.RBAC.ALLOW, "DENY": rbac_pb2.RBAC.DENY, "AUDIT": rbac_pb2.RBAC.LOG, "CUSTOM": rbac_pb2.RBAC.DENY}
+ENVOY_ACTION = {
+    "ALLOW": rbac_pb2.RBAC.ALLOW,
+    "DENY": rbac_pb2.RBAC.DENY,
+    "AUDIT": rbac_pb2.RBAC.LOG,
+    "CUSTOM": rbac_pb2.RBAC.DENY,
+}
 CUSTOM_POLICY_PREFIX = "istio-ext-authz"  # CUSTOM rule names start so; ext_authz runs when one matched
 BAD_CUSTOM_SUFFIX = "-deny-due-to-bad-CUSTOM-action"
 _FILTER_NAME = {"AUDIT": "lattice.authz.audit", "DENY": "lattice.authz.deny", "ALLOW": "lattice.authz.allow"}
@@ -108,7 +113,9 @@ def rbac_configs(snapshot: MeshSnapshot, proxy: Workload) -> list[tuple[str, rba
 
 def custom_provider(snapshot: MeshSnapshot, proxy: Workload) -> tuple[ExtensionProvider | None, str]:
     """The one extension provider `proxy`'s CUSTOM policies name, or None and why it cannot be used."""
-    names = sorted({p.spec.provider.name for p in scoping.by_action(snapshot.authorization_policies_for(proxy), "CUSTOM")})
+    names = sorted(
+        {p.spec.provider.name for p in scoping.by_action(snapshot.authorization_policies_for(proxy), "CUSTOM")}
+    )
     if not names:
         return None, ""
     if len(names) > 1:
@@ -116,11 +123,16 @@ def custom_provider(snapshot: MeshSnapshot, proxy: Workload) -> tuple[ExtensionP
     provider = next((e for e in snapshot.extension_providers if e.name == names[0]), None)
     if provider is None:
         declared = ", ".join(e.name for e in snapshot.extension_providers) or "none"
-        return None, f"extension provider {names[0]!r} is not declared in the mesh config (`lattice server --mesh-config`); declared: {declared}"
+        return (
+            None,
+            f"extension provider {names[0]!r} is not declared in the mesh config (`lattice server --mesh-config`); declared: {declared}",
+        )
     return provider, ""
 
 
-def _custom(snapshot: MeshSnapshot, policies: list[Resource], target: Target) -> tuple[rbac_pb2.RBAC | None, rbac_pb2.RBAC | None]:
+def _custom(
+    snapshot: MeshSnapshot, policies: list[Resource], target: Target
+) -> tuple[rbac_pb2.RBAC | None, rbac_pb2.RBAC | None]:
     """(the requests to ask the authorizer about, None) — or (None, DENY rules) when the provider
     is unknown or ambiguous: Istio then denies what the policies select rather than let it pass."""
     if not policies:
@@ -128,7 +140,9 @@ def _custom(snapshot: MeshSnapshot, policies: list[Resource], target: Target) ->
     provider, _ = custom_provider(snapshot, target.workload)
     if provider is None:
         rbac = compile_policies(policies, "DENY", target)
-        return None, rbac_pb2.RBAC(action=rbac.action, policies={k + BAD_CUSTOM_SUFFIX: v for k, v in rbac.policies.items()})
+        return None, rbac_pb2.RBAC(
+            action=rbac.action, policies={k + BAD_CUSTOM_SUFFIX: v for k, v in rbac.policies.items()}
+        )
     if target.tcp and provider.envoy_ext_authz_grpc is None:
         return None, None  # Istio: an HTTP authorizer cannot judge a TCP connection, so the policy is skipped
     return compile_policies(policies, "CUSTOM", target, prefix=f"{CUSTOM_POLICY_PREFIX}-{provider.name}-"), None
@@ -163,8 +177,14 @@ def compile_rule(rule: Rule, action: str, target: Target) -> rbac_pb2.Policy | N
     """The rule as one RBAC policy; None when it uses an HTTP-only field in an ALLOW on TCP."""
     target = replace(target, allow=action == "ALLOW")
     try:
-        permissions = [_and_permissions(_operation_parts(op, target) + _when_permissions(rule, target), action) for op in rule.operations or [None]]
-        principals = [_and_principals(_source_parts(src, target) + _when_principals(rule, target), action) for src in rule.sources or [None]]
+        permissions = [
+            _and_permissions(_operation_parts(op, target) + _when_permissions(rule, target), action)
+            for op in rule.operations or [None]
+        ]
+        principals = [
+            _and_principals(_source_parts(src, target) + _when_principals(rule, target), action)
+            for src in rule.sources or [None]
+        ]
     except HttpOnly:
         return None
     return rbac_pb2.Policy(permissions=permissions, principals=principals)
@@ -182,7 +202,9 @@ def http_filters(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFilter
         if action == "CUSTOM":
             filters += ext_authz.http_filters(snapshot, proxy, custom_provider(snapshot, proxy)[0], group[0][0])
             continue
-        config = http_rbac.RBAC(**_rules_and_shadow(group), shadow_rules_stat_prefix=SHADOW_STAT_PREFIX[action] if _shadow(group) else "")
+        config = http_rbac.RBAC(
+            **_rules_and_shadow(group), shadow_rules_stat_prefix=SHADOW_STAT_PREFIX[action] if _shadow(group) else ""
+        )
         filters.append(hcm.HttpFilter(name=_FILTER_NAME[action], typed_config=pack(config)))
     return filters
 
@@ -196,7 +218,11 @@ def network_filters(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_co
         if action == "CUSTOM":
             filters += ext_authz.network_filters(snapshot, proxy, custom_provider(snapshot, proxy)[0], group[0][0])
             continue
-        config = network_rbac.RBAC(**_rules_and_shadow(group), stat_prefix=TCP_STAT_PREFIX, shadow_rules_stat_prefix=SHADOW_STAT_PREFIX[action] if _shadow(group) else "")
+        config = network_rbac.RBAC(
+            **_rules_and_shadow(group),
+            stat_prefix=TCP_STAT_PREFIX,
+            shadow_rules_stat_prefix=SHADOW_STAT_PREFIX[action] if _shadow(group) else "",
+        )
         filters.append(listener_components_pb2.Filter(name=NETWORK_FILTER, typed_config=pack(config)))
     return filters
 
@@ -237,7 +263,10 @@ def _source_parts(src: Source | None, target: Target) -> list[tuple[list, list]]
         return []
     return [
         ([_principal(v) for v in src.principals], [_principal(v) for v in src.not_principals]),
-        (_http(target, [_request_principal(v, target) for v in src.request_principals]), _http(target, [_request_principal(v, target) for v in src.not_request_principals])),
+        (
+            _http(target, [_request_principal(v, target) for v in src.request_principals]),
+            _http(target, [_request_principal(v, target) for v in src.not_request_principals]),
+        ),
         ([_namespace(v) for v in src.namespaces], [_namespace(v) for v in src.not_namespaces]),
         ([_remote_ip(v) for v in src.remote_ip_blocks], [_remote_ip(v) for v in src.not_remote_ip_blocks]),
         ([_source_ip(v) for v in src.ip_blocks], [_source_ip(v) for v in src.not_ip_blocks]),
@@ -245,22 +274,36 @@ def _source_parts(src: Source | None, target: Target) -> list[tuple[list, list]]
 
 
 def _when_permissions(rule: Rule, target: Target) -> list[tuple[list, list]]:
-    return [(_condition(c.key, c.values, target), _condition(c.key, c.not_values, target)) for c in rule.when if _is_permission_key(c.key)]
+    return [
+        (_condition(c.key, c.values, target), _condition(c.key, c.not_values, target))
+        for c in rule.when
+        if _is_permission_key(c.key)
+    ]
 
 
 def _when_principals(rule: Rule, target: Target) -> list[tuple[list, list]]:
-    return [(_condition(c.key, c.values, target), _condition(c.key, c.not_values, target)) for c in rule.when if not _is_permission_key(c.key)]
+    return [
+        (_condition(c.key, c.values, target), _condition(c.key, c.not_values, target))
+        for c in rule.when
+        if not _is_permission_key(c.key)
+    ]
 
 
 def _is_permission_key(key: str) -> bool:
     """Istio's split: what the request is for is a permission, who sends it a principal."""
-    return key in ("destination.ip", "destination.port", "connection.sni") or key.startswith("experimental.envoy.filters.")
+    return key in ("destination.ip", "destination.port", "connection.sni") or key.startswith(
+        "experimental.envoy.filters."
+    )
 
 
 def _condition(key: str, values: list[str], target: Target) -> list:
     simple = {
-        "destination.ip": _destination_ip, "connection.sni": _sni, "source.ip": _source_ip, "remote.ip": _remote_ip,
-        "source.namespace": _namespace, "source.principal": _principal,
+        "destination.ip": _destination_ip,
+        "connection.sni": _sni,
+        "source.ip": _source_ip,
+        "remote.ip": _remote_ip,
+        "source.namespace": _namespace,
+        "source.principal": _principal,
     }
     if key in simple:
         return [simple[key](v) for v in values]
@@ -317,7 +360,10 @@ def _combine(parts, action: str, message, or_field: str, not_field: str, list_fi
 
 def _never() -> rbac_pb2.Policy:
     """A policy nothing matches: Istio's compilation of a policy without rules."""
-    return rbac_pb2.Policy(permissions=[rbac_pb2.Permission(not_rule=rbac_pb2.Permission(any=True))], principals=[rbac_pb2.Principal(not_id=rbac_pb2.Principal(any=True))])
+    return rbac_pb2.Policy(
+        permissions=[rbac_pb2.Permission(not_rule=rbac_pb2.Permission(any=True))],
+        principals=[rbac_pb2.Principal(not_id=rbac_pb2.Principal(any=True))],
+    )
 
 
 # --- single values ---------------------------------------------------------------------------------
@@ -364,7 +410,9 @@ def _path(value: str) -> rbac_pb2.Permission:
     if is_path_template(value):
         template = "/".join({"{*}": "*", "{**}": "**"}.get(s, s) for s in value.split("/"))
         config = uri_template.UriTemplateMatchConfig(path_template=template)
-        return rbac_pb2.Permission(uri_template=extension_pb2.TypedExtensionConfig(name="uri-template", typed_config=pack(config)))
+        return rbac_pb2.Permission(
+            uri_template=extension_pb2.TypedExtensionConfig(name="uri-template", typed_config=pack(config))
+        )
     return rbac_pb2.Permission(url_path=path_pb2.PathMatcher(path=string_match(value)))
 
 
@@ -388,7 +436,9 @@ def _envoy_filter(key: str, value: str) -> rbac_pb2.Permission:
     filter_name, _, rest = key.removeprefix("experimental.").partition("[")
     field = rest[:-1]
     if value.startswith("[") and value.endswith("]"):
-        matcher = value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=value_pb2.ValueMatcher(string_match=string_match(value[1:-1]))))
+        matcher = value_pb2.ValueMatcher(
+            list_match=value_pb2.ListMatcher(one_of=value_pb2.ValueMatcher(string_match=string_match(value[1:-1])))
+        )
     else:
         matcher = value_pb2.ValueMatcher(string_match=string_match(value))
     return rbac_pb2.Permission(metadata=_metadata(filter_name, [field], matcher))
@@ -396,12 +446,16 @@ def _envoy_filter(key: str, value: str) -> rbac_pb2.Permission:
 
 def _principal(value: str) -> rbac_pb2.Principal:
     """A peer identity from its verified certificate, written without `spiffe://`."""
-    return rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated(principal_name=string_match(value, prefix="spiffe://")))
+    return rbac_pb2.Principal(
+        authenticated=rbac_pb2.Principal.Authenticated(principal_name=string_match(value, prefix="spiffe://"))
+    )
 
 
 def _namespace(value: str) -> rbac_pb2.Principal:
     pattern = ".*".join(quote_meta(part) for part in value.split("*"))
-    return rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated(principal_name=_regex(f".*/ns/{pattern}/.*")))
+    return rbac_pb2.Principal(
+        authenticated=rbac_pb2.Principal.Authenticated(principal_name=_regex(f".*/ns/{pattern}/.*"))
+    )
 
 
 def _source_ip(value: str) -> rbac_pb2.Principal:
@@ -424,7 +478,11 @@ def _request_principal(value: str, target: Target) -> rbac_pb2.Principal:
     for issuer in target.issuers:
         sub = _sub_matcher(value, issuer)
         if sub is not None:
-            ids.append(rbac_pb2.Principal(metadata=_metadata(JWT_METADATA, [issuer, "sub"], value_pb2.ValueMatcher(string_match=sub))))
+            ids.append(
+                rbac_pb2.Principal(
+                    metadata=_metadata(JWT_METADATA, [issuer, "sub"], value_pb2.ValueMatcher(string_match=sub))
+                )
+            )
     return _any_of(ids)
 
 
@@ -437,25 +495,35 @@ def _sub_matcher(value: str, issuer: str) -> string_pb2.StringMatcher | None:
         tail = value[1:]
         # `<issuer>/<sub>` ends with tail: sub ends with it, or sub is the part of it after a split
         # point where the rest of tail ends `<issuer>/`.
-        options = [f".*{quote_meta(tail)}"] + [quote_meta(tail[i:]) for i in range(1, len(tail) + 1) if head.endswith(tail[:i])]
+        options = [f".*{quote_meta(tail)}"] + [
+            quote_meta(tail[i:]) for i in range(1, len(tail) + 1) if head.endswith(tail[:i])
+        ]
         return _regex("|".join(f"(?:{o})" if o else "(?:.*)" for o in options))
     if value.endswith("*"):
         start = value[:-1]
         if start.startswith(head):
-            return string_pb2.StringMatcher(prefix=start[len(head):]) if len(start) > len(head) else _regex(".*")
+            return string_pb2.StringMatcher(prefix=start[len(head) :]) if len(start) > len(head) else _regex(".*")
         return _regex(".*") if head.startswith(start) else None
-    return string_pb2.StringMatcher(exact=value[len(head):]) if value.startswith(head) else None
+    return string_pb2.StringMatcher(exact=value[len(head) :]) if value.startswith(head) else None
 
 
 def _claim(path: list[str], value: str, target: Target) -> rbac_pb2.Principal:
     """A claim of a verified token, under any issuer the workload verifies; a list claim (aud,
     groups, the split `scope`) matches when one element does."""
     match = string_match(value)
-    either = value_pb2.ValueMatcher(or_match=value_pb2.OrMatcher(value_matchers=[
-        value_pb2.ValueMatcher(string_match=match),
-        value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=value_pb2.ValueMatcher(string_match=match))),
-    ]))
-    return _any_of([rbac_pb2.Principal(metadata=_metadata(JWT_METADATA, [issuer, *path], either)) for issuer in target.issuers])
+    either = value_pb2.ValueMatcher(
+        or_match=value_pb2.OrMatcher(
+            value_matchers=[
+                value_pb2.ValueMatcher(string_match=match),
+                value_pb2.ValueMatcher(
+                    list_match=value_pb2.ListMatcher(one_of=value_pb2.ValueMatcher(string_match=match))
+                ),
+            ]
+        )
+    )
+    return _any_of(
+        [rbac_pb2.Principal(metadata=_metadata(JWT_METADATA, [issuer, *path], either)) for issuer in target.issuers]
+    )
 
 
 def _any_of(ids: list[rbac_pb2.Principal]) -> rbac_pb2.Principal:

@@ -30,14 +30,21 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
     out = [_inbound(proxy), passthrough()]
     for service in snapshot.visible_services(proxy.namespace):
         # The same for every caller: built once per snapshot, shared by all proxies.
-        out.extend(snapshot.memo(("clusters", service.hostname, service.port), lambda: _service_clusters(snapshot, service)))
-    return out + ext_authz.clusters(snapshot, proxy) + tracing.clusters(snapshot, proxy)  # a CUSTOM authorizer, a trace collector
+        out.extend(
+            snapshot.memo(("clusters", service.hostname, service.port), lambda: _service_clusters(snapshot, service))
+        )
+    return (
+        out + ext_authz.clusters(snapshot, proxy) + tracing.clusters(snapshot, proxy)
+    )  # a CUSTOM authorizer, a trace collector
 
 
 def _service_clusters(snapshot: MeshSnapshot, service: Service) -> list[cluster_pb2.Cluster]:
     peers = tls.peer_identities(snapshot, service)  # one list for the service and its subsets
     rule = snapshot.destination_rule_for(service.hostname)
-    return [_outbound(snapshot, service, None, peers), *(_outbound(snapshot, service, s.name, peers) for s in (rule.spec.subsets if rule else ()))]
+    return [
+        _outbound(snapshot, service, None, peers),
+        *(_outbound(snapshot, service, s.name, peers) for s in (rule.spec.subsets if rule else ())),
+    ]
 
 
 def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None, peers: list[str]) -> cluster_pb2.Cluster:
@@ -53,7 +60,12 @@ def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None, peer
     )
     _set_discovery(cluster, snapshot, service, subset)
     http = _http_pool(snapshot, service, subset)
-    _set_protocol(cluster, service.protocol, _h2_upgrade(service.protocol, http, snapshot.h2_upgrade_policy), bool(http and http.use_client_protocol))
+    _set_protocol(
+        cluster,
+        service.protocol,
+        _h2_upgrade(service.protocol, http, snapshot.h2_upgrade_policy),
+        bool(http and http.use_client_protocol),
+    )
     _set_tls(cluster, snapshot, service, subset, peers)
     policy.apply(cluster, snapshot, service.hostname, subset, service.port)  # last: it adds to the protocol options
     return cluster
@@ -76,15 +88,21 @@ def _set_discovery(cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, service
     cluster.load_assignment.CopyFrom(eds.assignment(snapshot, service, subset))
 
 
-def _set_tls(cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, service: Service, subset: str | None, peers: list[str]) -> None:
+def _set_tls(
+    cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, service: Service, subset: str | None, peers: list[str]
+) -> None:
     """Istio's client side: a DestinationRule's `tls` if it has one; otherwise auto mTLS, where
     each endpoint's metadata says whether it expects mesh mTLS (see eds.py)."""
     settings = tls.client_tls(snapshot, service, subset)
     sni = f"outbound_.{service.port}_.{subset or ''}_.{service.hostname}"
     if settings is None:
-        mesh = cluster.transport_socket_matches.add(name="tlsMode-istio", transport_socket=tls.mesh_client_socket(peers, sni))
+        mesh = cluster.transport_socket_matches.add(
+            name="tlsMode-istio", transport_socket=tls.mesh_client_socket(peers, sni)
+        )
         mesh.match.update(tls.MESH_TLS_MODE)
-        cluster.transport_socket_matches.add(name="tlsMode-disabled", match=struct_pb2.Struct(), transport_socket=_plaintext())
+        cluster.transport_socket_matches.add(
+            name="tlsMode-disabled", match=struct_pb2.Struct(), transport_socket=_plaintext()
+        )
     elif settings.mode == "ISTIO_MUTUAL":
         cluster.transport_socket.CopyFrom(tls.mesh_client_socket(peers, sni))
     elif settings.mode in ("SIMPLE", "MUTUAL"):
@@ -92,7 +110,9 @@ def _set_tls(cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, service: Serv
 
 
 def _plaintext() -> base_pb2.TransportSocket:
-    return base_pb2.TransportSocket(name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer()))
+    return base_pb2.TransportSocket(
+        name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer())
+    )
 
 
 def _inbound(proxy: Workload) -> cluster_pb2.Cluster:
@@ -108,7 +128,9 @@ def _inbound(proxy: Workload) -> cluster_pb2.Cluster:
                 endpoint_components_pb2.LocalityLbEndpoints(
                     lb_endpoints=[
                         endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address("127.0.0.1", proxy.app_port))
+                            endpoint=endpoint_components_pb2.Endpoint(
+                                address=socket_address("127.0.0.1", proxy.app_port)
+                            )
                         )
                     ]
                 )
@@ -164,16 +186,22 @@ def _h2_upgrade(protocol: str, http: HTTPSettings | None, mesh_policy: str) -> b
     return protocol == "http" and mesh_policy == "UPGRADE"
 
 
-def _set_protocol(cluster: cluster_pb2.Cluster, protocol: str, upgrade: bool = False, client_protocol: bool = False) -> None:
+def _set_protocol(
+    cluster: cluster_pb2.Cluster, protocol: str, upgrade: bool = False, client_protocol: bool = False
+) -> None:
     """HTTP/2 to destinations that speak it, or to an HTTP/1.1 one's sidecar when upgraded (one
     connection carries every request); with useClientProtocol, whichever the client spoke.
     Extended CONNECT is allowed wherever HTTP/2 may be used, so WebSockets cross such a hop."""
     h2 = protocol_pb2.Http2ProtocolOptions(allow_connect=True)
     if client_protocol:
-        config = hpo.HttpProtocolOptions.UseDownstreamHttpConfig(http_protocol_options=protocol_pb2.Http1ProtocolOptions(), http2_protocol_options=h2)
+        config = hpo.HttpProtocolOptions.UseDownstreamHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions(), http2_protocol_options=h2
+        )
         options = hpo.HttpProtocolOptions(use_downstream_protocol_config=config)
     elif protocol in HTTP2_PROTOCOLS or upgrade:
-        options = hpo.HttpProtocolOptions(explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(http2_protocol_options=h2))
+        options = hpo.HttpProtocolOptions(
+            explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(http2_protocol_options=h2)
+        )
     else:
         return
     cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(options))

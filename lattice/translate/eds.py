@@ -27,17 +27,27 @@ def load_assignments(snapshot: MeshSnapshot, proxy: Workload) -> list[endpoint_p
     return out
 
 
-def assignment(snapshot: MeshSnapshot, service: Service, subset: str | None, proxy: Workload | None = None) -> endpoint_pb2.ClusterLoadAssignment:
+def assignment(
+    snapshot: MeshSnapshot, service: Service, subset: str | None, proxy: Workload | None = None
+) -> endpoint_pb2.ClusterLoadAssignment:
     """One cluster's endpoints: the service's, on its port, narrowed to the subset's labels, grouped
     by locality with the priorities or weights the DestinationRule gives the calling `proxy`.
     Built once for every caller alike, or once per set of caller labels (all a locality decision
     reads of a caller) when the DestinationRule makes the caller matter."""
-    matters = proxy is not None and snapshot.memo(("caller-matters", service.hostname, subset, service.port), lambda: policy.caller_matters(snapshot, service.hostname, subset, service.port))
+    matters = proxy is not None and snapshot.memo(
+        ("caller-matters", service.hostname, subset, service.port),
+        lambda: policy.caller_matters(snapshot, service.hostname, subset, service.port),
+    )
     caller = tuple(sorted(proxy.labels.items())) if matters else None
-    return snapshot.memo(("endpoints", service.hostname, service.port, subset, caller), lambda: _assignment(snapshot, service, subset, proxy))
+    return snapshot.memo(
+        ("endpoints", service.hostname, service.port, subset, caller),
+        lambda: _assignment(snapshot, service, subset, proxy),
+    )
 
 
-def _assignment(snapshot: MeshSnapshot, service: Service, subset: str | None, proxy: Workload | None) -> endpoint_pb2.ClusterLoadAssignment:
+def _assignment(
+    snapshot: MeshSnapshot, service: Service, subset: str | None, proxy: Workload | None
+) -> endpoint_pb2.ClusterLoadAssignment:
     members = [w for w in snapshot.endpoints(service.hostname) if w.port == service.port]
     rule = snapshot.destination_rule_for(service.hostname)
     labels = next((s.labels for s in rule.spec.subsets if s.name == subset), {}) if rule and subset else {}
@@ -64,4 +74,3 @@ def _lb_endpoint(snapshot: MeshSnapshot, w) -> ec.LbEndpoint:
     if snapshot.accepts_mesh_tls(w):
         endpoint.metadata.filter_metadata[SOCKET_MATCH].update(MESH_TLS_MODE)
     return endpoint
-

@@ -101,7 +101,11 @@ def decide(stages: list[tuple[str, rbac_pb2.RBAC, bool]], request: Request) -> D
     if verdict is not None:
         return Decision(False, verdict, tuple(results), external)
     allowing = next((r for r in results if not r.shadow and r.action == "ALLOW"), None)
-    reason = f"allowed by {allowing.matched[0]}" if allowing else "allowed: no ALLOW policy applies to this workload, and no DENY policy matched"
+    reason = (
+        f"allowed by {allowing.matched[0]}"
+        if allowing
+        else "allowed: no ALLOW policy applies to this workload, and no DENY policy matched"
+    )
     if external:
         reason = f"the external authorizer {external!r} decides (CUSTOM policy); if it allows: {reason}"
     return Decision(True, reason, tuple(results), external)
@@ -224,7 +228,10 @@ def _string(m: string_pb2.StringMatcher, value: str) -> bool:
 
 def _cidr(c: address_pb2.CidrRange, ip: str) -> bool:
     try:
-        return ipaddress.ip_address(ip) in ipaddress.ip_network(f"{c.address_prefix}/{c.prefix_len.value if c.HasField('prefix_len') else (32 if '.' in c.address_prefix else 128)}", strict=False)
+        return ipaddress.ip_address(ip) in ipaddress.ip_network(
+            f"{c.address_prefix}/{c.prefix_len.value if c.HasField('prefix_len') else (32 if '.' in c.address_prefix else 128)}",
+            strict=False,
+        )
     except ValueError:
         return False
 

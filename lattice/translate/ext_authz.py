@@ -38,35 +38,54 @@ SHADOW_STAT_PREFIX = "istio_ext_authz_"
 CONNECT_TIMEOUT = 10.0
 
 
-def http_filters(snapshot: MeshSnapshot, proxy: Workload, provider: ExtensionProvider, rules: rbac_pb2.RBAC) -> list[hcm.HttpFilter]:
+def http_filters(
+    snapshot: MeshSnapshot, proxy: Workload, provider: ExtensionProvider, rules: rbac_pb2.RBAC
+) -> list[hcm.HttpFilter]:
     """The marking RBAC filter and the ext_authz filter it enables."""
     marker = http_rbac.RBAC(shadow_rules=rules, shadow_rules_stat_prefix=SHADOW_STAT_PREFIX)
     config = _http_config(provider, authorizer_cluster(snapshot, proxy, provider))
     config.filter_enabled_metadata.CopyFrom(_enabled_by(HTTP_FILTER, provider))
-    return [hcm.HttpFilter(name="lattice.authz.custom", typed_config=pack(marker)), hcm.HttpFilter(name=HTTP_EXT_AUTHZ, typed_config=pack(config))]
+    return [
+        hcm.HttpFilter(name="lattice.authz.custom", typed_config=pack(marker)),
+        hcm.HttpFilter(name=HTTP_EXT_AUTHZ, typed_config=pack(config)),
+    ]
 
 
-def network_filters(snapshot: MeshSnapshot, proxy: Workload, provider: ExtensionProvider, rules: rbac_pb2.RBAC) -> list[listener_components_pb2.Filter]:
+def network_filters(
+    snapshot: MeshSnapshot, proxy: Workload, provider: ExtensionProvider, rules: rbac_pb2.RBAC
+) -> list[listener_components_pb2.Filter]:
     """The same pair for a TCP chain; only a gRPC provider gets here (`authz._custom`)."""
-    marker = network_rbac.RBAC(shadow_rules=rules, stat_prefix=TCP_STAT_PREFIX, shadow_rules_stat_prefix=SHADOW_STAT_PREFIX)
+    marker = network_rbac.RBAC(
+        shadow_rules=rules, stat_prefix=TCP_STAT_PREFIX, shadow_rules_stat_prefix=SHADOW_STAT_PREFIX
+    )
     grpc = provider.envoy_ext_authz_grpc
     config = network_ext_authz.ExtAuthz(
-        stat_prefix=TCP_STAT_PREFIX, failure_mode_allow=grpc.fail_open, transport_api_version=config_source_pb2.V3,
-        grpc_service=_grpc_service(grpc, authorizer_cluster(snapshot, proxy, provider)), filter_enabled_metadata=_enabled_by(NETWORK_FILTER, provider),
+        stat_prefix=TCP_STAT_PREFIX,
+        failure_mode_allow=grpc.fail_open,
+        transport_api_version=config_source_pb2.V3,
+        grpc_service=_grpc_service(grpc, authorizer_cluster(snapshot, proxy, provider)),
+        filter_enabled_metadata=_enabled_by(NETWORK_FILTER, provider),
     )
-    return [listener_components_pb2.Filter(name=NETWORK_FILTER, typed_config=pack(marker)), listener_components_pb2.Filter(name=NETWORK_EXT_AUTHZ, typed_config=pack(config))]
+    return [
+        listener_components_pb2.Filter(name=NETWORK_FILTER, typed_config=pack(marker)),
+        listener_components_pb2.Filter(name=NETWORK_EXT_AUTHZ, typed_config=pack(config)),
+    ]
 
 
 def _enabled_by(rbac_filter: str, provider: ExtensionProvider) -> metadata_pb2.MetadataMatcher:
     """Run only when the marking RBAC filter matched one of this provider's rules."""
     key = metadata_pb2.MetadataMatcher.PathSegment(key=f"{SHADOW_STAT_PREFIX}shadow_effective_policy_id")
-    prefix = value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(prefix=f"{CUSTOM_POLICY_PREFIX}-{provider.name}-"))
+    prefix = value_pb2.ValueMatcher(
+        string_match=string_pb2.StringMatcher(prefix=f"{CUSTOM_POLICY_PREFIX}-{provider.name}-")
+    )
     return metadata_pb2.MetadataMatcher(filter=rbac_filter, path=[key], value=prefix)
 
 
 def _http_config(provider: ExtensionProvider, cluster: str) -> http_ext_authz.ExtAuthz:
     authorizer = provider.authorizer
-    config = http_ext_authz.ExtAuthz(failure_mode_allow=authorizer.fail_open, transport_api_version=config_source_pb2.V3)
+    config = http_ext_authz.ExtAuthz(
+        failure_mode_allow=authorizer.fail_open, transport_api_version=config_source_pb2.V3
+    )
     if authorizer.status_on_error:
         config.status_on_error.code = int(authorizer.status_on_error)
     if isinstance(authorizer, ExtAuthzHttp):
@@ -82,7 +101,9 @@ def _http_service(authorizer: ExtAuthzHttp, cluster: str) -> http_ext_authz.Http
     service = http_ext_authz.HttpService(
         path_prefix=authorizer.path_prefix,
         # Envoy requires a URI; the cluster is what it connects to.
-        server_uri=http_uri_pb2.HttpUri(uri=f"http://{authorizer.host}", cluster=cluster, timeout=duration(authorizer.timeout_seconds)),
+        server_uri=http_uri_pb2.HttpUri(
+            uri=f"http://{authorizer.host}", cluster=cluster, timeout=duration(authorizer.timeout_seconds)
+        ),
     )
     for name, value in sorted(authorizer.include_additional_headers_in_check.items()):
         service.authorization_request.headers_to_add.append(base_pb2.HeaderValue(key=name, value=value))
@@ -124,7 +145,10 @@ def authorizer_cluster(snapshot: MeshSnapshot, proxy: Workload, provider: Extens
     authorizer = provider.authorizer
     host = authorizer.host.lower()
     for service in snapshot.visible_services(proxy.namespace):
-        if service.port == authorizer.port and host in (service.hostname, *service.aliases(proxy.namespace, snapshot.domain)):
+        if service.port == authorizer.port and host in (
+            service.hostname,
+            *service.aliases(proxy.namespace, snapshot.domain),
+        ):
             return names.outbound_cluster(service.port, None, service.hostname)
     return names.outbound_cluster(authorizer.port, None, host)
 
@@ -135,11 +159,20 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
     if provider is None:
         return []
     name = authorizer_cluster(snapshot, proxy, provider)
-    if any(s.port == provider.authorizer.port and names.outbound_cluster(s.port, None, s.hostname) == name for s in snapshot.visible_services(proxy.namespace)):
+    if any(
+        s.port == provider.authorizer.port and names.outbound_cluster(s.port, None, s.hostname) == name
+        for s in snapshot.visible_services(proxy.namespace)
+    ):
         return []
     return [_external(name, provider)]
 
 
 def _external(name: str, provider: ExtensionProvider) -> cluster_pb2.Cluster:
     authorizer = provider.authorizer  # gRPC authorizers need HTTP/2
-    return external_cluster(name, authorizer.host, authorizer.port, http2=provider.envoy_ext_authz_grpc is not None, connect_timeout=CONNECT_TIMEOUT)
+    return external_cluster(
+        name,
+        authorizer.host,
+        authorizer.port,
+        http2=provider.envoy_ext_authz_grpc is not None,
+        connect_timeout=CONNECT_TIMEOUT,
+    )

@@ -40,8 +40,15 @@ from lattice.translate.protos import ads, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 _DFP = "envoy.filters.http.dynamic_forward_proxy"
-_TLS_VERSIONS = {f"TLSV1_{i}": getattr(common_pb2.TlsParameters, f"TLSv1_{i}") for i in range(4)} | {"TLS_AUTO": common_pb2.TlsParameters.TLS_AUTO}
-_SAN_TYPES = (common_pb2.SubjectAltNameMatcher.DNS, common_pb2.SubjectAltNameMatcher.URI, common_pb2.SubjectAltNameMatcher.EMAIL, common_pb2.SubjectAltNameMatcher.IP_ADDRESS)
+_TLS_VERSIONS = {f"TLSV1_{i}": getattr(common_pb2.TlsParameters, f"TLSv1_{i}") for i in range(4)} | {
+    "TLS_AUTO": common_pb2.TlsParameters.TLS_AUTO
+}
+_SAN_TYPES = (
+    common_pb2.SubjectAltNameMatcher.DNS,
+    common_pb2.SubjectAltNameMatcher.URI,
+    common_pb2.SubjectAltNameMatcher.EMAIL,
+    common_pb2.SubjectAltNameMatcher.IP_ADDRESS,
+)
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,9 @@ def _terminating_chains(snapshot: MeshSnapshot, proxy: Workload, group: list[Bou
             continue
         seen.add(tuple(sni))
         if b.server.speaks_http:
-            network = _network(lds.HCM, _http_manager(snapshot, proxy, f"gateway_https_{b.server.port.number}", _https_route_name(b)))
+            network = _network(
+                lds.HCM, _http_manager(snapshot, proxy, f"gateway_https_{b.server.port.number}", _https_route_name(b))
+            )
         else:
             network = _tcp_proxy(snapshot, [b], b.server.port.number, f"gateway_tls_{b.server.port.number}")
         if network is None:
@@ -186,11 +195,16 @@ def _passthrough_chains(snapshot: MeshSnapshot, group: list[BoundServer], number
                     if not _l4_applies(match, vs.namespace, b, number):
                         continue
                     allowed = _server_hosts(b, vs)
-                    sni = sorted({h for h in match.sni_hosts if h != "*" and any(_intersect(h, s) for s in allowed)} - seen)
+                    sni = sorted(
+                        {h for h in match.sni_hosts if h != "*" and any(_intersect(h, s) for s in allowed)} - seen
+                    )
                     if not sni:
                         continue
                     seen.update(sni)
-                    chain = lc.FilterChain(name=f"tls.{number}.{vs.namespace}/{vs.name}#{i}", filters=[_tcp_filter(snapshot, vs, rule.route, f"gateway_tls_{number}")])
+                    chain = lc.FilterChain(
+                        name=f"tls.{number}.{vs.namespace}/{vs.name}#{i}",
+                        filters=[_tcp_filter(snapshot, vs, rule.route, f"gateway_tls_{number}")],
+                    )
                     chain.filter_chain_match.server_names.extend(sni)
                     chains.append(chain)
     return chains
@@ -218,13 +232,17 @@ def _tcp_filter(snapshot: MeshSnapshot, vs: Resource, route: list[RouteDestinati
         config.cluster = routes.cluster_for(snapshot, vs.namespace, None, route[0].destination)
     else:
         config.weighted_clusters.clusters.extend(
-            tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=routes.cluster_for(snapshot, vs.namespace, None, d.destination), weight=d.weight or 0)
+            tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(
+                name=routes.cluster_for(snapshot, vs.namespace, None, d.destination), weight=d.weight or 0
+            )
             for d in route
         )
     return _network(TCP_PROXY, config)
 
 
-def _http_manager(snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str, route_name: str) -> hcm.HttpConnectionManager:
+def _http_manager(
+    snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str, route_name: str
+) -> hcm.HttpConnectionManager:
     """The sidecar's outbound connection manager (same filters, same safe request handling), routing
     by this port's table. At the edge, the client's address is the peer's (Istio's gateway default).
     RequestAuthentication and AuthorizationPolicy selecting the gateway run first, as in Istio."""
@@ -254,12 +272,16 @@ def _downstream_tls(server: Server) -> base_pb2.TransportSocket:
     if settings.mode == "ISTIO_MUTUAL":
         context = tls_pb2.DownstreamTlsContext()
         tls.inbound_socket().typed_config.Unpack(context)  # the mesh certificate and trust bundle, over SDS
-        context.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names.extend(_san_matchers(settings.subject_alt_names))
+        context.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names.extend(
+            _san_matchers(settings.subject_alt_names)
+        )
     else:
         context = tls_pb2.DownstreamTlsContext(common_tls_context=_own_certificate(server))
         context.require_client_certificate.value = settings.mode == "MUTUAL"
     params = context.common_tls_context.tls_params
-    params.tls_minimum_protocol_version = _TLS_VERSIONS[settings.min_protocol_version or "TLSV1_2"]  # Istio's gateway default
+    params.tls_minimum_protocol_version = _TLS_VERSIONS[
+        settings.min_protocol_version or "TLSV1_2"
+    ]  # Istio's gateway default
     params.tls_maximum_protocol_version = _TLS_VERSIONS[settings.max_protocol_version or "TLS_AUTO"]
     params.cipher_suites.extend(settings.cipher_suites)
     del context.common_tls_context.alpn_protocols[:]
@@ -287,13 +309,19 @@ def _own_certificate(server: Server) -> tls_pb2.CommonTlsContext:
 
 def _san_matchers(sans: list[str]) -> list[common_pb2.SubjectAltNameMatcher]:
     # Istio compares a subjectAltNames entry with SANs of any type; Envoy needs one matcher per type.
-    return [common_pb2.SubjectAltNameMatcher(san_type=t, matcher=string_pb2.StringMatcher(exact=san)) for san in sans for t in _SAN_TYPES]
+    return [
+        common_pb2.SubjectAltNameMatcher(san_type=t, matcher=string_pb2.StringMatcher(exact=san))
+        for san in sans
+        for t in _SAN_TYPES
+    ]
 
 
 # --- route tables ----------------------------------------------------------------------------
 
 
-def _route_table(snapshot: MeshSnapshot, proxy: Workload, name: str, group: list[BoundServer]) -> route_pb2.RouteConfiguration:
+def _route_table(
+    snapshot: MeshSnapshot, proxy: Workload, name: str, group: list[BoundServer]
+) -> route_pb2.RouteConfiguration:
     """Virtual hosts for every host a server and a bound VirtualService share; VirtualServices
     claiming one host have their rules merged, oldest first (as Istio merges them on gateways)."""
     claims: dict[str, tuple[BoundServer, list[Resource]]] = {}
@@ -314,9 +342,19 @@ def _redirects(server: Server) -> bool:
     return server.tls is not None and server.tls.https_redirect
 
 
-def _virtual_host(snapshot: MeshSnapshot, proxy: Workload, host: str, b: BoundServer, bound: list[Resource]) -> rc.VirtualHost:
-    table = [r for vs in bound for r in routes.for_virtual_service(snapshot, vs, None, proxy, gateway=b.ref, port=b.server.port.number)]
-    out = rc.VirtualHost(name=f"{host}:{b.server.port.number}", domains=[host], routes=[*rds.refusals(), *table] if host == "*" else table)
+def _virtual_host(
+    snapshot: MeshSnapshot, proxy: Workload, host: str, b: BoundServer, bound: list[Resource]
+) -> rc.VirtualHost:
+    table = [
+        r
+        for vs in bound
+        for r in routes.for_virtual_service(snapshot, vs, None, proxy, gateway=b.ref, port=b.server.port.number)
+    ]
+    out = rc.VirtualHost(
+        name=f"{host}:{b.server.port.number}",
+        domains=[host],
+        routes=[*rds.refusals(), *table] if host == "*" else table,
+    )
     if _redirects(b.server):
         out.require_tls = rc.VirtualHost.ALL  # Envoy answers 301 to https:// before any route
     return out
@@ -325,8 +363,10 @@ def _virtual_host(snapshot: MeshSnapshot, proxy: Workload, host: str, b: BoundSe
 def _bound_virtual_services(snapshot: MeshSnapshot, b: BoundServer) -> list[Resource]:
     """VirtualServices naming this server's Gateway, visible from its namespace, oldest first."""
     return [
-        vs for vs in snapshot.virtual_services
-        if b.ref in {_gateway_ref(g, vs.namespace) for g in vs.spec.gateways} and vs.spec.exported_to(vs.namespace, b.gateway.namespace)
+        vs
+        for vs in snapshot.virtual_services
+        if b.ref in {_gateway_ref(g, vs.namespace) for g in vs.spec.gateways}
+        and vs.spec.exported_to(vs.namespace, b.gateway.namespace)
     ]
 
 

@@ -66,7 +66,14 @@ class ProxyTranslations:
                 else:
                     del by_attributes[attributes]
         self._used = {k: v for k, v in self._used.items() if v[0].checked == last}
-        self._reads.sweep([t.trace.dependencies for by_attributes in self._alike.values() for by_values in by_attributes.values() for t in by_values.values()])
+        self._reads.sweep(
+            [
+                t.trace.dependencies
+                for by_attributes in self._alike.values()
+                for by_values in by_attributes.values()
+                for t in by_values.values()
+            ]
+        )
         self._reads.advance(snapshot)
         self._changed_fields = changed_fields(self._traced.snapshot, snapshot)
         self._traced = TracedSnapshot(snapshot, self._reads, previous=self._traced)
@@ -76,7 +83,9 @@ class ProxyTranslations:
         before or from a proxy alike when their reads read alike, else made now."""
         found = self._as_before(proxy, type_url) or self._alike_translation(proxy, type_url)
         if found is None:
-            items, trace = self._traced.trace(proxy, lambda snapshot, traced: translate_type(snapshot, traced, type_url))
+            items, trace = self._traced.trace(
+                proxy, lambda snapshot, traced: translate_type(snapshot, traced, type_url)
+            )
             found = _Translation(trace, make(items), self._reads.generation)
             self._alike[type_url].setdefault(trace.attributes, {})[trace.values] = found
         self._used[(proxy.id, type_url)] = (found, proxy)
@@ -94,7 +103,9 @@ class ProxyTranslations:
         if used is None or used[1] is not proxy:
             return None
         found = used[0]
-        if found.checked < self._reads.generation - 1 or not self._reads.unchanged(found.trace.dependencies, found.checked):
+        if found.checked < self._reads.generation - 1 or not self._reads.unchanged(
+            found.trace.dependencies, found.checked
+        ):
             return None
         # The fields behind those reads were noted reading them for the proxy the translation was
         # made from; a method may read other fields for another proxy, so that one reads them again.
@@ -107,7 +118,11 @@ class ProxyTranslations:
     def _alike_translation(self, proxy: Workload, type_url: str) -> _Translation | None:
         for attributes, by_values in self._alike[type_url].items():
             found = by_values.get(proxy_key(proxy, attributes))
-            if found is not None and self._reads.unchanged(found.trace.dependencies, found.checked) and found.trace.fits(self.snapshot, proxy):
+            if (
+                found is not None
+                and self._reads.unchanged(found.trace.dependencies, found.checked)
+                and found.trace.fits(self.snapshot, proxy)
+            ):
                 found.checked = self._reads.generation
                 return found
         return None

@@ -86,7 +86,9 @@ def provider(rule: JWTRule, jwks: str) -> jwt.JwtProvider:
         forward_payload_header=rule.output_payload_to_header or "",
         payload_in_metadata=rule.issuer,
         normalize_payload_in_metadata=jwt.JwtProvider.NormalizePayload(space_delimited_claims=SPACE_DELIMITED_CLAIMS),
-        claim_to_headers=[jwt.JwtClaimToHeader(header_name=c.header, claim_name=c.claim) for c in rule.output_claim_to_headers],
+        claim_to_headers=[
+            jwt.JwtClaimToHeader(header_name=c.header, claim_name=c.claim) for c in rule.output_claim_to_headers
+        ],
     )
     if not (rule.from_headers or rule.from_params or rule.from_cookies):
         out.from_headers.append(DEFAULT_HEADER)
@@ -117,4 +119,3 @@ def _missing() -> jwt.JwtRequirement:
 
 def _any(*requirements: jwt.JwtRequirement) -> jwt.JwtRequirement:
     return jwt.JwtRequirement(requires_any=jwt.JwtRequirementOrList(requirements=requirements))
-

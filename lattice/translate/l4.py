@@ -43,17 +43,25 @@ def listener_name(proxy: Workload, upstream: Upstream) -> str:
     return f"{proxy.address}_{upstream.local_port}"
 
 
-def upstream_listener(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream, service: Service | None) -> listener_pb2.Listener:
+def upstream_listener(
+    snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream, service: Service | None
+) -> listener_pb2.Listener:
     """The local listener of one upstream of an opaque protocol. A service not (yet) registered
     still gets its listener, to a cluster that does not exist: connections close at once, and the
     next push, when the service appears, routes them."""
     host = service.hostname if service else fqdn(upstream.service, upstream.namespace, snapshot.domain)
-    listener = listener_pb2.Listener(name=listener_name(proxy, upstream), address=socket_address(proxy.address, upstream.local_port))
+    listener = listener_pb2.Listener(
+        name=listener_name(proxy, upstream), address=socket_address(proxy.address, upstream.local_port)
+    )
     vs = snapshot.virtual_service_for(host, proxy.namespace)
     if service is not None and service.protocol in TLS_PROTOCOLS:
         listener.listener_filters.add(name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector()))
         listener.filter_chains.extend(_sni_chains(snapshot, proxy, vs, service, upstream))
-    default = _tcp_destinations(snapshot, proxy, vs, service, upstream) if service else [(names.outbound_cluster(upstream.port, None, host), 100)]
+    default = (
+        _tcp_destinations(snapshot, proxy, vs, service, upstream)
+        if service
+        else [(names.outbound_cluster(upstream.port, None, host), 100)]
+    )
     listener.filter_chains.append(_chain(f"{listener.name}|tcp", default, listener.name))
     for chain in listener.filter_chains:  # every connection reported, as the outbound side
         _report(snapshot, proxy, chain)
@@ -68,7 +76,9 @@ def _report(snapshot: MeshSnapshot, proxy: Workload, chain: listener_components_
     chain.filters[-1].typed_config.CopyFrom(pack(config))
 
 
-def _sni_chains(snapshot: MeshSnapshot, proxy: Workload, vs: Resource | None, service: Service, upstream: Upstream) -> list[listener_components_pb2.FilterChain]:
+def _sni_chains(
+    snapshot: MeshSnapshot, proxy: Workload, vs: Resource | None, service: Service, upstream: Upstream
+) -> list[listener_components_pb2.FilterChain]:
     chains, claimed = [], set()
     for index, rule in enumerate(vs.spec.tls if vs else ()):
         snis = [h for m in rule.match if applies(m, proxy, upstream.port) for h in m.sni_hosts if h not in claimed]
@@ -76,13 +86,19 @@ def _sni_chains(snapshot: MeshSnapshot, proxy: Workload, vs: Resource | None, se
             continue
         claimed.update(snis)
         destinations = weighted(snapshot, vs.namespace, service, rule.route)
-        chain = _chain(f"{listener_name(proxy, upstream)}|tls|{vs.namespace}/{vs.name}#{index}", destinations, listener_name(proxy, upstream))
+        chain = _chain(
+            f"{listener_name(proxy, upstream)}|tls|{vs.namespace}/{vs.name}#{index}",
+            destinations,
+            listener_name(proxy, upstream),
+        )
         chain.filter_chain_match.server_names.extend(sorted(set(snis)))
         chains.append(chain)
     return chains
 
 
-def _tcp_destinations(snapshot: MeshSnapshot, proxy: Workload, vs: Resource | None, service: Service, upstream: Upstream) -> Destinations:
+def _tcp_destinations(
+    snapshot: MeshSnapshot, proxy: Workload, vs: Resource | None, service: Service, upstream: Upstream
+) -> Destinations:
     rule = first_tcp_rule(vs, proxy, upstream.port)
     if rule is None:
         return [(names.outbound_cluster(service.port, None, service.hostname), 100)]
@@ -128,6 +144,9 @@ def _chain(name: str, destinations: Destinations, stat_prefix: str) -> listener_
     if len(kept) == 1:
         proxy.cluster = kept[0][0]
     else:
-        proxy.weighted_clusters.clusters.extend(tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=c, weight=w) for c, w in kept)
-    return listener_components_pb2.FilterChain(name=name, filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))])
-
+        proxy.weighted_clusters.clusters.extend(
+            tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=c, weight=w) for c, w in kept
+        )
+    return listener_components_pb2.FilterChain(
+        name=name, filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))]
+    )

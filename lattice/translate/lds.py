@@ -37,7 +37,11 @@ REQUEST_HEADERS_TIMEOUT = 10
 
 
 def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.Listener]:
-    return [outbound(snapshot, proxy), inbound(snapshot, proxy), *(_upstream(snapshot, proxy, u) for u in proxy.upstreams)]
+    return [
+        outbound(snapshot, proxy),
+        inbound(snapshot, proxy),
+        *(_upstream(snapshot, proxy, u) for u in proxy.upstreams),
+    ]
 
 
 def outbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
@@ -50,7 +54,14 @@ def outbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
 
 def _outbound_manager(snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str) -> hcm.HttpConnectionManager:
     # CORS first (a preflight is answered before any fault or route), then faults, as Istio orders them.
-    manager = _manager(stat_prefix, [_filter(CORS, cors_pb2.Cors()), _filter(FAULT, fault_pb2.HTTPFault()), _filter("envoy.filters.http.dynamic_forward_proxy", dfp.FilterConfig(dns_cache_config=dns_cache()))])
+    manager = _manager(
+        stat_prefix,
+        [
+            _filter(CORS, cors_pb2.Cors()),
+            _filter(FAULT, fault_pb2.HTTPFault()),
+            _filter("envoy.filters.http.dynamic_forward_proxy", dfp.FilterConfig(dns_cache_config=dns_cache())),
+        ],
+    )
     manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "outbound"))
     tracing.configure(manager, snapshot, proxy, tracing.OUTBOUND)
     return manager
@@ -60,13 +71,17 @@ def _upstream(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream) -> li
     """An `--upstream` port: HTTP services routed as the outbound listener routes them, anything
     else (and a service not registered yet) by l4."""
     host = fqdn(upstream.service, upstream.namespace, snapshot.domain)
-    service = next((s for s in snapshot.visible_services(proxy.namespace) if s.hostname == host and s.port == upstream.port), None)
+    service = next(
+        (s for s in snapshot.visible_services(proxy.namespace) if s.hostname == host and s.port == upstream.port), None
+    )
     if service is None or not protocols.is_http(service.protocol):
         return l4.upstream_listener(snapshot, proxy, upstream, service)
     return _http_upstream(snapshot, proxy, upstream, service)
 
 
-def _http_upstream(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream, service: Service) -> listener_pb2.Listener:
+def _http_upstream(
+    snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream, service: Service
+) -> listener_pb2.Listener:
     name = l4.listener_name(proxy, upstream)
     manager = _outbound_manager(snapshot, proxy, name)
     manager.route_config.CopyFrom(rds.upstream_route_configuration(snapshot, proxy, service, name))
@@ -81,12 +96,25 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     # Authentication first: the filters after it (authorization, limits) read who the caller is.
     # Authorization before limits: a request that is refused spends no one's tokens.
     # The caller's workload (for metrics) leaves the headers before anything else reads them.
-    http_filters = [*telemetry.inbound_filters(), *jwt.inbound_filters(snapshot, proxy), *authz.http_filters(snapshot, proxy), *ratelimit.inbound_filters(snapshot, proxy)]
+    http_filters = [
+        *telemetry.inbound_filters(),
+        *jwt.inbound_filters(snapshot, proxy),
+        *authz.http_filters(snapshot, proxy),
+        *ratelimit.inbound_filters(snapshot, proxy),
+    ]
     tcp_filters = authz.network_filters(snapshot, proxy) if proxy.protocol in TCP_PROTOCOLS else []
     if mode in ("STRICT", "PERMISSIVE"):
-        chains.append(_inbound_chain(snapshot, proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else "", http_filters, tcp_filters))
+        chains.append(
+            _inbound_chain(
+                snapshot, proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else "", http_filters, tcp_filters
+            )
+        )
     if mode in ("PERMISSIVE", "DISABLE"):
-        chains.append(_inbound_chain(snapshot, proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http_filters, tcp_filters))
+        chains.append(
+            _inbound_chain(
+                snapshot, proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http_filters, tcp_filters
+            )
+        )
     listener = listener_pb2.Listener(name=name, address=socket_address(proxy.address, proxy.port), filter_chains=chains)
     listener.metadata.CopyFrom(telemetry.rules_metadata(snapshot, proxy))
     if mode == "PERMISSIVE":  # one port, two kinds of client: look at the first bytes to choose
@@ -94,10 +122,21 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     return listener
 
 
-def _inbound_chain(snapshot: MeshSnapshot, proxy: Workload, socket: base_pb2.TransportSocket | None, transport: str, http_filters: list[hcm.HttpFilter], tcp_filters: list[listener_components_pb2.Filter] = ()) -> listener_components_pb2.FilterChain:
+def _inbound_chain(
+    snapshot: MeshSnapshot,
+    proxy: Workload,
+    socket: base_pb2.TransportSocket | None,
+    transport: str,
+    http_filters: list[hcm.HttpFilter],
+    tcp_filters: list[listener_components_pb2.Filter] = (),
+) -> listener_components_pb2.FilterChain:
     cluster = names.inbound_cluster(proxy.port)
     if proxy.protocol in TCP_PROTOCOLS:
-        tcp_proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=f"inbound_{proxy.port}", cluster=cluster, access_log=telemetry.tcp_access_logs(snapshot, proxy, "inbound"))
+        tcp_proxy = tcp_proxy_pb2.TcpProxy(
+            stat_prefix=f"inbound_{proxy.port}",
+            cluster=cluster,
+            access_log=telemetry.tcp_access_logs(snapshot, proxy, "inbound"),
+        )
         telemetry.tcp_log_options(tcp_proxy, "inbound")
         network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy)
     else:
@@ -116,13 +155,21 @@ def _inbound_chain(snapshot: MeshSnapshot, proxy: Workload, socket: base_pb2.Tra
                     rc.VirtualHost(
                         name=f"inbound|http|{proxy.port}",
                         domains=["*"],
-                        routes=[*rds.refusals(), rc.Route(match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=cluster, timeout=duration(0)))],
+                        routes=[
+                            *rds.refusals(),
+                            rc.Route(
+                                match=rc.RouteMatch(prefix="/"),
+                                route=rc.RouteAction(cluster=cluster, timeout=duration(0)),
+                            ),
+                        ],
                     )
                 ],
             )
         )
         network_filter = _network_filter(HCM, manager)
-    chain = listener_components_pb2.FilterChain(filters=[*tcp_filters, network_filter])  # authorization (TCP) before the proxy
+    chain = listener_components_pb2.FilterChain(
+        filters=[*tcp_filters, network_filter]
+    )  # authorization (TCP) before the proxy
     if transport:
         chain.filter_chain_match.transport_protocol = transport
     if socket is not None:
@@ -166,7 +213,11 @@ def distrust_client(manager: hcm.HttpConnectionManager) -> None:
     controls (retries, timeouts) from such clients: none of them is an internal address."""
     rules = [mutation_rules_pb2.HeaderMutation(remove=name) for name in ENVOY_SET_HEADERS]
     config = header_mutation_pb2.HeaderMutation(mutations=rules)
-    manager.early_header_mutation_extensions.append(extension_pb2.TypedExtensionConfig(name="envoy.http.early_header_mutation.header_mutation", typed_config=pack(config)))
+    manager.early_header_mutation_extensions.append(
+        extension_pb2.TypedExtensionConfig(
+            name="envoy.http.early_header_mutation.header_mutation", typed_config=pack(config)
+        )
+    )
 
 
 def _filter(name: str, config) -> hcm.HttpFilter:

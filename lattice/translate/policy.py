@@ -111,7 +111,12 @@ def _load_balancer(cluster: cluster_pb2.Cluster, lb: LoadBalancerSettings | None
     else:
         cluster.lb_policy = _SIMPLE[lb.simple if lb else None]
         _slow_start(cluster, lb)
-    if lb is not None and lb.locality_lb_setting is not None and lb.locality_lb_setting.distribute and lb.locality_lb_setting.enabled is not False:
+    if (
+        lb is not None
+        and lb.locality_lb_setting is not None
+        and lb.locality_lb_setting.distribute
+        and lb.locality_lb_setting.enabled is not False
+    ):
         cluster.common_lb_config.locality_weighted_lb_config.SetInParent()
 
 
@@ -129,13 +134,19 @@ def _hash_ring(cluster: cluster_pb2.Cluster, hashing: ConsistentHashLB) -> None:
 def _slow_start(cluster: cluster_pb2.Cluster, lb: LoadBalancerSettings | None) -> None:
     if lb is None or (lb.warmup is None and lb.warmup_duration_secs is None):
         return
-    config = cluster_pb2.Cluster.SlowStartConfig(slow_start_window=duration(parse_duration(lb.warmup.duration if lb.warmup else lb.warmup_duration_secs)))
+    config = cluster_pb2.Cluster.SlowStartConfig(
+        slow_start_window=duration(parse_duration(lb.warmup.duration if lb.warmup else lb.warmup_duration_secs))
+    )
     if lb.warmup is not None and lb.warmup.aggression is not None:
         config.aggression.default_value = lb.warmup.aggression
         config.aggression.runtime_key = "upstream.slow_start.aggression"
     if lb.warmup is not None and lb.warmup.minimum_percent is not None:
         config.min_weight_percent.value = lb.warmup.minimum_percent
-    target = cluster.round_robin_lb_config if cluster.lb_policy == cluster_pb2.Cluster.ROUND_ROBIN else cluster.least_request_lb_config
+    target = (
+        cluster.round_robin_lb_config
+        if cluster.lb_policy == cluster_pb2.Cluster.ROUND_ROBIN
+        else cluster.least_request_lb_config
+    )
     target.slow_start_config.CopyFrom(config)
 
 
@@ -192,7 +203,9 @@ def _common_http_options(pool: ConnectionPoolSettings | None) -> protocol_pb2.Ht
     return options if options.ListFields() else None
 
 
-def _http_options(cluster: cluster_pb2.Cluster, common: protocol_pb2.HttpProtocolOptions | None, max_streams: int | None) -> None:
+def _http_options(
+    cluster: cluster_pb2.Cluster, common: protocol_pb2.HttpProtocolOptions | None, max_streams: int | None
+) -> None:
     if common is None and not max_streams:
         return
     options = hpo.HttpProtocolOptions()
@@ -212,7 +225,9 @@ def _http_options(cluster: cluster_pb2.Cluster, common: protocol_pb2.HttpProtoco
 def _outlier_detection(cluster: cluster_pb2.Cluster, od: OutlierDetection | None) -> None:
     if od is None:
         return
-    out = outlier_detection_pb2.OutlierDetection(enforcing_success_rate=UInt32Value(value=0))  # Istio: no success-rate ejection
+    out = outlier_detection_pb2.OutlierDetection(
+        enforcing_success_rate=UInt32Value(value=0)
+    )  # Istio: no success-rate ejection
     if od.consecutive_5xx_errors is not None:
         out.consecutive_5xx.value = od.consecutive_5xx_errors
         out.enforcing_consecutive_5xx.value = 100 if od.consecutive_5xx_errors else 0
@@ -239,7 +254,9 @@ def _outlier_detection(cluster: cluster_pb2.Cluster, od: OutlierDetection | None
 # --- the route -------------------------------------------------------------------------------------
 
 
-def hash_policies(snapshot: MeshSnapshot, hostname: str, subset: str | None, port: int) -> list[rc.RouteAction.HashPolicy]:
+def hash_policies(
+    snapshot: MeshSnapshot, hostname: str, subset: str | None, port: int
+) -> list[rc.RouteAction.HashPolicy]:
     """The RouteAction hash policy a consistent-hash destination needs (empty for any other)."""
     lb = effective(snapshot, hostname, subset, port).load_balancer
     hashing = lb.consistent_hash if lb else None
@@ -283,7 +300,14 @@ def caller_matters(snapshot: MeshSnapshot, hostname: str, subset: str | None, po
     return setting is not None and (bool(setting.distribute) or policy.outlier_detection is not None)
 
 
-def locality_endpoints(snapshot: MeshSnapshot, proxy: Workload | None, hostname: str, subset: str | None, port: int, members: list[tuple[Workload, ec.LbEndpoint]]) -> list[ec.LocalityLbEndpoints]:
+def locality_endpoints(
+    snapshot: MeshSnapshot,
+    proxy: Workload | None,
+    hostname: str,
+    subset: str | None,
+    port: int,
+    members: list[tuple[Workload, ec.LbEndpoint]],
+) -> list[ec.LocalityLbEndpoints]:
     """Endpoints grouped by locality, with the priorities (failover) or weights (distribute) that
     Istio computes for the calling proxy. Failover needs outlier detection, as in Istio: without
     it Envoy would never see a local endpoint fail and move down a priority. Without a proxy (config
@@ -298,7 +322,10 @@ def locality_endpoints(snapshot: MeshSnapshot, proxy: Workload | None, hostname:
     groups: dict[tuple[Locality, int], list[ec.LbEndpoint]] = {}
     for w, endpoint in members:
         groups.setdefault((locality_of(w), _label_priority(mine, w.labels, labels)), []).append(endpoint)
-    out = [ec.LocalityLbEndpoints(locality=_locality_proto(loc), lb_endpoints=eps, priority=p) for (loc, p), eps in sorted(groups.items())]
+    out = [
+        ec.LocalityLbEndpoints(locality=_locality_proto(loc), lb_endpoints=eps, priority=p)
+        for (loc, p), eps in sorted(groups.items())
+    ]
     if setting is not None and setting.distribute:
         return _distribute(out, _labelled_locality(mine), setting.distribute)
     # Istio: failoverPriority alone orders by labels; otherwise by locality (refining the labels' order).
@@ -367,7 +394,9 @@ def _matches(loc: Locality, pattern: str) -> bool:
     return True
 
 
-def _distribute(groups: list[ec.LocalityLbEndpoints], mine: Locality, rules: list[LocalityDistribute]) -> list[ec.LocalityLbEndpoints]:
+def _distribute(
+    groups: list[ec.LocalityLbEndpoints], mine: Locality, rules: list[LocalityDistribute]
+) -> list[ec.LocalityLbEndpoints]:
     """Istio's locality weights: each 'to' weight is shared by the localities it matches in proportion
     to their size; localities no 'to' names get no traffic (they are dropped)."""
     for g in groups:

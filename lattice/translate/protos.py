@@ -33,22 +33,34 @@ def socket_address(ip: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip, port_value=port))
 
 
-def external_cluster(name: str, host: str, port: int, http2: bool, connect_timeout: float = 10.0) -> cluster_pb2.Cluster:
+def external_cluster(
+    name: str, host: str, port: int, http2: bool, connect_timeout: float = 10.0
+) -> cluster_pb2.Cluster:
     """A cluster for one service outside the mesh (an authorizer, a trace collector): an IP as it
     is, a host name resolved by DNS (IPv4 first); HTTP/2 for gRPC."""
     host = host.lower()
-    endpoint = endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=socket_address(host, port)))
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=socket_address(host, port))
+    )
     cluster = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC if _is_ip(host) else cluster_pb2.Cluster.STRICT_DNS,
         connect_timeout=duration(connect_timeout),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]
+        ),
     )
     if not _is_ip(host):
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
     if http2:
-        options = hpo.HttpProtocolOptions(explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
-        cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(pack(options))
+        options = hpo.HttpProtocolOptions(
+            explicit_http_config=hpo.HttpProtocolOptions.ExplicitHttpConfig(
+                http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+            )
+        )
+        cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(
+            pack(options)
+        )
     return cluster
 
 

@@ -81,14 +81,26 @@ def _descriptor_source(key: str, limit: Limit) -> rc.RateLimit:
     match = limit.match or RequestMatch()
     headers = _header_conditions(match)
     if headers:
-        first = rc.RateLimit.Action(header_value_match=rc.RateLimit.Action.HeaderValueMatch(descriptor_key=LIMIT_KEY, descriptor_value=key, headers=headers))
+        first = rc.RateLimit.Action(
+            header_value_match=rc.RateLimit.Action.HeaderValueMatch(
+                descriptor_key=LIMIT_KEY, descriptor_value=key, headers=headers
+            )
+        )
     else:
-        first = rc.RateLimit.Action(generic_key=rc.RateLimit.Action.GenericKey(descriptor_key=LIMIT_KEY, descriptor_value=key))
+        first = rc.RateLimit.Action(
+            generic_key=rc.RateLimit.Action.GenericKey(descriptor_key=LIMIT_KEY, descriptor_value=key)
+        )
     actions = [first]
     if match.path is not None:
         actions.append(_cel(PATH_KEY, _path_condition(match.path), skip_if_error=False))
     if limit.by is not None and limit.by.header is not None:
-        actions.append(rc.RateLimit.Action(request_headers=rc.RateLimit.Action.RequestHeaders(header_name=limit.by.header, descriptor_key=BY_KEY, skip_if_absent=True)))
+        actions.append(
+            rc.RateLimit.Action(
+                request_headers=rc.RateLimit.Action.RequestHeaders(
+                    header_name=limit.by.header, descriptor_key=BY_KEY, skip_if_absent=True
+                )
+            )
+        )
     elif limit.by is not None:
         # Errors (no peer certificate: a plaintext caller) drop only this entry, so such callers
         # land in the limit's shared bucket rather than escaping it.
@@ -100,12 +112,18 @@ def _buckets(key: str, limit: Limit) -> list[ratelimit_pb2.LocalRateLimitDescrip
     entries = [ratelimit_pb2.RateLimitDescriptor.Entry(key=LIMIT_KEY, value=key)]
     if limit.match is not None and limit.match.path is not None:
         entries.append(ratelimit_pb2.RateLimitDescriptor.Entry(key=PATH_KEY, value="true"))
-    bucket = token_bucket_pb2.TokenBucket(max_tokens=limit.bucket_size, tokens_per_fill={"value": limit.requests}, fill_interval=duration(limit.period_ms / 1000))
+    bucket = token_bucket_pb2.TokenBucket(
+        max_tokens=limit.bucket_size,
+        tokens_per_fill={"value": limit.requests},
+        fill_interval=duration(limit.period_ms / 1000),
+    )
     shared = ratelimit_pb2.LocalRateLimitDescriptor(entries=entries, token_bucket=bucket)
     if limit.by is None:
         return [shared]
     # An empty value is Envoy's wildcard: one bucket per distinct value seen.
-    per_key = ratelimit_pb2.LocalRateLimitDescriptor(entries=[*entries, ratelimit_pb2.RateLimitDescriptor.Entry(key=BY_KEY, value="")], token_bucket=bucket)
+    per_key = ratelimit_pb2.LocalRateLimitDescriptor(
+        entries=[*entries, ratelimit_pb2.RateLimitDescriptor.Entry(key=BY_KEY, value="")], token_bucket=bucket
+    )
     return [shared, per_key]
 
 
@@ -149,4 +167,8 @@ def _literal(text: str) -> str:
 
 def _cel(descriptor_key: str, expression: str, skip_if_error: bool) -> rc.RateLimit.Action:
     descriptor = expr_pb2.Descriptor(descriptor_key=descriptor_key, text=expression, skip_if_error=skip_if_error)
-    return rc.RateLimit.Action(extension=extension_pb2.TypedExtensionConfig(name="envoy.rate_limit_descriptors.expr", typed_config=pack(descriptor)))
+    return rc.RateLimit.Action(
+        extension=extension_pb2.TypedExtensionConfig(
+            name="envoy.rate_limit_descriptors.expr", typed_config=pack(descriptor)
+        )
+    )

@@ -35,7 +35,10 @@ def _virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Service) -> 
     namespace, and a VirtualService's rules (sourceLabels, sourceNamespace) on its labels too."""
     rule = snapshot.virtual_service_for(service.hostname, proxy.namespace)
     caller = (proxy.namespace, tuple(sorted(proxy.labels.items()))) if rule else (proxy.namespace,)
-    return snapshot.memo(("virtual-host", service.hostname, service.port, caller), lambda: _build_virtual_host(snapshot, proxy, service, rule))
+    return snapshot.memo(
+        ("virtual-host", service.hostname, service.port, caller),
+        lambda: _build_virtual_host(snapshot, proxy, service, rule),
+    )
 
 
 def _build_virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Service, rule) -> rc.VirtualHost:
@@ -46,9 +49,15 @@ def _build_virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Servic
     # so `http://reviews/` works for a service that only serves 9080.
     if service.port == 80 or (len(ports) == 1 and 80 not in ports):
         domains += aliases
-    table = routes.for_virtual_service(snapshot, rule, service, proxy) if rule else [routes.default_route(service, snapshot)]
+    table = (
+        routes.for_virtual_service(snapshot, rule, service, proxy)
+        if rule
+        else [routes.default_route(service, snapshot)]
+    )
     host = rc.VirtualHost(name=f"{service.hostname}:{service.port}", domains=domains, routes=table)
-    if service.source == "registry":  # the destination's sidecar learns which workload called (never sent outside the mesh)
+    if (
+        service.source == "registry"
+    ):  # the destination's sidecar learns which workload called (never sent outside the mesh)
         telemetry.add_peer_header(host.request_headers_to_add)
     return host
 
@@ -57,7 +66,14 @@ def _passthrough_host() -> rc.VirtualHost:
     return rc.VirtualHost(
         name="allow_any",
         domains=["*"],
-        routes=[*refusals(), rc.Route(name="allow_any", match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(cluster=names.PASSTHROUGH, timeout={"seconds": 0}))],
+        routes=[
+            *refusals(),
+            rc.Route(
+                name="allow_any",
+                match=rc.RouteMatch(prefix="/"),
+                route=rc.RouteAction(cluster=names.PASSTHROUGH, timeout={"seconds": 0}),
+            ),
+        ],
     )
 
 
@@ -66,7 +82,12 @@ def _block_all_host() -> rc.VirtualHost:
     return rc.VirtualHost(
         name="block_all",
         domains=["*"],
-        routes=[*refusals(), rc.Route(name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502))],
+        routes=[
+            *refusals(),
+            rc.Route(
+                name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502)
+            ),
+        ],
     )
 
 
@@ -78,14 +99,26 @@ def refusals() -> list[rc.Route]:
     - a method not in upper case (`gEt`): HTTP/1.1 refuses it in the codec, HTTP/2 does not, and
       a policy on GET would not match what a case-blind app serves as GET."""
     authority = rc.HeaderMatcher(name=":authority", string_match=string_pb2.StringMatcher(contains=","))
-    lowercase = rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*[a-z].*")))
+    lowercase = rc.HeaderMatcher(
+        name=":method", string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".*[a-z].*"))
+    )
     return [
-        rc.Route(name="ambiguous_host", match=rc.RouteMatch(prefix="/", headers=[authority]), direct_response=rc.DirectResponseAction(status=400)),
-        rc.Route(name="method_case", match=rc.RouteMatch(prefix="/", headers=[lowercase]), direct_response=rc.DirectResponseAction(status=400)),
+        rc.Route(
+            name="ambiguous_host",
+            match=rc.RouteMatch(prefix="/", headers=[authority]),
+            direct_response=rc.DirectResponseAction(status=400),
+        ),
+        rc.Route(
+            name="method_case",
+            match=rc.RouteMatch(prefix="/", headers=[lowercase]),
+            direct_response=rc.DirectResponseAction(status=400),
+        ),
     ]
 
 
-def upstream_route_configuration(snapshot: MeshSnapshot, proxy: Workload, service: Service, name: str) -> route_pb2.RouteConfiguration:
+def upstream_route_configuration(
+    snapshot: MeshSnapshot, proxy: Workload, service: Service, name: str
+) -> route_pb2.RouteConfiguration:
     """An `--upstream` port's table: the service's own routes, whatever Host the app sends (it
     chose the service by dialing its local port, not by name)."""
     host = rc.VirtualHost()

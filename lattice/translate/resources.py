@@ -51,5 +51,10 @@ def translate_type(snapshot: MeshSnapshot, proxy: Workload, type_url: str) -> tu
 
 
 # Endpoints are named by their cluster; everything else by its own name.
-_NAME = {CLUSTER: attrgetter("name"), ENDPOINT: attrgetter("cluster_name"), LISTENER: attrgetter("name"), ROUTE: attrgetter("name")}
+_NAME = {
+    CLUSTER: attrgetter("name"),
+    ENDPOINT: attrgetter("cluster_name"),
+    LISTENER: attrgetter("name"),
+    ROUTE: attrgetter("name"),
+}
 _first = itemgetter(0)

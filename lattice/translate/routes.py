@@ -58,7 +58,14 @@ def default_route(service: Service, snapshot: MeshSnapshot | None = None) -> rc.
     return rc.Route(name="default", match=rc.RouteMatch(prefix="/"), route=action)
 
 
-def for_virtual_service(snapshot: MeshSnapshot, vs: Resource, service: Service | None, proxy: Workload, gateway: str | None = None, port: int | None = None) -> list[rc.Route]:
+def for_virtual_service(
+    snapshot: MeshSnapshot,
+    vs: Resource,
+    service: Service | None,
+    proxy: Workload,
+    gateway: str | None = None,
+    port: int | None = None,
+) -> list[rc.Route]:
     """Envoy routes for `vs` as `proxy` applies them: a sidecar routing `service` (gateway None),
     or a gateway proxy serving Gateway `gateway` ("namespace/name") on `port` (service None)."""
     port = port if port is not None else service.port
@@ -83,7 +90,14 @@ def _applies(match: HTTPMatchRequest, namespace: str, proxy: Workload, gateway: 
     return all(proxy.labels.get(k) == v for k, v in match.source_labels.items())
 
 
-def _route(snapshot: MeshSnapshot, namespace: str, service: Service | None, rule: HTTPRoute, match: HTTPMatchRequest | None, label: str) -> rc.Route:
+def _route(
+    snapshot: MeshSnapshot,
+    namespace: str,
+    service: Service | None,
+    rule: HTTPRoute,
+    match: HTTPMatchRequest | None,
+    label: str,
+) -> rc.Route:
     name = f"{label}.{match.name}" if match is not None and match.name else label
     route = rc.Route(name=name, match=_match(match))
     if match is not None and match.stat_prefix:
@@ -121,14 +135,18 @@ def _match(match: HTTPMatchRequest | None) -> rc.RouteMatch:
     out.headers.extend(_header(k, v) for k, v in pseudo.items() if v is not None)
     out.headers.extend(_header(k, v) for k, v in sorted(match.headers.items()))
     out.headers.extend(_header(k, v, invert=True) for k, v in sorted(match.without_headers.items()))
-    out.query_parameters.extend(rc.QueryParameterMatcher(name=k, string_match=_string(v)) for k, v in sorted(match.query_params.items()))
+    out.query_parameters.extend(
+        rc.QueryParameterMatcher(name=k, string_match=_string(v)) for k, v in sorted(match.query_params.items())
+    )
     return out
 
 
 def _header(name: str, match: StringMatch, invert: bool = False) -> rc.HeaderMatcher:
     # Envoy never matches a missing header, inverted or not; Istio's withoutHeaders must match a
     # request that lacks the header, so an absent header counts as empty there.
-    return rc.HeaderMatcher(name=name.lower(), string_match=_string(match), invert_match=invert, treat_missing_header_as_empty=invert)
+    return rc.HeaderMatcher(
+        name=name.lower(), string_match=_string(match), invert_match=invert, treat_missing_header_as_empty=invert
+    )
 
 
 def _string(match: StringMatch, ignore_case: bool = False) -> string_pb2.StringMatcher:
@@ -154,8 +172,12 @@ def _action(snapshot: MeshSnapshot, namespace: str, service: Service | None, rul
     return action
 
 
-def _weighted(snapshot: MeshSnapshot, namespace: str, service: Service | None, d: HTTPRouteDestination) -> rc.WeightedCluster.ClusterWeight:
-    out = rc.WeightedCluster.ClusterWeight(name=cluster_for(snapshot, namespace, service, d.destination), weight={"value": d.weight or 0})
+def _weighted(
+    snapshot: MeshSnapshot, namespace: str, service: Service | None, d: HTTPRouteDestination
+) -> rc.WeightedCluster.ClusterWeight:
+    out = rc.WeightedCluster.ClusterWeight(
+        name=cluster_for(snapshot, namespace, service, d.destination), weight={"value": d.weight or 0}
+    )
     _add_headers(out, d.headers)
     return out
 
@@ -186,7 +208,9 @@ def _add_rewrite(action: rc.RouteAction, rule: HTTPRoute) -> None:
         action.host_rewrite_literal = rewrite.authority
 
 
-def _mirrors(snapshot: MeshSnapshot, namespace: str, service: Service | None, rule: HTTPRoute) -> list[rc.RouteAction.RequestMirrorPolicy]:
+def _mirrors(
+    snapshot: MeshSnapshot, namespace: str, service: Service | None, rule: HTTPRoute
+) -> list[rc.RouteAction.RequestMirrorPolicy]:
     # Istio: `mirror` with `mirrorPercentage` (or the deprecated integer `mirrorPercent`), or the
     # newer `mirrors` list with a percentage each; unset percentages mirror everything.
     targets = [(m.destination, m.percentage, None) for m in rule.mirrors]
@@ -241,14 +265,21 @@ def _retry_policy(retries: HTTPRetry | None) -> rc.RetryPolicy:
         num_retries={"value": attempts},
         retriable_status_codes=codes,
         host_selection_retry_max_attempts=5,
-        retry_host_predicate=[rc.RetryPolicy.RetryHostPredicate(name="envoy.retry_host_predicates.previous_hosts", typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()))],
+        retry_host_predicate=[
+            rc.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
+            )
+        ],
     )
     if retries is not None and retries.per_try_timeout:
         policy.per_try_timeout.CopyFrom(duration(parse_duration(retries.per_try_timeout)))
     if retries is not None and retries.retry_remote_localities:
         # Retry in another locality (priority) than the one that failed.
         policy.retry_priority.name = "envoy.retry_priorities.previous_priorities"
-        policy.retry_priority.typed_config.CopyFrom(pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2)))
+        policy.retry_priority.typed_config.CopyFrom(
+            pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=2))
+        )
     return policy
 
 
@@ -256,7 +287,12 @@ def _fault(rule: HTTPRoute) -> fault_pb2.HTTPFault:
     out = fault_pb2.HTTPFault()
     delay, abort = rule.fault.delay, rule.fault.abort
     if delay is not None:
-        out.delay.CopyFrom(common_fault.FaultDelay(fixed_delay=duration(parse_duration(delay.fixed_delay)), percentage=_fraction(delay.percentage, delay.percent)))
+        out.delay.CopyFrom(
+            common_fault.FaultDelay(
+                fixed_delay=duration(parse_duration(delay.fixed_delay)),
+                percentage=_fraction(delay.percentage, delay.percent),
+            )
+        )
     if abort is not None:
         out.abort.CopyFrom(fault_pb2.FaultAbort(percentage=_fraction(abort.percentage, abort.percent)))
         if abort.grpc_status is not None:
@@ -269,12 +305,18 @@ def _fault(rule: HTTPRoute) -> fault_pb2.HTTPFault:
 def _fraction(percentage: Percent | None, percent: int | None) -> percent_pb2.FractionalPercent:
     # Istio: `percentage.value` (a float) wins over the deprecated integer `percent`; neither means 100.
     if percentage is not None:
-        return percent_pb2.FractionalPercent(numerator=int(round(percentage.value * 10000)), denominator=percent_pb2.FractionalPercent.MILLION)
-    return percent_pb2.FractionalPercent(numerator=100 if percent is None else percent, denominator=percent_pb2.FractionalPercent.HUNDRED)
+        return percent_pb2.FractionalPercent(
+            numerator=int(round(percentage.value * 10000)), denominator=percent_pb2.FractionalPercent.MILLION
+        )
+    return percent_pb2.FractionalPercent(
+        numerator=100 if percent is None else percent, denominator=percent_pb2.FractionalPercent.HUNDRED
+    )
 
 
 def _cors(policy: CorsPolicy) -> cors_pb2.CorsPolicy:
-    origins = [_string(m) for m in policy.allow_origins] + [string_pb2.StringMatcher(exact=o) for o in policy.allow_origin]
+    origins = [_string(m) for m in policy.allow_origins] + [
+        string_pb2.StringMatcher(exact=o) for o in policy.allow_origin
+    ]
     out = cors_pb2.CorsPolicy(
         allow_origin_string_match=origins,
         allow_methods=",".join(policy.allow_methods),
@@ -302,7 +344,10 @@ def _header_ops(headers: Headers | None, side: str, *ops: str) -> list[base_pb2.
     section = getattr(headers, side, None) if headers else None
     if section is None:
         return []
-    action = {"set": base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD, "add": base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD}
+    action = {
+        "set": base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        "add": base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD,
+    }
     return [
         base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=action[op])
         for op in ops

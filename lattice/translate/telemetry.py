@@ -155,14 +155,20 @@ def tcp_log_options(tcp_proxy, direction: str) -> None:
 def _grpc_common(direction: str) -> als_pb2.CommonGrpcAccessLogConfig:
     common = als_pb2.CommonGrpcAccessLogConfig(
         log_name=LOG_NAMES[direction],
-        grpc_service=grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=TELEMETRY_CLUSTER)),
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=TELEMETRY_CLUSTER)
+        ),
         transport_api_version=config_source_pb2.V3,
     )
     common.buffer_flush_interval.CopyFrom(duration(0.5))
     if direction == "outbound":  # who answered: the upstream endpoint's workload
         key = metadata_pb2.MetadataKey(key=ENDPOINT_METADATA, path=[metadata_pb2.MetadataKey.PathSegment(key="peer")])
         kind = metadata_pb2.MetadataKind(host=metadata_pb2.MetadataKind.Host())
-        common.custom_tags.append(custom_tag_pb2.CustomTag(tag=ENDPOINT_TAG, metadata=custom_tag_pb2.CustomTag.Metadata(kind=kind, metadata_key=key)))
+        common.custom_tags.append(
+            custom_tag_pb2.CustomTag(
+                tag=ENDPOINT_TAG, metadata=custom_tag_pb2.CustomTag.Metadata(kind=kind, metadata_key=key)
+            )
+        )
     return common
 
 
@@ -177,7 +183,9 @@ def _file_log(log: AccessLog) -> accesslog_pb2.AccessLog:
     out = accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=pack(config))
     if log.filter:
         cel = cel_pb2.ExpressionFilter(expression=log.filter)
-        out.filter.extension_filter.CopyFrom(accesslog_pb2.ExtensionFilter(name="envoy.access_loggers.extension_filters.cel", typed_config=pack(cel)))
+        out.filter.extension_filter.CopyFrom(
+            accesslog_pb2.ExtensionFilter(name="envoy.access_loggers.extension_filters.cel", typed_config=pack(cel))
+        )
     return out
 
 
@@ -189,5 +197,7 @@ def rules_metadata(snapshot: MeshSnapshot, proxy: Workload) -> base_pb2.Metadata
     service = fqdn(proxy.service, proxy.namespace, snapshot.domain)
     # One string, not a Struct of several fields: a Struct's field order is not stable, and the
     # listener's bytes (its version) must be the same for the same input.
-    metadata.filter_metadata[RULES_METADATA].update({"config": json.dumps({"rules": rules, "service": service}, sort_keys=True)})
+    metadata.filter_metadata[RULES_METADATA].update(
+        {"config": json.dumps({"rules": rules, "service": service}, sort_keys=True)}
+    )
     return metadata

@@ -31,7 +31,11 @@ def _sds(name: str) -> secret_pb2.SdsSecretConfig:
         api_config_source=config_source_pb2.ApiConfigSource(
             api_type=config_source_pb2.ApiConfigSource.GRPC,
             transport_api_version=config_source_pb2.V3,
-            grpc_services=[grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=SDS_CLUSTER))],
+            grpc_services=[
+                grpc_service_pb2.GrpcService(
+                    envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=SDS_CLUSTER)
+                )
+            ],
         ),
     )
     return secret_pb2.SdsSecretConfig(name=name, sds_config=source)
@@ -40,7 +44,9 @@ def _sds(name: str) -> secret_pb2.SdsSecretConfig:
 def _mesh_context(peer_sans: list[str] | None, alpn: list[str]) -> tls_pb2.CommonTlsContext:
     """Our certificate, the mesh trust bundle and, when given, the peer identities we accept."""
     matchers = [
-        common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(exact=san))
+        common_pb2.SubjectAltNameMatcher(
+            san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(exact=san)
+        )
         for san in peer_sans or ()
     ]
     return tls_pb2.CommonTlsContext(
@@ -71,7 +77,9 @@ def origination_socket(tls: ClientTLSSettings, sni: str) -> base_pb2.TransportSo
     """SIMPLE or MUTUAL: TLS to a destination that terminates TLS itself, with the user's files."""
     validation = common_pb2.CertificateValidationContext(
         match_typed_subject_alt_names=[
-            common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.DNS, matcher=string_pb2.StringMatcher(exact=san))
+            common_pb2.SubjectAltNameMatcher(
+                san_type=common_pb2.SubjectAltNameMatcher.DNS, matcher=string_pb2.StringMatcher(exact=san)
+            )
             for san in tls.subject_alt_names
         ]
     )
@@ -81,7 +89,9 @@ def origination_socket(tls: ClientTLSSettings, sni: str) -> base_pb2.TransportSo
         validation.system_root_certs.SetInParent()
     if tls.ca_crl:
         validation.crl.filename = tls.ca_crl
-    common = tls_pb2.CommonTlsContext(tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=_TLS12, tls_maximum_protocol_version=_TLS13))
+    common = tls_pb2.CommonTlsContext(
+        tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=_TLS12, tls_maximum_protocol_version=_TLS13)
+    )
     if not tls.insecure_skip_verify:
         common.validation_context.CopyFrom(validation)
     if tls.mode == "MUTUAL":

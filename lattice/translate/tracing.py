@@ -44,7 +44,10 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import extension_pb2, grpc_service_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
-from envoy.extensions.tracers.opentelemetry.samplers.v3 import parent_based_sampler_pb2, trace_id_ratio_based_sampler_pb2
+from envoy.extensions.tracers.opentelemetry.samplers.v3 import (
+    parent_based_sampler_pb2,
+    trace_id_ratio_based_sampler_pb2,
+)
 from envoy.type.tracing.v3 import custom_tag_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
@@ -136,7 +139,9 @@ def _operation(snapshot: MeshSnapshot, proxy: Workload, direction: str) -> str:
 def _provider(settings: Tracing, proxy: Workload) -> http_tracer_pb2.Tracing.Http:
     if settings.kind == "zipkin":
         if settings.provider == EMBEDDED:
-            raise ValueError("the embedded collector takes OpenTelemetry spans only; Zipkin needs an external collector")
+            raise ValueError(
+                "the embedded collector takes OpenTelemetry spans only; Zipkin needs an external collector"
+            )
         config = zipkin_pb2.ZipkinConfig(
             collector_cluster=collector_cluster(settings),
             collector_endpoint=settings.path or ZIPKIN_PATH,
@@ -148,7 +153,9 @@ def _provider(settings: Tracing, proxy: Workload) -> http_tracer_pb2.Tracing.Htt
         return http_tracer_pb2.Tracing.Http(name=ZIPKIN, typed_config=pack(config))
     if settings.kind != "opentelemetry":
         raise ValueError(f"unknown tracing provider kind {settings.kind!r}: use 'opentelemetry' or 'zipkin'")
-    config = opentelemetry_pb2.OpenTelemetryConfig(service_name=service_name(proxy), grpc_service=_otlp_service(settings), sampler=_sampler(settings))
+    config = opentelemetry_pb2.OpenTelemetryConfig(
+        service_name=service_name(proxy), grpc_service=_otlp_service(settings), sampler=_sampler(settings)
+    )
     return http_tracer_pb2.Tracing.Http(name=OPENTELEMETRY, typed_config=pack(config))
 
 
@@ -156,7 +163,9 @@ def _sampler(settings: Tracing) -> extension_pb2.TypedExtensionConfig:
     """Follow the caller's sampled flag; a new trace is sampled at the Telemetry's percentage,
     by its trace id (so every proxy that sees the id alone decides alike)."""
     ratio = trace_id_ratio_based_sampler_pb2.TraceIdRatioBasedSamplerConfig(
-        sampling_percentage=percent_pb2.FractionalPercent(numerator=round(_percent(settings) * 10_000), denominator=percent_pb2.FractionalPercent.MILLION)
+        sampling_percentage=percent_pb2.FractionalPercent(
+            numerator=round(_percent(settings) * 10_000), denominator=percent_pb2.FractionalPercent.MILLION
+        )
     )
     root = extension_pb2.TypedExtensionConfig(name=RATIO_SAMPLER, typed_config=pack(ratio))
     parent = parent_based_sampler_pb2.ParentBasedSamplerConfig(wrapped_sampler=root)
@@ -169,18 +178,28 @@ def _percent(settings: Tracing) -> float:
 
 def _otlp_service(settings: Tracing) -> grpc_service_pb2.GrpcService:
     if settings.provider == EMBEDDED:
-        return grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=TELEMETRY_CLUSTER))
+        return grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=TELEMETRY_CLUSTER)
+        )
     # The collector sees its own host name as the authority, not the cluster's name (as Istio sets it).
-    grpc = grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=collector_cluster(settings), authority=settings.service.lower())
+    grpc = grpc_service_pb2.GrpcService.EnvoyGrpc(
+        cluster_name=collector_cluster(settings), authority=settings.service.lower()
+    )
     return grpc_service_pb2.GrpcService(envoy_grpc=grpc)
 
 
 def _custom_tags(settings: Tracing, proxy: Workload) -> list[custom_tag_pb2.CustomTag]:
     """Istio's tags of the workload, then the Telemetry's (one of the same name replaces it)."""
     tags = {
-        "istio.canonical_revision": custom_tag_pb2.CustomTag(tag="istio.canonical_revision", literal=custom_tag_pb2.CustomTag.Literal(value=canonical_revision(proxy))),
-        "istio.canonical_service": custom_tag_pb2.CustomTag(tag="istio.canonical_service", literal=custom_tag_pb2.CustomTag.Literal(value=canonical_service(proxy))),
-        "istio.namespace": custom_tag_pb2.CustomTag(tag="istio.namespace", literal=custom_tag_pb2.CustomTag.Literal(value=proxy.namespace)),
+        "istio.canonical_revision": custom_tag_pb2.CustomTag(
+            tag="istio.canonical_revision", literal=custom_tag_pb2.CustomTag.Literal(value=canonical_revision(proxy))
+        ),
+        "istio.canonical_service": custom_tag_pb2.CustomTag(
+            tag="istio.canonical_service", literal=custom_tag_pb2.CustomTag.Literal(value=canonical_service(proxy))
+        ),
+        "istio.namespace": custom_tag_pb2.CustomTag(
+            tag="istio.namespace", literal=custom_tag_pb2.CustomTag.Literal(value=proxy.namespace)
+        ),
     }
     defaults = dict(settings.custom_tag_defaults)
     for name, kind, value in settings.custom_tags:
@@ -193,9 +212,13 @@ def _custom_tag(name: str, kind: str, value: str, default: str) -> custom_tag_pb
     if kind == "literal":
         return custom_tag_pb2.CustomTag(tag=name, literal=custom_tag_pb2.CustomTag.Literal(value=value))
     if kind == "header":
-        return custom_tag_pb2.CustomTag(tag=name, request_header=custom_tag_pb2.CustomTag.Header(name=value, default_value=default))
+        return custom_tag_pb2.CustomTag(
+            tag=name, request_header=custom_tag_pb2.CustomTag.Header(name=value, default_value=default)
+        )
     if kind == "environment":
-        return custom_tag_pb2.CustomTag(tag=name, environment=custom_tag_pb2.CustomTag.Environment(name=value, default_value=default))
+        return custom_tag_pb2.CustomTag(
+            tag=name, environment=custom_tag_pb2.CustomTag.Environment(name=value, default_value=default)
+        )
     raise ValueError(f"custom tag {name!r}: unknown kind {kind!r}: use 'literal', 'header' or 'environment'")
 
 
@@ -204,4 +227,10 @@ def _custom_tag(name: str, kind: str, value: str, default: str) -> custom_tag_pb
 
 def _collector(settings: Tracing) -> cluster_pb2.Cluster:
     # OTLP/gRPC needs HTTP/2; Zipkin's JSON goes over HTTP/1.1
-    return external_cluster(collector_cluster(settings), settings.service, settings.port, http2=settings.kind == "opentelemetry", connect_timeout=CONNECT_TIMEOUT)
+    return external_cluster(
+        collector_cluster(settings),
+        settings.service,
+        settings.port,
+        http2=settings.kind == "opentelemetry",
+        connect_timeout=CONNECT_TIMEOUT,
+    )

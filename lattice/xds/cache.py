@@ -70,7 +70,9 @@ class ResourceSet(Mapping[str, XdsResource]):
         found = self._selections.get(names)
         if found is None:
             chosen = [self._by_name[n] for n in sorted(self._by_name if names is None else names) if n in self._by_name]
-            found = self._selections[names] = Selection(chosen, ProxySnapshot.version_of(chosen), sum(len(r.body.value) for r in chosen))
+            found = self._selections[names] = Selection(
+                chosen, ProxySnapshot.version_of(chosen), sum(len(r.body.value) for r in chosen)
+            )
         return found
 
 
@@ -99,7 +101,9 @@ class Encoder:
     proxies hold, such as a memoized cluster) is serialized and hashed once for as long as this
     encoder lives, one push: it is known by identity, and held so the identity is not reused."""
 
-    def __init__(self, cache: SnapshotCache, previous: Encoder | None = None, still_shared=lambda message: False) -> None:
+    def __init__(
+        self, cache: SnapshotCache, previous: Encoder | None = None, still_shared=lambda message: False
+    ) -> None:
         self._cache = cache
         self._shared: dict[tuple[int, str, str], tuple[Message, XdsResource]] = {}
         if previous is not None:  # pieces the next push shares again need no new serialization
@@ -111,11 +115,18 @@ class Encoder:
         key = (id(message), type_url, name)
         found = self._shared.get(key)
         if found is None:
-            found = self._shared[key] = (message, self._cache.resource(type_url, name, message.SerializeToString(deterministic=True)))
+            found = self._shared[key] = (
+                message,
+                self._cache.resource(type_url, name, message.SerializeToString(deterministic=True)),
+            )
         return found[1]
 
-    def resource_set(self, type_url: str, items: Iterable[tuple[str, Message]], shared=lambda message: False) -> ResourceSet:
-        return self._cache.resource_set({name: self.encode(type_url, name, message, shared(message)) for name, message in items})
+    def resource_set(
+        self, type_url: str, items: Iterable[tuple[str, Message]], shared=lambda message: False
+    ) -> ResourceSet:
+        return self._cache.resource_set(
+            {name: self.encode(type_url, name, message, shared(message)) for name, message in items}
+        )
 
 
 class SnapshotCache:

@@ -72,7 +72,9 @@ class DeltaStream(Stream):
         return Outgoing(type_url, size, partial(_response, sub.sent_version, type_url, sub.nonce, changed, removed))
 
 
-def _response(version: str, type_url: str, nonce: str, changed: list[XdsResource], removed: list[str]) -> discovery_pb2.DeltaDiscoveryResponse:
+def _response(
+    version: str, type_url: str, nonce: str, changed: list[XdsResource], removed: list[str]
+) -> discovery_pb2.DeltaDiscoveryResponse:
     return discovery_pb2.DeltaDiscoveryResponse(
         system_version_info=version,
         type_url=type_url,

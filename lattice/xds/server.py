@@ -25,7 +25,15 @@ Authorizer = Callable[[str, list[str]], str | None]
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: SnapshotCache, board: StatusBoard, on_connect: ConnectHook, on_disconnect: ConnectHook, authorize: Authorizer | None = None, budget: SendBudget | None = None) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        board: StatusBoard,
+        on_connect: ConnectHook,
+        on_disconnect: ConnectHook,
+        authorize: Authorizer | None = None,
+        budget: SendBudget | None = None,
+    ) -> None:
         self._cache = cache
         self._authorize = authorize
         self._board = board

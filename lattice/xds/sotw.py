@@ -42,7 +42,11 @@ class SotwStream(Stream):
             return  # stale: an answer to a response that a newer one replaced
         if request.response_nonce:
             self.record_answer(type_url, request, sub.sent_version, request.version_info)
-        if wanted != sub.names or not request.response_nonce or (sub.answer_next and not request.HasField("error_detail")):
+        if (
+            wanted != sub.names
+            or not request.response_nonce
+            or (sub.answer_next and not request.HasField("error_detail"))
+        ):
             sub.names, sub.must_send, sub.answer_next = wanted, True, False
 
     def responses(self, snapshot: ProxySnapshot) -> list[Outgoing]:
@@ -57,9 +61,13 @@ class SotwStream(Stream):
             if type_url == CLUSTER and ENDPOINT in self.subscriptions:
                 self.subscriptions[ENDPOINT].answer_next = True
             self.board.sent(self.node_id, type_url, version, snapshot.label, chosen.size)
-            out.append(Outgoing(type_url, chosen.size, partial(_response, version, type_url, sub.nonce, chosen.resources)))
+            out.append(
+                Outgoing(type_url, chosen.size, partial(_response, version, type_url, sub.nonce, chosen.resources))
+            )
         return out
 
 
 def _response(version: str, type_url: str, nonce: str, resources: list[XdsResource]) -> discovery_pb2.DiscoveryResponse:
-    return discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce, resources=[r.body for r in resources])
+    return discovery_pb2.DiscoveryResponse(
+        version_info=version, type_url=type_url, nonce=nonce, resources=[r.body for r in resources]
+    )

@@ -35,7 +35,9 @@ class Stream:
     """Subclasses implement `handle(request)` and `responses(snapshot)` (a list of `Outgoing`)
     for their protocol, and call `record_answer` for an ACK or NACK of a type's newest response."""
 
-    def __init__(self, node_id: str, cache: SnapshotCache, board: StatusBoard, budget: SendBudget | None = None) -> None:
+    def __init__(
+        self, node_id: str, cache: SnapshotCache, board: StatusBoard, budget: SendBudget | None = None
+    ) -> None:
         self.node_id = node_id
         self.cache = cache
         self.board = board

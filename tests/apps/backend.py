@@ -34,7 +34,17 @@ VERSION = os.environ.get("SERVICE_VERSION", "v1")
 _lock = threading.Lock()
 _count = 0
 # What an app copies from the request it serves to the requests it makes, so the hops join one trace.
-TRACE_HEADERS = ("traceparent", "tracestate", "x-request-id", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3")
+TRACE_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "b3",
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -73,11 +83,20 @@ class Handler(BaseHTTPRequestHandler):
         called = self._call(query["call"]) if "call" in query else None
         if called is not None and not 0 < called["status"] < 500 and "status" not in query:
             status = 502
-        self._send(status, {
-            "method": self.command, "path": url.path, "query": query, "headers": {k.lower(): v for k, v in self.headers.items()},
-            "body": body.decode(errors="replace"), "served_by": f"{SERVICE}-{VERSION}", "instance": os.getpid(), "count": seen,
-            **({"called": called} if called is not None else {}),
-        })
+        self._send(
+            status,
+            {
+                "method": self.command,
+                "path": url.path,
+                "query": query,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body.decode(errors="replace"),
+                "served_by": f"{SERVICE}-{VERSION}",
+                "instance": os.getpid(),
+                "count": seen,
+                **({"called": called} if called is not None else {}),
+            },
+        )
 
     def _call(self, url: str) -> dict:
         """GET the next hop with this request's trace headers; its status (0: no answer) and body."""

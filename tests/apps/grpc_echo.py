@@ -39,7 +39,14 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
 
 
 def _reply(method: str, metadata: dict[str, str], **fields) -> bytes:
-    body = {"method": method, **fields, "served_by": SERVED_BY, "version": VERSION, "instance": os.getpid(), "metadata": metadata}
+    body = {
+        "method": method,
+        **fields,
+        "served_by": SERVED_BY,
+        "version": VERSION,
+        "instance": os.getpid(),
+        "metadata": metadata,
+    }
     return json.dumps(body).encode()
 
 
@@ -90,12 +97,15 @@ async def bidi(requests, context):
 
 def handler() -> grpc.GenericRpcHandler:
     # No (de)serializers: gRPC hands us, and sends, the raw message bytes.
-    return grpc.method_handlers_generic_handler("lattice.test.Echo", {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
-        "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
-        "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
-    })
+    return grpc.method_handlers_generic_handler(
+        "lattice.test.Echo",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
+        },
+    )
 
 
 async def serve(port: int) -> None:

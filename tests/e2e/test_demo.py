@@ -52,17 +52,27 @@ def demo_env(home: Path) -> dict[str, str]:
 @pytest.mark.timeout(180)
 def test_demo_runs_bookinfo_through_the_mesh_and_leaves_nothing_running(tmp_path):
     home = tmp_path / "home"
-    result = subprocess.run([LATTICE, "demo", "--duration", "20", "--check"], env=demo_env(home), capture_output=True, text=True, timeout=150)
+    result = subprocess.run(
+        [LATTICE, "demo", "--duration", "20", "--check"],
+        env=demo_env(home),
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "mutual TLS: STRICT mesh-wide" in output and "sa/{details,loadgen,productpage,ratings,reviews}" in output, output
+    assert "mutual TLS: STRICT mesh-wide" in output and "sa/{details,loadgen,productpage,ratings,reviews}" in output, (
+        output
+    )
     assert "curl -x http://127." in output and "http://productpage:9080/productpage" in output, output
     assert "mesh ready in" in output and "check passed" in output, output
     for row in ("productpage", "details", "ratings", "reviews"):
         assert row in output
     # Who called whom, with the caller's identity, each hop mutual TLS (the callee's sidecar saw the certificate).
     assert "who called whom" in output, output
-    assert re.search(r"productpage-v1\s+reviews-v\d\s+spiffe://cluster.local/ns/default/sa/productpage\s+yes", output), output
+    assert re.search(
+        r"productpage-v1\s+reviews-v\d\s+spiffe://cluster.local/ns/default/sa/productpage\s+yes", output
+    ), output
     assert re.search(r"reviews-v[23]\s+ratings-v1\s+spiffe://cluster.local/ns/default/sa/reviews\s+yes", output), output
     assert not (home / "server.json").exists(), "the control plane left its discovery file behind"
     assert settled_leftovers(home) == []
@@ -74,14 +84,21 @@ def test_demo_refuses_when_a_control_plane_already_runs_for_the_home(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     with open(tmp_path / "server.log", "wb") as log:
-        server = subprocess.Popen([LATTICE, "server", "--home", str(home), "--api-port", "0", "--xds-port", "0", "--agent-port", "0"], env=demo_env(home), stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [LATTICE, "server", "--home", str(home), "--api-port", "0", "--xds-port", "0", "--agent-port", "0"],
+            env=demo_env(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 20
         while not (home / "server.json").exists():
             assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
             time.sleep(0.05)
         pid = json.loads((home / "server.json").read_text())["pid"]
-        result = subprocess.run([LATTICE, "demo", "--duration", "5"], env=demo_env(home), capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [LATTICE, "demo", "--duration", "5"], env=demo_env(home), capture_output=True, text=True, timeout=30
+        )
         output = result.stdout + result.stderr
         assert result.returncode == 2, output
         assert "already running" in output and f"pid {pid}" in output and str(home) in output, output

@@ -13,10 +13,30 @@ from harness import BACKEND, ControlPlane, Workload, drained, running, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("access-logs")]
 FIELDS = {
-    "start_time", "route_name", "method", "path", "protocol", "response_code", "response_flags", "response_code_details",
-    "connection_termination_details", "upstream_transport_failure_reason", "bytes_received", "bytes_sent", "duration",
-    "upstream_service_time", "x_forwarded_for", "user_agent", "request_id", "authority", "upstream_host", "upstream_cluster",
-    "upstream_local_address", "downstream_local_address", "downstream_remote_address", "requested_server_name",
+    "start_time",
+    "route_name",
+    "method",
+    "path",
+    "protocol",
+    "response_code",
+    "response_flags",
+    "response_code_details",
+    "connection_termination_details",
+    "upstream_transport_failure_reason",
+    "bytes_received",
+    "bytes_sent",
+    "duration",
+    "upstream_service_time",
+    "x_forwarded_for",
+    "user_agent",
+    "request_id",
+    "authority",
+    "upstream_host",
+    "upstream_cluster",
+    "upstream_local_address",
+    "downstream_local_address",
+    "downstream_remote_address",
+    "requested_server_name",
 }
 
 
@@ -28,7 +48,9 @@ def mesh(tmp_path_factory):
     config.write_text("accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n")
     plane = ControlPlane(home, "--mesh-config", str(config)).start()
     try:
-        with running(plane, [Workload(plane, "logged", command=BACKEND), Workload(plane, "logger", command=BACKEND)]) as (server, client):
+        with running(
+            plane, [Workload(plane, "logged", command=BACKEND), Workload(plane, "logger", command=BACKEND)]
+        ) as (server, client):
             yield plane, server, client
     finally:
         plane.stop()
@@ -43,7 +65,14 @@ def _lines(w: Workload, marker: str) -> list[dict]:
 
 
 def _telemetry(spec: dict) -> str:
-    return json.dumps({"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": {"name": "logs", "namespace": "default"}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "telemetry.istio.io/v1",
+            "kind": "Telemetry",
+            "metadata": {"name": "logs", "namespace": "default"},
+            "spec": spec,
+        }
+    )
 
 
 def test_both_sidecars_write_istios_json_fields(mesh):
@@ -54,7 +83,12 @@ def test_both_sidecars_write_istios_json_fields(mesh):
         entries = wait_for(lambda w=w: _lines(w, path), 10, what=f"{w.service}'s access log line")
         entry = entries[0]
         assert FIELDS <= set(entry), FIELDS - set(entry)
-        assert entry["path"] == path and entry["method"] == "GET" and entry["response_code"] == 200 and entry["user_agent"] == "log-test"
+        assert (
+            entry["path"] == path
+            and entry["method"] == "GET"
+            and entry["response_code"] == 200
+            and entry["user_agent"] == "log-test"
+        )
         assert entry["upstream_cluster"].startswith(cluster.rsplit("|", 3)[0] if w is server else "outbound|")
     # The request id ties the two ends' lines together.
     assert _lines(client, path)[0]["request_id"] == _lines(server, path)[0]["request_id"]
@@ -62,7 +96,14 @@ def test_both_sidecars_write_istios_json_fields(mesh):
 
 def test_telemetry_filter_and_disable(mesh):
     plane, server, client = mesh
-    plane.apply(_telemetry({"selector": {"matchLabels": {"app": "logged"}}, "accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "response.code >= 400"}}]}))
+    plane.apply(
+        _telemetry(
+            {
+                "selector": {"matchLabels": {"app": "logged"}},
+                "accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "response.code >= 400"}}],
+            }
+        )
+    )
     wait_for(plane.all_synced, 10, what="the filter to reach the sidecars")
     drained(server)
     ok, bad = f"/ok-{uuid.uuid4().hex[:8]}", f"/bad-{uuid.uuid4().hex[:8]}"

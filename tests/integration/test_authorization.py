@@ -60,21 +60,61 @@ def mesh(tmp_path_factory):
     home = tmp_path_factory.mktemp("authz") / "home"
     home.mkdir(parents=True)
     mesh_config = home / "mesh.yaml"
-    mesh_config.write_text(json.dumps({"extensionProviders": [{"name": "test-authz", "envoyExtAuthzHttp": {
-        "service": "127.0.0.1", "port": authorizer.server_address[1], "includeRequestHeadersInCheck": ["x-allow"]}}]}))
+    mesh_config.write_text(
+        json.dumps(
+            {
+                "extensionProviders": [
+                    {
+                        "name": "test-authz",
+                        "envoyExtAuthzHttp": {
+                            "service": "127.0.0.1",
+                            "port": authorizer.server_address[1],
+                            "includeRequestHeadersInCheck": ["x-allow"],
+                        },
+                    }
+                ]
+            }
+        )
+    )
     plane = ControlPlane(home, "--mesh-config", str(mesh_config))
     tcp_local = _free_port()
     try:
         plane.start()
         workloads = [
             Workload(plane, SERVER, command=BACKEND),
-            Workload(plane, "client", "v1", command=BACKEND, extra=("--service-account", "client-a", "--upstream", f"tcp-echo:9000={tcp_local}")),
+            Workload(
+                plane,
+                "client",
+                "v1",
+                command=BACKEND,
+                extra=("--service-account", "client-a", "--upstream", f"tcp-echo:9000={tcp_local}"),
+            ),
             Workload(plane, "client", "v2", command=BACKEND, extra=("--service-account", "client-b")),
-            Workload(plane, "client", "v3", command=BACKEND, extra=("--service-account", "client-c", "-n", "other"), token=plane.token("client-c", "other")),
-            Workload(plane, "tcp-echo", command=[sys.executable, str(APPS / "tcp_echo.py")], extra=("--port", "9000", "--protocol", "tcp")),
+            Workload(
+                plane,
+                "client",
+                "v3",
+                command=BACKEND,
+                extra=("--service-account", "client-c", "-n", "other"),
+                token=plane.token("client-c", "other"),
+            ),
+            Workload(
+                plane,
+                "tcp-echo",
+                command=[sys.executable, str(APPS / "tcp_echo.py")],
+                extra=("--port", "9000", "--protocol", "tcp"),
+            ),
         ]
         with running(plane, workloads) as ready:
-            yield {"plane": plane, "server": ready[0], "a": ready[1], "b": ready[2], "other": ready[3], "tcp": ready[4], "tcp_local": tcp_local}
+            yield {
+                "plane": plane,
+                "server": ready[0],
+                "a": ready[1],
+                "b": ready[2],
+                "other": ready[3],
+                "tcp": ready[4],
+                "tcp_local": tcp_local,
+            }
     finally:
         plane.stop()
         authorizer.shutdown()
@@ -90,7 +130,9 @@ def ctx(mesh):
     return mesh
 
 
-def _policy(name: str, spec: dict, namespace: str = "default", selector: str | None = SERVER, annotations: dict | None = None) -> dict:
+def _policy(
+    name: str, spec: dict, namespace: str = "default", selector: str | None = SERVER, annotations: dict | None = None
+) -> dict:
     if selector:
         spec = {"selector": {"matchLabels": {"app": selector}}, **spec}
     metadata = {"name": name, "namespace": namespace, **({"annotations": annotations} if annotations else {})}
@@ -112,7 +154,10 @@ def _get(client: Workload, path: str = "/", headers: dict | None = None) -> tupl
 
 
 def _stat(workload: Workload, name: str) -> int:
-    body = http("GET", f"http://{workload.address}:{workload.info['agent_port']}/stats?filter={urllib.parse.quote('^' + name + '$')}")[2].decode()
+    body = http(
+        "GET",
+        f"http://{workload.address}:{workload.info['agent_port']}/stats?filter={urllib.parse.quote('^' + name + '$')}",
+    )[2].decode()
     return sum(int(line.rsplit(":", 1)[1]) for line in body.splitlines() if line.split(":", 1)[0] == name)
 
 
@@ -145,7 +190,12 @@ def test_allow_nothing_denies_everyone(ctx):
 
 
 def test_deny_by_path(ctx):
-    _apply(ctx, _policy("deny-admin", {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin", "/admin/*"]}}]}]}))
+    _apply(
+        ctx,
+        _policy(
+            "deny-admin", {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin", "/admin/*"]}}]}]}
+        ),
+    )
     assert _get(ctx["a"], "/admin") == (403, DENIED, False)
     assert _get(ctx["a"], "/admin/users?x=1") == (403, DENIED, False)
     assert _get(ctx["a"], "/administrator")[::2] == (200, True)
@@ -153,7 +203,12 @@ def test_deny_by_path(ctx):
 
 
 def test_allow_by_principal(ctx):
-    _apply(ctx, _policy("only-a", {"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/client-a"]}}]}]}))
+    _apply(
+        ctx,
+        _policy(
+            "only-a", {"rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/client-a"]}}]}]}
+        ),
+    )
     assert _get(ctx["a"])[::2] == (200, True)
     assert _get(ctx["b"]) == (403, DENIED, False)
     # Plaintext straight to the inbound port (PERMISSIVE): no certificate, so no principal.
@@ -165,7 +220,10 @@ def test_namespace_rules(ctx):
     _apply(ctx, _policy("from-other", {"rules": [{"from": [{"source": {"namespaces": ["other"]}}]}]}))
     assert _get(ctx["other"])[::2] == (200, True)
     assert _get(ctx["a"]) == (403, DENIED, False)
-    _apply(ctx, _policy("from-other", {"action": "DENY", "rules": [{"from": [{"source": {"notNamespaces": ["default"]}}]}]}))
+    _apply(
+        ctx,
+        _policy("from-other", {"action": "DENY", "rules": [{"from": [{"source": {"notNamespaces": ["default"]}}]}]}),
+    )
     assert _get(ctx["other"]) == (403, DENIED, False)
     assert _get(ctx["a"])[::2] == (200, True)
 
@@ -184,21 +242,45 @@ def test_tcp_authorization_by_port(ctx):
     _apply(ctx, _policy("tcp-port", {"rules": [{"to": [{"operation": {"ports": ["9000"]}}]}]}, selector="tcp-echo"))
     assert _tcp_exchange(ctx) == b"tcp-echo-v1 hello\n"
     # An HTTP-only field in an ALLOW rule on TCP: Istio drops the rule, so nothing is allowed.
-    _apply(ctx, _policy("tcp-port", {"rules": [{"to": [{"operation": {"ports": ["9000"], "methods": ["GET"]}}]}]}, selector="tcp-echo"))
+    _apply(
+        ctx,
+        _policy(
+            "tcp-port",
+            {"rules": [{"to": [{"operation": {"ports": ["9000"], "methods": ["GET"]}}]}]},
+            selector="tcp-echo",
+        ),
+    )
     assert _tcp_exchange(ctx) == b""
 
 
 def test_dry_run_counts_but_does_not_deny(ctx):
     counter = "http.inbound_9080.rbac.istio_dry_run_deny_.shadow_denied"  # Envoy adds the dot
     before = _stat(ctx["server"], counter)
-    _apply(ctx, _policy("would-deny", {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/dry"]}}]}]}, annotations={"istio.io/dry-run": "true"}))
+    _apply(
+        ctx,
+        _policy(
+            "would-deny",
+            {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/dry"]}}]}]},
+            annotations={"istio.io/dry-run": "true"},
+        ),
+    )
     assert [_get(ctx["a"], "/dry")[::2] for _ in range(3)] == [(200, True)] * 3
     assert _get(ctx["a"], "/other")[::2] == (200, True)
     assert _stat(ctx["server"], counter) - before == 3, _rbac_stats(ctx["server"])
 
 
 def test_custom_external_authorizer(ctx):
-    _apply(ctx, _policy("ext", {"action": "CUSTOM", "provider": {"name": "test-authz"}, "rules": [{"to": [{"operation": {"paths": ["/private/*"]}}]}]}))
+    _apply(
+        ctx,
+        _policy(
+            "ext",
+            {
+                "action": "CUSTOM",
+                "provider": {"name": "test-authz"},
+                "rules": [{"to": [{"operation": {"paths": ["/private/*"]}}]}],
+            },
+        ),
+    )
     assert _get(ctx["a"], "/private/x", {"x-allow": "yes"})[::2] == (200, True)
     status, body, served = _get(ctx["a"], "/private/y", {"x-allow": "no"})
     assert (status, body, served) == (403, b"denied by the test authorizer", False)
@@ -207,7 +289,15 @@ def test_custom_external_authorizer(ctx):
 
 
 def test_mesh_wide_policy_in_the_root_namespace(ctx):
-    _apply(ctx, _policy("mesh-deny", {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/mesh-denied"]}}]}]}, namespace="istio-system", selector=None))
+    _apply(
+        ctx,
+        _policy(
+            "mesh-deny",
+            {"action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/mesh-denied"]}}]}]},
+            namespace="istio-system",
+            selector=None,
+        ),
+    )
     assert _get(ctx["a"], "/mesh-denied") == (403, DENIED, False)
     assert _get(ctx["other"], "/mesh-denied") == (403, DENIED, False)
     # The client sidecars are under it too: a call to client-b's app is denied by client-b's sidecar.

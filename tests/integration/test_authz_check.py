@@ -60,14 +60,26 @@ def test_check_agrees_with_the_sidecar_on_every_request(shared_plane, mesh):
     disagreements, seen = [], set()
     for caller, method, path, team in itertools.product(CALLERS, METHODS, PATHS, TEAMS):
         headers = {"x-team": team} if team else {}
-        status, _, body = http(method, f"http://vault:9080{path}", body=b"" if method == "POST" else None, headers=headers, proxy=mesh[caller].outbound)
-        code, answer = shared_plane.call("POST", "/api/v1/authz/check", {"from": f"{caller}-v1", "to": "vault", "method": method, "path": path, "headers": headers})
+        status, _, body = http(
+            method,
+            f"http://vault:9080{path}",
+            body=b"" if method == "POST" else None,
+            headers=headers,
+            proxy=mesh[caller].outbound,
+        )
+        code, answer = shared_plane.call(
+            "POST",
+            "/api/v1/authz/check",
+            {"from": f"{caller}-v1", "to": "vault", "method": method, "path": path, "headers": headers},
+        )
         assert code == 200, answer
         (result,) = answer["results"]
         predicted = 200 if result["decision"] == "ALLOW" else 403
         seen.add(status)
         if status != predicted:
-            disagreements.append(f"{caller} {method} {path} x-team={team}: sidecar {status}, check {result['decision']} ({result['reason']})")
+            disagreements.append(
+                f"{caller} {method} {path} x-team={team}: sidecar {status}, check {result['decision']} ({result['reason']})"
+            )
         if status == 403:
             assert body == b"RBAC: access denied", body
     assert not disagreements, "\n".join(disagreements)
@@ -78,11 +90,15 @@ def test_check_names_the_policy_and_rule(shared_plane, mesh):
     reset_config(shared_plane)
     shared_plane.apply(POLICIES)
     wait_for(shared_plane.all_synced, 10, what="the policies to reach the sidecars")
-    result = shared_plane.cli("authz", "check", "--from", "reader-v1", "--to", "vault", "GET", "/admin", "-o", "json", check=False)
+    result = shared_plane.cli(
+        "authz", "check", "--from", "reader-v1", "--to", "vault", "GET", "/admin", "-o", "json", check=False
+    )
     assert result.returncode == 1
     (verdict,) = json.loads(result.stdout)["results"]
     assert verdict["decision"] == "DENY" and verdict["reason"] == "denied by ns[default]-policy[no-admin]-rule[0]"
-    result = shared_plane.cli("authz", "check", "--from", "writer", "--to", "vault", "POST", "/orders", "-H", "x-team: blue")
+    result = shared_plane.cli(
+        "authz", "check", "--from", "writer", "--to", "vault", "POST", "/orders", "-H", "x-team: blue"
+    )
     assert "ALLOW" in result.stdout and "ns[default]-policy[readers]-rule[1]" in result.stdout
     result = shared_plane.cli("authz", "check", "--to", "vault", "/docs", check=False)
     assert result.returncode == 1 and "none of their rules matched" in result.stdout

@@ -40,7 +40,10 @@ spec:
 
 @pytest.fixture(scope="module")
 def mesh(shared_plane):
-    with running(shared_plane, [Workload(shared_plane, "orders", command=BACKEND), Workload(shared_plane, "shop", command=BACKEND)]) as ready:
+    with running(
+        shared_plane,
+        [Workload(shared_plane, "orders", command=BACKEND), Workload(shared_plane, "shop", command=BACKEND)],
+    ) as ready:
         yield {w.service: w for w in ready}
 
 
@@ -51,7 +54,9 @@ def _call(mesh, path: str, token: str | None) -> int:
 
 def _check(plane, path: str, token: str | None) -> str:
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    code, answer = plane.call("POST", "/api/v1/authz/check", {"from": "shop-v1", "to": "orders", "path": path, "headers": headers})
+    code, answer = plane.call(
+        "POST", "/api/v1/authz/check", {"from": "shop-v1", "to": "orders", "path": path, "headers": headers}
+    )
     assert code == 200, answer
     return answer["results"][0]["decision"]
 

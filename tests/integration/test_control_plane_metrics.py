@@ -21,7 +21,9 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def _vs(name: str, host: str, match: str = "") -> str:
-    rules = f"  - match: [{{uri: {{regex: '{match}'}}}}]\n    route: [{{destination: {{host: {host}}}}}]\n" if match else ""
+    rules = (
+        f"  - match: [{{uri: {{regex: '{match}'}}}}]\n    route: [{{destination: {{host: {host}}}}}]\n" if match else ""
+    )
     return (
         f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\n"
         f"spec:\n  hosts: [{host}]\n  http:\n{rules}  - route: [{{destination: {{host: {host}}}}}]\n"
@@ -83,10 +85,14 @@ def test_a_virtual_service_is_pushed_and_converges_on_every_proxy(mesh):
     after = wait_for(lambda: _converged(plane, before, len(workloads)), 15, what="every proxy to ACK the push")
     assert after("pilot_xds_pushes", type="rds") >= before("pilot_xds_pushes", type="rds") + len(workloads)
     assert after("pilot_xds_push_time_count") > before("pilot_xds_push_time_count")
-    assert after("pilot_xds_config_size_bytes_count", type="rds") > before("pilot_xds_config_size_bytes_count", type="rds")
+    assert after("pilot_xds_config_size_bytes_count", type="rds") > before(
+        "pilot_xds_config_size_bytes_count", type="rds"
+    )
     assert after("lattice_config_resources", kind="VirtualService") == 1
     # Convergence here is a debounce, a push and a round trip to Envoy: seconds at worst, not tens.
-    assert after("pilot_proxy_convergence_time_bucket", le="5") - before("pilot_proxy_convergence_time_bucket", le="5") >= len(workloads)
+    assert after("pilot_proxy_convergence_time_bucket", le="5") - before(
+        "pilot_proxy_convergence_time_bucket", le="5"
+    ) >= len(workloads)
     apply_calls = {"method": "POST", "route": "/api/v1/apply", "code": "200"}
     assert after("lattice_api_requests_total", **apply_calls) == before("lattice_api_requests_total", **apply_calls) + 1
     assert after("lattice_api_request_duration_seconds_count", method="POST", route="/api/v1/apply") >= 1
@@ -106,8 +112,14 @@ def test_a_config_envoy_rejects_is_counted_per_type_and_per_proxy(mesh):
     plane, workloads = mesh
     before = Scrape(plane)
     plane.apply(_vs("huge-regex", "alpha", match="/(a|b|c|d|e|f|g|h){1,200}"))
-    rejecting = wait_for(lambda: (s := Scrape(plane))("pilot_xds_rds_reject") == len(workloads) and s, 15, what="every proxy to NACK the routes")
-    assert rejecting("pilot_total_xds_rejects", type="rds") >= before("pilot_total_xds_rejects", type="rds") + len(workloads)
+    rejecting = wait_for(
+        lambda: (s := Scrape(plane))("pilot_xds_rds_reject") == len(workloads) and s,
+        15,
+        what="every proxy to NACK the routes",
+    )
+    assert rejecting("pilot_total_xds_rejects", type="rds") >= before("pilot_total_xds_rejects", type="rds") + len(
+        workloads
+    )
     assert rejecting("pilot_xds_lds_reject") == rejecting("pilot_xds_cds_reject") == 0
     status = plane.proxy(workloads[0].id)["types"]["RouteConfiguration"]
     assert status["state"] == "NACKED" and "program size" in status["error"], status
@@ -124,7 +136,10 @@ def test_csr_counters_after_enrolment_and_refusals(mesh):
     assert _csr(plane, f"Bearer {plane.token('gamma')}", "not a CSR")[0] == 403
     after = Scrape(plane)
     assert after("citadel_server_csr_count") == before("citadel_server_csr_count") + 2
-    assert after("citadel_server_authentication_failure_count") == before("citadel_server_authentication_failure_count") + 1
+    assert (
+        after("citadel_server_authentication_failure_count")
+        == before("citadel_server_authentication_failure_count") + 1
+    )
     assert after("citadel_server_csr_parsing_err_count") == before("citadel_server_csr_parsing_err_count") + 1
     assert after("citadel_server_success_cert_issuance_count") == before("citadel_server_success_cert_issuance_count")
 
@@ -133,7 +148,13 @@ def _csr(plane: ControlPlane, authorization: str, csr: str) -> tuple[int, dict]:
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only counting refusals here
     body = json.dumps({"csr": csr, "proxy_id": "gamma-1.default"}).encode()
-    status, _, raw = http("POST", f"{plane.agent_api}/agent/v1/certificate", body, {"Authorization": authorization, "Content-Type": "application/json"}, context=context)
+    status, _, raw = http(
+        "POST",
+        f"{plane.agent_api}/agent/v1/certificate",
+        body,
+        {"Authorization": authorization, "Content-Type": "application/json"},
+        context=context,
+    )
     return status, json.loads(raw or b"{}")
 
 
@@ -146,5 +167,8 @@ def test_api_requests_are_counted_by_route_pattern_not_path(mesh):
     after = Scrape(plane)
     listed = {"method": "GET", "route": "/api/v1/resources/{kind}", "code": "200"}
     assert after("lattice_api_requests_total", **listed) == before("lattice_api_requests_total", **listed) + 3
-    assert after("lattice_api_requests_total", method="GET", route="unmatched", code="401") == before("lattice_api_requests_total", method="GET", route="unmatched", code="401") + 1
+    assert (
+        after("lattice_api_requests_total", method="GET", route="unmatched", code="401")
+        == before("lattice_api_requests_total", method="GET", route="unmatched", code="401") + 1
+    )
     assert not [key for key in after.samples if "virtualservices" in str(key) or "/no/such" in str(key)]

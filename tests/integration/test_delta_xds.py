@@ -30,30 +30,74 @@ def _bootstrap(node_id: str, xds: str, admin_port: int, me: Enrolled, sds_socket
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni": "lattice-control-plane",
             "common_tls_context": {
-                "tls_certificates": [{"certificate_chain": {"filename": str(me.cert_file)}, "private_key": {"filename": str(me.key_file)}}],
-                "validation_context": {"trusted_ca": {"filename": str(me.bundle_file)}, "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "lattice-control-plane"}}]},
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(me.cert_file)},
+                        "private_key": {"filename": str(me.key_file)},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(me.bundle_file)},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": "lattice-control-plane"}}
+                    ],
+                },
                 "alpn_protocols": ["h2"],
             },
         },
     }
-    h2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions", "explicit_http_config": {"http2_protocol_options": {}}}}
+    h2 = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
     return {
         "node": {"id": node_id, "cluster": "delta-client.default"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "dynamic_resources": {
-            "ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
+            "ads_config": {
+                "api_type": "DELTA_GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+            },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": {
             "clusters": [
                 {
-                    "name": "xds", "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": h2, "transport_socket": xds_tls,
-                    "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}]}]},
+                    "name": "xds",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": h2,
+                    "transport_socket": xds_tls,
+                    "load_assignment": {
+                        "cluster_name": "xds",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {"socket_address": {"address": host, "port_value": int(port)}}
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
                 },
                 {
-                    "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s", "typed_extension_protocol_options": h2,
-                    "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(sds_socket)}}}}]}]},
+                    "name": "sds-grpc",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": h2,
+                    "load_assignment": {
+                        "cluster_name": "sds-grpc",
+                        "endpoints": [
+                            {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": str(sds_socket)}}}}]}
+                        ],
+                    },
                 },
             ]
         },
@@ -64,16 +108,34 @@ def test_envoy_on_delta_xds_gets_config_and_changes(plane, tmp_path):
     reviews_v1, reviews_v2 = start_all(plane, [("reviews", "v1"), ("reviews", "v2")])
     lease = lease_loopback([9080, 15001])
     node_id = "delta-client-v1-000001.default"
-    record = {"name": "delta-client-v1", "service": "delta-client", "service_account": "delta-client", "address": lease.address, "port": 9080, "app_port": 9, "outbound_port": 15001, "agent_port": 15020, "healthy": True, "labels": {"app": "delta-client"}}
+    record = {
+        "name": "delta-client-v1",
+        "service": "delta-client",
+        "service_account": "delta-client",
+        "address": lease.address,
+        "port": 9080,
+        "app_port": 9,
+        "outbound_port": 15001,
+        "agent_port": 15020,
+        "healthy": True,
+        "labels": {"app": "delta-client"},
+    }
     me = Enrolled(plane, "delta-client", node_id, tmp_path / "identity")
     me.register(record)
     sds = _SdsServer(tmp_path / "sds.sock", me)
     bootstrap = tmp_path / "envoy.json"
     admin_port = _free_port()
     bootstrap.write_text(json.dumps(_bootstrap(node_id, plane.xds, admin_port, me, sds.socket)))
-    envoy = subprocess.Popen([envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warning"], env=ENV_BASE, stdout=open(tmp_path / "envoy.log", "wb"), stderr=subprocess.STDOUT)
+    envoy = subprocess.Popen(
+        [envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warning"],
+        env=ENV_BASE,
+        stdout=open(tmp_path / "envoy.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
-        proxy = wait_for(lambda: plane.all_synced([node_id]) and plane.proxy(node_id), 20, what="the delta Envoy to sync")
+        proxy = wait_for(
+            lambda: plane.all_synced([node_id]) and plane.proxy(node_id), 20, what="the delta Envoy to sync"
+        )
         assert proxy["xds"] == "delta"
         url = "http://reviews:9080/reviews/0"
         via = f"http://{lease.address}:15001"
@@ -81,11 +143,17 @@ def test_envoy_on_delta_xds_gets_config_and_changes(plane, tmp_path):
         assert seen == {"reviews-v1", "reviews-v2"}
         routes_before = proxy["types"]["RouteConfiguration"]["acked"]
         plane.apply(_ONLY_V2)
-        wait_for(lambda: {http("GET", url, proxy=via)[1].get("x-served-by") for _ in range(5)} == {"reviews-v2"}, 5, what="the delta update to route to v2")
+        wait_for(
+            lambda: {http("GET", url, proxy=via)[1].get("x-served-by") for _ in range(5)} == {"reviews-v2"},
+            5,
+            what="the delta update to route to v2",
+        )
         after = wait_for(lambda: plane.all_synced([node_id]) and plane.proxy(node_id), 5, what="the delta ACK")
         assert after["types"]["RouteConfiguration"]["acked"] != routes_before
         # Removing a subset removes its clusters from Envoy (delta `removed_resources`).
-        assert [c for c in _clusters(admin_port) if "|v1|" in c] == ["outbound|9080|v1|reviews.default.svc.cluster.local"]
+        assert [c for c in _clusters(admin_port) if "|v1|" in c] == [
+            "outbound|9080|v1|reviews.default.svc.cluster.local"
+        ]
         plane.cli("delete", "destinationrule", "reviews")
         plane.cli("delete", "virtualservice", "reviews")
         wait_for(lambda: not [c for c in _clusters(admin_port) if "|v1|" in c], 5, what="subset clusters to be removed")
@@ -142,7 +210,15 @@ asyncio.run(main())
 class _SdsServer:
     def __init__(self, socket_path: Path, me: Enrolled) -> None:
         self.socket = socket_path
-        argv = [sys.executable, "-c", SDS_SERVER, str(socket_path), str(me.cert_file), str(me.key_file), str(me.bundle_file)]
+        argv = [
+            sys.executable,
+            "-c",
+            SDS_SERVER,
+            str(socket_path),
+            str(me.cert_file),
+            str(me.key_file),
+            str(me.bundle_file),
+        ]
         self.process = subprocess.Popen(argv, env=ENV_BASE, preexec_fn=die_with_parent)
         wait_for(socket_path.exists, 10, what="the SDS server to listen")
 

@@ -37,8 +37,14 @@ spec:
 
 @pytest.fixture(scope="module")
 def mesh(shared_plane):
-    workloads = [Workload(shared_plane, s, v, command=BACKEND) for s, v in (("web", "v1"), ("web-canary", "v2"), ("mirror", "v1"), ("client", "v1"))]
-    workloads += [Workload(shared_plane, s, v, command=GRPC_ECHO, extra=("--protocol", "GRPC")) for s, v in (("echo", "v1"), ("echo-v2", "v2"))]
+    workloads = [
+        Workload(shared_plane, s, v, command=BACKEND)
+        for s, v in (("web", "v1"), ("web-canary", "v2"), ("mirror", "v1"), ("client", "v1"))
+    ]
+    workloads += [
+        Workload(shared_plane, s, v, command=GRPC_ECHO, extra=("--protocol", "GRPC"))
+        for s, v in (("echo", "v1"), ("echo-v2", "v2"))
+    ]
     with running(shared_plane, workloads) as ready:
         yield {w.service: w for w in ready}
 
@@ -67,6 +73,7 @@ def _raw(client: Workload, path: str, host: str = "web:9080") -> http.client.HTT
 def _split(client: Workload, n: int, connections: int = 10) -> Counter:
     """Who answered each of n requests, sent over several kept-alive connections to the client's
     sidecar at once (each request waits on the app's small writes; in parallel that costs little)."""
+
     def run(count: int) -> Counter:
         conn, seen = http.client.HTTPConnection(client.address, 15001, timeout=5), Counter()
         for _ in range(count):
@@ -88,9 +95,12 @@ def _seen(client: Workload, path: str, headers: dict | None = None) -> dict:
 
 
 def test_path_and_header_matches_pick_the_backend(shared_plane, client):
-    _apply(shared_plane, _route("""  - matches: [{path: {type: PathPrefix, value: /canary}}, {headers: [{name: x-user, value: jason}]}]
+    _apply(
+        shared_plane,
+        _route("""  - matches: [{path: {type: PathPrefix, value: /canary}}, {headers: [{name: x-user, value: jason}]}]
     backendRefs: [{name: web-canary, port: 9080}]
-  - backendRefs: [{name: web, port: 9080}]"""))
+  - backendRefs: [{name: web, port: 9080}]"""),
+    )
     wait_for(lambda: served_by(client, WEB + "/canary/a", 3) == {"web-canary-v2": 3}, 5, what="the route to apply")
     assert served_by(client, WEB + "/canary", 5) == {"web-canary-v2": 5}
     # PathPrefix matches whole path segments: /canaryx is not under /canary.
@@ -101,13 +111,19 @@ def test_path_and_header_matches_pick_the_backend(shared_plane, client):
 
 def test_the_longer_prefix_of_a_newer_route_wins_over_an_older_catch_all(shared_plane, client):
     _apply(shared_plane, _route("  - backendRefs: [{name: web, port: 9080}]", name="catch-all"))
-    _apply(shared_plane, _route("  - matches: [{path: {value: /beta}}]\n    backendRefs: [{name: web-canary, port: 9080}]", name="beta"))
+    _apply(
+        shared_plane,
+        _route("  - matches: [{path: {value: /beta}}]\n    backendRefs: [{name: web-canary, port: 9080}]", name="beta"),
+    )
     wait_for(lambda: served_by(client, WEB + "/beta/x", 3) == {"web-canary-v2": 3}, 5, what="the merged rules to apply")
     assert served_by(client, WEB + "/other", 5) == {"web-v1": 5}
 
 
 def test_weighted_backends_split_80_20(shared_plane, client):
-    _apply(shared_plane, _route("  - backendRefs: [{name: web, port: 9080, weight: 80}, {name: web-canary, port: 9080, weight: 20}]"))
+    _apply(
+        shared_plane,
+        _route("  - backendRefs: [{name: web, port: 9080, weight: 80}, {name: web-canary, port: 9080, weight: 20}]"),
+    )
     wait_for(lambda: "web-canary-v2" in served_by(client, WEB + "/", 20), 5, what="the split to apply")
     counts = _split(client, 1000)
     assert set(counts) == {"web-v1", "web-canary-v2"}, counts
@@ -116,10 +132,13 @@ def test_weighted_backends_split_80_20(shared_plane, client):
 
 
 def test_header_modifiers_reach_the_backend_and_the_client(shared_plane, client):
-    _apply(shared_plane, _route("""  - filters:
+    _apply(
+        shared_plane,
+        _route("""  - filters:
     - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: gamma}], add: [{name: x-tag, value: added}], remove: [x-drop]}}
     - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-answered-by, value: lattice}], remove: [x-instance]}}
-    backendRefs: [{name: web, port: 9080}]"""))
+    backendRefs: [{name: web, port: 9080}]"""),
+    )
     wait_for(lambda: client.call(WEB + "/")[1].get("x-answered-by") == "lattice", 5, what="the filters to apply")
     status, headers, body = client.call(WEB + "/", {"x-drop": "secret", "x-tag": "mine"})
     seen = json.loads(body)["headers"]
@@ -129,20 +148,28 @@ def test_header_modifiers_reach_the_backend_and_the_client(shared_plane, client)
 
 
 def test_request_redirect_answers_the_client_with_the_location(shared_plane, client):
-    _apply(shared_plane, _route("""  - matches: [{path: {type: Exact, value: /old}}]
+    _apply(
+        shared_plane,
+        _route("""  - matches: [{path: {type: Exact, value: /old}}]
     filters: [{type: RequestRedirect, requestRedirect: {hostname: example.com, path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}}]
-  - backendRefs: [{name: web, port: 9080}]"""))
+  - backendRefs: [{name: web, port: 9080}]"""),
+    )
     wait_for(lambda: _raw(client, "/old").status == 301, 5, what="the redirect to apply")
     response = _raw(client, "/old")
-    assert response.getheader("location").startswith("http://example.com") and response.getheader("location").endswith("/new")
+    assert response.getheader("location").startswith("http://example.com") and response.getheader("location").endswith(
+        "/new"
+    )
     assert _raw(client, "/older").status == 200
 
 
 def test_url_rewrite_replaces_the_matched_prefix_and_the_host(shared_plane, client):
-    _apply(shared_plane, _route("""  - matches: [{path: {value: /api/v1}}]
+    _apply(
+        shared_plane,
+        _route("""  - matches: [{path: {value: /api/v1}}]
     filters: [{type: URLRewrite, urlRewrite: {hostname: rewritten.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]
     backendRefs: [{name: web, port: 9080}]
-  - backendRefs: [{name: web, port: 9080}]"""))
+  - backendRefs: [{name: web, port: 9080}]"""),
+    )
     wait_for(lambda: _seen(client, "/api/v1/items")["path"] == "/items", 5, what="the rewrite to apply")
     seen = _seen(client, "/api/v1/items/7?q=1")
     assert seen["path"] == "/items/7" and seen["query"] == {"q": "1"} and seen["headers"]["host"] == "rewritten.example"
@@ -151,8 +178,11 @@ def test_url_rewrite_replaces_the_matched_prefix_and_the_host(shared_plane, clie
 
 
 def test_request_mirror_copies_reach_the_mirror_while_the_client_sees_the_primary(shared_plane, client):
-    _apply(shared_plane, _route("""  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: mirror, port: 9080}}}]
-    backendRefs: [{name: web, port: 9080}]"""))
+    _apply(
+        shared_plane,
+        _route("""  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: mirror, port: 9080}}}]
+    backendRefs: [{name: web, port: 9080}]"""),
+    )
     count = lambda: json.loads(client.call("http://mirror:9080/__count")[2])["count"]  # noqa: E731
     wait_for(lambda: (client.call(WEB + "/warm"), count() > 0)[1], 5, what="the mirror to apply")
     client.call("http://mirror:9080/__reset")
@@ -182,7 +212,10 @@ spec:
     _apply(shared_plane, _route("  - backendRefs: [{name: web, port: 9080}]"))
     wait_for(lambda: served_by(client, WEB + "/", 3) == {"web-canary-v2": 3}, 5, what="the VirtualService to route web")
     status = shared_plane.cli("status").stdout
-    assert "conflict: HTTPRoute default/web-routes: host web.default.svc.cluster.local is already claimed by VirtualService default/web-pinned" in status
+    assert (
+        "conflict: HTTPRoute default/web-routes: host web.default.svc.cluster.local is already claimed by VirtualService default/web-pinned"
+        in status
+    )
     # The route applies once the VirtualService is gone, and reads back as it was written.
     shared_plane.cli("delete", "virtualservice", "web-pinned")
     wait_for(lambda: served_by(client, WEB + "/", 3) == {"web-v1": 3}, 5, what="the HTTPRoute to take over")
@@ -197,11 +230,15 @@ def _echo(client: Workload, method: str, metadata: tuple = ()) -> str:
         if method == "ServerStream":
             replies = list(channel.unary_stream("/lattice.test.Echo/ServerStream")(b"hi", timeout=5, metadata=metadata))
             return json.loads(replies[0])["served_by"]
-        return json.loads(channel.unary_unary(f"/lattice.test.Echo/{method}")(b"hi", timeout=5, metadata=metadata))["served_by"]
+        return json.loads(channel.unary_unary(f"/lattice.test.Echo/{method}")(b"hi", timeout=5, metadata=metadata))[
+            "served_by"
+        ]
 
 
 def test_grpc_route_sends_a_method_to_the_chosen_version(shared_plane, client):
-    _apply(shared_plane, """apiVersion: gateway.networking.k8s.io/v1
+    _apply(
+        shared_plane,
+        """apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
 metadata: {name: echo-methods}
 spec:
@@ -210,7 +247,8 @@ spec:
   - matches: [{method: {service: lattice.test.Echo, method: Unary}}, {headers: [{name: x-user, value: jason}]}]
     backendRefs: [{name: echo-v2, port: 9080}]
   - backendRefs: [{name: echo, port: 9080}]
-""")
+""",
+    )
     wait_for(lambda: _echo(client, "Unary") == "echo-v2-v2", 5, what="the GRPCRoute to apply")
     assert {_echo(client, "Unary") for _ in range(5)} == {"echo-v2-v2"}
     assert {_echo(client, "ServerStream") for _ in range(5)} == {"echo-v1"}

@@ -69,7 +69,9 @@ def _verified(plane: ControlPlane):
     return context
 
 
-def _ask(plane: ControlPlane, csr: bytes, token: str | None, proxy_id: str = "ratings-test.default") -> tuple[int, dict]:
+def _ask(
+    plane: ControlPlane, csr: bytes, token: str | None, proxy_id: str = "ratings-test.default"
+) -> tuple[int, dict]:
     """POST /agent/v1/certificate as an agent holding only `token` (or nothing)."""
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token is not None else {})
     body = json.dumps({"csr": csr.decode(), "proxy_id": proxy_id}).encode()
@@ -107,12 +109,24 @@ def _verify(chain_pem: str, roots: list[x509.Certificate]) -> list[x509.Certific
 
 
 def _uris(cert: x509.Certificate) -> list[str]:
-    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.UniformResourceIdentifier)
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier
+    )
 
 
 def _record(name: str, service_account: str, address: str) -> dict:
     """What an agent registers; nobody dials these addresses (127.1/16 is never leased)."""
-    return {"name": name, "service": name.rsplit("-", 1)[0], "service_account": service_account, "address": address, "port": 9080, "app_port": 9, "outbound_port": 15001, "agent_port": 15020, "healthy": True}
+    return {
+        "name": name,
+        "service": name.rsplit("-", 1)[0],
+        "service_account": service_account,
+        "address": address,
+        "port": 9080,
+        "app_port": 9,
+        "outbound_port": 15001,
+        "agent_port": 15020,
+        "healthy": True,
+    }
 
 
 # --- the shared control plane's tests ------------------------------------------------------------
@@ -204,13 +218,23 @@ def test_only_a_workloads_own_identity_may_register_and_heartbeat_it(shared_plan
     ratings = Enrolled(shared_plane, "ratings", "ratings-reg.default", tmp_path / "ratings")
     reviews = Enrolled(shared_plane, "reviews", "reviews-reg.default", tmp_path / "reviews")
 
-    status, body = ratings.agent_call("PUT", "/agent/v1/workloads/ratings-reg.default", _record("ratings-v1", "reviews", "127.1.0.2"))
+    status, body = ratings.agent_call(
+        "PUT", "/agent/v1/workloads/ratings-reg.default", _record("ratings-v1", "reviews", "127.1.0.2")
+    )
     assert status == 403 and "may not register" in body["error"], body
-    status, body = ratings.agent_call("PUT", "/agent/v1/workloads/ratings-reg.default", _record("ratings-v1", "ratings", "127.1.0.2"), client_cert=False)
+    status, body = ratings.agent_call(
+        "PUT",
+        "/agent/v1/workloads/ratings-reg.default",
+        _record("ratings-v1", "ratings", "127.1.0.2"),
+        client_cert=False,
+    )
     assert status == 401 and "certificate is required" in body["error"], body
 
     reviews.register(_record("reviews-v1", "reviews", "127.1.0.3"))
-    for method, path in (("POST", "/agent/v1/workloads/reviews-reg.default/heartbeat"), ("DELETE", "/agent/v1/workloads/reviews-reg.default")):
+    for method, path in (
+        ("POST", "/agent/v1/workloads/reviews-reg.default/heartbeat"),
+        ("DELETE", "/agent/v1/workloads/reviews-reg.default"),
+    ):
         status, body = ratings.agent_call(method, path, {"healthy": False})
         assert status == 403 and "does not own" in body["error"], (method, body)
     assert reviews.agent_call("POST", "/agent/v1/workloads/reviews-reg.default/heartbeat", {"healthy": True})[0] == 200
@@ -223,12 +247,18 @@ def test_another_identity_cannot_take_over_a_registered_workload_id(shared_plane
     ratings = Enrolled(shared_plane, "ratings", "ratings-own.default", tmp_path / "ratings")
     reviews.register(_record("reviews-v1", "reviews", "127.1.0.4"))
     try:
-        status, body = ratings.agent_call("PUT", "/agent/v1/workloads/reviews-own.default", _record("reviews-v1", "ratings", "127.1.0.5"))
+        status, body = ratings.agent_call(
+            "PUT", "/agent/v1/workloads/reviews-own.default", _record("reviews-v1", "ratings", "127.1.0.5")
+        )
         assert status == 403, body
-        assert reviews.agent_call("POST", "/agent/v1/workloads/reviews-own.default/heartbeat", {"healthy": True})[0] == 200
+        assert (
+            reviews.agent_call("POST", "/agent/v1/workloads/reviews-own.default/heartbeat", {"healthy": True})[0] == 200
+        )
         # Nor get a certificate recorded under that proxy's id (what `lattice status` shows for it).
         csr = make_csr(new_key(), SpiffeId("cluster.local", "default", "ratings"))
-        status, body = ratings.agent_call("POST", "/agent/v1/certificate", {"csr": csr.decode(), "proxy_id": "reviews-own.default"})
+        status, body = ratings.agent_call(
+            "POST", "/agent/v1/certificate", {"csr": csr.decode(), "proxy_id": "reviews-own.default"}
+        )
         assert status == 403 and "does not own" in body["error"], body
     finally:
         ratings.agent_call("DELETE", "/agent/v1/workloads/reviews-own.default")
@@ -236,7 +266,12 @@ def test_another_identity_cannot_take_over_a_registered_workload_id(shared_plane
 
 
 def test_the_admin_api_needs_the_admin_token(shared_plane):
-    for method, path in (("GET", "/api/v1/status"), ("POST", "/api/v1/apply"), ("GET", "/api/v1/tokens"), ("POST", "/api/v1/tokens")):
+    for method, path in (
+        ("GET", "/api/v1/status"),
+        ("POST", "/api/v1/apply"),
+        ("GET", "/api/v1/tokens"),
+        ("POST", "/api/v1/tokens"),
+    ):
         for headers in ({}, {"Authorization": "Bearer not-the-admin-token"}):
             status, _, raw = http(method, f"{shared_plane.api}{path}", b"{}" if method == "POST" else None, headers)
             assert status == 401 and b"admin-token" in raw, (method, path, headers, raw)
@@ -283,7 +318,15 @@ def test_lattice_run_without_a_token_says_how_to_get_one(shared_plane, tmp_path)
 
 def test_lattice_run_with_another_identitys_token_fails_without_starting_envoy(shared_plane, tmp_path):
     before = _refused(shared_plane).get("san-mismatch", 0)
-    process = _run(shared_plane, tmp_path, "--service", "reviews", "--service-account", "reviews", token=shared_plane.token("ratings"))
+    process = _run(
+        shared_plane,
+        tmp_path,
+        "--service",
+        "reviews",
+        "--service-account",
+        "reviews",
+        token=shared_plane.token("ratings"),
+    )
     seen: list[str] = []
     deadline = time.monotonic() + 15
     while process.poll() is None and time.monotonic() < deadline:
@@ -304,7 +347,11 @@ def _processes_mentioning(text: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace") if entry.name.isdigit() else ""
+            cmdline = (
+                (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if entry.name.isdigit()
+                else ""
+            )
         except OSError:
             continue
         if text in cmdline:
@@ -319,13 +366,17 @@ def _processes_mentioning(text: str) -> list[str]:
 def _ads(plane: ControlPlane, node_id: str, bundle: bytes, me: Enrolled | None = None, timeout: float = 10):
     """An ADS stream that sends one CDS request for `node_id`, then stays open until the end."""
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=bundle, private_key=me.key_file.read_bytes() if me else None, certificate_chain=me.cert_file.read_bytes() if me else None
+        root_certificates=bundle,
+        private_key=me.key_file.read_bytes() if me else None,
+        certificate_chain=me.cert_file.read_bytes() if me else None,
     )
     channel = grpc.secure_channel(plane.xds, credentials, options=[("grpc.ssl_target_name_override", SERVER_NAME)])
     done = threading.Event()
 
     def requests():
-        yield discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node_id, cluster="test.default"), type_url=CLUSTER_TYPE)
+        yield discovery_pb2.DiscoveryRequest(
+            node=base_pb2.Node(id=node_id, cluster="test.default"), type_url=CLUSTER_TYPE
+        )
         done.wait(timeout)
 
     call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(requests(), timeout=timeout)
@@ -378,7 +429,9 @@ def test_a_refused_stranger_does_not_disconnect_the_real_proxy(shared_plane, xds
     reviews, ratings, bundle = xds_peers
     with _ads(shared_plane, reviews.proxy_id, bundle, reviews, timeout=15) as own:
         assert next(own).type_url == CLUSTER_TYPE
-        wait_for(lambda: shared_plane.proxy(reviews.proxy_id)["connected"], 5, what="the real stream to show as connected")
+        wait_for(
+            lambda: shared_plane.proxy(reviews.proxy_id)["connected"], 5, what="the real stream to show as connected"
+        )
         with _ads(shared_plane, reviews.proxy_id, bundle, ratings) as stranger:
             assert _refusal(stranger).code() == grpc.StatusCode.PERMISSION_DENIED
         assert shared_plane.proxy(reviews.proxy_id)["connected"]
@@ -387,20 +440,33 @@ def test_a_refused_stranger_does_not_disconnect_the_real_proxy(shared_plane, xds
 # --- a plug-in CA: an intermediate under an external root ---------------------------------------
 
 
-def _ca_cert(subject: str, key, issuer: x509.Certificate | None, issuer_key, path_length: int | None) -> x509.Certificate:
+def _ca_cert(
+    subject: str, key, issuer: x509.Certificate | None, issuer_key, path_length: int | None
+) -> x509.Certificate:
     now = datetime.now(timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Corp"), x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example Corp"),
+            x509.NameAttribute(NameOID.COMMON_NAME, subject),
+        ]
+    )
     usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(issuer.subject if issuer else name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=365))
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if issuer is not None:
-        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -412,17 +478,26 @@ def external_ca(tmp_path_factory) -> dict:
     root = _ca_cert("Example Root CA", root_key, None, root_key, None)
     intermediate = _ca_cert("Example Mesh Intermediate CA", intermediate_key, root, root_key, 0)
     pem = serialization.Encoding.PEM
-    files = {"chain": directory / "ca-chain.pem", "intermediate_only": directory / "intermediate.pem", "key": directory / "ca-key.pem", "root": directory / "root.pem"}
+    files = {
+        "chain": directory / "ca-chain.pem",
+        "intermediate_only": directory / "intermediate.pem",
+        "key": directory / "ca-key.pem",
+        "root": directory / "root.pem",
+    }
     files["chain"].write_bytes(intermediate.public_bytes(pem) + root.public_bytes(pem))
     files["intermediate_only"].write_bytes(intermediate.public_bytes(pem))
     files["root"].write_bytes(root.public_bytes(pem))
-    files["key"].write_bytes(intermediate_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    files["key"].write_bytes(
+        intermediate_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return files | {"root_cert": root, "intermediate_cert": intermediate}
 
 
 def test_a_plug_in_intermediate_ca_carries_mtls_end_to_end(tmp_path, external_ca):
     root, intermediate = external_ca["root_cert"], external_ca["intermediate_cert"]
-    plane = ControlPlane(tmp_path / "home", "--ca-cert", str(external_ca["chain"]), "--ca-key", str(external_ca["key"])).start()
+    plane = ControlPlane(
+        tmp_path / "home", "--ca-cert", str(external_ca["chain"]), "--ca-key", str(external_ca["key"])
+    ).start()
     started = []
     try:
         shown = _ca_show(plane)
@@ -453,7 +528,22 @@ def test_a_plug_in_intermediate_ca_carries_mtls_end_to_end(tmp_path, external_ca
 
 def test_a_plug_in_ca_without_its_root_is_refused_at_startup(tmp_path, external_ca):
     home = tmp_path / "home"
-    args = [LATTICE, "server", "--home", str(home), "--api-port", "0", "--xds-port", "0", "--agent-port", "0", "--ca-cert", str(external_ca["intermediate_only"]), "--ca-key", str(external_ca["key"])]
+    args = [
+        LATTICE,
+        "server",
+        "--home",
+        str(home),
+        "--api-port",
+        "0",
+        "--xds-port",
+        "0",
+        "--agent-port",
+        "0",
+        "--ca-cert",
+        str(external_ca["intermediate_only"]),
+        "--ca-key",
+        str(external_ca["key"]),
+    ]
     result = subprocess.run(args, env=ControlPlane(home).env, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert "the root is missing" in result.stderr, result.stderr
@@ -473,7 +563,10 @@ def test_a_trust_domain_flag_names_every_identity(tmp_path):
         status, body = _ask(plane, make_csr(new_key(), SpiffeId("example.org", "default", "x")), token, "x-1.default")
         assert status == 200, body
         leaf, _ = _leaf_and_rest(body["chain"])
-        assert _uris(leaf) == ["spiffe://example.org/ns/default/sa/x"] and body["identity"] == "spiffe://example.org/ns/default/sa/x"
+        assert (
+            _uris(leaf) == ["spiffe://example.org/ns/default/sa/x"]
+            and body["identity"] == "spiffe://example.org/ns/default/sa/x"
+        )
         assert _ca_show(plane)["trust_domain"] == "example.org"
     finally:
         plane.stop()

@@ -46,7 +46,13 @@ class Gateway:
     def start(self) -> Gateway:
         listen = [a for p, local in self.local.items() for a in ("--listen", f"{p}={local}")]
         env = self.plane.env | {"LATTICE_TOKEN": self.plane.token("istio-ingressgateway", "istio-system")}
-        self.process = subprocess.Popen([LATTICE, "gateway", *listen, "--log-level", "info"], env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(
+            [LATTICE, "gateway", *listen, "--log-level", "info"],
+            env=env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
         self.info = wait_for(self._ready, 30, what=f"the gateway to be ready (log {self.log})")
         return self
 
@@ -78,12 +84,20 @@ def _holds_config(proxy: dict) -> bool:
     """Connected and holding what it was sent; Envoy asks for routes and endpoints only once a
     listener or cluster needs them, so those may not have been sent at all."""
     optional = ("RouteConfiguration", "ClusterLoadAssignment")
-    return proxy["connected"] and all(t["state"] == "SYNCED" or (name in optional and t["state"] == "NOT SENT") for name, t in proxy["types"].items())
+    return proxy["connected"] and all(
+        t["state"] == "SYNCED" or (name in optional and t["state"] == "NOT SENT") for name, t in proxy["types"].items()
+    )
 
 
 def _apply(plane: ControlPlane, yaml_text: str) -> None:
     plane.apply(yaml_text)
-    wait_for(lambda: (s := plane.status()) and not s["server"]["push_pending"] and all(_holds_config(p) for p in s["proxies"]), 10, what="every proxy to hold the applied config")
+    wait_for(
+        lambda: (
+            (s := plane.status()) and not s["server"]["push_pending"] and all(_holds_config(p) for p in s["proxies"])
+        ),
+        10,
+        what="every proxy to hold the applied config",
+    )
 
 
 def _refused(gateway: Gateway, port: int) -> bool:
@@ -97,9 +111,15 @@ def _refused(gateway: Gateway, port: int) -> bool:
 def test_bookinfo_gateway_yaml_unchanged_reaches_productpage(plane, bookinfo, gateway):
     # The agent reports healthy before it prints where it serves: wait for the line, don't race it.
     announced = f"Gateway port 80: http://{gateway.info['address']}:{gateway.local[80]}"
-    wait_for(lambda: "ready at" in (text := gateway.log.read_text()) and announced in text, 5, what="the gateway to print where it serves")
+    wait_for(
+        lambda: "ready at" in (text := gateway.log.read_text()) and announced in text,
+        5,
+        what="the gateway to print where it serves",
+    )
     _apply(plane, BOOKINFO_GATEWAY)
-    status, _, body = wait_for(lambda: (r := gateway.get(80, "/productpage"))[0] == 200 and r, 10, what="productpage through the gateway")
+    status, _, body = wait_for(
+        lambda: (r := gateway.get(80, "/productpage"))[0] == 200 and r, 10, what="productpage through the gateway"
+    )
     assert PAGE_TITLE in body and b"Book Reviews" in body
     status, _, body = gateway.get(80, "/api/v1/products")
     assert status == 200 and b'"id"' in body
@@ -123,14 +143,22 @@ def _self_signed(directory: Path, address: str, host: str = "bookinfo.example.co
     now = datetime.datetime.now(datetime.timezone.utc)
     sans = x509.SubjectAlternativeName([x509.DNSName(host), x509.IPAddress(ipaddress.ip_address(address))])
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(sans, critical=False).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(sans, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file = directory / "cert.pem", directory / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file
 
 
@@ -166,7 +194,11 @@ def test_https_simple_serves_the_same_routes_and_http_redirects(plane, bookinfo,
     bound_to_both = BOOKINFO_GATEWAY.replace("  - bookinfo-gateway\n", "  - bookinfo-gateway\n  - bookinfo-https\n")
     _apply(plane, HTTPS_GATEWAY.format(cert=cert, key=key) + "---\n" + bound_to_both)
     trusting = ssl.create_default_context(cafile=str(cert))
-    status, _, body = wait_for(lambda: (r := gateway.get(443, "/productpage", "https", trusting))[0] == 200 and r, 10, what="productpage over HTTPS")
+    status, _, body = wait_for(
+        lambda: (r := gateway.get(443, "/productpage", "https", trusting))[0] == 200 and r,
+        10,
+        what="productpage over HTTPS",
+    )
     assert PAGE_TITLE in body
     assert gateway.get(443, "/nothing-here", "https", trusting)[0] == 404
     with pytest.raises(OSError):  # a client that does not trust the certificate refuses the handshake
@@ -201,7 +233,9 @@ spec:
 def test_tcp_server_forwards_bytes_to_the_mesh_service(plane, bookinfo, gateway):
     _apply(plane, TCP_GATEWAY)
     # The gateway opens the bytes to nobody: they reach productpage's sidecar over mesh mTLS, as sent.
-    status, _, body = wait_for(lambda: (r := gateway.get(31400, "/productpage"))[0] == 200 and r, 10, what="productpage over the TCP port")
+    status, _, body = wait_for(
+        lambda: (r := gateway.get(31400, "/productpage"))[0] == 200 and r, 10, what="productpage over the TCP port"
+    )
     assert PAGE_TITLE in body
 
 
@@ -243,17 +277,29 @@ spec:
 
 
 def _tls_get(address: str, port: int, sni: str, context: ssl.SSLContext) -> bytes:
-    with socket.create_connection((address, port), timeout=5) as raw, context.wrap_socket(raw, server_hostname=sni) as conn:
+    with (
+        socket.create_connection((address, port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=sni) as conn,
+    ):
         conn.sendall(f"GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
         return b"".join(iter(lambda: conn.recv(65536), b""))
 
 
 def test_tls_passthrough_reaches_the_app_that_holds_the_certificate(plane, bookinfo, gateway, workloads, tmp_path):
     cert, key = _self_signed(tmp_path, "127.0.0.1", "secure.example.com")
-    workloads("secure", command=[sys.executable, "-c", TLS_APP], extra=("--protocol", "tcp"), env={"CERT": str(cert), "KEY": str(key)})
+    workloads(
+        "secure",
+        command=[sys.executable, "-c", TLS_APP],
+        extra=("--protocol", "tcp"),
+        env={"CERT": str(cert), "KEY": str(key)},
+    )
     _apply(plane, PASSTHROUGH_GATEWAY)
     trusting = ssl.create_default_context(cafile=str(cert))  # the app's certificate: the gateway never had it
-    answer = wait_for(lambda: _tls_get(gateway.info["address"], gateway.local[443], "secure.example.com", trusting), 10, what="the TLS app through the gateway")
+    answer = wait_for(
+        lambda: _tls_get(gateway.info["address"], gateway.local[443], "secure.example.com", trusting),
+        10,
+        what="the TLS app through the gateway",
+    )
     assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"tls-backend")
     with pytest.raises(OSError):  # an SNI no tls route names has no filter chain: the connection is closed
         _tls_get(gateway.info["address"], gateway.local[443], "other.example.com", ssl._create_unverified_context())
@@ -265,7 +311,9 @@ def test_authorization_policy_selecting_the_gateway_applies_at_the_edge(plane, b
     _apply(plane, BOOKINFO_GATEWAY)
     wait_for(lambda: gateway.get(80, "/productpage")[0] == 200, 10, what="productpage through the gateway")
     namespace = gateway.info.get("namespace", "default")
-    _apply(plane, f"""
+    _apply(
+        plane,
+        f"""
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: edge, namespace: {namespace}}}
@@ -273,7 +321,10 @@ spec:
   selector: {{matchLabels: {{istio: ingressgateway}}}}
   action: DENY
   rules: [{{to: [{{operation: {{paths: ["/api/*"]}}}}]}}]
-""")
-    status, _, body = wait_for(lambda: (r := gateway.get(80, "/api/v1/products"))[0] == 403 and r, 10, what="the gateway to deny /api/*")
+""",
+    )
+    status, _, body = wait_for(
+        lambda: (r := gateway.get(80, "/api/v1/products"))[0] == 403 and r, 10, what="the gateway to deny /api/*"
+    )
     assert body == b"RBAC: access denied"
     assert gateway.get(80, "/productpage")[0] == 200

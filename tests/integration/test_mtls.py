@@ -49,18 +49,30 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever(
 """
 
 
-def _policy(name: str, namespace: str, mode: str, selector: str | None = None, port_modes: dict[int, str] | None = None) -> str:
+def _policy(
+    name: str, namespace: str, mode: str, selector: str | None = None, port_modes: dict[int, str] | None = None
+) -> str:
     spec: dict = {"mtls": {"mode": mode}}
     if selector:
         spec["selector"] = {"matchLabels": {"app": selector}}
     if port_modes:
         spec["portLevelMtls"] = {port: {"mode": m} for port, m in port_modes.items()}
-    doc = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    doc = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
     return json.dumps(doc)  # JSON is YAML
 
 
 def _destination_rule(tls_mode: str) -> str:
-    doc = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": SERVER, "namespace": "default"}, "spec": {"host": SERVER, "trafficPolicy": {"tls": {"mode": tls_mode}}}}
+    doc = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": SERVER, "namespace": "default"},
+        "spec": {"host": SERVER, "trafficPolicy": {"tls": {"mode": tls_mode}}},
+    }
     return json.dumps(doc)
 
 
@@ -76,7 +88,10 @@ def plane(shared_plane):
 @pytest.fixture(scope="module")
 def echo_mesh(shared_plane):
     """Server and client, both running the echo app under their own sidecars."""
-    with running(shared_plane, [Workload(shared_plane, s, "v1", command=[sys.executable, "-c", ECHO_APP]) for s in (SERVER, CLIENT)]) as ready:
+    with running(
+        shared_plane,
+        [Workload(shared_plane, s, "v1", command=[sys.executable, "-c", ECHO_APP]) for s in (SERVER, CLIENT)],
+    ) as ready:
         yield ready
 
 
@@ -116,13 +131,17 @@ def _meshed_ok(client: Workload, path: str = "/", headers: dict | None = None) -
     return body
 
 
-def _meshed_xfcc(client: Workload, server: Workload, mtls: bool, path: str = "/", headers: dict | None = None) -> list[str]:
+def _meshed_xfcc(
+    client: Workload, server: Workload, mtls: bool, path: str = "/", headers: dict | None = None
+) -> list[str]:
     """The XFCC values the server's app saw on meshed requests, checked to be the same (present or
     absent, as `mtls` says) on several requests, whichever of the client sidecar's pooled
     connections each one takes."""
     drained(server)
     seen = [_seen(_meshed_ok(client, path, headers), XFCC) for _ in range(6)]
-    assert all(bool(s) == mtls for s in seen), f"expected {'mTLS' if mtls else 'plaintext'} on every meshed request; XFCC seen: {seen}"
+    assert all(bool(s) == mtls for s in seen), (
+        f"expected {'mTLS' if mtls else 'plaintext'} on every meshed request; XFCC seen: {seen}"
+    )
     return seen[-1]
 
 
@@ -130,7 +149,9 @@ def _s_client(server: Workload, *args: str) -> str:
     """openssl s_client against the inbound port, sending one HTTP request; its whole output."""
     request = f"GET / HTTP/1.1\r\nHost: {SERVER}\r\nConnection: close\r\n\r\n"
     command = ["openssl", "s_client", "-connect", f"{server.address}:9080", "-ign_eof", *args]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         out, _ = process.communicate(request, timeout=15)
     finally:
@@ -217,7 +238,9 @@ def test_most_specific_policy_wins(plane, mesh):
 
     _apply(plane, _policy("server-strict", "default", "STRICT", selector=SERVER, port_modes={9080: "DISABLE"}))
     result = _plaintext(server)
-    assert not _refused(result) and result[0] == 200, f"port-level DISABLE should override the workload's STRICT: {result!r}"
+    assert not _refused(result) and result[0] == 200, (
+        f"port-level DISABLE should override the workload's STRICT: {result!r}"
+    )
     # Auto mTLS: the client's sidecar now speaks plaintext to this endpoint, so no peer identity.
     assert _meshed_xfcc(client, server, mtls=False) == []
 
@@ -228,30 +251,42 @@ def test_most_specific_policy_wins(plane, mesh):
 def test_meshed_traffic_is_encrypted_on_the_wire(plane, mesh, tmp_path):
     server, client = mesh
     assert shutil.which("tcpdump"), "tcpdump is not installed; `make tools` installs it"
-    secret_path, secret_value, control_path = (f"/{word}-{secrets.token_hex(8)}" for word in ("secret-path", "secret-value", "plain-path"))
+    secret_path, secret_value, control_path = (
+        f"/{word}-{secrets.token_hex(8)}" for word in ("secret-path", "secret-value", "plain-path")
+    )
     pcap, log = tmp_path / "lo.pcap", tmp_path / "tcpdump.log"
     _meshed_xfcc(client, server, mtls=True)  # no plaintext connection left over from an earlier test
     command = ["tcpdump", "-i", "lo", "-n", "-U", "-w", str(pcap), f"host {server.address} and port 9080"]
     with open(log, "wb") as err:
         tcpdump = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        wait_for(lambda: tcpdump.poll() is None and b"listening on" in log.read_bytes(), 10, what=f"tcpdump to listen ({log})")
+        wait_for(
+            lambda: tcpdump.poll() is None and b"listening on" in log.read_bytes(),
+            10,
+            what=f"tcpdump to listen ({log})",
+        )
         for _ in range(10):
             _meshed_ok(client, secret_path, {"x-secret": secret_value})
         control = _plaintext(server, control_path)  # the control: PERMISSIVE, no TLS at all
         assert not _refused(control) and control[0] == 200, control
         # Packets arrive in order: once the control shows, every meshed request before it is in.
-        wait_for(lambda: control_path.encode() in pcap.read_bytes(), 10, what="the plaintext control request in the capture")
+        wait_for(
+            lambda: control_path.encode() in pcap.read_bytes(), 10, what="the plaintext control request in the capture"
+        )
     finally:
         stop(tcpdump, sig=signal.SIGINT)  # SIGINT: tcpdump flushes the capture
     capture = pcap.read_bytes()
-    assert secret_path.encode() not in capture and secret_value.encode() not in capture, "meshed request visible on the wire"
+    assert secret_path.encode() not in capture and secret_value.encode() not in capture, (
+        "meshed request visible on the wire"
+    )
     segments = _tcp_payloads(capture)
     to_server = [p for sport, dport, p in segments if dport == 9080]
     from_server = [p for sport, dport, p in segments if sport == 9080]
     for direction, payloads in (("requests", to_server), ("responses", from_server)):
         tls_records = [p for p in payloads if p[:3] == b"\x17\x03\x03"]  # TLS application data
-        assert len(tls_records) >= 10, f"expected a TLS record per meshed request in the {direction}, saw {len(tls_records)} of {len(payloads)} segments"
+        assert len(tls_records) >= 10, (
+            f"expected a TLS record per meshed request in the {direction}, saw {len(tls_records)} of {len(payloads)} segments"
+        )
     plaintext = [p[:40] for p in to_server if p.startswith(b"GET ")]
     assert plaintext == [f"GET {control_path} HTTP/1.1\r\n".encode()[:40]], plaintext
 
@@ -324,10 +359,21 @@ def _foreign_identity(directory: Path, uri: str) -> tuple[Path, Path]:
     root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     root = certificate("foreign root", "foreign root", root_key.public_key(), root_key, True)
     leaf = certificate(
-        "foreign workload", "foreign root", leaf_key.public_key(), root_key, False,
-        [(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), True), (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), False)],
+        "foreign workload",
+        "foreign root",
+        leaf_key.public_key(),
+        root_key,
+        False,
+        [
+            (x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), True),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
     )
     cert, key = directory / "foreign-cert.pem", directory / "foreign-key.pem"
     cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + root.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert, key

@@ -58,7 +58,12 @@ def mesh(shared_plane, tmp_path_factory):
         tcp_port = s.getsockname()[1]
     workloads = [
         Workload(shared_plane, SERVER, command=BACKEND),
-        Workload(shared_plane, TCP, command=[sys.executable, str(APPS / "tcp_echo.py")], extra=("--port", "9000", "--protocol", "tcp")),
+        Workload(
+            shared_plane,
+            TCP,
+            command=[sys.executable, str(APPS / "tcp_echo.py")],
+            extra=("--port", "9000", "--protocol", "tcp"),
+        ),
         Workload(shared_plane, CLIENT, command=BACKEND, extra=("--upstream", f"{TCP}:9000={tcp_port}")),
     ]
     with running(shared_plane, workloads) as (server, tcp, client):
@@ -75,24 +80,66 @@ def _send(client: Workload, n_ok: int, n_not_found: int, path: str) -> None:
 def test_scrapes_of_both_sidecars_count_exactly_the_requests_sent(mesh):
     client, server = mesh["client"], mesh["server"]
     _send(client, 7, 3, "/counted")
-    principal = {"source_principal": f"spiffe://cluster.local/ns/default/sa/{CLIENT}", "destination_principal": f"spiffe://cluster.local/ns/default/sa/{SERVER}"}
-    ends = {"source_workload": f"{CLIENT}-v1", "source_app": CLIENT, "source_version": "v1", "destination_workload": f"{SERVER}-v1",
-            "destination_app": SERVER, "destination_service": f"{SERVER}.default.svc.cluster.local", "destination_service_name": SERVER,
-            "destination_service_namespace": "default", "request_protocol": "http", **principal}
+    principal = {
+        "source_principal": f"spiffe://cluster.local/ns/default/sa/{CLIENT}",
+        "destination_principal": f"spiffe://cluster.local/ns/default/sa/{SERVER}",
+    }
+    ends = {
+        "source_workload": f"{CLIENT}-v1",
+        "source_app": CLIENT,
+        "source_version": "v1",
+        "destination_workload": f"{SERVER}-v1",
+        "destination_app": SERVER,
+        "destination_service": f"{SERVER}.default.svc.cluster.local",
+        "destination_service_name": SERVER,
+        "destination_service_namespace": "default",
+        "request_protocol": "http",
+        **principal,
+    }
     for w, reporter, security in ((client, "source", "unknown"), (server, "destination", "mutual_tls")):
+
         def counted(w=w, reporter=reporter):
             samples = scrape(w)
             return samples if value(samples, "istio_requests_total", reporter=reporter) >= 10 else None
+
         samples = wait_for(counted, 10, what=f"{reporter} sidecar to count 10 requests")
-        assert value(samples, "istio_requests_total", reporter=reporter, response_code=200, connection_security_policy=security, **ends) == 7
-        assert value(samples, "istio_requests_total", reporter=reporter, response_code=404, connection_security_policy=security, **ends) == 3
+        assert (
+            value(
+                samples,
+                "istio_requests_total",
+                reporter=reporter,
+                response_code=200,
+                connection_security_policy=security,
+                **ends,
+            )
+            == 7
+        )
+        assert (
+            value(
+                samples,
+                "istio_requests_total",
+                reporter=reporter,
+                response_code=404,
+                connection_security_policy=security,
+                **ends,
+            )
+            == 3
+        )
         assert value(samples, "istio_requests_total", reporter=reporter) == 10  # nothing else, nothing twice
         # The histogram is whole: cumulative buckets never decrease and +Inf holds every request.
         for code, n in (("200", 7), ("404", 3)):
-            buckets = [(l["le"], v) for name, l, v in samples if name == "istio_request_duration_milliseconds_bucket" and l["reporter"] == reporter and l["response_code"] == code]
+            buckets = [
+                (l["le"], v)
+                for name, l, v in samples
+                if name == "istio_request_duration_milliseconds_bucket"
+                and l["reporter"] == reporter
+                and l["response_code"] == code
+            ]
             counts = [v for _, v in buckets]
             assert counts == sorted(counts) and dict(buckets)["+Inf"] == n
-            assert value(samples, "istio_request_duration_milliseconds_count", reporter=reporter, response_code=code) == n
+            assert (
+                value(samples, "istio_request_duration_milliseconds_count", reporter=reporter, response_code=code) == n
+            )
             assert value(samples, "istio_request_bytes_count", reporter=reporter, response_code=code) == n
             assert value(samples, "istio_response_bytes_sum", reporter=reporter, response_code=code) > 0
         assert any(name.startswith("envoy_") for name, _, _ in samples), "Envoy's own statistics are in the same scrape"
@@ -107,12 +154,39 @@ def test_tcp_connections_and_bytes_are_counted_on_both_sides(mesh):
         reply = conn.makefile("rb").readline()
     assert reply == f"{TCP}-v1 ".encode() + sent
     for w, reporter in ((client, "source"), (tcp, "destination")):
-        samples = wait_for(lambda w=w, reporter=reporter: _when(scrape(w), lambda s: value(s, "istio_tcp_connections_closed_total", reporter=reporter) >= 1), 10, what=f"{reporter} to count the closed connection")
-        assert value(samples, "istio_tcp_connections_opened_total", reporter=reporter, destination_workload=f"{TCP}-v1", request_protocol="tcp") == 1
-        assert value(samples, "istio_tcp_connections_closed_total", reporter=reporter, destination_workload=f"{TCP}-v1") == 1
+        samples = wait_for(
+            lambda w=w, reporter=reporter: _when(
+                scrape(w), lambda s: value(s, "istio_tcp_connections_closed_total", reporter=reporter) >= 1
+            ),
+            10,
+            what=f"{reporter} to count the closed connection",
+        )
+        assert (
+            value(
+                samples,
+                "istio_tcp_connections_opened_total",
+                reporter=reporter,
+                destination_workload=f"{TCP}-v1",
+                request_protocol="tcp",
+            )
+            == 1
+        )
+        assert (
+            value(samples, "istio_tcp_connections_closed_total", reporter=reporter, destination_workload=f"{TCP}-v1")
+            == 1
+        )
         assert value(samples, "istio_tcp_received_bytes_total", reporter=reporter) == len(sent)
         assert value(samples, "istio_tcp_sent_bytes_total", reporter=reporter) == len(reply)
-    assert value(scrape(tcp), "istio_tcp_connections_opened_total", reporter="destination", connection_security_policy="mutual_tls", source_principal=f"spiffe://cluster.local/ns/default/sa/{CLIENT}") == 1
+    assert (
+        value(
+            scrape(tcp),
+            "istio_tcp_connections_opened_total",
+            reporter="destination",
+            connection_security_policy="mutual_tls",
+            source_principal=f"spiffe://cluster.local/ns/default/sa/{CLIENT}",
+        )
+        == 1
+    )
 
 
 def _when(answer, ready):
@@ -129,7 +203,14 @@ def test_stat_matches_the_traffic_sent(mesh):
     before = _cli(plane, "stat", SERVER, "--window", "300s")["items"]
     already = before[0]["requests"] if before else 0
     _send(client, 8, 2, "/stat")
-    answer = wait_for(lambda: _when(_cli(plane, "stat", SERVER, "--window", "300s"), lambda a: a["items"] and a["items"][0]["requests"] >= already + 10), 10, what="stat to see the requests")
+    answer = wait_for(
+        lambda: _when(
+            _cli(plane, "stat", SERVER, "--window", "300s"),
+            lambda a: a["items"] and a["items"][0]["requests"] >= already + 10,
+        ),
+        10,
+        what="stat to see the requests",
+    )
     row = answer["items"][0]
     assert row[("workload")] == f"{SERVER}-v1" and row["requests"] == already + 10
     assert row["latency_ms"]["p50"] > 0 and row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
@@ -137,15 +218,29 @@ def test_stat_matches_the_traffic_sent(mesh):
     assert row["success_rate"] == 1.0
     assert _cli(plane, "stat", SERVER, "--from", CLIENT, "--window", "300s")["items"][0]["requests"] == already + 10
     assert _cli(plane, "stat", SERVER, "--from", "nobody", "--window", "300s")["items"][0]["requests"] == 0
-    client.call(f"http://{SERVER}/stat?status=503")  # retried twice by the client's sidecar (Istio's default): 3 failures served
-    failing = wait_for(lambda: _when(_cli(plane, "stat", SERVER, "--window", "300s")["items"][0], lambda a: a["requests"] >= already + 13), 10, what="the failures")
+    client.call(
+        f"http://{SERVER}/stat?status=503"
+    )  # retried twice by the client's sidecar (Istio's default): 3 failures served
+    failing = wait_for(
+        lambda: _when(
+            _cli(plane, "stat", SERVER, "--window", "300s")["items"][0], lambda a: a["requests"] >= already + 13
+        ),
+        10,
+        what="the failures",
+    )
     assert failing["requests"] == already + 13 and failing["success_rate"] == round((already + 10) / (already + 13), 4)
 
 
 def test_tap_shows_a_request_sent_after_it_started(mesh):
     plane, client = mesh["plane"], mesh["client"]
     path = f"/tapped-{uuid.uuid4().hex[:8]}"
-    tap = subprocess.Popen([LATTICE, "tap", SERVER, "--path", path, "--max", "1", "--duration", "20", "-o", "json"], env=plane.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tap = subprocess.Popen(
+        [LATTICE, "tap", SERVER, "--path", path, "--max", "1", "--duration", "20", "-o", "json"],
+        env=plane.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "tapping" in tap.stderr.readline()  # connected to the sidecar's stream
         time.sleep(0.2)
@@ -156,7 +251,10 @@ def test_tap_shows_a_request_sent_after_it_started(mesh):
         tap.kill()
     event = json.loads(out.strip().splitlines()[-1])
     assert event["path"] == path and event["method"] == "GET" and event["status"] == 201
-    assert event["source"]["principal"] == f"spiffe://cluster.local/ns/default/sa/{CLIENT}" and event["source"]["workload"] == f"{CLIENT}-v1"
+    assert (
+        event["source"]["principal"] == f"spiffe://cluster.local/ns/default/sa/{CLIENT}"
+        and event["source"]["workload"] == f"{CLIENT}-v1"
+    )
     assert event["destination"]["workload"] == f"{SERVER}-v1" and event["mtls"] is True and event["duration_ms"] > 0
 
 
@@ -164,16 +262,33 @@ def test_top_lists_the_busiest_paths(mesh):
     plane, client = mesh["plane"], mesh["client"]
     _send(client, 5, 0, "/busiest")
     _send(client, 1, 0, "/quiet")
-    rows = wait_for(lambda: _when(_cli(plane, "top", SERVER, "--once", "--window", "300s")["items"], lambda r: any(x["path"] == "/quiet" for x in r)), 10, what="top to list /quiet")
+    rows = wait_for(
+        lambda: _when(
+            _cli(plane, "top", SERVER, "--once", "--window", "300s")["items"],
+            lambda r: any(x["path"] == "/quiet" for x in r),
+        ),
+        10,
+        what="top to list /quiet",
+    )
     by_path = {r["path"]: r for r in rows if r["direction"] == "inbound"}
     assert by_path["/busiest"]["requests"] >= 5 and by_path["/busiest"]["source"] == f"{CLIENT}-v1"
-    assert rows.index(next(r for r in rows if r["path"] == "/busiest")) < rows.index(next(r for r in rows if r["path"] == "/quiet"))
+    assert rows.index(next(r for r in rows if r["path"] == "/busiest")) < rows.index(
+        next(r for r in rows if r["path"] == "/quiet")
+    )
 
 
 def test_edges_show_who_calls_whom_and_that_it_is_mutual_tls(mesh):
     plane, client = mesh["plane"], mesh["client"]
     _send(client, 1, 0, "/edge")
-    edges = wait_for(lambda: [e for e in _cli(plane, "edges", "--window", "300s")["items"] if e["source"] == f"{CLIENT}-v1" and e["destination"] == f"{SERVER}-v1"], 10, what="the edge")
+    edges = wait_for(
+        lambda: [
+            e
+            for e in _cli(plane, "edges", "--window", "300s")["items"]
+            if e["source"] == f"{CLIENT}-v1" and e["destination"] == f"{SERVER}-v1"
+        ],
+        10,
+        what="the edge",
+    )
     edge = edges[0]
     assert edge["secured"] is True
     assert edge["source_principal"] == f"spiffe://cluster.local/ns/default/sa/{CLIENT}"
@@ -201,11 +316,21 @@ def test_every_dashboard_query_names_only_what_a_real_scrape_contains(mesh):
         conn.makefile("rb").readline()
     scraped: dict[str, set[str]] = {}
     for w in (client, mesh["server"], mesh["tcp"]):
-        samples = wait_for(lambda w=w: _when(scrape(w), lambda s: any(n.startswith("istio_") for n, _, _ in s)), 10, what="Istio metrics")
+        samples = wait_for(
+            lambda w=w: _when(scrape(w), lambda s: any(n.startswith("istio_") for n, _, _ in s)),
+            10,
+            what="Istio metrics",
+        )
         for name, labels in _series(samples).items():
             scraped.setdefault(name, set()).update(labels)
-    wait_for(lambda: "istio_tcp_connections_closed_total" in _series(scrape(mesh["tcp"])), 10, what="the TCP connection's close")
-    scraped.setdefault("istio_tcp_connections_closed_total", set()).update(_series(scrape(mesh["tcp"]))["istio_tcp_connections_closed_total"])
+    wait_for(
+        lambda: "istio_tcp_connections_closed_total" in _series(scrape(mesh["tcp"])),
+        10,
+        what="the TCP connection's close",
+    )
+    scraped.setdefault("istio_tcp_connections_closed_total", set()).update(
+        _series(scrape(mesh["tcp"]))["istio_tcp_connections_closed_total"]
+    )
     with urllib.request.urlopen(f"{plane.api}/metrics", timeout=5) as response:
         text = response.read().decode()
     for name, labels in _series(parse_prometheus(text)).items():
@@ -213,6 +338,7 @@ def test_every_dashboard_query_names_only_what_a_real_scrape_contains(mesh):
     # A counter nothing has happened to yet (NACKs, refused CSRs) has no series, but the scrape
     # declares it; its labels are the ones the control plane gives it.
     from lattice.server.metrics import exported_series
+
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             declared = line.split()[2]
@@ -223,7 +349,9 @@ def test_every_dashboard_query_names_only_what_a_real_scrape_contains(mesh):
     for path in sorted(GRAFANA.glob("*.json")):
         dashboard = json.loads(path.read_text())
         asked = [(expr, set()) for expr in queries(dashboard)]
-        asked += [(selector, {label} if label else set()) for selector, label in variable_queries(dashboard) if selector]  # label_values(selector, label)
+        asked += [
+            (selector, {label} if label else set()) for selector, label in variable_queries(dashboard) if selector
+        ]  # label_values(selector, label)
         for expr, extra in asked:
             for metric, labels in selectors(expr):
                 labels = set(labels) | extra

@@ -23,7 +23,14 @@ from harness import ControlPlane, Workload, http, running, wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("protocols")]
 APPS = Path(__file__).parents[1] / "apps"
 CLIENT_IDENTITY = "spiffe://cluster.local/ns/default/sa/proto-client"
-STRICT = json.dumps({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": "default", "namespace": "istio-system"}, "spec": {"mtls": {"mode": "STRICT"}}})
+STRICT = json.dumps(
+    {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "istio-system"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+)
 # TLS terminated by the app itself: the mesh carries its bytes untouched (inside its own mTLS).
 TLS_APP = """
 import os, socket, ssl, threading
@@ -63,15 +70,22 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tls test app")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in SNI.values()]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file = directory / "app.crt", directory / "app.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file
 
 
@@ -89,12 +103,36 @@ def mesh(tmp_path_factory):
         ("ws-echo", "v1", [py, str(APPS / "ws_echo.py")], (), {}),
         ("tcp-echo", "v1", [py, str(APPS / "tcp_echo.py")], ("--port", "9000", "--protocol", "tcp"), {}),
         ("tcp-echo", "v2", [py, str(APPS / "tcp_echo.py")], ("--port", "9000", "--port-name", "tcp-echo"), {}),
-        ("tls-a", "v1", [py, "-c", TLS_APP], ("--port", "9443", "--protocol", "TLS"), {"TLS_CERT": str(cert), "TLS_KEY": str(key)}),
-        ("tls-b", "v1", [py, "-c", TLS_APP], ("--port", "9443", "--protocol", "TLS"), {"TLS_CERT": str(cert), "TLS_KEY": str(key)}),
-        ("proto-client", "v1", [py, str(APPS / "tcp_echo.py")], (
-            "--upstream", f"tcp-echo:9000={local['tcp']}", "--upstream", f"grpc-echo:9080={local['grpc']}",
-            "--upstream", f"ws-echo.default:9080={local['ws']}", "--upstream", f"tls-a:9443={local['tls']}",
-        ), {}),
+        (
+            "tls-a",
+            "v1",
+            [py, "-c", TLS_APP],
+            ("--port", "9443", "--protocol", "TLS"),
+            {"TLS_CERT": str(cert), "TLS_KEY": str(key)},
+        ),
+        (
+            "tls-b",
+            "v1",
+            [py, "-c", TLS_APP],
+            ("--port", "9443", "--protocol", "TLS"),
+            {"TLS_CERT": str(cert), "TLS_KEY": str(key)},
+        ),
+        (
+            "proto-client",
+            "v1",
+            [py, str(APPS / "tcp_echo.py")],
+            (
+                "--upstream",
+                f"tcp-echo:9000={local['tcp']}",
+                "--upstream",
+                f"grpc-echo:9080={local['grpc']}",
+                "--upstream",
+                f"ws-echo.default:9080={local['ws']}",
+                "--upstream",
+                f"tls-a:9443={local['tls']}",
+            ),
+            {},
+        ),
     ]
     try:
         with running(plane, [Workload(plane, s, v, command=c, extra=x, env=e) for s, v, c, x, e in specs]) as started:
@@ -113,10 +151,21 @@ def _upstream(mesh, name: str) -> str:
 
 def test_grpc_unary_and_streaming_reach_the_server_over_mtls(mesh):
     with grpc.insecure_channel(_upstream(mesh, "grpc")) as channel:
-        unary = json.loads(channel.unary_unary("/lattice.test.Echo/Unary")(b"hello", metadata=(("x-trace", "t1"),), timeout=5))
-        streamed = [json.loads(m) for m in channel.unary_stream("/lattice.test.Echo/ServerStream")(b"s", metadata=(("x-echo-count", "5"),), timeout=5)]
-        gathered = json.loads(channel.stream_unary("/lattice.test.Echo/ClientStream")(iter([b"a", b"b", b"c"]), timeout=5))
-        bidi = [json.loads(m) for m in channel.stream_stream("/lattice.test.Echo/Bidi")(iter([b"x", b"y", b"z"]), timeout=5)]
+        unary = json.loads(
+            channel.unary_unary("/lattice.test.Echo/Unary")(b"hello", metadata=(("x-trace", "t1"),), timeout=5)
+        )
+        streamed = [
+            json.loads(m)
+            for m in channel.unary_stream("/lattice.test.Echo/ServerStream")(
+                b"s", metadata=(("x-echo-count", "5"),), timeout=5
+            )
+        ]
+        gathered = json.loads(
+            channel.stream_unary("/lattice.test.Echo/ClientStream")(iter([b"a", b"b", b"c"]), timeout=5)
+        )
+        bidi = [
+            json.loads(m) for m in channel.stream_stream("/lattice.test.Echo/Bidi")(iter([b"x", b"y", b"z"]), timeout=5)
+        ]
     assert unary["served_by"] == "grpc-echo-v1" and unary["message"] == "hello" and unary["metadata"]["x-trace"] == "t1"
     # The server's sidecar vouches for the caller: only a verified client certificate puts it there.
     assert CLIENT_IDENTITY in unary["metadata"]["x-forwarded-client-cert"]
@@ -159,8 +208,14 @@ def test_h2c_through_the_outbound_proxy_reaches_an_http2_only_app(mesh):
 def test_the_registry_shows_each_protocol_as_selected(mesh):
     protocols = {p["name"]: p["protocol"] for p in mesh["plane"].status()["proxies"]}
     assert protocols == {
-        "grpc-echo-v1": "grpc", "h2-echo-v1": "http2", "ws-echo-v1": "http", "tcp-echo-v1": "tcp", "tcp-echo-v2": "tcp",
-        "tls-a-v1": "tls", "tls-b-v1": "tls", "proto-client-v1": "http",
+        "grpc-echo-v1": "grpc",
+        "h2-echo-v1": "http2",
+        "ws-echo-v1": "http",
+        "tcp-echo-v1": "tcp",
+        "tcp-echo-v2": "tcp",
+        "tls-a-v1": "tls",
+        "tls-b-v1": "tls",
+        "proto-client-v1": "http",
     }
 
 
@@ -195,11 +250,24 @@ def test_h2_upgrade_policy_upgrades_the_hop_and_websockets_still_work(mesh):
     plane, client = mesh["plane"], mesh["client"]
     h2_connections = "cluster.outbound|9080||ws-echo.default.svc.cluster.local.upstream_cx_http2_total"
     before = _stat(client, h2_connections)
-    plane.apply(json.dumps({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "ws-echo", "namespace": "default"},
-                            "spec": {"host": "ws-echo", "trafficPolicy": {"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}}}}))
+    plane.apply(
+        json.dumps(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "DestinationRule",
+                "metadata": {"name": "ws-echo", "namespace": "default"},
+                "spec": {
+                    "host": "ws-echo",
+                    "trafficPolicy": {"connectionPool": {"http": {"h2UpgradePolicy": "UPGRADE"}}},
+                },
+            }
+        )
+    )
     try:
         wait_for(plane.all_synced, 10, what="the DestinationRule to reach the sidecars")
-        status, _, body = wait_for(lambda: _h2_get(client, h2_connections, before), 10, what="an HTTP/2 connection between the sidecars")
+        status, _, body = wait_for(
+            lambda: _h2_get(client, h2_connections, before), 10, what="an HTTP/2 connection between the sidecars"
+        )
         assert status == 200 and body == b"ws-echo-v1 HTTP/1.1"
         replies = asyncio.run(_websocket_round_trips(f"http://{_upstream(mesh, 'ws')}/ws", ["a", "b", "c"]))
         assert replies == ["ws-echo-v1: a", "ws-echo-v1: b", "ws-echo-v1: c"]
@@ -238,31 +306,71 @@ def test_raw_tcp_echo_round_trips_through_an_upstream_port(mesh):
 
 
 def _vs(name: str, spec: dict) -> str:
-    return json.dumps({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }
+    )
 
 
-TCP_SUBSETS = json.dumps({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "tcp-echo", "namespace": "default"},
-                          "spec": {"host": "tcp-echo", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}})
+TCP_SUBSETS = json.dumps(
+    {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "tcp-echo", "namespace": "default"},
+        "spec": {
+            "host": "tcp-echo",
+            "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+        },
+    }
+)
 
 
 def test_tcp_route_weights_split_connections(mesh):
     plane = mesh["plane"]
     plane.apply(TCP_SUBSETS)
-    split = [{"destination": {"host": "tcp-echo", "subset": "v1"}, "weight": 50}, {"destination": {"host": "tcp-echo", "subset": "v2"}, "weight": 50}]
-    plane.apply(_vs("tcp-echo", {"hosts": ["tcp-echo"], "tcp": [
-        # Not for this client (its labels differ): the next rule applies.
-        {"match": [{"sourceLabels": {"app": "someone-else"}}], "route": [{"destination": {"host": "tcp-echo", "subset": "v1"}}]},
-        {"match": [{"port": 9000}], "route": split},
-    ]}))
+    split = [
+        {"destination": {"host": "tcp-echo", "subset": "v1"}, "weight": 50},
+        {"destination": {"host": "tcp-echo", "subset": "v2"}, "weight": 50},
+    ]
+    plane.apply(
+        _vs(
+            "tcp-echo",
+            {
+                "hosts": ["tcp-echo"],
+                "tcp": [
+                    # Not for this client (its labels differ): the next rule applies.
+                    {
+                        "match": [{"sourceLabels": {"app": "someone-else"}}],
+                        "route": [{"destination": {"host": "tcp-echo", "subset": "v1"}}],
+                    },
+                    {"match": [{"port": 9000}], "route": split},
+                ],
+            },
+        )
+    )
     try:
         wait_for(plane.all_synced, 10, what="the tcp route to reach the sidecars")
         counts = _tcp_served_by(_upstream(mesh, "tcp"), 100)
         assert set(counts) == {"tcp-echo-v1", "tcp-echo-v2"}, counts
         # 100 draws at p=0.5: sd is 5 points; 15 points either way is three sd.
         assert 35 <= counts["tcp-echo-v1"] <= 65, counts
-        plane.apply(_vs("tcp-echo", {"hosts": ["tcp-echo"], "tcp": [{"route": [{"destination": {"host": "tcp-echo", "subset": "v2"}, "weight": 100}]}]}))
+        plane.apply(
+            _vs(
+                "tcp-echo",
+                {
+                    "hosts": ["tcp-echo"],
+                    "tcp": [{"route": [{"destination": {"host": "tcp-echo", "subset": "v2"}, "weight": 100}]}],
+                },
+            )
+        )
         wait_for(plane.all_synced, 10, what="the single-destination route to reach the sidecars")
-        wait_for(lambda: _tcp_served_by(_upstream(mesh, "tcp"), 3) == {"tcp-echo-v2": 3}, 5, what="connections to move to v2")
+        wait_for(
+            lambda: _tcp_served_by(_upstream(mesh, "tcp"), 3) == {"tcp-echo-v2": 3}, 5, what="connections to move to v2"
+        )
         assert _tcp_served_by(_upstream(mesh, "tcp"), 50) == {"tcp-echo-v2": 50}
     finally:
         plane.cli("delete", "virtualservice", "tcp-echo", check=False)
@@ -283,10 +391,21 @@ def _tls_served_by(mesh, sni: str) -> str:
 
 def test_tls_route_by_sni_picks_the_service(mesh):
     plane = mesh["plane"]
-    plane.apply(_vs("tls-by-sni", {"hosts": ["tls-a", "tls-b"], "tls": [
-        {"match": [{"sniHosts": [SNI["tls-b"]], "port": 9443}], "route": [{"destination": {"host": "tls-b"}}]},
-        {"match": [{"sniHosts": [SNI["tls-a"]]}], "route": [{"destination": {"host": "tls-a"}}]},
-    ]}))
+    plane.apply(
+        _vs(
+            "tls-by-sni",
+            {
+                "hosts": ["tls-a", "tls-b"],
+                "tls": [
+                    {
+                        "match": [{"sniHosts": [SNI["tls-b"]], "port": 9443}],
+                        "route": [{"destination": {"host": "tls-b"}}],
+                    },
+                    {"match": [{"sniHosts": [SNI["tls-a"]]}], "route": [{"destination": {"host": "tls-a"}}]},
+                ],
+            },
+        )
+    )
     try:
         wait_for(plane.all_synced, 10, what="the tls route to reach the sidecars")
         # The client dials tls-a's upstream port; the name it asks for decides, end to end verified.
@@ -307,11 +426,17 @@ def test_run_refuses_bad_protocol_and_upstream_options(mesh):
         (("--protocol", "thrift"), "--protocol: unknown protocol 'thrift'"),
         (("--port-name", "udp-dns"), "--port-name: UDP is not proxied"),
         (("--upstream", "tcp-echo"), "--upstream 'tcp-echo' must be SERVICE[.NAMESPACE]:PORT[=LOCALPORT]"),
-        (("--upstream", "a:9000=7000", "--upstream", "b:9001=7000"), "local port 7000 is already used by --upstream a:9000=7000"),
+        (
+            ("--upstream", "a:9000=7000", "--upstream", "b:9001=7000"),
+            "local port 7000 is already used by --upstream a:9000=7000",
+        ),
         (("--upstream", "a:9000=9080"), "local port 9080 is already used by --port"),
     ]
     for extra, message in cases:
         result = plane.cli("run", "--service", "bad", "--token", "x", *extra, "--", "true", check=False)
         assert result.returncode != 0 and message in result.stderr + result.stdout, (extra, result.stderr)
     result = plane.cli("server", "--home", str(plane.home / "unused"), "--h2-upgrade-policy", "SIDEWAYS", check=False)
-    assert result.returncode != 0 and "--h2-upgrade-policy 'SIDEWAYS': use DO_NOT_UPGRADE or UPGRADE" in result.stderr + result.stdout
+    assert (
+        result.returncode != 0
+        and "--h2-upgrade-policy 'SIDEWAYS': use DO_NOT_UPGRADE or UPGRADE" in result.stderr + result.stdout
+    )

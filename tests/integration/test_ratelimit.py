@@ -20,8 +20,12 @@ HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 
 
 def _policy(*limits: dict, name: str = "limits") -> str:
-    doc = {"apiVersion": "lattice.dev/v1", "kind": "RateLimitPolicy", "metadata": {"name": name, "namespace": "default"},
-           "spec": {"selector": {"matchLabels": {"app": SERVER}}, "limits": list(limits)}}
+    doc = {
+        "apiVersion": "lattice.dev/v1",
+        "kind": "RateLimitPolicy",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": SERVER}}, "limits": list(limits)},
+    }
     return json.dumps(doc)
 
 
@@ -112,7 +116,11 @@ def test_each_header_value_gets_its_own_bucket_and_no_header_shares_one(ctx):
 
 def test_route_scoped_limit_applies_to_its_path_only(ctx):
     plane, server, client, _ = ctx
-    _apply(plane, server, _policy({"requests": 2, "per": "1m", "match": {"path": {"prefix": "/limited"}, "methods": ["GET"]}}))
+    _apply(
+        plane,
+        server,
+        _policy({"requests": 2, "per": "1m", "match": {"path": {"prefix": "/limited"}, "methods": ["GET"]}}),
+    )
     # The query string is not part of the path: both count against /limited's bucket.
     assert _statuses(_burst(client, 2, "/limited/a?x=1") + _burst(client, 2, "/limited")) == [200, 200, 429, 429]
     others = _burst(client, 6, "/other?to=/limited")
@@ -121,7 +129,14 @@ def test_route_scoped_limit_applies_to_its_path_only(ctx):
 
 def test_every_matching_limit_must_have_a_token(ctx):
     plane, server, client, _ = ctx
-    _apply(plane, server, _policy({"name": "overall", "requests": 4, "per": "1m"}, {"name": "api", "requests": 2, "per": "1m", "match": {"path": {"prefix": "/api"}}}))
+    _apply(
+        plane,
+        server,
+        _policy(
+            {"name": "overall", "requests": 4, "per": "1m"},
+            {"name": "api", "requests": 2, "per": "1m", "match": {"path": {"prefix": "/api"}}},
+        ),
+    )
     api = _burst(client, 3, "/api/x")
     assert _statuses(api) == [200, 200, 429]
     assert api[-1][1]["x-ratelimit-limit"] == "2"  # the headers name the limit that refused

@@ -84,7 +84,14 @@ def _policy(name: str = "jwt", namespace: str = "default", labels: dict | None =
     spec: dict = {"jwtRules": [rule]}
     if labels is not None:
         spec["selector"] = {"matchLabels": labels}
-    return json.dumps({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "RequestAuthentication",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
 
 
 def _apply(plane, server: Workload, *docs: str) -> None:
@@ -93,7 +100,9 @@ def _apply(plane, server: Workload, *docs: str) -> None:
     drained(server)
 
 
-def _call(client: Workload, token: str | None = None, path: str = "", headers: dict | None = None) -> tuple[int, dict, dict]:
+def _call(
+    client: Workload, token: str | None = None, path: str = "", headers: dict | None = None
+) -> tuple[int, dict, dict]:
     """(status, response headers, headers the app saw — empty when the app was not reached)."""
     sent = dict(headers or {})
     if token is not None:
@@ -109,7 +118,11 @@ def _uri_rule(keys_server: JwksServer, **extra) -> dict:
 
 def test_valid_token_reaches_the_app_with_claims_in_headers(ctx):
     plane, server, client, keys_server = ctx
-    rule = _uri_rule(keys_server, outputClaimToHeaders=[{"header": "x-jwt-sub", "claim": "sub"}], outputPayloadToHeader="x-jwt-payload")
+    rule = _uri_rule(
+        keys_server,
+        outputClaimToHeaders=[{"header": "x-jwt-sub", "claim": "sub"}],
+        outputPayloadToHeader="x-jwt-payload",
+    )
     _apply(plane, server, _policy(labels={"app": SERVER}, **rule))
     for key in (RSA_KEY, EC_KEY):
         status, _, seen = _call(client, key.sign(claims(ISSUER, AUDIENCE, subject=f"alice-{key.alg}")))
@@ -120,7 +133,9 @@ def test_valid_token_reaches_the_app_with_claims_in_headers(ctx):
         assert "authorization" not in seen  # forwardOriginalToken is false: the token stops at the sidecar
 
 
-@pytest.mark.parametrize("case", ["expired", "wrong issuer", "wrong audience", "bad signature", "unknown key", "malformed", "not base64"])
+@pytest.mark.parametrize(
+    "case", ["expired", "wrong issuer", "wrong audience", "bad signature", "unknown key", "malformed", "not base64"]
+)
 def test_invalid_tokens_are_refused_and_never_reach_the_app(ctx, case):
     plane, server, client, keys_server = ctx
     _apply(plane, server, _policy(labels={"app": SERVER}, **_uri_rule(keys_server)))
@@ -152,7 +167,11 @@ def test_no_token_passes_without_an_authorization_policy(ctx):
 
 def test_clients_cannot_forge_the_claim_headers(ctx):
     plane, server, client, keys_server = ctx
-    rule = _uri_rule(keys_server, outputClaimToHeaders=[{"header": "x-jwt-sub", "claim": "sub"}], outputPayloadToHeader="x-jwt-payload")
+    rule = _uri_rule(
+        keys_server,
+        outputClaimToHeaders=[{"header": "x-jwt-sub", "claim": "sub"}],
+        outputPayloadToHeader="x-jwt-payload",
+    )
     _apply(plane, server, _policy(labels={"app": SERVER}, **rule))
     forged = {"x-jwt-sub": "admin", "x-jwt-payload": "e30"}
     status, _, seen = _call(client, headers=forged)
@@ -173,13 +192,24 @@ def test_jwks_rotation_is_picked_up_within_the_refresh_interval(ctx):
     assert (_call(client, old)[0], _call(client, new)[0]) == (200, 401)
     keys_server.document = jwks(NEXT_KEY)
     # Refresh every 1s, then a push: well within 10s.
-    wait_for(lambda: _call(client, new)[0] == 200, 10, interval=0.2, what="a token signed with the rotated-in key to be accepted")
+    wait_for(
+        lambda: _call(client, new)[0] == 200,
+        10,
+        interval=0.2,
+        what="a token signed with the rotated-in key to be accepted",
+    )
     assert _call(client, old)[0] == 401
 
 
 def test_inline_jwks_with_a_custom_header_and_query_parameter(ctx):
     plane, server, client, _ = ctx
-    rule = {"issuer": ISSUER, "jwks": jwks(EC_KEY), "fromHeaders": [{"name": "x-token", "prefix": "Tok "}], "fromParams": ["tok"], "forwardOriginalToken": True}
+    rule = {
+        "issuer": ISSUER,
+        "jwks": jwks(EC_KEY),
+        "fromHeaders": [{"name": "x-token", "prefix": "Tok "}],
+        "fromParams": ["tok"],
+        "forwardOriginalToken": True,
+    }
     _apply(plane, server, _policy(labels={"app": SERVER}, **rule))
     token, bad = EC_KEY.sign(claims(ISSUER)), RSA_KEY.sign(claims(ISSUER))
     status, _, seen = _call(client, headers={"x-token": f"Tok {token}"})
@@ -212,4 +242,3 @@ def test_unreachable_jwks_rejects_tokens_and_says_why_in_status(ctx):
     assert _call(client)[0] == 200
     problems = [c for c in plane.status()["conflicts"] if "RequestAuthentication default/jwt" in c]
     assert problems and dead in problems[0] and "rejected (401)" in problems[0], plane.status()["conflicts"]
-

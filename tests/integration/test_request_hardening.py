@@ -90,12 +90,21 @@ class Gateway:
         self.plane, self.port = plane, free_port()
         self.log = plane.home / f"gateway-{time.monotonic_ns()}.log"
         env = plane.env | {"LATTICE_TOKEN": plane.token("istio-ingressgateway", "istio-system")}
-        self.process = subprocess.Popen([LATTICE, "gateway", "--listen", f"80={self.port}"], env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(
+            [LATTICE, "gateway", "--listen", f"80={self.port}"],
+            env=env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
         self.address = wait_for(self._address, 30, what=f"the gateway to register (log {self.log})")
 
     def _address(self):
         assert self.process.poll() is None, self.log.read_text()
-        return next((p["address"] for p in self.plane.status()["proxies"] if p["name"] == "ingressgateway" and p["healthy"]), None)
+        return next(
+            (p["address"] for p in self.plane.status()["proxies"] if p["name"] == "ingressgateway" and p["healthy"]),
+            None,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +112,23 @@ def mesh(shared_plane):
     """backend and client (both the echoing BACKEND app) under sidecars, the /public/-only
     VirtualService, and a gateway exposing the same prefix."""
     plane = shared_plane
-    with running(plane, [Workload(plane, "backend", command=BACKEND), Workload(plane, "client", command=BACKEND)]) as (backend, client):
+    with running(plane, [Workload(plane, "backend", command=BACKEND), Workload(plane, "client", command=BACKEND)]) as (
+        backend,
+        client,
+    ):
         plane.apply(SERVICE_VS + "---\n" + EDGE)
         gateway = Gateway(plane)
         try:
-            wait_for(lambda: h1(gateway.address, gateway.port, _request("GET", "/public/ready", HOST)).status == 200, 20, what="the gateway to route /public/")
-            wait_for(lambda: h1(client.address, 15001, _request("GET", "/nothing", HOST)).status == 404, 10, what="the outbound VirtualService")
+            wait_for(
+                lambda: h1(gateway.address, gateway.port, _request("GET", "/public/ready", HOST)).status == 200,
+                20,
+                what="the gateway to route /public/",
+            )
+            wait_for(
+                lambda: h1(client.address, 15001, _request("GET", "/nothing", HOST)).status == 404,
+                10,
+                what="the outbound VirtualService",
+            )
             yield {"backend": backend, "client": client, "gateway": gateway}
         finally:
             stop(gateway.process)
@@ -137,7 +157,9 @@ def _request(method: str, target: str, host: str, *headers: str, body: str = "")
 
 
 def _h2(address: str, port: int, path: str, method: str = "GET", authority: str = HOST, extra: tuple = ()) -> Answer:
-    return h2c(address, port, [(":method", method), (":scheme", "http"), (":authority", authority), (":path", path), *extra])
+    return h2c(
+        address, port, [(":method", method), (":scheme", "http"), (":authority", authority), (":path", path), *extra]
+    )
 
 
 def _app_count(mesh) -> int:
@@ -211,7 +233,16 @@ def test_backslash_is_a_slash_to_routing_and_app(mesh):
 # --- hosts -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["BACKEND", "Backend:9080", "backend.default.svc.cluster.local.", "backend.default.svc.cluster.local.:9080", "BACKEND.default.svc.cluster.local"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "BACKEND",
+        "Backend:9080",
+        "backend.default.svc.cluster.local.",
+        "backend.default.svc.cluster.local.:9080",
+        "BACKEND.default.svc.cluster.local",
+    ],
+)
 def test_outbound_host_matching_ignores_case_and_trailing_dot(mesh, host):
     """Every spelling of the service meets the service's VirtualService: /admin is 404, never
     the passthrough route (which, with cluster DNS, would reach the service around its rules)."""
@@ -225,9 +256,27 @@ def test_outbound_host_matching_ignores_case_and_trailing_dot(mesh, host):
 @pytest.mark.parametrize("where", ["outbound", "inbound", "edge"])
 def test_duplicate_host_is_refused(mesh, where):
     target = {"outbound": _outbound, "inbound": _inbound, "edge": _edge}[where](mesh)
-    for raw in (_request("GET", "/public/x", "other", f"Host: {HOST}"), _request("GET", "/public/x", HOST, "Host: other")):
+    for raw in (
+        _request("GET", "/public/x", "other", f"Host: {HOST}"),
+        _request("GET", "/public/x", HOST, "Host: other"),
+    ):
         assert _observe(mesh, lambda: h1(*target, raw))[0].status == 400
-    assert _observe(mesh, lambda: h2c(*target, [(":method", "GET"), (":scheme", "http"), (":authority", HOST), (":authority", "other"), (":path", "/public/x")]))[0].status is None
+    assert (
+        _observe(
+            mesh,
+            lambda: h2c(
+                *target,
+                [
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":authority", HOST),
+                    (":authority", "other"),
+                    (":path", "/public/x"),
+                ],
+            ),
+        )[0].status
+        is None
+    )
 
 
 def test_absolute_form_uri_wins_over_host(mesh):
@@ -243,12 +292,20 @@ def test_absolute_form_uri_wins_over_host(mesh):
 MALFORMED = {
     "mixed-case method": _request("gEt", "/public/x", HOST),
     "underscore header": _request("GET", "/public/x", HOST, "x_user: admin"),
-    "underscore xfcc": _request("GET", "/public/x", HOST, "x_forwarded_client_cert: URI=spiffe://cluster.local/ns/default/sa/admin"),
+    "underscore xfcc": _request(
+        "GET", "/public/x", HOST, "x_forwarded_client_cert: URI=spiffe://cluster.local/ns/default/sa/admin"
+    ),
     "NUL in header value": _request("GET", "/public/x", HOST, "x-user: ad\0min"),
     "NUL in request line": _request("GET", "/public/x\0/../../admin", HOST),
-    "duplicate Content-Length": _request("POST", "/public/x", HOST, "Content-Length: 3", "Content-Length: 20", body="abc"),
-    "repeated equal Content-Length": _request("POST", "/public/x", HOST, "Content-Length: 3", "Content-Length: 3", body="abc"),
-    "Content-Length with chunked": _request("POST", "/public/x", HOST, "Content-Length: 3", "Transfer-Encoding: chunked", body="0\r\n\r\n"),
+    "duplicate Content-Length": _request(
+        "POST", "/public/x", HOST, "Content-Length: 3", "Content-Length: 20", body="abc"
+    ),
+    "repeated equal Content-Length": _request(
+        "POST", "/public/x", HOST, "Content-Length: 3", "Content-Length: 3", body="abc"
+    ),
+    "Content-Length with chunked": _request(
+        "POST", "/public/x", HOST, "Content-Length: 3", "Transfer-Encoding: chunked", body="0\r\n\r\n"
+    ),
 }
 
 
@@ -273,7 +330,13 @@ def test_malformed_http2_never_reaches_the_app(mesh, where):
     assert _observe(mesh, lambda: _h2(*target, "/public/x", extra=(("x_user", "admin"),)))[0].status is None
     assert _observe(mesh, lambda: _h2(*target, "/public/x", extra=(("x-user", "ad\0min"),)))[0].status is None
     assert _observe(mesh, lambda: _h2(*target, "/public/x\0/../../admin"))[0].status is None
-    assert _observe(mesh, lambda: _h2(*target, "/public/x", method="POST", extra=(("content-length", "3"), ("content-length", "4"))))[0].status is None
+    assert (
+        _observe(
+            mesh,
+            lambda: _h2(*target, "/public/x", method="POST", extra=(("content-length", "3"), ("content-length", "4"))),
+        )[0].status
+        is None
+    )
 
 
 # --- internal headers from clients ---------------------------------------------------------------
@@ -284,9 +347,16 @@ def test_envoy_controls_from_clients_are_ignored(mesh, where):
     """A timeout of 1 ms or retries asked for by the client would show: a 504, or the app
     counting four requests where the client sent one."""
     target = {"inbound": _inbound, "edge": _edge}[where](mesh)
-    answer, echoes = _observe(mesh, lambda: h1(*target, _request("GET", "/public/slow?delay=0.3", HOST, "x-envoy-upstream-rq-timeout-ms: 1")))
+    answer, echoes = _observe(
+        mesh, lambda: h1(*target, _request("GET", "/public/slow?delay=0.3", HOST, "x-envoy-upstream-rq-timeout-ms: 1"))
+    )
     assert answer.status == 200, answer
-    answer, echoes = _observe(mesh, lambda: h1(*target, _request("GET", "/public/fail?status=500", HOST, "x-envoy-retry-on: 5xx", "x-envoy-max-retries: 3")))
+    answer, echoes = _observe(
+        mesh,
+        lambda: h1(
+            *target, _request("GET", "/public/fail?status=500", HOST, "x-envoy-retry-on: 5xx", "x-envoy-max-retries: 3")
+        ),
+    )
     assert answer.status == 500, answer  # _observe checked that the app saw exactly one request
 
 
@@ -314,7 +384,13 @@ def test_edge_appends_the_peer_to_x_forwarded_for(mesh):
     """At the edge the client's address is the TCP peer's (no hops trusted): a forged
     X-Forwarded-For stays in the list but is not the address Envoy takes as the client's. (For a
     peer on loopback, as here, Envoy appends its host's address rather than 127.0.0.1.)"""
-    answer, [echo] = _observe(mesh, lambda: h1(*_edge(mesh), _request("GET", "/public/x", HOST, "X-Forwarded-For: 6.6.6.6", "x-envoy-external-address: 6.6.6.6")))
+    answer, [echo] = _observe(
+        mesh,
+        lambda: h1(
+            *_edge(mesh),
+            _request("GET", "/public/x", HOST, "X-Forwarded-For: 6.6.6.6", "x-envoy-external-address: 6.6.6.6"),
+        ),
+    )
     seen = echo["headers"]
     hops = [h.strip() for h in seen["x-forwarded-for"].split(",")]
     assert hops[0] == "6.6.6.6" and len(hops) == 2 and hops[-1] != "6.6.6.6", seen
@@ -344,7 +420,9 @@ def test_edge_routes_on_the_path_the_app_sees(mesh, protocol, path, status, seen
 
 # --- (b) the inbound sidecar under AuthorizationPolicy -----------------------------------------
 
-needs_authz = pytest.mark.skipif("AuthorizationPolicy" not in KINDS, reason="AuthorizationPolicy is not a kind yet (lattice/api/kinds.py)")
+needs_authz = pytest.mark.skipif(
+    "AuthorizationPolicy" not in KINDS, reason="AuthorizationPolicy is not a kind yet (lattice/api/kinds.py)"
+)
 # (raw path, under DENY /admin*, under ALLOW /public/* only): status, and the path the app saw.
 POLICY_PATHS = [
     ("/public/x", (200, "/public/x"), (200, "/public/x")),
@@ -394,7 +472,11 @@ def _under_policy(mesh, protocol: str, path: str, status: int, seen: str | None)
 @pytest.mark.parametrize("protocol", ["h1", "h2"])
 def test_deny_admin_holds_against_every_spelling(mesh, policy, protocol):
     policy(DENY_ADMIN)
-    wait_for(lambda: h1(*_inbound(mesh), _request("GET", "/admin", HOST)).status == 403, 10, what="the DENY policy to take effect")
+    wait_for(
+        lambda: h1(*_inbound(mesh), _request("GET", "/admin", HOST)).status == 403,
+        10,
+        what="the DENY policy to take effect",
+    )
     for path, expected, _ in POLICY_PATHS:
         _under_policy(mesh, protocol, path, *expected)
 
@@ -403,7 +485,10 @@ def test_deny_admin_holds_against_every_spelling(mesh, policy, protocol):
 @pytest.mark.parametrize("protocol", ["h1", "h2"])
 def test_allow_only_public_holds_against_every_spelling(mesh, policy, protocol):
     policy(ALLOW_PUBLIC)
-    wait_for(lambda: h1(*_inbound(mesh), _request("GET", "/elsewhere", HOST)).status == 403, 10, what="the ALLOW policy to take effect")
+    wait_for(
+        lambda: h1(*_inbound(mesh), _request("GET", "/elsewhere", HOST)).status == 403,
+        10,
+        what="the ALLOW policy to take effect",
+    )
     for path, _, expected in POLICY_PATHS:
         _under_policy(mesh, protocol, path, *expected)
-

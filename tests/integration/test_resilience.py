@@ -51,7 +51,11 @@ def _mesh(plane, started):
 def test_invalid_push_is_nacked_and_old_config_keeps_serving(plane, started):
     client, *_ = _mesh(plane, started)
     plane.apply(MISSING_CA)
-    nacked = wait_for(lambda: plane.proxy(client.id)["types"]["Cluster"]["state"] == "NACKED" and plane.proxy(client.id), 5, what="the NACK to show")
+    nacked = wait_for(
+        lambda: plane.proxy(client.id)["types"]["Cluster"]["state"] == "NACKED" and plane.proxy(client.id),
+        5,
+        what="the NACK to show",
+    )
     assert "/nonexistent/lattice-test/ca.pem" in nacked["types"]["Cluster"]["error"]
     assert served_by(client, REVIEWS, 20) == {"reviews-v3": 20}  # still the last good clusters, plain mesh mTLS
     out = plane.cli("status").stdout
@@ -72,7 +76,11 @@ def test_control_plane_restart_keeps_config_and_proxies_resync(plane, started):
     assert [i["metadata"]["name"] for i in plane.get("/api/v1/resources/virtualservices")["items"]] == ["reviews"]
     assert served_by(client, REVIEWS, 10) == {"reviews-v3": 10}
     plane.apply((DATA / "virtual-service-reviews-v3.yaml").read_text().replace("v3", "v1"))
-    wait_for(lambda: served_by(client, REVIEWS, 3) == {"reviews-v1": 3}, 5, what="a change after the restart to reach traffic")
+    wait_for(
+        lambda: served_by(client, REVIEWS, 3) == {"reviews-v1": 3},
+        5,
+        what="a change after the restart to reach traffic",
+    )
 
 
 def test_envoy_killed_while_control_plane_is_down_comes_back_with_last_config(plane, started):
@@ -99,7 +107,17 @@ def test_killed_app_stops_receiving_traffic(plane, started):
 def test_workload_that_stops_heartbeating_is_dropped(tmp_path):
     plane = ControlPlane(tmp_path / "home", "--heartbeat-timeout", "1").start()
     try:
-        record = {"name": "ghost-v1", "service": "ghost", "service_account": "ghost", "address": "127.0.0.77", "port": 9080, "app_port": 9, "outbound_port": 15001, "agent_port": 15020, "healthy": True}
+        record = {
+            "name": "ghost-v1",
+            "service": "ghost",
+            "service_account": "ghost",
+            "address": "127.0.0.77",
+            "port": 9080,
+            "app_port": 9,
+            "outbound_port": 15001,
+            "agent_port": 15020,
+            "healthy": True,
+        }
         Enrolled(plane, "ghost", "ghost-v1-abc.default", tmp_path / "ghost").register(record)
         assert [p["id"] for p in plane.status()["proxies"]] == ["ghost-v1-abc.default"]
         started = time.monotonic()
@@ -119,9 +137,16 @@ def test_endpoints_whose_app_is_not_listening_get_no_traffic(plane, started, tmp
     # Two more replicas register but their apps do not listen yet: one healthy endpoint of
     # three is below Envoy's default 50% panic threshold.
     gate = tmp_path / "listen-now"
-    slow = [Workload(plane, "reviews", v, command=[sys.executable, "-c", SLOW_APP, str(gate)]).start(wait=False) for v in ("v2", "v3")]
+    slow = [
+        Workload(plane, "reviews", v, command=[sys.executable, "-c", SLOW_APP, str(gate)]).start(wait=False)
+        for v in ("v2", "v3")
+    ]
     started.extend(slow)
-    wait_for(lambda: len([p for p in plane.status()["proxies"] if p["service"] == "reviews"]) == 3 and plane.all_synced(), 10, what="slow replicas to register")
+    wait_for(
+        lambda: len([p for p in plane.status()["proxies"] if p["service"] == "reviews"]) == 3 and plane.all_synced(),
+        10,
+        what="slow replicas to register",
+    )
     assert served_by(client, REVIEWS, 30) == {"reviews-v1": 30}
     # Retries would hide a misrouted request from the client; the replicas' own sidecars cannot.
     for p in plane.status()["proxies"]:
@@ -134,5 +159,7 @@ def test_endpoints_whose_app_is_not_listening_get_no_traffic(plane, started, tmp
 
 
 def _inbound_requests(proxy: dict) -> int:
-    _, _, body = http("GET", f"http://{proxy['address']}:{proxy['agent_port']}/stats?filter=^http.inbound_9080.downstream_rq_total$")
+    _, _, body = http(
+        "GET", f"http://{proxy['address']}:{proxy['agent_port']}/stats?filter=^http.inbound_9080.downstream_rq_total$"
+    )
     return int(body.decode().split(":")[1]) if b":" in body else 0

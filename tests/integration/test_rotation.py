@@ -62,11 +62,27 @@ class Traffic:
 def served_certificate(address: str, port: int = 9080) -> dict:
     """Serial and issuer of the certificate a sidecar presents, as `openssl s_client` sees it
     (the handshake itself fails without a client certificate; the server's chain shows first)."""
-    out = subprocess.run(["openssl", "s_client", "-connect", f"{address}:{port}", "-showcerts"], input="", capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{address}:{port}", "-showcerts"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
     pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out, re.S)
     assert pem, f"no certificate presented by {address}:{port}:\n{out}"
-    text = subprocess.run(["openssl", "x509", "-noout", "-serial", "-issuer", "-ext", "subjectAltName"], input=pem.group(0), capture_output=True, text=True, timeout=10).stdout
-    return {"serial": re.search(r"serial=(\w+)", text).group(1).lower(), "issuer": re.search(r"issuer=(.*)", text).group(1).strip(), "san": text}
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-serial", "-issuer", "-ext", "subjectAltName"],
+        input=pem.group(0),
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    return {
+        "serial": re.search(r"serial=(\w+)", text).group(1).lower(),
+        "issuer": re.search(r"issuer=(.*)", text).group(1).strip(),
+        "san": text,
+    }
 
 
 def serials(plane: ControlPlane) -> dict[str, str]:
@@ -89,9 +105,13 @@ def test_short_lived_certificates_rotate_under_traffic_without_a_failed_request(
                 presented.add(served_certificate(server.address)["serial"].lstrip("0"))
                 time.sleep(2)
         assert len(traffic.codes) > 500
-        assert traffic.failed == [], f"{len(traffic.failed)} of {len(traffic.codes)} requests failed: {sorted(set(traffic.failed))}"
+        assert traffic.failed == [], (
+            f"{len(traffic.failed)} of {len(traffic.codes)} requests failed: {sorted(set(traffic.failed))}"
+        )
         for proxy_id, held in seen.items():
-            assert len(held - {""}) >= 3, f"{proxy_id} held {held}: expected the first certificate and at least two renewals"
+            assert len(held - {""}) >= 3, (
+                f"{proxy_id} held {held}: expected the first certificate and at least two renewals"
+            )
         # Envoy itself presents the renewed certificates (SDS), not only the agent holding them.
         assert len(presented) >= 3, presented
         assert child_pid(server, "envoy") and child_pid(client, "envoy")  # same Envoys, never restarted
@@ -106,7 +126,9 @@ def test_root_rotation_under_traffic_fails_no_request(tmp_path):
     started = []
     try:
         plane.apply(STRICT)
-        client, server, other = started = start_all(plane, [("productpage", "v1"), ("ratings", "v1"), ("ratings", "v2")])
+        client, server, other = started = start_all(
+            plane, [("productpage", "v1"), ("ratings", "v1"), ("ratings", "v2")]
+        )
         before = json.loads(plane.cli("ca", "show", "-o", "json").stdout)
         old_root = before["roots"][0]["fingerprint"]
         old_issuer = served_certificate(server.address)["issuer"]
@@ -116,7 +138,9 @@ def test_root_rotation_under_traffic_fails_no_request(tmp_path):
             result = plane.cli("ca", "rotate-root", "--timeout", "90")
             assert "rotation done" in result.stdout, result.stdout + result.stderr
             time.sleep(2)
-        assert traffic.failed == [], f"{len(traffic.failed)} of {len(traffic.codes)} requests failed during root rotation"
+        assert traffic.failed == [], (
+            f"{len(traffic.failed)} of {len(traffic.codes)} requests failed during root rotation"
+        )
         after = json.loads(plane.cli("ca", "show", "-o", "json").stdout)
         assert [r["fingerprint"] for r in after["roots"]] != [old_root] and len(after["roots"]) == 1
         assert after["rotation"] == "none"
@@ -146,7 +170,12 @@ def test_control_plane_gone_traffic_flows_until_certificates_expire_then_fails_c
             time.sleep(5)
         assert traffic.codes and traffic.failed == [], "traffic must flow while the control plane is down"
         # Wait out the certificates, then force fresh handshakes: a new client Envoy.
-        wait_for(lambda: datetime.now(timezone.utc) > datetime.fromisoformat(expires), 40, interval=0.5, what="the certificates to expire")
+        wait_for(
+            lambda: datetime.now(timezone.utc) > datetime.fromisoformat(expires),
+            40,
+            interval=0.5,
+            what="the certificates to expire",
+        )
         envoy = child_pid(client, "envoy")
         os.kill(envoy, signal.SIGKILL)
         wait_for(lambda: child_pid(client, "envoy") != envoy, 10, what="the agent to restart Envoy")
@@ -160,4 +189,3 @@ def test_control_plane_gone_traffic_flows_until_certificates_expire_then_fails_c
         for w in reversed(started):
             w.stop()
         plane.stop()
-

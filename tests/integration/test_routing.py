@@ -30,7 +30,10 @@ def test_without_rules_every_version_gets_traffic(bookinfo):
     assert set(counts) == {"reviews-v1", "reviews-v2", "reviews-v3"}, counts
 
 
-@pytest.mark.parametrize("host", ["reviews", "reviews:9080", "reviews.default", "reviews.default.svc.cluster.local:9080", "REVIEWS.default.svc"])
+@pytest.mark.parametrize(
+    "host",
+    ["reviews", "reviews:9080", "reviews.default", "reviews.default.svc.cluster.local:9080", "REVIEWS.default.svc"],
+)
 def test_every_host_form_reaches_the_service(bookinfo, host):
     status, headers, body = bookinfo.call(f"http://{host}/reviews/0")
     assert status == 200, body

@@ -90,7 +90,13 @@ def test_static_entry_sends_a_made_up_host_and_its_address_to_the_endpoint(share
     url = f"http://ext.example.com:{port}/"
     reset_config(shared_plane)
     assert client.call(url)[0] == 503  # without the entry, the name resolves nowhere
-    entry = _static("ext", "ext.example.com", port, f"endpoints: [{{address: 127.0.0.1, ports: {{http: {a.port}}}}}]", "addresses: [127.0.0.77]")
+    entry = _static(
+        "ext",
+        "ext.example.com",
+        port,
+        f"endpoints: [{{address: 127.0.0.1, ports: {{http: {a.port}}}}}]",
+        "addresses: [127.0.0.77]",
+    )
     _apply(shared_plane, entry)
     status, headers, body = client.call(url)
     assert status == 200 and headers["x-served-by"] == "ext-a", body
@@ -105,7 +111,9 @@ def test_dns_entry_resolves_localhost_and_uses_the_target_port(shared_plane, cli
     url = f"http://localhost:{port}/"
     reset_config(shared_plane)
     assert client.call(url)[0] == 503  # passthrough to localhost:<port>: nothing listens there
-    _apply(shared_plane, f"""
+    _apply(
+        shared_plane,
+        f"""
 apiVersion: networking.istio.io/v1beta1
 kind: ServiceEntry
 metadata: {{name: local}}
@@ -113,7 +121,8 @@ spec:
   hosts: [localhost]
   ports: [{{number: {port}, name: http, targetPort: {a.port}}}]
   resolution: DNS
-""")
+""",
+    )
     status, headers, _ = client.call(url)
     assert status == 200 and headers["x-served-by"] == "ext-a"
 
@@ -167,7 +176,12 @@ kind: WorkloadEntry
 metadata: {name: not-selected}
 spec: {address: 127.0.0.1, ports: {http: 1}, labels: {app: other}}
 """
-    _apply(shared_plane, _static("vms", "vms.example.com", 80, "workloadSelector: {labels: {app: vm}}", "location: MESH_INTERNAL"), *entries, other)
+    _apply(
+        shared_plane,
+        _static("vms", "vms.example.com", 80, "workloadSelector: {labels: {app: vm}}", "location: MESH_INTERNAL"),
+        *entries,
+        other,
+    )
     counts = served_by(client, "http://vms.example.com/", 200)
     assert set(counts) == {"ext-a", "ext-b"}, counts  # the unselected entry (port 1) never answers
     assert 0.67 <= counts["ext-b"] / 200 <= 0.83, counts  # weight 3 of 4
@@ -187,9 +201,13 @@ def test_registry_only_blocks_unknown_hosts_but_not_entries_or_services(tmp_path
         started = [Workload(plane, name, command=BACKEND).start(wait=False) for name in ("client", "backend")]
         client, _ = [w.wait_ready() for w in started]
         a, b = externals["ext-a"], externals["ext-b"]
-        plane.apply("---\n".join([
-            _static("ext", "ext.example.com", 80, f"endpoints: [{{address: 127.0.0.1, ports: {{http: {a.port}}}}}]"),
-            f"""
+        plane.apply(
+            "---\n".join(
+                [
+                    _static(
+                        "ext", "ext.example.com", 80, f"endpoints: [{{address: 127.0.0.1, ports: {{http: {a.port}}}}}]"
+                    ),
+                    f"""
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: any-localhost}}
@@ -198,7 +216,9 @@ spec:
   ports: [{{number: {b.port}, name: http}}]
   resolution: NONE
 """,
-        ]))
+                ]
+            )
+        )
         wait_for(plane.all_synced, 10, what="entries to reach the proxies")
         assert plane.status()["server"]["outbound_traffic_policy"] == "REGISTRY_ONLY"
         assert "outbound traffic policy REGISTRY_ONLY" in plane.cli("status").stdout
@@ -215,5 +235,18 @@ spec:
 def test_an_unknown_outbound_traffic_policy_is_refused(tmp_path):
     plane = ControlPlane(tmp_path / "home")
     tmp_path.joinpath("home").mkdir()
-    result = plane.cli("server", "--home", str(plane.home), "--api-port", "0", "--xds-port", "0", "--agent-port", "0", "--outbound-traffic-policy", "DENY_ALL", check=False)
+    result = plane.cli(
+        "server",
+        "--home",
+        str(plane.home),
+        "--api-port",
+        "0",
+        "--xds-port",
+        "0",
+        "--agent-port",
+        "0",
+        "--outbound-traffic-policy",
+        "DENY_ALL",
+        check=False,
+    )
     assert result.returncode != 0 and "use ALLOW_ANY or REGISTRY_ONLY" in result.stderr + result.stdout

@@ -48,21 +48,37 @@ def _pki(directory, prefix: str = ""):
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{prefix}test app CA")])
     ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for name, san in (("server", x509.DNSName("secure.example")), ("client", x509.DNSName("client.example"))):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
-            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name}.example")])).issuer_name(ca_name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False).sign(ca_key, hashes.SHA256())
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name}.example")]))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .sign(ca_key, hashes.SHA256())
         )
         (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (directory / f"{name}-key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (directory / f"{name}-key.pem").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     return directory
 
 
@@ -93,7 +109,9 @@ spec:
 @pytest.fixture(scope="module")
 def secure_mesh(shared_plane, tmp_path_factory):
     pki = _pki(tmp_path_factory.mktemp("app-pki"))
-    server = Workload(shared_plane, "secure", command=[sys.executable, "-c", TLS_APP, str(pki)], extra=("--protocol", "tcp")).start()
+    server = Workload(
+        shared_plane, "secure", command=[sys.executable, "-c", TLS_APP, str(pki)], extra=("--protocol", "tcp")
+    ).start()
     client = Workload(shared_plane, "productpage").start()
     yield shared_plane, client, pki, tmp_path_factory.mktemp("foreign-pki")
     client.stop()
@@ -108,7 +126,9 @@ def _apply(plane, *documents: str) -> None:
 
 def test_simple_tls_origination_verifies_the_app_with_the_rules_ca(secure_mesh):
     plane, client, pki, foreign = secure_mesh
-    _apply(plane, PASSTHROUGH, _rule(f"{{mode: SIMPLE, caCertificates: {pki}/ca.pem, subjectAltNames: [secure.example]}}"))
+    _apply(
+        plane, PASSTHROUGH, _rule(f"{{mode: SIMPLE, caCertificates: {pki}/ca.pem, subjectAltNames: [secure.example]}}")
+    )
     status, _, body = client.call("http://secure:9080/")
     assert status == 200, body
     assert json.loads(body) == {"client": ""}  # SIMPLE: no client certificate
@@ -123,7 +143,9 @@ def test_simple_tls_origination_refuses_an_app_the_ca_did_not_sign(secure_mesh):
 
 def test_simple_tls_origination_refuses_a_wrong_subject_alt_name(secure_mesh):
     plane, client, pki, foreign = secure_mesh
-    _apply(plane, PASSTHROUGH, _rule(f"{{mode: SIMPLE, caCertificates: {pki}/ca.pem, subjectAltNames: [other.example]}}"))
+    _apply(
+        plane, PASSTHROUGH, _rule(f"{{mode: SIMPLE, caCertificates: {pki}/ca.pem, subjectAltNames: [other.example]}}")
+    )
     assert client.call("http://secure:9080/")[0] == 503
 
 

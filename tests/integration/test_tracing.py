@@ -20,7 +20,19 @@ import urllib.parse
 import pytest
 from lattice.api import otlp
 
-from harness import BACKEND, Enrolled, LATTICE, Workload, die_with_parent, drained, http, reset_config, running, stop, wait_for
+from harness import (
+    BACKEND,
+    Enrolled,
+    LATTICE,
+    Workload,
+    die_with_parent,
+    drained,
+    http,
+    reset_config,
+    running,
+    stop,
+    wait_for,
+)
 from lattice.agent.address import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tracing")]
@@ -52,10 +64,14 @@ def ctx(shared_plane, mesh):
 def _three_hops(productpage: Workload, headers: dict | None = None) -> dict:
     """GET productpage, which calls reviews, which calls ratings; the body productpage's app answered."""
     reviews = "http://reviews:9080/reviews/0?" + urllib.parse.urlencode({"call": "http://ratings:9080/ratings/0"})
-    status, _, raw = productpage.call("http://productpage:9080/productpage?" + urllib.parse.urlencode({"call": reviews}), headers, timeout=10)
+    status, _, raw = productpage.call(
+        "http://productpage:9080/productpage?" + urllib.parse.urlencode({"call": reviews}), headers, timeout=10
+    )
     body = json.loads(raw)
     assert status == 200, body
-    assert body["called"]["status"] == 200 and body["called"]["body"]["called"]["body"]["served_by"] == "ratings-v1", body
+    assert body["called"]["status"] == 200 and body["called"]["body"]["called"]["body"]["served_by"] == "ratings-v1", (
+        body
+    )
     return body
 
 
@@ -79,7 +95,12 @@ def _linked(plane, trace_id: str, required: set[str]) -> dict | None:
 
 def _check(plane, trace_id: str, also: tuple[str, ...] = ()) -> dict:
     required = {"productpage.default", "reviews.default", "ratings.default", *also}
-    trace = wait_for(lambda: _linked(plane, trace_id, required), 30, interval=0.5, what=f"trace {trace_id} to link productpage -> reviews -> ratings")
+    trace = wait_for(
+        lambda: _linked(plane, trace_id, required),
+        30,
+        interval=0.5,
+        what=f"trace {trace_id} to link productpage -> reviews -> ratings",
+    )
     path = list(reversed(trace["path"]))  # root first
     assert trace["trace_id"] == trace_id and trace["span_count"] >= 3
     # Each hop: the caller's CLIENT span is the parent of the callee's SERVER span.
@@ -138,15 +159,21 @@ def test_unsampled_requests_leave_no_trace(ctx):
 def test_only_workloads_post_spans_and_only_admins_read_them(ctx, tmp_path):
     plane, _ = ctx
     spans = otlp.ExportTraceServiceRequest()
-    spans.resource_spans.add().scope_spans.add().spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="forged")
+    spans.resource_spans.add().scope_spans.add().spans.add(
+        trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)), name="forged"
+    )
     anonymous = ssl.create_default_context()
     anonymous.check_hostname, anonymous.verify_mode = False, ssl.CERT_NONE
     status, _, raw = http("POST", f"{plane.agent_api}/agent/v1/traces", spans.SerializeToString(), context=anonymous)
     assert status == 401 and "workload certificate" in json.loads(raw)["error"]
     workload = Enrolled(plane, "tracer", "tracer-1.default", tmp_path / "tracer")
-    status, _, raw = http("POST", f"{plane.agent_api}/agent/v1/traces", b"\xff not protobuf", context=workload.context())
+    status, _, raw = http(
+        "POST", f"{plane.agent_api}/agent/v1/traces", b"\xff not protobuf", context=workload.context()
+    )
     assert status == 400 and "OTLP" in json.loads(raw)["error"]
-    status, _, raw = http("POST", f"{plane.agent_api}/agent/v1/traces", spans.SerializeToString(), context=workload.context())
+    status, _, raw = http(
+        "POST", f"{plane.agent_api}/agent/v1/traces", spans.SerializeToString(), context=workload.context()
+    )
     assert status == 200 and json.loads(raw) == {"accepted": 1}
     assert http("GET", f"{plane.api}/api/v1/traces")[0] == 401  # no admin credential
     trace = plane.get(f"/api/v1/traces/{bytes(range(1, 17)).hex()}")
@@ -178,14 +205,35 @@ def gateway(ctx):
     local = free_port()
     env = plane.env | {"LATTICE_TOKEN": plane.token("istio-ingressgateway", "istio-system")}
     log = plane.home / f"gateway-{secrets.token_hex(3)}.log"
-    process = subprocess.Popen([LATTICE, "gateway", "--listen", f"80={local}"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    process = subprocess.Popen(
+        [LATTICE, "gateway", "--listen", f"80={local}"],
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
+    )
     try:
         plane.apply(EDGE)
-        proxy = wait_for(lambda: next((p for p in plane.status()["proxies"] if p["name"] == "ingressgateway" and p["healthy"] and p["types"]["Listener"]["state"] == "SYNCED"), None), 30, what=f"the gateway (log {log})")
+        proxy = wait_for(
+            lambda: next(
+                (
+                    p
+                    for p in plane.status()["proxies"]
+                    if p["name"] == "ingressgateway" and p["healthy"] and p["types"]["Listener"]["state"] == "SYNCED"
+                ),
+                None,
+            ),
+            30,
+            what=f"the gateway (log {log})",
+        )
         yield f"http://{proxy['address']}:{local}"
     finally:
         stop(process)
-        wait_for(lambda: all(p["name"] != "ingressgateway" for p in plane.status()["proxies"]), 10, what="the gateway to deregister")
+        wait_for(
+            lambda: all(p["name"] != "ingressgateway" for p in plane.status()["proxies"]),
+            10,
+            what="the gateway to deregister",
+        )
 
 
 def test_a_gateway_is_a_hop_of_its_own(ctx, gateway):

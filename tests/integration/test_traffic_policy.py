@@ -39,7 +39,10 @@ def mesh(shared_plane):
         ("zoned", "far", _at("r2", "c"), {}),
         ("single", "v1", (), {}),
     ]
-    with running(shared_plane, [Workload(shared_plane, s, v, command=BACKEND, extra=extra, env=env) for s, v, extra, env in specs]) as ready:
+    with running(
+        shared_plane,
+        [Workload(shared_plane, s, v, command=BACKEND, extra=extra, env=env) for s, v, extra, env in specs],
+    ) as ready:
         yield {f"{w.service}-{w.version}": w for w in ready}
 
 
@@ -50,7 +53,12 @@ def client(shared_plane, mesh):
 
 
 def _rule(plane, host: str, traffic_policy: dict) -> None:
-    doc = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": host}, "spec": {"host": host, "trafficPolicy": traffic_policy}}
+    doc = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": host},
+        "spec": {"host": host, "trafficPolicy": traffic_policy},
+    }
     plane.apply(json.dumps(doc))
     wait_for(plane.all_synced, 10, what=f"the {host} rule to reach every proxy")
 
@@ -75,10 +83,19 @@ def _stat(workload: Workload, name: str) -> int:
 
 def test_outlier_detection_ejects_the_failing_endpoint_and_lets_it_back(shared_plane, client):
     # Locality is switched off so that all three instances share the load.
-    _rule(shared_plane, "zoned", {
-        "loadBalancer": {"simple": "RANDOM", "localityLbSetting": {"enabled": False}},
-        "outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s", "baseEjectionTime": "6s", "maxEjectionPercent": 50},
-    })
+    _rule(
+        shared_plane,
+        "zoned",
+        {
+            "loadBalancer": {"simple": "RANDOM", "localityLbSetting": {"enabled": False}},
+            "outlierDetection": {
+                "consecutive5xxErrors": 3,
+                "interval": "1s",
+                "baseEjectionTime": "6s",
+                "maxEjectionPercent": 50,
+            },
+        },
+    )
     failures, answered = 0, set()
     while failures < 3:
         status, served_by, _ = _call(client, ZONED)
@@ -90,8 +107,12 @@ def test_outlier_detection_ejects_the_failing_endpoint_and_lets_it_back(shared_p
     assert time.monotonic() - ejected < 5, "too slow to observe the ejection window"
     assert {(s, b) for s, b, _ in after} <= {(200, "zoned-near"), (200, "zoned-far")}, after
     # Ejected for baseEjectionTime, released at the next interval tick: z-local answers (500) again.
-    back = wait_for(lambda: _call(client, ZONED)[0] == 500 and time.monotonic(), 15, interval=0.1, what="z-local to return")
-    assert back - ejected >= 5.5, f"z-local returned {back - ejected:.1f}s after ejection, before its 6s baseEjectionTime"
+    back = wait_for(
+        lambda: _call(client, ZONED)[0] == 500 and time.monotonic(), 15, interval=0.1, what="z-local to return"
+    )
+    assert back - ejected >= 5.5, (
+        f"z-local returned {back - ejected:.1f}s after ejection, before its 6s baseEjectionTime"
+    )
 
 
 # --- locality --------------------------------------------------------------------------------------
@@ -99,7 +120,18 @@ def test_outlier_detection_ejects_the_failing_endpoint_and_lets_it_back(shared_p
 
 def test_locality_failover_prefers_the_callers_zone_then_its_region(shared_plane, client):
     # Istio's default locality failover applies once outlierDetection is set; z-local fails every request.
-    _rule(shared_plane, "zoned", {"outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 100}})
+    _rule(
+        shared_plane,
+        "zoned",
+        {
+            "outlierDetection": {
+                "consecutive5xxErrors": 3,
+                "interval": "1s",
+                "baseEjectionTime": "30s",
+                "maxEjectionPercent": 100,
+            }
+        },
+    )
     answers = [_call(client, ZONED)[:2] for _ in range(25)]
     assert answers[:3] == [(500, "zoned-local")] * 3, answers  # same zone first, every time
     assert answers[3:] == [(200, "zoned-near")] * 22, answers  # then the same region, never r2
@@ -111,7 +143,11 @@ def test_without_outlier_detection_there_is_no_locality_preference(shared_plane,
 
 
 def test_locality_distribute_weights_by_zone(shared_plane, client):
-    _rule(shared_plane, "zoned", {"loadBalancer": {"localityLbSetting": {"distribute": [{"from": "r1/a/*", "to": {"r1/b/*": 100}}]}}})
+    _rule(
+        shared_plane,
+        "zoned",
+        {"loadBalancer": {"localityLbSetting": {"distribute": [{"from": "r1/a/*", "to": {"r1/b/*": 100}}]}}},
+    )
     assert {_call(client, ZONED)[1] for _ in range(20)} == {"zoned-near"}
 
 
@@ -131,7 +167,9 @@ def test_consistent_hash_on_a_header_pins_each_value_to_one_instance(shared_plan
 @pytest.mark.parametrize("simple", ["LEAST_REQUEST", "RANDOM", "ROUND_ROBIN"])
 def test_simple_load_balancers_reach_every_endpoint(shared_plane, client, simple):
     _rule(shared_plane, "spread", {"loadBalancer": {"simple": simple}})
-    _, _, body = http("GET", f"http://{client.address}:{client.info['agent_port']}/config_dump?resource=dynamic_active_clusters")
+    _, _, body = http(
+        "GET", f"http://{client.address}:{client.info['agent_port']}/config_dump?resource=dynamic_active_clusters"
+    )
     policies = {c["cluster"]["name"]: c["cluster"].get("lb_policy", "ROUND_ROBIN") for c in json.loads(body)["configs"]}
     assert policies["outbound|9080||spread.default.svc.cluster.local"] == simple
     assert {_call(client, SPREAD)[1] for _ in range(40)} == {"spread-v1", "spread-v2", "spread-v3"}
@@ -154,7 +192,11 @@ def test_max_requests_overflow_with_503_once_exceeded_and_not_before(shared_plan
 
 
 def test_connections_and_pending_requests_overflow_with_503(shared_plane, client):
-    _rule(shared_plane, "single", {"connectionPool": {"tcp": {"maxConnections": 1}, "http": {"http1MaxPendingRequests": 1}}})
+    _rule(
+        shared_plane,
+        "single",
+        {"connectionPool": {"tcp": {"maxConnections": 1}, "http": {"http1MaxPendingRequests": 1}}},
+    )
     assert _overloaded([client.call(SINGLE + "?delay=0.2")[:2] for _ in range(3)]) == 0  # one at a time fits
     # Not exact, by Envoy's design (circuit-breaking docs): each worker thread's pool still gets one
     # connection to a chosen host past the limit, and a request waiting for a connection to open

@@ -27,7 +27,9 @@ class Client:
         self.workload = workload
         self.conn: http.client.HTTPConnection | None = None
 
-    def request(self, url: str, method: str = "GET", headers: dict | None = None, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    def request(
+        self, url: str, method: str = "GET", headers: dict | None = None, timeout: float = 10.0
+    ) -> tuple[int, dict, bytes]:
         for attempt in (1, 2):  # a kept-alive connection the proxy closed gets one fresh retry
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.workload.address, 15001, timeout=timeout)
@@ -108,7 +110,9 @@ def vs(http_rules: str, host: str = "web") -> str:
 
 def test_matches_pick_the_first_rule_that_fits(shared_plane, client):
     apply(shared_plane, SUBSETS)
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - match: [{uri: {exact: /exact}}]
     route: [{destination: {host: web, subset: v2}}]
   - match: [{uri: {regex: '/items/[0-9]+'}}]
@@ -124,7 +128,8 @@ def test_matches_pick_the_first_rule_that_fits(shared_plane, client):
   - match: [{scheme: {exact: https}}]
     route: [{destination: {host: web, subset: v2}}]
   - route: [{destination: {host: web, subset: v1}}]
-"""))
+"""),
+    )
     v2 = {"web-v2": 3}
     assert client.served("http://web/exact", 3) == v2
     assert client.served("http://web/exact/no", 3) == {"web-v1": 3}
@@ -142,13 +147,16 @@ def test_matches_pick_the_first_rule_that_fits(shared_plane, client):
 
 def test_source_labels_and_port_are_decided_per_client(shared_plane, mesh, client):
     apply(shared_plane, SUBSETS)
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - match: [{sourceLabels: {version: v2}}]
     route: [{destination: {host: web, subset: v2}}]
   - match: [{port: 1234}]
     route: [{destination: {host: web, subset: v2}}]
   - route: [{destination: {host: web, subset: v1}}]
-"""))
+"""),
+    )
     other = Client(mesh["client-v2"])
     try:
         assert other.served("http://web/", 5) == {"web-v2": 5}
@@ -160,11 +168,14 @@ def test_source_labels_and_port_are_decided_per_client(shared_plane, mesh, clien
 
 def test_80_20_split_over_2000_requests(shared_plane, client):
     apply(shared_plane, SUBSETS)
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - route:
     - {destination: {host: web, subset: v1}, weight: 80}
     - {destination: {host: web, subset: v2}, weight: 20}
-"""))
+"""),
+    )
     counts = client.served("http://web/", 2000)
     assert set(counts) == {"web-v1", "web-v2"}, counts
     # sd of the share is 0.9 points over 2,000 draws; ±3 points is more than three sd.
@@ -172,13 +183,16 @@ def test_80_20_split_over_2000_requests(shared_plane, client):
 
 
 def test_redirect_answers_the_client_itself(shared_plane, client):
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - match: [{uri: {prefix: /old}}]
     redirect: {uri: /new, authority: web.example.com, redirectCode: 308}
   - match: [{uri: {prefix: /tls}}]
     redirect: {scheme: https, derivePort: FROM_PROTOCOL_DEFAULT}
   - route: [{destination: {host: web}}]
-"""))
+"""),
+    )
     status, h, _ = client.request("http://web/old/page")
     assert status == 308 and h["location"] == "http://web.example.com/new", h
     assert "x-served-by" not in h
@@ -187,18 +201,23 @@ def test_redirect_answers_the_client_itself(shared_plane, client):
 
 
 def test_direct_response(shared_plane, client):
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - match: [{uri: {exact: /health}}]
     directResponse: {status: 503, body: {string: "down for maintenance"}}
   - route: [{destination: {host: web}}]
-"""))
+"""),
+    )
     status, h, body = client.request("http://web/health")
     assert (status, body) == (503, b"down for maintenance")
     assert "x-served-by" not in h
 
 
 def test_rewrite_uri_authority_and_regex(shared_plane, client):
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - match: [{uri: {prefix: /v1/api}}]
     rewrite: {uri: /api, authority: backend.internal}
     route: [{destination: {host: web}}]
@@ -206,7 +225,8 @@ def test_rewrite_uri_authority_and_regex(shared_plane, client):
     rewrite: {uriRegexRewrite: {match: '^/users/([0-9]+)/profile$', rewrite: '/profiles?id=\\1'}}
     route: [{destination: {host: web}}]
   - route: [{destination: {host: web}}]
-"""))
+"""),
+    )
     status, seen = client.json("http://web/v1/api/items")
     assert status == 200 and seen["path"] == "/api/items" and seen["headers"]["host"] == "backend.internal", seen
     status, seen = client.json("http://web/users/42/profile")
@@ -214,10 +234,13 @@ def test_rewrite_uri_authority_and_regex(shared_plane, client):
 
 
 def test_timeout_returns_504_after_the_timeout(shared_plane, client):
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - timeout: 1s
     route: [{destination: {host: web}}]
-"""))
+"""),
+    )
     started = time.monotonic()
     status, _, _ = client.request("http://web/slow?delay=3")
     took = time.monotonic() - started
@@ -228,22 +251,36 @@ def test_timeout_returns_504_after_the_timeout(shared_plane, client):
 
 def test_retries_turn_failures_into_successes(shared_plane, client):
     # No retries: every other request fails, as the backend does.
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs(
+            """
   - route: [{destination: {host: flaky}}]
     retries: {attempts: 0}
-""", host="flaky"))
+""",
+            host="flaky",
+        ),
+    )
     statuses = [client.request("http://flaky/")[0] for _ in range(100)]
     assert 40 <= statuses.count(503) <= 60, statuses.count(503)
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs(
+            """
   - route: [{destination: {host: flaky}}]
     retries: {attempts: 3, perTryTimeout: 2s, retryOn: "5xx"}
-""", host="flaky"))
+""",
+            host="flaky",
+        ),
+    )
     statuses = [client.request("http://flaky/")[0] for _ in range(300)]
     assert statuses.count(200) / 300 > 0.99, statuses.count(503)
 
 
 def test_fault_delay_and_abort(shared_plane, client):
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - match: [{headers: {end-user: {exact: jason}}}]
     fault: {delay: {fixedDelay: 2s, percentage: {value: 100}}}
     route: [{destination: {host: web}}]
@@ -251,7 +288,8 @@ def test_fault_delay_and_abort(shared_plane, client):
     fault: {abort: {httpStatus: 418, percentage: {value: 50}}}
     route: [{destination: {host: web}}]
   - route: [{destination: {host: web}}]
-"""))
+"""),
+    )
     started = time.monotonic()
     assert client.request("http://web/", headers={"end-user": "jason"})[0] == 200
     assert time.monotonic() - started >= 1.9
@@ -264,20 +302,26 @@ def test_fault_delay_and_abort(shared_plane, client):
 
 
 def test_mirror_gets_copies_the_client_never_sees(shared_plane, mesh, client):
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - route: [{destination: {host: web}}]
     mirror: {host: mirror}
     mirrorPercentage: {value: 100}
-"""))
+"""),
+    )
     client.request("http://mirror/__reset", method="POST")
     served = client.served("http://web/mirrored", 40)
     assert set(served) <= {"web-v1", "web-v2"} and sum(served.values()) == 40, served
     # Mirrored requests are fire-and-forget: wait for the last ones to arrive.
     wait_for(lambda: client.json("http://mirror/__count")[1]["count"] == 40, 5, what="40 mirrored copies")
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - route: [{destination: {host: web}}]
     mirrors: [{destination: {host: mirror}, percentage: {value: 0}}]
-"""))
+"""),
+    )
     client.request("http://mirror/__reset", method="POST")
     client.served("http://web/mirrored", 20)
     time.sleep(0.5)
@@ -285,12 +329,15 @@ def test_mirror_gets_copies_the_client_never_sees(shared_plane, mesh, client):
 
 
 def test_headers_set_add_remove(shared_plane, client):
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - headers:
       request: {set: {x-env: prod}, add: {x-trace-tag: mesh}, remove: [x-secret]}
       response: {set: {x-frame-options: DENY}, remove: [x-instance]}
     route: [{destination: {host: web}}]
-"""))
+"""),
+    )
     status, headers, body = client.request("http://web/", headers={"x-env": "dev", "x-secret": "s3cret"})
     seen = json.loads(body)["headers"]
     assert status == 200
@@ -299,7 +346,9 @@ def test_headers_set_add_remove(shared_plane, client):
 
 
 def test_cors_preflight_and_simple_requests(shared_plane, client):
-    apply(shared_plane, vs("""
+    apply(
+        shared_plane,
+        vs("""
   - corsPolicy:
       allowOrigins: [{exact: "https://app.example.com"}, {regex: "https://.*\\\\.trusted\\\\.io"}]
       allowMethods: [GET, PUT]
@@ -307,12 +356,17 @@ def test_cors_preflight_and_simple_requests(shared_plane, client):
       maxAge: 24h
       allowCredentials: true
     route: [{destination: {host: web}}]
-"""))
+"""),
+    )
     preflight = {"origin": "https://app.example.com", "access-control-request-method": "PUT"}
     status, h, _ = client.request("http://web/data", method="OPTIONS", headers=preflight)
     assert status == 200 and h["access-control-allow-origin"] == "https://app.example.com", h
     assert h["access-control-allow-methods"] == "GET,PUT" and h["access-control-max-age"] == "86400", h
     status, h, _ = client.request("http://web/data", headers={"origin": "https://x.trusted.io"})
-    assert status == 200 and h["access-control-allow-origin"] == "https://x.trusted.io" and h["access-control-allow-credentials"] == "true"
+    assert (
+        status == 200
+        and h["access-control-allow-origin"] == "https://x.trusted.io"
+        and h["access-control-allow-credentials"] == "true"
+    )
     status, h, _ = client.request("http://web/data", headers={"origin": "https://evil.example"})
     assert status == 200 and "access-control-allow-origin" not in h

@@ -15,14 +15,35 @@ GRAFANA = Path(__file__).parents[2] / "grafana"
 DATA_PLANE = ("mesh.json", "service.json", "workload.json")
 CONTROL_PLANE = "control-plane.json"
 # Istio's standard metrics and labels: https://istio.io/latest/docs/reference/config/metrics/
-ISTIO_COUNTERS = {"istio_requests_total", "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total", "istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total"}
+ISTIO_COUNTERS = {
+    "istio_requests_total",
+    "istio_tcp_sent_bytes_total",
+    "istio_tcp_received_bytes_total",
+    "istio_tcp_connections_opened_total",
+    "istio_tcp_connections_closed_total",
+}
 ISTIO_HISTOGRAMS = {"istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"}
 ISTIO_METRICS = ISTIO_COUNTERS | {f"{h}_{part}" for h in ISTIO_HISTOGRAMS for part in ("bucket", "sum", "count")}
 ISTIO_LABELS = {
-    "reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app", "source_version",
-    "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
-    "destination_service", "destination_service_name", "destination_service_namespace", "request_protocol", "response_code",
-    "grpc_response_status", "response_flags", "connection_security_policy",
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
 }
 TCP_METRICS = {m for m in ISTIO_COUNTERS if m.startswith("istio_tcp_")}
 
@@ -97,5 +118,7 @@ def test_control_plane_queries_use_exported_metrics_and_their_labels():
         names = {name for metric in metrics_used(expr) for name in exported[metric]}
         assert labels_used(expr) <= names, (expr, labels_used(expr) - names)
     shown = {m for expr in asked for m in metrics_used(expr)}
-    unshown = [f for f in ControlPlaneMetrics().registry.names() if not shown & {f, f"{f}_bucket", f"{f}_sum", f"{f}_count"}]
+    unshown = [
+        f for f in ControlPlaneMetrics().registry.names() if not shown & {f, f"{f}_bucket", f"{f}_sum", f"{f}_count"}
+    ]
     assert not unshown, f"exported but on no panel: {unshown}"

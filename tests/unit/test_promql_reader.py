@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from promql import PromQLError, labels_used, metrics_used, queries, selectors, substitute, tokens, undefined_variables, variable_queries
+from promql import (
+    PromQLError,
+    labels_used,
+    metrics_used,
+    queries,
+    selectors,
+    substitute,
+    tokens,
+    undefined_variables,
+    variable_queries,
+)
 
 
 def test_functions_aggregations_durations_and_numbers_are_not_metrics():
@@ -38,7 +48,10 @@ def test_keywords_and_function_names_inside_braces_are_label_names():
 
 
 def test_a_function_name_without_a_call_is_a_metric():
-    assert selectors("time - process_start_time_seconds") == {("time", frozenset()), ("process_start_time_seconds", frozenset())}
+    assert selectors("time - process_start_time_seconds") == {
+        ("time", frozenset()),
+        ("process_start_time_seconds", frozenset()),
+    }
     assert metrics_used("time() - process_start_time_seconds") == {"process_start_time_seconds"}
 
 
@@ -48,8 +61,17 @@ def test_strings_hold_anything_without_it_being_read():
 
 
 def test_label_replace_and_label_join_arguments_are_labels():
-    assert labels_used('label_replace(up{job="api"}, "service", "$1", "instance", "(.*):.*")') == {"job", "service", "instance"}
-    assert labels_used('label_join(up, "endpoint", ":", "host", "port", "path")') == {"endpoint", "host", "port", "path"}
+    assert labels_used('label_replace(up{job="api"}, "service", "$1", "instance", "(.*):.*")') == {
+        "job",
+        "service",
+        "instance",
+    }
+    assert labels_used('label_join(up, "endpoint", ":", "host", "port", "path")') == {
+        "endpoint",
+        "host",
+        "port",
+        "path",
+    }
     assert labels_used('count_values without (instance) ("version", build_info)') == {"instance", "version"}
     assert labels_used('sort_by_label(sum by (a, b) (x), "b", "a")') == {"a", "b"}
 
@@ -61,8 +83,14 @@ def test_a_label_function_nested_inside_another_reads_only_its_own_label_argumen
 
 
 def test_selectors_by_name_matcher_and_without_a_name():
-    found = selectors('{__name__="istio_requests_total", reporter="source"} / {__name__=~"istio_.*"} + {"quoted.name", le="1"}')
-    assert found == {("istio_requests_total", frozenset({"reporter"})), (None, frozenset()), ("quoted.name", frozenset({"le"}))}
+    found = selectors(
+        '{__name__="istio_requests_total", reporter="source"} / {__name__=~"istio_.*"} + {"quoted.name", le="1"}'
+    )
+    assert found == {
+        ("istio_requests_total", frozenset({"reporter"})),
+        (None, frozenset()),
+        ("quoted.name", frozenset({"le"})),
+    }
 
 
 def test_subqueries_offsets_at_modifiers_and_numbers():
@@ -77,7 +105,12 @@ def test_recording_rule_names_with_colons_and_comments():
 
 def test_durations_and_numbers_are_told_apart():
     kinds = [(t.kind, t.text) for t in tokens("x[1h30m] offset 90s + 1e3 - 5 * 10ms")]
-    assert ("range", "[1h30m]") in kinds and ("duration", "90s") in kinds and ("number", "1e3") in kinds and ("duration", "10ms") in kinds
+    assert (
+        ("range", "[1h30m]") in kinds
+        and ("duration", "90s") in kinds
+        and ("number", "1e3") in kinds
+        and ("duration", "10ms") in kinds
+    )
 
 
 @pytest.mark.parametrize(
@@ -102,23 +135,57 @@ def test_malformed_expressions_are_refused(expr):
 
 def test_grafana_variables_are_substituted_inside_and_outside_strings():
     expr = 'sum(rate(istio_requests_total{destination_service=~"$service", ns=~"${ns:regex}", w="[[wl]]"}[$__rate_interval]))'
-    assert substitute(expr, {"service": "reviews.*", "ns": "default", "wl": "x"}) == 'sum(rate(istio_requests_total{destination_service=~"reviews.*", ns=~"default", w="x"}[1m]))'
-    assert substitute('label_replace(x, "a", "$1", "b", "(.*)")') == 'label_replace(x, "a", "$1", "b", "(.*)")'  # as Grafana leaves it
+    assert (
+        substitute(expr, {"service": "reviews.*", "ns": "default", "wl": "x"})
+        == 'sum(rate(istio_requests_total{destination_service=~"reviews.*", ns=~"default", w="x"}[1m]))'
+    )
+    assert (
+        substitute('label_replace(x, "a", "$1", "b", "(.*)")') == 'label_replace(x, "a", "$1", "b", "(.*)")'
+    )  # as Grafana leaves it
     assert selectors("rate(x{a=\"$unknown\"}[$__interval])") == {("x", frozenset({"a"}))}
 
 
 DASHBOARD = {
-    "templating": {"list": [
-        {"name": "datasource", "type": "datasource", "query": "prometheus"},
-        {"name": "service", "type": "query", "current": {"value": "reviews.default.svc.cluster.local"}, "query": {"query": 'label_values(istio_requests_total{reporter="destination"}, destination_service)'}},
-        {"name": "src", "type": "query", "includeAll": True, "current": {"value": "$__all"}, "query": "label_values(source_workload)"},
-        {"name": "versions", "type": "custom", "current": {"value": ["v1", "v2"]}},
-    ]},
+    "templating": {
+        "list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus"},
+            {
+                "name": "service",
+                "type": "query",
+                "current": {"value": "reviews.default.svc.cluster.local"},
+                "query": {"query": 'label_values(istio_requests_total{reporter="destination"}, destination_service)'},
+            },
+            {
+                "name": "src",
+                "type": "query",
+                "includeAll": True,
+                "current": {"value": "$__all"},
+                "query": "label_values(source_workload)",
+            },
+            {"name": "versions", "type": "custom", "current": {"value": ["v1", "v2"]}},
+        ]
+    },
     "panels": [
-        {"type": "stat", "targets": [{"expr": 'sum(rate(istio_requests_total{destination_service="$service"}[$__rate_interval]))'}]},
-        {"type": "row", "collapsed": True, "panels": [
-            {"type": "timeseries", "targets": [{"expr": 'sum by (source_workload) (rate(istio_requests_total{source_workload=~"$src", destination_version=~"${versions}"}[5m]))'}, {"expr": ""}, {"refId": "B"}]},
-        ]},
+        {
+            "type": "stat",
+            "targets": [{"expr": 'sum(rate(istio_requests_total{destination_service="$service"}[$__rate_interval]))'}],
+        },
+        {
+            "type": "row",
+            "collapsed": True,
+            "panels": [
+                {
+                    "type": "timeseries",
+                    "targets": [
+                        {
+                            "expr": 'sum by (source_workload) (rate(istio_requests_total{source_workload=~"$src", destination_version=~"${versions}"}[5m]))'
+                        },
+                        {"expr": ""},
+                        {"refId": "B"},
+                    ],
+                },
+            ],
+        },
         {"type": "text"},
     ],
 }
@@ -132,6 +199,12 @@ def test_queries_walk_rows_and_substitute_current_values():
 
 
 def test_variable_queries_and_undefined_variables():
-    assert variable_queries(DASHBOARD) == [('istio_requests_total{reporter="destination"}', "destination_service"), (None, "source_workload")]
-    broken = {"panels": [{"targets": [{"expr": 'x{a="$nope", b="$service"} + label_replace(y, "c", "$1", "d", ".*")'}]}], "templating": DASHBOARD["templating"]}
+    assert variable_queries(DASHBOARD) == [
+        ('istio_requests_total{reporter="destination"}', "destination_service"),
+        (None, "source_workload"),
+    ]
+    broken = {
+        "panels": [{"targets": [{"expr": 'x{a="$nope", b="$service"} + label_replace(y, "c", "$1", "d", ".*")'}]}],
+        "templating": DASHBOARD["templating"],
+    }
     assert undefined_variables(broken) == {"nope"}

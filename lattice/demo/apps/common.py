@@ -192,8 +192,7 @@ def run(handler: type[AppHandler]) -> int:
     port = listen_port()
     if port is None:
         print(
-            f"{handler.service}: PORT must be set to a port number 1-65535 "
-            f"(got {os.environ.get('PORT')!r})",
+            f"{handler.service}: PORT must be set to a port number 1-65535 (got {os.environ.get('PORT')!r})",
             file=sys.stderr,
         )
         return 2

@@ -40,9 +40,7 @@ def details_html(details: dict | None) -> str:
     if details is None:
         return f'<p class="error">{DETAILS_UNAVAILABLE}</p>'
     rows = "".join(
-        f"<dt>{label}</dt><dd>{escape(str(details[key]))}</dd>"
-        for key, label in DETAIL_FIELDS
-        if key in details
+        f"<dt>{label}</dt><dd>{escape(str(details[key]))}</dd>" for key, label in DETAIL_FIELDS if key in details
     )
     return f'<dl class="details">{rows}</dl>'
 

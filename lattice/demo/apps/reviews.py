@@ -29,13 +29,11 @@ RATINGS_UNAVAILABLE = "Ratings service is currently unavailable"
 REVIEWS = (
     (
         "Reviewer1",
-        "An extremely entertaining play by Shakespeare. "
-        "The slapstick humour is refreshing!",
+        "An extremely entertaining play by Shakespeare. The slapstick humour is refreshing!",
     ),
     (
         "Reviewer2",
-        "Absolutely fun and entertaining. The play lacks thematic depth "
-        "when compared to other plays by Shakespeare.",
+        "Absolutely fun and entertaining. The play lacks thematic depth when compared to other plays by Shakespeare.",
     ),
 )
 

@@ -20,7 +20,13 @@ ME = Peer("ratings-v1", "default", "ratings", "v1", "spiffe://cluster.local/ns/d
 CALLER = "spiffe://cluster.local/ns/default/sa/reviews"
 
 
-def inbound_entry(code: int = 200, ms: int = 12, principal: str = CALLER, peer: str = "reviews-v2;default;reviews;v2", path: str = "/ratings/0?x=1") -> al.HTTPAccessLogEntry:
+def inbound_entry(
+    code: int = 200,
+    ms: int = 12,
+    principal: str = CALLER,
+    peer: str = "reviews-v2;default;reviews;v2",
+    path: str = "/ratings/0?x=1",
+) -> al.HTTPAccessLogEntry:
     entry = al.HTTPAccessLogEntry()
     c = entry.common_properties
     c.start_time.seconds = 1_800_000_000
@@ -52,7 +58,15 @@ def run(entries, log_name: str = "inbound", consumers=None) -> list:
 
 def test_the_stream_is_counted_on_a_worker_thread_below_envoys_priority():
     seen = []
-    receiver = AccessLogReceiver(ME, "ratings.default.svc.cluster.local", [lambda r: seen.append((r, threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))])
+    receiver = AccessLogReceiver(
+        ME,
+        "ratings.default.svc.cluster.local",
+        [
+            lambda r: seen.append(
+                (r, threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            )
+        ],
+    )
     message = als_pb2.StreamAccessLogsMessage()
     message.identifier.log_name = "inbound"
     message.http_logs.log_entry.append(inbound_entry())
@@ -64,7 +78,7 @@ def test_the_stream_is_counted_on_a_worker_thread_below_envoys_priority():
     deadline = time.monotonic() + 5
     while not seen and time.monotonic() < deadline:
         time.sleep(0.01)
-    (request, thread, niceness), = seen
+    ((request, thread, niceness),) = seen
     assert request.code == 200 and thread == "access-log" and niceness >= os.getpriority(os.PRIO_PROCESS, 0)
 
 
@@ -79,27 +93,35 @@ def test_a_claimed_workload_is_believed_only_with_a_matching_certificate():
     (plain,) = run([inbound_entry(principal="")])
     assert plain.source == Peer() and not plain.mtls  # anyone can send the header
     (other,) = run([inbound_entry(peer="reviews-v2;prod;reviews;v2")])
-    assert other.source.workload == "unknown" and other.source.principal == CALLER and other.source.namespace == "default"
+    assert (
+        other.source.workload == "unknown" and other.source.principal == CALLER and other.source.namespace == "default"
+    )
 
 
 def test_an_outbound_entry_reads_the_callee_from_the_endpoint():
     entry = inbound_entry()
     entry.common_properties.upstream_cluster = "outbound|9080||ratings.default.svc.cluster.local"
-    entry.common_properties.custom_tags["peer"] = "ratings-v1;default;ratings;v1;spiffe://cluster.local/ns/default/sa/ratings"
+    entry.common_properties.custom_tags["peer"] = (
+        "ratings-v1;default;ratings;v1;spiffe://cluster.local/ns/default/sa/ratings"
+    )
     (r,) = run([entry], log_name="outbound")
     assert r.reporter == "source" and r.service == "ratings.default.svc.cluster.local"
     assert r.destination.workload == "ratings-v1" and r.destination.principal.endswith("/sa/ratings")
 
 
 def labelled(text: str, metric: str) -> dict[str, float]:
-    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line.startswith(metric + "{")}
+    return {
+        line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line.startswith(metric + "{")
+    }
 
 
 def test_counts_and_histograms_render_as_istio_names_them():
     metrics = IstioMetrics()
     run([inbound_entry(200, 3), inbound_entry(200, 30), inbound_entry(503, 700)], consumers=[metrics.observe])
     text = metrics.render()
-    assert "# TYPE istio_requests_total counter" in text and "# TYPE istio_request_duration_milliseconds histogram" in text
+    assert (
+        "# TYPE istio_requests_total counter" in text and "# TYPE istio_request_duration_milliseconds histogram" in text
+    )
     counts = labelled(text, "istio_requests_total")
     assert sorted(counts.values()) == [1, 2]
     (ok,) = [k for k, v in counts.items() if v == 2]
@@ -112,10 +134,17 @@ def test_counts_and_histograms_render_as_istio_names_them():
 
 def test_telemetry_rules_switch_metrics_off_and_relabel():
     metrics = IstioMetrics()
-    metrics.set_rules([
-        MetricRule(metric="istio_request_bytes", disabled=True),
-        MetricRule(metric=None, mode="SERVER", disabled=None, tags=(TagOverride("source_principal", remove=True), TagOverride("request_path", value="request.path"))),
-    ])
+    metrics.set_rules(
+        [
+            MetricRule(metric="istio_request_bytes", disabled=True),
+            MetricRule(
+                metric=None,
+                mode="SERVER",
+                disabled=None,
+                tags=(TagOverride("source_principal", remove=True), TagOverride("request_path", value="request.path")),
+            ),
+        ]
+    )
     run([inbound_entry()], consumers=[metrics.observe])
     text = metrics.render()
     assert "istio_request_bytes" not in text and "istio_response_bytes_count" in text

@@ -27,7 +27,15 @@ def _export(service: str, *span_ids: int, trace: int = 1) -> otlp.ExportTraceSer
     resource_spans.resource.attributes.add(key="service.name").value.string_value = service
     scope = resource_spans.scope_spans.add()
     for n in span_ids:
-        scope.spans.append(otlp.Span(trace_id=trace.to_bytes(16, "big"), span_id=n.to_bytes(8, "big"), name="op", start_time_unix_nano=1, end_time_unix_nano=2))
+        scope.spans.append(
+            otlp.Span(
+                trace_id=trace.to_bytes(16, "big"),
+                span_id=n.to_bytes(8, "big"),
+                name="op",
+                start_time_unix_nano=1,
+                end_time_unix_nano=2,
+            )
+        )
     return request
 
 
@@ -37,7 +45,10 @@ def test_a_batch_is_the_queued_exports_joined():
     assert relay.offer(_export("b.default", 3).SerializeToString(), 1)
     batch, spans = relay.take()
     merged = otlp.ExportTraceServiceRequest.FromString(batch)
-    assert spans == 3 and [rs.resource.attributes[0].value.string_value for rs in merged.resource_spans] == ["a.default", "b.default"]
+    assert spans == 3 and [rs.resource.attributes[0].value.string_value for rs in merged.resource_spans] == [
+        "a.default",
+        "b.default",
+    ]
     assert relay.take() == (b"", 0)
 
 

@@ -73,26 +73,53 @@ def test_names_hosts_bind_and_redirect_are_accepted():
     [
         (_server(HTTPS, "{mode: SIMPLE, credentialName: bookinfo-secret}"), "credentialName names a Kubernetes secret"),
         (_server(HTTPS, "{mode: AUTO_PASSTHROUGH}"), "AUTO_PASSTHROUGH routes by cluster names"),
-        (_server(HTTPS, f"{{mode: SIMPLE, {CERTS}, tlsCertificates: [{{serverCertificate: /a}}]}}"), "tlsCertificates (several server certificates) is not supported"),
-        (_server("{number: 80, name: http, protocol: HTTP, targetPort: 8080}"), "targetPort applies to ServiceEntry ports"),
+        (
+            _server(HTTPS, f"{{mode: SIMPLE, {CERTS}, tlsCertificates: [{{serverCertificate: /a}}]}}"),
+            "tlsCertificates (several server certificates) is not supported",
+        ),
+        (
+            _server("{number: 80, name: http, protocol: HTTP, targetPort: 8080}"),
+            "targetPort applies to ServiceEntry ports",
+        ),
         (_server(HTTP, None, "    defaultEndpoint: 127.0.0.1:8080\n"), "defaultEndpoint is for Sidecar ingress"),
         (_server(HTTP, None, "    bind: unix:///var/run/gw.sock\n"), "Unix domain socket is not supported"),
         (_server(HTTP, None, "    bind: localhost\n"), "'localhost' is not an IP address"),
         (_server("{number: 27017, name: mongo, protocol: MONGO}"), "'MONGO' is not a protocol Lattice gateways serve"),
         (_server("{number: 80, protocol: HTTP}"), "spec.servers[0].port.name: Field required"),
         (_server(HTTPS), "protocol HTTPS needs tls"),
-        (_server(HTTPS, "{mode: SIMPLE}"), "SIMPLE terminates TLS with your certificate: set serverCertificate, privateKey"),
-        (_server(HTTPS, f"{{mode: SIMPLE, {CERTS}, caCertificates: /ca.pem}}"), "SIMPLE asks no client certificate, so caCertificates would be unused"),
-        (_server(HTTPS, f"{{mode: MUTUAL, {CERTS}}}"), "MUTUAL terminates TLS and checks client certificates: set caCertificates"),
+        (
+            _server(HTTPS, "{mode: SIMPLE}"),
+            "SIMPLE terminates TLS with your certificate: set serverCertificate, privateKey",
+        ),
+        (
+            _server(HTTPS, f"{{mode: SIMPLE, {CERTS}, caCertificates: /ca.pem}}"),
+            "SIMPLE asks no client certificate, so caCertificates would be unused",
+        ),
+        (
+            _server(HTTPS, f"{{mode: MUTUAL, {CERTS}}}"),
+            "MUTUAL terminates TLS and checks client certificates: set caCertificates",
+        ),
         (_server(HTTPS, f"{{mode: ISTIO_MUTUAL, {CERTS}}}"), "ISTIO_MUTUAL uses the gateway's mesh certificate"),
         (_server(HTTPS, f"{{mode: PASSTHROUGH, {CERTS}}}"), "PASSTHROUGH forwards TLS unopened"),
         (_server(HTTPS, "{httpsRedirect: true, mode: PASSTHROUGH}"), "httpsRedirect applies to HTTP servers"),
         (_server(HTTP, f"{{mode: SIMPLE, {CERTS}}}"), "protocol HTTP is plaintext"),
-        (_server(HTTPS, f"{{mode: SIMPLE, {CERTS}, minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2}}"), "minProtocolVersion TLSV1_3 is above maxProtocolVersion TLSV1_2"),
+        (
+            _server(HTTPS, f"{{mode: SIMPLE, {CERTS}, minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2}}"),
+            "minProtocolVersion TLSV1_3 is above maxProtocolVersion TLSV1_2",
+        ),
         (_server(HTTPS, f"{{mode: SIMPLE, {CERTS}, cipherSuites: ['bad;cipher']}}"), "is not a cipher suite name"),
-        (_server(HTTPS, f"{{mode: SIMPLE, {CERTS}, verifyCertificatePin: x}}"), "verifyCertificatePin: unknown field, or one Lattice does not support yet"),
-        ("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['foo*.example.com']\n", "is not [namespace/]host"),
-        ("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['Bad_NS/a.example.com']\n", "namespace 'Bad_NS' is not"),
+        (
+            _server(HTTPS, f"{{mode: SIMPLE, {CERTS}, verifyCertificatePin: x}}"),
+            "verifyCertificatePin: unknown field, or one Lattice does not support yet",
+        ),
+        (
+            "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['foo*.example.com']\n",
+            "is not [namespace/]host",
+        ),
+        (
+            "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['Bad_NS/a.example.com']\n",
+            "namespace 'Bad_NS' is not",
+        ),
         ("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: []\n", "at least 1 item"),
     ],
 )
@@ -104,7 +131,9 @@ def test_refusals_name_the_field_and_the_reason(server, message):
 
 def test_servers_sharing_a_port_must_agree_and_names_must_be_unique():
     clash = _errors(_server(HTTP), _server("{number: 80, name: tcp, protocol: TCP}"))
-    assert any("servers[0] and servers[1] share port 80 but one is plaintext HTTP and the other TCP" in e for e in clash), clash
+    assert any(
+        "servers[0] and servers[1] share port 80 but one is plaintext HTTP and the other TCP" in e for e in clash
+    ), clash
     dupes = _errors(_server(HTTP, None, "    name: a\n"), _server(HTTPS, "{mode: PASSTHROUGH}", "    name: a\n"))
     assert any("server names must be unique; repeated: a" in e for e in dupes), dupes
 
@@ -122,8 +151,18 @@ def test_gateway_ports_map_to_local_ports():
 
 
 def test_registration_marks_gateways_and_checks_listen_ports():
-    base = dict(id="ingressgateway-1.istio-system", name="ingressgateway", namespace="istio-system", service="istio-ingressgateway", service_account="istio-ingressgateway",
-                address="127.0.0.1", port=8080, app_port=8080, outbound_port=15001, agent_port=15020)
+    base = dict(
+        id="ingressgateway-1.istio-system",
+        name="ingressgateway",
+        namespace="istio-system",
+        service="istio-ingressgateway",
+        service_account="istio-ingressgateway",
+        address="127.0.0.1",
+        port=8080,
+        app_port=8080,
+        outbound_port=15001,
+        agent_port=15020,
+    )
     reg = Registration.model_validate(base | {"kind": "gateway", "listen": {"80": 18080}})
     assert reg.kind == "gateway" and reg.listen == {80: 18080}
     assert Registration.model_validate(base).kind == "sidecar"

@@ -50,7 +50,12 @@ def test_full_example_parses():
     overall, writes, by_user = r.spec.limits
     assert (r.kind, r.spec.match_labels) == ("RateLimitPolicy", {"app": "ratings"})
     assert (overall.requests, overall.period_ms, overall.bucket_size) == (100, 1000, 200)
-    assert (writes.period_ms, writes.bucket_size, writes.match.methods, writes.by.client_identity) == (60_000, 10, ["POST", "PUT"], True)
+    assert (writes.period_ms, writes.bucket_size, writes.match.methods, writes.by.client_identity) == (
+        60_000,
+        10,
+        ["POST", "PUT"],
+        True,
+    )
     assert writes.match.path.prefix == "/api/" and writes.match.headers["x-tenant"].exact == "acme"
     assert (by_user.name, by_user.period_ms, by_user.by.header) == (None, 250, "x-user")
 
@@ -63,7 +68,12 @@ def test_round_trips_with_istio_field_names():
 
 
 def test_kind_names():
-    assert kind_for("rlp").kind == kind_for("ratelimitpolicies").kind == kind_for("RateLimitPolicy").kind == "RateLimitPolicy"
+    assert (
+        kind_for("rlp").kind
+        == kind_for("ratelimitpolicies").kind
+        == kind_for("RateLimitPolicy").kind
+        == "RateLimitPolicy"
+    )
 
 
 def test_wrong_api_version_is_named():
@@ -89,16 +99,32 @@ def test_wrong_api_version_is_named():
         ("{requests: 10, per: 1s, name: Bad_Name}", "spec.limits[0].name", "not a name"),
         ("{requests: 10, per: 1s, window: 1s}", "spec.limits[0].window", "unknown field"),
         ("{requests: 10, per: 1s, by: {}}", "spec.limits[0].by", "exactly one of clientIdentity"),
-        ("{requests: 10, per: 1s, by: {clientIdentity: true, header: x-user}}", "spec.limits[0].by", "exactly one of clientIdentity"),
+        (
+            "{requests: 10, per: 1s, by: {clientIdentity: true, header: x-user}}",
+            "spec.limits[0].by",
+            "exactly one of clientIdentity",
+        ),
         ("{requests: 10, per: 1s, by: {header: X-User}}", "spec.limits[0].by.header", "lower-case"),
         ("{requests: 10, per: 1s, by: {header: x_user}}", "spec.limits[0].by.header", "no '_'"),
         ("{requests: 10, per: 1s, by: {header: ':authority'}}", "spec.limits[0].by.header", "pseudo-headers"),
         ("{requests: 10, per: 1s, match: {methods: [get]}}", "spec.limits[0].match.methods", "upper case"),
         ("{requests: 10, per: 1s, match: {methods: [GET, GET]}}", "spec.limits[0].match.methods", "more than once"),
-        ("{requests: 10, per: 1s, match: {headers: {'x y': {exact: a}}}}", "spec.limits[0].match.headers", "not a header name"),
-        ("{requests: 10, per: 1s, match: {headers: {x-a: {}}}}", "spec.limits[0].match.headers.x-a", "exactly one of exact, prefix or regex"),
+        (
+            "{requests: 10, per: 1s, match: {headers: {'x y': {exact: a}}}}",
+            "spec.limits[0].match.headers",
+            "not a header name",
+        ),
+        (
+            "{requests: 10, per: 1s, match: {headers: {x-a: {}}}}",
+            "spec.limits[0].match.headers.x-a",
+            "exactly one of exact, prefix or regex",
+        ),
         ("{requests: 10, per: 1s, match: {path: {prefix: api}}}", "spec.limits[0].match.path", "must start with '/'"),
-        ("{requests: 10, per: 1s, match: {path: {exact: '/a?b=1'}}}", "spec.limits[0].match.path", "without its query string"),
+        (
+            "{requests: 10, per: 1s, match: {path: {exact: '/a?b=1'}}}",
+            "spec.limits[0].match.path",
+            "without its query string",
+        ),
         ("{requests: 10, per: 1s, match: {path: {regex: '/a('}}}", "spec.limits[0].match.path", "does not compile"),
         ("{requests: 10, per: 1s, match: {uri: {prefix: /a}}}", "spec.limits[0].match.uri", "unknown field"),
     ],
@@ -109,7 +135,10 @@ def test_bad_limit_is_named(body, path, reason):
 
 
 def test_limits_are_required_and_non_empty():
-    assert any(e.startswith("spec.limits: ") and "required" in e.lower() for e in _errors("  selector: {matchLabels: {app: a}}\n"))
+    assert any(
+        e.startswith("spec.limits: ") and "required" in e.lower()
+        for e in _errors("  selector: {matchLabels: {app: a}}\n")
+    )
     assert any(e.startswith("spec.limits: ") and "at least one limit" in e for e in _errors("  limits: []\n"))
 
 

@@ -55,7 +55,12 @@ def _errors(text: str) -> list[str]:
 
 def test_mesh_wide_strict():
     (r,) = parse_documents(MESH_STRICT)
-    assert (r.kind, r.namespace, r.spec.mtls.mode, r.spec.selector) == ("PeerAuthentication", "istio-system", "STRICT", None)
+    assert (r.kind, r.namespace, r.spec.mtls.mode, r.spec.selector) == (
+        "PeerAuthentication",
+        "istio-system",
+        "STRICT",
+        None,
+    )
 
 
 def test_namespace_permissive_in_v1beta1():
@@ -67,11 +72,17 @@ def test_workload_selector_and_port_level_mtls():
     (r,) = parse_documents(WORKLOAD_PORTS)
     assert r.spec.match_labels == {"app": "finance"}
     assert r.spec.port_level_mtls[8080].mode == "DISABLE"
-    assert r.to_dict()["spec"] == {"selector": {"matchLabels": {"app": "finance"}}, "mtls": {"mode": "STRICT"}, "portLevelMtls": {8080: {"mode": "DISABLE"}}}
+    assert r.to_dict()["spec"] == {
+        "selector": {"matchLabels": {"app": "finance"}},
+        "mtls": {"mode": "STRICT"},
+        "portLevelMtls": {8080: {"mode": "DISABLE"}},
+    }
 
 
 def test_port_keys_may_be_strings_and_unset_modes_are_allowed():
-    (r,) = parse_documents(PA + "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {'9080': {}, 8080: {mode: UNSET}}\n")
+    (r,) = parse_documents(
+        PA + "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {'9080': {}, 8080: {mode: UNSET}}\n"
+    )
     assert {p: m.mode for p, m in r.spec.port_level_mtls.items()} == {9080: "UNSET", 8080: "UNSET"}
 
 
@@ -81,20 +92,46 @@ def test_empty_spec_means_unset():
 
 
 def test_kind_names():
-    assert kind_for("pa").kind == kind_for("peerauthentications").kind == kind_for("PeerAuthentication").kind == "PeerAuthentication"
+    assert (
+        kind_for("pa").kind
+        == kind_for("peerauthentications").kind
+        == kind_for("PeerAuthentication").kind
+        == "PeerAuthentication"
+    )
 
 
 @pytest.mark.parametrize(
     "spec, expected",
     [
         ("  mtls: {mode: strict}\n", "spec.mtls.mode: Input should be 'UNSET', 'DISABLE', 'PERMISSIVE' or 'STRICT'"),
-        ("  portLevelMtls: {8080: {mode: DISABLE}}\n", "spec.portLevelMtls: portLevelMtls requires a workload selector"),
-        ("  selector: {matchLabels: {}}\n  portLevelMtls: {8080: {mode: DISABLE}}\n", "spec.portLevelMtls: portLevelMtls requires a workload selector"),
-        ("  selector: {matchLabels: {app: a}}\n  portLevelMtls: {0: {mode: DISABLE}}\n", "spec.portLevelMtls: keys must be port numbers 1..65535; got 0"),
-        ("  selector: {matchLabels: {app: a}}\n  portLevelMtls: {70000: {mode: DISABLE}}\n", "spec.portLevelMtls: keys must be port numbers 1..65535; got 70000"),
-        ("  selector: {matchLabels: {app: a}}\n  portLevelMtls: {http: {mode: DISABLE}}\n", "spec.portLevelMtls: keys must be port numbers 1..65535; got 'http'"),
-        ("  selector: {matchLabels: {app: a}}\n  portLevelMtls: {8080: null}\n", "spec.portLevelMtls: the mTLS setting of port 8080 must not be null"),
-        ("  selector: {matchLabels: {app: a}}\n  portLevelMtls: {8080: {mode: off}}\n", "spec.portLevelMtls[8080].mode: Input should be"),
+        (
+            "  portLevelMtls: {8080: {mode: DISABLE}}\n",
+            "spec.portLevelMtls: portLevelMtls requires a workload selector",
+        ),
+        (
+            "  selector: {matchLabels: {}}\n  portLevelMtls: {8080: {mode: DISABLE}}\n",
+            "spec.portLevelMtls: portLevelMtls requires a workload selector",
+        ),
+        (
+            "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {0: {mode: DISABLE}}\n",
+            "spec.portLevelMtls: keys must be port numbers 1..65535; got 0",
+        ),
+        (
+            "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {70000: {mode: DISABLE}}\n",
+            "spec.portLevelMtls: keys must be port numbers 1..65535; got 70000",
+        ),
+        (
+            "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {http: {mode: DISABLE}}\n",
+            "spec.portLevelMtls: keys must be port numbers 1..65535; got 'http'",
+        ),
+        (
+            "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {8080: null}\n",
+            "spec.portLevelMtls: the mTLS setting of port 8080 must not be null",
+        ),
+        (
+            "  selector: {matchLabels: {app: a}}\n  portLevelMtls: {8080: {mode: off}}\n",
+            "spec.portLevelMtls[8080].mode: Input should be",
+        ),
         ("  mtls: {mode: STRICT}\n  action: ALLOW\n", "spec.action: unknown field"),
         ("  selector: {labels: {app: a}}\n", "spec.selector.labels: unknown field"),
     ],
@@ -104,4 +141,7 @@ def test_bad_peer_authentication_names_the_field(spec, expected):
 
 
 def test_v1alpha1_is_refused():
-    assert "is not an apiVersion of PeerAuthentication" in _errors(MESH_STRICT.replace("security.istio.io/v1", "security.istio.io/v1alpha1"))[0]
+    assert (
+        "is not an apiVersion of PeerAuthentication"
+        in _errors(MESH_STRICT.replace("security.istio.io/v1", "security.istio.io/v1alpha1"))[0]
+    )

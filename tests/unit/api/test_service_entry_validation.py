@@ -19,7 +19,9 @@ def _errors(text: str) -> list[str]:
 
 @pytest.mark.parametrize("version", ["v1alpha3", "v1beta1", "v1"])
 def test_a_full_entry_parses_in_every_istio_version(version):
-    (r,) = parse_documents(SE.format(version=version) + """
+    (r,) = parse_documents(
+        SE.format(version=version)
+        + """
   hosts: [api.example.com, "*.example.org"]
   addresses: [10.1.2.3]
   ports: [{number: 80, name: http, protocol: http}, {number: 8443, name: grpc, protocol: GRPC, targetPort: 443}]
@@ -29,7 +31,8 @@ def test_a_full_entry_parses_in_every_istio_version(version):
   - {address: 10.0.0.1, ports: {http: 8080}, labels: {version: v1}, network: n1, locality: us-east/a/1, weight: 3, serviceAccount: vm}
   exportTo: [".", other]
   subjectAltNames: [spiffe://cluster.local/ns/default/sa/vm]
-""")
+"""
+    )
     assert r.kind == "ServiceEntry" and r.spec.ports[0].protocol == "HTTP"  # Istio matches protocols without case
     assert r.spec.ports[1].lattice_protocol == "grpc"
     assert r.spec.endpoints[0].ports == {"http": 8080}
@@ -55,26 +58,76 @@ def test_short_names():
         ("  hosts: [a.com]\n  ports: [{number: 80, protocol: HTTP}]\n", "spec.ports[0].name", "required"),
         ("  hosts: [a.com]\n  ports: [{number: 0, name: h}]\n", "spec.ports[0].number", "greater than or equal to 1"),
         ("  hosts: [a.com]\n  ports: [{number: 80, name: h, protocol: UDP}]\n", "spec.ports[0].protocol", "not UDP"),
-        ("  hosts: [a.com]\n  ports: [{number: 80, name: h, protocol: SMTP}]\n", "spec.ports[0].protocol", "unknown protocol"),
+        (
+            "  hosts: [a.com]\n  ports: [{number: 80, name: h, protocol: SMTP}]\n",
+            "spec.ports[0].protocol",
+            "unknown protocol",
+        ),
         ("  hosts: [a.com]\n  ports: [{number: 80, name: a}, {number: 80, name: b}]\n", "spec.ports", "repeated: 80"),
         ("  hosts: [a.com]\n  ports: [{number: 80, name: a}, {number: 81, name: a}]\n", "spec.ports", "repeated: a"),
         ("  hosts: [a.com]\n  addresses: [10.0.0.0/8]\n" + PORT, "spec.addresses", "CIDR ranges are not supported"),
         ("  hosts: [a.com]\n  addresses: [nope]\n" + PORT, "spec.addresses", "not an IP address"),
         ("  hosts: [a.com]\n  location: NEARBY\n" + PORT, "spec.location", "MESH_EXTERNAL"),
         ("  hosts: [a.com]\n  resolution: MAGIC\n" + PORT, "spec.resolution", "DNS_ROUND_ROBIN"),
-        ("  hosts: [a.com]\n" + PORT + "  endpoints: [{address: 1.2.3.4}]\n", "spec.resolution", "NONE forwards to the host"),
-        ("  hosts: [a.com]\n  ports: [{number: 80, name: h, targetPort: 81}]\n", "spec.resolution", "targetPort would be unused"),
-        ("  hosts: [a.com]\n" + PORT + "  resolution: STATIC\n  endpoints: [{address: db.internal}]\n", "spec.resolution", "is a host name (use DNS)"),
+        (
+            "  hosts: [a.com]\n" + PORT + "  endpoints: [{address: 1.2.3.4}]\n",
+            "spec.resolution",
+            "NONE forwards to the host",
+        ),
+        (
+            "  hosts: [a.com]\n  ports: [{number: 80, name: h, targetPort: 81}]\n",
+            "spec.resolution",
+            "targetPort would be unused",
+        ),
+        (
+            "  hosts: [a.com]\n" + PORT + "  resolution: STATIC\n  endpoints: [{address: db.internal}]\n",
+            "spec.resolution",
+            "is a host name (use DNS)",
+        ),
         ("  hosts: ['*.a.com']\n" + PORT + "  resolution: DNS\n", "spec.resolution", "*.a.com cannot be resolved"),
-        ("  hosts: [a.com]\n" + PORT + "  resolution: DNS_ROUND_ROBIN\n  endpoints: [{address: x.com}, {address: y.com}]\n", "spec.resolution", "at most one endpoint"),
-        ("  hosts: [a.com, b.com]\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: DNS\n", "spec.resolution", "several hosts with a TCP port"),
-        ("  hosts: [a.com]\n" + PORT + "  resolution: STATIC\n  endpoints: [{address: 1.2.3.4}]\n  workloadSelector: {labels: {app: a}}\n", "spec.workloadSelector", "not both"),
-        ("  hosts: [a.com]\n" + PORT + "  resolution: STATIC\n  endpoints: [{address: 1.2.3.4, ports: {grpc: 90}}]\n", "spec.endpoints", "spec.ports does not define"),
-        ("  hosts: [a.com]\n" + PORT + "  resolution: STATIC\n  endpoints: [{address: 'unix:///run/db.sock'}]\n", "spec.endpoints[0].address", "unix domain socket"),
-        ("  hosts: [a.com]\n" + PORT + "  resolution: STATIC\n  workloadSelector: {labels: {app: '*'}}\n", "spec.workloadSelector.labels", "wildcards"),
+        (
+            "  hosts: [a.com]\n"
+            + PORT
+            + "  resolution: DNS_ROUND_ROBIN\n  endpoints: [{address: x.com}, {address: y.com}]\n",
+            "spec.resolution",
+            "at most one endpoint",
+        ),
+        (
+            "  hosts: [a.com, b.com]\n  ports: [{number: 5432, name: pg, protocol: TCP}]\n  resolution: DNS\n",
+            "spec.resolution",
+            "several hosts with a TCP port",
+        ),
+        (
+            "  hosts: [a.com]\n"
+            + PORT
+            + "  resolution: STATIC\n  endpoints: [{address: 1.2.3.4}]\n  workloadSelector: {labels: {app: a}}\n",
+            "spec.workloadSelector",
+            "not both",
+        ),
+        (
+            "  hosts: [a.com]\n"
+            + PORT
+            + "  resolution: STATIC\n  endpoints: [{address: 1.2.3.4, ports: {grpc: 90}}]\n",
+            "spec.endpoints",
+            "spec.ports does not define",
+        ),
+        (
+            "  hosts: [a.com]\n" + PORT + "  resolution: STATIC\n  endpoints: [{address: 'unix:///run/db.sock'}]\n",
+            "spec.endpoints[0].address",
+            "unix domain socket",
+        ),
+        (
+            "  hosts: [a.com]\n" + PORT + "  resolution: STATIC\n  workloadSelector: {labels: {app: '*'}}\n",
+            "spec.workloadSelector.labels",
+            "wildcards",
+        ),
         ("  hosts: [a.com]\n" + PORT + "  exportTo: ['*', ns1]\n", "spec.exportTo", "only value"),
         ("  hosts: [a.com]\n" + PORT + "  exportTo: [Not_A_Namespace]\n", "spec.exportTo", "namespace name"),
-        ("  hosts: [a.com]\n" + PORT + "  location: MESH_EXTERNAL\n  trafficPolicy: {}\n", "spec.trafficPolicy", "not support"),
+        (
+            "  hosts: [a.com]\n" + PORT + "  location: MESH_EXTERNAL\n  trafficPolicy: {}\n",
+            "spec.trafficPolicy",
+            "not support",
+        ),
     ],
 )
 def test_bad_entries_name_the_field_and_the_reason(spec, path, reason):
@@ -101,5 +154,7 @@ def test_bad_workload_entries_name_the_field_and_the_reason(spec, path, reason):
 
 
 def test_a_workload_entry_parses():
-    (r,) = parse_documents(WE + "  address: vm1.internal\n  ports: {http: 8080}\n  labels: {app: vm}\n  weight: 2\n  serviceAccount: vm\n")
+    (r,) = parse_documents(
+        WE + "  address: vm1.internal\n  ports: {http: 8080}\n  labels: {app: vm}\n  weight: 2\n  serviceAccount: vm\n"
+    )
     assert (r.spec.address, r.spec.weight, r.spec.service_account) == ("vm1.internal", 2, "vm")

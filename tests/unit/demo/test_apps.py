@@ -28,8 +28,18 @@ from lattice.demo.apps import common
 
 REPO = Path(__file__).resolve().parents[3]
 ENV_TO_DROP = (
-    "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
-    "all_proxy", "ALL_PROXY", "PORT", "SERVICE_VERSION", "DEMO_APP_LOG", "FETCH_TIMEOUT",
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "PORT",
+    "SERVICE_VERSION",
+    "DEMO_APP_LOG",
+    "FETCH_TIMEOUT",
 )
 HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "te", "upgrade"}
 
@@ -342,7 +352,11 @@ def test_missing_or_invalid_port_exits_2(port):
     env = app_env() if port is None else app_env(PORT=port)
     done = subprocess.run(
         [sys.executable, "-m", "lattice.demo.apps.details"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=10,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
     assert done.returncode == 2
     assert "PORT" in done.stderr
@@ -352,8 +366,10 @@ def test_sigterm_exits_0_without_request_logs(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lattice.demo.apps.ratings"],
-        env=app_env(PORT=str(port)), cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=app_env(PORT=str(port)),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         app = App("ratings", port, proc, tmp_path / "unused.log")

@@ -38,9 +38,12 @@ def ca_cert(
     usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
     return (
         x509.CertificateBuilder()
-        .subject_name(subject).issuer_name(issuer_name).public_key(key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start - timedelta(days=1)).not_valid_after(start + lifetime)
+        .not_valid_before(start - timedelta(days=1))
+        .not_valid_after(start + lifetime)
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
         .add_extension(usage, critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -161,7 +164,8 @@ def test_unreadable_files(ca, clock) -> None:
     with pytest.raises(ValueError, match="key file holds no readable PEM private key"):
         CertificateAuthority.load(cert_file, b"nothing here", "cluster.local", clock)
     encrypted = serialization.load_pem_private_key(key_file, None).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(b"secret"),
     )
     with pytest.raises(ValueError, match="key file is encrypted"):

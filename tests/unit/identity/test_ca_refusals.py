@@ -42,19 +42,39 @@ def tampered(csr_pem: bytes) -> bytes:
 CASES = {
     "two URI SANs": (lambda: csr_with([uri(), uri(REVIEWS + "-admin")]), "san-count", "2 URI SANs"),
     "no SAN": (lambda: csr_with([]), "san-count", "0 URI SANs; expected exactly one"),
-    "DNS SAN": (lambda: csr_with([uri(), x509.DNSName("reviews.default.svc")]), "extra-san", "DNS name 'reviews.default.svc'"),
+    "DNS SAN": (
+        lambda: csr_with([uri(), x509.DNSName("reviews.default.svc")]),
+        "extra-san",
+        "DNS name 'reviews.default.svc'",
+    ),
     "email SAN": (lambda: csr_with([uri(), x509.RFC822Name("a@b.c")]), "extra-san", "email address"),
     "CA flag": (lambda: csr_with([uri()], ca_flag=True), "ca-requested", "BasicConstraints ca=true"),
     "RSA-1024": (lambda: csr_with([uri()], rsa.generate_private_key(65537, 1024)), "weak-key", "RSA key has 1024 bits"),
     "Ed25519": (lambda: csr_with([uri()], ed25519.Ed25519PrivateKey.generate()), "key-type", "key is Ed25519"),
     "DSA": (lambda: csr_with([uri()], dsa.generate_private_key(2048)), "key-type", "key is DSA"),
     "P-521": (lambda: csr_with([uri()], ec.generate_private_key(ec.SECP521R1())), "key-type", "curve secp521r1"),
-    "other identity": (lambda: csr_with([uri("spiffe://cluster.local/ns/default/sa/ratings")]), "san-mismatch", "may only be signed for " + REVIEWS),
-    "garbage PEM": (lambda: b"-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n", "bad-pem", "not a PEM certificate request"),
+    "other identity": (
+        lambda: csr_with([uri("spiffe://cluster.local/ns/default/sa/ratings")]),
+        "san-mismatch",
+        "may only be signed for " + REVIEWS,
+    ),
+    "garbage PEM": (
+        lambda: b"-----BEGIN CERTIFICATE REQUEST-----\nnot base64!\n-----END CERTIFICATE REQUEST-----\n",
+        "bad-pem",
+        "not a PEM certificate request",
+    ),
     "not PEM at all": (lambda: b"hello", "bad-pem", "not a PEM certificate request"),
     "text not bytes": (lambda: make_csr(new_key(), SpiffeId.parse(REVIEWS)).decode(), "bad-pem", "must be PEM bytes"),
-    "oversized": (lambda: make_csr(new_key(), SpiffeId.parse(REVIEWS)) + b"\n" * 8192, "too-large", "the limit is 8192"),
-    "tampered signature": (lambda: tampered(make_csr(new_key(), SpiffeId.parse(REVIEWS))), "bad-signature", "signature does not verify"),
+    "oversized": (
+        lambda: make_csr(new_key(), SpiffeId.parse(REVIEWS)) + b"\n" * 8192,
+        "too-large",
+        "the limit is 8192",
+    ),
+    "tampered signature": (
+        lambda: tampered(make_csr(new_key(), SpiffeId.parse(REVIEWS))),
+        "bad-signature",
+        "signature does not verify",
+    ),
 }
 
 

@@ -130,8 +130,11 @@ def test_issue_server_has_dns_names_only(ca, clock) -> None:
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     store = verification.Store([ca.root])
-    verifier = verification.PolicyBuilder().store(store).time(clock.now).build_server_verifier(
-        verification.DNSName("localhost")
+    verifier = (
+        verification.PolicyBuilder()
+        .store(store)
+        .time(clock.now)
+        .build_server_verifier(verification.DNSName("localhost"))
     )
     verifier.verify(leaf, [])
     assert ca.issued == 0  # only workload certificates are counted

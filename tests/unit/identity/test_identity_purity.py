@@ -8,8 +8,19 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[3] / "lattice" / "identity"
-FORBIDDEN = ("open(", "datetime.now", "datetime.utcnow", "time.time", "import time", "import os",
-             "import socket", "import asyncio", "pathlib", "async ", "await ")
+FORBIDDEN = (
+    "open(",
+    "datetime.now",
+    "datetime.utcnow",
+    "time.time",
+    "import time",
+    "import os",
+    "import socket",
+    "import asyncio",
+    "pathlib",
+    "async ",
+    "await ",
+)
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)

@@ -16,7 +16,9 @@ def test_format_and_parse_round_trip() -> None:
 def test_parse_accepts_spiffe_path_characters() -> None:
     parsed = SpiffeId.parse("spiffe://prod.example_1/ns/team-a.b/sa/Svc_1")
     assert (parsed.trust_domain, parsed.namespace, parsed.service_account) == (
-        "prod.example_1", "team-a.b", "Svc_1",
+        "prod.example_1",
+        "team-a.b",
+        "Svc_1",
     )
 
 

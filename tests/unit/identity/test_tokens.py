@@ -14,8 +14,14 @@ ROOT = hashlib.sha256(b"a root certificate").hexdigest()
 
 
 def minted(**overrides) -> tuple[str, TokenRecord]:
-    args = {"namespace": "default", "service_account": "reviews", "ttl_seconds": 3600.0, "uses": 1,
-            "now": NOW, "root_fingerprint": ROOT} | overrides
+    args = {
+        "namespace": "default",
+        "service_account": "reviews",
+        "ttl_seconds": 3600.0,
+        "uses": 1,
+        "now": NOW,
+        "root_fingerprint": ROOT,
+    } | overrides
     return tokens.mint(**args)
 
 
@@ -55,7 +61,10 @@ def test_parse_then_check_accepts_a_good_token() -> None:
         (lambda t: t.replace("lt1.", "lt2."), "unsupported join token version"),
         (lambda t: t.rsplit(".", 1)[0], "4 dot-separated parts"),
         (lambda t: t + ".x", "this one has 5"),
-        (lambda t: t.replace(t.split(".")[1], "ABCDEF012345"), "id must be 12 lowercase hex"),  # not .upper(): an all-digit id has no case
+        (
+            lambda t: t.replace(t.split(".")[1], "ABCDEF012345"),
+            "id must be 12 lowercase hex",
+        ),  # not .upper(): an all-digit id has no case
         (lambda t: t.replace(t.split(".")[2], t.split(".")[2][:-1] + "!"), "secret must be 43 base64url"),
         (lambda t: t[:-1] + "g", "pin must be 32 lowercase hex"),
         (lambda t: t + "x" * 300, "not a join token"),

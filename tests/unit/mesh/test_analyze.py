@@ -31,9 +31,19 @@ spec:
 
 def _workload(version: str, service: str = "reviews") -> Workload:
     return Workload(
-        id=f"{service}-{version}-x.default", name=f"{service}-{version}", namespace="default", service=service, service_account=service,
-        labels=MappingProxyType({"app": service, "version": version}), address="127.0.10.2", port=9080, app_port=30000,
-        protocol="http", outbound_port=15001, agent_port=15020, healthy=True,
+        id=f"{service}-{version}-x.default",
+        name=f"{service}-{version}",
+        namespace="default",
+        service=service,
+        service_account=service,
+        labels=MappingProxyType({"app": service, "version": version}),
+        address="127.0.10.2",
+        port=9080,
+        app_port=30000,
+        protocol="http",
+        outbound_port=15001,
+        agent_port=15020,
+        healthy=True,
     )
 
 
@@ -51,14 +61,17 @@ def test_sound_config_has_no_warnings():
 
 
 def test_weights_not_adding_to_100_are_explained():
-    (field, message), = _warnings(_findings(VS.replace("weight: 20", "weight: 30") + "---" + DR))
+    ((field, message),) = _warnings(_findings(VS.replace("weight: 20", "weight: 30") + "---" + DR))
     assert field == "spec.http[0].route"
     assert "add up to 110, not 100" in message and "72.7%, 27.3%" in message
 
 
 def test_a_subset_no_rule_defines():
     found = _warnings(_findings(VS))
-    assert [f for f, _ in found] == ["spec.http[0].route[0].destination.subset", "spec.http[0].route[1].destination.subset"]
+    assert [f for f, _ in found] == [
+        "spec.http[0].route[0].destination.subset",
+        "spec.http[0].route[1].destination.subset",
+    ]
     assert "no DestinationRule" in found[0][1]
 
 
@@ -69,17 +82,32 @@ def test_offline_says_what_it_could_not_check():
 
 def test_with_the_registry_a_subset_matching_no_workload_and_an_unknown_host():
     found = _warnings(_findings(VS + "---" + DR, [_workload("v1")], registry_known=True))
-    assert found == [("spec.subsets[1]", "subset 'v2' (labels version=v2) matches no workload of reviews.default.svc.cluster.local; requests routed there get 503")]
-    found = _warnings(_findings(VS.replace("host: reviews, subset: v2", "host: ratings"), [_workload("v1")], registry_known=True))
-    assert ("spec.http[0].route[1].destination.host", "host 'ratings' (ratings.default.svc.cluster.local) resolves to no service or ServiceEntry; requests routed there get 503") in found
+    assert found == [
+        (
+            "spec.subsets[1]",
+            "subset 'v2' (labels version=v2) matches no workload of reviews.default.svc.cluster.local; requests routed there get 503",
+        )
+    ]
+    found = _warnings(
+        _findings(VS.replace("host: reviews, subset: v2", "host: ratings"), [_workload("v1")], registry_known=True)
+    )
+    assert (
+        "spec.http[0].route[1].destination.host",
+        "host 'ratings' (ratings.default.svc.cluster.local) resolves to no service or ServiceEntry; requests routed there get 503",
+    ) in found
 
 
 def test_a_gateway_that_does_not_exist():
     text = VS.replace("hosts: [reviews]", "hosts: [reviews]\n  gateways: [ingress]")
-    assert ("spec.gateways", "Gateway 'ingress' does not exist; this VirtualService applies to no gateway until it does") in _warnings(_findings(text))
+    assert (
+        "spec.gateways",
+        "Gateway 'ingress' does not exist; this VirtualService applies to no gateway until it does",
+    ) in _warnings(_findings(text))
 
 
 def test_two_virtual_services_for_one_host():
     other = VS.replace("name: reviews", "name: reviews-too")
     found = _findings(VS + "---" + other + "---" + DR)
-    assert any("already claimed" in f.message and f.resource.startswith("VirtualService default/reviews-too") for f in found), found
+    assert any(
+        "already claimed" in f.message and f.resource.startswith("VirtualService default/reviews-too") for f in found
+    ), found

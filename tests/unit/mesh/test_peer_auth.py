@@ -13,7 +13,13 @@ from lattice.mesh.peer_auth import describe, mtls_mode
 ROOT = "istio-system"
 
 
-def pa(namespace: str, name: str = "default", mode: str | None = None, labels: dict | None = None, ports: dict | None = None) -> Resource:
+def pa(
+    namespace: str,
+    name: str = "default",
+    mode: str | None = None,
+    labels: dict | None = None,
+    ports: dict | None = None,
+) -> Resource:
     spec: dict = {}
     if mode is not None:
         spec["mtls"] = {"mode": mode}
@@ -21,7 +27,14 @@ def pa(namespace: str, name: str = "default", mode: str | None = None, labels: d
         spec["selector"] = {"matchLabels": labels}
     if ports is not None:
         spec["portLevelMtls"] = {p: {"mode": m} for p, m in ports.items()}
-    return validate_object({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return validate_object(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
 
 
 def workload(namespace: str = "foo", labels: dict | None = None, port: int = 9080, app_port: int = 8080) -> Workload:
@@ -65,7 +78,10 @@ FINANCE_UNSET = pa("foo", "finance", mode="UNSET", labels={"app": "finance"})
         ([MESH_STRICT, pa("foo", "other", mode="DISABLE", labels={"app": "other"})], "STRICT"),
         ([MESH_STRICT, pa("foo", "v2", mode="DISABLE", labels={"app": "finance", "version": "v2"})], "STRICT"),
         ([MESH_STRICT, pa("foo", "v1", mode="DISABLE", labels={"app": "finance", "version": "v1"})], "DISABLE"),
-        ([MESH_STRICT, pa("bar", mode="DISABLE"), pa("bar", "finance", mode="DISABLE", labels={"app": "finance"})], "STRICT"),
+        (
+            [MESH_STRICT, pa("bar", mode="DISABLE"), pa("bar", "finance", mode="DISABLE", labels={"app": "finance"})],
+            "STRICT",
+        ),
     ],
 )
 def test_precedence(policies, expected):
@@ -90,9 +106,15 @@ def test_oldest_wins_even_when_its_mode_is_unset():
 
 def test_port_level_override_by_service_port_and_by_app_port():
     by_service_port = pa("foo", "finance", mode="STRICT", labels={"app": "finance"}, ports={9080: "DISABLE"})
-    assert describe([by_service_port], workload(), 9080, ROOT) == ("DISABLE", "PeerAuthentication foo/finance (workload, port 9080)")
+    assert describe([by_service_port], workload(), 9080, ROOT) == (
+        "DISABLE",
+        "PeerAuthentication foo/finance (workload, port 9080)",
+    )
     by_app_port = pa("foo", "finance", mode="STRICT", labels={"app": "finance"}, ports={8080: "PERMISSIVE"})
-    assert describe([by_app_port], workload(), 9080, ROOT) == ("PERMISSIVE", "PeerAuthentication foo/finance (workload, port 8080)")
+    assert describe([by_app_port], workload(), 9080, ROOT) == (
+        "PERMISSIVE",
+        "PeerAuthentication foo/finance (workload, port 8080)",
+    )
     other_port = pa("foo", "finance", mode="STRICT", labels={"app": "finance"}, ports={7070: "DISABLE"})
     assert mtls_mode([other_port], workload(), 9080, ROOT) == "STRICT"
 
@@ -104,9 +126,15 @@ def test_service_port_entry_beats_app_port_entry():
 
 def test_unset_port_level_mode_inherits_the_policy_then_upward():
     own_mode = pa("foo", "finance", mode="DISABLE", labels={"app": "finance"}, ports={9080: "UNSET"})
-    assert describe([MESH_STRICT, own_mode], workload(), 9080, ROOT) == ("DISABLE", "PeerAuthentication foo/finance (workload)")
+    assert describe([MESH_STRICT, own_mode], workload(), 9080, ROOT) == (
+        "DISABLE",
+        "PeerAuthentication foo/finance (workload)",
+    )
     no_mode = pa("foo", "finance", labels={"app": "finance"}, ports={9080: "UNSET"})
-    assert describe([MESH_STRICT, no_mode], workload(), 9080, ROOT) == ("STRICT", "PeerAuthentication istio-system/default (mesh-wide)")
+    assert describe([MESH_STRICT, no_mode], workload(), 9080, ROOT) == (
+        "STRICT",
+        "PeerAuthentication istio-system/default (mesh-wide)",
+    )
 
 
 def test_port_level_mtls_of_a_policy_that_does_not_select_the_workload_is_ignored():
@@ -117,7 +145,10 @@ def test_port_level_mtls_of_a_policy_that_does_not_select_the_workload_is_ignore
 def test_root_namespace_is_configurable():
     policies = [pa(ROOT, mode="STRICT"), pa("mesh-config", mode="DISABLE")]
     assert mtls_mode(policies, workload(), 9080, ROOT) == "STRICT"
-    assert describe(policies, workload(), 9080, "mesh-config") == ("DISABLE", "PeerAuthentication mesh-config/default (mesh-wide)")
+    assert describe(policies, workload(), 9080, "mesh-config") == (
+        "DISABLE",
+        "PeerAuthentication mesh-config/default (mesh-wide)",
+    )
 
 
 def test_in_the_root_namespace_a_selector_less_policy_is_mesh_wide():
@@ -132,13 +163,31 @@ def test_selector_policies_in_the_root_namespace_select_only_root_namespace_work
 
 
 def test_empty_selector_is_namespace_wide():
-    assert describe([MESH_STRICT, pa("foo", mode="DISABLE", labels={})], workload(), 9080, ROOT) == ("DISABLE", "PeerAuthentication foo/default (namespace-wide)")
+    assert describe([MESH_STRICT, pa("foo", mode="DISABLE", labels={})], workload(), 9080, ROOT) == (
+        "DISABLE",
+        "PeerAuthentication foo/default (namespace-wide)",
+    )
 
 
 def test_describe_names_the_deciding_policy():
     assert describe([], workload(), 9080, ROOT) == ("PERMISSIVE", "default (no PeerAuthentication)")
-    assert describe([pa(ROOT, mode="UNSET")], workload(), 9080, ROOT) == ("PERMISSIVE", "default (no PeerAuthentication sets a mode)")
-    assert describe([MESH_STRICT], workload(), 9080, ROOT) == ("STRICT", "PeerAuthentication istio-system/default (mesh-wide)")
-    assert describe([MESH_STRICT, NS_PERMISSIVE], workload(), 9080, ROOT) == ("PERMISSIVE", "PeerAuthentication foo/default (namespace-wide)")
-    assert describe([MESH_STRICT, NS_PERMISSIVE, FINANCE_DISABLE], workload(), 9080, ROOT) == ("DISABLE", "PeerAuthentication foo/finance (workload)")
-    assert describe([MESH_STRICT, FINANCE_UNSET], workload(), 9080, ROOT) == ("STRICT", "PeerAuthentication istio-system/default (mesh-wide)")
+    assert describe([pa(ROOT, mode="UNSET")], workload(), 9080, ROOT) == (
+        "PERMISSIVE",
+        "default (no PeerAuthentication sets a mode)",
+    )
+    assert describe([MESH_STRICT], workload(), 9080, ROOT) == (
+        "STRICT",
+        "PeerAuthentication istio-system/default (mesh-wide)",
+    )
+    assert describe([MESH_STRICT, NS_PERMISSIVE], workload(), 9080, ROOT) == (
+        "PERMISSIVE",
+        "PeerAuthentication foo/default (namespace-wide)",
+    )
+    assert describe([MESH_STRICT, NS_PERMISSIVE, FINANCE_DISABLE], workload(), 9080, ROOT) == (
+        "DISABLE",
+        "PeerAuthentication foo/finance (workload)",
+    )
+    assert describe([MESH_STRICT, FINANCE_UNSET], workload(), 9080, ROOT) == (
+        "STRICT",
+        "PeerAuthentication istio-system/default (mesh-wide)",
+    )

@@ -8,10 +8,21 @@ from lattice.mesh import protocol
 from lattice.mesh.protocol import ProtocolError
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("HTTP", "http"), ("http2", "http2"), ("GRPC", "grpc"), ("GRPC-Web", "grpc-web"), ("TCP", "tcp"),
-    ("TLS", "tls"), ("HTTPS", "https"), ("Mongo", "mongo"), ("MYSQL", "mysql"), ("redis", "redis"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("HTTP", "http"),
+        ("http2", "http2"),
+        ("GRPC", "grpc"),
+        ("GRPC-Web", "grpc-web"),
+        ("TCP", "tcp"),
+        ("TLS", "tls"),
+        ("HTTPS", "https"),
+        ("Mongo", "mongo"),
+        ("MYSQL", "mysql"),
+        ("redis", "redis"),
+    ],
+)
 def test_explicit_names_any_case(name, expected):
     assert protocol.parse(name) == expected
 
@@ -22,15 +33,29 @@ def test_udp_is_refused_with_the_reason():
 
 
 def test_unknown_name_lists_the_choices():
-    with pytest.raises(ProtocolError, match="--protocol: unknown protocol 'thrift'; use one of HTTP, HTTPS, HTTP2, GRPC"):
+    with pytest.raises(
+        ProtocolError, match="--protocol: unknown protocol 'thrift'; use one of HTTP, HTTPS, HTTP2, GRPC"
+    ):
         protocol.parse("thrift", "--protocol")
 
 
-@pytest.mark.parametrize("port_name, expected", [
-    ("http-web", "http"), ("HTTP2-api", "http2"), ("grpc", "grpc"), ("grpc-web", "grpc-web"), ("grpc-web-ui", "grpc-web"),
-    ("GRPC-WEB", "grpc-web"), ("tcp-db", "tcp"), ("tls-x", "tls"), ("https", "https"), ("mysql", "mysql"), ("redis-cache", "redis"),
-    ("mongo-1", "mongo"),
-])
+@pytest.mark.parametrize(
+    "port_name, expected",
+    [
+        ("http-web", "http"),
+        ("HTTP2-api", "http2"),
+        ("grpc", "grpc"),
+        ("grpc-web", "grpc-web"),
+        ("grpc-web-ui", "grpc-web"),
+        ("GRPC-WEB", "grpc-web"),
+        ("tcp-db", "tcp"),
+        ("tls-x", "tls"),
+        ("https", "https"),
+        ("mysql", "mysql"),
+        ("redis-cache", "redis"),
+        ("mongo-1", "mongo"),
+    ],
+)
 def test_port_name_prefix(port_name, expected):
     assert protocol.from_port_name(port_name) == expected
 
@@ -45,9 +70,16 @@ def test_udp_port_name_is_refused():
         protocol.from_port_name("udp-dns", "--port-name")
 
 
-@pytest.mark.parametrize("app_protocol, expected", [
-    ("kubernetes.io/h2c", "http2"), ("kubernetes.io/ws", "http"), ("kubernetes.io/wss", "https"), ("grpc", "grpc"), ("MySQL", "mysql"),
-])
+@pytest.mark.parametrize(
+    "app_protocol, expected",
+    [
+        ("kubernetes.io/h2c", "http2"),
+        ("kubernetes.io/ws", "http"),
+        ("kubernetes.io/wss", "https"),
+        ("grpc", "grpc"),
+        ("MySQL", "mysql"),
+    ],
+)
 def test_app_protocol(app_protocol, expected):
     assert protocol.from_app_protocol(app_protocol) == expected
 

@@ -12,9 +12,21 @@ from lattice.mesh.reads import SnapshotReads, TracedSnapshot, proxy_key
 
 def workload(service: str, version: str, n: int, namespace: str = "default") -> Workload:
     return Workload.from_record(
-        {"id": f"{service}-{version}-{n}.{namespace}", "name": f"{service}-{version}", "namespace": namespace, "service": service, "service_account": service,
-         "labels": {"app": service, "version": version}, "address": f"127.0.10.{n}", "port": 9080, "app_port": 8080, "protocol": "http",
-         "outbound_port": 15001, "agent_port": 15020, "healthy": True}
+        {
+            "id": f"{service}-{version}-{n}.{namespace}",
+            "name": f"{service}-{version}",
+            "namespace": namespace,
+            "service": service,
+            "service_account": service,
+            "labels": {"app": service, "version": version},
+            "address": f"127.0.10.{n}",
+            "port": 9080,
+            "app_port": 8080,
+            "protocol": "http",
+            "outbound_port": 15001,
+            "agent_port": 15020,
+            "healthy": True,
+        }
     )
 
 
@@ -22,26 +34,45 @@ A, B, C = workload("web", "v1", 1), workload("web", "v2", 2), workload("api", "v
 
 
 def vs(host: str, subset: str) -> str:
-    return json.dumps({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": host},
-                       "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host, "subset": subset}}]}]}})
+    return json.dumps(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": host},
+            "spec": {"hosts": [host], "http": [{"route": [{"destination": {"host": host, "subset": subset}}]}]},
+        }
+    )
 
 
 def peer_auth(mode: str, app: str | None = None) -> str:
     spec = {"mtls": {"mode": mode}} | ({"selector": {"matchLabels": {"app": app}}} if app else {})
-    return json.dumps({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication", "metadata": {"name": app or "default"}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
+            "metadata": {"name": app or "default"},
+            "spec": spec,
+        }
+    )
 
 
 def snapshot(*docs: str, workloads=(A, B, C)) -> MeshSnapshot:
     resources = [r for d in docs for r in parse_documents(d)]
-    return MeshSnapshot("t", tuple(workloads), virtual_services=tuple(r for r in resources if r.kind == "VirtualService"),
-                        peer_authentications=tuple(r for r in resources if r.kind == "PeerAuthentication"))
+    return MeshSnapshot(
+        "t",
+        tuple(workloads),
+        virtual_services=tuple(r for r in resources if r.kind == "VirtualService"),
+        peer_authentications=tuple(r for r in resources if r.kind == "PeerAuthentication"),
+    )
 
 
 def route_of(host: str):
     """A computation as the translator writes one: a read, then a memo piece that closes over it."""
+
     def compute(snap, proxy):
         rule = snap.virtual_service_for(f"{host}.default.svc.cluster.local", proxy.namespace)
         return snap.memo(("route", host), lambda: rule.spec.http[0].route[0].destination.subset if rule else None)
+
     return compute
 
 
@@ -95,7 +126,9 @@ def test_proxies_with_the_read_attributes_alike_share_a_result():
     _, trace = traced.trace(A, lambda snap, proxy: (proxy.namespace, proxy.labels["app"]))
     assert trace.attributes == ("namespace", "labels")
     assert proxy_key(B, trace.attributes) != trace.values  # labels differ (version)
-    assert proxy_key(workload("web", "v1", 9), trace.attributes) == trace.values  # only the address differs, and it was not read
+    assert (
+        proxy_key(workload("web", "v1", 9), trace.attributes) == trace.values
+    )  # only the address differs, and it was not read
 
 
 def test_reads_that_take_the_proxy_are_checked_for_each_proxy():

@@ -10,9 +10,21 @@ from lattice.mesh import MeshSnapshot, Workload
 
 ROOT = "istio-system"
 RATINGS = Workload.from_record(
-    {"id": "ratings-v1-1.default", "name": "ratings-v1", "namespace": "default", "service": "ratings", "service_account": "ratings",
-     "labels": {"app": "ratings", "version": "v1"}, "address": "127.0.10.6", "port": 9080, "app_port": 30006, "protocol": "http",
-     "outbound_port": 15001, "agent_port": 15020, "healthy": True}
+    {
+        "id": "ratings-v1-1.default",
+        "name": "ratings-v1",
+        "namespace": "default",
+        "service": "ratings",
+        "service_account": "ratings",
+        "labels": {"app": "ratings", "version": "v1"},
+        "address": "127.0.10.6",
+        "port": 9080,
+        "app_port": 30006,
+        "protocol": "http",
+        "outbound_port": 15001,
+        "agent_port": 15020,
+        "healthy": True,
+    }
 )
 WORKLOADS = (RATINGS,)
 JWKS = '{"keys": [{"kty": "RSA", "n": "sXch", "e": "AQAB"}]}'
@@ -23,7 +35,14 @@ def ra(namespace: str, name: str, labels: dict | None = None, jwks_uri: str | No
     spec: dict = {"jwtRules": [rule]}
     if labels is not None:
         spec["selector"] = {"matchLabels": labels}
-    return validate_object({"apiVersion": "security.istio.io/v1beta1", "kind": "RequestAuthentication", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return validate_object(
+        {
+            "apiVersion": "security.istio.io/v1beta1",
+            "kind": "RequestAuthentication",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
 
 
 def names(snapshot: MeshSnapshot, workload=RATINGS) -> list[str]:
@@ -31,8 +50,18 @@ def names(snapshot: MeshSnapshot, workload=RATINGS) -> list[str]:
 
 
 def test_mesh_namespace_and_workload_policies_all_apply_in_order():
-    policies = (ra(ROOT, "mesh"), ra("default", "ns"), ra("default", "mine", {"app": "ratings"}), ra("default", "v1", {"version": "v1"}))
-    assert names(MeshSnapshot("t", WORKLOADS, request_authentications=policies)) == ["istio-system/mesh", "default/ns", "default/mine", "default/v1"]
+    policies = (
+        ra(ROOT, "mesh"),
+        ra("default", "ns"),
+        ra("default", "mine", {"app": "ratings"}),
+        ra("default", "v1", {"version": "v1"}),
+    )
+    assert names(MeshSnapshot("t", WORKLOADS, request_authentications=policies)) == [
+        "istio-system/mesh",
+        "default/ns",
+        "default/mine",
+        "default/v1",
+    ]
 
 
 def test_policies_that_do_not_select_the_workload_do_not_apply():
@@ -48,7 +77,10 @@ def test_policies_that_do_not_select_the_workload_do_not_apply():
 def test_a_root_namespace_selector_selects_root_namespace_workloads():
     gateway = replace(RATINGS, id="ratings-v1-x.istio-system", namespace=ROOT)
     policies = (ra(ROOT, "mesh"), ra(ROOT, "mine", {"app": "ratings"}))
-    assert names(MeshSnapshot("t", (gateway,), request_authentications=policies), gateway) == ["istio-system/mesh", "istio-system/mine"]
+    assert names(MeshSnapshot("t", (gateway,), request_authentications=policies), gateway) == [
+        "istio-system/mesh",
+        "istio-system/mine",
+    ]
 
 
 def test_a_failed_jwks_fetch_is_reported_with_its_effect():
@@ -56,7 +88,9 @@ def test_a_failed_jwks_fetch_is_reported_with_its_effect():
     policy = ra("default", "jwt", jwks_uri=uri)
     never = MeshSnapshot("t", WORKLOADS, request_authentications=(policy,), jwks_errors={uri: "HTTP 404"})
     (problem,) = never.conflicts()
-    assert problem.startswith("RequestAuthentication default/jwt: jwtRules[0].jwksUri https://keys.example/jwks.json could not be fetched (HTTP 404)")
+    assert problem.startswith(
+        "RequestAuthentication default/jwt: jwtRules[0].jwksUri https://keys.example/jwks.json could not be fetched (HTTP 404)"
+    )
     assert "rejected (401)" in problem
     stale = replace(never, jwks={uri: JWKS})
     assert "keep the keys fetched before" in stale.conflicts()[0]

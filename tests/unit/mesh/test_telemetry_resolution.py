@@ -13,13 +13,34 @@ from lattice.mesh import telemetry as t
 from lattice.mesh import telemetry_expr
 from lattice.mesh.analyze import analyze
 from lattice.mesh.model import MeshSnapshot, Workload
-from lattice.mesh.telemetry import AccessLog, MeshTelemetry, MetricRule, TagOverride, Tracing, mesh_telemetry, telemetry_for
+from lattice.mesh.telemetry import (
+    AccessLog,
+    MeshTelemetry,
+    MetricRule,
+    TagOverride,
+    Tracing,
+    mesh_telemetry,
+    telemetry_for,
+)
 
 
 def workload(name: str, namespace: str = "default", service: str = "", **labels: str) -> Workload:
     service = service or name.rsplit("-", 1)[0]
     labels = {"app": service, **labels}
-    return Workload(f"{name}-1.{namespace}", name, namespace, service, service, MappingProxyType(labels), "127.0.0.1", 9080, 9080, "http", 15001, 15020)
+    return Workload(
+        f"{name}-1.{namespace}",
+        name,
+        namespace,
+        service,
+        service,
+        MappingProxyType(labels),
+        "127.0.0.1",
+        9080,
+        9080,
+        "http",
+        15001,
+        15020,
+    )
 
 
 REVIEWS = workload("reviews-v1", version="v1")
@@ -75,14 +96,24 @@ def test_no_resources_no_mesh_config_is_istios_default():
 
 def test_mesh_config_defaults_apply_without_resources():
     result = telemetry_for(snapshot(mesh=MESH_CONFIG), REVIEWS)
-    assert result.access_logs == (AccessLog("/var/log/mesh.log", "TEXT", "%REQ(:METHOD)% %RESPONSE_CODE%\n", provider="envoy"),)
+    assert result.access_logs == (
+        AccessLog("/var/log/mesh.log", "TEXT", "%REQ(:METHOD)% %RESPONSE_CODE%\n", provider="envoy"),
+    )
     assert result.tracing == Tracing(sampling=25)
 
 
 def test_default_providers():
     mesh = MESH_CONFIG + "defaultProviders: {tracing: [zipkin], accessLogging: [audit]}\n"
     result = telemetry_for(snapshot(mesh=mesh), REVIEWS)
-    assert result.tracing == Tracing(provider="zipkin", kind="zipkin", service="zipkin.istio-system.svc.cluster.local", port=9411, path="/api/v2/spans", sampling=25, max_tag_length=64)
+    assert result.tracing == Tracing(
+        provider="zipkin",
+        kind="zipkin",
+        service="zipkin.istio-system.svc.cluster.local",
+        port=9411,
+        path="/api/v2/spans",
+        sampling=25,
+        max_tag_length=64,
+    )
     assert [(log.provider, log.path, log.encoding, log.format) for log in result.access_logs] == [
         ("envoy", "/var/log/mesh.log", "TEXT", "%REQ(:METHOD)% %RESPONSE_CODE%\n"),
         ("audit", "/var/log/audit.log", "JSON", '{"who": "%DOWNSTREAM_PEER_URI_SAN%"}'),
@@ -97,7 +128,9 @@ def test_enable_tracing_false_turns_tracing_off_everywhere():
 def test_metrics_off_by_default_providers_and_back_on_by_a_telemetry():
     off = snapshot(mesh="defaultProviders: {metrics: []}\n")
     assert not any(telemetry_for(off, REVIEWS).metric_enabled(m, "destination") for m in t.METRICS)
-    text = resource("reviews", "default", "selector: {matchLabels: {app: reviews}}\nmetrics: [{providers: [{name: prometheus}]}]")
+    text = resource(
+        "reviews", "default", "selector: {matchLabels: {app: reviews}}\nmetrics: [{providers: [{name: prometheus}]}]"
+    )
     back = snapshot(text, mesh="defaultProviders: {metrics: []}\n")
     assert telemetry_for(back, REVIEWS).metric_enabled(t.REQUEST_COUNT, "destination")
     assert not telemetry_for(back, RATINGS).metric_enabled(t.REQUEST_COUNT, "destination")
@@ -108,30 +141,47 @@ def test_metrics_off_by_default_providers_and_back_on_by_a_telemetry():
 SCOPED = (
     resource("mesh", "istio-system", "tracing: [{randomSamplingPercentage: 10}]")
     + resource("default", "default", "tracing: [{randomSamplingPercentage: 20}]")
-    + resource("reviews", "default", "selector: {matchLabels: {app: reviews}}\ntracing: [{randomSamplingPercentage: 30}]")
+    + resource(
+        "reviews", "default", "selector: {matchLabels: {app: reviews}}\ntracing: [{randomSamplingPercentage: 30}]"
+    )
 )
 
 
 def test_workload_over_namespace_over_mesh():
     snap = snapshot(SCOPED)
-    assert (sampling(snap, REVIEWS), sampling(snap, RATINGS), sampling(snap, OTHER), sampling(snap, ROOT)) == (30, 20, 10, 10)
+    assert (sampling(snap, REVIEWS), sampling(snap, RATINGS), sampling(snap, OTHER), sampling(snap, ROOT)) == (
+        30,
+        20,
+        10,
+        10,
+    )
 
 
 def test_oldest_at_one_scope_wins():
     newer = resource("default-newer", "default", "tracing: [{randomSamplingPercentage: 90}]")
-    newer += resource("reviews-newer", "default", "selector: {matchLabels: {version: v1}}\ntracing: [{randomSamplingPercentage: 95}]")
+    newer += resource(
+        "reviews-newer", "default", "selector: {matchLabels: {version: v1}}\ntracing: [{randomSamplingPercentage: 95}]"
+    )
     snap = snapshot(SCOPED + newer)
     assert (sampling(snap, REVIEWS), sampling(snap, RATINGS)) == (30, 95)  # ratings: only the newer selects it
 
 
 def test_target_ref_selects_the_service_workloads():
-    text = SCOPED + resource("ratings", "default", "targetRefs: [{kind: Service, group: '', name: ratings}]\ntracing: [{randomSamplingPercentage: 40}]")
+    text = SCOPED + resource(
+        "ratings",
+        "default",
+        "targetRefs: [{kind: Service, group: '', name: ratings}]\ntracing: [{randomSamplingPercentage: 40}]",
+    )
     snap = snapshot(text, workloads=(REVIEWS, RATINGS, workload("ratings-v2", version="v2")))
     assert [sampling(snap, w) for w in snap.workloads] == [30, 40, 40]
 
 
 def test_selector_in_root_namespace_selects_only_root_workloads():
-    text = resource("root-selector", "istio-system", "selector: {matchLabels: {app: reviews}}\ntracing: [{randomSamplingPercentage: 70}]")
+    text = resource(
+        "root-selector",
+        "istio-system",
+        "selector: {matchLabels: {app: reviews}}\ntracing: [{randomSamplingPercentage: 70}]",
+    )
     root_reviews = workload("reviews-v9", namespace="istio-system")
     snap = snapshot(text, workloads=(REVIEWS, root_reviews))
     assert (sampling(snap, REVIEWS), sampling(snap, root_reviews)) == (1.0, 70)
@@ -151,18 +201,31 @@ def test_workloads_with_the_same_scopes_share_one_result():
 
 
 def test_tracing_fields_inherit_from_less_specific_scopes():
-    text = (
-        resource("mesh", "istio-system", "tracing: [{providers: [{name: otel}], randomSamplingPercentage: 5, customTags: {env: {literal: {value: prod}}}}]")
-        + resource("reviews", "default", "selector: {matchLabels: {app: reviews}}\ntracing: [{customTags: {user: {header: {name: x-user, defaultValue: anon}}}}]")
+    text = resource(
+        "mesh",
+        "istio-system",
+        "tracing: [{providers: [{name: otel}], randomSamplingPercentage: 5, customTags: {env: {literal: {value: prod}}}}]",
+    ) + resource(
+        "reviews",
+        "default",
+        "selector: {matchLabels: {app: reviews}}\ntracing: [{customTags: {user: {header: {name: x-user, defaultValue: anon}}}}]",
     )
     tracing = telemetry_for(snapshot(text, MESH_CONFIG), REVIEWS).tracing
-    assert (tracing.provider, tracing.kind, tracing.service, tracing.port, tracing.sampling) == ("otel", "opentelemetry", "collector.observability.svc.cluster.local", 4317, 5)
+    assert (tracing.provider, tracing.kind, tracing.service, tracing.port, tracing.sampling) == (
+        "otel",
+        "opentelemetry",
+        "collector.observability.svc.cluster.local",
+        4317,
+        5,
+    )
     assert tracing.custom_tags == (("env", "literal", "prod"), ("user", "header", "x-user"))
     assert tracing.custom_tag_defaults == (("user", "anon"),)
 
 
 def test_sampling_falls_back_to_mesh_config_then_istio_default():
-    text = resource("reviews", "default", "selector: {matchLabels: {app: reviews}}\ntracing: [{providers: [{name: lattice}]}]")
+    text = resource(
+        "reviews", "default", "selector: {matchLabels: {app: reviews}}\ntracing: [{providers: [{name: lattice}]}]"
+    )
     assert sampling(snapshot(text, MESH_CONFIG), REVIEWS) == 25
     assert sampling(snapshot(text), REVIEWS) == t.DEFAULT_SAMPLING
 
@@ -170,7 +233,11 @@ def test_sampling_falls_back_to_mesh_config_then_istio_default():
 def test_disable_span_reporting_whole_or_one_side():
     whole = resource("mesh", "istio-system", "tracing: [{disableSpanReporting: true}]")
     assert telemetry_for(snapshot(whole), REVIEWS).tracing is None
-    one_side = whole + resource("reviews", "default", "selector: {matchLabels: {app: reviews}}\ntracing: [{match: {mode: SERVER}, disableSpanReporting: false}]")
+    one_side = whole + resource(
+        "reviews",
+        "default",
+        "selector: {matchLabels: {app: reviews}}\ntracing: [{match: {mode: SERVER}, disableSpanReporting: false}]",
+    )
     tracing = telemetry_for(snapshot(one_side), REVIEWS).tracing
     assert tracing.mode == "SERVER" and tracing.applies("destination") and not tracing.applies("source")
     assert telemetry_for(snapshot(one_side), RATINGS).tracing is None
@@ -189,21 +256,28 @@ def logs(snap: MeshSnapshot, w: Workload) -> list[tuple[str, str, str]]:
 
 
 def test_access_log_disabled_for_one_workload():
-    text = resource("sleep", "default", "selector: {matchLabels: {app: reviews}}\naccessLogging: [{providers: [{name: envoy}], disabled: true}]")
+    text = resource(
+        "sleep",
+        "default",
+        "selector: {matchLabels: {app: reviews}}\naccessLogging: [{providers: [{name: envoy}], disabled: true}]",
+    )
     snap = snapshot(text, MESH_CONFIG)
     assert logs(snap, REVIEWS) == []
     assert logs(snap, RATINGS) == [("envoy", "CLIENT_AND_SERVER", "")]
 
 
 def test_access_log_disabled_on_one_side_keeps_the_other():
-    text = resource("reviews", "default", "selector: {matchLabels: {app: reviews}}\naccessLogging: [{match: {mode: SERVER}, disabled: true}]")
+    text = resource(
+        "reviews",
+        "default",
+        "selector: {matchLabels: {app: reviews}}\naccessLogging: [{match: {mode: SERVER}, disabled: true}]",
+    )
     assert logs(snapshot(text, MESH_CONFIG), REVIEWS) == [("envoy", "CLIENT", "")]
 
 
 def test_access_log_filter_and_provider_inheritance():
-    text = (
-        resource("mesh", "istio-system", "accessLogging: [{providers: [{name: audit}]}]")
-        + resource("default", "default", "accessLogging: [{filter: {expression: 'response.code >= 400'}}]")
+    text = resource("mesh", "istio-system", "accessLogging: [{providers: [{name: audit}]}]") + resource(
+        "default", "default", "accessLogging: [{filter: {expression: 'response.code >= 400'}}]"
     )
     snap = snapshot(text, MESH_CONFIG)
     assert logs(snap, REVIEWS) == [("audit", "CLIENT_AND_SERVER", "response.code >= 400")]
@@ -211,13 +285,20 @@ def test_access_log_filter_and_provider_inheritance():
 
 
 def test_access_log_per_side_filters_and_text_provider():
-    text = resource("default", "default", """
+    text = resource(
+        "default",
+        "default",
+        """
 accessLogging:
 - {providers: [{name: plain}], match: {mode: CLIENT}}
 - {providers: [{name: plain}], match: {mode: SERVER}, filter: {expression: 'response.code >= 500'}}
-""")
+""",
+    )
     result = telemetry_for(snapshot(text, MESH_CONFIG), REVIEWS).access_logs
-    assert [(log.mode, log.filter, log.encoding, log.format) for log in result] == [("CLIENT", "", "TEXT", "%RESPONSE_CODE%\n"), ("SERVER", "response.code >= 500", "TEXT", "%RESPONSE_CODE%\n")]
+    assert [(log.mode, log.filter, log.encoding, log.format) for log in result] == [
+        ("CLIENT", "", "TEXT", "%RESPONSE_CODE%\n"),
+        ("SERVER", "response.code >= 500", "TEXT", "%RESPONSE_CODE%\n"),
+    ]
     assert result[0].applies("source") and not result[0].applies("destination")
 
 
@@ -229,25 +310,37 @@ def test_envoy_provider_without_access_log_file_writes_stdout_and_unknown_is_ski
 # --- metrics -----------------------------------------------------------------------------------
 
 METRICS = (
-    resource("mesh", "istio-system", """
+    resource(
+        "mesh",
+        "istio-system",
+        """
 metrics:
 - overrides:
   - {match: {metric: REQUEST_COUNT}, disabled: true}
   - {match: {metric: ALL_METRICS}, tagOverrides: {team: {value: "'platform'"}}}
-""")
-    + resource("default", "default", """
+""",
+    )
+    + resource(
+        "default",
+        "default",
+        """
 metrics:
 - providers: [{name: prometheus}]
   overrides:
   - {match: {metric: REQUEST_COUNT, mode: SERVER}, tagOverrides: {team: {value: "'reviews'"}, grpc_response_status: {operation: REMOVE}}}
-""")
-    + resource("reviews", "default", """
+""",
+    )
+    + resource(
+        "reviews",
+        "default",
+        """
 selector: {matchLabels: {app: reviews}}
 metrics:
 - overrides:
   - {match: {metric: REQUEST_COUNT, mode: SERVER}, disabled: false}
   - {match: {metric: TCP_SENT_BYTES, mode: CLIENT}, disabled: true}
-""")
+""",
+    )
 )
 
 
@@ -256,11 +349,18 @@ def test_metric_overrides_accumulate_mesh_then_namespace_then_workload():
     assert result.metrics == (
         MetricRule(t.REQUEST_COUNT, disabled=True),
         MetricRule(None, disabled=None, tags=(TagOverride("team", value="'platform'"),)),
-        MetricRule(t.REQUEST_COUNT, "SERVER", None, (TagOverride("grpc_response_status", remove=True), TagOverride("team", value="'reviews'"))),
+        MetricRule(
+            t.REQUEST_COUNT,
+            "SERVER",
+            None,
+            (TagOverride("grpc_response_status", remove=True), TagOverride("team", value="'reviews'")),
+        ),
         MetricRule(t.REQUEST_COUNT, "SERVER", False),
         MetricRule(t.TCP_SENT, "CLIENT", True),
     )
-    assert result.metric_enabled(t.REQUEST_COUNT, "destination") and not result.metric_enabled(t.REQUEST_COUNT, "source")
+    assert result.metric_enabled(t.REQUEST_COUNT, "destination") and not result.metric_enabled(
+        t.REQUEST_COUNT, "source"
+    )
     assert not result.metric_enabled(t.TCP_SENT, "source") and result.metric_enabled(t.TCP_SENT, "destination")
     assert result.tag_overrides(t.REQUEST_COUNT, "destination")["team"].value == "'reviews'"
     assert result.tag_overrides(t.REQUEST_COUNT, "source")["team"].value == "'platform'"
@@ -276,7 +376,11 @@ def test_an_override_without_disabled_does_not_re_enable():
 
 
 def test_analyze_warns_about_providers_the_mesh_config_lacks():
-    text = resource("mesh", "istio-system", "tracing: [{providers: [{name: jaeger}]}]\naccessLogging: [{providers: [{name: audit}, {name: otel-als}]}]")
+    text = resource(
+        "mesh",
+        "istio-system",
+        "tracing: [{providers: [{name: jaeger}]}]\naccessLogging: [{providers: [{name: audit}, {name: otel-als}]}]",
+    )
     snap = snapshot(text, MESH_CONFIG)
     findings = analyze(snap, snap.telemetries, registry_known=True)
     assert [(f.field, f.message.split(" in the mesh")[0]) for f in findings] == [
@@ -293,9 +397,17 @@ def test_mesh_telemetry_of_an_empty_config_is_the_default():
 # --- expressions -------------------------------------------------------------------------------
 
 RECORD = {
-    "method": "GET", "path": "/reviews/1?full=yes", "host": "reviews:9080", "scheme": "http", "protocol": "HTTP/1.1",
-    "response_code": 503, "source_principal": "spiffe://cluster.local/ns/default/sa/productpage", "destination_principal": "",
-    "upstream_address": "127.0.0.1:9080", "source_address": "127.0.0.9:40000", "destination_port": 9080,
+    "method": "GET",
+    "path": "/reviews/1?full=yes",
+    "host": "reviews:9080",
+    "scheme": "http",
+    "protocol": "HTTP/1.1",
+    "response_code": 503,
+    "source_principal": "spiffe://cluster.local/ns/default/sa/productpage",
+    "destination_principal": "",
+    "upstream_address": "127.0.0.1:9080",
+    "source_address": "127.0.0.9:40000",
+    "destination_port": 9080,
     "headers": {"x-user": "jason"},
 }
 
@@ -327,7 +439,19 @@ def test_expressions_parse_and_evaluate(expr, parsed, value):
     assert telemetry_expr.evaluate(e, RECORD) == value
 
 
-@pytest.mark.parametrize("expr", ["", "canary", "request.headers", "request.headers['a b']", "response.code + 1", "string(request.method) + 'x'", "'unclosed", "filter_state['x']"])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "",
+        "canary",
+        "request.headers",
+        "request.headers['a b']",
+        "response.code + 1",
+        "string(request.method) + 'x'",
+        "'unclosed",
+        "filter_state['x']",
+    ],
+)
 def test_other_expressions_are_refused_by_name(expr):
     with pytest.raises(ValueError, match="expression"):
         telemetry_expr.parse(expr)

@@ -16,7 +16,19 @@ class Clock:
 
 
 def _reg(name: str = "reviews-v1", healthy: bool = False) -> Registration:
-    return Registration(id=f"{name}-abc.default", name=name, service="reviews", service_account="reviews", labels={"version": "v1"}, address="127.0.10.2", port=9080, app_port=3000, outbound_port=15001, agent_port=15020, healthy=healthy)
+    return Registration(
+        id=f"{name}-abc.default",
+        name=name,
+        service="reviews",
+        service_account="reviews",
+        labels={"version": "v1"},
+        address="127.0.10.2",
+        port=9080,
+        app_port=3000,
+        outbound_port=15001,
+        agent_port=15020,
+        healthy=healthy,
+    )
 
 
 def test_heartbeats_keep_a_workload_and_silence_drops_it(tmp_path):

@@ -34,14 +34,29 @@ spec:
   accessLogging:
   - providers: [{name: otel-als}]
 """
-REVIEWS = Workload("reviews-v1-1.default", "reviews-v1", "default", "reviews", "reviews", MappingProxyType({"app": "reviews"}), "127.0.0.1", 9080, 9080, "http", 15001, 15020)
+REVIEWS = Workload(
+    "reviews-v1-1.default",
+    "reviews-v1",
+    "default",
+    "reviews",
+    "reviews",
+    MappingProxyType({"app": "reviews"}),
+    "127.0.0.1",
+    9080,
+    9080,
+    "http",
+    15001,
+    15020,
+)
 
 
 @pytest.fixture
 async def api(tmp_path):
     with Store(tmp_path / "lattice.db") as store:
         registry = Registry(store)
-        pusher = Pusher(store, registry, SnapshotCache(), mesh_telemetry=mesh_telemetry(parse_mesh_config(MESH, "mesh.yaml")))
+        pusher = Pusher(
+            store, registry, SnapshotCache(), mesh_telemetry=mesh_telemetry(parse_mesh_config(MESH, "mesh.yaml"))
+        )
         ca = CaManager(tmp_path / "home", "cluster.local", timedelta(hours=1))
         rest = RestApi(store, registry, pusher, StatusBoard(), lambda: [], ca, TOKEN)
         async with TestClient(TestServer(rest.app())) as client:
@@ -59,7 +74,9 @@ async def test_apply_stores_warns_and_resolves(api):
     assert response.status == 200, body
     assert [(r["kind"], r["action"]) for r in body["results"]] == [("Telemetry", "created")]
     assert [w["field"] for w in body["warnings"]] == ["spec.accessLogging[0].providers[0].name"]
-    listed = await (await client.get("/api/v1/resources/telemetries", headers={"Authorization": f"Bearer {TOKEN}"})).json()
+    listed = await (
+        await client.get("/api/v1/resources/telemetries", headers={"Authorization": f"Bearer {TOKEN}"})
+    ).json()
     assert [item["metadata"]["name"] for item in listed["items"]] == ["reviews"]
     snapshot = pusher.build()
     assert [r.name for r in snapshot.telemetries] == ["reviews"]
@@ -69,7 +86,9 @@ async def test_apply_stores_warns_and_resolves(api):
 
 async def test_refused_telemetry_names_the_field_and_stores_nothing(api):
     client, pusher = api
-    response = await _post(client, "/api/v1/apply", TELEMETRY.replace("randomSamplingPercentage: 50", "randomSamplingPercentage: 500"))
+    response = await _post(
+        client, "/api/v1/apply", TELEMETRY.replace("randomSamplingPercentage: 50", "randomSamplingPercentage: 500")
+    )
     body = await response.json()
     assert response.status == 400
     assert [e["path"] for e in body["details"]["errors"]] == ["spec.tracing[0].randomSamplingPercentage"]

@@ -61,7 +61,18 @@ def store(tmp_path):
 
 def apply_ra(store: Store, name: str, *uris: str, timeout: str = "2s") -> None:
     rules = [{"issuer": f"issuer-{i}", "jwksUri": uri, "timeout": timeout} for i, uri in enumerate(uris)]
-    store.apply([("RequestAuthentication", "default", name, "security.istio.io/v1", {"name": name, "namespace": "default"}, {"jwtRules": rules})])
+    store.apply(
+        [
+            (
+                "RequestAuthentication",
+                "default",
+                name,
+                "security.istio.io/v1",
+                {"name": name, "namespace": "default"},
+                {"jwtRules": rules},
+            )
+        ]
+    )
 
 
 def cache(store: Store, changes: list | None = None, refresh: float = 3600) -> JwksCache:
@@ -124,14 +135,25 @@ async def test_https_is_verified_against_the_system_roots(store, tmp_path):
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False).sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
     app = web.Application()
+
     async def answer(_: web.Request) -> web.Response:
         return web.Response(text=KEYS_A)
 

@@ -40,9 +40,12 @@ def test_convergence_is_observed_once_the_proxy_acks_everything_sent_from_the_sn
     board.acked(NODE, ROUTE, "r1")
     board.acked(NODE, ROUTE, "r1")  # a repeated ACK converges nothing new
     assert (metrics.convergence.labels().count, metrics.convergence.labels().sum) == (1, 2.5)
-    assert _lines(metrics, "pilot_proxy_convergence_time_bucket") [3] == 'pilot_proxy_convergence_time_bucket{le="3"} 1'
+    assert _lines(metrics, "pilot_proxy_convergence_time_bucket")[3] == 'pilot_proxy_convergence_time_bucket{le="3"} 1'
     assert _lines(metrics, "pilot_xds_pushes") == ['pilot_xds_pushes{type="cds"} 1', 'pilot_xds_pushes{type="rds"} 1']
-    assert _lines(metrics, "pilot_xds_config_size_bytes_sum") == ['pilot_xds_config_size_bytes_sum{type="cds"} 100', 'pilot_xds_config_size_bytes_sum{type="rds"} 40']
+    assert _lines(metrics, "pilot_xds_config_size_bytes_sum") == [
+        'pilot_xds_config_size_bytes_sum{type="cds"} 100',
+        'pilot_xds_config_size_bytes_sum{type="rds"} 40',
+    ]
     assert _lines(metrics, "pilot_xds_push_time_count") == ["pilot_xds_push_time_count 1"]
 
 

@@ -111,7 +111,12 @@ def test_labeled_histogram_puts_le_after_its_labels():
 def test_empty_unlabeled_histogram_writes_zero_buckets():
     r = MetricRegistry()
     r.histogram("push_seconds", "Push.", [1])
-    assert r.render().splitlines()[2:] == ['push_seconds_bucket{le="1"} 0', 'push_seconds_bucket{le="+Inf"} 0', "push_seconds_sum 0", "push_seconds_count 0"]
+    assert r.render().splitlines()[2:] == [
+        'push_seconds_bucket{le="1"} 0',
+        'push_seconds_bucket{le="+Inf"} 0',
+        "push_seconds_sum 0",
+        "push_seconds_count 0",
+    ]
 
 
 def test_label_values_and_help_are_escaped():
@@ -119,15 +124,20 @@ def test_label_values_and_help_are_escaped():
     c = r.counter("odd", 'Help with a \\ backslash\nand a "quote".', ["path"])
     c.labels('a"b\\c\nd').inc()
     assert r.render() == (
-        '# HELP odd Help with a \\\\ backslash\\nand a "quote".\n'
-        "# TYPE odd counter\n"
-        'odd{path="a\\"b\\\\c\\nd"} 1\n'
+        '# HELP odd Help with a \\\\ backslash\\nand a "quote".\n# TYPE odd counter\nodd{path="a\\"b\\\\c\\nd"} 1\n'
     )
 
 
 def test_values_are_written_as_prometheus_reads_them():
     assert [format_value(v) for v in (0, 3.0, 0.25, 1e-7, math.inf, -math.inf, math.nan, 2**60)] == [
-        "0", "3", "0.25", "1e-07", "+Inf", "-Inf", "NaN", "1.152921504606847e+18",
+        "0",
+        "3",
+        "0.25",
+        "1e-07",
+        "+Inf",
+        "-Inf",
+        "NaN",
+        "1.152921504606847e+18",
     ]
 
 
@@ -184,16 +194,31 @@ def test_updates_from_threads_are_not_lost():
 def test_control_plane_exports_istio_names():
     series = set(exported_series())
     for name in (
-        "pilot_xds", "pilot_xds_pushes", "pilot_proxy_convergence_time_bucket", "pilot_xds_push_time_count",
-        "pilot_total_xds_rejects", "pilot_xds_rds_reject", "pilot_xds_config_size_bytes_sum", "citadel_server_csr_count",
-        "citadel_server_success_cert_issuance_count", "citadel_server_csr_parsing_err_count",
-        "citadel_server_authentication_failure_count", "citadel_server_root_cert_expiry_timestamp",
-        "lattice_api_requests_total", "lattice_api_request_duration_seconds_bucket", "lattice_registry_workloads", "lattice_config_resources",
+        "pilot_xds",
+        "pilot_xds_pushes",
+        "pilot_proxy_convergence_time_bucket",
+        "pilot_xds_push_time_count",
+        "pilot_total_xds_rejects",
+        "pilot_xds_rds_reject",
+        "pilot_xds_config_size_bytes_sum",
+        "citadel_server_csr_count",
+        "citadel_server_success_cert_issuance_count",
+        "citadel_server_csr_parsing_err_count",
+        "citadel_server_authentication_failure_count",
+        "citadel_server_root_cert_expiry_timestamp",
+        "lattice_api_requests_total",
+        "lattice_api_request_duration_seconds_bucket",
+        "lattice_registry_workloads",
+        "lattice_config_resources",
     ):
         assert name in series, name
 
 
 def test_control_plane_convergence_buckets_are_istios():
     text = ControlPlaneMetrics().render()
-    les = [line.split('le="')[1].split('"')[0] for line in text.splitlines() if line.startswith("pilot_proxy_convergence_time_bucket")]
+    les = [
+        line.split('le="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("pilot_proxy_convergence_time_bucket")
+    ]
     assert les == ["0.1", "0.5", "1", "3", "5", "10", "20", "30", "+Inf"]

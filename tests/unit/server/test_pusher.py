@@ -22,22 +22,50 @@ from lattice.xds import SnapshotCache, StatusBoard
 
 def registration(i: int, service: str | None = None) -> Registration:
     service = service or f"svc-{i % 3}"
-    return Registration(id=f"{service}-{i:04d}.default", name=f"{service}-v1", service=service, service_account=service, labels={"app": service, "version": f"v{i % 2 + 1}"},
-                        address=f"127.100.{i // 250}.{i % 250 + 1}", port=9080, app_port=8080, outbound_port=15001, agent_port=15020, healthy=True)
+    return Registration(
+        id=f"{service}-{i:04d}.default",
+        name=f"{service}-v1",
+        service=service,
+        service_account=service,
+        labels={"app": service, "version": f"v{i % 2 + 1}"},
+        address=f"127.100.{i // 250}.{i % 250 + 1}",
+        port=9080,
+        app_port=8080,
+        outbound_port=15001,
+        agent_port=15020,
+        healthy=True,
+    )
 
 
 def apply(store: Store, text: str) -> None:
-    store.apply([(r.kind, r.namespace, r.name, r.api_version, r.metadata_dict(), r.spec_dict()) for r in parse_documents(text)])
+    store.apply(
+        [(r.kind, r.namespace, r.name, r.api_version, r.metadata_dict(), r.spec_dict()) for r in parse_documents(text)]
+    )
 
 
 def route(subset: str) -> str:
-    return json.dumps({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "svc-0"},
-                       "spec": {"hosts": ["svc-0"], "http": [{"route": [{"destination": {"host": "svc-0", "subset": subset}}]}]}})
+    return json.dumps(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "svc-0"},
+            "spec": {"hosts": ["svc-0"], "http": [{"route": [{"destination": {"host": "svc-0", "subset": subset}}]}]},
+        }
+    )
 
 
 SUBSETS = "\n---\n".join(
-    json.dumps({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": f"svc-{s}"},
-                "spec": {"host": f"svc-{s}", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}})
+    json.dumps(
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": f"svc-{s}"},
+            "spec": {
+                "host": f"svc-{s}",
+                "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+            },
+        }
+    )
     for s in range(3)
 )
 
@@ -56,7 +84,9 @@ def same_as_full_translation(pusher: Pusher, cache: SnapshotCache) -> None:
     snapshot, fresh = pusher.snapshot, SnapshotCache()
     for w in snapshot.workloads:
         want, got = fresh.set(w.id, snapshot.version, translate(snapshot, w).by_type), cache.get(w.id)
-        assert {t: {n: r.version for n, r in rs.items()} for t, rs in want.resources.items()} == {t: {n: r.version for n, r in rs.items()} for t, rs in got.resources.items()}, w.id
+        assert {t: {n: r.version for n, r in rs.items()} for t, rs in want.resources.items()} == {
+            t: {n: r.version for n, r in rs.items()} for t, rs in got.resources.items()
+        }, w.id
 
 
 def test_each_push_gives_every_proxy_what_a_full_translation_gives(mesh):
@@ -107,7 +137,9 @@ async def test_a_push_lets_the_loop_run_and_proxies_get_config_before_it_ends(me
     await pusher.push_sliced()
     done = True
     await watcher
-    assert len(seen) > 10 and any(0 < n < 40 for n in seen)  # the loop ran midway, with some proxies served and some not
+    assert len(seen) > 10 and any(
+        0 < n < 40 for n in seen
+    )  # the loop ran midway, with some proxies served and some not
     same_as_full_translation(pusher, cache)
 
 

@@ -7,7 +7,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from lattice.api import otlp
 
-from lattice.server.traces import MAX_ATTRIBUTES, MAX_BODY, MAX_VALUE, TraceError, TraceStore, list_response, receive, trace_response
+from lattice.server.traces import (
+    MAX_ATTRIBUTES,
+    MAX_BODY,
+    MAX_VALUE,
+    TraceError,
+    TraceStore,
+    list_response,
+    receive,
+    trace_response,
+)
 
 T0 = 1_700_000_000 * 10**9  # a start time, in unix nanoseconds
 
@@ -24,12 +33,29 @@ def _kv(key: str, value) -> otlp.KeyValue:
     return otlp.KeyValue(key=key, value=otlp.AnyValue(string_value=value))
 
 
-def _span(trace: int, span: int, parent: int = 0, name: str = "op", start_ms: int = 0, duration_ms: int = 10, status: int = 0, **attributes) -> otlp.Span:
+def _span(
+    trace: int,
+    span: int,
+    parent: int = 0,
+    name: str = "op",
+    start_ms: int = 0,
+    duration_ms: int = 10,
+    status: int = 0,
+    **attributes,
+) -> otlp.Span:
     start = T0 + start_ms * 10**6
     return otlp.Span(
-        trace_id=_id(trace, 16), span_id=_id(span, 8), parent_span_id=_id(parent, 8) if parent else b"", name=name, kind=otlp.Span.SPAN_KIND_SERVER,
-        start_time_unix_nano=start, end_time_unix_nano=start + duration_ms * 10**6, status=otlp.Status(code=status),
-        attributes=[_kv(k.replace("_", ".", 1), v) for k, v in attributes.items()],  # http_status_code: http.status_code
+        trace_id=_id(trace, 16),
+        span_id=_id(span, 8),
+        parent_span_id=_id(parent, 8) if parent else b"",
+        name=name,
+        kind=otlp.Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=start,
+        end_time_unix_nano=start + duration_ms * 10**6,
+        status=otlp.Status(code=status),
+        attributes=[
+            _kv(k.replace("_", ".", 1), v) for k, v in attributes.items()
+        ],  # http_status_code: http.status_code
     )
 
 
@@ -45,12 +71,37 @@ def _request(*groups: tuple[str, list[otlp.Span]]) -> bytes:
 
 def _three_hops(store: TraceStore, trace: int = 1, start_ms: int = 0, status: int = 0) -> None:
     """productpage -> reviews -> ratings: a SERVER span per inbound hop and a CLIENT span per call."""
-    store.ingest(_request(
-        ("productpage.default", [_span(trace, 1, name="productpage:9080/*", start_ms=start_ms, duration_ms=30, http_method="GET", http_status_code="200"),
-                                 _span(trace, 2, 1, name="reviews:9080/*", start_ms=start_ms + 2, duration_ms=20)]),
-        ("reviews.default", [_span(trace, 3, 2, name="reviews:9080/*", start_ms=start_ms + 3, duration_ms=18), _span(trace, 4, 3, name="ratings:9080/*", start_ms=start_ms + 5, duration_ms=10)]),
-        ("ratings.default", [_span(trace, 5, 4, name="ratings:9080/*", start_ms=start_ms + 6, duration_ms=8, status=status)]),
-    ), reporter="spiffe://cluster.local/ns/default/sa/x")
+    store.ingest(
+        _request(
+            (
+                "productpage.default",
+                [
+                    _span(
+                        trace,
+                        1,
+                        name="productpage:9080/*",
+                        start_ms=start_ms,
+                        duration_ms=30,
+                        http_method="GET",
+                        http_status_code="200",
+                    ),
+                    _span(trace, 2, 1, name="reviews:9080/*", start_ms=start_ms + 2, duration_ms=20),
+                ],
+            ),
+            (
+                "reviews.default",
+                [
+                    _span(trace, 3, 2, name="reviews:9080/*", start_ms=start_ms + 3, duration_ms=18),
+                    _span(trace, 4, 3, name="ratings:9080/*", start_ms=start_ms + 5, duration_ms=10),
+                ],
+            ),
+            (
+                "ratings.default",
+                [_span(trace, 5, 4, name="ratings:9080/*", start_ms=start_ms + 6, duration_ms=8, status=status)],
+            ),
+        ),
+        reporter="spiffe://cluster.local/ns/default/sa/x",
+    )
 
 
 def test_one_trace_with_its_tree():
@@ -64,9 +115,15 @@ def test_one_trace_with_its_tree():
     trace = store.trace(summary["trace_id"])
     spans = {s["span_id"]: s for s in trace["spans"]}
     assert [s["span_id"] for s in trace["spans"]] == [_id(n, 8).hex() for n in range(1, 6)]  # by start
-    assert spans[_id(5, 8).hex()]["parent_span_id"] == _id(4, 8).hex() and spans[_id(1, 8).hex()]["parent_span_id"] == ""
+    assert (
+        spans[_id(5, 8).hex()]["parent_span_id"] == _id(4, 8).hex() and spans[_id(1, 8).hex()]["parent_span_id"] == ""
+    )
     root = spans[_id(1, 8).hex()]
-    assert root["http"] == {"method": "GET", "status_code": "200"} and root["kind"] == "SERVER" and root["duration_ms"] == 30.0
+    assert (
+        root["http"] == {"method": "GET", "status_code": "200"}
+        and root["kind"] == "SERVER"
+        and root["duration_ms"] == 30.0
+    )
     assert root["reporter"] == "spiffe://cluster.local/ns/default/sa/x"
 
 
@@ -82,7 +139,10 @@ def test_spans_of_one_trace_join_across_requests_and_duplicates_count_once():
 def test_a_root_whose_parent_never_arrived_is_still_the_root():
     store = TraceStore()
     store.ingest(_request(("reviews.default", [_span(1, 3, 99, start_ms=1), _span(1, 4, 3, start_ms=2)])))
-    assert store.recent()[0]["root_operation"] == "op" and store.trace(_id(1, 16).hex())["spans"][0]["span_id"] == _id(3, 8).hex()
+    assert (
+        store.recent()[0]["root_operation"] == "op"
+        and store.trace(_id(1, 16).hex())["spans"][0]["span_id"] == _id(3, 8).hex()
+    )
 
 
 def test_errors_show():
@@ -169,7 +229,14 @@ def test_attributes_are_bounded():
 def test_attribute_values_of_every_type_become_text():
     store = TraceStore()
     span = _span(1, 1, flag=True, count=3)
-    span.attributes.append(otlp.KeyValue(key="list", value=otlp.AnyValue(array_value=otlp.ArrayValue(values=[otlp.AnyValue(string_value="a"), otlp.AnyValue(int_value=2)]))))
+    span.attributes.append(
+        otlp.KeyValue(
+            key="list",
+            value=otlp.AnyValue(
+                array_value=otlp.ArrayValue(values=[otlp.AnyValue(string_value="a"), otlp.AnyValue(int_value=2)])
+            ),
+        )
+    )
     store.ingest(_request(("a.default", [span])))
     attributes = store.trace(_id(1, 16).hex())["spans"][0]["attributes"]
     assert attributes == {"flag": "true", "count": "3", "list": '["a", "2"]'}
@@ -183,14 +250,34 @@ def test_a_span_without_a_service_is_filed_as_unknown():
     assert store.recent()[0]["services"] == ["unknown"]
 
 
-@pytest.mark.parametrize(("body", "problem"), [
-    (b"", "empty body"),
-    (b"\xff\xff\xff garbage", "not an OTLP otlp.ExportTraceServiceRequest"),
-    (_request(("a.default", [otlp.Span(trace_id=b"\x01" * 3, span_id=_id(1, 8))])), r"resource_spans\[0\].scope_spans\[0\].spans\[0\].trace_id: must be 16 bytes"),
-    (_request(("a.default", [_span(1, 1), otlp.Span(trace_id=_id(1, 16), span_id=b"\x00" * 8)])), r"spans\[1\].span_id: must be 8 bytes, not all zero"),
-    (_request(("a.default", [otlp.Span(trace_id=_id(1, 16), span_id=_id(1, 8), parent_span_id=b"\x01")])), "parent_span_id: must be empty or 8 bytes"),
-    (_request(("a.default", [otlp.Span(trace_id=_id(1, 16), span_id=_id(1, 8), start_time_unix_nano=10, end_time_unix_nano=5)])), "ends .* before it starts"),
-])
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"", "empty body"),
+        (b"\xff\xff\xff garbage", "not an OTLP otlp.ExportTraceServiceRequest"),
+        (
+            _request(("a.default", [otlp.Span(trace_id=b"\x01" * 3, span_id=_id(1, 8))])),
+            r"resource_spans\[0\].scope_spans\[0\].spans\[0\].trace_id: must be 16 bytes",
+        ),
+        (
+            _request(("a.default", [_span(1, 1), otlp.Span(trace_id=_id(1, 16), span_id=b"\x00" * 8)])),
+            r"spans\[1\].span_id: must be 8 bytes, not all zero",
+        ),
+        (
+            _request(("a.default", [otlp.Span(trace_id=_id(1, 16), span_id=_id(1, 8), parent_span_id=b"\x01")])),
+            "parent_span_id: must be empty or 8 bytes",
+        ),
+        (
+            _request(
+                (
+                    "a.default",
+                    [otlp.Span(trace_id=_id(1, 16), span_id=_id(1, 8), start_time_unix_nano=10, end_time_unix_nano=5)],
+                )
+            ),
+            "ends .* before it starts",
+        ),
+    ],
+)
 def test_bad_input_is_refused_whole_and_named(body, problem):
     store = TraceStore()
     with pytest.raises(TraceError, match=problem):

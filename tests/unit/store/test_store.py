@@ -66,7 +66,9 @@ def test_batch_gives_each_changed_item_its_own_revision(store: Store) -> None:
     store.apply([vs("a", ["a"])])
     results = store.apply([vs("a", ["a"]), vs("b", ["b"]), vs("c", ["c"])])
     assert [(r.action, r.resource.revision) for r in results] == [
-        ("unchanged", 1), ("created", 2), ("created", 3),
+        ("unchanged", 1),
+        ("created", 2),
+        ("created", 3),
     ]
     assert store.revision == 3
 
@@ -76,7 +78,10 @@ def test_get_returns_stored_resource_or_none(store: Store) -> None:
     got = store.get("VirtualService", "default", "reviews")
     assert got is not None
     assert (got.kind, got.namespace, got.name, got.api_version) == (
-        "VirtualService", "default", "reviews", API,
+        "VirtualService",
+        "default",
+        "reviews",
+        API,
     )
     assert got.metadata["labels"] == {"app": "reviews"}
     assert got.spec == {"hosts": ["reviews"]}
@@ -102,11 +107,13 @@ def test_list_filters_and_sorts_by_kind_namespace_name(store: Store) -> None:
 
 def test_delete_returns_deleted_and_bumps_once_per_resource(store: Store) -> None:
     store.apply([vs("a", ["a"]), vs("b", ["b"])])
-    deleted = store.delete([
-        ("VirtualService", "default", "a"),
-        ("VirtualService", "default", "missing"),
-        ("VirtualService", "default", "b"),
-    ])
+    deleted = store.delete(
+        [
+            ("VirtualService", "default", "a"),
+            ("VirtualService", "default", "missing"),
+            ("VirtualService", "default", "b"),
+        ]
+    )
     assert [r.name for r in deleted] == ["a", "b"]
     assert store.revision == 4
     assert store.list() == []

@@ -12,9 +12,16 @@ from lattice.store import Store, StoreError
 
 
 def token(token_id: str, uses_left: int | None = 1, expires_at: float = 2000.0) -> dict:
-    return {"id": token_id, "namespace": "default", "service_account": "reviews",
-            "secret_hash": "ab" * 32, "created_at": 1000.0, "expires_at": expires_at,
-            "uses_left": uses_left, "description": ""}
+    return {
+        "id": token_id,
+        "namespace": "default",
+        "service_account": "reviews",
+        "secret_hash": "ab" * 32,
+        "created_at": 1000.0,
+        "expires_at": expires_at,
+        "uses_left": uses_left,
+        "description": "",
+    }
 
 
 class Refused(Exception):

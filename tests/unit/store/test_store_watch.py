@@ -72,10 +72,7 @@ async def test_woken_by_apply_from_a_thread_without_a_loop(store: Store) -> None
 
 
 async def test_many_waiters_all_wake(store: Store) -> None:
-    waiters = [
-        asyncio.create_task(store.wait_for_change(0, timeout=5), name=f"waiter-{i}")
-        for i in range(5)
-    ]
+    waiters = [asyncio.create_task(store.wait_for_change(0, timeout=5), name=f"waiter-{i}") for i in range(5)]
     await asyncio.sleep(0.05)
     store.apply([ITEM])
     assert await asyncio.gather(*waiters) == [1] * 5

@@ -52,7 +52,11 @@ def test_shadow_stages_are_reported_not_enforced():
 
 
 def test_principals_need_a_verified_certificate():
-    principal = rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated(principal_name=string_pb2.StringMatcher(exact="spiffe://cluster.local/ns/default/sa/a")))
+    principal = rbac_pb2.Principal(
+        authenticated=rbac_pb2.Principal.Authenticated(
+            principal_name=string_pb2.StringMatcher(exact="spiffe://cluster.local/ns/default/sa/a")
+        )
+    )
     stages = [_stage(rbac_pb2.RBAC.ALLOW, {"p": _policy(rbac_pb2.Permission(any=True), principal)})]
     assert decide(stages, Request(peer_uri="spiffe://cluster.local/ns/default/sa/a")).allowed
     assert not decide(stages, Request(peer_uri="spiffe://cluster.local/ns/default/sa/b")).allowed
@@ -60,32 +64,59 @@ def test_principals_need_a_verified_certificate():
 
 
 def test_headers_ports_ips_and_not_rules():
-    header = rbac_pb2.Permission(header=rc.HeaderMatcher(name="x-role", string_match=string_pb2.StringMatcher(exact="admin")))
+    header = rbac_pb2.Permission(
+        header=rc.HeaderMatcher(name="x-role", string_match=string_pb2.StringMatcher(exact="admin"))
+    )
     port = rbac_pb2.Permission(destination_port=9080)
     both = rbac_pb2.Permission(and_rules=rbac_pb2.Permission.Set(rules=[header, rbac_pb2.Permission(not_rule=port)]))
-    stages = [_stage(rbac_pb2.RBAC.ALLOW, {"p": _policy(both, rbac_pb2.Principal(remote_ip={"address_prefix": "10.0.0.0", "prefix_len": {"value": 8}}))})]
+    stages = [
+        _stage(
+            rbac_pb2.RBAC.ALLOW,
+            {
+                "p": _policy(
+                    both, rbac_pb2.Principal(remote_ip={"address_prefix": "10.0.0.0", "prefix_len": {"value": 8}})
+                )
+            },
+        )
+    ]
     ok = Request(headers={"x-role": "admin"}, destination_port=8080, source_ip="10.1.2.3")
     assert decide(stages, ok).allowed
     assert not decide(stages, Request(headers={"x-role": "admin"}, destination_port=9080, source_ip="10.1.2.3")).allowed
-    assert not decide(stages, Request(headers={"x-role": "admin"}, destination_port=8080, source_ip="192.168.1.1")).allowed
+    assert not decide(
+        stages, Request(headers={"x-role": "admin"}, destination_port=8080, source_ip="192.168.1.1")
+    ).allowed
     assert not decide(stages, Request(headers={}, destination_port=8080, source_ip="10.1.2.3")).allowed
 
 
 def test_jwt_claims_from_metadata():
     matcher = metadata_pb2.MetadataMatcher(
         filter="envoy.filters.http.jwt_authn",
-        path=[metadata_pb2.MetadataMatcher.PathSegment(key="https://issuer"), metadata_pb2.MetadataMatcher.PathSegment(key="groups")],
-        value=value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact="admins")))),
+        path=[
+            metadata_pb2.MetadataMatcher.PathSegment(key="https://issuer"),
+            metadata_pb2.MetadataMatcher.PathSegment(key="groups"),
+        ],
+        value=value_pb2.ValueMatcher(
+            list_match=value_pb2.ListMatcher(
+                one_of=value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact="admins"))
+            )
+        ),
     )
-    stages = [_stage(rbac_pb2.RBAC.ALLOW, {"p": _policy(rbac_pb2.Permission(any=True), rbac_pb2.Principal(metadata=matcher))})]
-    assert decide(stages, Request(metadata={"envoy.filters.http.jwt_authn": {"https://issuer": {"groups": ["dev", "admins"]}}})).allowed
-    assert not decide(stages, Request(metadata={"envoy.filters.http.jwt_authn": {"https://issuer": {"groups": ["dev"]}}})).allowed
+    stages = [
+        _stage(rbac_pb2.RBAC.ALLOW, {"p": _policy(rbac_pb2.Permission(any=True), rbac_pb2.Principal(metadata=matcher))})
+    ]
+    assert decide(
+        stages, Request(metadata={"envoy.filters.http.jwt_authn": {"https://issuer": {"groups": ["dev", "admins"]}}})
+    ).allowed
+    assert not decide(
+        stages, Request(metadata={"envoy.filters.http.jwt_authn": {"https://issuer": {"groups": ["dev"]}}})
+    ).allowed
     assert not decide(stages, Request()).allowed
 
 
 def test_uri_templates():
     assert template_regex("/users/{*}/profile") == "/users/[^/?#]+/profile"
     import re
+
     assert re.fullmatch(template_regex("/files/{**}"), "/files/a/b/c")
     assert not re.fullmatch(template_regex("/users/{*}/profile"), "/users/a/b/profile")
 

@@ -18,22 +18,51 @@ GATEWAY_NODE = "ingressgateway-abc123.istio-system"
 
 
 def _record(name: str, service: str, n: int, **extra) -> dict:
-    return {"id": f"{name}-00000{n}.{extra.pop('namespace', 'default')}", "name": name, "namespace": "default", "service": service, "service_account": service,
-            "labels": {"app": service, "version": "v1"}, "address": f"127.0.10.{n}", "port": 9080, "app_port": 30000 + n, "protocol": "http",
-            "outbound_port": 15001, "agent_port": 15020, "healthy": True} | extra
+    return {
+        "id": f"{name}-00000{n}.{extra.pop('namespace', 'default')}",
+        "name": name,
+        "namespace": "default",
+        "service": service,
+        "service_account": service,
+        "labels": {"app": service, "version": "v1"},
+        "address": f"127.0.10.{n}",
+        "port": 9080,
+        "app_port": 30000 + n,
+        "protocol": "http",
+        "outbound_port": 15001,
+        "agent_port": 15020,
+        "healthy": True,
+    } | extra
 
 
 def _gateway(listen: dict | None = None, labels: dict | None = None) -> Workload:
-    return Workload.from_record(_record("ingressgateway", "istio-ingressgateway", 9, namespace="istio-system") | {
-        "id": GATEWAY_NODE, "namespace": "istio-system", "kind": "gateway", "listen": {str(k): v for k, v in (listen or {}).items()},
-        "labels": labels or {"istio": "ingressgateway", "app": "istio-ingressgateway"}})
+    return Workload.from_record(
+        _record("ingressgateway", "istio-ingressgateway", 9, namespace="istio-system")
+        | {
+            "id": GATEWAY_NODE,
+            "namespace": "istio-system",
+            "kind": "gateway",
+            "listen": {str(k): v for k, v in (listen or {}).items()},
+            "labels": labels or {"istio": "ingressgateway", "app": "istio-ingressgateway"},
+        }
+    )
 
 
 def _snapshot(yaml_text: str, gateway: Workload | None = None) -> MeshSnapshot:
     resources = parse_documents(yaml_text)
-    workloads = (Workload.from_record(_record("productpage-v1", "productpage", 1)), Workload.from_record(_record("details-v1", "details", 2)), gateway or _gateway())
+    workloads = (
+        Workload.from_record(_record("productpage-v1", "productpage", 1)),
+        Workload.from_record(_record("details-v1", "details", 2)),
+        gateway or _gateway(),
+    )
     by_kind = lambda k: tuple(r for r in resources if r.kind == k)  # noqa: E731
-    return MeshSnapshot("1", workloads=workloads, virtual_services=by_kind("VirtualService"), destination_rules=by_kind("DestinationRule"), gateways=by_kind("Gateway"))
+    return MeshSnapshot(
+        "1",
+        workloads=workloads,
+        virtual_services=by_kind("VirtualService"),
+        destination_rules=by_kind("DestinationRule"),
+        gateways=by_kind("Gateway"),
+    )
 
 
 def _of(snapshot: MeshSnapshot, proxy: Workload | None = None) -> dict:
@@ -50,15 +79,25 @@ def _manager(listener: listener_pb2.Listener, chain: int = 0) -> hcm.HttpConnect
 def test_bookinfo_gateway_serves_port_80_on_8080_with_the_bound_routes():
     out = _of(_snapshot(BOOKINFO_GATEWAY.read_text()))
     (listener,) = out[LISTENER].values()
-    assert listener.address.socket_address.port_value == 8080 and listener.address.socket_address.address == "127.0.10.9"
+    assert (
+        listener.address.socket_address.port_value == 8080 and listener.address.socket_address.address == "127.0.10.9"
+    )
     manager = _manager(listener)
     assert manager.rds.route_config_name == "http.80" and manager.strip_any_host_port
     assert "envoy.filters.http.dynamic_forward_proxy" not in [f.name for f in manager.http_filters]
     (vhost,) = out[ROUTE]["http.80"].virtual_hosts
     assert list(vhost.domains) == ["*"]
     refused, routed = vhost.routes[:2], vhost.routes[2:]  # a '*' host first refuses malformed requests (rds.refusals)
-    assert [r.name for r in refused] == ["ambiguous_host", "method_case"] and all(r.direct_response.status == 400 for r in refused)
-    assert [r.match.path or r.match.prefix for r in routed] == ["/productpage", "/static", "/login", "/logout", "/api/v1/products"]
+    assert [r.name for r in refused] == ["ambiguous_host", "method_case"] and all(
+        r.direct_response.status == 400 for r in refused
+    )
+    assert [r.match.path or r.match.prefix for r in routed] == [
+        "/productpage",
+        "/static",
+        "/login",
+        "/logout",
+        "/api/v1/products",
+    ]
     assert {r.route.cluster for r in routed} == {"outbound|9080||productpage.default.svc.cluster.local"}
 
 
@@ -69,7 +108,10 @@ def test_gateway_has_mesh_clusters_but_no_inbound_and_is_no_service():
     assert not any(name.startswith("inbound|") for name in clusters)
     assert "istio-ingressgateway" not in {s.name for s in snapshot.services}
     # The cluster to productpage carries the mesh's mTLS, as a sidecar's does.
-    assert clusters["outbound|9080||productpage.default.svc.cluster.local"].transport_socket_matches[0].name == "tlsMode-istio"
+    assert (
+        clusters["outbound|9080||productpage.default.svc.cluster.local"].transport_socket_matches[0].name
+        == "tlsMode-istio"
+    )
 
 
 def test_sidecars_do_not_get_gateway_listeners():
@@ -148,7 +190,10 @@ def test_hosts_intersect_merge_and_respect_the_namespace_part():
     # routes; '*' narrows to the server's host; a.example.com merges two VirtualServices.
     assert sorted(vhosts) == ["*.example.com:80", "a.example.com:80", "shop.example.org:80"]
     assert not vhosts["shop.example.org:80"].routes
-    assert [r.route.cluster.split("|")[3] for r in vhosts["a.example.com:80"].routes] == ["productpage.default.svc.cluster.local", "details.default.svc.cluster.local"]
+    assert [r.route.cluster.split("|")[3] for r in vhosts["a.example.com:80"].routes] == [
+        "productpage.default.svc.cluster.local",
+        "details.default.svc.cluster.local",
+    ]
     assert all(v.require_tls == v.ALL for v in vhosts.values())  # httpsRedirect
 
 
@@ -161,7 +206,10 @@ def test_https_mutual_terminates_with_the_given_files():
     chain.transport_socket.typed_config.Unpack(context)
     common = context.common_tls_context
     assert context.require_client_certificate.value
-    assert common.tls_certificates[0].certificate_chain.filename == "/c/cert.pem" and common.validation_context.trusted_ca.filename == "/c/ca.pem"
+    assert (
+        common.tls_certificates[0].certificate_chain.filename == "/c/cert.pem"
+        and common.validation_context.trusted_ca.filename == "/c/ca.pem"
+    )
     assert {m.matcher.exact for m in common.validation_context.match_typed_subject_alt_names} == {"client.example.com"}
     assert common.tls_params.tls_minimum_protocol_version == common.tls_params.TLSv1_3
     assert _manager(listener).rds.route_config_name in out[ROUTE]
@@ -206,7 +254,9 @@ spec:
 
 
 def test_match_level_gateways_narrow_the_rules():
-    yaml_text = BOOKINFO_GATEWAY.read_text() + """
+    yaml_text = (
+        BOOKINFO_GATEWAY.read_text()
+        + """
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -220,5 +270,6 @@ spec:
   - match: [{uri: {prefix: /edge}, gateways: [bookinfo-gateway]}]
     route: [{destination: {host: details}}]
 """
+    )
     vhosts = {v.name: v for v in _of(_snapshot(yaml_text))[ROUTE]["http.80"].virtual_hosts}
     assert [r.match.prefix for r in vhosts["details.example.com:80"].routes] == ["/edge"]

@@ -55,33 +55,63 @@ spec:
 
 def _workload(service: str, version: str, n: int, healthy: bool = True) -> Workload:
     return Workload.from_record(
-        {"id": f"{service}-{version}-00000{n}.default", "name": f"{service}-{version}", "namespace": "default", "service": service,
-         "service_account": service, "labels": {"app": service, "version": version}, "address": f"127.0.10.{n}", "port": 9080,
-         "app_port": 30000 + n, "protocol": "http", "outbound_port": 15001, "agent_port": 15020, "healthy": healthy}
+        {
+            "id": f"{service}-{version}-00000{n}.default",
+            "name": f"{service}-{version}",
+            "namespace": "default",
+            "service": service,
+            "service_account": service,
+            "labels": {"app": service, "version": version},
+            "address": f"127.0.10.{n}",
+            "port": 9080,
+            "app_port": 30000 + n,
+            "protocol": "http",
+            "outbound_port": 15001,
+            "agent_port": 15020,
+            "healthy": healthy,
+        }
     )
 
 
 WORKLOADS = (
-    _workload("productpage", "v1", 2), _workload("reviews", "v1", 3), _workload("reviews", "v2", 4),
-    _workload("reviews", "v3", 5, healthy=False), _workload("ratings", "v1", 6), _workload("ratings", "v2", 7),
+    _workload("productpage", "v1", 2),
+    _workload("reviews", "v1", 3),
+    _workload("reviews", "v2", 4),
+    _workload("reviews", "v3", 5, healthy=False),
+    _workload("ratings", "v1", 6),
+    _workload("ratings", "v2", 7),
 )
 
 
 def _snapshot(*texts: str) -> MeshSnapshot:
     resources = [r for t in texts for r in parse_documents(t)]
-    return MeshSnapshot("golden", WORKLOADS, tuple(r for r in resources if r.kind == "VirtualService"), tuple(r for r in resources if r.kind == "DestinationRule"))
+    return MeshSnapshot(
+        "golden",
+        WORKLOADS,
+        tuple(r for r in resources if r.kind == "VirtualService"),
+        tuple(r for r in resources if r.kind == "DestinationRule"),
+    )
 
 
 CASES = {
     "no-rules": lambda: _snapshot(),
-    "jason-v2-v3": lambda: _snapshot((DATA / "destination-rule-all.yaml").read_text(), (DATA / "virtual-service-reviews-jason-v2-v3.yaml").read_text()),
+    "jason-v2-v3": lambda: _snapshot(
+        (DATA / "destination-rule-all.yaml").read_text(),
+        (DATA / "virtual-service-reviews-jason-v2-v3.yaml").read_text(),
+    ),
     "faults-retries-headers": lambda: _snapshot((DATA / "destination-rule-all.yaml").read_text(), EXTRAS),
 }
 
 
 def _render(snapshot: MeshSnapshot) -> str:
     resources = translate(snapshot, WORKLOADS[0])
-    out = {t.rsplit(".", 1)[-1]: [_maps_sorted(json.loads(json_format.MessageToJson(m, preserving_proto_field_name=True))) for _, m in resources.by_type[t]] for t in TYPE_ORDER}
+    out = {
+        t.rsplit(".", 1)[-1]: [
+            _maps_sorted(json.loads(json_format.MessageToJson(m, preserving_proto_field_name=True)))
+            for _, m in resources.by_type[t]
+        ]
+        for t in TYPE_ORDER
+    }
     return yaml.safe_dump(out, sort_keys=False, width=120)
 
 
@@ -111,4 +141,6 @@ def test_output_is_byte_identical_across_runs():
     a = translate(CASES["jason-v2-v3"](), WORKLOADS[0])
     b = translate(CASES["jason-v2-v3"](), WORKLOADS[0])
     for t in TYPE_ORDER:
-        assert [m.SerializeToString(deterministic=True) for _, m in a.by_type[t]] == [m.SerializeToString(deterministic=True) for _, m in b.by_type[t]]
+        assert [m.SerializeToString(deterministic=True) for _, m in a.by_type[t]] == [
+            m.SerializeToString(deterministic=True) for _, m in b.by_type[t]
+        ]

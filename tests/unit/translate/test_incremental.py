@@ -20,42 +20,148 @@ DATA = Path(lattice.demo.__file__).parent / "networking"
 GATEWAY = Path("/work/shared/conformance/istio-bookinfo/bookinfo-gateway.yaml")
 
 
-def workload(service: str, version: str, n: int, protocol: str = "http", port: int = 9080, namespace: str = "default", healthy: bool = True, **extra) -> Workload:
+def workload(
+    service: str,
+    version: str,
+    n: int,
+    protocol: str = "http",
+    port: int = 9080,
+    namespace: str = "default",
+    healthy: bool = True,
+    **extra,
+) -> Workload:
     return Workload.from_record(
-        {"id": f"{service}-{version}-{n:06d}.{namespace}", "name": f"{service}-{version}", "namespace": namespace, "service": service, "service_account": service,
-         "labels": {"app": service, "version": version}, "address": f"127.0.10.{n}", "port": port, "app_port": 30000 + n, "protocol": protocol,
-         "outbound_port": 15001, "agent_port": 15020, "healthy": healthy} | extra
+        {
+            "id": f"{service}-{version}-{n:06d}.{namespace}",
+            "name": f"{service}-{version}",
+            "namespace": namespace,
+            "service": service,
+            "service_account": service,
+            "labels": {"app": service, "version": version},
+            "address": f"127.0.10.{n}",
+            "port": port,
+            "app_port": 30000 + n,
+            "protocol": protocol,
+            "outbound_port": 15001,
+            "agent_port": 15020,
+            "healthy": healthy,
+        }
+        | extra
     )
 
 
-BOOKINFO = [workload("productpage", "v1", 1), workload("details", "v1", 2), workload("reviews", "v1", 3), workload("reviews", "v2", 4),
-            workload("reviews", "v3", 5), workload("ratings", "v1", 6), workload("ratings", "v2", 7)]
+BOOKINFO = [
+    workload("productpage", "v1", 1),
+    workload("details", "v1", 2),
+    workload("reviews", "v1", 3),
+    workload("reviews", "v2", 4),
+    workload("reviews", "v3", 5),
+    workload("ratings", "v1", 6),
+    workload("ratings", "v2", 7),
+]
 MORE = [
     workload("db", "v1", 8, protocol="tcp", port=9000),
-    workload("client", "v1", 9, upstreams=[{"service": "db", "namespace": "default", "port": 9000, "local_port": 19000},
-                                            {"service": "reviews", "namespace": "default", "port": 9080, "local_port": 19080}]),
+    workload(
+        "client",
+        "v1",
+        9,
+        upstreams=[
+            {"service": "db", "namespace": "default", "port": 9000, "local_port": 19000},
+            {"service": "reviews", "namespace": "default", "port": 9080, "local_port": 19080},
+        ],
+    ),
     workload("productpage", "v1", 10, namespace="other"),
-    Workload.from_record({"id": "ingressgateway-1.istio-system", "name": "ingressgateway", "namespace": "istio-system", "service": "istio-ingressgateway",
-                          "service_account": "istio-ingressgateway", "labels": {"istio": "ingressgateway", "app": "istio-ingressgateway"}, "address": "127.0.10.11",
-                          "port": 9080, "app_port": 30011, "protocol": "http", "outbound_port": 15001, "agent_port": 15020, "healthy": True, "kind": "gateway"}),
+    Workload.from_record(
+        {
+            "id": "ingressgateway-1.istio-system",
+            "name": "ingressgateway",
+            "namespace": "istio-system",
+            "service": "istio-ingressgateway",
+            "service_account": "istio-ingressgateway",
+            "labels": {"istio": "ingressgateway", "app": "istio-ingressgateway"},
+            "address": "127.0.10.11",
+            "port": 9080,
+            "app_port": 30011,
+            "protocol": "http",
+            "outbound_port": 15001,
+            "agent_port": 15020,
+            "healthy": True,
+            "kind": "gateway",
+        }
+    ),
 ]
 
 
 def doc(api: str, kind: str, name: str, spec: dict, namespace: str = "default") -> str:
-    return json.dumps({"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return json.dumps(
+        {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    )
 
 
-RATINGS_BY_CALLER = doc("networking.istio.io/v1", "VirtualService", "ratings", {
-    "hosts": ["ratings"], "http": [{"match": [{"sourceLabels": {"app": "reviews", "version": "v2"}}], "route": [{"destination": {"host": "ratings", "subset": "v2"}}]},
-                                   {"route": [{"destination": {"host": "ratings", "subset": "v1"}}]}]})
-RATINGS_DR = doc("networking.istio.io/v1", "DestinationRule", "ratings-extra", {"host": "ratings", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]})
-DB_ROUTES = doc("networking.istio.io/v1", "VirtualService", "db", {"hosts": ["db"], "tcp": [{"route": [{"destination": {"host": "db", "port": {"number": 9000}}}]}]})
-REVIEWS_ONLY_FROM_PRODUCTPAGE = doc("security.istio.io/v1", "AuthorizationPolicy", "reviews", {
-    "selector": {"matchLabels": {"app": "reviews"}}, "action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/productpage"]}}]}]})
+RATINGS_BY_CALLER = doc(
+    "networking.istio.io/v1",
+    "VirtualService",
+    "ratings",
+    {
+        "hosts": ["ratings"],
+        "http": [
+            {
+                "match": [{"sourceLabels": {"app": "reviews", "version": "v2"}}],
+                "route": [{"destination": {"host": "ratings", "subset": "v2"}}],
+            },
+            {"route": [{"destination": {"host": "ratings", "subset": "v1"}}]},
+        ],
+    },
+)
+RATINGS_DR = doc(
+    "networking.istio.io/v1",
+    "DestinationRule",
+    "ratings-extra",
+    {
+        "host": "ratings",
+        "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+    },
+)
+DB_ROUTES = doc(
+    "networking.istio.io/v1",
+    "VirtualService",
+    "db",
+    {"hosts": ["db"], "tcp": [{"route": [{"destination": {"host": "db", "port": {"number": 9000}}}]}]},
+)
+REVIEWS_ONLY_FROM_PRODUCTPAGE = doc(
+    "security.istio.io/v1",
+    "AuthorizationPolicy",
+    "reviews",
+    {
+        "selector": {"matchLabels": {"app": "reviews"}},
+        "action": "ALLOW",
+        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/productpage"]}}]}],
+    },
+)
 STRICT = doc("security.istio.io/v1", "PeerAuthentication", "default", {"mtls": {"mode": "STRICT"}})
-RATINGS_PLAINTEXT = doc("security.istio.io/v1", "PeerAuthentication", "ratings", {"selector": {"matchLabels": {"app": "ratings"}}, "mtls": {"mode": "DISABLE"}})
-EXTERNAL = doc("networking.istio.io/v1", "ServiceEntry", "httpbin", {"hosts": ["httpbin.org"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "resolution": "DNS", "location": "MESH_EXTERNAL"})
-RATE_LIMIT = doc("lattice.dev/v1", "RateLimitPolicy", "ratings", {"selector": {"matchLabels": {"app": "ratings"}}, "limits": [{"requests": 10, "per": "1s"}]})
+RATINGS_PLAINTEXT = doc(
+    "security.istio.io/v1",
+    "PeerAuthentication",
+    "ratings",
+    {"selector": {"matchLabels": {"app": "ratings"}}, "mtls": {"mode": "DISABLE"}},
+)
+EXTERNAL = doc(
+    "networking.istio.io/v1",
+    "ServiceEntry",
+    "httpbin",
+    {
+        "hosts": ["httpbin.org"],
+        "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+        "resolution": "DNS",
+        "location": "MESH_EXTERNAL",
+    },
+)
+RATE_LIMIT = doc(
+    "lattice.dev/v1",
+    "RateLimitPolicy",
+    "ratings",
+    {"selector": {"matchLabels": {"app": "ratings"}}, "limits": [{"requests": 10, "per": "1s"}]},
+)
 ACCESS_LOG = doc("telemetry.istio.io/v1", "Telemetry", "logs", {"accessLogging": [{"providers": [{"name": "envoy"}]}]})
 
 
@@ -70,19 +176,65 @@ STEPS = [
     ("reviews to jason", files("destination-rule-all.yaml", "virtual-service-reviews-jason-v2-v3.yaml"), BOOKINFO),
     ("reviews 80/20", files("destination-rule-all.yaml", "virtual-service-reviews-80-20.yaml"), BOOKINFO),
     ("more proxies", files("destination-rule-all.yaml", "virtual-service-reviews-80-20.yaml"), BOOKINFO + MORE),
-    ("gateway and tcp routes", files("destination-rule-all.yaml", "virtual-service-reviews-80-20.yaml") + [GATEWAY.read_text(), DB_ROUTES], BOOKINFO + MORE),
-    ("routes by caller", files("destination-rule-all.yaml") + [GATEWAY.read_text(), DB_ROUTES, RATINGS_BY_CALLER], BOOKINFO + MORE),
-    ("authorization", files("destination-rule-all.yaml") + [GATEWAY.read_text(), DB_ROUTES, RATINGS_BY_CALLER, REVIEWS_ONLY_FROM_PRODUCTPAGE], BOOKINFO + MORE),
-    ("strict mTLS", files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER, REVIEWS_ONLY_FROM_PRODUCTPAGE, STRICT], BOOKINFO + MORE),
-    ("ratings plaintext", files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER, STRICT, RATINGS_PLAINTEXT], BOOKINFO + MORE),
-    ("endpoint added", files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER, STRICT, RATINGS_PLAINTEXT], BOOKINFO + MORE + [workload("reviews", "v3", 12)]),
-    ("endpoint unhealthy", files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER, STRICT], BOOKINFO + MORE + [workload("reviews", "v3", 12, healthy=False)]),
-    ("labels changed", files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER], BOOKINFO + MORE + [workload("reviews", "v3", 12, labels={"app": "reviews", "version": "v2"})]),
-    ("new service account", files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER], BOOKINFO + MORE + [workload("reviews", "v2", 13, service_account="reviews-canary")]),
+    (
+        "gateway and tcp routes",
+        files("destination-rule-all.yaml", "virtual-service-reviews-80-20.yaml") + [GATEWAY.read_text(), DB_ROUTES],
+        BOOKINFO + MORE,
+    ),
+    (
+        "routes by caller",
+        files("destination-rule-all.yaml") + [GATEWAY.read_text(), DB_ROUTES, RATINGS_BY_CALLER],
+        BOOKINFO + MORE,
+    ),
+    (
+        "authorization",
+        files("destination-rule-all.yaml")
+        + [GATEWAY.read_text(), DB_ROUTES, RATINGS_BY_CALLER, REVIEWS_ONLY_FROM_PRODUCTPAGE],
+        BOOKINFO + MORE,
+    ),
+    (
+        "strict mTLS",
+        files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER, REVIEWS_ONLY_FROM_PRODUCTPAGE, STRICT],
+        BOOKINFO + MORE,
+    ),
+    (
+        "ratings plaintext",
+        files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER, STRICT, RATINGS_PLAINTEXT],
+        BOOKINFO + MORE,
+    ),
+    (
+        "endpoint added",
+        files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER, STRICT, RATINGS_PLAINTEXT],
+        BOOKINFO + MORE + [workload("reviews", "v3", 12)],
+    ),
+    (
+        "endpoint unhealthy",
+        files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER, STRICT],
+        BOOKINFO + MORE + [workload("reviews", "v3", 12, healthy=False)],
+    ),
+    (
+        "labels changed",
+        files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER],
+        BOOKINFO + MORE + [workload("reviews", "v3", 12, labels={"app": "reviews", "version": "v2"})],
+    ),
+    (
+        "new service account",
+        files("destination-rule-all.yaml") + [DB_ROUTES, RATINGS_BY_CALLER],
+        BOOKINFO + MORE + [workload("reviews", "v2", 13, service_account="reviews-canary")],
+    ),
     ("external service", files("destination-rule-all.yaml") + [RATINGS_BY_CALLER, EXTERNAL], BOOKINFO + MORE),
-    ("limits and logs", files("destination-rule-all.yaml") + [RATINGS_BY_CALLER, EXTERNAL, RATE_LIMIT, ACCESS_LOG, RATINGS_DR], BOOKINFO + MORE),
+    (
+        "limits and logs",
+        files("destination-rule-all.yaml") + [RATINGS_BY_CALLER, EXTERNAL, RATE_LIMIT, ACCESS_LOG, RATINGS_DR],
+        BOOKINFO + MORE,
+    ),
     ("proxies gone", files("destination-rule-all.yaml") + [RATINGS_BY_CALLER, RATE_LIMIT], BOOKINFO[:5]),
-    ("everything back", files("destination-rule-all.yaml", "virtual-service-reviews-jason-v2-v3.yaml") + [GATEWAY.read_text(), DB_ROUTES, STRICT, ACCESS_LOG], BOOKINFO + MORE),
+    (
+        "everything back",
+        files("destination-rule-all.yaml", "virtual-service-reviews-jason-v2-v3.yaml")
+        + [GATEWAY.read_text(), DB_ROUTES, STRICT, ACCESS_LOG],
+        BOOKINFO + MORE,
+    ),
 ]
 
 
@@ -111,7 +263,9 @@ def test_every_step_gives_every_proxy_what_a_full_translation_gives():
         snap = snapshot(str(i), documents, workloads)
         translations.advance(snap)
         for proxy in snap.workloads:
-            assert incrementally(translations, proxy) == full(snapshot(str(i), documents, workloads), proxy), f"step {name!r}, proxy {proxy.id}"
+            assert incrementally(translations, proxy) == full(snapshot(str(i), documents, workloads), proxy), (
+                f"step {name!r}, proxy {proxy.id}"
+            )
 
 
 def test_the_steps_in_reverse_too():
@@ -121,7 +275,9 @@ def test_the_steps_in_reverse_too():
         snap = snapshot(str(i), documents, workloads)
         translations.advance(snap)
         for proxy in snap.workloads:
-            assert incrementally(translations, proxy) == full(snapshot(str(i), documents, workloads), proxy), f"step {name!r}, proxy {proxy.id}"
+            assert incrementally(translations, proxy) == full(snapshot(str(i), documents, workloads), proxy), (
+                f"step {name!r}, proxy {proxy.id}"
+            )
 
 
 @pytest.fixture
@@ -144,11 +300,24 @@ def fleet(count: int) -> list[Workload]:
     return [workload(f"svc-{i % 4}", f"v{i // 4 % 3 + 1}", 20 + i, app_port=8080) for i in range(count)]
 
 
-SUBSETS = [doc("networking.istio.io/v1", "DestinationRule", f"svc-{s}", {"host": f"svc-{s}", "subsets": [{"name": f"v{v}", "labels": {"version": f"v{v}"}} for v in (1, 2, 3)]}) for s in range(4)]
+SUBSETS = [
+    doc(
+        "networking.istio.io/v1",
+        "DestinationRule",
+        f"svc-{s}",
+        {"host": f"svc-{s}", "subsets": [{"name": f"v{v}", "labels": {"version": f"v{v}"}} for v in (1, 2, 3)]},
+    )
+    for s in range(4)
+]
 
 
 def route(subset: str) -> str:
-    return doc("networking.istio.io/v1", "VirtualService", "svc-0", {"hosts": ["svc-0"], "http": [{"route": [{"destination": {"host": "svc-0", "subset": subset}}]}]})
+    return doc(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "svc-0",
+        {"hosts": ["svc-0"], "http": [{"route": [{"destination": {"host": "svc-0", "subset": subset}}]}]},
+    )
 
 
 def push(translations, version: str, documents: list[str], workloads: list[Workload]) -> MeshSnapshot:

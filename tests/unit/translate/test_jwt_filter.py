@@ -24,13 +24,22 @@ def ra(name: str, *rules: dict, namespace: str = "default", labels: dict | None 
     spec: dict = {"jwtRules": list(rules)}
     if labels is not None:
         spec["selector"] = {"matchLabels": labels}
-    return json.dumps({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "RequestAuthentication",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
 
 
 def snapshot(*docs: str, jwks: dict | None = None) -> MeshSnapshot:
     resources = [r for d in docs for r in parse_documents(d)]
     return MeshSnapshot(
-        "t", WORKLOADS, jwks=jwks or {},
+        "t",
+        WORKLOADS,
+        jwks=jwks or {},
         request_authentications=tuple(r for r in resources if r.kind == "RequestAuthentication"),
         rate_limit_policies=tuple(r for r in resources if r.kind == "RateLimitPolicy"),
     )
@@ -58,37 +67,61 @@ def test_jwt_filter_comes_first_on_every_inbound_chain():
     """First after the caller's workload is moved out of the headers (metrics): nothing else reads that."""
     snap = snapshot(ra("jwt", {"issuer": "i", "jwks": JWKS}), policy("limits", labels={"app": "ratings"}))
     for manager in inbound_managers(snap):
-        assert [f.name for f in manager.http_filters] == ["envoy.filters.http.header_to_metadata", FILTER, RATE_LIMIT, "envoy.filters.http.router"]
+        assert [f.name for f in manager.http_filters] == [
+            "envoy.filters.http.header_to_metadata",
+            FILTER,
+            RATE_LIMIT,
+            "envoy.filters.http.router",
+        ]
 
 
 def test_one_rule_becomes_istios_provider_with_defaults():
     config = jwt_config(snapshot(ra("jwt", {"issuer": "https://issuer.example", "jwks": JWKS})))
     assert config == {
-        "providers": {"origins-0": {
-            "issuer": "https://issuer.example",
-            "local_jwks": {"inline_string": JWKS},
-            "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
-            "from_params": ["access_token"],
-            "payload_in_metadata": "https://issuer.example",
-            "normalize_payload_in_metadata": {"space_delimited_claims": ["permission", "scope"]},
-        }},
-        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [{"provider_name": "origins-0"}, {"allow_missing": {}}]}}}],
+        "providers": {
+            "origins-0": {
+                "issuer": "https://issuer.example",
+                "local_jwks": {"inline_string": JWKS},
+                "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
+                "from_params": ["access_token"],
+                "payload_in_metadata": "https://issuer.example",
+                "normalize_payload_in_metadata": {"space_delimited_claims": ["permission", "scope"]},
+            }
+        },
+        "rules": [
+            {
+                "match": {"prefix": "/"},
+                "requires": {"requires_any": {"requirements": [{"provider_name": "origins-0"}, {"allow_missing": {}}]}},
+            }
+        ],
         "bypass_cors_preflight": True,
     }
 
 
 def test_every_rule_field_reaches_the_provider():
     rule = {
-        "issuer": "i", "jwks": JWKS, "audiences": ["a", "b"], "fromHeaders": [{"name": "x-token", "prefix": "Tok "}, {"name": "x-other"}],
-        "fromParams": ["tok"], "fromCookies": ["session"], "forwardOriginalToken": True, "outputPayloadToHeader": "x-payload",
+        "issuer": "i",
+        "jwks": JWKS,
+        "audiences": ["a", "b"],
+        "fromHeaders": [{"name": "x-token", "prefix": "Tok "}, {"name": "x-other"}],
+        "fromParams": ["tok"],
+        "fromCookies": ["session"],
+        "forwardOriginalToken": True,
+        "outputPayloadToHeader": "x-payload",
         "outputClaimToHeaders": [{"header": "x-sub", "claim": "sub"}, {"header": "x-team", "claim": "org.team"}],
     }
     provider = jwt_config(snapshot(ra("jwt", rule)))["providers"]["origins-0"]
     assert provider["audiences"] == ["a", "b"]
-    assert provider["from_headers"] == [{"name": "x-token", "value_prefix": "Tok "}, {"name": "x-other"}]  # no default locations added
+    assert provider["from_headers"] == [
+        {"name": "x-token", "value_prefix": "Tok "},
+        {"name": "x-other"},
+    ]  # no default locations added
     assert (provider["from_params"], provider["from_cookies"]) == (["tok"], ["session"])
     assert (provider["forward"], provider["forward_payload_header"]) == (True, "x-payload")
-    assert provider["claim_to_headers"] == [{"header_name": "x-sub", "claim_name": "sub"}, {"header_name": "x-team", "claim_name": "org.team"}]
+    assert provider["claim_to_headers"] == [
+        {"header_name": "x-sub", "claim_name": "sub"},
+        {"header_name": "x-team", "claim_name": "org.team"},
+    ]
 
 
 def test_policies_combine_sorted_by_issuer_with_istios_requirement():
@@ -97,8 +130,17 @@ def test_policies_combine_sorted_by_issuer_with_istios_requirement():
     config = jwt_config(snapshot(mesh, own))
     assert [config["providers"][f"origins-{i}"]["issuer"] for i in range(3)] == ["alpha", "mid", "zeta"]
     names = ["origins-0", "origins-1", "origins-2"]
-    each_valid_if_present = [{"requires_any": {"requirements": [{"provider_name": n}, {"allow_missing": {}}]}} for n in names]
-    expected = {"requires_any": {"requirements": [*({"provider_name": n} for n in names), {"requires_all": {"requirements": each_valid_if_present}}]}}
+    each_valid_if_present = [
+        {"requires_any": {"requirements": [{"provider_name": n}, {"allow_missing": {}}]}} for n in names
+    ]
+    expected = {
+        "requires_any": {
+            "requirements": [
+                *({"provider_name": n} for n in names),
+                {"requires_all": {"requirements": each_valid_if_present}},
+            ]
+        }
+    }
     assert config["rules"] == [{"match": {"prefix": "/"}, "requires": expected}]
 
 

@@ -28,13 +28,21 @@ def policy(name: str, namespace: str = "default", labels: dict | None = None, li
     spec: dict = {"limits": limits or [{"requests": 10, "per": "1s"}]}
     if labels is not None:
         spec["selector"] = {"matchLabels": labels}
-    return json.dumps({"apiVersion": "lattice.dev/v1", "kind": "RateLimitPolicy", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return json.dumps(
+        {
+            "apiVersion": "lattice.dev/v1",
+            "kind": "RateLimitPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+    )
 
 
 def snapshot(*docs: str, peer_auth: str = "") -> MeshSnapshot:
     resources = [r for d in (*docs, peer_auth) if d for r in parse_documents(d)]
     return MeshSnapshot(
-        "t", WORKLOADS,
+        "t",
+        WORKLOADS,
         peer_authentications=tuple(r for r in resources if r.kind == "PeerAuthentication"),
         rate_limit_policies=tuple(r for r in resources if r.kind == "RateLimitPolicy"),
     )
@@ -63,7 +71,11 @@ def rate_limit_config(snap: MeshSnapshot, proxy=RATINGS) -> lrl.LocalRateLimit |
 
 def limit_keys(snap: MeshSnapshot, proxy=RATINGS) -> list[str]:
     config = rate_limit_config(snap, proxy)
-    return [] if config is None else [d.entries[0].value for d in config.descriptors if len(d.entries) == 1 or d.entries[1].key != "lattice.by"]
+    return (
+        []
+        if config is None
+        else [d.entries[0].value for d in config.descriptors if len(d.entries) == 1 or d.entries[1].key != "lattice.by"]
+    )
 
 
 EXAMPLE = """\
@@ -94,7 +106,9 @@ spec:
 
 def test_golden_filter(request):
     config = rate_limit_config(snapshot(EXAMPLE))
-    rendered = yaml.safe_dump(json.loads(json_format.MessageToJson(config, preserving_proto_field_name=True)), sort_keys=False, width=120)
+    rendered = yaml.safe_dump(
+        json.loads(json_format.MessageToJson(config, preserving_proto_field_name=True)), sort_keys=False, width=120
+    )
     if request.config.getoption("--update-golden"):
         GOLDEN.write_text(rendered)
     assert rendered == GOLDEN.read_text(), "rate limit filter changed; review and run with --update-golden"
@@ -127,7 +141,11 @@ def test_tokens_refill_at_requests_per_period_up_to_burst():
 
 def test_by_limits_get_a_bucket_per_value_and_a_shared_one_for_requests_without_it():
     descriptors = rate_limit_config(snapshot(EXAMPLE)).descriptors
-    writes = [[(e.key, e.value) for e in d.entries] for d in descriptors if d.entries[0].value == "default/ratings/writes-per-client"]
+    writes = [
+        [(e.key, e.value) for e in d.entries]
+        for d in descriptors
+        if d.entries[0].value == "default/ratings/writes-per-client"
+    ]
     assert writes == [
         [("lattice.limit", "default/ratings/writes-per-client"), ("lattice.path", "true")],
         [("lattice.limit", "default/ratings/writes-per-client"), ("lattice.path", "true"), ("lattice.by", "")],
@@ -138,7 +156,11 @@ def test_client_identity_comes_from_the_verified_peer_certificate():
     source = rate_limit_config(snapshot(EXAMPLE)).rate_limits[1]
     cel = expr_pb2.Descriptor()
     source.actions[-1].extension.typed_config.Unpack(cel)
-    assert (cel.descriptor_key, cel.text, cel.skip_if_error) == ("lattice.by", "connection.uri_san_peer_certificate", True)
+    assert (cel.descriptor_key, cel.text, cel.skip_if_error) == (
+        "lattice.by",
+        "connection.uri_san_peer_certificate",
+        True,
+    )
 
 
 def test_path_is_matched_without_the_query_and_literals_are_escaped():
@@ -148,12 +170,18 @@ def test_path_is_matched_without_the_query_and_literals_are_escaped():
         cel = expr_pb2.Descriptor()
         source.actions[1].extension.typed_config.Unpack(cel)
         texts.append(cel.text)
-    assert texts == ['request.url_path.startsWith("/api/")', 'request.url_path.matches("^(?:/users/[^/]+/\\"quoted\\")$")']
+    assert texts == [
+        'request.url_path.startsWith("/api/")',
+        'request.url_path.matches("^(?:/users/[^/]+/\\"quoted\\")$")',
+    ]
 
 
 def test_methods_and_headers_are_typed_header_matchers():
     first = rate_limit_config(snapshot(EXAMPLE)).rate_limits[1].actions[0].header_value_match
-    assert [(h.name, h.string_match.WhichOneof("match_pattern")) for h in first.headers] == [(":method", "safe_regex"), ("x-tenant", "exact")]
+    assert [(h.name, h.string_match.WhichOneof("match_pattern")) for h in first.headers] == [
+        (":method", "safe_regex"),
+        ("x-tenant", "exact"),
+    ]
     assert first.headers[0].string_match.safe_regex.regex == "POST|PUT"
 
 
@@ -162,13 +190,27 @@ def test_methods_and_headers_are_typed_header_matchers():
     [
         ([policy("mesh", "istio-system")], ["istio-system/mesh/limits[0]"]),
         ([policy("mesh", "istio-system"), policy("ns")], ["default/ns/limits[0]"]),
-        ([policy("mesh", "istio-system"), policy("ns"), policy("mine", labels={"app": "ratings"})], ["default/mine/limits[0]"]),
-        ([policy("a", labels={"app": "ratings"}), policy("b", labels={"version": "v1"})], ["default/a/limits[0]", "default/b/limits[0]"]),
+        (
+            [policy("mesh", "istio-system"), policy("ns"), policy("mine", labels={"app": "ratings"})],
+            ["default/mine/limits[0]"],
+        ),
+        (
+            [policy("a", labels={"app": "ratings"}), policy("b", labels={"version": "v1"})],
+            ["default/a/limits[0]", "default/b/limits[0]"],
+        ),
         ([policy("other", labels={"app": "reviews"}), policy("ns")], ["default/ns/limits[0]"]),
         ([policy("elsewhere", "foo")], []),
         ([policy("root-selector", "istio-system", labels={"app": "ratings"})], []),
     ],
-    ids=["mesh-wide", "namespace-beats-mesh", "workload-beats-both", "same-level-combine", "selector-misses", "other-namespace", "root-selector-is-not-mesh-wide"],
+    ids=[
+        "mesh-wide",
+        "namespace-beats-mesh",
+        "workload-beats-both",
+        "same-level-combine",
+        "selector-misses",
+        "other-namespace",
+        "root-selector-is-not-mesh-wide",
+    ],
 )
 def test_most_specific_level_wins_and_policies_at_it_combine(docs, expected):
     assert limit_keys(snapshot(*docs)) == expected
@@ -193,7 +235,9 @@ def test_output_is_byte_identical_across_runs():
 
 def test_tcp_workloads_have_no_http_filter_to_limit():
     tcp = replace(RATINGS, protocol="tcp")
-    snap = MeshSnapshot("t", (*WORKLOADS[:4], tcp, *WORKLOADS[5:]), rate_limit_policies=tuple(parse_documents(policy("a"))))
+    snap = MeshSnapshot(
+        "t", (*WORKLOADS[:4], tcp, *WORKLOADS[5:]), rate_limit_policies=tuple(parse_documents(policy("a")))
+    )
     listeners = dict(translate(snap, tcp).by_type[LISTENER])
     (inbound,) = [listener for name, listener in listeners.items() if name.startswith("inbound|")]
     assert inbound.filter_chains[0].filters[0].name == "envoy.filters.network.tcp_proxy"

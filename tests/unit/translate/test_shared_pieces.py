@@ -36,20 +36,34 @@ spec:
 
 def _workload(i: int, service: str, version: str, namespace: str = "default", upstreams=()) -> Workload:
     return Workload(
-        id=f"{service}-{version}-{i}.{namespace}", name=f"{service}-{version}", namespace=namespace, service=service, service_account=service,
-        labels=MappingProxyType({"app": service, "version": version}), address=f"127.100.0.{i}", port=9080, app_port=30000 + i,
-        protocol="http", outbound_port=15001, agent_port=15020, healthy=True, upstreams=tuple(upstreams),
+        id=f"{service}-{version}-{i}.{namespace}",
+        name=f"{service}-{version}",
+        namespace=namespace,
+        service=service,
+        service_account=service,
+        labels=MappingProxyType({"app": service, "version": version}),
+        address=f"127.100.0.{i}",
+        port=9080,
+        app_port=30000 + i,
+        protocol="http",
+        outbound_port=15001,
+        agent_port=15020,
+        healthy=True,
+        upstreams=tuple(upstreams),
     )
 
 
 def _bytes(resources) -> dict:
-    return {t: [(n, m.SerializeToString(deterministic=True)) for n, m in items] for t, items in resources.by_type.items()}
+    return {
+        t: [(n, m.SerializeToString(deterministic=True)) for n, m in items] for t, items in resources.by_type.items()
+    }
 
 
 def _snapshot(workloads) -> MeshSnapshot:
     resources = parse_documents(RULES)
     return MeshSnapshot(
-        "1", workloads=tuple(workloads),
+        "1",
+        workloads=tuple(workloads),
         virtual_services=tuple(r for r in resources if r.kind == "VirtualService"),
         service_entries=tuple(r for r in resources if r.kind == "ServiceEntry"),
     )
@@ -71,6 +85,10 @@ def test_each_proxy_gets_the_same_config_alone_or_after_others():
 
 def test_an_upstream_port_does_not_widen_the_outbound_table():
     client = _workload(2, "client", "v1", upstreams=[Upstream("web", "default", 9080, 19080)])
-    (table,) = [m for name, m in translate(_snapshot([_workload(1, "web", "v1"), client]), client).by_type[ROUTE] if name == "http_proxy"]
+    (table,) = [
+        m
+        for name, m in translate(_snapshot([_workload(1, "web", "v1"), client]), client).by_type[ROUTE]
+        if name == "http_proxy"
+    ]
     wildcards = [h.name for h in table.virtual_hosts if "*" in h.domains]
     assert wildcards == ["allow_any"], wildcards  # Envoy refuses a table with two '*' hosts

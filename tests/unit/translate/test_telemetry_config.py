@@ -25,11 +25,21 @@ PRODUCTPAGE, RATINGS = WORKLOADS[0], WORKLOADS[4]
 
 def snapshot(*docs: dict, mesh: str = "") -> MeshSnapshot:
     resources = tuple(r for d in docs for r in parse_documents(json.dumps(d)))
-    return MeshSnapshot("t", WORKLOADS, telemetries=resources, mesh_telemetry=mesh_telemetry(parse_mesh_config(mesh or "{}", "mesh.yaml")))
+    return MeshSnapshot(
+        "t",
+        WORKLOADS,
+        telemetries=resources,
+        mesh_telemetry=mesh_telemetry(parse_mesh_config(mesh or "{}", "mesh.yaml")),
+    )
 
 
 def telemetry(spec: dict, namespace: str = "default") -> dict:
-    return {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry", "metadata": {"name": "t", "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": "telemetry.istio.io/v1",
+        "kind": "Telemetry",
+        "metadata": {"name": "t", "namespace": namespace},
+        "spec": spec,
+    }
 
 
 def managers(snap: MeshSnapshot, proxy, prefix: str) -> list[hcm.HttpConnectionManager]:
@@ -58,12 +68,12 @@ def test_both_sides_stream_to_the_agent_by_default_and_write_no_file():
     (outbound,) = managers(snap, PRODUCTPAGE, "outbound_http")
     inbound = managers(snap, RATINGS, "inbound|")
     for manager, name in [(outbound, "outbound"), *((m, "inbound") for m in inbound)]:
-        (config, _), = logs(manager, "envoy.access_loggers.http_grpc")
+        ((config, _),) = logs(manager, "envoy.access_loggers.http_grpc")
         assert config.common_config.log_name == name
         assert config.common_config.grpc_service.envoy_grpc.cluster_name == "lattice-telemetry"
         assert list(config.additional_response_trailers_to_log) == ["grpc-status"]
         assert not logs(manager, "envoy.access_loggers.file")
-    (config, _), = logs(outbound, "envoy.access_loggers.http_grpc")
+    ((config, _),) = logs(outbound, "envoy.access_loggers.http_grpc")
     assert [tag.tag for tag in config.common_config.custom_tags] == [t.ENDPOINT_TAG]  # who answered, from the endpoint
 
 
@@ -76,28 +86,54 @@ def test_the_caller_is_named_by_header_and_the_callee_by_endpoint_metadata():
     passthrough = next(h for h in routes["http_proxy"].virtual_hosts if h.name == "allow_any")
     assert not passthrough.request_headers_to_add, "the workload's name must not leave the mesh"
     endpoints = dict(translate(snap, PRODUCTPAGE).by_type[ENDPOINT])
-    peers = {e.metadata.filter_metadata[t.ENDPOINT_METADATA]["peer"] for loc in endpoints["outbound|9080||ratings.default.svc.cluster.local"].endpoints for e in loc.lb_endpoints}
+    peers = {
+        e.metadata.filter_metadata[t.ENDPOINT_METADATA]["peer"]
+        for loc in endpoints["outbound|9080||ratings.default.svc.cluster.local"].endpoints
+        for e in loc.lb_endpoints
+    }
     assert "ratings-v1;default;ratings;v1;spiffe://cluster.local/ns/default/sa/ratings" in peers
     (manager, *_) = managers(snap, RATINGS, "inbound|")
-    assert manager.http_filters[0].name == "envoy.filters.http.header_to_metadata"  # out of the headers before anything reads them
+    assert (
+        manager.http_filters[0].name == "envoy.filters.http.header_to_metadata"
+    )  # out of the headers before anything reads them
 
 
 def test_mesh_access_log_file_and_a_telemetry_filter_for_one_workload():
-    snap = snapshot(telemetry({"selector": {"matchLabels": {"app": "ratings"}}, "accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "response.code >= 400"}}]}),
-                    mesh="accessLogFile: /dev/stdout\n")
+    snap = snapshot(
+        telemetry(
+            {
+                "selector": {"matchLabels": {"app": "ratings"}},
+                "accessLogging": [{"providers": [{"name": "envoy"}], "filter": {"expression": "response.code >= 400"}}],
+            }
+        ),
+        mesh="accessLogFile: /dev/stdout\n",
+    )
     (outbound,) = managers(snap, PRODUCTPAGE, "outbound_http")
-    (config, log), = logs(outbound, "envoy.access_loggers.file")
-    assert config.path == "/dev/stdout" and config.log_format.json_format.fields["response_code"].string_value == "%RESPONSE_CODE%"
+    ((config, log),) = logs(outbound, "envoy.access_loggers.file")
+    assert (
+        config.path == "/dev/stdout"
+        and config.log_format.json_format.fields["response_code"].string_value == "%RESPONSE_CODE%"
+    )
     assert not log.HasField("filter")
     (manager, *_) = managers(snap, RATINGS, "inbound|")
-    (config, log), = logs(manager, "envoy.access_loggers.file")
+    ((config, log),) = logs(manager, "envoy.access_loggers.file")
     cel = cel_pb2.ExpressionFilter()
     log.filter.extension_filter.typed_config.Unpack(cel)
     assert cel.expression == "response.code >= 400"
 
 
 def test_metrics_off_means_no_stream_and_the_rules_reach_the_agent():
-    off = telemetry({"metrics": [{"providers": [{"name": "prometheus"}], "overrides": [{"match": {"metric": "ALL_METRICS"}, "disabled": True}]}]}, namespace="istio-system")
+    off = telemetry(
+        {
+            "metrics": [
+                {
+                    "providers": [{"name": "prometheus"}],
+                    "overrides": [{"match": {"metric": "ALL_METRICS"}, "disabled": True}],
+                }
+            ]
+        },
+        namespace="istio-system",
+    )
     snap = snapshot(off)
     (outbound,) = managers(snap, PRODUCTPAGE, "outbound_http")
     assert not logs(outbound, "envoy.access_loggers.http_grpc")

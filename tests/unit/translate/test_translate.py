@@ -15,7 +15,13 @@ def _vhosts(snapshot):
 
 def test_every_service_answers_to_its_kubernetes_names():
     vh = _vhosts(CASES["no-rules"]())["reviews.default.svc.cluster.local:9080"]
-    for name in ("reviews", "reviews:9080", "reviews.default", "reviews.default.svc:9080", "reviews.default.svc.cluster.local:9080"):
+    for name in (
+        "reviews",
+        "reviews:9080",
+        "reviews.default",
+        "reviews.default.svc:9080",
+        "reviews.default.svc.cluster.local:9080",
+    ):
         assert name in vh.domains
 
 
@@ -35,7 +41,9 @@ def test_subset_endpoints_follow_labels_and_health():
     resources = translate(CASES["jason-v2-v3"](), WORKLOADS[0])
     assignments = dict(resources.by_type[ENDPOINT])
     v3 = assignments["outbound|9080|v3|reviews.default.svc.cluster.local"].endpoints[0].lb_endpoints
-    assert [(e.endpoint.address.socket_address.address, health_check_pb2.HealthStatus.Name(e.health_status)) for e in v3] == [("127.0.10.5", "UNHEALTHY")]
+    assert [
+        (e.endpoint.address.socket_address.address, health_check_pb2.HealthStatus.Name(e.health_status)) for e in v3
+    ] == [("127.0.10.5", "UNHEALTHY")]
     all_reviews = assignments["outbound|9080||reviews.default.svc.cluster.local"].endpoints[0].lb_endpoints
     assert len(all_reviews) == 3
     assert "outbound|9080|v2|ratings.default.svc.cluster.local" in dict(resources.by_type[CLUSTER])
@@ -46,7 +54,9 @@ def test_weights_faults_and_retries():
     assert len(routes) == 3  # two matches of the first rule, then the split
     first = routes[0]
     assert first.route.timeout.seconds == 1 and first.route.timeout.nanos == 500_000_000
-    assert first.route.retry_policy.num_retries.value == 3 and list(first.route.retry_policy.retriable_status_codes) == [503]
+    assert first.route.retry_policy.num_retries.value == 3 and list(
+        first.route.retry_policy.retriable_status_codes
+    ) == [503]
     assert "envoy.filters.http.fault" in first.typed_per_filter_config
     split = routes[2].route.weighted_clusters.clusters
     assert [(c.name.split("|")[2], c.weight.value) for c in split] == [("v1", 90), ("v2", 10)]

@@ -35,7 +35,9 @@ async def ads():
         connected.append(node)
 
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(cache, board, on_connect, on_connect), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        AdsServer(cache, board, on_connect, on_connect), server
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -74,7 +76,9 @@ class Client:
 
 
 def _sotw(type_url: str, names=(), version: str = "", nonce: str = "", error: str | None = None, node: bool = False):
-    r = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names), version_info=version, response_nonce=nonce)
+    r = discovery_pb2.DiscoveryRequest(
+        type_url=type_url, resource_names=list(names), version_info=version, response_nonce=nonce
+    )
     if node:
         r.node.CopyFrom(base_pb2.Node(id=NODE))
     if error:
@@ -114,7 +118,10 @@ async def test_sotw_named_subscription_gets_only_those(ads):
     client = Client(stub.StreamAggregatedResources)
     client.send(_sotw(ENDPOINT, names=["c", "a", "missing"], node=True))
     response = await client.recv()
-    assert [endpoint_pb2.ClusterLoadAssignment.FromString(r.value).cluster_name for r in response.resources] == ["a", "c"]
+    assert [endpoint_pb2.ClusterLoadAssignment.FromString(r.value).cluster_name for r in response.resources] == [
+        "a",
+        "c",
+    ]
     client.send(_sotw(ENDPOINT, names=["b"], version=response.version_info, nonce=response.nonce))
     changed = await client.recv()
     assert [endpoint_pb2.ClusterLoadAssignment.FromString(r.value).cluster_name for r in changed.resources] == ["b"]
@@ -153,8 +160,22 @@ async def test_unregistered_node_waits_until_it_has_a_snapshot(ads):
     assert len((await client.recv()).resources) == 1
 
 
-def _delta(type_url: str, subscribe=(), unsubscribe=(), nonce: str = "", initial=None, error: str | None = None, node: bool = False):
-    r = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=list(subscribe), resource_names_unsubscribe=list(unsubscribe), response_nonce=nonce, initial_resource_versions=initial or {})
+def _delta(
+    type_url: str,
+    subscribe=(),
+    unsubscribe=(),
+    nonce: str = "",
+    initial=None,
+    error: str | None = None,
+    node: bool = False,
+):
+    r = discovery_pb2.DeltaDiscoveryRequest(
+        type_url=type_url,
+        resource_names_subscribe=list(subscribe),
+        resource_names_unsubscribe=list(unsubscribe),
+        response_nonce=nonce,
+        initial_resource_versions=initial or {},
+    )
     if node:
         r.node.CopyFrom(base_pb2.Node(id=NODE))
     if error:

@@ -65,7 +65,9 @@ async def test_a_proxy_waits_for_the_budget_until_another_answers_its_response()
     for node in ("a", "b"):
         cache.set(node, "1", {CLUSTER: [("c", cluster_pb2.Cluster(name="c", connect_timeout={"seconds": 1}))]})
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(cache, StatusBoard(), nothing, nothing, budget=SendBudget(1)), server)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        AdsServer(cache, StatusBoard(), nothing, nothing, budget=SendBudget(1)), server
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -84,7 +86,11 @@ async def test_a_proxy_waits_for_the_budget_until_another_answers_its_response()
         pending = asyncio.ensure_future(calls["b"].read())
         await asyncio.sleep(0.3)
         assert not pending.done()  # a's response holds the whole budget until a answers it
-        requests["a"].put_nowait(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, version_info=first.version_info, response_nonce=first.nonce))
+        requests["a"].put_nowait(
+            discovery_pb2.DiscoveryRequest(
+                type_url=CLUSTER, version_info=first.version_info, response_nonce=first.nonce
+            )
+        )
         assert (await asyncio.wait_for(pending, 2)).type_url == CLUSTER
     finally:
         for call in calls.values():

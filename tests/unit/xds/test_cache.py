@@ -28,7 +28,9 @@ def test_a_shared_message_is_serialized_once_with_the_bytes_and_version_of_the_p
     plain = cluster("a").SerializeToString(deterministic=True)
     assert first.body.value == plain and first.body.type_url == CLUSTER
     assert first.version == hashlib.blake2b(plain, digest_size=8).hexdigest()
-    assert cache.set("p", "1", {CLUSTER: [("a", cluster("a"))]}).resources[CLUSTER]["a"] is first  # what the plain path gives
+    assert (
+        cache.set("p", "1", {CLUSTER: [("a", cluster("a"))]}).resources[CLUSTER]["a"] is first
+    )  # what the plain path gives
 
 
 def test_messages_not_marked_shared_are_serialized_each_time():
@@ -36,7 +38,11 @@ def test_messages_not_marked_shared_are_serialized_each_time():
     message = cluster("a")
     first = encoder.encode(CLUSTER, "a", message)
     message.connect_timeout.seconds = 9
-    assert encoder.encode(CLUSTER, "a", message).body.value == cluster("a", 9).SerializeToString(deterministic=True) != first.body.value
+    assert (
+        encoder.encode(CLUSTER, "a", message).body.value
+        == cluster("a", 9).SerializeToString(deterministic=True)
+        != first.body.value
+    )
 
 
 def test_the_next_push_keeps_the_serializations_of_pieces_still_shared():
