@@ -14,11 +14,16 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# Tools the tests drive from outside, as a user would: openssl s_client for handshakes, tcpdump to
-# capture what goes over loopback between sidecars. Installed with apt if missing (needs root).
-TOOLS := openssl tcpdump
+# Tools the tests drive from outside, as a user would, as command:Debian-package pairs: openssl
+# s_client for handshakes, tcpdump to look at the wire, iptables/nft and ip for network namespaces
+# (test hosts, transparent capture), etcd for control-plane replicas, chromium for the console,
+# prometheus for service discovery, curl and node as apps that ignore proxies, clang/wasm-ld/wat2wasm
+# for Wasm extensions. Installed with apt if missing (needs root).
+TOOLS := openssl:openssl tcpdump:tcpdump iptables:iptables nft:nftables ip:iproute2 setpriv:util-linux \
+	etcd:etcd-server etcdctl:etcd-client chromium:chromium chromedriver:chromium-driver \
+	prometheus:prometheus curl:curl node:nodejs clang:clang wasm-ld:lld wat2wasm:wabt
 tools:
-	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for pair in $(TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
