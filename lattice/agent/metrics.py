@@ -14,7 +14,7 @@ from typing import Iterable
 
 from lattice.agent.access_log import UNKNOWN, Request
 from lattice.mesh import telemetry as t
-from lattice.mesh import telemetry_expr
+from lattice.api import telemetry_expr
 from lattice.mesh.telemetry import MetricRule, TagOverride, Telemetry
 
 LABELS = (
@@ -258,7 +258,7 @@ class IstioMetrics:
 
 
 def _record(r: Request) -> dict:
-    """What a tag override's expression may read of a request (mesh/telemetry_expr.py)."""
+    """What a tag override's expression may read of a request (api/telemetry_expr.py)."""
     return {
         "method": r.method,
         "path": r.path,

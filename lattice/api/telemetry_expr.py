@@ -14,7 +14,7 @@ and `lattice apply` refuses any other, naming it:
 `evaluate` runs per request against a record of it. A value the request does not carry
 (a missing or empty header, no peer principal) evaluates to "unknown", Istio's value for a label
 it cannot fill. This module lives in `api` because the API layer validates with it and the agent evaluates
-with it; `lattice.mesh.telemetry_expr` names it for the layers above.
+with it; the layers above import it from here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """One frozen, indexed snapshot of the mesh: config and registry at one instant.
 
 Parts:
-- `model`    — frozen `Workload`, `Service`, `MeshSnapshot` (indexes built once, lookups lock-free).
+- `workload` — frozen `Workload`, `Service`, `Upstream`: the leaf every policy module selects by.
+- `model`    — the frozen `MeshSnapshot` (indexes built once, lookups lock-free).
 - `hosts`    — Kubernetes-style host names: short names resolved in a namespace, FQDNs, aliases.
 - `rate_limits` — which RateLimitPolicies a workload enforces (workload > namespace > mesh).
 - `request_authn` — which RequestAuthentications a workload enforces (all that match), JWKS problems.
@@ -9,7 +10,6 @@ Parts:
 - `gateway_api` — HTTPRoutes and GRPCRoutes as ordered VirtualService tables, and their precedence.
 - `telemetry` — what telemetry a workload reports (Telemetry resources over MeshConfig defaults);
   latency histogram buckets shared by sidecars and the control plane.
-- `telemetry_expr` — the tag-override expressions (Istio's CEL subset) a metric label may take.
 - `service_entry` — ServiceEntries and the WorkloadEntries they select, as services and endpoints.
 - `reads`    — what a computation read of a snapshot and a proxy (`TracedSnapshot`), and which of
                those reads a new snapshot changed (`SnapshotReads`).

@@ -11,13 +11,10 @@ matches workloads in every namespace (PeerAuthentication's root selector does no
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from lattice.api import Resource
 from lattice.api.authorization import is_dry_run
-
-if TYPE_CHECKING:  # model.py imports this module to answer per-workload queries
-    from lattice.mesh.model import Workload
+from lattice.mesh.workload import Workload
 
 
 def policies_for(policies: Sequence[Resource], workload: Workload, root_namespace: str) -> tuple[Resource, ...]:

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping, NamedTuple, TypeVar
+from typing import Callable, Mapping, TypeVar
 
 from lattice.api import Resource
 from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
-from lattice.mesh.hosts import fqdn, host_aliases
-from lattice.mesh.peer_auth import mtls_mode
-from lattice.mesh.telemetry import MeshTelemetry
 from lattice.mesh import authz, gateway_api, rate_limits, request_authn
+from lattice.mesh.hosts import fqdn
+from lattice.mesh.peer_auth import mtls_mode
+from lattice.mesh.service_entry import entry_registry, visible
+from lattice.mesh.telemetry import MeshTelemetry
+from lattice.mesh.workload import Service, Upstream, Workload
 
 T = TypeVar("T")
 
@@ -32,89 +34,6 @@ SNAPSHOT_FIELDS = {
     "GRPCRoute": "grpc_routes",
     "Telemetry": "telemetries",
 }
-
-
-class Upstream(NamedTuple):
-    """A local port the workload's sidecar forwards to a service port (`lattice run --upstream`).
-    A tuple, so a stored record (JSON) reads back as the same value."""
-
-    service: str
-    namespace: str
-    port: int
-    local_port: int
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One running instance under a sidecar: what the registry knows of it."""
-
-    id: str  # proxy id, also Envoy's node id: "<name>-<suffix>.<namespace>"
-    name: str  # workload name, e.g. "reviews-v1"
-    namespace: str
-    service: str
-    service_account: str
-    labels: Mapping[str, str]
-    address: str  # where other sidecars reach this workload's inbound listener
-    port: int  # service port, served by the inbound listener
-    app_port: int  # where the app listens, on 127.0.0.1
-    protocol: str
-    outbound_port: int
-    agent_port: int
-    healthy: bool = False
-    kind: str = "sidecar"  # or "gateway": a `lattice gateway` proxy, serving Gateways, not in any service
-    listen: tuple[tuple[int, int], ...] = ()  # a gateway's (Gateway port, local port) overrides
-    upstreams: tuple[Upstream, ...] = ()
-
-    @property
-    def version(self) -> str:
-        return self.labels.get("version", "")
-
-    # The translator reads these alike for workloads and ServiceEntry endpoints (mesh/service_entry.py).
-    @property
-    def target_port(self) -> int:
-        return self.port  # other sidecars connect to the inbound listener, on the service port
-
-    @property
-    def weight(self) -> int:
-        return 0  # Envoy's default
-
-    @property
-    def locality(self) -> str:
-        return ""  # registered workloads declare none
-
-    @staticmethod
-    def from_record(record: dict) -> Workload:
-        fields = {k: record[k] for k in Workload.__dataclass_fields__ if k in record}
-        fields["labels"] = MappingProxyType(dict(record.get("labels", {})))
-        # Stored as JSON, so keys come back as strings; a tuple keeps the dataclass hashable and JSON-able.
-        fields["listen"] = tuple(sorted((int(k), int(v)) for k, v in dict(record.get("listen") or {}).items()))
-        fields["upstreams"] = tuple(
-            Upstream(**u) if isinstance(u, dict) else Upstream(*u) for u in record.get("upstreams") or ()
-        )
-        return Workload(**fields)
-
-
-@dataclass(frozen=True)
-class Service:
-    name: str
-    namespace: str
-    port: int
-    protocol: str
-    hostname: str  # FQDN
-    # Services of registered workloads keep these defaults; ServiceEntries set them (mesh/service_entry.py).
-    source: str = "registry"  # or "ServiceEntry"
-    resolution: str = "STATIC"  # STATIC (EDS), DNS, DNS_ROUND_ROBIN or NONE (the requested host as-is)
-    location: str = "MESH_INTERNAL"
-    addresses: tuple[str, ...] = ()  # extra names (IP addresses) the service answers to
-    export_to: tuple[str, ...] = ()
-    subject_alt_names: tuple[str, ...] = ()
-
-    def aliases(self, proxy_namespace: str, domain: str) -> list[str]:
-        """Host names a client may use: Kubernetes' forms for registered services, a
-        ServiceEntry's host and addresses as written."""
-        if self.source == "registry":
-            return host_aliases(self.name, self.namespace, proxy_namespace, domain)
-        return [self.hostname, *self.addresses]
 
 
 @dataclass(frozen=True)
@@ -191,9 +110,6 @@ class MeshSnapshot:
         object.__setattr__(self, "_memo", {})
 
     def _entries(self, taken: set[str]):
-        # Imported here: service_entry builds this module's Service, so it imports model first.
-        from lattice.mesh.service_entry import entry_registry
-
         entries = entry_registry(self.service_entries, self.workload_entries, taken)
         object.__setattr__(self, "_entry_hosts", frozenset(s.hostname for s in entries.services))
         object.__setattr__(self, "_entry_problems", entries.problems)
@@ -207,8 +123,6 @@ class MeshSnapshot:
 
     def visible_services(self, namespace: str) -> list[Service]:
         """The services a proxy in `namespace` may reach: all, less ServiceEntries not exported to it."""
-        from lattice.mesh.service_entry import visible
-
         return [s for s in self.services if s.source == "registry" or visible(s, namespace)]
 
     def accepts_mesh_tls(self, endpoint) -> bool:

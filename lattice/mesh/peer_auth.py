@@ -11,12 +11,9 @@ root namespace only; for every other namespace the root namespace holds mesh-wid
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
 
 from lattice.api import Resource
-
-if TYPE_CHECKING:  # model.py imports this module to build its snapshot
-    from lattice.mesh.model import Workload
+from lattice.mesh.workload import Workload
 
 DEFAULT_MODE = "PERMISSIVE"
 

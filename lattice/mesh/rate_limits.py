@@ -12,12 +12,9 @@ with a selector in the root namespace selects workloads of the root namespace on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from lattice.api import Resource
-
-if TYPE_CHECKING:  # model.py imports this module to answer per-workload queries
-    from lattice.mesh.model import Workload
+from lattice.mesh.workload import Workload
 
 
 def policies_for(policies: Sequence[Resource], workload: Workload, root_namespace: str) -> tuple[Resource, ...]:

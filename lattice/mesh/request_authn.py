@@ -14,12 +14,9 @@ says why tokens of that issuer are refused.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from lattice.api import Resource
-
-if TYPE_CHECKING:  # model.py imports this module to answer per-workload queries
-    from lattice.mesh.model import Workload
+from lattice.mesh.workload import Workload
 
 
 def policies_for(policies: Sequence[Resource], workload: Workload, root_namespace: str) -> tuple[Resource, ...]:

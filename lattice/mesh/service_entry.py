@@ -24,7 +24,7 @@ from typing import Mapping
 
 from lattice.api import Resource
 from lattice.api.service_entry import ServicePort, WorkloadEntrySpec, exported_to, is_ip
-from lattice.mesh.model import Service
+from lattice.mesh.workload import Service
 
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 NETWORK_LABEL = "topology.istio.io/network"  # Istio labels endpoints with their network, for subsets

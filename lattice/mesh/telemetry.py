@@ -29,14 +29,14 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Protocol, TypeVar
 
 from lattice.api import Resource
 from lattice.api.mesh_config import MeshConfig
 from lattice.api.telemetry import PROMETHEUS, MetricsOverrides, TelemetrySpec
+from lattice.mesh.workload import Workload
 
-if TYPE_CHECKING:  # model.py imports this module for MeshTelemetry
-    from lattice.mesh.model import MeshSnapshot, Workload
+T = TypeVar("T")
 
 # Istio's metric names (the Telemetry API's `metric` enum maps onto these).
 REQUEST_COUNT = "istio_requests_total"
@@ -73,7 +73,7 @@ _SIDE = {"source": "CLIENT", "destination": "SERVER"}
 
 @dataclass(frozen=True)
 class TagOverride:
-    """One label of one metric: removed, or set to an expression's value (mesh/telemetry_expr.py)."""
+    """One label of one metric: removed, or set to an expression's value (api/telemetry_expr.py)."""
 
     name: str
     remove: bool = False
@@ -268,7 +268,20 @@ def _file_logger(name: str, spec) -> AccessLog:
 # --- which Telemetry resources apply to a workload ----------------------------------------------
 
 
-def telemetry_for(snapshot: MeshSnapshot, workload: Workload) -> Telemetry:
+class Scopes(Protocol):
+    """What resolving a workload's telemetry reads of a mesh snapshot (`MeshSnapshot` is one; this
+    module sits below it, since the snapshot holds a `MeshTelemetry`)."""
+
+    @property
+    def telemetries(self) -> tuple[Resource, ...]: ...
+    @property
+    def root_namespace(self) -> str: ...
+    @property
+    def mesh_telemetry(self) -> MeshTelemetry: ...
+    def memo(self, key: tuple, build: Callable[[], T]) -> T: ...
+
+
+def telemetry_for(snapshot: Scopes, workload: Workload) -> Telemetry:
     """The telemetry `workload`'s proxy reports: mesh defaults, then Telemetry resources by scope.
     Workloads with the same resources in scope share one result per snapshot."""
     scopes = scopes_for(snapshot, workload)
@@ -276,7 +289,7 @@ def telemetry_for(snapshot: MeshSnapshot, workload: Workload) -> Telemetry:
     return snapshot.memo(key, lambda: resolve(snapshot.mesh_telemetry, [r.spec for r in scopes]))
 
 
-def scopes_for(snapshot: MeshSnapshot, workload: Workload) -> tuple[Resource, ...]:
+def scopes_for(snapshot: Scopes, workload: Workload) -> tuple[Resource, ...]:
     """The Telemetry resources that apply to `workload`, least specific first: mesh, namespace, workload."""
     index = snapshot.memo(("telemetry-by-namespace",), lambda: _by_namespace(snapshot.telemetries))
     root = snapshot.root_namespace

@@ -70,6 +70,11 @@ class Registry:
     def workloads(self) -> tuple[Workload, ...]:
         return tuple(self._workloads[k] for k in sorted(self._workloads))
 
+    def stats(self) -> dict:
+        """What a metrics scrape reads of the registry: registered workloads by health."""
+        healthy = sum(1 for w in self._workloads.values() if w.healthy)
+        return {"workloads": {True: healthy, False: len(self._workloads) - healthy}}
+
     def get(self, workload_id: str) -> Workload | None:
         return self._workloads.get(workload_id)
 

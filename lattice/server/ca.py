@@ -56,6 +56,10 @@ class Held:
 
 
 class CaManager:
+    def stats(self) -> dict:
+        """What a metrics scrape reads of the CA: when the signing root expires (Unix seconds)."""
+        return {"root_expires_at": self.ca.root.not_valid_after_utc.timestamp()}
+
     def __init__(
         self,
         home: Path,

@@ -52,11 +52,6 @@ class ServerConfig:
 ADMIN_TOKEN_FILE = "admin-token"
 
 
-def load_extension_providers(path: Path) -> tuple:
-    """The external authorizers among an Istio MeshConfig file's extensionProviders; ValidationError names the bad field."""
-    return load_mesh_config(path)[0]
-
-
 def load_mesh_config(path: Path) -> tuple[tuple, MeshTelemetry]:
     """An Istio MeshConfig file's external authorizers (what CUSTOM AuthorizationPolicies name) and
     its telemetry part (defaults, trace and access log providers); ValidationError names the bad field."""

@@ -21,17 +21,10 @@ import math
 import re
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from functools import partial
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
-from lattice.mesh.model import SNAPSHOT_FIELDS
 from lattice.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
-
-if TYPE_CHECKING:
-    from lattice.registry import Registry
-    from lattice.server.ca import CaManager
-    from lattice.server.pusher import Pusher
-    from lattice.xds import StatusBoard
-    from lattice.xds.server import AdsServer
 
 log = logging.getLogger("lattice.metrics")
 
@@ -46,7 +39,15 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
-Collect = Callable[[], "float | Mapping[tuple[str, ...], float]"]
+Collect = Callable[[], "float | Mapping[tuple[str, ...], float] | None"]
+
+
+class StatsSource(Protocol):
+    """A component whose state a scrape reads: `stats()` names values in the component's own
+    words (`connected_proxies`, `rejecting`, `workloads`, `config_resources`, `root_expires_at`);
+    `ControlPlaneMetrics` alone knows which metric shows each. So this module needs none of them."""
+
+    def stats(self) -> Mapping[str, Any]: ...
 
 
 def format_value(value: float) -> str:
@@ -195,7 +196,7 @@ class Gauge(_Family):
             return super().render(out)
         try:
             found = self.collect()
-            samples = {(): found} if not self.labelnames else dict(found)
+            samples = {} if found is None else {(): found} if not self.labelnames else dict(found)
         except Exception:  # a scrape must not fail for one unreadable value
             log.exception("cannot read %s", self.name)
             samples = {}
@@ -383,20 +384,35 @@ class ControlPlaneMetrics:
             "lattice_config_resources", "Config resources in the mesh as last pushed, by kind.", ["kind"]
         )
         self._changes: OrderedDict[str, float] = OrderedDict()  # snapshot version -> when its change arrived
+        self._sources: tuple[StatsSource, ...] = ()
+        self._scraped: dict[str, Any] = {}
 
     def render(self) -> str:
+        self._scrape()
         return self.registry.render()
 
-    def read_state(self, ads: AdsServer, board: StatusBoard, registry: Registry, pusher: Pusher, ca: CaManager) -> None:
-        """Bind the gauges that are read from the control plane's state when scraped."""
-        self.proxies.collect = lambda: len(ads.connected_nodes())
+    def read_state(self, *sources: StatsSource) -> None:
+        """Bind the gauges that show the control plane's state: each scrape asks every source for
+        its `stats()` once (a value no source gives is left out of the scrape)."""
+        self._sources = sources
+        self.proxies.collect = lambda: self._scraped.get("connected_proxies")
         for kind, gauge in self.rejecting.items():
-            gauge.collect = _rejecting(board, kind)
-        self.workloads.collect = lambda: _by_health(registry)
-        self.config.collect = lambda: {
-            (kind,): len(getattr(pusher.snapshot, field)) for kind, field in SNAPSHOT_FIELDS.items()
+            type_url = next(t for t, k in XDS_TYPES.items() if k == kind)
+            gauge.collect = partial(lambda t: self._scraped.get("rejecting", {}).get(t, 0), type_url)
+        self.workloads.collect = lambda: {
+            ("true" if healthy else "false",): n for healthy, n in self._scraped.get("workloads", {}).items()
         }
-        self.root_expiry.collect = lambda: ca.ca.root.not_valid_after_utc.timestamp()
+        self.config.collect = lambda: {(kind,): n for kind, n in self._scraped.get("config_resources", {}).items()}
+        self.root_expiry.collect = lambda: self._scraped.get("root_expires_at")
+
+    def _scrape(self) -> None:
+        scraped: dict[str, Any] = {}
+        for source in self._sources:
+            try:
+                scraped.update(source.stats())
+            except Exception:  # a scrape must not fail for one unreadable component
+                log.exception("cannot read the state of %s", type(source).__name__)
+        self._scraped = scraped
 
     # --- reported by the pusher ---
 
@@ -443,22 +459,6 @@ class ControlPlaneMetrics:
 
     def csr_refused(self, reason: str) -> None:
         (self.csr_parse_errors if reason in PARSE_REFUSALS else self.csr_sign_errors).inc()
-
-
-def _rejecting(board: StatusBoard, kind: str) -> Callable[[], int]:
-    type_url = next(t for t, k in XDS_TYPES.items() if k == kind)
-
-    def count() -> int:
-        return sum(1 for p in board.all() if p.connected and (t := p.types.get(type_url)) is not None and t.nack)
-
-    return count
-
-
-def _by_health(registry: Registry) -> dict[tuple[str], int]:
-    counts = {("true",): 0, ("false",): 0}
-    for w in registry.workloads():
-        counts[("true",) if w.healthy else ("false",)] += 1
-    return counts
 
 
 def exported_series() -> dict[str, tuple[str, ...]]:

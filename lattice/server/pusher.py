@@ -79,6 +79,10 @@ class Pusher:
         """A change arrived that no push has carried yet (it waits out the debounce)."""
         return self._dirty.is_set()
 
+    def stats(self) -> dict:
+        """What a metrics scrape reads of the pusher: config resources in the mesh as last pushed."""
+        return {"config_resources": {kind: len(getattr(self.snapshot, name)) for kind, name in SNAPSHOT_FIELDS.items()}}
+
     def request(self) -> None:
         """Ask for a push soon; many requests within the debounce window become one push."""
         if self._changed_at is None:

@@ -29,27 +29,29 @@ import ipaddress
 from dataclasses import dataclass, replace
 
 from envoy.config.core.v3 import address_pb2, extension_pb2
+from envoy.config.listener.v3 import listener_components_pb2
 from envoy.config.rbac.v3 import rbac_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2 as uri_template
-from envoy.config.listener.v3 import listener_components_pb2
 from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2, value_pb2
 
 from lattice.api import Resource
-from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.authorization import Operation, Rule, Source, bracket_names, is_path_template
+from lattice.api.mesh_config import ExtensionProvider
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.mesh import authz as scoping
 from lattice.mesh import protocol as protocols
+from lattice.translate import ext_authz, jwt, names
+from lattice.translate.ext_authz import CUSTOM_POLICY_PREFIX, custom_provider
 from lattice.translate.protos import pack
 
-HTTP_FILTER = "envoy.filters.http.rbac"
-NETWORK_FILTER = "envoy.filters.network.rbac"
+HTTP_FILTER = names.RBAC_HTTP_FILTER
+NETWORK_FILTER = names.RBAC_NETWORK_FILTER
 JWT_METADATA = "envoy.filters.http.jwt_authn"  # where jwt_authn puts verified payloads, keyed by issuer
-TCP_STAT_PREFIX = "tcp."
+TCP_STAT_PREFIX = names.TCP_STAT_PREFIX
 SHADOW_STAT_PREFIX = {"ALLOW": "istio_dry_run_allow_", "DENY": "istio_dry_run_deny_", "AUDIT": ""}
 ENVOY_ACTION = {
     "ALLOW": rbac_pb2.RBAC.ALLOW,
@@ -57,7 +59,6 @@ ENVOY_ACTION = {
     "AUDIT": rbac_pb2.RBAC.LOG,
     "CUSTOM": rbac_pb2.RBAC.DENY,
 }
-CUSTOM_POLICY_PREFIX = "istio-ext-authz"  # CUSTOM rule names start so; ext_authz runs when one matched
 BAD_CUSTOM_SUFFIX = "-deny-due-to-bad-CUSTOM-action"
 _FILTER_NAME = {"AUDIT": "lattice.authz.audit", "DENY": "lattice.authz.deny", "ALLOW": "lattice.authz.allow"}
 
@@ -83,8 +84,7 @@ class Target:
 
 
 def _issuers(snapshot: MeshSnapshot, proxy: Workload) -> tuple[str, ...]:
-    from lattice.translate import jwt  # RequestAuthentication decides which tokens are verified
-
+    # RequestAuthentication decides which tokens are verified.
     return tuple(sorted({rule.issuer for rule in jwt.workload_rules(snapshot, proxy)}))
 
 
@@ -109,25 +109,6 @@ def rbac_configs(snapshot: MeshSnapshot, proxy: Workload) -> list[tuple[str, rba
             if rbac is not None:
                 out.append((action, rbac, shadow))
     return out
-
-
-def custom_provider(snapshot: MeshSnapshot, proxy: Workload) -> tuple[ExtensionProvider | None, str]:
-    """The one extension provider `proxy`'s CUSTOM policies name, or None and why it cannot be used."""
-    names = sorted(
-        {p.spec.provider.name for p in scoping.by_action(snapshot.authorization_policies_for(proxy), "CUSTOM")}
-    )
-    if not names:
-        return None, ""
-    if len(names) > 1:
-        return None, f"CUSTOM policies for one workload must name one provider; found {', '.join(names)}"
-    provider = next((e for e in snapshot.extension_providers if e.name == names[0]), None)
-    if provider is None:
-        declared = ", ".join(e.name for e in snapshot.extension_providers) or "none"
-        return (
-            None,
-            f"extension provider {names[0]!r} is not declared in the mesh config (`lattice server --mesh-config`); declared: {declared}",
-        )
-    return provider, ""
 
 
 def _custom(
@@ -195,8 +176,6 @@ def compile_rule(rule: Rule, action: str, target: Target) -> rbac_pb2.Policy | N
 
 def http_filters(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFilter]:
     """The inbound HTTP filters for `proxy`'s policies, in evaluation order (none: none)."""
-    from lattice.translate import ext_authz
-
     filters = []
     for action, group in _by_action(rbac_configs(snapshot, proxy)):
         if action == "CUSTOM":
@@ -211,8 +190,6 @@ def http_filters(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFilter
 
 def network_filters(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_components_pb2.Filter]:
     """The filters to put before tcp_proxy on a TCP chain: a denied connection is closed."""
-    from lattice.translate import ext_authz
-
     filters = []
     for action, group in _by_action(rbac_configs(snapshot, proxy)):
         if action == "CUSTOM":

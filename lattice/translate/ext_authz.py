@@ -28,14 +28,38 @@ from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 
 from lattice.api.mesh_config import ExtAuthzHttp, ExtAuthzProvider, ExtensionProvider
 from lattice.mesh import MeshSnapshot, Workload
+from lattice.mesh import authz as scoping
 from lattice.translate import names
-from lattice.translate.authz import CUSTOM_POLICY_PREFIX, HTTP_FILTER, NETWORK_FILTER, TCP_STAT_PREFIX, custom_provider
+from lattice.translate.names import RBAC_HTTP_FILTER as HTTP_FILTER
+from lattice.translate.names import RBAC_NETWORK_FILTER as NETWORK_FILTER
+from lattice.translate.names import TCP_STAT_PREFIX
 from lattice.translate.protos import duration, external_cluster, pack
 
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 NETWORK_EXT_AUTHZ = "envoy.filters.network.ext_authz"
 SHADOW_STAT_PREFIX = "istio_ext_authz_"
 CONNECT_TIMEOUT = 10.0
+CUSTOM_POLICY_PREFIX = "istio-ext-authz"  # CUSTOM rule names start so; ext_authz runs when one matched
+
+
+def custom_provider(snapshot: MeshSnapshot, proxy: Workload) -> tuple[ExtensionProvider | None, str]:
+    """The one extension provider `proxy`'s CUSTOM policies name, or None and why it cannot be used."""
+    named = sorted(
+        {p.spec.provider.name for p in scoping.by_action(snapshot.authorization_policies_for(proxy), "CUSTOM")}
+    )
+    if not named:
+        return None, ""
+    if len(named) > 1:
+        return None, f"CUSTOM policies for one workload must name one provider; found {', '.join(named)}"
+    provider = next((e for e in snapshot.extension_providers if e.name == named[0]), None)
+    if provider is None:
+        declared = ", ".join(e.name for e in snapshot.extension_providers) or "none"
+        return (
+            None,
+            f"extension provider {named[0]!r} is not declared in the mesh config"
+            f" (`lattice server --mesh-config`); declared: {declared}",
+        )
+    return provider, ""
 
 
 def http_filters(

@@ -7,6 +7,11 @@ OUTBOUND_LISTENER = "outbound_http"
 PASSTHROUGH = "PassthroughCluster"
 # The agent's telemetry socket (a static cluster of the bootstrap): access logs and spans go there.
 TELEMETRY_CLUSTER = "lattice-telemetry"
+# Envoy's RBAC filters: AuthorizationPolicy's (translate/authz.py) and the CUSTOM marker before
+# ext_authz (translate/ext_authz.py), whose metadata the ext_authz filter reads under this name.
+RBAC_HTTP_FILTER = "envoy.filters.http.rbac"
+RBAC_NETWORK_FILTER = "envoy.filters.network.rbac"
+TCP_STAT_PREFIX = "tcp."  # the stat prefix of every network filter on an inbound TCP chain
 
 
 def outbound_cluster(port: int, subset: str | None, hostname: str) -> str:

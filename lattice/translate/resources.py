@@ -8,6 +8,7 @@ from operator import attrgetter, itemgetter
 from google.protobuf.message import Message
 
 from lattice.mesh import MeshSnapshot, Workload
+from lattice.translate import cds, eds, gateway, lds, rds
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -34,8 +35,6 @@ def translate(snapshot: MeshSnapshot, proxy: Workload) -> Resources:
 def translate_type(snapshot: MeshSnapshot, proxy: Workload, type_url: str) -> tuple[tuple[str, Message], ...]:
     """One type of `translate`'s output, sorted by name. Each type is built on its own, so a caller
     may rebuild only the types whose inputs changed."""
-    from lattice.translate import cds, eds, gateway, lds, rds
-
     # A gateway proxy serves its Gateways' ports instead of an app's; it reaches the mesh as sidecars do.
     edge = proxy.kind == "gateway"
     if type_url == CLUSTER:

@@ -13,6 +13,7 @@ from envoy.type.matcher.v3 import string_pb2
 
 from lattice.api.destination_rule import ClientTLSSettings
 from lattice.mesh import MeshSnapshot, Service
+from lattice.translate import policy
 from lattice.translate.protos import pack
 
 SDS_CLUSTER = "sds-grpc"  # defined in the bootstrap: the agent's SDS unix socket
@@ -105,9 +106,7 @@ def origination_socket(tls: ClientTLSSettings, sni: str) -> base_pb2.TransportSo
 def client_tls(snapshot: MeshSnapshot, service: Service, subset: str | None) -> ClientTLSSettings | None:
     """The DestinationRule's TLS settings for one cluster, by the precedence every traffic-policy
     field follows (host, its port level, the subset, the subset's port level; see policy.py)."""
-    from lattice.translate.policy import effective  # policy.py is the one place that precedence lives
-
-    return effective(snapshot, service.hostname, subset, service.port).tls
+    return policy.effective(snapshot, service.hostname, subset, service.port).tls  # the one place precedence lives
 
 
 def peer_identities(snapshot: MeshSnapshot, service: Service) -> list[str]:

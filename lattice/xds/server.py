@@ -94,6 +94,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def connected_nodes(self) -> list[str]:
         return sorted(self._streams)
 
+    def stats(self) -> dict:
+        """What a metrics scrape reads of this server (`lattice.server.metrics.StatsSource`)."""
+        return {"connected_proxies": len(self._streams)}
+
 
 # glibc's mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3

@@ -99,6 +99,16 @@ class StatusBoard:
     def all(self) -> list[ProxyStatus]:
         return [self._proxies[k] for k in sorted(self._proxies)]
 
+    def stats(self) -> dict:
+        """What a metrics scrape reads of the board: per xDS type URL, the connected proxies whose
+        last answer to it is a rejection (NACK)."""
+        rejecting: dict[str, int] = {}
+        for proxy in self._proxies.values():
+            if proxy.connected:
+                for type_url, status in proxy.types.items():
+                    rejecting[type_url] = rejecting.get(type_url, 0) + bool(status.nack)
+        return {"rejecting": rejecting}
+
     def _check_converged(self, proxy: ProxyStatus) -> None:
         """Once per snapshot: when the proxy holds everything it was sent from it."""
         if proxy.sent_label == proxy.converged_label:

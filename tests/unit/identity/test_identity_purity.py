@@ -1,33 +1,17 @@
-"""lattice.identity stays pure: no IO, no clock of its own, no other lattice package."""
+"""lattice.identity stays pure: no IO, no clock of its own, no other lattice package.
+
+The allowlist of what it may import, and the calls it may not make, are the translator's rules
+too (tests/imports.py); tests/unit/test_layers.py applies them to both packages."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
-import pytest
-
-PACKAGE = Path(__file__).parents[3] / "lattice" / "identity"
-FORBIDDEN = (
-    "open(",
-    "datetime.now",
-    "datetime.utcnow",
-    "time.time",
-    "import time",
-    "import os",
-    "import socket",
-    "import asyncio",
-    "pathlib",
-    "async ",
-    "await ",
-)
+from imports import PURE_ALLOWED, impurities
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
-def test_module_is_pure(path: Path) -> None:
-    source = path.read_text()
-    for forbidden in FORBIDDEN:
-        assert forbidden not in source, f"{path.name} uses {forbidden!r}: identity must stay pure"
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lattice."):
-            assert node.module.startswith("lattice.identity"), f"{path.name} imports {node.module}"
+def test_identity_imports_only_its_allowlist_and_reads_no_clock():
+    problems = impurities("identity")
+    assert not problems, "identity must stay pure:\n" + "\n".join(problems)
+
+
+def test_identity_may_not_import_another_lattice_package():
+    assert {a for a in PURE_ALLOWED["identity"] if a.startswith("lattice")} == {"lattice.identity"}

@@ -10,7 +10,7 @@ import pytest
 from lattice.api import parse_documents
 from lattice.api.mesh_config import parse_mesh_config
 from lattice.mesh import telemetry as t
-from lattice.mesh import telemetry_expr
+from lattice.api import telemetry_expr
 from lattice.mesh.analyze import analyze
 from lattice.mesh.model import MeshSnapshot, Workload
 from lattice.mesh.telemetry import (

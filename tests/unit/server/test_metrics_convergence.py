@@ -75,15 +75,12 @@ def test_a_proxy_connecting_after_the_change_is_catching_up_not_converging():
 
 
 def test_reject_gauges_count_connected_proxies_whose_last_answer_is_a_nack():
-    class Ads:
-        def connected_nodes(self):
-            return [NODE]
-
-    class Nothing:
-        snapshot = None
+    class Ads:  # the ADS server's part of a scrape, without a gRPC server
+        def stats(self):
+            return {"connected_proxies": 1}
 
     _, metrics, board = _setup()
-    metrics.read_state(Ads(), board, registry=None, pusher=Nothing(), ca=None)
+    metrics.read_state(Ads(), board)
     board.sent(NODE, ROUTE, "r1", "1.1")
     board.nacked(NODE, ROUTE, "r1", "no")
     assert "pilot_xds_rds_reject 1" in metrics.render().splitlines()
