@@ -19,7 +19,19 @@ def pytest_addoption(parser):
     )
 
 
+from etcd_cluster import EtcdCluster
 from harness import ControlPlane, Workload, reset_config, start_all
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster(tmp_path_factory):
+    """A real 3-member etcd cluster on loopback for the whole session (tests isolate themselves by
+    key prefix); a test that stops members starts them again before it ends."""
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

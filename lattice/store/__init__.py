@@ -1,39 +1,80 @@
-"""Durable config store: Lattice resources and the workload registry in one SQLite file.
+"""Durable config store: Lattice resources, the workload registry and join tokens, in one SQLite
+file (one machine) or in etcd (several control-plane replicas).
 
 Parts:
-    model   -- the frozen records handed out (StoredResource, ApplyResult, StoredWorkload)
-               and StoreError.
-    sqlite  -- Store: the SQLite (WAL) file, its schema, apply/get/list/delete, workloads,
-               join tokens, and wait_for_change.
-    watch   -- ChangeSignal: wakes asyncio waiters on any loop when this process writes.
+    model       -- the frozen records handed out (StoredResource, ApplyResult, StoredWorkload)
+                   and the errors: StoreError, StoreConflict (stale resourceVersion, HTTP 409),
+                   StoreUnavailable (store unreachable or without quorum; nothing written).
+    documents   -- canonical JSON and apply items, as both backends store them.
+    sqlite      -- Store: the SQLite (WAL) file, its schema, apply/get/list/delete, workloads,
+                   join tokens, and wait_for_change.
+    etcd        -- EtcdStore: the same interface on etcd v3 (config mirrored by a watch,
+                   workloads on leases, tokens by compare-and-swap, replicas, elections).
+    etcd_client -- a small synchronous etcd v3 gRPC client; etcdpb holds its generated messages.
+    watch       -- ChangeSignal: wakes asyncio waiters on any loop when this process writes.
+    open_store  -- the backend a `--store` value names.
 
 Rules:
-    * One global revision counts config changes. Every created, changed or deleted resource
-      moves it by exactly one; an apply that changes nothing leaves it alone. It survives
-      restarts, and a resource carries the revision at which it last changed.
-    * apply and delete are all-or-nothing: one BEGIN IMMEDIATE transaction per call, so a
-      failed call leaves every stored row as it was, even with other processes on the file.
+    * Revisions only grow. Every created, changed or deleted resource moves the global revision
+      (SQLite: by one per resource; etcd: by one per write, which may carry several), and a
+      resource carries the revision at which it last changed; an apply that changes nothing
+      leaves it alone. It survives restarts.
+    * apply and delete are all-or-nothing: one transaction per call (SQLite BEGIN IMMEDIATE, etcd
+      Txn guarded by mod revisions), so a failed call leaves every stored resource as it was.
+      An apply given `expected` revisions (metadata.resourceVersion) refuses with StoreConflict
+      when one is stale.
     * metadata, spec and workload records are stored as canonical JSON (sorted keys, compact);
       "unchanged" means equal canonical text. Each is bounded at MAX_DOCUMENT_BYTES.
-    * Workloads are registry, not config: writing them never moves the revision.
-    * Join tokens (add_token, consume_token, …) are credentials, not config: they never move the
-      revision either. consume_token checks and decrements in one BEGIN IMMEDIATE transaction,
-      so a single-use token is used once even with several processes on the file.
+    * Workloads are registry, not config: writing them never moves the revision. In etcd each
+      lives on a lease that heartbeats renew (`touch_workload`), so a workload nobody hears from
+      disappears from every replica.
+    * Join tokens are credentials, not config: they never move the revision either.
+      consume_token checks and decrements atomically (SQLite transaction, etcd compare-and-swap),
+      so a single-use token is used once even with several processes or replicas.
     * A file that is not a Lattice database (or is corrupt) raises StoreError naming it and is
       never touched, let alone recreated.
-    * Waiters are woken directly by writes through the same Store and by polling
-      `PRAGMA data_version` for writes from other processes.
     * The store imports nothing else from lattice; the layers above depend on it.
 """
 
-from lattice.store.model import ApplyResult, StoredResource, StoredWorkload, StoreError
-from lattice.store.sqlite import MAX_DOCUMENT_BYTES, Store
+from __future__ import annotations
+
+from pathlib import Path
+
+from lattice.store.documents import MAX_DOCUMENT_BYTES
+from lattice.store.model import (
+    ApplyResult,
+    StoreConflict,
+    StoredResource,
+    StoredWorkload,
+    StoreError,
+    StoreUnavailable,
+)
+from lattice.store.sqlite import Store
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",
     "ApplyResult",
     "Store",
+    "StoreConflict",
     "StoreError",
+    "StoreUnavailable",
     "StoredResource",
     "StoredWorkload",
+    "open_store",
 ]
+
+
+def open_store(
+    url: str | None,
+    db: Path,
+    tls_files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+    workload_ttl: float = 15.0,
+):
+    """The SQLite file `db` when `url` is None, else the etcd cluster `url` names
+    (`etcd://host:port,host:port[/prefix]`, TLS from (ca, cert, key) files)."""
+    if url is None:
+        return Store(db)
+    from lattice.store.etcd import EtcdStore
+    from lattice.store.etcd_client import EtcdTls
+
+    return EtcdStore(url, EtcdTls(*tls_files), workload_ttl=workload_ttl)

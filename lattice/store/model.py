@@ -9,6 +9,16 @@ class StoreError(Exception):
     """The database could not be opened, read or written; the message names the file."""
 
 
+class StoreConflict(StoreError):
+    """A write named a resourceVersion that is no longer the stored one: someone changed it since
+    (HTTP 409, as Kubernetes answers). Nothing was written."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached, or (etcd) has no quorum: nothing was written; the message names
+    the store. Reads keep answering from what this process last saw."""
+
+
 @dataclass(frozen=True)
 class StoredResource:
     kind: str

@@ -11,13 +11,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
-from lattice.store.model import ApplyResult, StoredResource, StoredWorkload, StoreError
+from lattice.store.documents import Encoded as _Encoded
+from lattice.store.documents import Item, Key
+from lattice.store.documents import canonical as _canonical
+from lattice.store.documents import encode_item as _encode_item
+from lattice.store.documents import expires_at as _expires_at
+from lattice.store.model import ApplyResult, StoreConflict, StoredResource, StoredWorkload, StoreError
 from lattice.store.watch import ChangeSignal, wait_set
 
 SCHEMA_VERSION = 1
-MAX_DOCUMENT_BYTES = 1024 * 1024
 # How often a waiter checks for commits by other processes; they cannot signal us directly.
 POLL_INTERVAL = 0.2
 BUSY_TIMEOUT_MS = 5000
@@ -41,20 +44,6 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', {version}), ('
 _COLUMNS = "kind, namespace, name, api_version, metadata, spec, revision, created_at, updated_at"
 _BY_KEY = "kind = ? AND namespace = ? AND name = ?"
 
-Item = tuple[str, str, str, str, dict, dict]
-Key = tuple[str, str, str]
-
-
-class _Encoded(NamedTuple):
-    """An apply item with metadata and spec as canonical JSON, ready to compare and store."""
-
-    kind: str
-    namespace: str
-    name: str
-    api_version: str
-    metadata: str
-    spec: str
-
 
 class Store:
     """Durable resources with a global revision, plus the workload registry.
@@ -62,6 +51,9 @@ class Store:
     Every write runs in one BEGIN IMMEDIATE transaction, so the read-modify-write of the
     revision is safe against other processes sharing the file.
     """
+
+    # One process owns the file: no other replica writes workloads, and elections are won at once.
+    shared = False
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = pathlib.Path(path)
@@ -86,7 +78,16 @@ class Store:
         with self._reading("read revision") as conn:
             return _read_revision(conn)
 
-    def apply(self, items: list[Item]) -> list[ApplyResult]:
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def health(self) -> dict:
+        return {"store": self.name, "backend": "sqlite", "healthy": True}
+
+    def apply(self, items: list[Item], expected: dict[Key, int] | None = None) -> list[ApplyResult]:
+        """Store every item or none. `expected` maps keys to the revision the writer last saw
+        (metadata.resourceVersion); if one is no longer current, StoreConflict and nothing is written."""
         # Encode everything first: a bad item fails before the transaction even starts.
         encoded = [_encode_item(item) for item in items]
         now = time.time()
@@ -94,6 +95,8 @@ class Store:
             revision = _read_revision(conn)
             results = []
             for row in encoded:
+                if expected:
+                    _check_expected(conn, row[:3], expected.get(row[:3]))
                 result, revision = _apply_one(conn, row, revision, now)
                 results.append(result)
             _write_revision(conn, revision)
@@ -148,6 +151,10 @@ class Store:
         with self._transaction("delete workload") as conn:
             cursor = conn.execute("DELETE FROM workloads WHERE id = ?", (workload_id,))
         return cursor.rowcount > 0
+
+    def touch_workload(self, workload_id: str) -> bool:
+        """A heartbeat: the registry's own clock expires workloads on one machine, so nothing to write."""
+        return True
 
     def list_workloads(self) -> builtins.list[StoredWorkload]:
         with self._reading("list workloads") as conn:
@@ -305,41 +312,6 @@ def _check_ours(conn: sqlite3.Connection, path: pathlib.Path) -> None:
 # -- rows ------------------------------------------------------------------------------------
 
 
-def _canonical(document: object, label: str) -> str:
-    """Sorted, compact JSON, so equal documents compare equal as text."""
-    try:
-        text = json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"{label} is not JSON-serializable: {exc}") from exc
-    size = len(text.encode())
-    if size > MAX_DOCUMENT_BYTES:
-        raise StoreError(f"{label} is {size} bytes serialized; the limit is {MAX_DOCUMENT_BYTES}")
-    return text
-
-
-def _expires_at(token_id: str, record: dict) -> float:
-    expires_at = record.get("expires_at") if isinstance(record, dict) else None
-    if isinstance(expires_at, bool) or not isinstance(expires_at, int | float):
-        raise StoreError(f"token {token_id!r} record needs a numeric expires_at, got {expires_at!r:.80}")
-    return float(expires_at)
-
-
-def _encode_item(item: Item) -> _Encoded:
-    if len(item) != 6:
-        shape = "(kind, namespace, name, api_version, metadata, spec)"
-        raise StoreError(f"apply item must be {shape}, got {item!r:.200}")
-    kind, namespace, name, api_version, metadata, spec = item
-    label = f"{kind} {namespace}/{name}"
-    return _Encoded(
-        kind,
-        namespace,
-        name,
-        api_version,
-        _canonical(metadata, f"{label} metadata"),
-        _canonical(spec, f"{label} spec"),
-    )
-
-
 def _apply_one(conn: sqlite3.Connection, row: _Encoded, revision: int, now: float) -> tuple[ApplyResult, int]:
     old = _select_one(conn, row[:3])
     if old is not None and tuple(old[3:6]) == row[3:6]:
@@ -350,6 +322,19 @@ def _apply_one(conn: sqlite3.Connection, row: _Encoded, revision: int, now: floa
     insert = f"INSERT OR REPLACE INTO resources ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
     conn.execute(insert, stored)
     return ApplyResult(_resource(stored), "created" if old is None else "configured"), revision
+
+
+def _check_expected(conn: sqlite3.Connection, key: tuple, expected: int | None) -> None:
+    if expected is None:
+        return
+    old = _select_one(conn, key)
+    current = None if old is None else old[6]
+    if current != expected:
+        kind, namespace, name = key
+        now = "it no longer exists" if current is None else f"it is now at {current}"
+        raise StoreConflict(
+            f"{kind} {namespace}/{name}: resourceVersion {expected} is stale ({now}); get it again and reapply"
+        )
 
 
 def _select_one(conn: sqlite3.Connection, key: tuple) -> tuple | None:
