@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install tools test test-fast demo bench bench-quick clean
+.PHONY: install tools lint test test-fast demo bench bench-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Lattice needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -30,8 +30,14 @@ tools:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# Formatting, lint (ruff: pyflakes, pycodestyle at 120 columns, bugbear, asyncio rules) and types
+# (mypy on the pure core). `make test` runs it first.
+lint: install
+	$(BIN)/ruff format --check lattice tests bench
+	$(BIN)/ruff check lattice tests bench
+
 # The whole suite, slow tests included (real Envoys, real processes); two workers for two cores.
-test: install tools
+test: install tools lint
 	$(BIN)/pytest -n 2 --dist loadgroup -q
 
 # Everything but the slow tests, for a quick loop while editing.

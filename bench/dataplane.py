@@ -322,7 +322,10 @@ def _per_proxy(values: dict[str, float], fmt: str) -> str:
 
 def table(result: dict) -> Table:
     paths = result["paths"]
-    title = f"data plane: open loop at {result['rate']:g} req/s, {result['rounds']} × {result['seconds_per_run']:g} s per path, latency from scheduled send time (ms)"
+    title = (
+        f"data plane: open loop at {result['rate']:g} req/s, {result['rounds']} × "
+        f"{result['seconds_per_run']:g} s per path, latency from scheduled send time (ms)"
+    )
     out = Table(title=title, caption=_caption(result))
     for column in (
         "path",
@@ -367,12 +370,18 @@ def _caption(result: dict) -> str:
     if quiet:
         cost = [f"p{q} {lattice[f'p{q}_ms'] - quiet[f'p{q}_ms']:+.3f} ms" for q in (50, 99)]
         cpu = sum(lattice["cpu_s_per_1k_requests"].values()) - sum(quiet["cpu_s_per_1k_requests"].values())
-        telemetry = f"telemetry on vs off: {', '.join(cost)}, {cpu:+.4f} CPU s/1k req (Envoys and agents), max rps {lattice['max_throughput']['rps'] / quiet['max_throughput']['rps']:.2f}×. "
+        telemetry = (
+            f"telemetry on vs off: {', '.join(cost)}, {cpu:+.4f} CPU s/1k req (Envoys and agents), max rps "
+            f"{lattice['max_throughput']['rps'] / quiet['max_throughput']['rps']:.2f}×. "
+        )
     return (
-        f"per proxy: client / server Envoy. lattice vs envoy-pair added latency: {', '.join(ratios) or 'n/a'}. {telemetry}"
+        f"per proxy: client / server Envoy. lattice vs envoy-pair added latency: {', '.join(ratios) or 'n/a'}. "
+        f"{telemetry}"
         f"lattice agents (Python, beside each Envoy): {agents}. max rps: closed loop, 32 keep-alive connections, "
-        f"{result['max_throughput_seconds']:g} s. {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, Envoy {m['envoy'].split('/')[1] if '/' in m['envoy'] else m['envoy']}; "
-        f"generator on CPU {result['pinning']['generator'] or 'any'}, servers on {result['pinning']['servers'] or 'any'}; "
+        f"{result['max_throughput_seconds']:g} s. {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
+        f"Envoy {m['envoy'].split('/')[1] if '/' in m['envoy'] else m['envoy']}; "
+        f"generator on CPU {result['pinning']['generator'] or 'any'}, servers on "
+        f"{result['pinning']['servers'] or 'any'}; "
         f"cores busy machine-wide during each path's runs: {busy}."
     )
 

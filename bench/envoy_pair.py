@@ -43,11 +43,15 @@ _TLS = "envoy.transport_sockets.tls"
 # `lattice run` hands the app its port in $PORT; this execs an Envoy that answers every request.
 APP = """
 import os, sys, json
-config = {"static_resources": {"listeners": [{"name": "app", "address": {"socket_address": {"address": "127.0.0.1", "port_value": int(os.environ["PORT"])}},
-  "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {"@type": %r, "stat_prefix": "app",
-  "route_config": {"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
+config = {"static_resources": {"listeners": [{"name": "app", "address": {"socket_address": {"address": "127.0.0.1",
+"port_value": int(os.environ["PORT"])}},
+  "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {"@type":
+  %r, "stat_prefix": "app",
+  "route_config": {"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [{"match": {"prefix": "/"},
+  "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
   "http_filters": [%r]}}]}]}]}}
-os.execv(sys.argv[1], [sys.argv[1], "--disable-hot-restart", "--concurrency", "1", "--log-level", "warning", "--config-yaml", json.dumps(config)])
+os.execv(sys.argv[1], [sys.argv[1], "--disable-hot-restart", "--concurrency", "1", "--log-level", "warning",
+"--config-yaml", json.dumps(config)])
 """ % (_HCM, _ROUTER)
 
 

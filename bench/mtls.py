@@ -126,11 +126,13 @@ def main() -> None:
     with console.status("signing CSRs on one core"):
         csr_rate = signing_rate()
     with console.status(
-        f"driving {args.rate:g} requests/s: direct, plaintext sidecars, mTLS sidecars ({args.rounds} rounds of {args.seconds:g} s each)"
+        f"driving {args.rate:g} requests/s: direct, plaintext sidecars, mTLS sidecars ({args.rounds} rounds of "
+        f"{args.seconds:g} s each)"
     ):
         paths = measure(args.rate, args.seconds, args.rounds)
     table = Table(
-        title=f"open loop, {args.rate:g} requests/s, {args.rounds} x {args.seconds:g} s per path, latency from scheduled send time"
+        title=f"open loop, {args.rate:g} requests/s, {args.rounds} x {args.seconds:g} s per path, latency from "
+        "scheduled send time"
     )
     for column in ("path", "requests", "errors", "p50 ms", "p90 ms", "p99 ms", "added p50", "added p90", "added p99"):
         table.add_column(column, justify="right" if column != "path" else "left")
@@ -147,7 +149,8 @@ def main() -> None:
     console.print(table)
     plain, mtls = paths["plaintext"], paths["mtls"]
     console.print(
-        f"mTLS vs plaintext between two sidecars: p50 {mtls['p50_ms'] - plain['p50_ms']:+.3f} ms, p90 {mtls['p90_ms'] - plain['p90_ms']:+.3f} ms, p99 {mtls['p99_ms'] - plain['p99_ms']:+.3f} ms"
+        f"mTLS vs plaintext between two sidecars: p50 {mtls['p50_ms'] - plain['p50_ms']:+.3f} ms, p90 "
+        f"{mtls['p90_ms'] - plain['p90_ms']:+.3f} ms, p99 {mtls['p99_ms'] - plain['p99_ms']:+.3f} ms"
     )
     console.print(f"CSR signing: {csr_rate:,.0f} certificates/s on one core")
     out = Path(__file__).parent / "results" / "mtls.json"

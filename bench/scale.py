@@ -97,7 +97,7 @@ class Meter:
 
     def mark(self, phase: str) -> dict:
         now = self._now()
-        server, client, wall = (a - b for a, b in zip(now, self._last))
+        server, client, wall = (a - b for a, b in zip(now, self._last, strict=True))
         self._last = now
         self.phases[phase] = {
             "server_cpu_s": round(server, 2),
@@ -113,7 +113,8 @@ class Meter:
 def destination_rules(services: int) -> str:
     subsets = ", ".join(f"{{name: v{v}, labels: {{version: v{v}}}}}" for v in range(1, VERSIONS + 1))
     return "\n---\n".join(
-        f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-{s:02d}}}\nspec:\n  host: svc-{s:02d}\n  subsets: [{subsets}]"
+        f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-{s:02d}}}\nspec:\n  "
+        f"host: svc-{s:02d}\n  subsets: [{subsets}]"
         for s in range(services)
     )
 
@@ -121,7 +122,8 @@ def destination_rules(services: int) -> str:
 def virtual_service(service: str, route_name: str, subset: str) -> str:
     """One route for `service`, named so the change is recognisable in the bytes proxies get."""
     return (
-        f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {service}}}\nspec:\n  hosts: [{service}]\n"
+        f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {service}}}\nspec:\n  hosts: "
+        f"[{service}]\n"
         f"  http: [{{name: {route_name}, route: [{{destination: {{host: {service}, subset: {subset}}}}}]}}]\n"
     )
 
@@ -497,7 +499,8 @@ def table(result: dict) -> Table:
     """One column per fleet size, plus growth when there are two."""
     runs = result["runs"]
     t = Table(
-        title=f"Control plane scale: {result['services']} services × {VERSIONS} versions, simulated ADS proxies + {REAL_SIDECARS} real Envoys",
+        title=f"Control plane scale: {result['services']} services × {VERSIONS} versions, simulated ADS proxies + "
+        f"{REAL_SIDECARS} real Envoys",
         box=None,
         header_style="bold",
     )
@@ -531,13 +534,15 @@ def _rows() -> list[tuple[str, callable]]:
             (
                 f"  per proxy p50 / p99 ({key.split('_')[0]}s: changes)",
                 lambda r, k=key: (
-                    f"{_ms(r[k]['per_proxy_p50_s'])} / {_ms(r[k]['per_proxy_p99_s'])} ({r[k]['affected']} × {r[k]['changes']})"
+                    f"{_ms(r[k]['per_proxy_p50_s'])} / {_ms(r[k]['per_proxy_p99_s'])} ({r[k]['affected']} × "
+                    f"{r[k]['changes']})"
                 ),
             ),
             (
                 "  real Envoys accepted p50 / max",
                 lambda r, k=key: (
-                    f"{_ms(r[k]['real_envoy_p50_s'])} / {_ms(r[k]['real_envoy_max_s'])} ({r[k]['real_envoy_confirmed']})"
+                    f"{_ms(r[k]['real_envoy_p50_s'])} / {_ms(r[k]['real_envoy_max_s'])} "
+                    f"({r[k]['real_envoy_confirmed']})"
                 ),
             ),
         ]
@@ -549,25 +554,31 @@ def _rows() -> list[tuple[str, callable]]:
         (
             "server RSS idle → N connected → after changes (peak)",
             lambda r: (
-                f"{r['server_idle']['rss_mb']:.0f} → {r['server_connected']['rss_mb']:.0f} → {r['server_end']['rss_mb']:.0f} ({r['server_end']['peak_rss_mb']:.0f}) MB"
+                f"{r['server_idle']['rss_mb']:.0f} → {r['server_connected']['rss_mb']:.0f} → "
+                f"{r['server_end']['rss_mb']:.0f} ({r['server_end']['peak_rss_mb']:.0f}) MB"
             ),
         ),
         (
             "server RSS per proxy: connected / after changes (peak)",
             lambda r: (
-                f"{r['server_rss_per_proxy_mb'] * 1024:.0f} / {r['server_rss_per_proxy_after_changes_mb'] * 1024:.0f} ({r['server_peak_rss_per_proxy_mb'] * 1024:.0f}) KB"
+                f"{r['server_rss_per_proxy_mb'] * 1024:.0f} / "
+                f"{r['server_rss_per_proxy_after_changes_mb'] * 1024:.0f} "
+                f"({r['server_peak_rss_per_proxy_mb'] * 1024:.0f}) KB"
             ),
         ),
         (
             "server CPU: connect / per route change / per endpoint change",
             lambda r: (
-                f"{r['phases']['connect_and_sync']['server_cpu_s']:.1f} / {r['phases']['route_changes']['server_cpu_s'] / r['route_change']['changes']:.2f} / {r['phases']['endpoint_changes']['server_cpu_s'] / (2 * r['endpoint_added']['changes']):.2f} s"
+                f"{r['phases']['connect_and_sync']['server_cpu_s']:.1f} / "
+                f"{r['phases']['route_changes']['server_cpu_s'] / r['route_change']['changes']:.2f} / "
+                f"{r['phases']['endpoint_changes']['server_cpu_s'] / (2 * r['endpoint_added']['changes']):.2f} s"
             ),
         ),
         (
             "server: last full push / status SYNCED",
             lambda r: (
-                f"{r['server_view']['last_push_ms']:.0f} ms / {r['server_view']['synced']}/{r['server_view']['proxies']}"
+                f"{r['server_view']['last_push_ms']:.0f} ms / "
+                f"{r['server_view']['synced']}/{r['server_view']['proxies']}"
             ),
         ),
         ("client CPU share during changes", lambda r: _client_share(r)),

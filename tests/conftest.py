@@ -11,16 +11,14 @@ import os
 os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
 
 import pytest  # noqa: E402
+from etcd_cluster import EtcdCluster  # noqa: E402
+from harness import ControlPlane, Workload, reset_config, start_all  # noqa: E402
 
 
 def pytest_addoption(parser):
     parser.addoption(
         "--update-golden", action="store_true", help="Rewrite translator golden files from current output."
     )
-
-
-from etcd_cluster import EtcdCluster
-from harness import ControlPlane, Workload, reset_config, start_all
 
 
 @pytest.fixture(scope="session")

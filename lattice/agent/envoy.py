@@ -88,7 +88,7 @@ class EnvoyProcess:
 
     async def _run_once(self) -> int:
         self.admin_socket.unlink(missing_ok=True)
-        with open(self.log_path, "ab") as sink:
+        with open(self.log_path, "ab") as sink:  # noqa: ASYNC230 (a local log file, opened once per start)
             self.process = await asyncio.create_subprocess_exec(
                 envoy_binary(),
                 "-c",

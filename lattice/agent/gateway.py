@@ -78,7 +78,8 @@ class GatewayProxy(Sidecar):
 def describe(reg: Registration) -> str:
     """What a user needs to reach the gateway: its address and where each Gateway port is served."""
     lines = [
-        f"gateway {reg.id} ready at {reg.address} (labels {', '.join(f'{k}={v}' for k, v in sorted(reg.labels.items()))})"
+        f"gateway {reg.id} ready at {reg.address} (labels "
+        f"{', '.join(f'{k}={v}' for k, v in sorted(reg.labels.items()))})"
     ]
     for number, local in sorted(reg.listen.items()):
         lines.append(f"  Gateway port {number}: {_url(reg.address, local)}")

@@ -82,7 +82,8 @@ class Identity:
         """The first certificate, for the join token."""
         if not self.token:
             raise IdentityError(
-                f"no join token for {self._wanted}: pass --token, --token-file or LATTICE_TOKEN (create one with `lattice token create --service-account {self.service_account} -n {self.namespace}`)"
+                f"no join token for {self._wanted}: pass --token, --token-file or LATTICE_TOKEN (create one with "
+                f"`lattice token create --service-account {self.service_account} -n {self.namespace}`)"
             )
         try:
             pin = parse_token(self.token).pin
@@ -145,7 +146,8 @@ class Identity:
         pins = {pin_for(fingerprint(c)) for c in x509.load_pem_x509_certificates(bundle)}
         if pin not in pins:
             raise IdentityError(
-                f"the control plane at {self.server} does not hold the CA root this join token was made for; is it the right server? (mint a new token if its root was rotated)"
+                f"the control plane at {self.server} does not hold the CA root this join token was made for; is it "
+                "the right server? (mint a new token if its root was rotated)"
             )
         return bundle
 

@@ -248,7 +248,7 @@ class IstioMetrics:
                     lines.append(f"{metric}{{{labels}}} {_number(value)}")
                     continue
                 running = 0
-                for bound, count in zip(value.buckets, value.counts):
+                for bound, count in zip(value.buckets, value.counts, strict=False):
                     running += count
                     lines.append(f'{metric}_bucket{{{labels},le="{_number(bound)}"}} {running}')
                 lines.append(f'{metric}_bucket{{{labels},le="+Inf"}} {value.count}')

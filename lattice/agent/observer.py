@@ -48,7 +48,8 @@ class Observer:
                 for outcome, n in sorted(self.span_counts.items())
             ]
         lines += [
-            "# HELP lattice_agent_access_log_messages_dropped_total Access log messages not counted: the agent fell too far behind.",
+            "# HELP lattice_agent_access_log_messages_dropped_total Access log messages not counted: the agent "
+            "fell too far behind.",
             "# TYPE lattice_agent_access_log_messages_dropped_total counter",
             f"lattice_agent_access_log_messages_dropped_total {self.receiver.dropped}",
         ]

@@ -223,7 +223,8 @@ class Sidecar:
         while not (self.relay.has_config.is_set() and await self.envoy.live()):
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(
-                    f"Envoy did not get its config within {self.o.ready_timeout:.0f}s; is the control plane's xDS at {self.relay.upstream} reachable?\n{self.envoy.log_tail()}"
+                    f"Envoy did not get its config within {self.o.ready_timeout:.0f}s; is the control plane's xDS "
+                    f"at {self.relay.upstream} reachable?\n{self.envoy.log_tail()}"
                 )
             await asyncio.sleep(0.05)
 
@@ -261,7 +262,9 @@ class Sidecar:
             self.registration.port,
             OUTBOUND_PORT,
         )
-        for (variable, where), u in zip(upstream_env(self.registration).items(), self.registration.upstreams):
+        for (variable, where), u in zip(
+            upstream_env(self.registration).items(), self.registration.upstreams, strict=False
+        ):
             print(f"upstream {u.service}.{u.namespace}:{u.port} at {where} (${variable})", file=sys.stderr, flush=True)
 
     async def _up(self) -> bool:

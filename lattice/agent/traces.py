@@ -59,7 +59,8 @@ class TraceRelay:
             return otlp.ExportTraceServiceResponse()
         rejected = otlp.ExportTracePartialSuccess(
             rejected_spans=spans,
-            error_message="the agent could not queue these spans: its queue is full (the control plane is slow or unreachable) or the export is over the batch limit",
+            error_message="the agent could not queue these spans: its queue is full (the control plane is slow or "
+            "unreachable) or the export is over the batch limit",
         )
         return otlp.ExportTraceServiceResponse(partial_success=rejected)
 

@@ -44,7 +44,8 @@ class ClientTLSSettings(IstioSpec):
             checks = [f for f in ("ca_certificates", "subject_alt_names") if getattr(self, f)]
             if checks:
                 problems.append(
-                    f"insecureSkipVerify turns off the server-certificate check that {_names(checks)} configure; set one or the other"
+                    f"insecureSkipVerify turns off the server-certificate check that {_names(checks)} configure; "
+                    "set one or the other"
                 )
         if problems:
             raise ValueError("; ".join(problems))
@@ -66,7 +67,8 @@ class ClientTLSSettings(IstioSpec):
             given = self._given(*own_certs)
             return (
                 [
-                    f"ISTIO_MUTUAL uses the mesh's own certificates, issued by Lattice; remove {_names(given)} (or use MUTUAL to present your own)"
+                    f"ISTIO_MUTUAL uses the mesh's own certificates, issued by Lattice; remove {_names(given)} (or "
+                    "use MUTUAL to present your own)"
                 ]
                 if given
                 else []
@@ -145,7 +147,8 @@ class HTTPSettings(IstioSpec):
     def _upgrade_or_keep(self) -> HTTPSettings:
         if self.h2_upgrade_policy == "UPGRADE" and self.use_client_protocol:
             raise ValueError(
-                "useClientProtocol keeps the client's HTTP version, so it cannot be combined with h2UpgradePolicy: UPGRADE"
+                "useClientProtocol keeps the client's HTTP version, so it cannot be combined with h2UpgradePolicy: "
+                "UPGRADE"
             )
         return self
 
@@ -230,7 +233,8 @@ class LocalityLoadBalancerSetting(IstioSpec):
         topology = [p for p in self.failover_priority if p in LOCALITY_LABELS]
         if self.failover and topology:
             raise ValueError(
-                f"'failover' already orders regions; remove topology label {topology[0]} from 'failoverPriority' or drop 'failover'"
+                f"'failover' already orders regions; remove topology label {topology[0]} from 'failoverPriority' "
+                "or drop 'failover'"
             )
         _check_localities([d.from_ for d in self.distribute])
         if any(not p or p.startswith("=") for p in self.failover_priority):
@@ -300,7 +304,8 @@ class ConsistentHashLB(IstioSpec):
         ]
         if len(keys) != 1:
             raise ValueError(
-                f"set exactly one hash key of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName (got {_names(keys) or 'none'})"
+                "set exactly one hash key of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName "
+                f"(got {_names(keys) or 'none'})"
             )
         algorithms = [k for k in ("ring_hash", "maglev", "minimum_ring_size") if getattr(self, k) is not None]
         if len(algorithms) > 1:
@@ -373,7 +378,10 @@ class PolicyFields(IstioSpec):
         if locality is None or not locality.failover_wanted or locality.enabled is False:
             return None
         if self.outlier_detection is None and inherited_outlier is None:
-            return "loadBalancer.localityLbSetting failover takes effect only together with outlierDetection; add outlierDetection to this policy"
+            return (
+                "loadBalancer.localityLbSetting failover takes effect only together with outlierDetection; add "
+                "outlierDetection to this policy"
+            )
         return None
 
 

@@ -20,7 +20,7 @@ class Resource:
     api_version: str
     kind: str
     metadata: ObjectMeta
-    spec: pydantic.BaseModel
+    spec: Any  # the kind's spec model (api/kinds.py): which one depends on `kind`
 
     @property
     def name(self) -> str:

@@ -94,7 +94,8 @@ class ServerTLSSettings(IstioSpec):
     def _one_certificate(cls, v):
         if v is not None:
             raise ValueError(
-                "tlsCertificates (several server certificates) is not supported; give one serverCertificate and privateKey"
+                "tlsCertificates (several server certificates) is not supported; give one serverCertificate and "
+                "privateKey"
             )
         return v
 
@@ -104,7 +105,8 @@ class ServerTLSSettings(IstioSpec):
         bad = [c for c in v if not _CIPHER.match(c)]
         if bad:
             raise ValueError(
-                f"{', '.join(map(repr, bad))} is not a cipher suite name (OpenSSL/BoringSSL names, e.g. ECDHE-RSA-AES128-GCM-SHA256)"
+                f"{', '.join(map(repr, bad))} is not a cipher suite name (OpenSSL/BoringSSL names, e.g. "
+                "ECDHE-RSA-AES128-GCM-SHA256)"
             )
         return v
 
@@ -138,7 +140,8 @@ class ServerTLSSettings(IstioSpec):
             out = [f"SIMPLE terminates TLS with your certificate: set {_names(missing)}"] if missing else []
             return out + (
                 [
-                    f"SIMPLE asks no client certificate, so {_names(given)} would be unused; use MUTUAL or OPTIONAL_MUTUAL"
+                    f"SIMPLE asks no client certificate, so {_names(given)} would be unused; use MUTUAL or "
+                    "OPTIONAL_MUTUAL"
                 ]
                 if given
                 else []
@@ -147,7 +150,8 @@ class ServerTLSSettings(IstioSpec):
             given = self._given(*files, "ca_certificates", "ca_crl")
             return (
                 [
-                    f"ISTIO_MUTUAL uses the gateway's mesh certificate, issued by Lattice; remove {_names(given)} (or use MUTUAL)"
+                    f"ISTIO_MUTUAL uses the gateway's mesh certificate, issued by Lattice; remove {_names(given)} "
+                    "(or use MUTUAL)"
                 ]
                 if given
                 else []
@@ -205,7 +209,8 @@ class Server(IstioSpec):
     def _no_default_endpoint(cls, v: str | None) -> str | None:
         if v is not None:
             raise ValueError(
-                "defaultEndpoint is for Sidecar ingress listeners, not Gateway servers; route with a VirtualService bound to this Gateway"
+                "defaultEndpoint is for Sidecar ingress listeners, not Gateway servers; route with a "
+                "VirtualService bound to this Gateway"
             )
         return v
 
@@ -224,10 +229,16 @@ class Server(IstioSpec):
                     f"protocol {protocol} needs tls (mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL or PASSTHROUGH)"
                 )
             if tls.https_redirect:
-                return "httpsRedirect applies to HTTP servers (it sends plaintext clients to HTTPS); this server already speaks TLS"
+                return (
+                    "httpsRedirect applies to HTTP servers (it sends plaintext clients to HTTPS); this server "
+                    "already speaks TLS"
+                )
             return None
         if tls is not None and (tls.mode is not None or tls.model_fields_set - {"https_redirect"}):
-            return f"protocol {protocol} is plaintext: tls may only set httpsRedirect here; use protocol HTTPS or TLS to terminate TLS"
+            return (
+                f"protocol {protocol} is plaintext: tls may only set httpsRedirect here; use protocol HTTPS or "
+                "TLS to terminate TLS"
+            )
         if tls is not None and tls.https_redirect and protocol not in HTTP_PROTOCOLS:
             return "httpsRedirect applies to HTTP servers"
         return None
@@ -262,7 +273,8 @@ class GatewaySpec(IstioSpec):
             for j, b in enumerate(v[:i]):
                 if (a.bind, a.port.number) == (b.bind, b.port.number) and _port_kind(a) != _port_kind(b):
                     raise ValueError(
-                        f"servers[{j}] and servers[{i}] share port {a.port.number} but one is {_port_kind(b)} and the other {_port_kind(a)}; give them different ports"
+                        f"servers[{j}] and servers[{i}] share port {a.port.number} but one is {_port_kind(b)} and "
+                        f"the other {_port_kind(a)}; give them different ports"
                     )
         return v
 

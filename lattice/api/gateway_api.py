@@ -61,7 +61,8 @@ class ParentReference(GatewayApiSpec):
         if self.group not in _CORE_GROUPS or self.kind != "Service":
             got = f"{self.group or 'gateway.networking.k8s.io'}/{self.kind or 'Gateway'}"
             raise ValueError(
-                f"parent {got} is not supported: Lattice attaches routes to Services (mesh routing); set group: \"\" and kind: Service"
+                f"parent {got} is not supported: Lattice attaches routes to Services (mesh routing); set group: "
+                "\"\" and kind: Service"
             )
         if self.section_name is not None:
             raise ValueError("sectionName is not supported for a Service parent; select the service port with `port`")
@@ -192,7 +193,8 @@ class BackendObjectReference(GatewayApiSpec):
     def _a_service_port(self) -> BackendObjectReference:
         if self.group not in (None, *_CORE_GROUPS) or self.kind not in (None, "Service"):
             raise ValueError(
-                f"backend {self.group or ''}/{self.kind} is not supported: Lattice routes to Services (group \"\", kind Service)"
+                f"backend {self.group or ''}/{self.kind} is not supported: Lattice routes to Services (group \"\", "
+                "kind Service)"
             )
         if self.port is None:
             raise ValueError("port is required when the backend is a Service")
@@ -290,11 +292,13 @@ class HTTPRouteFilter(GatewayApiSpec):
         if given != [self.type]:
             field = to_camel(FILTER_FIELDS[self.type])
             raise ValueError(
-                f"a {self.type} filter takes exactly its `{field}` configuration (got {', '.join(map(_camel_field, given)) or 'none'})"
+                f"a {self.type} filter takes exactly its `{field}` configuration (got "
+                f"{', '.join(map(_camel_field, given)) or 'none'})"
             )
         if self.type == "ExtensionRef":
             raise ValueError(
-                "ExtensionRef filters are not supported: Lattice has no filter extensions; use the built-in filter types"
+                "ExtensionRef filters are not supported: Lattice has no filter extensions; use the built-in filter "
+                "types"
             )
         return self
 
@@ -313,7 +317,8 @@ def _check_filters(filters: list, allowed: tuple[str, ...], where: str) -> list:
             raise ValueError(f"{t} may appear only once")
     if "RequestRedirect" in types and "URLRewrite" in types:
         raise ValueError(
-            "RequestRedirect and URLRewrite cannot both be set: a redirect answers the client, nothing is forwarded to rewrite"
+            "RequestRedirect and URLRewrite cannot both be set: a redirect answers the client, nothing is "
+            "forwarded to rewrite"
         )
     return filters
 

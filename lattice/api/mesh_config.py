@@ -181,7 +181,8 @@ class OpenTelemetryProvider(Collector):
     def _no_http(cls, v: Any) -> Any:
         if v is not None:
             raise ValueError(
-                "OTLP over HTTP is not supported: Lattice's proxies export spans over OTLP/gRPC to service:port; remove `http`"
+                "OTLP over HTTP is not supported: Lattice's proxies export spans over OTLP/gRPC to service:port; "
+                "remove `http`"
             )
         return v
 
@@ -190,7 +191,8 @@ class OpenTelemetryProvider(Collector):
     def _not_supported(cls, v: Any) -> Any:
         if v is not None:
             raise ValueError(
-                "not supported: spans carry the proxy's service name and Istio's canonical service tags; sampling is `randomSamplingPercentage`"
+                "not supported: spans carry the proxy's service name and Istio's canonical service tags; sampling "
+                "is `randomSamplingPercentage`"
             )
         return v
 
@@ -214,7 +216,8 @@ class LogFormat(IstioSpec):
     def _one_kind(self) -> LogFormat:
         if (self.text is None) == (self.labels is None):
             raise ValueError(
-                "set exactly one of text (an Envoy format string) or labels (JSON keys and their Envoy command operators)"
+                "set exactly one of text (an Envoy format string) or labels (JSON keys and their Envoy command "
+                "operators)"
             )
         return self
 
@@ -234,7 +237,8 @@ class PrometheusProvider(IstioSpec):
 
 
 def check_log_path(v: str) -> str:
-    """An absolute file path such as /dev/stdout: proxies run in their own directories, so a relative one would scatter logs."""
+    """An absolute file path such as /dev/stdout: proxies run in their own directories, so a relative
+    one would scatter logs."""
     if not v.startswith("/"):
         raise ValueError(f"{v!r} is not an absolute path; write e.g. /dev/stdout or /var/log/lattice/access.log")
     return v
@@ -286,7 +290,8 @@ class ExtensionProvider(IstioSpec):
     def _unsupported(cls, v: Any) -> Any:
         if v is not None:
             raise ValueError(
-                "this provider kind is not supported; Lattice supports envoyExtAuthzHttp, envoyExtAuthzGrpc, opentelemetry, zipkin, envoyFileAccessLog and prometheus"
+                "this provider kind is not supported; Lattice supports envoyExtAuthzHttp, envoyExtAuthzGrpc, "
+                "opentelemetry, zipkin, envoyFileAccessLog and prometheus"
             )
         return v
 
@@ -335,7 +340,8 @@ class DefaultProviders(IstioSpec):
         others = [name for name in v or () if name != "prometheus"]
         if others:
             raise ValueError(
-                f"metrics provider {', '.join(map(repr, others))} is not supported: Lattice's sidecars expose metrics for Prometheus only (`prometheus`)"
+                f"metrics provider {', '.join(map(repr, others))} is not supported: Lattice's sidecars expose "
+                "metrics for Prometheus only (`prometheus`)"
             )
         return v
 
@@ -399,7 +405,8 @@ def json_labels(text: str) -> dict[str, str]:
         labels = None
     if not isinstance(labels, dict) or not labels or not all(isinstance(v, str) for v in labels.values()):
         raise ValueError(
-            'with accessLogEncoding JSON, accessLogFormat must be a JSON object of field names and Envoy command operators, e.g. {"path": "%REQ(:PATH)%"}'
+            'with accessLogEncoding JSON, accessLogFormat must be a JSON object of field names and Envoy command '
+            'operators, e.g. {"path": "%REQ(:PATH)%"}'
         )
     return labels
 

@@ -87,7 +87,8 @@ def _gateway_names(v: list[str]) -> list[str]:
 
 
 def binds_mesh(gateways: list[str]) -> bool:
-    """Istio: rules with no gateways apply to sidecars; naming gateways leaves sidecars out unless `mesh` is named too."""
+    """Istio: rules with no gateways apply to sidecars; naming gateways leaves sidecars out unless
+    `mesh` is named too."""
     return not gateways or "mesh" in gateways
 
 
@@ -165,7 +166,8 @@ class HTTPRetry(IstioSpec):
         unknown = [c for c in (p.strip() for p in v.split(",")) if c and not c.isdigit() and c not in RETRY_CONDITIONS]
         if unknown:
             raise ValueError(
-                f"unknown retry condition(s) {', '.join(unknown)}; use HTTP status codes or {', '.join(sorted(RETRY_CONDITIONS))}"
+                f"unknown retry condition(s) {', '.join(unknown)}; use HTTP status codes or "
+                f"{', '.join(sorted(RETRY_CONDITIONS))}"
             )
         return v
 
@@ -395,7 +397,8 @@ class HTTPRoute(IstioSpec):
             )
         if self.rewrite is not None and self.redirect is not None:
             raise ValueError(
-                "rewrite and redirect cannot both be set: a redirect answers the client, nothing is forwarded to rewrite"
+                "rewrite and redirect cannot both be set: a redirect answers the client, nothing is forwarded to "
+                "rewrite"
             )
         if self.mirror is not None and self.mirrors:
             raise ValueError("set mirror or mirrors, not both")
@@ -477,7 +480,8 @@ class VirtualServiceSpec(IstioSpec):
     def _star_only_on_gateways(self) -> VirtualServiceSpec:
         if "*" in self.hosts and binds_mesh(self.gateways):
             raise ValueError(
-                "hosts: '*' would capture every destination of every sidecar; name the hosts, or bind the VirtualService to a Gateway"
+                "hosts: '*' would capture every destination of every sidecar; name the hosts, or bind the "
+                "VirtualService to a Gateway"
             )
         return self
 

@@ -80,7 +80,7 @@ def check_jwks_uri(uri: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{uri!r} is not an http:// or https:// URL with a host")
     try:
-        parts.port
+        _ = parts.port  # reading it checks it
     except ValueError:
         raise ValueError(f"{uri!r} has an invalid port") from None
     return uri
@@ -103,7 +103,8 @@ class JWTHeader(IstioSpec):
         if "_" in v:
             # The sidecar rejects requests with '_' in a header name, so no token could arrive here.
             raise ValueError(
-                f"{v!r} contains '_'; the sidecar rejects requests with underscores in header names, so a token could never be read from it"
+                f"{v!r} contains '_'; the sidecar rejects requests with underscores in header names, so a token "
+                "could never be read from it"
             )
         return v
 
@@ -204,6 +205,7 @@ class RequestAuthenticationSpec(IstioSpec):
     def _no_target_refs(cls, v: Any) -> Any:
         if v is not None:
             raise ValueError(
-                "attaching to a Gateway or Service (waypoint) is not supported: Lattice applies RequestAuthentication at sidecars chosen by `selector`"
+                "attaching to a Gateway or Service (waypoint) is not supported: Lattice applies "
+                "RequestAuthentication at sidecars chosen by `selector`"
             )
         return v

@@ -65,7 +65,8 @@ class PeerAuthenticationSpec(IstioSpec):
         selector = info.data["selector"]
         if v and (selector is None or not selector.match_labels):
             raise ValueError(
-                "portLevelMtls requires a workload selector; a namespace- or mesh-wide PeerAuthentication cannot set per-port modes"
+                "portLevelMtls requires a workload selector; a namespace- or mesh-wide PeerAuthentication cannot "
+                "set per-port modes"
             )
         return v
 

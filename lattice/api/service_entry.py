@@ -177,7 +177,8 @@ class ServiceEntrySpec(IstioSpec):
         for i, address in enumerate(v):
             if "/" in address:
                 raise ValueError(
-                    f"addresses[{i}] {address!r}: CIDR ranges are not supported; Lattice's outbound proxy routes by the "
+                    f"addresses[{i}] {address!r}: CIDR ranges are not supported; Lattice's outbound proxy routes "
+                    "by the "
                     "requested host, and a range is not one; list the IP addresses instead"
                 )
             if not is_ip(address):
@@ -239,7 +240,8 @@ def _resolution_problems(resolution: str, data: dict) -> list[str]:
     if resolution == "NONE":
         if endpoints or data.get("workload_selector") is not None:
             problems.append(
-                "NONE forwards to the host the client asked for, so endpoints and workloadSelector would be unused; use STATIC or DNS"
+                "NONE forwards to the host the client asked for, so endpoints and workloadSelector would be "
+                "unused; use STATIC or DNS"
             )
         if any(p.target_port for p in ports):
             problems.append(
@@ -259,7 +261,8 @@ def _resolution_problems(resolution: str, data: dict) -> list[str]:
         problems.append("DNS_ROUND_ROBIN connects to one name at a time; give at most one endpoint (or use DNS)")
     if resolution != "NONE" and len(hosts) > 1 and any(p.lattice_protocol not in _HTTP_OR_TLS for p in ports):
         problems.append(
-            "several hosts with a TCP port: nothing in plain TCP says which host a connection is for; use NONE or one host per ServiceEntry"
+            "several hosts with a TCP port: nothing in plain TCP says which host a connection is for; use NONE or "
+            "one host per ServiceEntry"
         )
     return problems
 

@@ -163,7 +163,8 @@ class Tracing(IstioSpec):
     def _request_id(cls, v: bool | None) -> bool | None:
         if v is False:
             raise ValueError(
-                "false is not supported: Lattice's sidecars always sample on x-request-id (Envoy's default), so a request is traced at all its hops or none"
+                "false is not supported: Lattice's sidecars always sample on x-request-id (Envoy's default), so a "
+                "request is traced at all its hops or none"
             )
         return v
 
@@ -183,7 +184,8 @@ class Tracing(IstioSpec):
             ]
             if extra:
                 raise ValueError(
-                    f"a tracing rule for one side (match.mode {self.mode}) may only set disableSpanReporting; move {', '.join(extra)} to a rule for CLIENT_AND_SERVER"
+                    f"a tracing rule for one side (match.mode {self.mode}) may only set disableSpanReporting; move "
+                    f"{', '.join(extra)} to a rule for CLIENT_AND_SERVER"
                 )
         return self
 
@@ -245,7 +247,8 @@ class MetricsOverrides(IstioSpec):
         for name, override in v.items():
             if not _LABEL.match(name) or name.startswith("__"):
                 raise ValueError(
-                    f"{name!r} is not a Prometheus label name: letters, digits and '_', not starting with a digit or '__'"
+                    f"{name!r} is not a Prometheus label name: letters, digits and '_', not starting with a digit "
+                    "or '__'"
                 )
             if override.operation == "REMOVE" and name not in STANDARD_LABELS:
                 raise ValueError(
@@ -273,7 +276,8 @@ class Metrics(IstioSpec):
         others = [p.name for p in v if p.name != PROMETHEUS]
         if others:
             raise ValueError(
-                f"metrics provider {', '.join(map(repr, others))} is not supported: Lattice's sidecars expose Istio's metrics for Prometheus only (provider `prometheus`)"
+                f"metrics provider {', '.join(map(repr, others))} is not supported: Lattice's sidecars expose "
+                "Istio's metrics for Prometheus only (provider `prometheus`)"
             )
         return v
 
@@ -282,7 +286,8 @@ class Metrics(IstioSpec):
     def _no_interval(cls, v: Any) -> Any:
         if v is not None:
             raise ValueError(
-                "not supported: a sidecar's metrics are counted as traffic flows and read when Prometheus scrapes; there is no reporting period to set"
+                "not supported: a sidecar's metrics are counted as traffic flows and read when Prometheus scrapes; "
+                "there is no reporting period to set"
             )
         return v
 

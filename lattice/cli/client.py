@@ -45,7 +45,8 @@ def _discover(explicit: str | None, variable: str, key: str, scheme: str, exampl
     info = read_discovery(lattice_home())
     if info is None:
         raise ApiError(
-            f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or pass --server {example}"
+            f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or "
+            f"pass --server {example}"
         )
     return info[key]
 
@@ -127,7 +128,8 @@ class Client:
             raise ApiError(_json(e.read()).get("error") or f"HTTP {e.code}", e.code) from None
         except (urllib.error.URLError, OSError) as e:
             raise ApiError(
-                f"cannot reach the control plane at {self.base}: {getattr(e, 'reason', e)}; is `lattice server` running?"
+                f"cannot reach the control plane at {self.base}: {getattr(e, 'reason', e)}; is `lattice server` "
+                "running?"
             ) from None
 
 

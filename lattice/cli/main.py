@@ -88,11 +88,13 @@ def server(
     root_namespace: str = typer.Option("istio-system", help="Namespace whose selector-less policies apply mesh-wide."),
     outbound_traffic_policy: str = typer.Option(
         "ALLOW_ANY",
-        help="Hosts outside the registry: ALLOW_ANY passes them through, REGISTRY_ONLY answers 502 (Istio's MeshConfig outboundTrafficPolicy).",
+        help="Hosts outside the registry: ALLOW_ANY passes them through, REGISTRY_ONLY answers 502 (Istio's "
+        "MeshConfig outboundTrafficPolicy).",
     ),
     h2_upgrade_policy: str = typer.Option(
         "DO_NOT_UPGRADE",
-        help="HTTP/1.1 between sidecars: UPGRADE to HTTP/2 (one connection for many requests) or DO_NOT_UPGRADE; a DestinationRule's connectionPool.http.h2UpgradePolicy overrides it (Istio's MeshConfig h2UpgradePolicy).",
+        help="HTTP/1.1 between sidecars: UPGRADE to HTTP/2 (one connection for many requests) or DO_NOT_UPGRADE; a "
+        "DestinationRule's connectionPool.http.h2UpgradePolicy overrides it (Istio's MeshConfig h2UpgradePolicy).",
     ),
     debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
     heartbeat_timeout: float = typer.Option(15.0, help="Seconds without a heartbeat before a workload is dropped."),
@@ -102,7 +104,9 @@ def server(
     mesh_config: Optional[Path] = typer.Option(
         None,
         "--mesh-config",
-        help="Istio MeshConfig YAML: extensionProviders (external authorizers for CUSTOM AuthorizationPolicies; trace, access log and metrics providers for Telemetry) and telemetry defaults (accessLogFile, enableTracing, defaultProviders, defaultConfig.tracing.sampling).",
+        help="Istio MeshConfig YAML: extensionProviders (external authorizers for CUSTOM AuthorizationPolicies; "
+        "trace, access log and metrics providers for Telemetry) and telemetry defaults (accessLogFile, "
+        "enableTracing, defaultProviders, defaultConfig.tracing.sampling).",
     ),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
@@ -250,7 +254,8 @@ def _upstreams(specs: list[str], namespace: str, port: int) -> list:
         local = int(m["local"] or m["port"])
         if local in taken:
             fail(
-                f"--upstream {spec!r}: local port {local} is already used by {taken[local]}; pick another with =LOCALPORT"
+                f"--upstream {spec!r}: local port {local} is already used by {taken[local]}; pick another with "
+                "=LOCALPORT"
             )
         taken[local] = f"--upstream {spec}"
         try:
@@ -276,7 +281,8 @@ def _join_token(token: str | None, token_file: Path | None, service_account: str
             fail(f"cannot read --token-file {token_file}: {e.strerror}")
     if not token:
         fail(
-            f"no join token: pass --token, --token-file or set LATTICE_TOKEN; create one with `lattice token create --service-account {service_account} -n {namespace}`"
+            "no join token: pass --token, --token-file or set LATTICE_TOKEN; create one with `lattice token "
+            f"create --service-account {service_account} -n {namespace}`"
         )
     return token
 
@@ -309,16 +315,20 @@ def run(
     app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
     protocol: Optional[str] = typer.Option(
         None,
-        help="Istio protocol: HTTP, HTTP2, GRPC, GRPC-Web, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS (default: from --port-name, else HTTP).",
+        help="Istio protocol: HTTP, HTTP2, GRPC, GRPC-Web, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS (default: from "
+        "--port-name, else HTTP).",
     ),
     port_name: Optional[str] = typer.Option(
         None,
-        help="Istio-style port name, <protocol>[-<suffix>] (http-web, grpc-api, tcp-db): picks the protocol when --protocol is not given.",
+        help="Istio-style port name, <protocol>[-<suffix>] (http-web, grpc-api, tcp-db): picks the protocol when "
+        "--protocol is not given.",
     ),
     upstream: list[str] = typer.Option(
         [],
         "--upstream",
-        help="SERVICE[.NAMESPACE]:PORT[=LOCALPORT] (repeatable): the sidecar listens on this workload's address at LOCALPORT (default PORT) and forwards to that service port; the app finds it in $LATTICE_UPSTREAM_<SERVICE>_<PORT>. For TCP and clients that cannot use HTTP_PROXY.",
+        help="SERVICE[.NAMESPACE]:PORT[=LOCALPORT] (repeatable): the sidecar listens on this workload's address at "
+        "LOCALPORT (default PORT) and forwards to that service port; the app finds it in "
+        "$LATTICE_UPSTREAM_<SERVICE>_<PORT>. For TCP and clients that cannot use HTTP_PROXY.",
     ),
     server: Optional[str] = AgentServerOpt,
     token: Optional[str] = TokenOpt,
@@ -328,7 +338,8 @@ def run(
     command = list(ctx.args)
     if not command:
         fail(
-            "give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice agent` runs a sidecar alone"
+            "give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice "
+            "agent` runs a sidecar alone"
         )
     raise typer.Exit(
         _sidecar(
@@ -710,7 +721,8 @@ def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> Non
     if output is Format.table:
         s = data["server"]
         typer.echo(
-            f"\nconfig revision {s['revision']}, snapshot {s['snapshot']}, last push {s['last_push_ms']} ms, outbound traffic policy {s.get('outbound_traffic_policy', '?')}"
+            f"\nconfig revision {s['revision']}, snapshot {s['snapshot']}, last push {s['last_push_ms']} ms, "
+            f"outbound traffic policy {s.get('outbound_traffic_policy', '?')}"
         )
         for p in data["proxies"]:
             for t, v in p["types"].items():

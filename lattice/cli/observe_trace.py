@@ -65,7 +65,8 @@ def trace(
     if output is Format.table and not rows:
         where = f" touching {service}" if service else ""
         typer.echo(
-            f"no traces{where} yet: 1% of requests are sampled unless a Telemetry resource sets randomSamplingPercentage; see `lattice trace --help`"
+            f"no traces{where} yet: 1% of requests are sampled unless a Telemetry resource sets "
+            "randomSamplingPercentage; see `lattice trace --help`"
         )
 
 
@@ -85,7 +86,8 @@ def _one(data: dict, output: Format) -> None:
     emit(data, output, ["OPERATION", "SERVICE", "KIND", "START", "DURATION", "STATUS", "SPAN ID"], rows)
     if output is Format.table:
         typer.echo(
-            f"\ntrace {data['trace_id']}: {data['span_count']} spans over {', '.join(data['services'])}, {_duration(data['duration_ms'])}"
+            f"\ntrace {data['trace_id']}: {data['span_count']} spans over {', '.join(data['services'])}, "
+            f"{_duration(data['duration_ms'])}"
         )
 
 

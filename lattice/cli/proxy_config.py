@@ -29,7 +29,7 @@ def clusters_of(dump: dict) -> list[dict]:
 
 def listeners_of(dump: dict) -> list[dict]:
     section = _section(dump, "ListenersConfigDump")
-    return [l["active_state"]["listener"] for l in section.get("dynamic_listeners", []) if "active_state" in l]
+    return [d["active_state"]["listener"] for d in section.get("dynamic_listeners", []) if "active_state" in d]
 
 
 def routes_of(dump: dict) -> list[dict]:
@@ -68,8 +68,8 @@ def listeners(workload: str = WorkloadArg, server: Optional[str] = ServerOpt, ou
     """Listeners: inbound (service port) and outbound (the HTTP proxy port)."""
     items = listeners_of(_dump(workload, server))
     rows = [
-        [l["name"], l["address"]["socket_address"]["address"], l["address"]["socket_address"]["port_value"]]
-        for l in items
+        [x["name"], x["address"]["socket_address"]["address"], x["address"]["socket_address"]["port_value"]]
+        for x in items
     ]
     emit(items, output, ["NAME", "ADDRESS", "PORT"], rows)
 

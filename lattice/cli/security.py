@@ -111,10 +111,13 @@ def show(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
         refused = ", ".join(f"{k} {v}" for k, v in sorted(info["refused"].items())) or "none"
         proxies = info["proxies"]
         typer.echo(
-            f"\ntrust domain {info['trust_domain']}{' (plug-in CA)' if info['plug_in'] else ''}; workload certificates last {_span(info['cert_ttl_seconds'])}\n"
+            f"\ntrust domain {info['trust_domain']}{' (plug-in CA)' if info['plug_in'] else ''}; workload "
+            f"certificates last {_span(info['cert_ttl_seconds'])}\n"
             f"signing CA: {info['signing']['subject']}, {info['signing']['days_left']} days left\n"
             f"issued {info['issued']}, refused {refused}\n"
-            f"rotation: {info['rotation']}; {proxies['trust_current_bundle']}/{proxies['total']} proxies hold trust bundle v{info['bundle_version']}, {proxies['on_signing_root']}/{proxies['total']} hold a certificate from the signing root"
+            f"rotation: {info['rotation']}; {proxies['trust_current_bundle']}/{proxies['total']} proxies hold "
+            f"trust bundle v{info['bundle_version']}, {proxies['on_signing_root']}/{proxies['total']} hold a "
+            "certificate from the signing root"
         )
 
 

@@ -29,7 +29,7 @@ class Child:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> Child:
-        with open(self.log, "wb") as sink:
+        with open(self.log, "wb") as sink:  # noqa: ASYNC230 (a local log file, opened once per start)
             # A session of its own: a Ctrl-C in the terminal reaches the demo only, which then
             # stops children in order; PDEATHSIG covers the demo dying without a chance to.
             self.process = await asyncio.create_subprocess_exec(

@@ -216,7 +216,8 @@ class Demo:
                 return info["api"]
             await asyncio.sleep(0.05)
         raise DemoError(
-            f"the control plane did not start within {SERVER_START_TIMEOUT:.0f} s; its log ends:\n{self.server.log_tail()}"
+            f"the control plane did not start within {SERVER_START_TIMEOUT:.0f} s; its log "
+            f"ends:\n{self.server.log_tail()}"
         )
 
     def _workload(self, spec: topology.DemoWorkload) -> Child:
@@ -266,7 +267,8 @@ class Demo:
         # STRICT means productpage's port takes mesh mTLS only; from outside, enter the mesh the
         # way its own apps do, through a sidecar's outbound proxy (here the load generator's).
         self.console.print(
-            f"productpage, through loadgen's sidecar: [bold]curl -x http://{client['address']}:{client['outbound_port']} http://productpage:9080/productpage[/]",
+            "productpage, through loadgen's sidecar: [bold]curl -x "
+            f"http://{client['address']}:{client['outbound_port']} http://productpage:9080/productpage[/]",
             highlight=False,
         )
         self.console.print(
@@ -291,7 +293,8 @@ class Demo:
         deadline = None if duration is None else self.traffic_started + duration
         until = "Ctrl-C to stop" if deadline is None else f"stopping in {duration:g} s"
         self.console.print(
-            f"loadgen → productpage at {self.rate:g} requests/s, {topology.JASON_SHARE:.0%} as end-user: jason; {until}",
+            f"loadgen → productpage at {self.rate:g} requests/s, {topology.JASON_SHARE:.0%} as end-user: jason; "
+            f"{until}",
             highlight=False,
         )
         meter, printed = TrafficMeter(), time.monotonic()
@@ -364,7 +367,8 @@ class Demo:
             self.console.print(render(average, title=f"final: {seconds:.0f} s of traffic (RPS: average)"))
             front = sum(r.stats.total for r in self.rows if r.stats and r.service == "productpage")
             self.console.print(
-                f"total: {total_requests(self.rows)} requests served by sidecars, {front} of them from loadgen to productpage",
+                f"total: {total_requests(self.rows)} requests served by sidecars, {front} of them from loadgen to "
+                "productpage",
                 highlight=False,
             )
         if self.edges:
@@ -420,7 +424,8 @@ async def run_demo(duration: float | None, check: bool, rate: float) -> int:
     running = read_discovery(home)
     if running is not None:
         _error(
-            f"a control plane is already running for LATTICE_HOME={home} (pid {running['pid']}); stop it, or run the demo with LATTICE_HOME set to another directory"
+            f"a control plane is already running for LATTICE_HOME={home} (pid {running['pid']}); stop it, or run "
+            "the demo with LATTICE_HOME set to another directory"
         )
         return 2
     if rate <= 0:

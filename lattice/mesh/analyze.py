@@ -59,7 +59,8 @@ def analyze(snapshot: MeshSnapshot, targets: Iterable[Resource], registry_known:
                 "info",
                 "",
                 "",
-                "offline: no control plane consulted, so hosts and subset members were not checked (run with a server to check them)",
+                "offline: no control plane consulted, so hosts and subset members were not checked (run with a "
+                "server to check them)",
             )
         )
     return out
@@ -148,7 +149,8 @@ def _destination_rule(snapshot: MeshSnapshot, dr: Resource, registry_known: bool
             _finding(
                 dr,
                 "spec.host",
-                f"host {dr.spec.host!r} ({host}) resolves to no service or ServiceEntry; this rule applies to nothing yet",
+                f"host {dr.spec.host!r} ({host}) resolves to no service or ServiceEntry; this rule applies to "
+                "nothing yet",
             )
         ]
     members = snapshot.endpoints(host)
@@ -160,7 +162,8 @@ def _destination_rule(snapshot: MeshSnapshot, dr: Resource, registry_known: bool
                 _finding(
                     dr,
                     f"spec.subsets[{i}]",
-                    f"subset {subset.name!r} (labels {labels}) matches no workload of {host}; requests routed there get 503",
+                    f"subset {subset.name!r} (labels {labels}) matches no workload of {host}; requests routed "
+                    "there get 503",
                 )
             )
     return out

@@ -130,7 +130,8 @@ def table_conflicts(tables: tuple[RouteTable, ...], winners: Mapping[str, Resour
         winner = winners.get(t.host)
         if winner is not None and winner is not t.resource and not t.consumer:
             out.append(
-                f"{t.label()}: host {t.host} is already claimed by {winner.kind} {winner.namespace}/{winner.name}, which is older; "
+                f"{t.label()}: host {t.host} is already claimed by {winner.kind} {winner.namespace}/{winner.name}, "
+                "which is older; "
                 "sidecars apply one VirtualService or merged route set per host (as Istio does); ignored for that host"
             )
     return out

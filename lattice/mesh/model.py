@@ -15,7 +15,8 @@ from lattice.mesh.hosts import fqdn
 from lattice.mesh.peer_auth import mtls_mode
 from lattice.mesh.service_entry import entry_registry, visible
 from lattice.mesh.telemetry import MeshTelemetry
-from lattice.mesh.workload import Service, Upstream, Workload
+from lattice.mesh.workload import Service, Workload
+from lattice.mesh.workload import Upstream as Upstream  # (where it lived before mesh/workload.py)
 
 T = TypeVar("T")
 
@@ -188,7 +189,8 @@ class MeshSnapshot:
         return authz.policies_for(self.authorization_policies, workload, self.root_namespace)
 
     def request_authentications_for(self, workload: Workload) -> tuple[Resource, ...]:
-        """Every RequestAuthentication `workload`'s sidecar enforces: all that match, combined (`mesh.request_authn`)."""
+        """Every RequestAuthentication `workload`'s sidecar enforces: all that match, combined
+        (`mesh.request_authn`)."""
         return request_authn.policies_for(self.request_authentications, workload, self.root_namespace)
 
     def identity(self, workload: Workload) -> str:
@@ -211,7 +213,8 @@ class MeshSnapshot:
                     winner = index.get(self.resolve_host(h, r.namespace))
                     if winner is not None and winner is not r:
                         out.append(
-                            f"{r.kind} {r.namespace}/{r.name}: host {h} is already claimed by {winner.kind} {winner.namespace}/{winner.name}; ignored for that host"
+                            f"{r.kind} {r.namespace}/{r.name}: host {h} is already claimed by {winner.kind} "
+                            f"{winner.namespace}/{winner.name}; ignored for that host"
                         )
         out += gateway_api.table_conflicts(self._route_tables, vs_winners)
         out += request_authn.jwks_problems(self.request_authentications, self.jwks, self.jwks_errors)

@@ -297,7 +297,13 @@ class TracedSnapshot:
         if frame.proxy is not None and any(a is frame.proxy for a in args):  # the computation's own proxy
             fields = _fields_read(self._snapshot, name, plain, kwargs)
             frame.own.append(
-                _Read(name, tuple(_PROXY if a is frame.proxy else p for a, p in zip(args, plain)), items, value, fields)
+                _Read(
+                    name,
+                    tuple(_PROXY if a is frame.proxy else p for a, p in zip(args, plain, strict=True)),
+                    items,
+                    value,
+                    fields,
+                )
             )
             return value
         keys, named = [_arg_key(a) for a in plain], [(k, _arg_key(v)) for k, v in items]

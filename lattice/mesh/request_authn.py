@@ -45,6 +45,7 @@ def jwks_problems(policies: Sequence[Resource], jwks: Mapping[str, str], errors:
                 else f"every token from issuer {rule.issuer} is rejected (401) until it can be fetched"
             )
             out.append(
-                f"RequestAuthentication {p.namespace}/{p.name}: jwtRules[{i}].jwksUri {rule.jwks_uri} could not be fetched ({error}); {effect}"
+                f"RequestAuthentication {p.namespace}/{p.name}: jwtRules[{i}].jwksUri {rule.jwks_uri} could not be "
+                f"fetched ({error}); {effect}"
             )
     return out

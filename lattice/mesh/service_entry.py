@@ -139,7 +139,8 @@ def _members(
         chosen = [m for m in chosen if m not in named]
     if spec.resolution == "DNS_ROUND_ROBIN" and len(chosen) > 1:
         problems.append(
-            f"{_label(se)} (DNS_ROUND_ROBIN) uses one endpoint; it selects {len(chosen)}, so only {chosen[0][0]} is used"
+            f"{_label(se)} (DNS_ROUND_ROBIN) uses one endpoint; it selects {len(chosen)}, so only {chosen[0][0]} "
+            "is used"
         )
         chosen = chosen[:1]
     return chosen

@@ -428,7 +428,8 @@ def provider_problems(mesh: MeshTelemetry, spec: TelemetrySpec) -> list[tuple[st
                 out.append(
                     (
                         f"spec.tracing[{i}].providers[{j}].name",
-                        f"no tracing provider {p.name!r} in the mesh config (known: {tracers}); the workloads this selects send no spans",
+                        f"no tracing provider {p.name!r} in the mesh config (known: {tracers}); the workloads this "
+                        "selects send no spans",
                     )
                 )
     if spec.tracing and not mesh.enable_tracing:
@@ -441,7 +442,8 @@ def provider_problems(mesh: MeshTelemetry, spec: TelemetrySpec) -> list[tuple[st
                 out.append(
                     (
                         f"spec.accessLogging[{i}].providers[{j}].name",
-                        f"no access log provider {p.name!r} in the mesh config (known: {loggers}); that log is not written",
+                        f"no access log provider {p.name!r} in the mesh config (known: {loggers}); that log is not "
+                        "written",
                     )
                 )
     return out

@@ -169,7 +169,8 @@ class AgentApi:
         if (registration.namespace, registration.service_account) != (identity.namespace, identity.service_account):
             raise _refuse(
                 403,
-                f"{identity} may not register a workload of service account {registration.namespace}/{registration.service_account}",
+                f"{identity} may not register a workload of service account "
+                f"{registration.namespace}/{registration.service_account}",
             )
         self._check_owner(registration.id, identity)
         workload = self.registry.register(registration)

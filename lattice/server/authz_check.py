@@ -81,7 +81,7 @@ def _report(w: Workload, d: Decision, labels: list[str]) -> dict:
         "dry_run": [{"action": s.action, "would_deny": s.denies, "matched": list(s.matched)} for s in d.dry_run],
         "stages": [
             {"stage": label, "action": s.action, "shadow": s.shadow, "matched": list(s.matched)}
-            for label, s in zip(labels, d.stages)
+            for label, s in zip(labels, d.stages, strict=False)
         ],
     }
 

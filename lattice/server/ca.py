@@ -168,7 +168,8 @@ class CaManager:
     def start_rotation(self) -> None:
         if self.plugged:
             raise RotationError(
-                "the CA is a plug-in (--ca-cert/--ca-key): rotate it at its source, then restart the server with the new files"
+                "the CA is a plug-in (--ca-cert/--ca-key): rotate it at its source, then restart the server with "
+                "the new files"
             )
         if self.phase:
             raise RotationError(f"a root rotation is already in progress ({self.phase}); see `lattice ca show`")

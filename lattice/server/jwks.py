@@ -77,7 +77,7 @@ class JwksCache:
             results = await asyncio.gather(*(_fetch(uri, timeout) for uri, timeout in sorted(wanted.items())))
             self.keys = {uri: text for uri, text in self.keys.items() if uri in wanted}
             self.errors = {}
-            for uri, (text, error) in zip(sorted(wanted), results):
+            for uri, (text, error) in zip(sorted(wanted), results, strict=True):
                 self._record(uri, text, error, before[1].get(uri))
             return (self.keys, self.errors) != before
 

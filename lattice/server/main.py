@@ -123,7 +123,8 @@ class ControlPlane:
             xds_port = 0
         if not xds_port:
             raise SystemExit(
-                f"cannot listen on {self.config.xds_host}:{self.config.xds_port} for xDS; pass --xds-port 0 for a free port"
+                f"cannot listen on {self.config.xds_host}:{self.config.xds_port} for xDS; pass --xds-port 0 for a "
+                "free port"
             )
         runner = web.AppRunner(self.rest.app(), access_log=None)
         await runner.setup()

@@ -70,7 +70,7 @@ def _escape_help(text: str) -> str:
 
 
 def _label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values))
+    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=False))
 
 
 def _braced(text: str) -> str:
@@ -235,7 +235,7 @@ class _HistogramValue:
             counts, total = list(self._counts), self._sum
         prefix = f"{self._labels}," if self._labels else ""
         cumulative = 0
-        for bound, count in zip((*self._bounds, math.inf), counts):
+        for bound, count in zip((*self._bounds, math.inf), counts, strict=False):
             cumulative += count
             out.append(f'{name}_bucket{{{prefix}le="{format_value(bound)}"}} {cumulative}')
         out.append(f"{name}_sum{_braced(self._labels)} {format_value(total)}")
@@ -328,7 +328,8 @@ class ControlPlaneMetrics:
         )
         self.convergence = r.histogram(
             "pilot_proxy_convergence_time",
-            "Seconds from the config or registry change that triggered a push to the proxy ACKing everything it was sent.",
+            "Seconds from the config or registry change that triggered a push to the proxy ACKing everything it "
+            "was sent.",
             CONVERGENCE_BUCKETS,
         )
         self.push_time = r.histogram(
@@ -363,7 +364,8 @@ class ControlPlaneMetrics:
         )
         self.authentication_failures = r.counter(
             "citadel_server_authentication_failure_count",
-            "CSRs refused for their credential: missing or bad join token, or an identity that may not have the certificate asked for.",
+            "CSRs refused for their credential: missing or bad join token, or an identity that may not have the "
+            "certificate asked for.",
         )
         self.root_expiry = r.gauge(
             "citadel_server_root_cert_expiry_timestamp", "When the signing root certificate expires, in Unix seconds."

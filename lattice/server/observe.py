@@ -308,7 +308,8 @@ class Observatory:
             raise web.HTTPNotFound(
                 text=json.dumps(
                     {
-                        "error": f"no workload or service named {q.get('name')!r} is registered; `lattice status` lists them"
+                        "error": f"no workload or service named {q.get('name')!r} is registered; `lattice status` "
+                        "lists them"
                     }
                 ),
                 content_type="application/json",

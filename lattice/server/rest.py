@@ -94,7 +94,8 @@ class RestApi:
             ):
                 return web.json_response(
                     {
-                        "error": "missing or wrong admin credential: the CLI reads it from $LATTICE_HOME/admin-token, written by `lattice server`"
+                        "error": "missing or wrong admin credential: the CLI reads it from "
+                        "$LATTICE_HOME/admin-token, written by `lattice server`"
                     },
                     status=401,
                 )
@@ -316,7 +317,7 @@ class RestApi:
             raise web.HTTPBadGateway(
                 text=json.dumps({"error": f"cannot reach the agent of {workload.id} at {url}: {e}"}),
                 content_type="application/json",
-            )
+            ) from e
 
     def _find(self, ref: str):
         """A workload by proxy id, or by workload name if that names exactly one."""

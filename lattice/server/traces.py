@@ -329,7 +329,8 @@ def trace_response(store: TraceStore, trace_id: str) -> web.Response:
     if found is None:
         return _error(
             404,
-            f"no trace {trace_id} in the collector: it keeps the most recent {store.max_traces} traces; see `lattice trace`",
+            f"no trace {trace_id} in the collector: it keeps the most recent {store.max_traces} traces; see "
+            "`lattice trace`",
         )
     return web.json_response(found)
 

@@ -11,7 +11,8 @@ Parts, one per xDS type plus shared pieces:
 - `jwt`       — RequestAuthentication as the inbound jwt_authn filter (Istio's layout).
 - `authz`     — AuthorizationPolicy as inbound RBAC filters (`rbac_configs`: the one compiled form).
 - `ext_authz` — CUSTOM policies: ext_authz to the mesh config's extension provider, and its cluster.
-- `tracing`   — the tracer on every connection manager (embedded collector, OpenTelemetry, Zipkin), and an external collector's cluster.
+- `tracing`   — the tracer on every connection manager (embedded collector, OpenTelemetry, Zipkin), and an external
+collector's cluster.
 - `telemetry` — access logs on every connection manager (to the agent for metrics; files), and who is at each end.
 - `resources` — `Resources`: the output, sorted by name, type by type; `translate_type`, one type of it.
 - `incremental` — `ProxyTranslations`: a new snapshot re-translates only the types whose reads it

@@ -40,7 +40,6 @@ from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2,
 
 from lattice.api import Resource
 from lattice.api.authorization import Operation, Rule, Source, bracket_names, is_path_template
-from lattice.api.mesh_config import ExtensionProvider
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.mesh import authz as scoping
 from lattice.mesh import protocol as protocols

@@ -31,7 +31,10 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
     for service in snapshot.visible_services(proxy.namespace):
         # The same for every caller: built once per snapshot, shared by all proxies.
         out.extend(
-            snapshot.memo(("clusters", service.hostname, service.port), lambda: _service_clusters(snapshot, service))
+            snapshot.memo(
+                ("clusters", service.hostname, service.port),
+                lambda service=service: _service_clusters(snapshot, service),
+            )
         )
     return (
         out + ext_authz.clusters(snapshot, proxy) + tracing.clusters(snapshot, proxy)

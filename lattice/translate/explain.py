@@ -229,7 +229,7 @@ def _string(m: string_pb2.StringMatcher, value: str) -> bool:
 def _cidr(c: address_pb2.CidrRange, ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip) in ipaddress.ip_network(
-            f"{c.address_prefix}/{c.prefix_len.value if c.HasField('prefix_len') else (32 if '.' in c.address_prefix else 128)}",
+            f"{c.address_prefix}/{_prefix_len(c)}",
             strict=False,
         )
     except ValueError:
@@ -281,3 +281,8 @@ def template_regex(template: str) -> str:
         else:
             out.append(re.escape(part))
     return "".join(out)
+
+
+def _prefix_len(cidr) -> int:
+    """A CIDR range's length; a whole address when it gives none."""
+    return cidr.prefix_len.value if cidr.HasField("prefix_len") else 32 if "." in cidr.address_prefix else 128

@@ -65,7 +65,7 @@ def workload_rules(snapshot: MeshSnapshot, proxy: Workload) -> list[JWTRule]:
 def authentication(snapshot: MeshSnapshot, rules: list[JWTRule]) -> jwt.JwtAuthentication:
     names = [f"origins-{i}" for i in range(len(rules))]
     config = jwt.JwtAuthentication(bypass_cors_preflight=True)
-    for name, rule in zip(names, rules):
+    for name, rule in zip(names, rules, strict=True):
         config.providers[name].CopyFrom(provider(rule, _jwks(snapshot, rule)))
     config.rules.append(jwt.RequirementRule(match=rc.RouteMatch(prefix="/"), requires=requirement(names)))
     return config

@@ -386,7 +386,7 @@ def _compact(groups: list[ec.LocalityLbEndpoints]) -> None:
 
 def _matches(loc: Locality, pattern: str) -> bool:
     """Istio's LocalityMatch: "region[/zone[/subzone]]", where '*' or a missing part matches anything."""
-    for part, value in zip(pattern.split("/"), loc):
+    for part, value in zip(pattern.split("/"), loc, strict=False):
         if part == "*":
             return True
         if part != value:

@@ -37,7 +37,8 @@ def test_apply_warns_and_analyze_agrees(plane, workloads, tmp_path):
     messages = {(f["field"], f["message"]) for f in findings}
     assert (
         "spec.subsets[1]",
-        "subset 'v2' (labels version=v2) matches no workload of web.default.svc.cluster.local; requests routed there get 503",
+        "subset 'v2' (labels version=v2) matches no workload of web.default.svc.cluster.local; requests routed "
+        "there get 503",
     ) in messages
     assert any(field == "spec.http[0].route" and "add up to 110" in m for field, m in messages)
     # analyze stores nothing

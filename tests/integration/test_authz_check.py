@@ -78,7 +78,8 @@ def test_check_agrees_with_the_sidecar_on_every_request(shared_plane, mesh):
         seen.add(status)
         if status != predicted:
             disagreements.append(
-                f"{caller} {method} {path} x-team={team}: sidecar {status}, check {result['decision']} ({result['reason']})"
+                f"{caller} {method} {path} x-team={team}: sidecar {status}, check {result['decision']} "
+                f"({result['reason']})"
             )
         if status == 403:
             assert body == b"RBAC: access denied", body

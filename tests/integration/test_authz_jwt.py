@@ -77,7 +77,7 @@ def test_request_principals_and_claims(shared_plane, mesh):
         ("/other", admin, 403),
     ]
     statuses = [_call(mesh, path, token) for path, token, _ in cases]
-    assert statuses == [expected for _, _, expected in cases], list(zip(cases, statuses))
+    assert statuses == [expected for _, _, expected in cases], list(zip(cases, statuses, strict=True))
     # authz check reads the same claims (it does not verify signatures; the sidecar did, above).
     for path, token, expected in cases:
         if expected != 401:

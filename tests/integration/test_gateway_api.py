@@ -135,8 +135,10 @@ def test_header_modifiers_reach_the_backend_and_the_client(shared_plane, client)
     _apply(
         shared_plane,
         _route("""  - filters:
-    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: gamma}], add: [{name: x-tag, value: added}], remove: [x-drop]}}
-    - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-answered-by, value: lattice}], remove: [x-instance]}}
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: gamma}], add: [{name: x-tag,
+    value: added}], remove: [x-drop]}}
+    - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-answered-by, value: lattice}], remove:
+    [x-instance]}}
     backendRefs: [{name: web, port: 9080}]"""),
     )
     wait_for(lambda: client.call(WEB + "/")[1].get("x-answered-by") == "lattice", 5, what="the filters to apply")
@@ -151,7 +153,8 @@ def test_request_redirect_answers_the_client_with_the_location(shared_plane, cli
     _apply(
         shared_plane,
         _route("""  - matches: [{path: {type: Exact, value: /old}}]
-    filters: [{type: RequestRedirect, requestRedirect: {hostname: example.com, path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}}]
+    filters: [{type: RequestRedirect, requestRedirect: {hostname: example.com, path: {type: ReplaceFullPath,
+    replaceFullPath: /new}, statusCode: 301}}]
   - backendRefs: [{name: web, port: 9080}]"""),
     )
     wait_for(lambda: _raw(client, "/old").status == 301, 5, what="the redirect to apply")
@@ -166,7 +169,8 @@ def test_url_rewrite_replaces_the_matched_prefix_and_the_host(shared_plane, clie
     _apply(
         shared_plane,
         _route("""  - matches: [{path: {value: /api/v1}}]
-    filters: [{type: URLRewrite, urlRewrite: {hostname: rewritten.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]
+    filters: [{type: URLRewrite, urlRewrite: {hostname: rewritten.example, path: {type: ReplacePrefixMatch,
+    replacePrefixMatch: /}}}]
     backendRefs: [{name: web, port: 9080}]
   - backendRefs: [{name: web, port: 9080}]"""),
     )
@@ -213,8 +217,8 @@ spec:
     wait_for(lambda: served_by(client, WEB + "/", 3) == {"web-canary-v2": 3}, 5, what="the VirtualService to route web")
     status = shared_plane.cli("status").stdout
     assert (
-        "conflict: HTTPRoute default/web-routes: host web.default.svc.cluster.local is already claimed by VirtualService default/web-pinned"
-        in status
+        "conflict: HTTPRoute default/web-routes: host web.default.svc.cluster.local is already claimed by "
+        "VirtualService default/web-pinned" in status
     )
     # The route applies once the VirtualService is gone, and reads back as it was written.
     shared_plane.cli("delete", "virtualservice", "web-pinned")

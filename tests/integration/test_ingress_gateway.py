@@ -245,7 +245,8 @@ TLS_APP = """
 import http.server, os, ssl
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        self.send_response(200); self.send_header("content-length", "11"); self.end_headers(); self.wfile.write(b"tls-backend")
+        self.send_response(200); self.send_header("content-length", "11"); self.end_headers();
+        self.wfile.write(b"tls-backend")
     def log_message(self, *args): pass
 server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(os.environ["CERT"], os.environ["KEY"])

@@ -285,7 +285,8 @@ def test_meshed_traffic_is_encrypted_on_the_wire(plane, mesh, tmp_path):
     for direction, payloads in (("requests", to_server), ("responses", from_server)):
         tls_records = [p for p in payloads if p[:3] == b"\x17\x03\x03"]  # TLS application data
         assert len(tls_records) >= 10, (
-            f"expected a TLS record per meshed request in the {direction}, saw {len(tls_records)} of {len(payloads)} segments"
+            f"expected a TLS record per meshed request in the {direction}, saw {len(tls_records)} of "
+            f"{len(payloads)} segments"
         )
     plaintext = [p[:40] for p in to_server if p.startswith(b"GET ")]
     assert plaintext == [f"GET {control_path} HTTP/1.1\r\n".encode()[:40]], plaintext

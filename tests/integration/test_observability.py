@@ -48,7 +48,7 @@ def scrape(w: Workload) -> list[tuple[str, dict, float]]:
 
 
 def value(samples, name: str, **labels) -> float:
-    return sum(v for n, l, v in samples if n == name and all(l.get(k) == str(x) for k, x in labels.items()))
+    return sum(v for n, got, v in samples if n == name and all(got.get(k) == str(x) for k, x in labels.items()))
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +129,11 @@ def test_scrapes_of_both_sidecars_count_exactly_the_requests_sent(mesh):
         # The histogram is whole: cumulative buckets never decrease and +Inf holds every request.
         for code, n in (("200", 7), ("404", 3)):
             buckets = [
-                (l["le"], v)
-                for name, l, v in samples
+                (got["le"], v)
+                for name, got, v in samples
                 if name == "istio_request_duration_milliseconds_bucket"
-                and l["reporter"] == reporter
-                and l["response_code"] == code
+                and got["reporter"] == reporter
+                and got["response_code"] == code
             ]
             counts = [v for _, v in buckets]
             assert counts == sorted(counts) and dict(buckets)["+Inf"] == n

@@ -226,7 +226,7 @@ def test_inbound_forwards_the_normalized_path(mesh, protocol, path, expected):
 
 def test_backslash_is_a_slash_to_routing_and_app(mesh):
     for target, status, seen in ((_outbound(mesh), 404, None), (_inbound(mesh), 200, "/admin")):
-        answer, echoes = _observe(mesh, lambda: h1(*target, _request("GET", "/public\\..\\admin", HOST)))
+        answer, echoes = _observe(mesh, lambda t=target: h1(*t, _request("GET", "/public\\..\\admin", HOST)))
         assert answer.status == status and [e["path"] for e in echoes] == ([seen] if seen else []), (answer, echoes)
 
 
@@ -260,7 +260,7 @@ def test_duplicate_host_is_refused(mesh, where):
         _request("GET", "/public/x", "other", f"Host: {HOST}"),
         _request("GET", "/public/x", HOST, "Host: other"),
     ):
-        assert _observe(mesh, lambda: h1(*target, raw))[0].status == 400
+        assert _observe(mesh, lambda r=raw: h1(*target, r))[0].status == 400
     assert (
         _observe(
             mesh,
@@ -319,7 +319,7 @@ def test_malformed_http1_is_400(mesh, where, name):
 def test_oversized_headers_are_431(mesh):
     raw = _request("GET", "/public/x", HOST, "x-big: " + "a" * 70_000)  # over Envoy's 60 KiB default
     for target in (_outbound(mesh), _inbound(mesh), _edge(mesh)):
-        assert _observe(mesh, lambda: h1(*target, raw))[0].status == 431
+        assert _observe(mesh, lambda t=target: h1(*t, raw))[0].status == 431
 
 
 @pytest.mark.parametrize("where", ["outbound", "inbound"])

@@ -128,7 +128,10 @@ def test_workload_that_stops_heartbeating_is_dropped(tmp_path):
 
 
 # Listens only once the test creates the gate file: a timer would race a loaded CI machine.
-SLOW_APP = "import os, runpy, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.05)\nrunpy.run_module('lattice.demo.apps.reviews', run_name='__main__')"
+SLOW_APP = (
+    "import os, runpy, sys, time\nwhile not os.path.exists(sys.argv[1]): "
+    "time.sleep(0.05)\nrunpy.run_module('lattice.demo.apps.reviews', run_name='__main__')"
+)
 
 
 def test_endpoints_whose_app_is_not_listening_get_no_traffic(plane, started, tmp_path):

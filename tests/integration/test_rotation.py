@@ -147,7 +147,7 @@ def test_root_rotation_under_traffic_fails_no_request(tmp_path):
         # Every sidecar now presents a certificate from the new root, and trusts only it.
         for w in (server, other):
             assert served_certificate(w.address)["issuer"] != old_issuer
-        assert all(child_pid(w, "envoy") == pid for w, pid in zip(started, envoys.values()))
+        assert all(child_pid(w, "envoy") == pid for w, pid in zip(started, envoys.values(), strict=False))
         # Traffic keeps working on new connections too: restart the client's Envoy.
         os.kill(envoys[client.id], signal.SIGKILL)
         wait_for(lambda: client.call(URL)[0] == 200, 15, what="the restarted Envoy to reach ratings over the new root")

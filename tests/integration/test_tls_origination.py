@@ -151,7 +151,10 @@ def test_simple_tls_origination_refuses_a_wrong_subject_alt_name(secure_mesh):
 
 def test_mutual_tls_origination_presents_the_rules_client_certificate(secure_mesh):
     plane, client, pki, foreign = secure_mesh
-    tls = f"{{mode: MUTUAL, clientCertificate: {pki}/client.pem, privateKey: {pki}/client-key.pem, caCertificates: {pki}/ca.pem}}"
+    tls = (
+        f"{{mode: MUTUAL, clientCertificate: {pki}/client.pem, privateKey: {pki}/client-key.pem,"
+        f" caCertificates: {pki}/ca.pem}}"
+    )
     _apply(plane, PASSTHROUGH, _rule(tls))
     status, _, body = client.call("http://secure:9080/")
     assert status == 200, body

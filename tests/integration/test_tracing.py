@@ -50,7 +50,7 @@ spec:
 @pytest.fixture(scope="module")
 def mesh(shared_plane):
     with running(shared_plane, [Workload(shared_plane, service, command=BACKEND) for service in HOPS]) as ready:
-        yield dict(zip(HOPS, ready))
+        yield dict(zip(HOPS, ready, strict=True))
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def _check(plane, trace_id: str, also: tuple[str, ...] = ()) -> dict:
     # Each hop: the caller's CLIENT span is the parent of the callee's SERVER span.
     services = [(s["service"].split(".")[0], s["kind"]) for s in path]
     assert ("reviews", "SERVER") in services and ("ratings", "SERVER") in services
-    for parent, child in zip(path, path[1:]):
+    for parent, child in zip(path, path[1:], strict=False):
         assert child["parent_span_id"] == parent["span_id"]
         if child["kind"] == "SERVER" and parent["service"] != child["service"]:
             assert parent["kind"] == "CLIENT", (parent, child)

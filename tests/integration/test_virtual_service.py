@@ -105,7 +105,10 @@ def apply(plane, text: str) -> None:
 
 
 def vs(http_rules: str, host: str = "web") -> str:
-    return f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {host}}}\nspec:\n  hosts: [{host}]\n  http:\n{http_rules}"
+    return (
+        f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {host}}}\nspec:\n  hosts: "
+        f"[{host}]\n  http:\n{http_rules}"
+    )
 
 
 def test_matches_pick_the_first_rule_that_fits(shared_plane, client):

@@ -104,7 +104,7 @@ def test_data_plane_requests_say_whose_view_they_are(name):
     # Every request is counted twice, by the source's sidecar and the destination's: a query that
     # does not pick a reporter counts it twice.
     for expr in queries(_load(name)):
-        for metric, labels in selectors(expr):
+        for _metric, labels in selectors(expr):
             assert "reporter" in labels, expr
 
 

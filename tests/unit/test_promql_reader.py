@@ -20,7 +20,10 @@ from promql import (
 
 
 def test_functions_aggregations_durations_and_numbers_are_not_metrics():
-    expr = 'histogram_quantile(0.99, sum by (le, destination_service) (rate(istio_request_duration_milliseconds_bucket{reporter="destination"}[5m])))'
+    expr = (
+        'histogram_quantile(0.99, sum by (le, destination_service) '
+        '(rate(istio_request_duration_milliseconds_bucket{reporter="destination"}[5m])))'
+    )
     assert selectors(expr) == {("istio_request_duration_milliseconds_bucket", frozenset({"reporter"}))}
     assert labels_used(expr) == {"le", "destination_service", "reporter"}
 
@@ -134,7 +137,10 @@ def test_malformed_expressions_are_refused(expr):
 
 
 def test_grafana_variables_are_substituted_inside_and_outside_strings():
-    expr = 'sum(rate(istio_requests_total{destination_service=~"$service", ns=~"${ns:regex}", w="[[wl]]"}[$__rate_interval]))'
+    expr = (
+        'sum(rate(istio_requests_total{destination_service=~"$service", ns=~"${ns:regex}", '
+        'w="[[wl]]"}[$__rate_interval]))'
+    )
     assert (
         substitute(expr, {"service": "reviews.*", "ns": "default", "wl": "x"})
         == 'sum(rate(istio_requests_total{destination_service=~"reviews.*", ns=~"default", w="x"}[1m]))'
@@ -178,7 +184,8 @@ DASHBOARD = {
                     "type": "timeseries",
                     "targets": [
                         {
-                            "expr": 'sum by (source_workload) (rate(istio_requests_total{source_workload=~"$src", destination_version=~"${versions}"}[5m]))'
+                            "expr": 'sum by (source_workload) (rate(istio_requests_total{source_workload=~"$src", '
+                            'destination_version=~"${versions}"}[5m]))'
                         },
                         {"expr": ""},
                         {"refId": "B"},
@@ -194,7 +201,8 @@ DASHBOARD = {
 def test_queries_walk_rows_and_substitute_current_values():
     assert queries(json.dumps(DASHBOARD)) == [
         'sum(rate(istio_requests_total{destination_service="reviews.default.svc.cluster.local"}[1m]))',
-        'sum by (source_workload) (rate(istio_requests_total{source_workload=~".*", destination_version=~"v1|v2"}[5m]))',
+        'sum by (source_workload) (rate(istio_requests_total{source_workload=~".*", '
+        'destination_version=~"v1|v2"}[5m]))',
     ]
 
 

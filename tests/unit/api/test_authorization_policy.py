@@ -254,7 +254,8 @@ def test_ports_written_as_numbers_mean_the_same():
 
 def test_mesh_config_extension_providers():
     config = parse_mesh_config(
-        "extensionProviders:\n- name: a\n  envoyExtAuthzHttp: {service: authz.foo.svc.cluster.local, port: 8000, timeout: 2s, headersToUpstreamOnAllow: [x-user]}\n"
+        "extensionProviders:\n- name: a\n  envoyExtAuthzHttp: {service: authz.foo.svc.cluster.local, port: 8000, "
+        "timeout: 2s, headersToUpstreamOnAllow: [x-user]}\n"
         "- name: b\n  envoyExtAuthzGrpc: {service: foo/authz-grpc.foo.svc.cluster.local, port: 9000, failOpen: true}\n",
         "mesh.yaml",
     )
@@ -292,7 +293,8 @@ def test_mesh_config_extension_providers():
             "not a host name",
         ),
         (
-            "extensionProviders:\n- {name: a, envoyExtAuthzGrpc: {service: x, port: 1}}\n- {name: a, envoyExtAuthzGrpc: {service: y, port: 1}}\n",
+            "extensionProviders:\n- {name: a, envoyExtAuthzGrpc: {service: x, port: 1}}\n- {name: a, "
+            "envoyExtAuthzGrpc: {service: y, port: 1}}\n",
             "extensionProviders",
             "repeated: a",
         ),

@@ -18,8 +18,10 @@ FULL = """  trafficPolicy:
         failover: [{from: us-east, to: eu-west}]
         failoverPriority: [topology.istio.io/network, version=v1]
     connectionPool:
-      tcp: {maxConnections: 100, connectTimeout: 30ms, tcpKeepalive: {probes: 3, time: 7200s, interval: 75s}, maxConnectionDuration: 1h, idleTimeout: 0s}
-      http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRequestsPerConnection: 10, maxRetries: 3, idleTimeout: 5m,
+      tcp: {maxConnections: 100, connectTimeout: 30ms, tcpKeepalive: {probes: 3, time: 7200s, interval: 75s},
+      maxConnectionDuration: 1h, idleTimeout: 0s}
+      http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRequestsPerConnection: 10, maxRetries: 3,
+      idleTimeout: 5m,
              h2UpgradePolicy: DO_NOT_UPGRADE, useClientProtocol: true, maxConcurrentStreams: 100}
     outlierDetection:
       consecutive5xxErrors: 7
@@ -88,7 +90,8 @@ def test_simple_load_balancers(simple):
 
 def test_a_subset_may_fail_over_on_the_hosts_outlier_detection():
     r = _spec(
-        f"  trafficPolicy: {{{OD}}}\n  subsets: [{{name: a, trafficPolicy: {{loadBalancer: {{localityLbSetting: {{failover: [{{from: r1, to: r2}}]}}}}}}}}]\n"
+        f"  trafficPolicy: {{{OD}}}\n  subsets: "
+        f"[{{name: a, trafficPolicy: {{loadBalancer: {{localityLbSetting: {{failover: [{{from: r1, to: r2}}]}}}}}}}}]\n"
     )
     assert r.spec.subsets[0].traffic_policy.load_balancer.locality_lb_setting.failover_wanted
 
@@ -110,7 +113,8 @@ LOC = LB + "{localityLbSetting: "
     [
         (
             LB + "{simple: PASSTHROUGH}}\n",
-            "spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH forwards to the caller's original destination address, which exists only with transparent capture",
+            "spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH forwards to the caller's original destination "
+            "address, which exists only with transparent capture",
         ),
         (LB + "{simple: LEAST_CONNECTIONS}}\n", "spec.trafficPolicy.loadBalancer.simple: Input should be"),
         (
@@ -119,12 +123,14 @@ LOC = LB + "{localityLbSetting: "
         ),
         (
             CH + "{ringHash: {minimumRingSize: 8}}}}\n",
-            "spec.trafficPolicy.loadBalancer.consistentHash: set exactly one hash key of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName (got none)",
+            "spec.trafficPolicy.loadBalancer.consistentHash: set exactly one hash key of httpHeaderName, "
+            "httpCookie, useSourceIp or httpQueryParameterName (got none)",
         ),
         (CH + "{httpHeaderName: x, useSourceIp: true}}}\n", "(got httpHeaderName, useSourceIp)"),
         (
             CH + "{httpHeaderName: x, maglev: {tableSize: 65536}}}}\n",
-            "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: tableSize must be a prime number below 5000011",
+            "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: tableSize must be a prime number "
+            "below 5000011",
         ),
         (
             CH + "{httpHeaderName: x, maglev: {tableSize: 5000011}}}}\n",
@@ -156,7 +162,8 @@ LOC = LB + "{localityLbSetting: "
         ),
         (
             LB + "{simple: RANDOM, warmupDurationSecs: 10s}}\n",
-            "spec.trafficPolicy.loadBalancer: warmupDurationSecs (slow start) works only with ROUND_ROBIN and LEAST_REQUEST",
+            "spec.trafficPolicy.loadBalancer: warmupDurationSecs (slow start) works only with ROUND_ROBIN and "
+            "LEAST_REQUEST",
         ),
         (
             LB + "{consistentHash: {useSourceIp: true}, warmup: {duration: 10s}}}\n",
@@ -201,11 +208,13 @@ LOC = LB + "{localityLbSetting: "
         ),
         (
             ODT + "{consecutiveErrors: 5}}\n",
-            "spec.trafficPolicy.outlierDetection.consecutiveErrors: consecutiveErrors is deprecated and Istio no longer applies it; use consecutiveGatewayErrors",
+            "spec.trafficPolicy.outlierDetection.consecutiveErrors: consecutiveErrors is deprecated and Istio no "
+            "longer applies it; use consecutiveGatewayErrors",
         ),
         (
             ODT + "{consecutiveLocalOriginFailures: 2}}\n",
-            "spec.trafficPolicy.outlierDetection: consecutiveLocalOriginFailures is only counted when splitExternalLocalOriginErrors is true",
+            "spec.trafficPolicy.outlierDetection: consecutiveLocalOriginFailures is only counted when "
+            "splitExternalLocalOriginErrors is true",
         ),
         (
             ODT + "{maxEjectionPercent: 101}}\n",
@@ -218,7 +227,8 @@ LOC = LB + "{localityLbSetting: "
         ),
         (
             LOC + "{distribute: [{from: 'r1/*', to: {'r1/*': 60, 'r2/*': 30}}]}}}\n",
-            "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0]: weights in 'to' must add up to 100 (they add up to 90)",
+            "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0]: weights in 'to' must add up to 100 "
+            "(they add up to 90)",
         ),
         (
             LOC + "{distribute: [{from: 'r1/*', to: {'r1/*': 0, 'r2/*': 100}}]}}}\n",
@@ -244,27 +254,33 @@ LOC = LB + "{localityLbSetting: "
         ),
         (
             LOC + "{failover: [{from: r1, to: r2}]}}}\n",
-            "spec: trafficPolicy.loadBalancer.localityLbSetting failover takes effect only together with outlierDetection",
+            "spec: trafficPolicy.loadBalancer.localityLbSetting failover takes effect only together with "
+            "outlierDetection",
         ),
         (LOC + "{failoverPriority: [version]}}}\n", "takes effect only together with outlierDetection"),
         (
-            "  subsets: [{name: a, trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r2}]}}}}]\n",
+            "  subsets: [{name: a, trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: r1, to: "
+            "r2}]}}}}]\n",
             "spec: subsets[0].trafficPolicy.loadBalancer.localityLbSetting failover takes effect only",
         ),
         (
             TP
             + "{"
             + OD
-            + ", portLevelSettings: [{port: {number: 80}, loadBalancer: {localityLbSetting: {failoverPriority: [version]}}}]}\n",
-            "spec.trafficPolicy.portLevelSettings[0]: loadBalancer.localityLbSetting failover takes effect only together with outlierDetection",
+            + ", portLevelSettings: [{port: {number: 80}, loadBalancer: {localityLbSetting: {failoverPriority: "
+            "[version]}}}]}\n",
+            "spec.trafficPolicy.portLevelSettings[0]: loadBalancer.localityLbSetting failover takes effect only "
+            "together with outlierDetection",
         ),
         (
             TP + "{tunnel: {protocol: CONNECT, targetHost: example.com, targetPort: 443}}\n",
-            "spec.trafficPolicy.tunnel: tunnel (TCP carried over HTTP CONNECT or POST to a tunnel target) is not supported by Lattice",
+            "spec.trafficPolicy.tunnel: tunnel (TCP carried over HTTP CONNECT or POST to a tunnel target) is not "
+            "supported by Lattice",
         ),
         (
             TP + "{proxyProtocol: {version: V1}}\n",
-            "spec.trafficPolicy.proxyProtocol: proxyProtocol (sending a PROXY protocol header upstream) is not supported by Lattice",
+            "spec.trafficPolicy.proxyProtocol: proxyProtocol (sending a PROXY protocol header upstream) is not "
+            "supported by Lattice",
         ),
         (
             TP + "{portLevelSettings: [{port: {number: 80}, proxyProtocol: {version: V1}}]}\n",

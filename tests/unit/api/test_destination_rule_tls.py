@@ -1,4 +1,5 @@
-"""DestinationRule trafficPolicy.tls: Istio's ClientTLSSettings, checked for consistency (the rest of trafficPolicy: test_destination_rule_policy.py)."""
+"""DestinationRule trafficPolicy.tls: Istio's ClientTLSSettings, checked for consistency (the rest of
+trafficPolicy: test_destination_rule_policy.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def _errors(spec: str) -> list[str]:
     [
         "{mode: DISABLE}",
         "{mode: SIMPLE}",
-        "{mode: SIMPLE, caCertificates: /etc/certs/ca.pem, sni: r.example.com, subjectAltNames: [r.example.com], caCrl: /etc/certs/crl.pem}",
+        "{mode: SIMPLE, caCertificates: /etc/certs/ca.pem, sni: r.example.com, subjectAltNames: [r.example.com], "
+        "caCrl: /etc/certs/crl.pem}",
         "{mode: SIMPLE, insecureSkipVerify: true}",
         f"{{mode: MUTUAL, {CERTS}, caCertificates: /etc/certs/ca.pem}}",
         "{mode: ISTIO_MUTUAL}",
@@ -93,7 +95,8 @@ TP = "  trafficPolicy:\n    tls: "
         ),
         (
             TP + f"{{mode: ISTIO_MUTUAL, {CERTS}}}\n",
-            "spec.trafficPolicy.tls: ISTIO_MUTUAL uses the mesh's own certificates, issued by Lattice; remove clientCertificate, privateKey",
+            "spec.trafficPolicy.tls: ISTIO_MUTUAL uses the mesh's own certificates, issued by Lattice; remove "
+            "clientCertificate, privateKey",
         ),
         (TP + "{mode: ISTIO_MUTUAL, caCertificates: /ca.pem, caCrl: /crl.pem}\n", "remove caCertificates, caCrl"),
         (
@@ -107,7 +110,8 @@ TP = "  trafficPolicy:\n    tls: "
         (TP + f"{{mode: SIMPLE, {CERTS}}}\n", "spec.trafficPolicy.tls: SIMPLE presents no client certificate"),
         (
             TP + "{mode: SIMPLE, credentialName: r-secret}\n",
-            "spec.trafficPolicy.tls.credentialName: credentialName names a Kubernetes secret, which Lattice does not read in universal mode; give clientCertificate, privateKey and caCertificates file paths",
+            "spec.trafficPolicy.tls.credentialName: credentialName names a Kubernetes secret, which Lattice does "
+            "not read in universal mode; give clientCertificate, privateKey and caCertificates file paths",
         ),
         (
             TP + "{mode: ISTIO_MUTUAL, credentialName: r-secret}\n",
@@ -115,7 +119,8 @@ TP = "  trafficPolicy:\n    tls: "
         ),
         (
             TP + "{mode: SIMPLE, insecureSkipVerify: true, caCertificates: /ca.pem}\n",
-            "spec.trafficPolicy.tls: insecureSkipVerify turns off the server-certificate check that caCertificates configure",
+            "spec.trafficPolicy.tls: insecureSkipVerify turns off the server-certificate check that caCertificates "
+            "configure",
         ),
         (
             TP + "{mode: SIMPLE, insecureSkipVerify: true, subjectAltNames: [a]}\n",
@@ -124,7 +129,8 @@ TP = "  trafficPolicy:\n    tls: "
         (TP + "{mode: SIMPLE, verifyCertificate: true}\n", "spec.trafficPolicy.tls.verifyCertificate: unknown field"),
         (
             "  trafficPolicy: {tunnel: {targetHost: h, targetPort: 80}}\n",
-            "spec.trafficPolicy.tunnel: tunnel (TCP carried over HTTP CONNECT or POST to a tunnel target) is not supported by Lattice",
+            "spec.trafficPolicy.tunnel: tunnel (TCP carried over HTTP CONNECT or POST to a tunnel target) is not "
+            "supported by Lattice",
         ),
         (
             "  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1, burst: 2}}}\n",
@@ -147,7 +153,8 @@ TP = "  trafficPolicy:\n    tls: "
             "spec.trafficPolicy.portLevelSettings[0].port.number: Input should be greater than or equal to 1",
         ),
         (
-            "  trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: SIMPLE}}, {port: {number: 80}, tls: {mode: DISABLE}}]}\n",
+            "  trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: SIMPLE}}, {port: {number: 80}, "
+            "tls: {mode: DISABLE}}]}\n",
             "spec.trafficPolicy.portLevelSettings: each port may appear once; repeated: 80",
         ),
         (
@@ -156,10 +163,12 @@ TP = "  trafficPolicy:\n    tls: "
         ),
         (
             "  subsets: [{name: v1, trafficPolicy: {proxyProtocol: {version: V2}}}]\n",
-            "spec.subsets[0].trafficPolicy.proxyProtocol: proxyProtocol (sending a PROXY protocol header upstream) is not supported by Lattice",
+            "spec.subsets[0].trafficPolicy.proxyProtocol: proxyProtocol (sending a PROXY protocol header upstream) "
+            "is not supported by Lattice",
         ),
         (
-            "  trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: ISTIO_MUTUAL, privateKey: /k.pem}}]}\n",
+            "  trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: ISTIO_MUTUAL, privateKey: "
+            "/k.pem}}]}\n",
             "spec.trafficPolicy.portLevelSettings[0].tls: ISTIO_MUTUAL uses the mesh's own certificates",
         ),
     ],

@@ -10,7 +10,10 @@ from lattice.api import ValidationError, kind_for, parse_documents
 from lattice.api.registration import Registration, gateway_local_port
 
 BOOKINFO_GATEWAY = Path("/work/shared/conformance/istio-bookinfo/bookinfo-gateway.yaml")
-GW = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n"
+GW = (
+    "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec:\n  selector: {istio: "
+    "ingressgateway}\n  servers:\n"
+)
 CERTS = "serverCertificate: /etc/certs/server.pem, privateKey: /etc/certs/key.pem"
 
 
@@ -45,9 +48,12 @@ def test_bookinfo_gateway_applies_unchanged_in_every_version(version):
 @pytest.mark.parametrize(
     "tls",
     [
-        f"{{mode: SIMPLE, {CERTS}, minProtocolVersion: TLSV1_2, maxProtocolVersion: TLSV1_3, cipherSuites: [ECDHE-ECDSA-AES128-GCM-SHA256]}}",
-        f"{{mode: MUTUAL, {CERTS}, caCertificates: /etc/certs/ca.pem, subjectAltNames: [client.example.com], caCrl: /etc/certs/crl.pem}}",
-        f"{{mode: OPTIONAL_MUTUAL, {CERTS}, caCertificates: /etc/certs/ca.pem, verifyCertificateSpki: [abc=], verifyCertificateHash: ['01:02']}}",
+        f"{{mode: SIMPLE, {CERTS}, minProtocolVersion: TLSV1_2, maxProtocolVersion: TLSV1_3,"
+        " cipherSuites: [ECDHE-ECDSA-AES128-GCM-SHA256]}",
+        f"{{mode: MUTUAL, {CERTS}, caCertificates: /etc/certs/ca.pem, subjectAltNames: [client.example.com],"
+        " caCrl: /etc/certs/crl.pem}",
+        f"{{mode: OPTIONAL_MUTUAL, {CERTS}, caCertificates: /etc/certs/ca.pem, verifyCertificateSpki: [abc=],"
+        " verifyCertificateHash: ['01:02']}",
         "{mode: ISTIO_MUTUAL, subjectAltNames: ['spiffe://cluster.local/ns/default/sa/client']}",
         "{mode: PASSTHROUGH}",
         "{}",
@@ -61,7 +67,8 @@ def test_each_tls_mode_is_accepted(tls):
 def test_names_hosts_bind_and_redirect_are_accepted():
     spec = _parse(
         _server(HTTP, "{httpsRedirect: true}", "    name: web\n    bind: 127.0.0.1\n"),
-        "  - port: {number: 8443, name: tls, protocol: tls}\n    hosts: ['./a.example.com', 'prod/*.example.com', '*/b.example.com']\n    tls: {mode: PASSTHROUGH}\n",
+        "  - port: {number: 8443, name: tls, protocol: tls}\n    hosts: ['./a.example.com', 'prod/*.example.com', "
+        "'*/b.example.com']\n    tls: {mode: PASSTHROUGH}\n",
         "  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: ['*']\n",
     )
     assert spec.servers[0].bind == "127.0.0.1" and spec.servers[0].tls.https_redirect

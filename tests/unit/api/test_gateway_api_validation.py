@@ -1,4 +1,5 @@
-"""HTTPRoute and GRPCRoute validation: Gateway API's own rules, and every unsupported field refused by path and reason."""
+"""HTTPRoute and GRPCRoute validation: Gateway API's own rules, and every unsupported field refused by
+path and reason."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ PARENT = '{group: "", kind: Service, name: reviews, port: 9080}'
 
 
 def _route(rules: str, kind: str = "HTTPRoute", parents: str = f"[{PARENT}]", extra: str = "") -> str:
-    return f"apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: r}}\nspec:\n  parentRefs: {parents}\n{extra}  rules:\n{rules}"
+    return (
+        f"apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: r}}\nspec:\n  parentRefs: "
+        f"{parents}\n{extra}  rules:\n{rules}"
+    )
 
 
 def _errors(text: str) -> dict[str, str]:
@@ -28,13 +32,16 @@ FULL = _route("""
       headers: [{name: end-user, value: jason}, {type: RegularExpression, name: x-id, value: "[0-9]+"}]
       queryParams: [{name: debug, value: "1"}]
     filters:
-    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: "1"}], add: [{name: x-b, value: "2"}], remove: [x-c]}}
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: "1"}], add: [{name: x-b, value:
+    "2"}], remove: [x-c]}}
     - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-d, value: "3"}]}}
     - {type: URLRewrite, urlRewrite: {hostname: example.com, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}
-    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 9080}, fraction: {numerator: 1, denominator: 4}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 9080}, fraction: {numerator: 1,
+    denominator: 4}}}
     - {type: CORS, cors: {allowOrigins: ["https://*.example.com"], allowMethods: [GET], maxAge: 60}}
     backendRefs:
-    - {name: reviews, port: 9080, weight: 80, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-v, value: v1}]}}]}
+    - {name: reviews, port: 9080, weight: 80, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set:
+    [{name: x-v, value: v1}]}}]}
     - {name: reviews-v2, namespace: other, port: 9080, weight: 20}
     timeouts: {request: 2s, backendRequest: 500ms}
     retry: {attempts: 3, codes: [503]}
@@ -79,7 +86,7 @@ def test_kinds_are_known_to_the_cli_and_accept_istio_versions():
         (
             _route(
                 "  - backendRefs: [{name: reviews, port: 9080}]",
-                parents=f'[{{group: "", kind: Service, name: reviews, sectionName: http}}]',
+                parents='[{group: "", kind: Service, name: reviews, sectionName: http}]',
             ),
             "spec.parentRefs[0]",
             "sectionName is not supported",
@@ -107,7 +114,8 @@ def test_kinds_are_known_to_the_cli_and_accept_istio_versions():
         ),
         (
             _route(
-                "  - filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /a}}}]"
+                "  - filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, "
+                "replacePrefixMatch: /a}}}]"
             ),
             "spec.rules[0].filters[0].requestRedirect.path",
             "ReplacePrefixMatch is not supported yet",
@@ -119,14 +127,16 @@ def test_kinds_are_known_to_the_cli_and_accept_istio_versions():
         ),
         (
             _route(
-                "  - filters: [{type: RequestRedirect, requestRedirect: {}}, {type: URLRewrite, urlRewrite: {hostname: a}}]"
+                "  - filters: [{type: RequestRedirect, requestRedirect: {}}, {type: URLRewrite, urlRewrite: "
+                "{hostname: a}}]"
             ),
             "spec.rules[0].filters",
             "cannot both be set",
         ),
         (
             _route(
-                "  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]"
+                "  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: "
+                "{path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]"
             ),
             "spec.rules[0]",
             "needs every match of the rule to be a PathPrefix",
@@ -152,14 +162,16 @@ def test_kinds_are_known_to_the_cli_and_accept_istio_versions():
         ),
         (
             _route(
-                "  - backendRefs: [{name: a, port: 1, filters: [{type: RequestMirror, requestMirror: {backendRef: {name: b, port: 1}}}]}]"
+                "  - backendRefs: [{name: a, port: 1, filters: [{type: RequestMirror, requestMirror: {backendRef: "
+                "{name: b, port: 1}}}]}]"
             ),
             "spec.rules[0].backendRefs[0].filters",
             "only header filters per backend",
         ),
         (
             _route(
-                "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: b, port: 1}, percent: 5, fraction: {numerator: 1}}}]"
+                "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: b, port: 1}, percent: 5, "
+                "fraction: {numerator: 1}}}]"
             ),
             "spec.rules[0].filters[0].requestMirror",
             "percent or fraction, not both",

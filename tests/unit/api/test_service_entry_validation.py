@@ -28,7 +28,8 @@ def test_a_full_entry_parses_in_every_istio_version(version):
   location: MESH_INTERNAL
   resolution: STATIC
   endpoints:
-  - {address: 10.0.0.1, ports: {http: 8080}, labels: {version: v1}, network: n1, locality: us-east/a/1, weight: 3, serviceAccount: vm}
+  - {address: 10.0.0.1, ports: {http: 8080}, labels: {version: v1}, network: n1, locality: us-east/a/1, weight: 3,
+  serviceAccount: vm}
   exportTo: [".", other]
   subjectAltNames: [spiffe://cluster.local/ns/default/sa/vm]
 """

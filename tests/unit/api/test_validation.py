@@ -23,7 +23,8 @@ def test_bookinfo_routing_files_parse(name):
 def test_all_three_istio_versions_are_accepted():
     for version in ("v1alpha3", "v1beta1", "v1"):
         (r,) = parse_documents(
-            f"apiVersion: networking.istio.io/{version}\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: {{host: r}}\n"
+            f"apiVersion: networking.istio.io/{version}\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: "
+            f"{{host: r}}\n"
         )
         assert r.api_version == f"networking.istio.io/{version}"
 
@@ -73,11 +74,13 @@ VS = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name:
             "exactly one of route, redirect or directResponse (got route, redirect)",
         ),
         (
-            "  hosts: [r]\n  http: [{route: [{destination: {host: r}}], retries: {attempts: 2, retryOn: '5xx,sometimes'}}]\n",
+            "  hosts: [r]\n  http: [{route: [{destination: {host: r}}], retries: {attempts: 2, retryOn: "
+            "'5xx,sometimes'}}]\n",
             "unknown retry condition(s) sometimes",
         ),
         (
-            "  hosts: [r]\n  http: [{route: [{destination: {host: r, subset: a}}, {destination: {host: r, subset: b}}]}]\n",
+            "  hosts: [r]\n  http: [{route: [{destination: {host: r, subset: a}}, {destination: {host: r, subset: "
+            "b}}]}]\n",
             "give each a weight",
         ),
     ],
@@ -88,8 +91,8 @@ def test_bad_virtual_service_names_the_field(spec, expected):
 
 def test_every_error_of_a_document_is_reported_at_once():
     errors = _errors(
-        VS
-        + "  hosts: [r]\n  http: [{route: [{destination: {host: r}, weight: -1}], timeout: x, fault: {abort: {httpStatus: 99}}}]\n"
+        VS + "  hosts: [r]\n  http: [{route: [{destination: {host: r}, weight: -1}], timeout: x, fault: {abort: "
+        "{httpStatus: 99}}}]\n"
     )
     assert len(errors) == 3
 
@@ -165,6 +168,6 @@ def test_regexes_envoy_cannot_compile_are_refused_at_apply(pattern, problem):
 @pytest.mark.parametrize("pattern", ["/items/[0-9]+", "a{2,1000}", "\\+\\+", "\\(?=x", "a+?", "^/users/([0-9]+)$"])
 def test_re2_regexes_pass(pattern):
     assert parse_documents(
-        VS
-        + f"  hosts: [r]\n  http: [{{match: [{{uri: {{regex: '{pattern}'}}}}], route: [{{destination: {{host: r}}}}]}}]\n"
+        VS + "  hosts: [r]\n  http: "
+        f"[{{match: [{{uri: {{regex: '{pattern}'}}}}], route: [{{destination: {{host: r}}}}]}}]\n"
     )

@@ -85,7 +85,8 @@ def test_with_the_registry_a_subset_matching_no_workload_and_an_unknown_host():
     assert found == [
         (
             "spec.subsets[1]",
-            "subset 'v2' (labels version=v2) matches no workload of reviews.default.svc.cluster.local; requests routed there get 503",
+            "subset 'v2' (labels version=v2) matches no workload of reviews.default.svc.cluster.local; requests "
+            "routed there get 503",
         )
     ]
     found = _warnings(
@@ -93,7 +94,8 @@ def test_with_the_registry_a_subset_matching_no_workload_and_an_unknown_host():
     )
     assert (
         "spec.http[0].route[1].destination.host",
-        "host 'ratings' (ratings.default.svc.cluster.local) resolves to no service or ServiceEntry; requests routed there get 503",
+        "host 'ratings' (ratings.default.svc.cluster.local) resolves to no service or ServiceEntry; requests "
+        "routed there get 503",
     ) in found
 
 

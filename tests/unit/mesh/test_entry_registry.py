@@ -28,7 +28,10 @@ CLIENT = Workload.from_record(
 
 
 def _entry(name: str, body: str, namespace: str = "default", kind: str = "ServiceEntry") -> str:
-    return f"apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{body}\n---\n"
+    return (
+        f"apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: "
+        f"{{name: {name}, namespace: {namespace}}}\nspec:\n{body}\n---\n"
+    )
 
 
 def _snapshot(text: str, policy: str = "ALLOW_ANY", workloads: tuple[Workload, ...] = (CLIENT,)) -> MeshSnapshot:
@@ -105,7 +108,8 @@ def test_dns_without_endpoints_resolves_each_host_and_none_has_no_endpoints():
 def test_workload_selector_picks_entries_of_its_namespace_by_label():
     text = _entry(
         "vms",
-        "  hosts: [vm.example.com]\n  ports: [{number: 80, name: http}]\n  resolution: STATIC\n  workloadSelector: {labels: {app: vm}}",
+        "  hosts: [vm.example.com]\n  ports: [{number: 80, name: http}]\n  resolution: STATIC\n  workloadSelector: "
+        "{labels: {app: vm}}",
     )
     text += _entry("vm-1", "  address: 10.0.0.1\n  labels: {app: vm, extra: x}\n  weight: 2", kind="WorkloadEntry")
     text += _entry("vm-2", "  address: 10.0.0.2\n  labels: {app: other}", kind="WorkloadEntry")
@@ -122,7 +126,8 @@ def test_workload_selector_picks_entries_of_its_namespace_by_label():
 def test_dns_round_robin_keeps_one_selected_entry_and_says_so():
     text = _entry(
         "vms",
-        "  hosts: [vm.example.com]\n  ports: [{number: 80, name: http}]\n  resolution: DNS_ROUND_ROBIN\n  workloadSelector: {labels: {app: vm}}",
+        "  hosts: [vm.example.com]\n  ports: [{number: 80, name: http}]\n  resolution: DNS_ROUND_ROBIN\n  "
+        "workloadSelector: {labels: {app: vm}}",
     )
     text += "".join(
         _entry(f"vm-{i}", f"  address: vm{i}.internal\n  labels: {{app: vm}}", kind="WorkloadEntry") for i in (1, 2)

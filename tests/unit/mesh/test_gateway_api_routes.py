@@ -16,12 +16,19 @@ def _http(
     parent: str = "{group: '', kind: Service, name: reviews, namespace: default}",
     kind: str = "HTTPRoute",
 ):
-    text = f"apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  parentRefs: [{parent}]\n  rules:\n{rules}"
+    text = (
+        f"apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\nmetadata: "
+        f"{{name: {name}, namespace: {namespace}}}\nspec:\n  parentRefs: [{parent}]\n  rules:\n{rules}"
+    )
     return parse_documents(text)[0]
 
 
 def _vs(name: str, namespace: str = "default"):
-    text = f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  http: [{{route: [{{destination: {{host: reviews}}}}]}}]"
+    text = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: "
+        f"{{name: {name}, namespace: {namespace}}}\nspec:\n  hosts: [reviews.default.svc.cluster.local]\n  http: "
+        f"[{{route: [{{destination: {{host: reviews}}}}]}}]"
+    )
     return parse_documents(text)[0]
 
 
@@ -101,8 +108,8 @@ def test_ties_go_to_the_oldest_route_then_name_then_list_order():
 def test_path_prefix_matches_whole_segments_and_rewrites_them():
     route = _http(
         "r",
-        "  - matches: [{path: {value: /api/}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /}}}]\n"
-        + _backend("reviews"),
+        "  - matches: [{path: {value: /api/}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: "
+        "ReplacePrefixMatch, replacePrefixMatch: /}}}]\n" + _backend("reviews"),
     )
     rules = _table(_snapshot(route))
     assert [(r["match"][0]["uri"], r["rewrite"]["uri"]) for r in rules] == [
@@ -117,10 +124,12 @@ def test_filters_timeouts_and_retries_become_their_virtual_service_fields():
         """  - filters:
     - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: "1"}], remove: [x-c]}}
     - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-d, value: "3"}]}}
-    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 9080}, fraction: {numerator: 1, denominator: 4}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 9080}, fraction: {numerator: 1,
+    denominator: 4}}}
     - {type: URLRewrite, urlRewrite: {hostname: example.com, path: {type: ReplaceFullPath, replaceFullPath: /new}}}
     - {type: CORS, cors: {allowOrigins: ["https://*.example.com", "https://a.com"], maxAge: 60}}
-    backendRefs: [{name: reviews, port: 9080, weight: 3, filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-v, value: v1}]}}]}, {name: ratings, port: 9080, weight: 0}]
+    backendRefs: [{name: reviews, port: 9080, weight: 3, filters: [{type: ResponseHeaderModifier,
+    responseHeaderModifier: {set: [{name: x-v, value: v1}]}}]}, {name: ratings, port: 9080, weight: 0}]
     timeouts: {request: 2s, backendRequest: 500ms}
     retry: {attempts: 3, codes: [500, 503]}
 """,
@@ -158,7 +167,8 @@ def test_filters_timeouts_and_retries_become_their_virtual_service_fields():
 def test_redirect_defaults_to_302_and_a_new_scheme_brings_its_port():
     route = _http(
         "r",
-        "  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https, path: {type: ReplaceFullPath, replaceFullPath: /login}}}]\n",
+        "  - filters: [{type: RequestRedirect, requestRedirect: {scheme: https, path: {type: ReplaceFullPath, "
+        "replaceFullPath: /login}}}]\n",
     )
     (rule,) = _table(_snapshot(route))
     assert rule["redirect"] == {
@@ -213,14 +223,15 @@ def test_the_older_of_a_virtual_service_and_an_http_route_claims_the_host_and_st
     assert newer_route.virtual_service_for(REVIEWS).kind == "VirtualService"
     (message,) = newer_route.conflicts()
     assert message.startswith(
-        "HTTPRoute default/split: host reviews.default.svc.cluster.local is already claimed by VirtualService default/pinned"
+        "HTTPRoute default/split: host reviews.default.svc.cluster.local is already claimed by VirtualService "
+        "default/pinned"
     )
     older_route = _snapshot(vs, route, ages={"pinned": 3.0, "split": 2.0})
     assert older_route.virtual_service_for(REVIEWS).kind == "HTTPRoute"
     (message,) = older_route.conflicts()
     assert (
-        "VirtualService default/pinned: host reviews.default.svc.cluster.local is already claimed by HTTPRoute default/split"
-        in message
+        "VirtualService default/pinned: host reviews.default.svc.cluster.local is already claimed by HTTPRoute "
+        "default/split" in message
     )
 
 

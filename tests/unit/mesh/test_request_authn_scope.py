@@ -89,7 +89,8 @@ def test_a_failed_jwks_fetch_is_reported_with_its_effect():
     never = MeshSnapshot("t", WORKLOADS, request_authentications=(policy,), jwks_errors={uri: "HTTP 404"})
     (problem,) = never.conflicts()
     assert problem.startswith(
-        "RequestAuthentication default/jwt: jwtRules[0].jwksUri https://keys.example/jwks.json could not be fetched (HTTP 404)"
+        "RequestAuthentication default/jwt: jwtRules[0].jwksUri https://keys.example/jwks.json could not be "
+        "fetched (HTTP 404)"
     )
     assert "rejected (401)" in problem
     stale = replace(never, jwks={uri: JWKS})

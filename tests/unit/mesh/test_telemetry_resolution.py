@@ -55,7 +55,10 @@ def telemetries(text: str) -> tuple:
 
 def resource(name: str, namespace: str, spec: str) -> str:
     body = "\n".join("  " + line for line in spec.strip().splitlines())
-    return f"apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{body}\n---\n"
+    return (
+        "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: "
+        f"{{name: {name}, namespace: {namespace}}}\nspec:\n{body}\n---\n"
+    )
 
 
 def snapshot(text: str = "", mesh: str = "", workloads=(REVIEWS, RATINGS, OTHER, ROOT)) -> MeshSnapshot:
@@ -204,11 +207,13 @@ def test_tracing_fields_inherit_from_less_specific_scopes():
     text = resource(
         "mesh",
         "istio-system",
-        "tracing: [{providers: [{name: otel}], randomSamplingPercentage: 5, customTags: {env: {literal: {value: prod}}}}]",
+        "tracing: [{providers: [{name: otel}], randomSamplingPercentage: 5, customTags: {env: {literal: {value: "
+        "prod}}}}]",
     ) + resource(
         "reviews",
         "default",
-        "selector: {matchLabels: {app: reviews}}\ntracing: [{customTags: {user: {header: {name: x-user, defaultValue: anon}}}}]",
+        "selector: {matchLabels: {app: reviews}}\ntracing: [{customTags: {user: {header: {name: x-user, "
+        "defaultValue: anon}}}}]",
     )
     tracing = telemetry_for(snapshot(text, MESH_CONFIG), REVIEWS).tracing
     assert (tracing.provider, tracing.kind, tracing.service, tracing.port, tracing.sampling) == (
@@ -327,7 +332,8 @@ metrics:
 metrics:
 - providers: [{name: prometheus}]
   overrides:
-  - {match: {metric: REQUEST_COUNT, mode: SERVER}, tagOverrides: {team: {value: "'reviews'"}, grpc_response_status: {operation: REMOVE}}}
+  - {match: {metric: REQUEST_COUNT, mode: SERVER}, tagOverrides: {team: {value: "'reviews'"}, grpc_response_status:
+  {operation: REMOVE}}}
 """,
     )
     + resource(

@@ -65,7 +65,8 @@ def test_collected_gauge_is_read_at_scrape_time():
     connected[0] = 4
     assert r.render() == (
         "# HELP pilot_xds Connected proxies.\n# TYPE pilot_xds gauge\npilot_xds 4\n"
-        '# HELP workloads By health.\n# TYPE workloads gauge\nworkloads{healthy="true"} 2\nworkloads{healthy="false"} 0\n'
+        '# HELP workloads By health.\n# TYPE workloads gauge\nworkloads{healthy="true"} '
+        '2\nworkloads{healthy="false"} 0\n'
     )
 
 

@@ -52,7 +52,8 @@ SERVER, OTHER_NS, TCP = workload("server"), workload("server", "other", n=3), wo
 AUTHZ_SVC = workload("authz", "auth", n=5)
 PROVIDERS = parse_mesh_config(
     "extensionProviders:\n"
-    "- {name: http-authz, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191, statusOnError: '503', pathPrefix: /check, includeRequestHeadersInCheck: [x-allow, 'x-user-*'], headersToDownstreamOnDeny: [x-reason]}}\n"
+    "- {name: http-authz, envoyExtAuthzHttp: {service: 127.0.0.1, port: 9191, statusOnError: '503', pathPrefix: "
+    "/check, includeRequestHeadersInCheck: [x-allow, 'x-user-*'], headersToDownstreamOnDeny: [x-reason]}}\n"
     "- {name: mesh-authz, envoyExtAuthzGrpc: {service: authz.auth.svc.cluster.local, port: 9080, failOpen: true}}\n",
     "mesh.yaml",
 ).extension_providers
@@ -270,7 +271,8 @@ def test_operation_fields():
                 "uriTemplate": {
                     "name": "uri-template",
                     "typedConfig": {
-                        "@type": "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
+                        "@type": "type.googleapis.com/"
+                        "envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig",
                         "pathTemplate": "/v1/*/users/**",
                     },
                 }

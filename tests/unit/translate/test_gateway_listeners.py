@@ -160,7 +160,8 @@ spec:
     tls: {httpsRedirect: true}
   - port: {number: 443, name: https, protocol: HTTPS}
     hosts: ["*.example.com"]
-    tls: {mode: MUTUAL, serverCertificate: /c/cert.pem, privateKey: /c/key.pem, caCertificates: /c/ca.pem, subjectAltNames: [client.example.com], minProtocolVersion: TLSV1_3}
+    tls: {mode: MUTUAL, serverCertificate: /c/cert.pem, privateKey: /c/key.pem, caCertificates: /c/ca.pem,
+    subjectAltNames: [client.example.com], minProtocolVersion: TLSV1_3}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService

@@ -94,7 +94,10 @@ def _targets(chain) -> dict[str, int]:
 
 
 def _tcp_vs(rules: str) -> str:
-    return f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: tcp-echo}}\nspec:\n  hosts: [tcp-echo]\n  tcp:\n{rules}"
+    return (
+        f"apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: tcp-echo}}\nspec:\n  "
+        f"hosts: [tcp-echo]\n  tcp:\n{rules}"
+    )
 
 
 # --- TCP -------------------------------------------------------------------------------------------
@@ -108,7 +111,8 @@ def test_tcp_upstream_without_rules_forwards_to_the_service():
 
 def test_tcp_weights_split_between_subsets():
     vs = _tcp_vs(
-        "  - route:\n    - {destination: {host: tcp-echo, subset: v1}, weight: 70}\n    - {destination: {host: tcp-echo, subset: v2}, weight: 30}\n"
+        "  - route:\n    - {destination: {host: tcp-echo, subset: v1}, weight: 70}\n    - {destination: {host: "
+        "tcp-echo, subset: v2}, weight: 30}\n"
     )
     (chain,) = _listener(_snapshot(SUBSETS, vs), 19000).filter_chains
     assert _targets(chain) == {f"outbound|9000|v1|{TCP_ECHO}": 70, f"outbound|9000|v2|{TCP_ECHO}": 30}
@@ -131,7 +135,8 @@ def test_tcp_weights_split_between_subsets():
 )
 def test_first_tcp_rule_whose_match_applies_wins(match, applies):
     vs = _tcp_vs(
-        f"  - match: [{match}]\n    route: [{{destination: {{host: tcp-echo, subset: v2}}}}]\n  - route: [{{destination: {{host: tcp-echo, subset: v1}}}}]\n"
+        f"  - match: [{match}]\n    route: [{{destination: {{host: tcp-echo, subset: v2}}}}]\n  - route: "
+        f"[{{destination: {{host: tcp-echo, subset: v1}}}}]\n"
     )
     (chain,) = _listener(_snapshot(SUBSETS, vs), 19000).filter_chains
     assert _targets(chain) == {f"outbound|9000|{'v2' if applies else 'v1'}|{TCP_ECHO}": 100}
@@ -139,7 +144,8 @@ def test_first_tcp_rule_whose_match_applies_wins(match, applies):
 
 def test_zero_weight_destinations_are_left_out():
     vs = _tcp_vs(
-        "  - route:\n    - {destination: {host: tcp-echo, subset: v1}, weight: 0}\n    - {destination: {host: tcp-echo, subset: v2}, weight: 100}\n"
+        "  - route:\n    - {destination: {host: tcp-echo, subset: v1}, weight: 0}\n    - {destination: {host: "
+        "tcp-echo, subset: v2}, weight: 100}\n"
     )
     (chain,) = _listener(_snapshot(SUBSETS, vs), 19000).filter_chains
     assert _targets(chain) == {f"outbound|9000|v2|{TCP_ECHO}": 100}
@@ -194,7 +200,11 @@ def _manager(filter_) -> hcm.HttpConnectionManager:
 
 
 def test_http_upstream_routes_any_host_like_the_outbound_proxy():
-    web_vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: tcp-echo}}]\n  - route: [{destination: {host: web}}]\n"
+    web_vs = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: "
+        "[web]\n  http:\n  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: tcp-echo}}]\n  - "
+        "route: [{destination: {host: web}}]\n"
+    )
     (chain,) = _listener(_snapshot(web_vs), 18080).filter_chains
     manager = _manager(chain.filters[0])
     (vhost,) = manager.route_config.virtual_hosts
@@ -227,7 +237,10 @@ def _options(snapshot: MeshSnapshot, cluster: str) -> hpo.HttpProtocolOptions | 
 
 
 def _web_pool(http: str) -> str:
-    return f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web}}\nspec:\n  host: web\n  trafficPolicy: {{connectionPool: {{http: {http}}}}}\n"
+    return (
+        f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web}}\nspec:\n  host: "
+        f"web\n  trafficPolicy: {{connectionPool: {{http: {http}}}}}\n"
+    )
 
 
 def _protocol(options: hpo.HttpProtocolOptions | None) -> str:

@@ -61,7 +61,8 @@ BACKENDS = (
 
 def _snapshot(spec: str, *extra: Workload) -> MeshSnapshot:
     text = (
-        f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: svc\n{spec}"
+        f"apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc}}\nspec:\n  host: "
+        f"svc\n{spec}"
         if spec
         else ""
     )
@@ -176,7 +177,8 @@ def test_connection_pool_becomes_circuit_breakers_and_connection_options():
         _snapshot("""  trafficPolicy:
     connectionPool:
       tcp: {maxConnections: 3, connectTimeout: 250ms, tcpKeepalive: {time: 60s}, maxConnectionDuration: 10m}
-      http: {http1MaxPendingRequests: 4, http2MaxRequests: 5, maxRetries: 6, maxRequestsPerConnection: 7, idleTimeout: 30s}
+      http: {http1MaxPendingRequests: 4, http2MaxRequests: 5, maxRetries: 6, maxRequestsPerConnection: 7, idleTimeout:
+      30s}
 """)
     )
     (t,) = cluster.circuit_breakers.thresholds
@@ -224,7 +226,8 @@ def test_outlier_detection_as_istio_translates_it():
     cluster = _cluster(
         _snapshot("""  trafficPolicy:
     outlierDetection: {consecutive5xxErrors: 0, consecutiveGatewayErrors: 3, interval: 2s, baseEjectionTime: 1m,
-                       maxEjectionPercent: 40, minHealthPercent: 30, splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 2}
+                       maxEjectionPercent: 40, minHealthPercent: 30, splitExternalLocalOriginErrors: true,
+                       consecutiveLocalOriginFailures: 2}
 """)
     )
     od = cluster.outlier_detection
@@ -272,7 +275,8 @@ def test_hash_ring_sizes_and_slow_start():
     assert (
         _cluster(
             _snapshot(
-                "  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 32}}}}\n"
+                "  trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: "
+                "32}}}}\n"
             )
         ).ring_hash_lb_config.minimum_ring_size.value
         == 32
@@ -287,7 +291,8 @@ def test_hash_ring_sizes_and_slow_start():
     )
     rr = _cluster(
         _snapshot(
-            "  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 20s, minimumPercent: 5, aggression: 2}}}\n"
+            "  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 20s, minimumPercent: 5, "
+            "aggression: 2}}}\n"
         )
     )
     slow = rr.round_robin_lb_config.slow_start_config
@@ -321,7 +326,10 @@ def _routes(snapshot: MeshSnapshot) -> dict:
 
 
 def test_routes_carry_the_chosen_destinations_hash_policy():
-    rule = "  subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-v1}}}}]\n"
+    rule = (
+        "  subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {consistentHash: "
+        "{httpHeaderName: x-v1}}}}]\n"
+    )
     snapshot = _snapshot("  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-any}}}\n" + rule)
     (default,) = next(routes for name, routes in _routes(snapshot).items() if name.startswith(HOST))
     assert [h.header.header_name for h in default.route.hash_policy] == ["x-any"]
@@ -370,7 +378,8 @@ def test_disabled_locality_load_balancing_keeps_one_priority():
 def test_failover_rule_puts_unnamed_regions_last():
     groups = _groups(
         _snapshot(
-            f"  trafficPolicy: {{{OUTLIER}, loadBalancer: {{localityLbSetting: {{failover: [{{from: r1, to: r3}}]}}}}}}\n"
+            "  trafficPolicy: "
+            f"{{{OUTLIER}, loadBalancer: {{localityLbSetting: {{failover: [{{from: r1, to: r3}}]}}}}}}\n"
         )
     )
     assert groups == [("r1/a/s1", 0, 0), ("r1/a/s2", 1, 0), ("r1/b", 2, 0), ("r2/c", 4, 0), ("r3/d", 3, 0)]
@@ -408,16 +417,22 @@ def test_distribute_weights_localities_for_the_matching_caller_and_drops_the_res
 # --- Envoy accepts it ------------------------------------------------------------------------------
 
 EVERYTHING = """  trafficPolicy:
-    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 10s, aggression: 2, minimumPercent: 10}, localityLbSetting: {failover: [{from: r1, to: r2}]}}
+    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 10s, aggression: 2, minimumPercent: 10}, localityLbSetting:
+    {failover: [{from: r1, to: r2}]}}
     connectionPool:
-      tcp: {maxConnections: 5, connectTimeout: 250ms, tcpKeepalive: {probes: 3, time: 60s, interval: 10s}, maxConnectionDuration: 1h, idleTimeout: 30s}
+      tcp: {maxConnections: 5, connectTimeout: 250ms, tcpKeepalive: {probes: 3, time: 60s, interval: 10s},
+      maxConnectionDuration: 1h, idleTimeout: 30s}
       http: {http1MaxPendingRequests: 2, http2MaxRequests: 10, maxRequestsPerConnection: 100, maxConcurrentStreams: 50}
-    outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 5s, maxEjectionPercent: 50, minHealthPercent: 20,
+    outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 5s,
+    maxEjectionPercent: 50, minHealthPercent: 20,
                        splitExternalLocalOriginErrors: true, consecutiveLocalOriginFailures: 4}
   subsets:
-  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: u, path: /, ttl: 10s}, maglev: {tableSize: 65537}}}}}
-  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, ringHash: {minimumRingSize: 2048}}, localityLbSetting: {distribute: [{from: 'r1/*', to: {'r1/*': 80, 'r2/*': 20}}]}}}}
-  - {name: v3, labels: {version: v3}, trafficPolicy: {connectionPool: {http: {maxRetries: 4}}, loadBalancer: {consistentHash: {httpQueryParameterName: q, minimumRingSize: 64}}}}
+  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: u, path: /,
+  ttl: 10s}, maglev: {tableSize: 65537}}}}}
+  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, ringHash:
+  {minimumRingSize: 2048}}, localityLbSetting: {distribute: [{from: 'r1/*', to: {'r1/*': 80, 'r2/*': 20}}]}}}}
+  - {name: v3, labels: {version: v3}, trafficPolicy: {connectionPool: {http: {maxRetries: 4}}, loadBalancer:
+  {consistentHash: {httpQueryParameterName: q, minimumRingSize: 64}}}}
 """
 
 
@@ -448,7 +463,8 @@ def _as_static(resources) -> dict:
                         {
                             "name": "hcm",
                             "typedConfig": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                "@type": "type.googleapis.com/envoy.extensions.filters.network"
+                                ".http_connection_manager.v3.HttpConnectionManager",
                                 "statPrefix": "v",
                                 "routeConfig": json_format.MessageToDict(m),
                                 "httpFilters": [router],

@@ -223,7 +223,10 @@ def test_policies_only_reach_the_workloads_they_select():
 
 
 def test_strict_mtls_has_one_chain_with_the_filter():
-    strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n"
+    strict = (
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: "
+        "istio-system}\nspec: {mtls: {mode: STRICT}}\n"
+    )
     managers = inbound_managers(snapshot(policy("a"), peer_auth=strict))
     assert len(managers) == 1 and FILTER in [f.name for f in managers[0].http_filters]
 
