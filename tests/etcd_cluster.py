@@ -49,7 +49,7 @@ class EtcdCluster:
         return self
 
     def start_member(self, i: int) -> None:
-        peers = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports))
+        peers = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True))
         client = f"http://127.0.0.1:{self.client_ports[i]}"
         peer = f"http://127.0.0.1:{self.peer_ports[i]}"
         args = [
@@ -78,7 +78,7 @@ class EtcdCluster:
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Every running member answers and knows a leader."""
-        client = EtcdClient([e for e, p in zip(self.endpoints, self.processes) if p is not None])
+        client = EtcdClient([e for e, p in zip(self.endpoints, self.processes, strict=True) if p is not None])
         try:
 
             def healthy() -> bool:

@@ -206,7 +206,7 @@ class EtcdStore:
         ops = [pb.RequestOp(request_range=pb.RangeRequest(key=self._config_key(k))) for k in keys]
         response = self.client.call("Txn", pb.TxnRequest(success=ops), what="read before write")
         out = {}
-        for key, op in zip(keys, response.responses):
+        for key, op in zip(keys, response.responses, strict=False):
             kvs = op.response_range.kvs
             out[key] = _resource(key, kvs[0]) if kvs else None
         return out
@@ -569,7 +569,7 @@ class EtcdStore:
     def _keep_all(self, leases: builtins.list[int]) -> None:
         requests = iter([pb.LeaseKeepAliveRequest(ID=lease) for lease in leases])
         stream = self.client.stream("LeaseKeepAlive", requests, random.randrange(len(self.client.endpoints)))
-        for _ in zip(leases, stream):
+        for _ in zip(leases, stream, strict=False):
             pass
 
     # -- plumbing ------------------------------------------------------------------------------

@@ -165,7 +165,7 @@ class EtcdClient:
     def member_status(self, timeout: float = 1.0) -> list[dict]:
         """Each member's own view: reachable, version, leader, errors (asked of each, not of the cluster)."""
         out = []
-        for endpoint, channel in zip(self.endpoints, self._channels):
+        for endpoint, channel in zip(self.endpoints, self._channels, strict=True):
             stub = channel.unary_unary(
                 "/etcdserverpb.Maintenance/Status",
                 request_serializer=pb.StatusRequest.SerializeToString,
