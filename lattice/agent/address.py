@@ -7,6 +7,7 @@ holder dies, so a crashed workload never leaks its address.
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import random
 import socket
@@ -92,3 +93,34 @@ def _ephemeral_low() -> int:
     except (OSError, ValueError, IndexError):
         low = 32768  # Linux's default; macOS starts at 49152
     return max(low, 20001)
+
+
+def host_address_towards(host: str, port: int) -> str:
+    """This host's address on its route to `host`: the one a peer there sees it connect from, and
+    so the one to advertise to other hosts. No packet is sent (a UDP socket only picks a route)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    family, _, _, _, target = infos[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect(target)
+        return s.getsockname()[0]
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for localhost and loopback addresses: a control plane on this very machine."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def check_own(address: str) -> None:
+    """A clear error unless `address` is one of this host's (a socket can bind it)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((address, 0))
+        except OSError as e:
+            raise RuntimeError(
+                f"--address {address} is not an address of this host ({e.strerror}); give one of its own, as `ip -brief address` lists them"
+            ) from None

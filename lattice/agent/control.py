@@ -57,7 +57,7 @@ class RegistryClient:
             try:
                 body = self.registration.model_dump() | {"healthy": self.healthy()}
                 async with self._session.put(self._url, json=body, **self._tls()) as response:
-                    if response.status in (400, 401, 403):
+                    if response.status in (400, 401, 403, 409):
                         raise ControlPlaneError(
                             f"the control plane refused the registration: {(await response.json()).get('error')}"
                         )
@@ -66,7 +66,10 @@ class RegistryClient:
             except (aiohttp.ClientError, TimeoutError) as e:
                 if attempts is not None and tried >= attempts:
                     raise ControlPlaneError(f"cannot reach the control plane at {self.api}: {e}") from None
-                log.info("control plane %s unreachable (%s); retrying in %.1fs", self.api, e, backoff)
+                # The first failure at the default log level (a silent retry loop helps nobody), then quietly.
+                (log.warning if tried == 1 else log.info)(
+                    "cannot reach the control plane at %s to register (%s); retrying in %.1fs", self.api, e, backoff
+                )
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, 5.0)
 

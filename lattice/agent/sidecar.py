@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import secrets
@@ -24,7 +25,16 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import struct_pb2
 
 from lattice.agent.access_log import Peer
-from lattice.agent.address import AddressLease, app_port, free_port, lease_loopback, port_free
+from lattice.agent.address import (
+    AddressLease,
+    app_port,
+    check_own,
+    free_port,
+    host_address_towards,
+    is_loopback_host,
+    lease_loopback,
+    port_free,
+)
 from lattice.agent.bootstrap import bootstrap, write_bootstrap
 from lattice.agent.control import RegistryClient
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
@@ -56,13 +66,17 @@ class RunOptions:
     service_account: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     name: str | None = None
-    address: str | None = None  # reachable address for multi-host meshes; default: a leased loopback
+    # Where other hosts reach this workload. Default: a leased loopback when the control plane is on
+    # this machine, else this host's address on its route to the control plane.
+    address: str | None = None
     app_port: int | None = None
     protocol: str = "http"
     upstreams: list[Upstream] = field(default_factory=list)  # local ports forwarding to service ports
     ready_timeout: float = 60.0
     heartbeat_interval: float = 3.0
     envoy_log_level: str = "warning"
+    capture: bool = False  # the app in a network namespace of its own, its traffic captured (root)
+    netns: str | None = None  # with capture: an existing network namespace to use instead of a new one
 
 
 class Sidecar:
@@ -76,13 +90,39 @@ class Sidecar:
         self._runner: web.AppRunner | None = None
         self._servers: list[grpc.aio.Server] = []
 
+    def _place(self) -> tuple[str, str]:
+        """(advertised address, local address): on one machine a leased loopback serves as both;
+        across hosts the host's address is advertised (only the inbound listener binds it) and
+        what only this host may use (outbound, upstream ports) binds a leased loopback."""
+        o = self.o
+        server = urllib.parse.urlsplit(o.server)
+        address = o.address
+        if address is None and not is_loopback_host(server.hostname or "127.0.0.1"):
+            try:
+                address = host_address_towards(server.hostname, server.port or 443)
+            except OSError as e:
+                raise RuntimeError(
+                    f"no route to the control plane at {o.server} ({e.strerror or e}); check --server, or give --address"
+                ) from None
+            log.info("advertising this host's address %s (its route to %s); --address overrides it", address, o.server)
+        if address is None:
+            self.lease = lease_loopback(self._ports())
+            return self.lease.address, ""
+        check_own(address)
+        if ipaddress.ip_address(address).is_loopback:
+            return address, ""
+        self.lease = lease_loopback(self._ports()[1:])
+        return address, self.lease.address
+
     def _registration(self) -> Registration:
         o = self.o
-        address = o.address or self.lease.address
+        address, local = self.placed
         name = o.name or (f"{o.service}-{o.version}" if o.version else o.service)
         labels = {**o.labels, "app": o.service, **({"version": o.version} if o.version else {})}
-        local = {u.local_port for u in o.upstreams}
-        agent_port = AGENT_PORT if AGENT_PORT not in local and port_free(address, AGENT_PORT) else free_port(address)
+        upstream_ports = {u.local_port for u in o.upstreams}
+        agent_port = (
+            AGENT_PORT if AGENT_PORT not in upstream_ports and port_free(address, AGENT_PORT) else free_port(address)
+        )
         return Registration(
             id=f"{name}-{secrets.token_hex(3)}.{o.namespace}",
             name=name,
@@ -97,11 +137,11 @@ class Sidecar:
             outbound_port=OUTBOUND_PORT,
             agent_port=agent_port,
             upstreams=o.upstreams,
+            local_address=local,
         )
 
     async def run(self) -> int:
-        if self.o.address is None:
-            self.lease = lease_loopback(self._ports())
+        self.placed = self._place()
         self.registration = reg = self._registration()
         node = base_pb2.Node(id=reg.id, cluster=f"{reg.service}.{reg.namespace}")
         node.metadata.CopyFrom(_struct({"NAMESPACE": reg.namespace, "WORKLOAD_NAME": reg.name, "LABELS": reg.labels}))
@@ -135,6 +175,7 @@ class Sidecar:
         async with RegistryClient(self.o.server, reg, lambda: self.app_healthy, self.identity) as self.registry:
             try:
                 await self._obtain_identity()
+                self._check_xds_reachable()
                 self.relay = XdsRelay(node, self._xds_address(), self._xds_credentials, CONTROL_PLANE_NAME)
                 self.observer = Observer(self._me(), f"{reg.service}.{reg.namespace}.svc.cluster.local")
                 self.relay.on_accept = self.observer.on_accept
@@ -148,14 +189,32 @@ class Sidecar:
 
     async def _obtain_identity(self) -> None:
         """The first certificate, before Envoy starts: no certificate, no mesh traffic at all."""
-        backoff = 0.2
+        backoff, said = 0.2, -1e9
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 return await self.identity.obtain(self.registry.session)
             except (aiohttp.ClientError, TimeoutError) as e:
-                log.info("control plane %s unreachable (%s); retrying in %.1fs", self.o.server, e, backoff)
+                if loop.time() - said > 30:  # at the default log level, but not on every retry
+                    said = loop.time()
+                    log.warning(
+                        "cannot reach the control plane at %s (%s); retrying. Check that `lattice server` runs "
+                        "with --listen on an address this host reaches (not 127.0.0.1) and that its port is open.",
+                        self.o.server,
+                        e or type(e).__name__,
+                    )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _check_xds_reachable(self) -> None:
+        """A control plane on another host whose xDS listens on its own loopback cannot serve us."""
+        host = self._xds_address().rsplit(":", 1)[0].strip("[]")
+        server_host = urllib.parse.urlsplit(self.o.server).hostname or ""
+        if is_loopback_host(host) and not is_loopback_host(server_host):
+            raise RuntimeError(
+                f"the control plane at {self.o.server} serves xDS on {self._xds_address()}, its own loopback, "
+                f"which this host cannot reach: start it with `lattice server --listen <its address>` (or --xds-host)"
+            )
 
     def _me(self) -> Peer:
         reg = self.registration
@@ -230,7 +289,7 @@ class Sidecar:
 
     async def _run_app(self) -> int:
         reg = self.registration
-        proxy = f"http://{reg.address}:{OUTBOUND_PORT}"
+        proxy = f"http://{reg.outbound_address}:{OUTBOUND_PORT}"
         env = os.environ | {
             "PORT": str(reg.app_port),
             "HTTP_PROXY": proxy,
@@ -238,7 +297,7 @@ class Sidecar:
             "LATTICE_WORKLOAD": reg.name,
             "LATTICE_PROXY_ID": reg.id,
             "LATTICE_SERVICE": reg.service,
-            **_no_proxy(reg.address),
+            **_no_proxy(reg.outbound_address),
             **upstream_env(reg),
         }
         try:
@@ -312,7 +371,7 @@ def upstream_env(reg: Registration) -> dict[str, str]:
     for u in reg.upstreams:
         parts = [u.service] if u.namespace == reg.namespace else [u.service, u.namespace]
         out["_".join(["LATTICE_UPSTREAM", *parts, str(u.port)]).upper().replace("-", "_")] = (
-            f"{reg.address}:{u.local_port}"
+            f"{reg.outbound_address}:{u.local_port}"
         )
     return out
 

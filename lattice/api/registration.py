@@ -66,6 +66,16 @@ class Registration(BaseModel):
     # local ports `listen` maps Gateway ports to. `port` and `app_port` are then only informative.
     kind: Literal["sidecar", "gateway"] = "sidecar"
     listen: dict[int, int] = Field(default_factory=dict)
+    # Where this host's own listeners bind when `address` is reachable from other hosts (see
+    # lattice.mesh.model.Workload): outbound and upstream ports on `local_address`, the inbound
+    # listener on `inbound_address` (a captured workload's network namespace).
+    local_address: str = ""
+    inbound_address: str = ""
+    capture: bool = False
+
+    @property
+    def outbound_address(self) -> str:
+        return self.local_address or self.address
 
     @field_validator("namespace", "service", "name")
     @classmethod
@@ -85,6 +95,13 @@ class Registration(BaseModel):
     @classmethod
     def _ip(cls, v: str) -> str:
         ipaddress.ip_address(v)
+        return v
+
+    @field_validator("local_address", "inbound_address")
+    @classmethod
+    def _optional_ip(cls, v: str) -> str:
+        if v:
+            ipaddress.ip_address(v)
         return v
 
     @field_validator("listen")

@@ -69,12 +69,19 @@ def _logging(level: str) -> None:
 def server(
     home: Optional[Path] = typer.Option(None, "--home", help="State directory (default $LATTICE_HOME or ~/.lattice)."),
     db: Optional[Path] = typer.Option(None, "--db", help="SQLite file (default <home>/lattice.db)."),
-    api_host: str = typer.Option("127.0.0.1", help="REST API address; loopback unless you mean to expose it."),
+    listen: Optional[str] = typer.Option(
+        None,
+        "--listen",
+        help="Address every control-plane port listens on (default 127.0.0.1): this host's address, or 0.0.0.0, for agents on other hosts. --api-host, --xds-host and --agent-host override it per port.",
+    ),
+    api_host: Optional[str] = typer.Option(
+        None, help="REST API address (default: --listen); the admin API and dashboard."
+    ),
     api_port: int = typer.Option(15080, help="REST API port (0: pick a free one)."),
-    xds_host: str = typer.Option("127.0.0.1", help="xDS gRPC address (0.0.0.0 for agents on other hosts)."),
+    xds_host: Optional[str] = typer.Option(None, help="xDS gRPC address (default: --listen)."),
     xds_port: int = typer.Option(15010, help="xDS gRPC port, mTLS (0: pick a free one)."),
-    agent_host: str = typer.Option(
-        "127.0.0.1", help="Agent API address: certificates and registration (0.0.0.0 for agents on other hosts)."
+    agent_host: Optional[str] = typer.Option(
+        None, help="Agent API address: certificates and registration (default: --listen)."
     ),
     agent_port: int = typer.Option(15012, help="Agent API port, TLS (0: pick a free one)."),
     trust_domain: str = typer.Option("cluster.local", help="SPIFFE trust domain of workload identities."),
@@ -97,7 +104,14 @@ def server(
         "DestinationRule's connectionPool.http.h2UpgradePolicy overrides it (Istio's MeshConfig h2UpgradePolicy).",
     ),
     debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
-    heartbeat_timeout: float = typer.Option(15.0, help="Seconds without a heartbeat before a workload is dropped."),
+    heartbeat_timeout: float = typer.Option(
+        15.0,
+        help="Seconds without a heartbeat before a workload counts as silent: still served, but another workload may take its address and port.",
+    ),
+    endpoint_grace: str = typer.Option(
+        "5m",
+        help="How long a silent workload keeps its endpoints before it is dropped, e.g. 5m, 30s: a host cut off from the control plane is not down for its peers, whose Envoys judge reachability themselves (outlier detection).",
+    ),
     jwks_refresh: str = typer.Option(
         "20m", help="How often to fetch the keys of RequestAuthentication jwksUris again, e.g. 20m, 30s."
     ),
@@ -133,14 +147,15 @@ def server(
     config = ServerConfig(
         home=home,
         db=db or home / "lattice.db",
-        api_host=api_host,
+        api_host=api_host or listen or "127.0.0.1",
         api_port=api_port,
-        xds_host=xds_host,
+        xds_host=xds_host or listen or "127.0.0.1",
         xds_port=xds_port,
-        agent_host=agent_host,
+        agent_host=agent_host or listen or "127.0.0.1",
         agent_port=agent_port,
         debounce=debounce,
         heartbeat_timeout=heartbeat_timeout,
+        endpoint_grace=_seconds("--endpoint-grace", endpoint_grace, 0.5),
         trust_domain=trust_domain,
         root_namespace=root_namespace,
         cert_ttl=ttl,
@@ -310,7 +325,8 @@ def run(
     label: list[str] = typer.Option([], "--label", "-l", help="Extra label KEY=VALUE (repeatable)."),
     name: Optional[str] = typer.Option(None, help="Workload name (default <service>-<version>)."),
     address: Optional[str] = typer.Option(
-        None, help="Address other hosts reach this workload on (default: a loopback of its own)."
+        None,
+        help="Address other hosts reach this workload on, one of this host's (default: this host's address on its route to the control plane; a loopback of its own when the control plane is on this machine).",
     ),
     app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
     protocol: Optional[str] = typer.Option(
@@ -492,6 +508,16 @@ def _sidecar(options, log_level: str) -> int:
         return asyncio.run(run_sidecar(options))
     except (RuntimeError, OSError) as e:
         fail(str(e))
+    except BaseExceptionGroup as group:  # a task of the sidecar's TaskGroup: its message, not a traceback
+        first = _first_leaf(group)
+        if not isinstance(first, (RuntimeError, OSError)):
+            raise
+        fail(str(first))
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _read(path: str) -> tuple[str, str]:

@@ -42,6 +42,20 @@ class Workload:
     kind: str = "sidecar"  # or "gateway": a `lattice gateway` proxy, serving Gateways, not in any service
     listen: tuple[tuple[int, int], ...] = ()  # a gateway's (Gateway port, local port) overrides
     upstreams: tuple[Upstream, ...] = ()
+    # Across hosts `address` is the host's; the listeners only this host may use (outbound, upstream
+    # ports) then bind `local_address` (a loopback), and a captured workload's inbound listener binds
+    # `inbound_address` (its namespace's). Empty: `address`, as on one machine.
+    local_address: str = ""
+    inbound_address: str = ""
+    capture: bool = False  # the app's traffic is redirected to the outbound listener (`lattice run --capture`)
+
+    @property
+    def outbound_address(self) -> str:
+        return self.local_address or self.address
+
+    @property
+    def inbound_bind(self) -> str:
+        return self.inbound_address or self.address
 
     @property
     def version(self) -> str:

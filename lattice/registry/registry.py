@@ -17,9 +17,13 @@ class Registry:
         heartbeat_timeout: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] = lambda: None,
+        grace: float | None = None,
     ) -> None:
         self._store = store
         self._timeout = heartbeat_timeout
+        # Silence is not death: a host cut off from the control plane may still serve its peers, so
+        # a silent workload keeps its endpoints for `grace` (default: the heartbeat timeout).
+        self._grace = heartbeat_timeout if grace is None else max(grace, heartbeat_timeout)
         self._clock = clock
         self._on_change = on_change
         self._workloads: dict[str, Workload] = {}
@@ -62,10 +66,15 @@ class Registry:
 
     def expire(self) -> list[str]:
         now = self._clock()
-        stale = [w for w, seen in self._last_seen.items() if now - seen > self._timeout]
+        stale = [w for w, seen in self._last_seen.items() if now - seen > self._grace]
         for workload_id in stale:
             self.deregister(workload_id)
         return stale
+
+    def silent(self, workload_id: str) -> bool:
+        """No heartbeat for longer than the timeout (but kept, within the grace)."""
+        age = self.last_seen_age(workload_id)
+        return age is not None and age > self._timeout
 
     def workloads(self) -> tuple[Workload, ...]:
         return tuple(self._workloads[k] for k in sorted(self._workloads))

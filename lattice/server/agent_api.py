@@ -22,6 +22,7 @@ from lattice.api.registration import Registration
 from lattice.identity import CsrRefused, SpiffeId, TokenError, TokenRecord, parse_token
 from lattice.identity import check_token as token_check
 from lattice.registry import Registry
+from lattice.server import placement
 from lattice.server.ca import CaManager
 from lattice.server.metrics import ControlPlaneMetrics
 from lattice.server.traces import TraceStore, receive
@@ -125,7 +126,7 @@ class AgentApi:
                 "bundle_version": self.ca.bundle_version,
                 "identity": str(identity),
                 "root": issued.root_fingerprint,
-                "xds": self.xds_address,
+                "xds": placement.xds_for(self.xds_address, _arrived_at(request)),
             }
         )
 
@@ -173,8 +174,22 @@ class AgentApi:
                 f"{registration.namespace}/{registration.service_account}",
             )
         self._check_owner(registration.id, identity)
+        self._place(request, registration)
         workload = self.registry.register(registration)
         return web.json_response({"id": workload.id})
+
+    def _place(self, request: web.Request, registration: Registration) -> None:
+        """An address its peers reach, of the agent's own host, and no live workload's already."""
+        try:
+            placement.check_address(registration, request.remote, _arrived_at(request))
+            for holder in placement.conflicts(registration, self.registry.workloads()):
+                if not self.registry.silent(holder.id):
+                    raise placement.taken(registration, holder)
+                log.info("workload %s replaces silent %s at %s", registration.id, holder.id, registration.address)
+                self.registry.deregister(holder.id)
+        except placement.PlacementRefused as e:
+            log.warning("refused to register %s: %s", registration.id, e)
+            raise _refuse(e.status, str(e)) from None
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         workload_id = self._owned(request)
@@ -216,6 +231,12 @@ class AgentApi:
             raise _refuse(403, f"{identity} does not own workload {workload_id}")
 
 
+def _arrived_at(request: web.Request) -> str | None:
+    """The control plane's own address the agent's connection reached."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    return sockname[0] if isinstance(sockname, tuple) else None
+
+
 def _peer(request: web.Request, trust_domain: str) -> SpiffeId | None:
     """The SPIFFE identity of the verified client certificate, if one was presented."""
     cert = request.transport.get_extra_info("peercert") if request.transport else None
@@ -231,7 +252,13 @@ def _peer(request: web.Request, trust_domain: str) -> SpiffeId | None:
 
 
 def _refuse(status: int, message: str, **extra) -> web.HTTPException:
-    kinds = {401: web.HTTPUnauthorized, 403: web.HTTPForbidden, 404: web.HTTPNotFound}
+    kinds = {
+        400: web.HTTPBadRequest,
+        401: web.HTTPUnauthorized,
+        403: web.HTTPForbidden,
+        404: web.HTTPNotFound,
+        409: web.HTTPConflict,
+    }
     return kinds[status](text=json.dumps({"error": message, **extra}), content_type="application/json")
 
 

@@ -28,7 +28,8 @@ class ServerConfig:
     agent_host: str = "127.0.0.1"
     agent_port: int = 15012
     debounce: float = 0.1
-    heartbeat_timeout: float = 15.0
+    heartbeat_timeout: float = 15.0  # silent after this long without a heartbeat
+    endpoint_grace: float = 300.0  # a silent workload's endpoints stay this long (a partition is not an outage)
     trust_domain: str = "cluster.local"
     root_namespace: str = "istio-system"
     cert_ttl: float = 24 * 3600.0

@@ -43,7 +43,9 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.metrics = ControlPlaneMetrics()  # served on the REST port's /metrics, without the admin token
         self.board = StatusBoard(events=self.metrics)
-        self.registry = Registry(self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request())
+        self.registry = Registry(
+            self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request(), grace=config.endpoint_grace
+        )
         self.jwks = JwksCache(self.store, on_change=lambda: self.pusher.request(), refresh=config.jwks_refresh)
         self.pusher = Pusher(
             self.store,
@@ -168,11 +170,15 @@ class ControlPlane:
             self.store.close()
 
     async def _expire_loop(self) -> None:
-        interval = max(0.2, self.config.heartbeat_timeout / 5)
+        interval = max(0.2, min(self.config.heartbeat_timeout, self.config.endpoint_grace) / 5)
         while True:
             await asyncio.sleep(interval)
             for workload_id in self.registry.expire():
-                log.warning("workload %s missed its heartbeats; dropped", workload_id)
+                log.warning(
+                    "workload %s sent no heartbeat for %.0fs (--endpoint-grace); dropped",
+                    workload_id,
+                    self.config.endpoint_grace,
+                )
 
 
 def _listen(host: str, port: int, what: str, flag: str) -> socket.socket:

@@ -352,6 +352,9 @@ class RestApi:
             "healthy": w.healthy,
             "agent_port": w.agent_port,
             "outbound_port": w.outbound_port,
+            "local_address": w.outbound_address,
+            "capture": w.capture,
+            "silent": self.registry.silent(w.id),
             "last_seen_seconds": round(self.registry.last_seen_age(w.id) or 0, 1),
         }
 

@@ -40,7 +40,7 @@ Destinations = list[tuple[str, int]]  # (cluster, weight)
 
 def listener_name(proxy: Workload, upstream: Upstream) -> str:
     """Istio's outbound listener names are `<ip>_<port>`; an upstream listener is one."""
-    return f"{proxy.address}_{upstream.local_port}"
+    return f"{proxy.outbound_address}_{upstream.local_port}"
 
 
 def upstream_listener(
@@ -51,7 +51,7 @@ def upstream_listener(
     next push, when the service appears, routes them."""
     host = service.hostname if service else fqdn(upstream.service, upstream.namespace, snapshot.domain)
     listener = listener_pb2.Listener(
-        name=listener_name(proxy, upstream), address=socket_address(proxy.address, upstream.local_port)
+        name=listener_name(proxy, upstream), address=socket_address(proxy.outbound_address, upstream.local_port)
     )
     vs = snapshot.virtual_service_for(host, proxy.namespace)
     if service is not None and service.protocol in TLS_PROTOCOLS:

@@ -47,7 +47,9 @@ def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.List
 def outbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     manager = _outbound_manager(snapshot, proxy, "outbound_http")
     manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=names.OUTBOUND_ROUTE))
-    listener = _listener(names.OUTBOUND_LISTENER, proxy.address, proxy.outbound_port, _network_filter(HCM, manager))
+    listener = _listener(
+        names.OUTBOUND_LISTENER, proxy.outbound_address, proxy.outbound_port, _network_filter(HCM, manager)
+    )
     listener.metadata.CopyFrom(telemetry.rules_metadata(snapshot, proxy))
     return listener
 
@@ -85,7 +87,7 @@ def _http_upstream(
     name = l4.listener_name(proxy, upstream)
     manager = _outbound_manager(snapshot, proxy, name)
     manager.route_config.CopyFrom(rds.upstream_route_configuration(snapshot, proxy, service, name))
-    return _listener(name, proxy.address, upstream.local_port, _network_filter(HCM, manager))
+    return _listener(name, proxy.outbound_address, upstream.local_port, _network_filter(HCM, manager))
 
 
 def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
@@ -115,7 +117,9 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
                 snapshot, proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http_filters, tcp_filters
             )
         )
-    listener = listener_pb2.Listener(name=name, address=socket_address(proxy.address, proxy.port), filter_chains=chains)
+    listener = listener_pb2.Listener(
+        name=name, address=socket_address(proxy.inbound_bind, proxy.port), filter_chains=chains
+    )
     listener.metadata.CopyFrom(telemetry.rules_metadata(snapshot, proxy))
     if mode == "PERMISSIVE":  # one port, two kinds of client: look at the first bytes to choose
         listener.listener_filters.add(name=TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector()))

@@ -1,0 +1,107 @@
+"""A mesh on several machines: the control plane on host A, workloads on B and C, each host a
+network namespace on a private switch (tests/hosts.py). Workloads join with `--server` alone."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from harness import BACKEND, LATTICE, ENV_BASE, http, stop, wait_for
+from hosts import Network
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root (CI runs the suite as root)"),
+]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    home = tmp_path_factory.mktemp("hosts") / "home"
+    with Network() as net:
+        a, b, c = net.host("a"), net.host("b"), net.host("c")
+        plane = net.control_plane(a, home)
+        started = []
+        try:
+            reviews = net.workload(plane, b, "reviews", "v1", command=BACKEND).start(wait=False)
+            web = net.workload(plane, c, "web", "v1", command=BACKEND, extra=("--port", "8080")).start(wait=False)
+            started += [reviews, web]
+            reviews.wait_ready(), web.wait_ready()
+            wait_for(plane.all_synced, 15, what="every proxy to hold the others' endpoints")
+            yield net, plane, (a, b, c), reviews, web
+        finally:
+            for w in reversed(started):
+                w.stop()
+            plane.stop()
+
+
+def test_workloads_on_other_hosts_join_with_server_alone_and_are_advertised_at_their_hosts(mesh):
+    net, plane, (a, b, c), reviews, web = mesh
+    proxies = {p["name"]: p for p in plane.status()["proxies"]}
+    assert proxies["reviews-v1"]["address"] == b.address and proxies["web-v1"]["address"] == c.address
+    assert plane.all_synced()
+    # web's app calls reviews by name through its sidecar (HTTP_PROXY mode), across hosts, over mTLS.
+    outbound = f"http://{proxies['web-v1']['local_address']}:15001"
+    status, headers, _ = c.call(http, "GET", "http://reviews:9080/", proxy=outbound)
+    assert (status, headers.get("x-served-by")) == (200, "reviews-v1")
+
+
+def test_only_the_inbound_port_is_reachable_from_other_hosts(mesh):
+    net, plane, (a, b, c), reviews, web = mesh
+    local = plane.proxy(reviews.id)["local_address"]
+    assert local.startswith("127."), local  # outbound and upstream ports bind a loopback of B's
+
+    def reachable(port: int) -> bool:
+        try:
+            socket.create_connection((b.address, port), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    assert c.call(reachable, 9080)  # the inbound mTLS listener
+    assert not c.call(reachable, 15001), "B's outbound listener must not be reachable from C"
+
+
+def _run(host, plane, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """`lattice run` at the default log level, as a user types it, to its end."""
+    env = ENV_BASE | {"LATTICE_TOKEN": plane.token("rogue")}
+    env.pop("LATTICE_HOME", None)
+    command = [LATTICE, "run", "--service", "rogue", *args, "--", sys.executable, "-c", "import time; time.sleep(60)"]
+    return host.exec(command, env=env, timeout=timeout)
+
+
+def test_a_loopback_address_from_another_host_is_refused_saying_what_to_pass(mesh):
+    net, plane, (a, b, c), reviews, web = mesh
+    result = _run(c, plane, "--server", plane.agent_api, "--address", "127.0.0.1")
+    assert result.returncode == 1, result.stderr
+    assert "other hosts cannot reach" in result.stderr and "--address" in result.stderr, result.stderr
+    assert c.address in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_two_workloads_never_share_an_address_and_port(mesh):
+    net, plane, (a, b, c), reviews, web = mesh
+    result = _run(b, plane, "--server", plane.agent_api, "--port", "9080")
+    assert result.returncode == 1, result.stderr
+    assert f"{b.address}:9080 is already workload {reviews.id}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_control_plane_is_reported_at_the_default_log_level(mesh, tmp_path):
+    net, plane, (a, b, c), reviews, web = mesh
+    log = tmp_path / "agent.log"
+    env = ENV_BASE | {"LATTICE_TOKEN": plane.token("rogue")}
+    env.pop("LATTICE_HOME", None)
+    nowhere = f"https://{a.address}:1"  # A is up, nothing listens there
+    command = [LATTICE, "run", "--service", "rogue", "--server", nowhere, "--", sys.executable, "-c", "pass"]
+    process = c.popen(command, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(
+            lambda: f"cannot reach the control plane at {nowhere}" in log.read_text(), 15, what=f"the warning ({log})"
+        )
+        assert "--listen" in log.read_text()
+    finally:
+        stop(process)
