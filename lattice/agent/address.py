@@ -122,5 +122,6 @@ def check_own(address: str) -> None:
             s.bind((address, 0))
         except OSError as e:
             raise RuntimeError(
-                f"--address {address} is not an address of this host ({e.strerror}); give one of its own, as `ip -brief address` lists them"
+                f"--address {address} is not an address of this host ({e.strerror}); "
+                "give one of its own, as `ip -brief address` lists them"
             ) from None

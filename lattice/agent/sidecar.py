@@ -102,7 +102,8 @@ class Sidecar:
                 address = host_address_towards(server.hostname, server.port or 443)
             except OSError as e:
                 raise RuntimeError(
-                    f"no route to the control plane at {o.server} ({e.strerror or e}); check --server, or give --address"
+                    f"no route to the control plane at {o.server} ({e.strerror or e}); "
+                    "check --server, or give --address"
                 ) from None
             log.info("advertising this host's address %s (its route to %s); --address overrides it", address, o.server)
         if address is None:

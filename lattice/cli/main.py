@@ -72,7 +72,8 @@ def server(
     listen: Optional[str] = typer.Option(
         None,
         "--listen",
-        help="Address every control-plane port listens on (default 127.0.0.1): this host's address, or 0.0.0.0, for agents on other hosts. --api-host, --xds-host and --agent-host override it per port.",
+        help="Address every control-plane port listens on (default 127.0.0.1): this host's address, or 0.0.0.0, "
+        "for agents on other hosts. --api-host, --xds-host and --agent-host override it per port.",
     ),
     api_host: Optional[str] = typer.Option(
         None, help="REST API address (default: --listen); the admin API and dashboard."
@@ -106,11 +107,14 @@ def server(
     debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
     heartbeat_timeout: float = typer.Option(
         15.0,
-        help="Seconds without a heartbeat before a workload counts as silent: still served, but another workload may take its address and port.",
+        help="Seconds without a heartbeat before a workload counts as silent: still served, but another workload "
+        "may take its address and port.",
     ),
     endpoint_grace: str = typer.Option(
         "5m",
-        help="How long a silent workload keeps its endpoints before it is dropped, e.g. 5m, 30s: a host cut off from the control plane is not down for its peers, whose Envoys judge reachability themselves (outlier detection).",
+        help="How long a silent workload keeps its endpoints before it is dropped, e.g. 5m, 30s: a host cut off "
+        "from the control plane is not down for its peers, whose Envoys judge reachability themselves "
+        "(outlier detection).",
     ),
     jwks_refresh: str = typer.Option(
         "20m", help="How often to fetch the keys of RequestAuthentication jwksUris again, e.g. 20m, 30s."
@@ -326,7 +330,8 @@ def run(
     name: Optional[str] = typer.Option(None, help="Workload name (default <service>-<version>)."),
     address: Optional[str] = typer.Option(
         None,
-        help="Address other hosts reach this workload on, one of this host's (default: this host's address on its route to the control plane; a loopback of its own when the control plane is on this machine).",
+        help="Address other hosts reach this workload on, one of this host's (default: this host's address on "
+        "its route to the control plane; a loopback of its own when the control plane is on this machine).",
     ),
     app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
     protocol: Optional[str] = typer.Option(
