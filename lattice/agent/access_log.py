@@ -104,11 +104,24 @@ class Request:
     closed: bool = False  # TCP: and this its last
     sent: int = 0  # TCP: bytes since the connection's previous event
     received: int = 0
+    # What `lattice why` reads: which config decided the request, and how the upstream side went.
+    request_id: str = ""  # x-request-id, which Envoy assigns (or keeps) for every HTTP request
+    route: str = ""  # the route's name (a VirtualService rule's `name`, else `<ns>/<name>#<index>`)
+    cluster: str = ""  # the upstream cluster chosen
+    upstream_host: str = ""  # the endpoint address tried last
+    attempts: int = 0  # upstream attempts (1 + retries)
+    details: str = ""  # Envoy's response code details (`rbac_access_denied_matched_policy[...]`, ...)
+    transport_failure: str = ""  # why the upstream connection failed (refused, TLS error, ...)
 
     @property
     def failed(self) -> bool:
         """Linkerd's and Istio's dashboards' notion: a 5xx, no response at all, or a gRPC error."""
         return self.code >= 500 or self.code == 0 or self.grpc_status not in ("", "0")
+
+    @property
+    def unusual(self) -> bool:
+        """What the agent always keeps for `lattice why`: an error status or any response flag."""
+        return self.code >= 400 or self.flags != "-" or (self.protocol != "tcp" and self.code == 0)
 
     @property
     def peer(self) -> Peer:
@@ -235,6 +248,13 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
             _flags(common.response_flags),
             request.request_headers_bytes + request.request_body_bytes,
             response.response_headers_bytes + response.response_body_bytes,
+            request_id=request.request_id,
+            route=common.route_name,
+            cluster=common.upstream_cluster,
+            upstream_host=_address(common.upstream_remote_address),
+            attempts=common.upstream_request_attempt_count,
+            details=response.response_code_details,
+            transport_failure=common.upstream_transport_failure_reason,
         )
 
     def _tcp(self, entry: accesslog_pb2.TCPAccessLogEntry, outbound: bool) -> Request | None:
@@ -264,11 +284,19 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
             service=service,
             mtls=mtls,
             flags=_flags(common.response_flags),
+            cluster=common.upstream_cluster,
+            upstream_host=_address(common.upstream_remote_address),
+            transport_failure=common.upstream_transport_failure_reason,
             opened=before is None,
             closed=event == "close",
             sent=max(0, sent - sent_before),
             received=max(0, received - received_before),
         )
+
+
+def _address(address) -> str:
+    socket = address.socket_address
+    return f"{socket.address}:{socket.port_value}" if socket.address else ""
 
 
 _METHODS = ["", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]

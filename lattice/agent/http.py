@@ -72,6 +72,18 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
             observer.tap.unwatch(queue)
         return response
 
+    async def requests(request: web.Request) -> web.Response:
+        """This sidecar's records of one request (`?id=<x-request-id>`), or its latest failures."""
+        with observer.lock:
+            if request.query.get("id"):
+                found = observer.records.find(request.query["id"])
+            else:
+                limit = request.query.get("limit", "50")
+                if not limit.isdigit():
+                    return web.json_response({"error": "limit must be a whole number"}, status=400)
+                found = observer.records.recent_failures(min(int(limit), 500))
+        return web.json_response({"records": found})
+
     app = web.Application()
     app.router.add_get("/healthz/ready", ready)
     app.router.add_get("/config_dump", config_dump)
@@ -79,6 +91,7 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
     app.router.add_get("/stats/prometheus", prometheus)
     app.router.add_get("/lattice/v1/window", window)
     app.router.add_get("/lattice/v1/tap", tap)
+    app.router.add_get("/lattice/v1/requests", requests)
     return app
 
 

@@ -175,12 +175,17 @@ class Tap:
     def unwatch(self, queue: asyncio.Queue) -> None:
         self._watchers.pop(queue, None)
 
+    @property
+    def active(self) -> bool:
+        return bool(self._watchers)
+
 
 def tap_event(r: Request) -> dict:
     """One request as `lattice tap` shows it: who called whom, what, and how it went. Never headers,
     bodies or query strings (they may carry credentials)."""
     return {
         "time": r.start,
+        "request_id": r.request_id,
         "reporter": r.reporter,
         "protocol": r.protocol,
         "source": {"workload": r.source.workload, "namespace": r.source.namespace, "principal": r.source.principal},

@@ -15,6 +15,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from lattice.agent.access_log import AccessLogReceiver, Peer
 from lattice.agent.live import Tap, Window
 from lattice.agent.metrics import IstioMetrics, rules_from_metadata
+from lattice.agent.records import RequestRecords
 from lattice.translate import LISTENER
 from lattice.translate.telemetry import RULES_METADATA
 
@@ -26,7 +27,10 @@ class Observer:
         self.metrics = IstioMetrics()
         self.window = Window()
         self.tap = Tap()
-        self.receiver = AccessLogReceiver(me, service, [self.metrics.observe, self.window.observe, self.tap.publish])
+        self.records = RequestRecords(lambda: self.tap.active)  # for `lattice why`: failures, and all while tapped
+        self.receiver = AccessLogReceiver(
+            me, service, [self.metrics.observe, self.window.observe, self.tap.publish, self.records.observe]
+        )
         self.lock = self.receiver.lock  # take it to read metrics or the window while requests are counted
         self._rules = ""
         self.span_counts: dict[str, int] = {}  # the trace relay's, by outcome (agent/traces.py)

@@ -19,7 +19,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from lattice.api import ValidationError, parse_documents  # noqa: E402
 from lattice.api.durations import parse_duration  # noqa: E402
-from lattice.cli import authz, observe, observe_trace, proxy_config, security  # noqa: E402
+from lattice.cli import authz, observe, observe_trace, proxy_config, security, why  # noqa: E402
 from lattice.cli.client import ApiError, Client, ServerOpt, agent_url, call, server_url  # noqa: E402
 from lattice.cli.client import connect as client  # noqa: E402
 from lattice.cli.output import Format, OutputOpt, emit, errors, fail  # noqa: E402
@@ -39,6 +39,7 @@ app.add_typer(security.ca_app, name="ca")
 app.add_typer(authz.app, name="authz")
 observe.register(app)
 observe_trace.register(app)
+why.register(app)
 
 AgentServerOpt = typer.Option(
     None,

@@ -242,10 +242,11 @@ def _tap_line(e: dict) -> str:
     if e["protocol"] == "tcp":
         return f"{when} {direction} {source} -> {e['destination']['workload']} tcp {e['event']} {e['bytes']}B tls={tls}"
     status = e["status"] if not e["grpc_status"] else f"{e['status']} grpc={e['grpc_status']}"
-    return (
+    line = (
         f"{when} {direction} {source} -> {e['destination']['workload']} {e['method']} "
         f"{e['authority']}{e['path']} {status} {_ms(e['duration_ms'])} tls={tls} flags={e['flags']}"
     )
+    return line + (f" id={e['request_id']}" if e.get("request_id") else "")
 
 
 def edges(

@@ -28,6 +28,7 @@ from lattice.server.ca import CaManager, RotationError
 from lattice.server.observe import Observatory
 from lattice.server.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from lattice.server.pusher import Pusher
+from lattice.server.why import WhyApi
 from lattice.server.traces import TraceStore, list_response, trace_response
 from lattice.store import Store, StoredResource, StoreError
 from lattice.translate import TYPE_ORDER
@@ -83,6 +84,7 @@ class RestApi:
         r.add_get("/api/v1/traces", self.list_traces)
         r.add_get("/api/v1/traces/{trace_id}", self.get_trace)
         self.observatory.add_routes(app)
+        WhyApi(self.registry, lambda: self.pusher.snapshot, lambda: self.observatory.session).add_routes(app)
         return app
 
     @web.middleware
