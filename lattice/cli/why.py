@@ -51,7 +51,8 @@ def why(
         return
     if not answer["found"]:
         fail(
-            f"no sidecar remembers request {request_id}: sidecars keep failed requests (and all requests while tapped), "
+            f"no sidecar remembers request {request_id}: sidecars keep failed requests (and all requests "
+            "while tapped), "
             "the latest few thousand each; `lattice why` lists the latest failures"
             + (f" (no answer from: {', '.join(answer['unreachable'])})" if answer.get("unreachable") else "")
         )

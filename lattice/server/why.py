@@ -26,7 +26,8 @@ TIMEOUT = 2.0
 FLAG_MEANINGS = {
     "UH": "no healthy upstream: the cluster had no healthy endpoint to send the request to",
     "UF": "upstream connection failure: connecting to the endpoint failed",
-    "UO": "upstream overflow: a circuit breaker (connection pool limit) was full, so the request was refused without being sent",
+    "UO": "upstream overflow: a circuit breaker (connection pool limit) was full, so the request was refused "
+    "without being sent",
     "NR": "no route: no route in the route table matched the request's host and path",
     "URX": "retry limit exceeded: every attempt failed and the retry budget was spent",
     "UT": "upstream request timeout: the route's timeout ran out before the answer came",
@@ -245,10 +246,12 @@ def _rbac(hop, flags, details, hops, snapshot) -> Cause:
         return Cause(
             f"denied by AuthorizationPolicy {namespace}/{name} (rule {rule}) at {hop['proxy']}",
             [
-                f"{hop['proxy']}'s sidecar answered 403: its {action} policy {namespace}/{name}, rule {rule}, matched the request from {caller}"
+                f"{hop['proxy']}'s sidecar answered 403: its {action} policy {namespace}/{name}, rule {rule}, "
+                f"matched the request from {caller}"
             ],
             [
-                f"if {caller} should be let in, change rule {rule} of AuthorizationPolicy {namespace}/{name} so it no longer matches this request, "
+                f"if {caller} should be let in, change rule {rule} of AuthorizationPolicy {namespace}/{name} "
+                "so it no longer matches this request, "
                 f"or check it first with `lattice authz check`"
             ],
             [{"kind": "AuthorizationPolicy", "namespace": namespace, "name": name}],
@@ -262,7 +265,8 @@ def _rbac(hop, flags, details, hops, snapshot) -> Cause:
     return Cause(
         f"denied at {hop['proxy']}: no ALLOW AuthorizationPolicy matched",
         [
-            f"{hop['proxy']}'s sidecar has ALLOW policies ({names}); when there is any, a request none of them matches is denied (403)"
+            f"{hop['proxy']}'s sidecar has ALLOW policies ({names}); when there is any, a request none of "
+            "them matches is denied (403)"
         ],
         [f"add a rule allowing {caller} to one of: {names} (try it with `lattice authz check`)"],
         [_ref(p) for p in allows],
@@ -277,7 +281,8 @@ def _jwt(hop, flags, details, hops, snapshot) -> Cause:
     return Cause(
         f"JWT refused at {hop['proxy']}: {reason.replace('_', ' ')}",
         [
-            f"{hop['proxy']}'s sidecar checks JWTs per RequestAuthentication {names}; the request's token failed: {reason.replace('_', ' ')} (401)"
+            f"{hop['proxy']}'s sidecar checks JWTs per RequestAuthentication {names}; the request's token "
+            f"failed: {reason.replace('_', ' ')} (401)"
         ],
         [
             "send a token the RequestAuthentication's issuer signed, unexpired, with the audience it expects; "
@@ -305,10 +310,12 @@ def _registry_only(hop, flags, details, hops, snapshot) -> Cause:
     return Cause(
         f"{host} is outside the mesh's registry and the mesh allows only registered hosts (REGISTRY_ONLY)",
         [
-            f"the outbound traffic policy is REGISTRY_ONLY: {hop['proxy']}'s sidecar answered 502 for {host}, which is neither a service nor a ServiceEntry host"
+            f"the outbound traffic policy is REGISTRY_ONLY: {hop['proxy']}'s sidecar answered 502 for {host}, "
+            "which is neither a service nor a ServiceEntry host"
         ],
         [
-            f"add a ServiceEntry for {host} (hosts: [{host}], location: MESH_EXTERNAL), or set outboundTrafficPolicy ALLOW_ANY in the mesh config"
+            f"add a ServiceEntry for {host} (hosts: [{host}], location: MESH_EXTERNAL), or set "
+            "outboundTrafficPolicy ALLOW_ANY in the mesh config"
         ],
         [{"kind": "MeshConfig", "namespace": "", "name": "outboundTrafficPolicy"}],
     )
@@ -325,7 +332,8 @@ def _no_route(hop, flags, details, hops, snapshot) -> Cause:
     if vs is not None:
         reasons.append(f"{_name(vs)} routes {host}, and none of its http rules matches {hop['method']} {hop['path']}")
         fixes.append(
-            f"add a rule without a match (a default) at the end of {_name(vs)}'s http list, or one matching {hop['path']}"
+            f"add a rule without a match (a default) at the end of {_name(vs)}'s http list, or one matching "
+            f"{hop['path']}"
         )
     else:
         fixes.append(
@@ -347,7 +355,8 @@ def _overflow(hop, flags, details, hops, snapshot) -> Cause:
         if pool is not None:
             reasons.append(f"{_name(dr)} sets connectionPool {pool.model_dump(by_alias=True, exclude_none=True)}")
         fixes.append(
-            f"raise connectionPool limits (http.http1MaxPendingRequests, http.http2MaxRequests, tcp.maxConnections) in {_name(dr)}, "
+            "raise connectionPool limits (http.http1MaxPendingRequests, http.http2MaxRequests, "
+            f"tcp.maxConnections) in {_name(dr)}, "
             f"or add replicas of {host}"
         )
     return Cause(f"circuit breaker open toward {host}", reasons, fixes, [_ref(dr)] if dr else [], "UO")
@@ -359,7 +368,8 @@ def _retries(hop, flags, details, hops, snapshot) -> Cause:
     attempts = hop.get("attempts") or 0
     upstream = [h for h in hops if h["reporter"] == "destination" and h["status"]]
     reasons = [
-        f"{hop['proxy']}'s sidecar tried {hop.get('cluster')} {attempts} times; every attempt failed, and the retry limit was reached"
+        f"{hop['proxy']}'s sidecar tried {hop.get('cluster')} {attempts} times; every attempt failed, and the "
+        "retry limit was reached"
     ]
     if upstream:
         reasons.append("the attempts were answered: " + ", ".join(f"{h['proxy']} {h['status']}" for h in upstream))
@@ -369,7 +379,8 @@ def _retries(hop, flags, details, hops, snapshot) -> Cause:
         f"retries exhausted after {attempts} attempts",
         reasons,
         [
-            f"fix what makes {_host(hop.get('cluster') or '')[2]} fail (see its own answers above); retries only hide a steady failure"
+            f"fix what makes {_host(hop.get('cluster') or '')[2]} fail (see its own answers above); retries "
+            "only hide a steady failure"
         ],
         [_ref(vs)] if vs else [],
         "URX",
@@ -439,10 +450,12 @@ def _inbound_refused(hop, flags, details, hops, snapshot) -> Cause:
     return Cause(
         f"{hop['proxy']}'s app refused the connection",
         [
-            f"{hop['proxy']}'s sidecar could not connect to its app on 127.0.0.1:{port}: {hop.get('transport_failure') or 'connection failed'}"
+            f"{hop['proxy']}'s sidecar could not connect to its app on 127.0.0.1:{port}: "
+            f"{hop.get('transport_failure') or 'connection failed'}"
         ],
         [
-            f"is {hop['proxy']}'s app running and listening on port {port}? (`lattice run --port` must name the app's port)"
+            f"is {hop['proxy']}'s app running and listening on port {port}? (`lattice run --port` must name "
+            "the app's port)"
         ],
         [],
         "UF",
@@ -468,7 +481,8 @@ def _mtls_mismatch(hop, flags, details, hops, snapshot) -> Cause | None:
         return Cause(
             f"mTLS mode mismatch toward {host}",
             [
-                f"{host}'s sidecars accept {mode} ({source}), but {side}: the connection was closed ({hop.get('transport_failure') or hop['flags']})"
+                f"{host}'s sidecars accept {mode} ({source}), but {side}: the connection was closed "
+                f"({hop.get('transport_failure') or hop['flags']})"
             ],
             [
                 f"make them agree: set tls mode ISTIO_MUTUAL in {_name(dr)}"
@@ -505,7 +519,8 @@ def _ext_authz(hop, flags, details, hops, snapshot) -> Cause:
     return Cause(
         f"the external authorizer refused the request at {hop['proxy']}",
         [
-            f"CUSTOM AuthorizationPolicy {', '.join(f'{p.namespace}/{p.name}' for p in custom) or ''} sent it to its provider, which said no ({hop['status']})"
+            f"CUSTOM AuthorizationPolicy {', '.join(f'{p.namespace}/{p.name}' for p in custom) or ''} sent it "
+            f"to its provider, which said no ({hop['status']})"
         ],
         ["look at the external authorizer's decision for this request, or the policy's rules that send it there"],
         [_ref(p) for p in custom],
@@ -518,7 +533,8 @@ def _fault(hop, flags, details, hops, snapshot) -> Cause:
     return Cause(
         "a fault was injected on purpose",
         [
-            f"{_name(vs) if vs else 'a VirtualService'}, route {hop.get('route')}, injects a fault: {FLAG_MEANINGS['FI']}"
+            f"{_name(vs) if vs else 'a VirtualService'}, route {hop.get('route')}, injects a fault: "
+            f"{FLAG_MEANINGS['FI']}"
         ],
         [f"remove the fault from {_name(vs)}" if vs else "remove the VirtualService fault"],
         [_ref(vs)] if vs else [],
@@ -602,6 +618,6 @@ class WhyApi:
         except ValueError:
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": "limit must be a whole number"}), content_type="application/json"
-            )
+            ) from None
         records, silent = await recent(self._session(), self.registry.workloads(), limit)
         return web.json_response({"items": records, "unreachable": silent})
