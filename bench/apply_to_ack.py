@@ -51,7 +51,7 @@ def _quantile(values: list[float], q: float) -> float:
 
 def measure(rounds: int) -> dict:
     home = Path(tempfile.mkdtemp(prefix="lattice-bench-"))
-    plane = ControlPlane(home / "home", "--debounce", "0.1").start()  # the server default, not the tests' 50 ms
+    plane = ControlPlane(home / "home", "--debounce", "100ms").start()  # the server default, not the tests' 50 ms
     workloads: list[Workload] = []
     try:
         t0 = time.monotonic()

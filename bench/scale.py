@@ -205,7 +205,7 @@ class ScaleRun:
         self.route_rounds, self.endpoint_rounds = route_rounds, endpoint_rounds
         self.home = Path(tempfile.mkdtemp(prefix="lattice-scale-"))
         self.plane = ControlPlane(
-            self.home / "home", "--debounce", "0.1", "--heartbeat-timeout", "3600", "--log-level", "warning"
+            self.home / "home", "--debounce", "100ms", "--heartbeat-timeout", "1h", "--log-level", "warning"
         )
         self.real: list[Workload] = []
         self.result: dict = {

@@ -99,7 +99,7 @@ class ControlPlane:
             "--agent-port",
             str(agent_port),
             "--debounce",
-            "0.05",
+            "50ms",
             *self.extra,
         ]
         self.process = subprocess.Popen(

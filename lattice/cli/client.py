@@ -14,9 +14,22 @@ from lattice.cli.output import fail
 from lattice.server.config import ADMIN_TOKEN_FILE, lattice_home, read_discovery
 
 
-# The --server option every command that talks to the control plane takes.
+# `--server` is the control plane to talk to, in every command: the REST API for these, the agent
+# API for a sidecar's (`AgentServerOpt`). Each accepts the other's address too (see `_this_api`).
+API_PORT, AGENT_PORT = 15080, 15012
 ServerOpt = typer.Option(
-    None, "--server", envvar="LATTICE_SERVER", help="Control plane REST URL (default: from $LATTICE_HOME/server.json)."
+    None,
+    "--server",
+    envvar="LATTICE_SERVER",
+    help="The control plane to talk to: its REST API, http://HOST:15080 (HOST alone will do; default: from "
+    "$LATTICE_HOME/server.json).",
+)
+AgentServerOpt = typer.Option(
+    None,
+    "--server",
+    envvar="LATTICE_AGENT_SERVER",
+    help="The control plane to talk to: its agent API, https://HOST:15012 (HOST alone will do; default: from "
+    "$LATTICE_HOME/server.json).",
 )
 
 
@@ -28,27 +41,50 @@ class ApiError(Exception):
 
 
 def agent_url(explicit: str | None = None) -> str:
-    """The control plane's agent API (certificates, registration), for `lattice run`/`agent`."""
-    return _discover(explicit, "LATTICE_AGENT_SERVER", "agent", "https", "https://HOST:15012")
+    """The control plane's agent API (certificates, registration), for `lattice run`/`agent`/`gateway`.
+    Several addresses may be given, comma-separated; each is read alike."""
+    return _discover(explicit, "LATTICE_AGENT_SERVER", "agent", ("https", AGENT_PORT), ("http", API_PORT))
 
 
 def server_url(explicit: str | None = None) -> str:
     """The control plane's admin REST API, for every other command."""
-    return _discover(explicit, "LATTICE_SERVER", "api", "http", "URL")
+    return _discover(explicit, "LATTICE_SERVER", "api", ("http", API_PORT), ("https", AGENT_PORT))
 
 
-def _discover(explicit: str | None, variable: str, key: str, scheme: str, example: str) -> str:
+def _discover(explicit: str | None, variable: str, key: str, wanted: tuple, other: tuple) -> str:
     """An explicit URL, else $variable, else what the running server wrote under $LATTICE_HOME."""
     url = explicit or os.environ.get(variable)
     if url:
-        return url.rstrip("/") if "://" in url else f"{scheme}://{url}"
+        return ",".join(_this_api(u.strip(), wanted, other) for u in url.split(",") if u.strip())
     info = read_discovery(lattice_home())
     if info is None:
         raise ApiError(
             f"no control plane is running for LATTICE_HOME={lattice_home()}; start one with `lattice server` or "
-            f"pass --server {example}"
+            f"pass --server {wanted[0]}://HOST:{wanted[1]}"
         )
     return info[key]
+
+
+def _this_api(url: str, wanted: tuple[str, int], other: tuple[str, int]) -> str:
+    """`url` as an address of the API wanted: HOST alone gets its scheme and default port, HOST:PORT
+    its scheme; the other API's default address on a host (the agent API's https://HOST:15012 given
+    to a REST command, or the reverse) means this API's default address on that host."""
+    scheme, sep, rest = url.rstrip("/").rpartition("://")
+    scheme = scheme if sep else wanted[0]
+    host, _, port = rest.rpartition(":") if _has_port(rest) else (rest, "", "")
+    if not port or (scheme, port) == (other[0], str(other[1])):
+        scheme, port = wanted[0], str(wanted[1])
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # a bare IPv6 address
+    return f"{scheme}://{host}:{port}"
+
+
+def _has_port(hostport: str) -> bool:
+    """Whether HOST:PORT ends in a port ([v6]:PORT too; a bare IPv6 address has none)."""
+    head, sep, tail = hostport.rpartition(":")
+    if not sep or not tail.isdigit():
+        return False
+    return head.startswith("[") and head.endswith("]") or ":" not in head
 
 
 def admin_credential() -> str:

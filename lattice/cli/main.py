@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import os
 import re
@@ -18,10 +20,16 @@ import typer
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from lattice.api import ValidationError, parse_documents  # noqa: E402
-from lattice.api.durations import parse_duration  # noqa: E402
 from lattice.cli import authz, observe, observe_trace, proxy_config, security, why  # noqa: E402
-from lattice.cli.client import ApiError, Client, ServerOpt, agent_url, call, server_url  # noqa: E402
+from lattice.cli.client import AgentServerOpt, ApiError, Client, ServerOpt, agent_url, call, server_url  # noqa: E402
 from lattice.cli.client import connect as client  # noqa: E402
+from lattice.cli.options import (  # noqa: E402
+    H2UpgradePolicy,
+    LogLevel,
+    OutboundTrafficPolicy,
+    at_least,
+    duration_option,
+)
 from lattice.cli.output import Format, OutputOpt, emit, errors, fail  # noqa: E402
 from lattice.mesh.analyze import analyze as find_problems  # noqa: E402
 from lattice.mesh.analyze import snapshot_of  # noqa: E402
@@ -41,12 +49,6 @@ observe.register(app)
 observe_trace.register(app)
 why.register(app)
 
-AgentServerOpt = typer.Option(
-    None,
-    "--server",
-    envvar="LATTICE_AGENT_SERVER",
-    help="Control plane agent API, https://HOST:15012 (default: from $LATTICE_HOME/server.json).",
-)
 TokenOpt = typer.Option(
     None,
     "--token",
@@ -87,38 +89,42 @@ def server(
     ),
     agent_port: int = typer.Option(15012, help="Agent API port, TLS (0: pick a free one)."),
     trust_domain: str = typer.Option("cluster.local", help="SPIFFE trust domain of workload identities."),
-    cert_ttl: str = typer.Option(
-        "24h", help="Lifetime of workload certificates (renewed at half-life), e.g. 24h, 30m, 30s."
+    cert_ttl: float = duration_option(
+        "24h", "--cert-ttl", help="Lifetime of workload certificates (renewed at half-life), e.g. 24h, 30m, 30s."
     ),
     ca_cert: Optional[Path] = typer.Option(
         None, help="Plug-in CA: signing certificate, then any intermediates, then the root (PEM)."
     ),
     ca_key: Optional[Path] = typer.Option(None, help="Plug-in CA: the signing certificate's private key (PEM)."),
     root_namespace: str = typer.Option("istio-system", help="Namespace whose selector-less policies apply mesh-wide."),
-    outbound_traffic_policy: str = typer.Option(
-        "ALLOW_ANY",
+    outbound_traffic_policy: OutboundTrafficPolicy = typer.Option(
+        OutboundTrafficPolicy.ALLOW_ANY,
         help="Hosts outside the registry: ALLOW_ANY passes them through, REGISTRY_ONLY answers 502 (Istio's "
         "MeshConfig outboundTrafficPolicy).",
     ),
-    h2_upgrade_policy: str = typer.Option(
-        "DO_NOT_UPGRADE",
+    h2_upgrade_policy: H2UpgradePolicy = typer.Option(
+        H2UpgradePolicy.DO_NOT_UPGRADE,
         help="HTTP/1.1 between sidecars: UPGRADE to HTTP/2 (one connection for many requests) or DO_NOT_UPGRADE; a "
         "DestinationRule's connectionPool.http.h2UpgradePolicy overrides it (Istio's MeshConfig h2UpgradePolicy).",
     ),
-    debounce: float = typer.Option(0.1, help="Seconds to gather changes into one push."),
-    heartbeat_timeout: float = typer.Option(
-        15.0,
-        help="Seconds without a heartbeat before a workload counts as silent: still served, but another workload "
-        "may take its address and port.",
+    debounce: float = duration_option(
+        "100ms", "--debounce", help="How long to gather changes into one push, e.g. 100ms (a bare number: seconds)."
     ),
-    endpoint_grace: str = typer.Option(
+    heartbeat_timeout: float = duration_option(
+        "15s",
+        "--heartbeat-timeout",
+        help="How long without a heartbeat before a workload counts as silent: still served, but another workload "
+        "may take its address and port; e.g. 15s (a bare number: seconds).",
+    ),
+    endpoint_grace: float = duration_option(
         "5m",
+        "--endpoint-grace",
         help="How long a silent workload keeps its endpoints before it is dropped, e.g. 5m, 30s: a host cut off "
         "from the control plane is not down for its peers, whose Envoys judge reachability themselves "
         "(outlier detection).",
     ),
-    jwks_refresh: str = typer.Option(
-        "20m", help="How often to fetch the keys of RequestAuthentication jwksUris again, e.g. 20m, 30s."
+    jwks_refresh: float = duration_option(
+        "20m", "--jwks-refresh", help="How often to fetch the keys of RequestAuthentication jwksUris again, e.g. 20m."
     ),
     mesh_config: Optional[Path] = typer.Option(
         None,
@@ -127,7 +133,7 @@ def server(
         "trace, access log and metrics providers for Telemetry) and telemetry defaults (accessLogFile, "
         "enableTracing, defaultProviders, defaultConfig.tracing.sampling).",
     ),
-    log_level: str = typer.Option("info", help="debug, info, warning, error."),
+    log_level: LogLevel = typer.Option(LogLevel.info, case_sensitive=False, help="What the control plane logs."),
 ) -> None:
     """Run the control plane: config store, registry, CA, xDS server and REST API.
 
@@ -137,14 +143,12 @@ def server(
     from lattice.server.config import ServerConfig, load_mesh_config
     from lattice.server.main import run_server
 
-    _logging(log_level)
+    _logging(log_level.value)
     home = home or lattice_home()
     if (ca_cert is None) != (ca_key is None):
         fail("give both --ca-cert and --ca-key, or neither (to use the built-in CA)")
-    ttl = _seconds("--cert-ttl", cert_ttl, 10, ": agents renew at half-life")
-    jwks_every = _seconds("--jwks-refresh", jwks_refresh, 1)
-    _one_of("--outbound-traffic-policy", outbound_traffic_policy, ("ALLOW_ANY", "REGISTRY_ONLY"))
-    _one_of("--h2-upgrade-policy", h2_upgrade_policy, ("DO_NOT_UPGRADE", "UPGRADE"))
+    ttl = at_least("--cert-ttl", cert_ttl, 10, ": agents renew at half-life")
+    jwks_every = at_least("--jwks-refresh", jwks_refresh, 1)
     try:
         providers, telemetry = load_mesh_config(mesh_config) if mesh_config else ((), None)
     except (OSError, ValidationError) as e:
@@ -160,84 +164,129 @@ def server(
         agent_port=agent_port,
         debounce=debounce,
         heartbeat_timeout=heartbeat_timeout,
-        endpoint_grace=_seconds("--endpoint-grace", endpoint_grace, 0.5),
+        endpoint_grace=at_least("--endpoint-grace", endpoint_grace, 0.5),
         trust_domain=trust_domain,
         root_namespace=root_namespace,
         cert_ttl=ttl,
         ca_cert=ca_cert,
         ca_key=ca_key,
-        outbound_traffic_policy=outbound_traffic_policy,
-        h2_upgrade_policy=h2_upgrade_policy,
+        outbound_traffic_policy=outbound_traffic_policy.value,
+        h2_upgrade_policy=h2_upgrade_policy.value,
         jwks_refresh=jwks_every,
         extension_providers=providers,
         mesh_telemetry=telemetry,
     )
     try:
         asyncio.run(run_server(config))
-    except Exception as e:  # StoreError and friends: say what and where, no traceback
+    except OSError as e:  # the state directory or a file in it (a store's errors end the server with its message)
         fail(str(e))
 
 
-def _seconds(option: str, text: str, minimum: float, why: str = "") -> float:
-    """A duration option in seconds, or a clear error naming the option."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError as e:
-        fail(f"{option} {text!r}: {e}")
-    if seconds < minimum:
-        fail(f"{option} must be at least {minimum:g}s{why}")
-    return seconds
+# The options every sidecar command takes (`run` and `agent`), declared once: `_workload_options`
+# adds them to a command, which gets them back as one dict, `workload`.
+_WORKLOAD_OPTIONS = {
+    "service": (str, typer.Option(..., help="Service name (Kubernetes-style: lowercase, digits, '-').")),
+    "port": (int, typer.Option(9080, help="Service port other workloads call.")),
+    "version": (str, typer.Option("v1", help="Version label (DestinationRule subsets select on it).")),
+    "namespace": (str, typer.Option("default", "-n", "--namespace", help="The workload's namespace.")),
+    "service_account": (Optional[str], typer.Option(None, help="Identity (default: the service name).")),
+    "label": (list[str], typer.Option([], "--label", "-l", help="Extra label KEY=VALUE (repeatable).")),
+    "name": (Optional[str], typer.Option(None, help="Workload name (default <service>-<version>).")),
+    "address": (
+        Optional[str],
+        typer.Option(
+            None,
+            help="Address other hosts reach this workload on, one of this host's (default: this host's address on "
+            "its route to the control plane; a loopback of its own when the control plane is on this machine).",
+        ),
+    ),
+    "protocol": (
+        Optional[str],
+        typer.Option(
+            None,
+            help="Istio protocol: HTTP, HTTP2, GRPC, GRPC-Web, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS (default: from "
+            "--port-name, else HTTP).",
+        ),
+    ),
+    "port_name": (
+        Optional[str],
+        typer.Option(
+            None,
+            help="Istio-style port name, <protocol>[-<suffix>] (http-web, grpc-api, tcp-db): picks the protocol "
+            "when --protocol is not given.",
+        ),
+    ),
+    "upstream": (
+        list[str],
+        typer.Option(
+            [],
+            "--upstream",
+            help="SERVICE[.NAMESPACE]:PORT[=LOCALPORT] (repeatable): the sidecar listens on this workload's address "
+            "at LOCALPORT (default PORT) and forwards to that service port; the app finds it in "
+            "$LATTICE_UPSTREAM_<SERVICE>_<PORT>. For TCP and clients that cannot use HTTP_PROXY.",
+        ),
+    ),
+    "server": (Optional[str], AgentServerOpt),
+    "token": (Optional[str], TokenOpt),
+    "token_file": (Optional[Path], TokenFileOpt),
+    "log_level": (
+        LogLevel,
+        typer.Option(LogLevel.warning, case_sensitive=False, help="Agent and Envoy log level."),
+    ),
+}
 
 
-def _one_of(option: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        fail(f"{option} {value!r}: use {' or '.join(allowed)}")
+def _workload_options(command):
+    """`command` with the shared sidecar options after its own first parameter (the context, for
+    `run`) and before the rest; it receives them as `workload`, a dict by option name."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "workload"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+        for name, (kind, option) in _WORKLOAD_OPTIONS.items()
+    ]
+    lead = [p for p in own if p.annotation in (typer.Context, "typer.Context")]
+    rest = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own if p not in lead]
+
+    @functools.wraps(command)
+    def with_options(*args, **kwargs):
+        return command(*args, workload={name: kwargs.pop(name) for name in _WORKLOAD_OPTIONS}, **kwargs)
+
+    with_options.__signature__ = inspect.Signature([*lead, *shared, *rest])  # type: ignore[attr-defined]
+    with_options.__annotations__ = {
+        **{p.name: typer.Context for p in lead},
+        **{name: kind for name, (kind, _) in _WORKLOAD_OPTIONS.items()},
+        **{p.name: command.__annotations__[p.name] for p in rest},
+    }
+    return with_options
 
 
-def _run_options(
-    service,
-    port,
-    version,
-    namespace,
-    service_account,
-    label,
-    name,
-    address,
-    app_port,
-    protocol,
-    server,
-    token,
-    token_file,
-    command,
-    log_level,
-    port_name=None,
-    upstream=(),
-):
+def _run_options(workload: dict, app_port: int | None, command: list[str]):
     from lattice.agent.sidecar import RunOptions
 
+    w = workload
     labels = {}
-    for item in label:
+    for item in w["label"]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             fail(f"--label {item!r} must be KEY=VALUE")
         labels[key] = value
-    token = _join_token(token, token_file, service_account or service, namespace)
+    token = _join_token(w["token"], w["token_file"], w["service_account"] or w["service"], w["namespace"])
     return RunOptions(
-        service=service,
-        port=port,
-        server=call(agent_url, server),
+        service=w["service"],
+        port=w["port"],
+        server=call(agent_url, w["server"]),
         token=token,
         command=command,
-        version=version,
-        namespace=namespace,
-        service_account=service_account,
+        version=w["version"],
+        namespace=w["namespace"],
+        service_account=w["service_account"],
         labels=labels,
-        name=name,
-        address=address,
+        name=w["name"],
+        address=w["address"],
         app_port=app_port,
-        protocol=_protocol(protocol, port_name, port),
-        upstreams=_upstreams(upstream, namespace, port),
-        envoy_log_level=log_level,
+        protocol=_protocol(w["protocol"], w["port_name"], w["port"]),
+        upstreams=_upstreams(w["upstream"], w["namespace"], w["port"]),
+        envoy_log_level=w["log_level"].value,
     )
 
 
@@ -320,42 +369,11 @@ the sidecar holds its config. `lattice run` exits with the app's exit code.
 
 
 @app.command(help=_RUN_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@_workload_options
 def run(
     ctx: typer.Context,
-    service: str = typer.Option(..., help="Service name (Kubernetes-style: lowercase, digits, '-')."),
-    port: int = typer.Option(9080, help="Service port other workloads call."),
-    version: str = typer.Option("v1", help="Version label (DestinationRule subsets select on it)."),
-    namespace: str = typer.Option("default", "-n", "--namespace"),
-    service_account: Optional[str] = typer.Option(None, help="Identity (default: the service name)."),
-    label: list[str] = typer.Option([], "--label", "-l", help="Extra label KEY=VALUE (repeatable)."),
-    name: Optional[str] = typer.Option(None, help="Workload name (default <service>-<version>)."),
-    address: Optional[str] = typer.Option(
-        None,
-        help="Address other hosts reach this workload on, one of this host's (default: this host's address on "
-        "its route to the control plane; a loopback of its own when the control plane is on this machine).",
-    ),
+    workload: dict,
     app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
-    protocol: Optional[str] = typer.Option(
-        None,
-        help="Istio protocol: HTTP, HTTP2, GRPC, GRPC-Web, HTTPS, TCP, TLS, MONGO, MYSQL, REDIS (default: from "
-        "--port-name, else HTTP).",
-    ),
-    port_name: Optional[str] = typer.Option(
-        None,
-        help="Istio-style port name, <protocol>[-<suffix>] (http-web, grpc-api, tcp-db): picks the protocol when "
-        "--protocol is not given.",
-    ),
-    upstream: list[str] = typer.Option(
-        [],
-        "--upstream",
-        help="SERVICE[.NAMESPACE]:PORT[=LOCALPORT] (repeatable): the sidecar listens on this workload's address at "
-        "LOCALPORT (default PORT) and forwards to that service port; the app finds it in "
-        "$LATTICE_UPSTREAM_<SERVICE>_<PORT>. For TCP and clients that cannot use HTTP_PROXY.",
-    ),
-    server: Optional[str] = AgentServerOpt,
-    token: Optional[str] = TokenOpt,
-    token_file: Optional[Path] = TokenFileOpt,
-    log_level: str = typer.Option("warning", help="Agent and Envoy log level."),
 ) -> None:
     command = list(ctx.args)
     if not command:
@@ -363,76 +381,17 @@ def run(
             "give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice "
             "agent` runs a sidecar alone"
         )
-    raise typer.Exit(
-        _sidecar(
-            _run_options(
-                service,
-                port,
-                version,
-                namespace,
-                service_account,
-                label,
-                name,
-                address,
-                app_port,
-                protocol,
-                server,
-                token,
-                token_file,
-                command,
-                log_level,
-                port_name,
-                upstream,
-            ),
-            log_level,
-        )
-    )
+    raise typer.Exit(_sidecar(_run_options(workload, app_port, command), workload["log_level"].value))
 
 
 @app.command()
+@_workload_options
 def agent(
-    service: str = typer.Option(..., help="Service name."),
-    port: int = typer.Option(9080, help="Service port other workloads call."),
-    version: str = typer.Option("v1"),
-    namespace: str = typer.Option("default", "-n", "--namespace"),
-    service_account: Optional[str] = typer.Option(None),
-    label: list[str] = typer.Option([], "--label", "-l"),
-    name: Optional[str] = typer.Option(None),
-    address: Optional[str] = typer.Option(None),
+    workload: dict,
     app_port: int = typer.Option(..., help="Port the (separately started) app listens on, on 127.0.0.1."),
-    protocol: Optional[str] = typer.Option(None, help="As for `lattice run`."),
-    port_name: Optional[str] = typer.Option(None, help="As for `lattice run`."),
-    upstream: list[str] = typer.Option([], "--upstream", help="As for `lattice run` (repeatable)."),
-    server: Optional[str] = AgentServerOpt,
-    token: Optional[str] = TokenOpt,
-    token_file: Optional[Path] = TokenFileOpt,
-    log_level: str = typer.Option("warning"),
 ) -> None:
     """Run a sidecar alone, for an app you start yourself on 127.0.0.1:APP_PORT."""
-    raise typer.Exit(
-        _sidecar(
-            _run_options(
-                service,
-                port,
-                version,
-                namespace,
-                service_account,
-                label,
-                name,
-                address,
-                app_port,
-                protocol,
-                server,
-                token,
-                token_file,
-                [],
-                log_level,
-                port_name,
-                upstream,
-            ),
-            log_level,
-        )
-    )
+    raise typer.Exit(_sidecar(_run_options(workload, app_port, []), workload["log_level"].value))
 
 
 _GATEWAY_HELP = """Run an ingress gateway: Envoy serving the Gateways whose selector matches its labels.
@@ -469,7 +428,7 @@ def gateway(
     server: Optional[str] = AgentServerOpt,
     token: Optional[str] = TokenOpt,
     token_file: Optional[Path] = TokenFileOpt,
-    log_level: str = typer.Option("warning", help="Agent and Envoy log level."),
+    log_level: LogLevel = typer.Option(LogLevel.warning, case_sensitive=False, help="Agent and Envoy log level."),
 ) -> None:
     from lattice.agent.gateway import GatewayOptions, run_gateway
 
@@ -489,7 +448,7 @@ def gateway(
         labels=labels,
         listen=ports,
         address=address,
-        envoy_log_level=log_level,
+        envoy_log_level=log_level.value,
     )
     _logging("info" if log_level in ("debug", "info") else "warning")
     try:
@@ -775,7 +734,9 @@ def _expires_in(iso: str) -> str:
 
 @app.command()
 def demo(
-    duration: Optional[float] = typer.Option(None, help="Stop after this many seconds (default: until Ctrl-C)."),
+    duration: Optional[float] = duration_option(
+        None, "--duration", help="Stop after this long, e.g. 30s (default: until Ctrl-C; a bare number: seconds)."
+    ),
     check: bool = typer.Option(False, "--check", help="Exit non-zero unless every service answered through the mesh."),
     rate: float = typer.Option(10.0, help="Requests per second the demo client sends to productpage."),
 ) -> None:

@@ -20,9 +20,12 @@ from rich.text import Text
 
 from lattice.cli.client import ApiError, ServerOpt
 from lattice.cli.client import connect as client
+from lattice.cli.options import alias, duration, duration_option
 from lattice.cli.output import Format, OutputOpt, console, emit, errors, fail
 
-WindowOpt = typer.Option("60s", "-w", "--window", help="How far back to look: 1s to 300s.")
+WindowOpt = typer.Option(
+    "60s", "-w", "--window", metavar="DURATION", help="How far back to look: 1s to 5m (a bare number: seconds)."
+)
 NamespaceOpt = typer.Option(None, "-n", "--namespace", help="Only this namespace.")
 
 STAT_HELP = """Success rate, requests per second and latency percentiles of what each workload served.
@@ -46,11 +49,11 @@ and success rate over the window. --once prints one table; -o json implies it.
 TAP_HELP = """Requests through a workload's sidecar, live, as they happen (Ctrl-C stops).
 
 Each line: caller and callee identity, whether the hop was mutual TLS, method, path, status and
-latency. Query strings, headers and bodies are never shown. --max or --duration stop by themselves.
+latency. Query strings, headers and bodies are never shown. --limit or --duration stop by themselves.
 
   lattice tap reviews
   lattice tap productpage --path /api --method GET
-  lattice tap ratings --max 10 -o json
+  lattice tap ratings --limit 10 -o json
 """
 EDGES_HELP = """Who calls whom over the window: both identities and whether the hop was mutual TLS.
 
@@ -63,14 +66,13 @@ is known only from the caller and shows SECURED as unknown.
 
 
 def _seconds(window: str) -> str:
-    text = window.strip().rstrip("s")
     try:
-        value = float(text)
-    except ValueError:
-        fail(f"--window {window!r} is not a duration; give seconds such as 60s or 10")
+        value = duration(window)
+    except typer.BadParameter:
+        fail(f"--window {window!r} is not a duration; write it like 60s, 5m or 10 (seconds)")
     if not 1 <= value <= 300:
-        fail(f"--window {window!r} is out of range: 1s to 300s (sidecars keep five minutes)")
-    return text
+        fail(f"--window {window!r} is out of range: 1s to 5m (sidecars keep five minutes)")
+    return f"{value:g}"
 
 
 def _get(server, path: str, **query) -> dict:
@@ -200,14 +202,25 @@ def tap(
     path: Optional[str] = typer.Option(None, "--path", help="Only paths starting with this."),
     method: Optional[str] = typer.Option(None, "--method", help="Only this HTTP method."),
     namespace: Optional[str] = NamespaceOpt,
-    limit: int = typer.Option(0, "--max", min=0, help="Stop after this many requests (0: never)."),
-    duration: float = typer.Option(0, "--duration", min=0, help="Stop after this many seconds (0: never)."),
+    limit: int = typer.Option(
+        0,
+        "--limit",
+        min=0,
+        help="Stop after this many requests (0: never). The old spelling --max works until the next release.",
+    ),
+    old_limit: Optional[int] = alias("--max", "--limit", min=0),
+    stop_after: float = duration_option(
+        "0", "--duration", help="Stop after this long, e.g. 30s (0: never; a bare number: seconds)."
+    ),
     server: Optional[str] = ServerOpt,
     output: Format = OutputOpt,
 ) -> None:
-    if duration:
+    limit = old_limit if old_limit is not None and not limit else limit
+    if stop_after < 0:
+        fail("--duration must not be negative")
+    if stop_after:
         signal.signal(signal.SIGALRM, _stop)
-        signal.setitimer(signal.ITIMER_REAL, duration)
+        signal.setitimer(signal.ITIMER_REAL, stop_after)
     seen = 0
     try:
         for event in client(server).stream(

@@ -10,8 +10,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from lattice.api.durations import parse_duration
+
 from lattice.cli.client import ServerOpt, call, connect
+from lattice.cli.options import duration_option
 from lattice.cli.output import Format, OutputOpt, emit, fail
 
 token_app = typer.Typer(
@@ -26,7 +27,7 @@ ca_app = typer.Typer(
 def create(
     service_account: str = typer.Option(..., "--service-account", help="The identity's service account, e.g. reviews."),
     namespace: str = typer.Option("default", "-n", "--namespace"),
-    ttl: str = typer.Option("1h", help="How long the token may be used, e.g. 10m, 1h, 24h."),
+    ttl: float = duration_option("1h", "--ttl", help="How long the token may be used, e.g. 10m, 1h, 24h."),
     uses: Optional[int] = typer.Option(
         None, help="How many workloads may join with it (default: unlimited until it expires)."
     ),
@@ -39,10 +40,7 @@ def create(
     Give it to `lattice run --token` (or LATTICE_TOKEN, or --token-file). A workload that presents
     it can get a certificate for that identity and no other. Treat it like a password.
     """
-    try:
-        seconds = parse_duration(ttl)
-    except ValueError as e:
-        fail(f"--ttl {ttl!r}: {e}")
+    seconds = ttl
     body = {
         "namespace": namespace,
         "service_account": service_account,
@@ -124,7 +122,9 @@ def show(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> None:
 @ca_app.command("rotate-root")
 def rotate_root(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the rotation until the old root is retired."),
-    timeout: float = typer.Option(300.0, help="Seconds to follow it before giving up (the rotation itself goes on)."),
+    timeout: float = duration_option(
+        "5m", "--timeout", help="How long to follow it before giving up, e.g. 5m (the rotation itself goes on)."
+    ),
     server: Optional[str] = ServerOpt,
 ) -> None:
     """Replace the root CA with no failed requests.

@@ -22,7 +22,7 @@ from lattice.server.metrics import ControlPlaneMetrics
 from lattice.server.pusher import Pusher
 from lattice.server.rest import RestApi
 from lattice.server.traces import TraceStore
-from lattice.store import Store
+from lattice.store import Store, StoreError
 from lattice.xds import SnapshotCache, StatusBoard
 from lattice.xds.server import AdsServer
 
@@ -198,6 +198,15 @@ def _listen(host: str, port: int, what: str, flag: str) -> socket.socket:
 
 
 async def run_server(config: ServerConfig) -> None:
+    """The control plane until SIGINT/SIGTERM. A store that cannot be opened or used ends it with
+    the store's message (what and where), as a port that cannot be bound does."""
+    try:
+        await _serve(config)
+    except StoreError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+async def _serve(config: ServerConfig) -> None:
     plane = ControlPlane(config)
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()

@@ -53,7 +53,7 @@ def demo_env(home: Path) -> dict[str, str]:
 def test_demo_runs_bookinfo_through_the_mesh_and_leaves_nothing_running(tmp_path):
     home = tmp_path / "home"
     result = subprocess.run(
-        [LATTICE, "demo", "--duration", "20", "--check"],
+        [LATTICE, "demo", "--duration", "20s", "--check"],
         env=demo_env(home),
         capture_output=True,
         text=True,

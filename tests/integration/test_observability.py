@@ -235,7 +235,7 @@ def test_tap_shows_a_request_sent_after_it_started(mesh):
     plane, client = mesh["plane"], mesh["client"]
     path = f"/tapped-{uuid.uuid4().hex[:8]}"
     tap = subprocess.Popen(
-        [LATTICE, "tap", SERVER, "--path", path, "--max", "1", "--duration", "20", "-o", "json"],
+        [LATTICE, "tap", SERVER, "--path", path, "--limit", "1", "--duration", "20s", "-o", "json"],
         env=plane.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

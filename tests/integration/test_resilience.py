@@ -105,7 +105,7 @@ def test_killed_app_stops_receiving_traffic(plane, started):
 
 
 def test_workload_that_stops_heartbeating_is_dropped(tmp_path):
-    plane = ControlPlane(tmp_path / "home", "--heartbeat-timeout", "1", "--endpoint-grace", "1s").start()
+    plane = ControlPlane(tmp_path / "home", "--heartbeat-timeout", "1s", "--endpoint-grace", "1s").start()
     try:
         record = {
             "name": "ghost-v1",

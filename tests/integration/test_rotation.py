@@ -135,7 +135,7 @@ def test_root_rotation_under_traffic_fails_no_request(tmp_path):
         envoys = {w.id: child_pid(w, "envoy") for w in started}
         with Traffic(client) as traffic:
             time.sleep(2)
-            result = plane.cli("ca", "rotate-root", "--timeout", "90")
+            result = plane.cli("ca", "rotate-root", "--timeout", "90s")
             assert "rotation done" in result.stdout, result.stdout + result.stderr
             time.sleep(2)
         assert traffic.failed == [], (
