@@ -5,6 +5,8 @@ Parts:
 - `client`    — finds the control plane (`--server`, `$LATTICE_SERVER`, `$LATTICE_HOME/server.json`)
                 and calls its REST API.
 - `output`    — tables (rich) and `-o json|yaml` for every read command.
+- `options`   — the one grammar: durations for every time option, enums for fixed choices, old
+                spellings as hidden aliases for one release.
 
 Rules: no mesh logic here; every error says what went wrong and what to do next.
 """
