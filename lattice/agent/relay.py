@@ -14,7 +14,7 @@ import itertools
 import logging
 import random
 from collections import OrderedDict
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -67,6 +67,8 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._upstream_queue: asyncio.Queue[Request] | None = None
         self._nonces = itertools.count(1)
         self.on_accept: Callable[[str, Response], None] = lambda type_url, response: None  # Envoy ACKed this response
+        # Rewrites a response before Envoy sees it (extension configs: Wasm modules as local files).
+        self.localize: Callable[[Response], Awaitable[Response]] | None = None
 
     # --- Envoy side -------------------------------------------------------------------------
 
@@ -169,6 +171,8 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             log.info("xDS stream to control plane %s open", self.upstream)
             call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(self._requests(queue))
             async for response in call:
+                if self.localize is not None:
+                    response = await self.localize(response)
                 self._from_upstream(response)
 
     async def _requests(self, queue: asyncio.Queue[Request]) -> AsyncIterator[Request]:

@@ -40,6 +40,7 @@ from lattice.agent.control import RegistryClient
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
 from lattice.agent.http import agent_app
 from lattice.agent.identity import Identity
+from lattice.agent.modules import ModuleFetcher
 from lattice.agent.observer import Observer
 from lattice.agent.relay import XdsRelay
 from lattice.agent.sds import SecretServer
@@ -180,6 +181,8 @@ class Sidecar:
                 self.relay = XdsRelay(node, self._xds_address(), self._xds_credentials, CONTROL_PLANE_NAME)
                 self.observer = Observer(self._me(), f"{reg.service}.{reg.namespace}.svc.cluster.local")
                 self.relay.on_accept = self.observer.on_accept
+                # Extensions' Wasm modules: fetched from the control plane, given to Envoy as files.
+                self.relay.localize = ModuleFetcher(self.o.server, self.run_dir / "modules", self.identity.ssl).localize
                 await self._serve()
             except asyncio.CancelledError:
                 log.info("stopping %s", reg.id)

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from lattice.api.authorization import AuthorizationPolicySpec
 from lattice.api.destination_rule import DestinationRuleSpec
+from lattice.api.extensions import TrafficExtensionSpec, WasmPluginSpec
 from lattice.api.gateway import GatewaySpec
 from lattice.api.gateway_api import GRPCRouteSpec, HTTPRouteSpec
 from lattice.api.networking import VirtualServiceSpec
@@ -80,6 +81,10 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("HTTPRoute", "gateway.networking.k8s.io", ("v1beta1", "v1"), "httproutes", (), HTTPRouteSpec),
         KindInfo("GRPCRoute", "gateway.networking.k8s.io", ("v1alpha2", "v1"), "grpcroutes", (), GRPCRouteSpec),
         KindInfo("RateLimitPolicy", "lattice.dev", ("v1",), "ratelimitpolicies", ("rlp",), RateLimitPolicySpec),
+        KindInfo(
+            "TrafficExtension", "extensions.istio.io", ("v1alpha1",), "trafficextensions", ("te",), TrafficExtensionSpec
+        ),
+        KindInfo("WasmPlugin", "extensions.istio.io", ("v1alpha1",), "wasmplugins", ("wp",), WasmPluginSpec),
     )
 }
 

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, TypeVar
 from lattice.api import Resource
 from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
-from lattice.mesh import authz, gateway_api, rate_limits, request_authn
+from lattice.mesh import authz, extensions, gateway_api, rate_limits, request_authn
 from lattice.mesh.hosts import fqdn
 from lattice.mesh.peer_auth import mtls_mode
 from lattice.mesh.service_entry import entry_registry, visible
@@ -34,6 +34,8 @@ SNAPSHOT_FIELDS = {
     "HTTPRoute": "http_routes",
     "GRPCRoute": "grpc_routes",
     "Telemetry": "telemetries",
+    "TrafficExtension": "traffic_extensions",
+    "WasmPlugin": "wasm_plugins",
 }
 
 
@@ -69,6 +71,12 @@ class MeshSnapshot:
     # Creation time per (kind, namespace, name): VirtualServices and Gateway API routes compete for a host by age.
     created: Mapping[tuple[str, str, str], float] = field(default_factory=dict)
     telemetries: tuple[Resource, ...] = ()  # Telemetry resources, oldest first (mesh/telemetry.py)
+    traffic_extensions: tuple[Resource, ...] = ()  # TrafficExtensions and WasmPlugins (mesh/extensions.py)
+    wasm_plugins: tuple[Resource, ...] = ()
+    # Digest per Wasm module (url, pinned sha256) the control plane holds, and why one it does not
+    # hold could not be fetched (server/modules.py; the translator stays free of IO).
+    wasm_modules: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    wasm_module_errors: Mapping[tuple[str, str], str] = field(default_factory=dict)
     mesh_telemetry: MeshTelemetry = field(
         default_factory=MeshTelemetry
     )  # MeshConfig's telemetry part (`--mesh-config`)
@@ -81,6 +89,7 @@ class MeshSnapshot:
     _entry_problems: tuple[str, ...] = field(init=False, repr=False)
     _route_tables: tuple[gateway_api.RouteTable, ...] = field(init=False, repr=False)
     _route_problems: tuple[str, ...] = field(init=False, repr=False)
+    _extensions: tuple[extensions.Extension, ...] = field(init=False, repr=False)
     _memo: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -108,6 +117,8 @@ class MeshSnapshot:
         # Once per snapshot: every proxy's endpoints read each destination's mode.
         modes = {w.id: mtls_mode(self.peer_authentications, w, w.port, self.root_namespace) for w in self.workloads}
         object.__setattr__(self, "_inbound_mtls", MappingProxyType(modes))
+        all_extensions = extensions.extensions(self.traffic_extensions, self.wasm_plugins, self.created)
+        object.__setattr__(self, "_extensions", all_extensions)
         object.__setattr__(self, "_memo", {})
 
     def _entries(self, taken: set[str]):
@@ -193,6 +204,10 @@ class MeshSnapshot:
         (`mesh.request_authn`)."""
         return request_authn.policies_for(self.request_authentications, workload, self.root_namespace)
 
+    def extensions_for(self, workload: Workload) -> tuple[extensions.Extension, ...]:
+        """The TrafficExtensions and WasmPlugins `workload`'s proxy runs, in filter order (`mesh.extensions`)."""
+        return extensions.for_proxy(self._extensions, workload, self.root_namespace)
+
     def identity(self, workload: Workload) -> str:
         return f"spiffe://{self.trust_domain}/ns/{workload.namespace}/sa/{workload.service_account}"
 
@@ -218,4 +233,5 @@ class MeshSnapshot:
                         )
         out += gateway_api.table_conflicts(self._route_tables, vs_winners)
         out += request_authn.jwks_problems(self.request_authentications, self.jwks, self.jwks_errors)
+        out += extensions.module_problems(self._extensions, self.wasm_modules, self.wasm_module_errors)
         return out + list(self._entry_problems) + list(self._route_problems)

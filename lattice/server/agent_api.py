@@ -25,6 +25,7 @@ from lattice.registry import Registry
 from lattice.server import placement
 from lattice.server.ca import CaManager
 from lattice.server.metrics import ControlPlaneMetrics
+from lattice.server.modules import ModuleCache
 from lattice.server.traces import TraceStore, receive
 from lattice.store import Store
 
@@ -41,10 +42,12 @@ class AgentApi:
         xds_address: str = "",
         metrics: ControlPlaneMetrics | None = None,
         traces: TraceStore | None = None,
+        modules: ModuleCache | None = None,
     ) -> None:
         self.ca, self.store, self.registry = ca, store, registry
         self.traces = traces if traces is not None else TraceStore()  # the embedded trace collector
         self.metrics = metrics or ControlPlaneMetrics()
+        self.modules = modules  # Wasm modules the control plane holds, by digest
         self.xds_address = xds_address  # set once the gRPC port is bound
         self._context: ssl.SSLContext | None = None
         self._context_key: tuple | None = None
@@ -58,6 +61,7 @@ class AgentApi:
         r.add_post("/agent/v1/workloads/{id}/heartbeat", self.heartbeat)
         r.add_delete("/agent/v1/workloads/{id}", self.deregister)
         r.add_post("/agent/v1/traces", self.traces_in)
+        r.add_get("/agent/v1/modules/{digest}", self.module)
         return app
 
     # --- TLS: the server certificate and the client roots follow renewals and root rotation ---
@@ -208,6 +212,14 @@ class AgentApi:
     async def traces_in(self, request: web.Request) -> web.Response:
         """Spans from a workload's Envoy, forwarded by its agent (server/traces.py)."""
         return await receive(request, self.traces, str(self._require_peer(request)))
+
+    async def module(self, request: web.Request) -> web.StreamResponse:
+        """A Wasm module by its digest, for a workload's agent to hand its Envoy (agent/modules.py)."""
+        self._require_peer(request)
+        path = self.modules.path(request.match_info["digest"]) if self.modules is not None else None
+        if path is None:
+            raise _refuse(404, "the control plane holds no module with that sha256")
+        return web.FileResponse(path, headers={"Content-Type": "application/wasm"})
 
     def _require_peer(self, request: web.Request) -> SpiffeId:
         identity = _peer(request, self.ca.trust_domain)

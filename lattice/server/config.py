@@ -40,6 +40,7 @@ class ServerConfig:
     extension_providers: tuple = ()  # MeshConfig extensionProviders (`--mesh-config`): CUSTOM authorizers
     mesh_telemetry: MeshTelemetry | None = None  # MeshConfig's telemetry part (`--mesh-config`); None: Istio's defaults
     jwks_refresh: float = 20 * 60.0  # seconds between fetches of RequestAuthentication jwksUris (Istio's default)
+    module_refresh: float = 5 * 60.0  # seconds between fetches of extensions' unpinned Wasm modules
 
     @property
     def discovery_file(self) -> Path:

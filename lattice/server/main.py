@@ -18,6 +18,7 @@ from lattice.server.agent_api import AgentApi
 from lattice.server.ca import CaManager
 from lattice.server.config import ServerConfig, admin_token, write_discovery
 from lattice.server.jwks import JwksCache
+from lattice.server.modules import ModuleCache
 from lattice.server.metrics import ControlPlaneMetrics
 from lattice.server.pusher import Pusher
 from lattice.server.rest import RestApi
@@ -47,6 +48,9 @@ class ControlPlane:
             self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request(), grace=config.endpoint_grace
         )
         self.jwks = JwksCache(self.store, on_change=lambda: self.pusher.request(), refresh=config.jwks_refresh)
+        self.modules = ModuleCache(
+            self.store, config.home / "modules", on_change=lambda: self.pusher.request(), refresh=config.module_refresh
+        )
         self.pusher = Pusher(
             self.store,
             self.registry,
@@ -57,6 +61,7 @@ class ControlPlane:
             outbound_traffic_policy=config.outbound_traffic_policy,
             h2_upgrade_policy=config.h2_upgrade_policy,
             jwks=self.jwks,
+            modules=self.modules,
             extension_providers=config.extension_providers,
             mesh_telemetry=config.mesh_telemetry,
             metrics=self.metrics,
@@ -73,8 +78,11 @@ class ControlPlane:
             admin_token(config.home),
             metrics=self.metrics,
             traces=self.traces,
+            modules=self.modules,
         )
-        self.agents = AgentApi(self.ca, self.store, self.registry, metrics=self.metrics, traces=self.traces)
+        self.agents = AgentApi(
+            self.ca, self.store, self.registry, metrics=self.metrics, traces=self.traces, modules=self.modules
+        )
         self.metrics.read_state(self.ads, self.board, self.registry, self.pusher, self.ca)
 
     def _authorize(self, node_id: str, peer: list[str]) -> str | None:
@@ -152,6 +160,7 @@ class ControlPlane:
             self.config.db,
         )
         await self.jwks.prepare()  # stored RequestAuthentications' keys, before the first push
+        await self.modules.prepare()  # and stored extensions' Wasm modules
         self.pusher.push()
         try:
             async with asyncio.TaskGroup() as tasks:
@@ -159,6 +168,7 @@ class ControlPlane:
                 tasks.create_task(self.pusher.watch_store(), name="store-watch")
                 tasks.create_task(self._expire_loop(), name="registry-expiry")
                 tasks.create_task(self.jwks.run(), name="jwks-refresh")
+                tasks.create_task(self.modules.run(), name="wasm-module-refresh")
                 if ready is not None:
                     ready.set()
         finally:

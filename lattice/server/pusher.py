@@ -22,6 +22,7 @@ from lattice.mesh.model import SNAPSHOT_FIELDS
 from lattice.mesh.telemetry import MeshTelemetry
 from lattice.registry import Registry
 from lattice.server.jwks import JwksCache
+from lattice.server.modules import ModuleCache
 from lattice.server.metrics import ControlPlaneMetrics
 from lattice.store import Store, StoredResource
 from lattice.translate import TYPE_ORDER
@@ -48,6 +49,7 @@ class Pusher:
         outbound_traffic_policy: str = "ALLOW_ANY",
         h2_upgrade_policy: str = "DO_NOT_UPGRADE",
         jwks: JwksCache | None = None,
+        modules: ModuleCache | None = None,
         extension_providers: tuple = (),
         mesh_telemetry: MeshTelemetry | None = None,
         metrics: ControlPlaneMetrics | None = None,
@@ -55,6 +57,7 @@ class Pusher:
         self._metrics = metrics or ControlPlaneMetrics()
         self._changed_at: float | None = None  # when the first change not yet pushed arrived
         self._jwks = jwks
+        self._modules = modules
         self._extension_providers = tuple(extension_providers)  # MeshConfig's, fixed for the server's life
         self._mesh_telemetry = mesh_telemetry or MeshTelemetry()  # likewise
         self._outbound_traffic_policy = outbound_traffic_policy
@@ -95,6 +98,8 @@ class Pusher:
             await asyncio.sleep(self._debounce)
             if self._jwks is not None:  # keys of a new or changed RequestAuthentication, before its push
                 await self._jwks.prepare()  # (never raises); the push stays `pending` meanwhile
+            if self._modules is not None:  # likewise the Wasm modules of new or changed extensions
+                await self._modules.prepare()
             self._dirty.clear()
             try:
                 await self.push_sliced()
@@ -176,7 +181,9 @@ class Pusher:
             mesh_telemetry=self._mesh_telemetry,
             jwks=MappingProxyType(dict(self._jwks.keys)) if self._jwks else {},
             jwks_errors=MappingProxyType(dict(self._jwks.errors)) if self._jwks else {},
-            created=self._created("VirtualService", "HTTPRoute", "GRPCRoute"),
+            wasm_modules=MappingProxyType(dict(self._modules.digests)) if self._modules else {},
+            wasm_module_errors=MappingProxyType(dict(self._modules.errors)) if self._modules else {},
+            created=self._created("VirtualService", "HTTPRoute", "GRPCRoute", "TrafficExtension", "WasmPlugin"),
             trust_domain=self._trust_domain,
             root_namespace=self._root_namespace,
         )

@@ -19,6 +19,7 @@ import pydantic
 from aiohttp import web
 
 from lattice.api import UnknownKindError, ValidationError, kind_for, parse_documents
+from lattice.api.errors import FieldError
 from lattice.identity import TokenRecord, mint_token
 from lattice.mesh.analyze import analyze
 from lattice.mesh.model import SNAPSHOT_FIELDS
@@ -27,11 +28,12 @@ from lattice.server.authz_check import CheckError, Question, check
 from lattice.server.ca import CaManager, RotationError
 from lattice.server.observe import Observatory
 from lattice.server.metrics import CONTENT_TYPE, ControlPlaneMetrics
+from lattice.server.modules import ModuleCache, ModuleError
 from lattice.server.pusher import Pusher
 from lattice.server.why import WhyApi
 from lattice.server.traces import TraceStore, list_response, trace_response
 from lattice.store import Store, StoredResource, StoreError
-from lattice.translate import TYPE_ORDER
+from lattice.translate import EXTENSION_CONFIG, TYPE_ORDER
 from lattice.xds import StatusBoard
 
 log = logging.getLogger("lattice.api")
@@ -51,7 +53,9 @@ class RestApi:
         admin_token: str,
         metrics: ControlPlaneMetrics | None = None,
         traces: TraceStore | None = None,
+        modules: ModuleCache | None = None,
     ) -> None:
+        self.modules = modules  # extensions' Wasm modules: fetched and checked when applied
         self.store, self.registry, self.pusher, self.board, self.ca = store, registry, pusher, board, ca
         self.traces = traces if traces is not None else TraceStore()  # spans the agents forward (agent_api.py)
         self.metrics = metrics or ControlPlaneMetrics()
@@ -190,7 +194,9 @@ class RestApi:
         return web.json_response(self.ca.describe())
 
     async def apply(self, request: web.Request) -> web.Response:
-        resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
+        source = request.query.get("source", "<request>")
+        resources = parse_documents(await request.text(), source)
+        await self._fetch_modules(resources, source)
         items = [(r.kind, r.namespace, r.name, r.api_version, r.metadata_dict(), r.spec_dict()) for r in resources]
         results = self.store.apply(items)
         warnings = self._analysis(resources)
@@ -201,6 +207,25 @@ class RestApi:
                 "warnings": warnings,
             }
         )
+
+    async def _fetch_modules(self, resources: list, source: str) -> None:
+        """An extension's Wasm module is fetched and its sha256 checked before the extension is
+        stored: a module that cannot be had is refused now, with its field, not failed on proxies."""
+        if self.modules is None:
+            return
+        for r in resources:
+            if r.kind not in ("TrafficExtension", "WasmPlugin"):
+                continue
+            wasm = r.spec.wasm if r.kind == "TrafficExtension" else r.spec.as_traffic_extension().wasm
+            if wasm is None:
+                continue
+            try:
+                await self.modules.check(wasm)
+            except ModuleError as e:
+                path = ("spec.wasm." if r.kind == "TrafficExtension" else "spec.") + e.field
+                raise ValidationError(
+                    f"{source}: {r.kind} {r.namespace}/{r.name}", [FieldError(path, str(e))]
+                ) from None
 
     async def analyze(self, request: web.Request) -> web.Response:
         """What `lattice apply` would warn about for these documents, without storing anything."""
@@ -365,6 +390,8 @@ class RestApi:
         types = {}
         for type_url in TYPE_ORDER:
             t = status.types.get(type_url) if status else None
+            if t is None and type_url == EXTENSION_CONFIG:
+                continue  # asked for only by proxies whose listeners name an extension
             types[type_url.rsplit(".", 1)[-1]] = {
                 "state": t.state if t else "NOT SENT",
                 "sent": t.sent_version if t else "",

@@ -14,6 +14,7 @@ Parts, one per xDS type plus shared pieces:
 - `tracing`   — the tracer on every connection manager (embedded collector, OpenTelemetry, Zipkin), and an external
 collector's cluster.
 - `telemetry` — access logs on every connection manager (to the agent for metrics; files), and who is at each end.
+- `extensions` — TrafficExtensions and WasmPlugins: Wasm and Lua filters whose config is discovered (ECDS).
 - `resources` — `Resources`: the output, sorted by name, type by type; `translate_type`, one type of it.
 - `incremental` — `ProxyTranslations`: a new snapshot re-translates only the types whose reads it
                 changed, once per kind of proxy (what was read decides, `lattice.mesh.reads`).
@@ -22,13 +23,23 @@ Rules: no awaits, no clock, no globals, no IO; the same input always yields byte
 Every function takes what it needs and returns new messages.
 """
 
-from lattice.translate.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER, Resources, translate
+from lattice.translate.resources import (
+    CLUSTER,
+    ENDPOINT,
+    EXTENSION_CONFIG,
+    LISTENER,
+    ROUTE,
+    TYPE_ORDER,
+    Resources,
+    translate,
+)
 from lattice.translate.tls import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER
 
 __all__ = [
     "CERT_SECRET",
     "CLUSTER",
     "ENDPOINT",
+    "EXTENSION_CONFIG",
     "LISTENER",
     "ROOT_SECRET",
     "ROUTE",

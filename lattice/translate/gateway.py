@@ -35,11 +35,12 @@ from lattice.api.gateway import Server, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
 from lattice.mesh import MeshSnapshot, Workload, fqdn
-from lattice.translate import authz, cds, jwt, lds, names, rds, routes, tls, tracing
+from lattice.mesh.extensions import CLIENT
+from lattice.translate import authz, cds, extensions, jwt, lds, names, rds, routes, tls, tracing
 from lattice.translate.protos import ads, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
-_DFP = "envoy.filters.http.dynamic_forward_proxy"
+_ROUTER = "envoy.filters.http.router"
 _TLS_VERSIONS = {f"TLSV1_{i}": getattr(common_pb2.TlsParameters, f"TLSv1_{i}") for i in range(4)} | {
     "TLS_AUTO": common_pb2.TlsParameters.TLS_AUTO
 }
@@ -148,7 +149,9 @@ def _chains(snapshot: MeshSnapshot, proxy: Workload, group: list[BoundServer]) -
     shape = _shape(group[0].server)
     address, number = group[0].server.bind or proxy.address, group[0].server.port.number
     if shape == "http":
-        manager = _http_manager(snapshot, proxy, f"gateway_http_{number}", _http_route_name(address, number, proxy))
+        manager = _http_manager(
+            snapshot, proxy, f"gateway_http_{number}", _http_route_name(address, number, proxy), number
+        )
         return [lc.FilterChain(name=f"http.{number}", filters=[_network(lds.HCM, manager)])]
     if shape == "tcp":
         proxy_filter = _tcp_proxy(snapshot, group, number, f"gateway_tcp_{number}")
@@ -167,7 +170,10 @@ def _terminating_chains(snapshot: MeshSnapshot, proxy: Workload, group: list[Bou
         seen.add(tuple(sni))
         if b.server.speaks_http:
             network = _network(
-                lds.HCM, _http_manager(snapshot, proxy, f"gateway_https_{b.server.port.number}", _https_route_name(b))
+                lds.HCM,
+                _http_manager(
+                    snapshot, proxy, f"gateway_https_{b.server.port.number}", _https_route_name(b), b.server.port.number
+                ),
             )
         else:
             network = _tcp_proxy(snapshot, [b], b.server.port.number, f"gateway_tls_{b.server.port.number}")
@@ -241,16 +247,28 @@ def _tcp_filter(snapshot: MeshSnapshot, vs: Resource, route: list[RouteDestinati
 
 
 def _http_manager(
-    snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str, route_name: str
+    snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str, route_name: str, port: int
 ) -> hcm.HttpConnectionManager:
     """The sidecar's outbound connection manager (same filters, same safe request handling), routing
     by this port's table. At the edge, the client's address is the peer's (Istio's gateway default).
     RequestAuthentication and AuthorizationPolicy selecting the gateway run first, as in Istio."""
     manager = hcm.HttpConnectionManager()
     lds.outbound(snapshot, proxy).filter_chains[0].filters[0].typed_config.Unpack(manager)
-    kept = [f for f in manager.http_filters if f.name != _DFP]  # no passthrough to arbitrary hosts from outside
+    # No passthrough to arbitrary hosts from outside (the sidecar's dynamic forward proxy is left
+    # out); extensions of the gateway's CLIENT side for this port, as Istio treats gateway listeners.
+    by_name = {f.name: f for f in manager.http_filters}
     del manager.http_filters[:]
-    manager.http_filters.extend([*jwt.inbound_filters(snapshot, proxy), *authz.http_filters(snapshot, proxy), *kept])
+    manager.http_filters.extend(
+        extensions.chain(
+            snapshot.extensions_for(proxy),
+            snapshot.wasm_modules,
+            CLIENT,
+            port,
+            authn=jwt.inbound_filters(snapshot, proxy),
+            authz=[*authz.http_filters(snapshot, proxy), by_name[lds.CORS], by_name[lds.FAULT]],
+        )
+    )
+    manager.http_filters.append(by_name[_ROUTER])
     manager.stat_prefix = stat_prefix
     manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=route_name))
     manager.strip_any_host_port = True

@@ -19,13 +19,15 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
 from lattice.mesh import protocol as protocols
 from lattice.mesh.model import Upstream
-from lattice.translate import authz, jwt, l4, names, ratelimit, rds, telemetry, tls, tracing
+from lattice.mesh.extensions import CLIENT, SERVER, network_at
+from lattice.translate import authz, extensions, jwt, l4, names, ratelimit, rds, telemetry, tls, tracing
 from lattice.translate.cds import dns_cache
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
 FAULT = "envoy.filters.http.fault"
 CORS = "envoy.filters.http.cors"
+DFP = "envoy.filters.http.dynamic_forward_proxy"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TCP_PROTOCOLS = protocols.OPAQUE
 # Headers that only Envoy itself sets (on a path rewrite or an internal redirect) and that its own
@@ -54,15 +56,22 @@ def outbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     return listener
 
 
-def _outbound_manager(snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str) -> hcm.HttpConnectionManager:
+def _outbound_manager(
+    snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str, port: int | None = None
+) -> hcm.HttpConnectionManager:
+    """Extensions on the CLIENT side with `match.ports` run on the `--upstream` listeners of
+    those service ports; the shared outbound listener (every destination) runs those without."""
     # CORS first (a preflight is answered before any fault or route), then faults, as Istio orders them.
     manager = _manager(
         stat_prefix,
-        [
-            _filter(CORS, cors_pb2.Cors()),
-            _filter(FAULT, fault_pb2.HTTPFault()),
-            _filter("envoy.filters.http.dynamic_forward_proxy", dfp.FilterConfig(dns_cache_config=dns_cache())),
-        ],
+        extensions.chain(
+            snapshot.extensions_for(proxy),
+            snapshot.wasm_modules,
+            CLIENT,
+            port,
+            authz=[_filter(CORS, cors_pb2.Cors()), _filter(FAULT, fault_pb2.HTTPFault())],
+            tail=[_filter(DFP, dfp.FilterConfig(dns_cache_config=dns_cache()))],
+        ),
     )
     manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "outbound"))
     tracing.configure(manager, snapshot, proxy, tracing.OUTBOUND)
@@ -85,7 +94,7 @@ def _http_upstream(
     snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream, service: Service
 ) -> listener_pb2.Listener:
     name = l4.listener_name(proxy, upstream)
-    manager = _outbound_manager(snapshot, proxy, name)
+    manager = _outbound_manager(snapshot, proxy, name, service.port)
     manager.route_config.CopyFrom(rds.upstream_route_configuration(snapshot, proxy, service, name))
     return _listener(name, proxy.outbound_address, upstream.local_port, _network_filter(HCM, manager))
 
@@ -98,13 +107,21 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     # Authentication first: the filters after it (authorization, limits) read who the caller is.
     # Authorization before limits: a request that is refused spends no one's tokens.
     # The caller's workload (for metrics) leaves the headers before anything else reads them.
-    http_filters = [
-        *telemetry.inbound_filters(),
-        *jwt.inbound_filters(snapshot, proxy),
-        *authz.http_filters(snapshot, proxy),
-        *ratelimit.inbound_filters(snapshot, proxy),
-    ]
-    tcp_filters = authz.network_filters(snapshot, proxy) if proxy.protocol in TCP_PROTOCOLS else []
+    # Extensions go in front of the mesh's own filters of their phase (translate/extensions.py).
+    selected = snapshot.extensions_for(proxy)
+    http_filters = extensions.chain(
+        selected,
+        snapshot.wasm_modules,
+        SERVER,
+        proxy.port,
+        head=telemetry.inbound_filters(),
+        authn=jwt.inbound_filters(snapshot, proxy),
+        authz=[*authz.http_filters(snapshot, proxy), *ratelimit.inbound_filters(snapshot, proxy)],
+    )
+    tcp_filters = []
+    if proxy.protocol in TCP_PROTOCOLS:
+        network = extensions.network_filters(network_at(selected, proxy.port), snapshot.wasm_modules)
+        tcp_filters = [*authz.network_filters(snapshot, proxy), *network]
     if mode in ("STRICT", "PERMISSIVE"):
         chains.append(
             _inbound_chain(

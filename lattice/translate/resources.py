@@ -8,14 +8,16 @@ from operator import attrgetter, itemgetter
 from google.protobuf.message import Message
 
 from lattice.mesh import MeshSnapshot, Workload
-from lattice.translate import cds, eds, gateway, lds, rds
+from lattice.translate import cds, eds, extensions, gateway, lds, rds
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 # Make-before-break: clusters and their endpoints exist before listeners and routes point at them.
-TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# Extension configs (ECDS) are asked for by the listeners that name them.
+TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ def translate_type(snapshot: MeshSnapshot, proxy: Workload, type_url: str) -> tu
         produced = eds.load_assignments(snapshot, proxy)
     elif type_url == LISTENER:
         produced = gateway.listeners(snapshot, proxy) if edge else lds.listeners(snapshot, proxy)
+    elif type_url == EXTENSION_CONFIG:
+        produced = extensions.extension_configs(snapshot.extensions_for(proxy), snapshot.wasm_modules)
     else:
         produced = gateway.route_configurations(snapshot, proxy) if edge else rds.route_configurations(snapshot, proxy)
     name = _NAME[type_url]
@@ -55,5 +59,6 @@ _NAME = {
     ENDPOINT: attrgetter("cluster_name"),
     LISTENER: attrgetter("name"),
     ROUTE: attrgetter("name"),
+    EXTENSION_CONFIG: attrgetter("name"),
 }
 _first = itemgetter(0)

@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from lattice.api import parse_documents
 from lattice.mesh import MeshSnapshot, Workload
-from lattice.translate import TYPE_ORDER, translate
+from lattice.translate import EXTENSION_CONFIG, TYPE_ORDER, translate
 
 GOLDEN = Path(__file__).parents[2] / "golden" / "translate"
 DATA = Path(lattice.demo.__file__).parent / "networking"
@@ -111,6 +111,7 @@ def _render(snapshot: MeshSnapshot) -> str:
             for _, m in resources.by_type[t]
         ]
         for t in TYPE_ORDER
+        if resources.by_type[t] or t != EXTENSION_CONFIG  # extension configs only where some exist
     }
     return yaml.safe_dump(out, sort_keys=False, width=120)
 
