@@ -71,8 +71,9 @@ class TargetReference(IstioSpec):
             ("gateway.networking.k8s.io", "Gateway"),
         ):
             raise ValueError(
-                f"target {self.group or 'core'}/{self.kind} is not supported: an extension attaches to a Service's "
-                "sidecars (group: \"\", kind: Service) or to a Gateway (group: gateway.networking.k8s.io, kind: Gateway)"
+                f"target {self.group or 'core'}/{self.kind} is not supported: an extension attaches to a "
+                "Service's sidecars (group: \"\", kind: Service) or to a Gateway "
+                "(group: gateway.networking.k8s.io, kind: Gateway)"
             )
         return self
 

@@ -120,7 +120,7 @@ class ModuleCache:
             self.digests = {k: d for k, d in self.digests.items() if k in wanted}
             self.errors = {k: e for k, e in self.errors.items() if k in wanted}
             todo = [w for k, w in sorted(wanted.items()) if not (only_missing and k in self.digests)]
-            for wasm, outcome in zip(todo, await asyncio.gather(*(self._quietly(w) for w in todo))):
+            for wasm, outcome in zip(todo, await asyncio.gather(*(self._quietly(w) for w in todo)), strict=True):
                 self._record(key(wasm), outcome, before[1].get(key(wasm)))
             return (self.digests, self.errors) != before
 

@@ -73,7 +73,7 @@ def chain(
     (authentication), AUTHZ extensions, `authz` (authorization and what follows it), STATS
     extensions, `stats`, extensions of no phase, `tail` (what must stay next to the router)."""
     out = list(head)
-    for phase, own in zip(PHASES, (authn, authz, stats, tail)):
+    for phase, own in zip(PHASES, (authn, authz, stats, tail), strict=True):
         out += http_filters(http_at(selected, side, port, phase), modules)
         out += own
     return out

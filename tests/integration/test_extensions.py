@@ -128,7 +128,9 @@ def test_authz_phase_plugin_denies_before_the_app_and_reads_the_peer_identity(ct
     config = {"deny_path_prefix": "/admin", "allow_principal": f"spiffe://cluster.local/ns/default/sa/{ADMIN_SA}"}
     _apply(
         plane,
-        _extension("guard", module, selector={"matchLabels": {"app": SERVER}}, phase="AUTHZ", wasm={"pluginConfig": config}),
+        _extension(
+            "guard", module, selector={"matchLabels": {"app": SERVER}}, phase="AUTHZ", wasm={"pluginConfig": config}
+        ),
     )
     before = _count(server)
     status, _, body = wait_for(
@@ -210,7 +212,9 @@ def _status_lines(plane) -> list[str]:
 def test_a_trap_fails_only_its_own_request(ctx, module):
     plane, _, client, _ = ctx
     config = {"trap_path": "/crash", "response_header": "x-wasm", "response_value": "alive"}
-    _apply(plane, _extension("fragile", module, selector={"matchLabels": {"app": SERVER}}, wasm={"pluginConfig": config}))
+    _apply(
+        plane, _extension("fragile", module, selector={"matchLabels": {"app": SERVER}}, wasm={"pluginConfig": config})
+    )
     _settled(client, lambda a: a[1].get("x-wasm") == "alive", "the plugin")
     status, _, _ = client.call(f"{URL}/crash")
     assert status >= 500
