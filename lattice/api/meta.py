@@ -22,13 +22,22 @@ class Spec(BaseModel):
 
 class ObjectMeta(BaseModel):
     # Server-set fields from `kubectl get -o yaml` output are accepted and dropped, so a
-    # round-tripped file applies unchanged.
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # round-tripped file applies unchanged -- except resourceVersion, which (as in Kubernetes)
+    # says which version the writer read: the store refuses the write (409) if it is stale.
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     name: str = Field(min_length=1, max_length=253)
     namespace: str = Field(default="default", min_length=1, max_length=63)
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    resource_version: str | None = Field(default=None, alias="resourceVersion", exclude=True)
+
+    @field_validator("resource_version", mode="before")
+    @classmethod
+    def _resource_version(cls, v: object) -> object:
+        if v is not None and not str(v).isdigit():
+            raise ValueError("must be the resourceVersion `lattice get` printed (digits), or left out")
+        return None if v is None else str(v)
 
     @field_validator("name")
     @classmethod

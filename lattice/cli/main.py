@@ -81,6 +81,17 @@ def server(
     api_host: Optional[str] = typer.Option(
         None, help="REST API address (default: --listen); the admin API and dashboard."
     ),
+    store: Optional[str] = typer.Option(
+        None,
+        "--store",
+        help="etcd://host:2379,host:2379[/prefix]: state in etcd, so several replicas (each the same command, "
+        "each with the same --ca-cert/--ca-key) serve one mesh. Default: the SQLite file.",
+    ),
+    store_ca: Optional[Path] = typer.Option(
+        None, "--store-ca", help="CA that signed the etcd members' certificates (TLS to etcd)."
+    ),
+    store_cert: Optional[Path] = typer.Option(None, "--store-cert", help="Client certificate for etcd (PEM)."),
+    store_key: Optional[Path] = typer.Option(None, "--store-key", help="Client certificate's key for etcd (PEM)."),
     api_port: int = typer.Option(15080, help="REST API port (0: pick a free one)."),
     xds_host: Optional[str] = typer.Option(None, help="xDS gRPC address (default: --listen)."),
     xds_port: int = typer.Option(15010, help="xDS gRPC port, mTLS (0: pick a free one)."),
@@ -147,6 +158,12 @@ def server(
     home = home or lattice_home()
     if (ca_cert is None) != (ca_key is None):
         fail("give both --ca-cert and --ca-key, or neither (to use the built-in CA)")
+    if store is not None and ca_cert is None:
+        fail(
+            "--store etcd://... runs several replicas, and each must sign with the same CA: give every replica "
+            "the same --ca-cert and --ca-key files (the key stays on the replicas' disks, never in etcd); "
+            "see README, 'Several control-plane replicas'"
+        )
     ttl = at_least("--cert-ttl", cert_ttl, 10, ": agents renew at half-life")
     jwks_every = at_least("--jwks-refresh", jwks_refresh, 1)
     try:
@@ -156,6 +173,8 @@ def server(
     config = ServerConfig(
         home=home,
         db=db or home / "lattice.db",
+        store=store,
+        store_tls=(store_ca, store_cert, store_key),
         api_host=api_host or listen or "127.0.0.1",
         api_port=api_port,
         xds_host=xds_host or listen or "127.0.0.1",
@@ -721,6 +740,9 @@ def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> Non
                     typer.echo(f"NACK {p['id']} {t}: {v['error']}")
         for c in data["conflicts"]:
             typer.echo(f"conflict: {c}")
+        from lattice.cli.replicas import print_replicas
+
+        print_replicas(data)
 
 
 def _expires_in(iso: str) -> str:

@@ -29,6 +29,10 @@ class Registry:
         self._workloads: dict[str, Workload] = {}
         self._last_seen: dict[str, float] = {}
         self.generation = 0
+        # Shared store (etcd, several replicas): workloads live on leases that heartbeats renew,
+        # wherever their agent is connected; lease expiry, not this replica's clock, drops them,
+        # and `sync` takes in what other replicas (and expiring leases) changed.
+        self._leased = getattr(store, "shared", False)
         # After a restart every persisted workload gets one full timeout to heartbeat again.
         for stored in store.list_workloads():
             self._workloads[stored.id] = Workload.from_record(stored.record)
@@ -46,7 +50,7 @@ class Registry:
     def heartbeat(self, workload_id: str, healthy: bool) -> bool:
         """False if the workload is unknown (expired or never registered): the agent re-registers."""
         current = self._workloads.get(workload_id)
-        if current is None:
+        if current is None or not self._store.touch_workload(workload_id):
             return False
         self._last_seen[workload_id] = self._clock()
         if current.healthy != healthy:
@@ -65,6 +69,8 @@ class Registry:
         return True
 
     def expire(self) -> list[str]:
+        if self._leased:
+            return []  # etcd expires leases; `sync` drops what it dropped
         now = self._clock()
         stale = [w for w, seen in self._last_seen.items() if now - seen > self._grace]
         for workload_id in stale:
@@ -75,6 +81,18 @@ class Registry:
         """No heartbeat for longer than the timeout (but kept, within the grace)."""
         age = self.last_seen_age(workload_id)
         return age is not None and age > self._timeout
+
+    def sync(self) -> bool:
+        """Take in the store's workloads as they are now (other replicas' registrations, expired
+        leases); True, and a change notified, if anything differs."""
+        stored = {s.id: Workload.from_record(s.record) for s in self._store.list_workloads()}
+        if stored == self._workloads:
+            return False
+        for gone in self._workloads.keys() - stored.keys():
+            self._last_seen.pop(gone, None)
+        self._workloads = stored
+        self._changed()
+        return True
 
     def workloads(self) -> tuple[Workload, ...]:
         return tuple(self._workloads[k] for k in sorted(self._workloads))

@@ -27,7 +27,7 @@ from lattice.server.ca import CaManager
 from lattice.server.metrics import ControlPlaneMetrics
 from lattice.server.modules import ModuleCache
 from lattice.server.traces import TraceStore, receive
-from lattice.store import Store
+from lattice.store import Store, StoreError
 
 log = logging.getLogger("lattice.agent-api")
 MAX_BODY = 64 << 10
@@ -283,3 +283,6 @@ async def _errors(request: web.Request, handler):
         return web.json_response({"error": "invalid registration: " + "; ".join(problems)}, status=400)
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         return web.json_response({"error": f"bad request body: {e}"}, status=400)
+    except StoreError as e:  # etcd unreachable or without quorum: nothing recorded, the agent retries
+        log.error("store: %s", e)
+        return web.json_response({"error": f"the control plane cannot record this now: {e}"}, status=503)

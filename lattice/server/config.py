@@ -21,6 +21,8 @@ def lattice_home() -> Path:
 class ServerConfig:
     home: Path
     db: Path
+    store: str | None = None  # etcd://host:port,...[/prefix] for several replicas; None: the SQLite file `db`
+    store_tls: tuple = (None, None, None)  # (--store-ca, --store-cert, --store-key) files for TLS to etcd
     api_host: str = "127.0.0.1"
     api_port: int = 15080
     xds_host: str = "127.0.0.1"

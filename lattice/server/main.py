@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from datetime import timedelta
 
 import grpc
@@ -21,14 +22,16 @@ from lattice.server.jwks import JwksCache
 from lattice.server.modules import ModuleCache
 from lattice.server.metrics import ControlPlaneMetrics
 from lattice.server.pusher import Pusher
+from lattice.server.replicas import Replica, run_once
 from lattice.server.rest import RestApi
 from lattice.server.traces import TraceStore
-from lattice.store import Store, StoreError
+from lattice.store import StoreError, open_store
 from lattice.xds import SnapshotCache, StatusBoard
 from lattice.xds.server import AdsServer
 
 log = logging.getLogger("lattice.server")
 MAX_XDS_MESSAGE = 16 << 20
+SWEEP_INTERVAL = 300.0
 
 
 class ControlPlane:
@@ -37,10 +40,12 @@ class ControlPlane:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         config.home.mkdir(parents=True, exist_ok=True)
-        self.store = Store(config.db)
+        self.store = open_store(config.store, config.db, config.store_tls, workload_ttl=config.heartbeat_timeout)
         self.ca = CaManager(
             config.home, config.trust_domain, timedelta(seconds=config.cert_ttl), config.ca_cert, config.ca_key
         )
+        if self.store.shared:
+            _check_same_root(self.store, self.ca.root_fingerprint)
         self.cache = SnapshotCache()
         self.metrics = ControlPlaneMetrics()  # served on the REST port's /metrics, without the admin token
         self.board = StatusBoard(events=self.metrics)
@@ -68,6 +73,7 @@ class ControlPlane:
         )
         self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect, self._authorize)
         self.traces = TraceStore()  # the embedded trace collector: agents post spans, the REST API serves them
+        self.replica = Replica(self.store, self.registry, lambda: len(self.ads.connected_nodes()))
         self.rest = RestApi(
             self.store,
             self.registry,
@@ -79,6 +85,7 @@ class ControlPlane:
             metrics=self.metrics,
             traces=self.traces,
             modules=self.modules,
+            replica=self.replica,
         )
         self.agents = AgentApi(
             self.ca, self.store, self.registry, metrics=self.metrics, traces=self.traces, modules=self.modules
@@ -151,13 +158,14 @@ class ControlPlane:
         self.rest.xds_address = self.agents.xds_address = f"{self.config.xds_host}:{xds_port}"
         api, agents = f"http://{self.config.api_host}:{api_port}", f"https://{self.config.agent_host}:{agent_port}"
         write_discovery(self.config.discovery_file, api, self.rest.xds_address, agents)
+        self.replica.addresses = {"api": api, "xds": self.rest.xds_address, "agent": agents}
         log.info(
             "control plane up: REST %s, agents %s, xDS %s (mTLS), trust domain %s, state %s",
             api,
             agents,
             self.rest.xds_address,
             self.config.trust_domain,
-            self.config.db,
+            self.store.name,
         )
         await self.jwks.prepare()  # stored RequestAuthentications' keys, before the first push
         await self.modules.prepare()  # and stored extensions' Wasm modules
@@ -169,6 +177,10 @@ class ControlPlane:
                 tasks.create_task(self._expire_loop(), name="registry-expiry")
                 tasks.create_task(self.jwks.run(), name="jwks-refresh")
                 tasks.create_task(self.modules.run(), name="wasm-module-refresh")
+                tasks.create_task(run_once(self.store, "sweep", self.replica.id, self._sweep), name="sweep")
+                if self.store.shared:
+                    tasks.create_task(self.replica.announce(), name="replica-announce")
+                    tasks.create_task(self.replica.follow_workloads(), name="registry-follow")
                 if ready is not None:
                     ready.set()
         finally:
@@ -189,6 +201,28 @@ class ControlPlane:
                     workload_id,
                     self.config.endpoint_grace,
                 )
+
+    async def _sweep(self) -> None:
+        """Once-only duty: drop join tokens that expired (an hour ago, so `lattice token list` can
+        still say why a late agent was refused)."""
+        while True:
+            try:
+                purged = await asyncio.to_thread(self.store.purge_tokens, time.time() - 3600)
+                if purged:
+                    log.info("dropped %d expired join tokens", purged)
+            except StoreError as e:
+                log.warning("sweeping expired tokens: %s", e)
+            await asyncio.sleep(SWEEP_INTERVAL)
+
+
+def _check_same_root(store, fingerprint: str) -> None:
+    """Every replica signs under one root: the first records it, a replica with another refuses to start."""
+    recorded = store.claim_ca_root(fingerprint)
+    if recorded != fingerprint:
+        raise SystemExit(
+            f"this replica's CA root (sha256 {fingerprint[:16]}...) is not the mesh's ({recorded[:16]}...), "
+            f"recorded in {store.name}: give every replica the same --ca-cert/--ca-key files"
+        )
 
 
 def _listen(host: str, port: int, what: str, flag: str) -> socket.socket:

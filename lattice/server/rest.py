@@ -8,6 +8,7 @@ API: they have their own, authenticated by join tokens and workload certificates
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import json
@@ -32,7 +33,7 @@ from lattice.server.modules import ModuleCache, ModuleError
 from lattice.server.pusher import Pusher
 from lattice.server.why import WhyApi
 from lattice.server.traces import TraceStore, list_response, trace_response
-from lattice.store import Store, StoredResource, StoreError
+from lattice.store import Store, StoreConflict, StoredResource, StoreError, StoreUnavailable
 from lattice.translate import EXTENSION_CONFIG, TYPE_ORDER
 from lattice.xds import StatusBoard
 
@@ -54,9 +55,11 @@ class RestApi:
         metrics: ControlPlaneMetrics | None = None,
         traces: TraceStore | None = None,
         modules: ModuleCache | None = None,
+        replica=None,
     ) -> None:
         self.modules = modules  # extensions' Wasm modules: fetched and checked when applied
         self.store, self.registry, self.pusher, self.board, self.ca = store, registry, pusher, board, ca
+        self.replica = replica  # lattice.server.replicas.Replica: this replica and the others, for status
         self.traces = traces if traces is not None else TraceStore()  # spans the agents forward (agent_api.py)
         self.metrics = metrics or ControlPlaneMetrics()
         self._admin_token = admin_token
@@ -198,7 +201,10 @@ class RestApi:
         resources = parse_documents(await request.text(), source)
         await self._fetch_modules(resources, source)
         items = [(r.kind, r.namespace, r.name, r.api_version, r.metadata_dict(), r.spec_dict()) for r in resources]
-        results = self.store.apply(items)
+        # metadata.resourceVersion, when given, is the version the writer read: a stale one is a 409.
+        expected = {r.key: int(r.metadata.resource_version) for r in resources if r.metadata.resource_version}
+        # In a worker thread: an etcd store that has lost quorum must not stall the loop serving xDS.
+        results = await asyncio.to_thread(self.store.apply, items, expected or None)
         warnings = self._analysis(resources)
         return web.json_response(
             {
@@ -266,7 +272,8 @@ class RestApi:
 
     async def delete_documents(self, request: web.Request) -> web.Response:
         resources = parse_documents(await request.text(), request.query.get("source", "<request>"))
-        deleted = {(r.kind, r.namespace, r.name) for r in self.store.delete([r.key for r in resources])}
+        gone = await asyncio.to_thread(self.store.delete, [r.key for r in resources])
+        deleted = {(r.kind, r.namespace, r.name) for r in gone}
         results = [
             {"kind": k, "namespace": ns, "name": n, "action": "deleted" if (k, ns, n) in deleted else "not found"}
             for k, ns, n in (r.key for r in resources)
@@ -297,7 +304,7 @@ class RestApi:
             request.match_info["namespace"],
             request.match_info["name"],
         )
-        deleted = self.store.delete([(info.kind, ns, name)])
+        deleted = await asyncio.to_thread(self.store.delete, [(info.kind, ns, name)])
         if not deleted:
             raise web.HTTPNotFound(
                 text=json.dumps({"error": f"{info.kind} {ns}/{name} not found"}), content_type="application/json"
@@ -322,6 +329,8 @@ class RestApi:
                 },
                 "proxies": proxies,
                 "conflicts": snapshot.conflicts(),
+                "store": await asyncio.to_thread(self.store.health),
+                "replicas": self.replica.others() if self.replica is not None else [],
             }
         )
 
@@ -453,6 +462,11 @@ async def _errors(request: web.Request, handler):
         return web.json_response({"error": "invalid request: " + "; ".join(problems)}, status=400)
     except UnknownKindError as e:
         return web.json_response({"error": str(e)}, status=404)
+    except StoreConflict as e:  # a stale metadata.resourceVersion: nothing was written
+        return web.json_response({"error": str(e)}, status=409)
+    except StoreUnavailable as e:  # etcd unreachable or without quorum: nothing was written
+        log.error("store: %s", e)
+        return web.json_response({"error": f"the store cannot take writes now: {e}"}, status=503)
     except StoreError as e:  # nothing was written: the store applies all or nothing
         log.error("store: %s", e)
         return web.json_response({"error": str(e)}, status=422)

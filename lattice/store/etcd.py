@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -151,6 +152,10 @@ class EtcdStore:
 
     def apply(self, items: builtins.list[Item], expected: dict[Key, int] | None = None) -> builtins.list[ApplyResult]:
         encoded = [encode_item(item) for item in items]
+        with _nothing_written():
+            return self._apply(encoded, expected)
+
+    def _apply(self, encoded: builtins.list, expected: dict[Key, int] | None) -> builtins.list[ApplyResult]:
         keys = list(dict.fromkeys(row[:3] for row in encoded))
         for _ in range(MAX_ATTEMPTS):
             current = self._read_config(keys)
@@ -188,7 +193,10 @@ class EtcdStore:
         raise StoreUnavailable(f"{self.name}: apply gave up after {MAX_ATTEMPTS} attempts: the keys kept changing")
 
     def delete(self, keys: builtins.list[Key]) -> builtins.list[StoredResource]:
-        keys = list(dict.fromkeys(tuple(k) for k in keys))
+        with _nothing_written():
+            return self._delete(list(dict.fromkeys(tuple(k) for k in keys)))
+
+    def _delete(self, keys: builtins.list[Key]) -> builtins.list[StoredResource]:
         for _ in range(MAX_ATTEMPTS):
             current = self._read_config(keys)
             present = {k: r for k, r in current.items() if r is not None}
@@ -230,10 +238,8 @@ class EtcdStore:
         return response.header.revision
 
     def _write(self, request: pb.TxnRequest, what: str) -> pb.TxnResponse:
-        try:
+        with _nothing_written():
             return self.client.call("Txn", request, what=what)
-        except StoreUnavailable as e:
-            raise StoreUnavailable(f"{e}; nothing was written") from None
 
     # -- workloads: each on its own lease, kept alive by the replica its agent talks to -------
 
@@ -601,6 +607,17 @@ class EtcdStore:
             log.warning("ignoring an unreadable workload record at %s", kv.key.decode(errors="replace"))
             return None
         return _Workload(stored, kv.lease)
+
+
+@contextlib.contextmanager
+def _nothing_written() -> Iterator[None]:
+    """A transaction that failed to reach a quorum is not applied: say so, once."""
+    try:
+        yield
+    except StoreUnavailable as e:
+        if "nothing was written" in str(e):
+            raise
+        raise StoreUnavailable(f"{e}; nothing was written") from None
 
 
 def _why(e: Exception) -> str:

@@ -146,7 +146,9 @@ class EtcdClient:
     def unavailable(self, what: str, error: grpc.RpcError | None) -> StoreUnavailable:
         detail = (error.details() or error.code().name) if error is not None else "no member answered in time"
         if error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            detail = f"no answer within {self.timeout:g}s (is a quorum of members up?)"
+            detail = f"no answer within {self.timeout:g}s"
+        if "deadline" in detail or "leader" in detail:
+            detail += " (is a quorum of etcd members up?)"
         return StoreUnavailable(f"{self.name}: {what} failed: {detail}")
 
     def stream(self, method: str, requests: Iterator, member: int) -> Iterator:

@@ -1,0 +1,116 @@
+"""Several control-plane replicas on one etcd store: who is up, and duties that run on one of them.
+
+- `Replica` names this process, records its addresses and how many proxies it holds under
+  `replicas/<id>` on a lease of its own (gone within `REPLICA_TTL` of its death), and follows the
+  workloads other replicas register (Registry.sync on every change the store's watch reports).
+- `run_once` runs a duty (expiry sweeps, refreshes, rotations: anything two replicas must not do
+  at once) on one replica at a time under an etcd election: the holder's key lives on its lease,
+  the holder renews it every third of its TTL and stops the duty the moment it cannot; the others
+  campaign again every half TTL, so the duty moves within about one TTL when its holder dies.
+  On the SQLite store (one process) the duty simply runs.
+
+Every blocking store call runs in a worker thread: the loop keeps serving xDS meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+from lattice.registry import Registry
+from lattice.store import StoreError
+
+log = logging.getLogger("lattice.replicas")
+REPLICA_TTL = 10.0
+DUTY_TTL = 6.0
+
+
+def replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+class Replica:
+    def __init__(self, store, registry: Registry, proxies: Callable[[], int], replica: str | None = None) -> None:
+        self.store = store
+        self.registry = registry
+        self.id = replica or replica_id()
+        self._proxies = proxies
+        self.addresses: dict[str, str] = {}
+        self.started = time.time()
+
+    def record(self) -> dict:
+        return {"id": self.id, **self.addresses, "proxies": self._proxies(), "started_at": self.started}
+
+    async def announce(self) -> None:
+        """Keep `replicas/<id>` current: re-put on change, renew the lease, start over if it lapsed."""
+        lease, last = 0, None
+        while True:
+            try:
+                if not lease or not await asyncio.to_thread(self.store.keep_alive, lease):
+                    lease, last = await asyncio.to_thread(self.store.grant, REPLICA_TTL), None
+                record = self.record()
+                if record != last:
+                    await asyncio.to_thread(self.store.put_replica, self.id, record, lease)
+                    last = record
+            except StoreError as e:
+                log.warning("cannot record this replica in the store: %s", e)
+            await asyncio.sleep(REPLICA_TTL / 4)
+
+    async def follow_workloads(self) -> None:
+        generation = self.store.workload_generation
+        self.registry.sync()
+        while True:
+            generation = await self.store.wait_for_workload_change(generation)
+            self.registry.sync()
+
+    def others(self) -> list[dict]:
+        """Every replica the store knows, this one first; the REST status shows them."""
+        known = self.store.replicas() if self.store.shared else {}
+        known[self.id] = self.record()
+        return [known[self.id], *(known[k] for k in sorted(known) if k != self.id)]
+
+
+async def run_once(store, duty: str, holder: str, work: Callable[[], Awaitable[None]], ttl: float = DUTY_TTL) -> None:
+    """Run `work()` (a coroutine that runs until cancelled) only while this replica holds `duty`."""
+    if not store.shared:
+        await work()
+        return
+    while True:
+        lease = 0
+        try:
+            lease = await asyncio.to_thread(store.grant, ttl)
+            if await asyncio.to_thread(store.campaign, duty, holder, lease) == holder:
+                log.info("this replica now runs %s", duty)
+                await _hold(store, duty, lease, work, ttl)
+                log.warning("this replica no longer runs %s", duty)
+        except StoreError as e:
+            log.warning("election for %s: %s", duty, e)
+        if lease:
+            with contextlib.suppress(StoreError):
+                await asyncio.to_thread(store.revoke, lease)
+        await asyncio.sleep(ttl / 2)
+
+
+async def _hold(store, duty: str, lease: int, work: Callable[[], Awaitable[None]], ttl: float) -> None:
+    """Run the duty while the lease can be renewed; cancel it as soon as it cannot."""
+    task = asyncio.create_task(work(), name=f"duty-{duty}")
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=ttl / 3)
+            try:
+                alive = await asyncio.to_thread(store.keep_alive, lease)
+            except StoreError:
+                alive = False
+            if not alive:
+                return
+        task.result()  # a duty that ends by itself (or fails) shows why
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
