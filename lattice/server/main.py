@@ -40,7 +40,9 @@ class ControlPlane:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         config.home.mkdir(parents=True, exist_ok=True)
-        self.store = open_store(config.store, config.db, config.store_tls, workload_ttl=config.heartbeat_timeout)
+        # A workload's etcd lease outlives silence as long as --endpoint-grace keeps its endpoints.
+        ttl = max(config.heartbeat_timeout, config.endpoint_grace)
+        self.store = open_store(config.store, config.db, config.store_tls, workload_ttl=ttl)
         self.ca = CaManager(
             config.home, config.trust_domain, timedelta(seconds=config.cert_ttl), config.ca_cert, config.ca_key
         )

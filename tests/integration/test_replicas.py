@@ -144,7 +144,10 @@ def test_a_single_use_token_presented_to_two_replicas_at_once_buys_one_certifica
         status, _, _ = http("POST", f"{plane.agent_api}/agent/v1/certificate", body, headers, context=context)
         answers.append(status)
 
-    threads = [threading.Thread(target=ask, args=(p, c, i)) for i, (p, c) in enumerate(zip(replicas[1:], contexts))]
+    threads = [
+        threading.Thread(target=ask, args=(p, c, i))
+        for i, (p, c) in enumerate(zip(replicas[1:], contexts, strict=True))
+    ]
     for t in threads:
         t.start()
     for t in threads:
