@@ -84,8 +84,8 @@ def server(
     store: Optional[str] = typer.Option(
         None,
         "--store",
-        help="etcd://host:2379,host:2379[/prefix]: state in etcd, so several replicas (each the same command, "
-        "each with the same --ca-cert/--ca-key) serve one mesh. Default: the SQLite file.",
+        help="etcd://host:2379,host:2379 (optionally /prefix): state in etcd, so several replicas (each the same "
+        "command, each with the same --ca-cert/--ca-key) serve one mesh. Default: the SQLite file.",
     ),
     store_ca: Optional[Path] = typer.Option(
         None, "--store-ca", help="CA that signed the etcd members' certificates (TLS to etcd)."
