@@ -4,6 +4,7 @@ Parts, one per xDS type plus shared pieces:
 - `names`     — cluster/listener/route names (Istio's `outbound|9080|v1|reviews.default.svc.cluster.local`).
 - `protos`    — small constructors for the Envoy messages we use (durations, config sources, Any).
 - `cds`, `eds`, `lds`, `rds` — clusters, endpoints, listeners, route tables.
+- `http_filters` — the one ordered list of HTTP filters (phases) for sidecars and gateways alike.
 - `tls`       — mutual TLS between sidecars (SDS secret names, auto mTLS, DestinationRule `tls`).
 - `routes`    — one VirtualService HTTP rule into Envoy routes (matches, splits, faults, retries).
 - `policy`    — DestinationRule traffic policy for a cluster (precedence; load balancing, pools, outliers, locality).

@@ -15,12 +15,14 @@ extension does change the filter chain, so the listener changes once, as it must
   leaves the filter out, FAIL_CLOSE answers 500 in its place.
 - Lua: the inline script; Envoy's Lua filter logs a script's run-time error and lets the request
   through (fail-open, as Istio documents).
+Where an extension's filter sits in a chain (in front of the mesh's own filters of its phase) is
+said once, with every other filter, in translate/http_filters.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 
 from envoy.config.core.v3 import backoff_pb2, base_pb2, config_source_pb2, extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2
@@ -37,7 +39,7 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from lattice.api.extensions import WasmConfig
-from lattice.mesh.extensions import PHASES, Extension, http_at
+from lattice.mesh.extensions import Extension
 from lattice.translate.protos import ads, duration, pack
 
 V8 = "envoy.wasm.runtime.v8"
@@ -54,29 +56,6 @@ _FAILURE = {
     "FAIL_RELOAD": wasm_pb2.FAIL_RELOAD,
 }
 Modules = Mapping[tuple[str, str], str]  # (url, pinned sha256) -> digest of the module held
-
-
-def chain(
-    selected: Sequence[Extension],
-    modules: Modules,
-    side: str,
-    port: int | None,
-    *,
-    head: Iterable[hcm.HttpFilter] = (),
-    authn: Iterable[hcm.HttpFilter] = (),
-    authz: Iterable[hcm.HttpFilter] = (),
-    stats: Iterable[hcm.HttpFilter] = (),
-    tail: Iterable[hcm.HttpFilter] = (),
-) -> list[hcm.HttpFilter]:
-    """A connection manager's filters before the router, with each phase's extensions in front
-    of the mesh's own filters of that phase (Istio's order): `head`, AUTHN extensions, `authn`
-    (authentication), AUTHZ extensions, `authz` (authorization and what follows it), STATS
-    extensions, `stats`, extensions of no phase, `tail` (what must stay next to the router)."""
-    out = list(head)
-    for phase, own in zip(PHASES, (authn, authz, stats, tail), strict=True):
-        out += http_filters(http_at(selected, side, port, phase), modules)
-        out += own
-    return out
 
 
 def http_filters(extensions: list[Extension], modules: Modules) -> list[hcm.HttpFilter]:

@@ -35,12 +35,10 @@ from lattice.api.gateway import Server, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
 from lattice.mesh import MeshSnapshot, Workload, fqdn
-from lattice.mesh.extensions import CLIENT
-from lattice.translate import authz, cds, extensions, jwt, lds, names, rds, routes, tls, tracing
+from lattice.translate import cds, http_filters, lds, names, rds, routes, tls, tracing
 from lattice.translate.protos import ads, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
-_ROUTER = "envoy.filters.http.router"
 _TLS_VERSIONS = {f"TLSV1_{i}": getattr(common_pb2.TlsParameters, f"TLSv1_{i}") for i in range(4)} | {
     "TLS_AUTO": common_pb2.TlsParameters.TLS_AUTO
 }
@@ -254,21 +252,10 @@ def _http_manager(
     RequestAuthentication and AuthorizationPolicy selecting the gateway run first, as in Istio."""
     manager = hcm.HttpConnectionManager()
     lds.outbound(snapshot, proxy).filter_chains[0].filters[0].typed_config.Unpack(manager)
-    # No passthrough to arbitrary hosts from outside (the sidecar's dynamic forward proxy is left
-    # out); extensions of the gateway's CLIENT side for this port, as Istio treats gateway listeners.
-    by_name = {f.name: f for f in manager.http_filters}
+    # The gateway's own chain, in the one order (http_filters.py): no passthrough to arbitrary hosts
+    # from outside; extensions of the CLIENT side for this port, as Istio treats gateway listeners.
     del manager.http_filters[:]
-    manager.http_filters.extend(
-        extensions.chain(
-            snapshot.extensions_for(proxy),
-            snapshot.wasm_modules,
-            CLIENT,
-            port,
-            authn=jwt.inbound_filters(snapshot, proxy),
-            authz=[*authz.http_filters(snapshot, proxy), by_name[lds.CORS], by_name[lds.FAULT]],
-        )
-    )
-    manager.http_filters.append(by_name[_ROUTER])
+    manager.http_filters.extend(http_filters.chain(snapshot, proxy, http_filters.GATEWAY, port))
     manager.stat_prefix = stat_prefix
     manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=route_name))
     manager.strip_any_host_port = True

@@ -7,10 +7,6 @@ from envoy.config.core.v3 import base_pb2, extension_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.http.cors.v3 import cors_pb2
-from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import dynamic_forward_proxy_pb2 as dfp
-from envoy.extensions.filters.http.fault.v3 import fault_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -19,15 +15,11 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
 from lattice.mesh import protocol as protocols
 from lattice.mesh.model import Upstream
-from lattice.mesh.extensions import CLIENT, SERVER, network_at
-from lattice.translate import authz, extensions, jwt, l4, names, ratelimit, rds, telemetry, tls, tracing
-from lattice.translate.cds import dns_cache
+from lattice.mesh.extensions import network_at
+from lattice.translate import authz, extensions, http_filters, l4, names, rds, telemetry, tls, tracing
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
-FAULT = "envoy.filters.http.fault"
-CORS = "envoy.filters.http.cors"
-DFP = "envoy.filters.http.dynamic_forward_proxy"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 TCP_PROTOCOLS = protocols.OPAQUE
 # Headers that only Envoy itself sets (on a path rewrite or an internal redirect) and that its own
@@ -61,18 +53,7 @@ def _outbound_manager(
 ) -> hcm.HttpConnectionManager:
     """Extensions on the CLIENT side with `match.ports` run on the `--upstream` listeners of
     those service ports; the shared outbound listener (every destination) runs those without."""
-    # CORS first (a preflight is answered before any fault or route), then faults, as Istio orders them.
-    manager = _manager(
-        stat_prefix,
-        extensions.chain(
-            snapshot.extensions_for(proxy),
-            snapshot.wasm_modules,
-            CLIENT,
-            port,
-            authz=[_filter(CORS, cors_pb2.Cors()), _filter(FAULT, fault_pb2.HTTPFault())],
-            tail=[_filter(DFP, dfp.FilterConfig(dns_cache_config=dns_cache()))],
-        ),
-    )
+    manager = _manager(stat_prefix, http_filters.chain(snapshot, proxy, http_filters.OUTBOUND, port))
     manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "outbound"))
     tracing.configure(manager, snapshot, proxy, tracing.OUTBOUND)
     return manager
@@ -104,20 +85,8 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     name = names.inbound_listener(proxy.port)
     mode = snapshot.inbound_mtls(proxy)
     chains = []
-    # Authentication first: the filters after it (authorization, limits) read who the caller is.
-    # Authorization before limits: a request that is refused spends no one's tokens.
-    # The caller's workload (for metrics) leaves the headers before anything else reads them.
-    # Extensions go in front of the mesh's own filters of their phase (translate/extensions.py).
     selected = snapshot.extensions_for(proxy)
-    http_filters = extensions.chain(
-        selected,
-        snapshot.wasm_modules,
-        SERVER,
-        proxy.port,
-        head=telemetry.inbound_filters(),
-        authn=jwt.inbound_filters(snapshot, proxy),
-        authz=[*authz.http_filters(snapshot, proxy), *ratelimit.inbound_filters(snapshot, proxy)],
-    )
+    http = http_filters.chain(snapshot, proxy, http_filters.INBOUND, proxy.port)  # in the one order (http_filters.py)
     tcp_filters = []
     if proxy.protocol in TCP_PROTOCOLS:
         network = extensions.network_filters(network_at(selected, proxy.port), snapshot.wasm_modules)
@@ -125,14 +94,12 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     if mode in ("STRICT", "PERMISSIVE"):
         chains.append(
             _inbound_chain(
-                snapshot, proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else "", http_filters, tcp_filters
+                snapshot, proxy, tls.inbound_socket(), "tls" if mode == "PERMISSIVE" else "", http, tcp_filters
             )
         )
     if mode in ("PERMISSIVE", "DISABLE"):
         chains.append(
-            _inbound_chain(
-                snapshot, proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http_filters, tcp_filters
-            )
+            _inbound_chain(snapshot, proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http, tcp_filters)
         )
     listener = listener_pb2.Listener(
         name=name, address=socket_address(proxy.inbound_bind, proxy.port), filter_chains=chains
@@ -148,7 +115,7 @@ def _inbound_chain(
     proxy: Workload,
     socket: base_pb2.TransportSocket | None,
     transport: str,
-    http_filters: list[hcm.HttpFilter],
+    http: list[hcm.HttpFilter],
     tcp_filters: list[listener_components_pb2.Filter] = (),
 ) -> listener_components_pb2.FilterChain:
     cluster = names.inbound_cluster(proxy.port)
@@ -161,7 +128,7 @@ def _inbound_chain(
         telemetry.tcp_log_options(tcp_proxy, "inbound")
         network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy)
     else:
-        manager = _manager(f"inbound_{proxy.port}", http_filters)
+        manager = _manager(f"inbound_{proxy.port}", http)
         manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "inbound"))
         tracing.configure(manager, snapshot, proxy, tracing.INBOUND)
         # The caller's identity reaches the app in x-forwarded-client-cert, set from the verified
@@ -212,7 +179,7 @@ def _manager(stat_prefix: str, filters: list[hcm.HttpFilter]) -> hcm.HttpConnect
     return hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm.HttpConnectionManager.AUTO,
-        http_filters=[*filters, _filter("envoy.filters.http.router", router_pb2.Router())],
+        http_filters=filters,  # the whole chain, router last (http_filters.chain)
         # WebSockets pass every hop: as HTTP/1.1 upgrades, and as extended CONNECT (RFC 8441)
         # where the hop between sidecars is HTTP/2.
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
@@ -239,10 +206,6 @@ def distrust_client(manager: hcm.HttpConnectionManager) -> None:
             name="envoy.http.early_header_mutation.header_mutation", typed_config=pack(config)
         )
     )
-
-
-def _filter(name: str, config) -> hcm.HttpFilter:
-    return hcm.HttpFilter(name=name, typed_config=pack(config))
 
 
 def _network_filter(name: str, config) -> listener_components_pb2.Filter:
