@@ -54,6 +54,7 @@ class ServerConfig:
 
 
 ADMIN_TOKEN_FILE = "admin-token"
+METRICS_TOKEN_FILE = "metrics-token"  # read-only: Prometheus' service discovery, nothing else
 
 
 def load_mesh_config(path: Path) -> tuple[tuple, MeshTelemetry]:
@@ -66,9 +67,10 @@ def load_mesh_config(path: Path) -> tuple[tuple, MeshTelemetry]:
     return tuple(p for p in config.extension_providers if p.authorizer is not None), mesh_telemetry(config)
 
 
-def admin_token(home: Path) -> str:
-    """The REST API's admin credential: created on the server's first start, readable by its owner only."""
-    path = home / ADMIN_TOKEN_FILE
+def admin_token(home: Path, name: str = ADMIN_TOKEN_FILE) -> str:
+    """The REST API's admin credential (or, by `name`, the read-only metrics one): created on the
+    server's first start, readable by its owner only."""
+    path = home / name
     try:
         return path.read_text().strip()
     except FileNotFoundError:

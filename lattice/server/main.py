@@ -17,7 +17,7 @@ from lattice.identity import SpiffeId
 from lattice.registry import Registry
 from lattice.server.agent_api import AgentApi
 from lattice.server.ca import CaManager
-from lattice.server.config import ServerConfig, admin_token, write_discovery
+from lattice.server.config import METRICS_TOKEN_FILE, ServerConfig, admin_token, write_discovery
 from lattice.server.jwks import JwksCache
 from lattice.server.modules import ModuleCache
 from lattice.server.metrics import ControlPlaneMetrics
@@ -52,11 +52,17 @@ class ControlPlane:
         self.metrics = ControlPlaneMetrics()  # served on the REST port's /metrics, without the admin token
         self.board = StatusBoard(events=self.metrics)
         self.registry = Registry(
-            self.store, config.heartbeat_timeout, on_change=lambda: self.pusher.request(), grace=config.endpoint_grace
+            self.store,
+            config.heartbeat_timeout,
+            on_change=lambda: self.pusher.request("endpoint"),
+            grace=config.endpoint_grace,
         )
-        self.jwks = JwksCache(self.store, on_change=lambda: self.pusher.request(), refresh=config.jwks_refresh)
+        self.jwks = JwksCache(self.store, on_change=lambda: self.pusher.request("secret"), refresh=config.jwks_refresh)
         self.modules = ModuleCache(
-            self.store, config.home / "modules", on_change=lambda: self.pusher.request(), refresh=config.module_refresh
+            self.store,
+            config.home / "modules",
+            on_change=lambda: self.pusher.request("config"),
+            refresh=config.module_refresh,
         )
         self.pusher = Pusher(
             self.store,
@@ -88,6 +94,7 @@ class ControlPlane:
             traces=self.traces,
             modules=self.modules,
             replica=self.replica,
+            metrics_token=admin_token(config.home, METRICS_TOKEN_FILE),
         )
         self.agents = AgentApi(
             self.ca, self.store, self.registry, metrics=self.metrics, traces=self.traces, modules=self.modules

@@ -16,6 +16,7 @@ from bounded sets (xDS type, route pattern, status code), and nothing secret goe
 from __future__ import annotations
 
 import bisect
+import importlib.metadata
 import logging
 import math
 import re
@@ -24,6 +25,7 @@ from collections import OrderedDict
 from functools import partial
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
+from lattice.server import process
 from lattice.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 log = logging.getLogger("lattice.metrics")
@@ -201,11 +203,17 @@ class Gauge(_Family):
             log.exception("cannot read %s", self.name)
             samples = {}
         out.append(f"# HELP {self.name} {_escape_help(self.help)}")
-        out.append(f"# TYPE {self.name} gauge")
+        out.append(f"# TYPE {self.name} {self.kind}")
         for values, value in samples.items():
             out.append(
                 f"{self.name}{_braced(_label_text(self.labelnames, tuple(map(str, values))))} {format_value(value)}"
             )
+
+
+class ReadCounter(Gauge):
+    """A counter the process keeps elsewhere (CPU seconds), read when scraped."""
+
+    kind = "counter"
 
 
 class _HistogramValue:
@@ -279,6 +287,9 @@ class MetricRegistry:
     def histogram(self, name: str, help: str, buckets: Iterable[float], labels: Iterable[str] = ()) -> Histogram:
         return self._add(Histogram(name, help, buckets, labels))
 
+    def read_counter(self, name: str, help: str, collect: Collect) -> ReadCounter:
+        return self._add(ReadCounter(name, help, (), collect))
+
     def _add(self, family):
         taken = {s for f in self._families.values() for s in (f.name, *f.series())}
         if taken & {family.name, *family.series()}:
@@ -308,6 +319,9 @@ class MetricRegistry:
 XDS_TYPES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}
 PARSE_REFUSALS = frozenset({"bad-pem", "too-large"})  # CsrRefused reasons: not a readable CSR
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# What asks for a push (Istio's pilot_push_triggers types for the same causes): a config resource,
+# a workload's registration or health, a JWKS (key material) that changed.
+PUSH_TRIGGERS = ("config", "endpoint", "secret")
 _CHANGES_KEPT = 256  # change times of recent pushes, by mesh snapshot version
 
 
@@ -340,6 +354,18 @@ class ControlPlaneMetrics:
         self.rejects = r.counter(
             "pilot_total_xds_rejects", "xDS responses proxies rejected (NACKed), by type.", ["type"]
         )
+        self.triggers = r.counter(
+            "pilot_push_triggers", "Push requests, by what changed: config, endpoint or secret.", ["type"]
+        )
+        self.internal_errors = r.counter(
+            "pilot_total_xds_internal_errors",
+            "Pushes that failed inside the control plane (proxies kept their config).",
+        )
+        self.build = r.gauge(
+            "istio_build", "The control plane's build: component and version (tag), always 1.", ["component", "tag"]
+        )
+        self.build.labels("pilot", _version()).set(1)
+        process.register(r)
         self.rejecting = {
             kind: r.gauge(
                 f"pilot_xds_{kind}_reject",
@@ -385,6 +411,12 @@ class ControlPlaneMetrics:
         self.config = r.gauge(
             "lattice_config_resources", "Config resources in the mesh as last pushed, by kind.", ["kind"]
         )
+        # Counters a dashboard plots exist from the start at 0, not from their first event on.
+        for kind in XDS_TYPES.values():
+            self.pushes.labels(kind)
+            self.rejects.labels(kind)
+        for trigger in PUSH_TRIGGERS:
+            self.triggers.labels(trigger)
         self._changes: OrderedDict[str, float] = OrderedDict()  # snapshot version -> when its change arrived
         self._sources: tuple[StatsSource, ...] = ()
         self._scraped: dict[str, Any] = {}
@@ -433,6 +465,12 @@ class ControlPlaneMetrics:
             while len(self._changes) > _CHANGES_KEPT:
                 self._changes.popitem(last=False)
 
+    def push_triggered(self, trigger: str) -> None:
+        self.triggers.labels(trigger if trigger in PUSH_TRIGGERS else "unknown").inc()
+
+    def internal_error(self) -> None:
+        self.internal_errors.inc()
+
     # --- reported by the xDS status board ---
 
     def sent(self, type_url: str, size: int) -> None:
@@ -461,6 +499,13 @@ class ControlPlaneMetrics:
 
     def csr_refused(self, reason: str) -> None:
         (self.csr_parse_errors if reason in PARSE_REFUSALS else self.csr_sign_errors).inc()
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("lattice-mesh")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def exported_series() -> dict[str, tuple[str, ...]]:

@@ -86,8 +86,10 @@ class Pusher:
         """What a metrics scrape reads of the pusher: config resources in the mesh as last pushed."""
         return {"config_resources": {kind: len(getattr(self.snapshot, name)) for kind, name in SNAPSHOT_FIELDS.items()}}
 
-    def request(self) -> None:
-        """Ask for a push soon; many requests within the debounce window become one push."""
+    def request(self, trigger: str = "config") -> None:
+        """Ask for a push soon; many requests within the debounce window become one push.
+        `trigger` says what changed (Istio's `pilot_push_triggers` types: config, endpoint, secret)."""
+        self._metrics.push_triggered(trigger)
         if self._changed_at is None:
             self._changed_at = time.time()  # the status board's clock: ACK times are compared to it
         self._dirty.set()
@@ -104,6 +106,7 @@ class Pusher:
             try:
                 await self.push_sliced()
             except Exception:  # a push bug must not stop future pushes
+                self._metrics.internal_error()
                 log.exception("push failed; proxies keep their last config")
 
     async def watch_store(self) -> None:

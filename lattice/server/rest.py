@@ -31,6 +31,7 @@ from lattice.server.observe import Observatory
 from lattice.server.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from lattice.server.modules import ModuleCache, ModuleError
 from lattice.server.pusher import Pusher
+from lattice.server import discovery
 from lattice.server.why import WhyApi
 from lattice.server.traces import TraceStore, list_response, trace_response
 from lattice.store import Store, StoreConflict, StoredResource, StoreError, StoreUnavailable
@@ -56,7 +57,9 @@ class RestApi:
         traces: TraceStore | None = None,
         modules: ModuleCache | None = None,
         replica=None,
+        metrics_token: str = "",
     ) -> None:
+        self._metrics_token = metrics_token  # reads the Prometheus targets only (server/discovery.py)
         self.modules = modules  # extensions' Wasm modules: fetched and checked when applied
         self.store, self.registry, self.pusher, self.board, self.ca = store, registry, pusher, board, ca
         self.replica = replica  # lattice.server.replicas.Replica: this replica and the others, for status
@@ -92,14 +95,16 @@ class RestApi:
         r.add_get("/api/v1/traces/{trace_id}", self.get_trace)
         self.observatory.add_routes(app)
         WhyApi(self.registry, lambda: self.pusher.snapshot, lambda: self.observatory.session).add_routes(app)
+        discovery.add_routes(app, self.registry, lambda: self.pusher.snapshot.root_namespace)
         return app
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler):
         if request.path not in PUBLIC:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), self._admin_token.encode()
+            accepted = [self._admin_token] + ([self._metrics_token] if request.path == discovery.SD_PATH else [])
+            if scheme.lower() != "bearer" or not any(
+                t and hmac.compare_digest(token.strip().encode(), t.encode()) for t in accepted
             ):
                 return web.json_response(
                     {

@@ -41,7 +41,12 @@ def test_convergence_is_observed_once_the_proxy_acks_everything_sent_from_the_sn
     board.acked(NODE, ROUTE, "r1")  # a repeated ACK converges nothing new
     assert (metrics.convergence.labels().count, metrics.convergence.labels().sum) == (1, 2.5)
     assert _lines(metrics, "pilot_proxy_convergence_time_bucket")[3] == 'pilot_proxy_convergence_time_bucket{le="3"} 1'
-    assert _lines(metrics, "pilot_xds_pushes") == ['pilot_xds_pushes{type="cds"} 1', 'pilot_xds_pushes{type="rds"} 1']
+    assert _lines(metrics, "pilot_xds_pushes") == [
+        'pilot_xds_pushes{type="cds"} 1',
+        'pilot_xds_pushes{type="eds"} 0',
+        'pilot_xds_pushes{type="lds"} 0',
+        'pilot_xds_pushes{type="rds"} 1',
+    ]
     assert _lines(metrics, "pilot_xds_config_size_bytes_sum") == [
         'pilot_xds_config_size_bytes_sum{type="cds"} 100',
         'pilot_xds_config_size_bytes_sum{type="rds"} 40',
@@ -55,7 +60,12 @@ def test_a_nack_counts_as_a_reject_and_holds_convergence_back():
     board.sent(NODE, LISTENER, "l1", "6.1")
     board.nacked(NODE, LISTENER, "l1", "bad listener")
     assert metrics.convergence.labels().count == 0
-    assert _lines(metrics, "pilot_total_xds_rejects") == ['pilot_total_xds_rejects{type="lds"} 1']
+    assert _lines(metrics, "pilot_total_xds_rejects") == [
+        'pilot_total_xds_rejects{type="cds"} 0',
+        'pilot_total_xds_rejects{type="eds"} 0',
+        'pilot_total_xds_rejects{type="lds"} 1',
+        'pilot_total_xds_rejects{type="rds"} 0',
+    ]
     metrics.pushed("7.1", changed_at=1002.0, seconds=0.01)
     clock.now = 1002.25
     board.sent(NODE, LISTENER, "l2", "7.1")
