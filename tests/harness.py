@@ -135,12 +135,26 @@ class ControlPlane:
         )
         return status, json.loads(raw or b"{}")
 
-    def token(self, service_account: str, namespace: str = "default", ttl: float = 600, uses: int | None = None) -> str:
-        """A join token for spiffe://cluster.local/ns/<namespace>/sa/<service_account>."""
+    def token(
+        self,
+        service_account: str,
+        namespace: str = "default",
+        ttl: float = 600,
+        uses: int | None = None,
+        services: list[str] | None = None,
+    ) -> str:
+        """A join token for spiffe://cluster.local/ns/<namespace>/sa/<service_account>, to serve
+        `services` (default: the service named like the account)."""
         status, body = self.call(
             "POST",
             "/api/v1/tokens",
-            {"service_account": service_account, "namespace": namespace, "ttl_seconds": ttl, "uses": uses},
+            {
+                "service_account": service_account,
+                "namespace": namespace,
+                "ttl_seconds": ttl,
+                "uses": uses,
+                "services": services or [],
+            },
         )
         assert status == 200, body
         return body["token"]
@@ -221,7 +235,7 @@ class Workload:
             "--",
             *self.command,
         ]
-        token = self.token or self.plane.token(self._service_account())
+        token = self.token or self.plane.token(self._service_account(), self._namespace(), services=[self.service])
         env = self.plane.env | {"SERVICE_VERSION": self.version, "LATTICE_TOKEN": token} | self.app_env
         self.process = subprocess.Popen(
             args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent
@@ -231,6 +245,13 @@ class Workload:
     def _service_account(self) -> str:
         extra = list(self.extra)
         return extra[extra.index("--service-account") + 1] if "--service-account" in extra else self.service
+
+    def _namespace(self) -> str:
+        extra = list(self.extra)
+        for flag in ("-n", "--namespace"):
+            if flag in extra:
+                return extra[extra.index(flag) + 1]
+        return "default"
 
     def wait_ready(self) -> Workload:
         self.info = wait_for(
@@ -361,7 +382,13 @@ class Enrolled:
     play the agent themselves: key, chain and bundle on disk, and calls to the agents' API."""
 
     def __init__(
-        self, plane: ControlPlane, service_account: str, proxy_id: str, directory: Path, namespace: str = "default"
+        self,
+        plane: ControlPlane,
+        service_account: str,
+        proxy_id: str,
+        directory: Path,
+        namespace: str = "default",
+        services: list[str] | None = None,
     ) -> None:
         from lattice.identity import SpiffeId, key_pem, make_csr, new_key
 
@@ -373,7 +400,8 @@ class Enrolled:
         )
         key = new_key()
         csr = make_csr(key, SpiffeId("cluster.local", namespace, service_account))
-        token = plane.token(service_account, namespace)
+        token = plane.token(service_account, namespace, services=services)
+        self.token_id = token.split(".")[1]
         status, body = self.agent_call(
             "POST",
             "/agent/v1/certificate",

@@ -92,6 +92,8 @@ class RegistryClient:
                     answer = await response.json()
                 if answer.get("bundle_version", 0) != self.identity.bundle_version:
                     await self.identity.refresh_bundle(self._session)
+                if answer.get("crl_version", "") != self.identity.crl_version:
+                    await self.identity.refresh_crl(self._session)
                 if answer.get("renew"):
                     self.identity.renew_now.set()
                 if healthy != last:

@@ -104,7 +104,8 @@ class EnvoyProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=sink,
                 preexec_fn=die_with_parent,
-                env=os.environ | self.env,
+                env={k: v for k, v in os.environ.items() if k not in ("LATTICE_TOKEN", "LATTICE_ADMIN_TOKEN")}
+                | self.env,
             )
         return await self.process.wait()
 

@@ -58,6 +58,7 @@ class Identity:
         self.on_change = on_change
         self.chain = self.key = self.bundle = b""
         self.bundle_version = 0
+        self.crl, self.crl_version = b"", ""  # certificates peers must no longer present
         self.spiffe = self.trust_domain = self.root = ""
         self.xds = ""
         self.not_after: datetime | None = None
@@ -82,7 +83,7 @@ class Identity:
         """The first certificate, for the join token."""
         if not self.token:
             raise IdentityError(
-                f"no join token for {self._wanted}: pass --token, --token-file or LATTICE_TOKEN (create one with "
+                f"no join token for {self._wanted}: pass --token-file or LATTICE_TOKEN (create one with "
                 f"`lattice token create --service-account {self.service_account} -n {self.namespace}`)"
             )
         try:
@@ -125,6 +126,20 @@ class Identity:
             body = await _json(response, "fetching the trust bundle")
         self._store(self.chain, self.key, body["bundle"].encode(), int(body["bundle_version"]))
         log.info("trust bundle version %d (%d roots)", self.bundle_version, self.bundle.count(b"BEGIN CERTIFICATE"))
+
+    async def refresh_crl(self, session: aiohttp.ClientSession) -> None:
+        async with session.get(
+            f"{self.server}/agent/v1/crl", ssl=self._ssl, server_hostname=CONTROL_PLANE_NAME
+        ) as response:
+            body = await _json(response, "fetching the revocation list")
+        crl, version = str(body.get("crl", "")).encode(), str(body.get("crl_version", ""))
+        if crl and b"BEGIN X509 CRL" not in crl:
+            raise IdentityError("the control plane's revocation list is not a PEM CRL")
+        changed = crl != self.crl
+        self.crl, self.crl_version = crl, version
+        log.info("revocation list version %s (%d CRLs)", version or "none", crl.count(b"BEGIN X509 CRL"))
+        if changed:
+            self.on_change()
 
     async def _wait_half_life(self) -> None:
         remaining = (self.not_after - self._issued_at) / 2 - (_now() - self._issued_at)

@@ -28,13 +28,18 @@ class SecretServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         self._secrets: dict[str, secret_pb2.Secret] = {}
         self._wakeups: set[asyncio.Event] = set()  # one per open stream
 
-    def update(self, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
-        """Publish new material; every open stream sends what changed."""
+    def update(self, chain_pem: bytes, key_pem: bytes, bundle_pem: bytes, crl_pem: bytes = b"") -> None:
+        """Publish new material; every open stream sends what changed. With a CRL, a peer whose
+        certificate it lists fails the handshake (only the leaf is checked: the CRLs come from
+        the CAs that sign workload certificates)."""
         certificate = secret_pb2.Secret(name=CERT_SECRET)
         certificate.tls_certificate.certificate_chain.inline_bytes = chain_pem
         certificate.tls_certificate.private_key.inline_bytes = key_pem
         roots = secret_pb2.Secret(name=ROOT_SECRET, validation_context=common_pb2.CertificateValidationContext())
         roots.validation_context.trusted_ca.inline_bytes = bundle_pem
+        if crl_pem:
+            roots.validation_context.crl.inline_bytes = crl_pem
+            roots.validation_context.only_verify_leaf_cert_crl = True
         self._secrets = {CERT_SECRET: certificate, ROOT_SECRET: roots}
         for wakeup in self._wakeups:
             wakeup.set()

@@ -53,6 +53,7 @@ from lattice.translate.telemetry import PEER_ENV, peer_value
 log = logging.getLogger("lattice.agent")
 OUTBOUND_PORT = 15001
 AGENT_PORT = 15020
+SECRET_ENV = ("LATTICE_TOKEN", "LATTICE_ADMIN_TOKEN")  # credentials the app must not inherit
 
 
 @dataclass
@@ -231,7 +232,7 @@ class Sidecar:
         )
 
     def _publish_secrets(self) -> None:
-        self.sds.update(self.identity.chain, self.identity.key, self.identity.bundle)
+        self.sds.update(self.identity.chain, self.identity.key, self.identity.bundle, self.identity.crl)
 
     def _xds_credentials(self) -> grpc.ChannelCredentials:
         i = self.identity
@@ -294,7 +295,7 @@ class Sidecar:
     async def _run_app(self) -> int:
         reg = self.registration
         proxy = f"http://{reg.outbound_address}:{OUTBOUND_PORT}"
-        env = os.environ | {
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV} | {
             "PORT": str(reg.app_port),
             "HTTP_PROXY": proxy,
             "http_proxy": proxy,

@@ -52,11 +52,16 @@ why.register(app)
 TokenOpt = typer.Option(
     None,
     "--token",
-    envvar="LATTICE_TOKEN",
-    help="Join token from `lattice token create`: the identity this workload may take.",
+    help="Refused: a token on the command line shows in every user's `ps`. Use --token-file or LATTICE_TOKEN.",
     show_default=False,
+    hidden=True,
 )
-TokenFileOpt = typer.Option(None, "--token-file", help="Read the join token from this file.")
+TokenFileOpt = typer.Option(
+    None,
+    "--token-file",
+    help="Read the join token (from `lattice token create`) from this file, or from stdin with '-'. "
+    "Or set LATTICE_TOKEN; the app never sees it.",
+)
 
 
 def _logging(level: str) -> None:
@@ -361,16 +366,23 @@ def _upstreams(specs: list[str], namespace: str, port: int) -> list:
 
 
 def _join_token(token: str | None, token_file: Path | None, service_account: str, namespace: str) -> str:
-    """The join token from --token, --token-file or LATTICE_TOKEN, or a message saying how to make one."""
+    """The join token from --token-file (or stdin) or LATTICE_TOKEN, or a message saying how to
+    make one. LATTICE_TOKEN leaves this process's environment, so neither Envoy nor the app inherit it."""
+    if token is not None:
+        fail(
+            "--token is refused: a token on the command line is visible to every local user (ps, /proc). "
+            "Pass --token-file FILE, --token-file - (stdin), or set LATTICE_TOKEN"
+        )
+    token = os.environ.pop("LATTICE_TOKEN", "").strip()
     if token_file is not None:
         try:
-            token = token_file.read_text().strip()
+            token = sys.stdin.readline().strip() if str(token_file) == "-" else token_file.read_text().strip()
         except OSError as e:
             fail(f"cannot read --token-file {token_file}: {e.strerror}")
     if not token:
         fail(
-            "no join token: pass --token, --token-file or set LATTICE_TOKEN; create one with `lattice token "
-            f"create --service-account {service_account} -n {namespace}`"
+            "no join token: pass --token-file FILE (or - for stdin) or set LATTICE_TOKEN; create one with "
+            f"`lattice token create --service-account {service_account} -n {namespace}`"
         )
     return token
 

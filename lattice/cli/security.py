@@ -26,24 +26,29 @@ ca_app = typer.Typer(
 @token_app.command("create")
 def create(
     service_account: str = typer.Option(..., "--service-account", help="The identity's service account, e.g. reviews."),
+    service: Optional[list[str]] = typer.Option(
+        None,
+        "--service",
+        help="A service its holder may register as (repeat for several; default: the service named like the account).",
+    ),
     namespace: str = typer.Option("default", "-n", "--namespace"),
     ttl: float = duration_option("1h", "--ttl", help="How long the token may be used, e.g. 10m, 1h, 24h."),
-    uses: Optional[int] = typer.Option(
-        None, help="How many workloads may join with it (default: unlimited until it expires)."
-    ),
+    uses: int = typer.Option(1, min=1, help="How many workloads may join with it (default: one)."),
     description: str = typer.Option("", help="A note shown by `lattice token list`."),
     server: Optional[str] = ServerOpt,
     output: Format = OutputOpt,
 ) -> None:
     """Print a join token bound to spiffe://<trust-domain>/ns/NAMESPACE/sa/SERVICE_ACCOUNT.
 
-    Give it to `lattice run --token` (or LATTICE_TOKEN, or --token-file). A workload that presents
-    it can get a certificate for that identity and no other. Treat it like a password.
+    Give it to `lattice run --token-file FILE` (or LATTICE_TOKEN). A workload that presents it can
+    get a certificate for that identity and no other, and register only as the services named
+    with --service. It is used up after --uses joins. Treat it like a password.
     """
     seconds = ttl
     body = {
         "namespace": namespace,
         "service_account": service_account,
+        "services": list(service or []),
         "ttl_seconds": seconds,
         "uses": uses,
         "description": description,
@@ -58,7 +63,8 @@ def create(
         "unlimited uses" if result["uses"] is None else f"{result['uses']} use{'s' if result['uses'] != 1 else ''}"
     )
     Console(stderr=True).print(
-        f"token {result['id']} for {result['identity']}: {uses_text}, expires {_when(result['expires_at'])}",
+        f"token {result['id']} for {result['identity']} serving {', '.join(result['services'])}: "
+        f"{uses_text}, expires {_when(result['expires_at'])}",
         highlight=False,
     )
 
@@ -71,23 +77,52 @@ def list_tokens(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -
         [
             t["id"],
             t["identity"].removeprefix("spiffe://"),
+            ", ".join(t.get("services") or [t["service_account"]]),
             "unlimited" if t["uses_left"] is None else t["uses_left"],
             "EXPIRED" if t["expired"] else _when(t["expires_at"]),
             t.get("description", ""),
         ]
         for t in items
     ]
-    emit({"items": items}, output, ["ID", "IDENTITY", "USES LEFT", "EXPIRES", "DESCRIPTION"], rows)
+    emit({"items": items}, output, ["ID", "IDENTITY", "SERVICES", "USES LEFT", "EXPIRES", "DESCRIPTION"], rows)
 
 
 @token_app.command("revoke")
 def revoke(
     token_id: str = typer.Argument(..., help="Token id (the second part of the token; see `lattice token list`)."),
     server: Optional[str] = ServerOpt,
+    output: Format = OutputOpt,
 ) -> None:
-    """Make a token unusable. Certificates already issued for it stay valid until they expire."""
-    call(connect(server).request, "DELETE", f"/api/v1/tokens/{token_id}")
-    typer.echo(f"token {token_id} revoked")
+    """Revoke a token: it cannot be used again, workloads that joined with it can neither renew
+    nor register, and their certificates are refused by every sidecar (a CRL, within seconds)."""
+    result = call(connect(server).request, "DELETE", f"/api/v1/tokens/{token_id}")
+    if output is not Format.table:
+        return emit(result, output, [], [])
+    proxies = result.get("revoked_proxies", [])
+    typer.echo(
+        f"token {token_id} revoked; {len(proxies)} workload(s) cut off{': ' + ', '.join(proxies) if proxies else ''}"
+    )
+
+
+@ca_app.command("revoke")
+def revoke_identity(
+    service_account: str = typer.Option(..., "--service-account", help="The identity's service account."),
+    namespace: str = typer.Option("default", "-n", "--namespace"),
+    server: Optional[str] = ServerOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """Revoke an identity: delete its join tokens, cut off every workload holding it (no renewal,
+    no registration) and have every sidecar refuse its certificates (a CRL, within seconds).
+    A token minted for it afterwards lets it join again."""
+    body = json.dumps({"namespace": namespace, "service_account": service_account}).encode()
+    result = call(connect(server).request, "POST", "/api/v1/ca/revoke", body, content_type="application/json")
+    if output is not Format.table:
+        return emit(result, output, [], [])
+    proxies = result["revoked_proxies"]
+    typer.echo(
+        f"{result['identity']} revoked: {result['tokens_deleted']} token(s) deleted, {len(proxies)} workload(s) cut off"
+        f"{': ' + ', '.join(proxies) if proxies else ''}; {result['revoked_certificates']} certificate(s) on the CRL"
+    )
 
 
 @ca_app.command("show")

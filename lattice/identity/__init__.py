@@ -5,11 +5,12 @@ Parts:
              strictly (one shape, lowercase trust domain).
 - `ca`     — `CertificateAuthority`: generated or loaded (plug-in CA, with intermediates); checks
              a CSR (`CsrRefused` with a stable reason) and signs the one identity it is asked for;
-             `Issued`, `fingerprint`, `trust_bundle_pem`.
+             `revocation_list` (a CRL of revoked serials); `Issued`, `fingerprint`, `trust_bundle_pem`.
 - `csr`    — the agent's side: `new_key`, `make_csr`, `key_pem`, `cert_info` / `CertInfo`.
 - `tokens` — join tokens `lt1.<id>.<secret>.<pin>`: `mint`, `parse`, `check`, `check_pin`
              (exported here as `mint_token`, `parse_token`, `check_token`, `check_token_pin`),
-             `TokenRecord` (what is stored: the secret's hash, never the secret), `TokenError`.
+             `TokenRecord` (what is stored: the secret's hash, never the secret, and the services
+             its holder may register as), `TokenError`.
 
 Rules:
 - Pure: no file or network IO and no clock. The time is passed in (`now`) or injected

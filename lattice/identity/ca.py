@@ -224,6 +224,24 @@ class CertificateAuthority:
         names = x509.SubjectAlternativeName([x509.DNSName(name) for name in dns_names])
         return self._issue(key.public_key(), names, ttl, ",".join(dns_names))
 
+    def revocation_list(self, serials: list[int], next_update: timedelta) -> bytes:
+        """A CRL (PEM) signed by this CA's signing certificate, listing `serials` as revoked. It
+        names the certificates this CA signed; serials of other CAs are harmless in it."""
+        now = self._now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._issuer)
+            .last_update(now - SKEW)
+            .next_update(now + next_update)
+            .add_extension(self._aki, critical=False)
+            .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False)
+        )
+        for serial in sorted(set(serials)):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - SKEW).build()
+            )
+        return builder.sign(self._key, _SHA256).public_bytes(_PEM)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _chain(self) -> list[x509.Certificate]:

@@ -1,7 +1,9 @@
-"""Join tokens: who may become whom.
+"""Join tokens: who may become whom, and which services it may serve.
 
 A token `lt1.<id>.<secret>.<pin>` lets one agent (or several, or any number until it expires)
-obtain a certificate for one namespace and service account. The control plane stores only a
+obtain a certificate for one namespace and service account, and register as one of the services
+the token names (by default only the service named like the account; Consul's service
+identities). The control plane stores only a
 TokenRecord holding the secret's sha256, looked up by the non-secret id. The pin is the start of
 the CA root's sha256 fingerprint, so an agent that has nothing yet can check it reached the right
 CA (like kubeadm's discovery hash). Times are plain epoch seconds passed in by the caller.
@@ -28,6 +30,7 @@ SECRET_BYTES = 32
 PIN_HEX = 32
 MAX_TOKEN_CHARS = 256
 MAX_DESCRIPTION = 256
+MAX_SERVICES = 32
 _ID = re.compile(r"[0-9a-f]{12}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, base64url, no padding
 _PIN = re.compile(r"[0-9a-f]{32}")
@@ -61,20 +64,30 @@ class TokenRecord:
     expires_at: float
     uses_left: int | None  # None: unlimited until expiry
     description: str = ""
+    services: tuple[str, ...] = ()  # what its holder may register as
+
+    def may_serve(self, service: str) -> bool:
+        return service in self.services
 
     def identity(self, trust_domain: str) -> SpiffeId:
         return SpiffeId(trust_domain, self.namespace, self.service_account)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"services": list(self.services)}
 
     @classmethod
     def from_dict(cls, data: dict) -> TokenRecord:
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [name for name in names[:-1] if name not in data]
+        optional = {"description", "services"}
+        missing = [name for name in names if name not in optional and name not in data]
         if missing:
             raise ValueError(f"token record lacks {', '.join(missing)}")
-        return cls(**{name: data[name] for name in names if name in data})
+        fields = {name: data[name] for name in names if name in data}
+        if "services" in fields:
+            fields["services"] = tuple(fields["services"])
+        else:  # a record from before tokens named services: the account's own
+            fields["services"] = default_services(data["service_account"])
+        return cls(**fields)
 
 
 def pin_for(root_fingerprint: str) -> str:
@@ -92,9 +105,12 @@ def mint(
     now: float,
     root_fingerprint: str,
     description: str = "",
+    services: list[str] | tuple[str, ...] | None = None,
 ) -> tuple[str, TokenRecord]:
-    """A new token and the record to store for it; the token itself is shown once, never stored."""
+    """A new token and the record to store for it; the token itself is shown once, never stored.
+    `services`: what its holder may register as (default: the service named like the account)."""
     _check_request(namespace, service_account, ttl_seconds, uses, description)
+    services = _check_services(services, service_account)
     token_id = secrets.token_hex(6)
     secret = secrets.token_bytes(SECRET_BYTES)
     encoded = base64.urlsafe_b64encode(secret).rstrip(b"=").decode()
@@ -108,6 +124,7 @@ def mint(
         expires_at=now + ttl_seconds,
         uses_left=uses,
         description=description,
+        services=services,
     )
     return token, record
 
@@ -180,6 +197,25 @@ def _check_request(
         raise ValueError(f"uses must be a whole number of at least 1, or None for unlimited; got {uses!r}")
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         raise ValueError(f"the description must be text of at most {MAX_DESCRIPTION} characters")
+
+
+def default_services(service_account: str) -> tuple[str, ...]:
+    """Without --service, a token serves the service named like its account (if that is a
+    service name at all: a dotted account serves none unless named)."""
+    return (service_account,) if _matches(_DNS_LABEL, service_account, 63) else ()
+
+
+def _check_services(services: object, service_account: str) -> tuple[str, ...]:
+    if services is None or services == [] or services == ():
+        return default_services(service_account)
+    if not isinstance(services, list | tuple) or len(services) > MAX_SERVICES:
+        raise ValueError(f"services must be a list of at most {MAX_SERVICES} service names")
+    for service in services:
+        if not _matches(_DNS_LABEL, service, 63):
+            raise ValueError(
+                f"service {service!r} must be a DNS-1123 label: lowercase a-z, 0-9 and '-', at most 63 characters"
+            )
+    return tuple(sorted(set(services)))
 
 
 def _matches(pattern: re.Pattern[str], value: object, max_length: int) -> bool:

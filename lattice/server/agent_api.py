@@ -4,6 +4,11 @@ An agent with nothing but a join token fetches the trust bundle (public), checks
 root pin in its token, and from then on talks TLS verified against that bundle. Its first
 certificate costs it the token; renewals are paid with the certificate it holds. Registration,
 heartbeats and deregistration need a certificate whose identity is the workload's own.
+
+Redeeming a token leaves a grant for the proxy in the store (the token, the identity, the services
+it may serve, the serials signed since). Renewals and registrations stand on it: a revoked token
+or identity revokes its grants, so the proxy can neither renew nor register again, and its
+certificates go on the CRL that heartbeats announce (`crl_version`) and `/agent/v1/crl` serves.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class AgentApi:
         r.add_delete("/agent/v1/workloads/{id}", self.deregister)
         r.add_post("/agent/v1/traces", self.traces_in)
         r.add_get("/agent/v1/modules/{digest}", self.module)
+        r.add_get("/agent/v1/crl", self.crl)
         return app
 
     # --- TLS: the server certificate and the client roots follow renewals and root rotation ---
@@ -106,15 +112,22 @@ class AgentApi:
 
     async def certificate(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "the body must be a JSON object"}), content_type="application/json"
+            )
         csr, proxy_id = str(body.get("csr", "")), str(body.get("proxy_id", ""))
         self.metrics.csrs.inc()
-        identity = self._csr_identity(request, proxy_id)
+        identity, token = self._csr_identity(request, proxy_id)
         try:
             issued = self.ca.sign(csr.encode(), identity, proxy_id)
         except CsrRefused as e:  # counted by the CA manager too, by reason
             self.metrics.csr_refused(e.reason)
             log.warning("refused a CSR for %s (%s): %s", identity, e.reason, e)
             raise _refuse(403, str(e), reason=e.reason) from None
+        if token is not None:
+            self.store.put_grant(proxy_id, _grant(proxy_id, token, time.time()))
+        self.store.record_serial(proxy_id, f"{issued.serial:x}", issued.not_after.timestamp())
         self.metrics.issued.inc()
         log.info(
             "issued %s to %s (serial %x, until %s)",
@@ -134,22 +147,46 @@ class AgentApi:
             }
         )
 
-    def _csr_identity(self, request: web.Request, proxy_id: str) -> SpiffeId:
-        """The identity a CSR is for: the caller's certificate's or join token's, if it may have
-        one for `proxy_id`."""
+    def _csr_identity(self, request: web.Request, proxy_id: str) -> tuple[SpiffeId, TokenRecord | None]:
+        """The identity a CSR is for: the caller's certificate's (while its grant stands) or join
+        token's, if it may have one for `proxy_id`; and the token, when one was redeemed."""
         try:
-            identity = _peer(request, self.ca.trust_domain) or self._redeem(request)
+            peer = _peer(request, self.ca.trust_domain)
+            token = None
+            if peer is not None:
+                identity = peer
+            else:
+                token = self._redeem(request)
+                identity = SpiffeId(self.ca.trust_domain, token.namespace, token.service_account)
             if not proxy_id.endswith(f".{identity.namespace}"):
                 raise _refuse(
                     403, f"proxy id {proxy_id!r} must end with .{identity.namespace}, the namespace of {identity}"
                 )
             self._check_owner(proxy_id, identity)
+            if peer is not None:
+                self._granted(proxy_id, identity)
         except web.HTTPException:
             self.metrics.authentication_failures.inc()
             raise
-        return identity
+        return identity, token
 
-    def _redeem(self, request: web.Request) -> SpiffeId:
+    def _granted(self, proxy_id: str, identity: SpiffeId) -> dict:
+        """The proxy's standing grant for `identity`, or a refusal saying how to get one."""
+        grant = self.store.get_grant(proxy_id)
+        if grant is None or (grant.get("namespace"), grant.get("service_account")) != (
+            identity.namespace,
+            identity.service_account,
+        ):
+            raise _refuse(403, f"{identity} holds no grant for proxy {proxy_id}: join with a token for it first")
+        if grant.get("revoked_at") is not None:
+            raise _refuse(
+                403,
+                f"the grant of proxy {proxy_id} ({identity}) was revoked: join again with a new token",
+                reason="revoked",
+            )
+        return grant
+
+    def _redeem(self, request: web.Request) -> TokenRecord:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise _refuse(
@@ -166,7 +203,7 @@ class AgentApi:
             self.ca.refused["token"] += 1
             log.warning("refused a join token: %s", e)
             raise _refuse(401, f"join token refused: {e}") from None
-        return SpiffeId(self.ca.trust_domain, record.namespace, record.service_account)
+        return record
 
     async def register(self, request: web.Request) -> web.Response:
         identity = self._require_peer(request)
@@ -178,6 +215,15 @@ class AgentApi:
                 f"{registration.namespace}/{registration.service_account}",
             )
         self._check_owner(registration.id, identity)
+        grant = self._granted(registration.id, identity)
+        if registration.service not in grant.get("services", ()):
+            allowed = ", ".join(grant.get("services", ())) or "none"
+            raise _refuse(
+                403,
+                f"{identity} may not serve {registration.service!r}: its join token allows {allowed}; "
+                f"mint one with `lattice token create --service-account {identity.service_account} "
+                f"-n {identity.namespace} --service {registration.service}`",
+            )
         self._place(request, registration)
         workload = self.registry.register(registration)
         return web.json_response({"id": workload.id})
@@ -197,12 +243,29 @@ class AgentApi:
 
     async def heartbeat(self, request: web.Request) -> web.Response:
         workload_id = self._owned(request)
+        try:
+            self._granted(workload_id, self._require_peer(request))
+        except web.HTTPException:
+            self.ca.forget(workload_id)
+            self.registry.deregister(workload_id)
+            raise
         body = await request.json()
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "the body must be a JSON object"}), content_type="application/json"
+            )
         if not self.registry.heartbeat(workload_id, bool(body.get("healthy"))):
             raise _refuse(404, "unknown workload; register again")
         answer = self.ca.report(workload_id, int(body.get("bundle_version", 0)), body.get("certificate"))
         self.ca.advance([w.id for w in self.registry.workloads()])
-        return web.json_response({"ok": True, **answer, "bundle_version": self.ca.bundle_version})
+        return web.json_response(
+            {"ok": True, **answer, "bundle_version": self.ca.bundle_version, "crl_version": self.ca.crl_version}
+        )
+
+    async def crl(self, request: web.Request) -> web.Response:
+        """The revocation list sidecars check peers against (empty while nothing is revoked)."""
+        self._require_peer(request)
+        return web.json_response({"crl": self.ca.crl_pem().decode(), "crl_version": self.ca.crl_version})
 
     async def deregister(self, request: web.Request) -> web.Response:
         workload_id = self._owned(request)
@@ -247,6 +310,19 @@ def _arrived_at(request: web.Request) -> str | None:
     """The control plane's own address the agent's connection reached."""
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     return sockname[0] if isinstance(sockname, tuple) else None
+
+
+def _grant(proxy_id: str, token: TokenRecord, now: float) -> dict:
+    return {
+        "proxy_id": proxy_id,
+        "token_id": token.id,
+        "namespace": token.namespace,
+        "service_account": token.service_account,
+        "services": list(token.services),
+        "granted_at": now,
+        "serials": [],
+        "revoked_at": None,
+    }
 
 
 def _peer(request: web.Request, trust_domain: str) -> SpiffeId | None:

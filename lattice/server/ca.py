@@ -10,10 +10,16 @@ Root rotation never leaves two workloads unable to talk:
 2. `switching`: signing moves to the new root and every proxy is told to renew. Once every proxy
    holds a certificate from the new root,
 3. the old root leaves the bundle, and the rotation is over.
+
+Revocation: certificates signed under a revoked join token or identity are listed in a CRL, one
+per CA that may have signed live certificates (the signing CA, the next one, the one a rotation is
+retiring), which agents fetch when a heartbeat says its version changed and hand to Envoy with the
+trust bundle. With nothing revoked there is no CRL at all.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +44,9 @@ from lattice.identity import (
 from lattice.identity.csr import key_pem
 
 log = logging.getLogger("lattice.ca")
+# A CRL lists certificates that are still valid; a long next-update keeps sidecars accepting it
+# while the control plane is away (an expired CRL would make every handshake fail).
+CRL_VALIDITY = timedelta(days=365)
 
 
 def utc_now() -> datetime:
@@ -95,6 +104,9 @@ class CaManager:
         if self.ca.root_fingerprint not in {fingerprint(r) for r in self.roots}:
             self.roots.append(self.ca.root)  # a plug-in CA changed: trust it
             self.bundle_version += 1
+        self.previous: CertificateAuthority | None = None  # the CA a rotation is retiring
+        self._revoked: list[int] = []  # serials of live certificates whose grant was revoked
+        self._crl: bytes | None = None
         self.held: dict[str, Held] = {}  # proxy id -> what it holds
         self.issued = 0
         self.refused: Counter[str] = Counter()  # CSR refusals by reason, and "token" for join tokens
@@ -142,6 +154,39 @@ class CaManager:
         """Since this control plane started: certificates issued, and refusals by reason."""
         return {"issued": self.issued, "refused": dict(self.refused)}
 
+    # --- revocation ----------------------------------------------------------------------
+
+    def set_revoked(self, serials: list[str]) -> bool:
+        """The serials (hex) of live certificates that are revoked; True if that changed."""
+        wanted = sorted({int(s, 16) for s in serials})
+        if wanted == self._revoked:
+            return False
+        self._revoked, self._crl = wanted, None
+        return True
+
+    @property
+    def revoked_count(self) -> int:
+        return len(self._revoked)
+
+    @property
+    def crl_version(self) -> str:
+        """Changes whenever the CRL would; empty while nothing is revoked (and no CRL is sent)."""
+        if not self._revoked:
+            return ""
+        signers = ",".join(c.root_fingerprint + f"{c.signing_cert.serial_number:x}" for c in self._signers())
+        listed = ",".join(f"{s:x}" for s in self._revoked)
+        return hashlib.sha256(f"{signers};{listed}".encode()).hexdigest()[:16]
+
+    def crl_pem(self) -> bytes:
+        if not self._revoked:
+            return b""
+        if self._crl is None:
+            self._crl = b"".join(ca.revocation_list(self._revoked, CRL_VALIDITY) for ca in self._signers())
+        return self._crl
+
+    def _signers(self) -> list[CertificateAuthority]:
+        return [c for c in (self.ca, self.next, self.previous) if c is not None]
+
     # --- what proxies hold ---------------------------------------------------------------
 
     def report(self, proxy_id: str, bundle_version: int, certificate: dict | None) -> dict:
@@ -174,6 +219,7 @@ class CaManager:
         if self.phase:
             raise RotationError(f"a root rotation is already in progress ({self.phase}); see `lattice ca show`")
         self.next = CertificateAuthority.generate(self.trust_domain, self.clock)
+        self._crl = None
         self._save_ca(self.next, "next")
         self.roots = [*self.roots, self.next.root]
         self.bundle_version += 1
@@ -188,7 +234,8 @@ class CaManager:
     def advance(self, proxies: list[str]) -> None:
         """Move the rotation on when every registered proxy has caught up with its phase."""
         if self.phase == "distributing" and all(self.trusts_bundle(p) for p in proxies):
-            self.ca, self.next = self.next, None
+            self.previous, self.ca, self.next = self.ca, self.next, None
+            self._crl = None
             self._save_ca(self.ca, "ca")
             for suffix in ("next.pem", "next-key.pem"):
                 (self.dir / suffix).unlink(missing_ok=True)
@@ -201,6 +248,7 @@ class CaManager:
             self.roots = [self.ca.root]
             self.bundle_version += 1
             self.phase = ""
+            self.previous, self._crl = None, None
             self._persist()
             log.info("root rotation done: retired %s", ", ".join(retired))
 

@@ -23,7 +23,7 @@ from lattice.server.modules import ModuleCache
 from lattice.server.metrics import ControlPlaneMetrics
 from lattice.server.pusher import Pusher
 from lattice.server.replicas import Replica, run_once
-from lattice.server.rest import RestApi
+from lattice.server.rest import RestApi, refresh_revocations
 from lattice.server.traces import TraceStore
 from lattice.store import StoreError, open_store
 from lattice.xds import SnapshotCache, StatusBoard
@@ -39,7 +39,8 @@ class ControlPlane:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        config.home.mkdir(parents=True, exist_ok=True)
+        config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config.home.chmod(0o700)  # the store, CA keys and admin credential live here
         # A workload's etcd lease outlives silence as long as --endpoint-grace keeps its endpoints.
         ttl = max(config.heartbeat_timeout, config.endpoint_grace)
         self.store = open_store(config.store, config.db, config.store_tls, workload_ttl=ttl)
@@ -100,6 +101,7 @@ class ControlPlane:
             self.ca, self.store, self.registry, metrics=self.metrics, traces=self.traces, modules=self.modules
         )
         self.metrics.read_state(self.ads, self.board, self.registry, self.pusher, self.ca)
+        refresh_revocations(self.store, self.ca)  # certificates revoked before a restart stay refused
 
     def _authorize(self, node_id: str, peer: list[str]) -> str | None:
         """Config goes only to a registered proxy, over a connection holding that proxy's identity."""
@@ -210,6 +212,10 @@ class ControlPlane:
                     workload_id,
                     self.config.endpoint_grace,
                 )
+            try:  # revocations made on another replica, and expired certificates leaving the CRL
+                await asyncio.to_thread(refresh_revocations, self.store, self.ca)
+            except StoreError as e:
+                log.warning("reading revoked certificates: %s", e)
 
     async def _sweep(self) -> None:
         """Once-only duty: drop join tokens that expired (an hour ago, so `lattice token list` can
@@ -219,6 +225,7 @@ class ControlPlane:
                 purged = await asyncio.to_thread(self.store.purge_tokens, time.time() - 3600)
                 if purged:
                     log.info("dropped %d expired join tokens", purged)
+                await asyncio.to_thread(self.store.purge_grants, time.time())  # all their certificates expired
             except StoreError as e:
                 log.warning("sweeping expired tokens: %s", e)
             await asyncio.sleep(SWEEP_INTERVAL)

@@ -43,6 +43,11 @@ MAX_BODY = 8 << 20
 PUBLIC = frozenset({"/api/v1/health", "/metrics"})  # no admin credential needed
 
 
+def refresh_revocations(store: Store, ca: CaManager) -> bool:
+    """Hand the CA the serials of live revoked certificates; True if its CRL changed."""
+    return ca.set_revoked([s["serial"] for s in store.revoked_serials(time.time())])
+
+
 class RestApi:
     def __init__(
         self,
@@ -90,6 +95,7 @@ class RestApi:
         r.add_delete("/api/v1/tokens/{id}", self.delete_token)
         r.add_get("/api/v1/ca", self.ca_info)
         r.add_post("/api/v1/ca/rotate-root", self.rotate_root)
+        r.add_post("/api/v1/ca/revoke", self.revoke_identity)
         r.add_get("/api/v1/proxies/{id}/config_dump", self.config_dump)
         r.add_get("/api/v1/traces", self.list_traces)
         r.add_get("/api/v1/traces/{trace_id}", self.get_trace)
@@ -137,27 +143,33 @@ class RestApi:
 
     async def create_token(self, request: web.Request) -> web.Response:
         body = await request.json()
-        uses = body.get("uses")
+        if not isinstance(body, dict):
+            return web.json_response({"error": "cannot create the token: the body must be a JSON object"}, status=400)
+        uses = body.get("uses", 1)  # single use unless asked otherwise; null: unlimited until expiry
         try:
+            if uses is not None and (isinstance(uses, bool) or not isinstance(uses, int)):
+                raise ValueError(f"uses must be a whole number or null, got {uses!r:.40}")
             token, record = mint_token(
                 str(body.get("namespace") or "default"),
                 str(body.get("service_account") or ""),
                 float(body.get("ttl_seconds") or 3600),
-                int(uses) if uses is not None else None,
+                uses,
                 time.time(),
                 self.ca.root_fingerprint,
                 str(body.get("description") or ""),
+                services=body.get("services"),
             )
         except (TypeError, ValueError) as e:
             return web.json_response({"error": f"cannot create the token: {e}"}, status=400)
         self.store.add_token(record.id, record.to_dict())
         identity = str(record.identity(self.ca.trust_domain))
-        log.info("join token %s created for %s", record.id, identity)
+        log.info("join token %s created for %s (services %s)", record.id, identity, ", ".join(record.services))
         return web.json_response(
             {
                 "token": token,
                 "id": record.id,
                 "identity": identity,
+                "services": list(record.services),
                 "expires_at": record.expires_at,
                 "uses": record.uses_left,
             }
@@ -176,12 +188,44 @@ class RestApi:
         return web.json_response({"items": items})
 
     async def delete_token(self, request: web.Request) -> web.Response:
-        if not self.store.delete_token(request.match_info["id"]):
+        """Revoke a token: it cannot be redeemed, and every proxy that joined with it can neither
+        renew nor register again; its certificates go on the CRL sidecars check."""
+        token_id = request.match_info["id"]
+        found, proxies = self.store.revoke_token(token_id, time.time())
+        if not found:
             raise web.HTTPNotFound(
-                text=json.dumps({"error": f"no token {request.match_info['id']}; see `lattice token list`"}),
+                text=json.dumps({"error": f"no token {token_id}; see `lattice token list`"}),
                 content_type="application/json",
             )
-        return web.json_response({"deleted": request.match_info["id"]})
+        self._revoked(proxies, f"token {token_id}")
+        return web.json_response({"deleted": token_id, "revoked_proxies": proxies})
+
+    async def revoke_identity(self, request: web.Request) -> web.Response:
+        """Revoke an identity: its tokens go, and every proxy holding it is cut off as above."""
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("service_account"), str):
+            return web.json_response({"error": "service_account: a service account name is required"}, status=400)
+        namespace, account = str(body.get("namespace") or "default"), body["service_account"]
+        tokens, proxies = self.store.revoke_identity(namespace, account, time.time())
+        identity = f"spiffe://{self.ca.trust_domain}/ns/{namespace}/sa/{account}"
+        self._revoked(proxies, identity)
+        return web.json_response(
+            {
+                "identity": identity,
+                "tokens_deleted": tokens,
+                "revoked_proxies": proxies,
+                "revoked_certificates": self.ca.revoked_count,
+            }
+        )
+
+    def _revoked(self, proxies: list[str], what: str) -> None:
+        for proxy_id in proxies:
+            self.ca.forget(proxy_id)
+            self.registry.deregister(proxy_id)
+        refresh_revocations(self.store, self.ca)
+        log.warning(
+            "revoked %s: %d proxies cut off, %d certificates on the CRL", what, len(proxies), self.ca.revoked_count
+        )
 
     async def ca_info(self, request: web.Request) -> web.Response:
         info = self.ca.describe()

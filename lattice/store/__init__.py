@@ -31,6 +31,10 @@ Rules:
     * Join tokens are credentials, not config: they never move the revision either.
       consume_token checks and decrements atomically (SQLite transaction, etcd compare-and-swap),
       so a single-use token is used once even with several processes or replicas.
+    * Grants (put_grant, revoke_token, revoke_identity, revoked_serials, …) record what a redeemed
+      token gave one proxy. Revoking a token or an identity deletes its tokens and marks its grants
+      revoked in one transaction: counting uses and revoking live here, so every backend keeps them.
+    * The SQLite database, its -wal and -shm are 0600; a home the store creates is 0700.
     * A file that is not a Lattice database (or is corrupt) raises StoreError naming it and is
       never touched, let alone recreated.
     * The store imports nothing else from lattice; the layers above depend on it.

@@ -43,6 +43,13 @@ def expires_at(token_id: str, record: dict) -> float:
     return float(expires_at)
 
 
+def grant_expiry(record: dict) -> float:
+    """When a grant stops mattering: when its newest certificate expires (or a day after it was
+    made, before any is signed)."""
+    ends = [float(s["not_after"]) for s in record.get("serials", [])]
+    return max(ends, default=float(record.get("granted_at", 0)) + 86400)
+
+
 def encode_item(item: Item) -> Encoded:
     if len(item) != 6:
         shape = "(kind, namespace, name, api_version, metadata, spec)"

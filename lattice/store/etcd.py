@@ -7,6 +7,8 @@ Keys under one prefix (`/lattice/`, or the path of `etcd://host:port/<prefix>`):
     workloads/<id>                    a workload's record, on a lease of its own (TTL = heartbeat
                                       timeout) that whichever replica hears the agent keeps alive
     tokens/<id>                       a join token's record; uses taken by compare-and-swap
+    grants/<proxy id>                 what a redeemed token gave a proxy; revoked with its token or
+                                      identity in one transaction guarded by mod revisions
     replicas/<id>                     a replica's addresses and load, on that replica's lease
     elections/<duty>                  who runs a once-only duty, on the holder's lease
     ca/root                           the fingerprint of the root every replica signs under
@@ -37,7 +39,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from lattice.store.documents import Item, Key, canonical, encode_item, expires_at
+from lattice.store.documents import Item, Key, canonical, encode_item, expires_at, grant_expiry
 from lattice.store.etcd_client import DEFAULT_TIMEOUT, EtcdClient, EtcdTls, parse_store_url, prefix_end
 from lattice.store.etcdpb import etcd_pb2 as pb
 from lattice.store.model import (
@@ -340,6 +342,90 @@ class EtcdStore:
                 drop = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=kv.key))
                 purged += self._write(pb.TxnRequest(compare=[same], success=[drop]), "purge tokens").succeeded
         return purged
+
+    # -- grants: what a redeemed token gave one proxy (see the sqlite backend) -----------------
+
+    def put_grant(self, proxy_id: str, record: dict) -> None:
+        encoded = canonical(record, f"grant {proxy_id!r}")
+        request = pb.PutRequest(key=self._key(f"grants/{proxy_id}"), value=encoded.encode())
+        self._write(pb.TxnRequest(success=[pb.RequestOp(request_put=request)]), "put grant")
+
+    def get_grant(self, proxy_id: str) -> dict | None:
+        found = self.client.call("Range", pb.RangeRequest(key=self._key(f"grants/{proxy_id}")), what="read grant").kvs
+        return json.loads(found[0].value) if found else None
+
+    def record_serial(self, proxy_id: str, serial: str, not_after: float, keep: int = 8) -> None:
+        key = self._key(f"grants/{proxy_id}")
+        for _ in range(MAX_ATTEMPTS):
+            found = self.client.call("Range", pb.RangeRequest(key=key), what="read grant").kvs
+            if not found:
+                return
+            record = json.loads(found[0].value)
+            serials = [*record.get("serials", []), {"serial": serial, "not_after": not_after}][-keep:]
+            if self._swap([(found[0], {**record, "serials": serials})], [], "record serial"):
+                return
+        raise StoreUnavailable(f"{self.name}: grant {proxy_id!r} kept changing; try again")
+
+    def revoke_token(self, token_id: str, now: float) -> tuple[bool, builtins.list[str]]:
+        token_key = self._key(f"tokens/{token_id}")
+        for _ in range(MAX_ATTEMPTS):
+            token = self.client.call("Range", pb.RangeRequest(key=token_key), what="read token").kvs
+            hits = self._live_grants(lambda g: g.get("token_id") == token_id, now)
+            if self._swap(hits, list(token), "revoke token"):
+                return bool(token) or bool(hits), [json.loads(kv.value)["proxy_id"] for kv, _ in hits]
+        raise StoreUnavailable(f"{self.name}: token {token_id!r} kept changing; try again")
+
+    def revoke_identity(self, namespace: str, service_account: str, now: float) -> tuple[int, builtins.list[str]]:
+        def ours(record: dict) -> bool:
+            return (record.get("namespace"), record.get("service_account")) == (namespace, service_account)
+
+        for _ in range(MAX_ATTEMPTS):
+            tokens = [kv for kv in self._range("tokens/", "list tokens") if ours(json.loads(kv.value))]
+            hits = self._live_grants(ours, now)
+            if self._swap(hits, tokens, "revoke identity"):
+                return len(tokens), [json.loads(kv.value)["proxy_id"] for kv, _ in hits]
+        raise StoreUnavailable(f"{self.name}: {namespace}/{service_account} kept changing; try again")
+
+    def revoked_serials(self, now: float) -> builtins.list[dict]:
+        out = []
+        for kv in self._range("grants/", "list grants"):
+            record = json.loads(kv.value)
+            if record.get("revoked_at") is not None:
+                out += [
+                    s | {"revoked_at": record["revoked_at"]} for s in record.get("serials", []) if s["not_after"] >= now
+                ]
+        return sorted(out, key=lambda s: (s["revoked_at"], s["serial"]))
+
+    def purge_grants(self, before: float) -> int:
+        stale = [kv for kv in self._range("grants/", "list grants") if grant_expiry(json.loads(kv.value)) < before]
+        return sum(self._swap([], [kv], "purge grants") for kv in stale)
+
+    def _live_grants(self, match: Callable[[dict], bool], now: float) -> builtins.list[tuple]:
+        hits = []
+        for kv in self._range("grants/", "list grants"):
+            record = json.loads(kv.value)
+            if match(record) and record.get("revoked_at") is None:
+                hits.append((kv, {**record, "revoked_at": now}))
+        return hits
+
+    def _swap(self, updates: builtins.list[tuple], deletes: builtins.list, what: str) -> bool:
+        """Write `updates` ((kv, new record)) and delete `deletes` (kvs) in one transaction, if
+        none of them changed since read."""
+        compares, ops = [], []
+        for kv, record in updates:
+            compares.append(
+                pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=kv.key, mod_revision=kv.mod_revision)
+            )
+            value = canonical(record, f"grant {kv.key.decode()!r}").encode()
+            ops.append(pb.RequestOp(request_put=pb.PutRequest(key=kv.key, value=value)))
+        for kv in deletes:
+            compares.append(
+                pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=kv.key, mod_revision=kv.mod_revision)
+            )
+            ops.append(pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=kv.key)))
+        if not ops:
+            return True
+        return self._write(pb.TxnRequest(compare=compares, success=ops), what).succeeded
 
     # -- replicas, elections, the CA root ----------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import builtins
 import contextlib
 import json
+import os
 import pathlib
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from lattice.store.documents import Item, Key
 from lattice.store.documents import canonical as _canonical
 from lattice.store.documents import encode_item as _encode_item
 from lattice.store.documents import expires_at as _expires_at
+from lattice.store.documents import grant_expiry as _grant_expiry
 from lattice.store.model import ApplyResult, StoreConflict, StoredResource, StoredWorkload, StoreError
 from lattice.store.watch import ChangeSignal, wait_set
 
@@ -38,6 +40,9 @@ CREATE TABLE IF NOT EXISTS workloads (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, record TEXT NOT NULL, expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS grants (
+    proxy_id TEXT PRIMARY KEY, record TEXT NOT NULL, expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', {version}), ('revision', 0);
 """
@@ -211,6 +216,79 @@ class Store:
             cursor = conn.execute("DELETE FROM tokens WHERE expires_at < ?", (before,))
         return cursor.rowcount
 
+    # -- grants: what a redeemed token gave one proxy, until revoked ----------------------------
+    #
+    # A grant is written when a proxy redeems a join token for its first certificate: the token
+    # id, the identity, the services it may serve, and the serials signed for it since. Renewals
+    # and registrations are allowed while the proxy's grant stands; revoking the token or the
+    # identity marks its grants revoked (`revoked_at`) in the same transaction as the token's
+    # deletion, so nothing can renew in between. Revoked serials feed the CA's revocation list.
+
+    def put_grant(self, proxy_id: str, record: dict) -> None:
+        """A proxy's grant, replacing any earlier one (a proxy that redeemed a new token)."""
+        encoded = _canonical(record, f"grant {proxy_id!r}")
+        with self._transaction("put grant") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO grants (proxy_id, record, expires_at) VALUES (?, ?, ?)",
+                (proxy_id, encoded, _grant_expiry(record)),
+            )
+
+    def get_grant(self, proxy_id: str) -> dict | None:
+        with self._reading("get grant") as conn:
+            row = conn.execute("SELECT record FROM grants WHERE proxy_id = ?", (proxy_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def record_serial(self, proxy_id: str, serial: str, not_after: float, keep: int = 8) -> None:
+        """A certificate signed under the proxy's grant (the newest `keep` are remembered)."""
+        with self._transaction("record serial") as conn:
+            row = conn.execute("SELECT record FROM grants WHERE proxy_id = ?", (proxy_id,)).fetchone()
+            if row is None:
+                return
+            record = json.loads(row[0])
+            serials = [*record.get("serials", []), {"serial": serial, "not_after": not_after}][-keep:]
+            record = {**record, "serials": serials}
+            conn.execute(
+                "UPDATE grants SET record = ?, expires_at = ? WHERE proxy_id = ?",
+                (_canonical(record, f"grant {proxy_id!r}"), _grant_expiry(record), proxy_id),
+            )
+
+    def revoke_token(self, token_id: str, now: float) -> tuple[bool, builtins.list[str]]:
+        """Delete a token and revoke every grant made from it: (token existed, proxies revoked)."""
+        with self._transaction("revoke token") as conn:
+            existed = conn.execute("DELETE FROM tokens WHERE id = ?", (token_id,)).rowcount > 0
+            revoked = _revoke_grants(conn, lambda g: g.get("token_id") == token_id, now)
+        return existed or bool(revoked), revoked
+
+    def revoke_identity(self, namespace: str, service_account: str, now: float) -> tuple[int, builtins.list[str]]:
+        """Delete every token of an identity and revoke every grant it holds: (tokens, proxies)."""
+
+        def ours(record: dict) -> bool:
+            return (record.get("namespace"), record.get("service_account")) == (namespace, service_account)
+
+        with self._transaction("revoke identity") as conn:
+            tokens = [tid for tid, raw in conn.execute("SELECT id, record FROM tokens") if ours(json.loads(raw))]
+            conn.executemany("DELETE FROM tokens WHERE id = ?", [(t,) for t in tokens])
+            revoked = _revoke_grants(conn, ours, now)
+        return len(tokens), revoked
+
+    def revoked_serials(self, now: float) -> builtins.list[dict]:
+        """Serials of revoked grants whose certificates have not expired yet, oldest first."""
+        with self._reading("revoked serials") as conn:
+            rows = conn.execute("SELECT record FROM grants WHERE expires_at >= ?", (now,)).fetchall()
+        out = []
+        for (raw,) in rows:
+            record = json.loads(raw)
+            if record.get("revoked_at") is not None:
+                out += [
+                    s | {"revoked_at": record["revoked_at"]} for s in record.get("serials", []) if s["not_after"] >= now
+                ]
+        return sorted(out, key=lambda s: (s["revoked_at"], s["serial"]))
+
+    def purge_grants(self, before: float) -> int:
+        """Forget grants whose last certificate expired before `before`."""
+        with self._transaction("purge grants") as conn:
+            return conn.execute("DELETE FROM grants WHERE expires_at < ?", (before,)).rowcount
+
     # -- watch -------------------------------------------------------------------------------
 
     async def wait_for_change(self, after_revision: int, timeout: float | None = None) -> int:
@@ -266,7 +344,10 @@ class Store:
 
 def _open(path: pathlib.Path) -> sqlite3.Connection:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+        if not path.exists():
+            _private_files(path)  # created 0600 before SQLite opens it
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"{path}: cannot open the Lattice database: {exc}") from exc
@@ -278,9 +359,24 @@ def _open(path: pathlib.Path) -> sqlite3.Connection:
     return conn
 
 
+def _private_files(path: pathlib.Path) -> None:
+    """The database holds token hashes and the registry: readable by its owner only. SQLite makes
+    the -wal and -shm files with the database file's mode, so creating that one 0600 is enough;
+    files an older version left readable are tightened."""
+    if not path.exists():
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        return
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        candidate = path.with_name(path.name + suffix)
+        with contextlib.suppress(FileNotFoundError):
+            if candidate.stat().st_mode & 0o077:
+                candidate.chmod(0o600)
+
+
 def _prepare(conn: sqlite3.Connection, path: pathlib.Path) -> None:
     # Check before any pragma or DDL that writes: a foreign file must stay byte-for-byte intact.
     _check_ours(conn, path)
+    _private_files(path)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
@@ -310,6 +406,19 @@ def _check_ours(conn: sqlite3.Connection, path: pathlib.Path) -> None:
 
 
 # -- rows ------------------------------------------------------------------------------------
+
+
+def _revoke_grants(conn: sqlite3.Connection, match: Callable[[dict], bool], now: float) -> builtins.list[str]:
+    revoked = []
+    for proxy_id, raw in conn.execute("SELECT proxy_id, record FROM grants").fetchall():
+        record = json.loads(raw)
+        if match(record) and record.get("revoked_at") is None:
+            conn.execute(
+                "UPDATE grants SET record = ? WHERE proxy_id = ?",
+                (_canonical({**record, "revoked_at": now}, f"grant {proxy_id!r}"), proxy_id),
+            )
+            revoked.append(proxy_id)
+    return revoked
 
 
 def _apply_one(conn: sqlite3.Connection, row: _Encoded, revision: int, now: float) -> tuple[ApplyResult, int]:

@@ -6,6 +6,7 @@ Behaviour per request (query parameters) or per process (environment):
 - `?delay=S` / BACKEND_DELAY=S        sleep S seconds before answering
 - every other 2nd request 503 when BACKEND_FAIL_EVERY_OTHER=1 (deterministic "fails half")
 - `GET /__count` → {"count": requests seen so far, excluding these}; `POST /__reset` zeroes it.
+- `GET /__env` → {"env": the app's environment}.
 - `?call=URL`                           GET URL first (through the sidecar, HTTP_PROXY), forwarding
                                         the trace headers it got (W3C, B3, x-request-id) as an
                                         instrumented app does; the answer is under "called", and a
@@ -64,6 +65,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         if url.path == "/__count":
             return self._send(200, {"count": _count})
+        if url.path == "/__env":  # what the app inherited (tests check no credential leaks into it)
+            return self._send(200, {"env": dict(os.environ)})
         if url.path == "/__reset":
             with _lock:
                 _count = 0

@@ -96,7 +96,7 @@ def mesh(tmp_path_factory):
                 "v3",
                 command=BACKEND,
                 extra=("--service-account", "client-c", "-n", "other"),
-                token=plane.token("client-c", "other"),
+                token=plane.token("client-c", "other", services=["client"]),
             ),
             Workload(
                 plane,

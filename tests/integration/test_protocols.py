@@ -433,7 +433,9 @@ def test_run_refuses_bad_protocol_and_upstream_options(mesh):
         (("--upstream", "a:9000=9080"), "local port 9080 is already used by --port"),
     ]
     for extra, message in cases:
-        result = plane.cli("run", "--service", "bad", "--token", "x", *extra, "--", "true", check=False)
+        result = plane.cli(
+            "run", "--service", "bad", "--token-file", "-", *extra, "--", "true", input="x\n", check=False
+        )
         assert result.returncode != 0 and message in result.stderr + result.stdout, (extra, result.stderr)
     result = plane.cli("server", "--home", str(plane.home / "unused"), "--h2-upgrade-policy", "SIDEWAYS", check=False)
     assert (

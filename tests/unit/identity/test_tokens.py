@@ -159,3 +159,21 @@ def test_package_level_names_are_the_token_functions() -> None:
     parsed = parse_token(token)
     check_token(parsed, record, NOW)
     check_token_pin(parsed, ROOT)
+
+
+def test_a_token_serves_the_service_named_like_its_account_unless_told_otherwise() -> None:
+    _, record = minted()
+    assert record.services == ("reviews",) and record.may_serve("reviews") and not record.may_serve("vault")
+    _, named = minted(service_account="reviews-canary", services=["reviews", "reviews", "ratings"])
+    assert named.services == ("ratings", "reviews") and not named.may_serve("reviews-canary")
+    _, dotted = minted(service_account="build.bot")
+    assert dotted.services == ()  # a dotted account names no service: it serves none unless told
+    assert TokenRecord.from_dict(named.to_dict()) == named
+    legacy = {k: v for k, v in record.to_dict().items() if k != "services"}
+    assert TokenRecord.from_dict(legacy).services == ("reviews",)
+
+
+@pytest.mark.parametrize("services", [["Vault"], ["a.b"], [""], ["x"] * 0 + [f"s{i}" for i in range(33)], "vault"])
+def test_services_must_be_service_names(services) -> None:
+    with pytest.raises(ValueError, match="service"):
+        minted(services=services)
