@@ -4,11 +4,12 @@ serials that revocation puts on the CRL. Also: the database file is its owner's 
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 
 import pytest
 
-from lattice.store import Store
+from lattice.store import Store, open_store
 
 NOW = 1_750_000_000.0
 
@@ -26,10 +27,16 @@ def grant(proxy_id: str, token_id: str, account: str = "reviews") -> dict:
     }
 
 
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "home" / "lattice.db") as s:
-        yield s
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.slow)])
+def store(request, tmp_path):
+    """Both backends keep the same grant and revocation contract."""
+    if request.param == "etcd":
+        url = request.getfixturevalue("etcd_cluster").url(f"grants-{secrets.token_hex(4)}")
+        opened = open_store(url, tmp_path / "unused.db")
+    else:
+        opened = Store(tmp_path / "home" / "lattice.db")
+    yield opened
+    opened.close()
 
 
 def test_revoking_a_token_revokes_its_grants_and_lists_their_live_serials(store):
