@@ -187,7 +187,7 @@ class HostWorkload(Workload):
     def start(self, wait: bool = True) -> HostWorkload:
         args = [LATTICE, "run", "--service", self.service, "--version", self.version, "--log-level", "info"]
         args += ["--server", self.plane.agent_api, *self.extra, "--", *self.command]
-        token = self.token or self.plane.token(self._service_account())
+        token = self.token or self.plane.token(self._service_account(), self._namespace(), services=[self.service])
         env = ENV_BASE | {"SERVICE_VERSION": self.version, "LATTICE_TOKEN": token} | self.app_env
         env.pop("LATTICE_HOME", None)  # another host: nothing of the control plane's on its disk
         self.process = self.host.popen(args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
