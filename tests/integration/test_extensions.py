@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness import BACKEND, Workload, drained, http, reset_config, running, wait_for
 
@@ -24,19 +25,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER = "web"
 URL = f"http://{SERVER}:9080"
 ADMIN_SA = "ops-admin"
-PARITY_LUA = """
-function envoy_on_request(request_handle)
-  local number = tonumber(request_handle:headers():get("x-number"))
-  if number == nil then return end
-  local parity = number % 2 == 0 and "even" or "odd"
-  request_handle:streamInfo():dynamicMetadata():set("envoy.filters.http.lua", "parity", parity)
-end
-function envoy_on_response(response_handle)
-  local meta = response_handle:streamInfo():dynamicMetadata():get("envoy.filters.http.lua")
-  if meta == nil then return end
-  response_handle:headers():add("x-parity", meta["parity"])
-end
-"""
+# Istio's Lua task's script (tests/conformance/istio-lua-parity.yaml), here on a sidecar.
+PARITY_LUA = yaml.safe_load((ROOT / "tests" / "conformance" / "istio-lua-parity.yaml").read_text())["spec"]["lua"][
+    "inlineCode"
+]
 
 
 @pytest.fixture(scope="session")

@@ -329,3 +329,19 @@ spec:
     )
     assert body == b"RBAC: access denied"
     assert gateway.get(80, "/productpage")[0] == 200
+
+
+def test_lua_traffic_extension_from_istios_task_runs_at_the_gateway(plane, bookinfo, gateway):
+    """Istio's "Executing Lua Scripts" task: its TrafficExtension, unchanged, on the ingress gateway."""
+    _apply(plane, BOOKINFO_GATEWAY)
+    wait_for(lambda: gateway.get(80, "/productpage")[0] == 200, 10, what="productpage through the gateway")
+    _apply(plane, (Path(__file__).parents[1] / "conformance" / "istio-lua-parity.yaml").read_text())
+
+    def parity(number: str) -> str | None:
+        status, headers, _ = http("GET", gateway.url(80, "/productpage"), headers={"x-number": number})
+        return status == 200 and headers.get("x-parity")
+
+    assert wait_for(lambda: parity("7"), 10, what="the Lua filter at the gateway") == "odd"
+    assert parity("42") == "even"
+    status, headers, _ = http("GET", gateway.url(80, "/productpage"))
+    assert status == 200 and "x-parity" not in headers
