@@ -12,6 +12,9 @@ Four paths, side by side in one run:
                  (Istio metrics streamed to each agent, tracing at the default 1%)
   (d) lattice-no-telemetry  the same with a Telemetry resource turning metrics and spans off, to
                  an app of its own: the cost of telemetry is (c) against (d)
+  (e) lattice-wasm  (c) with one trivial Proxy-Wasm filter on the server's sidecar (a TrafficExtension
+                 running examples/wasm/mesh_guard with an empty config: called on request and
+                 response headers, changing nothing): the cost of a Wasm filter is (e) against (c)
 The app is an Envoy answering `200 ok` itself, so its own cost is small and steady.
 
 Latency: open loop (bench/openloop.py) at a fixed rate, counted from each request's scheduled send
@@ -30,6 +33,7 @@ import argparse
 import contextlib
 import json
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,9 +52,11 @@ from rich.table import Table  # noqa: E402
 from lattice.agent.envoy import envoy_binary  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "dataplane.json"
-PATHS = ("direct", "envoy-pair", "lattice", "lattice-no-telemetry")
+PATHS = ("direct", "envoy-pair", "lattice", "lattice-no-telemetry", "lattice-wasm")
 URL, HOST = "http://bench-server:9080/", "bench-server:9080"
 QUIET_URL, QUIET_HOST = "http://bench-quiet-server:9080/", "bench-quiet-server:9080"
+WASM_URL, WASM_HOST = "http://bench-wasm-server:9080/", "bench-wasm-server:9080"
+WASM_BUILD = Path(__file__).parent.parent / "examples" / "wasm" / "build.sh"
 POLICIES = """
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -74,6 +80,15 @@ spec:
   action: ALLOW
   rules:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/bench-quiet-client"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bench-wasm-server, namespace: default}
+spec:
+  selector: {matchLabels: {app: bench-wasm-server}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/bench-wasm-client"]}}]
 """ + "".join(
     f"""---
 # The same sidecars with telemetry off (no metrics stream, no spans): what telemetry costs.
@@ -131,8 +146,29 @@ def _lattice_workloads(plane: ControlPlane) -> list[Workload]:
     quiet = ("--log-level", "warning")  # as the pair's Envoys run; the harness default is info
     return [
         Workload(plane, name, command=app_command(), extra=quiet)
-        for name in ("bench-client", "bench-server", "bench-quiet-client", "bench-quiet-server")
+        for name in (
+            "bench-client",
+            "bench-server",
+            "bench-quiet-client",
+            "bench-quiet-server",
+            "bench-wasm-client",
+            "bench-wasm-server",
+        )
     ]
+
+
+def _wasm_extension(home: Path) -> str:
+    """The example plugin, built as its README says, on the Wasm path's server sidecar."""
+    module = home / "mesh_guard.wasm"
+    subprocess.run([str(WASM_BUILD), str(module)], check=True, capture_output=True)
+    return f"""
+apiVersion: extensions.istio.io/v1alpha1
+kind: TrafficExtension
+metadata: {{name: bench-wasm, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: bench-wasm-server}}}}
+  wasm: {{url: "file://{module}"}}
+"""
 
 
 def _sidecar_envoy(workload: Workload) -> tuple[int, Path]:
@@ -143,9 +179,8 @@ def _sidecar_envoy(workload: Workload) -> tuple[int, Path]:
     return pid, Path(bootstrap).parent / "admin.sock"
 
 
-def _paths(
-    client: Workload, server: Workload, quiet_client: Workload, quiet_server: Workload, pair: EnvoyPair
-) -> dict[str, DataPath]:
+def _paths(workloads: list[Workload], pair: EnvoyPair) -> dict[str, DataPath]:
+    client, server, quiet_client, quiet_server, wasm_client, wasm_server = workloads
     app = ("127.0.0.1", server.info["app_port"])
     return {
         "direct": DataPath("direct", app, "/", "bench-server"),
@@ -161,6 +196,7 @@ def _paths(
         "lattice-no-telemetry": _lattice_path(
             "lattice-no-telemetry", quiet_client, quiet_server, QUIET_URL, QUIET_HOST
         ),
+        "lattice-wasm": _lattice_path("lattice-wasm", wasm_client, wasm_server, WASM_URL, WASM_HOST),
     }
 
 
@@ -292,11 +328,11 @@ def measure(quick: bool, rate: float = 1000.0, seconds: float | None = None, pin
         with procstat.pinned(server_cpus):  # inherited by every process started here, and their threads
             plane = ControlPlane(home / "home").start()
             stack.callback(plane.stop)
-            plane.apply(POLICIES)
-            client, server, quiet_client, quiet_server = stack.enter_context(running(plane, _lattice_workloads(plane)))
-            pair = EnvoyPair.start(home / "pair", server.info["app_port"])
+            plane.apply(POLICIES + _wasm_extension(home))
+            workloads = stack.enter_context(running(plane, _lattice_workloads(plane)))
+            pair = EnvoyPair.start(home / "pair", workloads[1].info["app_port"])
             stack.callback(pair.stop)
-        paths = _measure_paths(_paths(client, server, quiet_client, quiet_server, pair), settings, rate, generator_cpus)
+        paths = _measure_paths(_paths(workloads, pair), settings, rate, generator_cpus)
     return {
         "mode": "quick" if quick else "full",
         "rate": rate,
@@ -374,9 +410,15 @@ def _caption(result: dict) -> str:
             f"telemetry on vs off: {', '.join(cost)}, {cpu:+.4f} CPU s/1k req (Envoys and agents), max rps "
             f"{lattice['max_throughput']['rps'] / quiet['max_throughput']['rps']:.2f}×. "
         )
+    wasm = result["paths"].get("lattice-wasm")
+    extension = ""
+    if wasm:
+        cost = [f"p{q} {wasm[f'p{q}_ms'] - lattice[f'p{q}_ms']:+.3f} ms" for q in (50, 99)]
+        cpu = wasm["cpu_s_per_1k_requests"].get("server", 0.0) - lattice["cpu_s_per_1k_requests"].get("server", 0.0)
+        extension = f"one Wasm filter on the server: {', '.join(cost)}, {cpu:+.4f} server-Envoy CPU s/1k req. "
     return (
         f"per proxy: client / server Envoy. lattice vs envoy-pair added latency: {', '.join(ratios) or 'n/a'}. "
-        f"{telemetry}"
+        f"{telemetry}{extension}"
         f"lattice agents (Python, beside each Envoy): {agents}. max rps: closed loop, 32 keep-alive connections, "
         f"{result['max_throughput_seconds']:g} s. {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
         f"Envoy {m['envoy'].split('/')[1] if '/' in m['envoy'] else m['envoy']}; "
