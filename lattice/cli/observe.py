@@ -34,6 +34,12 @@ Counted by each workload's own sidecar over the window (Linkerd's `viz stat`, wi
 needed). NAME is a workload (reviews-v1) or a service (reviews); --from keeps only requests from
 one caller (workload or service), --by service adds up a service's workloads.
 
+SUCCESS, RPS and the latencies are what the workload's own sidecar served (Istio's
+reporter="destination"); CLIENT_SUCCESS and CLIENT_RPS are the same traffic as its callers'
+sidecars saw it (reporter="source"), which also counts what never arrived: a circuit breaker's
+overflow, a fault injected at the caller, a refused connection. Requests that reached no workload
+at all are known only by their service: --by service shows them.
+
   lattice stat
   lattice stat reviews --from productpage
   lattice stat --by service -w 10s -o json
@@ -119,6 +125,8 @@ def stat(
             _ms(r["latency_ms"]["p50"]),
             _ms(r["latency_ms"]["p95"]),
             _ms(r["latency_ms"]["p99"]),
+            _rate(r["client"]["success_rate"]),
+            f"{r['client']['rps']:.2f}",
             r["tcp_connections"],
         ]
         for r in answer["items"]
@@ -135,6 +143,8 @@ def stat(
             "P50",
             "P95",
             "P99",
+            "CLIENT_SUCCESS",
+            "CLIENT_RPS",
             "TCP_CONN",
         ],
         rows,

@@ -89,7 +89,34 @@ def stat(
             group["callers"].add(row["peer_workload"])
             for index, count in row["latency"].items():
                 group["latency"][int(index)] = group["latency"].get(int(index), 0) + count
+    _add_callers_view(groups, summaries, caller, by)
     return [_stat_row(by, key, g, seconds) for key, g in sorted(groups.items())]
+
+
+def _add_callers_view(groups: dict, summaries: list[tuple[Workload, dict]], caller: str | None, by: str) -> None:
+    """The same traffic as the callers' sidecars saw it (Istio's reporter="source", Linkerd's
+    `stat --from`): failures that never reached the destination count here, such as a circuit
+    breaker's overflow, a fault injected at the caller or a refused connection. A request that
+    reached no workload is known only by its service: `--by service` shows it."""
+    for w, summary in summaries:
+        if caller is not None and caller not in (w.name, w.service):
+            continue
+        for row in summary["peers"]:
+            if row["reporter"] != "source":
+                continue
+            if by == "service":
+                host = row["service"].split(".")
+                key = (host[1] if len(host) > 1 else w.namespace, host[0])
+            else:
+                key = (row["peer_namespace"], row["peer_workload"])
+            group = groups.get(key)
+            if group is None:
+                continue
+            client = group.setdefault("client", {"requests": 0, "failures": 0, "latency": {}})
+            client["requests"] += row["requests"]
+            client["failures"] += row["failures"]
+            for index, count in row["latency"].items():
+                client["latency"][int(index)] = client["latency"].get(int(index), 0) + count
 
 
 def _stat_row(by: str, key: tuple[str, str], g: dict, seconds: float) -> dict:
@@ -108,7 +135,20 @@ def _stat_row(by: str, key: tuple[str, str], g: dict, seconds: float) -> dict:
         },
         "tcp_connections": g["tcp_opened"],
         "tcp_bytes": g["tcp_bytes"],
+        "client": _client_view(g.get("client"), seconds),
         "callers": sorted(g["callers"]),
+    }
+
+
+def _client_view(c: dict | None, seconds: float) -> dict:
+    n = c["requests"] if c else 0
+    return {
+        "requests": n,
+        "success_rate": round((n - c["failures"]) / n, 4) if n else None,
+        "rps": round(n / seconds, 2) if seconds else 0.0,
+        "latency_ms": {
+            q: percentile(c["latency"], v) if c else None for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+        },
     }
 
 

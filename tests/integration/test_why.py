@@ -344,3 +344,41 @@ def test_failures_are_listed_with_their_ids(ctx):
     assert {r["proxy"] for r in listed} == {"client-v1", "backend-v1"}
     answer = _why(plane, rid, "the app's own 500")
     assert "answered 500 itself" in answer["cause"]["summary"]
+
+
+def test_stat_counts_what_callers_saw_fail_before_it_arrived(ctx):
+    plane, client, backend, _ = ctx
+    _apply(
+        plane,
+        backend,
+        _doc(
+            "VirtualService",
+            "backend",
+            {
+                "hosts": ["backend"],
+                "http": [
+                    {
+                        "fault": {"abort": {"httpStatus": 503, "percentage": {"value": 100}}},
+                        "route": [{"destination": {"host": "backend"}}],
+                    }
+                ],
+            },
+        ),
+    )
+    assert [_call(client)[0] for _ in range(4)] == [503] * 4
+
+    def row():
+        (found,) = json.loads(plane.cli("stat", "backend", "--by", "service", "-w", "30s", "-o", "json").stdout)[
+            "items"
+        ]
+        return found if found["client"]["requests"] >= 4 else None
+
+    found = wait_for(row, 10, what="the callers' failures to be counted")
+
+    def failed(view: dict) -> int:
+        return round(view["requests"] * (1 - view["success_rate"])) if view["requests"] else 0
+
+    # The caller saw the four fail; none of them reached backend's sidecar (earlier tests' traffic
+    # may share the window, seen alike by both sides).
+    assert failed(found["client"]) - failed(found) >= 4
+    assert "CLIENT_SUCCESS" in plane.cli("stat", "backend", "--by", "service").stdout
