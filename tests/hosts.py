@@ -192,3 +192,10 @@ class HostWorkload(Workload):
         env.pop("LATTICE_HOME", None)  # another host: nothing of the control plane's on its disk
         self.process = self.host.popen(args, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         return self.wait_ready() if wait else self
+
+    def wait_ready(self, timeout: float = 90) -> HostWorkload:
+        """As Workload.wait_ready; longer, since hosts start several sidecars at once on a shared machine."""
+        self.info = wait_for(
+            self._ready, timeout, what=f"{self.service}-{self.version} to be healthy and synced (log {self.log})"
+        )
+        return self

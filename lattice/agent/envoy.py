@@ -10,6 +10,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 import aiohttp
 
@@ -66,6 +67,7 @@ class EnvoyProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self._stopping = False
+        self.wrap: Callable[[list[str]], list[str]] = lambda command: command  # e.g. into a network namespace
 
     async def supervise(self) -> None:
         """Run Envoy until `stop()`; restart it with backoff whenever it exits on its own."""
@@ -89,17 +91,17 @@ class EnvoyProcess:
     async def _run_once(self) -> int:
         self.admin_socket.unlink(missing_ok=True)
         with open(self.log_path, "ab") as sink:  # noqa: ASYNC230 (a local log file, opened once per start)
-            self.process = await asyncio.create_subprocess_exec(
+            command = [
                 envoy_binary(),
                 "-c",
                 str(self.bootstrap),
                 "--disable-hot-restart",
                 "--log-level",
                 self.log_level,
-                "--drain-time-s",
-                "1",
-                "--parent-shutdown-time-s",
-                "2",
+            ]
+            command += ["--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
+            self.process = await asyncio.create_subprocess_exec(
+                *self.wrap(command),
                 # Envoy logs to stderr (the log file); its stdout is the agent's, for access logs to /dev/stdout.
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=sink,

@@ -36,6 +36,7 @@ from lattice.agent.address import (
     port_free,
 )
 from lattice.agent.bootstrap import bootstrap, write_bootstrap
+from lattice.agent.capture import CaptureMode
 from lattice.agent.control import RegistryClient
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
 from lattice.agent.http import agent_app
@@ -91,6 +92,7 @@ class Sidecar:
         self.exit_code = 0
         self._runner: web.AppRunner | None = None
         self._servers: list[grpc.aio.Server] = []
+        self.capture: CaptureMode | None = None  # `--capture`: the app in a network namespace of its own
 
     def _place(self) -> tuple[str, str]:
         """(advertised address, local address): on one machine a leased loopback serves as both;
@@ -108,6 +110,9 @@ class Sidecar:
                     "check --server, or give --address"
                 ) from None
             log.info("advertising this host's address %s (its route to %s); --address overrides it", address, o.server)
+        if self.capture is not None:  # its namespace's address, if this host's is not for others
+            local_only = address is None or ipaddress.ip_address(address).is_loopback
+            return (self.capture.pod.address if local_only else address), "127.0.0.1"
         if address is None:
             self.lease = lease_loopback(self._ports())
             return self.lease.address, ""
@@ -123,9 +128,16 @@ class Sidecar:
         name = o.name or (f"{o.service}-{o.version}" if o.version else o.service)
         labels = {**o.labels, "app": o.service, **({"version": o.version} if o.version else {})}
         upstream_ports = {u.local_port for u in o.upstreams}
-        agent_port = (
-            AGENT_PORT if AGENT_PORT not in upstream_ports and port_free(address, AGENT_PORT) else free_port(address)
-        )
+        host_port = 0
+        if self.capture is not None and address != self.capture.pod.address:  # reached through the host's ports
+            agent_port = free_port(address)
+            host_port = self.capture.host_port(address, o.port)
+        elif self.capture is not None:  # the namespace is the workload's own: its ports are free
+            agent_port = AGENT_PORT if AGENT_PORT not in upstream_ports | {o.port} else free_port()
+        elif AGENT_PORT not in upstream_ports and port_free(address, AGENT_PORT):
+            agent_port = AGENT_PORT
+        else:
+            agent_port = free_port(address)
         return Registration(
             id=f"{name}-{secrets.token_hex(3)}.{o.namespace}",
             name=name,
@@ -141,9 +153,21 @@ class Sidecar:
             agent_port=agent_port,
             upstreams=o.upstreams,
             local_address=local,
+            capture=self.capture is not None,
+            host_port=host_port if host_port != o.port else 0,
+            inbound_address=self.capture.pod.address if self.capture else "",
         )
 
     async def run(self) -> int:
+        if self.o.capture:
+            self.capture = CaptureMode(self.o.service, self.o.netns)
+        try:
+            return await self._run()
+        finally:
+            if self.capture is not None:
+                self.capture.close()
+
+    async def _run(self) -> int:
         self.placed = self._place()
         self.registration = reg = self._registration()
         node = base_pb2.Node(id=reg.id, cluster=f"{reg.service}.{reg.namespace}")
@@ -159,6 +183,8 @@ class Sidecar:
             self.o.envoy_log_level,
             {PEER_ENV: peer_value(reg.name, reg.namespace, reg.labels)},
         )
+        if self.capture is not None:  # Envoy beside the app, in the group whose traffic is not captured
+            self.envoy.wrap = self.capture.pod.proxy_command
         write_bootstrap(
             self.envoy.bootstrap,
             bootstrap(
@@ -184,6 +210,8 @@ class Sidecar:
                 self.relay.on_accept = self.observer.on_accept
                 # Extensions' Wasm modules: fetched from the control plane, given to Envoy as files.
                 self.relay.localize = ModuleFetcher(self.o.server, self.run_dir / "modules", self.identity.ssl).localize
+                if self.capture is not None:
+                    self._install_capture()
                 await self._serve()
             except asyncio.CancelledError:
                 log.info("stopping %s", reg.id)
@@ -264,7 +292,10 @@ class Sidecar:
         await self.registry.register()
         self._runner = web.AppRunner(agent_app(self.envoy, lambda: self.app_healthy, self.observer), access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self.registration.address, self.registration.agent_port).start()
+        if self.capture is not None:  # in the namespace, where the control plane is let in
+            await web.SockSite(self._runner, self.capture.listen(self.registration.agent_port)).start()
+        else:
+            await web.TCPSite(self._runner, self.registration.address, self.registration.agent_port).start()
         async with asyncio.TaskGroup() as tasks:
             background = [
                 tasks.create_task(self.relay.run_upstream(), name="xds-upstream"),
@@ -274,6 +305,8 @@ class Sidecar:
                 tasks.create_task(self._probe_forever(), name="app-probe"),
                 tasks.create_task(self.traces.forward(self.registry.session), name="trace-relay"),
             ]
+            if self.capture is not None:
+                background.append(tasks.create_task(self.capture.serve_dns(), name="dns-proxy"))
             await self._wait_ready()
             self._announce()
             if not self.o.command:
@@ -295,10 +328,11 @@ class Sidecar:
     async def _run_app(self) -> int:
         reg = self.registration
         proxy = f"http://{reg.outbound_address}:{OUTBOUND_PORT}"
+        # Captured, the app needs no proxy settings: its connections reach the sidecar anyway.
+        proxy_env = {} if self.capture else {"HTTP_PROXY": proxy, "http_proxy": proxy}
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV} | {
             "PORT": str(reg.app_port),
-            "HTTP_PROXY": proxy,
-            "http_proxy": proxy,
+            **proxy_env,
             "LATTICE_WORKLOAD": reg.name,
             "LATTICE_PROXY_ID": reg.id,
             "LATTICE_SERVICE": reg.service,
@@ -306,7 +340,8 @@ class Sidecar:
             **upstream_env(reg),
         }
         try:
-            self.app = await asyncio.create_subprocess_exec(*self.o.command, env=env, preexec_fn=die_with_parent)
+            command = self.capture.pod.command(self.o.command) if self.capture else self.o.command
+            self.app = await asyncio.create_subprocess_exec(*command, env=env, preexec_fn=die_with_parent)
         except OSError as e:
             log.error("cannot start %s: %s", self.o.command[0], e.strerror)
             return 127
@@ -318,7 +353,35 @@ class Sidecar:
         """Ports this proxy serves on its address, so the leased loopback has them free."""
         return [self.o.port, OUTBOUND_PORT, *(u.local_port for u in self.o.upstreams)]
 
+    def _install_capture(self) -> None:
+        """The namespace's rules, now that the ports are known; the DNS proxy's names with each push."""
+        reg = self.registration
+        host_address = None if reg.address == self.capture.pod.address else reg.address
+        forwards = {reg.host_port or reg.port: reg.port, reg.agent_port: reg.agent_port}
+        self.capture.install(reg.namespace, host_address, forwards, [reg.port, reg.agent_port], OUTBOUND_PORT)
+        accepted = self.relay.on_accept
+
+        def on_accept(type_url, response) -> None:
+            accepted(type_url, response)
+            self.capture.on_accept(type_url, response)
+
+        self.relay.on_accept = on_accept
+
     def _announce(self) -> None:
+        if self.capture is not None:
+            print(
+                f"capture mode: the app runs in network namespace {self.capture.pod.netns} "
+                f"({self.capture.pod.address}); its TCP goes through the sidecar, mesh names resolve there",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif self.o.command:
+            print(
+                f"proxy mode: the app reaches the mesh through HTTP_PROXY=http://{self.registration.outbound_address}:"
+                f"{OUTBOUND_PORT} and --upstream ports (run as root with --capture to capture its traffic instead)",
+                file=sys.stderr,
+                flush=True,
+            )
         log.info(
             "sidecar %s ready at %s (inbound :%d, outbound :%d)",
             self.registration.id,
@@ -333,6 +396,8 @@ class Sidecar:
 
     async def _up(self) -> bool:
         """What the health reported to the control plane means: the app accepts connections."""
+        if self.capture is not None:
+            return await self.capture.open(self.registration.app_port)
         return await _tcp_open("127.0.0.1", self.registration.app_port)
 
     async def _probe_forever(self) -> None:

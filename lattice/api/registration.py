@@ -72,6 +72,7 @@ class Registration(BaseModel):
     local_address: str = ""
     inbound_address: str = ""
     capture: bool = False
+    host_port: int = Field(default=0, ge=0, le=65535)  # captured: the host's port forwarded to `port`
 
     @property
     def outbound_address(self) -> str:

@@ -405,14 +405,30 @@ def run(
     ctx: typer.Context,
     workload: dict,
     app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
+    capture: bool = typer.Option(
+        False,
+        "--capture",
+        help="Root: run the app in a network namespace of its own whose TCP goes through the sidecar "
+        "(iptables, as Istio's istio-iptables) and whose DNS answers mesh names; no HTTP_PROXY or --upstream needed.",
+    ),
+    netns: Optional[str] = typer.Option(
+        None,
+        "--netns",
+        help="With --capture: an existing network namespace (`ip netns add`, already connected) to run the app in, "
+        "instead of a new one with a veth pair to the host.",
+    ),
 ) -> None:
     command = list(ctx.args)
+    if netns and not capture:
+        fail("--netns is for --capture: give both, or neither")
     if not command:
         fail(
             "give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice "
             "agent` runs a sidecar alone"
         )
-    raise typer.Exit(_sidecar(_run_options(workload, app_port, command), workload["log_level"].value))
+    options = _run_options(workload, app_port, command)
+    options.capture, options.netns = capture, netns
+    raise typer.Exit(_sidecar(options, workload["log_level"].value))
 
 
 @app.command()

@@ -48,6 +48,7 @@ class Workload:
     local_address: str = ""
     inbound_address: str = ""
     capture: bool = False  # the app's traffic is redirected to the outbound listener (`lattice run --capture`)
+    host_port: int = 0  # captured: the host's port forwarded to the inbound listener, when not `port` itself
 
     @property
     def outbound_address(self) -> str:
@@ -64,7 +65,7 @@ class Workload:
     # The translator reads these alike for workloads and ServiceEntry endpoints (mesh/service_entry.py).
     @property
     def target_port(self) -> int:
-        return self.port  # other sidecars connect to the inbound listener, on the service port
+        return self.host_port or self.port  # other sidecars connect to the inbound listener, on the service port
 
     @property
     def weight(self) -> int:

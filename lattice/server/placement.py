@@ -51,14 +51,15 @@ def conflicts(registration: Registration, workloads: tuple[Workload, ...]) -> li
         if w.id != registration.id
         and w.kind == registration.kind == "sidecar"
         and w.address == registration.address
-        and w.port == registration.port
+        and w.target_port == (registration.host_port or registration.port)
     ]
 
 
 def taken(registration: Registration, holder: Workload) -> PlacementRefused:
     return PlacementRefused(
         409,
-        f"{registration.address}:{registration.port} is already workload {holder.id}'s; two workloads cannot share "
+        f"{registration.address}:{registration.host_port or registration.port} is already workload {holder.id}'s; "
+        f"two workloads cannot share "
         f"an address and port: give this one another --port, or another --address",
     )
 

@@ -15,7 +15,7 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from lattice.api.destination_rule import HTTPSettings
 from lattice.mesh import MeshSnapshot, Service, Workload
-from lattice.translate import eds, ext_authz, names, policy, tls, tracing
+from lattice.translate import capture, eds, ext_authz, names, policy, tls, tracing
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 CONNECT_TIMEOUT = 10.0
@@ -28,6 +28,8 @@ _UNLIMITED = 4294967295
 
 def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluster]:
     out = [_inbound(proxy), passthrough()]
+    if proxy.capture:
+        out.append(capture.passthrough_cluster())
     for service in snapshot.visible_services(proxy.namespace):
         # The same for every caller: built once per snapshot, shared by all proxies.
         out.extend(

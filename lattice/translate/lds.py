@@ -16,7 +16,7 @@ from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
 from lattice.mesh import protocol as protocols
 from lattice.mesh.model import Upstream
 from lattice.mesh.extensions import network_at
-from lattice.translate import authz, extensions, http_filters, l4, names, rds, telemetry, tls, tracing
+from lattice.translate import authz, capture, extensions, http_filters, l4, names, rds, telemetry, tls, tracing
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -45,6 +45,8 @@ def outbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
         names.OUTBOUND_LISTENER, proxy.outbound_address, proxy.outbound_port, _network_filter(HCM, manager)
     )
     listener.metadata.CopyFrom(telemetry.rules_metadata(snapshot, proxy))
+    if proxy.capture:  # the app's connections arrive redirected, to any address (translate/capture.py)
+        capture.capture_outbound(snapshot, proxy, listener)
     return listener
 
 
