@@ -257,6 +257,24 @@ _WORKLOAD_OPTIONS = {
         LogLevel,
         typer.Option(LogLevel.warning, case_sensitive=False, help="Agent and Envoy log level."),
     ),
+    "capture": (
+        bool,
+        typer.Option(
+            False,
+            "--capture",
+            help="Root: the app in a network namespace of its own whose TCP goes through the sidecar (iptables, "
+            "as Istio's istio-iptables) and whose DNS answers mesh names; no HTTP_PROXY or --upstream needed.",
+        ),
+    ),
+    "netns": (
+        Optional[str],
+        typer.Option(
+            None,
+            "--netns",
+            help="With --capture: an existing network namespace (`ip netns add`, already connected) for the app, "
+            "instead of a new one with a veth pair to the host (`lattice agent`: where you run the app).",
+        ),
+    ),
 }
 
 
@@ -294,6 +312,8 @@ def _run_options(workload: dict, app_port: int | None, command: list[str]):
         if not sep or not key:
             fail(f"--label {item!r} must be KEY=VALUE")
         labels[key] = value
+    if w["netns"] and not w["capture"]:
+        fail("--netns is for --capture: give both, or neither")
     token = _join_token(w["token"], w["token_file"], w["service_account"] or w["service"], w["namespace"])
     return RunOptions(
         service=w["service"],
@@ -311,6 +331,8 @@ def _run_options(workload: dict, app_port: int | None, command: list[str]):
         protocol=_protocol(w["protocol"], w["port_name"], w["port"]),
         upstreams=_upstreams(w["upstream"], w["namespace"], w["port"]),
         envoy_log_level=w["log_level"].value,
+        capture=w["capture"],
+        netns=w["netns"],
     )
 
 
@@ -405,30 +427,14 @@ def run(
     ctx: typer.Context,
     workload: dict,
     app_port: Optional[int] = typer.Option(None, help="Port the app listens on (default: a free one, given as PORT)."),
-    capture: bool = typer.Option(
-        False,
-        "--capture",
-        help="Root: run the app in a network namespace of its own whose TCP goes through the sidecar "
-        "(iptables, as Istio's istio-iptables) and whose DNS answers mesh names; no HTTP_PROXY or --upstream needed.",
-    ),
-    netns: Optional[str] = typer.Option(
-        None,
-        "--netns",
-        help="With --capture: an existing network namespace (`ip netns add`, already connected) to run the app in, "
-        "instead of a new one with a veth pair to the host.",
-    ),
 ) -> None:
     command = list(ctx.args)
-    if netns and not capture:
-        fail("--netns is for --capture: give both, or neither")
     if not command:
         fail(
             "give the command to run after `--`, e.g. `lattice run --service web -- python app.py`; `lattice "
             "agent` runs a sidecar alone"
         )
-    options = _run_options(workload, app_port, command)
-    options.capture, options.netns = capture, netns
-    raise typer.Exit(_sidecar(options, workload["log_level"].value))
+    raise typer.Exit(_sidecar(_run_options(workload, app_port, command), workload["log_level"].value))
 
 
 @app.command()
