@@ -18,10 +18,12 @@ install: $(BIN)/.installed
 # s_client for handshakes, tcpdump to look at the wire, iptables/nft and ip for network namespaces
 # (test hosts, transparent capture), etcd for control-plane replicas, chromium for the console,
 # prometheus for service discovery, curl and node as apps that ignore proxies, clang/wasm-ld/wat2wasm
-# for Wasm extensions. Installed with apt if missing (needs root).
+# for Wasm extensions, docker-registry (CNCF distribution) to pull Wasm modules from an OCI
+# registry. Installed with apt if missing (needs root).
 TOOLS := openssl:openssl tcpdump:tcpdump iptables:iptables nft:nftables ip:iproute2 setpriv:util-linux \
 	etcd:etcd-server etcdctl:etcd-client chromium:chromium chromedriver:chromium-driver \
-	prometheus:prometheus curl:curl node:nodejs clang:clang wasm-ld:lld wat2wasm:wabt
+	prometheus:prometheus curl:curl node:nodejs clang:clang wasm-ld:lld wat2wasm:wabt \
+	docker-registry:docker-registry
 tools:
 	@missing=""; for pair in $(TOOLS); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -9,12 +9,13 @@ by `targetRefs` to a Service's sidecars or a Gateway API Gateway.
 Where the filter runs: `phase` (AUTHN, AUTHZ, STATS, or unspecified: just before the router) and
 `priority` (higher first within a phase), on the side `match` names (CLIENT: outbound, SERVER:
 inbound, optionally only some ports). Modules come from `file://` (a path on the control plane's
-host), `http://` (then `sha256` is required: nothing else vouches for the bytes) or `https://`;
+host), `http://` (then `sha256` is required: nothing else vouches for the bytes), `https://`, or
+`oci://` (an image in a registry, pinned by the image's digest; no scheme means OCI, as in Istio);
 the control plane fetches them, checks `sha256`, keeps them by digest and serves them to agents.
 
-Refused with the reason, never ignored: `oci://` images and `imagePullSecret` (no registry client
-yet), `verificationKey` (Istio hides and does not implement it either), NETWORK plugins on the
-client side, HOST environment values whose name is not a plain variable name.
+Refused with the reason, never ignored: `imagePullSecret` (no pull secrets yet: anonymous pulls
+only), `verificationKey` (Istio hides and does not implement it either), NETWORK plugins on the
+client side, a HOST environment variable given a value.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ WorkloadMode = Literal["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"]
 SHA256 = re.compile(r"^[a-f0-9]{64}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_LUA_BYTES = 65536
-_SCHEMES = ("file://", "http://", "https://")
+_SCHEMES = ("oci://", "file://", "http://", "https://")
+_OCI = re.compile(r"^oci://[^/]+/[a-z0-9]+(?:[._/-][a-z0-9]+)*(?:[:@].+)?$")
 _NETWORK_SERVER_ONLY = (
     "a NETWORK plugin runs on the sidecar's inbound TCP connections only: set match to [{mode: SERVER}]"
 )
@@ -131,15 +133,14 @@ class WasmConfig(IstioSpec):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if v.startswith("oci://") or "://" not in v:
-            raise ValueError(
-                f"{v!r} is an OCI image (no scheme means oci://): Lattice has no registry client yet; "
-                "publish the module as a file:// path on the control plane's host or an http(s):// URL"
-            )
+        if "://" not in v:
+            v = f"oci://{v}"  # Istio: no scheme means an OCI image
         if not v.startswith(_SCHEMES):
-            raise ValueError(f"{v!r}: the scheme must be file://, http:// or https://")
+            raise ValueError(f"{v!r}: the scheme must be oci://, file://, http:// or https://")
         if v.startswith("file://") and not v.removeprefix("file://").startswith("/"):
             raise ValueError(f"{v!r}: a file:// URL needs an absolute path, e.g. file:///opt/filters/plugin.wasm")
+        if v.startswith("oci://") and not _OCI.match(v):
+            raise ValueError(f"{v!r} is not an image reference: oci://registry[:port]/repository[:tag|@sha256:digest]")
         return v
 
     @field_validator("sha256")
@@ -153,7 +154,10 @@ class WasmConfig(IstioSpec):
     @classmethod
     def _no_pull_secret(cls, v: str) -> str:
         if v:
-            raise ValueError("pull secrets are for OCI registries, which Lattice does not pull from yet")
+            raise ValueError(
+                "Lattice pulls OCI images anonymously (a registry's bearer challenge included); "
+                "it keeps no pull secrets yet: make the repository public to the control plane, or use https://"
+            )
         return v
 
     @field_validator("verification_key")

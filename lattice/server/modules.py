@@ -9,7 +9,8 @@ against their `sha256`, kept by digest under `$LATTICE_HOME/modules`, served to 
   next snapshot, so proxies load it by that digest. A failed refresh keeps the last good digest;
   the error is kept per URL and shows in `lattice status`.
 - `file://` is a path on the control plane's host; `http://` must be pinned (the API refuses it
-  otherwise); `https://` is verified against the system's roots. At most `MAX_MODULE_BYTES`.
+  otherwise); `https://` is verified against the system's roots; `oci://` is pulled from a
+  registry (server/oci.py), pinned by the image's digest. At most `MAX_MODULE_BYTES`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import aiohttp
 
 from lattice.api.extensions import SHA256, TrafficExtensionSpec, WasmConfig, WasmPluginSpec
+from lattice.server import oci
 from lattice.store import Store
 
 log = logging.getLogger("lattice.modules")
@@ -84,13 +86,24 @@ class ModuleCache:
         return path if path.is_file() else None
 
     async def check(self, wasm: WasmConfig) -> str:
-        """Fetch (unless pinned and held) and verify one module now; its digest, or ModuleError."""
-        if wasm.sha256 and self.path(wasm.sha256) is not None and wasm.image_pull_policy != "Always":
-            return wasm.sha256
-        digest = await self._fetch_and_keep(wasm)
+        """Fetch (unless held and the pull policy allows) and verify one module now; its digest, or ModuleError."""
+        digest = self._held(wasm) or await self._fetch_and_keep(wasm)
         self.digests[key(wasm)] = digest
         self.errors.pop(key(wasm), None)
         return digest
+
+    def _held(self, wasm: WasmConfig) -> str | None:
+        """The digest of a module held that needs no fetch: pinned (or an OCI image by digest or
+        by a tag other than latest) and `imagePullPolicy` not Always, as Istio pulls."""
+        if wasm.image_pull_policy == "Always":
+            return None
+        if wasm.url.startswith("oci://"):
+            if oci.parse(wasm.url).is_latest and wasm.image_pull_policy != "IfNotPresent":
+                return None
+            digest = self.digests.get(key(wasm))
+        else:
+            digest = wasm.sha256
+        return digest if digest and self.path(digest) is not None else None
 
     async def prepare(self) -> None:
         """Fetch what extensions that changed since the last fetch name (called before a push)."""
@@ -125,8 +138,9 @@ class ModuleCache:
             return (self.digests, self.errors) != before
 
     async def _quietly(self, wasm: WasmConfig) -> str | ModuleError:
-        if wasm.sha256 and wasm.image_pull_policy != "Always" and self.path(wasm.sha256) is not None:
-            return wasm.sha256
+        held = self._held(wasm)
+        if held is not None:
+            return held
         try:
             return await self._fetch_and_keep(wasm)
         except ModuleError as e:
@@ -144,11 +158,18 @@ class ModuleCache:
             log.warning("cannot fetch Wasm module %s: %s", k[0], outcome)
 
     async def _fetch_and_keep(self, wasm: WasmConfig) -> str:
-        body = await _fetch(wasm.url)
+        if wasm.url.startswith("oci://"):
+            body, image = await _pull(wasm.url)
+            if wasm.sha256 and image != wasm.sha256:  # an image is pinned by its manifest's digest
+                raise ModuleError(
+                    f"{wasm.url} is image sha256 {image}, not the pinned {wasm.sha256}: refusing it", "sha256"
+                )
+        else:
+            body = await _fetch(wasm.url)
         if not body.startswith(WASM_MAGIC):
             raise ModuleError(f"{wasm.url} is not a WebAssembly module (it does not start with \\0asm)")
         digest = hashlib.sha256(body).hexdigest()
-        if wasm.sha256 and digest != wasm.sha256:
+        if wasm.sha256 and digest != wasm.sha256 and not wasm.url.startswith("oci://"):
             raise ModuleError(f"{wasm.url} has sha256 {digest}, not the pinned {wasm.sha256}: refusing it", "sha256")
         await asyncio.to_thread(_keep, self._dir, digest, body)
         return digest
@@ -176,6 +197,15 @@ async def _fetch(url: str) -> bytes:
         raise ModuleError(f"{url} gave no answer within {FETCH_TIMEOUT_SECONDS:g}s") from None
     except (aiohttp.ClientError, OSError) as e:
         raise ModuleError(f"{url}: {e or type(e).__name__}") from None
+
+
+async def _pull(url: str) -> tuple[bytes, str]:
+    try:
+        return await oci.pull(url, MAX_MODULE_BYTES, FETCH_TIMEOUT_SECONDS)
+    except TimeoutError:
+        raise ModuleError(f"{url} gave no answer within {FETCH_TIMEOUT_SECONDS:g}s") from None
+    except (oci.OciError, aiohttp.ClientError, OSError) as e:
+        raise ModuleError(str(e) or type(e).__name__) from None
 
 
 def _read_file(path: Path) -> bytes:

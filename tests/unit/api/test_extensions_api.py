@@ -70,13 +70,18 @@ def test_wasm_plugin_reads_as_a_traffic_extension():
 @pytest.mark.parametrize(
     ("kind", "spec", "path", "reason"),
     [
-        ("TrafficExtension", "  wasm: {url: oci://registry/filter:v1}", "spec.wasm.url", "OCI"),
-        ("TrafficExtension", "  wasm: {url: registry/filter:v1}", "spec.wasm.url", "no scheme means oci"),
+        ("TrafficExtension", "  wasm: {url: oci://registry}", "spec.wasm.url", "not an image reference"),
+        ("TrafficExtension", "  wasm: {url: oci://registry/UPPER:v1}", "spec.wasm.url", "not an image reference"),
         ("TrafficExtension", "  wasm: {url: ftp://h/x.wasm}", "spec.wasm.url", "scheme"),
         ("TrafficExtension", "  wasm: {url: file://relative.wasm}", "spec.wasm.url", "absolute path"),
         ("TrafficExtension", "  wasm: {url: http://h/x.wasm}", "spec.wasm", "pinned with sha256"),
         ("TrafficExtension", "  wasm: {url: file:///x.wasm, sha256: ABC}", "spec.wasm.sha256", "64 lower-case hex"),
-        ("TrafficExtension", "  wasm: {url: file:///x.wasm, imagePullSecret: s}", "spec.wasm.imagePullSecret", "OCI"),
+        (
+            "TrafficExtension",
+            "  wasm: {url: oci://r/x, imagePullSecret: s}",
+            "spec.wasm.imagePullSecret",
+            "pull secrets",
+        ),
         (
             "TrafficExtension",
             "  wasm: {url: file:///x.wasm, verificationKey: k}",
@@ -111,7 +116,7 @@ def test_wasm_plugin_reads_as_a_traffic_extension():
             "leave out value",
         ),
         ("TrafficExtension", "  wasm: {url: file:///x.wasm}\n  unknownField: 1", "spec.unknownField", ""),
-        ("WasmPlugin", "  url: oci://h/x", "spec.url", "OCI"),
+        ("WasmPlugin", "  url: oci://h", "spec.url", "not an image reference"),
         (
             "WasmPlugin",
             "  url: file:///x.wasm\n  targetRef: {kind: Service, name: a}\n  targetRefs: [{kind: Service, name: b}]",
@@ -123,3 +128,8 @@ def test_wasm_plugin_reads_as_a_traffic_extension():
 def test_what_cannot_be_honoured_is_refused_with_path_and_reason(kind, spec, path, reason):
     errors = _errors(kind, spec)
     assert any(p.startswith(path) and reason in message for p, message in errors), errors
+
+
+def test_an_image_reference_without_a_scheme_is_oci_as_in_istio():
+    [r] = parse_documents(_doc("WasmPlugin", "  url: ghcr.io/example/filter:1.0"))
+    assert r.spec.url == "oci://ghcr.io/example/filter:1.0"
