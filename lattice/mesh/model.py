@@ -90,7 +90,6 @@ class MeshSnapshot:
     _route_tables: tuple[gateway_api.RouteTable, ...] = field(init=False, repr=False)
     _route_problems: tuple[str, ...] = field(init=False, repr=False)
     _extensions: tuple[extensions.Extension, ...] = field(init=False, repr=False)
-    _memo: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         endpoints: dict[str, list[Workload]] = defaultdict(list)
@@ -119,7 +118,6 @@ class MeshSnapshot:
         object.__setattr__(self, "_inbound_mtls", MappingProxyType(modes))
         all_extensions = extensions.extensions(self.traffic_extensions, self.wasm_plugins, self.created)
         object.__setattr__(self, "_extensions", all_extensions)
-        object.__setattr__(self, "_memo", {})
 
     def _entries(self, taken: set[str]):
         entries = entry_registry(self.service_entries, self.workload_entries, taken)
@@ -161,14 +159,11 @@ class MeshSnapshot:
         return index
 
     def memo(self, key: tuple, build: Callable[[], T]) -> T:
-        """`build()` once per snapshot for `key`: translated pieces that many proxies share (a
-        service's clusters, a cluster's endpoints for callers alike) are built once per push, not
-        once per proxy. Safe because a snapshot never changes; callers must not mutate the result."""
-        try:
-            return self._memo[key]
-        except KeyError:
-            value = self._memo[key] = build()
-            return value
+        """A piece many proxies share (a service's clusters, a cluster's endpoints for callers
+        alike), `key` naming everything it depends on. A snapshot holds no state, so it builds the
+        piece every time; a caller translating many proxies passes a view that keeps pieces for
+        the snapshot's life instead (`SharedPieces`; the pusher's, `mesh.reads.TracedSnapshot`)."""
+        return build()
 
     def endpoints(self, hostname: str) -> tuple[Workload, ...]:
         return self._endpoints.get(hostname, ())
@@ -235,3 +230,26 @@ class MeshSnapshot:
         out += request_authn.jwks_problems(self.request_authentications, self.jwks, self.jwks_errors)
         out += extensions.module_problems(self._extensions, self.wasm_modules, self.wasm_module_errors)
         return out + list(self._entry_problems) + list(self._route_problems)
+
+
+class SharedPieces:
+    """A snapshot as the translator sees it when many proxies are translated from it: `memo`
+    builds each piece once and hands the same object to every caller of its key. Owned by its
+    caller, dropped with it; the snapshot itself stays as it was built. Callers must not mutate
+    what `memo` returns."""
+
+    __slots__ = ("_snapshot", "_pieces")
+
+    def __init__(self, snapshot: MeshSnapshot) -> None:
+        self._snapshot = snapshot
+        self._pieces: dict = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._snapshot, name)
+
+    def memo(self, key: tuple, build: Callable[[], T]) -> T:
+        try:
+            return self._pieces[key]
+        except KeyError:
+            value = self._pieces[key] = build()
+            return value

@@ -4,6 +4,8 @@ Parts:
 - `config`  — `ServerConfig`: where state lives, which ports, timings; `server.json` discovery file.
 - `pusher`  — config or registry change -> (debounce) -> mesh snapshot -> translate (only what the
               change touched) -> cache, proxy by proxy, yielding to the loop as it goes.
+- `incremental` — `ProxyTranslations`: the pusher's memory of past translations; a new snapshot
+              re-translates only the types whose reads it changed, once per kind of proxy.
 - `jwks`    — RequestAuthentication jwksUri keys: fetched, refreshed, handed to each snapshot.
 - `rest`    — the REST API (aiohttp): apply/get/delete, registry, status, proxy config dumps.
 - `metrics` — the control plane's own Prometheus metrics (`/metrics`): pushes, convergence, CSRs, API.

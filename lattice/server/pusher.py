@@ -1,7 +1,7 @@
 """Turns store and registry changes into per-proxy snapshots in the xDS cache.
 
 A push builds the mesh snapshot, then goes proxy by proxy: each proxy's types are re-translated
-only where the snapshot changed what they read (`lattice.translate.incremental`), serialized
+only where the snapshot changed what they read (`lattice.server.incremental`, whose state the pusher owns), serialized
 (each shared piece once per push), and put in the cache, which wakes that proxy's stream at once.
 On the server's loop a push yields every few milliseconds, so ACKs, new connections and the
 responses of proxies already done go out while the rest are computed.
@@ -26,7 +26,7 @@ from lattice.server.modules import ModuleCache
 from lattice.server.metrics import ControlPlaneMetrics
 from lattice.store import Store, StoredResource
 from lattice.translate import TYPE_ORDER
-from lattice.translate.incremental import ProxyTranslations
+from lattice.server.incremental import ProxyTranslations
 from lattice.xds import SnapshotCache
 from lattice.xds.cache import Encoder
 

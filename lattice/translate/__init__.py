@@ -17,8 +17,6 @@ collector's cluster.
 - `telemetry` — access logs on every connection manager (to the agent for metrics; files), and who is at each end.
 - `extensions` — TrafficExtensions and WasmPlugins: Wasm and Lua filters whose config is discovered (ECDS).
 - `resources` — `Resources`: the output, sorted by name, type by type; `translate_type`, one type of it.
-- `incremental` — `ProxyTranslations`: a new snapshot re-translates only the types whose reads it
-                changed, once per kind of proxy (what was read decides, `lattice.mesh.reads`).
 
 Rules: no awaits, no clock, no globals, no IO; the same input always yields byte-identical output.
 Every function takes what it needs and returns new messages.

@@ -12,7 +12,7 @@ from lattice.api.mesh_config import parse_mesh_config
 from lattice.mesh import telemetry as t
 from lattice.api import telemetry_expr
 from lattice.mesh.analyze import analyze
-from lattice.mesh.model import MeshSnapshot, Workload
+from lattice.mesh.model import MeshSnapshot, SharedPieces, Workload
 from lattice.mesh.telemetry import (
     AccessLog,
     MeshTelemetry,
@@ -196,7 +196,7 @@ def test_root_namespace_workload_does_not_count_the_mesh_resource_twice():
 
 
 def test_workloads_with_the_same_scopes_share_one_result():
-    snap = snapshot(SCOPED, workloads=(RATINGS, workload("details-v1")))
+    snap = SharedPieces(snapshot(SCOPED, workloads=(RATINGS, workload("details-v1"))))  # as the pusher translates
     assert telemetry_for(snap, snap.workloads[0]) is telemetry_for(snap, snap.workloads[1])
 
 

@@ -1,6 +1,6 @@
-"""Pieces built once per snapshot and shared by proxies (MeshSnapshot.memo) must not leak one
-proxy's config into another's: each proxy's output is the same whether or not others were
-translated first from the same snapshot."""
+"""Pieces built once per snapshot and shared by proxies (`memo`, kept by the caller's
+`SharedPieces` or the pusher's `TracedSnapshot`) must not leak one proxy's config into another's:
+each proxy's output is the same whether or not others were translated first from the same view."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 from lattice.api import parse_documents
 from lattice.mesh import MeshSnapshot, Workload
-from lattice.mesh.model import Upstream
+from lattice.mesh.model import SharedPieces, Upstream
 from lattice.translate import ROUTE, translate
 
 RULES = """
@@ -78,8 +78,8 @@ def test_each_proxy_gets_the_same_config_alone_or_after_others():
         _workload(4, "client", "v1", namespace="other"),
     ]
     alone = {w.id: _bytes(translate(_snapshot(workloads), w)) for w in workloads}
-    shared = _snapshot(workloads)
     for order in (workloads, list(reversed(workloads))):
+        shared = SharedPieces(_snapshot(workloads))
         assert {w.id: _bytes(translate(shared, w)) for w in order} == alone
 
 

@@ -1,4 +1,4 @@
-"""Re-translation limited to what a snapshot changed, shared by proxies alike (translate/incremental.py):
+"""Re-translation limited to what a snapshot changed, shared by proxies alike (server/incremental.py):
 whatever the change, every proxy gets byte for byte what a full translation gives; and a change
 re-translates only the types whose reads it changed, once per kind of proxy."""
 
@@ -14,7 +14,8 @@ import pytest
 from lattice.api import parse_documents
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.mesh.model import SNAPSHOT_FIELDS
-from lattice.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER, incremental, translate
+from lattice.server import incremental
+from lattice.translate import CLUSTER, ENDPOINT, LISTENER, ROUTE, TYPE_ORDER, translate
 
 DATA = Path(lattice.demo.__file__).parent / "networking"
 GATEWAY = Path("/work/shared/conformance/istio-bookinfo/bookinfo-gateway.yaml")

@@ -1,5 +1,9 @@
 """Translation for a new snapshot limited to what it changed, and shared by proxies alike.
 
+The state the translator must not keep lives here, with the pusher that owns it: the reads of
+the previous snapshots and the translations made from them, and the memo of shared pieces (a
+`TracedSnapshot` per snapshot). The translator itself stays a function of what it is given.
+
 `translate` is pure, so one type of a proxy's resources is a function of what translating it
 read, of the snapshot and of the proxy (`lattice.mesh.reads`). `ProxyTranslations` keeps, per
 type, each translation's reads and what the caller made of its output (the serialized
@@ -14,7 +18,7 @@ A translation no proxy used at the last snapshot is dropped: it was not checked 
 
 It relies on the translator's own rules: pure; a memo piece the same for every caller of its key;
 and the proxy read through its attributes (it is a stand-in during translation: compared as an
-object, it would not be the workload). tests/unit/translate/test_incremental.py holds every
+object, it would not be the workload). tests/unit/server/test_incremental.py holds every
 proxy's output to a full translation's through a run of changes, forwards and backwards.
 """
 
