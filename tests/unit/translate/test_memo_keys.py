@@ -139,6 +139,7 @@ VARIANTS = {
     "local_address": {"local_address": "127.0.0.77"},
     "inbound_address": {"inbound_address": "10.77.0.2"},
     "capture": {"capture": True},
+    "host_port": {"host_port": 29080},
     "id": {},
 }
 
