@@ -1,11 +1,13 @@
 """Envoy's access log stream, read by the agent: one `Request` per HTTP request or TCP event.
 
-Envoy sends every request's entry over gRPC (its AccessLogService) to the agent, in batches every
-half second (translate/telemetry.py configures it). The agent turns each entry into a `Request`
+Envoy counts Istio's metrics itself (translate/istio_stats.py); over gRPC (its AccessLogService,
+batched every half second) it sends the agent only the entries of requests that failed, and all
+of them while someone taps (translate/telemetry.py). The agent turns each entry into a `Request`
 holding both ends in the mesh's own terms (workload, namespace, app, version, principal) and hands
-it to its consumers: Istio's metrics, the live window behind `lattice stat/top/edges`, and tap.
-That work runs on a thread of its own at a lower CPU priority, so that on a shared core counting
-requests never delays them.
+it to its consumers: tap, and the ring of recent failures behind `lattice why`. That work runs on
+a thread of its own at a lower CPU priority, so that on a shared core it never delays requests.
+The parsers of the peer strings here (`endpoint_peer`, `caller`, `service_of`) also name the
+series of Envoy's own counts (agent/envoy_stats.py).
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class Peer:
     app: str = UNKNOWN
     version: str = UNKNOWN
     principal: str = UNKNOWN
+    canonical_service: str = UNKNOWN
+    canonical_revision: str = UNKNOWN
 
     @property
     def service_account(self) -> str:
@@ -199,14 +203,14 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
             return (
                 "source",
                 self.me,
-                _endpoint_peer(common.custom_tags.get(ENDPOINT_TAG, "")),
-                _service_of(common.upstream_cluster),
+                endpoint_peer(common.custom_tags.get(ENDPOINT_TAG, "")),
+                service_of(common.upstream_cluster),
                 False,
             )
         principal = next(
             (san.uri for san in common.tls_properties.peer_certificate_properties.subject_alt_name if san.uri), ""
         )
-        return "destination", _caller(principal, metadata_peer), self.me, self.service, bool(principal)
+        return "destination", caller(principal, metadata_peer), self.me, self.service, bool(principal)
 
     def _http(self, entry: accesslog_pb2.HTTPAccessLogEntry, outbound: bool) -> Request:
         common, request, response = entry.common_properties, entry.request, entry.response
@@ -310,27 +314,29 @@ def _flags(flags: accesslog_pb2.ResponseFlags) -> str:
     return ",".join(FLAGS.get(field.name, "UAEX") for field, _ in fields)
 
 
+def _peer(parts: list[str], principal: str) -> Peer:
+    workload, namespace, app, version, canonical, revision = (p or UNKNOWN for p in parts)
+    return Peer(workload, namespace, app, version, principal or UNKNOWN, canonical, revision)
+
+
 @functools.lru_cache(maxsize=4096)
-def _endpoint_peer(value: str) -> Peer:
-    """ENDPOINT_METADATA: "<workload>;<namespace>;<app>;<version>;<principal>"."""
+def endpoint_peer(value: str) -> Peer:
+    """ENDPOINT_METADATA (and the outbound side's own): "<peer_value>;<principal>"."""
     parts = value.split(";")
-    if len(parts) != 5:
-        return Peer()
-    return Peer(*(p or UNKNOWN for p in parts))
+    return _peer(parts[:6], parts[6]) if len(parts) == 7 else Peer()
 
 
 @functools.lru_cache(maxsize=4096)
-def _caller(principal: str, metadata: str) -> Peer:
+def caller(principal: str, metadata: str) -> Peer:
     """The caller: its principal (from its certificate) and the workload its sidecar named, which is
     believed only when the certificate's namespace agrees (a plaintext client can claim anything)."""
     namespace = principal.split("/ns/", 1)[1].split("/", 1)[0] if "/ns/" in principal else UNKNOWN
     parts = metadata.split(";")
-    if principal and len(parts) == 4 and parts[1] == namespace:
-        workload, namespace, app, version = (p or UNKNOWN for p in parts)
-        return Peer(workload, namespace, app, version, principal)
+    if principal and len(parts) == 6 and parts[1] == namespace:
+        return _peer(parts, principal)
     return Peer(namespace=namespace, principal=principal or UNKNOWN)
 
 
 @functools.lru_cache(maxsize=4096)
-def _service_of(cluster: str) -> str:
+def service_of(cluster: str) -> str:
     return names.parse_cluster(cluster)["host"] if cluster.startswith("outbound|") else UNKNOWN

@@ -45,6 +45,8 @@ def bootstrap(
         # A #fragment never belongs on the wire (RFC 9110 4.2.1): Envoy strips it before path
         # normalization, so routes, authorization and the app see one path, as Istio does,
         # instead of answering 400 to clients that send one.
+        # The admin layer lets the agent switch the per-request stream on while someone taps
+        # (translate/telemetry.TAP_RUNTIME_KEY), with no config push.
         "layered_runtime": {
             "layers": [
                 {
@@ -53,9 +55,14 @@ def bootstrap(
                         "overload.global_downstream_max_connections": 50000,
                         "envoy.reloadable_features.http_reject_path_with_fragment": False,
                     },
-                }
+                },
+                {"name": "admin", "admin_layer": {}},
             ]
         },
+        # Histograms are merged from Envoy's threads when the agent reads them (once a second, and
+        # per scrape), not on a timer of their own; idle per-path series (`lattice top`) go after a minute.
+        "stats_flush_on_admin": True,
+        "stats_eviction_interval": "60s",
     }
 
 

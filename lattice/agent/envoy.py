@@ -126,14 +126,16 @@ class EnvoyProcess:
     def log_tail(self, lines: int = 15) -> str:
         return log_tail(self.log_path, lines)
 
-    async def admin(self, path: str, params: dict | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
-        """GET on Envoy's admin socket; (0, reason) if Envoy is not up."""
+    async def admin(
+        self, path: str, params: dict | None = None, timeout: float = 5.0, post: bool = False
+    ) -> tuple[int, bytes]:
+        """GET (or POST) on Envoy's admin socket; (0, reason) if Envoy is not up."""
         try:
             connector = aiohttp.UnixConnector(path=str(self.admin_socket))
             async with aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as session:
-                async with session.get(f"http://envoy{path}", params=params) as response:
+                async with session.request("POST" if post else "GET", f"http://envoy{path}", params=params) as response:
                     return response.status, await response.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             return 0, str(e).encode()

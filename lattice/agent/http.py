@@ -8,6 +8,7 @@ from typing import Callable
 
 from aiohttp import web
 
+from lattice.agent import metrics
 from lattice.agent.envoy import EnvoyProcess
 from lattice.agent.live import KEEP_SECONDS
 from lattice.agent.observer import Observer
@@ -34,9 +35,8 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
     async def prometheus(request: web.Request) -> web.Response:
         """One scrape target per workload: Envoy's own statistics, then Istio's metrics."""
         status, body = await envoy.admin("/stats/prometheus", {})
-        envoy_text = body.decode(errors="replace") if status == 200 else ""
-        with observer.lock:
-            ours = observer.render()
+        envoy_text = metrics.envoy_text(body.decode(errors="replace")) if status == 200 else ""
+        ours = await observer.render()
         return web.Response(
             text=envoy_text + ours,
             content_type="text/plain",
@@ -49,16 +49,14 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
             seconds = min(float(request.query.get("seconds", "60")), KEEP_SECONDS)
         except ValueError:
             return web.json_response({"error": "seconds must be a number"}, status=400)
-        with observer.lock:
-            summary = observer.window.summary(seconds)
-        return web.json_response(summary)
+        return web.json_response(observer.window.summary(seconds))
 
     async def tap(request: web.Request) -> web.StreamResponse:
         """Requests as they arrive, one JSON object per line, until the client goes away."""
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        queue = observer.tap.watch()
+        queue = await observer.start_tap()  # Envoy streams every request before the client hears "tapping"
         try:
+            await response.prepare(request)
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), 5.0)
@@ -69,7 +67,7 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            observer.tap.unwatch(queue)
+            await observer.stop_tap(queue)
         return response
 
     async def requests(request: web.Request) -> web.Response:

@@ -1,10 +1,12 @@
 """The last minutes of one sidecar's traffic, for `lattice stat`, `top`, `edges` and `tap`.
 
 `Window` keeps one bucket per second for `KEEP_SECONDS`: request counts, failures and a latency
-histogram per (reporter, peer, service), and per path for `top`. Nothing per request is kept, so
-memory stays flat at any rate; percentiles come from log-spaced buckets (each 10% wide), which
-is what `lattice stat` prints and what merging many sidecars' answers needs
-(mesh/telemetry.py: `bucket_of`, `percentile`).
+histogram per (reporter, peer, service), and per path for `top`. It is filled once a second from
+what Envoy counted since the second before (`Window.record`, agent/envoy_stats.py), never per
+request, so memory and CPU stay flat at any rate; percentiles come from log-spaced buckets (each
+10% wide; Envoy's own bins are as fine), which is what `lattice stat` prints and what merging
+many sidecars' answers needs (mesh/telemetry.py: `bucket_of`, `percentile`). A path's best,
+worst and last latency are its fastest and slowest bins and the mean of its last second.
 `Tap` fans requests out, as they arrive, to whoever is watching; a watcher that does not keep up
 loses requests rather than slowing the sidecar.
 """
@@ -15,12 +17,19 @@ import asyncio
 import time
 from collections import deque
 
+from lattice.agent import envoy_stats
 from lattice.agent.access_log import Request
 from lattice.mesh.telemetry import bucket_of
+from lattice.translate import istio_stats
 
 KEEP_SECONDS = 300
 MAX_PATHS = 200  # per second; beyond it, paths count under "(other)" (ids in paths would be unbounded)
 TAP_QUEUE = 1000
+_REQUESTS = (
+    istio_stats.COUNT_AND_DURATION,
+    istio_stats.COUNT,
+    istio_stats.DURATION,
+)  # whichever Envoy keeps, in this order
 
 
 class _Second:
@@ -37,40 +46,70 @@ class _Second:
 class Window:
     def __init__(self) -> None:
         self._seconds: deque[_Second] = deque()
+        self._before = envoy_stats.Reading()
 
-    def observe(self, r: Request) -> None:
-        second = self._second(int(r.start) if r.start else int(time.time()))
-        peer = r.peer
-        key = (r.reporter, peer, r.service, r.mtls)
+    def record(self, reading: envoy_stats.Reading, at: int | None = None) -> None:
+        """What Envoy counted since the previous reading, as second `at` (now by default)."""
+        before, self._before = self._before, reading
+        second = self._second(int(time.time()) if at is None else at)
+        histograms = reading.histograms
+        stat = next((n for n in _REQUESTS if any(k[0] == n for k in histograms)), None)
+        for key, bins in histograms.items():
+            if key[0] == stat:
+                self._requests(second, key[1], envoy_stats.bins_delta(bins, before.histograms.get(key)))
+            elif key[0] == istio_stats.PATHS:
+                self._path(second, key[1], envoy_stats.bins_delta(bins, before.histograms.get(key)))
+        for key, total in reading.counters.items():
+            if key[0] in (istio_stats.TCP_OPENED, istio_stats.TCP_SENT, istio_stats.TCP_RECEIVED):
+                old = before.counters.get(key, 0)
+                gained = total - old if total >= old else total
+                if gained:
+                    row = self._row(second, envoy_stats.ends(key[1], "tcp"))
+                    row[3 if key[0] == istio_stats.TCP_OPENED else 4] += gained
+        if not second.peers and not second.paths and len(self._seconds) > 1 and self._seconds[-1] is second:
+            self._seconds.pop()  # nothing happened: keep no empty second
+
+    @staticmethod
+    def _row(second: _Second, e: envoy_stats.Ends) -> list:
+        key = (e.reporter, e.peer, e.service, e.mtls)
         row = second.peers.get(key)
         if row is None:
             row = second.peers[key] = [0, 0, {}, 0, 0]
-        if r.protocol == "tcp":
-            row[3] += r.opened
-            row[4] += r.sent + r.received
+        return row
+
+    def _requests(self, second: _Second, tags: tuple, bins: envoy_stats.Bins) -> None:
+        n = sum(c for _, _, c in bins)
+        if not n:
             return
-        failed, ms = r.failed, r.duration_ms
-        row[0] += 1
-        row[1] += failed
-        histogram, index = row[2], bucket_of(ms)
-        histogram[index] = histogram.get(index, 0) + 1
+        e = envoy_stats.ends(tags)
+        row = self._row(second, e)
+        row[0] += n
+        row[1] += n if e.failed else 0
+        histogram = row[2]
+        for lower, width, count in bins:
+            index = bucket_of(lower / 1000)  # within 10% as the buckets are: a bin is narrower
+            histogram[index] = histogram.get(index, 0) + count
+
+    def _path(self, second: _Second, tags: tuple, bins: envoy_stats.Bins) -> None:
+        n = sum(c for _, _, c in bins)
+        if not n:
+            return
+        e, t = envoy_stats.ends(tags), dict(tags)
+        best = min(lower for lower, _, _ in bins) / 1000
+        worst = max(lower + width for lower, width, _ in bins) / 1000
+        last = sum(envoy_stats.mid(lower, width) * c for lower, width, c in bins) / n / 1000
+        failed = n if e.failed else 0
         paths = second.paths
-        key = (r.reporter, peer.workload, r.method, r.path, r.service)
+        key = (e.reporter, e.peer.workload, t.get("method", ""), t.get("path", ""), e.service)
+        if key not in paths and len(paths) >= MAX_PATHS:
+            key = (*key[:3], "(other)", key[4])
         stats = paths.get(key)
         if stats is None:
-            if len(paths) >= MAX_PATHS:
-                key = (r.reporter, peer.workload, r.method, "(other)", r.service)
-                stats = paths.get(key)
-        if stats is None:
-            paths[key] = [1, int(failed), ms, ms, ms]
+            paths[key] = [n, failed, best, worst, last]
         else:
-            stats[0] += 1
+            stats[0] += n
             stats[1] += failed
-            if ms < stats[2]:
-                stats[2] = ms
-            if ms > stats[3]:
-                stats[3] = ms
-            stats[4] = ms
+            stats[2], stats[3], stats[4] = min(stats[2], best), max(stats[3], worst), last
 
     def _second(self, at: int) -> _Second:
         seconds = self._seconds
@@ -206,3 +245,4 @@ def tap_event(r: Request) -> dict:
         "event": "open" if r.opened else "close" if r.closed else "data",
         "bytes": r.sent + r.received,
     }
+

@@ -1,21 +1,24 @@
-"""Istio's standard metrics, kept by the agent from Envoy's access log stream.
+"""Istio's standard metrics, as Prometheus text, from Envoy's own counts of them.
 
 Names, labels and buckets are Istio's, so its Grafana dashboards and Kiali-style queries work on a
-Lattice mesh unchanged. One `IstioMetrics` per sidecar; `render()` gives Prometheus text, which
-the agent's `/stats/prometheus` appends to Envoy's own statistics (one scrape target per workload).
-A workload's Telemetry resources may switch metrics off or relabel them (`MetricRule`s, read from
-the listeners the agent relays to Envoy).
+Lattice mesh unchanged. Envoy counts every request (translate/istio_stats.py); `IstioMetrics.render`
+turns one read of Envoy's stats (agent/envoy_stats.py) into Istio's series when Prometheus
+scrapes, series by series: several Envoy series that name the same Istio series (a caller's
+claimed workload that is not believed, a removed label) are summed. A workload's Telemetry may
+switch metrics off (Envoy then counts nothing for them) and relabel them: UPSERT values are
+Envoy tags, REMOVE is applied here (`MetricRule`s, read from the listeners the agent relays).
 """
 
 from __future__ import annotations
 
-import bisect
+from dataclasses import replace
 from typing import Iterable
 
-from lattice.agent.access_log import UNKNOWN, Request
+from lattice.agent import envoy_stats
+from lattice.agent.access_log import UNKNOWN, Peer
 from lattice.mesh import telemetry as t
-from lattice.api import telemetry_expr
 from lattice.mesh.telemetry import MetricRule, TagOverride, Telemetry
+from lattice.translate import istio_stats as s
 
 LABELS = (
     "reporter",
@@ -24,12 +27,16 @@ LABELS = (
     "source_principal",
     "source_app",
     "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
     "source_cluster",
     "destination_workload",
     "destination_workload_namespace",
     "destination_principal",
     "destination_app",
     "destination_version",
+    "destination_canonical_service",
+    "destination_canonical_revision",
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
@@ -73,206 +80,180 @@ HELP = {
     t.TCP_OPENED: ("counter", "TCP connections opened."),
     t.TCP_CLOSED: ("counter", "TCP connections closed."),
 }
-_PLAIN = (True, {}, {})  # a metric no rule touches
 CLUSTER = "Kubernetes"  # Istio's default cluster id, which its dashboards' source_cluster/destination_cluster carry
-
-
-class _Histogram:
-    __slots__ = ("buckets", "counts", "sum", "count")
-
-    def __init__(self, buckets: tuple) -> None:
-        self.buckets, self.counts, self.sum, self.count = buckets, [0] * len(buckets), 0.0, 0
-
-    def observe(self, value: float) -> None:
-        index = bisect.bisect_left(self.buckets, value)
-        if index < len(self.counts):
-            self.counts[index] += 1
-        self.sum += value
-        self.count += 1
+TCP_METRICS = frozenset(s.TCP_STATS)
+# Each Istio metric: the Envoy stats it is read from (the first present wins), and what it reads.
+SOURCES = {
+    t.REQUEST_COUNT: ((s.COUNT_AND_DURATION, s.COUNT), "count"),
+    t.REQUEST_DURATION: ((s.COUNT_AND_DURATION, s.DURATION), "ms"),
+    t.REQUEST_SIZE: ((s.REQUEST_BYTES,), "bytes"),
+    t.RESPONSE_SIZE: ((s.RESPONSE_BYTES,), "bytes"),
+    t.TCP_SENT: ((s.TCP_SENT,), "counter"),
+    t.TCP_RECEIVED: ((s.TCP_RECEIVED,), "counter"),
+    t.TCP_OPENED: ((s.TCP_OPENED,), "counter"),
+    t.TCP_CLOSED: ((s.TCP_CLOSED,), "counter"),
+}
 
 
 class IstioMetrics:
-    def __init__(self, trust_domain_cluster: str = CLUSTER) -> None:
-        self.cluster = trust_domain_cluster
-        self._counters: dict[str, dict[tuple, float]] = {
-            m: {} for m in (t.REQUEST_COUNT, t.TCP_SENT, t.TCP_RECEIVED, t.TCP_OPENED, t.TCP_CLOSED)
-        }
-        self._histograms: dict[str, dict[tuple, _Histogram]] = {
-            m: {} for m in (t.REQUEST_DURATION, t.REQUEST_SIZE, t.RESPONSE_SIZE)
-        }
+    def __init__(self, cluster: str = CLUSTER) -> None:
+        self.cluster = cluster
         self.telemetry = Telemetry(tracing=None)
-        self._overrides: dict[tuple[str, str], tuple[bool, dict[str, TagOverride], dict]] = {}
-        self._touched: set[str] = set()  # reporters some rule applies to (else the fast path)
-        self._base: dict[
-            tuple, tuple[dict, tuple]
-        ] = {}  # labels per distinct (ends, service, response), as dict and as key
+        self._removed: dict[tuple[str, str], tuple[str, ...]] = {}
 
     def set_rules(self, rules: Iterable[MetricRule]) -> None:
-        """The workload's metric rules (from its Telemetry); counts kept so far stay."""
+        """The workload's metric rules (from its Telemetry): which labels each metric drops."""
         self.telemetry = Telemetry(metrics=tuple(rules), tracing=None)
-        self._overrides = {}
-        self._touched = {
-            reporter
+        self._removed = {
+            (metric, reporter): tuple(
+                name for name, o in self.telemetry.tag_overrides(metric, reporter).items() if o.remove
+            )
+            for metric in t.METRICS
             for reporter in ("source", "destination")
-            if any(rule.applies(m, reporter) for rule in self.telemetry.metrics for m in t.METRICS)
         }
+
+    def render(self, reading: envoy_stats.Reading) -> str:
+        lines: list[str] = []
+        known = _known_callers(reading)
         for metric in t.METRICS:
-            for reporter in ("source", "destination"):
-                overrides = self.telemetry.tag_overrides(metric, reporter)
-                parsed = {name: telemetry_expr.parse(o.value) for name, o in overrides.items() if not o.remove}
-                self._overrides[(metric, reporter)] = (
-                    self.telemetry.metric_enabled(metric, reporter),
-                    overrides,
-                    parsed,
-                )
+            stats, kind = SOURCES[metric]
+            series = self._series(reading, metric, stats, kind, known)
+            if not series:
+                continue
+            prometheus_kind, help_text = HELP[metric]
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {prometheus_kind}"]
+            for key, value in series.items():
+                labels = _format(key)
+                if prometheus_kind == "counter":
+                    lines.append(f"{metric}{{{labels}}} {_number(value)}")
+                    continue
+                buckets = DURATION_BUCKETS if kind == "ms" else SIZE_BUCKETS
+                scale = 1 / 1000 if kind == "ms" else 1
+                for bound, running in _cumulative(value, buckets, scale):
+                    lines.append(f'{metric}_bucket{{{labels},le="{_number(bound)}"}} {running}')
+                count = sum(c for _, _, c in value)
+                total = sum(envoy_stats.mid(lower, width) * c for lower, width, c in value) * scale
+                lines.append(f'{metric}_bucket{{{labels},le="+Inf"}} {count}')
+                lines.append(f"{metric}_sum{{{labels}}} {_number(round(total, 6))}")
+                lines.append(f"{metric}_count{{{labels}}} {count}")
+        return "\n".join(lines) + "\n" if lines else ""
 
-    def observe(self, request: Request) -> None:
-        r = request
-        signature = (r.reporter, r.source, r.destination, r.service, r.protocol, r.code, r.grpc_status, r.flags, r.mtls)
-        base = self._base.get(signature)
-        if base is None:
-            if len(self._base) > 10000:  # label sets are few; a flood of new peers must not grow this forever
-                self._base.clear()
-            labels = self._labels(request)
-            if r.protocol == "tcp":
-                for name in TCP_DROPPED:
-                    labels.pop(name)
-            base = self._base[signature] = (labels, tuple(labels.items()))
-        if r.protocol == "tcp":
-            self._tcp(request, base)
-            return
-        if r.reporter not in self._touched:  # no rule for this side: one key for all four metrics
-            key = base[1]
-            counters = self._counters[t.REQUEST_COUNT]
-            counters[key] = counters.get(key, 0) + 1
-            for metric, buckets, value in (
-                (t.REQUEST_DURATION, DURATION_BUCKETS, r.duration_ms),
-                (t.REQUEST_SIZE, SIZE_BUCKETS, r.request_bytes),
-                (t.RESPONSE_SIZE, SIZE_BUCKETS, r.response_bytes),
-            ):
-                histogram = self._histograms[metric].get(key)
-                if histogram is None:
-                    histogram = self._histograms[metric][key] = _Histogram(buckets)
-                histogram.observe(value)
-            return
-        self._count(t.REQUEST_COUNT, request, base, 1)
-        self._observe(t.REQUEST_DURATION, request, base, request.duration_ms, DURATION_BUCKETS)
-        self._observe(t.REQUEST_SIZE, request, base, request.request_bytes, SIZE_BUCKETS)
-        self._observe(t.RESPONSE_SIZE, request, base, request.response_bytes, SIZE_BUCKETS)
+    def _series(self, reading: envoy_stats.Reading, metric: str, stats: tuple, kind: str, known: dict) -> dict:
+        """Istio's series of one metric: label tuple -> count, or merged histogram bins."""
+        tcp = metric in TCP_METRICS
+        source = reading.counters if kind == "counter" else reading.histograms
+        name = next((n for n in stats if any(stat == n for stat, _ in source)), None)
+        out: dict[tuple, object] = {}
+        for (stat, tags), value in source.items():
+            if stat != name:
+                continue
+            e = envoy_stats.ends(tags, "tcp" if tcp else "")
+            if tcp and e.reporter == "destination" and e.source.workload == UNKNOWN:
+                e = _named(e, known)
+            if not self.telemetry.metric_enabled(metric, e.reporter):
+                continue
+            labels = self._labels(e)
+            if tcp:
+                for dropped in TCP_DROPPED:
+                    labels.pop(dropped)
+            for removed in self._removed.get((metric, e.reporter), ()):
+                labels.pop(removed, None)
+            labels.update(envoy_stats.overrides(tags))
+            key = tuple(labels.items())
+            if kind == "counter":
+                out[key] = out.get(key, 0) + value
+            elif kind == "count":
+                out[key] = out.get(key, 0) + sum(c for _, _, c in value)
+            else:
+                out[key] = _merge(out.get(key, ()), value)
+        return out
 
-    def _tcp(self, request: Request, base: tuple) -> None:
-        if request.opened:
-            self._count(t.TCP_OPENED, request, base, 1)
-        if request.closed:
-            self._count(t.TCP_CLOSED, request, base, 1)
-        if request.sent:
-            self._count(t.TCP_SENT, request, base, request.sent)
-        if request.received:
-            self._count(t.TCP_RECEIVED, request, base, request.received)
-
-    def _labels(self, r: Request) -> dict:
-        src, dst = r.source, r.destination
-        service = r.service or UNKNOWN
+    def _labels(self, e: envoy_stats.Ends) -> dict:
+        src, dst, service = e.source, e.destination, e.service
         parts = service.split(".")
         return {
-            "reporter": r.reporter,
+            "reporter": e.reporter,
             "source_workload": src.workload,
             "source_workload_namespace": src.namespace,
             "source_principal": src.principal,
             "source_app": src.app,
             "source_version": src.version,
+            "source_canonical_service": src.canonical_service,
+            "source_canonical_revision": src.canonical_revision,
             "source_cluster": self.cluster if src.workload != UNKNOWN else UNKNOWN,
             "destination_workload": dst.workload,
             "destination_workload_namespace": dst.namespace,
             "destination_principal": dst.principal,
             "destination_app": dst.app,
             "destination_version": dst.version,
+            "destination_canonical_service": dst.canonical_service,
+            "destination_canonical_revision": dst.canonical_revision,
             "destination_service": service,
             "destination_service_name": parts[0] if service != UNKNOWN else UNKNOWN,
             "destination_service_namespace": parts[1]
             if len(parts) > 2 and parts[2] == "svc"
             else (dst.namespace if service != UNKNOWN else UNKNOWN),
             "destination_cluster": self.cluster if dst.workload != UNKNOWN else UNKNOWN,
-            "request_protocol": r.protocol,
-            "response_code": str(r.code),
-            "grpc_response_status": r.grpc_status,
-            "response_flags": r.flags,
-            "connection_security_policy": ("mutual_tls" if r.mtls else "none")
-            if r.reporter == "destination"
-            else UNKNOWN,
+            "request_protocol": e.protocol,
+            "response_code": str(e.code),
+            "grpc_response_status": e.grpc,
+            "response_flags": e.flags,
+            "connection_security_policy": e.policy if e.reporter == "destination" else UNKNOWN,
         }
 
-    def _key(self, metric: str, request: Request, base: tuple) -> tuple | None:
-        """The series key: the base labels as they are, or as the workload's overrides change them."""
-        enabled, overrides, parsed = self._overrides.get((metric, request.reporter), _PLAIN)
-        if not enabled:
-            return None
-        if not overrides:
-            return base[1]
-        labels = dict(base[0])
-        record = None
-        for name, override in overrides.items():
-            if override.remove:
-                labels.pop(name, None)
-            else:
-                record = record or _record(request)
-                labels[name] = telemetry_expr.evaluate(parsed[name], record)
-        return tuple(labels.items())
 
-    def _count(self, metric: str, request: Request, base: tuple, amount: float) -> None:
-        key = self._key(metric, request, base)
-        if key is not None:
-            counters = self._counters[metric]
-            counters[key] = counters.get(key, 0) + amount
-
-    def _observe(self, metric: str, request: Request, base: tuple, value: float, buckets: tuple) -> None:
-        key = self._key(metric, request, base)
-        if key is not None:
-            histograms = self._histograms[metric]
-            histogram = histograms.get(key)
-            if histogram is None:
-                histogram = histograms[key] = _Histogram(buckets)
-            histogram.observe(value)
-
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in t.METRICS:
-            kind, help_text = HELP[metric]
-            series = self._counters.get(metric) if kind == "counter" else self._histograms.get(metric)
-            if not series:
-                continue
-            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
-            for key, value in series.items():
-                labels = _format(key)
-                if kind == "counter":
-                    lines.append(f"{metric}{{{labels}}} {_number(value)}")
-                    continue
-                running = 0
-                for bound, count in zip(value.buckets, value.counts, strict=False):
-                    running += count
-                    lines.append(f'{metric}_bucket{{{labels},le="{_number(bound)}"}} {running}')
-                lines.append(f'{metric}_bucket{{{labels},le="+Inf"}} {value.count}')
-                lines.append(f"{metric}_sum{{{labels}}} {_number(value.sum)}")
-                lines.append(f"{metric}_count{{{labels}}} {value.count}")
-        return "\n".join(lines) + "\n" if lines else ""
+def _known_callers(reading: envoy_stats.Reading) -> dict[str, Peer | None]:
+    """Principal -> the one workload known to hold it (from the believed callers and the answering
+    endpoints in this reading), for TCP callers, whose sidecars send no header; None if several."""
+    out: dict[str, Peer | None] = {}
+    for stat, tags in reading.histograms:
+        if stat not in (s.COUNT_AND_DURATION, s.COUNT, s.DURATION):
+            continue
+        e = envoy_stats.ends(tags)
+        for peer in (e.source, e.destination):
+            if peer.workload != UNKNOWN and peer.principal != UNKNOWN:
+                seen = out.setdefault(peer.principal, peer)
+                if seen is not None and seen != peer:
+                    out[peer.principal] = None
+    return out
 
 
-def _record(r: Request) -> dict:
-    """What a tag override's expression may read of a request (api/telemetry_expr.py)."""
-    return {
-        "method": r.method,
-        "path": r.path,
-        "host": r.authority,
-        "scheme": "http",
-        "protocol": r.protocol,
-        "response_code": r.code,
-        "source_principal": r.source.principal,
-        "destination_principal": r.destination.principal,
-        "upstream_address": "",
-        "source_address": "",
-        "destination_port": "",
-        "headers": {},
-    }
+def _named(e: envoy_stats.Ends, known: dict) -> envoy_stats.Ends:
+    """A TCP caller named from its principal, when one workload is known to hold it."""
+    peer = known.get(e.source.principal)
+    return e if peer is None else replace(e, source=peer)
+
+
+def _merge(a: envoy_stats.Bins, b: envoy_stats.Bins) -> envoy_stats.Bins:
+    if not a:
+        return b
+    merged: dict[tuple[float, float], int] = {}
+    for lower, width, count in (*a, *b):
+        merged[(lower, width)] = merged.get((lower, width), 0) + count
+    return tuple((lower, width, count) for (lower, width), count in merged.items())
+
+
+def _cumulative(bins: envoy_stats.Bins, buckets: tuple, scale: float):
+    """Counts at or below each bucket bound: a bin counts once its whole width is under the bound
+    (Istio's bounds are two significant digits, as Envoy's bins are, so none straddles one)."""
+    uppers = sorted(((lower + width) * scale, count) for lower, width, count in bins)
+    running, i = 0, 0
+    for bound in buckets:
+        while i < len(uppers) and uppers[i][0] <= bound * (1 + 1e-9):
+            running += uppers[i][1]
+            i += 1
+        yield bound, running
+
+
+_OURS = f"envoy_{s.PREFIX}_"
+
+
+def envoy_text(text: str) -> str:
+    """Envoy's Prometheus text without the raw series Istio's metrics are named from."""
+    if _OURS not in text:
+        return text
+    kept = [line for line in text.splitlines() if _OURS not in line[:80]]
+    return "\n".join(kept) + "\n" if kept else ""
 
 
 def _escape(value: str) -> str:

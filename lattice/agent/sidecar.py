@@ -181,7 +181,7 @@ class Sidecar:
             self.run_dir / "admin.sock",
             self.run_dir / "envoy.log",
             self.o.envoy_log_level,
-            {PEER_ENV: peer_value(reg.name, reg.namespace, reg.labels)},
+            {PEER_ENV: peer_value(reg.name, reg.namespace, reg.labels, reg.service)},
         )
         if self.capture is not None:  # Envoy beside the app, in the group whose traffic is not captured
             self.envoy.wrap = self.capture.pod.proxy_command
@@ -210,6 +210,7 @@ class Sidecar:
                 self.relay.on_accept = self.observer.on_accept
                 # Extensions' Wasm modules: fetched from the control plane, given to Envoy as files.
                 self.relay.localize = ModuleFetcher(self.o.server, self.run_dir / "modules", self.identity.ssl).localize
+                self.observer.envoy = self.envoy
                 if self.capture is not None:
                     self._install_capture()
                 await self._serve()
@@ -304,6 +305,7 @@ class Sidecar:
                 tasks.create_task(self.identity.renew_forever(self.registry.session), name="renewal"),
                 tasks.create_task(self._probe_forever(), name="app-probe"),
                 tasks.create_task(self.traces.forward(self.registry.session), name="trace-relay"),
+                tasks.create_task(self.observer.poll_forever(), name="envoy-stats"),
             ]
             if self.capture is not None:
                 background.append(tasks.create_task(self.capture.serve_dns(), name="dns-proxy"))

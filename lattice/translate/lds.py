@@ -125,13 +125,13 @@ def _inbound_chain(
         tcp_proxy = tcp_proxy_pb2.TcpProxy(
             stat_prefix=f"inbound_{proxy.port}",
             cluster=cluster,
-            access_log=telemetry.tcp_access_logs(snapshot, proxy, "inbound"),
+            access_log=telemetry.tcp_access_logs(snapshot, proxy, "inbound", socket is not None),
         )
         telemetry.tcp_log_options(tcp_proxy, "inbound")
         network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy)
     else:
         manager = _manager(f"inbound_{proxy.port}", http)
-        manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "inbound"))
+        manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "inbound", socket is not None))
         tracing.configure(manager, snapshot, proxy, tracing.INBOUND)
         # The caller's identity reaches the app in x-forwarded-client-cert, set from the verified
         # peer certificate only: whatever a client sent in that header is dropped.

@@ -3,16 +3,19 @@
 Istio's metrics need to know both ends of a request. Envoy knows its own side; the other side
 travels with the request:
 - outbound, the destination is the upstream host Envoy picked: each mesh endpoint carries its
-  workload in endpoint metadata (`ENDPOINT_METADATA`), which the access log reads as a custom tag;
+  workload in endpoint metadata (`ENDPOINT_METADATA`);
 - inbound, the source is the peer certificate (principal) plus a request header the calling
   sidecar adds to every request for a mesh service (`PEER_HEADER`, its value taken from the
   calling Envoy's environment, so one shared route table serves every caller). The destination's
   sidecar moves it into dynamic metadata and drops it: the app never sees it.
-Every request's log entry streams over gRPC (Envoy's access log service) to the sidecar's agent,
-which keeps Istio's counters and histograms, the live window for `lattice stat/top/edges` and
-the tap stream (agent/telemetry.py). Access logs for people (JSON lines or text) Envoy writes
-itself. The metric rules of the workload's Telemetry ride on the listener's metadata
-(`RULES_METADATA`), where the agent, which relays every listener to Envoy, reads them.
+Envoy counts Istio's metrics itself, with its stats access logger (translate/istio_stats.py).
+Per-request entries stream over gRPC (Envoy's access log service) to the sidecar's agent only for
+requests that failed (status >= 400 or any response flag: rare, and what `lattice why` explains)
+and, while someone runs `lattice tap`, for all of them: the agent turns the runtime key
+`TAP_RUNTIME_KEY` on through Envoy's admin `/runtime_modify` and off again, with no config push
+and no listener drain. Access logs for people (JSON lines or text) Envoy writes itself. The
+metric rules of the workload's Telemetry ride on the listener's metadata (`RULES_METADATA`),
+where the agent reads which labels to remove.
 """
 
 from __future__ import annotations
@@ -33,15 +36,18 @@ from google.protobuf import struct_pb2
 
 from lattice.mesh import MeshSnapshot, Workload, fqdn
 from lattice.mesh.telemetry import METRICS, AccessLog, Telemetry, telemetry_for
+from lattice.translate import istio_stats
 from lattice.translate.names import TELEMETRY_CLUSTER
 from lattice.translate.protos import duration, pack
 
 PEER_HEADER = "x-lattice-peer"
-PEER_ENV = "LATTICE_PEER"  # set by the agent in Envoy's environment: "<workload>;<namespace>;<app>;<version>"
+PEER_ENV = "LATTICE_PEER"  # set by the agent in Envoy's environment: `peer_value` of its workload
 PEER_METADATA = "lattice.peer"  # inbound: the caller's PEER_HEADER, moved to dynamic metadata
-ENDPOINT_METADATA = "lattice"  # an endpoint's workload, "<workload>;<namespace>;<app>;<version>;<principal>"
+ENDPOINT_METADATA = "lattice"  # an endpoint's workload: `peer_value` and ";<principal>"
 RULES_METADATA = "lattice.telemetry"  # listener metadata: the Telemetry metric rules for the agent
 ENDPOINT_TAG = "peer"  # the ALS custom tag carrying ENDPOINT_METADATA of the upstream host
+TAP_RUNTIME_KEY = "lattice.tap"  # percent of requests streamed besides failures: 100 while tapping, else 0
+FAILURE_STATUS_KEY = "lattice.failure_status"  # runtime key: responses from this status on stream (default 400)
 LOG_NAMES = {"outbound": "outbound", "inbound": "inbound"}  # the ALS stream's name: which side reported
 TCP_FLUSH_SECONDS = 5  # long TCP connections report their bytes this often, not only at the end
 # Istio's default JSON access log fields (its EnvoyJSONLogFormatIstio).
@@ -83,9 +89,18 @@ _REPORTER = {"outbound": "source", "inbound": "destination"}
 _MODE = {"outbound": "CLIENT", "inbound": "SERVER"}
 
 
-def peer_value(name: str, namespace: str, labels) -> str:
-    """A workload as PEER_ENV and ENDPOINT_METADATA spell it (names never contain ';')."""
-    return ";".join([name, namespace, labels.get("app", ""), labels.get("version", "")])
+_CANONICAL_SERVICE = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
+_CANONICAL_REVISION = ("service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
+
+
+def peer_value(name: str, namespace: str, labels, service: str = "") -> str:
+    """A workload as PEER_ENV and ENDPOINT_METADATA spell it (names never contain ';'):
+    "<workload>;<namespace>;<app>;<version>;<canonical service>;<canonical revision>", the last two
+    by Istio's rules (the canonical-name label, else app.kubernetes.io/name, else app, else the
+    service; the canonical-revision label, else app.kubernetes.io/version, else version, else latest)."""
+    canonical = next((labels[k] for k in _CANONICAL_SERVICE if labels.get(k)), service or name)
+    revision = next((labels[k] for k in _CANONICAL_REVISION if labels.get(k)), "latest")
+    return ";".join([name, namespace, labels.get("app", ""), labels.get("version", ""), canonical, revision])
 
 
 def add_peer_header(headers) -> None:
@@ -101,7 +116,11 @@ def endpoint_metadata(snapshot: MeshSnapshot, endpoint) -> str | None:
     """A mesh workload's ENDPOINT_METADATA; None for endpoints that are not workloads."""
     if not isinstance(endpoint, Workload):
         return None
-    return f"{peer_value(endpoint.name, endpoint.namespace, endpoint.labels)};{snapshot.identity(endpoint)}"
+    return f"{_peer(endpoint)};{snapshot.identity(endpoint)}"
+
+
+def _peer(w: Workload) -> str:
+    return peer_value(w.name, w.namespace, w.labels, w.service)
 
 
 def inbound_filters() -> list[hcm.HttpFilter]:
@@ -116,38 +135,66 @@ def inbound_filters() -> list[hcm.HttpFilter]:
 
 
 def reports(telemetry: Telemetry, direction: str) -> bool:
-    """Whether this side streams its requests to the agent: when any metric is on for it."""
+    """Whether Envoy counts any of Istio's metrics on this side."""
     return any(telemetry.metric_enabled(m, _REPORTER[direction]) for m in METRICS)
 
 
-def http_access_logs(snapshot: MeshSnapshot, proxy: Workload, direction: str) -> list[accesslog_pb2.AccessLog]:
-    telemetry = telemetry_for(snapshot, proxy)
-    out = [_file_log(log) for log in telemetry.access_logs if log.mode in (_MODE[direction], "CLIENT_AND_SERVER")]
-    if reports(telemetry, direction):
-        config = als_pb2.HttpGrpcAccessLogConfig(
-            common_config=_grpc_common(direction),
-            additional_request_headers_to_log=["content-type"],
-            additional_response_headers_to_log=["grpc-status"],
-            additional_response_trailers_to_log=["grpc-status"],
-        )
-        out.append(accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(config)))
-    return out
+def _ends(snapshot: MeshSnapshot, proxy: Workload, direction: str, mtls: bool | None) -> istio_stats.Ends:
+    service = fqdn(proxy.service, proxy.namespace, snapshot.domain)
+    return istio_stats.Ends(direction, _peer(proxy), snapshot.identity(proxy), service, mtls)
 
 
-def tcp_access_logs(snapshot: MeshSnapshot, proxy: Workload, direction: str) -> list[accesslog_pb2.AccessLog]:
+def http_access_logs(
+    snapshot: MeshSnapshot, proxy: Workload, direction: str, mtls: bool | None = None
+) -> list[accesslog_pb2.AccessLog]:
+    """File logs, Istio's metrics (counted by Envoy) and the stream of failed (or tapped) requests;
+    `mtls`: whether an inbound chain is the mutual TLS one."""
     telemetry = telemetry_for(snapshot, proxy)
     out = [_file_log(log) for log in telemetry.access_logs if log.mode in (_MODE[direction], "CLIENT_AND_SERVER")]
-    if reports(telemetry, direction):
-        config = als_pb2.TcpGrpcAccessLogConfig(common_config=_grpc_common(direction))
-        out.append(accesslog_pb2.AccessLog(name="envoy.access_loggers.tcp_grpc", typed_config=pack(config)))
-    return out
+    out += istio_stats.http_loggers(telemetry, _ends(snapshot, proxy, direction, mtls))
+    config = als_pb2.HttpGrpcAccessLogConfig(
+        common_config=_grpc_common(direction),
+        additional_request_headers_to_log=["content-type"],
+        additional_response_headers_to_log=["grpc-status"],
+        additional_response_trailers_to_log=["grpc-status"],
+    )
+    stream = accesslog_pb2.AccessLog(name="envoy.access_loggers.http_grpc", typed_config=pack(config))
+    stream.filter.CopyFrom(_failed_or_tapped(http=True))
+    return [*out, stream]
+
+
+def tcp_access_logs(
+    snapshot: MeshSnapshot, proxy: Workload, direction: str, mtls: bool | None = None
+) -> list[accesslog_pb2.AccessLog]:
+    telemetry = telemetry_for(snapshot, proxy)
+    out = [_file_log(log) for log in telemetry.access_logs if log.mode in (_MODE[direction], "CLIENT_AND_SERVER")]
+    out += istio_stats.tcp_loggers(telemetry, _ends(snapshot, proxy, direction, mtls))
+    config = als_pb2.TcpGrpcAccessLogConfig(common_config=_grpc_common(direction))
+    stream = accesslog_pb2.AccessLog(name="envoy.access_loggers.tcp_grpc", typed_config=pack(config))
+    stream.filter.CopyFrom(_failed_or_tapped(http=False))
+    return [*out, stream]
+
+
+def _failed_or_tapped(http: bool) -> accesslog_pb2.AccessLogFilter:
+    """Failures (a status from 400 on, or any response flag) always; everything while tapping."""
+    tapped = accesslog_pb2.AccessLogFilter()
+    tapped.runtime_filter.runtime_key = TAP_RUNTIME_KEY
+    tapped.runtime_filter.percent_sampled.numerator = 0
+    flagged = accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter())
+    either = accesslog_pb2.AccessLogFilter()
+    if http:
+        status = either.or_filter.filters.add().status_code_filter.comparison
+        status.op = accesslog_pb2.ComparisonFilter.GE
+        status.value.default_value, status.value.runtime_key = 400, FAILURE_STATUS_KEY
+    either.or_filter.filters.extend([flagged, tapped])
+    return either
 
 
 def tcp_log_options(tcp_proxy, direction: str) -> None:
-    """A TCP proxy logs every few seconds (bytes so far) and at the end, so long connections show up
-    before they end; the caller's side also when the upstream connects. The destination's side
-    must not: Envoy would read the peer certificate before the handshake is done, and remember
-    that there was none."""
+    """A TCP proxy logs every few seconds (bytes so far) and at the end, so a tap shows long
+    connections before they end; the caller's side also when the upstream connects. The
+    destination's side must not: Envoy would read the peer certificate before the handshake is
+    done, and remember that there was none."""
     tcp_proxy.access_log_options.flush_access_log_on_connected = direction == "outbound"
     tcp_proxy.access_log_options.access_log_flush_interval.CopyFrom(duration(TCP_FLUSH_SECONDS))
 

@@ -1,9 +1,11 @@
-"""The agent's side of telemetry, from Envoy access log entries (built as Envoy sends them) to
-Istio's metrics in Prometheus text, the live window and tap events."""
+"""The agent's side of telemetry: Envoy's own counts (its admin `/stats` JSON, built here as Envoy
+writes it) named as Istio's metrics in Prometheus text and filled into the live window; access log
+entries (built as Envoy sends them) to tap events."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -11,20 +13,23 @@ import time
 from envoy.data.accesslog.v3 import accesslog_pb2 as al
 from envoy.service.accesslog.v3 import als_pb2
 
+from lattice.agent import envoy_stats
 from lattice.agent.access_log import AccessLogReceiver, Peer
 from lattice.agent.live import Tap, Window
 from lattice.agent.metrics import IstioMetrics
 from lattice.mesh.telemetry import MetricRule, TagOverride, percentile
 
-ME = Peer("ratings-v1", "default", "ratings", "v1", "spiffe://cluster.local/ns/default/sa/ratings")
+ME = Peer("ratings-v1", "default", "ratings", "v1", "spiffe://cluster.local/ns/default/sa/ratings", "ratings", "v1")
 CALLER = "spiffe://cluster.local/ns/default/sa/reviews"
+REVIEWS = "reviews-v2;default;reviews;v2;reviews;v2"
+RATINGS = "ratings-v1;default;ratings;v1;ratings;v1;spiffe://cluster.local/ns/default/sa/ratings"
 
 
 def inbound_entry(
     code: int = 200,
     ms: int = 12,
     principal: str = CALLER,
-    peer: str = "reviews-v2;default;reviews;v2",
+    peer: str = REVIEWS,
     path: str = "/ratings/0?x=1",
 ) -> al.HTTPAccessLogEntry:
     entry = al.HTTPAccessLogEntry()
@@ -85,14 +90,14 @@ def test_the_stream_is_counted_on_a_worker_thread_below_envoys_priority():
 def test_an_inbound_entry_names_both_ends():
     (r,) = run([inbound_entry()])
     assert r.reporter == "destination" and r.mtls and r.code == 200 and r.duration_ms == 12 and r.path == "/ratings/0"
-    assert r.source == Peer("reviews-v2", "default", "reviews", "v2", CALLER) and r.destination == ME
+    assert r.source == Peer("reviews-v2", "default", "reviews", "v2", CALLER, "reviews", "v2") and r.destination == ME
     assert r.request_bytes == 100 and r.response_bytes == 100
 
 
 def test_a_claimed_workload_is_believed_only_with_a_matching_certificate():
     (plain,) = run([inbound_entry(principal="")])
     assert plain.source == Peer() and not plain.mtls  # anyone can send the header
-    (other,) = run([inbound_entry(peer="reviews-v2;prod;reviews;v2")])
+    (other,) = run([inbound_entry(peer="reviews-v2;prod;reviews;v2;reviews;v2")])
     assert (
         other.source.workload == "unknown" and other.source.principal == CALLER and other.source.namespace == "default"
     )
@@ -101,9 +106,7 @@ def test_a_claimed_workload_is_believed_only_with_a_matching_certificate():
 def test_an_outbound_entry_reads_the_callee_from_the_endpoint():
     entry = inbound_entry()
     entry.common_properties.upstream_cluster = "outbound|9080||ratings.default.svc.cluster.local"
-    entry.common_properties.custom_tags["peer"] = (
-        "ratings-v1;default;ratings;v1;spiffe://cluster.local/ns/default/sa/ratings"
-    )
+    entry.common_properties.custom_tags["peer"] = RATINGS
     (r,) = run([entry], log_name="outbound")
     assert r.reporter == "source" and r.service == "ratings.default.svc.cluster.local"
     assert r.destination.workload == "ratings-v1" and r.destination.principal.endswith("/sa/ratings")
@@ -115,10 +118,52 @@ def labelled(text: str, metric: str) -> dict[str, float]:
     }
 
 
+def inbound_tags(code: int = 200, peer: str = REVIEWS, principal: str = CALLER, **more) -> dict:
+    """The tags translate/istio_stats.py gives an inbound (mTLS) series, as Envoy fills them."""
+    tags = {"r": "destination", "src": peer, "sp": principal, "dst": RATINGS.rsplit(";", 1)[0] + ";" + ME.principal}
+    tags |= {"svc": "ratings.default.svc.cluster.local", "tls": "mutual_tls", "code": str(code), "grpc": ""}
+    return tags | {"flags": "-", "proto": "", **more}
+
+
+def name(stat: str, tags: dict) -> str:
+    return "lattice." + stat + "".join(f".~{k}.{v}" for k, v in tags.items())
+
+
+def bins(*microseconds: int) -> list[dict]:
+    """Envoy's detailed bins for these samples (two significant digits, as circllhist keeps them)."""
+    out: dict[float, int] = {}
+    for us in microseconds:
+        width = 10 ** (len(str(us)) - 2) if us >= 10 else 1
+        out[us - us % width] = out.get(us - us % width, 0) + 1
+    return [
+        {"lower_bound": lower, "width": 10 ** (len(str(int(lower))) - 2) or 1, "count": n} for lower, n in out.items()
+    ]
+
+
+def envoy_json(histograms: dict[str, list], counters: dict[str, int] = {}) -> bytes:
+    """Envoy's `/stats?format=json&histogram_buckets=detailed` holding these series."""
+    details = [{"name": n, "totals": b, "intervals": [], "percentiles": []} for n, b in histograms.items()]
+    stats = [{"name": n, "value": v} for n, v in counters.items()]
+    return json.dumps({"stats": [*stats, {"histograms": {"supported_percentiles": [], "details": details}}]}).encode()
+
+
+def test_envoy_stat_names_split_into_tags_whose_values_hold_dots():
+    stat, tags = envoy_stats.split_name(name("rq", inbound_tags()))
+    assert stat == "rq" and dict(tags)["svc"] == "ratings.default.svc.cluster.local" and dict(tags)["sp"] == CALLER
+    assert envoy_stats.split_name("cluster.x.upstream_rq_total") is None
+
+
 def test_counts_and_histograms_render_as_istio_names_them():
-    metrics = IstioMetrics()
-    run([inbound_entry(200, 3), inbound_entry(200, 30), inbound_entry(503, 700)], consumers=[metrics.observe])
-    text = metrics.render()
+    reading = envoy_stats.parse(
+        envoy_json(
+            {
+                name("rq", inbound_tags(200)): bins(3000, 30000),
+                name("rq", inbound_tags(503)): bins(700000),
+                name("rqb", inbound_tags(200)): bins(100, 120),
+            }
+        )
+    )
+    text = IstioMetrics().render(reading)
     assert (
         "# TYPE istio_requests_total counter" in text and "# TYPE istio_request_duration_milliseconds histogram" in text
     )
@@ -127,42 +172,65 @@ def test_counts_and_histograms_render_as_istio_names_them():
     (ok,) = [k for k, v in counts.items() if v == 2]
     assert 'reporter="destination"' in ok and 'source_workload="reviews-v2"' in ok and 'response_code="200"' in ok
     assert 'connection_security_policy="mutual_tls"' in ok and f'source_principal="{CALLER}"' in ok
+    assert 'source_canonical_service="reviews"' in ok and 'destination_canonical_revision="v1"' in ok
+    assert 'grpc_response_status=""' in ok and 'request_protocol="http"' in ok
     buckets = labelled(text, "istio_request_duration_milliseconds_bucket")
     ok_buckets = {k.split('le="')[1].rstrip('"}'): v for k, v in buckets.items() if 'response_code="200"' in k}
     assert ok_buckets["1"] == 0 and ok_buckets["5"] == 1 and ok_buckets["50"] == 2 and ok_buckets["+Inf"] == 2
+    assert labelled(text, "istio_request_bytes_count") and not labelled(text, "istio_response_bytes_count")
 
 
-def test_telemetry_rules_switch_metrics_off_and_relabel():
+def test_a_claimed_workload_in_a_series_is_believed_only_with_a_matching_certificate():
+    reading = envoy_stats.parse(
+        envoy_json(
+            {
+                name("rq", inbound_tags(peer="reviews-v2;prod;reviews;v2;reviews;v2")): bins(1000),
+                name("rq", inbound_tags(peer="other-v1;prod;other;v1;other;v1")): bins(1000),
+            }
+        )
+    )
+    (key, count), *more = labelled(IstioMetrics().render(reading), "istio_requests_total").items()
+    assert not more and count == 2, "two claims not believed are one series: the caller's principal"
+    assert 'source_workload="unknown"' in key and 'source_workload_namespace="default"' in key
+
+
+def test_a_tcp_caller_is_named_from_its_principal_when_one_workload_holds_it():
+    tcp = {k: v for k, v in inbound_tags().items() if k in ("r", "src", "sp", "dst", "svc", "tls", "flags")}
+    reading = envoy_stats.parse(
+        envoy_json({name("rq", inbound_tags()): bins(1000)}, {name("tcpo", tcp | {"src": "-"}): 1})
+    )
+    (key,) = labelled(IstioMetrics().render(reading), "istio_tcp_connections_opened_total")
+    assert 'source_workload="reviews-v2"' in key and 'request_protocol="tcp"' in key and "response_code" not in key
+
+
+def test_telemetry_rules_remove_labels_and_envoy_fills_upserts():
     metrics = IstioMetrics()
     metrics.set_rules(
-        [
-            MetricRule(metric="istio_request_bytes", disabled=True),
-            MetricRule(
-                metric=None,
-                mode="SERVER",
-                disabled=None,
-                tags=(TagOverride("source_principal", remove=True), TagOverride("request_path", value="request.path")),
-            ),
-        ]
+        [MetricRule(metric=None, mode="SERVER", disabled=None, tags=(TagOverride("source_principal", remove=True),))]
     )
-    run([inbound_entry()], consumers=[metrics.observe])
-    text = metrics.render()
-    assert "istio_request_bytes" not in text and "istio_response_bytes_count" in text
-    (key,) = labelled(text, "istio_requests_total")
+    reading = envoy_stats.parse(envoy_json({name("rq", inbound_tags(ov_request_path="/ratings/0")): bins(5)}))
+    (key,) = labelled(metrics.render(reading), "istio_requests_total")
     assert "source_principal" not in key and 'request_path="/ratings/0"' in key
 
 
-def test_the_window_gives_rates_percentiles_and_paths():
+def test_the_window_gives_rates_percentiles_and_paths_from_what_envoy_counted_since_the_last_read():
     window = Window()
-    entries = [inbound_entry(200, ms) for ms in (1, 2, 3, 4, 100)] + [inbound_entry(503, 5, path="/fail")]
-    run(entries, consumers=[window.observe])
+    path = {k: v for k, v in inbound_tags().items() if k in ("r", "src", "sp", "dst", "svc", "code", "grpc")}
+    first = {name("rq", inbound_tags()): bins(1000, 2000)}
+    window.record(envoy_stats.parse(envoy_json(first)), at=1_800_000_000)
+    second = {
+        name("rq", inbound_tags()): bins(1000, 2000, 3000, 4000, 100000),
+        name("rq", inbound_tags(503)): bins(5000),
+        name("path", path | {"method": "GET", "path": "/ratings/0"}): bins(3000, 4000, 100000),
+    }
+    window.record(envoy_stats.parse(envoy_json(second)), at=1_800_000_001)
     summary = window.summary(60, now=1_800_000_010)
     (peer,) = summary["peers"]
     assert peer["requests"] == 6 and peer["failures"] == 1 and peer["peer_workload"] == "reviews-v2" and peer["mtls"]
     histogram = {int(k): v for k, v in peer["latency"].items()}
     assert 2.7 <= percentile(histogram, 0.5) <= 3.3 and 90 <= percentile(histogram, 0.99) <= 110
-    paths = {p["path"]: p for p in summary["paths"]}
-    assert paths["/ratings/0"]["requests"] == 5 and paths["/fail"]["failures"] == 1
+    (row,) = summary["paths"]
+    assert row["path"] == "/ratings/0" and row["requests"] == 3 and 2.7 <= row["best_ms"] <= 3.3
     assert window.summary(60, now=1_800_000_100)["peers"] == []  # out of the window
 
 
@@ -176,3 +244,10 @@ def test_tap_hands_watchers_events_without_query_strings():
 
     event = asyncio.run(watch())
     assert event["path"] == "/secret" and "token" not in str(event) and event["source"]["workload"] == "reviews-v2"
+
+
+def test_the_scrape_keeps_envoys_own_stats_but_not_the_raw_series_istios_are_named_from():
+    from lattice.agent.metrics import envoy_text
+
+    text = "# TYPE envoy_lattice_rq histogram\nenvoy_lattice_rq_count{_r=\"source\"} 1\n# TYPE envoy_server_live gauge\nenvoy_server_live 1\n"
+    assert envoy_text(text) == "# TYPE envoy_server_live gauge\nenvoy_server_live 1\n"

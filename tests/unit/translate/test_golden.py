@@ -117,9 +117,18 @@ def _render(snapshot: MeshSnapshot) -> str:
 
 
 _MAPS = ("filter_metadata", "typed_filter_metadata")  # protobuf maps: no stable order to compare
+_STRUCTS = ("value",)  # a TypedStruct's config (a Struct: maps all the way down)
+
+
+def _deep_sorted(value):
+    if isinstance(value, dict):
+        return {k: _deep_sorted(v) for k, v in sorted(value.items())}
+    return [_deep_sorted(v) for v in value] if isinstance(value, list) else value
 
 
 def _maps_sorted(value, key: str = ""):
+    if key in _STRUCTS and isinstance(value, dict):
+        return _deep_sorted(value)
     if isinstance(value, dict):
         items = sorted(value.items()) if key in _MAPS else value.items()
         return {k: _maps_sorted(v, k) for k, v in items}

@@ -1,6 +1,7 @@
-"""Metrics and access log config in the generated listeners: the access log stream to the agent on
-both sides, peer identity carried by endpoint metadata and a request header, file logs and their
-Telemetry filters, and metrics switched off."""
+"""Metrics and access log config in the generated listeners: Istio's metrics counted by Envoy's
+stats logger, the stream of failed (or tapped) requests to the agent on both sides, peer identity
+carried by endpoint metadata and a request header, file logs and their Telemetry filters, and
+metrics switched off."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from google.protobuf import json_format
+from xds.type.v3 import typed_struct_pb2
 
 from lattice.api import parse_documents
 from lattice.api.mesh_config import parse_mesh_config
 from lattice.mesh import MeshSnapshot
 from lattice.mesh.telemetry import mesh_telemetry
 from lattice.translate import ENDPOINT, LISTENER, ROUTE, translate
+from lattice.translate import istio_stats
 from lattice.translate import telemetry as t
 from test_golden import WORKLOADS
 
@@ -63,18 +67,37 @@ def logs(manager: hcm.HttpConnectionManager, kind: str) -> list:
     return out
 
 
-def test_both_sides_stream_to_the_agent_by_default_and_write_no_file():
+def stats_configs(manager: hcm.HttpConnectionManager) -> list[dict]:
+    out = []
+    for log in manager.access_log:
+        if log.name == istio_stats.STATS_LOGGER:
+            typed = typed_struct_pb2.TypedStruct()
+            log.typed_config.Unpack(typed)
+            assert typed.type_url == istio_stats.STATS_TYPE
+            out.append(json_format.MessageToDict(typed.value))
+    return out
+
+
+def test_both_sides_count_in_envoy_stream_failures_to_the_agent_and_write_no_file():
     snap = snapshot()
     (outbound,) = managers(snap, PRODUCTPAGE, "outbound_http")
     inbound = managers(snap, RATINGS, "inbound|")
     for manager, name in [(outbound, "outbound"), *((m, "inbound") for m in inbound)]:
-        ((config, _),) = logs(manager, "envoy.access_loggers.http_grpc")
+        ((config, log),) = logs(manager, "envoy.access_loggers.http_grpc")
         assert config.common_config.log_name == name
         assert config.common_config.grpc_service.envoy_grpc.cluster_name == "lattice-telemetry"
         assert list(config.additional_response_trailers_to_log) == ["grpc-status"]
+        either = log.filter.or_filter.filters
+        assert either[0].status_code_filter.comparison.value.default_value == 400
+        assert either[2].runtime_filter.runtime_key == t.TAP_RUNTIME_KEY
         assert not logs(manager, "envoy.access_loggers.file")
+        istio, paths = stats_configs(manager)
+        assert [h["stat"]["name"] for h in istio["histograms"]] == ["rq", "rqb", "rsb"]
+        assert [h["stat"]["name"] for h in paths["histograms"]] == ["path"]
     ((config, _),) = logs(outbound, "envoy.access_loggers.http_grpc")
     assert [tag.tag for tag in config.common_config.custom_tags] == [t.ENDPOINT_TAG]  # who answered, from the endpoint
+    tags = {tag["name"]: tag["value_format"] for tag in stats_configs(outbound)[0]["histograms"][0]["stat"]["tags"]}
+    assert tags["~dst"] == "%UPSTREAM_METADATA(lattice:peer)%" and tags["~src"].startswith("productpage-v1;default;")
 
 
 def test_the_caller_is_named_by_header_and_the_callee_by_endpoint_metadata():
@@ -91,7 +114,7 @@ def test_the_caller_is_named_by_header_and_the_callee_by_endpoint_metadata():
         for loc in endpoints["outbound|9080||ratings.default.svc.cluster.local"].endpoints
         for e in loc.lb_endpoints
     }
-    assert "ratings-v1;default;ratings;v1;spiffe://cluster.local/ns/default/sa/ratings" in peers
+    assert "ratings-v1;default;ratings;v1;ratings;v1;spiffe://cluster.local/ns/default/sa/ratings" in peers
     (manager, *_) = managers(snap, RATINGS, "inbound|")
     assert (
         manager.http_filters[0].name == "envoy.filters.http.header_to_metadata"
@@ -122,7 +145,7 @@ def test_mesh_access_log_file_and_a_telemetry_filter_for_one_workload():
     assert cel.expression == "response.code >= 400"
 
 
-def test_metrics_off_means_no_stream_and_the_rules_reach_the_agent():
+def test_metrics_off_means_nothing_counted_and_the_rules_reach_the_agent():
     off = telemetry(
         {
             "metrics": [
@@ -136,7 +159,7 @@ def test_metrics_off_means_no_stream_and_the_rules_reach_the_agent():
     )
     snap = snapshot(off)
     (outbound,) = managers(snap, PRODUCTPAGE, "outbound_http")
-    assert not logs(outbound, "envoy.access_loggers.http_grpc")
+    assert not stats_configs(outbound)
     listener: listener_pb2.Listener = dict(translate(snap, PRODUCTPAGE).by_type[LISTENER])["outbound_http"]
     config = json.loads(listener.metadata.filter_metadata[t.RULES_METADATA]["config"])
     assert config["rules"][0]["disabled"] is True
