@@ -86,7 +86,7 @@ class Window:
         row[0] += n
         row[1] += n if e.failed else 0
         histogram = row[2]
-        for lower, width, count in bins:
+        for lower, _, count in bins:
             index = bucket_of(lower / 1000)  # within 10% as the buckets are: a bin is narrower
             histogram[index] = histogram.get(index, 0) + count
 

@@ -79,10 +79,12 @@ class Observer:
             if stat in (s.COUNT_AND_DURATION, s.COUNT, s.DURATION)
         ) + sum(total for (stat, _), total in reading.counters.items() if stat == s.TCP_CLOSED)
         lines = [
-            "# HELP lattice_agent_access_log_entries_total Access log entries Envoy recorded: every request and TCP connection its stats logger counted.",
+            "# HELP lattice_agent_access_log_entries_total Access log entries Envoy recorded: "
+            "every request and TCP connection its stats logger counted.",
             "# TYPE lattice_agent_access_log_entries_total counter",
             f"lattice_agent_access_log_entries_total {recorded}",
-            "# HELP lattice_agent_access_log_streamed_total Access log entries Envoy streamed to the agent: failed requests, and all while tapping.",
+            "# HELP lattice_agent_access_log_streamed_total Access log entries Envoy streamed to the agent: "
+            "failed requests, and all while tapping.",
             "# TYPE lattice_agent_access_log_streamed_total counter",
             f"lattice_agent_access_log_streamed_total {self.receiver.received}",
         ]

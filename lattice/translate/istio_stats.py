@@ -35,7 +35,7 @@ from xds.type.v3 import typed_struct_pb2
 
 from lattice.mesh import telemetry as t
 from lattice.mesh.telemetry import Telemetry
-from lattice.mesh.telemetry_expr import parse
+from lattice.api.telemetry_expr import parse
 
 PREFIX = "lattice"
 STATS_LOGGER = "envoy.access_loggers.stats"

@@ -140,10 +140,10 @@ def bins(*microseconds: int) -> list[dict]:
     ]
 
 
-def envoy_json(histograms: dict[str, list], counters: dict[str, int] = {}) -> bytes:
+def envoy_json(histograms: dict[str, list], counters: dict[str, int] | None = None) -> bytes:
     """Envoy's `/stats?format=json&histogram_buckets=detailed` holding these series."""
     details = [{"name": n, "totals": b, "intervals": [], "percentiles": []} for n, b in histograms.items()]
-    stats = [{"name": n, "value": v} for n, v in counters.items()]
+    stats = [{"name": n, "value": v} for n, v in (counters or {}).items()]
     return json.dumps({"stats": [*stats, {"histograms": {"supported_percentiles": [], "details": details}}]}).encode()
 
 
@@ -249,5 +249,8 @@ def test_tap_hands_watchers_events_without_query_strings():
 def test_the_scrape_keeps_envoys_own_stats_but_not_the_raw_series_istios_are_named_from():
     from lattice.agent.metrics import envoy_text
 
-    text = "# TYPE envoy_lattice_rq histogram\nenvoy_lattice_rq_count{_r=\"source\"} 1\n# TYPE envoy_server_live gauge\nenvoy_server_live 1\n"
+    text = (
+        "# TYPE envoy_lattice_rq histogram\nenvoy_lattice_rq_count{_r=\"source\"} 1\n"
+        "# TYPE envoy_server_live gauge\nenvoy_server_live 1\n"
+    )
     assert envoy_text(text) == "# TYPE envoy_server_live gauge\nenvoy_server_live 1\n"
