@@ -245,4 +245,3 @@ def tap_event(r: Request) -> dict:
         "event": "open" if r.opened else "close" if r.closed else "data",
         "bytes": r.sent + r.received,
     }
-
