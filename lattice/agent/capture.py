@@ -41,6 +41,7 @@ class Pod:
     address: str  # the namespace's own address (its inbound listener binds it)
     created: bool  # made by us, removed by us
     host_if: str = ""
+    host_side: str = ""  # the host's end of the veth pair (for a namespace made here)
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     _lease: int | None = None
     _resolv: Path | None = None
@@ -79,7 +80,7 @@ def create_pod(service: str) -> Pod:
     base = POD_NETWORK.network_address + 4 * index
     host_ip, pod_ip = str(base + 1), str(base + 2)
     tag = secrets.token_hex(3)
-    pod = Pod(f"lattice-{service[:40]}-{tag}", pod_ip, True, f"lt{tag}h", tag, fd)
+    pod = Pod(f"lattice-{service[:40]}-{tag}", pod_ip, True, f"lt{tag}h", host_ip, tag, fd)
     try:
         _run("ip", "netns", "add", pod.netns)
         _run("ip", "link", "add", pod.host_if, "type", "veth", "peer", "name", f"lt{tag}p")
@@ -110,7 +111,13 @@ def existing_pod(name: str) -> Pod:
 
 
 def capture(
-    pod: Pod, namespace: str, host_address: str | None, forwards: dict[int, int], inbound: list[int], outbound_port: int
+    pod: Pod,
+    namespace: str,
+    host_address: str | None,
+    forwards: dict[int, int],
+    inbound: list[int],
+    outbound_port: int,
+    agent: tuple[int, list[str]] | None = None,
 ) -> None:
     """Install the namespace's redirection and the host's forwarding (see the module docstring)."""
     resolv = NETNS_ETC / pod.netns / "resolv.conf"
@@ -131,6 +138,10 @@ def capture(
     _run(*accept, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT", netns=ns)
     for port in inbound:
         _run(*accept, "-p", "tcp", "-d", pod.address, "--dport", str(port), "-j", "ACCEPT", netns=ns)
+    if agent is not None:  # the agent port: for the control plane only (it reads windows and taps there)
+        port, sources = agent
+        for source in sources:
+            _run(*accept, "-p", "tcp", "-s", source, "--dport", str(port), "-j", "ACCEPT", netns=ns)
     _run(*accept, "-j", "DROP", netns=ns)
     _host_rules(pod, host_address, forwards)
 
@@ -229,11 +240,17 @@ class CaptureMode:
         raise CaptureError(f"no free port on {address} to forward to the inbound listener")
 
     def install(
-        self, namespace: str, host_address: str | None, forwards: dict[int, int], inbound: list[int], outbound_port: int
+        self,
+        namespace: str,
+        host_address: str | None,
+        forwards: dict[int, int],
+        inbound: list[int],
+        outbound_port: int,
+        agent: tuple[int, list[str]],
     ) -> None:
         from lattice.agent.dns import udp_socket
 
-        capture(self.pod, namespace, host_address, forwards, inbound, outbound_port)
+        capture(self.pod, namespace, host_address, forwards, inbound, outbound_port, agent)
         self._dns_socket = self.inside.run(udp_socket)
 
     def listen(self, port: int):

@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import urllib.parse
@@ -360,7 +361,14 @@ class Sidecar:
         reg = self.registration
         host_address = None if reg.address == self.capture.pod.address else reg.address
         forwards = {reg.host_port or reg.port: reg.port, reg.agent_port: reg.agent_port}
-        self.capture.install(reg.namespace, host_address, forwards, [reg.port, reg.agent_port], OUTBOUND_PORT)
+        self.capture.install(
+            reg.namespace,
+            host_address,
+            forwards,
+            [reg.port],
+            OUTBOUND_PORT,
+            (reg.agent_port, self._control_plane_sources()),
+        )
         accepted = self.relay.on_accept
 
         def on_accept(type_url, response) -> None:
@@ -368,6 +376,14 @@ class Sidecar:
             self.capture.on_accept(type_url, response)
 
         self.relay.on_accept = on_accept
+
+    def _control_plane_sources(self) -> list[str]:
+        """Where the control plane's calls to the agent port come from: its host's address, or, on this
+        very host, the host's end of the namespace's link."""
+        host = urllib.parse.urlsplit(self.o.server).hostname or "127.0.0.1"
+        if is_loopback_host(host):
+            return [self.capture.pod.host_side] if self.capture.pod.host_side else []
+        return sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)})
 
     def _announce(self) -> None:
         if self.capture is not None:

@@ -8,6 +8,7 @@ host C a captured `web` workload whose network namespace the clients run in (tes
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,7 +87,7 @@ def fleet(tmp_path_factory):
     home = tmp_path_factory.mktemp("capture") / "home"
     with Network() as net:
         a, b, c = net.host("a"), net.host("b"), net.host("c")
-        plane = net.control_plane(a, home)
+        plane = net.control_plane(a, home, "--heartbeat-timeout", "4")  # silent soon, kept (--endpoint-grace)
         started = []
         try:
             plane.apply(SPLIT)
@@ -155,4 +156,98 @@ def test_dns_answers_service_entry_free_names_and_forwards_nothing_meshy(fleet):
     for name in ("reviews", "reviews.default", "reviews.default.svc.cluster.local", "REVIEWS.default"):
         result = in_web(fleet, ["getent", "ahostsv4", name])
         assert result.returncode == 0 and result.stdout.startswith("240.240."), (name, result)
-    time.sleep(0)
+
+
+def _curl(fleet, timeout: float = 2) -> str:
+    """One request by name from web's namespace: the status and who served it ("000" when none)."""
+    result = in_web(fleet, ["curl", "--noproxy", "*", "-s", "-o/dev/null", "-m", str(timeout), "-w", "%{http_code}",
+                            "http://reviews:9080/"])  # fmt: skip
+    return result.stdout.strip() or "000"
+
+
+def test_only_tls_crosses_the_wire_between_hosts(fleet, tmp_path):
+    net, plane, (a, b, c), w = fleet
+    pcap = tmp_path / "b.pcap"
+    dump = b.popen(["tcpdump", "-Z", "root", "-i", "eth0", "-U", "-n", "-w", str(pcap), "host", c.address],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert "listening on" in dump.stderr.readline()
+        assert [_curl(fleet) for _ in range(10)] == ["200"] * 10
+        assert (
+            in_web(fleet, [sys.executable, "-c", TCP_CLIENT, "tcp-echo", "9000"]).stdout.strip() == "tcp-echo-v1 hello"
+        )
+    finally:
+        dump.terminate()
+        dump.wait(10)
+    text = subprocess.run(["tcpdump", "-r", str(pcap), "-n", "-A"], capture_output=True, text=True).stdout
+    assert text.count(f"{c.address}.") > 20, text[:2000]  # the traffic was there
+    for plain in ("HTTP/1.1", "x-served-by", "reviews-v", "hello"):
+        assert plain not in text, f"{plain!r} in clear on B's link"
+    handshakes = subprocess.run(
+        ["tcpdump", "-r", str(pcap), "-n", "tcp[((tcp[12:1] & 0xf0) >> 2):1] = 0x16"], capture_output=True, text=True
+    ).stdout
+    assert handshakes.count("\n") >= 4, "expected TLS handshakes between the sidecars"
+
+
+def test_a_process_on_another_host_outside_the_mesh_is_refused_under_strict(fleet):
+    net, plane, (a, b, c), w = fleet
+    result = c.exec(["curl", "--noproxy", "*", "-s", "-m", "5", "-w", "%{http_code}", f"http://{b.address}:9080/"])
+    assert result.returncode != 0 and "reviews-v" not in result.stdout, result  # reset: no TLS, no answer
+
+
+def test_a_process_on_b_outside_the_namespace_cannot_use_the_outbound_listener_or_the_agent_port(fleet):
+    net, plane, (a, b, c), w = fleet
+    reviews = plane.proxy(w["reviews-v1"].id)
+
+    def reachable(host: str, port: int) -> bool:
+        import socket
+
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    namespace_address = _inbound_address(w["reviews-v1"])
+    for host, port in ((namespace_address, 15001), ("127.0.0.1", 15001), (b.address, reviews["agent_port"])):
+        assert not b.call(reachable, host, port), f"{host}:{port} reachable from B outside the workload's namespace"
+    # The control plane (host A) still reads the agent port: its config dump comes back.
+    status, body = plane.call("GET", f"/api/v1/proxies/{w['reviews-v1'].id}/config_dump")
+    assert status == 200 and "configs" in body, (status, str(body)[:300])
+
+
+def _inbound_address(workload) -> str:
+    found = re.search(r"network namespace \S+ \((\S+)\)", workload.log.read_text())
+    assert found, workload.log.read_text()
+    return found.group(1)
+
+
+def test_losing_the_control_plane_is_not_an_outage(fleet):
+    """A and B cut: B's workloads fall silent (no heartbeats) but keep their endpoints; C still calls them."""
+    net, plane, (a, b, c), w = fleet
+    net.cut(a, b)
+    try:
+        wait_for(lambda: plane.proxy(w["reviews-v1"].id)["silent"], 20, what="reviews-v1 to fall silent")
+        assert [_curl(fleet) for _ in range(10)] == ["200"] * 10
+    finally:
+        net.restore(a, b)
+    wait_for(lambda: not plane.proxy(w["reviews-v1"].id)["silent"], 20, what="reviews-v1 to heartbeat again")
+
+
+def test_a_cut_between_b_and_c_recovers_within_5s_of_restoring_without_restarts(fleet):
+    net, plane, (a, b, c), w = fleet
+    envoys = {name: child_pid(x, "envoy") for name, x in w.items()}
+    assert _curl(fleet) == "200"
+    net.cut(b, c)
+    cut = time.monotonic()
+    try:
+        assert _curl(fleet, timeout=2) != "200"  # the cut is real
+        time.sleep(max(0.0, 15 - (time.monotonic() - cut)))  # the link stays down for 15 s: that is the scenario
+    finally:
+        net.restore(b, c)
+    restored = time.monotonic()
+    wait_for(lambda: _curl(fleet, timeout=1) == "200", 5, interval=0.1, what="traffic to recover after restoring")
+    assert time.monotonic() - restored <= 5
+    assert [_curl(fleet) for _ in range(10)] == ["200"] * 10
+    assert {name: child_pid(x, "envoy") for name, x in w.items()} == envoys  # nothing restarted
+    assert all(x.process.poll() is None for x in w.values())
