@@ -126,14 +126,16 @@ def _deep_sorted(value):
     return [_deep_sorted(v) for v in value] if isinstance(value, list) else value
 
 
-def _maps_sorted(value, key: str = ""):
+def _maps_sorted(value, key: str = "", inside: bool = False):
+    """Protobuf maps in key order, and everything inside them (metadata structs are maps too)."""
     if key in _STRUCTS and isinstance(value, dict):
         return _deep_sorted(value)
     if isinstance(value, dict):
-        items = sorted(value.items()) if key in _MAPS else value.items()
-        return {k: _maps_sorted(v, k) for k, v in items}
+        inside = inside or key in _MAPS
+        items = sorted(value.items()) if inside else value.items()
+        return {k: _maps_sorted(v, k, inside) for k, v in items}
     if isinstance(value, list):
-        return [_maps_sorted(v) for v in value]
+        return [_maps_sorted(v, "", inside) for v in value]
     return value
 
 
