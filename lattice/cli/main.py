@@ -20,7 +20,7 @@ import typer
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from lattice.api import ValidationError, parse_documents  # noqa: E402
-from lattice.cli import authz, observe, observe_trace, proxy_config, security, why  # noqa: E402
+from lattice.cli import authz, observe, observe_trace, proxy_config, security, why, dashboard  # noqa: E402
 from lattice.cli.client import AgentServerOpt, ApiError, Client, ServerOpt, agent_url, call, server_url  # noqa: E402
 from lattice.cli.client import connect as client  # noqa: E402
 from lattice.cli.options import (  # noqa: E402
@@ -48,6 +48,7 @@ app.add_typer(authz.app, name="authz")
 observe.register(app)
 observe_trace.register(app)
 why.register(app)
+dashboard.register(app)
 
 TokenOpt = typer.Option(
     None,

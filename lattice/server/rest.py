@@ -32,6 +32,7 @@ from lattice.server.metrics import CONTENT_TYPE, ControlPlaneMetrics
 from lattice.server.modules import ModuleCache, ModuleError
 from lattice.server.pusher import Pusher
 from lattice.server import discovery
+from lattice.server.console import Console
 from lattice.server.why import WhyApi
 from lattice.server.traces import TraceStore, list_response, trace_response
 from lattice.store import Store, StoreConflict, StoredResource, StoreError, StoreUnavailable
@@ -75,6 +76,7 @@ class RestApi:
         self.started = time.time()
         self.xds_address = ""  # set once the gRPC port is bound; agents learn it from /health
         self.observatory = Observatory(registry)  # stat, top, edges, tap: asked of the agents live
+        self.console = Console(registry, lambda: self.observatory.session)  # /ui/: the web console
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._measure, self._authenticate, _errors])
@@ -102,11 +104,12 @@ class RestApi:
         self.observatory.add_routes(app)
         WhyApi(self.registry, lambda: self.pusher.snapshot, lambda: self.observatory.session).add_routes(app)
         discovery.add_routes(app, self.registry, lambda: self.pusher.snapshot.root_namespace)
+        self.console.add_routes(app)
         return app
 
     @web.middleware
     async def _authenticate(self, request: web.Request, handler):
-        if request.path not in PUBLIC:
+        if request.path not in PUBLIC and not self.console.public(request.path) and not self.console.admits(request):
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             accepted = [self._admin_token] + ([self._metrics_token] if request.path == discovery.SD_PATH else [])
             if scheme.lower() != "bearer" or not any(

@@ -23,6 +23,7 @@ ALLOWED = {
     "agent": {"api", "mesh", "translate", "identity"},
     "cli": {"api", "server", "agent", "mesh", "translate", "demo"},
     "demo": {"server", "agent"},
+    "console": set(),  # the web console's static page; served by server/console.py
 }
 
 

@@ -1,0 +1,221 @@
+"""The web console in a real browser: Debian's chromium, headless, driven through its own
+chromedriver by Selenium (nothing downloaded), against a running mesh with steady traffic.
+
+The browser logs in the way `lattice dashboard` sends it in (a one-time link), then checks what a
+user would see: every workload and edge with live numbers that agree with `lattice stat`, a
+VirtualService moving them, tap showing requests as they happen, and a failed request's "why"
+naming the policy that refused it. With LATTICE_UPDATE_SCREENSHOT=1 the run also refreshes
+docs/console.png, the screenshot the README shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from harness import BACKEND, ControlPlane, Workload, drained, http, running, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("console")]
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium comes with the test extras (make install)")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+DOCS = Path(__file__).parents[2] / "docs"
+URL = "http://backend:9080/"
+WINDOW = 20  # seconds: the graph's and `lattice stat`'s, the same
+
+
+class Traffic:
+    """A steady caller: client -> backend, about 20 requests a second, until stopped."""
+
+    def __init__(self, client: Workload) -> None:
+        self.client, self.stopped, self.sent = client, threading.Event(), 0
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.wait(0.05):
+            try:
+                self.client.call(URL)
+                self.sent += 1
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    plane = ControlPlane(tmp_path_factory.mktemp("console") / "home").start()
+    try:
+        workloads = [
+            Workload(plane, "client", command=BACKEND),
+            Workload(plane, "backend", "v1", command=BACKEND),
+            Workload(plane, "backend", "v2", command=BACKEND),
+        ]
+        with running(plane, workloads) as ready:
+            traffic = Traffic(ready[0])
+            try:
+                yield plane, ready, traffic
+            finally:
+                traffic.stop()
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, mesh):
+    plane, _, _ = mesh
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and chromedriver, "chromium and chromium-driver are installed by `make tools`"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium')}")
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    try:
+        driver.get(plane.cli("dashboard", "--url").stdout.strip())
+        driver.get(f"{plane.api}/ui/?window={WINDOW}")  # logged in: the cookie is set
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _graph(driver) -> dict:
+    """What the graph shows: each node's and edge's numbers, as drawn."""
+    nodes = {
+        n.get_attribute("data-workload"): float(n.get_attribute("data-rps") or 0)
+        for n in driver.find_elements(By.CSS_SELECTOR, "g.node")
+    }
+    edges = {
+        (e.get_attribute("data-source"), e.get_attribute("data-destination")): {
+            "rps": float(e.get_attribute("data-rps")),
+            "mtls": e.get_attribute("data-mtls"),
+            "text": e.text,
+        }
+        for e in driver.find_elements(By.CSS_SELECTOR, "g.edge")
+    }
+    return {"nodes": nodes, "edges": edges}
+
+
+def test_login_link_works_once_and_the_page_needs_it(mesh):
+    plane, _, _ = mesh
+    link = plane.cli("dashboard", "--url").stdout.strip()
+    assert "/ui/login?ticket=" in link and (plane.home / "admin-token").read_text().strip() not in link
+    status, headers, _ = http("GET", link)  # urllib follows the redirect, without the cookie jar
+    assert status in (200, 401)
+    assert http("GET", link)[0] == 401  # spent
+    assert http("GET", plane.api + "/ui/")[0] == 401
+    assert http("GET", plane.api + "/api/v1/graph")[0] == 401
+
+
+def test_graph_shows_every_workload_and_edge_with_the_numbers_stat_gives(mesh, browser):
+    plane, _, traffic = mesh
+    wait_for(lambda: time.monotonic() - traffic.started > WINDOW + 2, 60, what="a whole window of traffic")
+    shown = wait_for(
+        lambda: (g := _graph(browser))["edges"].get(("client-v1", "backend-v1")) and g,
+        20,
+        what="the graph to show client-v1 -> backend-v1",
+    )
+    assert {"client-v1", "backend-v1", "backend-v2"} <= set(shown["nodes"])
+    stat = {r["workload"]: r for r in json.loads(plane.cli("stat", "-w", f"{WINDOW}s", "-o", "json").stdout)["items"]}
+    for workload in ("backend-v1", "backend-v2"):
+        expected = stat[workload]["rps"]
+        assert abs(shown["nodes"][workload] - expected) <= 0.2 * max(expected, 0.5), (workload, shown, expected)
+    edge = shown["edges"][("client-v1", "backend-v1")]
+    assert edge["mtls"] == "true" and edge["text"].startswith("mTLS ·") and "rps" in edge["text"]
+    both = shown["edges"][("client-v1", "backend-v1")]["rps"] + shown["edges"][("client-v1", "backend-v2")]["rps"]
+    assert abs(both - (stat["backend-v1"]["rps"] + stat["backend-v2"]["rps"])) <= 0.2 * both
+    if os.environ.get("LATTICE_UPDATE_SCREENSHOT"):
+        browser.save_screenshot(str(DOCS / "console.png"))
+
+
+def test_a_virtual_service_moves_the_numbers(mesh, browser):
+    plane, (_, v1, _), _ = mesh
+    plane.apply(
+        """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  http: [{route: [{destination: {host: backend, subset: v2}}]}]
+"""
+    )
+    try:
+        moved = wait_for(
+            lambda: (g := _graph(browser))["nodes"].get("backend-v1", 1) == 0 and g["nodes"]["backend-v2"] > 1 and g,
+            40,
+            what="backend-v1's numbers to drain to 0 and v2's to take all the traffic",
+        )
+        assert ("client-v1", "backend-v1") not in moved["edges"]
+    finally:
+        plane.cli("delete", "virtualservice", "backend", check=False)
+        plane.cli("delete", "destinationrule", "backend", check=False)
+
+
+def test_tap_shows_requests_as_they_happen(mesh, browser):
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=tap]").click()
+    browser.find_element(By.ID, "tap-name").send_keys("backend")
+    browser.find_element(By.CSS_SELECTOR, "#tap-form button").click()
+    first = wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR, "tr.tap-row")), 20, what="tapped requests")
+    wait_for(
+        lambda: len(browser.find_elements(By.CSS_SELECTOR, "tr.tap-row")) > first + 5, 20, what="more, as they come"
+    )
+    row = browser.find_element(By.CSS_SELECTOR, "tr.tap-row")
+    assert "client-v1 → backend-v" in row.text and "GET backend:9080/" in row.text
+    assert row.find_element(By.CSS_SELECTOR, "a.rid").text  # the request id, a link to its "why"
+    browser.find_element(By.ID, "tap-stop").click()
+
+
+def test_why_of_a_failed_request_names_the_policy(mesh, browser):
+    plane, (client, v1, v2), _ = mesh
+    plane.apply(
+        """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+"""
+    )
+    try:
+        wait_for(plane.all_synced, 10, what="the policy to reach every proxy")
+        drained(v1)
+        drained(v2)
+        request_id = str(uuid.uuid4())
+        assert client.call(URL + "admin", {"x-request-id": request_id})[0] == 403
+        browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=why]").click()
+        box = browser.find_element(By.ID, "why-id")
+        box.clear()
+        box.send_keys(request_id)
+
+        def answered():
+            browser.find_element(By.CSS_SELECTOR, "#why-form button").click()
+            text = browser.find_element(By.ID, "why-answer").text
+            return text if "no-admin" in text else None
+
+        text = wait_for(answered, 15, interval=0.5, what="the why answer")
+        assert "AuthorizationPolicy default/no-admin" in text and "what to change" in text
+    finally:
+        plane.cli("delete", "authorizationpolicy", "no-admin", check=False)
