@@ -69,6 +69,9 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.on_accept: Callable[[str, Response], None] = lambda type_url, response: None  # Envoy ACKed this response
         # Rewrites a response before Envoy sees it (extension configs: Wasm modules as local files).
         self.localize: Callable[[Response], Awaitable[Response]] | None = None
+        # Several control-plane replicas (agent/servers.py): called when the stream to one is lost
+        # (True if it had been open), it points `upstream` at the next and waits before the retry.
+        self.on_upstream_lost: Callable[[bool], Awaitable[None]] | None = None
 
     # --- Envoy side -------------------------------------------------------------------------
 
@@ -148,14 +151,19 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         """Keep one ADS stream to the control plane; on every (re)connect, resubscribe."""
         backoff = 0.2
         while True:
+            was_connected = False
             try:
                 await self._stream_upstream()
                 backoff = 0.2
             except (grpc.aio.AioRpcError, TimeoutError, ConnectionError) as e:
-                log.info("control plane xDS unavailable (%s); retrying in %.1fs", _reason(e), backoff)
+                log.info("control plane xDS %s unavailable (%s)", self.upstream, _reason(e))
             finally:
+                was_connected = self.upstream_connected
                 self.upstream_connected = False
                 self._upstream_queue = None
+            if self.on_upstream_lost is not None:
+                await self.on_upstream_lost(was_connected)
+                continue
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, 5.0)
 

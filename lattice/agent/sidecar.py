@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -45,6 +46,8 @@ from lattice.agent.identity import Identity
 from lattice.agent.modules import ModuleFetcher
 from lattice.agent.observer import Observer
 from lattice.agent.relay import XdsRelay
+from lattice.agent.servers import ControlPlanes
+from lattice.agent.servers import follow as follow_replicas
 from lattice.agent.sds import SecretServer
 from lattice.agent.traces import TraceRelay
 from lattice.agent.traces import add_to_server as add_trace_service
@@ -94,6 +97,7 @@ class Sidecar:
         self._runner: web.AppRunner | None = None
         self._servers: list[grpc.aio.Server] = []
         self.capture: CaptureMode | None = None  # `--capture`: the app in a network namespace of its own
+        self._lost = 0  # xDS connection attempts failed in a row (failover between replicas)
 
     def _place(self) -> tuple[str, str]:
         """(advertised address, local address): on one machine a leased loopback serves as both;
@@ -169,6 +173,9 @@ class Sidecar:
                 self.capture.close()
 
     async def _run(self) -> int:
+        # --server may name several replicas (or a name with several addresses): start on the first.
+        self.planes = ControlPlanes(self.o.server)
+        self.o.server = self.planes.current.agent
         self.placed = self._place()
         self.registration = reg = self._registration()
         node = base_pb2.Node(id=reg.id, cluster=f"{reg.service}.{reg.namespace}")
@@ -210,7 +217,10 @@ class Sidecar:
                 self.observer = Observer(self._me(), f"{reg.service}.{reg.namespace}.svc.cluster.local")
                 self.relay.on_accept = self.observer.on_accept
                 # Extensions' Wasm modules: fetched from the control plane, given to Envoy as files.
-                self.relay.localize = ModuleFetcher(self.o.server, self.run_dir / "modules", self.identity.ssl).localize
+                self.modules = ModuleFetcher(self.o.server, self.run_dir / "modules", self.identity.ssl)
+                self.relay.localize = self.modules.localize
+                self.planes.set_xds(self.relay.upstream)
+                self.relay.on_upstream_lost = self._fail_over
                 self.observer.envoy = self.envoy
                 if self.capture is not None:
                     self._install_capture()
@@ -268,6 +278,42 @@ class Sidecar:
         i = self.identity
         return grpc.ssl_channel_credentials(root_certificates=i.bundle, private_key=i.key, certificate_chain=i.chain)
 
+    async def _fail_over(self, was_connected: bool) -> None:
+        """The xDS stream broke: move every conversation with the control plane to the next replica
+        (servers.py), after a spread delay, or the usual backoff when there is only one."""
+        self._lost = 0 if was_connected else self._lost + 1
+        if len(self.planes) < 2:
+            await asyncio.sleep(min(5.0, 0.2 * 2**self._lost) * random.uniform(0.8, 1.2))
+            return
+        # The first retry after losing a replica is spread (no stampede on the others); a round of
+        # failed tries through every replica backs off.
+        rounds = self._lost // len(self.planes)
+        await asyncio.sleep(self.planes.reconnect_delay() if was_connected else min(5.0, 0.2 * 2**rounds))
+        target = self.planes.advance()
+        if not target.xds:
+            target = await self._learn_xds(target)
+        self.o.server = target.agent
+        self.registry.api = self.identity.server = self.modules.api = target.agent
+        self.traces.url = f"{target.agent}/agent/v1/traces"
+        if target.xds:
+            self.relay.upstream = target.xds
+        log.info("control plane: moving to %s (xDS %s)", target.agent, self.relay.upstream)
+
+    async def _learn_xds(self, target):
+        """A replica known only by its agent API: its xDS address, as it tells agents."""
+        try:
+            async with self.registry.session.get(
+                f"{target.agent}/agent/v1/bundle", ssl=self.identity.ssl(), server_hostname=CONTROL_PLANE_NAME
+            ) as response:
+                xds = (await response.json()).get("xds", "")
+        except Exception as e:  # unreachable: the next round tries another
+            log.info("control plane %s unreachable (%s)", target.agent, e)
+            return target
+        if xds.startswith(("0.0.0.0:", "[::]:")):
+            xds = f"{urllib.parse.urlsplit(target.agent).hostname}:{xds.rsplit(':', 1)[1]}"
+        self.planes.set_xds(xds)
+        return self.planes.current
+
     def _xds_address(self) -> str:
         """Where xDS is: as the control plane says, with its host if it listens on all addresses."""
         xds = self.identity.xds
@@ -307,6 +353,10 @@ class Sidecar:
                 tasks.create_task(self._probe_forever(), name="app-probe"),
                 tasks.create_task(self.traces.forward(self.registry.session), name="trace-relay"),
                 tasks.create_task(self.observer.poll_forever(), name="envoy-stats"),
+                tasks.create_task(
+                    follow_replicas(self.planes, self.registry.session, self.identity.ssl, CONTROL_PLANE_NAME),
+                    name="replicas-follow",
+                ),
             ]
             if self.capture is not None:
                 background.append(tasks.create_task(self.capture.serve_dns(), name="dns-proxy"))

@@ -18,6 +18,7 @@ import logging
 import ssl
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pydantic
@@ -54,6 +55,8 @@ class AgentApi:
         self.metrics = metrics or ControlPlaneMetrics()
         self.modules = modules  # Wasm modules the control plane holds, by digest
         self.xds_address = xds_address  # set once the gRPC port is bound
+        # This replica first, then the others (lattice.server.replicas.Replica.others); set by the server.
+        self.replica_list: Callable[[], list[dict]] = lambda: []
         self._context: ssl.SSLContext | None = None
         self._context_key: tuple | None = None
 
@@ -61,6 +64,7 @@ class AgentApi:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
         r = app.router
         r.add_get("/agent/v1/bundle", self.bundle)
+        r.add_get("/agent/v1/replicas", self.replicas)
         r.add_post("/agent/v1/certificate", self.certificate)
         r.add_put("/agent/v1/workloads/{id}", self.register)
         r.add_post("/agent/v1/workloads/{id}/heartbeat", self.heartbeat)
@@ -107,8 +111,19 @@ class AgentApi:
                 "bundle": self.ca.bundle_pem.decode(),
                 "bundle_version": self.ca.bundle_version,
                 "trust_domain": self.ca.trust_domain,
+                "xds": placement.xds_for(self.xds_address, _arrived_at(request)),
             }
         )
+
+    async def replicas(self, request: web.Request) -> web.Response:
+        """Every control-plane replica's agent API and xDS addresses, for agents to fail over to."""
+        self._require_peer(request)
+        here = _arrived_at(request)
+        listed = [
+            {"agent": r.get("agent", ""), "xds": placement.xds_for(r.get("xds", ""), here if i == 0 else None)}
+            for i, r in enumerate(self.replica_list())
+        ]
+        return web.json_response({"replicas": listed})
 
     async def certificate(self, request: web.Request) -> web.Response:
         body = await request.json()

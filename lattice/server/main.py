@@ -100,6 +100,7 @@ class ControlPlane:
         self.agents = AgentApi(
             self.ca, self.store, self.registry, metrics=self.metrics, traces=self.traces, modules=self.modules
         )
+        self.agents.replica_list = self.replica.others
         self.metrics.read_state(self.ads, self.board, self.registry, self.pusher, self.ca)
         refresh_revocations(self.store, self.ca)  # certificates revoked before a restart stay refused
 

@@ -229,3 +229,76 @@ def _synced_here(plane: ControlPlane, registered: int) -> bool:
         and not status["server"]["push_pending"]
         and all(all(t["state"] == "SYNCED" for t in p["types"].values()) for p in mine)
     )
+
+
+def test_sigkill_of_the_replica_agents_use_loses_no_request_and_they_move_to_another(replicas) -> None:
+    """Last in this module: it kills replica 1 for good."""
+    one, two, three = replicas
+    servers = ",".join(p.agent_api for p in replicas)  # replica 1 first: everyone starts on it
+    status, body = _apply(one, vs_to("v1"))
+    assert status == 200, body
+    workloads = [
+        Workload(one, "web", "v1", command=BACKEND, extra=("--server", servers)),
+        Workload(one, "web", "v2", command=BACKEND, extra=("--server", servers)),
+        Workload(one, "client", "v1", command=BACKEND, extra=("--server", servers)),
+    ]
+    for w in workloads:
+        w.start(wait=False)
+    traffic = Traffic(workloads[2])
+    try:
+        ready = [w.wait_ready() for w in workloads]
+        ids = {w.id for w in ready}
+        wait_for(lambda: served_by(ready[2], "http://web/", 4) == {"web-v1": 4}, 15, what="routing to v1 first")
+        traffic.start()
+        wait_for(lambda: traffic.ok >= 20, 10, what="steady traffic through the client's sidecar")
+
+        one.process.kill()
+        one.process.wait()
+
+        def connected_elsewhere() -> bool:
+            held = {p["id"] for plane in (two, three) for p in plane.status()["proxies"] if p["connected"]}
+            return ids <= held
+
+        wait_for(connected_elsewhere, 5, interval=0.1, what="every agent connected to a surviving replica")
+        status, body = _apply(three, vs_to("v2"))
+        assert status == 200, body
+        wait_for(
+            lambda: served_by(ready[2], "http://web/", 4) == {"web-v2": 4},
+            15,
+            what="a VirtualService applied on a survivor to reach every proxy",
+        )
+        sent_before = traffic.ok
+        wait_for(lambda: traffic.ok >= sent_before + 20, 10, what="traffic to go on")
+    finally:
+        traffic.stop()
+        for w in reversed(workloads):
+            w.stop()
+    assert traffic.failed == [], traffic.failed[:5]
+
+
+class Traffic:
+    """Requests one after another through a workload's sidecar, counting answers and failures."""
+
+    def __init__(self, client: Workload) -> None:
+        self.client, self.ok, self.failed = client, 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, _, _ = self.client.call("http://web/", timeout=5)
+            except OSError as e:
+                status = repr(e)
+            if status == 200:
+                self.ok += 1
+            else:
+                self.failed.append(status)
+            self._stop.wait(0.02)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
