@@ -13,7 +13,7 @@ Keys under one prefix (`/lattice/`, or the path of `etcd://host:port/<prefix>`):
     elections/<duty>                  who runs a once-only duty, on the holder's lease
     ca/root                           the fingerprint of the root every replica signs under
 
-Reads of config and workloads come from a mirror of those keys kept by one watch stream (as a
+Reads of config, workloads, replicas and grants come from a mirror of those keys kept by one watch stream (as a
 Kubernetes informer does), so they never wait on the network and keep answering with the last
 state seen while etcd is unreachable. Writes go to etcd in one transaction guarded by the mod
 revisions they were computed from (retried while others race, refused with StoreConflict when
@@ -84,6 +84,7 @@ class EtcdStore:
         self._resources: dict[Key, StoredResource] = {}
         self._workloads: dict[str, _Workload] = {}
         self._replicas: dict[str, dict] = {}
+        self._grants: dict[str, dict] = {}  # proxy id -> grant record (mirrored: read on every heartbeat)
         self._revision = 0  # config revision: meta/revision's mod revision
         self._seen = 0  # etcd revision the mirror is complete up to
         self.workload_generation = 0
@@ -240,8 +241,12 @@ class EtcdStore:
         return response.header.revision
 
     def _write(self, request: pb.TxnRequest, what: str) -> pb.TxnResponse:
+        """One transaction; once it succeeded, this replica's mirror shows it (read your writes)."""
         with _nothing_written():
-            return self.client.call("Txn", request, what=what)
+            response = self.client.call("Txn", request, what=what)
+        if response.succeeded:
+            self._await_mirror(response.header.revision)
+        return response
 
     # -- workloads: each on its own lease, kept alive by the replica its agent talks to -------
 
@@ -351,8 +356,9 @@ class EtcdStore:
         self._write(pb.TxnRequest(success=[pb.RequestOp(request_put=request)]), "put grant")
 
     def get_grant(self, proxy_id: str) -> dict | None:
-        found = self.client.call("Range", pb.RangeRequest(key=self._key(f"grants/{proxy_id}")), what="read grant").kvs
-        return json.loads(found[0].value) if found else None
+        """From the mirror: asked on every heartbeat, it must neither wait on etcd nor fail without quorum."""
+        with self._cond:
+            return self._grants.get(proxy_id)
 
     def record_serial(self, proxy_id: str, serial: str, not_after: float, keep: int = 8) -> None:
         key = self._key(f"grants/{proxy_id}")
@@ -388,8 +394,9 @@ class EtcdStore:
 
     def revoked_serials(self, now: float) -> builtins.list[dict]:
         out = []
-        for kv in self._range("grants/", "list grants"):
-            record = json.loads(kv.value)
+        with self._cond:
+            records = list(self._grants.values())
+        for record in records:
             if record.get("revoked_at") is not None:
                 out += [
                     s | {"revoked_at": record["revoked_at"]} for s in record.get("serials", []) if s["not_after"] >= now
@@ -500,11 +507,11 @@ class EtcdStore:
         """The mirrored keys at one revision; from there the watch continues."""
         ops = [
             pb.RequestOp(request_range=pb.RangeRequest(key=self._key(p), range_end=prefix_end(self._key(p))))
-            for p in ("config/", "workloads/", "replicas/")
+            for p in ("config/", "workloads/", "replicas/", "grants/")
         ]
         ops.append(pb.RequestOp(request_range=pb.RangeRequest(key=self._key("meta/revision"))))
         response = self.client.call("Txn", pb.TxnRequest(success=ops), what="load")
-        config, workloads, replicas, meta = (op.response_range.kvs for op in response.responses)
+        config, workloads, replicas, grants, meta = (op.response_range.kvs for op in response.responses)
         resources = {}
         for kv in config:
             key = self._parse_config_key(kv.key)
@@ -515,6 +522,7 @@ class EtcdStore:
             self._resources = resources
             self._workloads = {w.stored.id: w for w in (self._workload(kv) for kv in workloads) if w is not None}
             self._replicas = {kv.key.decode().rsplit("/", 1)[1]: json.loads(kv.value) for kv in replicas}
+            self._grants = {kv.key.decode().rsplit("/", 1)[1]: json.loads(kv.value) for kv in grants}
             self._revision = meta[0].mod_revision if meta else 0
             self._seen = response.header.revision
             workloads_changed = workloads_before != self._workloads
@@ -613,6 +621,11 @@ class EtcdStore:
                 self._replicas.pop(rest, None)
             else:
                 self._replicas[rest] = json.loads(event.kv.value)
+        if part == "grants":
+            if deleted:
+                self._grants.pop(rest, None)
+            else:
+                self._grants[rest] = json.loads(event.kv.value)
         return part, False
 
     # -- leases --------------------------------------------------------------------------------
