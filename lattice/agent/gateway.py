@@ -32,6 +32,7 @@ class GatewayOptions:
     heartbeat_interval: float = 3.0
     envoy_log_level: str = "warning"
     command: list[str] = field(default_factory=list)  # always empty: a gateway runs no app
+    capture: bool = False  # never: a gateway serves on its own address, not inside a captured namespace
 
     @property
     def account(self) -> str:
