@@ -27,6 +27,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
+from lattice.api.registration import gateway_local_port
 from lattice.demo import topology
 from lattice.demo.processes import Child, lattice_command, stop_all
 from lattice.demo.readiness import NotReady, fetch_status, wait_until_ready
@@ -35,6 +36,7 @@ from lattice.demo.traffic_table import TrafficMeter, TrafficRow, render, render_
 from lattice.server.config import admin_token, lattice_home, read_discovery
 
 NETWORKING = Path(__file__).parent / "networking"  # Bookinfo routing files, Istio's shapes
+GATEWAY = "ingressgateway"  # `lattice gateway`'s default name, which bookinfo-gateway.yaml's selector finds
 PRINT_EVERY = 5.0  # seconds between plain tables when stdout is not a terminal (CI logs)
 PIPE_PROGRESS_EVERY = 1.0  # seconds between progress lines on a pipe
 SERVER_START_TIMEOUT = 20.0
@@ -160,11 +162,37 @@ class Demo:
                     "application/json",
                 )
                 self.tokens[spec.name] = token["token"]
+            progress.update("applying Istio's bookinfo-gateway.yaml; starting the ingress gateway")
+            await self._start_gateway()
             progress.update(f"starting {len(apps)} workloads, each under its own sidecar")
             # All at once: sidecars route only to endpoints whose app listens, so loadgen's first
             # requests cannot reach a service that is still starting.
             status = await self._start_workloads(apps, progress)
         self._announce(status, server_up)
+
+    async def _start_gateway(self) -> None:
+        """An ingress gateway serving Istio's bookinfo-gateway.yaml, as it is: productpage from a
+        browser, through the gateway (port 80 of the Gateway served on 8080 of its own address)."""
+        await self._admin(
+            "POST", "/api/v1/apply", (NETWORKING / "bookinfo-gateway.yaml").read_bytes(), "application/yaml"
+        )
+        token = await self._admin(
+            "POST",
+            "/api/v1/tokens",
+            json.dumps(
+                {
+                    "service_account": "istio-ingressgateway",
+                    "namespace": "istio-system",
+                    "ttl_seconds": 600,
+                    "uses": 1,
+                    "description": "lattice demo: ingress gateway",
+                }
+            ).encode(),
+            "application/json",
+        )
+        argv = [*lattice_command(), "gateway", "--server", self.agent_api]
+        env = self.env | {"LATTICE_TOKEN": token["token"]}
+        self.workloads.append(await Child(GATEWAY, argv, env, self.logs / f"{GATEWAY}.log").start())
 
     async def _start_workloads(self, specs: Sequence[topology.DemoWorkload], progress: Progress) -> dict:
         """Start `specs` (all at once) and wait until they are all ready."""
@@ -258,7 +286,11 @@ class Demo:
             highlight=False,
         )
         identities = sorted(
-            {p["certificate"]["identity"].rsplit("/", 1)[-1] for p in status["proxies"] if p.get("certificate")}
+            {
+                p["certificate"]["identity"].rsplit("/", 1)[-1]
+                for p in status["proxies"]
+                if p.get("certificate") and p["namespace"] == "default"
+            }
         )
         self.console.print(
             f"mutual TLS: STRICT mesh-wide; identities spiffe://cluster.local/ns/default/sa/{{{','.join(identities)}}}",
@@ -269,6 +301,18 @@ class Demo:
         self.console.print(
             "productpage, through loadgen's sidecar: [bold]curl -x "
             f"http://{client['address']}:{client['outbound_port']} http://productpage:9080/productpage[/]",
+            highlight=False,
+        )
+        gateway = next((p for p in status["proxies"] if p["name"] == GATEWAY), None)
+        if gateway is not None:
+            port = gateway_local_port(80, {})
+            self.console.print(
+                f"productpage in a browser, through the ingress gateway: [bold]http://{gateway['address']}:{port}/productpage[/]",
+                highlight=False,
+            )
+        self.console.print(
+            f"the console (live graph, tap, why): [bold]{self.api}/ui/[/]; log in with "
+            f"[bold]LATTICE_HOME={home} lattice dashboard[/] (or --url for the one-time link)",
             highlight=False,
         )
         self.console.print(

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import LATTICE, stop
+from harness import LATTICE, http, stop
 
 
 def processes_with_home(home: Path) -> list[str]:
@@ -105,4 +106,40 @@ def test_demo_refuses_when_a_control_plane_already_runs_for_the_home(tmp_path):
         assert server.poll() is None, "the demo must not touch a control plane it did not start"
     finally:
         stop(server)
+    assert settled_leftovers(home) == []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_demo_prints_productpage_through_the_ingress_gateway_and_the_console(tmp_path):
+    """The two URLs the demo prints are what a browser opens: productpage through the ingress
+    gateway (Istio's bookinfo-gateway.yaml), and the console, logged in by `lattice dashboard --url`."""
+    home = tmp_path / "home"
+    process = subprocess.Popen(
+        [LATTICE, "demo", "--duration", "60s"],
+        env=demo_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        productpage = console = None
+        for line in process.stdout:
+            seen.append(line)
+            if m := re.search(r"through the ingress gateway: (http://\S+/productpage)", line):
+                productpage = m.group(1)
+            if m := re.search(r"the console \(live graph, tap, why\): (http://\S+/ui/)", line):
+                console = m.group(1)
+            if productpage and console:
+                break
+        assert productpage and console, "".join(seen)
+        status, _, body = http("GET", productpage, timeout=10)
+        assert status == 200 and b"Book" in body, (status, body[:300])
+        link = subprocess.run(
+            [LATTICE, "dashboard", "--url"], env=demo_env(home), capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+        assert link.startswith(console.removesuffix("/ui/")) and "/ui/login?ticket=" in link
+    finally:
+        stop(process, sig=signal.SIGINT, timeout=30)
     assert settled_leftovers(home) == []

@@ -22,7 +22,7 @@ ALLOWED = {
     "server": {"api", "store", "registry", "mesh", "translate", "xds", "identity"},
     "agent": {"api", "mesh", "translate", "identity"},
     "cli": {"api", "server", "agent", "mesh", "translate", "demo"},
-    "demo": {"server", "agent"},
+    "demo": {"api", "server", "agent"},
     "console": set(),  # the web console's static page; served by server/console.py
 }
 
