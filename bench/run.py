@@ -7,6 +7,8 @@ Parts, each also runnable alone:
   maximum throughput: direct, a hand-written Envoy pair with mTLS (the floor), Lattice sidecars.
 - bench/scale.py     — the control plane with simulated proxies speaking real ADS: config and
   endpoint changes to every proxy ACKed, server CPU and memory, growth with the fleet.
+- bench/replicas.py  — three control-plane replicas on a real etcd cluster, simulated proxies
+  spread over them: a VirtualService applied on replica 1 ACKed on replicas 2 and 3.
 - bench/mtls.py      — CSRs signed per second on one core.
 - bench/startup.py   — `lattice run` to the first mTLS request; `lattice demo` to all answering.
 
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import dataplane  # noqa: E402
 import mtls  # noqa: E402
 import procstat  # noqa: E402
+import replicas  # noqa: E402
 import scale  # noqa: E402
 import startup  # noqa: E402
 from lattice.agent.envoy import envoy_binary  # noqa: E402
@@ -100,6 +103,9 @@ def main() -> None:
     console.print("[bold]control plane scale[/]")
     results["scale"] = scale.measure(args.quick)
     console.print(scale.table(results["scale"]))
+    console.print("[bold]control-plane replicas on etcd[/]")
+    results["replicas"] = replicas.measure(args.quick)
+    console.print(replicas.table(results["replicas"]))
     results["csr_per_second"] = mtls.signing_rate(2.0 if args.quick else 5.0)
     results["startup"] = startup.measure(args.quick)
     start_table = Table(title="Identity and start-up", box=None, header_style="bold")
