@@ -9,6 +9,9 @@
  *                                         (the denial says which identity it saw, so a test can tell);
  *   "trap_path"                           trap (crash the module) on this exact path: shows that a
  *                                         module failing at run time affects only its own request.
+ *   "tcp_guard": "on"                     as a NETWORK plugin (type: NETWORK): close TCP connections
+ *                                         whose verified identity is not "allow_principal" when
+ *                                         their first bytes arrive (after the TLS handshake).
  *
  * Built by build.sh with Debian's clang and wasm-ld for wasm32; the ABI is Proxy-Wasm 0.2.1
  * (https://github.com/proxy-wasm/spec). Memory: one arena, reset at the start of each callback,
@@ -33,6 +36,7 @@ HOST("proxy_send_local_response")
 u32 proxy_send_local_response(u32 status, const char *details, u32 details_size, const char *body, u32 body_size,
                               const u8 *headers, u32 headers_size, int grpc_status);
 HOST("proxy_get_property") u32 proxy_get_property(const char *path, u32 path_size, u8 **out, u32 *out_size);
+HOST("proxy_close_stream") u32 proxy_close_stream(u32 stream_type);
 WASI("environ_sizes_get") u32 environ_sizes_get(u32 *count, u32 *size);
 WASI("environ_get") u32 environ_get(u8 **environ, u8 *buf);
 
@@ -40,6 +44,7 @@ enum { LOG_INFO = 2, LOG_WARN = 3 };
 enum { REQUEST_HEADERS = 0, RESPONSE_HEADERS = 2 };
 enum { PLUGIN_CONFIGURATION = 7 };
 enum { CONTINUE = 0, PAUSE = 1 };
+enum { DOWNSTREAM = 2 };
 
 /* ---- memory ---------------------------------------------------------------------------- */
 
@@ -80,7 +85,7 @@ typedef struct {
     u32 size;
 } Text;
 
-static Text response_header, response_value, deny_prefix, allow_principal, trap_path;
+static Text response_header, response_value, deny_prefix, allow_principal, trap_path, tcp_guard;
 
 /* The value of "key" in a flat JSON object of strings; escapes other than \" and \\ are kept as
  * written. Returns 0 when the key is absent or its value is not a string that fits. */
@@ -144,6 +149,7 @@ EXPORT("proxy_on_configure") u32 proxy_on_configure(u32 root_context, u32 config
     json_string(json, size, "deny_path_prefix", &deny_prefix);
     json_string(json, size, "allow_principal", &allow_principal);
     json_string(json, size, "trap_path", &trap_path);
+    json_string(json, size, "tcp_guard", &tcp_guard);
     static const char msg[] = "mesh_guard: configured";
     proxy_log(LOG_INFO, msg, sizeof(msg) - 1);
     return 1;
@@ -180,6 +186,19 @@ static u32 deny(const u8 *path, u32 path_size, const u8 *principal, u32 principa
     return PAUSE;
 }
 
+/* The caller's verified identity (its certificate's URI SAN); size 0 if none. Property paths are
+ * segments separated by NUL: connection.uri_san_peer_certificate. */
+static u32 peer_principal(u8 **principal) {
+    static const char property[] = "connection\0uri_san_peer_certificate";
+    u32 size = 0;
+    if (proxy_get_property(property, sizeof(property) - 1, principal, &size) != 0) return 0;
+    return size;
+}
+
+static int allowed(const u8 *principal, u32 size) {
+    return allow_principal.size && equal(principal, size, allow_principal.text, allow_principal.size);
+}
+
 EXPORT("proxy_on_request_headers") u32 proxy_on_request_headers(u32 context, u32 headers, u32 end_of_stream) {
     arena_used = 0;
     u8 *path = 0;
@@ -187,13 +206,9 @@ EXPORT("proxy_on_request_headers") u32 proxy_on_request_headers(u32 context, u32
     if (proxy_get_header_map_value(REQUEST_HEADERS, ":path", 5, &path, &path_size) != 0) return CONTINUE;
     if (trap_path.size && equal(path, path_size, trap_path.text, trap_path.size)) __builtin_trap();
     if (!starts_with(path, path_size, deny_prefix.text, deny_prefix.size)) return CONTINUE;
-    /* Property paths are segments separated by NUL: connection.uri_san_peer_certificate. */
-    static const char property[] = "connection\0uri_san_peer_certificate";
     u8 *principal = 0;
-    u32 principal_size = 0;
-    if (proxy_get_property(property, sizeof(property) - 1, &principal, &principal_size) != 0) principal_size = 0;
-    if (allow_principal.size && equal(principal, principal_size, allow_principal.text, allow_principal.size))
-        return CONTINUE;
+    u32 principal_size = peer_principal(&principal);
+    if (allowed(principal, principal_size)) return CONTINUE;
     return deny(path, path_size, principal, principal_size);
 }
 
@@ -202,5 +217,25 @@ EXPORT("proxy_on_response_headers") u32 proxy_on_response_headers(u32 context, u
     if (response_header.size)
         proxy_add_header_map_value(RESPONSE_HEADERS, response_header.text, response_header.size, response_value.text,
                                    response_value.size);
+    return CONTINUE;
+}
+
+/* ---- TCP connections (type: NETWORK) -------------------------------------------------------- */
+
+EXPORT("proxy_on_new_connection") u32 proxy_on_new_connection(u32 context) { return CONTINUE; }
+
+EXPORT("proxy_on_downstream_data") u32 proxy_on_downstream_data(u32 context, u32 size, u32 end_of_stream) {
+    arena_used = 0;
+    if (!equal((const u8 *)tcp_guard.text, tcp_guard.size, "on", 2)) return CONTINUE;
+    u8 *principal = 0;
+    u32 principal_size = peer_principal(&principal);
+    if (allowed(principal, principal_size)) return CONTINUE;
+    static const char msg[] = "mesh_guard: closing a TCP connection from an identity not allowed";
+    proxy_log(LOG_INFO, msg, sizeof(msg) - 1);
+    proxy_close_stream(DOWNSTREAM);
+    return PAUSE;
+}
+
+EXPORT("proxy_on_upstream_data") u32 proxy_on_upstream_data(u32 context, u32 size, u32 end_of_stream) {
     return CONTINUE;
 }

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
+import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -23,6 +25,8 @@ from harness import BACKEND, Workload, drained, http, reset_config, running, wai
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("extensions")]
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = "web"
+TCP_SERVER = "tcp-echo"
+TCP_ECHO = [sys.executable, str(ROOT / "tests" / "apps" / "tcp_echo.py")]
 URL = f"http://{SERVER}:9080"
 ADMIN_SA = "ops-admin"
 # Istio's Lua task's script (tests/conformance/istio-lua-parity.yaml), here on a sidecar.
@@ -41,10 +45,12 @@ def module(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def mesh(shared_plane):
+    upstream = ("--upstream", f"{TCP_SERVER}:9000")  # the TCP service on this workload's own address
     workloads = [
         Workload(shared_plane, SERVER, command=BACKEND),
-        Workload(shared_plane, "client", "v1", command=BACKEND),
-        Workload(shared_plane, "ops", "v1", command=BACKEND, extra=("--service-account", ADMIN_SA)),
+        Workload(shared_plane, "client", "v1", command=BACKEND, extra=upstream),
+        Workload(shared_plane, "ops", "v1", command=BACKEND, extra=("--service-account", ADMIN_SA, *upstream)),
+        Workload(shared_plane, TCP_SERVER, command=TCP_ECHO, extra=("--port", "9000", "--protocol", "tcp")),
     ]
     with running(shared_plane, workloads) as ready:
         yield ready
@@ -54,7 +60,7 @@ def mesh(shared_plane):
 def ctx(shared_plane, mesh):
     reset_config(shared_plane)
     wait_for(shared_plane.all_synced, 10, what="every proxy without extensions")
-    return (shared_plane, *mesh)
+    return (shared_plane, *mesh[:3])
 
 
 def _extension(name: str, module: Path | None = None, *, lua: str = "", namespace: str = "default", **spec) -> str:
@@ -255,3 +261,33 @@ def test_updating_a_plugin_under_load_fails_no_request(ctx, module):
         worker.join(10)
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert seen <= {"one", "two"}
+
+
+def _echo(workload: Workload, line: bytes) -> bytes:
+    """A line sent to the TCP service through `workload`'s --upstream port; what came back."""
+    with socket.create_connection((workload.address, 9000), timeout=5) as conn:
+        conn.sendall(line)
+        try:
+            return conn.recv(1024)
+        except ConnectionResetError:
+            return b""
+
+
+def test_network_plugin_closes_tcp_connections_from_identities_it_does_not_allow(shared_plane, mesh, module):
+    plane, _, client, ops, echo = (shared_plane, *mesh)
+    reset_config(plane)
+    assert _echo(client, b"hi\n") == b"tcp-echo-v1 hi\n"
+    config = {"tcp_guard": "on", "allow_principal": f"spiffe://cluster.local/ns/default/sa/{ADMIN_SA}"}
+    _apply(
+        plane,
+        _extension(
+            "tcp-guard",
+            module,
+            selector={"matchLabels": {"app": TCP_SERVER}},
+            match=[{"mode": "SERVER"}],
+            wasm={"type": "NETWORK", "pluginConfig": config},
+        ),
+    )
+    drained(echo)
+    wait_for(lambda: _echo(client, b"hi\n") == b"", 15, what="the plugin to close the client's connection")
+    assert _echo(ops, b"hello\n") == b"tcp-echo-v1 hello\n"  # the allowed identity still gets through
