@@ -729,6 +729,8 @@ def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> Non
     rows = []
     for p in data["proxies"]:
         sync = [p["types"][t]["state"] for t in ("Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration")]
+        # Extension configs exist only where a TrafficExtension or WasmPlugin selects the proxy.
+        sync.append(p["types"].get("TypedExtensionConfig", {}).get("state", "-"))
         cert = p.get("certificate") or {}
         identity = cert.get("identity", "").removeprefix("spiffe://") or "NONE"
         rows.append(
@@ -758,6 +760,7 @@ def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> Non
             "EDS",
             "LDS",
             "RDS",
+            "ECDS",
             "IDENTITY",
             "CERT EXPIRES",
         ],

@@ -196,6 +196,9 @@ def test_module_that_does_not_load_fails_closed_or_open_as_configured(ctx, tmp_p
         what="lattice status to carry Envoy's error",
     )
     assert any("extension.trafficextension.default.broken" in line for line in problems), problems
+    table = plane.cli("status").stdout  # what a user reads: the ECDS column and Envoy's error
+    assert "NACKED" in table
+    assert "TypedExtensionConfig: Unable to create Wasm plugin extension.trafficextension.default.broken" in table
     plane.apply(_extension("broken", broken, selector=selector, wasm={"failStrategy": "FAIL_OPEN"}))
     wait_for(plane.all_synced, 15, what="the listener without the failing filter")
     drained(server)  # connections opened under the FAIL_CLOSE listener keep its filters until drained
