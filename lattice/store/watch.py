@@ -32,6 +32,12 @@ class ChangeSignal:
             with self._lock:
                 self._waiters.pop(event, None)
 
+    @property
+    def listening(self) -> int:
+        """How many waiters are listening now (tests wait for theirs to start instead of sleeping)."""
+        with self._lock:
+            return len(self._waiters)
+
     def notify(self) -> None:
         with self._lock:
             waiters = list(self._waiters.items())

@@ -212,7 +212,7 @@ spec:
   hosts: [web]
   http: [{route: [{destination: {host: web-canary}}]}]
 """)
-    time.sleep(1.1)  # creation times are what decide; make them differ
+    # Creation times decide; the store keeps them to the microsecond, so the route applied next is younger.
     _apply(shared_plane, _route("  - backendRefs: [{name: web, port: 9080}]"))
     wait_for(lambda: served_by(client, WEB + "/", 3) == {"web-canary-v2": 3}, 5, what="the VirtualService to route web")
     status = shared_plane.cli("status").stdout

@@ -21,7 +21,6 @@ import pytest
 
 from harness import BACKEND, LATTICE, ControlPlane, Workload, die_with_parent, http, running, stop, wait_for
 from lattice.agent.address import free_port
-from lattice.api.kinds import KINDS
 from rawhttp import Answer, h1, h2c
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("request_hardening")]
@@ -420,9 +419,6 @@ def test_edge_routes_on_the_path_the_app_sees(mesh, protocol, path, status, seen
 
 # --- (b) the inbound sidecar under AuthorizationPolicy -----------------------------------------
 
-needs_authz = pytest.mark.skipif(
-    "AuthorizationPolicy" not in KINDS, reason="AuthorizationPolicy is not a kind yet (lattice/api/kinds.py)"
-)
 # (raw path, under DENY /admin*, under ALLOW /public/* only): status, and the path the app saw.
 POLICY_PATHS = [
     ("/public/x", (200, "/public/x"), (200, "/public/x")),
@@ -468,7 +464,6 @@ def _under_policy(mesh, protocol: str, path: str, status: int, seen: str | None)
     assert [e["path"] for e in echoes] == ([seen] if seen else []), f"{protocol} {path!r}: the app saw {echoes}"
 
 
-@needs_authz
 @pytest.mark.parametrize("protocol", ["h1", "h2"])
 def test_deny_admin_holds_against_every_spelling(mesh, policy, protocol):
     policy(DENY_ADMIN)
@@ -481,7 +476,6 @@ def test_deny_admin_holds_against_every_spelling(mesh, policy, protocol):
         _under_policy(mesh, protocol, path, *expected)
 
 
-@needs_authz
 @pytest.mark.parametrize("protocol", ["h1", "h2"])
 def test_allow_only_public_holds_against_every_spelling(mesh, policy, protocol):
     policy(ALLOW_PUBLIC)

