@@ -32,11 +32,12 @@ tools:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# Formatting, lint (ruff: pyflakes, pycodestyle at 120 columns, bugbear, asyncio rules) and types
-# (mypy on the pure core). `make test` runs it first.
+# Formatting and lint (ruff: pyflakes, pycodestyle at 120 columns, bugbear, asyncio rules), then
+# the layer, cycle and purity checks (a second; tests/imports.py). `make test` runs it first.
 lint: install
 	$(BIN)/ruff format --check lattice tests bench
 	$(BIN)/ruff check lattice tests bench
+	$(BIN)/pytest -q -p no:randomly -p no:cacheprovider tests/unit/test_layers.py tests/unit/identity/test_identity_purity.py
 
 # The whole suite, slow tests included (real Envoys, real processes); two workers for two cores.
 test: install tools lint

@@ -59,6 +59,14 @@ class Traffic:
         return [c for c in self.codes if c != 200]
 
 
+def _answer(client: Workload):
+    """The client's answer for URL, or None while its sidecar does not take connections yet."""
+    try:
+        return client.call(URL, timeout=5)
+    except OSError:
+        return None
+
+
 def served_certificate(address: str, port: int = 9080) -> dict:
     """Serial and issuer of the certificate a sidecar presents, as `openssl s_client` sees it
     (the handshake itself fails without a client certificate; the server's chain shows first)."""
@@ -179,6 +187,7 @@ def test_control_plane_gone_traffic_flows_until_certificates_expire_then_fails_c
         envoy = child_pid(client, "envoy")
         os.kill(envoy, signal.SIGKILL)
         wait_for(lambda: child_pid(client, "envoy") != envoy, 10, what="the agent to restart Envoy")
+        wait_for(lambda: _answer(client) is not None, 15, what="the new Envoy to take requests")
         answers = [client.call(URL, timeout=5) for _ in range(5)]
         # Refused for the right reason: the handshake failed on the expired certificate (Envoy's
         # 503 names the TLS error), not a listener missing or the app gone.
