@@ -186,7 +186,7 @@ def test_tap_shows_requests_as_they_happen(mesh, browser):
     browser.find_element(By.ID, "tap-stop").click()
 
 
-def test_why_of_a_failed_request_names_the_policy(mesh, browser):
+def test_why_of_a_failed_request_names_the_policy_and_the_authz_form_agrees(mesh, browser):
     plane, (client, v1, v2), _ = mesh
     plane.apply(
         """
@@ -217,5 +217,15 @@ spec:
 
         text = wait_for(answered, 15, interval=0.5, what="the why answer")
         assert "AuthorizationPolicy default/no-admin" in text and "what to change" in text
+
+        browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=authz]").click()
+        browser.find_element(By.ID, "authz-from").send_keys("client-v1")
+        browser.find_element(By.ID, "authz-to").send_keys("backend")
+        path = browser.find_element(By.ID, "authz-path")
+        path.clear()
+        path.send_keys("/admin")
+        browser.find_element(By.CSS_SELECTOR, "#authz-form button").click()
+        rows = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "tr.authz-row"), 10, what="the authz answer")
+        assert len(rows) == 2 and all("DENY" in r.text and "no-admin" in r.text for r in rows), [r.text for r in rows]
     finally:
         plane.cli("delete", "authorizationpolicy", "no-admin", check=False)

@@ -245,4 +245,35 @@ $("#why-form").addEventListener("submit", (ev) => {
   why($("#why-id").value.trim());
 });
 $("#why-recent").addEventListener("click", failures);
+$("#authz-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const question = {
+    from: $("#authz-from").value.trim(),
+    to: $("#authz-to").value.trim(),
+    method: $("#authz-method").value.trim() || "GET",
+    path: $("#authz-path").value.trim() || "/",
+  };
+  const response = await fetch("/api/v1/authz/check", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(question),
+  });
+  const answer = await response.json();
+  const body = $("#authz-results tbody");
+  body.replaceChildren();
+  if (!response.ok) {
+    const row = body.insertRow();
+    cell(row, "-");
+    cell(row, "error", "bad");
+    cell(row, answer.error || response.statusText);
+    return;
+  }
+  for (const r of answer.results) {
+    const row = body.insertRow();
+    row.className = "authz-row";
+    cell(row, r.workload);
+    cell(row, r.decision, r.decision === "DENY" ? "bad" : "");
+    cell(row, r.reason);
+  }
+});
 followGraph();
