@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import json
 import logging
 import os
 import secrets
@@ -81,6 +82,7 @@ def create_pod(service: str) -> Pod:
     host_ip, pod_ip = str(base + 1), str(base + 2)
     tag = secrets.token_hex(3)
     pod = Pod(f"lattice-{service[:40]}-{tag}", pod_ip, True, f"lt{tag}h", host_ip, tag, fd)
+    _record(fd, {"netns": pod.netns, "tag": tag})  # for whoever takes the lease after a crash (_sweep)
     try:
         _run("ip", "netns", "add", pod.netns)
         _run("ip", "link", "add", pod.host_if, "type", "veth", "peer", "name", f"lt{tag}p")
@@ -185,8 +187,47 @@ def release(pod: Pod) -> None:
             pass
         pod._resolv = None
     if pod._lease is not None:
+        os.ftruncate(pod._lease, 0)  # all undone: nothing for the lease's next holder to sweep
         os.close(pod._lease)
         pod._lease = None
+
+
+_CHAINS = (
+    ("nat", "PREROUTING", "IN"),
+    ("nat", "OUTPUT", "IN"),
+    ("nat", "POSTROUTING", "OUT"),
+    ("filter", "FORWARD", "FWD"),
+)
+
+
+def _record(fd: int, record: dict) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
+
+
+def _sweep(fd: int) -> None:
+    """What a holder of this lease that died without cleaning up (SIGKILL, a crash) left behind:
+    its namespace (and with it the veth pair), its host chains, its resolv.conf."""
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"null")
+        netns, tag = record["netns"], record["tag"]
+    except (ValueError, TypeError, KeyError):
+        return
+    log.info("removing what a stopped workload left: network namespace %s, chains LATTICE-%s-*", netns, tag)
+    for table, parent, suffix in _CHAINS:
+        subprocess.run(
+            ["iptables", "-w", "-t", table, "-D", parent, "-j", f"LATTICE-{tag}-{suffix}"], capture_output=True
+        )
+    for table, suffix in {(t, x) for t, _, x in _CHAINS}:
+        subprocess.run(["iptables", "-w", "-t", table, "-F", f"LATTICE-{tag}-{suffix}"], capture_output=True)
+        subprocess.run(["iptables", "-w", "-t", table, "-X", f"LATTICE-{tag}-{suffix}"], capture_output=True)
+    subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
+    (NETNS_ETC / netns / "resolv.conf").unlink(missing_ok=True)
+    try:
+        (NETNS_ETC / netns).rmdir()
+    except OSError:
+        pass
+    os.ftruncate(fd, 0)
 
 
 def _lease_link() -> tuple[int, int]:
@@ -199,6 +240,7 @@ def _lease_link() -> tuple[int, int]:
         except BlockingIOError:
             os.close(fd)
             continue
+        _sweep(fd)
         return index, fd
     raise CaptureError(f"no free link in {POD_NETWORK} (leases in {LEASE_DIR})")
 

@@ -256,3 +256,29 @@ def test_a_cut_between_b_and_c_recovers_within_5s_of_restoring_without_restarts(
     assert [_curl(fleet) for _ in range(10)] == ["200"] * 10
     assert {name: child_pid(x, "envoy") for name, x in w.items()} == envoys  # nothing restarted
     assert all(x.process.poll() is None for x in w.values())
+
+
+def test_what_a_killed_captured_workload_left_is_swept_by_the_next(fleet):
+    """SIGKILL leaves no chance to clean up: the next captured workload on the host, taking the
+    freed lease of its link, removes the dead one's namespace and host chains."""
+    net, plane, (a, b, c), w = fleet
+
+    def chains() -> set[str]:
+        rules = c.exec(["iptables", "-w", "-t", "nat", "-S"]).stdout
+        return set(re.findall(r"^-N (LATTICE-\w+-IN)$", rules, re.M))
+
+    before = chains()
+    ghost = net.workload(plane, c, "ghost", "v1", command=BACKEND, extra=("--capture", "--port", "7000")).start()
+    left = chains() - before
+    assert len(left) == 1, left
+    ghost.process.kill()
+    ghost.process.wait(10)
+    # Silent (no heartbeat for 4 s) before its successor takes its address and port: replaced, not refused.
+    wait_for(lambda: plane.proxy(ghost.id)["silent"], 20, what="the killed workload to fall silent")
+    assert chains() - before == left  # SIGKILL: nothing undone
+    successor = net.workload(plane, c, "ghost", "v2", command=BACKEND, extra=("--capture", "--port", "7000")).start()
+    try:
+        assert left.isdisjoint(chains()) and len(chains() - before) == 1
+    finally:
+        successor.stop()
+    assert chains() == before
