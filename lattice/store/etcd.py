@@ -586,7 +586,7 @@ class EtcdStore:
                 workloads_changed |= kind == "workloads" and changed
             if workloads_changed:
                 self.workload_generation += 1
-            self._seen = max(self._seen, response.header.revision)
+            self._seen = max(self._seen, _complete_up_to(response))
             self._cond.notify_all()
         if config_changed:
             self._signal.notify()
@@ -706,6 +706,18 @@ class EtcdStore:
             log.warning("ignoring an unreadable workload record at %s", kv.key.decode(errors="replace"))
             return None
         return _Workload(stored, kv.lease)
+
+
+def _complete_up_to(response: pb.WatchResponse) -> int:
+    """The revision up to which the mirror holds every event once this response is applied. A
+    progress notification vouches for its header's revision; a response with events only for its
+    last event (etcd stamps them with its current revision, which may run ahead of events still to
+    come on a catching-up watch); the "created" answer for nothing (same reason)."""
+    if response.events:
+        return response.events[-1].kv.mod_revision
+    if response.created or response.canceled:
+        return 0
+    return response.header.revision
 
 
 @contextlib.contextmanager
