@@ -223,7 +223,13 @@ class ScaleRun:
             self.meter = Meter(self.plane.process.pid)
             self.result["server_idle"] = memory_mb(self.meter.pid)
             self.real = [
-                Workload(self.plane, f"svc-{i:02d}", "v1", command=BACKEND).start(wait=False)
+                Workload(
+                    self.plane,
+                    f"svc-{i:02d}",
+                    "v1",
+                    command=BACKEND,
+                    extra=("--stats-inclusion-suffixes", "update_time"),  # read by real_accepted
+                ).start(wait=False)
                 for i in range(REAL_SIDECARS)
             ]
             self.real = [w.wait_ready() for w in self.real]

@@ -49,6 +49,7 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
             seconds = min(float(request.query.get("seconds", "60")), KEEP_SECONDS)
         except ValueError:
             return web.json_response({"error": "seconds must be a number"}, status=400)
+        await observer.refresh()  # up to this moment, not the last second's read
         return web.json_response(observer.window.summary(seconds))
 
     async def tap(request: web.Request) -> web.StreamResponse:

@@ -45,6 +45,7 @@ class Observer:
         self.envoy = None  # agent/envoy.EnvoyProcess, once the sidecar has one
         self._rules = ""
         self._tapping = asyncio.Lock()
+        self._recording = asyncio.Lock()  # one read at a time: each records what changed since the last
         self.span_counts: dict[str, int] = {}  # the trace relay's, by outcome (agent/traces.py)
 
     async def read(self) -> envoy_stats.Reading | None:
@@ -65,10 +66,15 @@ class Observer:
     async def poll_forever(self) -> None:
         """The live window, filled from Envoy's counts once a second."""
         while True:
+            await self.refresh()
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def refresh(self) -> None:
+        """What Envoy counted since the last read, into the window (also right before it is asked)."""
+        async with self._recording:
             reading = await self.read()
             if reading is not None:
                 self.window.record(reading)
-            await asyncio.sleep(POLL_SECONDS)
 
     async def render(self) -> str:
         """Istio's metrics, then the agent's own: what Envoy recorded, and what it streamed."""

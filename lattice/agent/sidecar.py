@@ -37,7 +37,7 @@ from lattice.agent.address import (
     lease_loopback,
     port_free,
 )
-from lattice.agent.bootstrap import bootstrap, write_bootstrap
+from lattice.agent.bootstrap import bootstrap, stats_matcher, write_bootstrap
 from lattice.agent.capture import CaptureMode
 from lattice.agent.control import RegistryClient
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
@@ -84,6 +84,9 @@ class RunOptions:
     envoy_log_level: str = "warning"
     capture: bool = False  # the app in a network namespace of its own, its traffic captured (root)
     netns: str | None = None  # with capture: an existing network namespace to use instead of a new one
+    # Envoy stats kept besides Istio's short default list (agent/bootstrap.py): Istio's
+    # statsInclusionPrefixes, statsInclusionSuffixes, statsInclusionRegexps.
+    stats_inclusion: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())
 
 
 class Sidecar:
@@ -203,6 +206,7 @@ class Sidecar:
                 self.run_dir / "xds.sock",
                 self.run_dir / "sds.sock",
                 self.run_dir / "telemetry.sock",
+                stats_matcher(*self.o.stats_inclusion),
             ),
         )
         main = asyncio.current_task()

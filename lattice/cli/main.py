@@ -254,6 +254,22 @@ _WORKLOAD_OPTIONS = {
     "server": (Optional[str], AgentServerOpt),
     "token": (Optional[str], TokenOpt),
     "token_file": (Optional[Path], TokenFileOpt),
+    "stats_inclusion_prefixes": (
+        Optional[str],
+        typer.Option(
+            None,
+            help="Envoy stats to keep besides Istio's short default list, by name prefix, comma-separated "
+            "(Istio's statsInclusionPrefixes), e.g. cluster.outbound to keep every upstream cluster's stats.",
+        ),
+    ),
+    "stats_inclusion_suffixes": (
+        Optional[str],
+        typer.Option(None, help="The same by name suffix (Istio's statsInclusionSuffixes), e.g. upstream_rq_timeout."),
+    ),
+    "stats_inclusion_regexps": (
+        Optional[str],
+        typer.Option(None, help="The same by RE2 regular expression (Istio's statsInclusionRegexps); .* keeps all."),
+    ),
     "log_level": (
         LogLevel,
         typer.Option(LogLevel.warning, case_sensitive=False, help="Agent and Envoy log level."),
@@ -334,7 +350,22 @@ def _run_options(workload: dict, app_port: int | None, command: list[str]):
         envoy_log_level=w["log_level"].value,
         capture=w["capture"],
         netns=w["netns"],
+        stats_inclusion=_stats_inclusion(w),
     )
+
+
+def _stats_inclusion(w: dict) -> tuple[tuple[str, ...], ...]:
+    """The --stats-inclusion-* options as (prefixes, suffixes, regexps)."""
+    out = []
+    for kind in ("prefixes", "suffixes", "regexps"):
+        items = tuple(x.strip() for x in (w[f"stats_inclusion_{kind}"] or "").split(",") if x.strip())
+        for item in items if kind == "regexps" else ():
+            try:
+                re.compile(item)
+            except re.error as e:
+                fail(f"--stats-inclusion-regexps {item!r} is not a regular expression: {e}")
+        out.append(items)
+    return tuple(out)
 
 
 def _protocol(protocol: str | None, port_name: str | None, port: int) -> str:

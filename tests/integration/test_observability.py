@@ -362,3 +362,16 @@ def test_every_dashboard_query_names_only_what_a_real_scrape_contains(mesh):
                 elif missing := set(labels) - scraped[metric] - {"le"}:
                     problems.append(f"{path.name}: {metric} has no label {sorted(missing)} ({expr})")
     assert not problems, "\n".join(problems)
+
+
+def test_a_scrape_keeps_istios_short_list_of_envoy_stats(mesh):
+    """Istio's default inclusion list: Envoy's server, cluster and listener managers, its xDS cluster
+    and the inbound listener's stats stay; no per-service upstream cluster stats (some 200 series for
+    each service a sidecar knows), unless a workload asks for them (--stats-inclusion-prefixes)."""
+    client = mesh["client"]
+    with urllib.request.urlopen(f"http://{client.address}:{client.info['agent_port']}/stats/prometheus") as response:
+        text = response.read().decode()
+    names = {name for name, _, _ in parse_prometheus(text)}
+    assert "envoy_server_live" in names and "envoy_cluster_manager_active_clusters" in names
+    assert not [line for line in text.splitlines() if 'envoy_cluster_name="outbound|' in line]
+    assert not [n for n in names if n.startswith("envoy_lattice_")], "Envoy's raw series are named as Istio's"

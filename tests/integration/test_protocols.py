@@ -130,6 +130,8 @@ def mesh(tmp_path_factory):
                 f"ws-echo.default:9080={local['ws']}",
                 "--upstream",
                 f"tls-a:9443={local['tls']}",
+                "--stats-inclusion-prefixes",  # its upstream clusters' stats, read below
+                "cluster.outbound",
             ),
             {},
         ),

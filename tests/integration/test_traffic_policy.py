@@ -32,7 +32,7 @@ def _at(region: str, zone: str) -> tuple[str, ...]:
 @pytest.fixture(scope="module")
 def mesh(shared_plane):
     specs = [
-        ("client", "v1", _at("r1", "a"), {}),
+        ("client", "v1", (*_at("r1", "a"), "--stats-inclusion-prefixes", "cluster.outbound"), {}),  # read below
         *[("spread", f"v{i}", (), {}) for i in (1, 2, 3)],
         ("zoned", "local", _at("r1", "a"), {"BACKEND_STATUS": "500"}),
         ("zoned", "near", _at("r1", "b"), {}),
