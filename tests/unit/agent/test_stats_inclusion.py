@@ -1,0 +1,34 @@
+"""Which Envoy stats a sidecar keeps: Istio's short default list, and what a workload asks for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from lattice.agent.bootstrap import bootstrap, stats_matcher
+
+
+def patterns(config: dict) -> list[dict]:
+    return config["stats_matcher"]["inclusion_list"]["patterns"]
+
+
+def test_the_default_list_is_istios_plus_lattices_own_series():
+    default = patterns(stats_matcher())
+    assert {"prefix": "lattice."} in default and {"prefix": "server"} in default
+    assert {"suffix": "shadow_denied"} in default
+    assert not [p for p in default if p.get("prefix", "").startswith("cluster.outbound")]
+
+
+def test_a_workload_asks_for_more_and_envoy_takes_the_bootstrap(tmp_path):
+    config = stats_matcher(("cluster.outbound",), ("update_time",), (r"^http\..*rq_total$",))
+    asked = patterns(config)
+    assert {"prefix": "cluster.outbound"} in asked and {"suffix": "update_time"} in asked
+    assert {"safe_regex": {"regex": r"^http\..*rq_total$"}} in asked
+    sockets = [tmp_path / f"{name}.sock" for name in ("admin", "xds", "sds", "telemetry")]
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(bootstrap("n", "c", {}, *sockets, config)))
+    envoy = str(Path(sys.executable).parent / "envoy")
+    result = subprocess.run([envoy, "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
