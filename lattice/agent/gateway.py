@@ -42,6 +42,9 @@ class GatewayOptions:
 class GatewayProxy(Sidecar):
     """The sidecar lifecycle (identity, Envoy, xDS relay, registration) serving Gateways instead of an app."""
 
+    def _stats_config(self) -> dict | None:
+        return None  # a gateway keeps all of Envoy's stats: one per mesh, and its upstreams are what it serves
+
     def _ports(self) -> list[int]:
         return sorted(
             {*self.o.listen.values(), gateway_local_port(80, self.o.listen), gateway_local_port(443, self.o.listen)}

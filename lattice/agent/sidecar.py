@@ -206,7 +206,7 @@ class Sidecar:
                 self.run_dir / "xds.sock",
                 self.run_dir / "sds.sock",
                 self.run_dir / "telemetry.sock",
-                stats_matcher(*self.o.stats_inclusion),
+                self._stats_config(),
             ),
         )
         main = asyncio.current_task()
@@ -264,6 +264,10 @@ class Sidecar:
                 f"the control plane at {self.o.server} serves xDS on {self._xds_address()}, its own loopback, "
                 f"which this host cannot reach: start it with `lattice server --listen <its address>` (or --xds-host)"
             )
+
+    def _stats_config(self) -> dict | None:
+        """Istio's short list of Envoy stats, and what the workload asked for besides."""
+        return stats_matcher(*self.o.stats_inclusion)
 
     def _me(self) -> Peer:
         reg = self.registration
