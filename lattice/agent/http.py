@@ -1,8 +1,15 @@
-"""The agent's port: readiness for orchestrators, and Envoy's config and stats for the mesh tools."""
+"""The agent's port: readiness for orchestrators, and Envoy's config and stats for the mesh tools.
+
+Readiness and metrics (`/healthz/ready`, `/stats`, `/stats/prometheus`) answer anyone who can
+reach the port, as a Prometheus target must. The config dump, the live tap, the telemetry window
+and request records reveal identities, paths and config: they answer only `Authorization: Bearer
+<agent key>`, the key the control plane gave this agent with its certificate (server/agent_port.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from typing import Callable
 
@@ -16,7 +23,15 @@ from lattice.agent.observer import Observer
 _CONFIG_DUMP_PARAMS = ("resource", "mask", "name_regex", "include_eds")
 
 
-def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Observer) -> web.Application:
+PRIVATE = ("/config_dump", "/lattice/")  # path prefixes that need the agent key
+
+
+def agent_app(
+    envoy: EnvoyProcess,
+    app_healthy: Callable[[], bool],
+    observer: Observer,
+    agent_key: Callable[[], str] = lambda: "",
+) -> web.Application:
     async def ready(request: web.Request) -> web.Response:
         live, healthy = await envoy.live(), app_healthy()
         body = {"envoy": "LIVE" if live else "NOT READY", "app": "healthy" if healthy else "unhealthy"}
@@ -83,7 +98,16 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
                 found = observer.records.recent_failures(min(int(limit), 500))
         return web.json_response({"records": found})
 
-    app = web.Application()
+    @web.middleware
+    async def private(request: web.Request, handler):
+        if request.path.startswith(PRIVATE) and not _authorized(request, agent_key()):
+            return web.json_response(
+                {"error": "this endpoint needs the agent's key: ask the control plane (lattice proxy-config, tap)"},
+                status=401,
+            )
+        return await handler(request)
+
+    app = web.Application(middlewares=[private])
     app.router.add_get("/healthz/ready", ready)
     app.router.add_get("/config_dump", config_dump)
     app.router.add_get("/stats", stats)
@@ -92,6 +116,11 @@ def agent_app(envoy: EnvoyProcess, app_healthy: Callable[[], bool], observer: Ob
     app.router.add_get("/lattice/v1/tap", tap)
     app.router.add_get("/lattice/v1/requests", requests)
     return app
+
+
+def _authorized(request: web.Request, key: str) -> bool:
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return bool(key) and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), key.encode())
 
 
 async def _relay(envoy: EnvoyProcess, path: str, params: dict) -> web.Response:

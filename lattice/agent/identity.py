@@ -58,6 +58,7 @@ class Identity:
         self.on_change = on_change
         self.chain = self.key = self.bundle = b""
         self.bundle_version = 0
+        self.agent_key = ""
         self.crl, self.crl_version = b"", ""  # certificates peers must no longer present
         self.spiffe = self.trust_domain = self.root = ""
         self.xds = ""
@@ -179,6 +180,7 @@ class Identity:
         ) as response:
             body = await _json(response, "requesting a certificate")
         self.xds, self.root = body.get("xds", ""), body["root"]
+        self.agent_key = str(body.get("agent_key", ""))  # what callers of our port's private endpoints present
         self._store(body["chain"].encode(), key_pem(key), body["bundle"].encode(), int(body["bundle_version"]))
         info = cert_info(self.chain)
         self.spiffe, self.not_after, self._issued_at = info.spiffe_id, info.not_after, _now()

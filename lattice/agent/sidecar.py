@@ -346,7 +346,10 @@ class Sidecar:
             os.chmod(self.run_dir / socket_name, 0o600)
         self._servers.append(local)
         await self.registry.register()
-        self._runner = web.AppRunner(agent_app(self.envoy, lambda: self.app_healthy, self.observer), access_log=None)
+        self._runner = web.AppRunner(
+            agent_app(self.envoy, lambda: self.app_healthy, self.observer, lambda: self.identity.agent_key),
+            access_log=None,
+        )
         await self._runner.setup()
         if self.capture is not None:  # in the namespace, where the control plane is let in
             await web.SockSite(self._runner, self.capture.listen(self.registration.agent_port)).start()

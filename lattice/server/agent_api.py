@@ -159,6 +159,7 @@ class AgentApi:
                 "identity": str(identity),
                 "root": issued.root_fingerprint,
                 "xds": placement.xds_for(self.xds_address, _arrived_at(request)),
+                "agent_key": self.ca.agent_key(proxy_id),  # what its port asks the control plane for
             }
         )
 

@@ -42,6 +42,7 @@ from lattice.identity import (
     trust_bundle_pem,
 )
 from lattice.identity.csr import key_pem
+from lattice.server.agent_port import derive_key
 
 log = logging.getLogger("lattice.ca")
 # A CRL lists certificates that are still valid; a long next-update keeps sidecars accepting it
@@ -107,6 +108,7 @@ class CaManager:
         self.previous: CertificateAuthority | None = None  # the CA a rotation is retiring
         self._revoked: list[int] = []  # serials of live certificates whose grant was revoked
         self._crl: bytes | None = None
+        self._agent_secret: tuple[str, bytes] | None = None
         self.held: dict[str, Held] = {}  # proxy id -> what it holds
         self.issued = 0
         self.refused: Counter[str] = Counter()  # CSR refusals by reason, and "token" for join tokens
@@ -153,6 +155,14 @@ class CaManager:
     def counters(self) -> dict:
         """Since this control plane started: certificates issued, and refusals by reason."""
         return {"issued": self.issued, "refused": dict(self.refused)}
+
+    # --- agents' ports ---------------------------------------------------------------------
+
+    def agent_key(self, proxy_id: str) -> str:
+        """The credential the agent of `proxy_id` asks for on its port (see server/agent_port.py)."""
+        if self._agent_secret is None or self._agent_secret[0] != self.ca.root_fingerprint:
+            self._agent_secret = (self.ca.root_fingerprint, self.ca.to_pem()[1])
+        return derive_key(self._agent_secret[1], proxy_id)
 
     # --- revocation ----------------------------------------------------------------------
 

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator
+import logging
+from typing import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
 
 from lattice.mesh import Workload
 from lattice.mesh.telemetry import percentile
+from lattice.server.agent_port import bounded_json, check_window, credential_middleware
 
 TIMEOUT = 2.0
+log = logging.getLogger("lattice.observe")
 
 
 async def windows(
@@ -34,8 +37,8 @@ async def windows(
             async with session.get(
                 url, params={"seconds": str(seconds)}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
             ) as response:
-                return w, await response.json() if response.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+                return w, check_window(await bounded_json(response)) if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # AgentAnswerError too: counted as silent
             return w, None
 
     answers = await asyncio.gather(*(one(w) for w in workloads))
@@ -244,8 +247,23 @@ def edges(summaries: list[tuple[Workload, dict]], namespace: str | None = None) 
         for row in summary["peers"]:
             if row["peer_principal"] != "unknown":
                 principal.setdefault(row["peer_workload"], row["peer_principal"])
+    # One agent cannot claim traffic for another: a callee's report of calls from a meshed caller
+    # counts only as far as that caller's own report confirms it.
+    confirmed: dict[tuple[str, str], list[int]] = {}
+    for w, summary in summaries:
+        for row in summary["peers"]:
+            if row["reporter"] == "source":
+                counts = confirmed.setdefault((w.name, row["peer_workload"]), [0, 0])
+                counts[0] += row["requests"]
+                counts[1] += row["tcp_opened"]
     out = []
-    for edge in found.values():
+    for key, edge in list(found.items()):
+        if edge["source"] in meshed and edge["secured"] is not None:
+            requests, connections = confirmed.get(key, (0, 0))
+            edge["requests"] = min(edge["requests"], requests)
+            edge["tcp_connections"] = min(edge["tcp_connections"], connections)
+            if not edge["requests"] and not edge["tcp_connections"]:
+                continue
         for end in ("source", "destination"):
             if edge[end] in meshed and not edge[f"{end}_principal"]:
                 edge[f"{end}_principal"] = principal.get(edge[end], "")
@@ -267,10 +285,16 @@ async def tap(
             async for line in response.content:
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                try:
+                    event = json.loads(line)
+                    if not isinstance(event, dict) or not isinstance(event.get("path"), str):
+                        raise ValueError("not a tap event")
+                except ValueError:  # one agent's garbage ends its own stream, not the tap
+                    log.warning("tap: %s sent a malformed event; not following it any more", w.id)
+                    return
                 if (
                     (path is None or event["path"].startswith(path))
-                    and (method is None or event["method"] == method.upper())
+                    and (method is None or event.get("method") == method.upper())
                     and not queue.full()
                 ):
                     queue.put_nowait(event | {"proxy": w.name})
@@ -285,8 +309,9 @@ async def tap(
 class Observatory:
     """The REST side: `/api/v1/stat`, `/top`, `/edges` (JSON) and `/tap` (one JSON object per line)."""
 
-    def __init__(self, registry) -> None:
+    def __init__(self, registry, agent_key: Callable[[str], str] | None = None) -> None:
         self.registry = registry
+        self._agent_key = agent_key  # proxy id -> the key its agent's port asks for (server/agent_port.py)
         self._session: aiohttp.ClientSession | None = None
 
     def add_routes(self, app: web.Application) -> None:
@@ -303,8 +328,16 @@ class Observatory:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(middlewares=(credential_middleware(self._key_for),))
         return self._session
+
+    def _key_for(self, host: str, port: int) -> str | None:
+        if self._agent_key is None:
+            return None
+        for w in self.registry.workloads():
+            if w.agent_port == port and w.address.strip("[]") == host:
+                return self._agent_key(w.id)
+        return None
 
     async def _summaries(self, request: web.Request) -> tuple[float, list, list[str]]:
         seconds = _window(request.query.get("window", "60"))

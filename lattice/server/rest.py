@@ -75,7 +75,7 @@ class RestApi:
         self._connected = connected  # () -> list of node ids with an open ADS stream
         self.started = time.time()
         self.xds_address = ""  # set once the gRPC port is bound; agents learn it from /health
-        self.observatory = Observatory(registry)  # stat, top, edges, tap: asked of the agents live
+        self.observatory = Observatory(registry, ca.agent_key)  # stat, top, edges, tap: asked of the agents live
         self.console = Console(registry, lambda: self.observatory.session)  # /ui/: the web console
 
     def app(self) -> web.Application:
@@ -397,7 +397,8 @@ class RestApi:
         url = f"http://{_host(workload.address)}:{workload.agent_port}/config_dump"
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-                async with session.get(url, params=request.query) as response:
+                headers = {"Authorization": f"Bearer {self.ca.agent_key(workload.id)}"}
+                async with session.get(url, params=request.query, headers=headers) as response:
                     return web.Response(
                         body=await response.read(), status=response.status, content_type="application/json"
                     )

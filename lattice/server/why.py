@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from lattice.server.agent_port import bounded_json, check_records
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.mesh.peer_auth import describe as describe_mtls
 
@@ -64,8 +65,8 @@ async def gather(session: aiohttp.ClientSession, workloads: tuple[Workload, ...]
             async with session.get(
                 url, params={"id": request_id}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
             ) as response:
-                body = await response.json() if response.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+                body = check_records(await bounded_json(response)) if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # AgentAnswerError too: counted as silent
             return w, None
         return w, [r | {"proxy": w.name, "proxy_id": w.id} for r in body["records"]] if body else []
 
@@ -580,8 +581,8 @@ async def recent(session: aiohttp.ClientSession, workloads: tuple[Workload, ...]
             async with session.get(
                 url, params={"limit": str(limit)}, timeout=aiohttp.ClientTimeout(total=TIMEOUT)
             ) as response:
-                body = await response.json() if response.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+                body = check_records(await bounded_json(response)) if response.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):  # AgentAnswerError too: counted as silent
             return w, None
         return w, [r | {"proxy": w.name} for r in body["records"]] if body else []
 

@@ -167,10 +167,8 @@ def test_consistent_hash_on_a_header_pins_each_value_to_one_instance(shared_plan
 @pytest.mark.parametrize("simple", ["LEAST_REQUEST", "RANDOM", "ROUND_ROBIN"])
 def test_simple_load_balancers_reach_every_endpoint(shared_plane, client, simple):
     _rule(shared_plane, "spread", {"loadBalancer": {"simple": simple}})
-    _, _, body = http(
-        "GET", f"http://{client.address}:{client.info['agent_port']}/config_dump?resource=dynamic_active_clusters"
-    )
-    policies = {c["cluster"]["name"]: c["cluster"].get("lb_policy", "ROUND_ROBIN") for c in json.loads(body)["configs"]}
+    dump = shared_plane.get(f"/api/v1/proxies/{client.id}/config_dump?resource=dynamic_active_clusters")
+    policies = {c["cluster"]["name"]: c["cluster"].get("lb_policy", "ROUND_ROBIN") for c in dump["configs"]}
     assert policies["outbound|9080||spread.default.svc.cluster.local"] == simple
     assert {_call(client, SPREAD)[1] for _ in range(40)} == {"spread-v1", "spread-v2", "spread-v3"}
 
