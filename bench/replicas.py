@@ -25,6 +25,7 @@ import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
 import secrets  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -70,6 +71,7 @@ class ReplicaRun:
             for plane in self.planes:
                 plane.stop()
             self.etcd.stop()
+            shutil.rmtree(self.root, ignore_errors=True)  # etcd's data, keys, logs: nothing to keep
         return self.result
 
     def _start_replicas(self) -> None:
