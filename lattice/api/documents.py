@@ -13,6 +13,36 @@ from lattice.api.kinds import KINDS, KindInfo
 from lattice.api.meta import ObjectMeta
 
 MAX_DOCUMENT_BYTES = 1 << 20
+MAX_DEPTH = 64  # nesting of mappings and lists; Istio's deepest resources need about 15
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML without aliases (`*name`: a few hundred bytes can expand to gigabytes, the
+    "billion laughs") and with nesting bounded, so no input can exhaust memory or the stack."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted: write the value out", mark
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml_documents(text: str) -> list:
+    """Every document of a YAML (or JSON) text, by the strict loader; yaml.YAMLError if refused."""
+    return [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
 
 
 @dataclass(frozen=True)
@@ -54,7 +84,7 @@ def parse_documents(text: str, source: str = "<input>") -> list[Resource]:
     if len(text.encode()) > MAX_DOCUMENT_BYTES * 8:
         raise ValidationError(source, [FieldError("", f"input is larger than {MAX_DOCUMENT_BYTES * 8} bytes")])
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = load_yaml_documents(text)
     except yaml.YAMLError as e:
         raise ValidationError(source, [FieldError("", f"not valid YAML: {e}")]) from None
     out = []

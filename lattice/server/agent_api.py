@@ -375,6 +375,8 @@ async def _errors(request: web.Request, handler):
         return web.json_response({"error": "invalid registration: " + "; ".join(problems)}, status=400)
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         return web.json_response({"error": f"bad request body: {e}"}, status=400)
+    except RecursionError:
+        return web.json_response({"error": "bad request body: nested too deeply"}, status=400)
     except StoreError as e:  # etcd unreachable or without quorum: nothing recorded, the agent retries
         log.error("store: %s", e)
         return web.json_response({"error": f"the control plane cannot record this now: {e}"}, status=503)

@@ -525,3 +525,7 @@ async def _errors(request: web.Request, handler):
         return web.json_response({"error": str(e)}, status=422)
     except json.JSONDecodeError as e:
         return web.json_response({"error": f"request body is not JSON: {e}"}, status=400)
+    except UnicodeDecodeError as e:
+        return web.json_response({"error": f"request body is not UTF-8 (byte {e.start}): {e.reason}"}, status=400)
+    except RecursionError:
+        return web.json_response({"error": "request body is nested too deeply"}, status=400)
