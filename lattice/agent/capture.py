@@ -55,7 +55,8 @@ class Pod:
 
     def proxy_command(self, args: list[str]) -> list[str]:
         """`args` (Envoy) inside the namespace, in the group whose traffic is not captured."""
-        return self.command(["setpriv", f"--regid={PROXY_GID}", "--clear-groups", "--", *args])
+        # Changing its group clears the parent-death signal the agent set: setpriv sets it again, after.
+        return self.command(["setpriv", f"--regid={PROXY_GID}", "--clear-groups", "--pdeathsig=KILL", "--", *args])
 
 
 def _run(*args: str, netns: str | None = None) -> str:
@@ -221,6 +222,12 @@ def _sweep(fd: int) -> None:
     for table, suffix in {(t, x) for t, _, x in _CHAINS}:
         subprocess.run(["iptables", "-w", "-t", table, "-F", f"LATTICE-{tag}-{suffix}"], capture_output=True)
         subprocess.run(["iptables", "-w", "-t", table, "-X", f"LATTICE-{tag}-{suffix}"], capture_output=True)
+    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True).stdout.split()
+    for pid in pids:  # an app that outlived its sidecar would keep the namespace alive
+        try:
+            os.kill(int(pid), 9)
+        except (ValueError, OSError):
+            pass
     subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
     (NETNS_ETC / netns / "resolv.conf").unlink(missing_ok=True)
     try:

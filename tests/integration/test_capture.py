@@ -271,8 +271,10 @@ def test_what_a_killed_captured_workload_left_is_swept_by_the_next(fleet):
     ghost = net.workload(plane, c, "ghost", "v1", command=BACKEND, extra=("--capture", "--port", "7000")).start()
     left = chains() - before
     assert len(left) == 1, left
+    envoy = child_pid(ghost, "envoy")
     ghost.process.kill()
     ghost.process.wait(10)
+    wait_for(lambda: _gone(envoy), 10, what="the killed sidecar's Envoy to die with it")
     # Silent (no heartbeat for 4 s) before its successor takes its address and port: replaced, not refused.
     wait_for(lambda: plane.proxy(ghost.id)["silent"], 20, what="the killed workload to fall silent")
     assert chains() - before == left  # SIGKILL: nothing undone
@@ -282,3 +284,10 @@ def test_what_a_killed_captured_workload_left_is_swept_by_the_next(fleet):
     finally:
         successor.stop()
     assert chains() == before
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
