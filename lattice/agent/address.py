@@ -1,7 +1,10 @@
 """A loopback address per workload, so many workloads share one machine without port clashes.
 
 Leases are advisory file locks in a machine-wide directory: the kernel releases a lock when its
-holder dies, so a crashed workload never leaks its address.
+holder dies, so a crashed workload never leaks its address. The directory is shared by every local
+user (sticky, like /tmp), so it is checked before use: a real directory, not a symlink, owned by
+root or by us; lease files are opened without following symlinks, so another user's planted link
+never makes us open (or lock) a file of theirs choosing.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import ipaddress
 import os
 import random
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +35,7 @@ class AddressLease:
 
 def lease_loopback(ports: list[int]) -> AddressLease:
     """The first 127.0.x.y not leased by another workload on which all `ports` are free."""
-    LEASE_DIR.mkdir(mode=0o1777, parents=True, exist_ok=True)
+    _check_lease_dir(LEASE_DIR)
     for third in range(FIRST_SUBNET, 255):
         for fourth in range(2, 255):
             address = f"127.0.{third}.{fourth}"
@@ -44,8 +48,31 @@ def lease_loopback(ports: list[int]) -> AddressLease:
     raise RuntimeError(f"no free loopback address in 127.0.{FIRST_SUBNET}.0-127.0.254.255 (leases in {LEASE_DIR})")
 
 
+def _check_lease_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        path.chmod(0o1777)  # every local user leases here; sticky: none can remove another's lease
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise RuntimeError(
+            f"the lease directory {path} is not a directory (a symlink?); remove it or set LATTICE_LEASE_DIR"
+        )
+    if info.st_uid not in (0, os.geteuid()):
+        raise RuntimeError(
+            f"the lease directory {path} belongs to uid {info.st_uid}, not root or us: another user may have planted "
+            "it; remove it or set LATTICE_LEASE_DIR"
+        )
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise RuntimeError(f"the lease directory {path} is writable by others but not sticky; chmod 1777 it")
+
+
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError:  # a symlink planted there (ELOOP), or another user's lease we may not open: taken
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
