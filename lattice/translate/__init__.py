@@ -22,17 +22,21 @@ Rules: no awaits, no clock, no globals, no IO; the same input always yields byte
 Every function takes what it needs and returns new messages.
 """
 
-from lattice.translate.resources import (
-    CLUSTER,
-    ENDPOINT,
-    EXTENSION_CONFIG,
-    LISTENER,
-    ROUTE,
-    TYPE_ORDER,
-    Resources,
-    translate,
-)
+from typing import Any
+
 from lattice.translate.tls import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER
+from lattice.translate.type_urls import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, TYPE_ORDER
+
+
+def __getattr__(name: str) -> Any:
+    """`translate` and `Resources` load the whole translator when first asked for: a sidecar that
+    only names a type URL or a secret starts without it."""
+    if name in ("translate", "Resources"):
+        from lattice.translate import resources
+
+        return getattr(resources, name)
+    raise AttributeError(f"module 'lattice.translate' has no attribute {name!r}")
+
 
 __all__ = [
     "CERT_SECRET",

@@ -9,15 +9,7 @@ from google.protobuf.message import Message
 
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.translate import cds, eds, extensions, gateway, lds, rds
-
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
-EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
-# Make-before-break: clusters and their endpoints exist before listeners and routes point at them.
-# Extension configs (ECDS) are asked for by the listeners that name them.
-TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG)
+from lattice.translate.type_urls import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, TYPE_ORDER
 
 
 @dataclass(frozen=True)
