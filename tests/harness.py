@@ -336,6 +336,9 @@ def running(plane: ControlPlane, workloads: list[Workload], timeout: float = 15)
         wait_for(plane.all_synced, timeout, what="every proxy to hold the others' endpoints")
         yield ready
     finally:
+        for w in workloads:  # all at once: each sidecar drains before it stops (agent/drain.py)
+            if w.process is not None and w.process.poll() is None:
+                w.process.send_signal(signal.SIGTERM)
         for w in reversed(workloads):
             w.stop()
 

@@ -16,6 +16,7 @@ from lattice.identity import CONTROL_PLANE_NAME
 from lattice.api.registration import Registration
 
 log = logging.getLogger("lattice.agent")
+UNREACHABLE_SECONDS = 1.0  # a draining sidecar stops waiting for callers when it cannot report the drain
 
 
 class ControlPlaneError(RuntimeError):
@@ -29,6 +30,7 @@ class RegistryClient:
         self.identity = identity
         self.healthy = healthy
         self.heartbeat_now = asyncio.Event()  # set to report a health change at once
+        self.draining = False  # the sidecar is stopping: callers are to choose other endpoints
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> RegistryClient:
@@ -83,13 +85,10 @@ class RegistryClient:
             self.heartbeat_now.clear()
             healthy = self.healthy()
             try:
-                body = {"healthy": healthy, **self.identity.held()}
-                async with self._session.post(f"{self._url}/heartbeat", json=body, **self._tls()) as response:
-                    if response.status == 404:  # expired, or the control plane lost its state
-                        await self.register(attempts=1)
-                        continue
-                    response.raise_for_status()
-                    answer = await response.json()
+                answer = await self._heartbeat(healthy)
+                if answer is None:  # expired, or the control plane lost its state
+                    await self.register(attempts=1)
+                    continue
                 if answer.get("bundle_version", 0) != self.identity.bundle_version:
                     await self.identity.refresh_bundle(self._session)
                 if answer.get("crl_version", "") != self.identity.crl_version:
@@ -101,6 +100,36 @@ class RegistryClient:
                 last = healthy
             except (aiohttp.ClientError, TimeoutError, ControlPlaneError, IdentityError) as e:
                 log.debug("heartbeat failed: %s", e)
+
+    async def _heartbeat(self, healthy: bool) -> dict | None:
+        """One heartbeat; the control plane's answer, None if it does not know this workload."""
+        body = {"healthy": healthy, "draining": self.draining, **self.identity.held()}
+        async with self._session.post(f"{self._url}/heartbeat", json=body, **self._tls()) as response:
+            if response.status == 404:
+                return None
+            response.raise_for_status()
+            return await response.json()
+
+    async def drain(self, timeout: float) -> bool:
+        """Report the workload draining, then wait (at most `timeout` seconds) until every proxy
+        connected to the control plane holds that. True if they all do."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline, failing_since = loop.time() + timeout, None
+        while True:
+            try:
+                answer = await asyncio.wait_for(self._heartbeat(self.healthy()), max(0.1, deadline - loop.time()))
+                if answer is None or answer.get("callers_hold_drain"):
+                    return True  # unknown to the control plane: nobody routes to it
+                failing_since = None
+            except (aiohttp.ClientError, TimeoutError) as e:
+                failing_since = failing_since or loop.time()
+                if loop.time() - failing_since > UNREACHABLE_SECONDS:  # nobody can learn of it: go on
+                    log.warning("the control plane is unreachable (%s): callers cannot learn of the drain", e)
+                    return False
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
 
     async def deregister(self) -> None:
         try:

@@ -106,6 +106,7 @@ class EnvoyProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=sink,
                 preexec_fn=die_with_parent,
+                process_group=0,  # a terminal's Ctrl-C reaches the agent only: it stops Envoy last (agent/drain.py)
                 env={k: v for k, v in os.environ.items() if k not in ("LATTICE_TOKEN", "LATTICE_ADMIN_TOKEN")}
                 | self.env,
             )

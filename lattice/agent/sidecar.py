@@ -40,6 +40,7 @@ from lattice.agent.address import (
 from lattice.agent.bootstrap import bootstrap, stats_matcher, write_bootstrap
 from lattice.agent.capture import CaptureMode
 from lattice.agent.control import RegistryClient
+from lattice.agent.drain import DEFAULT_DRAIN_TIMEOUT, DrainBudget, drain_callers, drain_inbound
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
 from lattice.agent.http import agent_app
 from lattice.agent.identity import Identity
@@ -53,6 +54,7 @@ from lattice.agent.traces import TraceRelay
 from lattice.agent.traces import add_to_server as add_trace_service
 from lattice.api.registration import Registration, Upstream
 from lattice.identity import CONTROL_PLANE_NAME
+from lattice.mesh.protocol import OPAQUE
 from lattice.translate.telemetry import PEER_ENV, peer_value
 
 log = logging.getLogger("lattice.agent")
@@ -87,6 +89,7 @@ class RunOptions:
     # Envoy stats kept besides Istio's short default list (agent/bootstrap.py): Istio's
     # statsInclusionPrefixes, statsInclusionSuffixes, statsInclusionRegexps.
     stats_inclusion: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # a stop's whole budget: callers, connections, app (agent/drain.py)
 
 
 class Sidecar:
@@ -101,6 +104,8 @@ class Sidecar:
         self._servers: list[grpc.aio.Server] = []
         self.capture: CaptureMode | None = None  # `--capture`: the app in a network namespace of its own
         self._lost = 0  # xDS connection attempts failed in a row (failover between replicas)
+        self._stop = asyncio.Event()  # a signal while serving: drain, then stop (agent/drain.py)
+        self._serving = False
 
     def _place(self) -> tuple[str, str]:
         """(advertised address, local address): on one machine a leased loopback serves as both;
@@ -185,7 +190,13 @@ class Sidecar:
         node.metadata.CopyFrom(_struct({"NAMESPACE": reg.namespace, "WORKLOAD_NAME": reg.name, "LABELS": reg.labels}))
         self.sds = SecretServer()
         self.identity = Identity(
-            self.o.server, reg.id, reg.namespace, reg.service_account, self.o.token, self.run_dir, self._publish_secrets
+            self.o.server,
+            reg.id,
+            reg.namespace,
+            reg.service_account,
+            self.o.token,
+            self.run_dir,
+            self._publish_secrets,
         )
         self.envoy = EnvoyProcess(
             self.run_dir / "envoy.json",
@@ -211,7 +222,7 @@ class Sidecar:
         )
         main = asyncio.current_task()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
+            asyncio.get_running_loop().add_signal_handler(sig, self._on_signal, main)
         # One registry client from registration to deregistration, cleanup included.
         async with RegistryClient(self.o.server, reg, lambda: self.app_healthy, self.identity) as self.registry:
             try:
@@ -373,11 +384,47 @@ class Sidecar:
                 background.append(tasks.create_task(self.capture.serve_dns(), name="dns-proxy"))
             await self._wait_ready()
             self._announce()
-            if not self.o.command:
-                await asyncio.Event().wait()  # `lattice agent`: serve until a signal
-            self.exit_code = await self._run_app()
+            self.exit_code = await self._until_stopped()
             for task in background:
                 task.cancel()
+
+    def _on_signal(self, main: asyncio.Task) -> None:
+        """The first signal while serving starts a graceful stop; any other stops at once."""
+        if self._stop.is_set() or not self._serving:
+            main.cancel()
+            return
+        log.info("stopping: draining first (at most %.0fs; signal again to stop at once)", self.o.drain_timeout)
+        self._stop.set()
+
+    async def _until_stopped(self) -> int:
+        """Run the app (`lattice agent`: none) until it exits, or until a signal: then drain and
+        stop it (agent/drain.py). An app that exits by itself ends the sidecar with its code."""
+        self._serving = True
+        stop = asyncio.create_task(self._stop.wait(), name="stop-signal")
+        app = asyncio.create_task(self._run_app(), name="app") if self.o.command else None
+        try:
+            await asyncio.wait([t for t in (stop, app) if t], return_when=asyncio.FIRST_COMPLETED)
+            if app is not None and app.done():
+                return app.result()
+            return await self._graceful_stop(app)
+        finally:
+            stop.cancel()
+
+    async def _graceful_stop(self, app: asyncio.Task | None) -> int:
+        loop = asyncio.get_running_loop()
+        budget = DrainBudget(self.o.drain_timeout)
+        deadline = loop.time() + budget.total
+        await drain_callers(self.registry, budget)
+        tcp = self.registration.protocol in OPAQUE
+        await drain_inbound(self.envoy, self.registration.port, tcp, deadline - budget.app_share)
+        if app is None:
+            return 0
+        if self.app is None:  # the signal came before the app was started
+            app.cancel()
+            return 0
+        code = await self._stop_app(max(1.0, deadline - loop.time()))
+        await asyncio.gather(app, return_exceptions=True)
+        return code
 
     async def _wait_ready(self) -> None:
         deadline = asyncio.get_running_loop().time() + self.o.ready_timeout
@@ -405,7 +452,11 @@ class Sidecar:
         }
         try:
             command = self.capture.pod.command(self.o.command) if self.capture else self.o.command
-            self.app = await asyncio.create_subprocess_exec(*command, env=env, preexec_fn=die_with_parent)
+            # Its own process group: a terminal's Ctrl-C (or systemd's KillMode=mixed) reaches the
+            # agent alone, which drains first and then stops the app (agent/drain.py).
+            self.app = await asyncio.create_subprocess_exec(
+                *command, env=env, preexec_fn=die_with_parent, process_group=0
+            )
         except OSError as e:
             log.error("cannot start %s: %s", self.o.command[0], e.strerror)
             return 127

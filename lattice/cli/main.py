@@ -292,6 +292,16 @@ _WORKLOAD_OPTIONS = {
             "instead of a new one with a veth pair to the host (`lattice agent`: where you run the app).",
         ),
     ),
+    "drain_timeout": (
+        float,
+        duration_option(
+            "30s",
+            "--drain-timeout",
+            help="On SIGTERM/Ctrl-C, how long a graceful stop may take in all: callers stop choosing this "
+            "endpoint, open requests and streams finish, then the app gets SIGTERM (and SIGKILL at the end). "
+            "A second signal stops at once.",
+        ),
+    ),
 }
 
 
@@ -351,6 +361,7 @@ def _run_options(workload: dict, app_port: int | None, command: list[str]):
         capture=w["capture"],
         netns=w["netns"],
         stats_inclusion=_stats_inclusion(w),
+        drain_timeout=at_least("--drain-timeout", w["drain_timeout"], 0.5),
     )
 
 

@@ -46,6 +46,7 @@ class EntryEndpoint:
     locality: str = ""  # region/zone/subzone
     mesh_tls: bool = False
     healthy: bool = True  # no health checks for entries, as in Istio: listed means healthy
+    draining: bool = False  # only registered workloads drain (`lattice run` stopping)
 
 
 @dataclass(frozen=True)

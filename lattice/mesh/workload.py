@@ -39,6 +39,7 @@ class Workload:
     outbound_port: int
     agent_port: int
     healthy: bool = False
+    draining: bool = False  # stopping: callers finish what they sent, then choose other endpoints
     kind: str = "sidecar"  # or "gateway": a `lattice gateway` proxy, serving Gateways, not in any service
     listen: tuple[tuple[int, int], ...] = ()  # a gateway's (Gateway port, local port) overrides
     upstreams: tuple[Upstream, ...] = ()

@@ -47,14 +47,16 @@ class Registry:
             self._changed()
         return workload
 
-    def heartbeat(self, workload_id: str, healthy: bool) -> bool:
-        """False if the workload is unknown (expired or never registered): the agent re-registers."""
+    def heartbeat(self, workload_id: str, healthy: bool, draining: bool = False) -> bool:
+        """False if the workload is unknown (expired or never registered): the agent re-registers.
+        A draining workload (its sidecar stopping) stays draining until it deregisters."""
         current = self._workloads.get(workload_id)
         if current is None or not self._store.touch_workload(workload_id):
             return False
         self._last_seen[workload_id] = self._clock()
-        if current.healthy != healthy:
-            record = _record(current) | {"healthy": healthy}
+        draining = draining or current.draining
+        if (current.healthy, current.draining) != (healthy, draining):
+            record = _record(current) | {"healthy": healthy, "draining": draining}
             self._store.put_workload(workload_id, record)
             self._workloads[workload_id] = Workload.from_record(record)
             self._changed()

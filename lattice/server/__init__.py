@@ -11,6 +11,7 @@ Parts:
 - `metrics` — the control plane's own Prometheus metrics (`/metrics`): pushes, convergence, CSRs, API.
 - `observe` — `lattice stat/top/edges/tap`: every agent's live window, asked at once and merged.
 - `traces`  — the embedded trace collector: spans agents post, kept in memory, bounded, for `lattice trace`.
+- `drain`   — whether every connected proxy holds a stopping workload as draining (heartbeat answers).
 - `main`    — `run_server`: gRPC ADS + REST on one asyncio loop, started in order, stopped in reverse.
 
 Rules: one TaskGroup; every task named; a signal stops everything and removes `server.json`.

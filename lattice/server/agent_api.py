@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Callable
 
 import pydantic
 from aiohttp import web
@@ -49,8 +50,10 @@ class AgentApi:
         metrics: ControlPlaneMetrics | None = None,
         traces: TraceStore | None = None,
         modules: ModuleCache | None = None,
+        callers_hold_drain: Callable[[str], bool] = lambda workload_id: True,
     ) -> None:
         self.ca, self.store, self.registry = ca, store, registry
+        self.callers_hold_drain = callers_hold_drain  # server/drain.py: may a draining workload close?
         self.traces = traces if traces is not None else TraceStore()  # the embedded trace collector
         self.metrics = metrics or ControlPlaneMetrics()
         self.modules = modules  # Wasm modules the control plane holds, by digest
@@ -270,10 +273,13 @@ class AgentApi:
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": "the body must be a JSON object"}), content_type="application/json"
             )
-        if not self.registry.heartbeat(workload_id, bool(body.get("healthy"))):
+        draining = bool(body.get("draining"))
+        if not self.registry.heartbeat(workload_id, bool(body.get("healthy")), draining):
             raise _refuse(404, "unknown workload; register again")
         answer = self.ca.report(workload_id, int(body.get("bundle_version", 0)), body.get("certificate"))
         self.ca.advance([w.id for w in self.registry.workloads()])
+        if draining:
+            answer["callers_hold_drain"] = self.callers_hold_drain(workload_id)
         return web.json_response(
             {"ok": True, **answer, "bundle_version": self.ca.bundle_version, "crl_version": self.ca.crl_version}
         )

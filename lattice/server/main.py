@@ -21,6 +21,7 @@ from lattice.server.config import METRICS_TOKEN_FILE, ServerConfig, admin_token,
 from lattice.server.jwks import JwksCache
 from lattice.server.modules import ModuleCache
 from lattice.server.metrics import ControlPlaneMetrics
+from lattice.server.drain import callers_hold_drain
 from lattice.server.pusher import Pusher
 from lattice.server.replicas import Replica, run_once
 from lattice.server.rest import RestApi, refresh_revocations
@@ -98,7 +99,15 @@ class ControlPlane:
             metrics_token=admin_token(config.home, METRICS_TOKEN_FILE),
         )
         self.agents = AgentApi(
-            self.ca, self.store, self.registry, metrics=self.metrics, traces=self.traces, modules=self.modules
+            self.ca,
+            self.store,
+            self.registry,
+            metrics=self.metrics,
+            traces=self.traces,
+            modules=self.modules,
+            callers_hold_drain=lambda workload_id: callers_hold_drain(
+                self.pusher.snapshot, self.pusher.pending, self.board, workload_id
+            ),
         )
         self.agents.replica_list = self.replica.others
         self.metrics.read_state(self.ads, self.board, self.registry, self.pusher, self.ca)

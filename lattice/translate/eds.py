@@ -59,11 +59,18 @@ def _assignment(
     )
 
 
+def _health(w) -> int:
+    if w.draining:
+        return health_check_pb2.DRAINING
+    return health_check_pb2.HEALTHY if w.healthy else health_check_pb2.UNHEALTHY
+
+
 def _lb_endpoint(snapshot: MeshSnapshot, w) -> ec.LbEndpoint:
-    # Unhealthy endpoints stay listed (so `proxy-config endpoints` shows them) but get no traffic.
+    # Unhealthy and draining endpoints stay listed (so `proxy-config endpoints` shows them) but
+    # get no new requests; a draining one finishes those it has (`lattice run` stopping).
     endpoint = ec.LbEndpoint(
         endpoint=ec.Endpoint(address=socket_address(w.address, w.target_port)),
-        health_status=health_check_pb2.HEALTHY if w.healthy else health_check_pb2.UNHEALTHY,
+        health_status=_health(w),
     )
     if w.weight:
         endpoint.load_balancing_weight.value = w.weight

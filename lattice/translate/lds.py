@@ -104,7 +104,11 @@ def inbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
             _inbound_chain(snapshot, proxy, None, "raw_buffer" if mode == "PERMISSIVE" else "", http, tcp_filters)
         )
     listener = listener_pb2.Listener(
-        name=name, address=socket_address(proxy.inbound_bind, proxy.port), filter_chains=chains
+        name=name,
+        address=socket_address(proxy.inbound_bind, proxy.port),
+        filter_chains=chains,
+        # Callers' requests in: the listener a stopping sidecar drains (`/drain_listeners?inboundonly`).
+        traffic_direction=base_pb2.INBOUND,
     )
     listener.metadata.CopyFrom(telemetry.rules_metadata(snapshot, proxy))
     if mode == "PERMISSIVE":  # one port, two kinds of client: look at the first bytes to choose

@@ -35,6 +35,7 @@ class ProxyStatus:
     pushes: int = 0
     sent_label: str = ""  # the mesh snapshot the newest response came from
     converged_label: str = ""  # the newest snapshot whose every response this proxy ACKed
+    seen_label: str = ""  # the newest snapshot its stream answered from, whether or not it changed anything
 
 
 class XdsEvents(Protocol):
@@ -74,6 +75,12 @@ class StatusBoard:
         proxy.sent_label = label or proxy.sent_label
         if self._events is not None:
             self._events.sent(type_url, size)
+
+    def seen(self, node_id: str, label: str) -> None:
+        """The proxy's stream has sent whatever snapshot `label` changed for it (maybe nothing)."""
+        proxy = self._proxies.get(node_id)
+        if proxy is not None:
+            proxy.seen_label = label
 
     def acked(self, node_id: str, type_url: str, version: str) -> None:
         status = self._type(node_id, type_url)

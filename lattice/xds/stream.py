@@ -65,6 +65,7 @@ class Stream:
                         await self._take(outgoing)
                     for response in outgoing:
                         yield response.build()  # (held by nothing here once gRPC has it)
+                    self.board.seen(self.node_id, snapshot.label)
                 item = await inbox.get()
                 while True:  # drain, so a burst of ACKs (and changes) costs one pass
                     if item is None:

@@ -32,6 +32,9 @@ import grpc
 SERVICE = os.environ.get("BACKEND_SERVICE") or os.environ.get("LATTICE_SERVICE", "echo")
 VERSION = os.environ.get("SERVICE_VERSION", "v1")
 SERVED_BY = f"{SERVICE}-{VERSION}"
+# Set by SIGTERM/SIGINT: streams end (status OK) after the reply in hand, as a well-behaved server
+# stops, so the client learns where the stream ended and starts a new one elsewhere.
+STOPPING = asyncio.Event()
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
@@ -77,6 +80,8 @@ async def server_stream(request: bytes, context):
     for index in range(int(metadata.get("x-echo-count") or 3)):
         await _pause(metadata)
         yield _reply("ServerStream", metadata, message=request.decode(errors="replace"), index=index)
+        if STOPPING.is_set():
+            return
 
 
 async def client_stream(requests, context) -> bytes:
@@ -93,6 +98,8 @@ async def bidi(requests, context):
         await _pause(metadata)
         yield _reply("Bidi", metadata, message=request.decode(errors="replace"), index=index)
         index += 1
+        if STOPPING.is_set():
+            return
 
 
 def handler() -> grpc.GenericRpcHandler:
@@ -113,11 +120,10 @@ async def serve(port: int) -> None:
     server.add_generic_rpc_handlers((handler(),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
-    stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    await server.stop(grace=0.5)
+        asyncio.get_running_loop().add_signal_handler(sig, STOPPING.set)
+    await STOPPING.wait()
+    await server.stop(grace=2.0)
 
 
 if __name__ == "__main__":
