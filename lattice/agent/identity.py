@@ -30,6 +30,7 @@ from lattice.identity import (
     new_key,
     parse_token,
 )
+from lattice.agent.kept_identity import IdentityKeeper, KeptIdentity
 from lattice.identity.tokens import pin_for
 
 log = logging.getLogger("lattice.identity")
@@ -49,7 +50,9 @@ class Identity:
         token: str | None,
         run_dir: Path,
         on_change: Callable[[], None] = lambda: None,
+        keeper: IdentityKeeper | None = None,
     ) -> None:
+        self.keeper = keeper  # kept on the host: a restart re-attests with it (agent/kept_identity.py)
         self.server = server.rstrip("/")
         self.proxy_id = proxy_id
         self.namespace, self.service_account = namespace, service_account
@@ -81,7 +84,18 @@ class Identity:
     # --- getting and renewing ----------------------------------------------------------------
 
     async def obtain(self, session: aiohttp.ClientSession) -> None:
-        """The first certificate, for the join token."""
+        """The first certificate: for the kept one if it is still good, else for the join token."""
+        kept = self.keeper.load() if self.keeper is not None else None
+        if kept is not None:
+            try:
+                return await self._reattest(session, kept)
+            except (aiohttp.ClientError, IdentityError) as e:
+                if not self.token:
+                    raise IdentityError(
+                        f"the certificate kept in {self.keeper.directory} was refused ({e}); pass a join token"
+                    ) from None
+                log.info("the kept certificate was refused (%s); using the join token", e)
+                self.chain = self.key = b""
         if not self.token:
             raise IdentityError(
                 f"no join token for {self._wanted}: pass --token-file or LATTICE_TOKEN (create one with "
@@ -93,6 +107,13 @@ class Identity:
             raise IdentityError(f"the join token is malformed: {e}") from None
         bundle = await self._fetch_bundle(session, pin)
         await self._request(session, {"Authorization": f"Bearer {self.token}"}, bundle)
+
+    async def _reattest(self, session: aiohttp.ClientSession, kept: KeptIdentity) -> None:
+        """A new certificate paid with the kept one, over TLS checked against the kept bundle."""
+        self.trust_domain = SpiffeId.parse(kept.spiffe).trust_domain
+        self.chain, self.key = kept.chain, kept.key
+        await self._request(session, {}, kept.bundle)
+        log.info("re-attested with the certificate kept in %s", self.keeper.directory)
 
     async def renew(self, session: aiohttp.ClientSession) -> None:
         """With the certificate we hold; once that has expired (the control plane was away too
@@ -126,6 +147,8 @@ class Identity:
         ) as response:
             body = await _json(response, "fetching the trust bundle")
         self._store(self.chain, self.key, body["bundle"].encode(), int(body["bundle_version"]))
+        if self.keeper is not None:
+            self.keeper.save(self.chain, self.key, self.bundle)
         log.info("trust bundle version %d (%d roots)", self.bundle_version, self.bundle.count(b"BEGIN CERTIFICATE"))
 
     async def refresh_crl(self, session: aiohttp.ClientSession) -> None:
@@ -182,6 +205,8 @@ class Identity:
         self.xds, self.root = body.get("xds", ""), body["root"]
         self.agent_key = str(body.get("agent_key", ""))  # what callers of our port's private endpoints present
         self._store(body["chain"].encode(), key_pem(key), body["bundle"].encode(), int(body["bundle_version"]))
+        if self.keeper is not None:
+            self.keeper.save(self.chain, self.key, self.bundle)
         info = cert_info(self.chain)
         self.spiffe, self.not_after, self._issued_at = info.spiffe_id, info.not_after, _now()
         self._certificate = {

@@ -44,6 +44,7 @@ from lattice.agent.drain import DEFAULT_DRAIN_TIMEOUT, DrainBudget, drain_caller
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
 from lattice.agent.http import agent_app
 from lattice.agent.identity import Identity
+from lattice.agent.kept_identity import IdentityKeeper
 from lattice.agent.modules import ModuleFetcher
 from lattice.agent.observer import Observer
 from lattice.agent.relay import XdsRelay
@@ -197,6 +198,7 @@ class Sidecar:
             self.o.token,
             self.run_dir,
             self._publish_secrets,
+            IdentityKeeper(reg.namespace, reg.service_account),
         )
         self.envoy = EnvoyProcess(
             self.run_dir / "envoy.json",

@@ -430,9 +430,10 @@ def _upstreams(specs: list[str], namespace: str, port: int) -> list:
     return out
 
 
-def _join_token(token: str | None, token_file: Path | None, service_account: str, namespace: str) -> str:
-    """The join token from --token-file (or stdin) or LATTICE_TOKEN, or a message saying how to
-    make one. LATTICE_TOKEN leaves this process's environment, so neither Envoy nor the app inherit it."""
+def _join_token(token: str | None, token_file: Path | None, service_account: str, namespace: str) -> str | None:
+    """The join token from --token-file (or stdin) or LATTICE_TOKEN; none if a valid certificate of
+    this identity is kept on this host (agent/kept_identity.py); else a message saying how to make
+    one. LATTICE_TOKEN leaves this process's environment, so neither Envoy nor the app inherit it."""
     if token is not None:
         fail(
             "--token is refused: a token on the command line is visible to every local user (ps, /proc). "
@@ -445,6 +446,10 @@ def _join_token(token: str | None, token_file: Path | None, service_account: str
         except OSError as e:
             fail(f"cannot read --token-file {token_file}: {e.strerror}")
     if not token:
+        from lattice.agent.kept_identity import IdentityKeeper
+
+        if IdentityKeeper(namespace, service_account).exists():
+            return None  # a restart: the agent re-attests with the certificate it kept
         fail(
             "no join token: pass --token-file FILE (or - for stdin) or set LATTICE_TOKEN; create one with "
             f"`lattice token create --service-account {service_account} -n {namespace}`"

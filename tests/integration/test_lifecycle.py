@@ -218,3 +218,24 @@ def test_rolling_every_replica_under_load_fails_no_request(mesh):
     assert sockets.replies > 50
     assert set(sockets.closes[:-1]) == {"CLOSE 1001"} and len(sockets.closes) >= 2, sockets.closes
 
+
+def test_a_restarted_workload_re_attests_without_its_join_token(mesh):
+    """The token is single-use and spent; the restart pays with the certificate the agent kept."""
+    plane = mesh["plane"]
+    token = plane.token("keeper", uses=1)
+    first = Workload(plane, "keeper", command=BACKEND, token=token).start()
+    kept = plane.home / "identity" / "default" / "keeper"
+    assert oct((kept).stat().st_mode & 0o777) == "0o700" and (kept / "key.pem").stat().st_mode & 0o077 == 0
+    assert first.stop() == 0
+    # No token at all (LATTICE_TOKEN empty): the kept certificate is the credential.
+    again = Workload(plane, "keeper", command=BACKEND, token=token, env={"LATTICE_TOKEN": ""}).start()
+    try:
+        assert "re-attested with the certificate kept" in again.log.read_text()
+        answer = wait_for(
+            lambda: (r := mesh["client"].call("http://keeper:9080/"))[0] == 200 and json.loads(r[2]),
+            10,
+            what="the restarted workload to serve over mesh mTLS",
+        )
+        assert "spiffe://cluster.local/ns/default/sa/roll-client" in answer["headers"]["x-forwarded-client-cert"]
+    finally:
+        again.stop()

@@ -1,0 +1,69 @@
+"""A workload identity kept on its host, so a restarted agent re-attests without a join token.
+
+After every certificate the agent gets, it keeps key, certificate chain and trust bundle in
+`$LATTICE_HOME/identity/<namespace>/<service-account>/` (directory 0700, files 0600; the key
+never leaves the host, as before). A restarted agent — crash, reboot, upgrade — that finds a
+certificate there still valid pays its first CSR with it (mTLS to the agents' API, as a renewal),
+checking the control plane against the kept bundle; the join token is needed only when there is
+none, or the control plane refuses it (its root was replaced, the certificate expired).
+Replicas of one identity on one host share the directory: each write replaces the files whole,
+and any of their certificates is as good as another.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lattice.identity import cert_info
+
+KEY, CHAIN, BUNDLE = "key.pem", "cert.pem", "bundle.pem"
+
+
+def lattice_home() -> Path:
+    return Path(os.environ.get("LATTICE_HOME") or Path.home() / ".lattice")
+
+
+@dataclass(frozen=True)
+class KeptIdentity:
+    chain: bytes
+    key: bytes
+    bundle: bytes
+    spiffe: str
+    not_after: datetime
+
+
+class IdentityKeeper:
+    def __init__(self, namespace: str, service_account: str, home: Path | None = None) -> None:
+        self.directory = (home or lattice_home()) / "identity" / namespace / service_account
+
+    def load(self) -> KeptIdentity | None:
+        """The kept identity, if there is one whose certificate is still valid."""
+        try:
+            chain, key, bundle = ((self.directory / n).read_bytes() for n in (CHAIN, KEY, BUNDLE))
+            info = cert_info(chain)
+        except (OSError, ValueError):
+            return None
+        if info.not_after <= datetime.now(timezone.utc):
+            return None
+        return KeptIdentity(chain, key, bundle, info.spiffe_id, info.not_after)
+
+    def save(self, chain: bytes, key: bytes, bundle: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.directory, 0o700)
+        for name, data in ((KEY, key), (CHAIN, chain), (BUNDLE, bundle)):
+            _replace(self.directory / name, data)
+
+    def exists(self) -> bool:
+        return self.load() is not None
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Written aside (0600) and renamed over: a reader sees the old file or the new, never half."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(temporary, path)
