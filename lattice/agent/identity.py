@@ -40,6 +40,10 @@ class IdentityError(RuntimeError):
     pass
 
 
+class TokenRefused(IdentityError):
+    """The control plane refused the credential (401): a spent, expired or unknown join token."""
+
+
 class Identity:
     def __init__(
         self,
@@ -84,18 +88,24 @@ class Identity:
     # --- getting and renewing ----------------------------------------------------------------
 
     async def obtain(self, session: aiohttp.ClientSession) -> None:
-        """The first certificate: for the kept one if it is still good, else for the join token."""
+        """The first certificate: for the join token; without one, or when the control plane
+        refuses it (spent, expired), for the certificate kept on this host if it is still good."""
         kept = self.keeper.load() if self.keeper is not None else None
+        if self.token and kept is not None:
+            try:
+                return await self._redeem_token(session)
+            except TokenRefused as e:
+                log.info("%s; re-attesting with the certificate kept in %s", e, self.keeper.directory)
         if kept is not None:
             try:
                 return await self._reattest(session, kept)
             except (aiohttp.ClientError, IdentityError) as e:
-                if not self.token:
-                    raise IdentityError(
-                        f"the certificate kept in {self.keeper.directory} was refused ({e}); pass a join token"
-                    ) from None
-                log.info("the kept certificate was refused (%s); using the join token", e)
-                self.chain = self.key = b""
+                raise IdentityError(
+                    f"the certificate kept in {self.keeper.directory} was refused ({e}); pass a new join token"
+                ) from None
+        await self._redeem_token(session)
+
+    async def _redeem_token(self, session: aiohttp.ClientSession) -> None:
         if not self.token:
             raise IdentityError(
                 f"no join token for {self._wanted}: pass --token-file or LATTICE_TOKEN (create one with "
@@ -250,6 +260,8 @@ async def _json(response: aiohttp.ClientResponse, what: str) -> dict:
         body = await response.json(content_type=None)
     except (ValueError, aiohttp.ContentTypeError):
         body = {"error": (await response.text())[:300]}
+    if response.status == 401:
+        raise TokenRefused(f"{what}: the control plane said 401: {body.get('error', body)}")
     if response.status != 200:
         raise IdentityError(f"{what}: the control plane said {response.status}: {body.get('error', body)}")
     return body

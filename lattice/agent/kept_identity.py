@@ -4,8 +4,10 @@ After every certificate the agent gets, it keeps key, certificate chain and trus
 `$LATTICE_HOME/identity/<namespace>/<service-account>/` (directory 0700, files 0600; the key
 never leaves the host, as before). A restarted agent — crash, reboot, upgrade — that finds a
 certificate there still valid pays its first CSR with it (mTLS to the agents' API, as a renewal),
-checking the control plane against the kept bundle; the join token is needed only when there is
-none, or the control plane refuses it (its root was replaced, the certificate expired).
+checking the control plane against the kept bundle, when it has no join token or the control
+plane refuses the one it has (spent, expired: 401). A token of another identity is still refused
+(403) and stops the agent. The join token is needed again only when the kept certificate is
+refused (its root was replaced) or has expired.
 Replicas of one identity on one host share the directory: each write replaces the files whole,
 and any of their certificates is as good as another.
 """
