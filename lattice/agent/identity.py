@@ -122,7 +122,7 @@ class Identity:
         """A new certificate paid with the kept one, over TLS checked against the kept bundle."""
         self.trust_domain = SpiffeId.parse(kept.spiffe).trust_domain
         self.chain, self.key = kept.chain, kept.key
-        await self._request(session, {}, kept.bundle)
+        await self._request(session, {}, kept.bundle, reattest_from=kept.proxy_id)
         log.info("re-attested with the certificate kept in %s", self.keeper.directory)
 
     async def renew(self, session: aiohttp.ClientSession) -> None:
@@ -158,7 +158,7 @@ class Identity:
             body = await _json(response, "fetching the trust bundle")
         self._store(self.chain, self.key, body["bundle"].encode(), int(body["bundle_version"]))
         if self.keeper is not None:
-            self.keeper.save(self.chain, self.key, self.bundle)
+            self.keeper.save(self.chain, self.key, self.bundle, self.proxy_id)
         log.info("trust bundle version %d (%d roots)", self.bundle_version, self.bundle.count(b"BEGIN CERTIFICATE"))
 
     async def refresh_crl(self, session: aiohttp.ClientSession) -> None:
@@ -200,13 +200,16 @@ class Identity:
             )
         return bundle
 
-    async def _request(self, session: aiohttp.ClientSession, headers: dict, bundle: bytes) -> None:
+    async def _request(
+        self, session: aiohttp.ClientSession, headers: dict, bundle: bytes, reattest_from: str = ""
+    ) -> None:
         key = new_key()
         csr = make_csr(key, SpiffeId(self.trust_domain, self.namespace, self.service_account))
         context = self._context(bundle, with_client=not headers)
         async with session.post(
             f"{self.server}/agent/v1/certificate",
-            json={"csr": csr.decode(), "proxy_id": self.proxy_id},
+            json={"csr": csr.decode(), "proxy_id": self.proxy_id}
+            | ({"reattest_from": reattest_from} if reattest_from else {}),
             headers=headers,
             ssl=context,
             server_hostname=CONTROL_PLANE_NAME,
@@ -216,7 +219,7 @@ class Identity:
         self.agent_key = str(body.get("agent_key", ""))  # what callers of our port's private endpoints present
         self._store(body["chain"].encode(), key_pem(key), body["bundle"].encode(), int(body["bundle_version"]))
         if self.keeper is not None:
-            self.keeper.save(self.chain, self.key, self.bundle)
+            self.keeper.save(self.chain, self.key, self.bundle, self.proxy_id)
         info = cert_info(self.chain)
         self.spiffe, self.not_after, self._issued_at = info.spiffe_id, info.not_after, _now()
         self._certificate = {

@@ -1,19 +1,22 @@
 """A workload identity kept on its host, so a restarted agent re-attests without a join token.
 
 After every certificate the agent gets, it keeps key, certificate chain and trust bundle in
-`$LATTICE_HOME/identity/<namespace>/<service-account>/` (directory 0700, files 0600; the key
+`$LATTICE_HOME/identity/<namespace>/<service-account>/` (directory 0700, file 0600; the key
 never leaves the host, as before). A restarted agent — crash, reboot, upgrade — that finds a
 certificate there still valid pays its first CSR with it (mTLS to the agents' API, as a renewal),
 checking the control plane against the kept bundle, when it has no join token or the control
 plane refuses the one it has (spent, expired: 401). A token of another identity is still refused
 (403) and stops the agent. The join token is needed again only when the kept certificate is
 refused (its root was replaced) or has expired.
-Replicas of one identity on one host share the directory: each write replaces the files whole,
-and any of their certificates is as good as another.
+Replicas of one identity on one host share the directory: each write replaces its one file,
+`identity.json` (key, chain, bundle and the proxy id it was issued to), whole, and any of their
+certificates is as good as another. The proxy id lets the control plane carry the grant that
+certificate was signed under over to the restarted agent's new proxy id.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from lattice.identity import cert_info
 
-KEY, CHAIN, BUNDLE = "key.pem", "cert.pem", "bundle.pem"
+FILE = "identity.json"
 
 
 def lattice_home() -> Path:
@@ -33,6 +36,7 @@ class KeptIdentity:
     chain: bytes
     key: bytes
     bundle: bytes
+    proxy_id: str  # the proxy the certificate was issued to
     spiffe: str
     not_after: datetime
 
@@ -44,19 +48,20 @@ class IdentityKeeper:
     def load(self) -> KeptIdentity | None:
         """The kept identity, if there is one whose certificate is still valid."""
         try:
-            chain, key, bundle = ((self.directory / n).read_bytes() for n in (CHAIN, KEY, BUNDLE))
+            kept = json.loads((self.directory / FILE).read_text())
+            chain, key, bundle = (kept[k].encode() for k in ("chain", "key", "bundle"))
             info = cert_info(chain)
-        except (OSError, ValueError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         if info.not_after <= datetime.now(timezone.utc):
             return None
-        return KeptIdentity(chain, key, bundle, info.spiffe_id, info.not_after)
+        return KeptIdentity(chain, key, bundle, str(kept.get("proxy_id", "")), info.spiffe_id, info.not_after)
 
-    def save(self, chain: bytes, key: bytes, bundle: bytes) -> None:
+    def save(self, chain: bytes, key: bytes, bundle: bytes, proxy_id: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.directory, 0o700)
-        for name, data in ((KEY, key), (CHAIN, chain), (BUNDLE, bundle)):
-            _replace(self.directory / name, data)
+        record = {"chain": chain.decode(), "key": key.decode(), "bundle": bundle.decode(), "proxy_id": proxy_id}
+        _replace(self.directory / FILE, json.dumps(record).encode())
 
     def exists(self) -> bool:
         return self.load() is not None

@@ -136,7 +136,7 @@ class AgentApi:
             )
         csr, proxy_id = str(body.get("csr", "")), str(body.get("proxy_id", ""))
         self.metrics.csrs.inc()
-        identity, token = self._csr_identity(request, proxy_id)
+        identity, token = self._csr_identity(request, proxy_id, str(body.get("reattest_from", "")))
         try:
             issued = self.ca.sign(csr.encode(), identity, proxy_id)
         except CsrRefused as e:  # counted by the CA manager too, by reason
@@ -166,7 +166,9 @@ class AgentApi:
             }
         )
 
-    def _csr_identity(self, request: web.Request, proxy_id: str) -> tuple[SpiffeId, TokenRecord | None]:
+    def _csr_identity(
+        self, request: web.Request, proxy_id: str, reattest_from: str = ""
+    ) -> tuple[SpiffeId, TokenRecord | None]:
         """The identity a CSR is for: the caller's certificate's (while its grant stands) or join
         token's, if it may have one for `proxy_id`; and the token, when one was redeemed."""
         try:
@@ -183,11 +185,34 @@ class AgentApi:
                 )
             self._check_owner(proxy_id, identity)
             if peer is not None:
+                if reattest_from:
+                    self._carry_grant(request, reattest_from, proxy_id, identity)
                 self._granted(proxy_id, identity)
         except web.HTTPException:
             self.metrics.authentication_failures.inc()
             raise
         return identity, token
+
+    def _carry_grant(self, request: web.Request, previous: str, proxy_id: str, identity: SpiffeId) -> None:
+        """Re-attestation: a restarted agent (agent/kept_identity.py) pays its first CSR for its new
+        proxy id with the certificate it kept from `previous`. If that certificate was signed under
+        `previous`'s standing grant, the grant carries over (token, services, and so revocation)."""
+        if previous == proxy_id or self.store.get_grant(proxy_id) is not None:
+            return
+        old = self.store.get_grant(previous)
+        serial = _peer_serial(request)
+        if (
+            old is None
+            or old.get("revoked_at") is not None
+            or (old.get("namespace"), old.get("service_account")) != (identity.namespace, identity.service_account)
+            or serial not in {s.get("serial") for s in old.get("serials", ())}
+        ):
+            return  # no grant to carry: `_granted` refuses, saying so
+        self.store.put_grant(
+            proxy_id,
+            {**old, "proxy_id": proxy_id, "granted_at": time.time(), "serials": [], "reattested_from": previous},
+        )
+        log.info("%s re-attested as %s with the certificate of %s", identity, proxy_id, previous)
 
     def _granted(self, proxy_id: str, identity: SpiffeId) -> dict:
         """The proxy's standing grant for `identity`, or a refusal saying how to get one."""
@@ -345,6 +370,15 @@ def _grant(proxy_id: str, token: TokenRecord, now: float) -> dict:
         "serials": [],
         "revoked_at": None,
     }
+
+
+def _peer_serial(request: web.Request) -> str:
+    """The verified client certificate's serial, as the store records serials (lowercase hex)."""
+    cert = request.transport.get_extra_info("peercert") if request.transport else None
+    try:
+        return format(int((cert or {}).get("serialNumber", ""), 16), "x")
+    except ValueError:
+        return ""
 
 
 def _peer(request: web.Request, trust_domain: str) -> SpiffeId | None:

@@ -226,7 +226,7 @@ def test_a_restarted_workload_re_attests_without_its_join_token(mesh):
     token = plane.token("keeper", uses=1)
     first = Workload(plane, "keeper", command=BACKEND, token=token).start()
     kept = plane.home / "identity" / "default" / "keeper"
-    assert kept.stat().st_mode & 0o777 == 0o700 and (kept / "key.pem").stat().st_mode & 0o077 == 0
+    assert kept.stat().st_mode & 0o777 == 0o700 and (kept / "identity.json").stat().st_mode & 0o777 == 0o600
     assert first.stop() == 0
     for env in ({}, {"LATTICE_TOKEN": ""}):
         again = Workload(plane, "keeper", command=BACKEND, token=token, env=env).start()
