@@ -135,6 +135,7 @@ VARIANTS = {
     "outbound_port": {"outbound_port": 15101},
     "agent_port": {"agent_port": 15120},
     "healthy": {"healthy": False},
+    "draining": {"draining": True},
     "upstreams": {"upstreams": (Upstream("web", "default", 9080, 19080),)},
     "local_address": {"local_address": "127.0.0.77"},
     "inbound_address": {"inbound_address": "10.77.0.2"},
