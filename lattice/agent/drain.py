@@ -56,9 +56,7 @@ async def drain_callers(registry: RegistryClient, budget: DrainBudget) -> None:
 async def drain_inbound(envoy: EnvoyProcess, port: int, tcp: bool, until: float) -> None:
     """Step 2: Envoy closes the callers' connections as their requests finish; wait for those
     requests (TCP: connections) to the app to end."""
-    status, body = await envoy.admin(
-        "/drain_listeners", {"graceful": "", "inboundonly": ""}, post=True, timeout=2.0
-    )
+    status, body = await envoy.admin("/drain_listeners", {"graceful": "", "inboundonly": ""}, post=True, timeout=2.0)
     if status != 200:
         log.warning("Envoy did not start draining (%s %s)", status, body[:200])
         return
