@@ -194,6 +194,7 @@ def _roll(replicas: list[Workload]) -> list[int]:
     return codes
 
 
+@pytest.mark.timeout(300)  # six sidecars started one by one, then five rolled: minutes on a loaded machine
 def test_rolling_every_replica_under_load_fails_no_request(mesh):
     load = HttpLoad(f"http://{mesh['web_url']}/")
     streams = GrpcStreams(mesh["grpc_target"])
@@ -219,6 +220,7 @@ def test_rolling_every_replica_under_load_fails_no_request(mesh):
     assert set(sockets.closes[:-1]) == {"CLOSE 1001"} and len(sockets.closes) >= 2, sockets.closes
 
 
+@pytest.mark.timeout(180)
 def test_a_restarted_workload_re_attests_without_its_join_token(mesh):
     """The token is single-use and spent by the first start; restarts pay with the certificate the
     agent kept: with the spent token still configured (refused, 401) and with no token at all."""
