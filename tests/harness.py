@@ -352,12 +352,13 @@ def start_all(plane: ControlPlane, specs: list[tuple[str, str]]) -> list[Workloa
     return ready
 
 
-def reset_config(plane: ControlPlane) -> None:
-    """Delete every stored resource, of every kind, and wait until all proxies hold that."""
-    for kind in sorted(k.plural for k in KINDS.values()):
+def reset_config(plane: ControlPlane, synced=None) -> None:
+    """Delete every stored resource, of every kind, and wait until all proxies hold that
+    (`synced`, default `plane.all_synced`)."""
+    for kind in sorted(f"{k.plural}.{k.group}" for k in KINDS.values()):
         for item in plane.get(f"/api/v1/resources/{kind}")["items"]:
             plane.call("DELETE", f"/api/v1/resources/{kind}/{item['metadata']['namespace']}/{item['metadata']['name']}")
-    wait_for(plane.all_synced, 10, what="proxies to sync after reset")
+    wait_for(synced or plane.all_synced, 10, what="proxies to sync after reset")
 
 
 def children(pid: int) -> list[tuple[int, str]]:

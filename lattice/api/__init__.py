@@ -11,9 +11,10 @@ Parts:
 - `telemetry_expr` — the expressions a Telemetry tag override may use: parsed at apply, evaluated by the agent.
 - `otlp`       — OTLP trace messages (what Envoy exports and the control plane keeps), declared field for field.
 - `mesh_config` — the MeshConfig file (`lattice server --mesh-config`): extensionProviders and telemetry defaults.
-- `gateway_api` — Kubernetes Gateway API HTTPRoute and GRPCRoute, attached to Services (GAMMA).
+- `gateway_api` — Kubernetes Gateway API HTTPRoute and GRPCRoute, attached to Services (GAMMA) or Gateways.
+- `gateway_api_gateway` — the Gateway API's Gateway, GatewayClass and ReferenceGrant.
 - `ratelimit`  — Lattice's `lattice.dev/v1` RateLimitPolicy (local token buckets).
-- `kinds`      — the table of known kinds: group, accepted versions, plural and short names.
+- `kinds`      — the table of known kinds, keyed by group and kind: accepted versions, plural and short names.
 - `documents`  — YAML/JSON documents in, validated `Resource`s out.
 - `errors`     — `ValidationError`, which names the document and the path of each bad field.
 

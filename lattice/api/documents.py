@@ -9,7 +9,7 @@ import pydantic
 import yaml
 
 from lattice.api.errors import FieldError, ValidationError
-from lattice.api.kinds import KINDS, KindInfo
+from lattice.api.kinds import KINDS, KindInfo, kind_of, kinds_named
 from lattice.api.meta import ObjectMeta
 
 MAX_DOCUMENT_BYTES = 1 << 20
@@ -61,8 +61,15 @@ class Resource:
         return self.metadata.namespace
 
     @property
+    def kind_key(self) -> str:
+        """The name this resource's kind is stored under: its Kind, or `Kind.group` where two
+        groups share the Kind (`lattice.api.kinds`)."""
+        info = kind_of(self.api_version, self.kind)
+        return info.key if info is not None else self.kind
+
+    @property
     def key(self) -> tuple[str, str, str]:
-        return (self.kind, self.namespace, self.name)
+        return (self.kind_key, self.namespace, self.name)
 
     def metadata_dict(self) -> dict:
         return self.metadata.model_dump(exclude_defaults=True) | {"name": self.name, "namespace": self.namespace}
@@ -123,12 +130,13 @@ def validate_object(obj: Any, source: str = "<input>") -> Resource:
 
 def _kind_info(obj: dict, source: str) -> KindInfo:
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
-    info = KINDS.get(kind) if isinstance(kind, str) else None
-    if info is None:
-        known = ", ".join(sorted(KINDS))
+    candidates = kinds_named(kind) if isinstance(kind, str) else []
+    if not candidates:
+        known = ", ".join(sorted({k.kind for k in KINDS.values()}))
         raise ValidationError(source, [FieldError("kind", f"unknown kind {kind!r}; Lattice knows {known}")])
-    if not isinstance(api_version, str) or not info.accepts(api_version):
-        versions = ", ".join(f"{info.group}/{v}" for v in info.versions)
+    info = kind_of(api_version, kind) if isinstance(api_version, str) else None
+    if info is None or not info.accepts(api_version):
+        versions = ", ".join(f"{c.group}/{v}" for c in candidates for v in c.versions)
         raise ValidationError(
             source, [FieldError("apiVersion", f"{api_version!r} is not an apiVersion of {kind}; use one of {versions}")]
         )

@@ -1,8 +1,9 @@
 """Kubernetes Gateway API routes for mesh traffic (GAMMA): `HTTPRoute` and `GRPCRoute`.
 
-Field names and defaults are `gateway.networking.k8s.io/v1`'s. Lattice applies these routes to
-sidecars, so a route attaches to a Service (`parentRefs` with `group: ""`, `kind: Service`), not
-to a Gateway. The CRD's defaults (a rule with no match matches every path, a backend's weight is 1,
+Field names and defaults are `gateway.networking.k8s.io/v1`'s. A route attaches to a Service
+(`parentRefs` with `group: ""`, `kind: Service`: mesh routing, applied by sidecars) or to a
+Gateway API `Gateway` (served by `lattice gateway --gateway-class`); `hostnames` apply to Gateway
+parents only. The CRD's defaults (a rule with no match matches every path, a backend's weight is 1,
 a redirect answers 302) are applied where the routes are converted (`mesh/gateway_api.py`), so a
 stored route reads back exactly as written. Fields Lattice does not implement are refused by name
 with the reason, never ignored.
@@ -55,16 +56,20 @@ class ParentReference(GatewayApiSpec):
     section_name: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
 
+    @property
+    def is_service(self) -> bool:
+        return self.kind == "Service"
+
     @model_validator(mode="after")
-    def _a_service(self) -> ParentReference:
+    def _a_service_or_gateway(self) -> ParentReference:
         # Unset group and kind mean a Gateway (the CRD's defaults).
-        if self.group not in _CORE_GROUPS or self.kind != "Service":
-            got = f"{self.group or 'gateway.networking.k8s.io'}/{self.kind or 'Gateway'}"
+        gateway = self.group in (None, "gateway.networking.k8s.io") and self.kind in (None, "Gateway")
+        if not gateway and (self.group not in _CORE_GROUPS or self.kind != "Service"):
             raise ValueError(
-                f"parent {got} is not supported: Lattice attaches routes to Services (mesh routing); set group: "
-                "\"\" and kind: Service"
+                f"parent {self.group}/{self.kind} is not supported: a route attaches to a Gateway (gateway.networking.k8s.io) "
+                'or, for mesh routing, to a Service (group: "", kind: Service)'
             )
-        if self.section_name is not None:
+        if self.is_service and self.section_name is not None:
             raise ValueError("sectionName is not supported for a Service parent; select the service port with `port`")
         if self.namespace is not None and not DNS1123_LABEL.match(self.namespace):
             raise ValueError(f"namespace {self.namespace!r} is not a namespace name")
@@ -410,12 +415,23 @@ class HTTPRouteRule(GatewayApiSpec):
         return self
 
 
+_ROUTE_HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
 def _check_hostnames(v: list[str]) -> list[str]:
-    if v:
-        raise ValueError(
-            "hostnames has no effect on a route attached to a Service (the Service is the host); remove it"
-        )
+    for h in v:
+        if not _ROUTE_HOST.match(h):
+            raise ValueError(f"hostname {h!r} is not a host name (optionally starting with '*.')")
     return v
+
+
+def _hostnames_need_gateways(spec):
+    if spec.hostnames and any(p.is_service for p in spec.parent_refs):
+        raise ValueError(
+            "hostnames has no effect on a route attached to a Service (the Service is the host); remove it, "
+            "or attach the route to Gateways only"
+        )
+    return spec
 
 
 class HTTPRouteSpec(GatewayApiSpec):
@@ -424,6 +440,7 @@ class HTTPRouteSpec(GatewayApiSpec):
     rules: list[HTTPRouteRule] = Field(default_factory=lambda: [HTTPRouteRule()], max_length=16)
 
     _hostnames = field_validator("hostnames")(_check_hostnames)
+    _hostnames_parents = model_validator(mode="after")(_hostnames_need_gateways)
 
 
 class GRPCMethodMatch(GatewayApiSpec):
@@ -497,3 +514,4 @@ class GRPCRouteSpec(GatewayApiSpec):
     rules: list[GRPCRouteRule] = Field(default_factory=lambda: [GRPCRouteRule()], max_length=16)
 
     _hostnames = field_validator("hostnames")(_check_hostnames)
+    _hostnames_parents = model_validator(mode="after")(_hostnames_need_gateways)

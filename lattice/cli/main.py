@@ -506,6 +506,10 @@ itself, unless --listen PORT=LOCALPORT says otherwise. The URLs are printed at s
   lattice gateway --token-file gw.token
   lattice apply -f bookinfo-gateway.yaml
   curl http://<address>:8080/productpage
+
+With --gateway-class CLASS it serves the Gateway API Gateways of that class (a GatewayClass whose
+controllerName is lattice.dev/gateway-controller), in every namespace; add --gateway NAME to serve
+only the Gateway NAME of its --namespace (one proxy per Gateway, as Istio deploys them).
 """
 
 
@@ -526,14 +530,25 @@ def gateway(
     address: Optional[str] = typer.Option(
         None, help="Address to serve on (default: a loopback of its own, printed at startup)."
     ),
+    gateway_class: Optional[str] = typer.Option(
+        None, "--gateway-class", help="Serve the Gateway API Gateways of this GatewayClass."
+    ),
+    gateway_name: Optional[str] = typer.Option(
+        None, "--gateway", help="With --gateway-class: serve only this Gateway API Gateway (in --namespace)."
+    ),
     server: Optional[str] = AgentServerOpt,
     token: Optional[str] = TokenOpt,
     token_file: Optional[Path] = TokenFileOpt,
     log_level: LogLevel = typer.Option(LogLevel.warning, case_sensitive=False, help="Agent and Envoy log level."),
 ) -> None:
     from lattice.agent.gateway import GatewayOptions, run_gateway
+    from lattice.mesh.k8s_gateway import CLASS_LABEL, NAME_LABEL
 
     labels = dict(_pair(item, "--label", "KEY=VALUE") for item in label)
+    if gateway_name and not gateway_class:
+        fail("--gateway NAME needs --gateway-class CLASS: the class of the Gateway to serve")
+    labels |= {CLASS_LABEL: gateway_class} if gateway_class else {}
+    labels |= {NAME_LABEL: gateway_name} if gateway_name else {}
     ports = {}
     for item in listen:
         port, local = _pair(item, "--listen", "PORT=LOCALPORT")

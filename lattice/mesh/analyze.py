@@ -35,8 +35,8 @@ def snapshot_of(resources: Iterable[Resource], **settings) -> MeshSnapshot:
     """A snapshot holding `resources` (grouped by kind, in the order given) and `settings`."""
     grouped: dict[str, list[Resource]] = {}
     for r in resources:
-        if r.kind in SNAPSHOT_FIELDS:
-            grouped.setdefault(SNAPSHOT_FIELDS[r.kind], []).append(r)
+        if r.kind_key in SNAPSHOT_FIELDS:
+            grouped.setdefault(SNAPSHOT_FIELDS[r.kind_key], []).append(r)
     return MeshSnapshot("analyze", **{k: tuple(v) for k, v in grouped.items()}, **settings)
 
 

@@ -158,8 +158,17 @@ def _first_error(e: pydantic.ValidationError) -> str:
     return f"{'.'.join(map(str, err['loc']))}: {err['msg'].removeprefix('Value error, ')}"
 
 
+def entries_for(route: Resource, port: int | None, age: float, domain: str) -> list[_Entry]:
+    """A route's rules as ranked VirtualService entries whose matches apply on `port` only (when
+    given): how a Gateway listener takes the routes attached to it (mesh/k8s_gateway.py)."""
+    convert = _http_entries if route.kind == "HTTPRoute" else _grpc_entries
+    return convert(route, _Parent("", "", port), age, domain)
+
+
 def _entries(route: Resource, age: float, domain: str) -> Iterable[tuple[_Parent, list[_Entry]]]:
     for ref in route.spec.parent_refs:
+        if not ref.is_service:  # attached to a Gateway: served at the edge (mesh/k8s_gateway.py)
+            continue
         namespace = ref.namespace or route.namespace
         parent = _Parent(fqdn(ref.name, namespace, domain), namespace, ref.port)
         convert = _http_entries if route.kind == "HTTPRoute" else _grpc_entries

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, TypeVar
 from lattice.api import Resource
 from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
-from lattice.mesh import authz, extensions, gateway_api, rate_limits, request_authn
+from lattice.mesh import authz, extensions, gateway_api, k8s_gateway, rate_limits, request_authn
 from lattice.mesh.hosts import fqdn
 from lattice.mesh.peer_auth import mtls_mode
 from lattice.mesh.service_entry import entry_registry, visible
@@ -36,6 +36,9 @@ SNAPSHOT_FIELDS = {
     "Telemetry": "telemetries",
     "TrafficExtension": "traffic_extensions",
     "WasmPlugin": "wasm_plugins",
+    "Gateway.gateway.networking.k8s.io": "k8s_gateways",
+    "GatewayClass": "gateway_classes",
+    "ReferenceGrant": "reference_grants",
 }
 
 
@@ -80,6 +83,10 @@ class MeshSnapshot:
     mesh_telemetry: MeshTelemetry = field(
         default_factory=MeshTelemetry
     )  # MeshConfig's telemetry part (`--mesh-config`)
+    # Gateway API Gateways, GatewayClasses and ReferenceGrants, oldest first (mesh/k8s_gateway.py).
+    k8s_gateways: tuple[Resource, ...] = ()
+    gateway_classes: tuple[Resource, ...] = ()
+    reference_grants: tuple[Resource, ...] = ()
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, Resource] = field(init=False, repr=False)
@@ -164,6 +171,33 @@ class MeshSnapshot:
         piece every time; a caller translating many proxies passes a view that keeps pieces for
         the snapshot's life instead (`SharedPieces`; the pusher's, `mesh.reads.TracedSnapshot`)."""
         return build()
+
+    @property
+    def gateway_api(self) -> k8s_gateway.GatewayApiConfig:
+        """The Gateway API's Gateways and the routes attached to them, as Istio Gateways and
+        gateway-bound VirtualServices, with their status (mesh/k8s_gateway.py)."""
+        return self.memo(
+            ("gateway-api",),
+            lambda: k8s_gateway.convert(
+                self.gateway_classes,
+                self.k8s_gateways,
+                self.http_routes + self.grpc_routes,
+                self.reference_grants,
+                self.workloads,
+                self.created,
+                self.domain,
+            ),
+        )
+
+    @property
+    def edge_gateways(self) -> tuple[Resource, ...]:
+        """Every Gateway gateway proxies serve: Istio's, then those converted from the Gateway API."""
+        return self.gateways + self.gateway_api.gateways
+
+    @property
+    def edge_virtual_services(self) -> tuple[Resource, ...]:
+        """Every VirtualService that may bind to a gateway: stored ones, then converted routes."""
+        return self.virtual_services + self.gateway_api.virtual_services
 
     def endpoints(self, hostname: str) -> tuple[Workload, ...]:
         return self._endpoints.get(hostname, ())

@@ -16,7 +16,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Iterator
 
-from lattice.api import Resource, validate_object
+from lattice.api import KINDS, Resource, validate_object
 from lattice.mesh import MeshSnapshot
 from lattice.mesh.model import SNAPSHOT_FIELDS
 from lattice.mesh.telemetry import MeshTelemetry
@@ -209,7 +209,7 @@ class Pusher:
         if parsed is None:
             obj = {
                 "apiVersion": stored.api_version,
-                "kind": stored.kind,
+                "kind": KINDS[stored.kind].kind,
                 "metadata": stored.metadata,
                 "spec": stored.spec,
             }

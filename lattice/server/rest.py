@@ -19,7 +19,7 @@ import aiohttp
 import pydantic
 from aiohttp import web
 
-from lattice.api import UnknownKindError, ValidationError, kind_for, parse_documents
+from lattice.api import KINDS, UnknownKindError, ValidationError, kind_for, parse_documents
 from lattice.api.errors import FieldError
 from lattice.identity import TokenRecord, mint_token
 from lattice.mesh.analyze import analyze
@@ -252,7 +252,7 @@ class RestApi:
         source = request.query.get("source", "<request>")
         resources = parse_documents(await request.text(), source)
         await self._fetch_modules(resources, source)
-        items = [(r.kind, r.namespace, r.name, r.api_version, r.metadata_dict(), r.spec_dict()) for r in resources]
+        items = [(r.kind_key, r.namespace, r.name, r.api_version, r.metadata_dict(), r.spec_dict()) for r in resources]
         # metadata.resourceVersion, when given, is the version the writer read: a stale one is a 409.
         expected = {r.key: int(r.metadata.resource_version) for r in resources if r.metadata.resource_version}
         # In a worker thread: an etcd store that has lost quorum must not stall the loop serving xDS.
@@ -316,7 +316,7 @@ class RestApi:
         keys = {r.key for r in resources}
         changes = {}
         for kind, name in SNAPSHOT_FIELDS.items():
-            mine = tuple(r for r in resources if r.kind == kind)
+            mine = tuple(r for r in resources if r.kind_key == kind)
             if mine:
                 changes[name] = tuple(r for r in getattr(base, name) if r.key not in keys) + mine
         snapshot = dataclasses.replace(base, **changes) if changes else base
@@ -334,8 +334,8 @@ class RestApi:
 
     async def list_resources(self, request: web.Request) -> web.Response:
         info = kind_for(request.match_info["kind"])
-        items = self.store.list(info.kind, request.query.get("namespace") or None)
-        return web.json_response({"items": [_object(r) for r in items]})
+        items = self.store.list(info.key, request.query.get("namespace") or None)
+        return web.json_response({"items": [self._object(r) for r in items]})
 
     async def get_resource(self, request: web.Request) -> web.Response:
         info, ns, name = (
@@ -343,12 +343,19 @@ class RestApi:
             request.match_info["namespace"],
             request.match_info["name"],
         )
-        found = self.store.get(info.kind, ns, name)
+        found = self.store.get(info.key, ns, name)
         if found is None:
             raise web.HTTPNotFound(
-                text=json.dumps({"error": f"{info.kind} {ns}/{name} not found"}), content_type="application/json"
+                text=json.dumps({"error": f"{info.key} {ns}/{name} not found"}), content_type="application/json"
             )
-        return web.json_response(_object(found))
+        return web.json_response(self._object(found))
+
+    def _object(self, r: StoredResource) -> dict:
+        """A stored resource as `lattice get` shows it, with the status the mesh computes for it
+        (Gateway API kinds: Accepted, ResolvedRefs, Programmed), as a controller writes it back."""
+        out = _object(r)
+        status = self.pusher.snapshot.gateway_api.status.get((r.kind, r.namespace, r.name))
+        return out | {"status": status} if status is not None else out
 
     async def delete_resource(self, request: web.Request) -> web.Response:
         info, ns, name = (
@@ -356,12 +363,12 @@ class RestApi:
             request.match_info["namespace"],
             request.match_info["name"],
         )
-        deleted = await asyncio.to_thread(self.store.delete, [(info.kind, ns, name)])
+        deleted = await asyncio.to_thread(self.store.delete, [(info.key, ns, name)])
         if not deleted:
             raise web.HTTPNotFound(
-                text=json.dumps({"error": f"{info.kind} {ns}/{name} not found"}), content_type="application/json"
+                text=json.dumps({"error": f"{info.key} {ns}/{name} not found"}), content_type="application/json"
             )
-        return web.json_response({"results": [{"kind": info.kind, "namespace": ns, "name": name, "action": "deleted"}]})
+        return web.json_response({"results": [{"kind": info.key, "namespace": ns, "name": name, "action": "deleted"}]})
 
     async def list_workloads(self, request: web.Request) -> web.Response:
         return web.json_response({"items": [self._workload(w) for w in self.registry.workloads()]})
@@ -501,7 +508,12 @@ def _object(r: StoredResource) -> dict:
         "resourceVersion": str(r.revision),
         "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created_at)),
     }
-    return {"apiVersion": r.api_version, "kind": r.kind, "metadata": metadata, "spec": r.spec}
+    return {
+        "apiVersion": r.api_version,
+        "kind": KINDS[r.kind].kind if r.kind in KINDS else r.kind,
+        "metadata": metadata,
+        "spec": r.spec,
+    }
 
 
 @web.middleware

@@ -34,7 +34,7 @@ from lattice.api import Resource
 from lattice.api.gateway import Server, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
-from lattice.mesh import MeshSnapshot, Workload, fqdn
+from lattice.mesh import MeshSnapshot, Workload, fqdn, k8s_gateway
 from lattice.translate import cds, http_filters, lds, names, rds, routes, tls, tracing
 from lattice.translate.protos import ads, pack, socket_address
 
@@ -74,8 +74,8 @@ def servers_by_port(snapshot: MeshSnapshot, proxy: Workload) -> dict[tuple[str, 
     """Servers of the Gateways selecting `proxy`, grouped by (address, Gateway port), oldest first.
     A server whose port another Gateway already serves differently is left out."""
     groups: dict[tuple[str, int], list[BoundServer]] = {}
-    for gw in snapshot.gateways:
-        if not gw.spec.selects(dict(proxy.labels)):
+    for gw in snapshot.edge_gateways:
+        if not gw.spec.selects(dict(proxy.labels)) or not k8s_gateway.serves(proxy.labels, gw, proxy.namespace):
             continue
         for i, server in enumerate(gw.spec.servers):
             group = groups.setdefault((server.bind or proxy.address, server.port.number), [])
@@ -369,7 +369,7 @@ def _bound_virtual_services(snapshot: MeshSnapshot, b: BoundServer) -> list[Reso
     """VirtualServices naming this server's Gateway, visible from its namespace, oldest first."""
     return [
         vs
-        for vs in snapshot.virtual_services
+        for vs in snapshot.edge_virtual_services
         if b.ref in {_gateway_ref(g, vs.namespace) for g in vs.spec.gateways}
         and vs.spec.exported_to(vs.namespace, b.gateway.namespace)
     ]

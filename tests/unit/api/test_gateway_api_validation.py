@@ -79,9 +79,11 @@ def test_kinds_are_known_to_the_cli_and_accept_istio_versions():
     ("text", "path", "reason"),
     [
         (
-            _route("  - backendRefs: [{name: reviews, port: 9080}]", parents="[{name: gw}]"),
+            _route(
+                "  - backendRefs: [{name: reviews, port: 9080}]", parents="[{group: apps, kind: Deployment, name: gw}]"
+            ),
             "spec.parentRefs[0]",
-            "attaches routes to Services",
+            "a route attaches to a Gateway",
         ),
         (
             _route(
@@ -93,7 +95,7 @@ def test_kinds_are_known_to_the_cli_and_accept_istio_versions():
         ),
         (
             _route("  - backendRefs: [{name: reviews, port: 9080}]", extra="  hostnames: [reviews.example.com]\n"),
-            "spec.hostnames",
+            "spec",
             "no effect on a route attached to a Service",
         ),
         (_route("  - backendRefs: [{name: reviews}]"), "spec.rules[0].backendRefs[0]", "port is required"),
