@@ -6,8 +6,8 @@
 - Telemetry defaults: `accessLogFile`, `accessLogEncoding`, `accessLogFormat`, `enableTracing`,
   `defaultProviders`, `defaultConfig.tracing.sampling` (resolved in `lattice.mesh.telemetry`).
 
-Field names and defaults are Istio's, except `accessLogEncoding`, JSON by default (Istio: TEXT).
-Other fields are refused by name rather than ignored: Lattice's equivalents of the rest of
+Field names and defaults are Istio's (`accessLogEncoding` TEXT, in Istio's default text format;
+`accessLogEncoding: JSON` gives Istio's default JSON fields). Other fields are refused by name rather than ignored: Lattice's equivalents of the rest of
 MeshConfig are `lattice server` options.
 """
 
@@ -356,7 +356,7 @@ class ProxyConfig(IstioSpec):
 
 class MeshConfig(IstioSpec):
     access_log_file: str = ""
-    access_log_encoding: Literal["TEXT", "JSON"] = "JSON"
+    access_log_encoding: Literal["TEXT", "JSON"] = "TEXT"
     access_log_format: str = ""
     enable_tracing: bool = True
     default_providers: DefaultProviders | None = None

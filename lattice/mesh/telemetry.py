@@ -95,11 +95,11 @@ class MetricRule:
 
 @dataclass(frozen=True)
 class AccessLog:
-    """One access log an Envoy writes itself: JSON lines (Istio's default fields) or a text format."""
+    """One access log an Envoy writes itself: text lines (Istio's default format) or JSON lines."""
 
     path: str  # "/dev/stdout", or a file
-    encoding: str = "JSON"  # or TEXT
-    format: str = ""  # Envoy format string (TEXT) or "" for Istio's default
+    encoding: str = "TEXT"  # or JSON
+    format: str = ""  # Envoy format string (TEXT), JSON object of fields (JSON), or "" for Istio's default
     filter: str = ""  # a CEL expression: only requests where it is true are logged
     mode: str = "CLIENT_AND_SERVER"  # which side logs
     provider: str = ""  # the extension provider it came from (ENVOY: accessLogFile's)
@@ -188,10 +188,10 @@ def percentile(histogram: dict[int, int], q: float) -> float | None:
 @dataclass(frozen=True)
 class MeshTelemetry:
     """MeshConfig's telemetry settings and providers (`lattice server --mesh-config`); the defaults
-    are Istio's, except JSON access logs."""
+    are Istio's (TEXT access logs in its default format)."""
 
     access_log_file: str = ""  # "": no file log unless a Telemetry names `envoy` (then /dev/stdout)
-    access_log_encoding: str = "JSON"  # or TEXT
+    access_log_encoding: str = "TEXT"  # or JSON
     access_log_format: str = ""  # TEXT: an Envoy format string; JSON: a JSON object of fields; "": Istio's
     enable_tracing: bool = True
     sampling: float = DEFAULT_SAMPLING  # defaultConfig.tracing.sampling, percent
@@ -256,10 +256,10 @@ def mesh_telemetry(config: MeshConfig) -> MeshTelemetry:
 
 
 def _file_logger(name: str, spec) -> AccessLog:
-    # No logFormat: JSON with Istio's default fields, like the mesh-wide log (Istio writes text here).
+    # No logFormat: Istio's default text format, as Istio writes it.
     fmt = spec.log_format
     if fmt is None:
-        return AccessLog(spec.path, "JSON", provider=name)
+        return AccessLog(spec.path, "TEXT", provider=name)
     if fmt.labels is not None:
         return AccessLog(spec.path, "JSON", json.dumps(fmt.labels), provider=name)
     return AccessLog(spec.path, "TEXT", fmt.text, provider=name)

@@ -1,10 +1,12 @@
-"""Access logs with real sidecars: MeshConfig `accessLogFile: /dev/stdout` gives JSON lines with
-Istio's default fields on `lattice run`'s output, and Telemetry resources turn them off or filter
-them, as an Istio user would do it."""
+"""Access logs with real sidecars: MeshConfig `accessLogFile: /dev/stdout` with
+`accessLogEncoding: JSON` gives JSON lines with Istio's default fields on `lattice run`'s output;
+Telemetry resources turn them off or filter them, as an Istio user would do it; a file log left to
+Istio's defaults writes Istio's TEXT format (observability/logs/access-log's line)."""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import pytest
@@ -45,7 +47,10 @@ def mesh(tmp_path_factory):
     home = tmp_path_factory.mktemp("logs") / "home"
     home.mkdir()
     config = home / "mesh.yaml"
-    config.write_text("accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n")
+    config.write_text(
+        "accessLogFile: /dev/stdout\naccessLogEncoding: JSON\n"
+        "extensionProviders:\n- name: text-log\n  envoyFileAccessLog: {path: /dev/stdout}\n"
+    )
     plane = ControlPlane(home, "--mesh-config", str(config)).start()
     try:
         with running(
@@ -120,3 +125,32 @@ def test_telemetry_filter_and_disable(mesh):
     assert client.call(f"http://logged{off}?status=500")[0] == 500
     wait_for(lambda: _lines(client, off), 10, what="the caller to log it")
     assert not _lines(server, off), "logging was disabled for the selected workload"
+
+
+# Istio's default TEXT line, as its access-log task shows it:
+# [2020-11-25T21:26:18.409Z] "GET /status/418 HTTP/1.1" 418 - via_upstream - "-" 0 135 4 4 "-" "curl/7.73.0-DEV"
+# "84961386-..." "httpbin:8000" "10.44.1.27:80" outbound|8000||httpbin.foo.svc.cluster.local 10.44.1.23:37652
+# 10.0.9.16:8000 10.44.1.23:46520 - default
+TEXT_LINE = re.compile(
+    r'^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "GET (?P<path>\S+) HTTP/1\.1" (?P<code>\d{3}) (?P<flags>\S+) '
+    r'(?P<details>\S+) \S+ "[^"]*" \d+ \d+ \d+ \S+ "[^"]*" "(?P<agent>[^"]*)" "(?P<id>[^"]*)" "(?P<authority>[^"]*)" '
+    r'"(?P<upstream>[^"]*)" (?P<cluster>\S+) \S+ \S+ \S+ \S+ (?P<route>\S+)$'
+)
+
+
+def test_a_file_log_with_istios_defaults_writes_istios_text_format(mesh):
+    plane, server, client = mesh
+    plane.apply(_telemetry({"accessLogging": [{"providers": [{"name": "text-log"}]}]}))
+    wait_for(plane.all_synced, 10, what="the text log to reach the sidecars")
+    drained(server)
+    path = f"/status-{uuid.uuid4().hex[:8]}?status=418"
+    assert client.call(f"http://logged{path}", headers={"user-agent": "curl/8.0"})[0] == 418
+    line = wait_for(
+        lambda: next((x for x in client.log.read_text(errors="replace").splitlines() if path in x), None),
+        10,
+        what="the caller's text line",
+    )
+    match = TEXT_LINE.match(line)
+    assert match, line
+    assert (match["path"], match["code"], match["details"], match["agent"]) == (path, "418", "via_upstream", "curl/8.0")
+    assert match["authority"] == "logged" and match["cluster"].startswith("outbound|")

@@ -389,7 +389,7 @@ def test_mesh_config_defaults():
         config.enable_tracing,
         config.sampling,
         config.default_providers,
-    ) == ("", "JSON", True, None, None)
+    ) == ("", "TEXT", True, None, None)
     assert parse_mesh_config(
         "accessLogEncoding: JSON\naccessLogFormat: '{\"code\": \"%RESPONSE_CODE%\"}'\n", "m"
     ).access_log_labels == {"code": "%RESPONSE_CODE%"}
@@ -404,7 +404,11 @@ def _provider(body: str) -> str:
     [
         ("accessLogFile: access.log\n", "accessLogFile", "not an absolute path"),
         ("accessLogEncoding: YAML\n", "accessLogEncoding", "'TEXT' or 'JSON'"),
-        ("accessLogFormat: '%START_TIME% %RESPONSE_CODE%'\n", "accessLogFormat", "must be a JSON object"),
+        (
+            "accessLogEncoding: JSON\naccessLogFormat: '%START_TIME% %RESPONSE_CODE%'\n",
+            "accessLogFormat",
+            "must be a JSON object",
+        ),
         ("defaultProviders: {metrics: [stackdriver]}\n", "defaultProviders.metrics", "'stackdriver' is not supported"),
         ("defaultProviders: {tracing: [a, b]}\n", "defaultProviders.tracing", "at most one tracing provider"),
         ("defaultConfig: {tracing: {sampling: 200}}\n", "defaultConfig.tracing.sampling", "less than or equal to 100"),

@@ -133,16 +133,23 @@ def test_mesh_access_log_file_and_a_telemetry_filter_for_one_workload():
     )
     (outbound,) = managers(snap, PRODUCTPAGE, "outbound_http")
     ((config, log),) = logs(outbound, "envoy.access_loggers.file")
-    assert (
-        config.path == "/dev/stdout"
-        and config.log_format.json_format.fields["response_code"].string_value == "%RESPONSE_CODE%"
-    )
+    # Istio's default: TEXT in its default format (JSON is `accessLogEncoding: JSON` away).
+    assert config.path == "/dev/stdout" and config.log_format.text_format_source.inline_string == t.TEXT_FORMAT
     assert not log.HasField("filter")
     (manager, *_) = managers(snap, RATINGS, "inbound|")
     ((config, log),) = logs(manager, "envoy.access_loggers.file")
     cel = cel_pb2.ExpressionFilter()
     log.filter.extension_filter.typed_config.Unpack(cel)
     assert cel.expression == "response.code >= 400"
+
+
+def test_json_access_logs_are_one_setting_away():
+    snap = snapshot(
+        telemetry({"accessLogging": [{"providers": [{"name": "envoy"}]}]}), mesh="accessLogEncoding: JSON\n"
+    )
+    (outbound,) = managers(snap, PRODUCTPAGE, "outbound_http")
+    ((config, _),) = logs(outbound, "envoy.access_loggers.file")
+    assert config.log_format.json_format.fields["response_code"].string_value == "%RESPONSE_CODE%"
 
 
 def test_metrics_off_means_nothing_counted_and_the_rules_reach_the_agent():
