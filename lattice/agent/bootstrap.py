@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lattice.agent.stats_tags import stats_config
 from lattice.translate import SDS_CLUSTER
 from lattice.translate.names import TELEMETRY_CLUSTER
 
@@ -71,6 +72,8 @@ def bootstrap(
                 _grpc_cluster(TELEMETRY_CLUSTER, telemetry_socket),
             ]
         },
+        # Istio's tag-extraction rules: Envoy's metrics carry the labels Istio's docs query.
+        "stats_config": stats_config(),
         # A #fragment never belongs on the wire (RFC 9110 4.2.1): Envoy strips it before path
         # normalization, so routes, authorization and the app see one path, as Istio does,
         # instead of answering 400 to clients that send one.

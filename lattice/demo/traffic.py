@@ -1,15 +1,18 @@
 """What each sidecar's Envoy counted on its inbound listener: requests, response classes, latency.
 
-Envoy names a listener's HTTP stats after the listener's stat prefix, `http.inbound_<port>.*`; the
+Envoy names a listener's HTTP stats after the listener's stat prefix, `http.inbound_0.0.0.0_<port>.*`; the
 agent passes Envoy's `/stats?format=json` through on its own port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 import aiohttp
+
+from lattice.translate.names import inbound_stat_prefix
 
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
@@ -35,12 +38,12 @@ class InboundStats:
 
 
 def stats_filter(port: int) -> str:
-    return rf"^http\.inbound_{port}\.downstream_rq_(total|[1-5]xx|time)$"
+    return rf"^http\.{re.escape(inbound_stat_prefix(port))}\.downstream_rq_(total|[1-5]xx|time)$"
 
 
 def parse_inbound(payload: dict, port: int) -> InboundStats:
     """InboundStats from Envoy's /stats?format=json (missing counters are zero)."""
-    prefix = f"http.inbound_{port}.downstream_rq_"
+    prefix = f"http.{inbound_stat_prefix(port)}.downstream_rq_"
     counters, quantiles = {}, (None, None)
     for entry in payload.get("stats", []):
         if "name" in entry and entry["name"].startswith(prefix):

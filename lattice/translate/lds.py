@@ -127,14 +127,14 @@ def _inbound_chain(
     cluster = names.inbound_cluster(proxy.port)
     if proxy.protocol in TCP_PROTOCOLS:
         tcp_proxy = tcp_proxy_pb2.TcpProxy(
-            stat_prefix=f"inbound_{proxy.port}",
+            stat_prefix=names.inbound_stat_prefix(proxy.port),
             cluster=cluster,
             access_log=telemetry.tcp_access_logs(snapshot, proxy, "inbound", socket is not None),
         )
         telemetry.tcp_log_options(tcp_proxy, "inbound")
         network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy)
     else:
-        manager = _manager(f"inbound_{proxy.port}", http)
+        manager = _manager(names.inbound_stat_prefix(proxy.port), http)
         manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "inbound", socket is not None))
         tracing.configure(manager, snapshot, proxy, tracing.INBOUND)
         # The caller's identity reaches the app in x-forwarded-client-cert, set from the verified

@@ -22,6 +22,13 @@ def inbound_cluster(port: int) -> str:
     return f"inbound|{port}||"
 
 
+def inbound_stat_prefix(port: int) -> str:
+    """The inbound HTTP connection manager's (and TCP proxy's) stat prefix, Istio's
+    `inbound_0.0.0.0_<port>`: Envoy's stats read `http.inbound_0.0.0.0_9080.*`, and Prometheus
+    queries from Istio's docs (`envoy_http_inbound_0_0_0_0_80_rbac`) find them."""
+    return f"inbound_0.0.0.0_{port}"
+
+
 def inbound_listener(port: int) -> str:
     return f"inbound|{port}"
 

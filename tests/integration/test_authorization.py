@@ -9,6 +9,7 @@ this test runs itself (an HTTP server in this process: allows when `x-allow: yes
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 import threading
@@ -254,7 +255,7 @@ def test_tcp_authorization_by_port(ctx):
 
 
 def test_dry_run_counts_but_does_not_deny(ctx):
-    counter = "http.inbound_9080.rbac.istio_dry_run_deny_.shadow_denied"  # Envoy adds the dot
+    counter = "http.inbound_0.0.0.0_9080.rbac.istio_dry_run_deny_.shadow_denied"  # Envoy adds the dot
     before = _stat(ctx["server"], counter)
     _apply(
         ctx,
@@ -267,6 +268,24 @@ def test_dry_run_counts_but_does_not_deny(ctx):
     assert [_get(ctx["a"], "/dry")[::2] for _ in range(3)] == [(200, True)] * 3
     assert _get(ctx["a"], "/other")[::2] == (200, True)
     assert _stat(ctx["server"], counter) - before == 3, _rbac_stats(ctx["server"])
+    # The task's Prometheus query, on the server's scrape (its port 80 is 9080 here):
+    # envoy_http_inbound_0_0_0_0_80_rbac{authz_dry_run_action="deny",authz_dry_run_result="denied"}
+    wanted = {"authz_dry_run_action": "deny", "authz_dry_run_result": "denied"}
+    found = _series(ctx["server"], "envoy_http_inbound_0_0_0_0_9080_rbac")
+    assert any(labels.items() >= wanted.items() and value >= 3 for labels, value in found), found
+
+
+def _series(workload: Workload, metric: str) -> list[tuple[dict, float]]:
+    """The samples of `metric` in the workload's Prometheus scrape (the agent's /stats/prometheus)."""
+    body = http("GET", f"http://{workload.address}:{workload.info['agent_port']}/stats/prometheus")[2].decode()
+    out = []
+    for line in body.splitlines():
+        name, _, rest = line.partition("{")
+        if name != metric:
+            continue
+        labels, _, value = rest.rpartition("} ")
+        out.append((dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value)))
+    return out
 
 
 def test_custom_external_authorizer(ctx):
