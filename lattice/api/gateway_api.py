@@ -66,8 +66,8 @@ class ParentReference(GatewayApiSpec):
         gateway = self.group in (None, "gateway.networking.k8s.io") and self.kind in (None, "Gateway")
         if not gateway and (self.group not in _CORE_GROUPS or self.kind != "Service"):
             raise ValueError(
-                f"parent {self.group}/{self.kind} is not supported: a route attaches to a Gateway (gateway.networking.k8s.io) "
-                'or, for mesh routing, to a Service (group: "", kind: Service)'
+                f"parent {self.group}/{self.kind} is not supported: a route attaches to a Gateway "
+                '(gateway.networking.k8s.io) or, for mesh routing, to a Service (group: "", kind: Service)'
             )
         if self.is_service and self.section_name is not None:
             raise ValueError("sectionName is not supported for a Service parent; select the service port with `port`")

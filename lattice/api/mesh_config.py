@@ -7,8 +7,8 @@
   `defaultProviders`, `defaultConfig.tracing.sampling` (resolved in `lattice.mesh.telemetry`).
 
 Field names and defaults are Istio's (`accessLogEncoding` TEXT, in Istio's default text format;
-`accessLogEncoding: JSON` gives Istio's default JSON fields). Other fields are refused by name rather than ignored: Lattice's equivalents of the rest of
-MeshConfig are `lattice server` options.
+`accessLogEncoding: JSON` gives Istio's default JSON fields). Other fields are refused by name
+rather than ignored: Lattice's equivalents of the rest of MeshConfig are `lattice server` options.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Parts:
 - `request_authn` — which RequestAuthentications a workload enforces (all that match), JWKS problems.
 - `authz`    — which AuthorizationPolicies a workload enforces (all that select it; root selectors mesh-wide).
 - `gateway_api` — HTTPRoutes and GRPCRoutes as ordered VirtualService tables, and their precedence.
-- `k8s_gateway` — Gateway API Gateways (and the routes attached to them) as Istio Gateways and gateway-bound VirtualServices, with their status.
+- `k8s_gateway` — Gateway API Gateways (and their routes) as Istio Gateways and gateway-bound
+  VirtualServices, with their status.
 - `telemetry` — what telemetry a workload reports (Telemetry resources over MeshConfig defaults);
   latency histogram buckets shared by sidecars and the control plane.
 - `service_entry` — ServiceEntries and the WorkloadEntries they select, as services and endpoints.

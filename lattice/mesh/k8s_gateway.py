@@ -193,7 +193,8 @@ def _resolved_refs(route: Resource, grants: tuple[Resource, ...]) -> dict:
             "ResolvedRefs",
             False,
             "RefNotPermitted",
-            f"no ReferenceGrant lets {route.kind}s of namespace {route.namespace} refer to Service {', '.join(refused)}",
+            f"no ReferenceGrant lets {route.kind}s of namespace {route.namespace} refer to "
+            f"Service {', '.join(refused)}",
         )
     return _condition("ResolvedRefs", True, "ResolvedRefs", "")
 

@@ -163,6 +163,7 @@ def test_endpoints_whose_app_is_not_listening_get_no_traffic(plane, started, tmp
 
 def _inbound_requests(proxy: dict) -> int:
     _, _, body = http(
-        "GET", f"http://{proxy['address']}:{proxy['agent_port']}/stats?filter=^http.inbound_0.0.0.0_9080.downstream_rq_total$"
+        "GET",
+        f"http://{proxy['address']}:{proxy['agent_port']}/stats?filter=^http.inbound_0.0.0.0_9080.downstream_rq_total$",
     )
     return int(body.decode().split(":")[1]) if b":" in body else 0
