@@ -12,7 +12,11 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from lattice.translate.names import inbound_stat_prefix
+
+def inbound_stat_prefix(port: int) -> str:
+    """The inbound connection manager's stat prefix, as lattice.translate.names gives it (Istio's)."""
+    return f"inbound_0.0.0.0_{port}"
+
 
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
