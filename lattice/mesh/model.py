@@ -11,6 +11,7 @@ from lattice.api import Resource
 from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
 from lattice.mesh import authz, extensions, gateway_api, k8s_gateway, rate_limits, request_authn
+from lattice.mesh.gateway_service import gateway_services
 from lattice.mesh.hosts import fqdn
 from lattice.mesh.peer_auth import mtls_mode
 from lattice.mesh.service_entry import entry_registry, visible
@@ -107,10 +108,14 @@ class MeshSnapshot:
             host = fqdn(w.service, w.namespace, self.domain)
             endpoints[host].append(w)
             services.setdefault((host, w.port), Service(w.service, w.namespace, w.port, w.protocol, host))
-        entries = self._entries(set(endpoints))
+        # Gateway proxies are services too (mesh/gateway_service.py), unless a workload has the name.
+        edge, edge_endpoints = gateway_services(self.workloads, self.gateways, self.domain)
+        edge_endpoints = {h: e for h, e in edge_endpoints.items() if h not in endpoints}
+        services.update({(s.hostname, s.port): s for s in edge if s.hostname in edge_endpoints})
+        entries = self._entries(set(endpoints) | set(edge_endpoints))
         services.update({(s.hostname, s.port): s for s in entries.services})
         object.__setattr__(self, "services", tuple(services[k] for k in sorted(services)))
-        merged = {h: tuple(ws) for h, ws in endpoints.items()} | dict(entries.endpoints)
+        merged = {h: tuple(ws) for h, ws in endpoints.items()} | dict(entries.endpoints) | edge_endpoints
         object.__setattr__(self, "_endpoints", MappingProxyType(merged))
         # Sidecars apply only VirtualServices bound to the mesh (no gateways, or `mesh` named).
         mesh_vs = tuple(r for r in self.virtual_services if binds_mesh(r.spec.gateways))

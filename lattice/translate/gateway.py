@@ -35,7 +35,7 @@ from lattice.api.gateway import Server, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
 from lattice.mesh import MeshSnapshot, Workload, fqdn, k8s_gateway
-from lattice.translate import cds, http_filters, lds, names, rds, routes, tls, tracing
+from lattice.translate import cds, http_filters, lds, names, rds, routes, telemetry, tls, tracing
 from lattice.translate.protos import ads, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -355,6 +355,9 @@ def _virtual_host(
         for vs in bound
         for r in routes.for_virtual_service(snapshot, vs, None, proxy, gateway=b.ref, port=b.server.port.number)
     ]
+    mesh = {s.hostname for s in snapshot.services if s.source == "registry"}
+    for r in table:
+        _say_who_called(r, mesh)
     out = rc.VirtualHost(
         name=f"{host}:{b.server.port.number}",
         domains=[host],
@@ -363,6 +366,17 @@ def _virtual_host(
     if _redirects(b.server):
         out.require_tls = rc.VirtualHost.ALL  # Envoy answers 301 to https:// before any route
     return out
+
+
+def _say_who_called(route: rc.Route, mesh: set[str]) -> None:
+    """A route to mesh services only says the gateway's workload called (as sidecars' routes do),
+    so the destination reports `source_workload` as the gateway, not "unknown". Never on a route
+    that may leave the mesh: the header would go to an outside host."""
+    action = route.route
+    clusters = [w.name for w in action.weighted_clusters.clusters] or [action.cluster]
+    hosts = [names.parse_cluster(c).get("host") for c in clusters if c]
+    if route.HasField("route") and hosts and all(h in mesh for h in hosts):
+        telemetry.add_peer_header(route.request_headers_to_add)
 
 
 def _bound_virtual_services(snapshot: MeshSnapshot, b: BoundServer) -> list[Resource]:

@@ -126,6 +126,22 @@ def test_bookinfo_gateway_yaml_unchanged_reaches_productpage(plane, bookinfo, ga
     assert gateway.get(80, "/nothing-here")[0] == 404  # no route: the VirtualService names only productpage's paths
 
 
+def test_requests_through_the_gateway_are_labelled_with_its_workload(plane, bookinfo, gateway):
+    """productpage reports who called: the gateway's workload, not "unknown"."""
+    _apply(plane, BOOKINFO_GATEWAY)
+    wait_for(lambda: gateway.get(80, "/productpage")[0] == 200, 10, what="productpage through the gateway")
+    url = f"http://{bookinfo.address}:{bookinfo.info['agent_port']}/stats/prometheus"
+
+    def callers() -> set[str]:
+        text = http("GET", url)[2].decode()
+        lines = [
+            x for x in text.splitlines() if x.startswith("istio_requests_total{") and 'reporter="destination"' in x
+        ]
+        return {x.split('source_workload="', 1)[1].split('"', 1)[0] for x in lines if 'source_workload="' in x}
+
+    wait_for(lambda: "ingressgateway" in callers(), 10, what="the gateway as source_workload")
+
+
 def test_without_a_gateway_resource_nothing_listens(plane, bookinfo, gateway):
     assert _refused(gateway, 80)
 

@@ -101,12 +101,17 @@ def test_bookinfo_gateway_serves_port_80_on_8080_with_the_bound_routes():
     assert {r.route.cluster for r in routed} == {"outbound|9080||productpage.default.svc.cluster.local"}
 
 
-def test_gateway_has_mesh_clusters_but_no_inbound_and_is_no_service():
+def test_gateway_has_mesh_clusters_but_no_inbound_and_is_a_service_on_its_gateway_ports():
     snapshot = _snapshot(BOOKINFO_GATEWAY.read_text())
     clusters = _of(snapshot)[CLUSTER]
     assert "outbound|9080||productpage.default.svc.cluster.local" in clusters
     assert not any(name.startswith("inbound|") for name in clusters)
-    assert "istio-ingressgateway" not in {s.name for s in snapshot.services}
+    # Reachable as a mesh service, as Istio's gateway Service makes it: port 80, served on 8080.
+    host = "istio-ingressgateway.istio-system.svc.cluster.local"
+    assert [(s.name, s.port, s.protocol) for s in snapshot.services if s.hostname == host] == [
+        ("istio-ingressgateway", 80, "http")
+    ]
+    assert [(e.address, e.port, e.target_port) for e in snapshot.endpoints(host)] == [("127.0.10.9", 80, 8080)]
     # The cluster to productpage carries the mesh's mTLS, as a sidecar's does.
     assert (
         clusters["outbound|9080||productpage.default.svc.cluster.local"].transport_socket_matches[0].name
@@ -274,3 +279,40 @@ spec:
     )
     vhosts = {v.name: v for v in _of(_snapshot(yaml_text))[ROUTE]["http.80"].virtual_hosts}
     assert [r.match.prefix for r in vhosts["details.example.com:80"].routes] == ["/edge"]
+
+
+def test_routes_to_mesh_services_say_the_gateway_called_and_outside_hosts_are_not_told():
+    external = """---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ext}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http: [{match: [{uri: {prefix: /ext}}], route: [{destination: {host: api.example.com}}]}]
+"""
+    snap = _snapshot(BOOKINFO_GATEWAY.read_text() + external)
+    snap = MeshSnapshot(
+        "1",
+        workloads=snap.workloads,
+        virtual_services=snap.virtual_services,
+        gateways=snap.gateways,
+        service_entries=tuple(r for r in parse_documents(external) if r.kind == "ServiceEntry"),
+    )
+    (vhost,) = _of(snap)[ROUTE]["http.80"].virtual_hosts
+    told = {
+        r.match.path or r.match.prefix: [
+            h.header.value for h in r.request_headers_to_add if h.header.key == "x-lattice-peer"
+        ]
+        for r in vhost.routes[2:]
+    }
+    assert told["/productpage"] == ["%ENVIRONMENT(LATTICE_PEER)%"]
+    assert told["/ext"] == []
