@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lattice.agent.stats_tags import stats_config
+from lattice.agent import stats_tags
 from lattice.translate import SDS_CLUSTER
 from lattice.translate.names import TELEMETRY_CLUSTER
 
@@ -45,11 +45,11 @@ def bootstrap(
     telemetry_socket: Path,
     stats_config: dict | None = None,
 ) -> dict:
-    """`stats_config`: Envoy's (a `stats_matcher`); all stats when None."""
+    """`stats_config`: Envoy's (a `stats_matcher`); all stats when None. Istio's tag-extraction
+    rules (agent/stats_tags.py) are always there: Envoy's metrics carry the labels Istio's docs query."""
     ads = {"ads": {}, "resource_api_version": "V3"}
-    extra = {"stats_config": stats_config} if stats_config else {}
     return {
-        **extra,
+        "stats_config": stats_tags.stats_config() | (stats_config or {}),
         "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
         # Admin on a 0600 unix socket: reachable by the agent only, never from the network.
         "admin": {"address": {"pipe": {"path": str(admin_socket), "mode": 0o600}}},
@@ -72,8 +72,6 @@ def bootstrap(
                 _grpc_cluster(TELEMETRY_CLUSTER, telemetry_socket),
             ]
         },
-        # Istio's tag-extraction rules: Envoy's metrics carry the labels Istio's docs query.
-        "stats_config": stats_config(),
         # A #fragment never belongs on the wire (RFC 9110 4.2.1): Envoy strips it before path
         # normalization, so routes, authorization and the app see one path, as Istio does,
         # instead of answering 400 to clients that send one.

@@ -58,3 +58,6 @@ def test_every_tag_name_once_and_the_bootstrap_carries_them(tmp_path):
     assert len(names) == len(set(names))
     config = bootstrap("id", "cluster", {}, tmp_path / "a", tmp_path / "x", tmp_path / "s", tmp_path / "t")
     assert config["stats_config"] == stats_config() and stats_config()["use_all_default_tags"] is False
+    matcher = {"stats_matcher": {"inclusion_list": {"patterns": [{"prefix": "server"}]}}}
+    both = bootstrap("id", "c", {}, tmp_path / "a", tmp_path / "x", tmp_path / "s", tmp_path / "t", matcher)
+    assert both["stats_config"] == stats_config() | matcher
