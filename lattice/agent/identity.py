@@ -226,6 +226,7 @@ class Identity:
             "identity": info.spiffe_id,
             "serial": info.serial,
             "not_after": info.not_after.isoformat(),
+            "not_before": info.not_before.isoformat(),
             "root": self.root,
         }
         log.info("certificate for %s until %s", self.spiffe, info.not_after.isoformat(timespec="seconds"))

@@ -113,6 +113,16 @@ def server(
         None, help="Plug-in CA: signing certificate, then any intermediates, then the root (PEM)."
     ),
     ca_key: Optional[Path] = typer.Option(None, help="Plug-in CA: the signing certificate's private key (PEM)."),
+    root_lifetime: float = duration_option(
+        "87600h",
+        "--root-lifetime",
+        help="Lifetime of each root the server generates (not a plug-in CA's): 87600h is 10 years.",
+    ),
+    root_rotate_at: float = typer.Option(
+        0.8,
+        help="Fraction of a generated root's life after which the server rotates it itself, as "
+        "`lattice ca rotate-root` does; `lattice status` warns from 0.1 before.",
+    ),
     root_namespace: str = typer.Option("istio-system", help="Namespace whose selector-less policies apply mesh-wide."),
     outbound_traffic_policy: OutboundTrafficPolicy = typer.Option(
         OutboundTrafficPolicy.ALLOW_ANY,
@@ -195,6 +205,8 @@ def server(
         cert_ttl=ttl,
         ca_cert=ca_cert,
         ca_key=ca_key,
+        root_lifetime=at_least("--root-lifetime", root_lifetime, 10, ": certificates it signs cannot outlive it"),
+        root_rotate_at=_fraction("--root-rotate-at", root_rotate_at),
         outbound_traffic_policy=outbound_traffic_policy.value,
         h2_upgrade_policy=h2_upgrade_policy.value,
         jwks_refresh=jwks_every,
@@ -327,6 +339,12 @@ def _workload_options(command):
         **{p.name: command.__annotations__[p.name] for p in rest},
     }
     return with_options
+
+
+def _fraction(option: str, value: float) -> float:
+    if not 0.1 <= value < 1:
+        fail(f"{option} {value}: give a fraction of the root's life from 0.1 to below 1, e.g. 0.8")
+    return value
 
 
 def _run_options(workload: dict, app_port: int | None, command: list[str]):
@@ -840,6 +858,8 @@ def status(server: Optional[str] = ServerOpt, output: Format = OutputOpt) -> Non
                     typer.echo(f"NACK {p['id']} {t}: {v['error']}")
         for c in data["conflicts"]:
             typer.echo(f"conflict: {c}")
+        for w in s.get("expiry_warnings", []):
+            typer.echo(f"WARNING {w['kind']} {w['subject']}: {w['message']}")
         from lattice.cli.replicas import print_replicas
 
         print_replicas(data)

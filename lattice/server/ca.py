@@ -41,6 +41,7 @@ from lattice.identity import (
     new_key,
     trust_bundle_pem,
 )
+from lattice.identity.ca import ROOT_VALIDITY
 from lattice.identity.csr import key_pem
 from lattice.server.agent_port import derive_key
 
@@ -63,6 +64,7 @@ class Held:
     not_after: str  # ISO 8601
     root: str  # fingerprint of the root its chain ends at
     bundle_version: int = 0
+    not_before: str = ""  # ISO 8601; with not_after, how far into its life the certificate is
 
 
 class CaManager:
@@ -78,8 +80,10 @@ class CaManager:
         ca_cert: Path | None = None,
         ca_key: Path | None = None,
         clock: Callable[[], datetime] = utc_now,
+        root_validity: timedelta = ROOT_VALIDITY,
     ) -> None:
         self.dir = home / "ca"
+        self.root_validity = root_validity  # of each root generated here (server/ca_duty.py rotates it)
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
         self.clock = clock
@@ -90,7 +94,7 @@ class CaManager:
         elif (self.dir / "ca.pem").exists():
             self.ca = self._load(self.dir / "ca.pem", self.dir / "ca-key.pem")
         else:
-            self.ca = CertificateAuthority.generate(trust_domain, clock)
+            self.ca = CertificateAuthority.generate(trust_domain, clock, root_validity)
             self._save_ca(self.ca, "ca")
             log.info(
                 "generated a new root CA for trust domain %s (sha256 %s)", trust_domain, self.ca.root_fingerprint[:16]
@@ -131,6 +135,7 @@ class CaManager:
             issued.not_after.isoformat(),
             issued.root_fingerprint,
             previous.bundle_version if previous else 0,
+            self.clock().isoformat(),
         )
         return issued
 
@@ -208,6 +213,7 @@ class CaManager:
                 str(certificate.get("serial", "")),
                 str(certificate.get("not_after", "")),
                 str(certificate.get("root", "")),
+                not_before=str(certificate.get("not_before", "")),
             )
         held = self.held.get(proxy_id)
         if held is not None:
@@ -228,7 +234,7 @@ class CaManager:
             )
         if self.phase:
             raise RotationError(f"a root rotation is already in progress ({self.phase}); see `lattice ca show`")
-        self.next = CertificateAuthority.generate(self.trust_domain, self.clock)
+        self.next = CertificateAuthority.generate(self.trust_domain, self.clock, self.root_validity)
         self._crl = None
         self._save_ca(self.next, "next")
         self.roots = [*self.roots, self.next.root]

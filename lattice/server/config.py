@@ -37,6 +37,8 @@ class ServerConfig:
     cert_ttl: float = 24 * 3600.0
     ca_cert: Path | None = None
     ca_key: Path | None = None
+    root_lifetime: float = 3650 * 86400.0  # of each root generated here
+    root_rotate_at: float = 0.8  # of a root's life: it rotates itself then (server/ca_duty.py)
     outbound_traffic_policy: str = "ALLOW_ANY"  # Istio's MeshConfig outboundTrafficPolicy.mode, or REGISTRY_ONLY
     h2_upgrade_policy: str = "DO_NOT_UPGRADE"  # Istio's MeshConfig h2UpgradePolicy, or UPGRADE
     extension_providers: tuple = ()  # MeshConfig extensionProviders (`--mesh-config`): CUSTOM authorizers

@@ -17,6 +17,7 @@ from lattice.identity import SpiffeId
 from lattice.registry import Registry
 from lattice.server.agent_api import AgentApi
 from lattice.server.ca import CaManager
+from lattice.server.ca_duty import CaDuty, RotationPolicy
 from lattice.server.config import METRICS_TOKEN_FILE, ServerConfig, admin_token, write_discovery
 from lattice.server.jwks import JwksCache
 from lattice.server.modules import ModuleCache
@@ -46,8 +47,14 @@ class ControlPlane:
         ttl = max(config.heartbeat_timeout, config.endpoint_grace)
         self.store = open_store(config.store, config.db, config.store_tls, workload_ttl=ttl)
         self.ca = CaManager(
-            config.home, config.trust_domain, timedelta(seconds=config.cert_ttl), config.ca_cert, config.ca_key
+            config.home,
+            config.trust_domain,
+            timedelta(seconds=config.cert_ttl),
+            config.ca_cert,
+            config.ca_key,
+            root_validity=timedelta(seconds=config.root_lifetime),
         )
+        self.ca_duty = CaDuty(self.ca, RotationPolicy.for_rotation_at(config.root_rotate_at))
         if self.store.shared:
             _check_same_root(self.store, self.ca.root_fingerprint)
         self.cache = SnapshotCache()
@@ -110,7 +117,8 @@ class ControlPlane:
             ),
         )
         self.agents.replica_list = self.replica.others
-        self.metrics.read_state(self.ads, self.board, self.registry, self.pusher, self.ca)
+        self.metrics.read_state(self.ads, self.board, self.registry, self.pusher, self.ca, self.ca_duty)
+        self.rest.expiry_warnings = self.ca_duty.warnings
         refresh_revocations(self.store, self.ca)  # certificates revoked before a restart stay refused
 
     def _authorize(self, node_id: str, peer: list[str]) -> str | None:
@@ -197,6 +205,7 @@ class ControlPlane:
                 tasks.create_task(self.pusher.watch_store(), name="store-watch")
                 tasks.create_task(self._expire_loop(), name="registry-expiry")
                 tasks.create_task(self.jwks.run(), name="jwks-refresh")
+                tasks.create_task(self.ca_duty.run(), name="ca-rotation")
                 tasks.create_task(self.modules.run(), name="wasm-module-refresh")
                 tasks.create_task(run_once(self.store, "sweep", self.replica.id, self._sweep), name="sweep")
                 if self.store.shared:

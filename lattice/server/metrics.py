@@ -393,6 +393,12 @@ class ControlPlaneMetrics:
             "CSRs refused for their credential: missing or bad join token, or an identity that may not have the "
             "certificate asked for.",
         )
+        self.expiry_warnings = r.gauge(
+            "citadel_server_cert_expiry_warnings",
+            "Certificates that will expire unless someone acts, by kind (root, intermediate, workload): "
+            "see `lattice status`.",
+            ["kind"],
+        )
         self.root_expiry = r.gauge(
             "citadel_server_root_cert_expiry_timestamp", "When the signing root certificate expires, in Unix seconds."
         )
@@ -438,6 +444,9 @@ class ControlPlaneMetrics:
         }
         self.config.collect = lambda: {(kind,): n for kind, n in self._scraped.get("config_resources", {}).items()}
         self.root_expiry.collect = lambda: self._scraped.get("root_expires_at")
+        self.expiry_warnings.collect = lambda: {
+            (kind,): n for kind, n in self._scraped.get("expiry_warnings", {}).items()
+        }
 
     def _scrape(self) -> None:
         scraped: dict[str, Any] = {}

@@ -74,6 +74,7 @@ class RestApi:
         self._admin_token = admin_token
         self._connected = connected  # () -> list of node ids with an open ADS stream
         self.started = time.time()
+        self.expiry_warnings = lambda: []  # server/ca_duty.py: what will expire unless someone acts
         self.xds_address = ""  # set once the gRPC port is bound; agents learn it from /health
         self.observatory = Observatory(registry, ca.agent_key)  # stat, top, edges, tap: asked of the agents live
         self.console = Console(registry, lambda: self.observatory.session)  # /ui/: the web console
@@ -385,6 +386,7 @@ class RestApi:
                     "last_push_ms": round(self.pusher.last_push_seconds * 1000, 2),
                     "push_pending": self.pusher.pending,
                     "outbound_traffic_policy": snapshot.outbound_traffic_policy,
+                    "expiry_warnings": [w.to_dict() for w in self.expiry_warnings()],
                 },
                 "proxies": proxies,
                 "conflicts": snapshot.conflicts(),
