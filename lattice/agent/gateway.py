@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 
 from lattice.agent.address import free_port, port_free
+from lattice.agent.drain import DEFAULT_DRAIN_TIMEOUT
 from lattice.agent.sidecar import AGENT_PORT, OUTBOUND_PORT, Sidecar
 from lattice.api.registration import GATEWAY_PORT_OFFSET, Registration, gateway_local_port
 
@@ -33,6 +34,7 @@ class GatewayOptions:
     envoy_log_level: str = "warning"
     command: list[str] = field(default_factory=list)  # always empty: a gateway runs no app
     capture: bool = False  # never: a gateway serves on its own address, not inside a captured namespace
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # a stop drains as a sidecar's does (agent/drain.py)
 
     @property
     def account(self) -> str:
@@ -41,6 +43,12 @@ class GatewayOptions:
 
 class GatewayProxy(Sidecar):
     """The sidecar lifecycle (identity, Envoy, xDS relay, registration) serving Gateways instead of an app."""
+
+    async def _graceful_stop(self, app) -> int:
+        """A gateway stops at once, as it did before sidecars drained: it has no app and no inbound
+        listener to wait for, and waiting for its callers' proxies to confirm a drain held every
+        gateway's stop for the whole callers' share of --drain-timeout."""
+        return 0
 
     def _stats_config(self) -> dict | None:
         return None  # a gateway keeps all of Envoy's stats: one per mesh, and its upstreams are what it serves

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -191,15 +192,17 @@ def test_control_plane_gone_traffic_flows_until_certificates_expire_then_fails_c
         answers = [client.call(URL, timeout=5) for _ in range(5)]
         # Refused for the right reason: the mTLS connection to the peer failed (Envoy's 503 says so),
         # not a route or endpoint missing, nor the app answering. With TLS 1.3 a server refusing the
-        # client's expired certificate closes the connection once the client has finished its side
-        # ("connection termination"); a client refusing the server's reports the TLS error.
+        # client's expired certificate closes the connection during or right after the handshake
+        # ("remote connection failure" or "connection termination", depending on which side's
+        # bytes cross first); a client refusing the server's reports the TLS error.
         refused = [(status, body.decode(errors="replace")) for status, _, body in answers]
+        reasons = ("connection termination", "remote connection failure", "TLS_error")
         assert all(
-            status == 503
-            and "upstream connect error" in text
-            and ("connection termination" in text or "TLS_error" in text)
+            status == 503 and "upstream connect error" in text and any(r in text for r in reasons)
             for status, text in refused
         ), refused
+        # ... while the peer's sidecar still accepts connections: the handshake is what fails.
+        socket.create_connection((server.address, 9080), timeout=5).close()
         # The control plane returns: agents re-attest with their join tokens, traffic recovers.
         plane.start(*ports)
         wait_for(lambda: client.call(URL)[0] == 200, 30, what="traffic to recover once certificates are renewed")
