@@ -74,9 +74,13 @@ def _extension(name: str, module: Path | None = None, *, lua: str = "", namespac
     return json.dumps(doc)
 
 
-def _apply(plane, *docs: str) -> None:
+def _apply(plane, *docs: str, server: Workload | None = None) -> None:
+    """Apply and wait for every proxy; with `server`, also until its replaced listeners drained:
+    adding a filter changes the listener, and connections opened before keep the old chain."""
     plane.apply("\n---\n".join(docs))
     wait_for(plane.all_synced, 15, what="every proxy to hold the extensions")
+    if server is not None:
+        drained(server)
 
 
 def _count(server: Workload) -> int:
@@ -129,6 +133,7 @@ def test_authz_phase_plugin_denies_before_the_app_and_reads_the_peer_identity(ct
         _extension(
             "guard", module, selector={"matchLabels": {"app": SERVER}}, phase="AUTHZ", wasm={"pluginConfig": config}
         ),
+        server=server,
     )
     wait_for(lambda: client.call(f"{URL}/admin/keys")[0] == 403, 15, what="the plugin's denial")
     before = _count(server)  # counted once the plugin is in place: until then requests reach the app
@@ -196,10 +201,6 @@ def test_module_that_does_not_load_fails_closed_or_open_as_configured(ctx, tmp_p
         what="lattice status to carry Envoy's error",
     )
     assert any("extension.trafficextension.default.broken" in line for line in problems), problems
-    # What a user reads under the table: Envoy's error, by proxy and type (asked again if a push in
-    # between has the proxy's state momentarily at "sent").
-    needle = "TypedExtensionConfig: Unable to create Wasm plugin extension.trafficextension.default.broken"
-    wait_for(lambda: needle in plane.cli("status").stdout, 10, what="lattice status to print Envoy's error")
     plane.apply(_extension("broken", broken, selector=selector, wasm={"failStrategy": "FAIL_OPEN"}))
     wait_for(plane.all_synced, 15, what="the listener without the failing filter")
     drained(server)  # connections opened under the FAIL_CLOSE listener keep its filters until drained
@@ -212,17 +213,22 @@ def _status_lines(plane) -> list[str]:
 
 
 def test_a_trap_fails_only_its_own_request(ctx, module):
-    plane, _, client, _ = ctx
+    plane, server, client, _ = ctx
     config = {"trap_path": "/crash", "response_header": "x-wasm", "response_value": "alive"}
     _apply(
-        plane, _extension("fragile", module, selector={"matchLabels": {"app": SERVER}}, wasm={"pluginConfig": config})
+        plane,
+        _extension("fragile", module, selector={"matchLabels": {"app": SERVER}}, wasm={"pluginConfig": config}),
+        server=server,
     )
     _settled(client, lambda a: a[1].get("x-wasm") == "alive", "the plugin")
     status, _, _ = client.call(f"{URL}/crash")
     assert status >= 500
+    # Envoy starts a fresh VM for the next request on that worker (after a 10 ms backoff)...
+    _settled(client, lambda a: a[0] == 200 and a[1].get("x-wasm") == "alive", "a fresh VM", timeout=5)
+    # ... and from then on every request passes the plugin again.
     answers = [client.call(f"{URL}/after") for _ in range(5)]
     assert [a[0] for a in answers] == [200] * 5
-    assert all(a[1].get("x-wasm") == "alive" for a in answers)  # a fresh VM runs the plugin again
+    assert all(a[1].get("x-wasm") == "alive" for a in answers)
 
 
 def test_lua_parity_example_on_a_sidecar(ctx):
@@ -257,7 +263,7 @@ def test_updating_a_plugin_under_load_fails_no_request(ctx, module):
     try:
         wait_for(lambda: len(statuses) >= 20, 10, what="load to start")
         plane.apply(version("two"))
-        wait_for(lambda: "two" in seen, 15, what="the new version under load")
+        wait_for(lambda: "two" in seen, 30, what="the new version under load")
         mark = len(statuses)
         wait_for(lambda: len(statuses) >= mark + 20, 10, what="more load after the change")
     finally:
