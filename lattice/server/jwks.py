@@ -23,50 +23,29 @@ from collections.abc import Callable
 import aiohttp
 
 from lattice.api.request_authn import RequestAuthenticationSpec, check_jwks
+from lattice.server.refreshing import Refreshing
 from lattice.store import Store
 
 log = logging.getLogger("lattice.jwks")
 MAX_JWKS_BYTES = 256 * 1024
 MAX_REDIRECTS = 3
-RETRY_FAILED_SECONDS = 10.0
 
 
 class JwksFetchError(Exception):
     """A JWKS URL answered with something other than a key set, or not at all."""
 
 
-class JwksCache:
+class JwksCache(Refreshing):
     """JWKS text and last error per URL, for the pusher to put in each snapshot."""
+
+    what = "fetching JWKS"
 
     def __init__(self, store: Store, on_change: Callable[[], None], refresh: float) -> None:
         self._store = store
-        self._on_change = on_change
-        self._refresh = refresh
+        super().__init__(on_change, refresh)
         self._lock = asyncio.Lock()
-        self._seen: tuple | None = None  # the RequestAuthentications the cache was last fetched for
         self.keys: dict[str, str] = {}
         self.errors: dict[str, str] = {}
-
-    async def prepare(self) -> None:
-        """Fetch now if RequestAuthentications changed since the last fetch (called before a push)."""
-        await self._refresh_safely(only_if_changed=True)
-
-    async def run(self) -> None:
-        """Refresh every `refresh` seconds (sooner while a URL is failing); ask for a push on change."""
-        while True:
-            await asyncio.sleep(min(self._refresh, RETRY_FAILED_SECONDS) if self.errors else self._refresh)
-            if await self._refresh_safely():
-                self._on_change()
-
-    async def _refresh_safely(self, only_if_changed: bool = False) -> bool:
-        # Never raises: a bug here must neither stop pushes nor take the server's task group down.
-        try:
-            if only_if_changed and self._fingerprint() == self._seen:
-                return False
-            return await self.refresh()
-        except Exception:
-            log.exception("fetching JWKS failed; sidecars keep the keys already held")
-            return False
 
     async def refresh(self) -> bool:
         """Fetch every URL in use; True if any keys or errors changed."""

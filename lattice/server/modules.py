@@ -27,13 +27,13 @@ import aiohttp
 
 from lattice.api.extensions import SHA256, TrafficExtensionSpec, WasmConfig, WasmPluginSpec
 from lattice.server import oci
+from lattice.server.refreshing import Refreshing
 from lattice.store import Store
 
 log = logging.getLogger("lattice.modules")
 MAX_MODULE_BYTES = 64 << 20
 MAX_REDIRECTS = 3
 FETCH_TIMEOUT_SECONDS = 30.0
-RETRY_FAILED_SECONDS = 10.0
 WASM_MAGIC = b"\0asm"
 KINDS = ("TrafficExtension", "WasmPlugin")
 
@@ -65,16 +65,16 @@ def key(wasm: WasmConfig) -> ModuleKey:
     return (wasm.url, wasm.sha256)
 
 
-class ModuleCache:
+class ModuleCache(Refreshing):
     """Module digests and last errors per (url, pinned sha256), for the pusher's snapshots."""
+
+    what = "fetching Wasm modules"
 
     def __init__(self, store: Store, directory: Path, on_change: Callable[[], None], refresh: float) -> None:
         self._store = store
         self._dir = directory
-        self._on_change = on_change
-        self._refresh = refresh
+        super().__init__(on_change, refresh)
         self._lock = asyncio.Lock()
-        self._seen: tuple | None = None
         self.digests: dict[ModuleKey, str] = {}
         self.errors: dict[ModuleKey, str] = {}
 
@@ -105,24 +105,9 @@ class ModuleCache:
             digest = wasm.sha256
         return digest if digest and self.path(digest) is not None else None
 
-    async def prepare(self) -> None:
-        """Fetch what extensions that changed since the last fetch name (called before a push)."""
-        await self._refresh_safely(only_if_changed=True)
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(min(self._refresh, RETRY_FAILED_SECONDS) if self.errors else self._refresh)
-            if await self._refresh_safely():
-                self._on_change()
-
-    async def _refresh_safely(self, only_if_changed: bool = False) -> bool:
-        try:
-            if only_if_changed and self._fingerprint() == self._seen:
-                return False
-            return await self.refresh(only_missing=only_if_changed)
-        except Exception:
-            log.exception("fetching Wasm modules failed; proxies keep the modules they hold")
-            return False
+    async def refresh_changed(self) -> bool:
+        """Only what is not held yet: changed extensions name new modules; known ones keep their schedule."""
+        return await self.refresh(only_missing=True)
 
     async def refresh(self, only_missing: bool = False) -> bool:
         """Fetch the modules in use (only those not held yet, if `only_missing`); True on any change."""
