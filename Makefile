@@ -9,7 +9,7 @@ $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Lattice needs Python 3.11 or newer; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dev]'
 	@touch $@
 
 install: $(BIN)/.installed
@@ -32,11 +32,13 @@ tools:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# Formatting and lint (ruff: pyflakes, pycodestyle at 120 columns, bugbear, asyncio rules), then
-# the layer, cycle and purity checks (a second; tests/imports.py). `make test` runs it first.
+# Formatting and lint (ruff: pyflakes, pycodestyle at 120 columns, bugbear, asyncio rules), the type
+# checker (mypy on the packages [tool.mypy] lists), then the layer, cycle and purity checks (a second;
+# tests/imports.py). `make test` runs it first.
 lint: install
 	$(BIN)/ruff format --check lattice tests bench
 	$(BIN)/ruff check lattice tests bench
+	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:randomly -p no:cacheprovider tests/unit/test_layers.py tests/unit/identity/test_identity_purity.py
 
 # The whole suite, slow tests included (real Envoys, real processes); two workers for two cores.

@@ -7,6 +7,7 @@ from typing import Any
 
 import pydantic
 import yaml
+from pydantic_core import ErrorDetails
 
 from lattice.api.errors import FieldError, ValidationError
 from lattice.api.kinds import KINDS, KindInfo, kind_of, kinds_named
@@ -131,11 +132,14 @@ def validate_object(obj: Any, source: str = "<input>") -> Resource:
 def _kind_info(obj: dict, source: str) -> KindInfo:
     kind, api_version = obj.get("kind"), obj.get("apiVersion")
     candidates = kinds_named(kind) if isinstance(kind, str) else []
-    if not candidates:
+    if not isinstance(kind, str) or not candidates:
         known = ", ".join(sorted({k.kind for k in KINDS.values()}))
         raise ValidationError(source, [FieldError("kind", f"unknown kind {kind!r}; Lattice knows {known}")])
-    info = kind_of(api_version, kind) if isinstance(api_version, str) else None
-    if info is None or not info.accepts(api_version):
+    if (
+        not isinstance(api_version, str)
+        or (info := kind_of(api_version, kind)) is None
+        or not info.accepts(api_version)
+    ):
         versions = ", ".join(f"{c.group}/{v}" for c in candidates for v in c.versions)
         raise ValidationError(
             source, [FieldError("apiVersion", f"{api_version!r} is not an apiVersion of {kind}; use one of {versions}")]
@@ -161,7 +165,7 @@ def _path(prefix: str, loc: tuple) -> str:
     return path
 
 
-def _message(err: dict) -> str:
+def _message(err: ErrorDetails) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown field, or one Lattice does not support yet"
     msg = err["msg"]

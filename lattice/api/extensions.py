@@ -54,7 +54,11 @@ class TrafficSelector(IstioSpec):
 
     @property
     def sides(self) -> frozenset[str]:
-        return frozenset(("CLIENT", "SERVER")) if self.mode in ("UNDEFINED", "CLIENT_AND_SERVER") else {self.mode}
+        return (
+            frozenset(("CLIENT", "SERVER"))
+            if self.mode in ("UNDEFINED", "CLIENT_AND_SERVER")
+            else frozenset((self.mode,))
+        )
 
 
 class TargetReference(IstioSpec):

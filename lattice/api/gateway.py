@@ -246,7 +246,7 @@ class Server(IstioSpec):
     @property
     def tls_mode(self) -> str | None:
         """The TLS mode this server runs: None for plaintext; Istio's default (PASSTHROUGH) when unset."""
-        if self.port.protocol not in ("HTTPS", "TLS"):
+        if self.port.protocol not in ("HTTPS", "TLS") or self.tls is None:  # validation: tls set for these
             return None
         return self.tls.mode or "PASSTHROUGH"
 

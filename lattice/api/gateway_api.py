@@ -12,7 +12,7 @@ with the reason, never ignored.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, overload
 
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -399,6 +399,15 @@ class HTTPRouteRule(GatewayApiSpec):
 
     _filters = field_validator("filters")(lambda v: _check_filters(v, _RULE_FILTERS, "on a rule"))
     _session = field_validator("session_persistence")(_no_session_persistence)
+
+    @overload
+    def filter(self, kind: Literal["URLRewrite"]) -> URLRewrite | None: ...
+    @overload
+    def filter(self, kind: Literal["RequestRedirect"]) -> RequestRedirect | None: ...
+    @overload
+    def filter(self, kind: Literal["CORS"]) -> CORS | None: ...
+    @overload
+    def filter(self, kind: str) -> object | None: ...
 
     def filter(self, kind: str) -> object | None:
         """The configuration of this rule's `kind` filter, if it has one."""

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pydantic
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from lattice.api.durations import parse_duration
 from lattice.api.errors import FieldError, ValidationError
@@ -427,7 +428,7 @@ def _path(loc: tuple) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
-def _message(err: dict) -> str:
+def _message(err: ErrorDetails) -> str:
     if err["type"] == "extra_forbidden" and len(err["loc"]) == 1:
         return "unknown field, or a MeshConfig field Lattice does not read (use the `lattice server` options)"
     if err["type"] == "extra_forbidden":

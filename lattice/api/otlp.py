@@ -18,7 +18,12 @@ F = descriptor_pb2.FieldDescriptorProto
 
 
 def _field(
-    name: str, number: int, kind: int, label: int = F.LABEL_OPTIONAL, type_name: str = "", oneof: int | None = None
+    name: str,
+    number: int,
+    kind: F.Type.ValueType,
+    label: F.Label.ValueType = F.LABEL_OPTIONAL,
+    type_name: str = "",
+    oneof: int | None = None,
 ) -> F:
     field = F(name=name, number=number, type=kind, label=label)
     if type_name:

@@ -61,7 +61,7 @@ class RequestMatch(IstioSpec):
     @field_validator("path")
     @classmethod
     def _path(cls, v: StringMatch | None) -> StringMatch | None:
-        literal = v and (v.exact if v.exact is not None else v.prefix)
+        literal = None if v is None else (v.exact if v.exact is not None else v.prefix)
         if literal is not None and (not literal.startswith("/") or "?" in literal):
             raise ValueError(
                 f"{literal!r} must start with '/' and hold no '?': the path is matched without its query string"

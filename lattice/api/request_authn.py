@@ -52,7 +52,8 @@ def check_jwks(text: str) -> str:
 def _key_problem(key: Any) -> str | None:
     if not isinstance(key, dict):
         return "is not a JSON object"
-    members = KEY_MEMBERS.get(key.get("kty"))
+    kty = key.get("kty")
+    members = KEY_MEMBERS.get(kty) if isinstance(kty, str) else None
     if members is None:
         return f"has kty {key.get('kty')!r}; use one of {', '.join(KEY_MEMBERS)}"
     for name in members:

@@ -93,7 +93,8 @@ def evaluate(expr: Expr, record: Mapping[str, object]) -> str:
     if expr.kind == "literal":
         return expr.value
     if expr.kind == "header":
-        value = (record.get("headers") or {}).get(expr.value)
+        headers = record.get("headers")
+        value = headers.get(expr.value) if isinstance(headers, Mapping) else None
     else:
         value = record.get(ATTRIBUTES[expr.value])
         if expr.value == "request.url_path" and isinstance(value, str):

@@ -59,7 +59,7 @@ _CA_USAGE = x509.KeyUsage(
     decipher_only=False,
 )
 _LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
-_SAN_KINDS = {
+_SAN_KINDS: dict[type[x509.GeneralName], str] = {
     x509.DNSName: "DNS name",
     x509.IPAddress: "IP address",
     x509.RFC822Name: "email address",
@@ -139,7 +139,7 @@ class CertificateAuthority:
         self._tail_pem = b"".join(cert.public_bytes(_PEM) for cert in chain[:-1])
         self._not_after_cap = min(cert.not_valid_after_utc for cert in chain)
         self._issuer = signing_cert.subject
-        self._aki = _authority_key_id(signing_cert)
+        self._aki = _authority_key_id(signing_cert, signing_key.public_key())  # the cert's key (checked above)
         self.issued = 0
         self.refused: collections.Counter[str] = collections.Counter()
 
@@ -320,7 +320,8 @@ def _load_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
 
 def _check_key(csr: x509.CertificateSigningRequest) -> PublicKey:
     wanted = f"use ECDSA P-256 (P-384 and RSA of at least {MIN_RSA_BITS} bits are also accepted)"
-    refused = _KEY_KINDS.get(csr.public_key_algorithm_oid)
+    # cryptography's stub leaves out CertificateSigningRequest.public_key_algorithm_oid (present at run time).
+    refused = _KEY_KINDS.get(csr.public_key_algorithm_oid)  # type: ignore[attr-defined]
     if refused is not None:
         raise CsrRefused("key-type", f"the CSR's key is {refused}; {wanted}")
     try:
@@ -384,7 +385,9 @@ def _check_san(extensions: x509.Extensions, identity: SpiffeId) -> None:
 # -- chain checks for load and the constructor: ValueError naming the certificate -------------
 
 
-def _check_chain(chain: list[x509.Certificate], key: object, now: datetime) -> None:
+def _check_chain(
+    chain: list[x509.Certificate], key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, now: datetime
+) -> None:
     _check_key_matches(chain[0], key)
     for depth, cert in enumerate(chain):
         _check_is_ca(cert, depth)
@@ -399,8 +402,8 @@ def _check_chain(chain: list[x509.Certificate], key: object, now: datetime) -> N
         raise ValueError(f"the root {_label(chain[-1])} is not self-signed; supply the real root")
 
 
-def _check_key_matches(cert: x509.Certificate, key: object) -> None:
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+def _check_key_matches(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):  # a caller may hand in any key
         raise ValueError(f"the CA key is a {type(key).__name__}; use an ECDSA or RSA key")
     if _spki(key.public_key()) != _spki(cert.public_key()):
         raise ValueError(
@@ -455,13 +458,16 @@ def _parse_certs(cert_pem: bytes) -> list[x509.Certificate]:
         raise ValueError(f"the CA cert file holds no readable PEM certificates ({exc})") from None
 
 
-def _parse_key(key_pem: bytes) -> object:
+def _parse_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
     try:
-        return serialization.load_pem_private_key(key_pem, password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
         raise ValueError("the CA key file is encrypted; supply an unencrypted PEM key") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"the CA key file holds no readable PEM private key ({exc})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"the CA key is a {type(key).__name__}; use an ECDSA or RSA key")
+    return key
 
 
 def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -477,11 +483,11 @@ def _self_signed(cert: x509.Certificate) -> bool:
     return signed_by(cert, cert)
 
 
-def _authority_key_id(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+def _authority_key_id(issuer: x509.Certificate, issuer_key: PublicKey) -> x509.AuthorityKeyIdentifier:
     try:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key)
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 

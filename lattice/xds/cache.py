@@ -58,12 +58,11 @@ class ResourceSet(Mapping[str, XdsResource]):
     def __len__(self) -> int:
         return len(self._by_name)
 
+    # Defining __eq__ sets __hash__ to None: a Mapping, equal sets compare equal, they are not keys.
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ResourceSet):  # resources are interned: the same bytes, the same object
             return self is other or self._by_name == other._by_name
         return super().__eq__(other)
-
-    __hash__ = None  # a Mapping: equal sets compare equal, they are not keys
 
     def select(self, names: frozenset[str] | None) -> Selection:
         """All (wildcard, `names is None`) or the named ones that exist."""

@@ -8,7 +8,9 @@ from functools import partial
 from envoy.service.discovery.v3 import discovery_pb2
 
 from lattice.translate import CLUSTER, ENDPOINT, LISTENER
-from lattice.xds.cache import ProxySnapshot, XdsResource
+from lattice.xds.budget import SendBudget
+from lattice.xds.cache import ProxySnapshot, SnapshotCache, XdsResource
+from lattice.xds.status import StatusBoard
 from lattice.xds.stream import Outgoing, Stream, next_nonce, type_rank
 
 WILDCARD_TYPES = (CLUSTER, LISTENER)
@@ -26,9 +28,11 @@ class _Subscription:
 
 
 class SotwStream(Stream):
-    def __init__(self, node_id, cache, board, budget=None) -> None:
+    def __init__(
+        self, node_id: str, cache: SnapshotCache, board: StatusBoard, budget: SendBudget | None = None
+    ) -> None:
         super().__init__(node_id, cache, board, budget)
-        self.subscriptions = {}
+        self.subscriptions: dict[str, _Subscription] = {}
 
     def handle(self, request: discovery_pb2.DiscoveryRequest) -> None:
         type_url = request.type_url

@@ -123,7 +123,8 @@ class StatusBoard:
         if any(t.nack or t.acked_version != t.sent_version for t in proxy.types.values()):
             return
         proxy.converged_label = proxy.sent_label
-        self._events.converged(proxy.sent_label, proxy.connected_at, self._clock())
+        if self._events is not None:
+            self._events.converged(proxy.sent_label, proxy.connected_at, self._clock())
 
     def _type(self, node_id: str, type_url: str) -> TypeStatus:
         proxy = self._proxies.setdefault(node_id, ProxyStatus(node_id, "?", self._clock()))
