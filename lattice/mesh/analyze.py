@@ -13,7 +13,7 @@ no workloads, so the checks that need the registry (hosts, subset members) are s
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from lattice.api import Resource
 from lattice.mesh.model import SNAPSHOT_FIELDS, MeshSnapshot
@@ -37,7 +37,8 @@ def snapshot_of(resources: Iterable[Resource], **settings) -> MeshSnapshot:
     for r in resources:
         if r.kind_key in SNAPSHOT_FIELDS:
             grouped.setdefault(SNAPSHOT_FIELDS[r.kind_key], []).append(r)
-    return MeshSnapshot("analyze", **{k: tuple(v) for k, v in grouped.items()}, **settings)
+    by_field: dict[str, Any] = {k: tuple(v) for k, v in grouped.items()}
+    return MeshSnapshot("analyze", **by_field, **settings)
 
 
 def analyze(snapshot: MeshSnapshot, targets: Iterable[Resource], registry_known: bool) -> list[Finding]:

@@ -90,11 +90,11 @@ def route_tables(
             service_ns[parent.host] = parent.namespace
             groups[(route.kind, route.namespace, parent.host)].extend((e, route) for e in entries)
     tables, problems = [], []
-    for (kind, namespace, host), entries in sorted(groups.items()):
+    for (kind, namespace, host), group in sorted(groups.items()):
         try:
-            tables.append(_table(kind, namespace, host, entries, created, namespace != service_ns[host]))
+            tables.append(_table(kind, namespace, host, group, created, namespace != service_ns[host]))
         except pydantic.ValidationError as e:
-            names = ", ".join(sorted({f"{r.namespace}/{r.name}" for _, r in entries}))
+            names = ", ".join(sorted({f"{r.namespace}/{r.name}" for _, r in group}))
             problems.append(f"{kind} {names}: cannot be applied to {host}: {_first_error(e)}")
     return tuple(tables), tuple(problems)
 
@@ -270,7 +270,7 @@ def _grpc_match(match: GRPCRouteMatch) -> dict:
         out["uri"] = {"exact": f"/{m.service}/{m.method}"}
     elif m.service is not None:
         out["uri"] = {"prefix": f"/{m.service}/"}
-    else:
+    elif m.method is not None:  # validation: service, method or both
         out["uri"] = {"regex": f"/[^/]+/{re.escape(m.method)}"}
     return out
 

@@ -90,7 +90,7 @@ class MeshSnapshot:
     reference_grants: tuple[Resource, ...] = ()
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
-    _vs_by_host: Mapping[str, Resource] = field(init=False, repr=False)
+    _vs_by_host: Mapping[str, tuple[Resource, ...]] = field(init=False, repr=False)  # oldest first
     _dr_by_host: Mapping[str, Resource] = field(init=False, repr=False)
     _inbound_mtls: Mapping[str, str] = field(init=False, repr=False)
     _entry_hosts: frozenset[str] = field(init=False, repr=False)

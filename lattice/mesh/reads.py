@@ -24,7 +24,7 @@ from __future__ import annotations
 import types
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Any, Callable, Hashable, Mapping, TypeVar
+from typing import Any, Callable, Hashable, Mapping, TypeVar, cast
 
 from lattice.mesh.model import MeshSnapshot, Workload
 
@@ -81,8 +81,8 @@ class SnapshotReads:
             del self._reads[key]
         verdicts: dict[Hashable, bool] = {}
         self._changed_memos = frozenset(key for key in self._memos if self._memo_changed(key, verdicts))
-        for key in self._changed_memos:
-            del self._memos[key]
+        for memo_key in self._changed_memos:
+            del self._memos[memo_key]
 
     def unchanged(self, dependencies: Dependencies, checked: int) -> bool:
         """Whether everything behind `dependencies`, which read alike up to generation `checked`,
@@ -247,7 +247,8 @@ class TracedSnapshot:
         frame = _Frame(traced)
         self._open.append(frame)
         try:
-            value = compute(self, traced)  # type: ignore[arg-type]  (stand-ins for both)
+            # Stand-ins for both: they answer every attribute as the real ones do, noting the read.
+            value = compute(cast(MeshSnapshot, self), cast(Workload, traced))
         finally:
             self._open.pop()
         attributes = tuple(traced._read)

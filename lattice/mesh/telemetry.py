@@ -384,7 +384,7 @@ def _access_logs(mesh: MeshTelemetry, specs: list[TelemetrySpec]) -> tuple[Acces
         if base is None:
             continue
         client, server = chosen["CLIENT"].get(name), chosen["SERVER"].get(name)
-        if client == server:
+        if client == server and client is not None:  # one of the two is set: `name` was chosen on a side
             out.append(replace(base, filter=client, mode="CLIENT_AND_SERVER"))
             continue
         out += [
@@ -436,8 +436,8 @@ def provider_problems(mesh: MeshTelemetry, spec: TelemetrySpec) -> list[tuple[st
         out.append(
             ("spec.tracing", "the mesh config sets enableTracing: false, so this tracing configuration has no effect")
         )
-    for i, rule in enumerate(spec.access_logging):
-        for j, p in enumerate(rule.providers):
+    for i, log_rule in enumerate(spec.access_logging):
+        for j, p in enumerate(log_rule.providers):
             if mesh.access_logger(p.name) is None:
                 out.append(
                     (
