@@ -11,6 +11,7 @@ from lattice.api import Resource
 from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
 from lattice.mesh import authz, extensions, gateway_api, k8s_gateway, rate_limits, request_authn
+from lattice.mesh.absent import absent_services
 from lattice.mesh.gateway_service import gateway_services
 from lattice.mesh.hosts import fqdn
 from lattice.mesh.peer_auth import mtls_mode
@@ -88,6 +89,8 @@ class MeshSnapshot:
     k8s_gateways: tuple[Resource, ...] = ()
     gateway_classes: tuple[Resource, ...] = ()
     reference_grants: tuple[Resource, ...] = ()
+    # (service, namespace, port, protocol) whose last workload left lately (registry.departed()).
+    departed: tuple[tuple[str, str, int, str], ...] = ()
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, tuple[Resource, ...]] = field(init=False, repr=False)  # oldest first
@@ -203,6 +206,18 @@ class MeshSnapshot:
     def edge_virtual_services(self) -> tuple[Resource, ...]:
         """Every VirtualService that may bind to a gateway: stored ones, then converted routes."""
         return self.virtual_services + self.gateway_api.virtual_services
+
+    def absent_services(self) -> tuple[Service, ...]:
+        """Mesh names no workload serves now (mesh/absent.py): answered 503, never passed through."""
+        return self.memo(
+            ("absent-services",),
+            lambda: absent_services(
+                (s.hostname for s in self.services),
+                self.departed,
+                [*self._vs_by_host, *self._dr_by_host],
+                self.domain,
+            ),
+        )
 
     def endpoints(self, hostname: str) -> tuple[Workload, ...]:
         return self._endpoints.get(hostname, ())

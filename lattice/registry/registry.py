@@ -28,6 +28,9 @@ class Registry:
         self._on_change = on_change
         self._workloads: dict[str, Workload] = {}
         self._last_seen: dict[str, float] = {}
+        # Services whose last workload left, and when: their names stay the mesh's for the grace
+        # (a sidecar answers 503 "no healthy upstream" rather than passing the name through).
+        self._departed: dict[tuple[str, str, int, str], float] = {}
         self.generation = 0
         # Shared store (etcd, several replicas): workloads live on leases that heartbeats renew,
         # wherever their agent is connected; lease expiry, not this replica's clock, drops them,
@@ -40,6 +43,7 @@ class Registry:
 
     def register(self, registration: Registration) -> Workload:
         workload = Workload.from_record(registration.model_dump())
+        self._departed.pop((workload.service, workload.namespace, workload.port, workload.protocol), None)
         self._last_seen[workload.id] = self._clock()
         if self._workloads.get(workload.id) != workload:
             self._store.put_workload(workload.id, registration.model_dump())
@@ -63,8 +67,10 @@ class Registry:
         return True
 
     def deregister(self, workload_id: str) -> bool:
-        if self._workloads.pop(workload_id, None) is None:
+        gone = self._workloads.pop(workload_id, None)
+        if gone is None:
             return False
+        self._left(gone)
         self._last_seen.pop(workload_id, None)
         self._store.delete_workload(workload_id)
         self._changed()
@@ -77,7 +83,23 @@ class Registry:
         stale = [w for w, seen in self._last_seen.items() if now - seen > self._grace]
         for workload_id in stale:
             self.deregister(workload_id)
+        forgotten = [k for k, left in self._departed.items() if now - left > self._grace]
+        for key in forgotten:
+            del self._departed[key]
+        if forgotten:
+            self._changed()
         return stale
+
+    def departed(self) -> tuple[tuple[str, str, int, str], ...]:
+        """(service, namespace, port, protocol) whose last workload left within the grace."""
+        return tuple(sorted(self._departed))
+
+    def _left(self, gone: Workload) -> None:
+        key = (gone.service, gone.namespace, gone.port, gone.protocol)
+        if gone.kind != "gateway" and not any(
+            (w.service, w.namespace, w.port) == key[:3] for w in self._workloads.values()
+        ):
+            self._departed[key] = self._clock()
 
     def silent(self, workload_id: str) -> bool:
         """No heartbeat for longer than the timeout (but kept, within the grace)."""
@@ -90,9 +112,11 @@ class Registry:
         stored = {s.id: Workload.from_record(s.record) for s in self._store.list_workloads()}
         if stored == self._workloads:
             return False
-        for gone in self._workloads.keys() - stored.keys():
-            self._last_seen.pop(gone, None)
+        gone = [self._workloads[k] for k in self._workloads.keys() - stored.keys()]
         self._workloads = stored
+        for workload in gone:
+            self._last_seen.pop(workload.id, None)
+            self._left(workload)
         self._changed()
         return True
 

@@ -177,6 +177,7 @@ class Pusher:
         snapshot = MeshSnapshot(
             version,
             workloads=self._registry.workloads(),
+            departed=self._registry.departed(),
             **{name: self._resources(kind, previous) for kind, name in SNAPSHOT_FIELDS.items()},
             outbound_traffic_policy=self._outbound_traffic_policy,
             h2_upgrade_policy=self._h2_upgrade_policy,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
@@ -24,7 +27,14 @@ def route_configurations(snapshot: MeshSnapshot, proxy: Workload) -> list[route_
         taken.update(host.domains)
         if host.domains:
             hosts.append(host)
-    hosts.append(_block_all_host() if snapshot.outbound_traffic_policy == "REGISTRY_ONLY" else _passthrough_host())
+    for service in snapshot.absent_services():
+        host = _absent_host(service, proxy, snapshot.domain)
+        host.domains[:] = [d for d in host.domains if d not in taken]
+        taken.update(host.domains)
+        if host.domains:
+            hosts.append(host)
+    catch_all = _block_all_host if snapshot.outbound_traffic_policy == "REGISTRY_ONLY" else _passthrough_host
+    hosts.append(catch_all(snapshot.domain))
     # A route may name a cluster that does not exist (a subset no DestinationRule defines);
     # Envoy accepts the table and answers such requests 503, as Istio does.
     return [route_pb2.RouteConfiguration(name=names.OUTBOUND_ROUTE, virtual_hosts=hosts)]
@@ -62,12 +72,49 @@ def _build_virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Servic
     return host
 
 
-def _passthrough_host() -> rc.VirtualHost:
+NO_UPSTREAM_HEADER = "x-lattice-no-healthy-upstream"  # the mesh name that had none
+
+
+def _absent_host(service: Service, proxy: Workload, domain: str) -> rc.VirtualHost:
+    """A mesh name no workload serves now (mesh/absent.py): 503 and the name, on any port, as
+    Envoy answers for a service whose endpoints are all unhealthy; never the passthrough."""
+    aliases = service.aliases(proxy.namespace, domain)
+    return rc.VirtualHost(
+        name=f"absent:{service.hostname}",
+        domains=[*aliases, *(f"{a}:*" for a in aliases)],
+        routes=[no_upstream_route("no_healthy_upstream", rc.RouteMatch(prefix="/"), service.hostname)],
+    )
+
+
+def no_upstream_route(name: str, match: rc.RouteMatch, hostname: str) -> rc.Route:
+    body = f"no healthy upstream for {hostname}: no workload serves it now\n"
+    return rc.Route(
+        name=name,
+        match=match,
+        direct_response=rc.DirectResponseAction(status=503, body=base_pb2.DataSource(inline_string=body)),
+        response_headers_to_add=[
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=NO_UPSTREAM_HEADER, value=hostname))
+        ],
+    )
+
+
+def _mesh_domain_route(domain: str) -> rc.Route:
+    """Any `<name>.<namespace>.svc[.<domain>]` no service answers to: it is the mesh's by its form,
+    so it never leaves for the passthrough either."""
+    pattern = r"[^.:]+\.[^.:]+\.svc(\." + re.escape(domain) + r")?\.?(:[0-9]+)?"
+    authority = rc.HeaderMatcher(
+        name=":authority", string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
+    )
+    return no_upstream_route("mesh_domain", rc.RouteMatch(prefix="/", headers=[authority]), f"*.svc.{domain}")
+
+
+def _passthrough_host(domain: str) -> rc.VirtualHost:
     return rc.VirtualHost(
         name="allow_any",
         domains=["*"],
         routes=[
             *refusals(),
+            _mesh_domain_route(domain),
             rc.Route(
                 name="allow_any",
                 match=rc.RouteMatch(prefix="/"),
@@ -77,13 +124,14 @@ def _passthrough_host() -> rc.VirtualHost:
     )
 
 
-def _block_all_host() -> rc.VirtualHost:
+def _block_all_host(domain: str) -> rc.VirtualHost:
     """REGISTRY_ONLY: a host that is neither a service nor a ServiceEntry gets 502, as from Istio's BlackHoleCluster."""
     return rc.VirtualHost(
         name="block_all",
         domains=["*"],
         routes=[
             *refusals(),
+            _mesh_domain_route(domain),
             rc.Route(
                 name="block_all", match=rc.RouteMatch(prefix="/"), direct_response=rc.DirectResponseAction(status=502)
             ),

@@ -105,3 +105,35 @@ def test_an_unreachable_control_plane_is_reported_at_the_default_log_level(mesh,
         assert "--listen" in log.read_text()
     finally:
         stop(process)
+
+
+def test_a_mesh_name_with_no_workload_gets_a_fixed_503_naming_it_never_the_passthrough(mesh):
+    """HTTP_PROXY mode across hosts: ratings served on B, then stopped (its last workload leaves);
+    web's app on C gets 503 "no healthy upstream for ratings..." at once, not a hang, a reset or
+    whatever the host's resolver finds by that name. A VirtualService's host with no workload
+    ever, and any <name>.<namespace>.svc name, answer the same."""
+    net, plane, (a, b, c), reviews, web = mesh
+    outbound = f"http://{plane.proxy(web.id)['local_address']}:15001"
+    plane.apply(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ghost}\n"
+        "spec: {hosts: [ghost], http: [{route: [{destination: {host: ghost}}]}]}\n"
+    )
+    ratings = net.workload(plane, b, "ratings", "v1", command=BACKEND, extra=("--port", "9081")).start()
+    try:
+        wait_for(lambda: c.call(http, "GET", "http://ratings:9081/", proxy=outbound)[0] == 200, 15, what="ratings")
+    finally:
+        ratings.stop()
+
+    def answer(url: str):
+        return c.call(http, "GET", url, proxy=outbound)
+
+    wait_for(lambda: answer("http://ratings:9081/")[0] == 503, 15, what="web's sidecar to learn ratings left")
+    for url, name in (
+        ("http://ratings:9081/", "ratings.default.svc.cluster.local"),
+        ("http://ratings.default.svc.cluster.local:9081/x", "ratings.default.svc.cluster.local"),
+        ("http://ghost:8000/", "ghost.default.svc.cluster.local"),
+        ("http://nothing.prod.svc.cluster.local/", "*.svc.cluster.local"),
+    ):
+        status, headers, body = answer(url)
+        assert status == 503 and headers.get("x-lattice-no-healthy-upstream") == name, (url, status, headers, body)
+        assert f"no healthy upstream for {name}".encode() in body, (url, body)

@@ -65,3 +65,26 @@ def test_workloads_survive_a_restart_with_a_fresh_grace_period(tmp_path):
     assert [w.id for w in second.workloads()] == ["reviews-v1-abc.default"] and second.workloads()[0].healthy
     clock.now += 9
     assert second.expire() == []  # the restart gave it a full timeout again
+
+
+def test_a_service_whose_last_workload_left_is_remembered_for_the_grace(tmp_path):
+    clock, changes = Clock(), []
+    registry = Registry(
+        Store(tmp_path / "db"), heartbeat_timeout=10, grace=60, clock=clock, on_change=lambda: changes.append(1)
+    )
+    registry.register(_reg("reviews-v1"))
+    registry.register(_reg("reviews-v2").model_copy(update={"id": "reviews-v2-abc.default", "address": "127.0.10.3"}))
+    registry.deregister("reviews-v1-abc.default")
+    assert registry.departed() == ()  # v2 still serves reviews
+    registry.deregister("reviews-v2-abc.default")
+    assert registry.departed() == (("reviews", "default", 9080, "http"),)
+    clock.now += 30
+    registry.expire()
+    assert registry.departed() == (("reviews", "default", 9080, "http"),)
+    registry.register(_reg("reviews-v1"))  # back: a service again, not a departed one
+    assert registry.departed() == ()
+    registry.deregister("reviews-v1-abc.default")
+    clock.now += 61
+    before = len(changes)
+    registry.expire()
+    assert registry.departed() == () and len(changes) == before + 1  # forgotten, and pushed as such
