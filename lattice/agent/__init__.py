@@ -3,7 +3,8 @@
 Parts:
 - `address`   — a loopback address of the workload's own (127.0.x.y), leased with a file lock.
 - `bootstrap` — Envoy's bootstrap: node identity, admin on a unix socket, ADS to the agent.
-- `envoy`     — starts and supervises Envoy (restart with backoff) and talks to its admin socket.
+- `envoy`     — starts and supervises Envoy (hot restart when it is replaced, an immediate new epoch
+                when it dies) and talks to its admin socket.
 - `relay`     — xDS relay: Envoy <-> agent <-> control plane, keeping the last config Envoy ACKed
                 so a restarted Envoy gets config even while the control plane is down.
 - `control`   — registration, heartbeats and deregistration with the control plane.
@@ -19,7 +20,7 @@ Parts:
 
 Rules: the app starts only after Envoy holds its config; when the app exits, the sidecar stops
 and `lattice run` exits with the app's code; a signal drains first (`drain`, bounded by
-`--drain-timeout`), then stops app, Envoy and agent, in that order; a second signal stops at once.
+`--drain-timeout`), then stops app, Envoy and agent, in that order; a second signal stops at once; SIGUSR1 replaces Envoy by hot restart.
 App and Envoy run in process groups of their own, so a terminal's Ctrl-C reaches only the agent,
 and they die with the agent even if it is killed (PR_SET_PDEATHSIG).
 """

@@ -1,9 +1,21 @@
-"""Envoy under supervision: started, watched, restarted with backoff, stopped for good."""
+"""Envoy under supervision: started, watched, restarted, stopped for good.
+
+Every Envoy a sidecar starts is one epoch of Envoy's hot restart (--restart-epoch), with a base id
+of its own (chosen free by the first Envoy, --use-dynamic-base-id, then passed on) and its hot
+restart sockets in the sidecar's private run directory (--socket-path), so sidecars on one host
+never meet. `hot_restart()` starts the next epoch while the current one serves: the new Envoy gets
+its config, takes the listening sockets over from the old one, which drains its connections
+(--drain-time-s) and exits (--parent-shutdown-time-s), and no connection is refused in between.
+An Envoy that dies on its own is replaced at once (then with backoff if it keeps dying) by the next
+epoch, which starts afresh when it finds no parent (--skip-hot-restart-on-no-parent): the
+listening sockets died with it, so callers see connection refused until the new one listens.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -16,6 +28,8 @@ import aiohttp
 
 log = logging.getLogger("lattice.envoy")
 _PR_SET_PDEATHSIG = 1
+DRAIN_SECONDS = 1  # an older epoch's drain in a hot restart (and Envoy's drain on LDS updates)
+PARENT_SHUTDOWN_SECONDS = 3  # after which the older epoch exits (more than the drain, as Envoy requires)
 
 
 def envoy_binary() -> str:
@@ -50,6 +64,14 @@ def die_with_parent() -> None:
         pass
 
 
+def forget_shared_memory(base_id: int) -> None:
+    """Envoy leaves its hot restart shared memory behind when it exits (Linux: under /dev/shm)."""
+    try:
+        os.unlink(f"/dev/shm/envoy_shared_memory_{base_id * 10}")
+    except OSError:
+        pass
+
+
 class EnvoyProcess:
     def __init__(
         self,
@@ -64,44 +86,51 @@ class EnvoyProcess:
         self.admin_socket = admin_socket
         self.log_path = log_path
         self.log_level = log_level
-        self.process: asyncio.subprocess.Process | None = None
-        self.restarts = 0
+        self.process: asyncio.subprocess.Process | None = None  # the newest epoch
+        self.draining: set[asyncio.subprocess.Process] = set()  # older epochs handing over
+        self.restarts = 0  # exits on its own (crashes), not hot restarts
+        self.epoch = -1
+        self._handovers: set[asyncio.Task] = set()  # each waits for an older epoch to exit
+        self.base_id: int | None = None
         self._stopping = False
         self.wrap: Callable[[list[str]], list[str]] = lambda command: command  # e.g. into a network namespace
 
     async def supervise(self) -> None:
-        """Run Envoy until `stop()`; restart it with backoff whenever it exits on its own."""
-        backoff = 0.2
+        """Run Envoy until `stop()`; replace it whenever it exits on its own: at once the first
+        time, then with backoff while it keeps dying young."""
+        young_exits = 0  # in a row, each within 10 s of its start
         while not self._stopping:
-            started = time.monotonic()
-            code = await self._run_once()
+            if self.process is None or self.process.returncode is not None:
+                await self.start()
+            process, started = self.process, time.monotonic()
+            code = await process.wait()
             if self._stopping:
                 return
+            if process is not self.process:  # replaced by a hot restart: it drained and left
+                self.draining.discard(process)
+                continue
             self.restarts += 1
-            backoff = 0.2 if time.monotonic() - started > 10 else min(backoff * 2, 5.0)
+            young_exits = young_exits + 1 if time.monotonic() - started < 10 else 1
+            backoff = 0.0 if young_exits == 1 else min(0.2 * 2 ** (young_exits - 2), 5.0)
             log.warning(
-                "envoy exited with %s; restarting in %.1fs (restart %d)\n%s",
+                "envoy exited with %s; starting it again%s (restart %d)\n%s",
                 code,
-                backoff,
+                f" in {backoff:.1f}s" if backoff else "",
                 self.restarts,
                 self.log_tail(),
             )
             await asyncio.sleep(backoff)
 
-    async def _run_once(self) -> int:
-        self.admin_socket.unlink(missing_ok=True)
+    async def start(self) -> asyncio.subprocess.Process:
+        """The next epoch. With an Envoy still running it is a hot restart: that one becomes the
+        new one's parent and hands its listening sockets over."""
+        old = self.process if self.process is not None and self.process.returncode is None else None
+        if old is None:
+            self.admin_socket.unlink(missing_ok=True)
+        self.epoch += 1
         with open(self.log_path, "ab") as sink:  # noqa: ASYNC230 (a local log file, opened once per start)
-            command = [
-                envoy_binary(),
-                "-c",
-                str(self.bootstrap),
-                "--disable-hot-restart",
-                "--log-level",
-                self.log_level,
-            ]
-            command += ["--drain-time-s", "1", "--parent-shutdown-time-s", "2"]
             self.process = await asyncio.create_subprocess_exec(
-                *self.wrap(command),
+                *self.wrap(self.command()),
                 # Envoy logs to stderr (the log file); its stdout is the agent's, for access logs to /dev/stdout.
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=sink,
@@ -110,19 +139,92 @@ class EnvoyProcess:
                 env={k: v for k, v in os.environ.items() if k not in ("LATTICE_TOKEN", "LATTICE_ADMIN_TOKEN")}
                 | self.env,
             )
-        return await self.process.wait()
+        if old is not None:
+            self.draining.add(old)
+            task = asyncio.get_running_loop().create_task(self._reap(old), name="envoy-parent-exit")
+            self._handovers.add(task)
+            task.add_done_callback(self._handovers.discard)
+        return self.process
+
+    def command(self) -> list[str]:
+        command = [envoy_binary(), "-c", str(self.bootstrap), "--log-level", self.log_level]
+        command += ["--drain-time-s", str(DRAIN_SECONDS), "--parent-shutdown-time-s", str(PARENT_SHUTDOWN_SECONDS)]
+        # Hot restart's domain sockets: in the run directory (0700), not Linux's shared abstract namespace.
+        command += ["--socket-path", str(self.bootstrap.parent / "hot-restart"), "--socket-mode", "600"]
+        if self.base_id is None:
+            self.base_id = self._base_id()
+        if self.base_id is None:  # the first Envoy: it picks a free base id and writes it down
+            return [*command, "--use-dynamic-base-id", "--base-id-path", str(self._base_id_path)]
+        command += ["--base-id", str(self.base_id), "--restart-epoch", str(self.epoch)]
+        return [*command, "--skip-hot-restart-on-no-parent"]  # after a crash there is no parent to ask
+
+    @property
+    def _base_id_path(self) -> Path:
+        return self.bootstrap.parent / "envoy.base-id"
+
+    def _base_id(self) -> int | None:
+        try:
+            return int(self._base_id_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    async def _reap(self, old: asyncio.subprocess.Process) -> None:
+        """An older epoch exits by itself after --parent-shutdown-time-s; ended if it outstays that."""
+        try:
+            await asyncio.wait_for(old.wait(), PARENT_SHUTDOWN_SECONDS + 10)
+        except TimeoutError:
+            if old is self.process:  # serving again: the epoch meant to replace it failed
+                return
+            log.warning("envoy epoch handing over did not exit; killing it")
+            old.kill()
+            await old.wait()
+        self.draining.discard(old)
+
+    async def hot_restart(self, timeout: float = 30.0) -> bool:
+        """Replace the running Envoy by a new one with no connection refused (see the module's
+        docstring); True once the new epoch serves, False if it did not within `timeout`."""
+        if self.process is None or self.process.returncode is not None:
+            return False
+        old, epoch = self.process, self.epoch + 1
+        new = await self.start()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline and new.returncode is None:
+            if await self.serving_epoch() == epoch:
+                log.info("envoy hot restarted: epoch %d serves", epoch)
+                return True
+            await asyncio.sleep(0.05)
+        log.warning("envoy epoch %d did not come up\n%s", epoch, self.log_tail())
+        if new.returncode is not None and old.returncode is None:  # the old one serves on
+            self.draining.discard(old)
+            self.process = old
+        return False
+
+    async def serving_epoch(self) -> int | None:
+        """The restart epoch of the Envoy that answers on the admin socket, once it is LIVE."""
+        status, body = await self.admin("/server_info", timeout=1.0)
+        if status != 200:
+            return None
+        try:
+            info = json.loads(body)
+        except ValueError:
+            return None
+        if info.get("state") != "LIVE":
+            return None
+        return int(info.get("command_line_options", {}).get("restart_epoch", 0))
 
     async def stop(self, timeout: float = 3.0) -> None:
         self._stopping = True
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        processes = [p for p in (self.process, *self.draining) if p is not None and p.returncode is None]
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                await asyncio.wait_for(process.wait(), timeout)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self.base_id is not None:
+            forget_shared_memory(self.base_id)
 
     def log_tail(self, lines: int = 15) -> str:
         return log_tail(self.log_path, lines)

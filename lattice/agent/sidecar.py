@@ -107,6 +107,7 @@ class Sidecar:
         self._lost = 0  # xDS connection attempts failed in a row (failover between replicas)
         self._stop = asyncio.Event()  # a signal while serving: drain, then stop (agent/drain.py)
         self._serving = False
+        self._restarting: asyncio.Task | None = None  # an Envoy hot restart (SIGUSR1)
 
     def _place(self) -> tuple[str, str]:
         """(advertised address, local address): on one machine a leased loopback serves as both;
@@ -209,22 +210,11 @@ class Sidecar:
         )
         if self.capture is not None:  # Envoy beside the app, in the group whose traffic is not captured
             self.envoy.wrap = self.capture.pod.proxy_command
-        write_bootstrap(
-            self.envoy.bootstrap,
-            bootstrap(
-                reg.id,
-                node.cluster,
-                {"NAMESPACE": reg.namespace},
-                self.envoy.admin_socket,
-                self.run_dir / "xds.sock",
-                self.run_dir / "sds.sock",
-                self.run_dir / "telemetry.sock",
-                self._stats_config(),
-            ),
-        )
+        self._write_bootstrap(node)
         main = asyncio.current_task()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, self._on_signal, main)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._on_restart_envoy, node)
         # One registry client from registration to deregistration, cleanup included.
         async with RegistryClient(self.o.server, reg, lambda: self.app_healthy, self.identity) as self.registry:
             try:
@@ -248,6 +238,32 @@ class Sidecar:
             finally:
                 await self._cleanup()
         return self.exit_code
+
+    def _write_bootstrap(self, node: base_pb2.Node) -> None:
+        reg = self.registration
+        write_bootstrap(
+            self.envoy.bootstrap,
+            bootstrap(
+                reg.id,
+                node.cluster,
+                {"NAMESPACE": reg.namespace},
+                self.envoy.admin_socket,
+                self.run_dir / "xds.sock",
+                self.run_dir / "sds.sock",
+                self.run_dir / "telemetry.sock",
+                self._stats_config(),
+            ),
+        )
+
+    def _on_restart_envoy(self, node: base_pb2.Node) -> None:
+        """SIGUSR1: a new Envoy with a freshly written bootstrap, by hot restart (agent/envoy.py)."""
+        if self._restarting is not None and not self._restarting.done():
+            return
+        if not self._serving:
+            log.info("SIGUSR1 before the sidecar serves: Envoy is not restarted")
+            return
+        self._write_bootstrap(node)
+        self._restarting = asyncio.get_running_loop().create_task(self.envoy.hot_restart(), name="envoy-hot-restart")
 
     async def _obtain_identity(self) -> None:
         """The first certificate, before Envoy starts: no certificate, no mesh traffic at all."""

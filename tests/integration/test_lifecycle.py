@@ -15,8 +15,6 @@ import signal
 import socket
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +22,7 @@ import grpc
 import pytest
 
 from harness import BACKEND, ControlPlane, Workload, wait_for
+from load import HttpLoad
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lifecycle")]
 APPS = Path(__file__).parents[1] / "apps"
@@ -86,33 +85,6 @@ def _stop_all(workloads: list[Workload]) -> None:
             w.process.send_signal(signal.SIGTERM)
     for w in workloads:
         w.stop()
-
-
-class HttpLoad(threading.Thread):
-    """About `rate` GET requests a second, each on a new connection; every outcome is kept."""
-
-    def __init__(self, url: str, rate: float = 50) -> None:
-        super().__init__(daemon=True)
-        self.url, self.interval = url, 1 / rate
-        self.outcomes: list[str] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        next_at = time.monotonic()
-        while not self.stopping.is_set():
-            try:
-                with opener.open(self.url, timeout=5) as response:
-                    self.outcomes.append(str(response.status))
-            except urllib.error.HTTPError as e:
-                self.outcomes.append(f"{e.code} {e.read()[:120]!r}")
-            except OSError as e:
-                self.outcomes.append(f"error {e}")
-            next_at += self.interval
-            self.stopping.wait(max(0.0, next_at - time.monotonic()))  # pacing, not synchronization
-
-    def failures(self) -> list[str]:
-        return [o for o in self.outcomes if o != "200"]
 
 
 class GrpcStreams(threading.Thread):

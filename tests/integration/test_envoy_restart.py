@@ -1,0 +1,110 @@
+"""Envoy replaced under a running sidecar (agent/envoy.py): by hot restart with no request lost,
+and after being killed, by a new one at once.
+
+One control plane, a `hot` backend and a client whose sidecar forwards a local port to it
+(`--upstream`), retries off. The load opens a new connection per request through both sidecars:
+a listening socket missing for a moment on either would show as a failed request.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+
+import pytest
+
+from harness import BACKEND, ControlPlane, Workload, children, running, wait_for
+from load import HttpLoad
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("envoy-restart")]
+NO_RETRIES = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hot}
+spec:
+  hosts: [hot]
+  http:
+  - route: [{destination: {host: hot}}]
+    retries: {attempts: 0}
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    plane = ControlPlane(tmp_path_factory.mktemp("envoy-restart") / "home").start()
+    plane.apply(NO_RETRIES)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Workload(plane, "hot", command=BACKEND)
+    client = Workload(plane, "hot-client", command=BACKEND, extra=("--upstream", f"hot:9080={port}"))
+    try:
+        with running(plane, [server, client]):
+            yield {"server": server, "client": client, "url": f"http://{client.address}:{port}/"}
+    finally:
+        plane.stop()
+
+
+def envoys(workload: Workload) -> list[int]:
+    return [pid for pid, command in children(workload.process.pid) if "envoy" in command.split(" ", 1)[0]]
+
+
+def app_pid(workload: Workload) -> int:
+    (pid,) = [pid for pid, command in children(workload.process.pid) if "backend.py" in command]
+    return pid
+
+
+def hot_restarted(workload: Workload, before: list[int]) -> int:
+    """The sidecar's log says a new epoch serves, and the Envoys that ran before have exited."""
+    wait_for(lambda: "envoy hot restarted" in workload.log.read_text(), 30, what="a new Envoy epoch to serve")
+    wait_for(lambda: not set(envoys(workload)) & set(before), 20, what="the old Envoy to hand over and exit")
+    (new,) = envoys(workload)
+    return new
+
+
+@pytest.mark.timeout(180)
+def test_a_hot_restart_of_either_envoy_under_load_fails_no_request(mesh):
+    """SIGUSR1 to `lattice run` restarts its Envoy by hot restart: the new Envoy takes the
+    listening sockets over, the old one drains; the caller sees no failure, and the app runs on."""
+    load = HttpLoad(mesh["url"])
+    load.start()
+    try:
+        wait_for(lambda: len(load.outcomes) > 10, 20, what="traffic")
+        for workload in (mesh["server"], mesh["client"]):  # inbound side, then the caller's own sidecar
+            before, app = envoys(workload), app_pid(workload)
+            assert len(before) == 1
+            workload.process.send_signal(signal.SIGUSR1)
+            new = hot_restarted(workload, before)
+            assert new not in before and app_pid(workload) == app
+            seen = len(load.outcomes)
+            wait_for(lambda n=seen: len(load.outcomes) > n + 20, 20, what="traffic through the new Envoy")
+    finally:
+        load.stop()
+    assert len(load.outcomes) > 100 and load.failures() == []
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_envoy_is_replaced_at_once(mesh):
+    """SIGKILL to the server's Envoy: requests in flight there and connections in the moment
+    before the new Envoy listens may fail (the listening socket died with it); the agent starts a
+    new one at once and traffic flows again. bench/lifecycle.py measures what callers lose."""
+    server = mesh["server"]
+    load = HttpLoad(mesh["url"])
+    load.start()
+    try:
+        wait_for(lambda: len(load.outcomes) > 10, 20, what="traffic")
+        (old,) = envoys(server)
+        app = app_pid(server)
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: (pids := envoys(server)) and old not in pids, 10, what="a new Envoy")
+        seen = len(load.outcomes)
+        wait_for(
+            lambda: len(load.outcomes) > seen + 20 and set(load.outcomes[-20:]) == {"200"},
+            30,
+            what="traffic served by the new Envoy",
+        )
+    finally:
+        load.stop()
+    assert app_pid(server) == app and server.process.poll() is None
+    assert "envoy exited with -9; starting it again (restart 1)" in server.log.read_text()
