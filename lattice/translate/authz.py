@@ -40,6 +40,7 @@ from envoy.type.matcher.v3 import metadata_pb2, path_pb2, regex_pb2, string_pb2,
 
 from lattice.api import Resource
 from lattice.api.authorization import Operation, Rule, Source, bracket_names, is_path_template
+from lattice.api.mesh_config import ExtensionProvider
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.mesh import authz as scoping
 from lattice.mesh import protocol as protocols
@@ -159,11 +160,11 @@ def compile_rule(rule: Rule, action: str, target: Target) -> rbac_pb2.Policy | N
     try:
         permissions = [
             _and_permissions(_operation_parts(op, target) + _when_permissions(rule, target), action)
-            for op in rule.operations or [None]
+            for op in rule.operations or (None,)
         ]
         principals = [
             _and_principals(_source_parts(src, target) + _when_principals(rule, target), action)
-            for src in rule.sources or [None]
+            for src in rule.sources or (None,)
         ]
     except HttpOnly:
         return None
@@ -173,12 +174,19 @@ def compile_rule(rule: Rule, action: str, target: Target) -> rbac_pb2.Policy | N
 # --- filters ---------------------------------------------------------------------------------------
 
 
+def _usable_provider(snapshot: MeshSnapshot, proxy: Workload) -> ExtensionProvider:
+    """The provider of a CUSTOM group (`_custom` makes one only when the provider is usable)."""
+    provider, _ = custom_provider(snapshot, proxy)
+    assert provider is not None, "a CUSTOM group exists only for a usable provider"
+    return provider
+
+
 def http_filters(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFilter]:
     """The inbound HTTP filters for `proxy`'s policies, in evaluation order (none: none)."""
     filters = []
     for action, group in _by_action(rbac_configs(snapshot, proxy)):
         if action == "CUSTOM":
-            filters += ext_authz.http_filters(snapshot, proxy, custom_provider(snapshot, proxy)[0], group[0][0])
+            filters += ext_authz.http_filters(snapshot, proxy, _usable_provider(snapshot, proxy), group[0][0])
             continue
         config = http_rbac.RBAC(
             **_rules_and_shadow(group), shadow_rules_stat_prefix=SHADOW_STAT_PREFIX[action] if _shadow(group) else ""
@@ -192,7 +200,7 @@ def network_filters(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_co
     filters = []
     for action, group in _by_action(rbac_configs(snapshot, proxy)):
         if action == "CUSTOM":
-            filters += ext_authz.network_filters(snapshot, proxy, custom_provider(snapshot, proxy)[0], group[0][0])
+            filters += ext_authz.network_filters(snapshot, proxy, _usable_provider(snapshot, proxy), group[0][0])
             continue
         config = network_rbac.RBAC(
             **_rules_and_shadow(group),

@@ -32,12 +32,10 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
         out.append(capture.passthrough_cluster())
     for service in snapshot.visible_services(proxy.namespace):
         # The same for every caller: built once per snapshot, shared by all proxies.
-        out.extend(
-            snapshot.memo(
-                ("clusters", service.hostname, service.port),
-                lambda service=service: _service_clusters(snapshot, service),
-            )
-        )
+        def build(service: Service = service) -> list[cluster_pb2.Cluster]:
+            return _service_clusters(snapshot, service)
+
+        out.extend(snapshot.memo(("clusters", service.hostname, service.port), build))
     return (
         out + ext_authz.clusters(snapshot, proxy) + tracing.clusters(snapshot, proxy)
     )  # a CUSTOM authorizer, a trace collector

@@ -38,7 +38,7 @@ def assignment(
         ("caller-matters", service.hostname, subset, service.port),
         lambda: policy.caller_matters(snapshot, service.hostname, subset, service.port),
     )
-    caller = tuple(sorted(proxy.labels.items())) if matters else None
+    caller = tuple(sorted(proxy.labels.items())) if matters and proxy is not None else None
     return snapshot.memo(
         ("endpoints", service.hostname, service.port, subset, caller),
         lambda: _assignment(snapshot, service, subset, proxy),
@@ -50,7 +50,9 @@ def _assignment(
 ) -> endpoint_pb2.ClusterLoadAssignment:
     members = [w for w in snapshot.endpoints(service.hostname) if w.port == service.port]
     rule = snapshot.destination_rule_for(service.hostname)
-    labels = next((s.labels for s in rule.spec.subsets if s.name == subset), {}) if rule and subset else {}
+    labels: dict[str, str] = (
+        next((s.labels for s in rule.spec.subsets if s.name == subset), {}) if rule and subset else {}
+    )
     chosen = [w for w in members if all(w.labels.get(k) == v for k, v in labels.items())]
     pairs = [(w, _lb_endpoint(snapshot, w)) for w in chosen]
     return endpoint_pb2.ClusterLoadAssignment(

@@ -51,7 +51,8 @@ def custom_provider(snapshot: MeshSnapshot, proxy: Workload) -> tuple[ExtensionP
         return None, ""
     if len(named) > 1:
         return None, f"CUSTOM policies for one workload must name one provider; found {', '.join(named)}"
-    provider = next((e for e in snapshot.extension_providers if e.name == named[0]), None)
+    # The snapshot holds only authorizer providers (server/config.py); checked here all the same.
+    provider = next((e for e in snapshot.extension_providers if e.name == named[0] and e.authorizer is not None), None)
     if provider is None:
         declared = ", ".join(e.name for e in snapshot.extension_providers) or "none"
         return (
@@ -83,6 +84,7 @@ def network_filters(
         shadow_rules=rules, stat_prefix=TCP_STAT_PREFIX, shadow_rules_stat_prefix=SHADOW_STAT_PREFIX
     )
     grpc = provider.envoy_ext_authz_grpc
+    assert grpc is not None, "authz._custom skips TCP for HTTP authorizers"
     config = network_ext_authz.ExtAuthz(
         stat_prefix=TCP_STAT_PREFIX,
         failure_mode_allow=grpc.fail_open,
@@ -96,6 +98,13 @@ def network_filters(
     ]
 
 
+def _authorizer(provider: ExtensionProvider) -> ExtAuthzProvider:
+    """The authorizer of a provider `custom_provider` chose (it chooses only providers that have one)."""
+    authorizer = provider.authorizer
+    assert authorizer is not None, "custom_provider chooses authorizers only"
+    return authorizer
+
+
 def _enabled_by(rbac_filter: str, provider: ExtensionProvider) -> metadata_pb2.MetadataMatcher:
     """Run only when the marking RBAC filter matched one of this provider's rules."""
     key = metadata_pb2.MetadataMatcher.PathSegment(key=f"{SHADOW_STAT_PREFIX}shadow_effective_policy_id")
@@ -106,7 +115,7 @@ def _enabled_by(rbac_filter: str, provider: ExtensionProvider) -> metadata_pb2.M
 
 
 def _http_config(provider: ExtensionProvider, cluster: str) -> http_ext_authz.ExtAuthz:
-    authorizer = provider.authorizer
+    authorizer = _authorizer(provider)
     config = http_ext_authz.ExtAuthz(
         failure_mode_allow=authorizer.fail_open, transport_api_version=config_source_pb2.V3
     )
@@ -166,7 +175,7 @@ def _header_names(headers: list[str]) -> string_pb2.ListStringMatcher:
 
 def authorizer_cluster(snapshot: MeshSnapshot, proxy: Workload, provider: ExtensionProvider) -> str:
     """The mesh service's outbound cluster, or the one `clusters` adds for another host."""
-    authorizer = provider.authorizer
+    authorizer = _authorizer(provider)
     host = authorizer.host.lower()
     for service in snapshot.visible_services(proxy.namespace):
         if service.port == authorizer.port and host in (
@@ -184,7 +193,7 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
         return []
     name = authorizer_cluster(snapshot, proxy, provider)
     if any(
-        s.port == provider.authorizer.port and names.outbound_cluster(s.port, None, s.hostname) == name
+        s.port == _authorizer(provider).port and names.outbound_cluster(s.port, None, s.hostname) == name
         for s in snapshot.visible_services(proxy.namespace)
     ):
         return []
@@ -192,7 +201,7 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
 
 
 def _external(name: str, provider: ExtensionProvider) -> cluster_pb2.Cluster:
-    authorizer = provider.authorizer  # gRPC authorizers need HTTP/2
+    authorizer = _authorizer(provider)  # gRPC authorizers need HTTP/2
     return external_cluster(
         name,
         authorizer.host,

@@ -22,7 +22,7 @@ said once, with every other filter, in translate/http_filters.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from envoy.config.core.v3 import backoff_pb2, base_pb2, config_source_pb2, extension_pb2
 from envoy.config.listener.v3 import listener_components_pb2
@@ -106,7 +106,7 @@ def _discovery(extension: Extension, type_urls: tuple[str, ...], passing) -> con
     return source
 
 
-def extension_configs(extensions: list[Extension], modules: Modules) -> list[extension_pb2.TypedExtensionConfig]:
+def extension_configs(extensions: Sequence[Extension], modules: Modules) -> list[extension_pb2.TypedExtensionConfig]:
     """The discovered config of each extension's filter."""
     return [
         extension_pb2.TypedExtensionConfig(name=_name(e), typed_config=pack(_config(e, modules)))

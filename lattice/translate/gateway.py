@@ -31,7 +31,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
 from lattice.api import Resource
-from lattice.api.gateway import Server, split_host
+from lattice.api.gateway import Server, ServerTLSSettings, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
 from lattice.mesh import MeshSnapshot, Workload, fqdn, k8s_gateway
@@ -191,7 +191,8 @@ def _server_names(server: Server) -> list[str]:
 
 def _passthrough_chains(snapshot: MeshSnapshot, group: list[BoundServer], number: int) -> list[lc.FilterChain]:
     """A chain per SNI that a bound VirtualService's `tls` route names, within the servers' hosts."""
-    chains, seen = [], set()
+    chains: list[lc.FilterChain] = []
+    seen: set[str] = set()
     for b in group:
         for vs in _bound_virtual_services(snapshot, b):
             for i, rule in enumerate(vs.spec.tls):
@@ -274,6 +275,7 @@ def _network(name: str, config) -> lc.Filter:
 
 def _downstream_tls(server: Server) -> base_pb2.TransportSocket:
     settings = server.tls
+    assert settings is not None, "validation: an HTTPS or TLS server has tls"
     if settings.mode == "ISTIO_MUTUAL":
         context = tls_pb2.DownstreamTlsContext()
         tls.inbound_socket().typed_config.Unpack(context)  # the mesh certificate and trust bundle, over SDS
@@ -281,7 +283,7 @@ def _downstream_tls(server: Server) -> base_pb2.TransportSocket:
             _san_matchers(settings.subject_alt_names)
         )
     else:
-        context = tls_pb2.DownstreamTlsContext(common_tls_context=_own_certificate(server))
+        context = tls_pb2.DownstreamTlsContext(common_tls_context=_own_certificate(settings))
         context.require_client_certificate.value = settings.mode == "MUTUAL"
     params = context.common_tls_context.tls_params
     params.tls_minimum_protocol_version = _TLS_VERSIONS[
@@ -294,9 +296,8 @@ def _downstream_tls(server: Server) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name=tls.TLS_SOCKET, typed_config=pack(context))
 
 
-def _own_certificate(server: Server) -> tls_pb2.CommonTlsContext:
+def _own_certificate(settings: ServerTLSSettings) -> tls_pb2.CommonTlsContext:
     """SIMPLE, MUTUAL, OPTIONAL_MUTUAL: the files on the gateway's host, read by Envoy itself."""
-    settings = server.tls
     common = tls_pb2.CommonTlsContext()
     certificate = common.tls_certificates.add()
     certificate.certificate_chain.filename = settings.server_certificate
@@ -406,7 +407,7 @@ def _server_hosts(b: BoundServer, vs: Resource) -> list[str]:
 
 def _shared_hosts(snapshot: MeshSnapshot, b: BoundServer, vs: Resource) -> list[str]:
     server_hosts = _server_hosts(b, vs)
-    found = []
+    found: list[str] = []
     for h in vs.spec.hosts:
         host = h.lower() if "." in h or h.startswith("*") else fqdn(h, vs.namespace, snapshot.domain)
         found.extend(x for x in (_intersect(host, s) for s in server_hosts) if x and x not in found)

@@ -28,6 +28,8 @@ values with dots, and values (hosts, principals) hold dots.
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.data.accesslog.v3 import accesslog_pb2 as data_pb2
 from google.protobuf import struct_pb2
@@ -156,7 +158,7 @@ def tcp_loggers(telemetry: Telemetry, ends: Ends) -> list[accesslog_pb2.AccessLo
     last entry may add them); the caller's side counts an opened connection when its upstream
     connects. The callee's side cannot: the peer certificate is not known that early."""
     reporter = _REPORTER[ends.direction]
-    counters = {
+    counters: dict[str, dict[str, Any]] = {
         metric: {
             "stat": {"name": name, "tags": ends.tags(TCP_TAGS) + _override_tags(telemetry, metric, reporter, ends)}
         }

@@ -74,6 +74,8 @@ def authentication(snapshot: MeshSnapshot, rules: list[JWTRule]) -> jwt.JwtAuthe
 def _jwks(snapshot: MeshSnapshot, rule: JWTRule) -> str:
     if rule.jwks is not None:
         return rule.jwks
+    if rule.jwks_uri is None:
+        return UNFETCHED_JWKS
     return snapshot.jwks.get(rule.jwks_uri, UNFETCHED_JWKS)
 
 

@@ -79,8 +79,11 @@ def _report(snapshot: MeshSnapshot, proxy: Workload, chain: listener_components_
 def _sni_chains(
     snapshot: MeshSnapshot, proxy: Workload, vs: Resource | None, service: Service, upstream: Upstream
 ) -> list[listener_components_pb2.FilterChain]:
-    chains, claimed = [], set()
-    for index, rule in enumerate(vs.spec.tls if vs else ()):
+    chains: list[listener_components_pb2.FilterChain] = []
+    claimed: set[str] = set()
+    if vs is None:
+        return chains
+    for index, rule in enumerate(vs.spec.tls):
         snis = [h for m in rule.match if applies(m, proxy, upstream.port) for h in m.sni_hosts if h not in claimed]
         if not snis:
             continue
@@ -100,7 +103,7 @@ def _tcp_destinations(
     snapshot: MeshSnapshot, proxy: Workload, vs: Resource | None, service: Service, upstream: Upstream
 ) -> Destinations:
     rule = first_tcp_rule(vs, proxy, upstream.port)
-    if rule is None:
+    if rule is None or vs is None:  # no VirtualService, no rule
         return [(names.outbound_cluster(service.port, None, service.hostname), 100)]
     return weighted(snapshot, vs.namespace, service, rule.route)
 

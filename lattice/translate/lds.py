@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, extension_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -122,7 +124,7 @@ def _inbound_chain(
     socket: base_pb2.TransportSocket | None,
     transport: str,
     http: list[hcm.HttpFilter],
-    tcp_filters: list[listener_components_pb2.Filter] = (),
+    tcp_filters: Sequence[listener_components_pb2.Filter] = (),
 ) -> listener_components_pb2.FilterChain:
     cluster = names.inbound_cluster(proxy.port)
     if proxy.protocol in TCP_PROTOCOLS:

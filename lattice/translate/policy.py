@@ -132,11 +132,12 @@ def _hash_ring(cluster: cluster_pb2.Cluster, hashing: ConsistentHashLB) -> None:
 
 
 def _slow_start(cluster: cluster_pb2.Cluster, lb: LoadBalancerSettings | None) -> None:
-    if lb is None or (lb.warmup is None and lb.warmup_duration_secs is None):
+    if lb is None:
         return
-    config = cluster_pb2.Cluster.SlowStartConfig(
-        slow_start_window=duration(parse_duration(lb.warmup.duration if lb.warmup else lb.warmup_duration_secs))
-    )
+    window = lb.warmup.duration if lb.warmup is not None else lb.warmup_duration_secs
+    if window is None:
+        return
+    config = cluster_pb2.Cluster.SlowStartConfig(slow_start_window=duration(parse_duration(window)))
     if lb.warmup is not None and lb.warmup.aggression is not None:
         config.aggression.default_value = lb.warmup.aggression
         config.aggression.runtime_key = "upstream.slow_start.aggression"
@@ -317,7 +318,7 @@ def locality_endpoints(
     policy = effective(snapshot, hostname, subset, port)
     setting = _locality_setting(policy.load_balancer)
     failover = setting is not None and not setting.distribute and policy.outlier_detection is not None
-    labels = setting.failover_priority if failover else []
+    labels = setting.failover_priority if setting is not None and failover else []
     mine = proxy.labels if proxy is not None else {}
     groups: dict[tuple[Locality, int], list[ec.LbEndpoint]] = {}
     for w, endpoint in members:
@@ -329,7 +330,7 @@ def locality_endpoints(
     if setting is not None and setting.distribute:
         return _distribute(out, _labelled_locality(mine), setting.distribute)
     # Istio: failoverPriority alone orders by labels; otherwise by locality (refining the labels' order).
-    if failover and (setting.failover or not setting.failover_priority):
+    if setting is not None and failover and (setting.failover or not setting.failover_priority):
         _failover(out, _labelled_locality(mine), setting.failover)
     _compact(out)
     return out

@@ -144,6 +144,7 @@ def _string(match: StringMatch) -> string_pb2.StringMatcher:
         return string_pb2.StringMatcher(exact=match.exact)
     if match.prefix is not None:
         return string_pb2.StringMatcher(prefix=match.prefix)
+    assert match.regex is not None, "validation: exactly one of exact, prefix, regex"
     return _regex(match.regex)
 
 

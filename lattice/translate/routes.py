@@ -26,7 +26,10 @@ from lattice.api.networking import (
     CorsPolicy,
     Destination,
     Headers,
+    HTTPDirectResponse,
+    HTTPFaultInjection,
     HTTPMatchRequest,
+    HTTPRedirect,
     HTTPRetry,
     HTTPRoute,
     HTTPRouteDestination,
@@ -68,8 +71,10 @@ def for_virtual_service(
 ) -> list[rc.Route]:
     """Envoy routes for `vs` as `proxy` applies them: a sidecar routing `service` (gateway None),
     or a gateway proxy serving Gateway `gateway` ("namespace/name") on `port` (service None)."""
-    port = port if port is not None else service.port
-    out = []
+    if port is None:
+        assert service is not None, "a sidecar routes a service, a gateway a port"
+        port = service.port
+    out: list[rc.Route] = []
     for index, rule in enumerate(vs.spec.http):
         label = rule.name or f"{vs.namespace}/{vs.name}#{index}"
         matches = [m for m in rule.match if _applies(m, vs.namespace, proxy, gateway, port)] if rule.match else [None]
@@ -103,16 +108,16 @@ def _route(
     if match is not None and match.stat_prefix:
         route.stat_prefix = match.stat_prefix
     if rule.redirect is not None:
-        route.redirect.CopyFrom(_redirect(rule))
+        route.redirect.CopyFrom(_redirect(rule.redirect))
     elif rule.direct_response is not None:
-        route.direct_response.CopyFrom(_direct_response(rule))
+        route.direct_response.CopyFrom(_direct_response(rule.direct_response))
     else:
         route.route.CopyFrom(_action(snapshot, namespace, service, rule))
     _add_headers(route, rule.headers)
     if len(rule.route) == 1:
         _add_headers(route, rule.route[0].headers)
     if rule.fault is not None:
-        route.typed_per_filter_config[FAULT].CopyFrom(pack(_fault(rule)))
+        route.typed_per_filter_config[FAULT].CopyFrom(pack(_fault(rule.fault)))
     if rule.cors_policy is not None:
         route.typed_per_filter_config[CORS].CopyFrom(pack(_cors(rule.cors_policy)))
     return route
@@ -213,7 +218,9 @@ def _mirrors(
 ) -> list[rc.RouteAction.RequestMirrorPolicy]:
     # Istio: `mirror` with `mirrorPercentage` (or the deprecated integer `mirrorPercent`), or the
     # newer `mirrors` list with a percentage each; unset percentages mirror everything.
-    targets = [(m.destination, m.percentage, None) for m in rule.mirrors]
+    targets: list[tuple[Destination, Percent | None, int | None]] = [
+        (m.destination, m.percentage, None) for m in rule.mirrors
+    ]
     if rule.mirror is not None:
         targets.append((rule.mirror, rule.mirror_percentage, rule.mirror_percent))
     return [
@@ -225,8 +232,7 @@ def _mirrors(
     ]
 
 
-def _redirect(rule: HTTPRoute) -> rc.RedirectAction:
-    r = rule.redirect
+def _redirect(r: HTTPRedirect) -> rc.RedirectAction:
     out = rc.RedirectAction(response_code=_REDIRECT_CODES[r.redirect_code])
     if r.uri is not None:
         out.path_redirect = r.uri
@@ -241,20 +247,20 @@ def _redirect(rule: HTTPRoute) -> rc.RedirectAction:
     return out
 
 
-def _direct_response(rule: HTTPRoute) -> rc.DirectResponseAction:
-    d = rule.direct_response
+def _direct_response(d: HTTPDirectResponse) -> rc.DirectResponseAction:
     out = rc.DirectResponseAction(status=d.status)
     if d.body is not None and d.body.string is not None:
         out.body.inline_string = d.body.string
-    elif d.body is not None:
+    elif d.body is not None and d.body.bytes is not None:  # validation: string or bytes
         out.body.inline_bytes = base64.b64decode(d.body.bytes)
     return out
 
 
 def _retry_policy(retries: HTTPRetry | None) -> rc.RetryPolicy:
     attempts = retries.attempts if retries is not None else DEFAULT_ATTEMPTS
-    given = retries is not None and bool(retries.retry_on)
-    retry_on = [c.strip() for c in (retries.retry_on if given else DEFAULT_RETRY_ON).split(",") if c.strip()]
+    asked = retries.retry_on if retries is not None else None
+    given = bool(asked)
+    retry_on = [c.strip() for c in (asked or DEFAULT_RETRY_ON).split(",") if c.strip()]
     # Istio: without retryOn, 503 is the retriable status code; with it, the codes it lists.
     codes = sorted({int(c) for c in retry_on if c.isdigit()}) if given else [503]
     kinds = [c for c in retry_on if not c.isdigit()]
@@ -283,9 +289,9 @@ def _retry_policy(retries: HTTPRetry | None) -> rc.RetryPolicy:
     return policy
 
 
-def _fault(rule: HTTPRoute) -> fault_pb2.HTTPFault:
+def _fault(fault: HTTPFaultInjection) -> fault_pb2.HTTPFault:
     out = fault_pb2.HTTPFault()
-    delay, abort = rule.fault.delay, rule.fault.abort
+    delay, abort = fault.delay, fault.abort
     if delay is not None:
         out.delay.CopyFrom(
             common_fault.FaultDelay(
