@@ -116,6 +116,8 @@ class CaManager:
         self.held: dict[str, Held] = {}  # proxy id -> what it holds
         self.issued = 0
         self.refused: Counter[str] = Counter()  # CSR refusals by reason, and "token" for join tokens
+        self._counted: Counter[str] = Counter()  # the part of those the store's totals already hold
+        self._totals: dict[str, int] | None = None  # every replica's counts, as the store last said
         self._server: tuple[bytes, bytes, datetime] | None = None
         self._persist()
 
@@ -158,8 +160,26 @@ class CaManager:
         return self.ca.root_fingerprint
 
     def counters(self) -> dict:
-        """Since this control plane started: certificates issued, and refusals by reason."""
-        return {"issued": self.issued, "refused": dict(self.refused)}
+        """Certificates issued and refusals by reason: the store's totals (every replica, every
+        restart) plus what this process has not added to them yet; this process's alone until
+        the store has answered once."""
+        counts = Counter(self._totals or {}) + self.uncounted()
+        if self._totals is None:
+            counts = self._mine()
+        refused = {k.removeprefix("refused:"): n for k, n in counts.items() if k.startswith("refused:") and n}
+        return {"issued": counts["issued"], "refused": refused}
+
+    def uncounted(self) -> Counter[str]:
+        """What this process counted that the store's totals do not hold yet."""
+        return self._mine() - self._counted
+
+    def counted(self, added: Counter[str], totals: dict[str, int]) -> None:
+        """`added` is now in the store's totals, which are `totals`."""
+        self._counted += added
+        self._totals = dict(totals)
+
+    def _mine(self) -> Counter[str]:
+        return Counter({"issued": self.issued, **{f"refused:{k}": n for k, n in self.refused.items()}})
 
     # --- agents' ports ---------------------------------------------------------------------
 

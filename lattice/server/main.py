@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -34,6 +35,7 @@ from lattice.xds.server import AdsServer
 log = logging.getLogger("lattice.server")
 MAX_XDS_MESSAGE = 16 << 20
 SWEEP_INTERVAL = 300.0
+COUNT_INTERVAL = 5.0
 
 
 class ControlPlane:
@@ -204,13 +206,15 @@ class ControlPlane:
                 tasks.create_task(self.pusher.run(), name="pusher")
                 tasks.create_task(self.pusher.watch_store(), name="store-watch")
                 tasks.create_task(self._expire_loop(), name="registry-expiry")
-                tasks.create_task(self.jwks.run(), name="jwks-refresh")
-                tasks.create_task(self.ca_duty.run(), name="ca-rotation")
+                tasks.create_task(run_once(self.store, "jwks-refresh", self.replica.id, self.jwks.run), name="jwks")
+                tasks.create_task(run_once(self.store, "ca-rotation", self.replica.id, self.ca_duty.run), name="ca")
+                tasks.create_task(self._count_loop(), name="ca-counts")
                 tasks.create_task(self.modules.run(), name="wasm-module-refresh")
                 tasks.create_task(run_once(self.store, "sweep", self.replica.id, self._sweep), name="sweep")
                 if self.store.shared:
                     tasks.create_task(self.replica.announce(), name="replica-announce")
                     tasks.create_task(self.replica.follow_workloads(), name="registry-follow")
+                    tasks.create_task(self.jwks.follow(), name="jwks-follow")
                 if ready is not None:
                     ready.set()
         finally:
@@ -219,6 +223,8 @@ class ControlPlane:
             await runner.cleanup()
             await agent_runner.cleanup()
             await grpc_server.stop(grace=1.0)
+            with contextlib.suppress(StoreError, TimeoutError):  # the last certificates' counts
+                await asyncio.wait_for(self._add_counts(), COUNT_INTERVAL)
             self.store.close()
 
     async def _expire_loop(self) -> None:
@@ -235,6 +241,21 @@ class ControlPlane:
                 await asyncio.to_thread(refresh_revocations, self.store, self.ca)
             except StoreError as e:
                 log.warning("reading revoked certificates: %s", e)
+
+    async def _count_loop(self) -> None:
+        """Add what this replica's CA counted to the store's totals, so `lattice ca show` on any
+        replica counts the whole mesh's certificates, across restarts."""
+        while True:
+            try:
+                await self._add_counts()
+            except StoreError as e:
+                log.info("cannot add CA counts to the store now (%s); adding them later", e)
+            await asyncio.sleep(COUNT_INTERVAL)
+
+    async def _add_counts(self) -> None:
+        added = self.ca.uncounted()
+        totals = await asyncio.to_thread(self.store.add_counts, "ca", dict(added))
+        self.ca.counted(added, totals)
 
     async def _sweep(self) -> None:
         """Once-only duty: drop join tokens that expired (an hour ago, so `lattice token list` can

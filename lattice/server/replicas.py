@@ -3,11 +3,13 @@
 - `Replica` names this process, records its addresses and how many proxies it holds under
   `replicas/<id>` on a lease of its own (gone within `REPLICA_TTL` of its death), and follows the
   workloads other replicas register (Registry.sync on every change the store's watch reports).
+  A replica that stops cleanly revokes that lease, so it leaves every replica's list at once.
 - `run_once` runs a duty (expiry sweeps, refreshes, rotations: anything two replicas must not do
   at once) on one replica at a time under an etcd election: the holder's key lives on its lease,
   the holder renews it every third of its TTL and stops the duty the moment it cannot; the others
   campaign again every half TTL, so the duty moves within about one TTL when its holder dies.
-  On the SQLite store (one process) the duty simply runs.
+  On the SQLite store (one process) the duty simply runs. A replica that stops cleanly resigns
+  (revokes the duty's lease), so another takes the duty within half a TTL, not a whole one.
 
 Every blocking store call runs in a worker thread: the loop keeps serving xDS meanwhile.
 """
@@ -29,6 +31,7 @@ from lattice.store import StoreError
 log = logging.getLogger("lattice.replicas")
 REPLICA_TTL = 10.0
 DUTY_TTL = 6.0
+RELEASE_TIMEOUT = 1.0
 
 
 def replica_id() -> str:
@@ -41,6 +44,7 @@ class Replica:
         self.registry = registry
         self.id = replica or replica_id()
         self._proxies = proxies
+        self._lease = 0
         self.addresses: dict[str, str] = {}
         self.started = time.time()
 
@@ -49,18 +53,21 @@ class Replica:
 
     async def announce(self) -> None:
         """Keep `replicas/<id>` current: re-put on change, renew the lease, start over if it lapsed."""
-        lease, last = 0, None
-        while True:
-            try:
-                if not lease or not await asyncio.to_thread(self.store.keep_alive, lease):
-                    lease, last = await asyncio.to_thread(self.store.grant, REPLICA_TTL), None
-                record = self.record()
-                if record != last:
-                    await asyncio.to_thread(self.store.put_replica, self.id, record, lease)
-                    last = record
-            except StoreError as e:
-                log.warning("cannot record this replica in the store: %s", e)
-            await asyncio.sleep(REPLICA_TTL / 4)
+        last = None
+        try:
+            while True:
+                try:
+                    if not self._lease or not await asyncio.to_thread(self.store.keep_alive, self._lease):
+                        self._lease, last = await asyncio.to_thread(self.store.grant, REPLICA_TTL), None
+                    record = self.record()
+                    if record != last:
+                        await asyncio.to_thread(self.store.put_replica, self.id, record, self._lease)
+                        last = record
+                except StoreError as e:
+                    log.warning("cannot record this replica in the store: %s", e)
+                await asyncio.sleep(REPLICA_TTL / 4)
+        finally:
+            _release(self.store, self._lease)
 
     async def follow_workloads(self) -> None:
         generation = self.store.workload_generation
@@ -91,10 +98,21 @@ async def run_once(store, duty: str, holder: str, work: Callable[[], Awaitable[N
                 log.warning("this replica no longer runs %s", duty)
         except StoreError as e:
             log.warning("election for %s: %s", duty, e)
+        except asyncio.CancelledError:  # stopping: hand the duty over now rather than after a TTL
+            _release(store, lease)
+            raise
         if lease:
             with contextlib.suppress(StoreError):
                 await asyncio.to_thread(store.revoke, lease)
         await asyncio.sleep(ttl / 2)
+
+
+def _release(store, lease: int) -> None:
+    """Revoke a lease while stopping (blocking, briefly: the loop is shutting down anyway); if the
+    store cannot be reached, the lease expires on its own."""
+    if lease:
+        with contextlib.suppress(StoreError):
+            store.revoke(lease, timeout=RELEASE_TIMEOUT)
 
 
 async def _hold(store, duty: str, lease: int, work: Callable[[], Awaitable[None]], ttl: float) -> None:

@@ -12,8 +12,11 @@ Keys under one prefix (`/lattice/`, or the path of `etcd://host:port/<prefix>`):
     replicas/<id>                     a replica's addresses and load, on that replica's lease
     elections/<duty>                  who runs a once-only duty, on the holder's lease
     ca/root                           the fingerprint of the root every replica signs under
+    jwks/<sha256 of the URL>          the last fetch of a RequestAuthentication jwksUri: {uri, keys, error,
+                                      fetched_at}, written by the replica running the refresh duty
+    counts/<name>                     totals every replica adds to ({key: n}), by compare-and-swap
 
-Reads of config, workloads, replicas and grants come from a mirror of those keys kept by one watch stream (as a
+Reads of config, workloads, replicas, grants and JWKS come from a mirror of those keys kept by one watch stream (as a
 Kubernetes informer does), so they never wait on the network and keep answering with the last
 state seen while etcd is unreachable. Writes go to etcd in one transaction guarded by the mod
 revisions they were computed from (retried while others race, refused with StoreConflict when
@@ -24,9 +27,9 @@ resources moves the revision once (SQLite moves it once per resource: only "it g
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -50,7 +53,7 @@ from lattice.store.model import (
     StoreError,
     StoreUnavailable,
 )
-from lattice.store.watch import ChangeSignal, wait_set
+from lattice.store.watch import ChangeSignal, wait_until
 
 log = logging.getLogger("lattice.store.etcd")
 MAX_ATTEMPTS = 20  # optimistic retries of one write while other replicas race for the same keys
@@ -85,6 +88,9 @@ class EtcdStore:
         self._workloads: dict[str, _Workload] = {}
         self._replicas: dict[str, dict] = {}
         self._grants: dict[str, dict] = {}  # proxy id -> grant record (mirrored: read on every heartbeat)
+        self._jwks: dict[str, dict] = {}  # jwksUri -> its last fetch (mirrored: read on every push)
+        self._jwks_signal = ChangeSignal()
+        self.jwks_generation = 0
         self._revision = 0  # config revision: meta/revision's mod revision
         self._seen = 0  # etcd revision the mirror is complete up to
         self.workload_generation = 0
@@ -287,15 +293,7 @@ class EtcdStore:
 
     async def wait_for_workload_change(self, after_generation: int, timeout: float | None = None) -> int:
         """Wait until workloads change (any replica, or a lease expiring); returns the new generation."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        with self._workload_signal.listen() as woken:
-            while self.workload_generation <= after_generation:
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is not None and remaining <= 0:
-                    break
-                await wait_set(woken, 1.0 if remaining is None else min(1.0, remaining))
-                woken.clear()
+        await wait_until(self._workload_signal, lambda: self.workload_generation > after_generation, timeout)
         return self.workload_generation
 
     # -- join tokens ---------------------------------------------------------------------------
@@ -444,8 +442,8 @@ class EtcdStore:
         """Renew a lease now (blocking); False if it already expired."""
         return self._lease_alive(lease)
 
-    def revoke(self, lease: int) -> None:
-        self._revoke(lease)
+    def revoke(self, lease: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._revoke(lease, timeout)
 
     def put_replica(self, replica_id: str, record: dict, lease: int) -> None:
         value = canonical(record, f"replica {replica_id!r} record").encode()
@@ -484,18 +482,54 @@ class EtcdStore:
             return fingerprint
         return response.responses[0].response_range.kvs[0].value.decode()
 
+    # -- fetched JWKS and counts -------------------------------------------------------------
+
+    def put_jwks(self, uri: str, record: dict) -> None:
+        value = canonical({**record, "uri": uri}, f"JWKS record for {uri!r}").encode()
+        with _nothing_written():
+            response = self.client.call("Put", pb.PutRequest(key=self._jwks_key(uri), value=value), what="put JWKS")
+        self._await_mirror(response.header.revision)
+
+    def drop_jwks(self, keep: builtins.list[str]) -> int:
+        wanted = set(keep)
+        with self._cond:
+            gone = [uri for uri in self._jwks if uri not in wanted]
+        for uri in gone:
+            with _nothing_written():
+                self.client.call("DeleteRange", pb.DeleteRangeRequest(key=self._jwks_key(uri)), what="drop JWKS")
+        return len(gone)
+
+    def jwks(self) -> dict[str, dict]:
+        with self._cond:
+            return dict(self._jwks)
+
+    async def wait_for_jwks_change(self, after_generation: int, timeout: float | None = None) -> int:
+        """Wait until another replica's fetch changes what the store holds; the new generation."""
+        await wait_until(self._jwks_signal, lambda: self.jwks_generation > after_generation, timeout)
+        return self.jwks_generation
+
+    def add_counts(self, name: str, deltas: dict[str, int]) -> dict[str, int]:
+        """Add `deltas` to the totals `counts/<name>` by compare-and-swap; the totals after."""
+        key = self._key(f"counts/{name}")
+        for _ in range(MAX_ATTEMPTS):
+            kvs = self.client.call("Range", pb.RangeRequest(key=key), what=f"read {name} counts").kvs
+            totals = json.loads(kvs[0].value) if kvs else {}
+            if not any(deltas.values()):
+                return totals
+            for k, v in deltas.items():
+                totals[k] = int(totals.get(k, 0)) + int(v)
+            same = pb.Compare(
+                result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=key, mod_revision=kvs[0].mod_revision if kvs else 0
+            )
+            put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=canonical(totals, f"{name} counts").encode()))
+            if self._write(pb.TxnRequest(compare=[same], success=[put]), f"add {name} counts").succeeded:
+                return totals
+        raise StoreUnavailable(f"{self.name}: adding {name} counts gave up after {MAX_ATTEMPTS} attempts")
+
     # -- watch ---------------------------------------------------------------------------------
 
     async def wait_for_change(self, after_revision: int, timeout: float | None = None) -> int:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        with self._signal.listen() as woken:
-            while self.revision <= after_revision:
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is not None and remaining <= 0:
-                    break
-                await wait_set(woken, 1.0 if remaining is None else min(1.0, remaining))
-                woken.clear()
+        await wait_until(self._signal, lambda: self.revision > after_revision, timeout)
         return self.revision
 
     def _await_mirror(self, revision: int) -> None:
@@ -507,11 +541,11 @@ class EtcdStore:
         """The mirrored keys at one revision; from there the watch continues."""
         ops = [
             pb.RequestOp(request_range=pb.RangeRequest(key=self._key(p), range_end=prefix_end(self._key(p))))
-            for p in ("config/", "workloads/", "replicas/", "grants/")
+            for p in ("config/", "workloads/", "replicas/", "grants/", "jwks/")
         ]
         ops.append(pb.RequestOp(request_range=pb.RangeRequest(key=self._key("meta/revision"))))
         response = self.client.call("Txn", pb.TxnRequest(success=ops), what="load")
-        config, workloads, replicas, grants, meta = (op.response_range.kvs for op in response.responses)
+        config, workloads, replicas, grants, jwks, meta = (op.response_range.kvs for op in response.responses)
         resources = {}
         for kv in config:
             key = self._parse_config_key(kv.key)
@@ -523,6 +557,10 @@ class EtcdStore:
             self._workloads = {w.stored.id: w for w in (self._workload(kv) for kv in workloads) if w is not None}
             self._replicas = {kv.key.decode().rsplit("/", 1)[1]: json.loads(kv.value) for kv in replicas}
             self._grants = {kv.key.decode().rsplit("/", 1)[1]: json.loads(kv.value) for kv in grants}
+            jwks_before, self._jwks = self._jwks, dict(filter(None, (_jwks_record(kv) for kv in jwks)))
+            jwks_changed = jwks_before != self._jwks
+            if jwks_changed:
+                self.jwks_generation += 1
             self._revision = meta[0].mod_revision if meta else 0
             self._seen = response.header.revision
             workloads_changed = workloads_before != self._workloads
@@ -532,6 +570,8 @@ class EtcdStore:
         self._signal.notify()
         if workloads_changed:
             self._workload_signal.notify()
+        if jwks_changed:
+            self._jwks_signal.notify()
 
     def _watch_forever(self) -> None:
         backoff = 0.2
@@ -578,20 +618,25 @@ class EtcdStore:
         requests.put(None)
 
     def _apply_events(self, response: pb.WatchResponse) -> None:
-        config_changed = workloads_changed = False
+        config_changed = workloads_changed = jwks_changed = False
         with self._cond:
             for event in response.events:
                 kind, changed = self._apply_event(event)
                 config_changed |= kind == "config" and changed
                 workloads_changed |= kind == "workloads" and changed
+                jwks_changed |= kind == "jwks" and changed
             if workloads_changed:
                 self.workload_generation += 1
+            if jwks_changed:
+                self.jwks_generation += 1
             self._seen = max(self._seen, _complete_up_to(response))
             self._cond.notify_all()
         if config_changed:
             self._signal.notify()
         if workloads_changed:
             self._workload_signal.notify()
+        if jwks_changed:
+            self._jwks_signal.notify()
 
     def _apply_event(self, event: pb.Event) -> tuple[str, bool]:
         """Mirror one event (holding the lock); which part it touched and whether anything changed."""
@@ -626,7 +671,19 @@ class EtcdStore:
                 self._grants.pop(rest, None)
             else:
                 self._grants[rest] = json.loads(event.kv.value)
+        if part == "jwks":
+            return part, self._mirror_jwks(event.kv, deleted)
         return part, False
+
+    def _mirror_jwks(self, kv: pb.KeyValue, deleted: bool) -> bool:
+        if deleted:
+            gone = [uri for uri in self._jwks if self._jwks_key(uri) == kv.key]
+            return any(self._jwks.pop(uri, None) is not None for uri in gone)
+        parsed = _jwks_record(kv)
+        if parsed is None or self._jwks.get(parsed[0]) == parsed[1]:
+            return False
+        self._jwks[parsed[0]] = parsed[1]
+        return True
 
     # -- leases --------------------------------------------------------------------------------
 
@@ -636,9 +693,9 @@ class EtcdStore:
             raise StoreUnavailable(f"{self.name}: grant a lease failed: {response.error}")
         return response.ID
 
-    def _revoke(self, lease: int) -> None:
+    def _revoke(self, lease: int, timeout: float = DEFAULT_TIMEOUT) -> None:
         try:
-            self.client.call("LeaseRevoke", pb.LeaseRevokeRequest(ID=lease), what="revoke a lease")
+            self.client.call("LeaseRevoke", pb.LeaseRevokeRequest(ID=lease), timeout=timeout, what="revoke a lease")
         except StoreUnavailable as e:
             log.info("%s; the lease expires on its own", e)
 
@@ -694,6 +751,9 @@ class EtcdStore:
         parts = raw[len(self.prefix) :].decode().split("/")
         return (parts[1], parts[2], parts[3]) if len(parts) == 4 else None
 
+    def _jwks_key(self, uri: str) -> bytes:
+        return self._key("jwks/" + hashlib.sha256(uri.encode()).hexdigest())
+
     def _range(self, name: str, what: str) -> builtins.list[pb.KeyValue]:
         key = self._key(name)
         return list(self.client.call("Range", pb.RangeRequest(key=key, range_end=prefix_end(key)), what=what).kvs)
@@ -706,6 +766,15 @@ class EtcdStore:
             log.warning("ignoring an unreadable workload record at %s", kv.key.decode(errors="replace"))
             return None
         return _Workload(stored, kv.lease)
+
+
+def _jwks_record(kv: pb.KeyValue) -> tuple[str, dict] | None:
+    try:
+        record = json.loads(kv.value)
+        return str(record.pop("uri")), record
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("ignoring an unreadable JWKS record at %s", kv.key.decode(errors="replace"))
+        return None
 
 
 def _complete_up_to(response: pb.WatchResponse) -> int:

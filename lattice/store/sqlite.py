@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE TABLE IF NOT EXISTS grants (
     proxy_id TEXT PRIMARY KEY, record TEXT NOT NULL, expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jwks (uri TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counts (
+    name TEXT NOT NULL, key TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (name, key)
+) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', {version}), ('revision', 0);
 """
 _COLUMNS = "kind, namespace, name, api_version, metadata, spec, revision, created_at, updated_at"
@@ -288,6 +292,39 @@ class Store:
         """Forget grants whose last certificate expired before `before`."""
         with self._transaction("purge grants") as conn:
             return conn.execute("DELETE FROM grants WHERE expires_at < ?", (before,)).rowcount
+
+    # -- fetched JWKS: what one replica fetched, every replica serves ---------------------------
+
+    def put_jwks(self, uri: str, record: dict) -> None:
+        """The last fetch of `uri`: {"keys": text or None, "error": why not or None, "fetched_at"}."""
+        encoded = _canonical(record, f"JWKS record for {uri!r}")
+        with self._transaction("put JWKS") as conn:
+            conn.execute("INSERT OR REPLACE INTO jwks (uri, record) VALUES (?, ?)", (uri, encoded))
+
+    def drop_jwks(self, keep: builtins.list[str]) -> int:
+        """Forget fetched JWKS of every URL not in `keep` (no RequestAuthentication names it); how many."""
+        wanted = set(keep)
+        with self._transaction("drop JWKS") as conn:
+            gone = [uri for (uri,) in conn.execute("SELECT uri FROM jwks") if uri not in wanted]
+            conn.executemany("DELETE FROM jwks WHERE uri = ?", [(uri,) for uri in gone])
+        return len(gone)
+
+    def jwks(self) -> dict[str, dict]:
+        with self._reading("read JWKS") as conn:
+            return {uri: json.loads(record) for uri, record in conn.execute("SELECT uri, record FROM jwks")}
+
+    # -- counts: totals every replica adds to (certificates issued, refusals by reason) --------
+
+    def add_counts(self, name: str, deltas: dict[str, int]) -> dict[str, int]:
+        """Add `deltas` to the totals called `name`; returns the totals after (all of them)."""
+        with self._transaction("add counts") as conn:
+            conn.executemany(
+                "INSERT INTO counts (name, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (name, key) DO UPDATE SET value = value + excluded.value",
+                [(name, key, int(value)) for key, value in deltas.items() if value],
+            )
+            rows = conn.execute("SELECT key, value FROM counts WHERE name = ?", (name,)).fetchall()
+        return dict(rows)
 
     # -- watch -------------------------------------------------------------------------------
 

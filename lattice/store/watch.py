@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 class ChangeSignal:
@@ -55,6 +55,20 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+async def wait_until(signal: ChangeSignal, moved: Callable[[], bool], timeout: float | None) -> None:
+    """Return once `moved()` (checked whenever `signal` fires, and at least every second) or when
+    `timeout` seconds have passed, whichever comes first."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    with signal.listen() as woken:
+        while not moved():
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return
+            await wait_set(woken, 1.0 if remaining is None else min(1.0, remaining))
+            woken.clear()
 
 
 async def wait_set(event: asyncio.Event, timeout: float) -> None:

@@ -126,7 +126,15 @@ def _bundle_context(plane: ControlPlane):
     return context
 
 
+def _ca_counts(plane: ControlPlane) -> tuple[int, int]:
+    shown = json.loads(plane.cli("ca", "show", "-o", "json").stdout)
+    return shown["issued"], shown["refused"].get("token", 0)
+
+
 def test_a_single_use_token_presented_to_two_replicas_at_once_buys_one_certificate(replicas) -> None:
+    """...and `lattice ca show` on the replica that saw neither request counts both: the CA's
+    counts are the mesh's, kept in the store."""
+    counted_before = _ca_counts(replicas[0])
     token = replicas[0].token("ratings", uses=1)
     contexts = [_bundle_context(p) for p in replicas[1:]]
     answers: list[int] = []
@@ -153,6 +161,28 @@ def test_a_single_use_token_presented_to_two_replicas_at_once_buys_one_certifica
     for t in threads:
         t.join(30)
     assert sorted(answers) == [200, 401]
+    issued, refused = counted_before
+
+    def counted() -> bool:
+        now = _ca_counts(replicas[0])
+        return now[0] >= issued + 1 and now[1] >= refused + 1
+
+    wait_for(counted, 15, what="the other replicas' certificate and refusal in replica 1's `ca show`")
+
+
+def test_a_replica_that_stops_cleanly_leaves_the_list_at_once(replicas, etcd_cluster, tmp_path) -> None:
+    """Its record is on a lease it revokes when it stops, not one left to expire (10 s)."""
+    first = replicas[0]
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "admin-token").write_text(first.admin["Authorization"].removeprefix("Bearer ") + "\n")
+    (home / "admin-token").chmod(0o600)
+    fourth = ControlPlane(home, *first.extra).start()
+    try:
+        wait_for(lambda: len(first.status()["replicas"]) == 4, 15, what="the fourth replica to be listed")
+    finally:
+        fourth.stop()
+    wait_for(lambda: len(first.status()["replicas"]) == 3, 3, interval=0.1, what="it to leave the list")
 
 
 def test_a_virtual_service_applied_on_one_replica_routes_sidecars_on_the_others(replicas, etcd_cluster) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import secrets
 import ssl
 
 import pytest
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from lattice.server.jwks import MAX_JWKS_BYTES, JwksCache
-from lattice.store import Store
+from lattice.store import Store, open_store
 
 KEYS_A = json.dumps({"keys": [{"kty": "RSA", "kid": "a", "n": "sXch", "e": "AQAB"}]})
 KEYS_B = json.dumps({"keys": [{"kty": "RSA", "kid": "b", "n": "sXch", "e": "AQAB"}]})
@@ -201,3 +202,46 @@ async def test_run_refreshes_periodically_and_asks_for_a_push_on_change(store, k
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_restarted_control_plane_serves_the_keys_it_fetched_before(store, keys):
+    keys.answers["/jwks"] = (200, KEYS_A)
+    apply_ra(store, "ra", f"{keys.base}/jwks")
+    await cache(store).prepare()
+    assert keys.hits == 1
+    again = cache(store)  # a new process on the same store
+    await again.prepare()
+    assert again.keys == {f"{keys.base}/jwks": KEYS_A} and keys.hits == 1
+    assert 3500 < again._next_refresh_in() <= 3600  # and its refresh is due an interval after that fetch
+
+
+@pytest.mark.slow
+async def test_one_replica_fetches_and_another_serves_the_same_keys(etcd_cluster, keys, tmp_path):
+    """Two replicas on a real etcd: the one holding the refresh duty fetches; the other takes the
+    keys up from the store's watch (asking for a push) without calling the issuer itself."""
+    url = etcd_cluster.url(f"jwks-{secrets.token_hex(4)}")
+    one, two = open_store(url, tmp_path / "unused.db"), open_store(url, tmp_path / "unused.db")
+    try:
+        keys.answers["/jwks"] = (200, KEYS_A)
+        uri = f"{keys.base}/jwks"
+        apply_ra(one, "ra", uri)
+        await _until(lambda: two.get("RequestAuthentication", "default", "ra") is not None)
+        changes: list = []
+        fetcher, follower = cache(one), cache(two, changes)
+        following = asyncio.create_task(follower.follow(), name="jwks-follow-under-test")
+        try:
+            await fetcher.refresh()
+            await _until(lambda: follower.keys == {uri: KEYS_A})
+            assert changes and keys.hits == 1
+            keys.answers["/jwks"] = (200, KEYS_B)  # rotated at the issuer
+            await fetcher.refresh()
+            await _until(lambda: follower.keys == {uri: KEYS_B})
+            await follower.prepare()  # a push on the follower needs nothing fetched
+            assert keys.hits == 2
+        finally:
+            following.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await following
+    finally:
+        one.close()
+        two.close()

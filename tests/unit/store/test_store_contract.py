@@ -188,6 +188,35 @@ def test_workloads_are_registry_not_config(replicas) -> None:
     assert one.list_workloads() == [] or one.shared
 
 
+def test_fetched_jwks_are_shared_and_dropped_when_unused(replicas) -> None:
+    one, two = replicas(), replicas()
+    keys = {"keys": '{"keys":[]}', "error": None, "fetched_at": 1.0}
+    one.put_jwks("https://issuer.example/jwks", keys)
+    one.put_jwks("https://other.example/jwks", {"keys": None, "error": "HTTP 500", "fetched_at": 2.0})
+    wait_for(lambda: len(two.jwks()) == 2, 10, what="the other replica to see both fetches")
+    assert two.jwks()["https://issuer.example/jwks"] == keys
+    assert two.drop_jwks(["https://issuer.example/jwks"]) == 1
+    wait_for(lambda: list(one.jwks()) == ["https://issuer.example/jwks"], 10, what="the drop to reach the first")
+
+
+def test_counts_added_by_replicas_at_once_all_land(replicas) -> None:
+    stores = [replicas() for _ in range(3)]
+    barrier = threading.Barrier(len(stores))
+
+    def add(store) -> None:
+        barrier.wait()
+        for _ in range(5):
+            store.add_counts("ca", {"issued": 1, "refused:token": 2})
+
+    threads = [threading.Thread(target=add, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert stores[0].add_counts("ca", {}) == {"issued": 15, "refused:token": 30}
+    assert stores[1].add_counts("other", {"x": 0}) == {}
+
+
 # -- etcd only: leases and elections, which one SQLite file has no use for -------------------------
 
 
