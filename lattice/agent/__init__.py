@@ -20,7 +20,8 @@ Parts:
 
 Rules: the app starts only after Envoy holds its config; when the app exits, the sidecar stops
 and `lattice run` exits with the app's code; a signal drains first (`drain`, bounded by
-`--drain-timeout`), then stops app, Envoy and agent, in that order; a second signal stops at once; SIGUSR1 replaces Envoy by hot restart.
+`--drain-timeout`), then stops app, Envoy and agent, in that order; a second signal stops at
+once; SIGUSR1 replaces Envoy by hot restart.
 App and Envoy run in process groups of their own, so a terminal's Ctrl-C reaches only the agent,
 and they die with the agent even if it is killed (PR_SET_PDEATHSIG).
 """
