@@ -84,6 +84,9 @@ def bootstrap(
                     "static_layer": {
                         "overload.global_downstream_max_connections": 50000,
                         "envoy.reloadable_features.http_reject_path_with_fragment": False,
+                        # Istio's bootstrap value: the mesh's path policy (translate/paths.py) and
+                        # users' regexes compile to more than RE2's default bound of 100.
+                        "re2.max_program_size.error_level": 32768,
                     },
                 },
                 {"name": "admin", "admin_layer": {}},

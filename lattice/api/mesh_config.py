@@ -351,8 +351,20 @@ class ProxyTracing(IstioSpec):
     sampling: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False)
 
 
+class GatewayTopology(IstioSpec):
+    # Proxies in front of a gateway that append X-Forwarded-For: the client is that many hops
+    # from the right of the header (0: the TCP peer, and X-Forwarded-For is believed by no one).
+    num_trusted_proxies: int = Field(default=0, ge=0, le=32)
+
+
 class ProxyConfig(IstioSpec):
     tracing: ProxyTracing | None = None
+    gateway_topology: GatewayTopology | None = None
+
+
+class PathNormalization(IstioSpec):
+    # Istio's modes, and DEFAULT: Lattice's own, stricter than any of them (translate/paths.py).
+    normalization: Literal["DEFAULT", "NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"] = "DEFAULT"
 
 
 class MeshConfig(IstioSpec):
@@ -363,6 +375,7 @@ class MeshConfig(IstioSpec):
     default_providers: DefaultProviders | None = None
     default_config: ProxyConfig | None = None
     extension_providers: list[ExtensionProvider] = Field(default_factory=list)
+    path_normalization: PathNormalization | None = None
 
     @field_validator("access_log_file")
     @classmethod

@@ -183,7 +183,7 @@ def server(
     ttl = at_least("--cert-ttl", cert_ttl, 10, ": agents renew at half-life")
     jwks_every = at_least("--jwks-refresh", jwks_refresh, 1)
     try:
-        providers, telemetry = load_mesh_config(mesh_config) if mesh_config else ((), None)
+        providers, telemetry, http = load_mesh_config(mesh_config) if mesh_config else ((), None, None)
     except (OSError, ValidationError) as e:
         fail(f"--mesh-config {mesh_config}: {e}")
     config = ServerConfig(
@@ -212,6 +212,7 @@ def server(
         jwks_refresh=jwks_every,
         extension_providers=providers,
         mesh_telemetry=telemetry,
+        http_policy=http,
     )
     try:
         asyncio.run(run_server(config))

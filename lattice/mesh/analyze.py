@@ -3,7 +3,7 @@
 Validation (lattice.api) refuses what cannot work; this finds what works but probably does not do
 what its author meant: a subset no DestinationRule defines or no workload matches, weights that do
 not add up to 100, a host that resolves to nothing, a Gateway that does not exist, two resources
-claiming one host, a Telemetry naming a provider the server's mesh config does not have. Pure:
+claiming one host, an AuthorizationPolicy host without its `:port` variant, a Telemetry naming a provider the server's mesh config does not have. Pure:
 a snapshot in, findings out.
 
 Offline (`lattice analyze -f FILE` with no server), the snapshot holds only the files' resources and
@@ -50,6 +50,8 @@ def analyze(snapshot: MeshSnapshot, targets: Iterable[Resource], registry_known:
             out += _virtual_service(snapshot, r, registry_known)
         elif r.kind == "DestinationRule":
             out += _destination_rule(snapshot, r, registry_known)
+        elif r.kind == "AuthorizationPolicy":
+            out += _host_ports(r)
         elif r.kind == "Telemetry" and registry_known:  # offline there is no mesh config to name providers
             out += [_finding(r, path, message) for path, message in provider_problems(snapshot.mesh_telemetry, r.spec)]
     keys = {(r.kind, r.namespace, r.name) for r in targets}
@@ -168,6 +170,39 @@ def _destination_rule(snapshot: MeshSnapshot, dr: Resource, registry_known: bool
                 )
             )
     return out
+
+
+def _host_ports(policy: Resource) -> list[Finding]:
+    """As istioctl warns: hosts match the request's Host exactly, so `example.com` does not match a
+    request sent with `Host: example.com:8080`. A DENY on such a host is walked around by adding the
+    port; an ALLOW refuses clients that send it. Name both (`example.com`, `example.com:*`)."""
+    out = []
+    for i, rule in enumerate(policy.spec.rules or ()):
+        for j, op in enumerate(rule.operations):
+            for field, hosts in (("hosts", op.hosts), ("notHosts", op.not_hosts)):
+                ported = {h.rsplit(":", 1)[0].lower() for h in hosts if _has_port(h)}
+                for host in hosts:
+                    if host != "*" and not _has_port(host) and host.lower() not in ported:
+                        out.append(_host_port_finding(policy, f"spec.rules[{i}].to[{j}].operation.{field}", host))
+    return out
+
+
+def _has_port(host: str) -> bool:
+    return host.rsplit("]", 1)[-1].count(":") == 1  # `[::1]:80` and `a:80` have one, `[::1]` and `a` none
+
+
+def _host_port_finding(policy: Resource, path: str, host: str) -> Finding:
+    effect = (
+        "a client adding the port to Host (`{h}:80`) is not denied"
+        if policy.spec.action in ("DENY", "AUDIT", "CUSTOM")
+        else "a client adding the port to Host (`{h}:80`) is not matched"
+    ).format(h=host)
+    return _finding(
+        policy,
+        path,
+        f"host {host!r} has no port variant: hosts match the Host header exactly, so {effect}; "
+        f"list {host!r} and '{host}:*' together",
+    )
 
 
 def _gateway_exists(snapshot: MeshSnapshot, ref: str, namespace: str) -> bool:

@@ -10,6 +10,7 @@ from typing import Callable, Mapping, TypeVar
 from lattice.api import Resource
 from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
+from lattice.mesh.http_policy import HttpPolicy
 from lattice.mesh import authz, extensions, gateway_api, k8s_gateway, rate_limits, request_authn
 from lattice.mesh.absent import absent_services
 from lattice.mesh.gateway_service import gateway_services
@@ -85,6 +86,8 @@ class MeshSnapshot:
     mesh_telemetry: MeshTelemetry = field(
         default_factory=MeshTelemetry
     )  # MeshConfig's telemetry part (`--mesh-config`)
+    # MeshConfig's pathNormalization and numTrustedProxies (`--mesh-config`; mesh/http_policy.py).
+    http_policy: HttpPolicy = field(default_factory=HttpPolicy)
     # Gateway API Gateways, GatewayClasses and ReferenceGrants, oldest first (mesh/k8s_gateway.py).
     k8s_gateways: tuple[Resource, ...] = ()
     gateway_classes: tuple[Resource, ...] = ()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from lattice.mesh.http_policy import HttpPolicy
     from lattice.mesh.telemetry import MeshTelemetry
 
 
@@ -43,6 +44,7 @@ class ServerConfig:
     h2_upgrade_policy: str = "DO_NOT_UPGRADE"  # Istio's MeshConfig h2UpgradePolicy, or UPGRADE
     extension_providers: tuple = ()  # MeshConfig extensionProviders (`--mesh-config`): CUSTOM authorizers
     mesh_telemetry: MeshTelemetry | None = None  # MeshConfig's telemetry part (`--mesh-config`); None: Istio's defaults
+    http_policy: HttpPolicy | None = None  # MeshConfig's pathNormalization and numTrustedProxies; None: the defaults
     jwks_refresh: float = 20 * 60.0  # seconds between fetches of RequestAuthentication jwksUris (Istio's default)
     module_refresh: float = 5 * 60.0  # seconds between fetches of extensions' unpinned Wasm modules
 
@@ -59,14 +61,17 @@ ADMIN_TOKEN_FILE = "admin-token"
 METRICS_TOKEN_FILE = "metrics-token"  # read-only: Prometheus' service discovery, nothing else
 
 
-def load_mesh_config(path: Path) -> tuple[tuple, MeshTelemetry]:
-    """An Istio MeshConfig file's external authorizers (what CUSTOM AuthorizationPolicies name) and
-    its telemetry part (defaults, trace and access log providers); ValidationError names the bad field."""
+def load_mesh_config(path: Path) -> tuple[tuple, MeshTelemetry, HttpPolicy]:
+    """An Istio MeshConfig file's external authorizers (what CUSTOM AuthorizationPolicies name),
+    its telemetry part (defaults, trace and access log providers) and its path and X-Forwarded-For
+    policy; ValidationError names the bad field."""
     from lattice.api.mesh_config import parse_mesh_config
+    from lattice.mesh.http_policy import http_policy
     from lattice.mesh.telemetry import mesh_telemetry
 
     config = parse_mesh_config(path.read_text(), str(path))
-    return tuple(p for p in config.extension_providers if p.authorizer is not None), mesh_telemetry(config)
+    providers = tuple(p for p in config.extension_providers if p.authorizer is not None)
+    return providers, mesh_telemetry(config), http_policy(config)
 
 
 def admin_token(home: Path, name: str = ADMIN_TOKEN_FILE) -> str:

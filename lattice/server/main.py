@@ -88,6 +88,7 @@ class ControlPlane:
             modules=self.modules,
             extension_providers=config.extension_providers,
             mesh_telemetry=config.mesh_telemetry,
+            http_policy=config.http_policy,
             metrics=self.metrics,
         )
         self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect, self._authorize)

@@ -19,6 +19,7 @@ from typing import Iterator
 from lattice.api import KINDS, Resource, validate_object
 from lattice.mesh import MeshSnapshot
 from lattice.mesh.model import SNAPSHOT_FIELDS
+from lattice.mesh.http_policy import HttpPolicy
 from lattice.mesh.telemetry import MeshTelemetry
 from lattice.registry import Registry
 from lattice.server.jwks import JwksCache
@@ -53,7 +54,9 @@ class Pusher:
         extension_providers: tuple = (),
         mesh_telemetry: MeshTelemetry | None = None,
         metrics: ControlPlaneMetrics | None = None,
+        http_policy: HttpPolicy | None = None,
     ) -> None:
+        self._http_policy = http_policy or HttpPolicy()  # MeshConfig's, fixed for the server's life
         self._metrics = metrics or ControlPlaneMetrics()
         self._changed_at: float | None = None  # when the first change not yet pushed arrived
         self._jwks = jwks
@@ -70,7 +73,7 @@ class Pusher:
         self._debounce = debounce
         self._dirty = asyncio.Event()
         self._parsed: dict[tuple[str, str, str, int], Resource] = {}
-        self.snapshot = MeshSnapshot("0", mesh_telemetry=self._mesh_telemetry)
+        self.snapshot = MeshSnapshot("0", mesh_telemetry=self._mesh_telemetry, http_policy=self._http_policy)
         self.last_push_seconds = (
             0.0  # computing time of the last push (time spent serving streams between its slices left out)
         )
@@ -183,6 +186,7 @@ class Pusher:
             h2_upgrade_policy=self._h2_upgrade_policy,
             extension_providers=self._extension_providers,
             mesh_telemetry=self._mesh_telemetry,
+            http_policy=self._http_policy,
             jwks=MappingProxyType(dict(self._jwks.keys)) if self._jwks else {},
             jwks_errors=MappingProxyType(dict(self._jwks.errors)) if self._jwks else {},
             wasm_modules=MappingProxyType(dict(self._modules.digests)) if self._modules else {},

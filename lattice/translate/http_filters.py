@@ -12,6 +12,8 @@ filters of that phase as Istio places them: on the SERVER side inbound, the CLIE
 and at a gateway, for the port the connection manager serves.
 
 Why this order:
+- the path policy first: a path whose meaning differs between servers is refused (400) before
+  anything reads it (translate/paths.py);
 - the caller's workload (for metrics) leaves the headers before anything else reads them;
 - authentication (JWT) before authorization, which reads who the caller is;
 - authorization before rate limits: a request that is refused spends no one's tokens;
@@ -35,7 +37,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.mesh.extensions import CLIENT, SERVER, http_at
-from lattice.translate import authz, extensions, jwt, ratelimit, telemetry
+from lattice.translate import authz, extensions, jwt, paths, ratelimit, telemetry
 from lattice.translate.cds import dns_cache
 from lattice.translate.protos import pack
 
@@ -88,6 +90,10 @@ def _fault(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFilter]:
     return [_filter(FAULT, fault_pb2.HTTPFault())]  # per-route faults (VirtualService fault) configure it
 
 
+def _path_policy(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFilter]:
+    return paths.refusal_filters(snapshot.http_policy.path_normalization)
+
+
 def _dynamic_forward_proxy(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFilter]:
     return [_filter(DYNAMIC_FORWARD_PROXY, dfp.FilterConfig(dns_cache_config=dns_cache()))]
 
@@ -99,6 +105,7 @@ def _router(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFilter]:
 _EVERYWHERE = frozenset({INBOUND, OUTBOUND, GATEWAY})
 _EDGE = frozenset({INBOUND, GATEWAY})  # where a request from another machine arrives
 PHASES: tuple[Phase, ...] = (
+    Phase("path-policy", _EVERYWHERE, _mesh(_path_policy)),
     Phase("peer-metadata", frozenset({INBOUND}), _mesh(_peer_metadata)),
     Phase("AUTHN extensions", _EVERYWHERE, _extensions("AUTHN")),
     Phase("authentication", _EDGE, _mesh(jwt.inbound_filters)),

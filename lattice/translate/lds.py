@@ -18,7 +18,7 @@ from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
 from lattice.mesh import protocol as protocols
 from lattice.mesh.model import Upstream
 from lattice.mesh.extensions import network_at
-from lattice.translate import authz, capture, extensions, http_filters, l4, names, rds, telemetry, tls, tracing
+from lattice.translate import authz, capture, extensions, http_filters, l4, names, paths, rds, telemetry, tls, tracing
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -57,7 +57,7 @@ def _outbound_manager(
 ) -> hcm.HttpConnectionManager:
     """Extensions on the CLIENT side with `match.ports` run on the `--upstream` listeners of
     those service ports; the shared outbound listener (every destination) runs those without."""
-    manager = _manager(stat_prefix, http_filters.chain(snapshot, proxy, http_filters.OUTBOUND, port))
+    manager = _manager(snapshot, stat_prefix, http_filters.chain(snapshot, proxy, http_filters.OUTBOUND, port))
     manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "outbound"))
     tracing.configure(manager, snapshot, proxy, tracing.OUTBOUND)
     return manager
@@ -136,7 +136,7 @@ def _inbound_chain(
         telemetry.tcp_log_options(tcp_proxy, "inbound")
         network_filter = _network_filter("envoy.filters.network.tcp_proxy", tcp_proxy)
     else:
-        manager = _manager(names.inbound_stat_prefix(proxy.port), http)
+        manager = _manager(snapshot, names.inbound_stat_prefix(proxy.port), http)
         manager.access_log.extend(telemetry.http_access_logs(snapshot, proxy, "inbound", socket is not None))
         tracing.configure(manager, snapshot, proxy, tracing.INBOUND)
         # The caller's identity reaches the app in x-forwarded-client-cert, set from the verified
@@ -176,15 +176,16 @@ def _inbound_chain(
     return chain
 
 
-def _manager(stat_prefix: str, filters: list[hcm.HttpFilter]) -> hcm.HttpConnectionManager:
+def _manager(snapshot: MeshSnapshot, stat_prefix: str, filters: list[hcm.HttpFilter]) -> hcm.HttpConnectionManager:
     # Safe request handling by default (DESIGN "Failure rules"): routing, authorization and the app
     # all see one normalized path (RFC 3986 dot segments, merged slashes; a #fragment is stripped
-    # by the runtime flag in the bootstrap). Escaped slashes (%2F, %5C) are refused outright rather
-    # than redirected: a redirect would have the client fetch `a/b` when it named the one segment
-    # `a%2Fb`, and would resend bodies of non-idempotent requests. Underscores in header names (a
+    # by the runtime flag in the bootstrap), per the mesh's path policy (translate/paths.py). Under
+    # the default, escaped slashes (%2F, %5C) are refused outright rather than redirected: a
+    # redirect would have the client fetch `a/b` when it named the one segment `a%2Fb`, and would
+    # resend bodies of non-idempotent requests. Underscores in header names (a
     # classic smuggling vector across proxies) are refused; a Host with a trailing dot names the
     # same service as without one, so it must meet the same routes.
-    return hcm.HttpConnectionManager(
+    manager = hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         codec_type=hcm.HttpConnectionManager.AUTO,
         http_filters=filters,  # the whole chain, router last (http_filters.chain)
@@ -192,15 +193,14 @@ def _manager(stat_prefix: str, filters: list[hcm.HttpFilter]) -> hcm.HttpConnect
         # where the hop between sidecars is HTTP/2.
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="websocket")],
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True),
-        normalize_path={"value": True},
-        merge_slashes=True,
-        path_with_escaped_slashes_action=hcm.HttpConnectionManager.REJECT_REQUEST,
         strip_trailing_host_dot=True,
         request_headers_timeout=duration(REQUEST_HEADERS_TIMEOUT),
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
             headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
         ),
     )
+    paths.configure(manager, snapshot.http_policy.path_normalization)
+    return manager
 
 
 def distrust_client(manager: hcm.HttpConnectionManager) -> None:

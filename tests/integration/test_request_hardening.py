@@ -195,9 +195,9 @@ PATHS = [
     ("/public%2fadmin", (400, None), (400, None)),
     ("/public%5Cadmin", (400, None), (400, None)),
     ("/public/a%2Fb", (400, None), (400, None)),
-    ("/admin;x=1", (404, None), (200, "/admin;x=1")),
-    ("/public/;/../admin", (200, "/public/admin"), (200, "/public/admin")),
-    ("/public/..;/admin", (404, None), (200, "/admin")),
+    ("/admin;x=1", (400, None), (400, None)),  # the path policy (translate/paths.py)
+    ("/public/;/../admin", (200, "/public/admin"), (200, "/public/admin")),  # no ';' once normalized
+    ("/public/..;/admin", (404, None), (200, "/admin")),  # Envoy reads `..;` as `..`, and so does the app
     ("/admin#frag", (404, None), (200, "/admin")),
     ("/public/x#/../../admin", (200, "/public/x"), (200, "/public/x")),
     ("/public/x?q=1#/../../admin", (200, "/public/x"), (200, "/public/x")),
@@ -405,7 +405,8 @@ EDGE_PATHS = [
     ("/public/%2E%2E/admin", 404, None),
     ("/public%2Fadmin", 400, None),
     ("/public%5cadmin", 400, None),
-    ("/admin;x=1", 404, None),
+    ("/admin;x=1", 400, None),
+    ("/admin.", 400, None),
     ("/admin#frag", 404, None),
     ("/public/x#/../../admin", 200, "/public/x"),
 ]
@@ -431,7 +432,7 @@ POLICY_PATHS = [
     ("/public%2Fadmin", (400, None), (400, None)),
     ("/public%2fadmin", (400, None), (400, None)),
     ("/public%5Cadmin", (400, None), (400, None)),
-    ("/admin;x=1", (403, None), (403, None)),
+    ("/admin;x=1", (400, None), (400, None)),  # refused before policy is asked
     ("/public/;/../admin", (200, "/public/admin"), (200, "/public/admin")),
     ("/public/..;/admin", (403, None), (403, None)),
     ("/admin#frag", (403, None), (403, None)),
@@ -486,3 +487,57 @@ def test_allow_only_public_holds_against_every_spelling(mesh, policy, protocol):
     )
     for path, _, expected in POLICY_PATHS:
         _under_policy(mesh, protocol, path, *expected)
+
+
+# --- (c) paths an app may read as a denied one (issue 14, finding 8) ---------------------------
+
+DENY_EXACT_ADMIN = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-exact-admin}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin"]}}]
+"""
+# Spellings that Envoy keeps as paths other than /admin, and that some server reads as /admin:
+# Tomcat/Spring (path parameters), IIS/.NET (trailing dots, spaces), double decoders (%25),
+# lenient UTF-8 decoders (overlong forms). Each is refused with 400 before policy or routing.
+AMBIGUOUS = [
+    "/admin;x=1",
+    "/admin;",
+    "/admin;jsessionid=1/",
+    "/admin%3Bx",
+    "/admin.",
+    "/admin..",
+    "/admin%2e",
+    "/admin%2E/",
+    "/admin%20",
+    "/admin%09",
+    "/admin%0a",
+    "/%2561dmin",
+    "/admi%256e",
+    "/%C1%A1dmin",  # overlong 'a'
+    "/%E0%81%A1dmin",  # overlong 'a', three bytes
+    "/admin%C0%AE",  # overlong '.'
+    "/x/..%C0%AFadmin",  # overlong '/'
+    "/admin%FF",
+    "/admin%C3",  # truncated
+    "/admin;?x=1",
+]
+
+
+@pytest.mark.parametrize("protocol", ["h1", "h2"])
+def test_ambiguous_spellings_of_a_denied_path_are_400_and_never_reach_the_app(mesh, policy, protocol):
+    policy(DENY_EXACT_ADMIN)
+    wait_for(
+        lambda: h1(*_inbound(mesh), _request("GET", "/admin", HOST)).status == 403,
+        10,
+        what="the DENY policy to take effect",
+    )
+    for path in AMBIGUOUS:
+        for target in (_inbound(mesh), _outbound(mesh), _edge(mesh)):
+            _expect(mesh, protocol, target, path, 400, None)
+    # what honest clients send still passes, the query alone may hold anything
+    _expect(mesh, protocol, _inbound(mesh), "/public/caf%C3%A9.html?q=a;b.&r=%25", 200, "/public/caf%C3%A9.html")

@@ -113,3 +113,25 @@ def test_two_virtual_services_for_one_host():
     assert any(
         "already claimed" in f.message and f.resource.startswith("VirtualService default/reviews-too") for f in found
     ), found
+
+
+HOST_POLICY = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin-host}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {hosts: ["admin.example.com", "api.example.com", "api.example.com:*", "*", "[::1]:8080"]}}]
+"""
+
+
+def test_a_host_rule_without_its_port_variant_is_a_warning():
+    """As istioctl warns: `Host: admin.example.com:80` does not match `admin.example.com`, so a
+    DENY on the bare host is walked around by naming the port."""
+    (policy,) = parse_documents(HOST_POLICY)
+    findings = analyze(snapshot_of([policy]), [policy], registry_known=False)
+    assert [(f.level, f.field) for f in findings] == [("warning", "spec.rules[0].to[0].operation.hosts")]
+    assert "'admin.example.com:*'" in findings[0].message and "not denied" in findings[0].message
+    fixed = parse_documents(HOST_POLICY.replace('"admin.example.com",', '"admin.example.com", "admin.example.com:*",'))
+    assert analyze(snapshot_of(fixed), fixed, registry_known=False) == []

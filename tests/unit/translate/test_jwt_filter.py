@@ -68,6 +68,8 @@ def test_jwt_filter_comes_first_on_every_inbound_chain():
     snap = snapshot(ra("jwt", {"issuer": "i", "jwks": JWKS}), policy("limits", labels={"app": "ratings"}))
     for manager in inbound_managers(snap):
         assert [f.name for f in manager.http_filters] == [
+            "lattice.path_policy",  # ambiguous paths refused before anything reads them
+            "lattice.path_policy.utf8",
             "envoy.filters.http.header_to_metadata",
             FILTER,
             RATE_LIMIT,
