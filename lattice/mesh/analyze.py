@@ -3,8 +3,8 @@
 Validation (lattice.api) refuses what cannot work; this finds what works but probably does not do
 what its author meant: a subset no DestinationRule defines or no workload matches, weights that do
 not add up to 100, a host that resolves to nothing, a Gateway that does not exist, two resources
-claiming one host, an AuthorizationPolicy host without its `:port` variant, a Telemetry naming a provider the server's mesh config does not have. Pure:
-a snapshot in, findings out.
+claiming one host, an AuthorizationPolicy host without its `:port` variant, a Telemetry naming a
+provider the server's mesh config does not have. Pure: a snapshot in, findings out.
 
 Offline (`lattice analyze -f FILE` with no server), the snapshot holds only the files' resources and
 no workloads, so the checks that need the registry (hosts, subset members) are skipped and say so.
