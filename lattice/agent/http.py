@@ -67,6 +67,18 @@ def agent_app(
         await observer.refresh()  # up to this moment, not the last second's read
         return web.json_response(observer.window.summary(seconds))
 
+    async def series(request: web.Request) -> web.Response:
+        """The window in steps, for the console's charts (`?seconds=120&step=10`)."""
+        try:
+            seconds = min(float(request.query.get("seconds", "120")), KEEP_SECONDS)
+            step = float(request.query.get("step", "10"))
+        except ValueError:
+            return web.json_response({"error": "seconds and step must be numbers"}, status=400)
+        if not 1 <= step <= seconds:
+            return web.json_response({"error": "step must be 1 second or more, and at most seconds"}, status=400)
+        await observer.refresh()
+        return web.json_response({"steps": observer.window.series(seconds, step)})
+
     async def tap(request: web.Request) -> web.StreamResponse:
         """Requests as they arrive, one JSON object per line, until the client goes away."""
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -114,6 +126,7 @@ def agent_app(
     app.router.add_get("/stats/prometheus", prometheus)
     app.router.add_get("/lattice/v1/window", window)
     app.router.add_get("/lattice/v1/tap", tap)
+    app.router.add_get("/lattice/v1/series", series)
     app.router.add_get("/lattice/v1/requests", requests)
     return app
 

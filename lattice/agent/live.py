@@ -130,6 +130,30 @@ class Window:
             seconds.popleft()
         return second
 
+    def series(self, seconds: float, step: float, now: float | None = None) -> list[dict]:
+        """The last `seconds` in steps of `step` seconds, oldest first: per step, its per-peer
+        rows as `summary` gives them (the console's charts: rates, success and latency over time)."""
+        now = time.time() if now is None else now
+        count = max(1, min(int(seconds // step), 300))
+        start = now - count * step
+        steps: list[dict[tuple, list]] = [{} for _ in range(count)]
+        for s in self._seconds:
+            index = int((s.at - start) // step)
+            if not 0 <= index < count:
+                continue
+            for key, (n, failed, histogram, opened, tcp_bytes) in s.peers.items():
+                row = steps[index].setdefault(key, [0, 0, {}, 0, 0])
+                row[0] += n
+                row[1] += failed
+                row[3] += opened
+                row[4] += tcp_bytes
+                for bucket, c in histogram.items():
+                    row[2][bucket] = row[2].get(bucket, 0) + c
+        return [
+            {"start": round(start + i * step, 3), "seconds": step, "peers": [_peer_row(k, v) for k, v in rows.items()]}
+            for i, rows in enumerate(steps)
+        ]
+
     def summary(self, seconds: float, now: float | None = None) -> dict:
         """Totals over the last `seconds`: per peer (stat, edges) and per path (top), as JSON."""
         now = time.time() if now is None else now
@@ -157,22 +181,7 @@ class Window:
                     row[2], row[3], row[4] = min(row[2], low), max(row[3], high), last
         return {
             "seconds": seconds,
-            "peers": [
-                {
-                    "reporter": k[0],
-                    "peer_workload": k[1].workload,
-                    "peer_namespace": k[1].namespace,
-                    "peer_principal": k[1].principal,
-                    "service": k[2],
-                    "mtls": k[3],
-                    "requests": v[0],
-                    "failures": v[1],
-                    "latency": {str(i): c for i, c in sorted(v[2].items())},
-                    "tcp_opened": v[3],
-                    "tcp_bytes": v[4],
-                }
-                for k, v in peers.items()
-            ],
+            "peers": [_peer_row(k, v) for k, v in peers.items()],
             "paths": [
                 {
                     "reporter": k[0],
@@ -189,6 +198,22 @@ class Window:
                 for k, v in paths.items()
             ],
         }
+
+
+def _peer_row(k: tuple, v: list) -> dict:
+    return {
+        "reporter": k[0],
+        "peer_workload": k[1].workload,
+        "peer_namespace": k[1].namespace,
+        "peer_principal": k[1].principal,
+        "service": k[2],
+        "mtls": k[3],
+        "requests": v[0],
+        "failures": v[1],
+        "latency": {str(i): c for i, c in sorted(v[2].items())},
+        "tcp_opened": v[3],
+        "tcp_bytes": v[4],
+    }
 
 
 class Tap:

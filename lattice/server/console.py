@@ -20,7 +20,9 @@ from pathlib import Path
 from aiohttp import web
 
 from lattice.mesh.telemetry import percentile
+from lattice.server import console_views as views
 from lattice.server.observe import edges, stat, windows
+from lattice.server.why import recent
 
 COOKIE = "lattice_session"
 TICKET_SECONDS = 60
@@ -113,9 +115,10 @@ def _edges(summaries, seconds: float) -> list[dict]:
 
 
 class Console:
-    def __init__(self, registry, session) -> None:
+    def __init__(self, registry, session, api=None) -> None:
         self.registry = registry
         self._session = session  # () -> the shared aiohttp client session (for asking the agents)
+        self.api = api  # the RestApi: the mesh as pushed, proxies' status (the pages read what the CLI reads)
         self.sessions = Sessions()
 
     def add_routes(self, app: web.Application) -> None:
@@ -126,6 +129,9 @@ class Console:
         app.router.add_post("/api/v1/console/tickets", self.new_ticket)
         app.router.add_get("/api/v1/graph", self.graph)
         app.router.add_get("/api/v1/graph/stream", self.graph_stream)
+        app.router.add_get("/api/v1/console/services/{namespace}/{name}", self.service_page)
+        app.router.add_get("/api/v1/console/workloads/{id}", self.workload_page)
+        app.router.add_get("/api/v1/console/series", self.series)
 
     # --- who may: the REST API's middleware asks ---
 
@@ -218,14 +224,89 @@ class Console:
             pass
         return response
 
+    # --- the service and workload pages ---
 
-def _seconds(request: web.Request) -> float:
+    def _proxies(self, workloads) -> list[dict]:
+        return [views.proxy_row(self.api._proxy_status(w)) for w in workloads]
+
+    async def service_page(self, request: web.Request) -> web.Response:
+        """A service's endpoints (health, sync state, certificate expiry) and the routes and
+        policies that apply to it; its numbers come from /api/v1/stat and /series."""
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        workloads = [
+            w
+            for w in self.registry.workloads()
+            if w.service == name and w.namespace == namespace and w.kind != "gateway"
+        ]
+        if not workloads:
+            raise _not_found(f"no service {name!r} in namespace {namespace!r} has a registered workload")
+        snapshot = self.api.pusher.snapshot
+        return web.json_response(
+            {
+                "service": name,
+                "namespace": namespace,
+                "host": snapshot.resolve_host(name, namespace),
+                "proxies": self._proxies(sorted(workloads, key=lambda w: w.id)),
+                "config": views.applies_to(snapshot, workloads),
+            }
+        )
+
+    async def workload_page(self, request: web.Request) -> web.Response:
+        """One workload: identity, certificate, sync state, its traffic in and out over the
+        window, its latest failed requests (each a `why` handle), the config that selects it."""
+        ref = request.match_info["id"]
+        w = self.registry.get(ref) or next((x for x in self.registry.workloads() if x.name == ref), None)
+        if w is None:
+            raise _not_found(f"no workload {ref!r}; `lattice status` lists them")
+        seconds = _seconds(request)
+        (summaries, silent), (failures, _) = await asyncio.gather(
+            windows(self._session(), (w,), seconds), recent(self._session(), (w,), 20)
+        )
+        return web.json_response(
+            {
+                "proxy": self._proxies([w])[0],
+                "service_account": w.service_account,
+                "labels": dict(w.labels),
+                "window_seconds": seconds,
+                "traffic": views.traffic(summaries[0][1], seconds) if summaries else None,
+                "unreachable": silent,
+                "failures": failures,
+                "config": views.applies_to(self.api.pusher.snapshot, [w]),
+            }
+        )
+
+    async def series(self, request: web.Request) -> web.Response:
+        """A service's or workload's numbers over time, one point per step (`?name=&by=service`)."""
+        q = request.query
+        by, name, namespace = q.get("by", "service"), q.get("name", ""), q.get("namespace", "default")
+        if by not in ("service", "workload") or not name:
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "give name=<service or workload> and by=service|workload"}),
+                content_type="application/json",
+            )
+        seconds, step = _seconds(request, "seconds", "120"), _seconds(request, "step", "5")
+        targets = [
+            w
+            for w in self.registry.workloads()
+            if w.namespace == namespace and (w.service if by == "service" else w.name) == name
+        ]
+        answers, silent = await views.series(self._session(), targets, seconds, min(step, seconds))
+        return web.json_response(
+            {"step_seconds": step, "points": views.chart(answers, step, name, namespace, by), "unreachable": silent}
+        )
+
+
+def _not_found(message: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _seconds(request: web.Request, name: str = "window", default: str = "10") -> float:
     try:
-        seconds = float(request.query.get("window", "10").rstrip("s"))
+        seconds = float(request.query.get(name, default).rstrip("s"))
     except ValueError:
         seconds = -1
     if not 1 <= seconds <= 300:
         raise web.HTTPBadRequest(
-            text=json.dumps({"error": "window must be 1 to 300 seconds"}), content_type="application/json"
+            text=json.dumps({"error": f"{name} must be 1 to 300 seconds"}), content_type="application/json"
         )
     return seconds

@@ -77,7 +77,7 @@ class RestApi:
         self.expiry_warnings = lambda: []  # server/ca_duty.py: what will expire unless someone acts
         self.xds_address = ""  # set once the gRPC port is bound; agents learn it from /health
         self.observatory = Observatory(registry, ca.agent_key)  # stat, top, edges, tap: asked of the agents live
-        self.console = Console(registry, lambda: self.observatory.session)  # /ui/: the web console
+        self.console = Console(registry, lambda: self.observatory.session, api=self)  # /ui/: the web console
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._measure, self._authenticate, _errors])

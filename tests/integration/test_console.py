@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from lattice.agent.records import request_key
+
 from harness import BACKEND, ControlPlane, Workload, drained, http, running, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("console")]
@@ -229,3 +231,183 @@ spec:
         assert len(rows) == 2 and all("DENY" in r.text and "no-admin" in r.text for r in rows), [r.text for r in rows]
     finally:
         plane.cli("delete", "authorizationpolicy", "no-admin", check=False)
+
+
+def _page(browser, plane, hash_: str) -> None:
+    """Open a console page by its address, as a user following a link would."""
+    browser.get(f"{plane.api}/ui/?window={WINDOW}#/{hash_}")
+
+
+def _stat(plane, *args: str) -> dict:
+    return json.loads(plane.cli("stat", *args, "-w", f"{WINDOW}s", "-o", "json").stdout)["items"]
+
+
+def _close(shown: float, expected: float) -> bool:
+    return abs(shown - expected) <= 0.2 * max(expected, 0.5)
+
+
+def test_service_page_shows_its_numbers_endpoints_sync_certificates_and_config(mesh, browser):
+    plane, _, traffic = mesh
+    plane.apply(
+        """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend-page}
+spec:
+  host: backend
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend-page}
+spec:
+  hosts: [backend]
+  http:
+  - route:
+    - {destination: {host: backend, subset: v1}, weight: 50}
+    - {destination: {host: backend, subset: v2}, weight: 50}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: backend-no-debug}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: DENY
+  rules: [{to: [{operation: {paths: [/debug]}}]}]
+"""
+    )
+    try:
+        wait_for(plane.all_synced, 15, what="the config to reach every proxy")
+        wait_for(lambda: time.monotonic() - traffic.started > WINDOW + 2, 60, what="a whole window of traffic")
+        _page(browser, plane, "service/default/backend")
+
+        def page_agrees_with_stat():
+            row = browser.find_element(By.CSS_SELECTOR, "#svc-summary tbody tr")
+            expected = _stat(plane, "backend", "--by", "service")[0]
+            shown = float(row.get_attribute("data-rps"))
+            return (shown, expected) if _close(shown, expected["rps"]) and expected["rps"] > 1 else None
+
+        shown, expected = wait_for(page_agrees_with_stat, 30, interval=1, what="the service page's numbers")
+        summary = browser.find_element(By.CSS_SELECTOR, "#svc-summary tbody tr").text
+        assert f"{expected['success_rate'] * 100:.1f}%" in summary or expected["success_rate"] < 1, summary
+
+        rps = wait_for(
+            lambda: (
+                (c := browser.find_element(By.CSS_SELECTOR, "#svc-charts svg[data-metric=rps]"))
+                and int(c.get_attribute("data-points")) >= 5
+                and c
+            ),
+            20,
+            what="a requests/s chart with points",
+        )
+        assert (
+            _close(float(rps.get_attribute("data-last")), expected["rps"]) or float(rps.get_attribute("data-last")) > 1
+        )
+        assert rps.find_element(By.CSS_SELECTOR, "polyline").get_attribute("points").count(",") >= 5
+        for metric in ("success_rate", "p50_ms", "p99_ms"):
+            chart = browser.find_element(By.CSS_SELECTOR, f"#svc-charts svg[data-metric={metric}]")
+            assert int(chart.get_attribute("data-points")) >= 5, metric
+        assert "requests/s" in browser.find_element(By.ID, "svc-charts").text
+
+        status = {p["id"]: p for p in plane.status()["proxies"] if p["service"] == "backend"}
+
+        def endpoints():
+            rows = browser.find_elements(By.CSS_SELECTOR, "#svc-proxies tr.proxy-row")
+            shown = {r.get_attribute("data-proxy"): r for r in rows}
+            return shown if set(shown) == set(status) and all("SYNCED" in r.text for r in rows) else None
+
+        rows = wait_for(endpoints, 20, interval=0.5, what="every backend proxy, SYNCED as `lattice status` says")
+        for proxy_id, row in rows.items():
+            cert = status[proxy_id]["certificate"]
+            assert all(t["state"] == "SYNCED" for t in status[proxy_id]["types"].values())
+            assert row.find_element(By.CSS_SELECTOR, "td.cert").get_attribute("data-expires") == cert["expires"]
+            assert cert["identity"].removeprefix("spiffe://") in row.text and "yes" in row.text
+            assert f"{status[proxy_id]['address']}:{status[proxy_id]['port']}" in row.text
+
+        config = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#svc-config tr.config-row")]
+        assert any(t.startswith("VirtualService default/backend-page routes requests") for t in config), config
+        assert any(t.startswith("DestinationRule default/backend-page") for t in config), config
+        assert any("AuthorizationPolicy default/backend-no-debug authorization: DENY" in t for t in config), config
+        assert all("backend-v1" in t and "backend-v2" in t for t in config), config
+    finally:
+        plane.cli("delete", "virtualservice", "backend-page", check=False)
+        plane.cli("delete", "destinationrule", "backend-page", check=False)
+        plane.cli("delete", "authorizationpolicy", "backend-no-debug", check=False)
+
+
+def test_workload_page_shows_identity_sync_traffic_and_failures_that_explain_themselves(mesh, browser):
+    plane, (client, _, _), traffic = mesh
+    wait_for(lambda: time.monotonic() - traffic.started > WINDOW + 2, 60, what="a whole window of traffic")
+    request_id = str(uuid.uuid4())
+    status, headers, _ = client.call(URL + "?status=500", {"x-request-id": request_id})
+    assert status == 500
+    served_by = headers["x-served-by"]
+
+    _page(browser, plane, "service/default/backend")
+    link = wait_for(
+        lambda: next(
+            (
+                a
+                for a in browser.find_elements(By.CSS_SELECTOR, "#svc-proxies tr.proxy-row a.go")
+                if a.text.startswith(served_by)
+            ),
+            None,
+        ),
+        20,
+        what=f"{served_by} on the service page",
+    )
+    proxy_id = link.text
+    link.click()
+    wait_for(lambda: browser.find_element(By.ID, "wl-title").text == proxy_id, 20, what="the workload page")
+
+    proxy = plane.proxy(proxy_id)
+    facts = lambda key: browser.find_element(By.CSS_SELECTOR, f"#wl-facts tr[data-fact={key}] td")  # noqa: E731
+    assert facts("identity").text == proxy["certificate"]["identity"]
+    assert facts("cert").get_attribute("data-expires") == proxy["certificate"]["expires"]
+    wait_for(lambda: facts("sync").text.startswith("SYNCED"), 20, what="SYNCED, as `lattice status` shows it")
+
+    def inbound_agrees():
+        shown = float(browser.find_element(By.CSS_SELECTOR, "#wl-inbound tr.traffic-total").get_attribute("data-rps"))
+        expected = next(r for r in _stat(plane) if r["workload"] == served_by)["rps"]
+        return _close(shown, expected) and expected > 0.5
+
+    wait_for(inbound_agrees, 30, interval=1, what=f"{served_by}'s inbound numbers to agree with `lattice stat`")
+    inbound = {
+        r.get_attribute("data-peer"): r.text
+        for r in browser.find_elements(By.CSS_SELECTOR, "#wl-inbound tr.traffic-row")
+    }
+    assert "client-v1" in inbound and inbound["client-v1"].startswith("client-v1 yes"), inbound
+
+    row = wait_for(
+        lambda: next(
+            (
+                r
+                for r in browser.find_elements(By.CSS_SELECTOR, "tr.failure-row")
+                if request_key(r.find_element(By.CSS_SELECTOR, "a.rid").text) == request_key(request_id)
+            ),
+            None,
+        ),
+        20,
+        what="the failed request among the workload's latest failures",
+    )
+    assert "500" in row.text and "GET backend:9080/" in row.text
+    row.find_element(By.CSS_SELECTOR, "a.rid").click()
+    answer = wait_for(
+        lambda: "500" in (t := browser.find_element(By.ID, "why-answer").text) and t,
+        15,
+        what="the why answer",
+    )
+    assert f"{served_by}" in answer or "backend" in answer
+
+    # Outbound: the client's page shows what it called, as the calls its sidecar made.
+    _page(browser, plane, "workload/client-v1")
+
+    def outbound_agrees():
+        rows = browser.find_elements(By.CSS_SELECTOR, "#wl-outbound tr.traffic-row")
+        shown = sum(
+            float(r.get_attribute("data-rps")) for r in rows if r.get_attribute("data-peer").startswith("backend")
+        )
+        expected = sum(r["rps"] for r in _stat(plane, "--from", "client-v1") if r["workload"].startswith("backend"))
+        return _close(shown, expected) and expected > 1
+
+    wait_for(outbound_agrees, 30, interval=1, what="client-v1's outbound numbers to agree with `lattice stat --from`")

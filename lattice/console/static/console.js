@@ -22,11 +22,39 @@ function cell(row, text, cls) {
 const pct = (v) => (v === null || v === undefined ? "-" : (v * 100).toFixed(1) + "%");
 const ms = (v) => (v === null || v === undefined ? "-" : v < 100 ? v.toFixed(1) + "ms" : v.toFixed(0) + "ms");
 
+const enc = encodeURIComponent;
+const num = (v, digits = 2) => (v === null || v === undefined ? "-" : v.toFixed(digits));
+
+function linkCell(row, text, href) {
+  const td = row.insertCell();
+  const a = document.createElement("a");
+  a.className = "go";
+  a.textContent = text;
+  a.href = href;
+  td.append(a);
+  return td;
+}
+
+async function getJSON(url) {
+  const response = await fetch(url);
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
 // --- tabs ---
 for (const button of document.querySelectorAll("nav button")) {
-  button.addEventListener("click", () => showTab(button.dataset.tab));
+  button.addEventListener("click", () => {
+    if (location.hash) history.pushState(null, "", location.pathname + location.search);
+    showTab(button.dataset.tab);
+  });
+}
+function go(hash) {
+  if (location.hash === hash) route();
+  else location.hash = hash;
 }
 function showTab(name) {
+  if (!name.endsWith("-page")) refreshing = null;
   for (const b of document.querySelectorAll("nav button")) b.classList.toggle("active", b.dataset.tab === name);
   for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === name);
 }
@@ -59,7 +87,7 @@ function layout(graph) {
     let y = 20;
     for (const s of list.sort((a, b) => a.name.localeCompare(b.name))) {
       const x = 20 + Number(column) * 430;
-      boxes.push({ name: s.name, x, y, h: 30 + s.nodes.length * 62 });
+      boxes.push({ name: s.name, namespace: s.nodes[0].namespace, x, y, h: 30 + s.nodes.length * 62 });
       s.nodes.forEach((n, i) => (place[n.id] = { x: x + 12, y: y + 24 + i * 62 }));
       y += 50 + s.nodes.length * 62;
     }
@@ -79,6 +107,7 @@ function drawGraph(graph) {
   svg.setAttribute("height", Math.max(200, ...boxes.map((b) => b.y + b.h + 20)));
   for (const b of boxes) {
     const g = el("g", { class: "service", "data-service": b.name });
+    g.addEventListener("click", () => go(`#/service/${enc(b.namespace)}/${enc(b.name)}`));
     g.append(el("rect", { x: b.x, y: b.y, width: 250, height: b.h, rx: 8 }), el("text", { x: b.x + 10, y: b.y + 16 }, b.name));
     svg.append(g);
   }
@@ -105,6 +134,10 @@ function drawGraph(graph) {
       class: "node" + (n.healthy ? "" : " unhealthy") + (bad ? " errors" : ""),
       "data-workload": n.id, "data-rps": s ? s.rps : 0, "data-success": s && s.success_rate !== null ? s.success_rate : "",
     });
+    g.addEventListener("click", (ev) => {
+      ev.stopPropagation();
+      go(`#/workload/${enc(n.id)}`);
+    });
     g.append(el("rect", { x: p.x, y: p.y, width: 226, height: 48, rx: 6 }));
     g.append(el("text", { x: p.x + 8, y: p.y + 18 }, `${n.id}  (${n.version})`));
     const numbers = s ? `${s.rps.toFixed(2)} rps · ${pct(s.success_rate)} · p99 ${ms(s.latency_ms.p99)}` : "no traffic";
@@ -117,8 +150,8 @@ function drawGraph(graph) {
     const s = n.stat;
     const row = body.insertRow();
     row.dataset.workload = n.id;
-    cell(row, n.id);
-    cell(row, n.service);
+    linkCell(row, n.id, `#/workload/${enc(n.id)}`);
+    linkCell(row, n.service, `#/service/${enc(n.namespace)}/${enc(n.service)}`);
     cell(row, n.version);
     cell(row, s ? s.rps.toFixed(2) : "-");
     cell(row, s ? pct(s.success_rate) : "-", s && s.success_rate !== null && s.success_rate < 1 ? "bad" : "");
@@ -276,4 +309,204 @@ $("#authz-form").addEventListener("submit", async (ev) => {
     cell(row, r.reason);
   }
 });
+// --- charts: a few SVG lines, no library (see lattice/console/__init__.py) ---
+function lineChart(title, points, key, format, max) {
+  const W = 320, H = 140, L = 44, R = 8, T = 18, B = 18;
+  const svg = el("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, "data-metric": key });
+  const values = points.map((p) => p[key]);
+  const known = values.filter((v) => v !== null && v !== undefined);
+  const top = max ?? Math.max(1e-9, ...known) * 1.15;
+  svg.setAttribute("data-points", known.length);
+  svg.setAttribute("data-last", known.length ? known[known.length - 1] : "");
+  svg.append(el("text", { x: 6, y: 12, class: "title" }, `${title}: ${known.length ? format(known[known.length - 1]) : "-"}`));
+  svg.append(el("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
+  svg.append(el("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
+  svg.append(el("text", { x: 4, y: T + 8 }, format(top)));
+  svg.append(el("text", { x: 4, y: H - B }, format(0)));
+  if (points.length) {
+    const span = points.length > 1 ? points.length - 1 : 1;
+    const xy = [];
+    points.forEach((p, i) => {
+      const v = p[key];
+      if (v === null || v === undefined) return;
+      xy.push(`${(L + ((W - L - R) * i) / span).toFixed(1)},${(H - B - ((H - B - T) * v) / top).toFixed(1)}`);
+    });
+    svg.append(el("polyline", { points: xy.join(" ") }));
+    const ago = Math.round(points[points.length - 1].start - points[0].start);
+    svg.append(el("text", { x: L, y: H - 4 }, `-${ago}s`));
+    svg.append(el("text", { x: W - R - 24, y: H - 4 }, "now"));
+  }
+  return svg;
+}
+
+function drawCharts(box, points) {
+  box.replaceChildren(
+    lineChart("requests/s", points, "rps", (v) => v.toFixed(1)),
+    lineChart("success", points, "success_rate", pct, 1),
+    lineChart("latency p50", points, "p50_ms", ms),
+    lineChart("latency p99", points, "p99_ms", ms),
+  );
+}
+
+function configRows(body, items, withSelects) {
+  body.replaceChildren();
+  for (const c of items) {
+    const row = body.insertRow();
+    row.className = "config-row";
+    cell(row, c.kind);
+    linkCell(row, `${c.namespace}/${c.name}`, `#/config/${enc(c.kind)}/${enc(c.namespace)}/${enc(c.name)}`);
+    cell(row, c.role);
+    if (withSelects) cell(row, c.workloads.join(", "));
+  }
+}
+
+function proxyCells(row, p) {
+  cell(row, p.sync, "sync sync-" + p.sync).title = Object.entries(p.types).map(([t, v]) => `${t}: ${v}`).join("\n");
+  cell(row, p.identity.replace(/^spiffe:\/\//, "") || "none");
+  const td = cell(row, p.cert_expires ? `${p.cert_expires} (${expiresIn(p.cert_expires)})` : "-");
+  td.className = "cert";
+  td.dataset.expires = p.cert_expires;
+}
+
+function expiresIn(iso) {
+  const left = (Date.parse(iso) - Date.now()) / 1000;
+  if (!(left > 0)) return "EXPIRED";
+  return left >= 5400 ? `in ${(left / 3600).toFixed(1)}h` : left >= 90 ? `in ${Math.round(left / 60)}m` : `in ${Math.round(left)}s`;
+}
+
+let refreshing = null; // the page being kept fresh: a function, or null
+async function servicePage(namespace, name) {
+  showTab("service-page");
+  const me = () => servicePage(namespace, name);
+  refreshing = me;
+  $("#svc-title").textContent = name;
+  const [page, now, series] = await Promise.all([
+    getJSON(`/api/v1/console/services/${enc(namespace)}/${enc(name)}`),
+    getJSON(`/api/v1/stat?by=service&name=${enc(name)}&namespace=${enc(namespace)}&window=${WINDOW}`),
+    getJSON(`/api/v1/console/series?by=service&name=${enc(name)}&namespace=${enc(namespace)}&seconds=120&step=5`),
+  ]);
+  if (refreshing !== me) return;
+  $("#svc-host").textContent = page.host;
+  const s = now.items[0];
+  const summary = $("#svc-summary tbody");
+  summary.replaceChildren();
+  const row = summary.insertRow();
+  row.dataset.rps = s ? s.rps : 0;
+  row.dataset.success = s && s.success_rate !== null ? s.success_rate : "";
+  row.dataset.p99 = s && s.latency_ms.p99 !== null ? s.latency_ms.p99 : "";
+  cell(row, s ? s.rps.toFixed(2) : "0");
+  cell(row, s ? pct(s.success_rate) : "-");
+  cell(row, s ? ms(s.latency_ms.p50) : "-");
+  cell(row, s ? ms(s.latency_ms.p99) : "-");
+  cell(row, s ? pct(s.client.success_rate) : "-");
+  drawCharts($("#svc-charts"), series.points);
+  const proxies = $("#svc-proxies tbody");
+  proxies.replaceChildren();
+  for (const p of page.proxies) {
+    const r = proxies.insertRow();
+    r.className = "proxy-row";
+    r.dataset.proxy = p.id;
+    linkCell(r, p.id, `#/workload/${enc(p.id)}`);
+    cell(r, p.version);
+    cell(r, p.address);
+    cell(r, p.healthy ? "yes" : "NO", p.healthy ? "" : "bad");
+    cell(r, p.connected ? "yes" : "NO", p.connected ? "" : "bad");
+    proxyCells(r, p);
+  }
+  configRows($("#svc-config tbody"), page.config, true);
+}
+
+async function workloadPage(id) {
+  showTab("workload-page");
+  const me = () => workloadPage(id);
+  refreshing = me;
+  const page = await getJSON(`/api/v1/console/workloads/${enc(id)}?window=${WINDOW}`);
+  const p = page.proxy;
+  const series = await getJSON(`/api/v1/console/series?by=workload&name=${enc(p.name)}&namespace=${enc(p.namespace)}&seconds=120&step=5`);
+  if (refreshing !== me) return;
+  $("#wl-title").textContent = p.id;
+  const service = $("#wl-service");
+  service.replaceChildren("workload ", Object.assign(document.createElement("b"), { textContent: p.name }), " of service ");
+  const a = Object.assign(document.createElement("a"), { className: "go", textContent: p.service, href: `#/service/${enc(p.namespace)}/${enc(p.service)}` });
+  service.append(a);
+  const facts = $("#wl-facts tbody");
+  facts.replaceChildren();
+  const fact = (label, value, key, cls) => {
+    const r = facts.insertRow();
+    r.dataset.fact = key;
+    const th = document.createElement("th");
+    th.textContent = label;
+    r.append(th);
+    return cell(r, value, cls);
+  };
+  fact("identity", p.identity || "none (no certificate)", "identity");
+  fact("certificate expires", p.cert_expires ? `${p.cert_expires} (${expiresIn(p.cert_expires)})` : "-", "cert").dataset.expires = p.cert_expires;
+  fact("config sync", `${p.sync} — ` + Object.entries(p.types).map(([t, v]) => `${t} ${v}`).join(", "), "sync", "sync-" + p.sync);
+  for (const [t, e] of Object.entries(p.nacks)) fact(`rejected ${t}`, e, "nack", "bad");
+  fact("address", p.address, "address");
+  fact("healthy", p.healthy ? "yes" : "NO", "healthy", p.healthy ? "" : "bad");
+  fact("labels", Object.entries(page.labels).map(([k, v]) => `${k}=${v}`).join(" "), "labels");
+  drawCharts($("#wl-charts"), series.points);
+  const t = page.traffic || { inbound: { peers: [], total: {} }, outbound: { peers: [], total: {} } };
+  const sides = [["#wl-inbound", t.inbound, false], ["#wl-outbound", t.outbound, true]];
+  for (const [table, side, withService] of sides) {
+    const body = $(table + " tbody");
+    body.replaceChildren();
+    for (const r of side.peers) {
+      const row = body.insertRow();
+      row.className = "traffic-row";
+      row.dataset.peer = r.peer;
+      row.dataset.rps = r.rps;
+      cell(row, r.peer);
+      if (withService) cell(row, r.service);
+      cell(row, r.mtls ? "yes" : "no");
+      cell(row, num(r.rps));
+      cell(row, pct(r.success_rate), r.success_rate !== null && r.success_rate < 1 ? "bad" : "");
+      cell(row, ms(r.p50_ms));
+      cell(row, ms(r.p99_ms));
+    }
+    const total = body.insertRow();
+    total.className = "traffic-total";
+    total.dataset.rps = side.total.rps ?? 0;
+    cell(total, "all");
+    if (withService) cell(total, "");
+    cell(total, "");
+    cell(total, num(side.total.rps ?? 0));
+    cell(total, pct(side.total.success_rate));
+    cell(total, ms(side.total.p50_ms));
+    cell(total, ms(side.total.p99_ms));
+  }
+  const failed = $("#wl-failures tbody");
+  failed.replaceChildren();
+  for (const r of page.failures) {
+    const row = failed.insertRow();
+    row.className = "failure-row";
+    cell(row, new Date(r.time * 1000).toLocaleTimeString());
+    cell(row, r.reporter === "destination" ? "in" : "out");
+    cell(row, `${r.method} ${r.authority}${r.path}`);
+    cell(row, r.status, "bad");
+    cell(row, r.flags);
+    idCell(row, r.request_id);
+  }
+  configRows($("#wl-config tbody"), page.config, false);
+}
+
+function failed(where) {
+  return (e) => {
+    const box = $(where);
+    box.textContent = "";
+    box.append(Object.assign(document.createElement("p"), { className: "error", textContent: String(e.message || e) }));
+  };
+}
+
+function route() {
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  if (parts[0] === "service" && parts.length === 3) return servicePage(parts[1], parts[2]).catch(failed("#svc-charts"));
+  if (parts[0] === "workload" && parts.length === 2) return workloadPage(parts[1]).catch(failed("#wl-charts"));
+  showTab("graph");
+}
+window.addEventListener("hashchange", route);
+setInterval(() => refreshing && refreshing().catch(() => {}), 5000);
+for (const w of document.querySelectorAll(".win")) w.textContent = WINDOW;
 followGraph();
+route();

@@ -234,6 +234,17 @@ def test_the_window_gives_rates_percentiles_and_paths_from_what_envoy_counted_si
     assert window.summary(60, now=1_800_000_100)["peers"] == []  # out of the window
 
 
+def test_the_window_in_steps_puts_each_second_in_its_step_for_the_consoles_charts():
+    window = Window()
+    window.record(envoy_stats.parse(envoy_json({name("rq", inbound_tags()): bins(1000, 2000)})), at=1_800_000_000)
+    later = {name("rq", inbound_tags()): bins(1000, 2000, 3000)}
+    window.record(envoy_stats.parse(envoy_json(later)), at=1_800_000_007)
+    steps = window.series(20, 5, now=1_800_000_010)
+    assert [s["start"] for s in steps] == [1_799_999_990, 1_799_999_995, 1_800_000_000, 1_800_000_005]
+    assert [sum(p["requests"] for p in s["peers"]) for s in steps] == [0, 0, 2, 1]
+    assert steps[3]["peers"][0]["peer_workload"] == "reviews-v2" and steps[3]["seconds"] == 5
+
+
 def test_tap_hands_watchers_events_without_query_strings():
     async def watch():
         tap = Tap()

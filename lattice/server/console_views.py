@@ -1,0 +1,189 @@
+"""What the console's service, workload and config pages show, built from what the CLI reads.
+
+Each function takes the mesh as last pushed (`MeshSnapshot`), the registry's workloads and the
+proxies' status rows (`/api/v1/status`'s, so a page and `lattice status` cannot disagree), and
+returns JSON for `lattice/console/static/console.js`. Traffic numbers come from the agents'
+windows (server/observe.py), charts from their per-step series (agent/live.py `Window.series`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import aiohttp
+
+from lattice.mesh import MeshSnapshot, Workload
+from lattice.mesh import peer_auth
+from lattice.mesh.telemetry import percentile
+from lattice.server.agent_port import AgentAnswerError, bounded_json, check_window
+from lattice.server.observe import TIMEOUT, stat
+
+
+def sync_state(types: dict) -> str:
+    """One word for a proxy's xDS types, as `lattice status` shows them type by type: NACK if
+    it rejected any, SYNCED if it ACKed the newest of each, else STALE (sent, not yet ACKed)."""
+    states = {t["state"] for t in types.values()}
+    if "NACKED" in states:
+        return "NACK"
+    return "SYNCED" if states == {"SYNCED"} else "STALE"
+
+
+def proxy_row(status: dict) -> dict:
+    """A proxy as the pages list it: its endpoint, health, sync state and certificate."""
+    cert = status.get("certificate") or {}
+    return {
+        "id": status["id"],
+        "name": status["name"],
+        "namespace": status["namespace"],
+        "service": status["service"],
+        "version": status["version"],
+        "address": f"{status['address']}:{status['port']}",
+        "healthy": status["healthy"],
+        "connected": status["connected"],
+        "sync": sync_state(status["types"]),
+        "types": {t: v["state"] for t, v in status["types"].items()},
+        "nacks": {t: v["error"] for t, v in status["types"].items() if v["error"]},
+        "identity": cert.get("identity", ""),
+        "cert_expires": cert.get("expires", ""),
+    }
+
+
+def applies_to(snapshot: MeshSnapshot, workloads: Iterable[Workload]) -> list[dict]:
+    """The routes and policies that decide traffic to these workloads (all of one service, or
+    one), each with what it does and which of them it selects."""
+    found: dict[tuple[str, str, str], dict] = {}
+
+    def add(kind: str, namespace: str, name: str, role: str, w: Workload) -> None:
+        entry = found.setdefault(
+            (kind, namespace, name),
+            {"kind": kind, "namespace": namespace, "name": name, "role": role, "workloads": []},
+        )
+        if w.name not in entry["workloads"]:
+            entry["workloads"].append(w.name)
+
+    for w in workloads:
+        host = snapshot.resolve_host(w.service, w.namespace)
+        vs = snapshot.virtual_service_for(host)
+        if vs is not None:
+            add("VirtualService", vs.namespace, vs.name, f"routes requests for {host}", w)
+        dr = snapshot.destination_rule_for(host)
+        if dr is not None:
+            add("DestinationRule", dr.namespace, dr.name, f"traffic policy and subsets of {host}", w)
+        for p in snapshot.authorization_policies_for(w):
+            add("AuthorizationPolicy", p.namespace, p.name, f"authorization: {p.spec.action}", w)
+        for p in snapshot.rate_limit_policies_for(w):
+            add("RateLimitPolicy", p.namespace, p.name, "rate limit", w)
+        for p in snapshot.request_authentications_for(w):
+            add("RequestAuthentication", p.namespace, p.name, "JWT authentication", w)
+        for p in snapshot.peer_authentications:
+            if _peer_auth_selects(p, w, snapshot.root_namespace):
+                mode, _ = peer_auth.describe((p,), w, w.port, snapshot.root_namespace)
+                add("PeerAuthentication", p.namespace, p.name, f"mutual TLS: {mode}", w)
+    return sorted(found.values(), key=lambda e: (e["kind"], e["namespace"], e["name"]))
+
+
+def _peer_auth_selects(p, w: Workload, root_namespace: str) -> bool:
+    labels = p.spec.match_labels
+    if labels:
+        return p.namespace == w.namespace and all(w.labels.get(k) == v for k, v in labels.items())
+    return p.namespace in (w.namespace, root_namespace)
+
+
+def traffic(summary: dict, seconds: float) -> dict:
+    """One sidecar's window: what it served (inbound, by caller) and what it called (outbound,
+    by destination), as its own sidecar counted them."""
+    sides: dict[str, dict[tuple, dict]] = {"inbound": {}, "outbound": {}}
+    for row in summary["peers"]:
+        if not row["requests"] and not row["tcp_opened"]:
+            continue
+        side = "inbound" if row["reporter"] == "destination" else "outbound"
+        peer = row["peer_workload"] if row["peer_workload"] != "unknown" else row["service"]
+        key = (peer, row["service"])
+        g = sides[side].setdefault(key, {"requests": 0, "failures": 0, "latency": {}, "mtls": True})
+        g["requests"] += row["requests"]
+        g["failures"] += row["failures"]
+        g["mtls"] = g["mtls"] and row["mtls"]
+        for bucket, count in row["latency"].items():
+            g["latency"][int(bucket)] = g["latency"].get(int(bucket), 0) + count
+    out: dict = {}
+    for side, groups in sides.items():
+        rows = [
+            {"peer": peer, "service": service, "mtls": g["mtls"]} | _numbers(g, seconds)
+            for (peer, service), g in sorted(groups.items())
+        ]
+        total = {"requests": 0, "failures": 0, "latency": {}}
+        for g in groups.values():
+            total["requests"] += g["requests"]
+            total["failures"] += g["failures"]
+            for b, c in g["latency"].items():
+                total["latency"][b] = total["latency"].get(b, 0) + c
+        out[side] = {"total": _numbers(total, seconds), "peers": rows}
+    return out
+
+
+def _numbers(g: dict, seconds: float) -> dict:
+    n = g["requests"]
+    return {
+        "requests": n,
+        "rps": round(n / seconds, 2),
+        "success_rate": round((n - g["failures"]) / n, 4) if n else None,
+        "p50_ms": percentile(g["latency"], 0.5),
+        "p99_ms": percentile(g["latency"], 0.99),
+    }
+
+
+async def series(
+    session: aiohttp.ClientSession, workloads: list[Workload], seconds: float, step: float
+) -> tuple[list[tuple[Workload, list[dict]]], list[str]]:
+    """Every named workload's agent's per-step window; and those whose agents did not answer."""
+
+    async def one(w: Workload):
+        url = f"http://{w.address}:{w.agent_port}/lattice/v1/series"
+        try:
+            async with session.get(
+                url,
+                params={"seconds": str(seconds), "step": str(step)},
+                timeout=aiohttp.ClientTimeout(total=TIMEOUT),
+            ) as response:
+                if response.status != 200:
+                    return w, None
+                body = await bounded_json(response)
+                steps = body.get("steps") if isinstance(body, dict) else None
+                if not isinstance(steps, list):
+                    raise AgentAnswerError("steps: a list")
+                for s in steps:
+                    check_window({"peers": s.get("peers") if isinstance(s, dict) else None, "paths": []})
+                    if not isinstance(s.get("start"), int | float):
+                        raise AgentAnswerError("steps[].start: a number")
+                return w, steps
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return w, None
+
+    answers = await asyncio.gather(*(one(w) for w in workloads))
+    return [(w, s) for w, s in answers if s is not None], [w.name for w, s in answers if s is None]
+
+
+def chart(answers: list[tuple[Workload, list[dict]]], step: float, name: str, namespace: str, by: str) -> list[dict]:
+    """Per step: requests/s, success rate and latency p50/p99 of what `name` served, merged over
+    its sidecars the way `lattice stat` merges a window."""
+    if not answers:
+        return []
+    count = min(len(steps) for _, steps in answers)
+    points = []
+    for i in range(count):
+        start = answers[0][1][len(answers[0][1]) - count + i]["start"]
+        summaries = [(w, {"peers": steps[len(steps) - count + i]["peers"]}) for w, steps in answers]
+        rows = stat(summaries, step, name, namespace, by=by)
+        row = rows[0] if rows else None
+        points.append(
+            {
+                "start": start,
+                "requests": row["requests"] if row else 0,
+                "rps": row["rps"] if row else 0.0,
+                "success_rate": row["success_rate"] if row else None,
+                "p50_ms": row["latency_ms"]["p50"] if row else None,
+                "p99_ms": row["latency_ms"]["p99"] if row else None,
+            }
+        )
+    return points

@@ -1,0 +1,72 @@
+"""The console's service and workload pages: sync state in one word, charts merged per step, each
+side of a sidecar's traffic, and the config that applies to a service's workloads."""
+
+from __future__ import annotations
+
+from lattice.api import parse_documents
+from lattice.mesh.analyze import snapshot_of
+from lattice.server import console_views as views
+
+from test_stat_reporters import _row, _w
+
+
+def test_sync_state_is_nack_over_stale_over_synced():
+    synced = {"Cluster": {"state": "SYNCED"}, "Listener": {"state": "SYNCED"}}
+    assert views.sync_state(synced) == "SYNCED"
+    assert views.sync_state(synced | {"Listener": {"state": "STALE"}}) == "STALE"
+    assert views.sync_state(synced | {"Listener": {"state": "NOT SENT"}}) == "STALE"
+    assert views.sync_state({"Cluster": {"state": "STALE"}, "Listener": {"state": "NACKED"}}) == "NACK"
+
+
+def test_a_chart_point_per_step_merges_the_services_sidecars_as_stat_does():
+    v1, v2 = _w("backend-v1", "backend"), _w("backend-v2", "backend")
+    steps = lambda *counts: [  # noqa: E731
+        {"start": 100 + 5 * i, "peers": [_row("destination", "client-v1", "backend", n, n // 5)]}
+        for i, n in enumerate(counts)
+    ]
+    points = views.chart([(v1, steps(10, 20)), (v2, steps(0, 30))], 5, "backend", "default", "service")
+    assert [p["start"] for p in points] == [100, 105]
+    assert [p["rps"] for p in points] == [2.0, 10.0]
+    assert points[1]["success_rate"] == 0.8 and points[1]["p99_ms"] is not None
+
+
+def test_traffic_splits_what_a_sidecar_served_from_what_it_called():
+    summary = {
+        "peers": [
+            _row("destination", "client-v1", "backend", 40, 4),
+            _row("source", "unknown", "db.default.svc.cluster.local", 10, 0),
+            _row("source", "ratings-v1", "ratings", 0, 0),
+        ]
+    }
+    t = views.traffic(summary, 10)
+    assert t["inbound"]["total"]["rps"] == 4.0 and t["inbound"]["peers"][0]["success_rate"] == 0.9
+    assert [p["peer"] for p in t["outbound"]["peers"]] == ["db.default.svc.cluster.local"]  # idle rows left out
+
+
+def test_the_config_that_applies_names_routes_and_policies_with_the_workloads_they_select():
+    resources = parse_documents(
+        """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec: {hosts: [backend], http: [{route: [{destination: {host: backend}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-v2}
+spec: {selector: {matchLabels: {version: v2}}, action: DENY, rules: [{to: [{operation: {paths: [/x]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: other}
+spec: {selector: {matchLabels: {app: other}}, action: DENY, rules: [{}]}
+""",
+        "test",
+    )
+    v1, v2 = _w("backend-v1", "backend"), _w("backend-v2", "backend")
+    v2 = type(v2)(**{**v2.__dict__, "id": "backend-v2-1.default", "labels": {"app": "backend", "version": "v2"}})
+    found = views.applies_to(snapshot_of(resources, workloads=(v1, v2)), [v1, v2])
+    assert [(f["kind"], f["name"], f["workloads"]) for f in found] == [
+        ("AuthorizationPolicy", "only-v2", ["backend-v2"]),
+        ("VirtualService", "backend", ["backend-v1", "backend-v2"]),
+    ]
