@@ -14,14 +14,16 @@ Parts:
 - `live`      — the last five minutes per second (`lattice stat/top/edges`) and the tap fan-out.
 - `observer`  — ties stream, metrics, window and tap together; reads the workload's metric rules.
 - `traces`    — OTLP spans from Envoy, queued (bounded, never waiting) and forwarded to the control plane.
+- `handover`  — an in-place upgrade: the agent re-executes itself and adopts the app and Envoy.
 - `drain`     — the graceful stop: callers stop choosing this endpoint (and confirm it), Envoy
                 drains its inbound listener, open requests finish, then the app is stopped.
 - `sidecar`   — `Sidecar`: the lifecycle that ties these together and runs the app.
 
 Rules: the app starts only after Envoy holds its config; when the app exits, the sidecar stops
 and `lattice run` exits with the app's code; a signal drains first (`drain`, bounded by
-`--drain-timeout`), then stops app, Envoy and agent, in that order; a second signal stops at
-once; SIGUSR1 replaces Envoy by hot restart.
+`--drain-timeout`), then stops app, Envoy and agent, in that order; a second signal stops at once.
+SIGUSR1 replaces Envoy by hot restart (`envoy`); SIGHUP re-executes the agent while the app runs
+on (`handover`).
 App and Envoy run in process groups of their own, so a terminal's Ctrl-C reaches only the agent,
 and they die with the agent even if it is killed (PR_SET_PDEATHSIG).
 """

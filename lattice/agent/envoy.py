@@ -99,6 +99,8 @@ class EnvoyProcess:
         """Run Envoy until `stop()`; replace it whenever it exits on its own: at once the first
         time, then with backoff while it keeps dying young."""
         young_exits = 0  # in a row, each within 10 s of its start
+        if self.process is not None and self.process.returncode is None:  # adopted (agent/handover.py)
+            await self.hot_restart()  # the next epoch takes over from it
         while not self._stopping:
             if self.process is None or self.process.returncode is not None:
                 await self.start()
@@ -120,6 +122,10 @@ class EnvoyProcess:
                 self.log_tail(),
             )
             await asyncio.sleep(backoff)
+
+    def adopt(self, process, epoch: int, base_id: int | None) -> None:
+        """An Envoy the previous agent started (agent/handover.py): `supervise` replaces it."""
+        self.process, self.epoch, self.base_id = process, epoch, base_id
 
     async def start(self) -> asyncio.subprocess.Process:
         """The next epoch. With an Envoy still running it is a hot restart: that one becomes the

@@ -59,6 +59,8 @@ class GatewayProxy(Sidecar):
         )
 
     def _registration(self) -> Registration:
+        if self.handover is not None:  # upgraded in place (agent/handover.py): the same gateway
+            return Registration.model_validate(self.handover.registration)
         o = self.o
         address = o.address or self.lease.address
         labels = {"app": o.account, **(o.labels or DEFAULT_LABELS)}

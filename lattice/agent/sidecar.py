@@ -42,6 +42,7 @@ from lattice.agent.capture import CaptureMode
 from lattice.agent.control import RegistryClient
 from lattice.agent.drain import DEFAULT_DRAIN_TIMEOUT, DrainBudget, drain_callers, drain_inbound
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
+from lattice.agent.handover import AdoptedProcess, Handover, incoming, reexec
 from lattice.agent.http import agent_app
 from lattice.agent.identity import Identity
 from lattice.agent.kept_identity import IdentityKeeper
@@ -97,9 +98,12 @@ class Sidecar:
     def __init__(self, options: RunOptions) -> None:
         self.o = options
         self.lease: AddressLease | None = None
-        self.run_dir = Path(tempfile.mkdtemp(prefix="lattice-"))  # short: unix socket paths are capped at 108 bytes
+        self.handover = incoming()  # this process re-executed a previous agent (agent/handover.py)
+        # Short: unix socket paths are capped at 108 bytes.
+        self.run_dir = Path(self.handover.run_dir if self.handover else tempfile.mkdtemp(prefix="lattice-"))
+        self.generation = self.handover.generation + 1 if self.handover else 0
         self.app: asyncio.subprocess.Process | None = None
-        self.app_healthy = False
+        self.app_healthy = self.handover.app_healthy if self.handover else False
         self.exit_code = 0
         self._runner: web.AppRunner | None = None
         self._servers: list[grpc.aio.Server] = []
@@ -114,6 +118,10 @@ class Sidecar:
         across hosts the host's address is advertised (only the inbound listener binds it) and
         what only this host may use (outbound, upstream ports) binds a leased loopback."""
         o = self.o
+        if self.handover is not None:
+            if self.handover.lease_address is not None:
+                self.lease = AddressLease(self.handover.lease_address, self.handover.lease_fd)
+            return self.handover.placed
         server = urllib.parse.urlsplit(o.server)
         address = o.address
         if address is None and not is_loopback_host(server.hostname or "127.0.0.1"):
@@ -138,6 +146,8 @@ class Sidecar:
         return address, self.lease.address
 
     def _registration(self) -> Registration:
+        if self.handover is not None:
+            return Registration.model_validate(self.handover.registration)
         o = self.o
         address, local = self.placed
         name = o.name or (f"{o.service}-{o.version}" if o.version else o.service)
@@ -210,17 +220,23 @@ class Sidecar:
         )
         if self.capture is not None:  # Envoy beside the app, in the group whose traffic is not captured
             self.envoy.wrap = self.capture.pod.proxy_command
+        if self.handover is not None:
+            h = self.handover
+            self.envoy.adopt(AdoptedProcess(h.envoy_pid), h.envoy_epoch, h.envoy_base_id)
         self._write_bootstrap(node)
         main = asyncio.current_task()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, self._on_signal, main)
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._on_restart_envoy, node)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_upgrade)
         # One registry client from registration to deregistration, cleanup included.
         async with RegistryClient(self.o.server, reg, lambda: self.app_healthy, self.identity) as self.registry:
             try:
                 await self._obtain_identity()
                 self._check_xds_reachable()
                 self.relay = XdsRelay(node, self._xds_address(), self._xds_credentials, CONTROL_PLANE_NAME)
+                if self.handover is not None:  # the new Envoy gets what the old one held at once
+                    self.relay.good.update(self.handover.decoded_config())
                 self.observer = Observer(self._me(), f"{reg.service}.{reg.namespace}.svc.cluster.local")
                 self.relay.on_accept = self.observer.on_accept
                 # Extensions' Wasm modules: fetched from the control plane, given to Envoy as files.
@@ -248,11 +264,47 @@ class Sidecar:
                 node.cluster,
                 {"NAMESPACE": reg.namespace},
                 self.envoy.admin_socket,
-                self.run_dir / "xds.sock",
-                self.run_dir / "sds.sock",
-                self.run_dir / "telemetry.sock",
+                self._socket("xds"),
+                self._socket("sds"),
+                self._socket("telemetry"),
                 self._stats_config(),
             ),
+        )
+
+    def _socket(self, name: str) -> Path:
+        """Where this agent serves Envoy: an agent that took over (agent/handover.py) uses new
+        names, so the Envoy it replaces never reconnects to it."""
+        return self.run_dir / (f"{name}.sock" if self.generation == 0 else f"{name}-{self.generation}.sock")
+
+    def _on_upgrade(self) -> None:
+        """SIGHUP: re-execute `lattice run` (its code as installed now) while the app runs on."""
+        busy = (
+            not self._serving
+            or self._stop.is_set()
+            or self.capture is not None
+            or self.envoy.draining
+            or self.envoy.process is None
+            or self.envoy.process.returncode is not None
+            or (self.o.command and (self.app is None or self.app.returncode is not None))
+        )
+        if busy:
+            log.warning("SIGHUP: not upgrading now (starting, stopping, Envoy restarting, or --capture); send it again")
+            return
+        reexec(
+            Handover(
+                run_dir=str(self.run_dir),
+                generation=self.generation,
+                registration=self.registration.model_dump(),
+                placed=self.placed,
+                lease_address=self.lease.address if self.lease else None,
+                lease_fd=self.lease._fd if self.lease else None,
+                app_pid=self.app.pid if self.app else None,
+                app_healthy=self.app_healthy,
+                envoy_pid=self.envoy.process.pid,
+                envoy_epoch=self.envoy.epoch,
+                envoy_base_id=self.envoy.base_id,
+                config=Handover.encode(self.relay.good),
+            )
         )
 
     def _on_restart_envoy(self, node: base_pb2.Node) -> None:
@@ -367,12 +419,11 @@ class Sidecar:
         self.traces = TraceRelay(self.o.server, self.identity)  # Envoy's spans, on to the control plane
         self.observer.span_counts = self.traces.counts
         add_trace_service(self.traces, local)
-        local.add_insecure_port(f"unix:{self.run_dir / 'xds.sock'}")
-        local.add_insecure_port(f"unix:{self.run_dir / 'sds.sock'}")
-        local.add_insecure_port(f"unix:{self.run_dir / 'telemetry.sock'}")
+        for name in ("xds", "sds", "telemetry"):
+            local.add_insecure_port(f"unix:{self._socket(name)}")
         await local.start()
-        for socket_name in ("xds.sock", "sds.sock", "telemetry.sock"):  # our Envoy only (the directory is 0700 too)
-            os.chmod(self.run_dir / socket_name, 0o600)
+        for name in ("xds", "sds", "telemetry"):  # our Envoy only (the directory is 0700 too)
+            os.chmod(self._socket(name), 0o600)
         self._servers.append(local)
         await self.registry.register()
         self._runner = web.AppRunner(
@@ -468,6 +519,11 @@ class Sidecar:
             **_no_proxy(reg.outbound_address),
             **upstream_env(reg),
         }
+        if self.handover is not None and self.handover.app_pid is not None:  # started by the previous agent
+            self.app = AdoptedProcess(self.handover.app_pid)
+            code = _exit_status(await self.app.wait())
+            log.info("app exited with %s", code)
+            return code
         try:
             command = self.capture.pod.command(self.o.command) if self.capture else self.o.command
             # Its own process group: a terminal's Ctrl-C (or systemd's KillMode=mixed) reaches the

@@ -1,5 +1,6 @@
 """Envoy replaced under a running sidecar (agent/envoy.py): by hot restart with no request lost,
-and after being killed, by a new one at once.
+and after being killed, by a new one at once; the agent itself replaced in place (SIGHUP,
+agent/handover.py) with no request lost and the app running on.
 
 One control plane, a `hot` backend and a client whose sidecar forwards a local port to it
 (`--upstream`), retries off. The load opens a new connection per request through both sidecars:
@@ -55,9 +56,13 @@ def app_pid(workload: Workload) -> int:
     return pid
 
 
-def hot_restarted(workload: Workload, before: list[int]) -> int:
+def hot_restarts(workload: Workload) -> int:
+    return workload.log.read_text().count("envoy hot restarted")
+
+
+def hot_restarted(workload: Workload, before: list[int], count: int) -> int:
     """The sidecar's log says a new epoch serves, and the Envoys that ran before have exited."""
-    wait_for(lambda: "envoy hot restarted" in workload.log.read_text(), 30, what="a new Envoy epoch to serve")
+    wait_for(lambda: hot_restarts(workload) > count, 30, what="a new Envoy epoch to serve")
     wait_for(lambda: not set(envoys(workload)) & set(before), 20, what="the old Envoy to hand over and exit")
     (new,) = envoys(workload)
     return new
@@ -72,10 +77,10 @@ def test_a_hot_restart_of_either_envoy_under_load_fails_no_request(mesh):
     try:
         wait_for(lambda: len(load.outcomes) > 10, 20, what="traffic")
         for workload in (mesh["server"], mesh["client"]):  # inbound side, then the caller's own sidecar
-            before, app = envoys(workload), app_pid(workload)
+            before, app, count = envoys(workload), app_pid(workload), hot_restarts(workload)
             assert len(before) == 1
             workload.process.send_signal(signal.SIGUSR1)
-            new = hot_restarted(workload, before)
+            new = hot_restarted(workload, before, count)
             assert new not in before and app_pid(workload) == app
             seen = len(load.outcomes)
             wait_for(lambda n=seen: len(load.outcomes) > n + 20, 20, what="traffic through the new Envoy")
@@ -108,3 +113,31 @@ def test_a_killed_envoy_is_replaced_at_once(mesh):
         load.stop()
     assert app_pid(server) == app and server.process.poll() is None
     assert "envoy exited with -9; starting it again (restart 1)" in server.log.read_text()
+
+
+@pytest.mark.timeout(180)
+def test_a_sidecar_upgraded_in_place_under_load_fails_no_request(mesh):
+    """SIGHUP to `lattice run` re-executes it (the code installed now): same PID, same proxy id,
+    the app untouched, a new Envoy epoch taking over the listening sockets from the old one.
+    Both sidecars on the path are upgraded in turn while the load runs."""
+    plane = mesh["server"].plane
+    load = HttpLoad(mesh["url"])
+    load.start()
+    try:
+        wait_for(lambda: len(load.outcomes) > 10, 20, what="traffic")
+        for workload in (mesh["server"], mesh["client"]):
+            before, app, count = envoys(workload), app_pid(workload), hot_restarts(workload)
+            agent = workload.process.pid
+            upgrades = workload.log.read_text().count("re-executing")
+            workload.process.send_signal(signal.SIGHUP)
+            wait_for(lambda w=workload, n=upgrades: w.log.read_text().count("re-executing") > n, 10, what="re-exec")
+            new = hot_restarted(workload, before, count)
+            assert new not in before and app_pid(workload) == app and workload.process.pid == agent
+            assert workload.process.poll() is None
+            wait_for(lambda w=workload: plane.all_synced([w.id]), 20, what="the same proxy id connected and synced")
+            seen = len(load.outcomes)
+            wait_for(lambda n=seen: len(load.outcomes) > n + 20, 20, what="traffic through the upgraded sidecar")
+    finally:
+        load.stop()
+    assert len(load.outcomes) > 100 and load.failures() == []
+    assert "re-attested with the certificate kept" in mesh["server"].log.read_text()
