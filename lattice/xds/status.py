@@ -84,6 +84,11 @@ class StatusBoard:
 
     def acked(self, node_id: str, type_url: str, version: str) -> None:
         status = self._type(node_id, type_url)
+        if status.nack and version == status.acked_version != status.sent_version:
+            # A request restating the version it held before the rejection (a subscription change
+            # after a NACK, or Envoy asking for what a warming cluster needs) accepts nothing new:
+            # the NACK of the newer version stands until a version is accepted.
+            return
         if version == status.sent_version and status.acked_version != version and status.sent_at:
             self.convergence_seconds = [*self.convergence_seconds[-999:], self._clock() - status.sent_at]
         status.acked_version, status.acked_at = version, self._clock()

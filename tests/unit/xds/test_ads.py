@@ -118,6 +118,18 @@ async def test_sotw_ack_nack_and_updates(ads):
     client.send(_sotw(CLUSTER, version=first.version_info, nonce="999"))  # stale nonce: ignored
     assert await client.nothing()
     assert board.get(NODE).types[CLUSTER].state == "NACKED"
+    # The same nonce again without an error, still holding the first version (what Envoy sends
+    # when it asks for something else after rejecting): the NACK stands, with Envoy's message.
+    client.send(_sotw(CLUSTER, version=first.version_info, nonce=second.nonce))
+    assert await client.nothing()
+    status = board.get(NODE).types[CLUSTER]
+    assert (status.state, status.nack) == ("NACKED", "bad cluster")
+
+    cache.set(NODE, "3", _clusters("a", "b"))  # fixed: the next version is accepted
+    third = await client.recv()
+    client.send(_sotw(CLUSTER, version=third.version_info, nonce=third.nonce))
+    await _until(lambda: board.get(NODE).types[CLUSTER].state == "SYNCED")
+    assert board.get(NODE).types[CLUSTER].nack == ""
 
 
 async def test_sotw_named_subscription_gets_only_those(ads):
