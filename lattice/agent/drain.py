@@ -12,6 +12,9 @@ In order, within `--drain-timeout` seconds:
    WebSocket close frame), and is killed if it has not stopped by the deadline;
 4. then (sidecar.py) deregistration, Envoy, the agent.
 The outbound listener stays up throughout: the app may call others while it finishes requests.
+
+A gateway (agent/gateway.py) has no app and is nobody's endpoint: its stop is `drain_gateway`,
+Envoy draining every listener and the requests in flight through it finishing.
 """
 
 from __future__ import annotations
@@ -79,3 +82,31 @@ async def open_to_app(envoy: EnvoyProcess, port: int, tcp: bool) -> int | None:
         return None
     values = [int(v) for v in re.findall(rb": (\d+)\s*$", body, re.MULTILINE)]
     return sum(values) if values else 0
+
+
+async def drain_gateway(envoy: EnvoyProcess, until: float) -> None:
+    """A gateway's stop: Envoy drains all its listeners (HTTP/1.1 answers carry `Connection:
+    close`, HTTP/2 gets GOAWAY, and after Envoy's drain time the listeners close, so new
+    connections go to another gateway); wait until no request is in flight through it, or `until`."""
+    status, body = await envoy.admin("/drain_listeners", {"graceful": ""}, post=True, timeout=2.0)
+    if status != 200:
+        log.warning("Envoy did not start draining (%s %s)", status, body[:200])
+        return
+    loop = asyncio.get_running_loop()
+    active = None
+    while loop.time() < until:
+        active = await requests_in_flight(envoy)
+        if active == 0:
+            log.info("no request in flight through the gateway")
+            return
+        await asyncio.sleep(POLL_SECONDS)
+    log.info("%s requests still in flight at the drain deadline; stopping", active)
+
+
+async def requests_in_flight(envoy: EnvoyProcess) -> int | None:
+    """Requests the gateway's HTTP listeners have open (Envoy's admin interface not counted)."""
+    status, body = await envoy.admin("/stats", {"filter": r"^http\..*\.downstream_rq_active$"}, timeout=1.0)
+    if status != 200:
+        return None
+    values = re.findall(rb"^http\.(.*)\.downstream_rq_active: (\d+)\s*$", body, re.MULTILINE)
+    return sum(int(value) for prefix, value in values if prefix != b"admin")

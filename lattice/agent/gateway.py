@@ -8,11 +8,12 @@ N + 8000 (Istio's gateway pods likewise serve port 80 on 8080), so no root is ne
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
 
 from lattice.agent.address import free_port, port_free
-from lattice.agent.drain import DEFAULT_DRAIN_TIMEOUT
+from lattice.agent.drain import DEFAULT_DRAIN_TIMEOUT, drain_gateway
 from lattice.agent.sidecar import AGENT_PORT, OUTBOUND_PORT, Sidecar
 from lattice.api.registration import GATEWAY_PORT_OFFSET, Registration, gateway_local_port
 
@@ -45,9 +46,9 @@ class GatewayProxy(Sidecar):
     """The sidecar lifecycle (identity, Envoy, xDS relay, registration) serving Gateways instead of an app."""
 
     async def _graceful_stop(self, app) -> int:
-        """A gateway stops at once, as it did before sidecars drained: it has no app and no inbound
-        listener to wait for, and waiting for its callers' proxies to confirm a drain held every
-        gateway's stop for the whole callers' share of --drain-timeout."""
+        """Drain, then stop (agent/drain.py): requests in flight through the gateway finish,
+        within --drain-timeout. It does not wait for callers' proxies: it is no mesh endpoint."""
+        await drain_gateway(self.envoy, asyncio.get_running_loop().time() + self.o.drain_timeout)
         return 0
 
     def _stats_config(self) -> dict | None:

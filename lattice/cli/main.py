@@ -559,6 +559,12 @@ def gateway(
     token: Optional[str] = TokenOpt,
     token_file: Optional[Path] = TokenFileOpt,
     log_level: LogLevel = typer.Option(LogLevel.warning, case_sensitive=False, help="Agent and Envoy log level."),
+    drain_timeout: float = duration_option(
+        "30s",
+        "--drain-timeout",
+        help="On SIGTERM/Ctrl-C, how long the gateway may drain: its listeners close, requests in flight "
+        "through it finish. A second signal stops at once.",
+    ),
 ) -> None:
     from lattice.agent.gateway import GatewayOptions, run_gateway
     from lattice.mesh.k8s_gateway import CLASS_LABEL, NAME_LABEL
@@ -584,6 +590,7 @@ def gateway(
         listen=ports,
         address=address,
         envoy_log_level=log_level.value,
+        drain_timeout=at_least("--drain-timeout", drain_timeout, 0.5),
     )
     _logging("info" if log_level in ("debug", "info") else "warning")
     try:
