@@ -1,7 +1,8 @@
 """Istio `Gateway`: the ports, protocols, hosts and TLS a gateway proxy serves at the mesh's edge.
 
-Field names are Istio's. Certificates are file paths on the gateway's host (universal mode has no
-Kubernetes secrets); a field Lattice does not implement is refused with the reason.
+Field names are Istio's. Certificates are file paths on the gateway's host, or `credentialName`: a
+secret kept by the control plane (`lattice secret create tls`) and sent to the gateway over SDS. A
+field Lattice does not implement is refused with the reason.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from lattice.api.meta import DNS1123_LABEL
+from lattice.api.meta import DNS1123_LABEL, DNS1123_SUBDOMAIN
 from lattice.api.networking import IstioSpec
 
 # Protocols a gateway server can speak, grouped by how the proxy handles them.
@@ -79,13 +80,23 @@ class ServerTLSSettings(IstioSpec):
             )
         return v
 
-    @field_validator("credential_name", "credential_names")
+    @field_validator("credential_name")
     @classmethod
-    def _no_secrets(cls, v):
+    def _secret_name(cls, v: str | None) -> str | None:
+        if v is not None and not DNS1123_SUBDOMAIN.match(v):
+            raise ValueError(
+                f"{v!r} is not a secret name: credentialName names a secret made with `lattice secret create tls "
+                "NAME` in the gateway's namespace (a DNS-1123 name)"
+            )
+        return v
+
+    @field_validator("credential_names")
+    @classmethod
+    def _one_secret(cls, v):
         if v is not None:
             raise ValueError(
-                "credentialName names a Kubernetes secret, which Lattice does not read in universal mode; "
-                "give serverCertificate, privateKey (and caCertificates for MUTUAL) file paths"
+                "credentialNames (an RSA and an ECDSA certificate side by side) is not supported; give one "
+                "credentialName"
             )
         return v
 
@@ -130,6 +141,8 @@ class ServerTLSSettings(IstioSpec):
             "verify_certificate_hash",
         )
         files = ("server_certificate", "private_key")
+        if self.credential_name:
+            return self._credential_problems(files)
         if self.mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
             missing = [f for f in (*files, "ca_certificates") if not getattr(self, f)]
             return (
@@ -163,6 +176,15 @@ class ServerTLSSettings(IstioSpec):
             )
         given = self._given(*files, *checks, "min_protocol_version", "max_protocol_version", "cipher_suites")
         return [f"no TLS mode is set, so {_names(given)} would be unused; set mode"] if given else []
+
+    def _credential_problems(self, files: tuple[str, ...]) -> list[str]:
+        """credentialName brings the certificate, key and (MUTUAL) client CAs from the secret store."""
+        if self.mode not in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"):
+            return [f"credentialName serves a certificate for mode SIMPLE, MUTUAL or OPTIONAL_MUTUAL, not {self.mode}"]
+        given = self._given(*files, "ca_certificates")
+        if given:
+            return [f"credentialName brings the certificate, key and CA from the secret; remove {_names(given)}"]
+        return []
 
     def _given(self, *fields: str) -> list[str]:
         return [f for f in fields if getattr(self, f) not in (None, "", [])]

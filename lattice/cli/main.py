@@ -20,7 +20,7 @@ import typer
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from lattice.api import ValidationError, parse_documents  # noqa: E402
-from lattice.cli import authz, observe, observe_trace, proxy_config, security, why, dashboard  # noqa: E402
+from lattice.cli import authz, observe, observe_trace, proxy_config, secrets, security, why, dashboard  # noqa: E402
 from lattice.cli.client import AgentServerOpt, ApiError, Client, ServerOpt, agent_url, call, server_url  # noqa: E402
 from lattice.cli.client import connect as client  # noqa: E402
 from lattice.cli.options import (  # noqa: E402
@@ -44,6 +44,7 @@ app = typer.Typer(
 app.add_typer(proxy_config.app, name="proxy-config")
 app.add_typer(security.token_app, name="token")
 app.add_typer(security.ca_app, name="ca")
+app.add_typer(secrets.app, name="secret")
 app.add_typer(authz.app, name="authz")
 observe.register(app)
 observe_trace.register(app)

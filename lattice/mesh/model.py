@@ -11,8 +11,9 @@ from lattice.api import Resource
 from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
 from lattice.mesh.http_policy import HttpPolicy
-from lattice.mesh import authz, extensions, gateway_api, k8s_gateway, rate_limits, request_authn
+from lattice.mesh import authz, credentials, extensions, gateway_api, k8s_gateway, rate_limits, request_authn
 from lattice.mesh.absent import absent_services
+from lattice.mesh.credentials import TlsCredential
 from lattice.mesh.gateway_service import gateway_services
 from lattice.mesh.hosts import fqdn
 from lattice.mesh.peer_auth import mtls_mode
@@ -94,6 +95,9 @@ class MeshSnapshot:
     reference_grants: tuple[Resource, ...] = ()
     # (service, namespace, port, protocol) whose last workload left lately (registry.departed()).
     departed: tuple[tuple[str, str, int, str], ...] = ()
+    # TLS secrets by (namespace, name), decrypted by the control plane (server/secrets.py) for the
+    # gateways whose servers name them (mesh/credentials.py).
+    tls_credentials: Mapping[tuple[str, str], TlsCredential] = field(default_factory=dict, repr=False)
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, tuple[Resource, ...]] = field(init=False, repr=False)  # oldest first
@@ -286,6 +290,12 @@ class MeshSnapshot:
         out += gateway_api.table_conflicts(self._route_tables, vs_winners)
         out += request_authn.jwks_problems(self.request_authentications, self.jwks, self.jwks_errors)
         out += extensions.module_problems(self._extensions, self.wasm_modules, self.wasm_module_errors)
+        out += credentials.gateway_problems(
+            self.edge_gateways,
+            self.workloads,
+            self.tls_credentials,
+            lambda proxy, gw: k8s_gateway.serves(proxy.labels, gw, proxy.namespace),
+        )
         return out + list(self._entry_problems) + list(self._route_problems)
 
 

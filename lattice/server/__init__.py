@@ -7,6 +7,7 @@ Parts:
 - `incremental` — `ProxyTranslations`: the pusher's memory of past translations; a new snapshot
               re-translates only the types whose reads it changed, once per kind of proxy.
 - `jwks`    — RequestAuthentication jwksUri keys: fetched, refreshed, handed to each snapshot.
+- `secrets` — `lattice secret`: TLS secrets for gateways' credentialName, the key sealed at rest.
 - `rest`    — the REST API (aiohttp): apply/get/delete, registry, status, proxy config dumps.
 - `metrics` — the control plane's own Prometheus metrics (`/metrics`): pushes, convergence, CSRs, API.
 - `observe` — `lattice stat/top/edges/tap`: every agent's live window, asked at once and merged.

@@ -27,6 +27,7 @@ from lattice.server.drain import callers_hold_drain
 from lattice.server.pusher import Pusher
 from lattice.server.replicas import Replica, run_once
 from lattice.server.rest import RestApi, refresh_revocations
+from lattice.server.secrets import SecretVault
 from lattice.server.traces import TraceStore
 from lattice.store import StoreError, open_store
 from lattice.xds import SnapshotCache, StatusBoard
@@ -75,6 +76,7 @@ class ControlPlane:
             on_change=lambda: self.pusher.request("config"),
             refresh=config.module_refresh,
         )
+        self.secrets = SecretVault(self.store, config.home)  # gateways' credentialName (lattice secret)
         self.pusher = Pusher(
             self.store,
             self.registry,
@@ -90,6 +92,7 @@ class ControlPlane:
             mesh_telemetry=config.mesh_telemetry,
             http_policy=config.http_policy,
             metrics=self.metrics,
+            secrets=self.secrets,
         )
         self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect, self._authorize)
         self.traces = TraceStore()  # the embedded trace collector: agents post spans, the REST API serves them
@@ -107,6 +110,7 @@ class ControlPlane:
             modules=self.modules,
             replica=self.replica,
             metrics_token=admin_token(config.home, METRICS_TOKEN_FILE),
+            secrets=self.secrets,
         )
         self.agents = AgentApi(
             self.ca,

@@ -55,8 +55,10 @@ class Pusher:
         mesh_telemetry: MeshTelemetry | None = None,
         metrics: ControlPlaneMetrics | None = None,
         http_policy: HttpPolicy | None = None,
+        secrets=None,
     ) -> None:
         self._http_policy = http_policy or HttpPolicy()  # MeshConfig's, fixed for the server's life
+        self._secrets = secrets  # server/secrets.py: TLS secrets for gateways' credentialName
         self._metrics = metrics or ControlPlaneMetrics()
         self._changed_at: float | None = None  # when the first change not yet pushed arrived
         self._jwks = jwks
@@ -191,6 +193,7 @@ class Pusher:
             jwks_errors=MappingProxyType(dict(self._jwks.errors)) if self._jwks else {},
             wasm_modules=MappingProxyType(dict(self._modules.digests)) if self._modules else {},
             wasm_module_errors=MappingProxyType(dict(self._modules.errors)) if self._modules else {},
+            tls_credentials=MappingProxyType(self._secrets.credentials()) if self._secrets else {},
             created=self._created("VirtualService", "HTTPRoute", "GRPCRoute", "TrafficExtension", "WasmPlugin"),
             trust_domain=self._trust_domain,
             root_namespace=self._root_namespace,

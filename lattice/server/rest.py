@@ -36,7 +36,7 @@ from lattice.server.console import Console
 from lattice.server.why import WhyApi
 from lattice.server.traces import TraceStore, list_response, trace_response
 from lattice.store import Store, StoreConflict, StoredResource, StoreError, StoreUnavailable
-from lattice.translate import EXTENSION_CONFIG, TYPE_ORDER
+from lattice.translate import EXTENSION_CONFIG, SECRET, TYPE_ORDER
 from lattice.xds import StatusBoard
 
 log = logging.getLogger("lattice.api")
@@ -64,7 +64,9 @@ class RestApi:
         modules: ModuleCache | None = None,
         replica=None,
         metrics_token: str = "",
+        secrets=None,
     ) -> None:
+        self.secrets = secrets  # server/secrets.py: `lattice secret`
         self._metrics_token = metrics_token  # reads the Prometheus targets only (server/discovery.py)
         self.modules = modules  # extensions' Wasm modules: fetched and checked when applied
         self.store, self.registry, self.pusher, self.board, self.ca = store, registry, pusher, board, ca
@@ -106,6 +108,8 @@ class RestApi:
         WhyApi(self.registry, lambda: self.pusher.snapshot, lambda: self.observatory.session).add_routes(app)
         discovery.add_routes(app, self.registry, lambda: self.pusher.snapshot.root_namespace)
         self.console.add_routes(app)
+        if self.secrets is not None:
+            self.secrets.add_routes(app)
         return app
 
     @web.middleware
@@ -461,8 +465,8 @@ class RestApi:
         types = {}
         for type_url in TYPE_ORDER:
             t = status.types.get(type_url) if status else None
-            if t is None and type_url == EXTENSION_CONFIG:
-                continue  # asked for only by proxies whose listeners name an extension
+            if t is None and type_url in (EXTENSION_CONFIG, SECRET):
+                continue  # asked for only by proxies whose listeners name an extension or a secret
             types[type_url.rsplit(".", 1)[-1]] = {
                 "state": t.state if t else "NOT SENT",
                 "sent": t.sent_version if t else "",

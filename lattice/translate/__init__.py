@@ -25,7 +25,7 @@ Every function takes what it needs and returns new messages.
 from typing import Any
 
 from lattice.translate.tls import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER
-from lattice.translate.type_urls import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, TYPE_ORDER
+from lattice.translate.type_urls import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET, TYPE_ORDER
 
 
 def __getattr__(name: str) -> Any:
@@ -47,6 +47,7 @@ __all__ = [
     "ROOT_SECRET",
     "ROUTE",
     "SDS_CLUSTER",
+    "SECRET",
     "TYPE_ORDER",
     "Resources",
     "translate",

@@ -27,14 +27,14 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 
 from lattice.api import Resource
 from lattice.api.gateway import Server, ServerTLSSettings, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
-from lattice.mesh import MeshSnapshot, Workload, fqdn, k8s_gateway
+from lattice.mesh import MeshSnapshot, Workload, credentials, fqdn, k8s_gateway
 from lattice.translate import cds, http_filters, lds, names, rds, routes, telemetry, tls, tracing
 from lattice.translate.protos import ads, pack, socket_address
 
@@ -175,9 +175,10 @@ def _terminating_chains(snapshot: MeshSnapshot, proxy: Workload, group: list[Bou
             )
         else:
             network = _tcp_proxy(snapshot, [b], b.server.port.number, f"gateway_tls_{b.server.port.number}")
-        if network is None:
-            continue
-        chain = lc.FilterChain(name=_https_route_name(b), filters=[network], transport_socket=_downstream_tls(b.server))
+        if network is None or _credential_problem(snapshot, proxy, b.server):
+            continue  # a secret not (yet) made: the server is left out, and `lattice status` says why
+        transport = _downstream_tls(b.server, proxy)
+        chain = lc.FilterChain(name=_https_route_name(b), filters=[network], transport_socket=transport)
         chain.filter_chain_match.server_names.extend(sni)
         chains.append(chain)
     return chains
@@ -273,10 +274,13 @@ def _network(name: str, config) -> lc.Filter:
 # --- TLS termination -------------------------------------------------------------------------
 
 
-def _downstream_tls(server: Server) -> base_pb2.TransportSocket:
+def _downstream_tls(server: Server, proxy: Workload) -> base_pb2.TransportSocket:
     settings = server.tls
     assert settings is not None, "validation: an HTTPS or TLS server has tls"
-    if settings.mode == "ISTIO_MUTUAL":
+    if settings.credential_name:
+        context = tls_pb2.DownstreamTlsContext(common_tls_context=_secret_certificate(settings, proxy))
+        context.require_client_certificate.value = settings.mode == "MUTUAL"
+    elif settings.mode == "ISTIO_MUTUAL":
         context = tls_pb2.DownstreamTlsContext()
         tls.inbound_socket().typed_config.Unpack(context)  # the mesh certificate and trust bundle, over SDS
         context.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names.extend(
@@ -311,6 +315,57 @@ def _own_certificate(settings: ServerTLSSettings) -> tls_pb2.CommonTlsContext:
         validation.verify_certificate_spki.extend(settings.verify_certificate_spki)
         validation.verify_certificate_hash.extend(settings.verify_certificate_hash)
     return common
+
+
+def _secret_certificate(settings: ServerTLSSettings, proxy: Workload) -> tls_pb2.CommonTlsContext:
+    """credentialName: the certificate, key and client CAs of a `lattice secret`, over SDS on the
+    gateway's ADS stream, so a new version reaches new connections without a listener change."""
+    assert settings.credential_name is not None
+    cert, ca = credentials.secret_names(*credentials.credential_key(settings.credential_name, proxy.namespace))
+    common = tls_pb2.CommonTlsContext()
+    common.tls_certificate_sds_secret_configs.add(name=cert, sds_config=ads())
+    if settings.mode in ("MUTUAL", "OPTIONAL_MUTUAL"):
+        combined = common.combined_validation_context
+        combined.validation_context_sds_secret_config.name = ca
+        combined.validation_context_sds_secret_config.sds_config.CopyFrom(ads())
+        checks = combined.default_validation_context
+        checks.match_typed_subject_alt_names.extend(_san_matchers(settings.subject_alt_names))
+        checks.verify_certificate_spki.extend(settings.verify_certificate_spki)
+        checks.verify_certificate_hash.extend(settings.verify_certificate_hash)
+    return common
+
+
+def _credential_problem(snapshot: MeshSnapshot, proxy: Workload, server: Server) -> str | None:
+    if server.tls is None or not server.tls.credential_name:
+        return None
+    key = credentials.credential_key(server.tls.credential_name, proxy.namespace)
+    return credentials.missing(snapshot.tls_credentials, key, server.tls.mode in ("MUTUAL", "OPTIONAL_MUTUAL"))
+
+
+def secrets(snapshot: MeshSnapshot, proxy: Workload) -> list[secret_pb2.Secret]:
+    """The secrets this gateway's own servers name, and only those: a proxy never gets another
+    namespace's keys unless a Gateway API Gateway it serves was granted them."""
+    wanted: dict[tuple[str, str], bool] = {}  # secret -> whether a server checks clients with its CA
+    for group in servers_by_port(snapshot, proxy).values():
+        for b in group:
+            if b.server.tls is not None and b.server.tls.credential_name:
+                key = credentials.credential_key(b.server.tls.credential_name, proxy.namespace)
+                wanted[key] = wanted.get(key, False) or b.server.tls.mode in ("MUTUAL", "OPTIONAL_MUTUAL")
+    out = []
+    for key, checks_clients in sorted(wanted.items()):
+        found = snapshot.tls_credentials.get(key)
+        if found is None:
+            continue
+        cert_name, ca_name = credentials.secret_names(*key)
+        certificate = secret_pb2.Secret(name=cert_name)
+        certificate.tls_certificate.certificate_chain.inline_bytes = found.cert_pem
+        certificate.tls_certificate.private_key.inline_bytes = found.key_pem
+        out.append(certificate)
+        if found.ca_pem and checks_clients:
+            roots = secret_pb2.Secret(name=ca_name)
+            roots.validation_context.trusted_ca.inline_bytes = found.ca_pem
+            out.append(roots)
+    return out
 
 
 def _san_matchers(sans: list[str]) -> list[common_pb2.SubjectAltNameMatcher]:

@@ -9,7 +9,7 @@ from google.protobuf.message import Message
 
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.translate import cds, eds, extensions, gateway, lds, rds
-from lattice.translate.type_urls import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, TYPE_ORDER
+from lattice.translate.type_urls import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET, TYPE_ORDER
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ def translate_type(snapshot: MeshSnapshot, proxy: Workload, type_url: str) -> tu
         produced = eds.load_assignments(snapshot, proxy)
     elif type_url == LISTENER:
         produced = gateway.listeners(snapshot, proxy) if edge else lds.listeners(snapshot, proxy)
+    elif type_url == SECRET:
+        produced = gateway.secrets(snapshot, proxy) if edge else []
     elif type_url == EXTENSION_CONFIG:
         produced = extensions.extension_configs(snapshot.extensions_for(proxy), snapshot.wasm_modules)
     else:
@@ -52,5 +54,6 @@ _NAME = {
     LISTENER: attrgetter("name"),
     ROUTE: attrgetter("name"),
     EXTENSION_CONFIG: attrgetter("name"),
+    SECRET: attrgetter("name"),
 }
 _first = itemgetter(0)

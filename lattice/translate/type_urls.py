@@ -6,6 +6,7 @@ ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # gateways' credentialName (SDS)
 # Make-before-break: clusters and their endpoints exist before listeners and routes point at them.
-# Extension configs (ECDS) are asked for by the listeners that name them.
-TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG)
+# Extension configs (ECDS) and secrets (SDS) are asked for by the listeners that name them.
+TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION_CONFIG, SECRET)

@@ -1,7 +1,7 @@
 """A test backend run under `lattice run`: answers every request with what it saw, and misbehaves on demand.
 
 Behaviour per request (query parameters) or per process (environment):
-- `?status=N` / BACKEND_STATUS=N      answer N instead of 200
+- `?status=N` / BACKEND_STATUS=N      answer N instead of 200 (also `/status/N`, as httpbin)
 - `?fail=P` / BACKEND_FAIL_RATE=P     answer 503 with probability P (0..1)
 - `?delay=S` / BACKEND_DELAY=S        sleep S seconds before answering
 - every other 2nd request 503 when BACKEND_FAIL_EVERY_OTHER=1 (deterministic "fails half")
@@ -77,7 +77,9 @@ class Handler(BaseHTTPRequestHandler):
         delay = float(query.get("delay") or os.environ.get("BACKEND_DELAY") or 0)
         if delay:
             time.sleep(delay)
-        status = int(query.get("status") or os.environ.get("BACKEND_STATUS") or 200)
+        httpbin = url.path.split("/")  # httpbin's /status/N, as Istio's tasks call it
+        path_status = httpbin[2] if len(httpbin) == 3 and httpbin[1] == "status" and httpbin[2].isdigit() else None
+        status = int(query.get("status") or path_status or os.environ.get("BACKEND_STATUS") or 200)
         fail = float(query.get("fail") or os.environ.get("BACKEND_FAIL_RATE") or 0)
         if fail and random.random() < fail:
             status = 503

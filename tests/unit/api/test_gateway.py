@@ -57,6 +57,8 @@ def test_bookinfo_gateway_applies_unchanged_in_every_version(version):
         "{mode: ISTIO_MUTUAL, subjectAltNames: ['spiffe://cluster.local/ns/default/sa/client']}",
         "{mode: PASSTHROUGH}",
         "{}",
+        "{mode: SIMPLE, credentialName: httpbin-credential}",
+        "{mode: MUTUAL, credentialName: httpbin-credential, subjectAltNames: [client.example.com]}",
     ],
 )
 def test_each_tls_mode_is_accepted(tls):
@@ -78,7 +80,11 @@ def test_names_hosts_bind_and_redirect_are_accepted():
 @pytest.mark.parametrize(
     ("server", "message"),
     [
-        (_server(HTTPS, "{mode: SIMPLE, credentialName: bookinfo-secret}"), "credentialName names a Kubernetes secret"),
+        (_server(HTTPS, "{mode: SIMPLE, credentialName: Bookinfo_Secret}"), "is not a secret name"),
+        (_server(HTTPS, "{mode: SIMPLE, credentialNames: [a, b]}"), "give one credentialName"),
+        (_server(HTTPS, f"{{mode: SIMPLE, credentialName: s, {CERTS}}}"), "brings the certificate, key and CA"),
+        (_server(HTTPS, "{mode: ISTIO_MUTUAL, credentialName: s}"), "not ISTIO_MUTUAL"),
+        (_server("TLS", "{mode: PASSTHROUGH, credentialName: s}"), "not PASSTHROUGH"),
         (_server(HTTPS, "{mode: AUTO_PASSTHROUGH}"), "AUTO_PASSTHROUGH routes by cluster names"),
         (
             _server(HTTPS, f"{{mode: SIMPLE, {CERTS}, tlsCertificates: [{{serverCertificate: /a}}]}}"),

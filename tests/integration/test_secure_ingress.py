@@ -1,0 +1,270 @@
+"""Istio's secure-ingress task (traffic-management/ingress/secure-ingress) on Lattice, its YAML
+unchanged: the certificates made with the task's openssl commands, kept with `lattice secret create
+tls` (the task's `kubectl create secret`), served by `lattice gateway` through `credentialName`.
+
+As the task's page states: SIMPLE answers 418 from httpbin's /status/418 to a client trusting
+example.com's CA, presenting httpbin.example.com's certificate; after the secret is replaced, a new
+connection sees the new certificate (no restart); MUTUAL refuses a client without a certificate at
+the handshake and answers one with client.example.com's certificate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness import BACKEND, LATTICE, ControlPlane, Workload, child_pid, die_with_parent, stop, wait_for
+from lattice.agent.address import free_port
+
+pytestmark = pytest.mark.slow
+
+GATEWAY_SIMPLE = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: mygateway
+spec:
+  selector:
+    istio: ingressgateway # use istio default ingress gateway
+  servers:
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    tls:
+      mode: SIMPLE
+      credentialName: httpbin-credential # must be the same as secret
+    hosts:
+    - httpbin.example.com
+"""
+GATEWAY_MUTUAL = GATEWAY_SIMPLE.replace("mode: SIMPLE", "mode: MUTUAL")
+VIRTUAL_SERVICE = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts:
+  - "httpbin.example.com"
+  gateways:
+  - mygateway
+  http:
+  - match:
+    - uri:
+        prefix: /status
+    - uri:
+        prefix: /delay
+    route:
+    - destination:
+        port:
+          number: 8000
+        host: httpbin
+"""
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _task_certificates(directory: Path, n: int) -> Path:
+    """The task's commands: a root for example.com, httpbin.example.com's certificate signed by it
+    (and, for MUTUAL, client.example.com's). Returns the directory, example_certs<n>."""
+    d = directory / f"example_certs{n}"
+    d.mkdir()
+    subj = "/O=example Inc./CN=example.com"
+    _openssl("req", "-x509", "-sha256", "-nodes", "-days", "365", "-newkey", "rsa:2048", "-subj", subj,
+             "-keyout", "example.com.key", "-out", "example.com.crt", cwd=d)  # fmt: skip
+    for host, org in (("httpbin.example.com", "httpbin organization"), ("client.example.com", "client organization")):
+        _openssl("req", "-out", f"{host}.csr", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{host}.key",
+                 "-subj", f"/CN={host}/O={org}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-sha256", "-days", "365", "-CA", "example.com.crt", "-CAkey", "example.com.key",
+                 "-set_serial", str(n), "-in", f"{host}.csr", "-out", f"{host}.crt", cwd=d)  # fmt: skip
+    return d
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("certs")
+    return _task_certificates(root, 1), _task_certificates(root, 2)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    """A control plane, httpbin (port 8000) under its sidecar, and `lattice gateway --listen 443=PORT`."""
+    plane = ControlPlane(tmp_path_factory.mktemp("secure-ingress") / "home").start()
+    httpbin = Workload(plane, "httpbin", command=BACKEND, extra=("--port", "8000"))
+    gateway = None
+    try:
+        httpbin.start()
+        local = free_port()
+        log = plane.home / "gateway.log"
+        env = plane.env | {"LATTICE_TOKEN": plane.token("istio-ingressgateway", "istio-system")}
+        gateway = subprocess.Popen(
+            [LATTICE, "gateway", "--listen", f"443={local}", "--log-level", "info"],
+            env=env,
+            stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        info = wait_for(lambda: _gateway(plane, gateway, log), 30, what=f"the gateway to be ready (log {log})")
+        yield plane, (info["address"], local), gateway, log
+    finally:
+        if gateway is not None:
+            stop(gateway)
+        httpbin.stop()
+        plane.stop()
+
+
+def _gateway(plane: ControlPlane, process: subprocess.Popen, log: Path):
+    if process.poll() is not None:
+        raise AssertionError(f"lattice gateway exited with {process.returncode}:\n{log.read_text()}")
+    return next((p for p in plane.status()["proxies"] if p["name"] == "ingressgateway" and p["healthy"]), None)
+
+
+def _curl(
+    where: tuple[str, int], ca: Path, client: tuple[Path, Path] | None = None, path: str = "/status/418"
+) -> tuple[int, dict]:
+    """`curl --resolve httpbin.example.com:443:GATEWAY --cacert CA [--cert --key] https://httpbin.example.com/...`:
+    (status, the server certificate's subject and sha256)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.check_hostname = False  # the task's certificate names its host in CN only; checked below
+    if client:
+        context.load_cert_chain(str(client[0]), str(client[1]))
+    with socket.create_connection(where, timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="httpbin.example.com") as tls:
+            seen = tls.getpeercert()
+            der = tls.getpeercert(binary_form=True)
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: httpbin.example.com\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    subject = {k: v for rdn in seen["subject"] for k, v in rdn}
+    return int(answer.split(b" ", 2)[1]), {"cn": subject["commonName"], "sha256": hashlib.sha256(der).hexdigest()}
+
+
+def _fingerprint(pem: Path) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.read_text())).hexdigest()
+
+
+def _served(where, ca: Path, expect: Path, client=None) -> bool:
+    try:
+        status, cert = _curl(where, ca, client)
+    except (OSError, ssl.SSLError):
+        return False
+    return status == 418 and cert["sha256"] == _fingerprint(expect)
+
+
+def _secret(plane: ControlPlane, verb: str, certs: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The task's `kubectl create -n istio-system secret tls httpbin-credential --key ... --cert ...`."""
+    return plane.cli(*_secret_args(verb, certs), *extra)
+
+
+def test_simple_tls_with_credential_name_then_rotation_without_restart(mesh, certs):
+    plane, where, gateway, gateway_log = mesh
+    one, two = certs
+    plane.apply(GATEWAY_SIMPLE + "---" + VIRTUAL_SERVICE)
+    # The Gateway names a secret that does not exist yet: the server is not served, and status says why.
+    wait_for(
+        lambda: any("httpbin-credential" in c for c in plane.status()["conflicts"]),
+        10,
+        what="lattice status to name the missing secret",
+    )
+    made = _secret(plane, "create", one)
+    assert "secret istio-system/httpbin-credential created" in made.stdout
+    wait_for(lambda: _served(where, one / "example.com.crt", one / "httpbin.example.com.crt"), 15,
+             what="httpbin.example.com's certificate and 418 through the gateway")  # fmt: skip
+    status, cert = _curl(where, one / "example.com.crt")
+    assert (status, cert["cn"]) == (418, "httpbin.example.com")
+    assert not any("httpbin-credential" in c for c in plane.status()["conflicts"])
+
+    # A client trusting another CA (the task's second set) refuses the gateway's certificate.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _curl(where, two / "example.com.crt")
+    # create again is refused (and says what to do); update rotates it.
+    again = plane.cli(*_secret_args("create", one), check=False)
+    assert again.returncode != 0 and "lattice secret update tls httpbin-credential" in again.stderr
+    envoy = child_pid(_Proc(gateway), "envoy")
+    _secret(plane, "update", two)
+    wait_for(lambda: _served(where, two / "example.com.crt", two / "httpbin.example.com.crt"), 15,
+             what="a new connection to see the rotated certificate")  # fmt: skip
+    assert child_pid(_Proc(gateway), "envoy") == envoy  # no restart: Envoy got the new secret over SDS
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _curl(where, one / "example.com.crt")  # the old CA no longer verifies what is served
+
+    # The key is never shown, logged or stored in clear.
+    key_body = _key_body(two / "httpbin.example.com.key")
+    shown = plane.cli("secret", "get", "httpbin-credential", "-n", "istio-system", "-o", "json").stdout
+    assert json.loads(shown)["dns_names"] == [] and json.loads(shown)["subject"].startswith("O=httpbin organization")
+    listed = plane.cli("secret", "list", "-o", "yaml").stdout
+    assert "httpbin-credential" in listed
+    proxy = _gateway(plane, gateway, gateway_log)
+    dump = plane.call("GET", f"/api/v1/proxies/{proxy['id']}/config_dump")[1]
+    for text in (shown, listed, json.dumps(dump), (plane.home / "server.log").read_text(), gateway_log.read_text()):
+        assert key_body not in text
+    stored = b"".join(p.read_bytes() for p in plane.home.glob("*.db*"))
+    assert key_body.encode() not in stored and b"httpbin-credential" in stored
+    assert (plane.home / "secrets.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_mutual_tls_refuses_a_client_without_certificate(mesh, certs):
+    plane, where, _, _ = mesh
+    one, _ = certs
+    plane.cli("secret", "delete", "httpbin-credential", "-n", "istio-system")
+    # The task's `kubectl create secret generic ... --from-file=ca.crt=example_certs1/example.com.crt`.
+    _secret(plane, "create", one, "--ca", str(one / "example.com.crt"))
+    plane.apply(GATEWAY_MUTUAL + "---" + VIRTUAL_SERVICE)
+    client = (one / "client.example.com.crt", one / "client.example.com.key")
+
+    def needs_client_cert() -> bool:
+        """The task's curl without --cert: the handshake fails with TLS 1.3's certificate_required alert."""
+        try:
+            _curl(where, one / "example.com.crt")
+        except ssl.SSLError as e:
+            return "CERTIFICATE_REQUIRED" in str(e)
+        except OSError:
+            return False  # the listener is being replaced
+        return False
+
+    wait_for(needs_client_cert, 15, what="the gateway to refuse a client without certificate (MUTUAL)")
+    wait_for(lambda: _served(where, one / "example.com.crt", one / "httpbin.example.com.crt", client), 15,
+             what="418 with client.example.com's certificate")  # fmt: skip
+    # A client certificate from a CA the secret does not name is refused at the handshake too.
+    _, two = certs
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        _curl(where, one / "example.com.crt", (two / "client.example.com.crt", two / "client.example.com.key"))
+
+
+def test_bad_material_is_refused_and_nothing_changes(mesh, certs):
+    plane, _, _, _ = mesh
+    one, two = certs
+    before = plane.cli("secret", "list", "-o", "json").stdout
+    mismatched = plane.cli(
+        "secret", "create", "tls", "other", "-n", "istio-system",
+        "--cert", str(one / "httpbin.example.com.crt"), "--key", str(two / "httpbin.example.com.key"), check=False,
+    )  # fmt: skip
+    assert mismatched.returncode != 0 and "not the private key of the certificate" in mismatched.stderr
+    assert _key_body(two / "httpbin.example.com.key") not in mismatched.stderr + mismatched.stdout
+    assert plane.cli("secret", "list", "-o", "json").stdout == before
+
+
+def _secret_args(verb: str, certs: Path) -> list[str]:
+    key, cert = certs / "httpbin.example.com.key", certs / "httpbin.example.com.crt"
+    return ["secret", verb, "tls", "httpbin-credential", "-n", "istio-system", "--key", str(key), "--cert", str(cert)]
+
+
+def _key_body(path: Path) -> str:
+    """A line from the middle of the PEM key: what would show if the key were echoed anywhere."""
+    lines = path.read_text().splitlines()
+    return lines[len(lines) // 2]
+
+
+class _Proc:
+    """child_pid takes a harness Workload; the gateway is a bare process here."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
