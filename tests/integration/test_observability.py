@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -243,10 +242,16 @@ def test_tap_shows_a_request_sent_after_it_started(mesh):
     )
     try:
         assert "tapping" in tap.stderr.readline()  # connected to the sidecar's stream
-        time.sleep(0.2)
-        client.call(f"http://{SERVER}/untapped")  # filtered out by --path
-        assert client.call(f"http://{SERVER}{path}?status=201")[0] == 201
-        out, err = tap.communicate(timeout=20)
+
+        def send_both() -> bool:
+            # Until the tap has its one request: the sidecar may start tapping a moment after it
+            # says so. /untapped goes first each time: --path must skip it for the tapped one.
+            client.call(f"http://{SERVER}/untapped")
+            assert client.call(f"http://{SERVER}{path}?status=201")[0] == 201
+            return tap.poll() is not None
+
+        wait_for(send_both, 20, interval=0.1, what="tap to show the tapped request and exit (--limit 1)")
+        out, err = tap.communicate(timeout=5)
     finally:
         tap.kill()
     event = json.loads(out.strip().splitlines()[-1])

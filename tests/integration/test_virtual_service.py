@@ -318,17 +318,23 @@ def test_mirror_gets_copies_the_client_never_sees(shared_plane, mesh, client):
     assert set(served) <= {"web-v1", "web-v2"} and sum(served.values()) == 40, served
     # Mirrored requests are fire-and-forget: wait for the last ones to arrive.
     wait_for(lambda: client.json("http://mirror/__count")[1]["count"] == 40, 5, what="40 mirrored copies")
+    # A 0% mirror sends nothing. To know when copies would have arrived, a sentinel sent after the
+    # 20 requests is mirrored (another rule, 100%): once it is at the mirror, so would they be.
     apply(
         shared_plane,
         vs("""
+  - match: [{uri: {exact: /sentinel}}]
+    route: [{destination: {host: web}}]
+    mirror: {host: mirror}
   - route: [{destination: {host: web}}]
     mirrors: [{destination: {host: mirror}, percentage: {value: 0}}]
 """),
     )
     client.request("http://mirror/__reset", method="POST")
     client.served("http://web/mirrored", 20)
-    time.sleep(0.5)
-    assert client.json("http://mirror/__count")[1]["count"] == 0
+    assert client.request("http://web/sentinel")[0] == 200
+    wait_for(lambda: client.json("http://mirror/__count")[1]["count"] >= 1, 5, what="the sentinel's mirrored copy")
+    assert client.json("http://mirror/__count")[1]["count"] == 1, "a 0% mirror sent copies"
 
 
 def test_headers_set_add_remove(shared_plane, client):
