@@ -6,7 +6,8 @@
   in `--help` and checked by the parser.
 - `AgentServerOpt` / `ServerOpt` (in `client.py`) — `--server` is always "the control plane to talk
   to"; a sidecar talks to its agent API (https, port 15012), every other command to its REST API
-  (http, port 15080). Either shape is accepted where the other is expected (see `client.py`).
+  (http, port 15080). Either shape is accepted where the other is expected, and several replicas
+  comma-separated: a sidecar fails over between them, a REST command tries them in turn (`client.py`).
 - `alias(...)` — an old spelling kept for one release: hidden from `--help`, named in the help of
   the option that replaces it.
 """

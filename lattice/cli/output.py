@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
+from typing import NoReturn
 
 import typer
 import yaml
@@ -42,6 +43,6 @@ def emit(data, fmt: Format, columns: list[str], rows: list[list]) -> None:
         console.print(table)
 
 
-def fail(message: str, code: int = 1):
+def fail(message: str, code: int = 1) -> NoReturn:
     errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
