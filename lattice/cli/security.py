@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -191,6 +192,52 @@ def rotate_root(
     if info["rotation"] != "none":
         fail(f"the rotation is still {info['rotation']} after {timeout:.0f}s (it goes on; see `lattice ca show`)")
     typer.echo(f"rotation done: the trust bundle holds only {info['roots'][0]['fingerprint'][:16]}")
+
+
+trust_app = typer.Typer(
+    help="""Roots the whole mesh trusts, with several replicas on etcd: rotate a plug-in CA with no
+failed request. 1) `lattice ca trust add new-root.pem` (every proxy gets a trust bundle with both
+roots); 2) restart each replica with the new --ca-cert/--ca-key (its proxies renew from the new
+root); 3) `lattice ca trust remove <old fingerprint>` (refused while anything still uses it).""",
+    no_args_is_help=True,
+)
+ca_app.add_typer(trust_app, name="trust")
+
+
+@trust_app.command("add")
+def trust_add(
+    root: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="The root certificate (PEM)."),
+    server: Optional[str] = ServerOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """Trust another root mesh-wide: every replica adds it to its proxies' trust bundle, and a
+    replica may then be restarted to sign under it."""
+    body = json.dumps({"pem": root.read_text(errors="replace")}).encode()
+    result = call(connect(server).request, "POST", "/api/v1/ca/trust", body, content_type="application/json")
+    if output is not Format.table:
+        return emit(result, output, [], [])
+    typer.echo(
+        f"root {result['added'][:16]} trusted mesh-wide; trusted roots: {', '.join(f[:16] for f in result['roots'])}\n"
+        "next: restart each replica with the new --ca-cert/--ca-key, then `lattice ca trust remove` the old root"
+    )
+
+
+@trust_app.command("remove")
+def trust_remove(
+    fingerprint: str = typer.Argument(
+        ..., help="The root's SHA-256 fingerprint (at least 8 hex digits; see `lattice ca show`)."
+    ),
+    server: Optional[str] = ServerOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """Stop trusting a root mesh-wide. Refused while a replica signs under it or a proxy still
+    holds a certificate from it."""
+    result = call(connect(server).request, "DELETE", f"/api/v1/ca/trust/{fingerprint.strip().lower()}")
+    if output is not Format.table:
+        return emit(result, output, [], [])
+    typer.echo(
+        f"root {result['removed'][:16]} no longer trusted; trusted roots: {', '.join(f[:16] for f in result['roots'])}"
+    )
 
 
 def _when(epoch: float) -> str:

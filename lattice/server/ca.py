@@ -288,6 +288,31 @@ class CaManager:
             self._persist()
             log.info("root rotation done: retired %s", ", ".join(retired))
 
+    # --- several replicas: the mesh's roots ------------------------------------------------
+
+    def set_mesh_roots(self, recorded: list[dict]) -> bool:
+        """Trust the roots the mesh records (the store's ca/roots) besides our own signing root;
+        True if the trust bundle changed (its version moves, so agents fetch it)."""
+        roots = {fingerprint(self.ca.root): self.ca.root}
+        for entry in recorded:
+            if entry.get("pem") and entry.get("fingerprint") not in roots:
+                try:
+                    roots[entry["fingerprint"]] = x509.load_pem_x509_certificate(entry["pem"].encode())
+                except ValueError:
+                    log.warning("ignoring an unreadable trusted root %s in the store", str(entry["fingerprint"])[:16])
+        if [fingerprint(r) for r in self.roots] == list(roots):
+            return False
+        self.roots = list(roots.values())
+        self.bundle_version += 1
+        self._persist()
+        log.info("trust bundle v%d: %s", self.bundle_version, ", ".join(f[:16] for f in roots))
+        return True
+
+    def held_roots(self, proxies: list[str]) -> dict[str, int]:
+        """How many of `proxies` hold a certificate from each root (fingerprint -> count)."""
+        counts = Counter(self.held[p].root for p in proxies if p in self.held)
+        return dict(counts)
+
     def trusts_bundle(self, proxy_id: str) -> bool:
         held = self.held.get(proxy_id)
         return held is not None and held.bundle_version >= self.bundle_version

@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 import grpc
+from cryptography.hazmat.primitives import serialization
 from aiohttp import web
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
@@ -59,7 +60,7 @@ class ControlPlane:
         )
         self.ca_duty = CaDuty(self.ca, RotationPolicy.for_rotation_at(config.root_rotate_at))
         if self.store.shared:
-            _check_same_root(self.store, self.ca.root_fingerprint)
+            self.ca.set_mesh_roots(_check_trusted_root(self.store, self.ca))
         self.cache = SnapshotCache()
         self.metrics = ControlPlaneMetrics()  # served on the REST port's /metrics, without the admin token
         self.board = StatusBoard(events=self.metrics)
@@ -96,7 +97,7 @@ class ControlPlane:
         )
         self.ads = AdsServer(self.cache, self.board, self._on_connect, self._on_disconnect, self._authorize)
         self.traces = TraceStore()  # the embedded trace collector: agents post spans, the REST API serves them
-        self.replica = Replica(self.store, self.registry, lambda: len(self.ads.connected_nodes()))
+        self.replica = Replica(self.store, self.registry, lambda: len(self.ads.connected_nodes()), self._ca_record)
         self.rest = RestApi(
             self.store,
             self.registry,
@@ -127,6 +128,11 @@ class ControlPlane:
         self.metrics.read_state(self.ads, self.board, self.registry, self.pusher, self.ca, self.ca_duty)
         self.rest.expiry_warnings = self.ca_duty.warnings
         refresh_revocations(self.store, self.ca)  # certificates revoked before a restart stay refused
+
+    def _ca_record(self) -> dict:
+        """What other replicas need to know of this one's CA: the root it signs under, and the roots
+        its proxies' certificates come from (`lattice ca trust remove` refuses a root still in use)."""
+        return {"ca_root": self.ca.root_fingerprint, "held_roots": self.ca.held_roots(self.ads.connected_nodes())}
 
     def _authorize(self, node_id: str, peer: list[str]) -> str | None:
         """Config goes only to a registered proxy, over a connection holding that proxy's identity."""
@@ -246,6 +252,8 @@ class ControlPlane:
                 await asyncio.to_thread(refresh_revocations, self.store, self.ca)
             except StoreError as e:
                 log.warning("reading revoked certificates: %s", e)
+            if self.store.shared:  # roots trusted or dropped with `lattice ca trust` on any replica
+                self.ca.set_mesh_roots(self.store.ca_roots())
 
     async def _count_loop(self) -> None:
         """Add what this replica's CA counted to the store's totals, so `lattice ca show` on any
@@ -276,14 +284,20 @@ class ControlPlane:
             await asyncio.sleep(SWEEP_INTERVAL)
 
 
-def _check_same_root(store, fingerprint: str) -> None:
-    """Every replica signs under one root: the first records it, a replica with another refuses to start."""
-    recorded = store.claim_ca_root(fingerprint)
-    if recorded != fingerprint:
+def _check_trusted_root(store, ca: CaManager) -> list[dict]:
+    """Every replica signs under a root the mesh trusts: the first records its own; a replica with
+    another refuses to start until `lattice ca trust add` has made it trusted everywhere (so no
+    workload is handed a certificate its peers cannot check). Returns the mesh's roots."""
+    pem = ca.ca.root.public_bytes(serialization.Encoding.PEM).decode()
+    recorded = store.claim_ca_root(ca.root_fingerprint, pem)
+    if ca.root_fingerprint not in {r["fingerprint"] for r in recorded}:
+        trusted = ", ".join(r["fingerprint"][:16] + "..." for r in recorded)
         raise SystemExit(
-            f"this replica's CA root (sha256 {fingerprint[:16]}...) is not the mesh's ({recorded[:16]}...), "
-            f"recorded in {store.name}: give every replica the same --ca-cert/--ca-key files"
+            f"this replica's CA root (sha256 {ca.root_fingerprint[:16]}...) is not among the mesh's trusted roots "
+            f"({trusted}), recorded in {store.name}: give every replica the same --ca-cert/--ca-key files, or, to "
+            "rotate to this root, first run `lattice ca trust add <its root.pem>` against a running replica"
         )
+    return recorded
 
 
 def _listen(host: str, port: int, what: str, flag: str) -> socket.socket:

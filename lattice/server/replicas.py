@@ -39,8 +39,16 @@ def replica_id() -> str:
 
 
 class Replica:
-    def __init__(self, store, registry: Registry, proxies: Callable[[], int], replica: str | None = None) -> None:
+    def __init__(
+        self,
+        store,
+        registry: Registry,
+        proxies: Callable[[], int],
+        extra: Callable[[], dict] = dict,
+        replica: str | None = None,
+    ) -> None:
         self.store = store
+        self._extra = extra
         self.registry = registry
         self.id = replica or replica_id()
         self._proxies = proxies
@@ -49,7 +57,13 @@ class Replica:
         self.started = time.time()
 
     def record(self) -> dict:
-        return {"id": self.id, **self.addresses, "proxies": self._proxies(), "started_at": self.started}
+        return {
+            "id": self.id,
+            **self.addresses,
+            "proxies": self._proxies(),
+            "started_at": self.started,
+            **self._extra(),
+        }
 
     async def announce(self) -> None:
         """Keep `replicas/<id>` current: re-put on change, renew the lease, start over if it lapsed."""

@@ -17,11 +17,13 @@ import time
 
 import aiohttp
 import pydantic
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from aiohttp import web
 
 from lattice.api import KINDS, UnknownKindError, ValidationError, kind_for, parse_documents
 from lattice.api.errors import FieldError
-from lattice.identity import TokenRecord, mint_token
+from lattice.identity import TokenRecord, fingerprint, mint_token
 from lattice.mesh.analyze import analyze
 from lattice.mesh.model import SNAPSHOT_FIELDS
 from lattice.registry import Registry
@@ -101,6 +103,8 @@ class RestApi:
         r.add_get("/api/v1/ca", self.ca_info)
         r.add_post("/api/v1/ca/rotate-root", self.rotate_root)
         r.add_post("/api/v1/ca/revoke", self.revoke_identity)
+        r.add_post("/api/v1/ca/trust", self.trust_root)
+        r.add_delete("/api/v1/ca/trust/{fingerprint}", self.untrust_root)
         r.add_get("/api/v1/proxies/{id}/config_dump", self.config_dump)
         r.add_get("/api/v1/traces", self.list_traces)
         r.add_get("/api/v1/traces/{trace_id}", self.get_trace)
@@ -252,6 +256,55 @@ class RestApi:
             return web.json_response({"error": str(e)}, status=409)
         self.ca.advance([w.id for w in self.registry.workloads()])
         return web.json_response(self.ca.describe())
+
+    async def trust_root(self, request: web.Request) -> web.Response:
+        """Trust one more root mesh-wide (several replicas): every replica adds it to the trust
+        bundle its proxies hold, and a replica may then be restarted to sign under it."""
+        if not self.store.shared:
+            return web.json_response({"error": _ONE_SERVER_TRUST}, status=409)
+        body = await request.json()
+        try:
+            root = trusted_root(body.get("pem") if isinstance(body, dict) else None)
+        except ValueError as e:
+            return web.json_response({"error": f"pem: {e}"}, status=400)
+        pem = root.public_bytes(serialization.Encoding.PEM).decode()
+        roots = await asyncio.to_thread(self.store.add_ca_root, fingerprint(root), pem)
+        self.ca.set_mesh_roots(roots)
+        log.warning("root %s is now trusted mesh-wide", fingerprint(root)[:16])
+        return web.json_response({"added": fingerprint(root), "roots": [r["fingerprint"] for r in roots]})
+
+    async def untrust_root(self, request: web.Request) -> web.Response:
+        """Stop trusting a root mesh-wide; refused while a replica signs under it or a proxy holds
+        a certificate from it (its peers would then refuse that proxy)."""
+        if not self.store.shared:
+            return web.json_response({"error": _ONE_SERVER_TRUST}, status=409)
+        wanted = request.match_info["fingerprint"].lower()
+        matches = [r["fingerprint"] for r in self.store.ca_roots() if r["fingerprint"].startswith(wanted)]
+        if len(wanted) < 8 or len(matches) != 1:
+            known = ", ".join(r["fingerprint"][:16] for r in self.store.ca_roots())
+            return web.json_response(
+                {
+                    "error": f"{wanted!r} names {len(matches)} of the trusted roots ({known}): "
+                    "give at least 8 hex digits of one"
+                },
+                status=404,
+            )
+        [chosen] = matches
+        replicas = self.replica.others() if self.replica is not None else []
+        signing = [r["id"] for r in replicas if r.get("ca_root") == chosen]
+        holding = sum(int(r.get("held_roots", {}).get(chosen, 0)) for r in replicas)
+        if signing or holding:
+            why = (
+                f"replica(s) {', '.join(signing)} still sign under it: restart them with the new --ca-cert/--ca-key"
+                if signing
+                else f"{holding} proxies still hold a certificate from it; they renew from the new root on their next "
+                "heartbeat"
+            )
+            return web.json_response({"error": f"root {chosen[:16]} is still in use: {why}"}, status=409)
+        roots = await asyncio.to_thread(self.store.remove_ca_root, chosen)
+        self.ca.set_mesh_roots(roots)
+        log.warning("root %s is no longer trusted", chosen[:16])
+        return web.json_response({"removed": chosen, "roots": [r["fingerprint"] for r in roots]})
 
     async def apply(self, request: web.Request) -> web.Response:
         source = request.query.get("source", "<request>")
@@ -501,6 +554,33 @@ def _route(request: web.Request) -> str:
 
 def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
+
+
+_ONE_SERVER_TRUST = (
+    "lattice ca trust is for several replicas on etcd; one server rotates its root with `lattice ca rotate-root` "
+    "(or, for a plug-in CA, trusts new --ca-cert files at restart and keeps the old root trusted)"
+)
+
+
+def trusted_root(pem: object) -> x509.Certificate:
+    """The one self-signed CA certificate `pem` holds; ValueError saying what is wrong otherwise."""
+    if not isinstance(pem, str) or "BEGIN CERTIFICATE" not in pem:
+        raise ValueError("a PEM certificate is required")
+    certs = x509.load_pem_x509_certificates(pem.encode())
+    if len(certs) != 1:
+        raise ValueError(f"expected one root certificate, got {len(certs)}")
+    [cert] = certs
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ValueError(
+            f"{cert.subject.rfc4514_string()} is not a CA certificate (basicConstraints CA:FALSE or absent)"
+        )
+    if cert.issuer != cert.subject:
+        raise ValueError(f"{cert.subject.rfc4514_string()} is issued by {cert.issuer.rfc4514_string()}: give its root")
+    return cert
 
 
 def _result(r: StoredResource, action: str) -> dict:

@@ -11,7 +11,9 @@ Keys under one prefix (`/lattice/`, or the path of `etcd://host:port/<prefix>`):
                                       identity in one transaction guarded by mod revisions
     replicas/<id>                     a replica's addresses and load, on that replica's lease
     elections/<duty>                  who runs a once-only duty, on the holder's lease
-    ca/root                           the fingerprint of the root every replica signs under
+    ca/roots                          the mesh's trusted roots [{fingerprint, pem}] (public certificates):
+                                      a replica signs only under one of them; `lattice ca trust` adds
+                                      and removes them (ca/root, a lone fingerprint, is read as before)
     jwks/<sha256 of the URL>          the last fetch of a RequestAuthentication jwksUri: {uri, keys, error,
                                       fetched_at}, written by the replica running the refresh duty
     counts/<name>                     totals every replica adds to ({key: n}), by compare-and-swap
@@ -90,6 +92,7 @@ class EtcdStore:
         self._grants: dict[str, dict] = {}  # proxy id -> grant record (mirrored: read on every heartbeat)
         self._jwks: dict[str, dict] = {}  # jwksUri -> its last fetch (mirrored: read on every push)
         self._jwks_signal = ChangeSignal()
+        self._ca: dict[str, bytes] = {}  # "roots" (and an older version's "root") -> value
         self.jwks_generation = 0
         self._revision = 0  # config revision: meta/revision's mod revision
         self._seen = 0  # etcd revision the mirror is complete up to
@@ -471,16 +474,59 @@ class EtcdStore:
         drop = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))
         self._write(pb.TxnRequest(compare=[mine], success=[drop]), f"resign {duty}")
 
-    def claim_ca_root(self, fingerprint: str) -> str:
-        """Record the signing root's fingerprint if none is; returns the one recorded (compare it)."""
-        key = self._key("ca/root")
-        free = pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.VERSION, key=key, version=0)
-        put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=fingerprint.encode()))
-        look = pb.RequestOp(request_range=pb.RangeRequest(key=key))
-        response = self._write(pb.TxnRequest(compare=[free], success=[put], failure=[look]), "record the CA root")
-        if response.succeeded:
-            return fingerprint
-        return response.responses[0].response_range.kvs[0].value.decode()
+    def claim_ca_root(self, fingerprint: str, pem: str) -> builtins.list[dict]:
+        """Record this root as the mesh's if none is; returns the mesh's trusted roots (compare)."""
+        return self._change_ca_roots(lambda roots: roots or [{"fingerprint": fingerprint, "pem": pem}], "record")
+
+    def add_ca_root(self, fingerprint: str, pem: str) -> builtins.list[dict]:
+        """Trust one more root mesh-wide (a replica may then sign under it); the roots after."""
+
+        def add(roots: builtins.list[dict]) -> builtins.list[dict]:
+            return (
+                roots
+                if any(r["fingerprint"] == fingerprint for r in roots)
+                else [*roots, {"fingerprint": fingerprint, "pem": pem}]
+            )
+
+        return self._change_ca_roots(add, "add a trusted root to")
+
+    def remove_ca_root(self, fingerprint: str) -> builtins.list[dict]:
+        """Stop trusting a root mesh-wide; the roots after. The last one is never removed."""
+
+        def remove(roots: builtins.list[dict]) -> builtins.list[dict]:
+            kept = [r for r in roots if r["fingerprint"] != fingerprint]
+            if not kept:
+                raise StoreError(f"{self.name}: {fingerprint[:16]} is the mesh's only trusted root; it stays")
+            return kept
+
+        return self._change_ca_roots(remove, "remove a trusted root from")
+
+    def ca_roots(self) -> builtins.list[dict]:
+        """The mesh's trusted roots as the watch last showed them."""
+        with self._cond:
+            return _ca_roots(self._ca)
+
+    def _change_ca_roots(
+        self, change: Callable[[builtins.list[dict]], builtins.list[dict]], what: str
+    ) -> builtins.list[dict]:
+        key = self._key("ca/roots")
+        for _ in range(MAX_ATTEMPTS):
+            kvs = self.client.call(
+                "Range",
+                pb.RangeRequest(key=self._key("ca/"), range_end=prefix_end(self._key("ca/"))),
+                what="read CA roots",
+            ).kvs
+            found = {kv.key.decode().rsplit("/", 1)[1]: kv for kv in kvs}
+            roots = _ca_roots({name: kv.value for name, kv in found.items()})
+            wanted = change(roots)
+            if wanted == roots and "roots" in found:
+                return roots
+            revision = found["roots"].mod_revision if "roots" in found else 0
+            same = pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=key, mod_revision=revision)
+            put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=canonical(wanted, "CA roots").encode()))
+            if self._write(pb.TxnRequest(compare=[same], success=[put]), f"{what} the mesh's CA roots").succeeded:
+                return wanted
+        raise StoreUnavailable(f"{self.name}: changing the CA roots gave up after {MAX_ATTEMPTS} attempts")
 
     # -- fetched JWKS and counts -------------------------------------------------------------
 
@@ -541,11 +587,11 @@ class EtcdStore:
         """The mirrored keys at one revision; from there the watch continues."""
         ops = [
             pb.RequestOp(request_range=pb.RangeRequest(key=self._key(p), range_end=prefix_end(self._key(p))))
-            for p in ("config/", "workloads/", "replicas/", "grants/", "jwks/")
+            for p in ("config/", "workloads/", "replicas/", "grants/", "jwks/", "ca/")
         ]
         ops.append(pb.RequestOp(request_range=pb.RangeRequest(key=self._key("meta/revision"))))
         response = self.client.call("Txn", pb.TxnRequest(success=ops), what="load")
-        config, workloads, replicas, grants, jwks, meta = (op.response_range.kvs for op in response.responses)
+        config, workloads, replicas, grants, jwks, ca, meta = (op.response_range.kvs for op in response.responses)
         resources = {}
         for kv in config:
             key = self._parse_config_key(kv.key)
@@ -558,6 +604,7 @@ class EtcdStore:
             self._replicas = {kv.key.decode().rsplit("/", 1)[1]: json.loads(kv.value) for kv in replicas}
             self._grants = {kv.key.decode().rsplit("/", 1)[1]: json.loads(kv.value) for kv in grants}
             jwks_before, self._jwks = self._jwks, dict(filter(None, (_jwks_record(kv) for kv in jwks)))
+            self._ca = {kv.key.decode().rsplit("/", 1)[1]: kv.value for kv in ca}
             jwks_changed = jwks_before != self._jwks
             if jwks_changed:
                 self.jwks_generation += 1
@@ -673,6 +720,11 @@ class EtcdStore:
                 self._grants[rest] = json.loads(event.kv.value)
         if part == "jwks":
             return part, self._mirror_jwks(event.kv, deleted)
+        if part == "ca":
+            if deleted:
+                self._ca.pop(rest, None)
+            else:
+                self._ca[rest] = event.kv.value
         return part, False
 
     def _mirror_jwks(self, kv: pb.KeyValue, deleted: bool) -> bool:
@@ -766,6 +818,15 @@ class EtcdStore:
             log.warning("ignoring an unreadable workload record at %s", kv.key.decode(errors="replace"))
             return None
         return _Workload(stored, kv.lease)
+
+
+def _ca_roots(ca: dict[str, bytes]) -> builtins.list[dict]:
+    """ca/roots, or what an older version recorded: ca/root, one fingerprint without its certificate."""
+    if "roots" in ca:
+        return json.loads(ca["roots"])
+    if "root" in ca:
+        return [{"fingerprint": ca["root"].decode(), "pem": ""}]
+    return []
 
 
 def _jwks_record(kv: pb.KeyValue) -> tuple[str, dict] | None:

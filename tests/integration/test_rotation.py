@@ -215,3 +215,82 @@ def test_control_plane_gone_traffic_flows_until_certificates_expire_then_fails_c
         for w in reversed(started):
             w.stop()
         plane.stop()
+
+
+def _ca_files(directory, name: str) -> tuple[str, str, str]:
+    """A plug-in CA as an operator keeps it: (cert file, key file, its root's fingerprint)."""
+    from lattice.identity import CertificateAuthority
+
+    ca = CertificateAuthority.generate("cluster.local", lambda: datetime.now(timezone.utc))
+    cert_pem, key_pem = ca.to_pem()
+    (directory / f"{name}.pem").write_bytes(cert_pem)
+    (directory / f"{name}-key.pem").write_bytes(key_pem)
+    (directory / f"{name}-key.pem").chmod(0o600)
+    return str(directory / f"{name}.pem"), str(directory / f"{name}-key.pem"), ca.root_fingerprint
+
+
+def test_replicas_rotate_a_plug_in_root_mesh_wide_under_traffic_failing_no_request(etcd_cluster, tmp_path):
+    """Two replicas on etcd, both signing under root A; the operator rotates to root B as the README
+    says (trust B mesh-wide, restart each replica with B's files, remove A) while traffic flows."""
+    old_cert, old_key, old_fp = _ca_files(tmp_path, "old")
+    new_cert, new_key, new_fp = _ca_files(tmp_path, "new")
+    store = ("--store", etcd_cluster.url(f"rotate-{os.getpid()}-{time.monotonic_ns()}"))
+    homes = [tmp_path / f"replica{i}" for i in range(3)]
+    for home in homes:
+        home.mkdir()
+        (home / "admin-token").write_text("rotation-test-admin-token-" + "x" * 20 + "\n")
+        (home / "admin-token").chmod(0o600)
+    planes = [ControlPlane(h, *store, "--ca-cert", old_cert, "--ca-key", old_key).start() for h in homes[:2]]
+    started: list[Workload] = []
+    try:
+        planes[0].apply(STRICT)
+        both = f"{planes[0].agent_api},{planes[1].agent_api}"
+        reverse = f"{planes[1].agent_api},{planes[0].agent_api}"
+        client = Workload(planes[0], "productpage", extra=("--server", both)).start(wait=False)
+        server = Workload(planes[1], "ratings", extra=("--server", reverse)).start(wait=False)
+        started = [client.wait_ready(), server.wait_ready()]
+        wait_for(lambda: _answer(client) is not None and _answer(client)[0] == 200, 15, what="the first request")
+        old_issuer = served_certificate(server.address)["issuer"]
+
+        # A replica on root B is refused while the mesh does not trust B, and says what to do.
+        with pytest.raises(AssertionError, match="lattice ca trust add"):
+            ControlPlane(homes[2], *store, "--ca-cert", new_cert, "--ca-key", new_key).start()
+
+        with Traffic(client) as traffic:
+            added = json.loads(planes[1].cli("ca", "trust", "add", new_cert, "-o", "json").stdout)
+            assert added["added"] == new_fp and set(added["roots"]) == {old_fp, new_fp}
+            for w in started:  # every agent hands Envoy a bundle with both roots
+                wait_for(lambda w=w: "(2 roots)" in w.log.read_text(), 15, what=f"{w.service} to trust both roots")
+            refused = planes[0].cli("ca", "trust", "remove", old_fp[:16], check=False)
+            assert refused.returncode != 0 and "still sign under it" in refused.stderr + refused.stdout
+
+            for i in (1, 0):  # each replica restarted on root B, on its own ports
+                ports = planes[i].ports
+                planes[i].stop()
+                planes[i] = ControlPlane(homes[i], *store, "--ca-cert", new_cert, "--ca-key", new_key).start(*ports)
+            for w in started:  # every sidecar presents a certificate from B
+                wait_for(
+                    lambda w=w: served_certificate(w.address)["issuer"] != old_issuer,
+                    30,
+                    interval=0.5,
+                    what=f"{w.service} to renew from the new root",
+                )
+            wait_for(
+                lambda: planes[1].cli("ca", "trust", "remove", old_fp[:16], check=False).returncode == 0,
+                30,
+                interval=0.5,
+                what="root A to be removable once nothing uses it",
+            )
+            for w in started:
+                wait_for(lambda w=w: "(1 roots)" in w.log.read_text(), 15, what=f"{w.service} to drop root A")
+            sent = len(traffic.codes)
+            wait_for(lambda: len(traffic.codes) >= sent + 20, 15, what="traffic after A is gone")
+        assert len(traffic.codes) > 100
+        assert traffic.failed == [], f"{len(traffic.failed)} of {len(traffic.codes)} requests failed"
+        shown = json.loads(planes[0].cli("ca", "show", "-o", "json").stdout)
+        assert [r["fingerprint"] for r in shown["roots"]] == [new_fp]
+    finally:
+        for w in reversed(started):
+            w.stop()
+        for plane in planes:
+            plane.stop()

@@ -259,3 +259,17 @@ def test_one_replica_holds_a_duty_and_another_takes_it_when_its_lease_ends(etcd_
     assert two.campaign("sweep", "two", lease_two) == "two"
     two.resign("sweep", "two")
     assert one.campaign("sweep", "one", one.grant(2)) == "one"
+
+
+@pytest.mark.slow
+def test_the_mesh_trusts_the_first_root_and_roots_added_and_never_none(etcd_replicas) -> None:
+    one, two = etcd_replicas(), etcd_replicas()
+    assert one.claim_ca_root("aa", "A") == [{"fingerprint": "aa", "pem": "A"}]
+    assert two.claim_ca_root("bb", "B") == [{"fingerprint": "aa", "pem": "A"}]  # compare: not ours
+    assert [r["fingerprint"] for r in two.add_ca_root("bb", "B")] == ["aa", "bb"]
+    assert [r["fingerprint"] for r in two.add_ca_root("bb", "B")] == ["aa", "bb"]  # once
+    wait_for(lambda: len(one.ca_roots()) == 2, 10, what="the first replica to see root bb")
+    assert [r["fingerprint"] for r in one.remove_ca_root("aa")] == ["bb"]
+    with pytest.raises(StoreError, match="only trusted root"):
+        one.remove_ca_root("bb")
+    wait_for(lambda: two.ca_roots() == [{"fingerprint": "bb", "pem": "B"}], 10, what="the removal to reach the other")
