@@ -10,9 +10,11 @@ Field names and defaults are `gateway.networking.k8s.io/v1`'s (ReferenceGrant's 
 - A `ReferenceGrant` in a namespace lets routes of another namespace refer to its objects
   (Services as backends); without one such a reference is refused, as the spec says.
 
-Listeners speak HTTP. Refused by name, with why: HTTPS, TLS, TCP and UDP listeners (HTTPS would
-take its certificate from a Kubernetes Secret, which universal mode has not; TLS and TCP need
-TLSRoute and TCPRoute, not implemented: use an Istio Gateway for those), `addresses` (the gateway's
+Listeners speak HTTP, or HTTPS terminated with the one certificate a `certificateRefs` entry names:
+a secret kept by the control plane (`lattice secret create tls`), in the Gateway's namespace or, with
+a ReferenceGrant, another. Refused by name, with why: TLS, TCP and UDP listeners (they need
+TLSRoute and TCPRoute, not implemented: use an Istio Gateway for those), TLS `Passthrough`,
+`options` and `frontendValidation`, `addresses` (the gateway's
 address is where `lattice gateway` runs), `infrastructure` and a class's `parametersRef` (nothing
 is deployed on a Gateway's behalf), `allowedRoutes.namespaces.from: Selector` (no Namespace objects
 to carry labels).
@@ -31,8 +33,8 @@ from lattice.api.meta import DNS1123_LABEL
 CONTROLLER_NAME = "lattice.dev/gateway-controller"
 GROUP = "gateway.networking.k8s.io"
 # Route kinds each listener protocol admits by default (the spec's "supportedKinds").
-# Only HTTP for now: HTTPS needs certificates from Secrets, TLS and TCP need TLSRoute and TCPRoute.
-ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute", "GRPCRoute")}
+# TLS and TCP would need TLSRoute and TCPRoute, which are not implemented.
+ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute", "GRPCRoute"), "HTTPS": ("HTTPRoute", "GRPCRoute")}
 _LISTENER_HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _CONTROLLER = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[A-Za-z0-9/\-._~%!$&'()*+,;=:]+$"
@@ -73,6 +75,24 @@ class ListenerTLSConfig(GatewayApiSpec):
     certificate_refs: list[SecretObjectReference] = Field(default_factory=list, max_length=64)
     options: dict[str, str] = Field(default_factory=dict)
     frontend_validation: dict | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ListenerTLSConfig:
+        problems = []
+        if self.mode != "Terminate":
+            problems.append("mode Passthrough needs TLSRoute, which is not implemented; use Terminate")
+        if len(self.certificate_refs) != 1:
+            problems.append("certificateRefs: give exactly one (a secret made with `lattice secret create tls`)")
+        for ref in self.certificate_refs:
+            if (ref.group or "") not in ("", "core") or (ref.kind or "Secret") != "Secret":
+                problems.append(f"certificateRefs: {ref.name} must be a Secret (group \"\"), not {ref.kind}")
+        if self.options:
+            problems.append("options are implementation-specific and Lattice defines none; remove them")
+        if self.frontend_validation is not None:
+            problems.append("frontendValidation (client certificates) is not supported; use an Istio Gateway MUTUAL")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class RouteNamespaces(GatewayApiSpec):
@@ -119,14 +139,16 @@ class Listener(GatewayApiSpec):
     def _protocol(cls, v: str) -> str:
         if v not in ROUTE_KINDS_BY_PROTOCOL:
             raise ValueError(
-                f"protocol {v!r} is not served by Lattice's Gateway API gateways (HTTPS needs a Kubernetes Secret, "
-                "TLS and TCP need TLSRoute/TCPRoute); use HTTP, or an Istio Gateway for the others"
+                f"protocol {v!r} is not served by Lattice's Gateway API gateways (TLS and TCP need TLSRoute/TCPRoute, "
+                "not implemented); use HTTP or HTTPS, or an Istio Gateway for the others"
             )
         return v
 
     @model_validator(mode="after")
-    def _no_tls(self) -> Listener:
-        if self.tls is not None:
+    def _tls_for_https(self) -> Listener:
+        if self.protocol == "HTTPS" and self.tls is None:
+            raise ValueError("an HTTPS listener needs tls.certificateRefs naming its certificate's secret")
+        if self.protocol != "HTTPS" and self.tls is not None:
             raise ValueError(f"a {self.protocol} listener takes no tls")
         return self
 

@@ -3,9 +3,13 @@ VirtualServices the gateway translator already serves, plus the `status` the spe
 
 This is how Istio implements the Gateway API, and Lattice follows it so one translator serves both:
 - A Gateway whose `GatewayClass` names `lattice.dev/gateway-controller` becomes an Istio-shaped
-  Gateway named `<name>-k8s-gateway`, one HTTP server per listener, selecting the gateway proxies
-  started with `lattice gateway --gateway-class CLASS` (label `CLASS_LABEL`); a proxy started with
-  `--gateway NAME` too (label `NAME_LABEL`) serves that Gateway alone (translate/gateway.py checks).
+  Gateway named `<name>-k8s-gateway`, one HTTP or HTTPS server per listener, selecting the gateway
+  proxies started with `lattice gateway --gateway-class CLASS` (label `CLASS_LABEL`); a proxy started
+  with `--gateway NAME` too (label `NAME_LABEL`) serves that Gateway alone (translate/gateway.py checks).
+- An HTTPS listener's `certificateRefs` become the server's credentialName
+  `kubernetes-gateway://NAMESPACE/NAME` (Istio's spelling); a secret in another namespace needs a
+  ReferenceGrant there naming Gateways of this namespace and Secret, else the listener is not served
+  and its ResolvedRefs says RefNotPermitted (InvalidCertificateRef while the secret does not exist).
 - Routes attached to it (HTTPRoute, GRPCRoute; parentRefs of kind Gateway) are accepted by the
   listeners that allow their namespace and kind, whose port and `sectionName` they name and whose
   hostname meets theirs. Their rules become VirtualService rules (`mesh/gateway_api.py` converts
@@ -36,6 +40,7 @@ from lattice.api.gateway_api_gateway import CONTROLLER_NAME, GROUP, Listener
 from lattice.api.meta import ObjectMeta
 from lattice.api.networking import VirtualServiceSpec
 from lattice.mesh import gateway_api
+from lattice.mesh.credentials import GATEWAY_API_PREFIX
 
 CLASS_LABEL = "gateway.networking.k8s.io/gateway-class-name"
 NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
@@ -68,7 +73,9 @@ def convert(
     workloads: Iterable,
     created: Mapping[tuple[str, str, str], float],
     domain: str,
+    certificates: frozenset[tuple[str, str]] = frozenset(),
 ) -> GatewayApiConfig:
+    """`certificates`: the (namespace, name) of every TLS secret the control plane keeps."""
     ours = {c.name for c in classes if c.spec.controller_name == CONTROLLER_NAME}
     status: dict[tuple[str, str, str], dict] = {}
     for c in classes:
@@ -95,8 +102,10 @@ def convert(
         if gw.spec.gateway_class_name not in ours:
             status[gw.key] = {"conditions": [_pending(gw)]}
             continue
-        istio_gateways.append(_istio_gateway(gw))
-        status[gw.key] = _gateway_status(gw, proxies, attached_count)
+        converted = _istio_gateway(gw, grants)
+        if converted is not None:  # None: every listener's certificate is refused
+            istio_gateways.append(converted)
+        status[gw.key] = _gateway_status(gw, proxies, attached_count, grants, certificates)
     vs = [_virtual_service(key, entries) for key, entries in sorted(_with_wildcards(groups).items())]
     return GatewayApiConfig(tuple(istio_gateways), tuple(v for v in vs if v is not None), MappingProxyType(status))
 
@@ -249,20 +258,74 @@ def _virtual_service(key: tuple[str, str, str], entries: list) -> Resource | Non
 # --- gateways ---------------------------------------------------------------------------------
 
 
-def _istio_gateway(gw: Resource) -> Resource:
+def _istio_gateway(gw: Resource, grants: tuple[Resource, ...]) -> Resource | None:
     servers = [
         {
-            "port": {"number": x.port, "protocol": "HTTP", "name": x.name},
+            "port": {"number": x.port, "protocol": x.protocol, "name": x.name},
             "hosts": [f"*/{x.hostname or '*'}"],
             "name": x.name,
         }
+        | ({"tls": {"mode": "SIMPLE", "credentialName": "certificate-ref"}} if x.tls else {})
         for x in gw.spec.listeners
+        if _certificate_refused(gw, x, grants) is None
     ]
+    if not servers:
+        return None
     spec = IstioGatewaySpec.model_validate({"selector": {CLASS_LABEL: gw.spec.gateway_class_name}, "servers": servers})
+    # A listener's certificateRefs, as Istio converts them: kubernetes-gateway://NAMESPACE/NAME.
+    refs = {x.name: _certificate(gw, x) for x in gw.spec.listeners if x.tls}
+    spec = spec.model_copy(
+        update={
+            "servers": [
+                s.model_copy(update={"tls": s.tls.model_copy(update={"credential_name": refs[s.name]})})
+                if s.tls is not None and s.name in refs
+                else s
+                for s in spec.servers
+            ]
+        }
+    )
     meta = ObjectMeta(
         name=f"{gw.name}{SUFFIX}", namespace=gw.namespace, annotations={SOURCE_ANNOTATION: f"{gw.namespace}/{gw.name}"}
     )
     return Resource("networking.istio.io/v1", "Gateway", meta, spec)
+
+
+def _certificate(gw: Resource, listener: Listener) -> str:
+    namespace, name = _certificate_key(gw, listener)
+    return f"{GATEWAY_API_PREFIX}{namespace}/{name}"
+
+
+def _certificate_key(gw: Resource, listener: Listener) -> tuple[str, str]:
+    assert listener.tls is not None
+    ref = listener.tls.certificate_refs[0]
+    return ref.namespace or gw.namespace, ref.name
+
+
+def _certificate_refused(gw: Resource, listener: Listener, grants: tuple[Resource, ...]) -> str | None:
+    """Why a listener's certificate may not be used (another namespace's, without a ReferenceGrant)."""
+    if listener.tls is None:
+        return None
+    namespace, name = _certificate_key(gw, listener)
+    if namespace == gw.namespace or any(
+        g.namespace == namespace and g.spec.allows(GROUP, "Gateway", gw.namespace, "", "Secret", name) for g in grants
+    ):
+        return None
+    return f"no ReferenceGrant in namespace {namespace} lets Gateways of namespace {gw.namespace} use Secret {name}"
+
+
+def _listener_refs(gw: Resource, listener: Listener, grants, certificates: frozenset) -> dict:
+    refused = _certificate_refused(gw, listener, grants)
+    if refused:
+        return _condition("ResolvedRefs", False, "RefNotPermitted", refused)
+    if listener.tls is not None and _certificate_key(gw, listener) not in certificates:
+        namespace, name = _certificate_key(gw, listener)
+        return _condition(
+            "ResolvedRefs",
+            False,
+            "InvalidCertificateRef",
+            f"no TLS secret {namespace}/{name}: make it with `lattice secret create tls {name} -n {namespace}`",
+        )
+    return _condition("ResolvedRefs", True, "ResolvedRefs", "")
 
 
 def serves(proxy_labels: Mapping[str, str], gateway: Resource, proxy_namespace: str) -> bool:
@@ -273,7 +336,7 @@ def serves(proxy_labels: Mapping[str, str], gateway: Resource, proxy_namespace: 
     return source is None or wanted is None or source == f"{proxy_namespace}/{wanted}"
 
 
-def _gateway_status(gw: Resource, proxies: list, attached: Mapping) -> dict:
+def _gateway_status(gw: Resource, proxies: list, attached: Mapping, grants=(), certificates=frozenset()) -> dict:
     mine = [p for p in proxies if _proxy_serves(p, gw)]
     programmed = (
         _condition("Programmed", True, "Programmed", f"served by {', '.join(sorted(p.id for p in mine))}")
@@ -292,7 +355,7 @@ def _gateway_status(gw: Resource, proxies: list, attached: Mapping) -> dict:
             "attachedRoutes": attached.get((gw.namespace, gw.name, x.name), 0),
             "conditions": [
                 _condition("Accepted", True, "Accepted", ""),
-                _condition("ResolvedRefs", True, "ResolvedRefs", ""),
+                _listener_refs(gw, x, grants, certificates),
                 {**programmed, "message": ""},
             ],
         }

@@ -201,6 +201,7 @@ class MeshSnapshot:
                 self.workloads,
                 self.created,
                 self.domain,
+                frozenset(self.tls_credentials),
             ),
         )
 

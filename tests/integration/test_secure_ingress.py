@@ -252,9 +252,9 @@ def test_bad_material_is_refused_and_nothing_changes(mesh, certs):
     assert plane.cli("secret", "list", "-o", "json").stdout == before
 
 
-def _secret_args(verb: str, certs: Path) -> list[str]:
+def _secret_args(verb: str, certs: Path, namespace: str = "istio-system") -> list[str]:
     key, cert = certs / "httpbin.example.com.key", certs / "httpbin.example.com.crt"
-    return ["secret", verb, "tls", "httpbin-credential", "-n", "istio-system", "--key", str(key), "--cert", str(cert)]
+    return ["secret", verb, "tls", "httpbin-credential", "-n", namespace, "--key", str(key), "--cert", str(cert)]
 
 
 def _key_body(path: Path) -> str:
@@ -268,3 +268,75 @@ class _Proc:
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.process = process
+
+
+GATEWAY_API = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: lattice}
+spec: {controllerName: lattice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: web}
+spec:
+  gatewayClassName: lattice
+  listeners:
+  - name: https
+    hostname: httpbin.example.com
+    port: 443
+    protocol: HTTPS
+    tls:
+      mode: Terminate
+      certificateRefs: [{kind: Secret, group: "", name: httpbin-credential}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: httpbin, namespace: web}
+spec:
+  parentRefs: [{name: web}]
+  hostnames: [httpbin.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /status}}]
+    backendRefs: [{name: httpbin, namespace: default, port: 8000}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: httpbin, namespace: default}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: web}]
+  to: [{group: "", kind: Service}]
+"""
+
+
+def test_gateway_api_https_listener_serves_its_certificate_refs(mesh, certs):
+    """The Gateway API's form of the same task: an HTTPS listener whose certificateRefs name the secret."""
+    plane, _, _, _ = mesh
+    one, _ = certs
+    local = free_port()
+    log = plane.home / "gateway-api.log"
+    env = plane.env | {"LATTICE_TOKEN": plane.token("istio-web", "web")}
+    args = ["--gateway-class", "lattice", "--gateway", "web", "-n", "web", "--name", "web", "--listen", f"443={local}"]
+    gateway = subprocess.Popen(
+        [LATTICE, "gateway", *args],
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        proxy = wait_for(
+            lambda: next((p for p in plane.status()["proxies"] if p["name"] == "web" and p["healthy"]), None),
+            30,
+            what=f"the Gateway API gateway to be ready (log {log})",
+        )
+        plane.apply(GATEWAY_API)
+        plane.cli(*_secret_args("create", one, namespace="web"))
+        where = (proxy["address"], local)
+        wait_for(lambda: _served(where, one / "example.com.crt", one / "httpbin.example.com.crt"), 15,
+                 what="httpbin.example.com's certificate and 418 through the Gateway API gateway")  # fmt: skip
+        shown = plane.cli("get", "gtw", "web", "-n", "web", "-o", "json").stdout
+        (listener,) = json.loads(shown)["status"]["listeners"]
+        assert {c["type"]: c["status"] for c in listener["conditions"]}["ResolvedRefs"] == "True"
+    finally:
+        stop(gateway)
