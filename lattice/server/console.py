@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from lattice.api import KINDS
 from lattice.mesh.telemetry import percentile
 from lattice.server import console_views as views
 from lattice.server.observe import edges, stat, windows
@@ -132,6 +133,8 @@ class Console:
         app.router.add_get("/api/v1/console/services/{namespace}/{name}", self.service_page)
         app.router.add_get("/api/v1/console/workloads/{id}", self.workload_page)
         app.router.add_get("/api/v1/console/series", self.series)
+        app.router.add_get("/api/v1/console/config", self.config_page)
+        app.router.add_get("/api/v1/console/reach", self.reach)
 
     # --- who may: the REST API's middleware asks ---
 
@@ -294,6 +297,17 @@ class Console:
         return web.json_response(
             {"step_seconds": step, "points": views.chart(answers, step, name, namespace, by), "unreachable": silent}
         )
+
+    # --- the config page ---
+
+    async def config_page(self, request: web.Request) -> web.Response:
+        """Every stored resource, its analysis warnings, and the workloads whose traffic it decides."""
+        stored = await asyncio.to_thread(self.api.store.list)
+        return web.json_response(views.config(self.api.pusher.snapshot, stored, KINDS))
+
+    async def reach(self, request: web.Request) -> web.Response:
+        """Which service may call which (`GET /`), as the authorization policies decide it."""
+        return web.json_response(views.reach(self.api.pusher.snapshot))
 
 
 def _not_found(message: str) -> web.HTTPNotFound:

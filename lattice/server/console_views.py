@@ -15,8 +15,11 @@ import aiohttp
 
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.mesh import peer_auth
+from lattice.mesh.analyze import analyze
+from lattice.mesh.model import SNAPSHOT_FIELDS
 from lattice.mesh.telemetry import percentile
 from lattice.server.agent_port import AgentAnswerError, bounded_json, check_window
+from lattice.server.authz_check import CheckError, Question, check
 from lattice.server.observe import TIMEOUT, stat
 
 
@@ -187,3 +190,88 @@ def chart(answers: list[tuple[Workload, list[dict]]], step: float, name: str, na
             }
         )
     return points
+
+
+def config(snapshot: MeshSnapshot, stored: list, kinds: dict) -> dict:
+    """Every stored resource with its analysis warnings (what `lattice apply` and `lattice analyze`
+    say of it), and the workloads whose traffic it decides."""
+    resources = [r for field in SNAPSHOT_FIELDS.values() for r in getattr(snapshot, field)]
+    findings: dict[str, list[dict]] = {}
+    for f in analyze(snapshot, resources, registry_known=True):
+        findings.setdefault(f.resource, []).append({"level": f.level, "field": f.field, "message": f.message})
+    for conflict in snapshot.conflicts():
+        resource = conflict.partition(":")[0]
+        findings.setdefault(resource, []).append({"level": "warning", "field": "", "message": conflict})
+    decides: dict[tuple[str, str, str], list[str]] = {}
+    sidecars = [w for w in snapshot.workloads if w.kind == "sidecar"]
+    for entry in applies_to(snapshot, sidecars):
+        decides[(entry["kind"], entry["namespace"], entry["name"])] = entry["workloads"]
+    items = []
+    for r in stored:
+        kind = kinds[r.kind].kind if r.kind in kinds else r.kind
+        items.append(
+            {
+                "kind": kind,
+                "namespace": r.namespace,
+                "name": r.name,
+                "api_version": r.api_version,
+                "revision": r.revision,
+                "findings": findings.pop(f"{kind} {r.namespace}/{r.name}", []),
+                "decides": decides.get((kind, r.namespace, r.name), []),
+                "spec": r.spec,
+            }
+        )
+    return {"items": items, "other_findings": [f | {"resource": k} for k, fs in findings.items() for f in fs]}
+
+
+def reach(snapshot: MeshSnapshot) -> dict:
+    """Which service may call which: for each caller's identity (one workload per service, and
+    anonymous plaintext), what each destination's sidecar decides for `GET /`, as `lattice authz
+    check` answers it. A path-, method- or header-specific rule can decide otherwise for other
+    requests: the cell names the policies that matched."""
+    sidecars = sorted(
+        (w for w in snapshot.workloads if w.kind == "sidecar"), key=lambda w: (w.namespace, w.service, w.id)
+    )
+    callers: dict[tuple[str, str], Workload] = {}
+    for w in sidecars:
+        callers.setdefault((w.namespace, w.service), w)
+    destinations = sorted(callers)
+    rows = []
+    for caller in [None, *callers.values()]:
+        cells = []
+        for namespace, service in destinations:
+            question = Question(
+                source=caller.id if caller else "anonymous",
+                destination=f"{service}.{namespace}",
+                method="GET",
+                path="/",
+                headers={},
+                namespace=namespace,
+            )
+            try:
+                results = check(snapshot, question)["results"]
+            except CheckError as e:
+                cells.append({"destination": service, "namespace": namespace, "decision": "UNKNOWN", "reason": str(e)})
+                continue
+            decisions = {r["decision"] for r in results}
+            cells.append(
+                {
+                    "destination": service,
+                    "namespace": namespace,
+                    "decision": decisions.pop() if len(decisions) == 1 else "MIXED",
+                    "reason": "; ".join(sorted({f"{r['workload']}: {r['reason']}" for r in results})),
+                }
+            )
+        rows.append(
+            {
+                "source": caller.service if caller else "anonymous",
+                "namespace": caller.namespace if caller else "",
+                "identity": snapshot.identity(caller) if caller else "",
+                "cells": cells,
+            }
+        )
+    return {
+        "request": "GET /",
+        "destinations": [{"namespace": ns, "service": s} for ns, s in destinations],
+        "rows": rows,
+    }

@@ -45,6 +45,7 @@ async function getJSON(url) {
 // --- tabs ---
 for (const button of document.querySelectorAll("nav button")) {
   button.addEventListener("click", () => {
+    if (button.dataset.route) return go(button.dataset.route);
     if (location.hash) history.pushState(null, "", location.pathname + location.search);
     showTab(button.dataset.tab);
   });
@@ -491,6 +492,79 @@ async function workloadPage(id) {
   configRows($("#wl-config tbody"), page.config, false);
 }
 
+async function configPage(focus, again) {
+  showTab("config-page");
+  const me = () => configPage(focus, true);
+  if (!again) refreshing = me;
+  else if (refreshing === null) return;
+  const [page, reach] = await Promise.all([getJSON("/api/v1/console/config"), getJSON("/api/v1/console/reach")]);
+  if (!again && refreshing !== me) return;
+  const body = $("#cfg-resources tbody");
+  const opened = new Set([...body.querySelectorAll("details[open]")].map((d) => d.closest("tr").dataset.key));
+  body.replaceChildren();
+  for (const r of page.items) {
+    const row = body.insertRow();
+    const key = `${r.kind}/${r.namespace}/${r.name}`;
+    row.className = "resource-row" + (focus === key ? " selected" : "") + (r.findings.length ? " warned" : "");
+    row.dataset.key = key;
+    cell(row, r.kind);
+    const named = cell(row, `${r.namespace}/${r.name}`);
+    const details = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "spec";
+    const pre = document.createElement("pre");
+    pre.textContent = JSON.stringify(r.spec, null, 2);
+    details.append(summary, pre);
+    details.open = opened.has(key);
+    named.append(details);
+    cell(row, r.revision);
+    const warnings = cell(row, "", r.findings.length ? "bad findings" : "findings");
+    for (const f of r.findings) {
+      const p = document.createElement("div");
+      p.className = "finding";
+      p.textContent = `${f.level}: ${f.field ? f.field + ": " : ""}${f.message}`;
+      warnings.append(p);
+    }
+    if (!r.findings.length) warnings.textContent = "none";
+    cell(row, r.decides.join(", ") || "-");
+    if (focus === key && !again) row.scrollIntoView();
+  }
+  const other = $("#cfg-other");
+  other.replaceChildren();
+  for (const f of page.other_findings) {
+    const li = document.createElement("li");
+    li.textContent = `${f.resource}: ${f.field ? f.field + ": " : ""}${f.message}`;
+    other.append(li);
+  }
+  const table = $("#reach");
+  table.replaceChildren();
+  const head = table.createTHead().insertRow();
+  const corner = document.createElement("th");
+  corner.textContent = "caller ↓  callee →";
+  head.append(corner);
+  for (const d of reach.destinations) {
+    const th = document.createElement("th");
+    th.textContent = d.service;
+    head.append(th);
+  }
+  const rows = table.createTBody();
+  for (const r of reach.rows) {
+    const row = rows.insertRow();
+    row.className = "reach-row";
+    row.dataset.source = r.source;
+    const th = document.createElement("th");
+    th.textContent = r.source;
+    th.title = r.identity || "plaintext, no certificate";
+    row.append(th);
+    for (const c of r.cells) {
+      const td = cell(row, c.decision, "reach-" + c.decision);
+      td.dataset.destination = c.destination;
+      td.dataset.decision = c.decision;
+      td.title = c.reason;
+    }
+  }
+}
+
 function failed(where) {
   return (e) => {
     const box = $(where);
@@ -503,6 +577,7 @@ function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   if (parts[0] === "service" && parts.length === 3) return servicePage(parts[1], parts[2]).catch(failed("#svc-charts"));
   if (parts[0] === "workload" && parts.length === 2) return workloadPage(parts[1]).catch(failed("#wl-charts"));
+  if (parts[0] === "config") return configPage(parts.slice(1).join("/")).catch(failed("#cfg-other"));
   showTab("graph");
 }
 window.addEventListener("hashchange", route);

@@ -70,3 +70,49 @@ spec: {selector: {matchLabels: {app: other}}, action: DENY, rules: [{}]}
         ("AuthorizationPolicy", "only-v2", ["backend-v2"]),
         ("VirtualService", "backend", ["backend-v1", "backend-v2"]),
     ]
+
+
+def test_reach_says_who_may_call_whom_as_authz_check_decides_it():
+    resources = parse_documents(
+        """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: from-client}
+spec:
+  selector: {matchLabels: {app: backend}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/client]}}]}]
+""",
+        "test",
+    )
+    client, backend = _w("client-v1", "client"), _w("backend-v1", "backend")
+    backend = type(backend)(**{**backend.__dict__, "address": "127.0.10.3"})
+    reach = views.reach(snapshot_of(resources, workloads=(client, backend)))
+    table = {(r["source"], c["destination"]): c["decision"] for r in reach["rows"] for c in r["cells"]}
+    assert table == {
+        ("anonymous", "backend"): "DENY",
+        ("anonymous", "client"): "ALLOW",
+        ("backend", "backend"): "DENY",
+        ("backend", "client"): "ALLOW",
+        ("client", "backend"): "ALLOW",
+        ("client", "client"): "ALLOW",
+    }
+
+
+def test_config_lists_each_resource_with_its_warnings_and_the_workloads_it_decides():
+    from lattice.api import KINDS
+    from lattice.store.model import StoredResource
+
+    resources = parse_documents(
+        """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec: {hosts: [backend], http: [{route: [{destination: {host: backend}, weight: 80}]}]}
+""",
+        "test",
+    )
+    stored = [StoredResource("VirtualService", "default", "backend", "networking.istio.io/v1", {}, {}, 3, 0, 0)]
+    page = views.config(snapshot_of(resources, workloads=(_w("backend-v1", "backend"),)), stored, KINDS)
+    (item,) = page["items"]
+    assert item["decides"] == ["backend-v1"] and "weight 80" in item["findings"][0]["message"]
