@@ -24,7 +24,7 @@ from envoy.data.accesslog.v3 import accesslog_pb2
 from envoy.service.accesslog.v3 import als_pb2, als_pb2_grpc
 
 from lattice.translate import names
-from lattice.translate.telemetry import ENDPOINT_TAG, PEER_METADATA
+from lattice.translate.agent_names import ENDPOINT_TAG, PEER_METADATA
 
 log = logging.getLogger("lattice.access-log")
 UNKNOWN = "unknown"

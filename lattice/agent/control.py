@@ -13,7 +13,7 @@ import aiohttp
 
 from lattice.agent.identity import Identity, IdentityError
 from lattice.identity import CONTROL_PLANE_NAME
-from lattice.api.registration import Registration
+from lattice.agent.registration import Registration
 
 log = logging.getLogger("lattice.agent")
 UNREACHABLE_SECONDS = 1.0  # a draining sidecar stops waiting for callers when it cannot report the drain
@@ -57,7 +57,7 @@ class RegistryClient:
         while True:
             tried += 1
             try:
-                body = self.registration.model_dump() | {"healthy": self.healthy()}
+                body = self.registration.dump() | {"healthy": self.healthy()}
                 async with self._session.put(self._url, json=body, **self._tls()) as response:
                     if response.status in (400, 401, 403, 409):
                         raise ControlPlaneError(

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 from lattice.agent.control import RegistryClient
 from lattice.agent.envoy import EnvoyProcess
+from lattice.agent.options import DEFAULT_DRAIN_TIMEOUT as DEFAULT_DRAIN_TIMEOUT
 
 log = logging.getLogger("lattice.agent")
-DEFAULT_DRAIN_TIMEOUT = 30.0  # as Kubernetes' default grace period: ample for a web service
 POLL_SECONDS = 0.05
 
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from lattice.agent.access_log import UNKNOWN, Peer, caller, endpoint_peer, service_of
-from lattice.translate import istio_stats as s
+from lattice.translate import agent_names as s
 
 STATS_QUERY = {"format": "json", "filter": rf"^{s.PREFIX}\.", "histogram_buckets": "detailed"}
 Bins = tuple[tuple[float, float, int], ...]  # (lower bound, width, count)

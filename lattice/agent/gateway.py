@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from lattice.agent.address import free_port, port_free
 from lattice.agent.drain import DEFAULT_DRAIN_TIMEOUT, drain_gateway
 from lattice.agent.sidecar import AGENT_PORT, OUTBOUND_PORT, Sidecar
-from lattice.api.registration import GATEWAY_PORT_OFFSET, Registration, gateway_local_port
+from lattice.agent.registration import Registration
+from lattice.api.registration import GATEWAY_PORT_OFFSET, gateway_local_port
 
 DEFAULT_LABELS = {"istio": "ingressgateway"}
 

@@ -20,15 +20,15 @@ from collections import deque
 from lattice.agent import envoy_stats
 from lattice.agent.access_log import Request
 from lattice.mesh.telemetry import bucket_of
-from lattice.translate import istio_stats
+from lattice.translate import agent_names
 
 KEEP_SECONDS = 300
 MAX_PATHS = 200  # per second; beyond it, paths count under "(other)" (ids in paths would be unbounded)
 TAP_QUEUE = 1000
 _REQUESTS = (
-    istio_stats.COUNT_AND_DURATION,
-    istio_stats.COUNT,
-    istio_stats.DURATION,
+    agent_names.COUNT_AND_DURATION,
+    agent_names.COUNT,
+    agent_names.DURATION,
 )  # whichever Envoy keeps, in this order
 
 
@@ -57,15 +57,15 @@ class Window:
         for key, bins in histograms.items():
             if key[0] == stat:
                 self._requests(second, key[1], envoy_stats.bins_delta(bins, before.histograms.get(key)))
-            elif key[0] == istio_stats.PATHS:
+            elif key[0] == agent_names.PATHS:
                 self._path(second, key[1], envoy_stats.bins_delta(bins, before.histograms.get(key)))
         for key, total in reading.counters.items():
-            if key[0] in (istio_stats.TCP_OPENED, istio_stats.TCP_SENT, istio_stats.TCP_RECEIVED):
+            if key[0] in (agent_names.TCP_OPENED, agent_names.TCP_SENT, agent_names.TCP_RECEIVED):
                 old = before.counters.get(key, 0)
                 gained = total - old if total >= old else total
                 if gained:
                     row = self._row(second, envoy_stats.ends(key[1], "tcp"))
-                    row[3 if key[0] == istio_stats.TCP_OPENED else 4] += gained
+                    row[3 if key[0] == agent_names.TCP_OPENED else 4] += gained
         if not second.peers and not second.paths and len(self._seconds) > 1 and self._seconds[-1] is second:
             self._seconds.pop()  # nothing happened: keep no empty second
 

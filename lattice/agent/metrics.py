@@ -18,7 +18,7 @@ from lattice.agent import envoy_stats
 from lattice.agent.access_log import UNKNOWN, Peer
 from lattice.mesh import telemetry as t
 from lattice.mesh.telemetry import MetricRule, TagOverride, Telemetry
-from lattice.translate import istio_stats as s
+from lattice.translate import agent_names as s
 
 LABELS = (
     "reporter",

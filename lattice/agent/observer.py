@@ -24,8 +24,8 @@ from lattice.agent.live import Tap, Window
 from lattice.agent.metrics import IstioMetrics, rules_from_metadata
 from lattice.agent.records import RequestRecords
 from lattice.translate import LISTENER
-from lattice.translate import istio_stats as s
-from lattice.translate.telemetry import RULES_METADATA, TAP_RUNTIME_KEY
+from lattice.translate import agent_names as s
+from lattice.translate.agent_names import RULES_METADATA, TAP_RUNTIME_KEY
 
 log = logging.getLogger("lattice.observer")
 POLL_SECONDS = 1.0

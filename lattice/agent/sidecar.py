@@ -14,7 +14,6 @@ import socket
 import sys
 import tempfile
 import urllib.parse
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -40,7 +39,7 @@ from lattice.agent.address import (
 from lattice.agent.bootstrap import bootstrap, stats_matcher, write_bootstrap
 from lattice.agent.capture import CaptureMode
 from lattice.agent.control import RegistryClient
-from lattice.agent.drain import DEFAULT_DRAIN_TIMEOUT, DrainBudget, drain_callers, drain_inbound
+from lattice.agent.drain import DrainBudget, drain_callers, drain_inbound
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
 from lattice.agent.handover import AdoptedProcess, Handover, incoming, reexec
 from lattice.agent.http import agent_app
@@ -48,50 +47,22 @@ from lattice.agent.identity import Identity
 from lattice.agent.kept_identity import IdentityKeeper
 from lattice.agent.modules import ModuleFetcher
 from lattice.agent.observer import Observer
+from lattice.agent.options import RunOptions
+from lattice.agent.registration import Registration
 from lattice.agent.relay import XdsRelay
 from lattice.agent.servers import ControlPlanes
 from lattice.agent.servers import follow as follow_replicas
 from lattice.agent.sds import SecretServer
 from lattice.agent.traces import TraceRelay
 from lattice.agent.traces import add_to_server as add_trace_service
-from lattice.api.registration import Registration, Upstream
 from lattice.identity import CONTROL_PLANE_NAME
 from lattice.mesh.protocol import OPAQUE
-from lattice.translate.telemetry import PEER_ENV, peer_value
+from lattice.translate.agent_names import PEER_ENV, peer_value
 
 log = logging.getLogger("lattice.agent")
 OUTBOUND_PORT = 15001
 AGENT_PORT = 15020
 SECRET_ENV = ("LATTICE_TOKEN", "LATTICE_ADMIN_TOKEN")  # credentials the app must not inherit
-
-
-@dataclass
-class RunOptions:
-    service: str
-    port: int
-    server: str  # the control plane's agent API, https://host:port
-    token: str | None = None  # join token: who this workload may be
-    command: list[str] = field(default_factory=list)
-    version: str = "v1"
-    namespace: str = "default"
-    service_account: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    name: str | None = None
-    # Where other hosts reach this workload. Default: a leased loopback when the control plane is on
-    # this machine, else this host's address on its route to the control plane.
-    address: str | None = None
-    app_port: int | None = None
-    protocol: str = "http"
-    upstreams: list[Upstream] = field(default_factory=list)  # local ports forwarding to service ports
-    ready_timeout: float = 60.0
-    heartbeat_interval: float = 3.0
-    envoy_log_level: str = "warning"
-    capture: bool = False  # the app in a network namespace of its own, its traffic captured (root)
-    netns: str | None = None  # with capture: an existing network namespace to use instead of a new one
-    # Envoy stats kept besides Istio's short default list (agent/bootstrap.py): Istio's
-    # statsInclusionPrefixes, statsInclusionSuffixes, statsInclusionRegexps.
-    stats_inclusion: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT  # a stop's whole budget: callers, connections, app (agent/drain.py)
 
 
 class Sidecar:

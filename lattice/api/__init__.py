@@ -24,9 +24,27 @@ the path of the offending field and why; a field Lattice does not implement is r
 never silently ignored.
 """
 
-from lattice.api.documents import Resource, parse_documents, validate_object
-from lattice.api.errors import FieldError, ValidationError
-from lattice.api.kinds import KINDS, KindInfo, UnknownKindError, kind_for
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """The package's names load their modules when first asked for: a sidecar agent that uses one
+    leaf of this package (otlp, the registration record) starts without every kind's schema and
+    the YAML parser."""
+    if name in ("Resource", "parse_documents", "validate_object"):
+        from lattice.api import documents
+
+        return getattr(documents, name)
+    if name in ("FieldError", "ValidationError"):
+        from lattice.api import errors
+
+        return getattr(errors, name)
+    if name in ("KINDS", "KindInfo", "UnknownKindError", "kind_for"):
+        from lattice.api import kinds
+
+        return getattr(kinds, name)
+    raise AttributeError(f"module 'lattice.api' has no attribute {name!r}")
+
 
 __all__ = [
     "KINDS",

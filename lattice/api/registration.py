@@ -7,10 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lattice.api.constants import PROTOCOLS as PROTOCOLS
 from lattice.api.meta import DNS1123_LABEL, DNS1123_SUBDOMAIN
-
-# Istio's protocol names, lower case (lattice.mesh.protocol chooses among them; UDP is refused).
-PROTOCOLS = ("http", "https", "http2", "grpc", "grpc-web", "tcp", "tls", "mongo", "mysql", "redis")
 
 
 class Upstream(BaseModel):

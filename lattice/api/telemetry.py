@@ -20,11 +20,11 @@ from pydantic import Field, field_validator, model_validator
 
 from lattice.api.errors import FieldError
 from lattice.api.networking import IstioSpec
+from lattice.api.constants import PROMETHEUS
 from lattice.api.security import WorkloadSelector
 from lattice.api.telemetry_expr import parse as parse_expression
 
 WorkloadMode = Literal["CLIENT_AND_SERVER", "CLIENT", "SERVER"]
-PROMETHEUS = "prometheus"
 # The Telemetry API's metric names that Lattice's sidecars report (each maps to an istio_* metric).
 METRICS = (
     "ALL_METRICS",

@@ -350,7 +350,7 @@ def _fraction(option: str, value: float) -> float:
 
 
 def _run_options(workload: dict, app_port: int | None, command: list[str]):
-    from lattice.agent.sidecar import RunOptions
+    from lattice.agent.options import RunOptions
 
     w = workload
     labels = {}
@@ -420,6 +420,7 @@ def _upstreams(specs: list[str], namespace: str, port: int) -> list:
     """--upstream SERVICE[.NAMESPACE]:PORT[=LOCALPORT], each on a local port of its own."""
     from pydantic import ValidationError
 
+    from lattice.agent.registration import Upstream as Forward
     from lattice.api.registration import Upstream
 
     out, taken = [], {port: "--port", 15001: "the outbound proxy"}
@@ -437,11 +438,10 @@ def _upstreams(specs: list[str], namespace: str, port: int) -> list:
             )
         taken[local] = f"--upstream {spec}"
         try:
-            out.append(
-                Upstream(
-                    service=m["service"], namespace=m["namespace"] or namespace, port=int(m["port"]), local_port=local
-                )
+            checked = Upstream(
+                service=m["service"], namespace=m["namespace"] or namespace, port=int(m["port"]), local_port=local
             )
+            out.append(Forward(**checked.model_dump()))
         except ValidationError as e:
             fail(
                 f"--upstream {spec!r}: "
@@ -609,23 +609,10 @@ def _pair(item: str, option: str, shape: str) -> tuple[str, str]:
 
 
 def _sidecar(options, log_level: str) -> int:
-    from lattice.agent.sidecar import run_sidecar
+    """This process becomes the agent: a fresh interpreter that loads only the agent (agent/launch.py)."""
+    from lattice.agent.launch import become_agent
 
-    _logging("info" if log_level in ("debug", "info") else "warning")
-    try:
-        return asyncio.run(run_sidecar(options))
-    except (RuntimeError, OSError) as e:
-        fail(str(e))
-    except BaseExceptionGroup as group:  # a task of the sidecar's TaskGroup: its message, not a traceback
-        first = _first_leaf(group)
-        if not isinstance(first, (RuntimeError, OSError)):
-            raise
-        fail(str(first))
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+    become_agent(options, log_level)
 
 
 def _read(path: str) -> tuple[str, str]:

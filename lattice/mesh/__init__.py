@@ -21,7 +21,19 @@ Rules: nothing here does IO or reads a clock; a snapshot never changes after it 
 translator can cache on it and every proxy sees the same world.
 """
 
+from typing import Any
+
 from lattice.mesh.hosts import fqdn, host_aliases
-from lattice.mesh.model import MeshSnapshot, Service, Workload
+
+
+def __getattr__(name: str) -> Any:
+    """The snapshot's names load the model (and every policy module) when first asked for: a
+    sidecar agent reading a telemetry rule or a protocol name starts without them."""
+    if name in ("MeshSnapshot", "Service", "Workload"):
+        from lattice.mesh import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'lattice.mesh' has no attribute {name!r}")
+
 
 __all__ = ["MeshSnapshot", "Service", "Workload", "fqdn", "host_aliases"]

@@ -13,7 +13,7 @@ UDP is refused rather than ignored: Envoy's sidecar listeners here carry TCP onl
 
 from __future__ import annotations
 
-from lattice.api.registration import PROTOCOLS
+from lattice.api.constants import PROTOCOLS
 
 DEFAULT = "http"
 HTTP = ("http", "http2", "grpc", "grpc-web")  # terminated by an HTTP connection manager

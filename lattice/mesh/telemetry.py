@@ -29,12 +29,15 @@ import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Mapping, Protocol, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol, TypeVar
 
-from lattice.api import Resource
-from lattice.api.mesh_config import MeshConfig
-from lattice.api.telemetry import PROMETHEUS, MetricsOverrides, TelemetrySpec
+from lattice.api.constants import PROMETHEUS
 from lattice.mesh.workload import Workload
+
+if TYPE_CHECKING:  # the schemas are only read here, never built: a sidecar agent loads no pydantic for them
+    from lattice.api import Resource
+    from lattice.api.mesh_config import MeshConfig
+    from lattice.api.telemetry import MetricsOverrides, TelemetrySpec
 
 T = TypeVar("T")
 

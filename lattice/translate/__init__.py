@@ -24,7 +24,7 @@ Every function takes what it needs and returns new messages.
 
 from typing import Any
 
-from lattice.translate.tls import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER
+from lattice.translate.agent_names import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER
 from lattice.translate.type_urls import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SECRET, TYPE_ORDER
 
 

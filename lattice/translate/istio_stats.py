@@ -38,19 +38,28 @@ from xds.type.v3 import typed_struct_pb2
 from lattice.mesh import telemetry as t
 from lattice.mesh.telemetry import Telemetry
 from lattice.api.telemetry_expr import parse
+from lattice.translate.agent_names import (
+    COUNT,
+    COUNT_AND_DURATION,
+    DURATION,
+    OVERRIDE,
+    PATHS,
+    PREFIX,
+    REQUEST_BYTES,
+    RESPONSE_BYTES,
+    SEP,
+    TCP_CLOSED as TCP_CLOSED,
+    TCP_OPENED as TCP_OPENED,
+    TCP_RECEIVED as TCP_RECEIVED,
+    TCP_SENT as TCP_SENT,
+    TCP_STATS,
+)
 
-PREFIX = "lattice"
 STATS_LOGGER = "envoy.access_loggers.stats"
 STATS_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stats.v3.Config"
-SEP = "~"
-OVERRIDE = "ov_"
 HTTP_TAGS = ("r", "src", "sp", "dst", "svc", "tls", "code", "grpc", "flags", "proto")
 TCP_TAGS = ("r", "src", "sp", "dst", "svc", "tls", "flags")
 PATH_TAGS = ("r", "src", "sp", "dst", "svc", "code", "grpc", "method", "path")
-COUNT_AND_DURATION, COUNT, DURATION = "rq", "rqc", "rqd"
-REQUEST_BYTES, RESPONSE_BYTES, PATHS = "rqb", "rsb", "path"
-TCP_OPENED, TCP_CLOSED, TCP_SENT, TCP_RECEIVED = "tcpo", "tcpc", "tcps", "tcpr"
-TCP_STATS = {t.TCP_OPENED: TCP_OPENED, t.TCP_CLOSED: TCP_CLOSED, t.TCP_SENT: TCP_SENT, t.TCP_RECEIVED: TCP_RECEIVED}
 MAX_SERIES = 5000  # per kind and stats logger (one per listener side): a flood of peers cannot grow them forever
 MAX_PATH_SERIES = 200  # (method, path, peer, code) series per listener side for `lattice top`; idle ones are evicted
 PROTOCOL = "%CEL(request.headers['content-type'].startsWith('application/grpc') ? 'grpc' : 'http')%"

@@ -37,16 +37,19 @@ from google.protobuf import struct_pb2
 from lattice.mesh import MeshSnapshot, Workload, fqdn
 from lattice.mesh.telemetry import METRICS, AccessLog, Telemetry, telemetry_for
 from lattice.translate import istio_stats
+from lattice.translate.agent_names import (
+    ENDPOINT_METADATA,
+    ENDPOINT_TAG,
+    PEER_ENV,
+    PEER_METADATA,
+    RULES_METADATA,
+    TAP_RUNTIME_KEY,
+    peer_value,
+)
 from lattice.translate.names import TELEMETRY_CLUSTER
 from lattice.translate.protos import duration, pack
 
 PEER_HEADER = "x-lattice-peer"
-PEER_ENV = "LATTICE_PEER"  # set by the agent in Envoy's environment: `peer_value` of its workload
-PEER_METADATA = "lattice.peer"  # inbound: the caller's PEER_HEADER, moved to dynamic metadata
-ENDPOINT_METADATA = "lattice"  # an endpoint's workload: `peer_value` and ";<principal>"
-RULES_METADATA = "lattice.telemetry"  # listener metadata: the Telemetry metric rules for the agent
-ENDPOINT_TAG = "peer"  # the ALS custom tag carrying ENDPOINT_METADATA of the upstream host
-TAP_RUNTIME_KEY = "lattice.tap"  # percent of requests streamed besides failures: 100 while tapping, else 0
 FAILURE_STATUS_KEY = "lattice.failure_status"  # runtime key: responses from this status on stream (default 400)
 LOG_NAMES = {"outbound": "outbound", "inbound": "inbound"}  # the ALS stream's name: which side reported
 TCP_FLUSH_SECONDS = 5  # long TCP connections report their bytes this often, not only at the end
@@ -87,20 +90,6 @@ TEXT_FORMAT = (
 )
 _REPORTER = {"outbound": "source", "inbound": "destination"}
 _MODE = {"outbound": "CLIENT", "inbound": "SERVER"}
-
-
-_CANONICAL_SERVICE = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
-_CANONICAL_REVISION = ("service.istio.io/canonical-revision", "app.kubernetes.io/version", "version")
-
-
-def peer_value(name: str, namespace: str, labels, service: str = "") -> str:
-    """A workload as PEER_ENV and ENDPOINT_METADATA spell it (names never contain ';'):
-    "<workload>;<namespace>;<app>;<version>;<canonical service>;<canonical revision>", the last two
-    by Istio's rules (the canonical-name label, else app.kubernetes.io/name, else app, else the
-    service; the canonical-revision label, else app.kubernetes.io/version, else version, else latest)."""
-    canonical = next((labels[k] for k in _CANONICAL_SERVICE if labels.get(k)), service or name)
-    revision = next((labels[k] for k in _CANONICAL_REVISION if labels.get(k)), "latest")
-    return ";".join([name, namespace, labels.get("app", ""), labels.get("version", ""), canonical, revision])
 
 
 def add_peer_header(headers) -> None:

@@ -14,11 +14,9 @@ from envoy.type.matcher.v3 import string_pb2
 from lattice.api.destination_rule import ClientTLSSettings
 from lattice.mesh import MeshSnapshot, Service
 from lattice.translate import policy
+from lattice.translate.agent_names import CERT_SECRET, ROOT_SECRET, SDS_CLUSTER
 from lattice.translate.protos import pack
 
-SDS_CLUSTER = "sds-grpc"  # defined in the bootstrap: the agent's SDS unix socket
-CERT_SECRET = "default"
-ROOT_SECRET = "ROOTCA"
 TLS_SOCKET = "envoy.transport_sockets.tls"
 # Endpoint metadata that marks a destination with a sidecar (Istio's auto mTLS key).
 SOCKET_MATCH = "envoy.transport_socket_match"
