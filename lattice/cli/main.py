@@ -19,7 +19,6 @@ import typer
 # use gRPC in a child, so they are off (read by gRPC at import, hence before any import of it).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from lattice.api import ValidationError, parse_documents  # noqa: E402
 from lattice.cli import authz, observe, observe_trace, proxy_config, secrets, security, why, dashboard  # noqa: E402
 from lattice.cli.client import AgentServerOpt, ApiError, Client, ServerOpt, agent_url, call, server_url  # noqa: E402
 from lattice.cli.client import connect as client  # noqa: E402
@@ -31,8 +30,6 @@ from lattice.cli.options import (  # noqa: E402
     duration_option,
 )
 from lattice.cli.output import Format, OutputOpt, emit, errors, fail  # noqa: E402
-from lattice.mesh.analyze import analyze as find_problems  # noqa: E402
-from lattice.mesh.analyze import snapshot_of  # noqa: E402
 from lattice.server.config import lattice_home  # noqa: E402
 
 app = typer.Typer(
@@ -183,6 +180,8 @@ def server(
         )
     ttl = at_least("--cert-ttl", cert_ttl, 10, ": agents renew at half-life")
     jwks_every = at_least("--jwks-refresh", jwks_refresh, 1)
+    from lattice.api import ValidationError
+
     try:
         providers, telemetry, http = load_mesh_config(mesh_config) if mesh_config else ((), None, None)
     except (OSError, ValidationError) as e:
@@ -694,6 +693,10 @@ def analyze(
     server: Optional[str] = ServerOpt,
     output: Format = OutputOpt,
 ) -> None:
+    from lattice.api import ValidationError, parse_documents
+    from lattice.mesh.analyze import analyze as find_problems
+    from lattice.mesh.analyze import snapshot_of
+
     documents = _documents(files)
     resources, invalid = [], []
     for text, source in documents:
