@@ -10,9 +10,11 @@ its sidecar (mTLS), then:
   - ready: from starting the client's `lattice run` until its agent's /healthz/ready answers 200
     (Envoy live with its first config, the app healthy), polled every 10 ms;
   - one scrape of the client's /stats/prometheus (Envoy's kept stats and Istio's metrics): bytes,
-    samples, series names, the largest families;
-  - where the agent's memory goes: a fresh interpreter importing what `lattice agent` imports, step
-    by step (RssAnon after each), and the number of modules loaded.
+    samples, series names, the largest families; and its size on the wire when asked as Prometheus
+    asks (Accept-Encoding: gzip);
+  - where the agent's memory goes: a fresh interpreter importing what the agent process
+    (`python -m lattice.agent`, which `lattice run` becomes once it has parsed its options) imports,
+    library by library (RssAnon after each), and the number of modules loaded.
 Nothing here is a test: no figure is asserted. Peers are started together; on a loaded machine
 read the memory and the scrape (they do not depend on load), not the times.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).parent))
 import procstat  # noqa: E402
 from harness import BACKEND, ControlPlane, Workload, running, wait_for  # noqa: E402
+
+BATCH = 3  # peers started at once: ten at once may not all be ready within the harness's wait on 2 busy cores
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -41,9 +46,20 @@ DEFAULT_JSON = Path(__file__).parent / "results" / "footprint.json"
 # What the agent process loads, in the order it loads it: each step's RssAnon is measured after it.
 IMPORT_STEPS = (
     ("interpreter", ""),
-    ("CLI (lattice.cli.main)", "import lattice.cli.main"),
-    ("sidecar (lattice.agent.sidecar)", "import lattice.agent.sidecar"),
+    ("asyncio, ssl", "import asyncio, ssl"),
+    ("aiohttp (client and server)", "import aiohttp, aiohttp.web"),
+    ("gRPC", "import grpc, grpc.aio"),
+    ("cryptography (key, CSR, certificates)", "import cryptography.x509"),
+    (
+        "protobuf, the Envoy messages the agent reads",
+        "import envoy.service.discovery.v3.ads_pb2_grpc, envoy.service.secret.v3.sds_pb2_grpc, "
+        "envoy.service.accesslog.v3.als_pb2_grpc, envoy.config.listener.v3.listener_pb2, "
+        "envoy.extensions.filters.http.wasm.v3.wasm_pb2",
+    ),
+    ("Lattice's agent (what python -m lattice.agent imports)", "import lattice.agent.sidecar"),
 )
+# The CLI that parses `lattice run` before it becomes the agent (agent/launch.py): not kept.
+CLI_STEPS = (("interpreter", ""), ("lattice.cli.main", "import lattice.cli.main"))
 _PROBE = """
 import json, sys
 def anon():
@@ -58,20 +74,25 @@ print(json.dumps(out))
 """
 
 
-def import_steps() -> list[dict]:
+def import_steps(steps=IMPORT_STEPS) -> list[dict]:
     """RssAnon of a fresh interpreter after each import step of the agent, and modules loaded."""
     result = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(IMPORT_STEPS)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _PROBE, json.dumps(steps)], capture_output=True, text=True, check=True
     )
     return [{"step": s, "rss_anon_mb": round(mb, 1), "modules": n} for s, mb, n in json.loads(result.stdout)]
 
 
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+def _get(url: str, timeout: float = 5.0, headers: dict | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
             return response.status, response.read()
     except OSError:
         return 0, b""
+
+
+def _gzipped_bytes(url: str) -> int:
+    """Bytes on the wire of a scrape as Prometheus asks for it (Accept-Encoding: gzip)."""
+    return len(_get(url, headers={"Accept-Encoding": "gzip"})[1])
 
 
 def scrape_summary(text: str) -> dict:
@@ -95,7 +116,12 @@ def measure(peers: int, requests: int) -> dict:
     servers = [Workload(plane, f"peer-{i}", command=BACKEND) for i in range(peers)]
     client = Workload(plane, "client", command=BACKEND)
     try:
-        with running(plane, servers, timeout=60):
+        for i in range(BATCH, peers, BATCH):  # start early ones in batches; `running` waits for the last
+            for w in servers[i - BATCH : i]:
+                w.start(wait=False)
+            for w in servers[i - BATCH : i]:
+                w.wait_ready()
+        with running(plane, servers[(max(peers - 1, 0) // BATCH) * BATCH :], timeout=60):
             started = time.monotonic()
             client.start(wait=False)
             ready_url = None
@@ -138,14 +164,19 @@ def measure(peers: int, requests: int) -> dict:
                 "agent_rss_anon_mb": round(procstat.rss_anon_mb(agent), 1),
                 "envoy_rss_anon_mb": round(procstat.rss_anon_mb(envoys[0]), 1) if envoys else None,
                 "peer_agent_rss_anon_mb": round(procstat.rss_anon_mb(servers[0].process.pid), 1),
-                "scrape": scrape_summary(text),
-                "peer_scrape": scrape_summary(_get(peer_url)[1].decode()),
+                "scrape": scrape_summary(text) | {"gzip_bytes": _gzipped_bytes(url)},
+                "peer_scrape": scrape_summary(_get(peer_url)[1].decode()) | {"gzip_bytes": _gzipped_bytes(peer_url)},
             }
     finally:
-        client.stop()
+        for w in [client, *servers]:  # all at once: each drains before it stops
+            if w.process is not None and w.process.poll() is None:
+                w.process.send_signal(signal.SIGTERM)
+        for w in [client, *servers]:
+            w.stop()
         plane.stop()
         shutil.rmtree(home, ignore_errors=True)
     result["imports"] = import_steps()
+    result["cli_rss_anon_mb"] = import_steps(CLI_STEPS)[-1]["rss_anon_mb"]
     return result
 
 
@@ -166,9 +197,10 @@ def show(result: dict) -> None:
         f"{scrape['bytes'] / 1024:.1f} KB / {scrape['samples']} / {scrape['families']}",
     )
     table.add_row("  of which istio_* samples", str(scrape["istio_samples"]))
+    table.add_row("  on the wire as Prometheus asks (gzip)", f"{scrape['gzip_bytes'] / 1024:.1f} KB")
     table.add_row(
-        "a peer's scrape (1 caller): bytes / samples",
-        f"{peer['bytes'] / 1024:.1f} KB / {peer['samples']}",
+        "a peer's scrape (1 caller): bytes / samples / gzip",
+        f"{peer['bytes'] / 1024:.1f} KB / {peer['samples']} / {peer['gzip_bytes'] / 1024:.1f} KB",
     )
     table.add_row("failed requests", str(result["failed_requests"]))
     console.print(table)
@@ -178,12 +210,21 @@ def show(result: dict) -> None:
     for name, n in scrape["largest"]:
         families.add_row(name, str(n))
     console.print(families)
-    imports = Table(title="Where the agent's memory goes: a fresh interpreter importing the agent's modules")
+    imports = Table(title="Where the agent's memory goes: a fresh interpreter importing what the agent does, in turn")
     imports.add_column("after")
     imports.add_column("RssAnon", justify="right")
+    imports.add_column("added", justify="right")
     imports.add_column("modules", justify="right")
+    before = 0.0
     for step in result["imports"]:
-        imports.add_row(step["step"], f"{step['rss_anon_mb']:.1f} MB", str(step["modules"]))
+        mb = step["rss_anon_mb"]
+        imports.add_row(step["step"], f"{mb:.1f} MB", f"+{mb - before:.1f}" if before else "", str(step["modules"]))
+        before = mb
+    agent = result["agent_rss_anon_mb"]
+    imports.add_row("the running agent, after the traffic", f"{agent:.1f} MB", f"+{agent - before:.1f}", "")
+    imports.add_row(
+        "(the CLI that parsed `lattice run`, replaced by the agent)", f"{result['cli_rss_anon_mb']:.1f} MB", "", ""
+    )
     console.print(imports)
 
 

@@ -12,7 +12,9 @@ from lattice.translate.names import TELEMETRY_CLUSTER
 
 # Istio's default stats inclusion list (its bootstrap's stats_matcher), in Lattice's names: the
 # series that do not grow with the mesh. Istio's metrics themselves are Envoy's `lattice.` series
-# (translate/istio_stats.py); `http.inbound_` is one set per served port (`lattice demo` reads it).
+# (translate/istio_stats.py). Besides Istio's, per served port: the inbound connection manager's
+# request counts and times (`lattice demo` reads them) and the open requests and connections to
+# the app (a stopping sidecar waits for them, agent/drain.py) — not its other 70-odd series.
 DEFAULT_STATS_PREFIXES = (
     "lattice.",
     "cluster_manager",
@@ -20,9 +22,12 @@ DEFAULT_STATS_PREFIXES = (
     "server",
     "cluster.xds-agent",
     "wasm",
-    "http.inbound_",
 )
-DEFAULT_STATS_SUFFIXES = ("rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied")
+DEFAULT_STATS_SUFFIXES = ("rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied", "downstream_cx_active")
+DEFAULT_STATS_REGEXPS = (
+    r"^http\.inbound_.+\.downstream_rq_(total|[1-5]xx|time|active)$",
+    r"^cluster\.inbound\|[0-9]+\|\|\.upstream_(rq|cx)_active$",
+)
 
 
 def stats_matcher(prefixes=(), suffixes=(), regexps=()) -> dict:
@@ -31,7 +36,7 @@ def stats_matcher(prefixes=(), suffixes=(), regexps=()) -> dict:
     scrape bytes: a sidecar's cluster stats alone are some 200 series per service it knows."""
     patterns = [{"prefix": p} for p in (*DEFAULT_STATS_PREFIXES, *prefixes)]
     patterns += [{"suffix": x} for x in (*DEFAULT_STATS_SUFFIXES, *suffixes)]
-    patterns += [{"safe_regex": {"regex": r}} for r in regexps]
+    patterns += [{"safe_regex": {"regex": r}} for r in (*DEFAULT_STATS_REGEXPS, *regexps)]
     return {"stats_matcher": {"inclusion_list": {"patterns": patterns}}}
 
 

@@ -8,6 +8,7 @@ own side: reporter="source" at the client, reporter="destination" at the server.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import socket
@@ -380,3 +381,23 @@ def test_a_scrape_keeps_istios_short_list_of_envoy_stats(mesh):
     assert "envoy_server_live" in names and "envoy_cluster_manager_active_clusters" in names
     assert not [line for line in text.splitlines() if 'envoy_cluster_name="outbound|' in line]
     assert not [n for n in names if n.startswith("envoy_lattice_")], "Envoy's raw series are named as Istio's"
+
+
+def test_a_scrape_is_gzipped_for_a_scraper_that_accepts_it(mesh):
+    """Prometheus asks with Accept-Encoding: gzip: the sidecar answers compressed, the same series
+    as a plain scrape (Istio's labels repeat on every histogram bucket; compressed they cost little)."""
+    client = mesh["client"]
+    url = f"http://{client.address}:{client.info['agent_port']}/stats/prometheus"
+    with urllib.request.urlopen(url) as response:
+        assert response.headers.get("Content-Encoding") is None
+        plain = response.read().decode()
+    request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request) as response:
+        assert response.headers.get("Content-Encoding") == "gzip"
+        compressed = response.read()
+    text = gzip.decompress(compressed).decode()
+    istio = {(n, tuple(sorted(labels.items()))) for n, labels, _ in parse_prometheus(text) if n.startswith("istio_")}
+    assert istio and istio == {
+        (n, tuple(sorted(labels.items()))) for n, labels, _ in parse_prometheus(plain) if n.startswith("istio_")
+    }
+    assert len(compressed) < len(text) / 5
