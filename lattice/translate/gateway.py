@@ -250,7 +250,8 @@ def _http_manager(
     snapshot: MeshSnapshot, proxy: Workload, stat_prefix: str, route_name: str, port: int
 ) -> hcm.HttpConnectionManager:
     """The sidecar's outbound connection manager (same filters, same safe request handling), routing
-    by this port's table. At the edge, the client's address is the peer's (Istio's gateway default).
+    by this port's table. At the edge, the client's address is the peer's (Istio's gateway default),
+    or that of the first of MeshConfig's `numTrustedProxies` in front of the gateway.
     RequestAuthentication and AuthorizationPolicy selecting the gateway run first, as in Istio."""
     manager = hcm.HttpConnectionManager()
     lds.outbound(snapshot, proxy).filter_chains[0].filters[0].typed_config.Unpack(manager)
@@ -261,7 +262,7 @@ def _http_manager(
     manager.stat_prefix = stat_prefix
     manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=route_name))
     manager.strip_any_host_port = True
-    manager.use_remote_address.value = True
+    lds.trust_forwarded_for(manager, snapshot.http_policy.num_trusted_proxies)
     lds.distrust_client(manager)
     tracing.configure(manager, snapshot, proxy, tracing.GATEWAY)  # a hop of its own: a span per upstream request too
     return manager

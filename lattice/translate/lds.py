@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import base_pb2, extension_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, extension_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -13,6 +13,7 @@ from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.http.original_ip_detection.xff.v3 import xff_pb2
 
 from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
 from lattice.mesh import protocol as protocols
@@ -144,6 +145,7 @@ def _inbound_chain(
         manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
         manager.set_current_client_cert_details.uri = True
         distrust_client(manager)
+        believe_no_forwarded_for(manager)
         manager.route_config.CopyFrom(
             route_pb2.RouteConfiguration(
                 name=names.inbound_listener(proxy.port),
@@ -213,6 +215,26 @@ def distrust_client(manager: hcm.HttpConnectionManager) -> None:
         extension_pb2.TypedExtensionConfig(
             name="envoy.http.early_header_mutation.header_mutation", typed_config=pack(config)
         )
+    )
+
+
+def trust_forwarded_for(manager: hcm.HttpConnectionManager, trusted_hops: int) -> None:
+    """At the edge: the client's address (what `remoteIpBlocks` and `x-envoy-external-address`
+    name) is the TCP peer's, or, with `trusted_hops` proxies in front, the address that many hops
+    from the right of X-Forwarded-For (MeshConfig `numTrustedProxies`, at gateways)."""
+    manager.use_remote_address.value = True
+    manager.xff_num_trusted_hops = trusted_hops
+
+
+def believe_no_forwarded_for(manager: hcm.HttpConnectionManager) -> None:
+    """At a sidecar: the client's address for `remoteIpBlocks` is the TCP peer's. Envoy's default
+    would take the last X-Forwarded-For entry, which any client writes; X-Forwarded-For is trusted
+    here from no peer (an address no peer has), so the headers the app gets are left as they came
+    (the gateway's `x-envoy-external-address` among them)."""
+    nobody = address_pb2.CidrRange(address_prefix="0.0.0.0", prefix_len={"value": 32})
+    config = xff_pb2.XffConfig(xff_trusted_cidrs=xff_pb2.XffTrustedCidrs(cidrs=[nobody]), skip_xff_append={"value": True})
+    manager.original_ip_detection_extensions.append(
+        extension_pb2.TypedExtensionConfig(name="envoy.http.original_ip_detection.xff", typed_config=pack(config))
     )
 
 
