@@ -4,6 +4,9 @@ Readiness and metrics (`/healthz/ready`, `/stats`, `/stats/prometheus`) answer a
 reach the port, as a Prometheus target must. The config dump, the live tap, the telemetry window
 and request records reveal identities, paths and config: they answer only `Authorization: Bearer
 <agent key>`, the key the control plane gave this agent with its certificate (server/agent_port.py).
+
+A connection that has not sent a complete request head within `IDLE_TIMEOUT` of opening (or of its
+last answer) is closed (slowloris): `runner_options()` for its web.AppRunner.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ _CONFIG_DUMP_PARAMS = ("resource", "mask", "name_regex", "include_eds")
 
 
 PRIVATE = ("/config_dump", "/lattice/")  # path prefixes that need the agent key
+
+
+IDLE_TIMEOUT = 20.0  # seconds, as the control plane's ports (server/limits.py)
+
+
+def runner_options() -> dict:
+    return {"keepalive_timeout": IDLE_TIMEOUT}
 
 
 def agent_app(

@@ -43,6 +43,7 @@ from lattice.agent.drain import DrainBudget, drain_callers, drain_inbound
 from lattice.agent.envoy import EnvoyProcess, die_with_parent
 from lattice.agent.handover import AdoptedProcess, Handover, incoming, reexec
 from lattice.agent.http import agent_app
+from lattice.agent.http import runner_options as agent_runner_options
 from lattice.agent.identity import Identity
 from lattice.agent.kept_identity import IdentityKeeper
 from lattice.agent.modules import ModuleFetcher
@@ -400,6 +401,7 @@ class Sidecar:
         self._runner = web.AppRunner(
             agent_app(self.envoy, lambda: self.app_healthy, self.observer, lambda: self.identity.agent_key),
             access_log=None,
+            **agent_runner_options(),
         )
         await self._runner.setup()
         if self.capture is not None:  # in the namespace, where the control plane is let in

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from lattice.api.registration import Registration
 from lattice.identity import CsrRefused, SpiffeId, TokenError, TokenRecord, parse_token
+from lattice.server import limits
 from lattice.identity import check_token as token_check
 from lattice.registry import Registry
 from lattice.server import placement
@@ -63,7 +64,7 @@ class AgentApi:
         self._context_key: tuple | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[limits.bounded_body, _errors])
         r = app.router
         r.add_get("/agent/v1/bundle", self.bundle)
         r.add_get("/agent/v1/replicas", self.replicas)

@@ -17,6 +17,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from lattice.identity import SpiffeId
 from lattice.registry import Registry
+from lattice.server import limits
 from lattice.server.agent_api import AgentApi
 from lattice.server.ca import CaManager
 from lattice.server.ca_duty import CaDuty, RotationPolicy
@@ -171,6 +172,7 @@ class ControlPlane:
             options=[
                 ("grpc.max_send_message_length", MAX_XDS_MESSAGE),
                 ("grpc.max_receive_message_length", MAX_XDS_MESSAGE),
+                *limits.GRPC_OPTIONS,
             ]
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, grpc_server)
@@ -185,11 +187,12 @@ class ControlPlane:
                 f"cannot listen on {self.config.xds_host}:{self.config.xds_port} for xDS; pass --xds-port 0 for a "
                 "free port"
             )
-        runner = web.AppRunner(self.rest.app(), access_log=None)
+        limits.raise_open_file_limit()
+        runner = web.AppRunner(self.rest.app(), access_log=None, **limits.runner_options())
         await runner.setup()
         api_socket = _listen(self.config.api_host, self.config.api_port, "the REST API", "--api-port")
         site = web.SockSite(runner, api_socket)
-        agent_runner = web.AppRunner(self.agents.app(), access_log=None)
+        agent_runner = web.AppRunner(self.agents.app(), access_log=None, **limits.runner_options())
         await agent_runner.setup()
         agent_socket = _listen(self.config.agent_host, self.config.agent_port, "the agent API", "--agent-port")
         agent_site = web.SockSite(agent_runner, agent_socket, ssl_context=self.agents.ssl_context())

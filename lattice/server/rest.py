@@ -27,6 +27,7 @@ from lattice.identity import TokenRecord, fingerprint, mint_token
 from lattice.mesh.analyze import analyze
 from lattice.mesh.model import SNAPSHOT_FIELDS
 from lattice.registry import Registry
+from lattice.server import limits
 from lattice.server.authz_check import CheckError, Question, check
 from lattice.server.ca import CaManager, RotationError
 from lattice.server.observe import Observatory
@@ -84,7 +85,9 @@ class RestApi:
         self.console = Console(registry, lambda: self.observatory.session, api=self)  # /ui/: the web console
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._measure, self._authenticate, _errors])
+        app = web.Application(
+            client_max_size=MAX_BODY, middlewares=[self._measure, self._authenticate, limits.bounded_body, _errors]
+        )
         r = app.router
         r.add_get("/api/v1/health", self.health)
         r.add_get("/metrics", self.prometheus)
