@@ -229,10 +229,10 @@ def trust_forwarded_for(manager: hcm.HttpConnectionManager, trusted_hops: int) -
 def believe_no_forwarded_for(manager: hcm.HttpConnectionManager) -> None:
     """At a sidecar: the client's address for `remoteIpBlocks` is the TCP peer's. Envoy's default
     would take the last X-Forwarded-For entry, which any client writes; X-Forwarded-For is trusted
-    here from no peer (an address no peer has), so the headers the app gets are left as they came
-    (the gateway's `x-envoy-external-address` among them)."""
+    here from no peer (an address no peer has). The sidecar appends the peer it saw to
+    X-Forwarded-For, and leaves the gateway's `x-envoy-external-address` as it came."""
     nobody = address_pb2.CidrRange(address_prefix="0.0.0.0", prefix_len={"value": 32})
-    config = xff_pb2.XffConfig(xff_trusted_cidrs=xff_pb2.XffTrustedCidrs(cidrs=[nobody]), skip_xff_append={"value": True})
+    config = xff_pb2.XffConfig(xff_trusted_cidrs=xff_pb2.XffTrustedCidrs(cidrs=[nobody]))
     manager.original_ip_detection_extensions.append(
         extension_pb2.TypedExtensionConfig(name="envoy.http.original_ip_detection.xff", typed_config=pack(config))
     )

@@ -392,7 +392,8 @@ def test_edge_appends_the_peer_to_x_forwarded_for(mesh):
     )
     seen = echo["headers"]
     hops = [h.strip() for h in seen["x-forwarded-for"].split(",")]
-    assert hops[0] == "6.6.6.6" and len(hops) == 2 and hops[-1] != "6.6.6.6", seen
+    # the gateway, then the backend's sidecar, append the peer each saw
+    assert hops[0] == "6.6.6.6" and len(hops) == 3 and "6.6.6.6" not in hops[1:], seen
     assert seen.get("x-envoy-external-address") == "127.0.0.1", seen
 
 
