@@ -70,7 +70,8 @@ def _outbound(snapshot: MeshSnapshot, service: Service, subset: str | None, peer
         bool(http and http.use_client_protocol),
     )
     _set_tls(cluster, snapshot, service, subset, peers)
-    policy.apply(cluster, snapshot, service.hostname, subset, service.port)  # last: it adds to the protocol options
+    # Last: it adds to the protocol options.
+    policy.apply(cluster, snapshot, service.hostname, subset, service.port, mesh=service.source == "registry")
     return cluster
 
 

@@ -92,10 +92,20 @@ def _overlay(base: Policy, policy, port: int) -> Policy:
 # --- the cluster -----------------------------------------------------------------------------------
 
 
-def apply(cluster: cluster_pb2.Cluster, snapshot: MeshSnapshot, hostname: str, subset: str | None, port: int) -> None:
+def apply(
+    cluster: cluster_pb2.Cluster,
+    snapshot: MeshSnapshot,
+    hostname: str,
+    subset: str | None,
+    port: int,
+    mesh: bool = False,
+) -> None:
     """Shape an outbound cluster by its policy. Call it after the protocol is set: it adds to the
-    cluster's HTTP protocol options rather than replacing them."""
+    cluster's HTTP protocol options rather than replacing them. A `mesh` cluster (workloads'
+    sidecars, not a ServiceEntry's hosts) without outlierDetection gets the mesh's default."""
     policy = effective(snapshot, hostname, subset, port)
+    if policy.outlier_detection is None and mesh:
+        _default_outlier_detection(cluster)
     # A cluster that picks its own host (ServiceEntry resolution NONE: the host the client asked
     # for) has nothing to balance, as in Istio; every other setting still applies.
     if cluster.lb_policy != cluster_pb2.Cluster.CLUSTER_PROVIDED:
@@ -221,6 +231,32 @@ def _http_options(
         if max_streams and h2.HasField("http2_protocol_options"):
             h2.http2_protocol_options.max_concurrent_streams.value = max_streams
     cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+
+
+# The mesh's outlier detection when no DestinationRule sets one (its `outlierDetection` replaces
+# all of it, as an Istio user expects; `consecutive5xxErrors: 0` turns ejection off). Counted are
+# 5xx answers (the app failing, or refusing behind a sidecar that answers 503) and, as Istio's
+# consecutive5xxErrors counts them, failures to connect or answer in time. The base ejection is
+# short so that a host whose link healed is used again soon; never more than half a service is out.
+DEFAULT_CONSECUTIVE_5XX = 5
+DEFAULT_INTERVAL = 5.0  # seconds between sweeps (they return ejected hosts to service)
+DEFAULT_BASE_EJECTION = 15.0  # seconds, times the number of ejections in a row (Envoy's rule)
+DEFAULT_MAX_EJECTION_PERCENT = 50  # never more than half of a service (at least one host: Envoy)
+
+
+def _default_outlier_detection(cluster: cluster_pb2.Cluster) -> None:
+    out = outlier_detection_pb2.OutlierDetection(
+        consecutive_5xx=UInt32Value(value=DEFAULT_CONSECUTIVE_5XX),
+        enforcing_consecutive_5xx=UInt32Value(value=100),
+        enforcing_success_rate=UInt32Value(value=0),
+        interval=duration(DEFAULT_INTERVAL),
+        base_ejection_time=duration(DEFAULT_BASE_EJECTION),
+        max_ejection_percent=UInt32Value(value=DEFAULT_MAX_EJECTION_PERCENT),
+    )
+    cluster.outlier_detection.CopyFrom(out)
+    # At once: Envoy's default 1 s window for merging host updates kept an ejected host in its
+    # workers' balancers for as long as requests kept coming (seen across hosts, tests/integration).
+    cluster.common_lb_config.update_merge_window.CopyFrom(duration(0))
 
 
 def _outlier_detection(cluster: cluster_pb2.Cluster, od: OutlierDetection | None) -> None:

@@ -137,3 +137,29 @@ def test_a_mesh_name_with_no_workload_gets_a_fixed_503_naming_it_never_the_passt
         status, headers, body = answer(url)
         assert status == 503 and headers.get("x-lattice-no-healthy-upstream") == name, (url, status, headers, body)
         assert f"no healthy upstream for {name}".encode() in body, (url, body)
+
+
+def test_a_workload_answering_5xx_is_ejected_and_traffic_moves_to_the_healthy_one(mesh):
+    """No DestinationRule: the mesh's default outlier detection. details v1 on B answers 500 to
+    everything (its port still open, so it stays healthy to the control plane); v2 on A is fine.
+    web's sidecar on C ejects v1 after five 500s in a row, and from then on every request reaches v2."""
+    net, plane, (a, b, c), reviews, web = mesh
+    outbound = f"http://{plane.proxy(web.id)['local_address']}:15001"
+    extra = ("--port", "9082")
+    failing = net.workload(plane, b, "details", "v1", command=BACKEND, extra=extra, env={"BACKEND_STATUS": "500"})
+    healthy = net.workload(plane, a, "details", "v2", command=BACKEND, extra=extra)
+    answers: list[tuple[int, str | None]] = []
+    try:
+        failing.start(wait=False), healthy.start(wait=False)
+        failing.wait_ready(), healthy.wait_ready()
+        wait_for(plane.all_synced, 15, what="web's sidecar to hold both details endpoints")
+        while len(answers) < 100 and answers[-20:] != [(200, "details-v2")] * 20:
+            status, headers, _ = c.call(http, "GET", "http://details:9082/", proxy=outbound)
+            answers.append((status, headers.get("x-served-by")))
+    finally:
+        failing.stop(), healthy.stop()
+    assert (500, "details-v1") in answers, answers  # v1 was reached, and failed
+    # Ejected at the fifth (a request or two may be on their way while Envoy's main thread ejects it).
+    assert answers.count((500, "details-v1")) <= 7, answers
+    # Without ejection v1 takes about half the requests: twenty in a row to v2 would be a 1 in 10^6 chance.
+    assert answers[-20:] == [(200, "details-v2")] * 20, answers

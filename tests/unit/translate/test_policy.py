@@ -168,8 +168,22 @@ def test_without_a_rule_clusters_are_unlimited_least_request_with_a_retry_budget
     assert (t.max_connections.value, t.max_pending_requests.value, t.max_requests.value) == (policy.UNLIMITED,) * 3
     assert not t.HasField("max_retries")
     assert (t.retry_budget.budget_percent.value, t.retry_budget.min_retry_concurrency.value) == (20.0, 3)
-    assert not cluster.HasField("outlier_detection")
+    assert cluster.outlier_detection.consecutive_5xx.value == policy.DEFAULT_CONSECUTIVE_5XX  # the mesh's default
     assert cluster.common_lb_config.healthy_panic_threshold.value == 0
+
+
+def test_mesh_clusters_eject_on_consecutive_5xx_by_default():
+    od = _cluster(_snapshot("")).outlier_detection
+    assert (od.consecutive_5xx.value, od.enforcing_consecutive_5xx.value) == (5, 100)
+    assert (od.interval.seconds, od.base_ejection_time.seconds, od.max_ejection_percent.value) == (5, 15, 50)
+    assert od.enforcing_success_rate.value == 0
+    assert not od.split_external_local_origin_errors  # connect failures count as 5xx, as in Istio
+
+
+def test_a_destination_rule_s_outlier_detection_replaces_the_default_whole():
+    od = _cluster(_snapshot("  trafficPolicy: {outlierDetection: {consecutive5xxErrors: 0}}\n")).outlier_detection
+    assert od.enforcing_consecutive_5xx.value == 0
+    assert not od.HasField("base_ejection_time")  # Envoy's defaults, not the mesh's, as in Istio
 
 
 def test_connection_pool_becomes_circuit_breakers_and_connection_options():
