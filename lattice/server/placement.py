@@ -5,11 +5,14 @@ An agent on another host must advertise an address of its own host: a loopback o
 reaches nobody else, and any other host's address would steal that host's traffic. The control
 plane checks it against the address the agent's connection comes from. Two live workloads never
 share an address and port (they would answer for each other); a silent one (no heartbeat within
-the timeout) on the same address and port is taken to be gone, replaced by the one registering.
+the timeout) on the same address and port is taken to be gone, replaced by the one registering,
+and so is one of the same identity whose agent port refuses connections (its agent was killed
+and is being restarted: agent_api.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 from lattice.api.registration import Registration
@@ -53,6 +56,19 @@ def conflicts(registration: Registration, workloads: tuple[Workload, ...]) -> li
         and w.address == registration.address
         and w.target_port == (registration.host_port or registration.port)
     ]
+
+
+async def agent_listening(address: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a workload's agent port accepts connections: refused means its agent is gone; no
+    answer in time (a loaded or distant host) counts as listening, so nothing live is replaced."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return False
+    except (OSError, TimeoutError):
+        return True
+    writer.close()
+    return True
 
 
 def taken(registration: Registration, holder: Workload) -> PlacementRefused:

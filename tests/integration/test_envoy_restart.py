@@ -40,9 +40,12 @@ def mesh(tmp_path_factory):
         port = s.getsockname()[1]
     server = Workload(plane, "hot", command=BACKEND)
     client = Workload(plane, "hot-client", command=BACKEND, extra=("--upstream", f"hot:9080={port}"))
+    state = {"server": server, "client": client}
     try:
         with running(plane, [server, client]):
-            yield {"server": server, "client": client, "url": f"http://{client.address}:{port}/"}
+            state["url"] = f"http://{client.address}:{port}/"
+            yield state
+            state["server"].stop()  # a replacement a test started
     finally:
         plane.stop()
 
@@ -141,3 +144,24 @@ def test_a_sidecar_upgraded_in_place_under_load_fails_no_request(mesh):
         load.stop()
     assert len(load.outcomes) > 100 and load.failures() == []
     assert "re-attested with the certificate kept" in mesh["server"].log.read_text()
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_sidecar_restarted_at_once_takes_its_address_back(mesh):
+    """SIGKILL to `lattice run` (Envoy and app die with it); started again at once on the same
+    address, as systemd's Restart=always does, it registers there although its predecessor's
+    registration has not expired yet: the control plane finds that agent's port closed."""
+    old = mesh["server"]
+    old.process.send_signal(signal.SIGKILL)
+    old.process.wait()
+    new = Workload(old.plane, old.service, command=old.command, extra=("--address", old.address))
+    mesh["server"] = new
+    new.start()  # ready: registered, healthy, synced (a refusal would end it: "already workload ...'s")
+    wait_for(lambda: new.plane.all_synced(), 20, what="the client to hold the new endpoint")
+    load = HttpLoad(mesh["url"])
+    load.start()
+    try:
+        wait_for(lambda: load.outcomes.count("200") > 20, 30, what="traffic to the restarted workload")
+    finally:
+        load.stop()
+    assert old.id not in {p["id"] for p in new.plane.status()["proxies"]}
