@@ -16,6 +16,7 @@ import socket
 import pytest
 
 from harness import BACKEND, ControlPlane, Workload, children, running, wait_for
+from lattice.agent.address import LEASE_DIR, _try_lock
 from load import HttpLoad
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("envoy-restart")]
@@ -154,9 +155,16 @@ def test_a_killed_sidecar_restarted_at_once_takes_its_address_back(mesh):
     old = mesh["server"]
     old.process.send_signal(signal.SIGKILL)
     old.process.wait()
-    new = Workload(old.plane, old.service, command=old.command, extra=("--address", old.address))
-    mesh["server"] = new
-    new.start()  # ready: registered, healthy, synced (a refusal would end it: "already workload ...'s")
+    # Its address lease died with it: held here until the restart binds the address, so that no
+    # other workload on this shared machine leases it meanwhile (what a fixed --address assumes).
+    held = _try_lock(LEASE_DIR / old.address)
+    try:
+        new = Workload(old.plane, old.service, command=old.command, extra=("--address", old.address))
+        mesh["server"] = new
+        new.start()  # ready: registered, healthy, synced (a refusal would end it: "already workload ...'s")
+    finally:
+        if held is not None:
+            os.close(held)
     wait_for(lambda: new.plane.all_synced(), 20, what="the client to hold the new endpoint")
     load = HttpLoad(mesh["url"])
     load.start()
