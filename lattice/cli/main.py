@@ -384,9 +384,9 @@ def _run_options(workload: dict, app_port: int | None, command: list[str]):
     )
 
 
-def _stats_inclusion(w: dict) -> tuple[tuple[str, ...], ...]:
+def _stats_inclusion(w: dict) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """The --stats-inclusion-* options as (prefixes, suffixes, regexps)."""
-    out = []
+    out: list[tuple[str, ...]] = []
     for kind in ("prefixes", "suffixes", "regexps"):
         items = tuple(x.strip() for x in (w[f"stats_inclusion_{kind}"] or "").split(",") if x.strip())
         for item in items if kind == "regexps" else ():
@@ -395,7 +395,8 @@ def _stats_inclusion(w: dict) -> tuple[tuple[str, ...], ...]:
             except re.error as e:
                 fail(f"--stats-inclusion-regexps {item!r} is not a regular expression: {e}")
         out.append(items)
-    return tuple(out)
+    prefixes, suffixes, regexps = out
+    return prefixes, suffixes, regexps
 
 
 def _protocol(protocol: str | None, port_name: str | None, port: int) -> str:
@@ -626,7 +627,7 @@ def _read(path: str) -> tuple[str, str]:
 def _documents(files: list[str]) -> list[tuple[str, str]]:
     if not files:
         fail("give a file with -f FILE (or -f - for standard input)")
-    out = []
+    out: list[tuple[str, str]] = []
     for f in files:
         p = Path(f)
         paths = (

@@ -85,6 +85,7 @@ async def serve_health(port: int) -> web.AppRunner:
 
 async def run(client: Client, port: int) -> None:
     main = asyncio.current_task()
+    assert main is not None  # a coroutine run by a task
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
     runner = await serve_health(port)

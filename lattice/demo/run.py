@@ -117,7 +117,9 @@ class Demo:
             await self._start()
             await self._traffic(duration)
         except asyncio.CancelledError:
-            asyncio.current_task().uncancel()  # we stop on purpose; later awaits must not see it
+            this = asyncio.current_task()
+            assert this is not None  # a coroutine run by a task
+            this.uncancel()  # we stop on purpose; later awaits must not see it
             if self.traffic_started is None:
                 self.console.print("interrupted before the mesh was ready")
                 return 130
@@ -404,7 +406,7 @@ class Demo:
         self.console.print("stopped: workloads, sidecars and control plane", highlight=False)
 
     def _summary(self, check: bool) -> int:
-        if self.rows:
+        if self.rows and self.traffic_started is not None:  # rows are sampled only once traffic started
             seconds = self.sampled_at - self.traffic_started
             # The last interval can be a fraction of a second: the average says more at the end.
             average = [replace(r, rps=r.stats.total / seconds if r.stats and seconds else None) for r in self.rows]
@@ -475,6 +477,8 @@ async def run_demo(duration: float | None, check: bool, rate: float) -> int:
     if rate <= 0:
         _error("--rate must be more than 0 requests per second")
         return 2
-    demo = Demo(home, rate, console, asyncio.current_task())
+    main = asyncio.current_task()
+    assert main is not None  # a coroutine run by a task
+    demo = Demo(home, rate, console, main)
     with _signals(demo.on_signal):
         return await demo.run(duration, check)

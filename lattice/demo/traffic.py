@@ -48,7 +48,8 @@ def stats_filter(port: int) -> str:
 def parse_inbound(payload: dict, port: int) -> InboundStats:
     """InboundStats from Envoy's /stats?format=json (missing counters are zero)."""
     prefix = f"http.{inbound_stat_prefix(port)}.downstream_rq_"
-    counters, quantiles = {}, (None, None)
+    counters: dict[str, int] = {}
+    quantiles: tuple[float | None, float | None] = (None, None)
     for entry in payload.get("stats", []):
         if "name" in entry and entry["name"].startswith(prefix):
             counters[entry["name"].removeprefix(prefix)] = int(entry.get("value") or 0)

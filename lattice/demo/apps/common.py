@@ -16,6 +16,7 @@ import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Mapping
 from urllib.parse import urlsplit
@@ -78,7 +79,11 @@ def numeric_id(path: str, prefix: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def propagated_headers(incoming: Mapping[str, str]) -> dict[str, str]:
+# Request headers as a handler has them (an HTTPMessage) or as a test gives them (a dict).
+Headers = Mapping[str, str] | Message
+
+
+def propagated_headers(incoming: Headers) -> dict[str, str]:
     """The subset of `incoming` that must travel on with outbound calls."""
     found = {name: incoming.get(name) for name in PROPAGATED_HEADERS}
     return {name: value for name, value in found.items() if value}

@@ -7,10 +7,11 @@ It is the one service a user hits, so it is where a login becomes the
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
+from typing import Any
 
 from lattice.demo.apps.common import (
+    Headers,
     AppHandler,
     Reply,
     fetch,
@@ -30,7 +31,7 @@ from lattice.demo.apps.productpage_html import (
 DETAILS_URL = "http://details:9080/details/{id}"
 REVIEWS_URL = "http://reviews:9080/reviews/{id}"
 
-PRODUCT = {
+PRODUCT: dict[str, Any] = {
     "id": 0,
     "title": "The Comedy of Errors",
     "descriptionHtml": (
@@ -54,7 +55,7 @@ def login_user(cookie_header: str | None) -> str | None:
     return morsel.value if morsel is not None and morsel.value else None
 
 
-def outbound_headers(incoming: Mapping[str, str]) -> dict[str, str]:
+def outbound_headers(incoming: Headers) -> dict[str, str]:
     """Headers to propagate, plus `end-user` from the login cookie if not sent."""
     headers = propagated_headers(incoming)
     user = login_user(incoming.get("cookie"))

@@ -65,7 +65,7 @@ def product_reviews(product_id: int, version: str, headers: dict[str, str]) -> d
     stars = fetch_stars(product_id, headers) if color else None
     reviews = []
     for reviewer, text in REVIEWS:
-        review = {"reviewer": reviewer, "text": text}
+        review: dict[str, object] = {"reviewer": reviewer, "text": text}
         if color:
             review["rating"] = rating(reviewer, stars, color)
         reviews.append(review)
