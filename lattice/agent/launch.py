@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import NoReturn
 
 OPTIONS_FD = "--options-fd"
 
 
-def become_agent(options, log_level: str) -> None:
+def become_agent(options, log_level: str) -> NoReturn:
     """Replace this process with the agent, running `options` (never returns)."""
     fd = os.memfd_create("lattice-agent-options", 0)
     os.write(fd, json.dumps({"options": options.to_json(), "log_level": log_level}).encode())

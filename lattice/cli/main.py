@@ -11,7 +11,7 @@ import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -608,7 +608,7 @@ def _pair(item: str, option: str, shape: str) -> tuple[str, str]:
     return key, value
 
 
-def _sidecar(options, log_level: str) -> int:
+def _sidecar(options, log_level: str) -> NoReturn:
     """This process becomes the agent: a fresh interpreter that loads only the agent (agent/launch.py)."""
     from lattice.agent.launch import become_agent
 
