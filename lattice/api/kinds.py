@@ -25,6 +25,7 @@ from lattice.api.networking import VirtualServiceSpec
 from lattice.api.ratelimit import RateLimitPolicySpec
 from lattice.api.request_authn import RequestAuthenticationSpec
 from lattice.api.security import PeerAuthenticationSpec
+from lattice.api.sidecar import SidecarSpec
 from lattice.api.service_entry import ServiceEntrySpec, WorkloadEntrySpec
 from lattice.api.telemetry import TelemetrySpec
 
@@ -70,6 +71,7 @@ KINDS: dict[str, KindInfo] = {
             "DestinationRule", "networking.istio.io", _ISTIO_VERSIONS, "destinationrules", ("dr",), DestinationRuleSpec
         ),
         KindInfo("Gateway", "networking.istio.io", _ISTIO_VERSIONS, "gateways", ("gw",), GatewaySpec),
+        KindInfo("Sidecar", "networking.istio.io", _ISTIO_VERSIONS, "sidecars", (), SidecarSpec),
         KindInfo("ServiceEntry", "networking.istio.io", _ISTIO_VERSIONS, "serviceentries", ("se",), ServiceEntrySpec),
         KindInfo(
             "WorkloadEntry", "networking.istio.io", _ISTIO_VERSIONS, "workloadentries", ("we",), WorkloadEntrySpec

@@ -13,6 +13,7 @@ Parts:
 - `telemetry` — what telemetry a workload reports (Telemetry resources over MeshConfig defaults);
   latency histogram buckets shared by sidecars and the control plane.
 - `service_entry` — ServiceEntries and the WorkloadEntries they select, as services and endpoints.
+- `sidecar_scope` — which Istio Sidecar applies to a proxy (selector > namespace > root namespace).
 - `credentials` — TLS secrets gateways name (credentialName), where they resolve, what is missing.
 - `reads`    — what a computation read of a snapshot and a proxy (`TracedSnapshot`), and which of
                those reads a new snapshot changed (`SnapshotReads`).

@@ -11,7 +11,16 @@ from lattice.api import Resource
 from lattice.api.mesh_config import ExtensionProvider
 from lattice.api.networking import binds_mesh
 from lattice.mesh.http_policy import HttpPolicy
-from lattice.mesh import authz, credentials, extensions, gateway_api, k8s_gateway, rate_limits, request_authn
+from lattice.mesh import (
+    authz,
+    credentials,
+    extensions,
+    gateway_api,
+    k8s_gateway,
+    rate_limits,
+    request_authn,
+    sidecar_scope,
+)
 from lattice.mesh.absent import absent_services
 from lattice.mesh.credentials import TlsCredential
 from lattice.mesh.gateway_service import gateway_services
@@ -43,6 +52,7 @@ SNAPSHOT_FIELDS = {
     "Gateway.gateway.networking.k8s.io": "k8s_gateways",
     "GatewayClass": "gateway_classes",
     "ReferenceGrant": "reference_grants",
+    "Sidecar": "sidecars",
 }
 
 
@@ -98,6 +108,7 @@ class MeshSnapshot:
     # TLS secrets by (namespace, name), decrypted by the control plane (server/secrets.py) for the
     # gateways whose servers name them (mesh/credentials.py).
     tls_credentials: Mapping[tuple[str, str], TlsCredential] = field(default_factory=dict, repr=False)
+    sidecars: tuple[Resource, ...] = ()  # Istio Sidecars, oldest first (mesh/sidecar_scope.py)
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, tuple[Resource, ...]] = field(init=False, repr=False)  # oldest first
@@ -156,6 +167,22 @@ class MeshSnapshot:
     def visible_services(self, namespace: str) -> list[Service]:
         """The services a proxy in `namespace` may reach: all, less ServiceEntries not exported to it."""
         return [s for s in self.services if s.source == "registry" or visible(s, namespace)]
+
+    def services_for(self, proxy: Workload) -> list[Service]:
+        """The services `proxy` gets config for: those visible to its namespace, narrowed by the
+        egress hosts of the Sidecar that applies to it (mesh/sidecar_scope.py)."""
+        scope = sidecar_scope.sidecar_for(self.sidecars, proxy, self.root_namespace)
+        visible_here = self.visible_services(proxy.namespace)
+        if scope is None:
+            return visible_here
+        return [s for s in visible_here if scope.spec.allows(scope.namespace, s.namespace, s.hostname)]
+
+    def outbound_policy_for(self, proxy: Workload) -> str:
+        """ALLOW_ANY or REGISTRY_ONLY: the applying Sidecar's outboundTrafficPolicy, else the mesh's."""
+        scope = sidecar_scope.sidecar_for(self.sidecars, proxy, self.root_namespace)
+        if scope is not None and scope.spec.outbound_traffic_policy is not None:
+            return scope.spec.outbound_traffic_policy.mode
+        return self.outbound_traffic_policy
 
     def accepts_mesh_tls(self, endpoint) -> bool:
         """Auto mTLS: a workload whose PeerAuthentication accepts mTLS; a ServiceEntry endpoint

@@ -53,11 +53,11 @@ def capture_outbound(snapshot: MeshSnapshot, proxy: Workload, listener: listener
     http.name = "http"
     http.filter_chain_match.application_protocols.extend(HTTP_PROTOCOLS)
     table = vips(snapshot)
-    for service in snapshot.visible_services(proxy.namespace):
+    for service in snapshot.services_for(proxy):
         address = service_address(service, table)
         if address is not None and not protocols.is_http(service.protocol):
             listener.filter_chains.append(_tcp_chain(snapshot, proxy, service, address))
-    if snapshot.outbound_traffic_policy != "REGISTRY_ONLY":
+    if snapshot.outbound_policy_for(proxy) != "REGISTRY_ONLY":
         listener.filter_chains.append(_passthrough_chain())
     listener.metadata.filter_metadata[DNS_METADATA].CopyFrom(_names(snapshot, proxy, table))
 
@@ -85,7 +85,7 @@ def _passthrough_chain() -> listener_components_pb2.FilterChain:
 
 def _names(snapshot: MeshSnapshot, proxy: Workload, table: dict[str, str]) -> struct_pb2.Struct:
     names: dict[str, str] = {}
-    for service in snapshot.visible_services(proxy.namespace):
+    for service in snapshot.services_for(proxy):
         address = service_address(service, table)
         if address is None:
             continue

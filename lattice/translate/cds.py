@@ -30,7 +30,7 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
     out = [_inbound(proxy), passthrough()]
     if proxy.capture:
         out.append(capture.passthrough_cluster())
-    for service in snapshot.visible_services(proxy.namespace):
+    for service in snapshot.services_for(proxy):
         # The same for every caller: built once per snapshot, shared by all proxies.
         def build(service: Service = service) -> list[cluster_pb2.Cluster]:
             return _service_clusters(snapshot, service)

@@ -18,7 +18,7 @@ from lattice.translate.tls import MESH_TLS_MODE, SOCKET_MATCH
 
 def load_assignments(snapshot: MeshSnapshot, proxy: Workload) -> list[endpoint_pb2.ClusterLoadAssignment]:
     out = []
-    for service in snapshot.visible_services(proxy.namespace):
+    for service in snapshot.services_for(proxy):
         if service.resolution != "STATIC":
             continue  # DNS clusters carry their endpoints inline (cds.py); NONE goes to the requested host
         rule = snapshot.destination_rule_for(service.hostname)

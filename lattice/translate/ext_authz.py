@@ -177,7 +177,7 @@ def authorizer_cluster(snapshot: MeshSnapshot, proxy: Workload, provider: Extens
     """The mesh service's outbound cluster, or the one `clusters` adds for another host."""
     authorizer = _authorizer(provider)
     host = authorizer.host.lower()
-    for service in snapshot.visible_services(proxy.namespace):
+    for service in snapshot.services_for(proxy):
         if service.port == authorizer.port and host in (
             service.hostname,
             *service.aliases(proxy.namespace, snapshot.domain),
@@ -194,7 +194,7 @@ def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluste
     name = authorizer_cluster(snapshot, proxy, provider)
     if any(
         s.port == _authorizer(provider).port and names.outbound_cluster(s.port, None, s.hostname) == name
-        for s in snapshot.visible_services(proxy.namespace)
+        for s in snapshot.services_for(proxy)
     ):
         return []
     return [_external(name, provider)]

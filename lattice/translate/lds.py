@@ -68,9 +68,7 @@ def _upstream(snapshot: MeshSnapshot, proxy: Workload, upstream: Upstream) -> li
     """An `--upstream` port: HTTP services routed as the outbound listener routes them, anything
     else (and a service not registered yet) by l4."""
     host = fqdn(upstream.service, upstream.namespace, snapshot.domain)
-    service = next(
-        (s for s in snapshot.visible_services(proxy.namespace) if s.hostname == host and s.port == upstream.port), None
-    )
+    service = next((s for s in snapshot.services_for(proxy) if s.hostname == host and s.port == upstream.port), None)
     if service is None or not protocols.is_http(service.protocol):
         return l4.upstream_listener(snapshot, proxy, upstream, service)
     return _http_upstream(snapshot, proxy, upstream, service)

@@ -17,7 +17,7 @@ def route_configurations(snapshot: MeshSnapshot, proxy: Workload) -> list[route_
     hosts, taken = [], set()
     # Registered services first: a ServiceEntry repeating one of their names does not get it
     # (Envoy refuses a table that lists one domain twice).
-    for service in sorted(snapshot.visible_services(proxy.namespace), key=lambda s: s.source != "registry"):
+    for service in sorted(snapshot.services_for(proxy), key=lambda s: s.source != "registry"):
         host = _virtual_host(snapshot, proxy, service)
         if any(d in taken for d in host.domains):
             trimmed = rc.VirtualHost()
@@ -33,7 +33,7 @@ def route_configurations(snapshot: MeshSnapshot, proxy: Workload) -> list[route_
         taken.update(host.domains)
         if host.domains:
             hosts.append(host)
-    catch_all = _block_all_host if snapshot.outbound_traffic_policy == "REGISTRY_ONLY" else _passthrough_host
+    catch_all = _block_all_host if snapshot.outbound_policy_for(proxy) == "REGISTRY_ONLY" else _passthrough_host
     hosts.append(catch_all(snapshot.domain))
     # A route may name a cluster that does not exist (a subset no DestinationRule defines);
     # Envoy accepts the table and answers such requests 503, as Istio does.
