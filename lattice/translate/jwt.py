@@ -15,6 +15,11 @@ Istio's translation, kept exactly (pilot's `convertToEnvoyJwtConfig`):
   `request.auth.claims`; `scope` and `permission` are split on spaces there, as Istio does;
 - CORS preflights are not checked (Istio's `bypass_cors_preflight`).
 
+One addition: a request carrying more than one token (in two of the rules' locations, such as the
+Authorization header and the `access_token` parameter, or twice in one) is refused with 401 before
+the filter runs. Istio calls the principal of such a request undefined; Envoy would judge it on
+some of its tokens while the app may read another (`ambiguity_filters`).
+
 Headers the rules fill from a verified token (`outputPayloadToHeader`, `outputClaimToHeaders`) are
 cleared by the filter itself on every request (Envoy sanitizes them filter-wide, preflights and
 token-less requests included), so a client cannot forge them; the integration tests check it.
@@ -22,10 +27,15 @@ token-less requests included), so a client cannot forge them; the integration te
 
 from __future__ import annotations
 
+import re
+
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import empty_pb2
 
 from lattice.api.request_authn import JWTRule
@@ -33,6 +43,7 @@ from lattice.mesh import MeshSnapshot, Workload
 from lattice.translate.protos import pack
 
 FILTER = "envoy.filters.http.jwt_authn"
+AMBIGUITY_FILTER = "lattice.jwt_ambiguity"
 SPACE_DELIMITED_CLAIMS = ("permission", "scope")
 # An RSA public key whose private half was discarded when it was made: no token verifies with it.
 # Stands in for a jwksUri whose keys the control plane could not fetch (Istio's FakeJwks does the same).
@@ -53,7 +64,63 @@ def inbound_filters(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFil
     rules = workload_rules(snapshot, proxy)
     if not rules:
         return []
-    return [hcm.HttpFilter(name=FILTER, typed_config=pack(authentication(snapshot, rules)))]
+    return [*ambiguity_filters(rules), hcm.HttpFilter(name=FILTER, typed_config=pack(authentication(snapshot, rules)))]
+
+
+def token_locations(rules: list[JWTRule]) -> list[tuple[str, str, str]]:
+    """Every place the rules read a token from: (kind, name, prefix), kind header, param or cookie."""
+    found: set[tuple[str, str, str]] = set()
+    for rule in rules:
+        p = provider(rule, "")
+        found.update(("header", h.name.lower(), h.value_prefix) for h in p.from_headers)
+        found.update(("param", name, "") for name in p.from_params)
+        found.update(("cookie", name, "") for name in p.from_cookies)
+    return sorted(found)
+
+
+def ambiguity_filters(rules: list[JWTRule]) -> list[hcm.HttpFilter]:
+    """401 for a request with a token in two locations, or twice in one: a fault filter per case,
+    each aborting when all its header matchers match."""
+    locations = token_locations(rules)
+    cases = [[_present(loc, twice=True)] for loc in locations]
+    cases += [[_present(a), _present(b)] for i, a in enumerate(locations) for b in locations[i + 1 :]]
+    abort = fault_pb2.FaultAbort(http_status=401, percentage=percent_pb2.FractionalPercent(numerator=100))
+    return [
+        hcm.HttpFilter(
+            name=f"{AMBIGUITY_FILTER}.{i}", typed_config=pack(fault_pb2.HTTPFault(abort=abort, headers=matchers))
+        )
+        for i, matchers in enumerate(cases)
+    ]
+
+
+def _present(location: tuple[str, str, str], twice: bool = False) -> rc.HeaderMatcher:
+    """A token at `location` (or two of them there). Envoy matches a regex against the whole value,
+    and a repeated header against its values joined by commas."""
+    kind, name, prefix = location
+    n = 2 if twice else 1
+    if kind == "header":
+        regex = "(?is)" + ".*".join([""] + [_escape(prefix)] * n + [""]) if prefix else ("(?s).*,.*" if twice else "")
+        if not regex:
+            return rc.HeaderMatcher(name=name, present_match=True)
+        return rc.HeaderMatcher(name=name, string_match=_regex(regex))
+    if kind == "param":
+        one = rf"(?:[^#]*&)?{_escape(name)}=.*"
+        return rc.HeaderMatcher(
+            name=":path", string_match=_regex(rf"(?s)[^?]*\?{one}" + (rf"&{_escape(name)}=.*" if twice else ""))
+        )
+    one = rf"(?:.*;\s*)?{_escape(name)}=.*"
+    return rc.HeaderMatcher(
+        name="cookie", string_match=_regex(f"(?s){one}" + (rf";\s*{_escape(name)}=.*" if twice else ""))
+    )
+
+
+def _escape(text: str) -> str:
+    """Escape what RE2 reads as syntax (Python's re.escape also escapes spaces, which RE2 refuses)."""
+    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", text)
+
+
+def _regex(regex: str) -> string_pb2.StringMatcher:
+    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex))
 
 
 def workload_rules(snapshot: MeshSnapshot, proxy: Workload) -> list[JWTRule]:

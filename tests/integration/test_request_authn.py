@@ -158,6 +158,21 @@ def test_invalid_tokens_are_refused_and_never_reach_the_app(ctx, case):
     assert _call(client, good)[0] == 200  # the policy itself lets a good token through
 
 
+def test_two_tokens_are_refused_before_either_is_judged(ctx):
+    """Issue 14, finding 10: Envoy judged a request carrying a header token and a query token on
+    one of them while the app may read the other (here: alice in the header, mallory in the query,
+    both valid). Now any request with two tokens is 401 and reaches no one."""
+    plane, server, client, keys_server = ctx
+    _apply(plane, server, _policy(labels={"app": SERVER}, **_uri_rule(keys_server)))
+    alice = RSA_KEY.sign(claims(ISSUER, AUDIENCE, subject="alice"))
+    mallory = RSA_KEY.sign(claims(ISSUER, AUDIENCE, subject="mallory"))
+    assert _call(client, alice)[0] == 200  # one token: judged and let through
+    assert _call(client, path=f"?access_token={mallory}")[0] == 200
+    for token, path in ((alice, f"?access_token={mallory}"), (None, f"?access_token={alice}&access_token={mallory}")):
+        status, _, seen = _call(client, token, path=path)
+        assert (status, seen) == (401, {}), path
+
+
 def test_no_token_passes_without_an_authorization_policy(ctx):
     plane, server, client, keys_server = ctx
     _apply(plane, server, _policy(labels={"app": SERVER}, **_uri_rule(keys_server)))

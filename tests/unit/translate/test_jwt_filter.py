@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
 from google.protobuf import json_format
 
@@ -71,6 +73,9 @@ def test_jwt_filter_comes_first_on_every_inbound_chain():
             "lattice.path_policy",  # ambiguous paths refused before anything reads them
             "lattice.path_policy.utf8",
             "envoy.filters.http.header_to_metadata",
+            "lattice.jwt_ambiguity.0",  # two tokens: refused before either is judged
+            "lattice.jwt_ambiguity.1",
+            "lattice.jwt_ambiguity.2",
             FILTER,
             RATE_LIMIT,
             "envoy.filters.http.router",
@@ -160,3 +165,47 @@ def test_output_is_byte_identical_across_runs():
     doc = ra("jwt", {"issuer": "b", "jwks": JWKS}, {"issuer": "a", "jwksUri": URI})
     a, b = (inbound_managers(snapshot(doc, jwks={URI: JWKS}))[0] for _ in range(2))
     assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def _matches(matcher, headers: dict) -> bool:
+    """Envoy's header matching as far as these filters use it: a regex against the whole value (of
+    a repeated header, its values joined by ','), or mere presence (Python's re reads these
+    patterns as RE2 does)."""
+    import re as _re
+
+    value = headers.get(matcher.name)
+    if value is None:
+        return False
+    if matcher.HasField("present_match"):
+        return True
+    return _re.fullmatch(matcher.string_match.safe_regex.regex, value) is not None
+
+
+@pytest.mark.parametrize(
+    "headers, refused",
+    [
+        ({"authorization": "Bearer a", ":path": "/x?access_token=b"}, True),
+        ({"authorization": "Bearer a,Bearer b", ":path": "/x"}, True),  # two Authorization headers
+        ({":path": "/x?access_token=a&access_token=b"}, True),
+        ({":path": "/x?q=1&access_token=a&y=2&access_token=b"}, True),
+        ({"authorization": "Bearer a", ":path": "/x?q=access_token"}, False),
+        ({"authorization": "Bearer a", ":path": "/x"}, False),
+        ({":path": "/x?access_token=a"}, False),
+        ({"authorization": "Basic dXNlcjpwdw==", ":path": "/x?access_token=a"}, False),
+        ({":path": "/access_token=a/b?access_token=c"}, False),  # in the path, not the query
+    ],
+)
+def test_a_request_with_two_tokens_is_refused_with_401(headers, refused):
+    from envoy.extensions.filters.http.fault.v3 import fault_pb2
+
+    from lattice.translate.jwt import ambiguity_filters
+
+    (doc,) = parse_documents(ra("jwt", {"issuer": "i", "jwks": JWKS}))
+    (rule,) = doc.spec.jwt_rules
+    verdicts = []
+    for f in ambiguity_filters([rule]):
+        fault = fault_pb2.HTTPFault()
+        f.typed_config.Unpack(fault)
+        assert fault.abort.http_status == 401
+        verdicts.append(all(_matches(m, headers) for m in fault.headers))
+    assert any(verdicts) == refused
