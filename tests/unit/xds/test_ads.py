@@ -12,7 +12,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
-from lattice.translate import CLUSTER, ENDPOINT
+from lattice.translate import CLUSTER, ENDPOINT, ROUTE
 from lattice.xds import SnapshotCache, StatusBoard
 from lattice.xds.server import AdsServer
 
@@ -55,6 +55,7 @@ class Client:
         self.call = call_factory(self._requests())
         # Reading in the background: cancelling a pending read() would cancel the whole RPC.
         self.reader = asyncio.ensure_future(self._read())
+        self.sentinels = 0
 
     async def _requests(self):
         while True:
@@ -70,11 +71,13 @@ class Client:
     async def recv(self, timeout: float = 2.0):
         return await asyncio.wait_for(self.responses.get(), timeout)
 
-    async def nothing(self, wait: float = 0.3) -> bool:
-        """No response within `wait`: a check that something does not happen has to give it time
-        (used only after the server has answered everything before it, so it cannot pass early)."""
-        await asyncio.sleep(wait)
-        return self.responses.empty()
+    async def nothing(self) -> bool:
+        """Whether the requests sent so far got no response: a sentinel goes after them (a route
+        subscription to a name never asked before, which the server always answers, in the order
+        the requests came) and must be the next response."""
+        self.sentinels += 1
+        self.send(_sotw(ROUTE, names=[f"sentinel-{self.sentinels}"]))
+        return (await self.recv()).type_url == ROUTE
 
 
 async def _until(condition, timeout: float = 5.0) -> None:
@@ -175,7 +178,9 @@ async def test_unregistered_node_waits_until_it_has_a_snapshot(ads):
     cache, _, stub, _ = ads
     client = Client(stub.StreamAggregatedResources)
     client.send(_sotw(CLUSTER, node=True))
-    assert await client.nothing()
+    # No sentinel can pass a stream that waits for its node's first snapshot: a bounded wait it is.
+    await asyncio.sleep(0.3)
+    assert client.responses.empty()
     cache.set(NODE, "1", _clusters("a"))
     assert len((await client.recv()).resources) == 1
 

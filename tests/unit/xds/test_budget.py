@@ -61,12 +61,13 @@ async def test_a_proxy_waits_for_the_budget_until_another_answers_its_response()
     async def nothing(node):
         return None
 
+    budget = SendBudget(1)
     cache = SnapshotCache()
     for node in ("a", "b"):
         cache.set(node, "1", {CLUSTER: [("c", cluster_pb2.Cluster(name="c", connect_timeout={"seconds": 1}))]})
     server = grpc.aio.server()
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsServer(cache, StatusBoard(), nothing, nothing, budget=SendBudget(1)), server
+        AdsServer(cache, StatusBoard(), nothing, nothing, budget=budget), server
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -84,7 +85,11 @@ async def test_a_proxy_waits_for_the_budget_until_another_answers_its_response()
         first = await asyncio.wait_for(calls["a"].read(), 2)
         requests["b"].put_nowait(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=base_pb2.Node(id="b")))
         pending = asyncio.ensure_future(calls["b"].read())
-        await asyncio.sleep(0.3)
+        # b's response is built and waits for the budget (the server runs on this loop): a condition,
+        # not a pause. Were the budget not holding it, nothing would wait and this would time out.
+        async with asyncio.timeout(5):
+            while not budget._waiting:  # noqa: ASYNC110 (the budget has no event to wait on)
+                await asyncio.sleep(0.01)
         assert not pending.done()  # a's response holds the whole budget until a answers it
         requests["a"].put_nowait(
             discovery_pb2.DiscoveryRequest(
