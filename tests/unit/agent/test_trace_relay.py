@@ -107,6 +107,13 @@ async def collector():
     await runner.cleanup()
 
 
+async def _until(condition, timeout: float = 15.0) -> None:
+    """Until `condition()` holds (a generous bound: a loaded machine slows the relay's posts)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (the relay's counters have no event to wait on)
+            await asyncio.sleep(0.02)
+
+
 async def test_forward_delivers_to_the_control_plane(collector):
     url, store, answered = collector
     relay = TraceRelay(url, _Identity())
@@ -115,10 +122,7 @@ async def test_forward_delivers_to_the_control_plane(collector):
         try:
             await relay.Export(_export("a.default", 1, 2), None)
             await relay.Export(_export("b.default", 3, trace=2), None)
-            for _ in range(100):
-                if store.stats()["spans"] == 3:
-                    break
-                await asyncio.sleep(0.02)
+            await _until(lambda: store.stats()["spans"] == 3 and relay.counts["forwarded"] == 3)
         finally:
             task.cancel()
     assert store.stats()["spans"] == 3 and len(store) == 2 and relay.counts["forwarded"] == 3
@@ -131,10 +135,7 @@ async def test_an_unreachable_control_plane_costs_the_batch_not_the_relay():
         task = asyncio.create_task(relay.forward(session), name="trace-relay")
         try:
             await relay.Export(_export("a.default", 1), None)
-            for _ in range(100):
-                if relay.counts["failed"]:
-                    break
-                await asyncio.sleep(0.02)
+            await _until(lambda: relay.counts["failed"])
             assert relay.counts["failed"] == 1 and not task.done()
             await relay.Export(_export("a.default", 2), None)  # still queued and bounded meanwhile
             assert relay.counts["dropped"] == 0
