@@ -15,8 +15,9 @@ import asyncio
 import json
 import logging
 
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from lattice.agent import envoy_stats
 from lattice.agent.access_log import AccessLogReceiver, Peer
@@ -32,6 +33,37 @@ POLL_SECONDS = 1.0
 # Envoy merges its threads' histograms when its admin is asked for stats, after answering: one cheap
 # ask first, and the read a moment later sees what was counted up to then.
 MERGE_SECONDS = 0.05
+
+
+def _listener_view() -> type:
+    """A Listener as the agent reads it: its name and metadata only, with listener.proto's field
+    numbers (1 and 6). The rest of each Listener stays unparsed bytes, so the agent never loads
+    listener.proto and the hundred filter and socket messages it pulls in."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="lattice/agent/listener_view.proto",
+        package="lattice.agent",
+        syntax="proto3",
+        dependency=[base_pb2.DESCRIPTOR.name],
+    )
+    view = file.message_type.add(name="ListenerView")
+    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    view.field.add(name="name", number=1, label=optional, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING)
+    view.field.add(
+        name="metadata",
+        number=6,
+        label=optional,
+        type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+        type_name=".envoy.config.core.v3.Metadata",
+    )
+    pool = descriptor_pool.Default()  # where base.proto's Metadata is
+    try:
+        pool.FindFileByName(file.name)
+    except KeyError:
+        pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("lattice.agent.ListenerView"))
+
+
+ListenerView = _listener_view()
 
 
 class Observer:
@@ -135,8 +167,7 @@ class Observer:
         if type_url != LISTENER:
             return
         for resource in response.resources:
-            listener = listener_pb2.Listener()
-            resource.Unpack(listener)
+            listener = ListenerView.FromString(resource.value)
             fields = listener.metadata.filter_metadata.get(RULES_METADATA)
             if fields is None:
                 continue

@@ -265,3 +265,28 @@ def test_the_scrape_keeps_envoys_own_stats_but_not_the_raw_series_istios_are_nam
         "# TYPE envoy_server_live gauge\nenvoy_server_live 1\n"
     )
     assert envoy_text(text) == "# TYPE envoy_server_live gauge\nenvoy_server_live 1\n"
+
+
+def test_the_agent_reads_its_metric_rules_from_the_listener_it_relays():
+    """The control plane puts the workload's Telemetry metric rules in its inbound listener's
+    metadata (translate/telemetry.py); the agent reads them from the Listener bytes it relays."""
+    from envoy.config.listener.v3 import listener_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    from lattice.agent.observer import Observer
+    from lattice.translate import LISTENER
+    from lattice.translate.agent_names import RULES_METADATA
+
+    rule = {"metric": None, "mode": "SERVER", "disabled": None, "tags": [{"name": "source_principal", "remove": True}]}
+    listener = listener_pb2.Listener(name="virtualInbound")
+    config = {"rules": [rule], "service": "reviews.default.svc.cluster.local"}
+    listener.metadata.filter_metadata[RULES_METADATA].update({"config": json.dumps(config)})
+    response = discovery_pb2.DiscoveryResponse(type_url=LISTENER)
+    response.resources.add().Pack(listener)
+    observer = Observer(Peer(workload="reviews-v1"), "unknown")
+    observer.on_accept(LISTENER, response)
+    removed = TagOverride("source_principal", remove=True)
+    assert observer.metrics.telemetry.metrics == (
+        MetricRule(metric=None, mode="SERVER", disabled=None, tags=(removed,)),
+    )
+    assert observer.receiver.service == "reviews.default.svc.cluster.local"
