@@ -53,8 +53,7 @@ IMPORT_STEPS = (
     (
         "protobuf, the Envoy messages the agent reads",
         "import envoy.service.discovery.v3.ads_pb2_grpc, envoy.service.secret.v3.sds_pb2_grpc, "
-        "envoy.service.accesslog.v3.als_pb2_grpc, envoy.config.listener.v3.listener_pb2, "
-        "envoy.extensions.filters.http.wasm.v3.wasm_pb2",
+        "envoy.service.accesslog.v3.als_pb2_grpc, envoy.extensions.filters.http.wasm.v3.wasm_pb2",
     ),
     ("Lattice's agent (what python -m lattice.agent imports)", "import lattice.agent.sidecar"),
 )
