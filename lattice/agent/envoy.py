@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ import aiohttp
 log = logging.getLogger("lattice.envoy")
 _PR_SET_PDEATHSIG = 1
 DRAIN_SECONDS = 1  # an older epoch's drain in a hot restart (and Envoy's drain on LDS updates)
+HOT_RESTART = sys.platform == "linux"  # Envoy's hot restart (shared memory, its domain sockets) is Linux's
 PARENT_SHUTDOWN_SECONDS = 3  # after which the older epoch exits (more than the drain, as Envoy requires)
 
 
@@ -155,6 +157,8 @@ class EnvoyProcess:
     def command(self) -> list[str]:
         command = [envoy_binary(), "-c", str(self.bootstrap), "--log-level", self.log_level]
         command += ["--drain-time-s", str(DRAIN_SECONDS), "--parent-shutdown-time-s", str(PARENT_SHUTDOWN_SECONDS)]
+        if not HOT_RESTART:
+            return [*command, "--disable-hot-restart"]
         # Hot restart's domain sockets: in the run directory (0700), not Linux's shared abstract namespace.
         command += ["--socket-path", str(self.bootstrap.parent / "hot-restart"), "--socket-mode", "600"]
         if self.base_id is None:
@@ -190,6 +194,9 @@ class EnvoyProcess:
         """Replace the running Envoy by a new one with no connection refused (see the module's
         docstring); True once the new epoch serves, False if it did not within `timeout`."""
         if self.process is None or self.process.returncode is not None:
+            return False
+        if not HOT_RESTART:
+            log.warning("Envoy's hot restart needs Linux; Envoy is not restarted")
             return False
         old, epoch = self.process, self.epoch + 1
         new = await self.start()

@@ -40,7 +40,7 @@ from lattice.agent.bootstrap import bootstrap, stats_matcher, write_bootstrap
 from lattice.agent.capture import CaptureMode
 from lattice.agent.control import RegistryClient
 from lattice.agent.drain import DrainBudget, drain_callers, drain_inbound
-from lattice.agent.envoy import EnvoyProcess, die_with_parent
+from lattice.agent.envoy import HOT_RESTART, EnvoyProcess, die_with_parent
 from lattice.agent.handover import AdoptedProcess, Handover, incoming, reexec
 from lattice.agent.http import agent_app
 from lattice.agent.http import runner_options as agent_runner_options
@@ -254,13 +254,17 @@ class Sidecar:
             not self._serving
             or self._stop.is_set()
             or self.capture is not None
+            or not HOT_RESTART
             or self.envoy.draining
             or self.envoy.process is None
             or self.envoy.process.returncode is not None
             or (self.o.command and (self.app is None or self.app.returncode is not None))
         )
         if busy:
-            log.warning("SIGHUP: not upgrading now (starting, stopping, Envoy restarting, or --capture); send it again")
+            log.warning(
+                "SIGHUP: not upgrading now (starting, stopping, Envoy restarting; never under --capture or "
+                "off Linux); send it again, or roll the workload"
+            )
             return
         reexec(
             Handover(
