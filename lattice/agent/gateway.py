@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from lattice.agent.address import free_port, port_free
 from lattice.agent.drain import DEFAULT_DRAIN_TIMEOUT, drain_gateway
+from lattice.agent.handover import registration_from
 from lattice.agent.sidecar import AGENT_PORT, OUTBOUND_PORT, Sidecar
 from lattice.agent.registration import Registration
 from lattice.api.registration import GATEWAY_PORT_OFFSET, gateway_local_port
@@ -62,7 +63,7 @@ class GatewayProxy(Sidecar):
 
     def _registration(self) -> Registration:
         if self.handover is not None:  # upgraded in place (agent/handover.py): the same gateway
-            return Registration.model_validate(self.handover.registration)
+            return registration_from(self.handover.registration)
         o = self.o
         address = o.address or self.lease.address
         labels = {"app": o.account, **(o.labels or DEFAULT_LABELS)}

@@ -25,8 +25,11 @@ from pathlib import Path
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from lattice.agent.registration import Registration, Upstream
+
 log = logging.getLogger("lattice.agent")
 ENV = "LATTICE_HANDOVER"
+OPTIONS_FD = "--options-fd"  # agent/launch.py's option (not imported: launch starts the sidecar, which imports this)
 FILE = "handover.json"
 
 
@@ -68,8 +71,19 @@ def incoming() -> Handover | None:
         raise RuntimeError(f"cannot read the previous agent's handover {path}: {e}") from None
 
 
-def reexec(state: Handover) -> None:
-    """Replace this process by a new run of the same command line; returns only if exec failed."""
+def registration_from(record: dict) -> Registration:
+    """The registration `Registration.dump()` wrote, once more as the agent holds it (JSON made
+    the upstreams dicts and the listen ports strings)."""
+    record = dict(record)
+    record["upstreams"] = [Upstream(**u) if isinstance(u, dict) else Upstream(*u) for u in record.get("upstreams", ())]
+    record["listen"] = {int(k): int(v) for k, v in record.get("listen", {}).items()}
+    return Registration(**record)
+
+
+def reexec(state: Handover, handed: dict | None = None) -> None:
+    """Replace this process by a new run of the same command line; returns only if exec failed.
+    `handed`: for an agent started by `lattice run` (agent/launch.py), its options, given to the
+    new agent in a new in-memory file as `lattice run` gave them to this one."""
     path = Path(state.run_dir) / FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -78,6 +92,12 @@ def reexec(state: Handover) -> None:
         os.set_inheritable(state.lease_fd, True)  # the lock goes with the descriptor: the address stays ours
     os.environ[ENV] = str(path)
     command = [sys.executable, *sys.orig_argv[1:]]
+    if OPTIONS_FD in command and handed is not None:
+        options = os.memfd_create("lattice-agent-options", 0)
+        os.write(options, json.dumps(handed).encode())
+        os.lseek(options, 0, os.SEEK_SET)
+        os.set_inheritable(options, True)
+        command[command.index(OPTIONS_FD) + 1] = str(options)
     log.info("re-executing %s (the app and Envoy run on)", " ".join(command[:3]))
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

@@ -41,7 +41,7 @@ from lattice.agent.capture import CaptureMode
 from lattice.agent.control import RegistryClient
 from lattice.agent.drain import DrainBudget, drain_callers, drain_inbound
 from lattice.agent.envoy import HOT_RESTART, EnvoyProcess, die_with_parent
-from lattice.agent.handover import AdoptedProcess, Handover, incoming, reexec
+from lattice.agent.handover import AdoptedProcess, Handover, incoming, reexec, registration_from
 from lattice.agent.http import agent_app
 from lattice.agent.http import runner_options as agent_runner_options
 from lattice.agent.identity import Identity
@@ -119,7 +119,7 @@ class Sidecar:
 
     def _registration(self) -> Registration:
         if self.handover is not None:
-            return Registration.model_validate(self.handover.registration)
+            return registration_from(self.handover.registration)
         o = self.o
         address, local = self.placed
         name = o.name or (f"{o.service}-{o.version}" if o.version else o.service)
@@ -270,7 +270,7 @@ class Sidecar:
             Handover(
                 run_dir=str(self.run_dir),
                 generation=self.generation,
-                registration=self.registration.model_dump(),
+                registration=self.registration.dump(),
                 placed=self.placed,
                 lease_address=self.lease.address if self.lease else None,
                 lease_fd=self.lease._fd if self.lease else None,
@@ -280,7 +280,9 @@ class Sidecar:
                 envoy_epoch=self.envoy.epoch,
                 envoy_base_id=self.envoy.base_id,
                 config=Handover.encode(self.relay.good),
-            )
+            ),
+            # Started by `lattice run` (agent/launch.py): the new agent reads the same options.
+            {"options": self.o.to_json(), "log_level": self.o.envoy_log_level} if hasattr(self.o, "to_json") else None,
         )
 
     def _on_restart_envoy(self, node: base_pb2.Node) -> None:

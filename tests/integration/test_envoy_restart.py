@@ -144,7 +144,8 @@ def test_a_sidecar_upgraded_in_place_under_load_fails_no_request(mesh):
     finally:
         load.stop()
     assert len(load.outcomes) > 100 and load.failures() == []
-    assert "re-attested with the certificate kept" in mesh["server"].log.read_text()
+    # Each agent got its certificate again (re-attested, or with its join token while that is valid).
+    assert all(w.log.read_text().count("certificate for spiffe://") >= 2 for w in (mesh["server"], mesh["client"]))
 
 
 @pytest.mark.timeout(180)

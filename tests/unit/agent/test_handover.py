@@ -78,3 +78,28 @@ async def test_an_adopted_child_that_already_exited_reports_its_code():
     child = _child("raise SystemExit(3)", exited=True)
     assert await AdoptedProcess(child.pid).wait() == 3
     child.returncode = 3
+
+
+def test_the_registration_comes_back_as_the_agent_built_it():
+    from lattice.agent.registration import Registration, Upstream
+
+    built = Registration(
+        id="gw-abc123.istio-system",
+        name="gw",
+        service="istio-gw",
+        service_account="istio-gw",
+        address="127.0.10.9",
+        port=8080,
+        app_port=8080,
+        outbound_port=15001,
+        agent_port=15020,
+        upstreams=[Upstream("web", "default", 9080, 19080)],
+        listen={80: 8080},
+    )
+    assert handover.registration_from(json.loads(json.dumps(built.dump()))) == built
+
+
+def test_the_options_flag_is_the_one_launch_reads():
+    from lattice.agent import launch
+
+    assert handover.OPTIONS_FD == launch.OPTIONS_FD
