@@ -170,6 +170,8 @@ class Sidecar:
         self.o.server = self.planes.current.agent
         self.placed = self._place()
         self.registration = reg = self._registration()
+        if self.capture is None and reg.kind == "sidecar":
+            log.warning("%s", exposure_warning(reg))
         node = base_pb2.Node(id=reg.id, cluster=f"{reg.service}.{reg.namespace}")
         node.metadata.CopyFrom(_struct({"NAMESPACE": reg.namespace, "WORKLOAD_NAME": reg.name, "LABELS": reg.labels}))
         self.sds = SecretServer()
@@ -655,6 +657,17 @@ def _struct(values: dict) -> struct_pb2.Struct:
     out = struct_pb2.Struct()
     out.update(values)
     return out
+
+
+def exposure_warning(reg) -> str:
+    """What any local user can do to a workload run without capture (README, "Security model")."""
+    ports = ", ".join([str(reg.outbound_port), *(str(u.local_port) for u in reg.upstreams)])
+    return (
+        f"without --capture (root), this workload is not isolated from other local users: any of them can send "
+        f"requests through {reg.outbound_address} port(s) {ports}, which leave with this workload's identity "
+        f"({reg.namespace}/{reg.service_account}), and can call the app's own port on 127.0.0.1 around the "
+        "sidecar; run with --capture to give it a network namespace of its own (README, 'Security model')"
+    )
 
 
 async def run_sidecar(options: RunOptions) -> int:

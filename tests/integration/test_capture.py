@@ -235,6 +235,41 @@ def test_a_process_on_b_outside_the_namespace_cannot_use_the_outbound_listener_o
     assert status == 200 and "configs" in body, (status, str(body)[:300])
 
 
+def test_an_unprivileged_user_on_the_host_gets_no_identity_no_dump_no_tap_no_token(fleet):
+    """Issue 14, done when: on a host running the mesh in capture mode, a local unprivileged user
+    (`nobody`, via setpriv, in the host's network namespace) cannot obtain a response carrying a
+    workload's identity (no outbound listener or upstream port is reachable), a config dump or a tap
+    (the agent port lets only the control plane in), nor any join token."""
+    net, plane, (a, b, c), w = fleet
+    workload = w["reviews-v1"]
+    reviews = plane.proxy(workload.id)
+    inside = _inbound_address(workload)
+    nobody = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
+
+    def curl(*args: str) -> str:
+        done = b.exec([*nobody, "curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", *args])
+        return done.stdout.strip()
+
+    for host in (inside, "127.0.0.1", b.address):  # the outbound listener, as the app's HTTP proxy
+        assert curl("-x", f"http://{host}:15001", "http://reviews:9080/") == "000", host
+    for host in (inside, b.address):
+        for path in ("/config_dump", "/lattice/v1/tap", "/stats/prometheus"):
+            assert curl(f"http://{host}:{reviews['agent_port']}{path}") == "000", (host, path)
+    # the inbound port, in plaintext, under STRICT: no answer from the app around the sidecar
+    assert curl(f"http://{b.address}:9080/") == "000"
+    assert curl(f"http://{inside}:9080/") == "000"
+    listing = b.exec([*nobody, "ps", "-eo", "pid,args", "ww"])
+    lines = {int(line.split(None, 1)[0]): line for line in listing.stdout.splitlines()[1:] if line.strip()}
+    assert "run --service reviews" in lines.get(workload.process.pid, ""), (
+        workload.process.pid,
+        listing.stdout[-2000:],
+    )
+    assert "--token " not in listing.stdout and "LATTICE_TOKEN" not in listing.stdout
+    for pid in (workload.process.pid, app_pid(workload)):
+        environ = b.exec([*nobody, "cat", f"/proc/{pid}/environ"])
+        assert environ.returncode != 0 and "LATTICE_TOKEN" not in environ.stdout, pid
+
+
 def _inbound_address(workload) -> str:
     found = re.search(r"network namespace \S+ \((\S+)\)", workload.log.read_text())
     assert found, workload.log.read_text()
