@@ -13,6 +13,7 @@ Parts:
 - `mesh_config` — the MeshConfig file (`lattice server --mesh-config`): extensionProviders and telemetry defaults.
 - `gateway_api` — Kubernetes Gateway API HTTPRoute and GRPCRoute, attached to Services (GAMMA) or Gateways.
 - `gateway_api_gateway` — the Gateway API's Gateway, GatewayClass and ReferenceGrant.
+- `gateway_api_l4` — the Gateway API's TLSRoute and TCPRoute (attached to Gateways' TLS and TCP listeners).
 - `sidecar`    — Istio's Sidecar (egress hosts, outboundTrafficPolicy; ingress refused with why).
 - `tls_secret` — a TLS secret's material checked (PEM, key matches certificate) and described without its key.
 - `ratelimit`  — Lattice's `lattice.dev/v1` RateLimitPolicy (local token buckets).

@@ -33,8 +33,12 @@ from lattice.api.meta import DNS1123_LABEL
 CONTROLLER_NAME = "lattice.dev/gateway-controller"
 GROUP = "gateway.networking.k8s.io"
 # Route kinds each listener protocol admits by default (the spec's "supportedKinds").
-# TLS and TCP would need TLSRoute and TCPRoute, which are not implemented.
-ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute", "GRPCRoute"), "HTTPS": ("HTTPRoute", "GRPCRoute")}
+ROUTE_KINDS_BY_PROTOCOL = {
+    "HTTP": ("HTTPRoute", "GRPCRoute"),
+    "HTTPS": ("HTTPRoute", "GRPCRoute"),
+    "TLS": ("TLSRoute",),
+    "TCP": ("TCPRoute",),
+}
 _LISTENER_HOST = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _CONTROLLER = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/[A-Za-z0-9/\-._~%!$&'()*+,;=:]+$"
@@ -79,9 +83,7 @@ class ListenerTLSConfig(GatewayApiSpec):
     @model_validator(mode="after")
     def _one_secret(self) -> ListenerTLSConfig:
         problems = []
-        if self.mode != "Terminate":
-            problems.append("mode Passthrough needs TLSRoute, which is not implemented; use Terminate")
-        if len(self.certificate_refs) != 1:
+        if len(self.certificate_refs) > 1:
             problems.append("certificateRefs: give exactly one (a secret made with `lattice secret create tls`)")
         for ref in self.certificate_refs:
             if (ref.group or "") not in ("", "core") or (ref.kind or "Secret") != "Secret":
@@ -139,16 +141,24 @@ class Listener(GatewayApiSpec):
     def _protocol(cls, v: str) -> str:
         if v not in ROUTE_KINDS_BY_PROTOCOL:
             raise ValueError(
-                f"protocol {v!r} is not served by Lattice's Gateway API gateways (TLS and TCP need TLSRoute/TCPRoute, "
-                "not implemented); use HTTP or HTTPS, or an Istio Gateway for the others"
+                f"protocol {v!r} is not served by Lattice's Gateway API gateways; use HTTP, HTTPS, TLS or TCP"
             )
         return v
 
     @model_validator(mode="after")
     def _tls_for_https(self) -> Listener:
-        if self.protocol == "HTTPS" and self.tls is None:
-            raise ValueError("an HTTPS listener needs tls.certificateRefs naming its certificate's secret")
-        if self.protocol != "HTTPS" and self.tls is not None:
+        if self.protocol == "HTTPS" and (
+            self.tls is None or self.tls.mode != "Terminate" or not self.tls.certificate_refs
+        ):
+            raise ValueError(
+                "an HTTPS listener terminates TLS: tls.mode Terminate with certificateRefs naming its secret"
+            )
+        if self.protocol == "TLS" and (self.tls is None or self.tls.mode != "Passthrough" or self.tls.certificate_refs):
+            raise ValueError(
+                "a TLS listener passes TLS through to the TLSRoute's backends: tls.mode Passthrough, no "
+                "certificateRefs (to terminate, use an HTTPS listener)"
+            )
+        if self.protocol in ("HTTP", "TCP") and self.tls is not None:
             raise ValueError(f"a {self.protocol} listener takes no tls")
         return self
 

@@ -25,6 +25,7 @@ from lattice.api.networking import VirtualServiceSpec
 from lattice.api.ratelimit import RateLimitPolicySpec
 from lattice.api.request_authn import RequestAuthenticationSpec
 from lattice.api.security import PeerAuthenticationSpec
+from lattice.api.gateway_api_l4 import TCPRouteSpec, TLSRouteSpec
 from lattice.api.sidecar import SidecarSpec
 from lattice.api.service_entry import ServiceEntrySpec, WorkloadEntrySpec
 from lattice.api.telemetry import TelemetrySpec
@@ -103,6 +104,8 @@ KINDS: dict[str, KindInfo] = {
         KindInfo("Telemetry", "telemetry.istio.io", ("v1alpha1", "v1"), "telemetries", (), TelemetrySpec),
         KindInfo("HTTPRoute", "gateway.networking.k8s.io", ("v1beta1", "v1"), "httproutes", (), HTTPRouteSpec),
         KindInfo("GRPCRoute", "gateway.networking.k8s.io", ("v1alpha2", "v1"), "grpcroutes", (), GRPCRouteSpec),
+        KindInfo("TLSRoute", "gateway.networking.k8s.io", ("v1alpha2", "v1alpha3"), "tlsroutes", (), TLSRouteSpec),
+        KindInfo("TCPRoute", "gateway.networking.k8s.io", ("v1alpha2",), "tcproutes", (), TCPRouteSpec),
         KindInfo(
             "Gateway",
             k8s_gateway.GROUP,

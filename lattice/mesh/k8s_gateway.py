@@ -6,6 +6,9 @@ This is how Istio implements the Gateway API, and Lattice follows it so one tran
   Gateway named `<name>-k8s-gateway`, one HTTP or HTTPS server per listener, selecting the gateway
   proxies started with `lattice gateway --gateway-class CLASS` (label `CLASS_LABEL`); a proxy started
   with `--gateway NAME` too (label `NAME_LABEL`) serves that Gateway alone (translate/gateway.py checks).
+- TLSRoutes (on TLS listeners, `tls.mode: Passthrough`) and TCPRoutes (on TCP listeners) become
+  gateway-bound VirtualServices with `tls` (by SNI: the route's hostnames met with the listener's)
+  and `tcp` routes, one per (route, listener); backends in another namespace need a ReferenceGrant.
 - An HTTPS listener's `certificateRefs` become the server's credentialName
   `kubernetes-gateway://NAMESPACE/NAME` (Istio's spelling); a secret in another namespace needs a
   ReferenceGrant there naming Gateways of this namespace and Secret, else the listener is not served
@@ -74,6 +77,7 @@ def convert(
     created: Mapping[tuple[str, str, str], float],
     domain: str,
     certificates: frozenset[tuple[str, str]] = frozenset(),
+    l4_routes: Iterable[Resource] = (),
 ) -> GatewayApiConfig:
     """`certificates`: the (namespace, name) of every TLS secret the control plane keeps."""
     ours = {c.name for c in classes if c.spec.controller_name == CONTROLLER_NAME}
@@ -96,6 +100,15 @@ def convert(
             parents.append(_parent_status(ref, condition, _resolved_refs(route, grants)))
         if parents:
             status[route.key] = {"parents": parents}
+    l4_services = []
+    for route in l4_routes:
+        parents = []
+        for ref in route.spec.parent_refs:
+            gw = served.get((ref.namespace or route.namespace, ref.name))
+            condition, vs = _attach_l4(route, ref, gw, attached_count, grants, domain)
+            l4_services.extend(vs)
+            parents.append(_parent_status(ref, condition, _resolved_refs(route, grants)))
+        status[route.key] = {"parents": parents}
     proxies = [w for w in workloads if getattr(w, "kind", "") == "gateway" and w.healthy]
     istio_gateways = []
     for gw in gateways:
@@ -107,6 +120,7 @@ def convert(
             istio_gateways.append(converted)
         status[gw.key] = _gateway_status(gw, proxies, attached_count, grants, certificates)
     vs = [_virtual_service(key, entries) for key, entries in sorted(_with_wildcards(groups).items())]
+    vs.extend(l4_services)
     return GatewayApiConfig(tuple(istio_gateways), tuple(v for v in vs if v is not None), MappingProxyType(status))
 
 
@@ -139,6 +153,60 @@ def _attach(route, ref, gw, groups, attached_count, created, domain) -> dict:
         for host in hosts:
             groups[(gw.namespace, gw.name, host)].extend((0, e, route) for e in entries)
     return _condition("Accepted", True, "Accepted", "")
+
+
+def _attach_l4(route, ref, gw, attached_count, grants, domain) -> tuple[dict, list[Resource]]:
+    """A TLSRoute (by SNI) or TCPRoute on `gw`'s TLS or TCP listeners: its Accepted condition and
+    the gateway-bound VirtualService (`tls` or `tcp` routes) serving it on each listener."""
+    if gw is None:
+        return _condition(
+            "Accepted", False, "NoMatchingParent", "no Gateway of a class Lattice serves has this name"
+        ), []
+    listeners = [
+        x
+        for x in gw.spec.listeners
+        if ref.section_name in (None, x.name) and ref.port in (None, x.port) and _allows(x, gw, route)
+    ]
+    if not listeners:
+        return _condition(
+            "Accepted", False, "NotAllowedByListeners", "no listener allows this route's kind and namespace"
+        ), []
+    hostnames = getattr(route.spec, "hostnames", [])
+    matched = [(x, hosts) for x in listeners if (hosts := _hostnames(hostnames, x.hostname)) is not None]
+    if not matched:
+        return _condition(
+            "Accepted", False, "NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames"
+        ), []
+    destinations = [
+        {"destination": {"host": f"{b.name}.{b.namespace or route.namespace}.svc.{domain}", "port": {"number": b.port}}}
+        | ({"weight": b.weight} if len(route.spec.rules[0].backend_refs) > 1 else {})
+        for b in route.spec.rules[0].backend_refs
+        if _permitted(route, b, grants) and b.weight > 0
+    ]
+    out = []
+    for listener, hosts in matched:
+        attached_count[(gw.namespace, gw.name, listener.name)] += 1
+        if not destinations:
+            continue  # refused backends: the connection has nowhere to go, as the spec says
+        section = "tls" if route.kind == "TLSRoute" else "tcp"
+        match = {"port": listener.port} | ({"sniHosts": hosts} if section == "tls" else {})
+        spec = {
+            "hosts": hosts if section == "tls" else ["*"],
+            "gateways": [f"{gw.namespace}/{gw.name}{SUFFIX}"],
+            section: [{"match": [match], "route": destinations}],
+        }
+        meta = ObjectMeta(
+            name=f"{gw.name}{SUFFIX}.{listener.name}.{route.kind.lower()}.{route.namespace}.{route.name}",
+            namespace=gw.namespace,
+            annotations={"lattice.dev/routes": f"{route.namespace}/{route.name}"},
+        )
+        try:
+            out.append(
+                Resource("networking.istio.io/v1", "VirtualService", meta, VirtualServiceSpec.model_validate(spec))
+            )
+        except pydantic.ValidationError:
+            continue
+    return _condition("Accepted", True, "Accepted", ""), out
 
 
 def _allows(listener: Listener, gw: Resource, route: Resource) -> bool:
@@ -265,7 +333,8 @@ def _istio_gateway(gw: Resource, grants: tuple[Resource, ...]) -> Resource | Non
             "hosts": [f"*/{x.hostname or '*'}"],
             "name": x.name,
         }
-        | ({"tls": {"mode": "SIMPLE", "credentialName": "certificate-ref"}} if x.tls else {})
+        | ({"tls": {"mode": "SIMPLE", "credentialName": "certificate-ref"}} if x.protocol == "HTTPS" else {})
+        | ({"tls": {"mode": "PASSTHROUGH"}} if x.protocol == "TLS" else {})
         for x in gw.spec.listeners
         if _certificate_refused(gw, x, grants) is None
     ]
@@ -273,7 +342,7 @@ def _istio_gateway(gw: Resource, grants: tuple[Resource, ...]) -> Resource | Non
         return None
     spec = IstioGatewaySpec.model_validate({"selector": {CLASS_LABEL: gw.spec.gateway_class_name}, "servers": servers})
     # A listener's certificateRefs, as Istio converts them: kubernetes-gateway://NAMESPACE/NAME.
-    refs = {x.name: _certificate(gw, x) for x in gw.spec.listeners if x.tls}
+    refs = {x.name: _certificate(gw, x) for x in gw.spec.listeners if x.protocol == "HTTPS"}
     spec = spec.model_copy(
         update={
             "servers": [
@@ -303,7 +372,7 @@ def _certificate_key(gw: Resource, listener: Listener) -> tuple[str, str]:
 
 def _certificate_refused(gw: Resource, listener: Listener, grants: tuple[Resource, ...]) -> str | None:
     """Why a listener's certificate may not be used (another namespace's, without a ReferenceGrant)."""
-    if listener.tls is None:
+    if listener.tls is None or not listener.tls.certificate_refs:
         return None
     namespace, name = _certificate_key(gw, listener)
     if namespace == gw.namespace or any(
@@ -317,7 +386,7 @@ def _listener_refs(gw: Resource, listener: Listener, grants, certificates: froze
     refused = _certificate_refused(gw, listener, grants)
     if refused:
         return _condition("ResolvedRefs", False, "RefNotPermitted", refused)
-    if listener.tls is not None and _certificate_key(gw, listener) not in certificates:
+    if listener.protocol == "HTTPS" and _certificate_key(gw, listener) not in certificates:
         namespace, name = _certificate_key(gw, listener)
         return _condition(
             "ResolvedRefs",

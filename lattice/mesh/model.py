@@ -53,6 +53,8 @@ SNAPSHOT_FIELDS = {
     "GatewayClass": "gateway_classes",
     "ReferenceGrant": "reference_grants",
     "Sidecar": "sidecars",
+    "TLSRoute": "tls_routes",
+    "TCPRoute": "tcp_routes",
 }
 
 
@@ -109,6 +111,8 @@ class MeshSnapshot:
     # gateways whose servers name them (mesh/credentials.py).
     tls_credentials: Mapping[tuple[str, str], TlsCredential] = field(default_factory=dict, repr=False)
     sidecars: tuple[Resource, ...] = ()  # Istio Sidecars, oldest first (mesh/sidecar_scope.py)
+    tls_routes: tuple[Resource, ...] = ()  # Gateway API TLSRoutes and TCPRoutes (mesh/k8s_gateway.py)
+    tcp_routes: tuple[Resource, ...] = ()
     services: tuple[Service, ...] = field(init=False)
     _endpoints: Mapping[str, tuple[Workload, ...]] = field(init=False, repr=False)
     _vs_by_host: Mapping[str, tuple[Resource, ...]] = field(init=False, repr=False)  # oldest first
@@ -229,6 +233,7 @@ class MeshSnapshot:
                 self.created,
                 self.domain,
                 frozenset(self.tls_credentials),
+                self.tls_routes + self.tcp_routes,
             ),
         )
 

@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -340,3 +341,117 @@ def test_gateway_api_https_listener_serves_its_certificate_refs(mesh, certs):
         assert {c["type"]: c["status"] for c in listener["conditions"]}["ResolvedRefs"] == "True"
     finally:
         stop(gateway)
+
+
+# An app that terminates TLS itself: a TLSRoute passes the client's handshake to it unopened.
+TLS_APP = """
+import http.server, os, ssl
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.send_header("content-length", "11"); self.end_headers()
+        self.wfile.write(b"tls-backend")
+    def log_message(self, *args): pass
+server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(os.environ["CERT"], os.environ["KEY"])
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
+L4_GATEWAY = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: lattice}
+spec: {controllerName: lattice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: default}
+spec:
+  gatewayClassName: lattice
+  listeners:
+  - {name: tls, port: 9443, protocol: TLS, hostname: "*.example.com", tls: {mode: Passthrough}}
+  - {name: tcp, port: 9000, protocol: TCP}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: secure}
+spec:
+  parentRefs: [{name: edge, sectionName: tls}]
+  hostnames: [httpbin.example.com]
+  rules: [{backendRefs: [{name: secure, port: 9080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: plain}
+spec:
+  parentRefs: [{name: edge, sectionName: tcp}]
+  rules: [{backendRefs: [{name: httpbin, port: 8000}]}]
+"""
+
+
+def test_tls_route_by_sni_and_tcp_route_through_a_gateway_api_gateway(mesh, certs):
+    plane, _, _, _ = mesh
+    one, _ = certs
+    app = Workload(
+        plane,
+        "secure",
+        command=[sys.executable, "-c", TLS_APP],
+        extra=("--protocol", "tcp"),
+        env={"CERT": str(one / "httpbin.example.com.crt"), "KEY": str(one / "httpbin.example.com.key")},
+    )
+    tls_port, tcp_port = free_port(), free_port()
+    log = plane.home / "gateway-l4.log"
+    env = plane.env | {"LATTICE_TOKEN": plane.token("istio-edge", "default")}
+    args = ["--gateway-class", "lattice", "--gateway", "edge", "-n", "default", "--name", "edge"]
+    listen = ["--listen", f"9443={tls_port}", "--listen", f"9000={tcp_port}"]
+    gateway = None
+    try:
+        app.start()
+        gateway = subprocess.Popen(
+            [LATTICE, "gateway", *args, *listen],
+            env=env,
+            stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        proxy = wait_for(
+            lambda: next((p for p in plane.status()["proxies"] if p["name"] == "edge" and p["healthy"]), None),
+            30,
+            what=f"the Gateway API gateway to be ready (log {log})",
+        )
+        plane.apply(L4_GATEWAY)
+        address = proxy["address"]
+
+        def tls_answer(sni: str) -> tuple[bytes, str]:
+            context = ssl.create_default_context(cafile=str(one / "example.com.crt"))
+            context.check_hostname = False
+            with socket.create_connection((address, tls_port), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname=sni) as tls:
+                    der = tls.getpeercert(binary_form=True)
+                    tls.sendall(f"GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n".encode())
+                    return b"".join(iter(lambda: tls.recv(65536), b"")), hashlib.sha256(der).hexdigest()
+
+        body, seen = wait_for(lambda: _or_none(tls_answer, "httpbin.example.com"), 15, what="the TLSRoute's backend")
+        assert body.endswith(b"tls-backend") and seen == _fingerprint(one / "httpbin.example.com.crt")
+        with pytest.raises(OSError):  # an SNI no TLSRoute names has no filter chain: the connection is closed
+            tls_answer("other.example.com")
+
+        def over_tcp() -> bytes:
+            with socket.create_connection((address, tcp_port), timeout=5) as conn:
+                conn.sendall(b"GET /status/418 HTTP/1.1\r\nHost: httpbin\r\nConnection: close\r\n\r\n")
+                return b"".join(iter(lambda: conn.recv(65536), b""))
+
+        answer = wait_for(lambda: _or_none(over_tcp), 15, what="httpbin over the TCPRoute")
+        assert answer.startswith(b"HTTP/1.") and b" 418 " in answer.split(b"\r\n", 1)[0]
+        shown = json.loads(plane.cli("get", "tcproutes", "plain", "-o", "json").stdout)
+        assert shown["status"]["parents"][0]["conditions"][0]["status"] == "True"
+    finally:
+        if gateway is not None:
+            stop(gateway)
+        app.stop()
+
+
+def _or_none(fn, *args):
+    try:
+        return fn(*args) or None
+    except OSError:
+        return None

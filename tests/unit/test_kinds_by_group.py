@@ -59,15 +59,17 @@ def test_api_version_of_another_group_is_named_in_the_error():
 @pytest.mark.parametrize(
     "listener, why",
     [
-        ("{name: https, port: 443, protocol: HTTPS}", "needs tls.certificateRefs"),
+        ("{name: https, port: 443, protocol: HTTPS}", "Terminate with certificateRefs"),
         (
             "{name: https, port: 443, protocol: HTTPS, tls: {mode: Passthrough, certificateRefs: [{name: c}]}}",
-            "TLSRoute",
+            "Terminate with certificateRefs",
         ),
         ("{name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: a}, {name: b}]}}", "exactly one"),
         ("{name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: a, kind: ConfigMap}]}}", "Secret"),
         ("{name: http, port: 80, protocol: HTTP, tls: {certificateRefs: [{name: a}]}}", "takes no tls"),
-        ("{name: tcp, port: 9000, protocol: TCP}", "TLSRoute/TCPRoute"),
+        ("{name: tls, port: 443, protocol: TLS, tls: {certificateRefs: [{name: a}]}}", "Passthrough"),
+        ("{name: tcp, port: 9000, protocol: TCP, tls: {mode: Passthrough}}", "takes no tls"),
+        ("{name: udp, port: 53, protocol: UDP}", "use HTTP, HTTPS, TLS or TCP"),
         ("{name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector}}}", "Selector"),
     ],
 )
