@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from lattice.store.documents import Item, Key, canonical, encode_item, expires_at, grant_expiry
+from lattice.store.documents import Encoded, Item, Key, canonical, encode_item, expires_at, grant_expiry
 from lattice.store.etcd_client import DEFAULT_TIMEOUT, EtcdClient, EtcdTls, parse_store_url, prefix_end
 from lattice.store.etcdpb import etcd_pb2 as pb
 from lattice.store.model import (
@@ -167,27 +167,35 @@ class EtcdStore:
         with _nothing_written():
             return self._apply(encoded, expected)
 
-    def _apply(self, encoded: builtins.list, expected: dict[Key, int] | None) -> builtins.list[ApplyResult]:
-        keys = list(dict.fromkeys(row[:3] for row in encoded))
+    def _apply(self, encoded: builtins.list[Encoded], expected: dict[Key, int] | None) -> builtins.list[ApplyResult]:
+        keys = list(dict.fromkeys((row.kind, row.namespace, row.name) for row in encoded))
+        expected = expected or {}
         for _ in range(MAX_ATTEMPTS):
             current = self._read_config(keys)
             now = time.time()
             state = dict(current)
             planned: list[tuple[str, StoredResource]] = []
             for row in encoded:
-                key = row[:3]
-                if key in (expected or {}) and _revision_of(current.get(key)) != expected[key]:
+                key = (row.kind, row.namespace, row.name)
+                if key in expected and _revision_of(current.get(key)) != expected[key]:
                     raise _conflict(key, expected[key], current.get(key))
                 old = state.get(key)
                 if old is not None and (old.api_version, _text(old.metadata), _text(old.spec)) == row[3:6]:
                     planned.append(("unchanged", old))
                     continue
                 new = StoredResource(
-                    *row[:4], json.loads(row.metadata), json.loads(row.spec), 0, old.created_at if old else now, now
+                    *key,
+                    row.api_version,
+                    json.loads(row.metadata),
+                    json.loads(row.spec),
+                    0,
+                    old.created_at if old else now,
+                    now,
                 )
                 state[key] = new
                 planned.append(("configured" if old else "created", new))
-            changed = {key: state[key] for key in keys if state[key] is not current.get(key)}
+            # Only what this apply replaced: never None (a key nothing was planned for keeps its old value).
+            changed = {key: r for key in keys if (r := state[key]) is not None and r is not current.get(key)}
             if not changed:
                 return [ApplyResult(r, action) for action, r in planned]
             ops = [
@@ -206,7 +214,7 @@ class EtcdStore:
 
     def delete(self, keys: builtins.list[Key]) -> builtins.list[StoredResource]:
         with _nothing_written():
-            return self._delete(list(dict.fromkeys(tuple(k) for k in keys)))
+            return self._delete(list(dict.fromkeys((kind, namespace, name) for kind, namespace, name in keys)))
 
     def _delete(self, keys: builtins.list[Key]) -> builtins.list[StoredResource]:
         for _ in range(MAX_ATTEMPTS):
