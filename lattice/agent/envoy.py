@@ -236,8 +236,9 @@ class EnvoyProcess:
             except TimeoutError:
                 process.kill()
                 await process.wait()
-        if self.base_id is not None:
-            forget_shared_memory(self.base_id)
+        base_id = self.base_id if self.base_id is not None else self._base_id()  # the first Envoy chose it
+        if base_id is not None:
+            forget_shared_memory(base_id)
 
     def log_tail(self, lines: int = 15) -> str:
         return log_tail(self.log_path, lines)

@@ -9,6 +9,8 @@ a listening socket missing for a moment on either would show as a failed request
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -174,3 +176,30 @@ def test_a_killed_sidecar_restarted_at_once_takes_its_address_back(mesh):
     finally:
         load.stop()
     assert old.id not in {p["id"] for p in new.plane.status()["proxies"]}
+
+
+def _hot_restart_memory(base_id: int) -> bool:
+    return os.path.exists(f"/dev/shm/envoy_shared_memory_{base_id * 10}")
+
+
+async def test_a_stopped_envoy_leaves_no_hot_restart_memory_behind(tmp_path):
+    """Envoy keeps its hot restart shared memory in /dev/shm and leaves it there when it exits;
+    the agent removes it when it stops Envoy for good (a real Envoy, admin only)."""
+    from lattice.agent.envoy import EnvoyProcess
+
+    bootstrap = tmp_path / "envoy.json"
+    admin = tmp_path / "admin.sock"
+    bootstrap.write_text(json.dumps({"admin": {"address": {"pipe": {"path": str(admin)}}}}))
+    envoy = EnvoyProcess(bootstrap, admin, tmp_path / "envoy.log")
+    supervising = asyncio.create_task(envoy.supervise())
+    try:
+        for _ in range(600):  # until LIVE (a condition, polled)
+            if await envoy.live():
+                break
+            await asyncio.sleep(0.05)
+        base_id = int((tmp_path / "envoy.base-id").read_text())
+        assert _hot_restart_memory(base_id)
+    finally:
+        await envoy.stop()
+        await supervising
+    assert not _hot_restart_memory(base_id)
