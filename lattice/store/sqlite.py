@@ -19,13 +19,24 @@ from lattice.store.documents import canonical as _canonical
 from lattice.store.documents import encode_item as _encode_item
 from lattice.store.documents import expires_at as _expires_at
 from lattice.store.documents import grant_expiry as _grant_expiry
-from lattice.store.model import ApplyResult, StoreConflict, StoredResource, StoredWorkload, StoreError
+from lattice.store.model import (
+    ApplyResult,
+    StoreConflict,
+    StoredResource,
+    StoredWorkload,
+    StoreError,
+    StoreUnavailable,
+)
 from lattice.store.watch import ChangeSignal, wait_set
 
 SCHEMA_VERSION = 1
 # How often a waiter checks for commits by other processes; they cannot signal us directly.
 POLL_INTERVAL = 0.2
-BUSY_TIMEOUT_MS = 5000
+# How long a statement waits for a lock another process holds (an sqlite3 shell, a backup tool).
+# The server runs the store on its event loop, beside xDS: a longer wait would stall every stream;
+# past it the write is refused (StoreUnavailable: 503, agents retry) and nothing is written.
+BUSY_TIMEOUT_MS = 250
+OPEN_BUSY_TIMEOUT_MS = 5000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -355,6 +366,13 @@ class Store:
     def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StoreUnavailable(
+                    f"{self.path}: {what}: the database is locked by another process (waited {BUSY_TIMEOUT_MS} ms); "
+                    "nothing was written, try again"
+                ) from exc
+            raise StoreError(f"{self.path}: {what} failed: {exc}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {what} failed: {exc}") from exc
 
@@ -415,10 +433,13 @@ def _prepare(conn: sqlite3.Connection, path: pathlib.Path) -> None:
     _check_ours(conn, path)
     _private_files(path)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Opening may wait longer, before anything is served: a server stopping on the same file
+        # may still be checkpointing its log.
+        conn.execute(f"PRAGMA busy_timeout = {OPEN_BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA.format(version=SCHEMA_VERSION)} COMMIT;")
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot initialise the Lattice database: {exc}") from exc
 
