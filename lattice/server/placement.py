@@ -27,7 +27,16 @@ class PlacementRefused(ValueError):
 
 def check_address(registration: Registration, peer: str | None, local: str | None) -> None:
     """Refuse (400) an address other hosts cannot reach, or that is not the registering host's.
-    `peer` is where the agent's connection comes from, `local` where it arrived."""
+    `peer` is where the agent's connection comes from, `local` where it arrived. Whoever registers,
+    never a link-local, multicast, unspecified or reserved address: callers' sidecars would send
+    requests there (169.254.169.254 is a cloud's metadata service)."""
+    for field, value in (("address", registration.address), ("local address", registration.local_address)):
+        if value and _nowhere(ipaddress.ip_address(value)):
+            raise PlacementRefused(
+                400,
+                f"workload {registration.id} would be advertised with {field} {value}, which is link-local, "
+                "multicast, unspecified or reserved: no workload lives there; give --address an address of its host",
+            )
     if peer is None or _local(peer) or peer == local:
         return  # an agent on the control plane's own host: loopback leases are how it shares a machine
     address = ipaddress.ip_address(registration.address)
@@ -44,6 +53,10 @@ def check_address(registration: Registration, peer: str | None, local: str | Non
             f"workload {registration.id} would be advertised at {address}, but its agent connects from {peer_ip}; "
             f"a workload is advertised at its own host's address: run it with --address {peer_ip}",
         )
+
+
+def _nowhere(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return address.is_link_local or address.is_multicast or address.is_unspecified or address.is_reserved
 
 
 def conflicts(registration: Registration, workloads: tuple[Workload, ...]) -> list[Workload]:
