@@ -10,6 +10,15 @@ agent stays in the host's. Inside, as Istio's istio-iptables does it:
 On the host: the workload's address and its ports are DNATed to the namespace (other hosts reach
 the inbound listener at the host's address), the namespace's traffic is forwarded and masqueraded.
 Each workload's host rules live in chains of their own, removed when it stops.
+
+VM mode (`--netns host`, Istio's capture for a VM that runs one app): no namespace; the app runs
+in the host's own, whose nat OUTPUT chain sends TCP to the outbound listener (on the sidecar's
+loopback) and DNS queries (UDP 53, to any resolver) to the agent's DNS proxy. Spared: Envoy (group
+PROXY_GID), loopback, the control plane's addresses (the agent's registration, heartbeats and xDS)
+and the agent's own forwarded DNS queries (socket mark DNS_MARK). Nothing inbound is redirected:
+the inbound listener binds the host's address and the app listens on 127.0.0.1 only, so SSH and
+every other service of the host are left as they are. One such workload per host (a lock); the
+next one removes what a killed one left.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ log = logging.getLogger("lattice.capture")
 PROXY_GID = 1337  # Envoy runs with this group; its own connections are not captured (Istio's 1337)
 POD_NETWORK = ipaddress.ip_network("100.127.0.0/16")  # /30 links, host side .1, namespace side .2
 NETNS_ETC = Path("/etc/netns")  # `ip netns exec` bind-mounts /etc/netns/<name>/resolv.conf
+HOST_NETNS = "host"  # `--netns host`: the host's own network namespace (VM mode)
+DNS_MARK = 0x539  # the agent's forwarded DNS queries carry it, so VM mode does not capture them
 
 
 class CaptureError(RuntimeError):
@@ -50,8 +61,8 @@ class Pod:
     _chains: list[tuple[str, str, str]] = field(default_factory=list)  # (table, parent, chain)
 
     def command(self, args: list[str]) -> list[str]:
-        """`args` run inside the namespace (with its resolv.conf)."""
-        return ["ip", "netns", "exec", self.netns, *args]
+        """`args` run inside the namespace (with its resolv.conf); as they are in VM mode."""
+        return ["ip", "netns", "exec", self.netns, *args] if self.netns else list(args)
 
     def proxy_command(self, args: list[str]) -> list[str]:
         """`args` (Envoy) inside the namespace, in the group whose traffic is not captured."""
@@ -111,6 +122,50 @@ def existing_pod(name: str) -> Pod:
     if not addresses:
         raise CaptureError(f"network namespace {name} has no IPv4 address; give it one reachable from the host")
     return Pod(name, addresses[0], False)
+
+
+def host_pod() -> Pod:
+    """VM mode: the host's own namespace, held by one workload at a time; what a killed holder left
+    (its OUTPUT chain, which would send the host's connections to a listener that is gone) removed."""
+    require_root()
+    LEASE_DIR.mkdir(mode=0o1777, parents=True, exist_ok=True)
+    fd = os.open(LEASE_DIR / "vm-capture", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CaptureError(
+            "another workload already captures this host's network namespace (--netns host): one per host; "
+            "run this one with --capture alone (a namespace of its own)"
+        ) from None
+    for chain in _vm_chains():
+        log.info("removing what a stopped workload left: chain %s", chain)
+        subprocess.run(["iptables", "-w", "-t", "nat", "-D", "OUTPUT", "-j", chain], capture_output=True)
+        subprocess.run(["iptables", "-w", "-t", "nat", "-F", chain], capture_output=True)
+        subprocess.run(["iptables", "-w", "-t", "nat", "-X", chain], capture_output=True)
+    return Pod("", "", False, _lease=fd)
+
+
+def _vm_chains() -> list[str]:
+    rules = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True).stdout.split("\n")
+    return sorted({line.split()[1] for line in rules if line.startswith("-N LATTICE-") and line.endswith("-VM")})
+
+
+def capture_host(pod: Pod, outbound: tuple[str, int], dns: tuple[str, int], spared: list[str]) -> None:
+    """VM mode's rules (see the module docstring), in a chain of their own jumped to from nat OUTPUT."""
+    chain = f"LATTICE-{pod.tag}-VM"
+    nat = ["iptables", "-w", "-t", "nat", "-A", chain]
+    _run("iptables", "-w", "-t", "nat", "-N", chain)
+    pod._chains.append(("nat", "OUTPUT", chain))
+    for protocol in ("tcp", "udp"):
+        _run(*nat, "-p", protocol, "-m", "owner", "--gid-owner", str(PROXY_GID), "-j", "RETURN")
+    _run(*nat, "-p", "udp", "-m", "mark", "--mark", str(DNS_MARK), "-j", "RETURN")
+    _run(*nat, "-p", "udp", "--dport", "53", "-j", "DNAT", "--to-destination", f"{dns[0]}:{dns[1]}")
+    _run(*nat, "-p", "tcp", "-d", "127.0.0.0/8", "-j", "RETURN")
+    for address in spared:
+        _run(*nat, "-p", "tcp", "-d", address, "-j", "RETURN")
+    _run(*nat, "-p", "tcp", "-j", "DNAT", "--to-destination", f"{outbound[0]}:{outbound[1]}")
+    _run("iptables", "-w", "-t", "nat", "-I", "OUTPUT", "-j", chain)
 
 
 def capture(
@@ -260,9 +315,13 @@ class CaptureMode:
         from lattice.agent.dns import DnsProxy
         from lattice.agent.netns import Inside
 
-        self.pod = existing_pod(netns_name) if netns_name else create_pod(service)
+        self.vm = netns_name == HOST_NETNS
+        if self.vm:
+            self.pod = host_pod()
+        else:
+            self.pod = existing_pod(netns_name) if netns_name else create_pod(service)
         try:
-            self.inside = Inside(self.pod.netns)
+            self.inside = None if self.vm else Inside(self.pod.netns)
             self.dns = DnsProxy()
             self._dns_socket = None
             self._port_leases: list[int] = []
@@ -300,7 +359,19 @@ class CaptureMode:
         from lattice.agent.dns import udp_socket
 
         capture(self.pod, namespace, host_address, forwards, inbound, outbound_port, agent)
-        self._dns_socket = self.inside.run(udp_socket)
+        self._dns_socket = self._here(udp_socket)
+
+    def install_host(self, outbound: tuple[str, int], spared: list[str]) -> None:
+        """VM mode: the DNS proxy on a free port of 127.0.0.1, then the host's OUTPUT rules."""
+        from lattice.agent.dns import udp_socket
+
+        self._dns_socket = udp_socket("127.0.0.1", 0)
+        self.dns.mark = DNS_MARK
+        capture_host(self.pod, outbound, self._dns_socket.getsockname(), spared)
+
+    def _here(self, fn):
+        """fn() where the app's sockets live: in its namespace, or (VM mode) right here."""
+        return fn() if self.inside is None else self.inside.run(fn)
 
     def listen(self, port: int):
         """A listening TCP socket on the namespace's address (the agent API: the control plane's way in)."""
@@ -314,7 +385,7 @@ class CaptureMode:
             sock.setblocking(False)
             return sock
 
-        return self.inside.run(make)
+        return self._here(make)
 
     async def serve_dns(self) -> None:
         await self.dns.serve(self._dns_socket)
@@ -331,7 +402,8 @@ class CaptureMode:
             except OSError:
                 return False
 
-        return await asyncio.get_running_loop().run_in_executor(self.inside.executor, probe)
+        executor = None if self.inside is None else self.inside.executor
+        return await asyncio.get_running_loop().run_in_executor(executor, probe)
 
     def on_accept(self, type_url: str, response) -> None:
         """Envoy accepted listeners: the outbound one carries the DNS proxy's name table."""
@@ -356,7 +428,8 @@ class CaptureMode:
     def close(self) -> None:
         if self._dns_socket is not None:
             self._dns_socket.close()
-        self.inside.close()
+        if self.inside is not None:
+            self.inside.close()
         release(self.pod)
         for fd in self._port_leases:
             os.close(fd)

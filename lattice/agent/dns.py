@@ -29,6 +29,7 @@ class DnsProxy(asyncio.DatagramProtocol):
         self.names: dict[str, str] = {}
         self.upstreams = upstreams if upstreams is not None else host_resolvers()
         self.upstream_port = 53
+        self.mark = 0  # SO_MARK of forwarded queries (VM mode sets it)
         self.transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task] = set()
 
@@ -82,6 +83,8 @@ class DnsProxy(asyncio.DatagramProtocol):
             family = socket.AF_INET6 if ":" in upstream else socket.AF_INET
             with socket.socket(family, socket.SOCK_DGRAM) as s:
                 s.setblocking(False)
+                if self.mark:  # VM mode: not captured back to this proxy (agent/capture.py)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
                 try:
                     await loop.sock_connect(s, (upstream, self.upstream_port))
                     await loop.sock_sendall(s, query)

@@ -105,7 +105,9 @@ class Sidecar:
                     "check --server, or give --address"
                 ) from None
             log.info("advertising this host's address %s (its route to %s); --address overrides it", address, o.server)
-        if self.capture is not None:  # its namespace's address, if this host's is not for others
+        if (
+            self.capture is not None and not self.capture.vm
+        ):  # its namespace's address, if this host's is not for others
             local_only = address is None or ipaddress.ip_address(address).is_loopback
             return (self.capture.pod.address if local_only else address), "127.0.0.1"
         if address is None:
@@ -126,10 +128,11 @@ class Sidecar:
         labels = {**o.labels, "app": o.service, **({"version": o.version} if o.version else {})}
         upstream_ports = {u.local_port for u in o.upstreams}
         host_port = 0
-        if self.capture is not None and address != self.capture.pod.address:  # reached through the host's ports
+        pod = self.capture is not None and not self.capture.vm  # VM mode is placed as proxy mode is
+        if pod and address != self.capture.pod.address:  # reached through the host's ports
             agent_port = free_port(address)
             host_port = self.capture.host_port(address, o.port)
-        elif self.capture is not None:  # the namespace is the workload's own: its ports are free
+        elif pod:  # the namespace is the workload's own: its ports are free
             agent_port = AGENT_PORT if AGENT_PORT not in upstream_ports | {o.port} else free_port()
         elif AGENT_PORT not in upstream_ports and port_free(address, AGENT_PORT):
             agent_port = AGENT_PORT
@@ -152,7 +155,7 @@ class Sidecar:
             local_address=local,
             capture=self.capture is not None,
             host_port=host_port if host_port != o.port else 0,
-            inbound_address=self.capture.pod.address if self.capture else "",
+            inbound_address=self.capture.pod.address if pod else "",
         )
 
     async def run(self) -> int:
@@ -412,7 +415,7 @@ class Sidecar:
             **agent_runner_options(),
         )
         await self._runner.setup()
-        if self.capture is not None:  # in the namespace, where the control plane is let in
+        if self.capture is not None and not self.capture.vm:  # in the namespace, where the control plane is let in
             await web.SockSite(self._runner, self.capture.listen(self.registration.agent_port)).start()
         else:
             await web.TCPSite(self._runner, self.registration.address, self.registration.agent_port).start()
@@ -526,6 +529,20 @@ class Sidecar:
     def _install_capture(self) -> None:
         """The namespace's rules, now that the ports are known; the DNS proxy's names with each push."""
         reg = self.registration
+        if self.capture.vm:
+            self.capture.install_host((reg.outbound_address, OUTBOUND_PORT), self._control_plane_sources())
+        else:
+            self._install_pod_capture()
+        accepted = self.relay.on_accept
+
+        def on_accept(type_url, response) -> None:
+            accepted(type_url, response)
+            self.capture.on_accept(type_url, response)
+
+        self.relay.on_accept = on_accept
+
+    def _install_pod_capture(self) -> None:
+        reg = self.registration
         host_address = None if reg.address == self.capture.pod.address else reg.address
         forwards = {reg.host_port or reg.port: reg.port, reg.agent_port: reg.agent_port}
         self.capture.install(
@@ -536,13 +553,6 @@ class Sidecar:
             OUTBOUND_PORT,
             (reg.agent_port, self._control_plane_sources()),
         )
-        accepted = self.relay.on_accept
-
-        def on_accept(type_url, response) -> None:
-            accepted(type_url, response)
-            self.capture.on_accept(type_url, response)
-
-        self.relay.on_accept = on_accept
 
     def _control_plane_sources(self) -> list[str]:
         """Where the control plane's calls to the agent port come from: its host's address, or, on this
@@ -553,7 +563,14 @@ class Sidecar:
         return sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)})
 
     def _announce(self) -> None:
-        if self.capture is not None:
+        if self.capture is not None and self.capture.vm:
+            print(
+                "capture mode (VM): the app runs in this host's network namespace; its TCP goes through the "
+                f"sidecar ({self.registration.outbound_address}:{OUTBOUND_PORT}), its DNS through the agent",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif self.capture is not None:
             print(
                 f"capture mode: the app runs in network namespace {self.capture.pod.netns} "
                 f"({self.capture.pod.address}); its TCP goes through the sidecar, mesh names resolve there",

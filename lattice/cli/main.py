@@ -302,7 +302,8 @@ _WORKLOAD_OPTIONS = {
             None,
             "--netns",
             help="With --capture: an existing network namespace (`ip netns add`, already connected) for the app, "
-            "instead of a new one with a veth pair to the host (`lattice agent`: where you run the app).",
+            "instead of a new one with a veth pair to the host (`lattice agent`: where you run the app); `host`: "
+            "the host's own namespace (VM mode, one app per machine; SSH and the control plane's ports spared).",
         ),
     ),
     "drain_timeout": (

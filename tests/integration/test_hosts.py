@@ -163,3 +163,30 @@ def test_a_workload_answering_5xx_is_ejected_and_traffic_moves_to_the_healthy_on
     assert answers.count((500, "details-v1")) <= 7, answers
     # Without ejection v1 takes about half the requests: twenty in a row to v2 would be a 1 in 10^6 chance.
     assert answers[-20:] == [(200, "details-v2")] * 20, answers
+
+
+def test_vm_mode_captures_the_host_s_own_namespace_and_spares_the_rest(mesh):
+    """`lattice run --capture --netns host` on a machine of its own (host D): no namespace of its
+    own, yet a client on D that ignores proxies calls reviews (on B) by name and is routed there
+    (the name resolves only through the agent's DNS proxy, and Envoy's own connections are not
+    captured back, or nothing would arrive); the agent, spared, registered and synced; stopping it
+    leaves D's nat table as it was."""
+    net, plane, (a, b, c), reviews, web = mesh
+    d = net.host("d")
+    # A machine has a default route (its gateway): a resolver's or a virtual IP's packets must get as
+    # far as the nat table. Here it leads to the switch, where anything not captured goes nowhere.
+    d.exec(["ip", "route", "add", "default", "dev", "eth0"])
+    before = d.exec(["iptables", "-w", "-t", "nat", "-S"]).stdout
+    vm = net.workload(plane, d, "vm", "v1", command=BACKEND, extra=("--capture", "--netns", "host", "--port", "8081"))
+    vm.start()
+    try:
+        assert "capture mode (VM)" in vm.log.read_text()
+        assert plane.proxy(vm.id)["address"] == d.address
+        result = d.exec(["curl", "--noproxy", "*", "-s", "-m", "10", "-D-", "-o/dev/null", "http://reviews:9080/"])
+        assert result.stdout.startswith("HTTP/1.1 200") and "x-served-by: reviews-v1" in result.stdout, result
+        assert "LATTICE-" in d.exec(["iptables", "-w", "-t", "nat", "-S", "OUTPUT"]).stdout
+    finally:
+        vm.stop()
+    assert d.exec(["iptables", "-w", "-t", "nat", "-S"]).stdout == before
+    # Uncaptured again: the mesh's name no longer resolves on D.
+    assert d.exec(["curl", "--noproxy", "*", "-s", "-m", "5", "http://reviews:9080/"]).returncode != 0
