@@ -331,6 +331,7 @@ class AgentApi:
         self.ca.forget(workload_id)
         return web.json_response({"deregistered": self.registry.deregister(workload_id)})
 
+    @limits.streams_body  # up to traces.MAX_BODY, more than this app's client_max_size
     async def traces_in(self, request: web.Request) -> web.Response:
         """Spans from a workload's Envoy, forwarded by its agent (server/traces.py)."""
         return await receive(request, self.traces, str(self._require_peer(request)))

@@ -5,7 +5,8 @@ time to say something, and a request a bounded time to arrive.
   within `IDLE_TIMEOUT` of opening (or of its previous answer) is closed; that covers both a
   silent socket and one trickling its headers a byte at a time, since aiohttp's keep-alive timer
   runs from the connection's start and is not reset by partial data. A request body must arrive
-  within `BODY_TIMEOUT` (408 otherwise). Handlers that stream answers (tap, the console's event
+  within `BODY_TIMEOUT` (408 otherwise); a handler marked `@streams_body` reads (and bounds) its
+  own body instead, in size as well as in time. Handlers that stream answers (tap, the console's event
   stream) are not idle, and are not cut.
 - xDS (gRPC): the TLS handshake and HTTP/2 preface must complete within `HANDSHAKE_TIMEOUT`;
   answers from the control plane are bounded in size (server/main.py).
@@ -34,10 +35,19 @@ def runner_options() -> dict:
     return {"keepalive_timeout": IDLE_TIMEOUT}
 
 
+def streams_body(handler):
+    """Mark a handler that reads its request body itself, within `BODY_TIMEOUT` and a size limit
+    of its own (larger than the app's client_max_size): `bounded_body` leaves that body alone."""
+    handler.streams_body = True
+    return handler
+
+
 @web.middleware
 async def bounded_body(request: web.Request, handler):
     """Read a request's body (bounded in size by the app's client_max_size) within BODY_TIMEOUT;
     handlers then read it from memory."""
+    if getattr(request.match_info.handler, "streams_body", False):
+        return await handler(request)
     if request.body_exists and request.can_read_body:
         try:
             async with asyncio.timeout(BODY_TIMEOUT):

@@ -13,6 +13,7 @@ is refused with the field that is wrong. A span's service is its resource's `ser
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from datetime import datetime, timezone
 from aiohttp import web
 from google.protobuf.message import DecodeError
 from lattice.api import otlp
+
+from lattice.server.limits import BODY_TIMEOUT
 
 MAX_BODY = 4 << 20  # one agent batch; the agent sends smaller ones (agent/traces.py)
 MAX_ATTRIBUTES = 64  # per span; the rest are dropped
@@ -301,10 +304,14 @@ async def receive(request: web.Request, store: TraceStore, reporter: str) -> web
             413, f"body of {request.content_length} bytes is over the {MAX_BODY}-byte limit; send smaller batches"
         )
     body = bytearray()
-    async for chunk in request.content.iter_chunked(64 << 10):
-        body += chunk
-        if len(body) > MAX_BODY:
-            return _error(413, f"body is over the {MAX_BODY}-byte limit; send smaller batches")
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.content.iter_chunked(64 << 10):
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return _error(413, f"body is over the {MAX_BODY}-byte limit; send smaller batches")
+    except TimeoutError:
+        return _error(408, f"the request body did not arrive within {BODY_TIMEOUT:g} s")
     try:
         kept = store.ingest(bytes(body), reporter)
     except TraceError as e:

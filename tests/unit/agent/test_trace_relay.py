@@ -11,6 +11,7 @@ from aiohttp import web
 from lattice.api import otlp
 
 from lattice.agent.traces import TraceRelay
+from lattice.server import agent_api, limits
 from lattice.server.traces import TraceStore, receive
 
 
@@ -88,15 +89,17 @@ async def test_export_answers_at_once_and_reports_rejected_spans():
 
 @pytest.fixture
 async def collector():
-    """A control plane's trace route over plain HTTP: its URL, the store, and the statuses it answered."""
+    """A control plane's trace route over plain HTTP, in an app set up as the agents' API is (its
+    body limit and slow-body middleware): its URL, the store, and the statuses it answered."""
     store, answered = TraceStore(), []
 
+    @limits.streams_body
     async def traces_in(request: web.Request) -> web.Response:
         response = await receive(request, store, "spiffe://cluster.local/ns/default/sa/a")
         answered.append(response.status)
         return response
 
-    app = web.Application()
+    app = web.Application(client_max_size=agent_api.MAX_BODY, middlewares=[limits.bounded_body])
     app.router.add_post("/agent/v1/traces", traces_in)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -127,6 +130,24 @@ async def test_forward_delivers_to_the_control_plane(collector):
             task.cancel()
     assert store.stats()["spans"] == 3 and len(store) == 2 and relay.counts["forwarded"] == 3
     assert set(answered) == {200}
+
+
+async def test_a_batch_larger_than_other_agent_requests_arrives_whole(collector):
+    """Spans are bounded by the trace route's own limit, not the agents' API's 64 KiB for JSON."""
+    url, store, answered = collector
+    relay = TraceRelay(url, _Identity())
+    big = _export("a.default", *range(1, 501))
+    for span in big.resource_spans[0].scope_spans[0].spans:
+        span.name = "op-" + "x" * 300
+    assert big.ByteSize() > 2 * agent_api.MAX_BODY
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.create_task(relay.forward(session), name="trace-relay")
+        try:
+            await relay.Export(big, None)
+            await _until(lambda: answered)
+        finally:
+            task.cancel()
+    assert answered == [200] and store.stats()["spans"] == 500
 
 
 async def test_an_unreachable_control_plane_costs_the_batch_not_the_relay():
