@@ -15,6 +15,11 @@ Four paths, side by side in one run:
   (e) lattice-wasm  (c) with one trivial Proxy-Wasm filter on the server's sidecar (a TrafficExtension
                  running examples/wasm/mesh_guard with an empty config: called on request and
                  response headers, changing nothing): the cost of a Wasm filter is (e) against (c)
+  (f) lattice-capture  (c) with both sidecars under `lattice run --capture` (root only; left out
+                 otherwise): the generator runs inside the client's network namespace and connects
+                 to the server's virtual IP as an app that knows nothing of the mesh would, its
+                 connections redirected by iptables to the outbound listener (original_dst,
+                 http_inspector): the cost of transparent capture is (f) against (c), HTTP_PROXY mode
 The app is an Envoy answering `200 ok` itself, so its own cost is small and steady.
 
 Latency: open loop (bench/openloop.py) at a fixed rate, counted from each request's scheduled send
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -50,12 +56,14 @@ from openloop import Result, run  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from lattice.agent.envoy import envoy_binary  # noqa: E402
+from lattice.agent.netns import Inside  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "dataplane.json"
-PATHS = ("direct", "envoy-pair", "lattice", "lattice-no-telemetry", "lattice-wasm")
+PATHS = ("direct", "envoy-pair", "lattice", "lattice-no-telemetry", "lattice-wasm", "lattice-capture")
 URL, HOST = "http://bench-server:9080/", "bench-server:9080"
 QUIET_URL, QUIET_HOST = "http://bench-quiet-server:9080/", "bench-quiet-server:9080"
 WASM_URL, WASM_HOST = "http://bench-wasm-server:9080/", "bench-wasm-server:9080"
+CAPTURE_HOST = "bench-capture-server:9080"
 WASM_BUILD = Path(__file__).parent.parent / "examples" / "wasm" / "build.sh"
 POLICIES = """
 apiVersion: security.istio.io/v1
@@ -89,6 +97,15 @@ spec:
   action: ALLOW
   rules:
   - from: [{source: {principals: ["cluster.local/ns/default/sa/bench-wasm-client"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bench-capture-server, namespace: default}
+spec:
+  selector: {matchLabels: {app: bench-capture-server}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/bench-capture-client"]}}]
 """ + "".join(
     f"""---
 # The same sidecars with telemetry off (no metrics stream, no spans): what telemetry costs.
@@ -134,9 +151,24 @@ class DataPath:
     runs: list[Result] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)  # label → CPU seconds over the measured runs
     machine_busy: float = 0.0  # CPU seconds the whole machine used over the measured runs
+    inside: Inside | None = None  # captured: the generator's thread in the client's network namespace
+    generator_cpus: set[int] | None = None
 
     def processes(self) -> dict[str, int]:
         return self.proxies | {f"{label} agent": pid for label, pid in self.agents.items()}
+
+    def call(self, fn, *args, **kw):
+        """fn where this path's client lives: here, or (captured) in the client's namespace, on the
+        generator's CPUs (a thread's affinity is its own)."""
+        if self.inside is None:
+            return fn(*args, **kw)
+
+        def pinned():
+            if self.generator_cpus:
+                os.sched_setaffinity(0, self.generator_cpus)
+            return fn(*args, **kw)
+
+        return self.inside.run(pinned)
 
 
 # -- setting up the paths ---------------------------------------------------------------------
@@ -155,6 +187,35 @@ def _lattice_workloads(plane: ControlPlane) -> list[Workload]:
             "bench-wasm-server",
         )
     ]
+
+
+def _capture_workloads(plane: ControlPlane) -> list[Workload]:
+    """The capture path's client and server, each under `lattice run --capture` (root)."""
+    if os.geteuid() != 0:
+        return []
+    quiet = ("--log-level", "warning")
+    return [
+        Workload(plane, name, command=app_command(), extra=("--capture", *quiet))
+        for name in ("bench-capture-client", "bench-capture-server")
+    ]
+
+
+def _capture_path(client: Workload, server: Workload) -> DataPath:
+    """The generator in the client's namespace, to the server's virtual IP as its DNS proxy answers."""
+    found = re.search(r"network namespace (\S+) \(", client.log.read_text())
+    if found is None:
+        raise SystemExit(f"bench-capture-client: no network namespace in its log ({client.log})")
+    netns = found.group(1)
+    answer = subprocess.run(
+        ["ip", "netns", "exec", netns, "getent", "ahostsv4", CAPTURE_HOST.split(":")[0]],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if not answer:
+        raise SystemExit(f"bench-capture-client: {CAPTURE_HOST} does not resolve in {netns}")
+    path = _lattice_path("lattice-capture", client, server, "/", CAPTURE_HOST)
+    path.target, path.inside = (answer[0], 9080), Inside(netns)
+    return path
 
 
 def _wasm_extension(home: Path) -> str:
@@ -219,7 +280,7 @@ def _check(path: DataPath) -> None:
     if path.url.startswith("http://"):
         status, _, body = http("GET", path.url, proxy=f"http://{host}:{port}")
     else:
-        status, _, body = http("GET", f"http://{host}:{port}{path.url}")
+        status, _, body = path.call(http, "GET", f"http://{host}:{port}{path.url}", None, {"Host": path.host})
     if status != 200:
         raise SystemExit(f"{path.name}: {status} {body[:200]!r}")
 
@@ -237,9 +298,9 @@ def _open_loop(paths: dict[str, DataPath], settings: Settings, rate: float) -> N
     for round_ in range(settings.rounds):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             path = paths[name]
-            run(path.target, path.url, path.host, rate, settings.warmup)
+            path.call(run, path.target, path.url, path.host, rate, settings.warmup)
             before, busy = _cpu(path.processes()), procstat.busy_seconds()
-            path.runs.append(run(path.target, path.url, path.host, rate, settings.seconds))
+            path.runs.append(path.call(run, path.target, path.url, path.host, rate, settings.seconds))
             after = _cpu(path.processes())
             path.machine_busy += procstat.busy_seconds() - busy
             for label in before:
@@ -248,7 +309,7 @@ def _open_loop(paths: dict[str, DataPath], settings: Settings, rate: float) -> N
 
 def _max_throughput(path: DataPath, seconds: float) -> dict:
     before = _cpu(path.processes())
-    result = max_rate(path.target, path.url, path.host, connections=32, seconds=seconds)
+    result = path.call(max_rate, path.target, path.url, path.host, connections=32, seconds=seconds)
     used = {label: cpu - before[label] for label, cpu in _cpu(path.processes()).items()}
     return {
         "rps": result.rps,
@@ -330,9 +391,15 @@ def measure(quick: bool, rate: float = 1000.0, seconds: float | None = None, pin
             stack.callback(plane.stop)
             plane.apply(POLICIES + _wasm_extension(home))
             workloads = stack.enter_context(running(plane, _lattice_workloads(plane)))
+            captured = stack.enter_context(running(plane, _capture_workloads(plane)))
             pair = EnvoyPair.start(home / "pair", workloads[1].info["app_port"])
             stack.callback(pair.stop)
-        paths = _measure_paths(_paths(workloads, pair), settings, rate, generator_cpus)
+        all_paths = _paths(workloads, pair)
+        if captured:
+            all_paths["lattice-capture"] = _capture_path(*captured)
+            all_paths["lattice-capture"].generator_cpus = generator_cpus
+            stack.callback(all_paths["lattice-capture"].inside.close)
+        paths = _measure_paths(all_paths, settings, rate, generator_cpus)
     return {
         "mode": "quick" if quick else "full",
         "rate": rate,
@@ -410,6 +477,14 @@ def _caption(result: dict) -> str:
             f"telemetry on vs off: {', '.join(cost)}, {cpu:+.4f} CPU s/1k req (Envoys and agents), max rps "
             f"{lattice['max_throughput']['rps'] / quiet['max_throughput']['rps']:.2f}×. "
         )
+    captured = result["paths"].get("lattice-capture")
+    capture = "capture mode: left out (not root). "
+    if captured:
+        cost = [f"p{q} {captured[f'p{q}_ms'] - lattice[f'p{q}_ms']:+.3f} ms" for q in (50, 99)]
+        capture = (
+            f"capture vs HTTP_PROXY mode: {', '.join(cost)}, max rps "
+            f"{captured['max_throughput']['rps'] / lattice['max_throughput']['rps']:.2f}×. "
+        )
     wasm = result["paths"].get("lattice-wasm")
     extension = ""
     if wasm:
@@ -418,7 +493,7 @@ def _caption(result: dict) -> str:
         extension = f"one Wasm filter on the server: {', '.join(cost)}, {cpu:+.4f} server-Envoy CPU s/1k req. "
     return (
         f"per proxy: client / server Envoy. lattice vs envoy-pair added latency: {', '.join(ratios) or 'n/a'}. "
-        f"{telemetry}{extension}"
+        f"{telemetry}{capture}{extension}"
         f"lattice agents (Python, beside each Envoy): {agents}. max rps: closed loop, 32 keep-alive connections, "
         f"{result['max_throughput_seconds']:g} s. {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
         f"Envoy {m['envoy'].split('/')[1] if '/' in m['envoy'] else m['envoy']}; "
