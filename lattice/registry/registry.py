@@ -7,13 +7,13 @@ from typing import Callable
 
 from lattice.api.registration import Registration
 from lattice.mesh import Workload
-from lattice.store import Store
+from lattice.store import StoreBackend
 
 
 class Registry:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         heartbeat_timeout: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] = lambda: None,

@@ -19,6 +19,7 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import pydantic
@@ -34,7 +35,7 @@ from lattice.server.ca import CaManager
 from lattice.server.metrics import ControlPlaneMetrics
 from lattice.server.modules import ModuleCache
 from lattice.server.traces import TraceStore, receive
-from lattice.store import Store, StoreError
+from lattice.store import StoreBackend, StoreError
 
 log = logging.getLogger("lattice.agent-api")
 MAX_BODY = 64 << 10
@@ -44,7 +45,7 @@ class AgentApi:
     def __init__(
         self,
         ca: CaManager,
-        store: Store,
+        store: StoreBackend,
         registry: Registry,
         xds_address: str = "",
         metrics: ControlPlaneMetrics | None = None,
@@ -283,7 +284,7 @@ class AgentApi:
         ]
         return {w.id for w in same if not await placement.agent_listening(w.address, w.agent_port)}
 
-    def _place(self, request: web.Request, registration: Registration, gone: set[str] = frozenset()) -> None:
+    def _place(self, request: web.Request, registration: Registration, gone: AbstractSet[str] = frozenset()) -> None:
         """An address its peers reach, of the agent's own host, and no live workload's already."""
         try:
             placement.check_address(registration, request.remote, _arrived_at(request))

@@ -123,7 +123,7 @@ MAX_RECORDS = 1_000  # request records in one agent's answer
 def check_records(answer: object) -> dict:
     """An agent's request records (`/lattice/v1/requests`), if shaped as agents send them."""
     records = answer.get("records") if isinstance(answer, dict) else None
-    if not isinstance(records, list) or len(records) > MAX_RECORDS:
+    if not isinstance(answer, dict) or not isinstance(records, list) or len(records) > MAX_RECORDS:
         raise AgentAnswerError(f"records: a list of at most {MAX_RECORDS}")
     for i, record in enumerate(records):
         if not isinstance(record, dict) or not isinstance(record.get("time", 0), int | float):

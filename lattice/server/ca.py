@@ -269,7 +269,7 @@ class CaManager:
 
     def advance(self, proxies: list[str]) -> None:
         """Move the rotation on when every registered proxy has caught up with its phase."""
-        if self.phase == "distributing" and all(self.trusts_bundle(p) for p in proxies):
+        if self.phase == "distributing" and self.next is not None and all(self.trusts_bundle(p) for p in proxies):
             self.previous, self.ca, self.next = self.ca, self.next, None
             self._crl = None
             self._save_ca(self.ca, "ca")

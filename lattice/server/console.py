@@ -98,18 +98,18 @@ def _edges(summaries, seconds: float) -> list[dict]:
                 n["latency"][int(index)] = n["latency"].get(int(index), 0) + count
     out = []
     for e in edges(summaries):
-        n = numbers.get((e["source"], e["destination"]))
-        if n is None:
+        counted = numbers.get((e["source"], e["destination"]))
+        if counted is None:
             continue
         out.append(
             {
                 "source": e["source"],
                 "destination": e["destination"],
                 "mtls": e["secured"],
-                "requests": n["requests"],
-                "rps": round(n["requests"] / seconds, 2),
-                "success_rate": round((n["requests"] - n["failures"]) / n["requests"], 4),
-                "p99_ms": percentile(n["latency"], 0.99),
+                "requests": counted["requests"],
+                "rps": round(counted["requests"] / seconds, 2),
+                "success_rate": round((counted["requests"] - counted["failures"]) / counted["requests"], 4),
+                "p99_ms": percentile(counted["latency"], 0.99),
             }
         )
     return out

@@ -115,7 +115,7 @@ def traffic(summary: dict, seconds: float) -> dict:
             {"peer": peer, "service": service, "mtls": g["mtls"]} | _numbers(g, seconds)
             for (peer, service), g in sorted(groups.items())
         ]
-        total = {"requests": 0, "failures": 0, "latency": {}}
+        total: dict = {"requests": 0, "failures": 0, "latency": {}}
         for g in groups.values():
             total["requests"] += g["requests"]
             total["failures"] += g["failures"]

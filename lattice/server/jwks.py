@@ -28,7 +28,7 @@ import aiohttp
 
 from lattice.api.request_authn import RequestAuthenticationSpec, check_jwks
 from lattice.server.refreshing import RETRY_FAILED_SECONDS, Refreshing
-from lattice.store import Store, StoreError
+from lattice.store import StoreBackend, StoreError, is_shared
 
 log = logging.getLogger("lattice.jwks")
 MAX_JWKS_BYTES = 256 * 1024
@@ -45,7 +45,7 @@ class JwksCache(Refreshing):
     what = "fetching JWKS"
 
     def __init__(
-        self, store: Store, on_change: Callable[[], None], refresh: float, clock: Callable[[], float] = time.time
+        self, store: StoreBackend, on_change: Callable[[], None], refresh: float, clock: Callable[[], float] = time.time
     ) -> None:
         self._store = store
         super().__init__(on_change, refresh)
@@ -75,9 +75,12 @@ class JwksCache(Refreshing):
 
     async def follow(self) -> None:
         """Take up what another replica fetched (a shared store's watch); ask for a push on change."""
-        generation = self._store.jwks_generation
+        store = self._store
+        if not is_shared(store):
+            return  # a SQLite store has one writer: this process, which already holds what it fetched
+        generation = store.jwks_generation
         while True:
-            generation = await self._store.wait_for_jwks_change(generation)
+            generation = await store.wait_for_jwks_change(generation)
             async with self._lock:
                 changed = self._take_stored(self._wanted())
             if changed:

@@ -31,7 +31,7 @@ from lattice.server.replicas import Replica, run_once
 from lattice.server.rest import RestApi, refresh_revocations
 from lattice.server.secrets import SecretVault
 from lattice.server.traces import TraceStore
-from lattice.store import StoreError, open_store
+from lattice.store import SharedStore, StoreError, is_shared, open_store
 from lattice.xds import SnapshotCache, StatusBoard
 from lattice.xds.server import AdsServer
 
@@ -60,7 +60,7 @@ class ControlPlane:
             root_validity=timedelta(seconds=config.root_lifetime),
         )
         self.ca_duty = CaDuty(self.ca, RotationPolicy.for_rotation_at(config.root_rotate_at))
-        if self.store.shared:
+        if is_shared(self.store):
             self.ca.set_mesh_roots(_check_trusted_root(self.store, self.ca))
         self.cache = SnapshotCache()
         self.metrics = ControlPlaneMetrics()  # served on the REST port's /metrics, without the admin token
@@ -225,7 +225,7 @@ class ControlPlane:
                 tasks.create_task(self._count_loop(), name="ca-counts")
                 tasks.create_task(self.modules.run(), name="wasm-module-refresh")
                 tasks.create_task(run_once(self.store, "sweep", self.replica.id, self._sweep), name="sweep")
-                if self.store.shared:
+                if is_shared(self.store):
                     tasks.create_task(self.replica.announce(), name="replica-announce")
                     tasks.create_task(self.replica.follow_workloads(), name="registry-follow")
                     tasks.create_task(self.jwks.follow(), name="jwks-follow")
@@ -255,7 +255,7 @@ class ControlPlane:
                 await asyncio.to_thread(refresh_revocations, self.store, self.ca)
             except StoreError as e:
                 log.warning("reading revoked certificates: %s", e)
-            if self.store.shared:  # roots trusted or dropped with `lattice ca trust` on any replica
+            if is_shared(self.store):  # roots trusted or dropped with `lattice ca trust` on any replica
                 self.ca.set_mesh_roots(self.store.ca_roots())
 
     async def _count_loop(self) -> None:
@@ -287,7 +287,7 @@ class ControlPlane:
             await asyncio.sleep(SWEEP_INTERVAL)
 
 
-def _check_trusted_root(store, ca: CaManager) -> list[dict]:
+def _check_trusted_root(store: SharedStore, ca: CaManager) -> list[dict]:
     """Every replica signs under a root the mesh trusts: the first records its own; a replica with
     another refuses to start until `lattice ca trust add` has made it trusted everywhere (so no
     workload is handed a certificate its peers cannot check). Returns the mesh's roots."""
@@ -331,6 +331,7 @@ async def run_server(config: ServerConfig) -> None:
 async def _serve(config: ServerConfig) -> None:
     plane = ControlPlane(config)
     main = asyncio.current_task()
+    assert main is not None, "_serve runs as a task of asyncio.run"
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, main.cancel)

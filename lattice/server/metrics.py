@@ -82,6 +82,21 @@ def _braced(text: str) -> str:
 # --- families ---------------------------------------------------------------------------------
 
 
+def _collected(found: float | Mapping[tuple[str, ...], float] | None, labelled: bool) -> dict[tuple[str, ...], float]:
+    """A `collect()` answer as samples by label values: a mapping for a labelled family, one value otherwise."""
+    if found is None:
+        return {}
+    if labelled != isinstance(found, Mapping):
+        raise TypeError(f"collect() gave {type(found).__name__} for a {'' if labelled else 'un'}labelled family")
+    return dict(found) if isinstance(found, Mapping) else {(): found}
+
+
+class _Child(Protocol):
+    """One label set's series in a family."""
+
+    def render(self, name: str, out: list[str]) -> None: ...
+
+
 class _Family:
     kind = ""
 
@@ -93,7 +108,7 @@ class _Family:
             if not _LABEL.match(label) or label.startswith("__") or label == "le":
                 raise ValueError(f"{label!r} is not a valid label name for {name}")
         self._lock = threading.Lock()
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[str, ...], _Child] = {}
 
     def labels(self, *values: object):
         """The child for these label values (in `labelnames` order), made on first use."""
@@ -197,8 +212,7 @@ class Gauge(_Family):
         if self.collect is None:
             return super().render(out)
         try:
-            found = self.collect()
-            samples = {} if found is None else {(): found} if not self.labelnames else dict(found)
+            samples = _collected(self.collect(), labelled=bool(self.labelnames))
         except Exception:  # a scrape must not fail for one unreadable value
             log.exception("cannot read %s", self.name)
             samples = {}

@@ -28,7 +28,7 @@ import aiohttp
 from lattice.api.extensions import SHA256, TrafficExtensionSpec, WasmConfig, WasmPluginSpec
 from lattice.server import oci
 from lattice.server.refreshing import Refreshing
-from lattice.store import Store
+from lattice.store import StoreBackend
 
 log = logging.getLogger("lattice.modules")
 MAX_MODULE_BYTES = 64 << 20
@@ -49,7 +49,7 @@ class ModuleError(Exception):
         self.field = field
 
 
-def wasm_configs(store: Store) -> Iterable[WasmConfig]:
+def wasm_configs(store: StoreBackend) -> Iterable[WasmConfig]:
     """The Wasm part of every stored extension (validated on apply)."""
     for stored in store.list("TrafficExtension"):
         spec = TrafficExtensionSpec.model_validate(stored.spec)
@@ -70,7 +70,7 @@ class ModuleCache(Refreshing):
 
     what = "fetching Wasm modules"
 
-    def __init__(self, store: Store, directory: Path, on_change: Callable[[], None], refresh: float) -> None:
+    def __init__(self, store: StoreBackend, directory: Path, on_change: Callable[[], None], refresh: float) -> None:
         self._store = store
         self._dir = directory
         super().__init__(on_change, refresh)
@@ -202,7 +202,9 @@ def _read_file(path: Path) -> bytes:
 
 
 async def _get(url: str) -> bytes:
-    tls = ssl.create_default_context() if url.startswith("https://") else None
+    tls: ssl.SSLContext | bool = (
+        ssl.create_default_context() if url.startswith("https://") else True
+    )  # True: aiohttp's default
     async with (
         aiohttp.ClientSession() as session,
         session.get(url, ssl=tls, max_redirects=MAX_REDIRECTS) as response,

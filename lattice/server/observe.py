@@ -144,10 +144,10 @@ def _stat_row(by: str, key: tuple[str, str], g: dict, seconds: float) -> dict:
 
 
 def _client_view(c: dict | None, seconds: float) -> dict:
-    n = c["requests"] if c else 0
+    n, failures = (c["requests"], c["failures"]) if c else (0, 0)
     return {
         "requests": n,
-        "success_rate": round((n - c["failures"]) / n, 4) if n else None,
+        "success_rate": round((n - failures) / n, 4) if n else None,
         "rps": round(n / seconds, 2) if seconds else 0.0,
         "latency_ms": {
             q: percentile(c["latency"], v) if c else None for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
@@ -242,7 +242,7 @@ def edges(summaries: list[tuple[Workload, dict]], namespace: str | None = None) 
                 "tcp_connections": row["tcp_opened"],
             }
     # A meshed workload's identity, as its peers saw it (a callee its caller's certificate, a caller its callee's).
-    principal = {}
+    principal: dict[str, str] = {}
     for _, summary in summaries:
         for row in summary["peers"]:
             if row["peer_principal"] != "unknown":

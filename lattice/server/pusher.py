@@ -25,7 +25,7 @@ from lattice.registry import Registry
 from lattice.server.jwks import JwksCache
 from lattice.server.modules import ModuleCache
 from lattice.server.metrics import ControlPlaneMetrics
-from lattice.store import Store, StoredResource
+from lattice.store import StoreBackend, StoredResource
 from lattice.translate import TYPE_ORDER
 from lattice.server.incremental import ProxyTranslations
 from lattice.xds import SnapshotCache
@@ -41,7 +41,7 @@ SLICE_SECONDS = 0.005
 class Pusher:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         registry: Registry,
         cache: SnapshotCache,
         debounce: float = 0.1,

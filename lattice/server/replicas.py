@@ -23,10 +23,11 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from lattice.registry import Registry
-from lattice.store import StoreError
+from lattice.store import SharedStore, StoreBackend, StoreError, is_shared
 
 log = logging.getLogger("lattice.replicas")
 REPLICA_TTL = 10.0
@@ -41,7 +42,7 @@ def replica_id() -> str:
 class Replica:
     def __init__(
         self,
-        store,
+        store: StoreBackend,
         registry: Registry,
         proxies: Callable[[], int],
         extra: Callable[[], dict] = dict,
@@ -67,39 +68,47 @@ class Replica:
 
     async def announce(self) -> None:
         """Keep `replicas/<id>` current: re-put on change, renew the lease, start over if it lapsed."""
+        store = self.store
+        if not is_shared(store):
+            return  # a SQLite store has one replica: nobody to announce it to
         last = None
         try:
             while True:
                 try:
-                    if not self._lease or not await asyncio.to_thread(self.store.keep_alive, self._lease):
-                        self._lease, last = await asyncio.to_thread(self.store.grant, REPLICA_TTL), None
+                    if not self._lease or not await asyncio.to_thread(store.keep_alive, self._lease):
+                        self._lease, last = await asyncio.to_thread(store.grant, REPLICA_TTL), None
                     record = self.record()
                     if record != last:
-                        await asyncio.to_thread(self.store.put_replica, self.id, record, self._lease)
+                        await asyncio.to_thread(store.put_replica, self.id, record, self._lease)
                         last = record
                 except StoreError as e:
                     log.warning("cannot record this replica in the store: %s", e)
                 await asyncio.sleep(REPLICA_TTL / 4)
         finally:
-            _release(self.store, self._lease)
+            _release(store, self._lease)
 
     async def follow_workloads(self) -> None:
-        generation = self.store.workload_generation
+        store = self.store
+        if not is_shared(store):
+            return  # a SQLite store's workloads are all this process's own
+        generation = store.workload_generation
         self.registry.sync()
         while True:
-            generation = await self.store.wait_for_workload_change(generation)
+            generation = await store.wait_for_workload_change(generation)
             self.registry.sync()
 
     def others(self) -> list[dict]:
         """Every replica the store knows, this one first; the REST status shows them."""
-        known = self.store.replicas() if self.store.shared else {}
+        known = self.store.replicas() if is_shared(self.store) else {}
         known[self.id] = self.record()
         return [known[self.id], *(known[k] for k in sorted(known) if k != self.id)]
 
 
-async def run_once(store, duty: str, holder: str, work: Callable[[], Awaitable[None]], ttl: float = DUTY_TTL) -> None:
+async def run_once(
+    store: StoreBackend, duty: str, holder: str, work: Callable[[], Coroutine[Any, Any, None]], ttl: float = DUTY_TTL
+) -> None:
     """Run `work()` (a coroutine that runs until cancelled) only while this replica holds `duty`."""
-    if not store.shared:
+    if not is_shared(store):
         await work()
         return
     while True:
@@ -121,7 +130,7 @@ async def run_once(store, duty: str, holder: str, work: Callable[[], Awaitable[N
         await asyncio.sleep(ttl / 2)
 
 
-def _release(store, lease: int) -> None:
+def _release(store: SharedStore, lease: int) -> None:
     """Revoke a lease while stopping (blocking, briefly: the loop is shutting down anyway); if the
     store cannot be reached, the lease expires on its own."""
     if lease:
@@ -129,7 +138,9 @@ def _release(store, lease: int) -> None:
             store.revoke(lease, timeout=RELEASE_TIMEOUT)
 
 
-async def _hold(store, duty: str, lease: int, work: Callable[[], Awaitable[None]], ttl: float) -> None:
+async def _hold(
+    store: SharedStore, duty: str, lease: int, work: Callable[[], Coroutine[Any, Any, None]], ttl: float
+) -> None:
     """Run the duty while the lease can be renewed; cancel it as soon as it cannot."""
     task = asyncio.create_task(work(), name=f"duty-{duty}")
     try:

@@ -14,6 +14,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 import pydantic
@@ -38,7 +39,7 @@ from lattice.server import discovery
 from lattice.server.console import Console
 from lattice.server.why import WhyApi
 from lattice.server.traces import TraceStore, list_response, trace_response
-from lattice.store import Store, StoreConflict, StoredResource, StoreError, StoreUnavailable
+from lattice.store import StoreBackend, StoreConflict, StoredResource, StoreError, StoreUnavailable, is_shared
 from lattice.translate import EXTENSION_CONFIG, SECRET, TYPE_ORDER
 from lattice.xds import StatusBoard
 
@@ -47,7 +48,7 @@ MAX_BODY = 8 << 20
 PUBLIC = frozenset({"/api/v1/health", "/metrics"})  # no admin credential needed
 
 
-def refresh_revocations(store: Store, ca: CaManager) -> bool:
+def refresh_revocations(store: StoreBackend, ca: CaManager) -> bool:
     """Hand the CA the serials of live revoked certificates; True if its CRL changed."""
     return ca.set_revoked([s["serial"] for s in store.revoked_serials(time.time())])
 
@@ -55,7 +56,7 @@ def refresh_revocations(store: Store, ca: CaManager) -> bool:
 class RestApi:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         registry: Registry,
         pusher: Pusher,
         board: StatusBoard,
@@ -79,7 +80,7 @@ class RestApi:
         self._admin_token = admin_token
         self._connected = connected  # () -> list of node ids with an open ADS stream
         self.started = time.time()
-        self.expiry_warnings = lambda: []  # server/ca_duty.py: what will expire unless someone acts
+        self.expiry_warnings: Callable[[], list] = lambda: []  # server/ca_duty.py: what will expire unless someone acts
         self.xds_address = ""  # set once the gRPC port is bound; agents learn it from /health
         self.observatory = Observatory(registry, ca.agent_key)  # stat, top, edges, tap: asked of the agents live
         self.console = Console(registry, lambda: self.observatory.session, api=self)  # /ui/: the web console
@@ -263,7 +264,7 @@ class RestApi:
     async def trust_root(self, request: web.Request) -> web.Response:
         """Trust one more root mesh-wide (several replicas): every replica adds it to the trust
         bundle its proxies hold, and a replica may then be restarted to sign under it."""
-        if not self.store.shared:
+        if not is_shared(self.store):
             return web.json_response({"error": _ONE_SERVER_TRUST}, status=409)
         body = await request.json()
         try:
@@ -279,7 +280,7 @@ class RestApi:
     async def untrust_root(self, request: web.Request) -> web.Response:
         """Stop trusting a root mesh-wide; refused while a replica signs under it or a proxy holds
         a certificate from it (its peers would then refuse that proxy)."""
-        if not self.store.shared:
+        if not is_shared(self.store):
             return web.json_response({"error": _ONE_SERVER_TRUST}, status=409)
         wanted = request.match_info["fingerprint"].lower()
         matches = [r["fingerprint"] for r in self.store.ca_roots() if r["fingerprint"].startswith(wanted)]

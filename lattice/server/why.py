@@ -425,7 +425,7 @@ def _no_healthy(hop, flags, details, hops, snapshot) -> Cause:
     decided = []
     if subset:
         dr = snapshot.destination_rule_for(host)
-        labels = {}
+        labels: dict[str, str] = {}
         if dr is not None:
             decided.append(_ref(dr))
             labels = next((s.labels for s in dr.spec.subsets if s.name == subset), {}) or {}

@@ -11,6 +11,8 @@ Parts:
     etcd        -- EtcdStore: the same interface on etcd v3 (config mirrored by a watch,
                    workloads on leases, tokens by compare-and-swap, replicas, elections).
     etcd_client -- a small synchronous etcd v3 gRPC client; etcdpb holds its generated messages.
+    backend     -- StoreBackend (what both backends provide), SharedStore (what etcd adds) and
+                   is_shared, the test to run before calling a SharedStore method.
     watch       -- ChangeSignal: wakes asyncio waiters on any loop when this process writes.
     open_store  -- the backend a `--store` value names.
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lattice.store.backend import SharedStore, StoreBackend, is_shared
 from lattice.store.documents import MAX_DOCUMENT_BYTES
 from lattice.store.model import (
     ApplyResult,
@@ -58,12 +61,15 @@ from lattice.store.sqlite import Store
 __all__ = [
     "MAX_DOCUMENT_BYTES",
     "ApplyResult",
+    "SharedStore",
     "Store",
+    "StoreBackend",
     "StoreConflict",
     "StoreError",
     "StoreUnavailable",
     "StoredResource",
     "StoredWorkload",
+    "is_shared",
     "open_store",
 ]
 
@@ -73,7 +79,7 @@ def open_store(
     db: Path,
     tls_files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
     workload_ttl: float = 15.0,
-):
+) -> StoreBackend:
     """The SQLite file `db` when `url` is None, else the etcd cluster `url` names
     (`etcd://host:port,host:port[/prefix]`, TLS from (ca, cert, key) files)."""
     if url is None:
@@ -81,4 +87,5 @@ def open_store(
     from lattice.store.etcd import EtcdStore
     from lattice.store.etcd_client import EtcdTls
 
-    return EtcdStore(url, EtcdTls(*tls_files), workload_ttl=workload_ttl)
+    shared: SharedStore = EtcdStore(url, EtcdTls(*tls_files), workload_ttl=workload_ttl)
+    return shared
