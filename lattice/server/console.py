@@ -23,7 +23,7 @@ from lattice.api import KINDS
 from lattice.mesh.telemetry import percentile
 from lattice.server import console_views as views
 from lattice.server.observe import edges, stat, windows
-from lattice.server.why import recent
+from lattice.server.why import gather, recent
 
 COOKIE = "lattice_session"
 TICKET_SECONDS = 60
@@ -135,6 +135,7 @@ class Console:
         app.router.add_get("/api/v1/console/series", self.series)
         app.router.add_get("/api/v1/console/config", self.config_page)
         app.router.add_get("/api/v1/console/reach", self.reach)
+        app.router.add_get("/api/v1/console/waterfall/{request_id}", self.waterfall)
 
     # --- who may: the REST API's middleware asks ---
 
@@ -308,6 +309,22 @@ class Console:
     async def reach(self, request: web.Request) -> web.Response:
         """Which service may call which (`GET /`), as the authorization policies decide it."""
         return web.json_response(views.reach(self.api.pusher.snapshot))
+
+    # --- a request's waterfall ---
+
+    async def waterfall(self, request: web.Request) -> web.Response:
+        """A request's hops across sidecars on one time axis, from their records and its trace."""
+        request_id = request.match_info["request_id"].strip()
+        if not request_id or len(request_id) > 200:
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "give the request's x-request-id (as tap and why show it)"}),
+                content_type="application/json",
+            )
+        records, silent = await gather(self._session(), self.registry.workloads(), request_id)
+        trace = self.api.traces.with_attribute(
+            views.REQUEST_ID_TAG, lambda value: views.same_request(value, request_id)
+        )
+        return web.json_response(views.waterfall(request_id, records, trace) | {"unreachable": silent})
 
 
 def _not_found(message: str) -> web.HTTPNotFound:

@@ -275,3 +275,63 @@ def reach(snapshot: MeshSnapshot) -> dict:
         "destinations": [{"namespace": ns, "service": s} for ns, s in destinations],
         "rows": rows,
     }
+
+
+REQUEST_ID_TAG = "guid:x-request-id"  # Envoy's tag for a span's request id
+
+
+def same_request(a: str, b: str) -> bool:
+    """Two spellings of one x-request-id: Envoy writes its trace decision into a UUID's version
+    digit (the 15th character), so the id an app sent and the one a sidecar logged may differ there."""
+    a, b = a.strip().lower(), b.strip().lower()
+    if len(a) == len(b) == 36 and a[14] != b[14]:
+        return a[:14] + a[15:] == b[:14] + b[15:]
+    return a == b
+
+
+def waterfall(request_id: str, records: list[dict], trace: dict | None) -> dict:
+    """A request's hops on one time axis: each sidecar's record of it (inbound and outbound, the
+    same records `lattice why` reads) and, when it was sampled, its trace's spans."""
+    rows = [
+        {
+            "source": "sidecar",
+            "proxy": r["proxy"],
+            "side": "inbound" if r["reporter"] == "destination" else "outbound",
+            "label": f"{r['method']} {r['authority']}{r['path']}",
+            "start": r["time"],
+            "duration_ms": r["duration_ms"],
+            "status": r["status"],
+            "flags": r["flags"],
+            "error": r["status"] >= 500 or r["status"] == 0 or r["flags"] not in ("-", ""),
+            "span_id": "",
+            "parent_span_id": "",
+        }
+        for r in records
+    ]
+    for s in (trace or {}).get("spans", []):
+        code = s["http"].get("status_code", "")
+        rows.append(
+            {
+                "source": "trace",
+                "proxy": s["service"],
+                "side": s["kind"].lower(),
+                "label": s["name"],
+                "start": s["start_unix_nano"] / 1e9,
+                "duration_ms": s["duration_ms"],
+                "status": int(code) if code.isdigit() else 0,
+                "flags": s["http"].get("response_flags", ""),
+                "error": s["error"],
+                "span_id": s["span_id"],
+                "parent_span_id": s["parent_span_id"],
+            }
+        )
+    rows.sort(key=lambda r: (r["start"], -r["duration_ms"]))
+    origin = rows[0]["start"] if rows else 0.0
+    for r in rows:
+        r["offset_ms"] = round((r["start"] - origin) * 1000, 3)
+    return {
+        "request_id": request_id,
+        "trace_id": trace["trace_id"] if trace else "",
+        "total_ms": max((r["offset_ms"] + r["duration_ms"] for r in rows), default=0.0),
+        "rows": rows,
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -182,6 +183,14 @@ class TraceStore:
     def trace(self, trace_id: str) -> dict | None:
         found = self._traces.get(trace_id.lower())
         return found.to_dict() if found else None
+
+    def with_attribute(self, name: str, matches: Callable[[str], bool]) -> dict | None:
+        """The newest trace holding a span whose attribute `name` matches (the console finds a
+        request's trace by `guid:x-request-id`, the tag Envoy puts on every span of a request)."""
+        for trace in reversed(self._traces.values()):
+            if any(name in s.attributes and matches(s.attributes[name]) for s in trace.spans.values()):
+                return trace.to_dict()
+        return None
 
     def stats(self) -> dict:
         return {"traces": len(self._traces), "spans": self.span_count, "bytes": self.bytes, **self.counts}

@@ -238,6 +238,8 @@ async function why(id) {
   if (answer.error) return line(answer.error, "cause");
   if (!answer.found) return line(`No sidecar remembers request ${id}: sidecars keep failed requests, and all requests while tapped.`);
   line(`request ${answer.request_id}: ${answer.outcome}`);
+  const link = Object.assign(document.createElement("a"), { className: "go waterfall", textContent: "see its waterfall", href: `#/trace/${enc(id)}` });
+  out.append(link);
   const hops = document.createElement("ol");
   for (const h of answer.hops) {
     const li = document.createElement("li");
@@ -279,6 +281,10 @@ $("#why-form").addEventListener("submit", (ev) => {
   why($("#why-id").value.trim());
 });
 $("#why-recent").addEventListener("click", failures);
+$("#trace-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  go(`#/trace/${enc($("#trace-id").value.trim())}`);
+});
 $("#authz-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const question = {
@@ -565,6 +571,42 @@ async function configPage(focus, again) {
   }
 }
 
+async function tracePage(id) {
+  showTab("trace");
+  refreshing = null;
+  $("#trace-id").value = id;
+  const svg = $("#waterfall");
+  const summary = $("#waterfall-summary");
+  summary.textContent = "asking every sidecar and the trace store…";
+  svg.replaceChildren();
+  const w = await getJSON(`/api/v1/console/waterfall/${enc(id)}`);
+  if (!w.rows.length) {
+    summary.textContent = `Nothing remembers request ${id}: sidecars keep failed requests (and all while tapped), the trace store sampled ones.`;
+    return;
+  }
+  const sidecars = w.rows.filter((r) => r.source === "sidecar").length;
+  summary.textContent = `request ${w.request_id}: ${w.total_ms.toFixed(1)} ms, ${sidecars} sidecar record(s)` +
+    (w.trace_id ? `, ${w.rows.length - sidecars} span(s) of trace ${w.trace_id}` : ", not sampled for tracing");
+  const W = 1100, LABEL = 520, ROW = 24, scale = (W - LABEL - 90) / Math.max(w.total_ms, 0.001);
+  svg.setAttribute("viewBox", `0 0 ${W} ${w.rows.length * ROW + 10}`);
+  svg.setAttribute("height", w.rows.length * ROW + 10);
+  w.rows.forEach((r, i) => {
+    const y = 5 + i * ROW;
+    const g = el("g", {
+      class: `span-row ${r.source}` + (r.error ? " error" : ""),
+      "data-source": r.source, "data-proxy": r.proxy, "data-side": r.side, "data-status": r.status,
+      "data-offset": r.offset_ms, "data-duration": r.duration_ms,
+    });
+    g.append(el("line", { x1: 0, y1: y + ROW - 2, x2: W, y2: y + ROW - 2, class: "grid" }));
+    const flags = r.flags && r.flags !== "-" ? ` ${r.flags}` : "";
+    g.append(el("text", { x: 6, y: y + 15 }, `${r.proxy} ${r.side}: ${r.label} → ${r.status || "-"}${flags}`));
+    const x = LABEL + r.offset_ms * scale;
+    g.append(el("rect", { class: "bar", x, y: y + 4, width: Math.max(2, r.duration_ms * scale), height: ROW - 10, rx: 2 }));
+    g.append(el("text", { x: x + Math.max(2, r.duration_ms * scale) + 4, y: y + 15 }, ms(r.duration_ms)));
+    svg.append(g);
+  });
+}
+
 function failed(where) {
   return (e) => {
     const box = $(where);
@@ -577,6 +619,7 @@ function route() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   if (parts[0] === "service" && parts.length === 3) return servicePage(parts[1], parts[2]).catch(failed("#svc-charts"));
   if (parts[0] === "workload" && parts.length === 2) return workloadPage(parts[1]).catch(failed("#wl-charts"));
+  if (parts[0] === "trace" && parts.length === 2) return tracePage(parts[1]).catch(failed("#waterfall-summary"));
   if (parts[0] === "config") return configPage(parts.slice(1).join("/")).catch(failed("#cfg-other"));
   showTab("graph");
 }

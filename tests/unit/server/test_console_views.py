@@ -116,3 +116,43 @@ spec: {hosts: [backend], http: [{route: [{destination: {host: backend}, weight: 
     page = views.config(snapshot_of(resources, workloads=(_w("backend-v1", "backend"),)), stored, KINDS)
     (item,) = page["items"]
     assert item["decides"] == ["backend-v1"] and "weight 80" in item["findings"][0]["message"]
+
+
+def test_a_waterfall_puts_sidecar_records_and_spans_on_one_axis():
+    record = {
+        "proxy": "client-v1",
+        "reporter": "source",
+        "method": "GET",
+        "authority": "backend:9080",
+        "path": "/",
+        "time": 100.0,
+        "duration_ms": 20.0,
+        "status": 502,
+        "flags": "-",
+    }
+    inner = record | {"proxy": "backend-v1", "reporter": "destination", "time": 100.005, "duration_ms": 10.0}
+    span = {
+        "service": "backend.default",
+        "kind": "SERVER",
+        "name": "backend:9080/*",
+        "start_unix_nano": 100_004_000_000,
+        "duration_ms": 12.0,
+        "http": {"status_code": "502"},
+        "error": True,
+        "span_id": "b",
+        "parent_span_id": "a",
+    }
+    w = views.waterfall("id", [inner, record], {"trace_id": "t", "spans": [span]})
+    assert [(r["proxy"], r["source"], r["offset_ms"]) for r in w["rows"]] == [
+        ("client-v1", "sidecar", 0.0),
+        ("backend.default", "trace", 4.0),
+        ("backend-v1", "sidecar", 5.0),
+    ]
+    assert w["total_ms"] == 20.0 and w["rows"][1]["status"] == 502 and w["rows"][2]["side"] == "inbound"
+
+
+def test_a_request_id_matches_whatever_envoy_wrote_in_its_version_digit():
+    sent = "c15fc532-fe68-4b1e-81ef-6538d063518a"
+    assert views.same_request(sent, "C15FC532-FE68-9b1e-81ef-6538d063518a")
+    assert not views.same_request(sent, "c15fc532-fe68-4b1e-81ef-6538d063518b")
+    assert views.same_request("plain-id", "plain-id") and not views.same_request("plain-id", "plain-ie")
