@@ -554,45 +554,71 @@ def test_hostile_names_labels_and_request_ids_are_shown_as_text_never_run(mesh, 
         rogue.agent_call("DELETE", "/agent/v1/workloads/hostile-x.default")
 
 
+SAMPLE_ALL = """
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: console-sample-all, namespace: istio-system}
+spec:
+  tracing: [{randomSamplingPercentage: 100}]
+"""
+
+
 def test_trace_waterfall_shows_a_requests_hops_across_sidecars(mesh, browser):
     """A request that failed two hops deep: the client's sidecar, the backend that served it and
-    called the backend again, and the backend that failed, each recorded it; the waterfall puts
-    their records on one time axis, each hop inside the one that carried it, as `lattice why` has them."""
-    plane, (client, _, _), _ = mesh
-    request_id = str(uuid.uuid4())
-    outer = URL + "?" + urllib.parse.urlencode({"call": "http://backend:9080/inner?status=500"})
-    assert client.call(outer, {"x-request-id": request_id}, timeout=10)[0] == 502
-    _page(browser, plane, f"trace/{request_id}")
+    called the backend again, and the backend that failed, each recorded it, and each sidecar sent
+    its spans; the waterfall puts records and spans on one time axis, each hop inside the one that
+    carried it, the records as `lattice why` has them."""
+    plane, workloads, _ = mesh
+    client = workloads[0]
+    plane.apply(SAMPLE_ALL)
+    try:
+        wait_for(plane.all_synced, 15, what="the sampling to reach every proxy")
+        for w in workloads:  # no connection left on a listener from before the tracing config
+            drained(w, timeout=10)
+        request_id = str(uuid.uuid4())
+        outer = URL + "?" + urllib.parse.urlencode({"call": "http://backend:9080/inner?status=500"})
+        assert client.call(outer, {"x-request-id": request_id}, timeout=10)[0] == 502
+        _page(browser, plane, f"trace/{request_id}")
+        seen: list = []
 
-    def drawn():
-        _click(browser, By.CSS_SELECTOR, "#trace-form button")  # ask again: sidecars report in batches
-        rows = wait_for(
-            lambda: _rows(
-                browser,
-                "#waterfall g.span-row",
-                "data-source",
-                "data-proxy",
-                "data-side",
-                "data-offset",
-                "data-duration",
-                "data-status",
-            ),
-            10,
-            what="the waterfall",
-        )
-        return rows if [r["data-source"] for r in rows].count("sidecar") >= 4 else None
+        def drawn():
+            _click(browser, By.CSS_SELECTOR, "#trace-form button")  # ask again: records and spans come in batches
+            rows = wait_for(
+                lambda: _rows(
+                    browser,
+                    "#waterfall g.span-row",
+                    "data-source",
+                    "data-proxy",
+                    "data-side",
+                    "data-offset",
+                    "data-duration",
+                    "data-status",
+                ),
+                10,
+                what="the waterfall",
+            )
+            sources = [r["data-source"] for r in rows]
+            seen[:] = [(r["data-source"], r["data-proxy"], r["data-side"], r["data-status"]) for r in rows]
+            return rows if sources.count("sidecar") >= 4 and sources.count("trace") >= 4 else None
 
-    rows = wait_for(drawn, 30, interval=1, what="the 4 sidecar records of the request")
-    why = json.loads(plane.cli("why", request_id, "-o", "json").stdout)
-    sidecar = [r for r in rows if r["data-source"] == "sidecar"]
-    shown = sorted(int(r["data-status"]) for r in sidecar)
-    assert shown == sorted(h["status"] for h in why["hops"]) == [500, 500, 502, 502], (shown, why["hops"])
-    first = sidecar[0]  # the caller's sidecar, where the request entered the mesh
-    assert (first["data-proxy"], first["data-side"], first["data-offset"]) == ("client-v1", "outbound", "0"), rows
-    end = float(first["data-offset"]) + float(first["data-duration"])
-    for r in rows[1:]:  # each hop inside the one that carried it
-        assert float(r["data-offset"]) + float(r["data-duration"]) <= end + 1, (r, first)
-    inner = [r for r in sidecar if r["data-status"] == "500"]
-    assert {r["data-side"] for r in inner} == {"inbound", "outbound"} and all("/inner" in r["text"] for r in inner)
-    summary = _one(browser, "#waterfall-summary")["text"]
-    assert f"request {request_id}" in summary and "4 sidecar record(s)" in summary, summary
+        try:
+            rows = wait_for(drawn, 40, interval=2, what="4 sidecar records and the trace's spans (flushed every 5 s)")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; shown: {seen}") from None
+        why = json.loads(plane.cli("why", request_id, "-o", "json").stdout)
+        sidecar = [r for r in rows if r["data-source"] == "sidecar"]
+        shown = sorted(int(r["data-status"]) for r in sidecar)
+        assert shown == sorted(h["status"] for h in why["hops"]) == [500, 500, 502, 502], (shown, why["hops"])
+        first = sidecar[0]  # the caller's sidecar, where the request entered the mesh
+        assert (first["data-proxy"], first["data-side"], first["data-offset"]) == ("client-v1", "outbound", "0"), rows
+        end = float(first["data-offset"]) + float(first["data-duration"])
+        for r in rows[1:]:  # each hop and span inside the one that carried it
+            assert float(r["data-offset"]) + float(r["data-duration"]) <= end + 1, (r, first)
+        inner = [r for r in sidecar if r["data-status"] == "500"]
+        assert {r["data-side"] for r in inner} == {"inbound", "outbound"} and all("/inner" in r["text"] for r in inner)
+        spans = [r for r in rows if r["data-source"] == "trace"]
+        assert {r["data-side"] for r in spans} == {"client", "server"} and "500" in {r["data-status"] for r in spans}
+        summary = _one(browser, "#waterfall-summary")["text"]
+        assert f"request {request_id}" in summary and "4 sidecar record(s)" in summary and "of trace " in summary
+    finally:
+        plane.cli("delete", "telemetry", "console-sample-all", "-n", "istio-system", check=False)
