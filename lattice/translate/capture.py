@@ -8,6 +8,9 @@ its app opens arrives here, redirected by the workload's iptables rules, origina
   name never leaves the mesh, whatever its endpoints are doing (no endpoint: 503).
 - Anything else leaves for where it was going (ALLOW_ANY: Istio's original-destination
   PassthroughCluster), or is closed (REGISTRY_ONLY).
+- A mesh name no workload serves now (mesh/absent.py) keeps a virtual IP: HTTP to it gets the
+  route table's 503 "no healthy upstream for <name>", anything else is closed at once
+  (BlackHoleCluster), instead of a failed lookup or a connection left to time out.
 The listener's metadata carries the name table the agent's DNS proxy answers from
 (`lattice.dns`: {name: address}), so names and routes come in one push.
 """
@@ -29,13 +32,15 @@ from lattice.translate import l4
 from lattice.translate.protos import duration, pack
 
 PASSTHROUGH_ORIGINAL_DST = "PassthroughOriginalDst"
+BLACKHOLE = "BlackHoleCluster"  # Istio's name: a cluster with no endpoints, so connections close at once
 DNS_METADATA = "lattice.dns"
 HTTP_PROTOCOLS = ("http/1.0", "http/1.1", "h2c")
 CONNECT_TIMEOUT = 10.0
 
 
 def vips(snapshot: MeshSnapshot) -> dict[str, str]:
-    return snapshot.memo(("vips",), lambda: allocate([s.hostname for s in snapshot.services]))
+    hosts = [s.hostname for s in (*snapshot.services, *snapshot.absent_services())]
+    return snapshot.memo(("vips",), lambda: allocate(hosts))
 
 
 def capture_outbound(snapshot: MeshSnapshot, proxy: Workload, listener: listener_pb2.Listener) -> None:
@@ -57,6 +62,9 @@ def capture_outbound(snapshot: MeshSnapshot, proxy: Workload, listener: listener
         address = service_address(service, table)
         if address is not None and not protocols.is_http(service.protocol):
             listener.filter_chains.append(_tcp_chain(snapshot, proxy, service, address))
+    absent = sorted({table[s.hostname] for s in snapshot.absent_services() if s.hostname in table})
+    if absent:
+        listener.filter_chains.extend(_absent_chains(http, absent))
     if snapshot.outbound_policy_for(proxy) != "REGISTRY_ONLY":
         listener.filter_chains.append(_passthrough_chain())
     listener.metadata.filter_metadata[DNS_METADATA].CopyFrom(_names(snapshot, proxy, table))
@@ -75,6 +83,24 @@ def _tcp_chain(
     return chain
 
 
+def _absent_chains(
+    http: listener_components_pb2.FilterChain, addresses: list[str]
+) -> list[listener_components_pb2.FilterChain]:
+    """Chains for the virtual IPs of names without workloads (a destination address outranks the
+    protocol in Envoy's chain match, so HTTP needs a copy of the http chain of its own)."""
+    routed = listener_components_pb2.FilterChain()
+    routed.CopyFrom(http)
+    routed.name = "absent_http"
+    config = tcp_proxy_pb2.TcpProxy(stat_prefix=BLACKHOLE, cluster=BLACKHOLE)
+    closed = listener_components_pb2.FilterChain(
+        name="absent", filters=[listener_components_pb2.Filter(name=l4.TCP_PROXY, typed_config=pack(config))]
+    )
+    for chain in (routed, closed):
+        for address in addresses:
+            chain.filter_chain_match.prefix_ranges.add(address_prefix=address, prefix_len=UInt32Value(value=32))
+    return [routed, closed]
+
+
 def _passthrough_chain() -> listener_components_pb2.FilterChain:
     config = tcp_proxy_pb2.TcpProxy(stat_prefix="PassthroughOriginalDst", cluster=PASSTHROUGH_ORIGINAL_DST)
     return listener_components_pb2.FilterChain(
@@ -85,7 +111,7 @@ def _passthrough_chain() -> listener_components_pb2.FilterChain:
 
 def _names(snapshot: MeshSnapshot, proxy: Workload, table: dict[str, str]) -> struct_pb2.Struct:
     names: dict[str, str] = {}
-    for service in snapshot.services_for(proxy):
+    for service in (*snapshot.services_for(proxy), *snapshot.absent_services()):
         address = service_address(service, table)
         if address is None:
             continue
@@ -95,6 +121,10 @@ def _names(snapshot: MeshSnapshot, proxy: Workload, table: dict[str, str]) -> st
     out = struct_pb2.Struct()
     out.update(dict(sorted(names.items())))
     return out
+
+
+def blackhole_cluster() -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(name=BLACKHOLE, type=cluster_pb2.Cluster.STATIC, connect_timeout=duration(1.0))
 
 
 def _is_ip(name: str) -> bool:
@@ -112,4 +142,4 @@ def passthrough_cluster() -> cluster_pb2.Cluster:
     )
 
 
-__all__ = ["capture_outbound", "passthrough_cluster", "vips"]
+__all__ = ["blackhole_cluster", "capture_outbound", "passthrough_cluster", "vips"]

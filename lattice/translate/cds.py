@@ -29,7 +29,7 @@ _UNLIMITED = 4294967295
 def clusters(snapshot: MeshSnapshot, proxy: Workload) -> list[cluster_pb2.Cluster]:
     out = [_inbound(proxy), passthrough()]
     if proxy.capture:
-        out.append(capture.passthrough_cluster())
+        out += [capture.passthrough_cluster(), capture.blackhole_cluster()]
     for service in snapshot.services_for(proxy):
         # The same for every caller: built once per snapshot, shared by all proxies.
         def build(service: Service = service) -> list[cluster_pb2.Cluster]:

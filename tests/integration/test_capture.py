@@ -340,3 +340,23 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except OSError:
         return True
+
+
+def test_a_mesh_name_without_workloads_resolves_and_answers_503_or_closes_at_once(fleet):
+    """A VirtualService's host that no workload serves yet: a captured app resolves it (a virtual IP),
+    HTTP gets 503 "no healthy upstream for <name>", a raw TCP connection is closed at once."""
+    net, plane, hosts, w = fleet
+    plane.apply(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ghost}\n"
+        "spec: {hosts: [ghost], http: [{route: [{destination: {host: ghost}}]}]}\n"
+    )
+    try:
+        wait_for(lambda: in_web(fleet, ["getent", "ahostsv4", "ghost"]).returncode == 0, 15, what="ghost to resolve")
+        result = in_web(fleet, ["curl", "--noproxy", "*", "-s", "-m", "5", "-D-", "http://ghost:8000/"])
+        assert result.stdout.startswith("HTTP/1.1 503"), result
+        assert "x-lattice-no-healthy-upstream: ghost.default.svc.cluster.local" in result.stdout, result.stdout
+        started = time.monotonic()
+        raw = in_web(fleet, [sys.executable, "-c", TCP_CLIENT, "ghost", "9000"])
+        assert raw.stdout.strip() == "" and time.monotonic() - started < 4, raw  # closed, not left to time out
+    finally:
+        plane.cli("delete", "virtualservice", "ghost", check=False)

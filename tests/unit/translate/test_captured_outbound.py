@@ -91,3 +91,19 @@ def test_registry_only_closes_what_is_not_the_mesh_and_uncaptured_proxies_are_un
 
 def _clusters(proxy: Workload):
     return [c for _, c in translate(SNAPSHOT, proxy).by_type[CLUSTER]]
+
+
+def test_a_name_without_workloads_keeps_a_virtual_ip_answered_503_for_http_and_closed_for_the_rest() -> None:
+    snapshot = MeshSnapshot(version="1", workloads=SNAPSHOT.workloads, departed=(("ratings", "default", 9080, "http"),))
+    listener = _outbound(snapshot)
+    names = json_format.MessageToDict(listener.metadata.filter_metadata[DNS_METADATA])
+    assert names["ratings"] == names["ratings.default.svc.cluster.local"]
+    chains = {c.name: c for c in listener.filter_chains}
+    for name in ("absent_http", "absent"):
+        assert [r.address_prefix for r in chains[name].filter_chain_match.prefix_ranges] == [names["ratings"]]
+    assert chains["absent_http"].filters == chains["http"].filters  # routed by Host: the 503 of rds.py
+    closed = tcp_proxy_pb2.TcpProxy()
+    chains["absent"].filters[0].typed_config.Unpack(closed)
+    assert closed.cluster == "BlackHoleCluster" and "BlackHoleCluster" in dict(
+        translate(snapshot, WEB).by_type[CLUSTER]
+    )
