@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,7 +324,7 @@ class CaptureMode:
         try:
             self.inside = None if self.vm else Inside(self.pod.netns)
             self.dns = DnsProxy()
-            self._dns_socket = None
+            self._dns_socket: socket.socket | None = None
             self._port_leases: list[int] = []
         except Exception:
             release(self.pod)
@@ -365,9 +366,9 @@ class CaptureMode:
         """VM mode: the DNS proxy on a free port of 127.0.0.1, then the host's OUTPUT rules."""
         from lattice.agent.dns import udp_socket
 
-        self._dns_socket = udp_socket("127.0.0.1", 0)
+        self._dns_socket = sock = udp_socket("127.0.0.1", 0)
         self.dns.mark = DNS_MARK
-        capture_host(self.pod, outbound, self._dns_socket.getsockname(), spared)
+        capture_host(self.pod, outbound, sock.getsockname(), spared)
 
     def _here(self, fn):
         """fn() where the app's sockets live: in its namespace, or (VM mode) right here."""
@@ -388,6 +389,8 @@ class CaptureMode:
         return self._here(make)
 
     async def serve_dns(self) -> None:
+        if self._dns_socket is None:
+            raise RuntimeError("serve_dns before install/install_host: there is no DNS socket to serve on")
         await self.dns.serve(self._dns_socket)
 
     async def open(self, port: int) -> bool:

@@ -38,7 +38,7 @@ class RegistryClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self._session.close()
+        await self.session.close()
 
     @property
     def _url(self) -> str:
@@ -46,6 +46,8 @@ class RegistryClient:
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("RegistryClient is used inside `async with`: it has no session outside")
         return self._session
 
     def _tls(self) -> dict:
@@ -58,7 +60,7 @@ class RegistryClient:
             tried += 1
             try:
                 body = self.registration.dump() | {"healthy": self.healthy()}
-                async with self._session.put(self._url, json=body, **self._tls()) as response:
+                async with self.session.put(self._url, json=body, **self._tls()) as response:
                     if response.status in (400, 401, 403, 409):
                         raise ControlPlaneError(
                             f"the control plane refused the registration: {(await response.json()).get('error')}"
@@ -90,9 +92,9 @@ class RegistryClient:
                     await self.register(attempts=1)
                     continue
                 if answer.get("bundle_version", 0) != self.identity.bundle_version:
-                    await self.identity.refresh_bundle(self._session)
+                    await self.identity.refresh_bundle(self.session)
                 if answer.get("crl_version", "") != self.identity.crl_version:
-                    await self.identity.refresh_crl(self._session)
+                    await self.identity.refresh_crl(self.session)
                 if answer.get("renew"):
                     self.identity.renew_now.set()
                 if healthy != last:
@@ -104,7 +106,7 @@ class RegistryClient:
     async def _heartbeat(self, healthy: bool) -> dict | None:
         """One heartbeat; the control plane's answer, None if it does not know this workload."""
         body = {"healthy": healthy, "draining": self.draining, **self.identity.held()}
-        async with self._session.post(f"{self._url}/heartbeat", json=body, **self._tls()) as response:
+        async with self.session.post(f"{self._url}/heartbeat", json=body, **self._tls()) as response:
             if response.status == 404:
                 return None
             response.raise_for_status()
@@ -133,7 +135,7 @@ class RegistryClient:
 
     async def deregister(self) -> None:
         try:
-            async with self._session.delete(self._url, timeout=aiohttp.ClientTimeout(total=2), **self._tls()):
+            async with self.session.delete(self._url, timeout=aiohttp.ClientTimeout(total=2), **self._tls()):
                 pass
         except (aiohttp.ClientError, TimeoutError) as e:
             log.info("could not deregister (%s); the control plane will expire this workload", e)

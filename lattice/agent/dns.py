@@ -47,13 +47,17 @@ class DnsProxy(asyncio.DatagramProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
 
+    def _send(self, data: bytes, addr) -> None:
+        if self.transport is not None:  # set by serve() before any datagram can arrive
+            self.transport.sendto(data, addr)
+
     def datagram_received(self, data: bytes, addr) -> None:
         try:
             answer = self.answer(data)
         except (ValueError, IndexError, struct.error):
             return  # not a DNS query we can read: no answer, as a resolver drops garbage
         if answer is not None:
-            self.transport.sendto(answer, addr)
+            self._send(answer, addr)
             return
         task = asyncio.get_running_loop().create_task(self._forward(data, addr), name="dns-forward")
         self._tasks.add(task)
@@ -92,13 +96,13 @@ class DnsProxy(asyncio.DatagramProtocol):
                 except (OSError, TimeoutError) as e:
                     log.debug("resolver %s did not answer: %s", upstream, e)
                     continue
-            self.transport.sendto(reply, addr)
+            self._send(reply, addr)
             return
         log.debug("no resolver answered a query (resolvers: %s)", ", ".join(self.upstreams) or "none")
 
 
 def _read_name(data: bytes, offset: int) -> tuple[str, int]:
-    labels = []
+    labels: list[str] = []
     while True:
         length = data[offset]
         if length == 0:

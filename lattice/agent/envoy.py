@@ -107,6 +107,7 @@ class EnvoyProcess:
             if self.process is None or self.process.returncode is not None:
                 await self.start()
             process, started = self.process, time.monotonic()
+            assert process is not None, "start() leaves a process (or raises)"
             code = await process.wait()
             if self._stopping:
                 return

@@ -117,6 +117,7 @@ class AdoptedProcess:
         self.pid = pid
         self.returncode: int | None = None
         self._exited = asyncio.Event()
+        self._fd: int | None = None
         try:
             self._fd = os.pidfd_open(pid)
         except ProcessLookupError:  # gone, and reaped by the previous agent: its status is lost
@@ -144,6 +145,7 @@ class AdoptedProcess:
 
     async def wait(self) -> int:
         await self._exited.wait()
+        assert self.returncode is not None, "_set records the status before it sets _exited"
         return self.returncode
 
     def send_signal(self, sig: int) -> None:

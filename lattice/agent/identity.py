@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import ssl
+from ssl import SSLContext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -73,13 +74,18 @@ class Identity:
         self.renew_now = asyncio.Event()
         self._issued_at: datetime | None = None
         self._certificate: dict = {}  # what heartbeats report about the certificate held
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl: SSLContext | None = None
 
     # --- what others use ---------------------------------------------------------------------
 
-    def ssl(self) -> ssl.SSLContext:
-        """Client context for the agent API: our certificate, the server checked against the bundle."""
-        return self._ssl
+    def ssl(self) -> SSLContext | bool:
+        """Client context for the agent API: our certificate, the server checked against the bundle
+        (before the first certificate: True, aiohttp's default verification)."""
+        return self._ssl if self._ssl is not None else True
+
+    @property
+    def _kept_in(self) -> Path | None:
+        return self.keeper.directory if self.keeper is not None else None
 
     def held(self) -> dict:
         """What we hold, as heartbeats report it (lets the control plane track rotation)."""
@@ -95,13 +101,13 @@ class Identity:
             try:
                 return await self._redeem_token(session)
             except TokenRefused as e:
-                log.info("%s; re-attesting with the certificate kept in %s", e, self.keeper.directory)
+                log.info("%s; re-attesting with the certificate kept in %s", e, self._kept_in)
         if kept is not None:
             try:
                 return await self._reattest(session, kept)
             except (aiohttp.ClientError, IdentityError) as e:
                 raise IdentityError(
-                    f"the certificate kept in {self.keeper.directory} was refused ({e}); pass a new join token"
+                    f"the certificate kept in {self._kept_in} was refused ({e}); pass a new join token"
                 ) from None
         await self._redeem_token(session)
 
@@ -123,7 +129,7 @@ class Identity:
         self.trust_domain = SpiffeId.parse(kept.spiffe).trust_domain
         self.chain, self.key = kept.chain, kept.key
         await self._request(session, {}, kept.bundle, reattest_from=kept.proxy_id)
-        log.info("re-attested with the certificate kept in %s", self.keeper.directory)
+        log.info("re-attested with the certificate kept in %s", self._kept_in)
 
     async def renew(self, session: aiohttp.ClientSession) -> None:
         """With the certificate we hold; once that has expired (the control plane was away too
@@ -144,7 +150,7 @@ class Identity:
                     await self.renew(session)
                     break
                 except (aiohttp.ClientError, TimeoutError, IdentityError) as e:
-                    left = (self.not_after - _now()).total_seconds()
+                    left = (self.not_after - _now()).total_seconds() if self.not_after is not None else 0.0
                     log.warning(
                         "certificate renewal failed (%s); %.0fs of validity left, retrying in %.1fs", e, left, backoff
                     )
@@ -153,7 +159,7 @@ class Identity:
 
     async def refresh_bundle(self, session: aiohttp.ClientSession) -> None:
         async with session.get(
-            f"{self.server}/agent/v1/bundle", ssl=self._ssl, server_hostname=CONTROL_PLANE_NAME
+            f"{self.server}/agent/v1/bundle", ssl=self.ssl(), server_hostname=CONTROL_PLANE_NAME
         ) as response:
             body = await _json(response, "fetching the trust bundle")
         self._store(self.chain, self.key, body["bundle"].encode(), int(body["bundle_version"]))
@@ -163,7 +169,7 @@ class Identity:
 
     async def refresh_crl(self, session: aiohttp.ClientSession) -> None:
         async with session.get(
-            f"{self.server}/agent/v1/crl", ssl=self._ssl, server_hostname=CONTROL_PLANE_NAME
+            f"{self.server}/agent/v1/crl", ssl=self.ssl(), server_hostname=CONTROL_PLANE_NAME
         ) as response:
             body = await _json(response, "fetching the revocation list")
         crl, version = str(body.get("crl", "")).encode(), str(body.get("crl_version", ""))
@@ -176,6 +182,8 @@ class Identity:
             self.on_change()
 
     async def _wait_half_life(self) -> None:
+        if self.not_after is None or self._issued_at is None:
+            raise IdentityError("there is no certificate to renew yet")
         remaining = (self.not_after - self._issued_at) / 2 - (_now() - self._issued_at)
         try:
             await asyncio.wait_for(self.renew_now.wait(), max(0.0, remaining.total_seconds()))
@@ -238,7 +246,7 @@ class Identity:
         if changed:
             self.on_change()
 
-    def _context(self, bundle: bytes, with_client: bool) -> ssl.SSLContext:
+    def _context(self, bundle: bytes, with_client: bool) -> SSLContext:
         context = ssl.create_default_context(cadata=bundle.decode())
         if with_client and self.chain:
             # ssl loads certificates from files only: they live in the agent's 0700 run directory.

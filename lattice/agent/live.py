@@ -172,13 +172,13 @@ class Window:
                 for index, count in histogram.items():
                     row[2][index] = row[2].get(index, 0) + count
             for key, (n, failed, low, high, last) in s.paths.items():
-                row = paths.get(key)
-                if row is None:
+                path = paths.get(key)
+                if path is None:
                     paths[key] = [n, failed, low, high, last]
                 else:
-                    row[0] += n
-                    row[1] += failed
-                    row[2], row[3], row[4] = min(row[2], low), max(row[3], high), last
+                    path[0] += n
+                    path[1] += failed
+                    path[2], path[3], path[4] = min(path[2], low), max(path[3], high), last
         return {
             "seconds": seconds,
             "peers": [_peer_row(k, v) for k, v in peers.items()],

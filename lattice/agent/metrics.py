@@ -12,7 +12,7 @@ Envoy tags, REMOVE is applied here (`MetricRule`s, read from the listeners the a
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Iterable
+from typing import Any, Iterable
 
 from lattice.agent import envoy_stats
 from lattice.agent.access_log import UNKNOWN, Peer
@@ -141,9 +141,9 @@ class IstioMetrics:
     def _series(self, reading: envoy_stats.Reading, metric: str, stats: tuple, kind: str, known: dict) -> dict:
         """Istio's series of one metric: label tuple -> count, or merged histogram bins."""
         tcp = metric in TCP_METRICS
-        source = reading.counters if kind == "counter" else reading.histograms
+        source: dict = reading.counters if kind == "counter" else reading.histograms  # by `kind`
         name = next((n for n in stats if any(stat == n for stat, _ in source)), None)
-        out: dict[tuple, object] = {}
+        out: dict[tuple, Any] = {}  # counts (counter, count) or merged bins (histogram), by `kind`
         for (stat, tags), value in source.items():
             if stat != name:
                 continue

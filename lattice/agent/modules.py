@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +40,7 @@ MAX_MODULE_BYTES = 64 << 20
 
 
 class ModuleFetcher:
-    def __init__(self, api: str, directory: Path, tls: Callable[[], object]) -> None:
+    def __init__(self, api: str, directory: Path, tls: Callable[[], ssl.SSLContext | bool]) -> None:
         self.api = api.rstrip("/")
         self.directory = directory
         self._tls = tls  # the workload's current client TLS context

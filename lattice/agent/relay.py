@@ -14,7 +14,7 @@ import itertools
 import logging
 import random
 from collections import OrderedDict
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, TypeAlias
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -23,8 +23,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from lattice.translate import CLUSTER, LISTENER, TYPE_ORDER
 
 log = logging.getLogger("lattice.relay")
-Request = discovery_pb2.DiscoveryRequest
-Response = discovery_pb2.DiscoveryResponse
+Request: TypeAlias = discovery_pb2.DiscoveryRequest
+Response: TypeAlias = discovery_pb2.DiscoveryResponse
 _KEEP_NONCES = 16
 
 

@@ -111,7 +111,7 @@ def _resolve(url: str) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         return [url]
-    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if len(addresses) <= 1:
         return [url]
     return [f"{parts.scheme}://{f'[{a}]' if ':' in a else a}:{port}" for a in addresses]

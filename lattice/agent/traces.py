@@ -82,7 +82,8 @@ class TraceRelay:
 
     def take(self) -> tuple[bytes, int]:
         """Everything queued that fits one batch (at least one export): the bytes and their spans."""
-        parts, spans, size = [], 0, 0
+        parts: list[bytes] = []
+        spans, size = 0, 0
         while self._queue and (not parts or size + len(self._queue[0][0]) <= self.max_batch_bytes):
             export, n = self._queue.popleft()
             parts.append(export)
