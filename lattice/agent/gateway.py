@@ -47,6 +47,8 @@ class GatewayOptions:
 class GatewayProxy(Sidecar):
     """The sidecar lifecycle (identity, Envoy, xDS relay, registration) serving Gateways instead of an app."""
 
+    o: GatewayOptions
+
     async def _graceful_stop(self, app) -> int:
         """Drain, then stop (agent/drain.py): requests in flight through the gateway finish,
         within --drain-timeout. It does not wait for callers' proxies: it is no mesh endpoint."""
@@ -65,7 +67,9 @@ class GatewayProxy(Sidecar):
         if self.handover is not None:  # upgraded in place (agent/handover.py): the same gateway
             return registration_from(self.handover.registration)
         o = self.o
-        address = o.address or self.lease.address
+        address = o.address or (self.lease.address if self.lease is not None else "")
+        if not address:  # _place leases a loopback whenever --address is not given
+            raise RuntimeError("a gateway without --address serves on a leased loopback address, and none was leased")
         labels = {"app": o.account, **(o.labels or DEFAULT_LABELS)}
         shown = gateway_local_port(80, o.listen)  # `port` is informative for a gateway: its HTTP port
         return Registration(

@@ -22,6 +22,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from lattice.agent import envoy_stats
 from lattice.agent.access_log import AccessLogReceiver, Peer
+from lattice.agent.envoy import EnvoyProcess
 from lattice.agent.live import Tap, Window
 from lattice.agent.metrics import IstioMetrics, rules_from_metadata
 from lattice.agent.records import RequestRecords
@@ -75,7 +76,7 @@ class Observer:
         self.records = RequestRecords(lambda: self.tap.active)  # for `lattice why`: failures, and all while tapped
         self.receiver = AccessLogReceiver(me, service, [self.tap.publish, self.records.observe])
         self.lock = self.receiver.lock  # take it to read the records while entries arrive
-        self.envoy = None  # agent/envoy.EnvoyProcess, once the sidecar has one
+        self.envoy: EnvoyProcess | None = None  # once the sidecar has one
         self._rules = ""
         self._tapping = asyncio.Lock()
         self._recording = asyncio.Lock()  # one read at a time: each records what changed since the last

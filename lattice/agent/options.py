@@ -7,10 +7,26 @@ as JSON, without loading the agent.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 from lattice.agent.registration import Upstream
 
 DEFAULT_DRAIN_TIMEOUT = 30.0  # as Kubernetes' default grace period: ample for a web service
+
+
+class ProxyOptions(Protocol):
+    """What the proxy lifecycle (agent/sidecar.py) reads of its options, a sidecar's (RunOptions) or
+    a gateway's (agent/gateway.py GatewayOptions) alike."""
+
+    server: str
+    token: str | None
+    address: str | None
+    command: list[str]
+    capture: bool
+    ready_timeout: float
+    heartbeat_interval: float
+    envoy_log_level: str
+    drain_timeout: float
 
 
 @dataclass

@@ -48,7 +48,7 @@ from lattice.agent.identity import Identity
 from lattice.agent.kept_identity import IdentityKeeper
 from lattice.agent.modules import ModuleFetcher
 from lattice.agent.observer import Observer
-from lattice.agent.options import RunOptions
+from lattice.agent.options import ProxyOptions, RunOptions
 from lattice.agent.registration import Registration
 from lattice.agent.relay import XdsRelay
 from lattice.agent.servers import ControlPlanes
@@ -67,14 +67,14 @@ SECRET_ENV = ("LATTICE_TOKEN", "LATTICE_ADMIN_TOKEN")  # credentials the app mus
 
 
 class Sidecar:
-    def __init__(self, options: RunOptions) -> None:
+    def __init__(self, options: ProxyOptions) -> None:
         self.o = options
         self.lease: AddressLease | None = None
         self.handover = incoming()  # this process re-executed a previous agent (agent/handover.py)
         # Short: unix socket paths are capped at 108 bytes.
         self.run_dir = Path(self.handover.run_dir if self.handover else tempfile.mkdtemp(prefix="lattice-"))
         self.generation = self.handover.generation + 1 if self.handover else 0
-        self.app: asyncio.subprocess.Process | None = None
+        self.app: asyncio.subprocess.Process | AdoptedProcess | None = None
         self.app_healthy = self.handover.app_healthy if self.handover else False
         self.exit_code = 0
         self._runner: web.AppRunner | None = None
@@ -84,6 +84,14 @@ class Sidecar:
         self._stop = asyncio.Event()  # a signal while serving: drain, then stop (agent/drain.py)
         self._serving = False
         self._restarting: asyncio.Task | None = None  # an Envoy hot restart (SIGUSR1)
+
+    @property
+    def run_options(self) -> RunOptions:
+        """The options of `lattice run` / `lattice agent`: what a sidecar's own methods read (a gateway
+        overrides each of them)."""
+        if not isinstance(self.o, RunOptions):
+            raise TypeError(f"{type(self).__name__} was given {type(self.o).__name__}, not RunOptions")
+        return self.o
 
     def _place(self) -> tuple[str, str]:
         """(advertised address, local address): on one machine a leased loopback serves as both;
@@ -96,9 +104,10 @@ class Sidecar:
             return self.handover.placed
         server = urllib.parse.urlsplit(o.server)
         address = o.address
-        if address is None and not is_loopback_host(server.hostname or "127.0.0.1"):
+        host = server.hostname or "127.0.0.1"
+        if address is None and not is_loopback_host(host):
             try:
-                address = host_address_towards(server.hostname, server.port or 443)
+                address = host_address_towards(host, server.port or 443)
             except OSError as e:
                 raise RuntimeError(
                     f"no route to the control plane at {o.server} ({e.strerror or e}); "
@@ -108,8 +117,9 @@ class Sidecar:
         if (
             self.capture is not None and not self.capture.vm
         ):  # its namespace's address, if this host's is not for others
-            local_only = address is None or ipaddress.ip_address(address).is_loopback
-            return (self.capture.pod.address if local_only else address), "127.0.0.1"
+            if address is None or ipaddress.ip_address(address).is_loopback:
+                return self.capture.pod.address, "127.0.0.1"
+            return address, "127.0.0.1"
         if address is None:
             self.lease = lease_loopback(self._ports())
             return self.lease.address, ""
@@ -122,17 +132,17 @@ class Sidecar:
     def _registration(self) -> Registration:
         if self.handover is not None:
             return registration_from(self.handover.registration)
-        o = self.o
+        o = self.run_options
         address, local = self.placed
         name = o.name or (f"{o.service}-{o.version}" if o.version else o.service)
         labels = {**o.labels, "app": o.service, **({"version": o.version} if o.version else {})}
         upstream_ports = {u.local_port for u in o.upstreams}
         host_port = 0
-        pod = self.capture is not None and not self.capture.vm  # VM mode is placed as proxy mode is
-        if pod and address != self.capture.pod.address:  # reached through the host's ports
+        pod = self.capture if self.capture is not None and not self.capture.vm else None  # VM mode: as proxy mode
+        if pod is not None and address != pod.pod.address:  # reached through the host's ports
             agent_port = free_port(address)
-            host_port = self.capture.host_port(address, o.port)
-        elif pod:  # the namespace is the workload's own: its ports are free
+            host_port = pod.host_port(address, o.port)
+        elif pod is not None:  # the namespace is the workload's own: its ports are free
             agent_port = AGENT_PORT if AGENT_PORT not in upstream_ports | {o.port} else free_port()
         elif AGENT_PORT not in upstream_ports and port_free(address, AGENT_PORT):
             agent_port = AGENT_PORT
@@ -155,12 +165,12 @@ class Sidecar:
             local_address=local,
             capture=self.capture is not None,
             host_port=host_port if host_port != o.port else 0,
-            inbound_address=self.capture.pod.address if pod else "",
+            inbound_address=pod.pod.address if pod is not None else "",
         )
 
     async def run(self) -> int:
         if self.o.capture:
-            self.capture = CaptureMode(self.o.service, self.o.netns)
+            self.capture = CaptureMode(self.run_options.service, self.run_options.netns)
         try:
             return await self._run()
         finally:
@@ -202,6 +212,7 @@ class Sidecar:
             self.envoy.adopt(AdoptedProcess(h.envoy_pid), h.envoy_epoch, h.envoy_base_id)
         self._write_bootstrap(node)
         main = asyncio.current_task()
+        assert main is not None, "the sidecar runs as a task of asyncio.run"
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, self._on_signal, main)
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._on_restart_envoy, node)
@@ -223,7 +234,7 @@ class Sidecar:
                 self.relay.on_upstream_lost = self._fail_over
                 self.observer.envoy = self.envoy
                 if self.capture is not None:
-                    self._install_capture()
+                    self._install_capture(self.capture)
                 await self._serve()
             except asyncio.CancelledError:
                 log.info("stopping %s", reg.id)
@@ -255,17 +266,18 @@ class Sidecar:
 
     def _on_upgrade(self) -> None:
         """SIGHUP: re-execute `lattice run` (its code as installed now) while the app runs on."""
+        envoy = self.envoy.process
         busy = (
             not self._serving
             or self._stop.is_set()
             or self.capture is not None
             or not HOT_RESTART
             or self.envoy.draining
-            or self.envoy.process is None
-            or self.envoy.process.returncode is not None
+            or envoy is None
+            or envoy.returncode is not None
             or (self.o.command and (self.app is None or self.app.returncode is not None))
         )
-        if busy:
+        if busy or envoy is None:
             log.warning(
                 "SIGHUP: not upgrading now (starting, stopping, Envoy restarting; never under --capture or "
                 "off Linux); send it again, or roll the workload"
@@ -281,13 +293,15 @@ class Sidecar:
                 lease_fd=self.lease._fd if self.lease else None,
                 app_pid=self.app.pid if self.app else None,
                 app_healthy=self.app_healthy,
-                envoy_pid=self.envoy.process.pid,
+                envoy_pid=envoy.pid,
                 envoy_epoch=self.envoy.epoch,
                 envoy_base_id=self.envoy.base_id,
                 config=Handover.encode(self.relay.good),
             ),
             # Started by `lattice run` (agent/launch.py): the new agent reads the same options.
-            {"options": self.o.to_json(), "log_level": self.o.envoy_log_level} if hasattr(self.o, "to_json") else None,
+            {"options": self.o.to_json(), "log_level": self.o.envoy_log_level}
+            if isinstance(self.o, RunOptions)
+            else None,
         )
 
     def _on_restart_envoy(self, node: base_pb2.Node) -> None:
@@ -331,7 +345,7 @@ class Sidecar:
 
     def _stats_config(self) -> dict | None:
         """Istio's short list of Envoy stats, and what the workload asked for besides."""
-        return stats_matcher(*self.o.stats_inclusion)
+        return stats_matcher(*self.run_options.stats_inclusion)
 
     def _me(self) -> Peer:
         reg = self.registration
@@ -504,8 +518,8 @@ class Sidecar:
             **upstream_env(reg),
         }
         if self.handover is not None and self.handover.app_pid is not None:  # started by the previous agent
-            self.app = AdoptedProcess(self.handover.app_pid)
-            code = _exit_status(await self.app.wait())
+            self.app = adopted = AdoptedProcess(self.handover.app_pid)
+            code = _exit_status(await adopted.wait())
             log.info("app exited with %s", code)
             return code
         try:
@@ -524,43 +538,44 @@ class Sidecar:
 
     def _ports(self) -> list[int]:
         """Ports this proxy serves on its address, so the leased loopback has them free."""
-        return [self.o.port, OUTBOUND_PORT, *(u.local_port for u in self.o.upstreams)]
+        o = self.run_options
+        return [o.port, OUTBOUND_PORT, *(u.local_port for u in o.upstreams)]
 
-    def _install_capture(self) -> None:
+    def _install_capture(self, capture: CaptureMode) -> None:
         """The namespace's rules, now that the ports are known; the DNS proxy's names with each push."""
         reg = self.registration
-        if self.capture.vm:
-            self.capture.install_host((reg.outbound_address, OUTBOUND_PORT), self._control_plane_sources())
+        if capture.vm:
+            capture.install_host((reg.outbound_address, OUTBOUND_PORT), self._control_plane_sources(capture))
         else:
-            self._install_pod_capture()
+            self._install_pod_capture(capture)
         accepted = self.relay.on_accept
 
         def on_accept(type_url, response) -> None:
             accepted(type_url, response)
-            self.capture.on_accept(type_url, response)
+            capture.on_accept(type_url, response)
 
         self.relay.on_accept = on_accept
 
-    def _install_pod_capture(self) -> None:
+    def _install_pod_capture(self, capture: CaptureMode) -> None:
         reg = self.registration
-        host_address = None if reg.address == self.capture.pod.address else reg.address
+        host_address = None if reg.address == capture.pod.address else reg.address
         forwards = {reg.host_port or reg.port: reg.port, reg.agent_port: reg.agent_port}
-        self.capture.install(
+        capture.install(
             reg.namespace,
             host_address,
             forwards,
             [reg.port],
             OUTBOUND_PORT,
-            (reg.agent_port, self._control_plane_sources()),
+            (reg.agent_port, self._control_plane_sources(capture)),
         )
 
-    def _control_plane_sources(self) -> list[str]:
+    def _control_plane_sources(self, capture: CaptureMode) -> list[str]:
         """Where the control plane's calls to the agent port come from: its host's address, or, on this
         very host, the host's end of the namespace's link."""
         host = urllib.parse.urlsplit(self.o.server).hostname or "127.0.0.1"
         if is_loopback_host(host):
-            return [self.capture.pod.host_side] if self.capture.pod.host_side else []
-        return sorted({info[4][0] for info in socket.getaddrinfo(host, None, socket.AF_INET)})
+            return [capture.pod.host_side] if capture.pod.host_side else []
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None, socket.AF_INET)})
 
     def _announce(self) -> None:
         if self.capture is not None and self.capture.vm:
@@ -611,14 +626,16 @@ class Sidecar:
             await asyncio.sleep(0.5 if healthy else 0.1)
 
     async def _stop_app(self, timeout: float = 5.0) -> int:
-        if self.app.returncode is None:
-            self.app.send_signal(signal.SIGTERM)
+        app = self.app
+        if app is None:
+            return 0  # none was started
+        if app.returncode is None:
+            app.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(self.app.wait(), timeout)
+                await asyncio.wait_for(app.wait(), timeout)
             except TimeoutError:
-                self.app.kill()
-                await self.app.wait()
-        return _exit_status(self.app.returncode)
+                app.kill()
+        return _exit_status(await app.wait())
 
     async def _cleanup(self) -> None:
         """Reverse order of start: app (above), registration, Envoy, agent port, relay, lease."""
