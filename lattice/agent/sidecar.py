@@ -76,6 +76,7 @@ class Sidecar:
         self.generation = self.handover.generation + 1 if self.handover else 0
         self.app: asyncio.subprocess.Process | AdoptedProcess | None = None
         self.app_healthy = self.handover.app_healthy if self.handover else False
+        self._inbound_served = False  # the inbound listener has accepted a connection (agent health)
         self.exit_code = 0
         self._runner: web.AppRunner | None = None
         self._servers: list[grpc.aio.Server] = []
@@ -612,10 +613,19 @@ class Sidecar:
             print(f"upstream {u.service}.{u.namespace}:{u.port} at {where} (${variable})", file=sys.stderr, flush=True)
 
     async def _up(self) -> bool:
-        """What the health reported to the control plane means: the app accepts connections."""
+        """What the health reported to the control plane means: the app accepts connections, and
+        so does the sidecar's inbound listener once it has."""
         if self.capture is not None:
-            return await self.capture.open(self.registration.app_port)
-        return await _tcp_open("127.0.0.1", self.registration.app_port)
+            app = await self.capture.open(self.registration.app_port)
+        else:
+            app = await _tcp_open("127.0.0.1", self.registration.app_port)
+        if not app or self.capture is not None:
+            return app
+        # Once its inbound listener has served, a sidecar whose listener stops accepting (Envoy
+        # told to `/drain_listeners`, as Istio's failover task does) leaves its callers' endpoints.
+        inbound = await _tcp_open(self.registration.address, self.registration.port)
+        self._inbound_served = self._inbound_served or inbound
+        return inbound or not self._inbound_served
 
     async def _probe_forever(self) -> None:
         while True:
