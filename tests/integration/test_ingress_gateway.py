@@ -4,6 +4,7 @@ and `curl http://<gateway>/productpage` reaches Bookinfo; HTTPS, redirects and T
 from __future__ import annotations
 
 import datetime
+import json
 import ipaddress
 import socket
 import ssl
@@ -361,3 +362,39 @@ def test_lua_traffic_extension_from_istios_task_runs_at_the_gateway(plane, booki
     assert parity("42") == "even"
     status, headers, _ = http("GET", gateway.url(80, "/productpage"))
     assert status == 200 and "x-parity" not in headers
+
+
+def test_why_explains_a_host_the_gateway_has_no_route_for(plane, bookinfo, gateway):
+    """`lattice why` on a request whose Host no VirtualService bound to the gateway serves: the
+    gateway's 404 is "no route for <host>", and the fix says to check that host name."""
+    _apply(
+        plane,
+        BOOKINFO_GATEWAY.replace('  hosts:\n  - "*"\n  gateways:', '  hosts:\n  - "bookinfo.example"\n  gateways:'),
+    )
+    wait_for(
+        lambda: http("GET", gateway.url(80, "/productpage"), headers={"Host": "bookinfo.example"})[0] == 200,
+        15,
+        what="the gateway to route bookinfo.example",
+    )
+    status, _, _ = http("GET", gateway.url(80, "/productpage"), headers={"Host": "other.example"})
+    assert status == 404
+    # At the edge Envoy sets a request id of its own (a client's is not trusted): the user finds
+    # the request in `lattice why`'s list of the latest failures, then asks about it.
+    listed = wait_for(
+        lambda: [
+            r
+            for r in json.loads(plane.cli("why", "-o", "json").stdout)["items"]
+            if r["proxy"] == "ingressgateway" and r.get("authority", "").startswith("other.example")
+        ],
+        10,
+        what="the gateway's 404 to be listed",
+    )
+    request_id = listed[0]["request_id"]
+
+    def answer():
+        out = json.loads(plane.cli("why", request_id, "-o", "json").stdout)
+        return out if out["found"] and out["cause"] else None
+
+    cause = wait_for(answer, 10, what=f"the gateway's record of request {request_id}")["cause"]
+    assert cause["flag"] == "NR" and "no route for other.example/productpage" in cause["summary"]
+    assert any("check the host name 'other.example'" in fix for fix in cause["fixes"]), cause
