@@ -77,9 +77,20 @@ def _why(plane, request_id: str, what: str) -> dict:
 
     def answer():
         out = json.loads(plane.cli("why", request_id, "-o", "json").stdout)
-        return out if out["found"] and out["cause"] else None
+        return out if out["found"] and out["cause"] and _complete(out["hops"]) else None
 
     return wait_for(answer, 10, what=f"the sidecars' records of request {request_id} ({what})")
+
+
+def _complete(hops: list[dict]) -> bool:
+    """Both sidecars' records are in, as far as the request got: each streams its own, so the
+    callee's may arrive before the caller's or after it. The caller always has one; the callee has
+    one when the caller's proxy handed the request on (an upstream, and no failure of its own)."""
+    callers = [h for h in hops if h["reporter"] == "source"]
+    if not callers:
+        return False
+    handed_on = any(h["flags"] in ("", "-") and h.get("upstream_host") not in (None, "", "-") for h in callers)
+    return not handed_on or any(h["reporter"] == "destination" for h in hops)
 
 
 def _text(plane, request_id: str) -> str:
@@ -332,16 +343,13 @@ def test_failures_are_listed_with_their_ids(ctx):
     plane, client, backend, _ = ctx
     status, rid = _call(client, URL + "?status=500")
     assert status == 500
-    listed = wait_for(
-        lambda: [
-            r
-            for r in json.loads(plane.cli("why", "-o", "json").stdout)["items"]
-            if request_key(r["request_id"]) == request_key(rid)
-        ],
-        10,
-        what="the failure to be listed",
-    )
-    assert {r["proxy"] for r in listed} == {"client-v1", "backend-v1"}
+
+    def listed() -> set[str]:
+        items = json.loads(plane.cli("why", "-o", "json").stdout)["items"]
+        return {r["proxy"] for r in items if request_key(r["request_id"]) == request_key(rid)}
+
+    # Each sidecar streams its records on its own (every half second): wait for both sides' record.
+    wait_for(lambda: listed() == {"client-v1", "backend-v1"}, 10, what="both sidecars to list the failure")
     answer = _why(plane, rid, "the app's own 500")
     assert "answered 500 itself" in answer["cause"]["summary"]
 
