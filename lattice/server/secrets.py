@@ -61,6 +61,7 @@ class SecretVault:
             )
         if mode == "update" and not exists:
             raise SecretMissing(f"no TLS secret {namespace}/{name}; make it with `lattice secret create tls {name}`")
+        self._check_same_key()
         spec = {
             "type": "tls",
             "cert": material.cert_pem.decode(),
@@ -120,6 +121,24 @@ class SecretVault:
         return TlsCredential(r.spec["cert"].encode(), key_pem, r.spec.get("ca", "").encode())
 
     # --- sealing ------------------------------------------------------------------------------
+
+    def _check_same_key(self) -> None:
+        """Refuse to seal with a key other than the one the stored secrets were sealed with.
+
+        Each replica keeps its own `secrets.key`; a replica given another file (or none, which would
+        make a new one) would otherwise store secrets the other replicas cannot open, and a mixed
+        store serves no gateway everywhere.
+        """
+        self._key = None  # read the file again: it may have just been copied from another replica
+        sealed_with = {r.spec.get("sealedWith") for r in self.store.list(KIND)} - {None}
+        if not sealed_with:
+            return
+        if not self._key_path.exists() or sealed_with != {self._key_id()}:
+            raise SecretError(
+                f"the stored TLS secrets were sealed with another secrets key than {self._key_path}; "
+                "copy secrets.key from the replica that created them (every replica needs the same file), "
+                "then try again"
+            )
 
     def _sealing_key(self) -> bytes:
         if self._key is None:

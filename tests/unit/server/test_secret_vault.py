@@ -86,3 +86,22 @@ def test_a_secret_sealed_with_another_key_is_reported_not_served(vault, tmp_path
     other = SecretVault(vault.store, tmp_path)
     assert other.credentials() == {}
     assert "sealed with another secrets key" in other.errors[("default", "x")]
+
+
+def test_a_replica_with_another_key_refuses_to_seal_and_keeps_what_is_stored(vault, tmp_path):
+    cert, key = _pair("a.example.com")
+    vault.put("default", "x", TlsMaterial(cert, key), "create")
+    elsewhere = tmp_path / "replica2"
+    elsewhere.mkdir()
+    other = SecretVault(vault.store, elsewhere)  # a second replica on the same store, with no key file
+    with pytest.raises(SecretError, match="copy secrets.key from the replica that created them"):
+        other.put("default", "y", TlsMaterial(cert, key), "create")
+    assert not (elsewhere / "secrets.key").exists()  # no second key was made
+    (elsewhere / "secrets.key").write_bytes(b"\x01" * 32)
+    with pytest.raises(SecretError, match="sealed with another secrets key"):
+        other.put("default", "y", TlsMaterial(cert, key), "create")
+    assert [s["name"] for s in vault.list()] == ["x"]
+    assert set(vault.credentials()) == {("default", "x")}
+    (elsewhere / "secrets.key").write_bytes((tmp_path / "secrets.key").read_bytes())
+    other.put("default", "y", TlsMaterial(cert, key), "create")  # the same file: both replicas serve both
+    assert set(vault.credentials()) == set(other.credentials()) == {("default", "x"), ("default", "y")}
