@@ -40,6 +40,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass
 
 import grpc
@@ -517,24 +518,35 @@ class EtcdStore:
     def _change_ca_roots(
         self, change: Callable[[builtins.list[dict]], builtins.list[dict]], what: str
     ) -> builtins.list[dict]:
-        key = self._key("ca/roots")
-        for _ in range(MAX_ATTEMPTS):
-            kvs = self.client.call(
-                "Range",
-                pb.RangeRequest(key=self._key("ca/"), range_end=prefix_end(self._key("ca/"))),
-                what="read CA roots",
-            ).kvs
+        def read() -> tuple[builtins.list[dict], int]:
+            ca = self._key("ca/")
+            kvs = self.client.call("Range", pb.RangeRequest(key=ca, range_end=prefix_end(ca)), what="read CA roots").kvs
             found = {kv.key.decode().rsplit("/", 1)[1]: kv for kv in kvs}
-            roots = _ca_roots({name: kv.value for name, kv in found.items()})
-            wanted = change(roots)
-            if wanted == roots and "roots" in found:
-                return roots
-            revision = found["roots"].mod_revision if "roots" in found else 0
+            # Only ca/roots carries a revision: roots read from an older version's ca/root are written anew.
+            return _ca_roots({n: kv.value for n, kv in found.items()}), found[
+                "roots"
+            ].mod_revision if "roots" in found else 0
+
+        return self._swap_json(self._key("ca/roots"), read, change, f"{what} the mesh's CA roots", "CA roots")
+
+    def _swap_json(
+        self, key: bytes, read: Callable[[], tuple[Any, int]], change: Callable[[Any], Any], what: str, named: str
+    ) -> Any:
+        """Replace the JSON value at `key` by `change(value)`, by compare-and-swap on its revision.
+
+        `read` gives the current value and the key's mod revision (0: not there); an unchanged value
+        already stored is not written again. Retried while other replicas race for the same key.
+        """
+        for _ in range(MAX_ATTEMPTS):
+            value, revision = read()
+            wanted = change(value)
+            if wanted == value and revision:
+                return value
             same = pb.Compare(result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=key, mod_revision=revision)
-            put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=canonical(wanted, "CA roots").encode()))
-            if self._write(pb.TxnRequest(compare=[same], success=[put]), f"{what} the mesh's CA roots").succeeded:
+            put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=canonical(wanted, named).encode()))
+            if self._write(pb.TxnRequest(compare=[same], success=[put]), what).succeeded:
                 return wanted
-        raise StoreUnavailable(f"{self.name}: changing the CA roots gave up after {MAX_ATTEMPTS} attempts")
+        raise StoreUnavailable(f"{self.name}: {what} gave up after {MAX_ATTEMPTS} attempts: the key kept changing")
 
     # -- fetched JWKS and counts -------------------------------------------------------------
 
@@ -565,20 +577,17 @@ class EtcdStore:
     def add_counts(self, name: str, deltas: dict[str, int]) -> dict[str, int]:
         """Add `deltas` to the totals `counts/<name>` by compare-and-swap; the totals after."""
         key = self._key(f"counts/{name}")
-        for _ in range(MAX_ATTEMPTS):
+
+        def read() -> tuple[dict[str, int], int]:
             kvs = self.client.call("Range", pb.RangeRequest(key=key), what=f"read {name} counts").kvs
-            totals = json.loads(kvs[0].value) if kvs else {}
-            if not any(deltas.values()):
-                return totals
-            for k, v in deltas.items():
-                totals[k] = int(totals.get(k, 0)) + int(v)
-            same = pb.Compare(
-                result=pb.Compare.EQUAL, target=pb.Compare.MOD, key=key, mod_revision=kvs[0].mod_revision if kvs else 0
-            )
-            put = pb.RequestOp(request_put=pb.PutRequest(key=key, value=canonical(totals, f"{name} counts").encode()))
-            if self._write(pb.TxnRequest(compare=[same], success=[put]), f"add {name} counts").succeeded:
-                return totals
-        raise StoreUnavailable(f"{self.name}: adding {name} counts gave up after {MAX_ATTEMPTS} attempts")
+            return (json.loads(kvs[0].value), kvs[0].mod_revision) if kvs else ({}, 0)
+
+        def add(totals: dict[str, int]) -> dict[str, int]:
+            return {**totals, **{k: int(totals.get(k, 0)) + int(v) for k, v in deltas.items() if v}}
+
+        if not any(deltas.values()):
+            return read()[0]
+        return self._swap_json(key, read, add, f"add {name} counts", f"{name} counts")
 
     # -- watch ---------------------------------------------------------------------------------
 
