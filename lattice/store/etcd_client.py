@@ -28,6 +28,9 @@ from lattice.store.model import StoreError, StoreUnavailable
 
 DEFAULT_TIMEOUT = 3.0
 _UNREACHABLE = {grpc.StatusCode.UNAVAILABLE}
+_READS = {"Range", "Status"}  # asked again while the members elect a leader
+_ELECTION = ("leader changed", "no leader")  # etcd's ErrLeaderChanged and ErrNoLeader
+_ELECTION_PAUSE = 0.1
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 5000),
     ("grpc.keepalive_timeout_ms", 3000),
@@ -69,6 +72,13 @@ class EtcdTls:
                 raise StoreError(f"cannot read the etcd TLS file {path}: {e.strerror}") from None
 
         return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
+class _Electing(Exception):
+    """A member answered that the cluster is between leaders."""
+
+    def __init__(self, error: grpc.RpcError) -> None:
+        self.error = error
 
 
 def parse_store_url(url: str) -> tuple[list[str], str]:
@@ -115,9 +125,23 @@ class EtcdClient:
             channel.close()
 
     def call(self, method: str, request, timeout: float | None = None, what: str = ""):
-        """One unary call, moving to the next member while members are unreachable."""
-        service, request_type, response_type = _METHODS[method]
+        """One unary call, moving to the next member while members are unreachable.
+
+        A read refused because the members are electing a leader (a leader went away a moment
+        ago) is asked again until the deadline: it changes nothing, and the election takes about a
+        second. A write is not: whether it was applied is unknown, and the caller decides.
+        """
         deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            try:
+                return self._call_once(method, request, deadline, what)
+            except _Electing as e:
+                if method not in _READS or time.monotonic() + _ELECTION_PAUSE >= deadline:
+                    raise self.unavailable(what or method, e.error) from None
+                time.sleep(_ELECTION_PAUSE)
+
+    def _call_once(self, method: str, request, deadline: float, what: str):
+        service, request_type, response_type = _METHODS[method]
         with self._lock:
             start = self._current
         last: grpc.RpcError | None = None
@@ -137,7 +161,9 @@ class EtcdClient:
                 last = e
                 if e.code() in _UNREACHABLE:
                     continue  # this member is down: the next one may be up
-                break  # up but refusing (no leader, deadline): another member will not do better
+                if any(m in (e.details() or "") for m in _ELECTION):
+                    raise _Electing(e) from None
+                break  # up but refusing (deadline, no quorum): another member will not do better
             with self._lock:
                 self._current = index
             return response
