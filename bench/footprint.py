@@ -47,7 +47,7 @@ DEFAULT_JSON = Path(__file__).parent / "results" / "footprint.json"
 IMPORT_STEPS = (
     ("interpreter", ""),
     ("asyncio, ssl", "import asyncio, ssl"),
-    ("aiohttp (client and server)", "import aiohttp, aiohttp.web"),
+    ("the agent's own HTTP/1.1 (agent/web.py; aiohttp before)", "import lattice.agent.web, lattice.agent.web_client"),
     ("gRPC", "import grpc, grpc.aio"),
     ("cryptography (key, CSR, certificates)", "import cryptography.x509"),
     (

@@ -9,11 +9,10 @@ import logging
 import random
 from typing import Callable
 
-import aiohttp
-
 from lattice.agent.identity import Identity, IdentityError
 from lattice.identity import CONTROL_PLANE_NAME
 from lattice.agent.registration import Registration
+from lattice.agent.web_client import Client, ClientError
 
 log = logging.getLogger("lattice.agent")
 UNREACHABLE_SECONDS = 1.0  # a draining sidecar stops waiting for callers when it cannot report the drain
@@ -31,10 +30,10 @@ class RegistryClient:
         self.healthy = healthy
         self.heartbeat_now = asyncio.Event()  # set to report a health change at once
         self.draining = False  # the sidecar is stopping: callers are to choose other endpoints
-        self._session: aiohttp.ClientSession | None = None
+        self._session: Client | None = None
 
     async def __aenter__(self) -> RegistryClient:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        self._session = Client(timeout=5)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -45,7 +44,7 @@ class RegistryClient:
         return f"{self.api}/agent/v1/workloads/{self.registration.id}"
 
     @property
-    def session(self) -> aiohttp.ClientSession:
+    def session(self) -> Client:
         if self._session is None:
             raise RuntimeError("RegistryClient is used inside `async with`: it has no session outside")
         return self._session
@@ -67,7 +66,7 @@ class RegistryClient:
                         )
                     response.raise_for_status()
                     return
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except (ClientError, TimeoutError) as e:
                 if attempts is not None and tried >= attempts:
                     raise ControlPlaneError(f"cannot reach the control plane at {self.api}: {e}") from None
                 # The first failure at the default log level (a silent retry loop helps nobody), then quietly.
@@ -100,7 +99,7 @@ class RegistryClient:
                 if healthy != last:
                     log.info("reported %s", "healthy" if healthy else "unhealthy")
                 last = healthy
-            except (aiohttp.ClientError, TimeoutError, ControlPlaneError, IdentityError) as e:
+            except (ClientError, TimeoutError, ControlPlaneError, IdentityError) as e:
                 log.debug("heartbeat failed: %s", e)
 
     async def _heartbeat(self, healthy: bool) -> dict | None:
@@ -124,7 +123,7 @@ class RegistryClient:
                 if answer is None or answer.get("callers_hold_drain"):
                     return True  # unknown to the control plane: nobody routes to it
                 failing_since = None
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except (ClientError, TimeoutError) as e:
                 failing_since = failing_since or loop.time()
                 if loop.time() - failing_since > UNREACHABLE_SECONDS:  # nobody can learn of it: go on
                     log.warning("the control plane is unreachable (%s): callers cannot learn of the drain", e)
@@ -135,7 +134,7 @@ class RegistryClient:
 
     async def deregister(self) -> None:
         try:
-            async with self.session.delete(self._url, timeout=aiohttp.ClientTimeout(total=2), **self._tls()):
+            async with self.session.delete(self._url, timeout=2, **self._tls()):
                 pass
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except (ClientError, TimeoutError) as e:
             log.info("could not deregister (%s); the control plane will expire this workload", e)

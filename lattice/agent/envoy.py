@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import aiohttp
+from lattice.agent.web_client import Client, ClientError
 
 log = logging.getLogger("lattice.envoy")
 _PR_SET_PDEATHSIG = 1
@@ -249,13 +249,12 @@ class EnvoyProcess:
     ) -> tuple[int, bytes]:
         """GET (or POST) on Envoy's admin socket; (0, reason) if Envoy is not up."""
         try:
-            connector = aiohttp.UnixConnector(path=str(self.admin_socket))
-            async with aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as session:
-                async with session.request("POST" if post else "GET", f"http://envoy{path}", params=params) as response:
-                    return response.status, await response.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            # A connection per call: after a hot restart the socket's path names the new Envoy.
+            response = await Client(timeout=timeout, unix=str(self.admin_socket), keep_alive=False).request(
+                "POST" if post else "GET", f"http://envoy{path}", params=params
+            )
+            return response.status, response.body
+        except (ClientError, OSError, TimeoutError) as e:
             return 0, str(e).encode()
 
     async def live(self) -> bool:

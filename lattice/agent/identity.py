@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-import aiohttp
 from cryptography import x509
 
 from lattice.identity import (
@@ -32,6 +31,7 @@ from lattice.identity import (
     parse_token,
 )
 from lattice.agent.kept_identity import IdentityKeeper, KeptIdentity
+from lattice.agent.web_client import Client, ClientError, ClientResponse
 from lattice.identity.tokens import pin_for
 
 log = logging.getLogger("lattice.identity")
@@ -80,7 +80,7 @@ class Identity:
 
     def ssl(self) -> SSLContext | bool:
         """Client context for the agent API: our certificate, the server checked against the bundle
-        (before the first certificate: True, aiohttp's default verification)."""
+        (before the first certificate: True, the system's default verification)."""
         return self._ssl if self._ssl is not None else True
 
     @property
@@ -93,7 +93,7 @@ class Identity:
 
     # --- getting and renewing ----------------------------------------------------------------
 
-    async def obtain(self, session: aiohttp.ClientSession) -> None:
+    async def obtain(self, session: Client) -> None:
         """The first certificate: for the join token; without one, or when the control plane
         refuses it (spent, expired), for the certificate kept on this host if it is still good."""
         kept = self.keeper.load() if self.keeper is not None else None
@@ -105,13 +105,13 @@ class Identity:
         if kept is not None:
             try:
                 return await self._reattest(session, kept)
-            except (aiohttp.ClientError, IdentityError) as e:
+            except (ClientError, IdentityError) as e:
                 raise IdentityError(
                     f"the certificate kept in {self._kept_in} was refused ({e}); pass a new join token"
                 ) from None
         await self._redeem_token(session)
 
-    async def _redeem_token(self, session: aiohttp.ClientSession) -> None:
+    async def _redeem_token(self, session: Client) -> None:
         if not self.token:
             raise IdentityError(
                 f"no join token for {self._wanted}: pass --token-file or LATTICE_TOKEN (create one with "
@@ -124,14 +124,14 @@ class Identity:
         bundle = await self._fetch_bundle(session, pin)
         await self._request(session, {"Authorization": f"Bearer {self.token}"}, bundle)
 
-    async def _reattest(self, session: aiohttp.ClientSession, kept: KeptIdentity) -> None:
+    async def _reattest(self, session: Client, kept: KeptIdentity) -> None:
         """A new certificate paid with the kept one, over TLS checked against the kept bundle."""
         self.trust_domain = SpiffeId.parse(kept.spiffe).trust_domain
         self.chain, self.key = kept.chain, kept.key
         await self._request(session, {}, kept.bundle, reattest_from=kept.proxy_id)
         log.info("re-attested with the certificate kept in %s", self._kept_in)
 
-    async def renew(self, session: aiohttp.ClientSession) -> None:
+    async def renew(self, session: Client) -> None:
         """With the certificate we hold; once that has expired (the control plane was away too
         long), only the join token can vouch for us again, if it is still good."""
         if self.not_after is not None and _now() >= self.not_after:
@@ -141,7 +141,7 @@ class Identity:
         else:
             await self._request(session, {}, self.bundle)
 
-    async def renew_forever(self, session: aiohttp.ClientSession) -> None:
+    async def renew_forever(self, session: Client) -> None:
         while True:
             await self._wait_half_life()
             backoff = 0.5
@@ -149,7 +149,7 @@ class Identity:
                 try:
                     await self.renew(session)
                     break
-                except (aiohttp.ClientError, TimeoutError, IdentityError) as e:
+                except (ClientError, TimeoutError, IdentityError) as e:
                     left = (self.not_after - _now()).total_seconds() if self.not_after is not None else 0.0
                     log.warning(
                         "certificate renewal failed (%s); %.0fs of validity left, retrying in %.1fs", e, left, backoff
@@ -157,7 +157,7 @@ class Identity:
                     await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                     backoff = min(backoff * 2, max(1.0, left / 10))
 
-    async def refresh_bundle(self, session: aiohttp.ClientSession) -> None:
+    async def refresh_bundle(self, session: Client) -> None:
         async with session.get(
             f"{self.server}/agent/v1/bundle", ssl=self.ssl(), server_hostname=CONTROL_PLANE_NAME
         ) as response:
@@ -167,7 +167,7 @@ class Identity:
             self.keeper.save(self.chain, self.key, self.bundle, self.proxy_id)
         log.info("trust bundle version %d (%d roots)", self.bundle_version, self.bundle.count(b"BEGIN CERTIFICATE"))
 
-    async def refresh_crl(self, session: aiohttp.ClientSession) -> None:
+    async def refresh_crl(self, session: Client) -> None:
         async with session.get(
             f"{self.server}/agent/v1/crl", ssl=self.ssl(), server_hostname=CONTROL_PLANE_NAME
         ) as response:
@@ -191,7 +191,7 @@ class Identity:
             pass
         self.renew_now.clear()
 
-    async def _fetch_bundle(self, session: aiohttp.ClientSession, pin: str) -> bytes:
+    async def _fetch_bundle(self, session: Client, pin: str) -> bytes:
         """The bundle over unverified TLS (it is public), trusted only if it holds the pinned root."""
         unverified = ssl.create_default_context()
         unverified.check_hostname = False
@@ -208,9 +208,7 @@ class Identity:
             )
         return bundle
 
-    async def _request(
-        self, session: aiohttp.ClientSession, headers: dict, bundle: bytes, reattest_from: str = ""
-    ) -> None:
+    async def _request(self, session: Client, headers: dict, bundle: bytes, reattest_from: str = "") -> None:
         key = new_key()
         csr = make_csr(key, SpiffeId(self.trust_domain, self.namespace, self.service_account))
         context = self._context(bundle, with_client=not headers)
@@ -267,10 +265,10 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-async def _json(response: aiohttp.ClientResponse, what: str) -> dict:
+async def _json(response: ClientResponse, what: str) -> dict:
     try:
         body = await response.json(content_type=None)
-    except (ValueError, aiohttp.ContentTypeError):
+    except ValueError:
         body = {"error": (await response.text())[:300]}
     if response.status == 401:
         raise TokenRefused(f"{what}: the control plane said 401: {body.get('error', body)}")

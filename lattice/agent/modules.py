@@ -21,12 +21,12 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
 from envoy.config.core.v3 import extension_pb2
 from envoy.extensions.filters.http.wasm.v3 import wasm_pb2 as http_wasm_pb2
 from envoy.extensions.filters.network.wasm.v3 import wasm_pb2 as network_wasm_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from lattice.agent.web_client import Client, ClientError
 from lattice.identity import CONTROL_PLANE_NAME
 
 log = logging.getLogger("lattice.agent.modules")
@@ -54,21 +54,20 @@ class ModuleFetcher:
                 return path
             try:
                 body = await self._download(digest)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            except (ClientError, OSError, TimeoutError, ValueError) as e:
                 log.warning("cannot fetch Wasm module %s from the control plane: %s", digest, e or type(e).__name__)
                 return None
             await asyncio.to_thread(_keep, self.directory, path, body)
             return path
 
     async def _download(self, digest: str) -> bytes:
-        timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with Client(timeout=60, max_body=MAX_MODULE_BYTES, keep_alive=False) as session:
             url = f"{self.api}/agent/v1/modules/{digest}"
             async with session.get(url, ssl=self._tls(), server_hostname=CONTROL_PLANE_NAME) as response:
                 if response.status != 200:
                     raise ValueError(f"HTTP {response.status}: {(await response.text())[:200]}")
-                body = await response.content.read(MAX_MODULE_BYTES + 1)
-        if len(body) > MAX_MODULE_BYTES or hashlib.sha256(body).hexdigest() != digest:
+                body = await response.read()
+        if hashlib.sha256(body).hexdigest() != digest:
             raise ValueError("the bytes received are not the module asked for")
         return body
 

@@ -16,9 +16,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-import aiohttp
 import grpc
-from aiohttp import web
 from envoy.config.core.v3 import base_pb2
 from envoy.service.accesslog.v3 import als_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
@@ -43,7 +41,6 @@ from lattice.agent.drain import DrainBudget, drain_callers, drain_inbound
 from lattice.agent.envoy import HOT_RESTART, EnvoyProcess, die_with_parent
 from lattice.agent.handover import AdoptedProcess, Handover, incoming, reexec, registration_from
 from lattice.agent.http import agent_app
-from lattice.agent.http import runner_options as agent_runner_options
 from lattice.agent.identity import Identity
 from lattice.agent.kept_identity import IdentityKeeper
 from lattice.agent.modules import ModuleFetcher
@@ -56,6 +53,8 @@ from lattice.agent.servers import follow as follow_replicas
 from lattice.agent.sds import SecretServer
 from lattice.agent.traces import TraceRelay
 from lattice.agent.traces import add_to_server as add_trace_service
+from lattice.agent.web import Server
+from lattice.agent.web_client import ClientError
 from lattice.identity import CONTROL_PLANE_NAME
 from lattice.mesh.protocol import OPAQUE
 from lattice.translate.agent_names import PEER_ENV, peer_value
@@ -78,7 +77,7 @@ class Sidecar:
         self.app_healthy = self.handover.app_healthy if self.handover else False
         self._inbound_served = False  # the inbound listener has accepted a connection (agent health)
         self.exit_code = 0
-        self._runner: web.AppRunner | None = None
+        self._agent_port: Server | None = None
         self._servers: list[grpc.aio.Server] = []
         self.capture: CaptureMode | None = None  # `--capture`: the app in a network namespace of its own
         self._lost = 0  # xDS connection attempts failed in a row (failover between replicas)
@@ -322,7 +321,7 @@ class Sidecar:
         while True:
             try:
                 return await self.identity.obtain(self.registry.session)
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except (ClientError, TimeoutError) as e:
                 if loop.time() - said > 30:  # at the default log level, but not on every retry
                     said = loop.time()
                     log.warning(
@@ -424,16 +423,13 @@ class Sidecar:
             os.chmod(self._socket(name), 0o600)
         self._servers.append(local)
         await self.registry.register()
-        self._runner = web.AppRunner(
-            agent_app(self.envoy, lambda: self.app_healthy, self.observer, lambda: self.identity.agent_key),
-            access_log=None,
-            **agent_runner_options(),
+        self._agent_port = agent_app(
+            self.envoy, lambda: self.app_healthy, self.observer, lambda: self.identity.agent_key
         )
-        await self._runner.setup()
         if self.capture is not None and not self.capture.vm:  # in the namespace, where the control plane is let in
-            await web.SockSite(self._runner, self.capture.listen(self.registration.agent_port)).start()
+            await self._agent_port.listen(sock=self.capture.listen(self.registration.agent_port))
         else:
-            await web.TCPSite(self._runner, self.registration.address, self.registration.agent_port).start()
+            await self._agent_port.listen(self.registration.address, self.registration.agent_port)
         async with asyncio.TaskGroup() as tasks:
             background = [
                 tasks.create_task(self.relay.run_upstream(), name="xds-upstream"),
@@ -654,8 +650,8 @@ class Sidecar:
         if self.identity.chain:  # registered with it; without one there is nothing to undo
             await self.registry.deregister()
         await self.envoy.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._agent_port is not None:
+            await self._agent_port.close()
         for server in self._servers:
             await server.stop(grace=0.2)
         if self.lease is not None:

@@ -17,11 +17,11 @@ import asyncio
 import logging
 from collections import deque
 
-import aiohttp
 import grpc
 from lattice.api import otlp
 
 from lattice.agent.identity import Identity
+from lattice.agent.web_client import Client, ClientError
 from lattice.identity import CONTROL_PLANE_NAME
 
 log = logging.getLogger("lattice.agent.traces")
@@ -94,7 +94,7 @@ class TraceRelay:
             self._waiting.clear()
         return b"".join(parts), spans
 
-    async def forward(self, session: aiohttp.ClientSession) -> None:
+    async def forward(self, session: Client) -> None:
         """Post batches to the control plane for as long as the sidecar runs."""
         backoff = 0.0
         while True:
@@ -106,7 +106,7 @@ class TraceRelay:
             backoff = min(max(backoff * 2, 0.5), MAX_BACKOFF)  # the queue keeps (and bounds) what comes meanwhile
             await asyncio.sleep(backoff)
 
-    async def _post(self, session: aiohttp.ClientSession, batch: bytes, spans: int) -> bool:
+    async def _post(self, session: Client, batch: bytes, spans: int) -> bool:
         try:
             async with session.post(
                 self.url,
@@ -124,7 +124,7 @@ class TraceRelay:
                         (await response.text())[:300],
                     )
                     return response.status < 500  # a refused batch is not a reason to slow down
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except (ClientError, TimeoutError) as e:
             self.counts["failed"] += spans
             log.info("cannot forward %d spans to %s (%s); dropped", spans, self.url, e)
             return False

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import pytest
 from aiohttp import web
 from lattice.api import otlp
 
 from lattice.agent.traces import TraceRelay
+from lattice.agent.web_client import Client
 from lattice.server import agent_api, limits
 from lattice.server.traces import TraceStore, receive
 
@@ -120,7 +120,7 @@ async def _until(condition, timeout: float = 15.0) -> None:
 async def test_forward_delivers_to_the_control_plane(collector):
     url, store, answered = collector
     relay = TraceRelay(url, _Identity())
-    async with aiohttp.ClientSession() as session:
+    async with Client() as session:
         task = asyncio.create_task(relay.forward(session), name="trace-relay")
         try:
             await relay.Export(_export("a.default", 1, 2), None)
@@ -140,7 +140,7 @@ async def test_a_batch_larger_than_other_agent_requests_arrives_whole(collector)
     for span in big.resource_spans[0].scope_spans[0].spans:
         span.name = "op-" + "x" * 300
     assert big.ByteSize() > 2 * agent_api.MAX_BODY
-    async with aiohttp.ClientSession() as session:
+    async with Client() as session:
         task = asyncio.create_task(relay.forward(session), name="trace-relay")
         try:
             await relay.Export(big, None)
@@ -152,7 +152,7 @@ async def test_a_batch_larger_than_other_agent_requests_arrives_whole(collector)
 
 async def test_an_unreachable_control_plane_costs_the_batch_not_the_relay():
     relay = TraceRelay("http://127.0.0.1:9", _Identity())  # nothing listens on the discard port
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+    async with Client(timeout=1) as session:
         task = asyncio.create_task(relay.forward(session), name="trace-relay")
         try:
             await relay.Export(_export("a.default", 1), None)
