@@ -164,15 +164,6 @@ class RequestRedirect(GatewayApiSpec):
 
     _hostname = field_validator("hostname")(lambda v: _check_hostname(v))
 
-    @field_validator("path")
-    @classmethod
-    def _full_path_only(cls, v: PathModifier | None) -> PathModifier | None:
-        if v is not None and v.type == "ReplacePrefixMatch":
-            raise ValueError(
-                "a redirect with ReplacePrefixMatch is not supported yet; redirect to a full path with ReplaceFullPath"
-            )
-        return v
-
 
 class URLRewrite(GatewayApiSpec):
     hostname: str | None = None
@@ -415,12 +406,13 @@ class HTTPRouteRule(GatewayApiSpec):
 
     @model_validator(mode="after")
     def _prefix_rewrite_needs_prefix(self) -> HTTPRouteRule:
-        rewrite = self.filter("URLRewrite")
-        if rewrite is not None and rewrite.path is not None and rewrite.path.type == "ReplacePrefixMatch":
-            if any(m.path is not None and m.path.type != "PathPrefix" for m in self.matches):
-                raise ValueError(
-                    "URLRewrite with ReplacePrefixMatch needs every match of the rule to be a PathPrefix path match"
-                )
+        for kind in ("URLRewrite", "RequestRedirect"):
+            modifier = self.filter(kind)
+            if modifier is not None and modifier.path is not None and modifier.path.type == "ReplacePrefixMatch":
+                if any(m.path is not None and m.path.type != "PathPrefix" for m in self.matches):
+                    raise ValueError(
+                        f"{kind} with ReplacePrefixMatch needs every match of the rule to be a PathPrefix path match"
+                    )
         return self
 
 

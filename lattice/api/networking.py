@@ -265,6 +265,11 @@ class HTTPFaultInjection(IstioSpec):
         return self
 
 
+# A redirect `uri` starting with this replaces only the matched prefix (Envoy's prefix_rewrite):
+# Istio's own marker, which its Gateway API conversion writes for RequestRedirect ReplacePrefixMatch.
+PREFIX_REDIRECT = "%PREFIX()%"
+
+
 class HTTPRedirect(IstioSpec):
     uri: str | None = None
     authority: str | None = None

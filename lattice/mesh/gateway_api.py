@@ -40,7 +40,7 @@ from lattice.api.gateway_api import (
 )
 from lattice.api.durations import parse_duration
 from lattice.api.meta import ObjectMeta
-from lattice.api.networking import VirtualServiceSpec
+from lattice.api.networking import PREFIX_REDIRECT, VirtualServiceSpec
 from lattice.mesh.hosts import fqdn
 
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
@@ -217,12 +217,16 @@ def _http_rules(name: str, match: HTTPRouteMatch, port: int | None, action: dict
     prefix does not: it becomes an exact match on `/foo` and a prefix match on `/foo/`, each with
     its own prefix rewrite so ReplacePrefixMatch replaces whole segments too."""
     common = _headers_match(match) | _port(port)
-    rewrite = rule.filter("URLRewrite")
-    replacement = rewrite.path.replace_prefix_match if rewrite is not None and rewrite.path is not None else None
+    # ReplacePrefixMatch, of a URLRewrite or a RequestRedirect (a rule has one or the other)
+    modifier = rule.filter("URLRewrite") or rule.filter("RequestRedirect")
+    path = modifier.path if modifier is not None else None
+    replacement = path.replace_prefix_match if path is not None else None
     out = []
     for uri, prefix_rewrite in _uri_forms(match, replacement):
         rule_dict = {"name": name, "match": [common | ({"uri": uri} if uri else {})], **action}
-        if prefix_rewrite is not None:
+        if prefix_rewrite is not None and "redirect" in rule_dict:
+            rule_dict["redirect"] = {**rule_dict["redirect"], "uri": PREFIX_REDIRECT + prefix_rewrite}
+        elif prefix_rewrite is not None:
             rule_dict["rewrite"] = {**rule_dict.get("rewrite", {}), "uri": prefix_rewrite}
         out.append(rule_dict)
     return out
@@ -351,8 +355,8 @@ def _redirect(r: RequestRedirect) -> dict:
         out["authority"] = r.hostname
     if r.port is not None:
         out["port"] = r.port
-    if r.path is not None:
-        out["uri"] = r.path.replace_full_path
+    if r.path is not None and r.path.type == "ReplaceFullPath":
+        out["uri"] = r.path.replace_full_path  # ReplacePrefixMatch: per path form (_http_rules)
     return out
 
 

@@ -23,6 +23,7 @@ from lattice.api import Resource
 from lattice.api.durations import parse_duration
 from lattice.api.networking import (
     GRPC_STATUS,
+    PREFIX_REDIRECT,
     CorsPolicy,
     Destination,
     Headers,
@@ -234,7 +235,9 @@ def _mirrors(
 
 def _redirect(r: HTTPRedirect) -> rc.RedirectAction:
     out = rc.RedirectAction(response_code=_REDIRECT_CODES[r.redirect_code])
-    if r.uri is not None:
+    if r.uri is not None and r.uri.startswith(PREFIX_REDIRECT):
+        out.prefix_rewrite = r.uri.removeprefix(PREFIX_REDIRECT)
+    elif r.uri is not None:
         out.path_redirect = r.uri
     if r.authority is not None:
         out.host_redirect = r.authority

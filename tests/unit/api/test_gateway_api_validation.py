@@ -116,11 +116,11 @@ def test_kinds_are_known_to_the_cli_and_accept_istio_versions():
         ),
         (
             _route(
-                "  - filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, "
-                "replacePrefixMatch: /a}}}]"
+                "  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: RequestRedirect, "
+                "requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]"
             ),
-            "spec.rules[0].filters[0].requestRedirect.path",
-            "ReplacePrefixMatch is not supported yet",
+            "spec.rules[0]",
+            "RequestRedirect with ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
         ),
         (
             _route("  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 305}}]"),

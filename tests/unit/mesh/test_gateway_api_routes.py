@@ -118,6 +118,19 @@ def test_path_prefix_matches_whole_segments_and_rewrites_them():
     ]
 
 
+def test_a_prefix_redirect_replaces_whole_segments_as_envoy_prefix_rewrites():
+    route = _http(
+        "r",
+        "  - matches: [{path: {value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: "
+        "ReplacePrefixMatch, replacePrefixMatch: /new}, hostname: example.org}}]\n",
+    )
+    rules = _table(_snapshot(route))
+    assert [(r["match"][0]["uri"], r["redirect"]["uri"], r["redirect"]["authority"]) for r in rules] == [
+        ({"exact": "/old"}, "%PREFIX()%/new", "example.org"),
+        ({"prefix": "/old/"}, "%PREFIX()%/new/", "example.org"),
+    ]
+
+
 def test_filters_timeouts_and_retries_become_their_virtual_service_fields():
     route = _http(
         "r",
