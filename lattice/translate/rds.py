@@ -59,11 +59,12 @@ def _build_virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Servic
     # so `http://reviews/` works for a service that only serves 9080.
     if service.port == 80 or (len(ports) == 1 and 80 not in ports):
         domains += aliases
-    table = (
-        routes.for_virtual_service(snapshot, rule, service, proxy)
-        if rule
-        else [routes.default_route(service, snapshot)]
-    )
+    # HTTP rules none of which can apply on this port, e.g. an HTTPRoute whose parentRef names
+    # another port of the Service, leave the port its default route, as Istio does (Gateway API
+    # conformance MeshPorts). A VirtualService of `tcp`/`tls` rules only routes no HTTP at all.
+    table = routes.for_virtual_service(snapshot, rule, service, proxy) if rule else []
+    if not table and (rule is None or rule.spec.http):
+        table = [routes.default_route(service, snapshot)]
     host = rc.VirtualHost(name=f"{service.hostname}:{service.port}", domains=domains, routes=table)
     if (
         service.source == "registry"

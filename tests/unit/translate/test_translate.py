@@ -61,3 +61,27 @@ def test_weights_faults_and_retries():
     split = routes[2].route.weighted_clusters.clusters
     assert [(c.name.split("|")[2], c.weight.value) for c in split] == [("v1", 90), ("v2", 10)]
     assert not routes[2].route.HasField("retry_policy")  # attempts: 0 turns retries off
+
+
+def _ratings_vs(http: str):
+    from test_golden import _snapshot
+
+    return _snapshot(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n"
+        f"  hosts: [ratings]\n  http: {http}\n"
+    )
+
+
+def test_a_virtual_service_with_no_rule_for_a_port_leaves_that_port_its_default_route():
+    """As an HTTPRoute whose parentRef names another port of the Service (Gateway API MeshPorts)."""
+    routes = _vhosts(_ratings_vs("[{match: [{port: 8080}], route: [{destination: {host: ratings, subset: v2}}]}]"))[
+        "ratings.default.svc.cluster.local:9080"
+    ].routes
+    assert [r.route.cluster for r in routes] == ["outbound|9080||ratings.default.svc.cluster.local"]
+
+
+def test_a_prefix_redirect_becomes_envoys_prefix_rewrite():
+    (route,) = _vhosts(_ratings_vs("[{redirect: {uri: '%PREFIX()%/new', authority: example.org}}]"))[
+        "ratings.default.svc.cluster.local:9080"
+    ].routes
+    assert (route.redirect.prefix_rewrite, route.redirect.path_redirect) == ("/new", "")
