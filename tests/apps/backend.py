@@ -94,7 +94,9 @@ class Handler(BaseHTTPRequestHandler):
                 "method": self.command,
                 "path": url.path,
                 "query": query,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
+                # A header sent more than once reads as its values joined by ',' (RFC 9110 5.3), as
+                # the Gateway API conformance echo server reports it.
+                "headers": {k.lower(): ",".join(self.headers.get_all(k)) for k in self.headers.keys()},
                 "body": body.decode(errors="replace"),
                 "served_by": f"{SERVICE}-{VERSION}",
                 "instance": os.getpid(),
