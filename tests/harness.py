@@ -258,9 +258,9 @@ class Workload:
                 return extra[extra.index(flag) + 1]
         return "default"
 
-    def wait_ready(self) -> Workload:
+    def wait_ready(self, timeout: float = 30) -> Workload:
         self.info = wait_for(
-            self._ready, 30, what=f"{self.service}-{self.version} to be healthy and synced (log {self.log})"
+            self._ready, timeout, what=f"{self.service}-{self.version} to be healthy and synced (log {self.log})"
         )
         return self
 
@@ -326,13 +326,14 @@ def served_by(workload: Workload, url: str, n: int, headers: dict | None = None)
 
 
 @contextlib.contextmanager
-def running(plane: ControlPlane, workloads: list[Workload], timeout: float = 15):
-    """Start `workloads` at once (startup costs one sidecar, not n), wait until each is ready and
-    every proxy holds the others' endpoints; stop them all on exit, even when one failed to start."""
+def running(plane: ControlPlane, workloads: list[Workload], timeout: float = 15, ready_timeout: float = 30):
+    """Start `workloads` at once (startup costs one sidecar, not n), wait until each is ready
+    (`ready_timeout` each) and every proxy holds the others' endpoints (`timeout`); stop them all
+    on exit, even when one failed to start."""
     for w in workloads:
         w.start(wait=False)
     try:
-        ready = [w.wait_ready() for w in workloads]
+        ready = [w.wait_ready(ready_timeout) for w in workloads]
         wait_for(plane.all_synced, timeout, what="every proxy to hold the others' endpoints")
         yield ready
     finally:

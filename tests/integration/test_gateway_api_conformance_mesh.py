@@ -94,7 +94,8 @@ def mesh(shared_plane):
         echo("echo-v2", "v2", 8080),
         echo("echo", "v1", 80, CONSUMER),
     ]
-    with running(shared_plane, workloads, timeout=30):
+    # Seven sidecars start at once: on a loaded machine that takes a while.
+    with running(shared_plane, workloads, timeout=60, ready_timeout=120):
         clients = {"mesh": Client(workloads[0]), "consumer": Client(workloads[-1])}
         try:
             yield {"clients": clients, "pods": {"echo-v1": workloads[0], "echo-v2": workloads[1]}}
@@ -168,13 +169,13 @@ def test_mesh_conformance_case(shared_plane, mesh, case):
     reset_config(shared_plane)
     if case["manifests"]:
         shared_plane.apply(case["manifests"])
-    wait_for(shared_plane.all_synced, 10, what="every proxy to hold the routes")
+    wait_for(shared_plane.all_synced, 30, what="every proxy to hold the routes")
     rows = case["requests"]
     # The suite waits for each expected answer ("eventually consistent"); so does this, briefly,
     # for the first row, then checks the whole table at once so a failure shows every row.
     first = rows[0]
     if "distribution" in first:
-        wait_for(lambda: not _mismatches(mesh, {"host": first.get("host"), "path": "/"}), 10, what="an answer")
+        wait_for(lambda: not _mismatches(mesh, {"host": first.get("host"), "path": "/"}), 30, what="an answer")
         for _ in range(3):  # the suite retries a distribution up to 10 times
             got = _distribution(mesh, first)
             off = {b: got.get(b, 0) for b, share in first["distribution"].items() if abs(got.get(b, 0) - share) > 0.05}
@@ -182,7 +183,7 @@ def test_mesh_conformance_case(shared_plane, mesh, case):
                 return
         pytest.fail(f"shares {got}, wanted {first['distribution']} within 0.05")
     try:
-        wait_for(lambda: not _mismatches(mesh, first), 10, what="the first row to be answered as expected")
+        wait_for(lambda: not _mismatches(mesh, first), 30, what="the first row to be answered as expected")
     except AssertionError:
         pass  # the table below says how
     wrong = [f"{row} -> {'; '.join(m)}" for row in rows if (m := _mismatches(mesh, row))]
