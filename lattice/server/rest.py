@@ -529,6 +529,11 @@ class RestApi:
                 "sent": t.sent_version if t else "",
                 "acked": t.acked_version if t else "",
                 "error": t.nack if t else "",
+                "sent_in_all": {
+                    "responses": t.responses if t else 0,
+                    "resources": t.resources_sent if t else 0,
+                    "bytes": t.bytes_sent if t else 0,
+                },
             }
         held = self.ca.held.get(w.id)
         certificate = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -36,6 +36,8 @@ class Selection:
     resources: list[XdsResource]
     version: str
     size: int
+    # What changed from an earlier selection to this one, by the earlier one's id (delta.py).
+    differences: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 class ResourceSet(Mapping[str, XdsResource]):

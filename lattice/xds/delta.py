@@ -1,13 +1,23 @@
-"""Incremental (delta) ADS: only resources that changed, plus the names that went away."""
+"""Incremental (delta) ADS: only resources that changed, plus the names that went away.
+
+What a stream last sent of a type is known as a `Selection` (the resources, by name, of one
+proxy's set) whenever the client holds exactly it; the next push then needs only the difference
+between two selections, which is worked out once for all proxies that hold the same pair (proxies
+with equal reads hold the same interned sets and selections) and costs each stream only the
+resources that changed, not a comparison of all it holds. A stream whose client state is not a
+whole selection (a subscription just changed, or it reconnected with the versions it holds)
+compares resource by resource once, and is back on the shared path after that response.
+"""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from functools import partial
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from lattice.xds.cache import ProxySnapshot, XdsResource
+from lattice.xds.cache import ProxySnapshot, Selection, XdsResource
 from lattice.xds.sotw import WILDCARD_TYPES
 from lattice.xds.stream import Outgoing, Stream, next_nonce, type_rank
 
@@ -15,8 +25,9 @@ from lattice.xds.stream import Outgoing, Stream, next_nonce, type_rank
 @dataclass
 class _Subscription:
     wildcard: bool
-    names: set[str] = field(default_factory=set)
+    names: frozenset[str] = frozenset()  # (a frozenset: its hash is worked out once, not per push)
     known: dict[str, str] = field(default_factory=dict)  # what the client holds: name -> version
+    held: Selection | None = None  # when `known` is exactly this selection's resources
     nonce: str = ""
     sent_version: str = ""
     must_send: bool = True  # the first request of a type is always answered (Envoy waits on it)
@@ -30,21 +41,29 @@ class DeltaStream(Stream):
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         type_url = request.type_url
         sub = self.subscriptions.get(type_url)
+        subscribe = request.resource_names_subscribe
         if sub is None:
-            subscribe = set(request.resource_names_subscribe)
             wildcard = "*" in subscribe or (type_url in WILDCARD_TYPES and not subscribe)
+            # The versions a client says it holds (after a reconnect) stand for the names it
+            # subscribes to in the same request: only what differs is sent.
             sub = self.subscriptions[type_url] = _Subscription(wildcard, known=dict(request.initial_resource_versions))
-        elif request.response_nonce:
-            if request.response_nonce == sub.nonce:
+        else:
+            if request.response_nonce and request.response_nonce == sub.nonce:
                 self.record_answer(type_url, request, sub.sent_version, sub.sent_version)
-        sub.names |= {n for n in request.resource_names_subscribe if n != "*"}
-        for name in request.resource_names_subscribe:
-            sub.known.pop(name, None)  # a (re)subscription is always answered with the resource
-        for name in request.resource_names_unsubscribe:
-            sub.names.discard(name)
+            for name in subscribe:
+                sub.known.pop(name, None)  # a later (re)subscription is always answered with the resource
+            if "*" in subscribe:
+                sub.wildcard = True
+        unsubscribe = request.resource_names_unsubscribe
+        added = {n for n in subscribe if n != "*"}
+        if added - sub.names or unsubscribe:
+            sub.names = (sub.names | added) - set(unsubscribe)
+        for name in unsubscribe:
             sub.known.pop(name, None)
-        if "*" in request.resource_names_unsubscribe:
+        if "*" in unsubscribe:
             sub.wildcard = False
+        if subscribe or unsubscribe or request.initial_resource_versions:
+            sub.held = None  # the client's state is no longer a whole selection
 
     def responses(self, snapshot: ProxySnapshot) -> list[Outgoing]:
         out = []
@@ -56,20 +75,39 @@ class DeltaStream(Stream):
 
     def _response(self, type_url: str, sub: _Subscription, snapshot: ProxySnapshot):
         chosen = snapshot.chosen(type_url, None if sub.wildcard else sub.names)
-        wanted = chosen.resources
-        changed = [r for r in wanted if sub.known.get(r.name) != r.version]
-        present = {r.name for r in wanted}
-        removed = sorted(n for n in sub.known if n not in present)
+        if sub.held is chosen and not sub.must_send:
+            return None
+        if sub.held is not None:
+            changed, removed = difference(sub.held, chosen)  # shared by every stream with this pair
+        else:
+            changed = [r for r in chosen.resources if sub.known.get(r.name) != r.version]
+            present = {r.name for r in chosen.resources}
+            removed = sorted(n for n in sub.known if n not in present)
+        sub.held = chosen
         if not changed and not removed and not sub.must_send:
             return None
         for r in changed:
             sub.known[r.name] = r.version
         for name in removed:
-            del sub.known[name]
+            sub.known.pop(name, None)
         sub.nonce, sub.sent_version, sub.must_send = next_nonce(), chosen.version, False
         size = sum(len(r.body.value) for r in changed)
-        self.board.sent(self.node_id, type_url, sub.sent_version, snapshot.label, size)
+        self.board.sent(self.node_id, type_url, sub.sent_version, snapshot.label, size, len(changed))
         return Outgoing(type_url, size, partial(_response, sub.sent_version, type_url, sub.nonce, changed, removed))
+
+
+def difference(old: Selection, new: Selection) -> tuple[list[XdsResource], list[str]]:
+    """Resources of `new` that `old` lacks or holds at another version, and names only `old` has.
+    Kept on `new` by `old`'s identity (weakly: a pair is forgotten with its old selection)."""
+    found = new.differences.get(id(old))
+    if found is not None and found[0]() is old:
+        return found[1], found[2]
+    before = {r.name: r.version for r in old.resources}
+    changed = [r for r in new.resources if before.get(r.name) != r.version]
+    present = {r.name for r in new.resources}
+    removed = sorted(n for n in before if n not in present)
+    new.differences[id(old)] = (weakref.ref(old), changed, removed)
+    return changed, removed
 
 
 def _response(

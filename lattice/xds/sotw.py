@@ -64,7 +64,7 @@ class SotwStream(Stream):
             sub.nonce, sub.sent_version, sub.must_send = next_nonce(), version, False
             if type_url == CLUSTER and ENDPOINT in self.subscriptions:
                 self.subscriptions[ENDPOINT].answer_next = True
-            self.board.sent(self.node_id, type_url, version, snapshot.label, chosen.size)
+            self.board.sent(self.node_id, type_url, version, snapshot.label, chosen.size, len(chosen.resources))
             out.append(
                 Outgoing(type_url, chosen.size, partial(_response, version, type_url, sub.nonce, chosen.resources))
             )

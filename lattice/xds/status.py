@@ -15,6 +15,11 @@ class TypeStatus:
     acked_at: float = 0.0
     nack: str = ""  # Envoy's error text for the last NACK, cleared by the next ACK
     nacked_version: str = ""
+    # Responses of this type and what they carried, in all: a delta response carries only the
+    # resources that changed, a state-of-the-world one all of the type's.
+    responses: int = 0
+    resources_sent: int = 0
+    bytes_sent: int = 0
 
     @property
     def state(self) -> str:
@@ -66,10 +71,15 @@ class StatusBoard:
         if status is not None:
             status.connected = False
 
-    def sent(self, node_id: str, type_url: str, version: str, label: str = "", size: int = 0) -> None:
-        """A response of `size` bytes of resources, built from mesh snapshot `label`."""
+    def sent(
+        self, node_id: str, type_url: str, version: str, label: str = "", size: int = 0, resources: int = 0
+    ) -> None:
+        """A response of `resources` resources, `size` bytes of them, built from mesh snapshot `label`."""
         status = self._type(node_id, type_url)
         status.sent_version, status.sent_at = version, self._clock()
+        status.responses += 1
+        status.resources_sent += resources
+        status.bytes_sent += size
         proxy = self._proxies[node_id]
         proxy.pushes += 1
         proxy.sent_label = label or proxy.sent_label
