@@ -1,12 +1,14 @@
 """Control-plane scale: N simulated proxies on real ADS, and how fast a change reaches them all.
 
-    .venv/bin/python bench/scale.py [--quick] [--proxies 100 1000] [--services 20] [--json PATH]
+    .venv/bin/python bench/scale.py [--quick] [--proxies 100 1000] [--services 20] [--protocol delta|sotw]
+                                    [--json PATH]
 
 For each fleet size N a fresh `lattice server` (default 100 ms debounce) gets DestinationRules for
 M services with three versions each; N identities are enrolled as agents enroll (a multi-use join
 token per service, a key and CSR each, signed by the real CA, registered through the agents' API
 with a distinct id and address, healthy) and each opens its own gRPC mTLS ADS stream speaking
-state-of-the-world as Envoy does (bench/xds_fleet.py). All simulated proxies run on one asyncio
+incremental (delta) ADS as the agents' relays do, or with `--protocol sotw` state-of-the-world as
+Envoy does (bench/xds_fleet.py). All simulated proxies run on one asyncio
 loop in this process. Two real `lattice run` sidecars (real Envoys) join the fleet to confirm.
 
 Measured, from the moment the server answers the change to every affected proxy having ACKed it:
@@ -14,8 +16,9 @@ Measured, from the moment the server answers the change to every affected proxy 
   RouteConfiguration;
 - an endpoint added (a workload registers) and removed (it deregisters), to the new
   ClusterLoadAssignment;
-the real Envoys' time is when they accepted it, by their own record (config dump, stats). Also the
-server's CPU seconds per phase, its memory idle and with N connected, and the growth from the
+the real Envoys' time is when their config dump shows it (routes: by Envoy's own clock). Also the
+bytes of responses the fleet received per change (until the last affected ACK), the server's CPU
+seconds per phase, its memory idle and with N connected, and the growth from the
 smallest N to the largest. Heartbeats are left out (the server runs with a long heartbeat
 timeout): they are the agents' API's load, not xDS's.
 """
@@ -156,34 +159,33 @@ def _timestamp(text: str) -> float:
 
 
 async def real_accepted(
-    session: aiohttp.ClientSession, sidecar: Workload, what: str, test, since: float, timeout: float = 10.0
+    session: aiohttp.ClientSession,
+    plane: ControlPlane,
+    sidecar: Workload,
+    what: str,
+    test,
+    since: float,
+    timeout: float = 10.0,
 ) -> float | None:
-    """Seconds from `since` (wall clock) to when a real Envoy accepted the change, by its own
-    clock; None if it shows none within `timeout`. Routes carry `last_updated` in the config dump;
-    endpoints do not, so for them it is the cluster's EDS `update_time` gauge once the change shows."""
-    base = f"http://{sidecar.address}:{sidecar.info['agent_port']}"
+    """Seconds from `since` (wall clock) to when a real Envoy accepted the change; None if it
+    shows none within `timeout`. Its config dump is read through the control plane (as
+    `lattice proxy-config` does: the agent's port answers only the control plane). Routes carry
+    `last_updated` in the dump, by Envoy's own clock; endpoints do not, so for them it is when
+    the dump first showed the change (polled every 50 ms: up to that much late)."""
+    url = f"{plane.api}/api/v1/proxies/{sidecar.id}/config_dump"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        async with session.get(f"{base}/config_dump", params={"resource": what, "include_eds": "true"}) as response:
+        params = {"resource": what, "include_eds": "true"}
+        async with session.get(url, params=params, headers=plane.admin, ssl=False) as response:
             entries = [e for e in (await response.json(content_type=None)).get("configs", []) if test(json.dumps(e))]
-        accepted = await _accepted_at(session, base, entries, what)
-        if accepted is not None and accepted >= since:
-            return accepted - since
+        if entries:
+            accepted = (
+                max(_timestamp(e["last_updated"]) for e in entries) if what == "dynamic_route_configs" else time.time()
+            )
+            if accepted >= since:
+                return accepted - since
         await asyncio.sleep(0.05)
     return None
-
-
-async def _accepted_at(session: aiohttp.ClientSession, base: str, entries: list[dict], what: str) -> float | None:
-    if not entries:
-        return None
-    if what == "dynamic_route_configs":
-        return max(_timestamp(e["last_updated"]) for e in entries)
-    cluster = entries[0]["endpoint_config"]["cluster_name"]
-    async with session.get(
-        f"{base}/stats", params={"filter": f"^cluster\\.{re.escape(cluster)}\\.update_time$"}
-    ) as response:
-        text = await response.text()
-    return int(text.rsplit(":", 1)[1]) / 1000 if ":" in text else None
 
 
 # --- one fleet size ----------------------------------------------------------------------------
@@ -200,8 +202,10 @@ class ScaleRun:
         endpoint_rounds: int,
         profile: Path | None = None,
         native: bool = False,
+        protocol: str = "delta",
     ) -> None:
         self.n, self.services, self.profile, self.native = proxies, services, profile, native
+        self.protocol = protocol
         self.route_rounds, self.endpoint_rounds = route_rounds, endpoint_rounds
         self.home = Path(tempfile.mkdtemp(prefix="lattice-scale-"))
         self.plane = ControlPlane(
@@ -213,6 +217,7 @@ class ScaleRun:
             "services": services,
             "versions": VERSIONS,
             "real_sidecars": REAL_SIDECARS,
+            "protocol": protocol,
         }
 
     def run(self) -> dict:
@@ -228,7 +233,6 @@ class ScaleRun:
                     f"svc-{i:02d}",
                     "v1",
                     command=BACKEND,
-                    extra=("--stats-inclusion-suffixes", "update_time"),  # read by real_accepted
                 ).start(wait=False)
                 for i in range(REAL_SIDECARS)
             ]
@@ -248,7 +252,7 @@ class ScaleRun:
         ].encode()
         self.enroller = Enroller(self.plane.agent_api, bundle, self.home / "identities")
         (self.home / "identities").mkdir()
-        self.fleet = Fleet(self.plane.xds, bundle)
+        self.fleet = Fleet(self.plane.xds, bundle, protocol=self.protocol)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHANGE_TIMEOUT))
         try:
             await self._bring_up()
@@ -379,6 +383,7 @@ class ScaleRun:
     async def _change(self, probe: Probe, make_change, dump_resource: str, real_test) -> dict:
         """Make a change; wait for every affected simulated proxy's ACK, then the real Envoys'."""
         self.fleet.probes.append(probe)
+        size, responses = self.fleet.bytes_received, self.fleet.responses
         try:
             returned, wall = await make_change()
             try:
@@ -387,9 +392,17 @@ class ScaleRun:
                 pass
         finally:
             self.fleet.probes.remove(probe)
+        size, responses = self.fleet.bytes_received - size, self.fleet.responses - responses
         acks = sorted(t - returned for t in probe.acked_at.values())
-        real = [await real_accepted(self.session, w, dump_resource, real_test, wall) for w in self.real]
-        return {"affected": probe.expected, "missing": len(probe.waiting), "acks_s": acks, "real_s": real}
+        real = [await real_accepted(self.session, self.plane, w, dump_resource, real_test, wall) for w in self.real]
+        return {
+            "affected": probe.expected,
+            "missing": len(probe.waiting),
+            "acks_s": acks,
+            "real_s": real,
+            "bytes": size,
+            "responses": responses,
+        }
 
 
 def _stop(process: subprocess.Popen | None) -> None:
@@ -442,6 +455,8 @@ def summarize(samples: list[dict]) -> dict:
         "real_envoy_max_s": max(real, default=float("nan")),
         "real_envoy_confirmed": f"{len(real)}/{sum(len(s['real_s']) for s in samples)}",
         "to_all_s": [round(x, 4) for x in to_all],
+        "bytes_per_change": quantile([s["bytes"] for s in samples], 0.5),
+        "responses_per_change": quantile([s["responses"] for s in samples], 0.5),
     }
 
 
@@ -473,14 +488,20 @@ def rounds(proxies: int, quick: bool) -> tuple[int, int]:
 
 
 def measure(
-    quick: bool, sizes: list[int] | None = None, services: int = 20, profile: Path | None = None, native: bool = False
+    quick: bool,
+    sizes: list[int] | None = None,
+    services: int = 20,
+    profile: Path | None = None,
+    native: bool = False,
+    protocol: str = "delta",
 ) -> dict:
     """The benchmark: one fresh control plane per fleet size (quick: 100 proxies only)."""
     sizes = sizes or ([100] if quick else [100, 1000])
     started = time.monotonic()
-    runs = [ScaleRun(n, services, *rounds(n, quick), profile, native).run() for n in sizes]
+    runs = [ScaleRun(n, services, *rounds(n, quick), profile, native, protocol).run() for n in sizes]
     return {
         "mode": "quick" if quick else "full",
+        "protocol": protocol,
         "machine": procstat.machine(envoy_binary()) | {"memory_gb": _memory_gb()},
         "client": "one asyncio process (this one) runs every simulated proxy",
         "services": services,
@@ -505,8 +526,8 @@ def table(result: dict) -> Table:
     """One column per fleet size, plus growth when there are two."""
     runs = result["runs"]
     t = Table(
-        title=f"Control plane scale: {result['services']} services × {VERSIONS} versions, simulated ADS proxies + "
-        f"{REAL_SIDECARS} real Envoys",
+        title=f"Control plane scale: {result['services']} services × {VERSIONS} versions, simulated ADS proxies "
+        f"({result.get('protocol', 'sotw')}) + {REAL_SIDECARS} real Envoys",
         box=None,
         header_style="bold",
     )
@@ -543,6 +564,10 @@ def _rows() -> list[tuple[str, callable]]:
                     f"{_ms(r[k]['per_proxy_p50_s'])} / {_ms(r[k]['per_proxy_p99_s'])} ({r[k]['affected']} × "
                     f"{r[k]['changes']})"
                 ),
+            ),
+            (
+                "  bytes / responses to the fleet per change (median)",
+                lambda r, k=key: f"{r[k]['bytes_per_change'] / 1e6:,.2f} MB / {r[k]['responses_per_change']:,}",
             ),
             (
                 "  real Envoys accepted p50 / max",
@@ -603,6 +628,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 proxies only (under 3 minutes).")
     parser.add_argument("--proxies", type=int, nargs="+", help="Fleet sizes (default 100 1000; quick: 100).")
     parser.add_argument("--services", type=int, default=20)
+    parser.add_argument(
+        "--protocol",
+        choices=("delta", "sotw"),
+        default="delta",
+        help="What the simulated proxies speak: delta ADS as the agents' relays do (default), or state-of-the-world.",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS / "scale.json")
     parser.add_argument(
         "--profile",
@@ -615,7 +646,7 @@ def main() -> None:
     args = parser.parse_args()
     from rich.console import Console
 
-    result = measure(args.quick, args.proxies, args.services, args.profile, args.native)
+    result = measure(args.quick, args.proxies, args.services, args.profile, args.native, args.protocol)
     Console().print(table(result))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))

@@ -4,11 +4,12 @@ Parts:
 - `Identity`, `Enroller` — a workload identity obtained as an agent obtains one: a join token, a
   key of its own, a CSR signed by the control plane's CA, registration over the agents' TLS API
   with the certificate it got.
-- `SimProxy` — one state-of-the-world ADS stream over gRPC mTLS with that identity, in Envoy's
+- `SimProxy` / `DeltaSimProxy` — one state-of-the-world ADS stream over gRPC mTLS with that identity, in Envoy's
   order: CDS; EDS for the EDS clusters it got (asked again after every cluster update, since a
   changed cluster warms until its endpoints come); LDS once clusters are warm; RDS for the route
   names the listeners carry. Every response is ACKed with its version and nonce; one that cannot
-  be decoded is NACKed with the last good version, as Envoy does.
+  be decoded is NACKed with the last good version, as Envoy does. Or the same over incremental
+  (delta) ADS, as the agent's relay speaks it upstream (the default).
 - `Probe` — waits until every proxy of a chosen set has ACKed a response of one type that passes a
   test, and records when each did (the benchmark's clock is the ACK leaving the proxy).
 - `Fleet` — the proxies of one run, their probes, and how quiet the streams are.
@@ -300,8 +301,9 @@ class SimProxy:
         if state is None:
             return
         state.nonce = response.nonce
+        self.fleet.received(response.ByteSize())
         try:
-            await self._follow_up(type_url, response)
+            await self._follow_up(type_url, response.resources)
         except DecodeError as e:
             self.nacks += 1
             await self._send(type_url, state.version, response.nonce, error=f"cannot decode: {e}")
@@ -314,18 +316,104 @@ class SimProxy:
         if type_url == ENDPOINT and first and self.types[LISTENER].names is None:
             await self._subscribe(LISTENER, [])  # clusters are warm: now listeners
 
-    async def _follow_up(self, type_url: str, response: discovery_pb2.DiscoveryResponse) -> None:
-        """What Envoy asks for because of a response, before it ACKs it."""
+    async def _follow_up(self, type_url: str, resources: Sequence[any_pb2.Any]) -> None:
+        """What Envoy asks for because of a response (the type's resources it then holds), before
+        it ACKs it."""
         if type_url == CLUSTER:
-            wanted = sorted({n for r in response.resources if (n := eds_name(r.value)) is not None})
+            wanted = sorted({n for r in resources if (n := eds_name(r.value)) is not None})
             if wanted:  # changed clusters warm until their endpoints come: ask again
                 await self._subscribe(ENDPOINT, wanted)
             elif self.types[LISTENER].names is None:
                 await self._subscribe(LISTENER, [])
         elif type_url == LISTENER:
-            wanted = sorted(set().union(*(route_names(r.value) for r in response.resources)))
+            wanted = sorted(set().union(*(route_names(r.value) for r in resources)))
             if wanted != self.types[ROUTE].names:
                 await self._subscribe(ROUTE, wanted)
+
+
+class DeltaSimProxy(SimProxy):
+    """One incremental (delta) ADS stream, as the agent's relay speaks upstream: CDS and LDS by
+    wildcard, EDS and RDS by name with subscribe/unsubscribe of the difference when the names
+    change, every response merged into what the proxy holds (added or updated by name, removed
+    names dropped) and ACKed by its nonce. Probes see the merged view, as Envoy gets it from the
+    relay. Endpoints asked again for warming clusters are answered by the relay, not upstream,
+    so a cluster change asks nothing more here."""
+
+    def __init__(self, identity: Identity, xds: str, bundle: bytes, fleet: Fleet) -> None:
+        super().__init__(identity, xds, bundle, fleet)
+        self.held: dict[str, dict[str, any_pb2.Any]] = {t: {} for t in self.types}
+
+    async def run(self) -> None:
+        i = self.identity
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.bundle, private_key=i.key, certificate_chain=i.chain
+        )
+        try:
+            async with grpc.aio.secure_channel(self.xds, credentials, options=CHANNEL_OPTIONS) as channel:
+                self._call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+                await self._subscribe(CLUSTER, [])
+                while (response := await self._call.read()) is not grpc.aio.EOF:
+                    await self._on_delta(response)
+        except grpc.aio.AioRpcError as e:
+            self.error = f"{e.code().name}: {e.details()}"
+        except asyncio.CancelledError:
+            if self._call is not None:
+                self._call.cancel()
+            raise
+
+    async def _write(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        if self._first:
+            request.node.CopyFrom(self._node())
+            self._first = False
+        await self._call.write(request)
+
+    async def _subscribe(self, type_url: str, names: list[str]) -> None:
+        state = self.types[type_url]
+        before, state.names = state.names, names
+        if before is None:
+            await self._write(discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=names))
+            return
+        added, dropped = sorted(set(names) - set(before)), sorted(set(before) - set(names))
+        for name in dropped:
+            self.held[type_url].pop(name, None)
+        if added or dropped:
+            await self._write(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=type_url, resource_names_subscribe=added, resource_names_unsubscribe=dropped
+                )
+            )
+
+    async def _on_delta(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+        type_url = response.type_url
+        state = self.types.get(type_url)
+        if state is None:
+            return
+        self.fleet.received(response.ByteSize())
+        held = self.held[type_url]
+        for r in response.resources:
+            held[r.name] = r.resource
+        for name in response.removed_resources:
+            held.pop(name, None)
+        state.nonce = response.nonce
+        resources = list(held.values())
+        answer = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce)
+        try:
+            await self._follow_up(type_url, resources)
+        except DecodeError as e:
+            self.nacks += 1
+            answer.error_detail.CopyFrom(status_pb2.Status(code=3, message=f"cannot decode: {e}"))
+            await self._write(answer)
+            return
+        first = not state.acks
+        state.version, state.resources = response.system_version_info, resources
+        await self._write(answer)
+        state.acks += 1
+        self.fleet.acked(self, type_url, resources)
+        if type_url == ENDPOINT and first and self.types[LISTENER].names is None:
+            await self._subscribe(LISTENER, [])
+
+
+PROTOCOLS = {"delta": DeltaSimProxy, "sotw": SimProxy}
 
 
 def _struct(values: dict) -> struct_pb2.Struct:
@@ -377,19 +465,27 @@ class Fleet:
     bundle: bytes
     proxies: dict[str, SimProxy] = field(default_factory=dict)
     probes: list[Probe] = field(default_factory=list)
+    protocol: str = "delta"  # what the simulated proxies speak: "delta" (as relays do) or "sotw"
     last_ack: float = 0.0
     acks: int = 0
+    bytes_received: int = 0  # of responses, over all proxies
+    responses: int = 0
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     def connect(self, identities: list[Identity]) -> None:
         for identity in identities:
-            proxy = self.proxies[identity.proxy_id] = SimProxy(identity, self.xds, self.bundle, self)
+            proxy = PROTOCOLS[self.protocol](identity, self.xds, self.bundle, self)
+            self.proxies[identity.proxy_id] = proxy
             self._tasks.append(asyncio.create_task(proxy.run(), name=f"ads-{identity.proxy_id}"))
 
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def received(self, size: int) -> None:
+        self.bytes_received += size
+        self.responses += 1
 
     def acked(self, proxy: SimProxy, type_url: str, resources: Sequence[any_pb2.Any]) -> None:
         now = time.perf_counter()
