@@ -7,7 +7,9 @@ local port to it (`--upstream`), retries off (a VirtualService with `retries: {a
 nothing hides a failure. A load generator opens a new connection per request through both
 sidecars at `--rate` requests/s. One event per scenario, each on a workload that runs steadily:
 
-- `envoy-killed (server|client)`: SIGKILL to that sidecar's Envoy; the agent starts a new one.
+- `envoy-killed (server|client)`: SIGKILL to that sidecar's Envoy; the agent starts a new one and
+  hands it the listening sockets it kept (agent/hot_parent.py): requests in flight fail, new
+  connections wait in the backlog instead of being refused.
 - `agent-killed (server|client)`: SIGKILL to `lattice run` itself — Envoy and the app die with it
   (PR_SET_PDEATHSIG) — and, `--restart-after` seconds later (systemd's RestartSec=1 in
   docs/systemd/), a new `lattice run` on the same address, as `Restart=always` would start it.
@@ -15,7 +17,8 @@ sidecars at `--rate` requests/s. One event per scenario, each on a workload that
   (agent/handover.py). Both should lose nothing.
 
 Per scenario: requests sent from the event until traffic flows again plus 2 s, how many failed
-(and how: connection refused / reset / 5xx), the failure window (first to last failure) and the
+(and how: connection refused / reset / 5xx, and a 5xx whose reason is a connection the callee's
+sidecar refused), the failure window (first to last failure) and the
 time from the event to the first success after the last failure. A table, and JSON to
 bench/results/lifecycle.json. Figures on a loaded machine are not comparable.
 """
@@ -74,7 +77,10 @@ def _kind(outcome: str) -> str:
             if word in outcome:
                 return f"connection {word.lower()}"
         return "connection error"
-    return outcome.split(" ", 1)[0]
+    code = outcome.split(" ", 1)[0]
+    if "connect error: 111" in outcome or "refused" in outcome.lower():  # the caller's sidecar says why
+        return f"{code} (refused behind)"
+    return code
 
 
 class Bench:

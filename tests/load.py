@@ -27,7 +27,7 @@ class HttpLoad(threading.Thread):
                 with opener.open(self.url, timeout=5) as response:
                     outcome = str(response.status)
             except urllib.error.HTTPError as e:
-                outcome = f"{e.code} {e.read()[:120]!r}"
+                outcome = f"{e.code} {e.read()[:300]!r}"  # the proxy's reason, e.g. a connection refused behind it
             except OSError as e:
                 outcome = f"error {e}"
             self.outcomes.append(outcome)

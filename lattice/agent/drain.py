@@ -59,6 +59,7 @@ async def drain_callers(registry: RegistryClient, budget: DrainBudget) -> None:
 async def drain_inbound(envoy: EnvoyProcess, port: int, tcp: bool, until: float) -> None:
     """Step 2: Envoy closes the callers' connections as their requests finish; wait for those
     requests (TCP: connections) to the app to end."""
+    envoy.forget_listen_sockets()  # once Envoy closes a listener, no socket the agent kept takes its calls
     status, body = await envoy.admin("/drain_listeners", {"graceful": "", "inboundonly": ""}, post=True, timeout=2.0)
     if status != 200:
         log.warning("Envoy did not start draining (%s %s)", status, body[:200])
@@ -88,6 +89,7 @@ async def drain_gateway(envoy: EnvoyProcess, until: float) -> None:
     """A gateway's stop: Envoy drains all its listeners (HTTP/1.1 answers carry `Connection:
     close`, HTTP/2 gets GOAWAY, and after Envoy's drain time the listeners close, so new
     connections go to another gateway); wait until no request is in flight through it, or `until`."""
+    envoy.forget_listen_sockets()
     status, body = await envoy.admin("/drain_listeners", {"graceful": ""}, post=True, timeout=2.0)
     if status != 200:
         log.warning("Envoy did not start draining (%s %s)", status, body[:200])

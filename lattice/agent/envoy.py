@@ -7,8 +7,11 @@ never meet. `hot_restart()` starts the next epoch while the current one serves: 
 its config, takes the listening sockets over from the old one, which drains its connections
 (--drain-time-s) and exits (--parent-shutdown-time-s), and no connection is refused in between.
 An Envoy that dies on its own is replaced at once (then with backoff if it keeps dying) by the next
-epoch, which starts afresh when it finds no parent (--skip-hot-restart-on-no-parent): the
-listening sockets died with it, so callers see connection refused until the new one listens.
+epoch. Its listening sockets do not die with it: the agent keeps duplicates of them (taken after
+every listener update Envoy accepted) and stands in as the new epoch's hot restart parent to hand
+them over (agent/hot_parent.py), so callers' new connections wait in the sockets' backlog rather
+than being refused; only requests in flight on the dead Envoy fail. Without kept sockets the new
+epoch starts afresh when it finds no parent (--skip-hot-restart-on-no-parent).
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from typing import Callable
 
 from lattice.agent.web_client import Client, ClientError
 
+from lattice.agent.hot_parent import HotParent, ListenSockets, SharedMemory, reclaim_shared_memory, shared_memory_path
+
 log = logging.getLogger("lattice.envoy")
 _PR_SET_PDEATHSIG = 1
 DRAIN_SECONDS = 1  # an older epoch's drain in a hot restart (and Envoy's drain on LDS updates)
 HOT_RESTART = sys.platform == "linux"  # Envoy's hot restart (shared memory, its domain sockets) is Linux's
 PARENT_SHUTDOWN_SECONDS = 3  # after which the older epoch exits (more than the drain, as Envoy requires)
+RESCAN_SECONDS = 2  # after a listener update, look again: a removed listener's socket closes after a moment
 
 
 def envoy_binary() -> str:
@@ -96,11 +102,21 @@ class EnvoyProcess:
         self.base_id: int | None = None
         self._stopping = False
         self.wrap: Callable[[list[str]], list[str]] = lambda command: command  # e.g. into a network namespace
+        self.listen_sockets = ListenSockets()  # duplicates of the newest Envoy's, for its replacement
+        self.keep_listen_sockets = HOT_RESTART
+        self.stand_in: HotParent | None = None  # the agent as a replacement's parent (agent/hot_parent.py)
+        self._shared_memory: SharedMemory | None = None
+        self._rescan: asyncio.Task | None = None
+        self._first_start: int | None = None
 
     async def supervise(self) -> None:
         """Run Envoy until `stop()`; replace it whenever it exits on its own: at once the first
         time, then with backoff while it keeps dying young."""
         young_exits = 0  # in a row, each within 10 s of its start
+        if HOT_RESTART:
+            removed = await asyncio.to_thread(reclaim_shared_memory)
+            if removed:
+                log.info("removed %d hot restart memory regions no process uses: %s", len(removed), " ".join(removed))
         if self.process is not None and self.process.returncode is None:  # adopted (agent/handover.py)
             await self.hot_restart()  # the next epoch takes over from it
         while not self._stopping:
@@ -136,7 +152,10 @@ class EnvoyProcess:
         old = self.process if self.process is not None and self.process.returncode is None else None
         if old is None:
             self.admin_socket.unlink(missing_ok=True)
+            self._stand_in_for_the_dead()
         self.epoch += 1
+        if self._first_start is None:
+            self._first_start = int(time.time())
         with open(self.log_path, "ab") as sink:  # noqa: ASYNC230 (a local log file, opened once per start)
             self.process = await asyncio.create_subprocess_exec(
                 *self.wrap(self.command()),
@@ -168,6 +187,81 @@ class EnvoyProcess:
             return [*command, "--use-dynamic-base-id", "--base-id-path", str(self._base_id_path)]
         command += ["--base-id", str(self.base_id), "--restart-epoch", str(self.epoch)]
         return [*command, "--skip-hot-restart-on-no-parent"]  # after a crash there is no parent to ask
+
+    def _stand_in_for_the_dead(self) -> None:
+        """Before the epoch that replaces a dead Envoy starts: be its parent with the listening
+        sockets kept from the dead one (agent/hot_parent.py)."""
+        if self.stand_in is not None:
+            self.stand_in.close()
+            self.stand_in = None
+        if self.base_id is None:  # the first Envoy chose it
+            self.base_id = self._base_id()
+        if self.epoch < 0 or self.base_id is None or not HOT_RESTART:
+            return
+        if not shared_memory_path(self.base_id).exists():  # removed under us: start over as epoch 0
+            log.warning("envoy's hot restart memory is gone; the next Envoy starts afresh")
+            self.epoch = -1
+            return
+        if self._shared_memory is not None and self._shared_memory.clear_initializing():
+            log.info("the dead Envoy was starting; its INITIALIZING mark is cleared for the next")
+        if not self.listen_sockets.held or not self.keep_listen_sockets:
+            return
+        parent = HotParent(
+            self.bootstrap.parent / "hot-restart",
+            self.base_id,
+            self.epoch + 1,
+            self.listen_sockets,
+            self._first_start or int(time.time()),
+        )
+        try:
+            parent.open()
+        except OSError as e:
+            log.warning("cannot stand in as the new Envoy's hot restart parent: %s", e)
+            return
+        self.stand_in = parent
+        log.info(
+            "handing the new Envoy the %d listening sockets kept from the dead one (%s)",
+            len(self.listen_sockets.held),
+            ", ".join(self.listen_sockets.addresses()),
+        )
+
+    def listeners_changed(self) -> None:
+        """Envoy accepted a listener update (agent/relay.py): hold its listening sockets as they
+        are now, and again a moment later (a removed listener's socket closes after its drain)."""
+        if not self.keep_listen_sockets:
+            return
+        if self._rescan is not None:
+            self._rescan.cancel()
+        self._rescan = asyncio.get_running_loop().create_task(self._keep_listen_sockets(), name="envoy-listen-sockets")
+
+    async def _keep_listen_sockets(self) -> None:
+        for wait in (0, RESCAN_SECONDS):
+            await asyncio.sleep(wait)
+            process = self.process
+            if process is None or process.returncode is not None or not self.keep_listen_sockets:
+                return
+            before = self.listen_sockets.addresses()
+            if not self.listen_sockets.refresh(process.pid):
+                return
+            if self.base_id is None:  # the first Envoy chose it
+                self.base_id = self._base_id()
+            if self.base_id is not None and self._shared_memory is None:
+                self._shared_memory = SharedMemory(shared_memory_path(self.base_id))
+                self._shared_memory.hold()  # in use while this agent runs, even with no Envoy alive
+            if self.listen_sockets.addresses() != before:
+                log.info(
+                    "keeping Envoy's %d listening sockets for a replacement (%s)",
+                    len(self.listen_sockets.held),
+                    ", ".join(self.listen_sockets.addresses()) or "none",
+                )
+
+    def forget_listen_sockets(self) -> None:
+        """Stop holding Envoy's listening sockets (a stop or drain closes them, and a socket the
+        agent held would keep taking connections nobody serves)."""
+        self.keep_listen_sockets = False
+        if self._rescan is not None:
+            self._rescan.cancel()
+        self.listen_sockets.close()
 
     @property
     def _base_id_path(self) -> Path:
@@ -228,6 +322,9 @@ class EnvoyProcess:
 
     async def stop(self, timeout: float = 3.0) -> None:
         self._stopping = True
+        self.forget_listen_sockets()
+        if self.stand_in is not None:
+            self.stand_in.close()
         processes = [p for p in (self.process, *self.draining) if p is not None and p.returncode is None]
         for process in processes:
             process.terminate()
@@ -238,6 +335,8 @@ class EnvoyProcess:
                 process.kill()
                 await process.wait()
         base_id = self.base_id if self.base_id is not None else self._base_id()  # the first Envoy chose it
+        if self._shared_memory is not None:
+            self._shared_memory.close()
         if base_id is not None:
             forget_shared_memory(base_id)
 

@@ -57,6 +57,7 @@ from lattice.agent.web import Server
 from lattice.agent.web_client import ClientError
 from lattice.identity import CONTROL_PLANE_NAME
 from lattice.mesh.protocol import OPAQUE
+from lattice.translate import LISTENER
 from lattice.translate.agent_names import PEER_ENV, peer_value
 
 log = logging.getLogger("lattice.agent")
@@ -84,6 +85,7 @@ class Sidecar:
         self._stop = asyncio.Event()  # a signal while serving: drain, then stop (agent/drain.py)
         self._serving = False
         self._restarting: asyncio.Task | None = None  # an Envoy hot restart (SIGUSR1)
+        self._upgrade_later: asyncio.Task | None = None  # a SIGHUP waiting for a replaced Envoy to settle
 
     @property
     def run_options(self) -> RunOptions:
@@ -226,7 +228,7 @@ class Sidecar:
                 if self.handover is not None:  # the new Envoy gets what the old one held at once
                     self.relay.good.update(self.handover.decoded_config())
                 self.observer = Observer(self._me(), f"{reg.service}.{reg.namespace}.svc.cluster.local")
-                self.relay.on_accept = self.observer.on_accept
+                self.relay.on_accept = self._on_accept
                 # Extensions' Wasm modules: fetched from the control plane, given to Envoy as files.
                 self.modules = ModuleFetcher(self.o.server, self.run_dir / "modules", self.identity.ssl)
                 self.relay.localize = self.modules.localize
@@ -242,6 +244,13 @@ class Sidecar:
             finally:
                 await self._cleanup()
         return self.exit_code
+
+    def _on_accept(self, type_url: str, response) -> None:
+        """Envoy accepted config: the observer learns it; with new listeners, the agent keeps
+        their sockets for a replacement Envoy (agent/hot_parent.py)."""
+        self.observer.on_accept(type_url, response)
+        if type_url == LISTENER:
+            self.envoy.listeners_changed()
 
     def _write_bootstrap(self, node: base_pb2.Node) -> None:
         reg = self.registration
@@ -266,6 +275,14 @@ class Sidecar:
 
     def _on_upgrade(self) -> None:
         """SIGHUP: re-execute `lattice run` (its code as installed now) while the app runs on."""
+        stand_in = self.envoy.stand_in
+        if stand_in is not None and stand_in.serving:  # the agent is a new Envoy's parent for a few seconds
+            if self._upgrade_later is None or self._upgrade_later.done():
+                log.info("SIGHUP: upgrading once the Envoy that replaced a dead one has taken over")
+                self._upgrade_later = asyncio.get_running_loop().create_task(
+                    self._upgrade_after(stand_in.terminated), name="upgrade-later"
+                )
+            return
         envoy = self.envoy.process
         busy = (
             not self._serving
@@ -303,6 +320,13 @@ class Sidecar:
             if isinstance(self.o, RunOptions)
             else None,
         )
+
+    async def _upgrade_after(self, settled: asyncio.Event) -> None:
+        try:
+            await asyncio.wait_for(settled.wait(), 30)
+        except TimeoutError:
+            pass
+        self._on_upgrade()
 
     def _on_restart_envoy(self, node: base_pb2.Node) -> None:
         """SIGUSR1: a new Envoy with a freshly written bootstrap, by hot restart (agent/envoy.py)."""
