@@ -116,7 +116,8 @@ def test_a_killed_envoy_is_replaced_with_its_listening_sockets(mesh):
             workload = mesh[side]
             wait_for(lambda w=workload: "keeping Envoy's" in w.log.read_text(), 20, what="listening sockets kept")
             (old,) = envoys(workload)
-            app, handed = app_pid(workload), workload.log.read_text().count("handing the new Envoy")
+            text = workload.log.read_text()
+            app, handed, settled = app_pid(workload), text.count("handing the new Envoy"), text.count("took over")
             start = len(load.outcomes)
             os.kill(old, signal.SIGKILL)
             wait_for(lambda w=workload, o=old: (pids := envoys(w)) and o not in pids, 10, what="a new Envoy")
@@ -131,6 +132,8 @@ def test_a_killed_envoy_is_replaced_with_its_listening_sockets(mesh):
             text = workload.log.read_text()
             assert text.count("handing the new Envoy") == handed + 1
             assert "envoy exited with -9; starting it again" in text
+            # The new Envoy ends the handover (Terminate, --parent-shutdown-time-s after it serves).
+            wait_for(lambda w=workload, n=settled: w.log.read_text().count("took over") > n, 30, what="handover end")
     finally:
         load.stop()
 
