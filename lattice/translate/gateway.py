@@ -463,10 +463,15 @@ def _server_hosts(b: BoundServer, vs: Resource) -> list[str]:
 
 def _shared_hosts(snapshot: MeshSnapshot, b: BoundServer, vs: Resource) -> list[str]:
     server_hosts = _server_hosts(b, vs)
+    # A Gateway API Gateway's routes, converted per host (mesh/k8s_gateway.py), already hold, after
+    # their own, the rules of the wildcard hosts covering them; a wildcard host's rules never narrow
+    # to a more specific listener's host, whose own routes come first (the most specific wins).
+    converted = any(g.endswith(k8s_gateway.SUFFIX) for g in vs.spec.gateways)
     found: list[str] = []
     for h in vs.spec.hosts:
         host = h.lower() if "." in h or h.startswith("*") else fqdn(h, vs.namespace, snapshot.domain)
-        found.extend(x for x in (_intersect(host, s) for s in server_hosts) if x and x not in found)
+        shared = (_intersect(host, s) for s in server_hosts)
+        found.extend(x for x in shared if x and x not in found and (not converted or x == host))
     return found
 
 
