@@ -14,6 +14,9 @@ Every reply is a JSON object: `method`, `message` (or `messages`), `served_by`
 `instance` (pid) and `metadata` (the request metadata the server saw, lower-cased keys, binary
 `-bin` values skipped). Initial metadata carries `x-served-by` and `x-instance` too.
 
+It also serves the Gateway API conformance echo's `gateway_api_conformance.echo_basic.grpcecho.GrpcEcho`
+methods `Echo`, `EchoTwo`, `EchoThree` (unary, the same JSON replies).
+
 On demand, per call (request metadata):
 - `x-echo-status: N`  end the call with gRPC status code N (e.g. 14 UNAVAILABLE) and no reply
 - `x-echo-delay: S`   sleep S seconds before each reply
@@ -38,7 +41,12 @@ STOPPING = asyncio.Event()
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    return {k.lower(): v for k, v in (context.invocation_metadata() or ()) if not k.endswith("-bin")}
+    """Request metadata, a key sent more than once as its values joined by ','."""
+    out: dict[str, str] = {}
+    for k, v in context.invocation_metadata() or ():
+        if not k.endswith("-bin"):
+            out[k.lower()] = f"{out[k.lower()]},{v}" if k.lower() in out else v
+    return out
 
 
 def _reply(method: str, metadata: dict[str, str], **fields) -> bytes:
@@ -115,9 +123,28 @@ def handler() -> grpc.GenericRpcHandler:
     )
 
 
+# The Gateway API conformance echo server's service and methods (its replies are this app's JSON,
+# not its EchoResponse: routing looks at the path, never the messages).
+CONFORMANCE_SERVICE = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"
+
+
+def conformance_handler() -> grpc.GenericRpcHandler:
+    methods = ("Echo", "EchoTwo", "EchoThree")
+    return grpc.method_handlers_generic_handler(
+        CONFORMANCE_SERVICE, {m: grpc.unary_unary_rpc_method_handler(_conformance(m)) for m in methods}
+    )
+
+
+def _conformance(method: str):
+    async def answer(request: bytes, context) -> bytes:
+        return _reply(method, await _prologue(context), message=request.decode(errors="replace"))
+
+    return answer
+
+
 async def serve(port: int) -> None:
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler(),))
+    server.add_generic_rpc_handlers((handler(), conformance_handler()))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     for sig in (signal.SIGINT, signal.SIGTERM):
