@@ -64,9 +64,10 @@ def _content_length(head: bytes) -> int:
 
 
 async def _max_rate(
-    target: tuple[str, int], url: str, host: str, connections: int, seconds: float, warmup: float
+    target: tuple[str, int], url: str, host: str, connections: int, seconds: float, warmup: float, headers: dict
 ) -> Throughput:
-    request = f"GET {url} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lattice-closedloop\r\n\r\n".encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = f"GET {url} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lattice-closedloop\r\n{extra}\r\n".encode()
     tally = {"ok": 0, "errors": 0, "stop": False}
     loop = asyncio.get_running_loop()
     opened = [await loop.create_connection(lambda: _Connection(request, tally), *target) for _ in range(connections)]
@@ -81,7 +82,14 @@ async def _max_rate(
 
 
 def max_rate(
-    target: tuple[str, int], url: str, host: str, connections: int = 32, seconds: float = 3.0, warmup: float = 0.5
+    target: tuple[str, int],
+    url: str,
+    host: str,
+    connections: int = 32,
+    seconds: float = 3.0,
+    warmup: float = 0.5,
+    headers: dict[str, str] | None = None,
 ) -> Throughput:
-    """Blocking: responses per second over `seconds`, with `connections` keep-alive connections."""
-    return asyncio.run(_max_rate(target, url, host, connections, seconds, warmup))
+    """Blocking: responses per second over `seconds`, with `connections` keep-alive connections
+    (`headers`: the sidecar's Proxy-Authorization, as the app sends it)."""
+    return asyncio.run(_max_rate(target, url, host, connections, seconds, warmup, headers or {}))

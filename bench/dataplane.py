@@ -153,6 +153,7 @@ class DataPath:
     machine_busy: float = 0.0  # CPU seconds the whole machine used over the measured runs
     inside: Inside | None = None  # captured: the generator's thread in the client's network namespace
     generator_cpus: set[int] | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # a sidecar's Proxy-Authorization (proxy mode)
 
     def processes(self) -> dict[str, int]:
         return self.proxies | {f"{label} agent": pid for label, pid in self.agents.items()}
@@ -271,6 +272,7 @@ def _lattice_path(name: str, client: Workload, server: Workload, url: str, host:
         {"client": client_pid, "server": server_pid},
         {"client": client_admin, "server": server_admin},
         {"client": client.process.pid, "server": server.process.pid},
+        headers={} if "--capture" in client.extra else client.proxy_headers,  # captured: no proxy to ask
     )
 
 
@@ -278,7 +280,7 @@ def _check(path: DataPath) -> None:
     """One request must come back 200 before anything is timed: a path that fails is no floor."""
     host, port = path.target
     if path.url.startswith("http://"):
-        status, _, body = http("GET", path.url, proxy=f"http://{host}:{port}")
+        status, _, body = http("GET", path.url, proxy=f"http://{host}:{port}", headers=path.headers)
     else:
         status, _, body = path.call(http, "GET", f"http://{host}:{port}{path.url}", None, {"Host": path.host})
     if status != 200:
@@ -298,9 +300,9 @@ def _open_loop(paths: dict[str, DataPath], settings: Settings, rate: float) -> N
     for round_ in range(settings.rounds):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             path = paths[name]
-            path.call(run, path.target, path.url, path.host, rate, settings.warmup)
+            path.call(run, path.target, path.url, path.host, rate, settings.warmup, path.headers)
             before, busy = _cpu(path.processes()), procstat.busy_seconds()
-            path.runs.append(path.call(run, path.target, path.url, path.host, rate, settings.seconds))
+            path.runs.append(path.call(run, path.target, path.url, path.host, rate, settings.seconds, path.headers))
             after = _cpu(path.processes())
             path.machine_busy += procstat.busy_seconds() - busy
             for label in before:
@@ -309,7 +311,9 @@ def _open_loop(paths: dict[str, DataPath], settings: Settings, rate: float) -> N
 
 def _max_throughput(path: DataPath, seconds: float) -> dict:
     before = _cpu(path.processes())
-    result = path.call(max_rate, path.target, path.url, path.host, connections=32, seconds=seconds)
+    result = path.call(
+        max_rate, path.target, path.url, path.host, connections=32, seconds=seconds, headers=path.headers
+    )
     used = {label: cpu - before[label] for label, cpu in _cpu(path.processes()).items()}
     return {
         "rps": result.rps,

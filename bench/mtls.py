@@ -93,8 +93,9 @@ def measure(rate: float, seconds: float, rounds: int) -> dict:
                 if mode != "direct":
                     plane.apply(POLICY.format(mode="DISABLE" if mode == "plaintext" else "STRICT"))
                     time.sleep(1.0)
-                run(target, url, host, rate, 3.0)  # warm up connections and caches
-                results[mode].append(run(target, url, host, rate, seconds))
+                headers = {} if mode == "direct" else client.proxy_headers  # as the app sends them
+                run(target, url, host, rate, 3.0, headers)  # warm up connections and caches
+                results[mode].append(run(target, url, host, rate, seconds, headers))
         return {mode: _summary(rs) for mode, rs in results.items()}
     finally:
         for w in reversed(workloads):

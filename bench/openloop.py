@@ -45,10 +45,13 @@ class _Connection:
         return status
 
 
-async def _run(target: tuple[str, int], url: str, host: str, rate: float, seconds: float) -> Result:
+async def _run(
+    target: tuple[str, int], url: str, host: str, rate: float, seconds: float, headers: dict[str, str]
+) -> Result:
     proxied = url.startswith("http://")
     path = url if proxied else url or "/"
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lattice-openloop\r\n\r\n".encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lattice-openloop\r\n{extra}\r\n".encode()
     idle: list[_Connection] = []
     result = Result(rate, seconds)
     loop = asyncio.get_running_loop()
@@ -87,6 +90,9 @@ async def _run(target: tuple[str, int], url: str, host: str, rate: float, second
     return result
 
 
-def run(target: tuple[str, int], url: str, host: str, rate: float, seconds: float) -> Result:
-    """Blocking: `rate` requests/s for `seconds` to `target`, as a proxy request when `url` is absolute."""
-    return asyncio.run(_run(target, url, host, rate, seconds))
+def run(
+    target: tuple[str, int], url: str, host: str, rate: float, seconds: float, headers: dict[str, str] | None = None
+) -> Result:
+    """Blocking: `rate` requests/s for `seconds` to `target`, as a proxy request when `url` is absolute
+    (`headers`: the sidecar's Proxy-Authorization, as the app sends it)."""
+    return asyncio.run(_run(target, url, host, rate, seconds, headers or {}))

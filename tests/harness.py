@@ -7,9 +7,11 @@ the test process if that is killed (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import rawhttp
 from lattice.agent.envoy import die_with_parent
 from lattice.api.kinds import KINDS
 
@@ -68,6 +71,26 @@ def http(
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def proxy_url(log: Path, timeout: float = 10.0) -> str:
+    """The outbound proxy URL, credential included, of the sidecar whose output is `log`: read
+    from the `proxy.env` it names at start, as a user running an app apart would."""
+
+    def named():
+        found = re.findall(r"(/\S+/proxy\.env)", log.read_text(errors="replace"))
+        return found and Path(found[-1])  # the latest start's, should the log hold several
+
+    path = wait_for(named, timeout, what=f"the sidecar to name its proxy.env (log {log})")
+    line = next(line for line in path.read_text().splitlines() if line.startswith("HTTP_PROXY="))
+    return line.split("=", 1)[1]
+
+
+def proxy_authorization(url: str) -> dict[str, str]:
+    """The header a client that does not read proxy URLs must send itself (raw HTTP, gRPC)."""
+    parts = urllib.parse.urlsplit(url)
+    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    return {"proxy-authorization": f"Basic {token}"}
 
 
 def stop(process: subprocess.Popen, timeout: float = 10.0, sig: int = signal.SIGTERM) -> int:
@@ -227,6 +250,7 @@ class Workload:
 
     def start(self, wait: bool = True) -> Workload:
         """Start `lattice run`; with `wait`, return once healthy and synced (see `wait_ready`)."""
+        self.__dict__.pop("outbound", None)  # a new sidecar, a new credential
         args = [
             LATTICE,
             "run",
@@ -262,6 +286,9 @@ class Workload:
         self.info = wait_for(
             self._ready, timeout, what=f"{self.service}-{self.version} to be healthy and synced (log {self.log})"
         )
+        if "--capture" not in self.extra:  # raw clients send the credential the app's clients send
+            outbound = self.info.get("local_address") or self.address
+            rawhttp.credential(outbound, 15001, self.proxy_headers["proxy-authorization"])
         return self
 
     def _ready(self):
@@ -288,7 +315,15 @@ class Workload:
 
     @property
     def outbound(self) -> str:
-        return f"http://{self.address}:15001"
+        """Its HTTP_PROXY, as the app has it: `http://lattice:<secret>@<address>:15001`."""
+        if "outbound" not in self.__dict__:
+            self.__dict__["outbound"] = proxy_url(self.log)
+        return self.__dict__["outbound"]
+
+    @property
+    def proxy_headers(self) -> dict[str, str]:
+        """`Proxy-Authorization` for the outbound listener, for raw HTTP and gRPC clients."""
+        return proxy_authorization(self.outbound)
 
     def call(self, url: str, headers: dict | None = None, timeout: float = 5.0) -> tuple[int, dict, bytes]:
         """A request as this workload's app makes it: through its sidecar's outbound proxy."""

@@ -2,6 +2,11 @@
 bytes exactly as written over HTTP/1.1, and header blocks left unvalidated over HTTP/2 (h2c with
 prior knowledge, the pure-Python `h2` state machine driving a plain socket).
 
+A sidecar's outbound listener asks for its credential (`Proxy-Authorization`) in proxy mode; a
+test that sends raw requests there registers it once with `credential(address, port, value)`, and
+both clients add it to what they send to that address, as the app's own clients do. Every other
+target gets the bytes exactly as written.
+
 Both answer what a client observes: the status, the headers and the body, or `status=None` when
 the proxy closed the connection or reset the stream without an HTTP answer.
 """
@@ -24,8 +29,20 @@ class Answer:
     reset: str = ""  # why there was no HTTP answer: "closed", "RST_STREAM <code>", "GOAWAY <code>"
 
 
+# (address, port) of an outbound listener -> its Proxy-Authorization value (see the docstring).
+_credentials: dict[tuple[str, int], str] = {}
+
+
+def credential(address: str, port: int, value: str) -> None:
+    _credentials[(address, port)] = value
+
+
 def h1(address: str, port: int, request: bytes, timeout: float = 5.0) -> Answer:
-    """Send `request` byte for byte on a fresh connection; parse the one response that comes back."""
+    """Send `request` byte for byte on a fresh connection (with the listener's credential after
+    the request line, if it asks for one); parse the one response that comes back."""
+    if (address, port) in _credentials:
+        line, sep, rest = request.partition(b"\r\n")
+        request = line + sep + f"Proxy-Authorization: {_credentials[address, port]}\r\n".encode() + rest
     with socket.create_connection((address, port), timeout=timeout) as sock:
         sock.sendall(request)
         data = _read_response(sock)
@@ -77,6 +94,8 @@ def h2c(address: str, port: int, headers: list[tuple[str, str]], timeout: float 
         validate_inbound_headers=False,
     )
     conn = h2.connection.H2Connection(config=config)
+    if (address, port) in _credentials:
+        headers = [*headers, ("proxy-authorization", _credentials[address, port])]
     with socket.create_connection((address, port), timeout=timeout) as sock:
         conn.initiate_connection()
         conn.send_headers(1, headers, end_stream=True)

@@ -46,6 +46,7 @@ from lattice.agent.kept_identity import IdentityKeeper
 from lattice.agent.modules import ModuleFetcher
 from lattice.agent.observer import Observer
 from lattice.agent.options import ProxyOptions, RunOptions
+from lattice.agent.proxy_credential import ProxyCredential
 from lattice.agent.registration import Registration
 from lattice.agent.relay import XdsRelay
 from lattice.agent.servers import ControlPlanes
@@ -86,6 +87,9 @@ class Sidecar:
         self._serving = False
         self._restarting: asyncio.Task | None = None  # an Envoy hot restart (SIGUSR1)
         self._upgrade_later: asyncio.Task | None = None  # a SIGHUP waiting for a replaced Envoy to settle
+        # Proxy mode: what the outbound listener asks of its clients (agent/proxy_credential.py).
+        self.credential: ProxyCredential | None = None
+        self.credential_file: Path | None = None
 
     @property
     def run_options(self) -> RunOptions:
@@ -186,6 +190,8 @@ class Sidecar:
         self.placed = self._place()
         self.registration = reg = self._registration()
         if self.capture is None and reg.kind == "sidecar":
+            self.credential = ProxyCredential.for_run_dir(self.run_dir)
+            self.credential_file = self.credential.write(self.run_dir, reg.outbound_address, reg.outbound_port)
             log.warning("%s", exposure_warning(reg))
         node = base_pb2.Node(id=reg.id, cluster=f"{reg.service}.{reg.namespace}")
         node.metadata.CopyFrom(_struct({"NAMESPACE": reg.namespace, "WORKLOAD_NAME": reg.name, "LABELS": reg.labels}))
@@ -205,7 +211,10 @@ class Sidecar:
             self.run_dir / "admin.sock",
             self.run_dir / "envoy.log",
             self.o.envoy_log_level,
-            {PEER_ENV: peer_value(reg.name, reg.namespace, reg.labels, reg.service)},
+            {
+                PEER_ENV: peer_value(reg.name, reg.namespace, reg.labels, reg.service),
+                **(self.credential.envoy_env() if self.credential else {}),
+            },
         )
         if self.capture is not None:  # Envoy beside the app, in the group whose traffic is not captured
             self.envoy.wrap = self.capture.pod.proxy_command
@@ -526,9 +535,8 @@ class Sidecar:
 
     async def _run_app(self) -> int:
         reg = self.registration
-        proxy = f"http://{reg.outbound_address}:{OUTBOUND_PORT}"
         # Captured, the app needs no proxy settings: its connections reach the sidecar anyway.
-        proxy_env = {} if self.capture else {"HTTP_PROXY": proxy, "http_proxy": proxy}
+        proxy_env = self.credential.app_env(reg.outbound_address, reg.outbound_port) if self.credential else {}
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV} | {
             "PORT": str(reg.app_port),
             **proxy_env,
@@ -613,10 +621,13 @@ class Sidecar:
                 file=sys.stderr,
                 flush=True,
             )
-        elif self.o.command:
+        elif self.credential_file is not None:
+            reg = self.registration
+            who = "the app reaches" if self.o.command else "apps reach"
             print(
-                f"proxy mode: the app reaches the mesh through HTTP_PROXY=http://{self.registration.outbound_address}:"
-                f"{OUTBOUND_PORT} and --upstream ports (run as root with --capture to capture its traffic instead)",
+                f"proxy mode: {who} the mesh through HTTP_PROXY (http://{reg.outbound_address}:{reg.outbound_port}, "
+                f"with a credential only they hold: in the app's environment and in {self.credential_file}) "
+                "and --upstream ports (run as root with --capture to capture its traffic instead)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -724,13 +735,24 @@ def _struct(values: dict) -> struct_pb2.Struct:
 
 
 def exposure_warning(reg) -> str:
-    """What any local user can do to a workload run without capture (README, "Security model")."""
-    ports = ", ".join([str(reg.outbound_port), *(str(u.local_port) for u in reg.upstreams)])
+    """What other local users can and cannot do to a workload run without capture (README,
+    "Security model")."""
+    identity = f"{reg.namespace}/{reg.service_account}"
+    protected = (
+        f"without --capture (root), this workload shares the host's loopback with every local user: its outbound "
+        f"listener ({reg.outbound_address}:{reg.outbound_port}) answers only requests carrying the credential in "
+        "the app's HTTP_PROXY (407 otherwise)"
+    )
+    upstreams = ", ".join(str(u.local_port) for u in reg.upstreams)
+    lent = (
+        f"; but any local user can send connections through its --upstream port(s) {upstreams} on "
+        f"{reg.outbound_address}, which cannot carry a credential and leave with this workload's identity ({identity})"
+        if upstreams
+        else ""
+    )
     return (
-        f"without --capture (root), this workload is not isolated from other local users: any of them can send "
-        f"requests through {reg.outbound_address} port(s) {ports}, which leave with this workload's identity "
-        f"({reg.namespace}/{reg.service_account}), and can call the app's own port on 127.0.0.1 around the "
-        "sidecar; run with --capture to give it a network namespace of its own (README, 'Security model')"
+        f"{protected}{lent}; any local user can also call the app's own port on 127.0.0.1 around the sidecar. "
+        "Run with --capture to give the workload a network namespace of its own (README, 'Security model')"
     )
 
 

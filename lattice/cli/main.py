@@ -485,6 +485,12 @@ The sidecar first gets the workload a certificate for its identity
 PORT (listen there on 127.0.0.1) and HTTP_PROXY (the sidecar) in its environment and starts once
 the sidecar holds its config. `lattice run` exits with the app's exit code.
 
+Without --capture (root), HTTP_PROXY carries a credential made for this sidecar
+(http://lattice:<secret>@127.0.10.x:15001): the outbound listener answers 407 to any other local
+user. curl, Python and Go send it by themselves; an app started apart reads it from proxy.env
+(0600) in the sidecar's run directory, named at start. Still open to every local user: the
+--upstream ports (a TCP port cannot carry a credential) and the app's own port on 127.0.0.1.
+
   lattice token create --service-account reviews > reviews.token
   lattice run --service reviews --version v1 --port 9080 --token-file reviews.token -- python reviews.py
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -279,6 +280,12 @@ class Demo:
                     f"{child.name} exited with code {child.returncode}; its log ({child.log}) ends:\n{child.log_tail()}"
                 )
 
+    def _proxy_env(self, name: str) -> Path | None:
+        """The proxy.env a workload's sidecar named at start (its log), holding its HTTP_PROXY."""
+        child = next((c for c in self.workloads if c.name == name), None)
+        found = re.findall(r"(/\S+/proxy\.env)", child.log.read_text(errors="replace")) if child else []
+        return Path(found[-1]) if found else None
+
     def _announce(self, status: dict, server_up: float) -> None:
         client = next(p for p in status["proxies"] if p["service"] == "loadgen")
         home = shlex.quote(str(self.home))
@@ -299,12 +306,15 @@ class Demo:
             highlight=False,
         )
         # STRICT means productpage's port takes mesh mTLS only; from outside, enter the mesh the
-        # way its own apps do, through a sidecar's outbound proxy (here the load generator's).
-        self.console.print(
-            "productpage, through loadgen's sidecar: [bold]curl -x "
-            f"http://{client['address']}:{client['outbound_port']} http://productpage:9080/productpage[/]",
-            highlight=False,
-        )
+        # way its own apps do, through a sidecar's outbound proxy (here the load generator's), with
+        # the credential its app holds (the sidecar's proxy.env, readable by this user only).
+        credential = self._proxy_env(client["name"])
+        if credential is not None:
+            self.console.print(
+                f"productpage, through loadgen's sidecar: [bold](. {shlex.quote(str(credential))}; "
+                'curl -x "$HTTP_PROXY" http://productpage:9080/productpage)[/]',
+                highlight=False,
+            )
         gateway = next((p for p in status["proxies"] if p["name"] == GATEWAY), None)
         if gateway is not None:
             port = gateway_local_port(80, {})

@@ -41,3 +41,8 @@ COUNT_AND_DURATION, COUNT, DURATION = "rq", "rqc", "rqd"
 REQUEST_BYTES, RESPONSE_BYTES, PATHS = "rqb", "rsb", "path"
 TCP_OPENED, TCP_CLOSED, TCP_SENT, TCP_RECEIVED = "tcpo", "tcpc", "tcps", "tcpr"
 TCP_STATS = {t.TCP_OPENED: TCP_OPENED, t.TCP_CLOSED: TCP_CLOSED, t.TCP_SENT: TCP_SENT, t.TCP_RECEIVED: TCP_RECEIVED}
+
+# The outbound listener's credential (translate/proxy_auth.py): the agent puts the htpasswd line of
+# its per-proxy secret ("lattice:{SHA}<base64 SHA-1>") in Envoy's environment under this name.
+PROXY_USERS_ENV = "LATTICE_PROXY_USERS"
+PROXY_USER = "lattice"

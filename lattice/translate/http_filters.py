@@ -12,7 +12,9 @@ filters of that phase as Istio places them: on the SERVER side inbound, the CLIE
 and at a gateway, for the port the connection manager serves.
 
 Why this order:
-- the path policy first: a path whose meaning differs between servers is refused (400) before
+- the outbound listener's credential first (proxy mode): a local user without it meets no other
+  filter (translate/proxy_auth.py);
+- the path policy next: a path whose meaning differs between servers is refused (400) before
   anything reads it (translate/paths.py);
 - the caller's workload (for metrics) leaves the headers before anything else reads them;
 - authentication (JWT) before authorization, which reads who the caller is;
@@ -37,7 +39,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.mesh.extensions import CLIENT, SERVER, http_at
-from lattice.translate import authz, extensions, jwt, paths, ratelimit, telemetry
+from lattice.translate import authz, extensions, jwt, paths, proxy_auth, ratelimit, telemetry
 from lattice.translate.cds import dns_cache
 from lattice.translate.protos import pack
 
@@ -105,6 +107,11 @@ def _router(snapshot: MeshSnapshot, proxy: Workload) -> list[hcm.HttpFilter]:
 _EVERYWHERE = frozenset({INBOUND, OUTBOUND, GATEWAY})
 _EDGE = frozenset({INBOUND, GATEWAY})  # where a request from another machine arrives
 PHASES: tuple[Phase, ...] = (
+    Phase(
+        "proxy-credential",
+        frozenset({OUTBOUND}),
+        lambda snapshot, proxy, place, port: proxy_auth.http_filters(proxy, port),
+    ),
     Phase("path-policy", _EVERYWHERE, _mesh(_path_policy)),
     Phase("peer-metadata", frozenset({INBOUND}), _mesh(_peer_metadata)),
     Phase("AUTHN extensions", _EVERYWHERE, _extensions("AUTHN")),

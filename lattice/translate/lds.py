@@ -19,7 +19,20 @@ from lattice.mesh import MeshSnapshot, Service, Workload, fqdn
 from lattice.mesh import protocol as protocols
 from lattice.mesh.model import Upstream
 from lattice.mesh.extensions import network_at
-from lattice.translate import authz, capture, extensions, http_filters, l4, names, paths, rds, telemetry, tls, tracing
+from lattice.translate import (
+    authz,
+    capture,
+    extensions,
+    http_filters,
+    l4,
+    names,
+    paths,
+    proxy_auth,
+    rds,
+    telemetry,
+    tls,
+    tracing,
+)
 from lattice.translate.protos import ads, duration, pack, socket_address
 
 HCM = "envoy.filters.network.http_connection_manager"
@@ -44,6 +57,7 @@ def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.List
 def outbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
     manager = _outbound_manager(snapshot, proxy, "outbound_http")
     manager.rds.CopyFrom(hcm.Rds(config_source=ads(), route_config_name=names.OUTBOUND_ROUTE))
+    proxy_auth.configure(manager, proxy)  # its refusals are the proxy's 407
     listener = _listener(
         names.OUTBOUND_LISTENER, proxy.outbound_address, proxy.outbound_port, _network_filter(HCM, manager)
     )

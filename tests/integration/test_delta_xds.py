@@ -18,6 +18,7 @@ import pytest
 from harness import ENV_BASE, Enrolled, http, start_all, stop, wait_for
 from lattice.agent.address import lease_loopback
 from lattice.agent.envoy import die_with_parent, envoy_binary
+from lattice.agent.proxy_credential import ProxyCredential
 
 pytestmark = pytest.mark.slow
 
@@ -126,9 +127,10 @@ def test_envoy_on_delta_xds_gets_config_and_changes(plane, tmp_path):
     bootstrap = tmp_path / "envoy.json"
     admin_port = _free_port()
     bootstrap.write_text(json.dumps(_bootstrap(node_id, plane.xds, admin_port, me, sds.socket)))
+    credential = ProxyCredential.for_run_dir(tmp_path)  # what an agent gives Envoy and the app
     envoy = subprocess.Popen(
         [envoy_binary(), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warning"],
-        env=ENV_BASE,
+        env=ENV_BASE | credential.envoy_env(),
         stdout=open(tmp_path / "envoy.log", "wb"),
         stderr=subprocess.STDOUT,
     )
@@ -138,7 +140,7 @@ def test_envoy_on_delta_xds_gets_config_and_changes(plane, tmp_path):
         )
         assert proxy["xds"] == "delta"
         url = "http://reviews:9080/reviews/0"
-        via = f"http://{lease.address}:15001"
+        via = credential.url(lease.address, 15001)
         seen = {http("GET", url, proxy=via)[1].get("x-served-by") for _ in range(10)}
         assert seen == {"reviews-v1", "reviews-v2"}
         routes_before = proxy["types"]["RouteConfiguration"]["acked"]

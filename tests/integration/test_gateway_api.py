@@ -63,7 +63,7 @@ def _apply(plane, text: str) -> None:
 def _raw(client: Workload, path: str, host: str = "web:9080") -> http.client.HTTPResponse:
     """One request through the client's sidecar without following redirects."""
     conn = http.client.HTTPConnection(client.address, 15001, timeout=5)
-    conn.request("GET", f"http://{host}{path}", headers={"Host": host})
+    conn.request("GET", f"http://{host}{path}", headers={"Host": host, **client.proxy_headers})
     response = conn.getresponse()
     response.read()
     conn.close()
@@ -77,7 +77,7 @@ def _split(client: Workload, n: int, connections: int = 10) -> Counter:
     def run(count: int) -> Counter:
         conn, seen = http.client.HTTPConnection(client.address, 15001, timeout=5), Counter()
         for _ in range(count):
-            conn.request("GET", f"{WEB}/", headers={"Host": "web:9080"})
+            conn.request("GET", f"{WEB}/", headers={"Host": "web:9080", **client.proxy_headers})
             response = conn.getresponse()
             response.read()
             seen[response.getheader("x-served-by") if response.status == 200 else f"status {response.status}"] += 1
@@ -230,11 +230,14 @@ spec:
 def _echo(client: Workload, method: str, metadata: tuple = ()) -> str:
     """Who served one gRPC call to `echo`, made through the client's sidecar (h2c to its proxy port)."""
     options = [("grpc.default_authority", "echo:9080"), ("grpc.enable_http_proxy", 0)]
+    credential = (*metadata, *client.proxy_headers.items())  # the sidecar asks its app for it
     with grpc.insecure_channel(f"{client.address}:15001", options=options) as channel:
         if method == "ServerStream":
-            replies = list(channel.unary_stream("/lattice.test.Echo/ServerStream")(b"hi", timeout=5, metadata=metadata))
+            replies = list(
+                channel.unary_stream("/lattice.test.Echo/ServerStream")(b"hi", timeout=5, metadata=credential)
+            )
             return json.loads(replies[0])["served_by"]
-        return json.loads(channel.unary_unary(f"/lattice.test.Echo/{method}")(b"hi", timeout=5, metadata=metadata))[
+        return json.loads(channel.unary_unary(f"/lattice.test.Echo/{method}")(b"hi", timeout=5, metadata=credential))[
             "served_by"
         ]
 

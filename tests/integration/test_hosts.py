@@ -45,7 +45,7 @@ def test_workloads_on_other_hosts_join_with_server_alone_and_are_advertised_at_t
     assert proxies["reviews-v1"]["address"] == b.address and proxies["web-v1"]["address"] == c.address
     assert plane.all_synced()
     # web's app calls reviews by name through its sidecar (HTTP_PROXY mode), across hosts, over mTLS.
-    outbound = f"http://{proxies['web-v1']['local_address']}:15001"
+    outbound = web.outbound  # the app's HTTP_PROXY: on a loopback of C's, with its credential
     status, headers, _ = c.call(http, "GET", "http://reviews:9080/", proxy=outbound)
     assert (status, headers.get("x-served-by")) == (200, "reviews-v1")
 
@@ -113,7 +113,7 @@ def test_a_mesh_name_with_no_workload_gets_a_fixed_503_naming_it_never_the_passt
     whatever the host's resolver finds by that name. A VirtualService's host with no workload
     ever, and any <name>.<namespace>.svc name, answer the same."""
     net, plane, (a, b, c), reviews, web = mesh
-    outbound = f"http://{plane.proxy(web.id)['local_address']}:15001"
+    outbound = web.outbound
     plane.apply(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ghost}\n"
         "spec: {hosts: [ghost], http: [{route: [{destination: {host: ghost}}]}]}\n"
@@ -144,7 +144,7 @@ def test_a_workload_answering_5xx_is_ejected_and_traffic_moves_to_the_healthy_on
     everything (its port still open, so it stays healthy to the control plane); v2 on A is fine.
     web's sidecar on C ejects v1 after five 500s in a row, and from then on every request reaches v2."""
     net, plane, (a, b, c), reviews, web = mesh
-    outbound = f"http://{plane.proxy(web.id)['local_address']}:15001"
+    outbound = web.outbound
     extra = ("--port", "9082")
     failing = net.workload(plane, b, "details", "v1", command=BACKEND, extra=extra, env={"BACKEND_STATUS": "500"})
     healthy = net.workload(plane, a, "details", "v2", command=BACKEND, extra=extra)

@@ -202,8 +202,10 @@ def test_h2c_through_the_outbound_proxy_reaches_an_http2_only_app(mesh):
     client = mesh["client"]
     options = [("grpc.default_authority", "h2-echo:9080"), ("grpc.enable_http_proxy", 0)]
     with grpc.insecure_channel(f"{client.address}:15001", options=options) as channel:
-        reply = json.loads(channel.unary_unary("/lattice.test.Echo/Unary")(b"h2c", timeout=5))
+        call = channel.unary_unary("/lattice.test.Echo/Unary")
+        reply = json.loads(call(b"h2c", timeout=5, metadata=tuple(client.proxy_headers.items())))
     assert reply["served_by"] == "h2-echo-v1" and reply["message"] == "h2c"
+    assert "proxy-authorization" not in reply["metadata"]  # the sidecar's credential stops at the sidecar
     assert CLIENT_IDENTITY in reply["metadata"]["x-forwarded-client-cert"]
 
 

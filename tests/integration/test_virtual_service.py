@@ -35,7 +35,11 @@ class Client:
                 self.conn = http.client.HTTPConnection(self.workload.address, 15001, timeout=timeout)
             self.conn.timeout = timeout
             try:
-                self.conn.request(method, url, headers={"host": urlsplit(url).netloc, **(headers or {})})
+                self.conn.request(
+                    method,
+                    url,
+                    headers={"host": urlsplit(url).netloc, **self.workload.proxy_headers, **(headers or {})},
+                )
                 r = self.conn.getresponse()
                 body = r.read()
                 if r.getheader("connection", "").lower() == "close":

@@ -6,6 +6,7 @@ reachable from outside, so the app itself must not be.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 # The headers Istio's Bookinfo forwards. A request's identity in the mesh
 # (trace, user) lives only in these, so an app that drops them breaks both
@@ -141,12 +142,26 @@ def fetch_timeout() -> float:
 
 def proxy_hostport() -> str | None:
     """`host:port` of the HTTP proxy (the sidecar) from the environment."""
-    proxy = os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY")
-    if not proxy:
+    proxy = _proxy_url()
+    return urlsplit(proxy).netloc.rpartition("@")[2] or None if proxy else None
+
+
+def proxy_authorization() -> str | None:
+    """`Proxy-Authorization` for the sidecar, from the credential in its URL (`lattice run` puts
+    one there unless the app is captured), as urllib's own ProxyHandler would send it."""
+    proxy = _proxy_url()
+    parts = urlsplit(proxy) if proxy else None
+    if parts is None or parts.username is None:
         return None
-    if "://" not in proxy:
+    credential = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return "Basic " + base64.b64encode(credential.encode()).decode()
+
+
+def _proxy_url() -> str | None:
+    proxy = os.environ.get("http_proxy") or os.environ.get("HTTP_PROXY")
+    if proxy and "://" not in proxy:
         proxy = "http://" + proxy
-    return urlsplit(proxy).netloc.rpartition("@")[2] or None
+    return proxy or None
 
 
 # No ProxyHandler from the environment: urllib would consult NO_PROXY and
@@ -164,6 +179,9 @@ def fetch(url: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
     request = urllib.request.Request(url, headers=dict(headers))
     proxy = proxy_hostport()
     if proxy:
+        credential = proxy_authorization()
+        if credential:
+            request.add_unredirected_header("Proxy-Authorization", credential)
         request.set_proxy(proxy, "http")
     try:
         with _OPENER.open(request, timeout=fetch_timeout()) as response:

@@ -10,7 +10,7 @@ from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from test_golden import CASES, WORKLOADS
 
-from lattice.translate import gateway, http_filters, lds, paths
+from lattice.translate import gateway, http_filters, lds, paths, proxy_auth
 from lattice.translate.http_filters import GATEWAY, INBOUND, OUTBOUND, PHASES, chain
 
 
@@ -30,6 +30,8 @@ def test_each_place_gets_its_phases_in_list_order_router_last():
         names = _names(chain(snapshot, proxy, place))
         assert names[-1] == http_filters.ROUTER and names.count(http_filters.ROUTER) == 1
     assert _names(chain(snapshot, proxy, OUTBOUND)) == [
+        proxy_auth.BASIC_AUTH,  # the credential before anything else (proxy mode)
+        proxy_auth.HEADER_MUTATION,  # and gone before anything else reads the request
         paths.FILTER_NAME,  # the path policy before anything reads the path
         f"{paths.FILTER_NAME}.utf8",
         http_filters.CORS,
@@ -58,14 +60,15 @@ def test_gateway_managers_carry_the_chain():
 
 
 def test_path_policy_default_refuses_ambiguous_paths_and_istio_modes_do_not():
-    """Lattice's default: two fault filters aborting with 400, first in every chain; Istio's modes
-    configure Envoy as Istio does and refuse nothing more."""
+    """Lattice's default: two fault filters aborting with 400, first in every chain (after the
+    outbound listener's credential); Istio's modes configure Envoy as Istio does and refuse nothing more."""
     from lattice.mesh.http_policy import HttpPolicy
 
     base = CASES["no-rules"]()
     proxy = WORKLOADS[0]
     for place in (INBOUND, OUTBOUND, GATEWAY):
-        first = chain(base, proxy, place)[:2]
+        first = [f for f in chain(base, proxy, place) if not f.name.startswith("envoy.filters.http.")][:2]
+        assert chain(base, proxy, place)[2 if place == OUTBOUND else 0].name == paths.FILTER_NAME
         assert [f.name for f in first] == [paths.FILTER_NAME, f"{paths.FILTER_NAME}.utf8"]
         for f in first:
             fault = fault_pb2.HTTPFault()
