@@ -314,6 +314,7 @@ class Demo:
                 f"productpage, through loadgen's sidecar: [bold](. {shlex.quote(str(credential))}; "
                 'curl -x "$HTTP_PROXY" http://productpage:9080/productpage)[/]',
                 highlight=False,
+                soft_wrap=True,  # one line, to copy as it is
             )
         gateway = next((p for p in status["proxies"] if p["name"] == GATEWAY), None)
         if gateway is not None:
