@@ -49,7 +49,7 @@ class Client:
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.workload.address, 15001, timeout=5)
             try:
-                self.conn.request(method, f"http://{host}{path}", headers=headers)
+                self.conn.request(method, f"http://{host}{path}", headers={**self.workload.proxy_headers, **headers})
                 response = self.conn.getresponse()
                 body = response.read()
                 break
