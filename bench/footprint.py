@@ -14,7 +14,8 @@ its sidecar (mTLS), then:
     asks (Accept-Encoding: gzip);
   - where the agent's memory goes: a fresh interpreter importing what the agent process
     (`python -m lattice.agent`, which `lattice run` becomes once it has parsed its options) imports,
-    library by library (RssAnon after each), and the number of modules loaded.
+    library by library (RssAnon after each), and the number of modules loaded. The cryptography
+    library is not among them: keys and CSRs are made by a short-lived child (agent/keysmith.py).
 Nothing here is a test: no figure is asserted. Peers are started together; on a loaded machine
 read the memory and the scrape (they do not depend on load), not the times.
 """
@@ -49,7 +50,6 @@ IMPORT_STEPS = (
     ("asyncio, ssl", "import asyncio, ssl"),
     ("the agent's own HTTP/1.1 (agent/web.py; aiohttp before)", "import lattice.agent.web, lattice.agent.web_client"),
     ("gRPC", "import grpc, grpc.aio"),
-    ("cryptography (key, CSR, certificates)", "import cryptography.x509"),
     (
         "protobuf, the Envoy messages the agent reads",
         "import envoy.service.discovery.v3.ads_pb2_grpc, envoy.service.secret.v3.sds_pb2_grpc, "

@@ -1,5 +1,9 @@
 """The workload's identity: its key (made here, never sent), its certificate, the trust bundle.
 
+The key and CSR are made in a short-lived process (agent/keysmith.py), started as soon as a
+certificate is wanted so that it works while the bundle is fetched; certificates are read with
+agent/certs.py: the agent's own process never loads the cryptography library.
+
 First certificate: fetch the trust bundle, check it holds the root the join token was minted
 under (the token's pin), then send a CSR with the token over TLS verified against that bundle.
 Renewals are paid with the current certificate, at half-life, or at once when the control plane
@@ -18,18 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from cryptography import x509
-
-from lattice.identity import (
-    CONTROL_PLANE_NAME,
-    SpiffeId,
-    cert_info,
-    fingerprint,
-    key_pem,
-    make_csr,
-    new_key,
-    parse_token,
-)
+from lattice.agent import certs
+from lattice.agent.keysmith import Keysmith, KeysmithError
+from lattice.identity import CONTROL_PLANE_NAME, SpiffeId, parse_token
 from lattice.agent.kept_identity import IdentityKeeper, KeptIdentity
 from lattice.agent.web_client import Client, ClientError, ClientResponse
 from lattice.identity.tokens import pin_for
@@ -75,6 +70,7 @@ class Identity:
         self._issued_at: datetime | None = None
         self._certificate: dict = {}  # what heartbeats report about the certificate held
         self._ssl: SSLContext | None = None
+        self.keysmith = Keysmith()
 
     # --- what others use ---------------------------------------------------------------------
 
@@ -96,6 +92,7 @@ class Identity:
     async def obtain(self, session: Client) -> None:
         """The first certificate: for the join token; without one, or when the control plane
         refuses it (spent, expired), for the certificate kept on this host if it is still good."""
+        await self.keysmith.start()  # the key is made meanwhile
         kept = self.keeper.load() if self.keeper is not None else None
         if self.token and kept is not None:
             try:
@@ -200,7 +197,7 @@ class Identity:
             body = await _json(response, "fetching the trust bundle")
         bundle = body["bundle"].encode()
         self.trust_domain = body["trust_domain"]
-        pins = {pin_for(fingerprint(c)) for c in x509.load_pem_x509_certificates(bundle)}
+        pins = {pin_for(certs.fingerprint(der)) for der in certs.pem_certificates(bundle)}
         if pin not in pins:
             raise IdentityError(
                 f"the control plane at {self.server} does not hold the CA root this join token was made for; is it "
@@ -209,8 +206,10 @@ class Identity:
         return bundle
 
     async def _request(self, session: Client, headers: dict, bundle: bytes, reattest_from: str = "") -> None:
-        key = new_key()
-        csr = make_csr(key, SpiffeId(self.trust_domain, self.namespace, self.service_account))
+        try:
+            key, csr = await self.keysmith.forge(str(SpiffeId(self.trust_domain, self.namespace, self.service_account)))
+        except KeysmithError as e:
+            raise IdentityError(str(e)) from None
         context = self._context(bundle, with_client=not headers)
         async with session.post(
             f"{self.server}/agent/v1/certificate",
@@ -223,10 +222,10 @@ class Identity:
             body = await _json(response, "requesting a certificate")
         self.xds, self.root = body.get("xds", ""), body["root"]
         self.agent_key = str(body.get("agent_key", ""))  # what callers of our port's private endpoints present
-        self._store(body["chain"].encode(), key_pem(key), body["bundle"].encode(), int(body["bundle_version"]))
+        self._store(body["chain"].encode(), key, body["bundle"].encode(), int(body["bundle_version"]))
         if self.keeper is not None:
             self.keeper.save(self.chain, self.key, self.bundle, self.proxy_id)
-        info = cert_info(self.chain)
+        info = certs.leaf(self.chain)
         self.spiffe, self.not_after, self._issued_at = info.spiffe_id, info.not_after, _now()
         self._certificate = {
             "identity": info.spiffe_id,

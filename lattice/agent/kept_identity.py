@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lattice.identity import cert_info
+from lattice.agent import certs
 
 FILE = "identity.json"
 
@@ -50,7 +50,7 @@ class IdentityKeeper:
         try:
             kept = json.loads((self.directory / FILE).read_text())
             chain, key, bundle = (kept[k].encode() for k in ("chain", "key", "bundle"))
-            info = cert_info(chain)
+            info = certs.leaf(chain)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
         if info.not_after <= datetime.now(timezone.utc):

@@ -43,6 +43,9 @@ def main(argv: list[str]) -> int:
     # gRPC's fork handlers only print warnings when the agent starts Envoy and the app; we never
     # use gRPC in a child, so they are off (read by gRPC at import, hence before any import of it).
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    from lattice.agent import keysmith
+
+    keysmith.prestart()  # the first key is made while the agent loads (agent/keysmith.py)
     import asyncio
     import logging
 

@@ -682,6 +682,7 @@ class Sidecar:
         """Reverse order of start: app (above), registration, Envoy, agent port, relay, lease."""
         if self.app is not None and self.app.returncode is None:
             await self._stop_app()
+        await self.identity.keysmith.close()  # one started for a certificate never asked for
         if self.identity.chain:  # registered with it; without one there is nothing to undo
             await self.registry.deregister()
         await self.envoy.stop()

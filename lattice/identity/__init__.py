@@ -23,23 +23,45 @@ Rules:
 - Imports nothing else from lattice: the server and agent depend on it, not the reverse.
 """
 
+from typing import TYPE_CHECKING
+
 from lattice.identity import tokens
-from lattice.identity.ca import (
-    CONTROL_PLANE_NAME,
-    CertificateAuthority,
-    CsrRefused,
-    Issued,
-    fingerprint,
-    signed_by,
-    trust_bundle_pem,
-)
-from lattice.identity.csr import CertInfo, cert_info, key_pem, make_csr, new_key
-from lattice.identity.spiffe import SpiffeId
+from lattice.identity.spiffe import CONTROL_PLANE_NAME, SpiffeId
 from lattice.identity.tokens import ParsedToken, TokenError, TokenRecord
 from lattice.identity.tokens import check as check_token
 from lattice.identity.tokens import check_pin as check_token_pin
 from lattice.identity.tokens import mint as mint_token
 from lattice.identity.tokens import parse as parse_token
+
+if TYPE_CHECKING:
+    from lattice.identity.ca import (
+        CertificateAuthority,
+        CsrRefused,
+        Issued,
+        fingerprint,
+        signed_by,
+        trust_bundle_pem,
+    )
+    from lattice.identity.csr import CertInfo, cert_info, key_pem, make_csr, new_key
+
+# Loaded on first use: what needs the cryptography library (the CA, keys, CSRs). The sidecar's
+# agent uses only the names, tokens and SPIFFE IDs, and does its key work in a short-lived
+# process (agent/keysmith.py), so its long-lived process never loads cryptography.
+_FROM_CA = ("CertificateAuthority", "CsrRefused", "Issued", "fingerprint", "signed_by", "trust_bundle_pem")
+_FROM_CSR = ("CertInfo", "cert_info", "key_pem", "make_csr", "new_key")
+
+
+def __getattr__(name: str):
+    if name in _FROM_CA:
+        from lattice.identity import ca
+
+        return getattr(ca, name)
+    if name in _FROM_CSR:
+        from lattice.identity import csr
+
+        return getattr(csr, name)
+    raise AttributeError(f"module 'lattice.identity' has no attribute {name!r}")
+
 
 __all__ = [
     "CONTROL_PLANE_NAME",

@@ -100,11 +100,6 @@ def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(_SHA256).hex()
 
 
-# The DNS name in the control plane's own certificate; agents verify the server against it, so a
-# workload certificate (URI SAN only, see `sign`) can never pass for the control plane.
-CONTROL_PLANE_NAME = "lattice-control-plane"
-
-
 def trust_bundle_pem(roots: list[x509.Certificate]) -> bytes:
     """The roots as one PEM bundle, in order, each root once."""
     unique: dict[str, x509.Certificate] = {}

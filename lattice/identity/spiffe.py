@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass
 
 SCHEME = "spiffe://"
+# The DNS name in the control plane's own certificate; agents verify the server against it, so a
+# workload certificate (URI SAN only, see ca.py `sign`) can never pass for the control plane.
+CONTROL_PLANE_NAME = "lattice-control-plane"
 SHAPE = "spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
 # Limits and character sets from the SPIFFE ID specification, section 2.
 MAX_ID_BYTES = 2048
