@@ -49,6 +49,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).parent))
+import harness  # noqa: E402
 import procstat  # noqa: E402
 from harness import BACKEND, ControlPlane, Workload, _unverified, http, stop  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -60,6 +61,22 @@ RESULTS = Path(__file__).parent / "results"
 VERSIONS = 3
 REAL_SIDECARS = 2
 CHANGE_TIMEOUT = 600.0  # generous: a change to 1,000 proxies once took minutes
+# `lattice server` under cProfile, which SIGUSR2 switches on and then off (writing the stats): the
+# changes alone are profiled, not the enrolment. For machines without py-spy.
+CPROFILE_SERVER = """\
+import cProfile, os, runpy, signal, sys
+profile, on = cProfile.Profile(), [False]
+def toggle(*_):
+    if on[0]:
+        profile.disable()
+        profile.dump_stats(os.environ["LATTICE_BENCH_CPROFILE"])
+    else:
+        profile.enable()
+    on[0] = not on[0]
+signal.signal(signal.SIGUSR2, toggle)
+sys.argv[0] = {lattice!r}
+runpy.run_path({lattice!r}, run_name="__main__")
+"""
 
 
 # --- the server process ----------------------------------------------------------------------
@@ -203,13 +220,16 @@ class ScaleRun:
         profile: Path | None = None,
         native: bool = False,
         protocol: str = "delta",
+        cprofile: Path | None = None,
+        debounce: str = "100ms",
     ) -> None:
+        self.cprofile = cprofile
         self.n, self.services, self.profile, self.native = proxies, services, profile, native
         self.protocol = protocol
         self.route_rounds, self.endpoint_rounds = route_rounds, endpoint_rounds
         self.home = Path(tempfile.mkdtemp(prefix="lattice-scale-"))
         self.plane = ControlPlane(
-            self.home / "home", "--debounce", "100ms", "--heartbeat-timeout", "1h", "--log-level", "warning"
+            self.home / "home", "--debounce", debounce, "--heartbeat-timeout", "1h", "--log-level", "warning"
         )
         self.real: list[Workload] = []
         self.result: dict = {
@@ -218,10 +238,11 @@ class ScaleRun:
             "versions": VERSIONS,
             "real_sidecars": REAL_SIDECARS,
             "protocol": protocol,
+            "debounce": debounce,
         }
 
     def run(self) -> dict:
-        self.plane.start()
+        self._start_plane()
         try:
             self.plane.apply(destination_rules(self.services))
             time.sleep(0.5)
@@ -257,12 +278,14 @@ class ScaleRun:
         try:
             await self._bring_up()
             profiler = self._start_profiler()
+            self._toggle_cprofile()
             self.result["route_change"] = await self._rounds(self.route_rounds, self._route_round)
             self.meter.mark("route_changes")
             added, removed = await self._endpoint_rounds()
             self.result["endpoint_added"], self.result["endpoint_removed"] = added, removed
             self.meter.mark("endpoint_changes")
             _stop(profiler)
+            self._toggle_cprofile()
             self.result["server_end"] = memory_mb(self.meter.pid)
             self.result |= after_changes(self.result)
             self.result["nacks"] = sum(p.nacks for p in self.fleet.proxies.values())
@@ -294,6 +317,26 @@ class ScaleRun:
         connected = self.n + REAL_SIDECARS
         grown = self.result["server_connected"]["rss_mb"] - self.result["server_idle"]["rss_mb"]
         self.result["server_rss_per_proxy_mb"] = round(grown / connected, 3)
+
+    def _start_plane(self) -> None:
+        if self.cprofile is None:
+            self.plane.start()
+            return
+        self.cprofile.mkdir(parents=True, exist_ok=True)
+        wrapper = self.home / "cprofile-server"
+        wrapper.write_text(f"#!{sys.executable}\n" + CPROFILE_SERVER.format(lattice=harness.LATTICE))
+        wrapper.chmod(0o755)
+        lattice, harness.LATTICE = harness.LATTICE, str(wrapper)
+        harness.ENV_BASE["LATTICE_BENCH_CPROFILE"] = str(self.cprofile / f"scale-{self.protocol}-{self.n}.pstats")
+        try:
+            self.plane.start()
+        finally:
+            harness.LATTICE = lattice
+            del harness.ENV_BASE["LATTICE_BENCH_CPROFILE"]
+
+    def _toggle_cprofile(self) -> None:
+        if self.cprofile is not None:
+            os.kill(self.plane.process.pid, signal.SIGUSR2)
 
     def _start_profiler(self) -> subprocess.Popen | None:
         """py-spy on the server over the changes (where its time goes), if asked for."""
@@ -494,11 +537,15 @@ def measure(
     profile: Path | None = None,
     native: bool = False,
     protocol: str = "delta",
+    cprofile: Path | None = None,
+    debounce: str = "100ms",
 ) -> dict:
     """The benchmark: one fresh control plane per fleet size (quick: 100 proxies only)."""
     sizes = sizes or ([100] if quick else [100, 1000])
     started = time.monotonic()
-    runs = [ScaleRun(n, services, *rounds(n, quick), profile, native, protocol).run() for n in sizes]
+    runs = [
+        ScaleRun(n, services, *rounds(n, quick), profile, native, protocol, cprofile, debounce).run() for n in sizes
+    ]
     return {
         "mode": "quick" if quick else "full",
         "protocol": protocol,
@@ -643,10 +690,20 @@ def main() -> None:
     parser.add_argument(
         "--native", action="store_true", help="With --profile: native frames too (gRPC's C and Cython code)."
     )
+    parser.add_argument(
+        "--cprofile",
+        type=Path,
+        help="Record the server with cProfile during the changes, into this directory (where py-spy is missing).",
+    )
+    parser.add_argument(
+        "--debounce", default="100ms", help="The server's debounce (its default, 100ms, unless comparing)."
+    )
     args = parser.parse_args()
     from rich.console import Console
 
-    result = measure(args.quick, args.proxies, args.services, args.profile, args.native, args.protocol)
+    result = measure(
+        args.quick, args.proxies, args.services, args.profile, args.native, args.protocol, args.cprofile, args.debounce
+    )
     Console().print(table(result))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
