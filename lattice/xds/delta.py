@@ -38,7 +38,7 @@ class DeltaStream(Stream):
         super().__init__(node_id, cache, board, budget)
         self.subscriptions: dict[str, _Subscription] = {}
 
-    def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+    def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> bool:
         type_url = request.type_url
         sub = self.subscriptions.get(type_url)
         subscribe = request.resource_names_subscribe
@@ -64,6 +64,8 @@ class DeltaStream(Stream):
             sub.wildcard = False
         if subscribe or unsubscribe or request.initial_resource_versions:
             sub.held = None  # the client's state is no longer a whole selection
+            return True
+        return sub.must_send  # an ACK or NACK changes nothing to send
 
     def responses(self, snapshot: ProxySnapshot) -> list[Outgoing]:
         out = []

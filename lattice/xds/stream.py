@@ -57,8 +57,9 @@ class Stream:
         self.cache.watch(self.node_id, wake)
         try:
             self.handle(first)
+            due = True
             while True:
-                snapshot = self.cache.get(self.node_id)
+                snapshot = self.cache.get(self.node_id) if due else None
                 if snapshot is not None:
                     outgoing = self.responses(snapshot)
                     if outgoing:
@@ -67,13 +68,14 @@ class Stream:
                         yield response.build()  # (held by nothing here once gRPC has it)
                     self.board.seen(self.node_id, snapshot.label)
                 item = await inbox.get()
+                due = False
                 while True:  # drain, so a burst of ACKs (and changes) costs one pass
                     if item is None:
                         return
                     if item is _CHANGED:
-                        woken[0] = False
-                    else:
-                        self.handle(item)
+                        woken[0], due = False, True
+                    elif self.handle(item) is not False:
+                        due = True
                     if inbox.empty():
                         break
                     item = inbox.get_nowait()
@@ -111,7 +113,9 @@ class Stream:
         else:
             self.board.acked(self.node_id, type_url, acked_version)
 
-    def handle(self, request) -> None:
+    def handle(self, request) -> bool | None:
+        """Take a request in; False when it cannot change what is to be sent (a plain ACK or
+        NACK, in a protocol that knows it), so no pass over the types follows it."""
         raise NotImplementedError
 
     def responses(self, snapshot: ProxySnapshot) -> list[Outgoing]:
