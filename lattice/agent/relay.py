@@ -105,18 +105,19 @@ class Held:
 
 class _EnvoySession:
     """One Envoy stream: what goes out to it, and which response each of our nonces carried
-    (with the upstream nonce whose merged state it holds, "" for a replay of what was good)."""
+    (with the upstream stream and nonce whose merged state it holds; nonce "" for a replay of
+    what was good)."""
 
     def __init__(self) -> None:
         self.outbox: asyncio.Queue[Response] = asyncio.Queue()
-        self.sent: dict[str, OrderedDict[str, tuple[Response, str]]] = {}
+        self.sent: dict[str, OrderedDict[str, tuple[Response, tuple[int, str]]]] = {}
 
-    def send(self, response: Response, nonce: str, upstream_nonce: str) -> None:
+    def send(self, response: Response, nonce: str, upstream: tuple[int, str]) -> None:
         down = Response()
         down.CopyFrom(response)
         down.nonce = nonce
         by_nonce = self.sent.setdefault(response.type_url, OrderedDict())
-        by_nonce[nonce] = (response, upstream_nonce)
+        by_nonce[nonce] = (response, upstream)
         while len(by_nonce) > _KEEP_NONCES:
             by_nonce.popitem(last=False)
         self.outbox.put_nowait(down)
@@ -138,6 +139,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._session: _EnvoySession | None = None
         self._upstream_queue: asyncio.Queue[DeltaRequest] | None = None
         self._subscribed: dict[str, frozenset[str] | None] = {}  # per type, names asked of this stream
+        self._stream = 0  # counts upstream streams: a nonce belongs to the stream that sent it
         self._endpoints_after_clusters = False  # Envoy re-asks endpoints for clusters it warms
         self._nonces = itertools.count(1)
         self.on_accept: Callable[[str, Response], None] = lambda type_url, response: None  # Envoy ACKed this response
@@ -175,14 +177,16 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             # right away, then with what the control plane sent since, if that differs.
             good = self.good.get(type_url)
             if good is not None:
-                session.send(good, self._nonce(), "")
+                session.send(good, self._nonce(), (self._stream, ""))
             if self._subscribe(type_url) != MORE:
                 self._send_held(session, type_url, unless_version=good.version_info if good else None)
             return
         found = session.sent.get(type_url, {}).get(request.response_nonce)
         if found is None:
             return  # stale nonce from an earlier session
-        answered, upstream_nonce = found
+        answered, (stream, upstream_nonce) = found
+        if stream != self._stream:
+            upstream_nonce = ""  # a nonce of an earlier upstream stream means nothing on this one
         nack = request.HasField("error_detail")
         if not nack:
             self.good[type_url] = answered
@@ -225,7 +229,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._endpoints_after_clusters = True
         elif type_url == ENDPOINT:  # it reaches the clusters Envoy warms: nothing more to answer
             self._endpoints_after_clusters = False
-        session.send(response, self._nonce(), held.nonce)
+        session.send(response, self._nonce(), (self._stream, held.nonce))
 
     def _nonce(self) -> str:
         return f"a{next(self._nonces)}"
@@ -324,6 +328,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             await asyncio.wait_for(channel.channel_ready(), timeout=5.0)
             queue: asyncio.Queue[DeltaRequest] = asyncio.Queue()
             self._subscribed = {}
+            self._stream += 1
             for type_url in _ordered(self.wanted):
                 queue.put_nowait(self._initial(type_url))
             self._upstream_queue = queue
