@@ -151,6 +151,18 @@ def server(
     jwks_refresh: float = duration_option(
         "20m", "--jwks-refresh", help="How often to fetch the keys of RequestAuthentication jwksUris again, e.g. 20m."
     ),
+    handshake_timeout: float = duration_option(
+        "10s",
+        "--handshake-timeout",
+        help="Every sidecar's and gateway's listeners close a new connection that has not finished its TLS "
+        "handshake, or sent its first bytes (plain HTTP), within this time, e.g. 10s (slowloris).",
+    ),
+    idle_timeout: float = duration_option(
+        "1h",
+        "--idle-timeout",
+        help="Their HTTP connections with no request open for this long are closed, e.g. 1h (Envoy's and "
+        "Istio's default); open streams (gRPC, WebSocket) are requests and are not cut.",
+    ),
     mesh_config: Optional[Path] = typer.Option(
         None,
         "--mesh-config",
@@ -186,6 +198,7 @@ def server(
         providers, telemetry, http = load_mesh_config(mesh_config) if mesh_config else ((), None, None)
     except (OSError, ValidationError) as e:
         fail(f"--mesh-config {mesh_config}: {e}")
+    http = _with_connection_bounds(http, handshake_timeout, idle_timeout)
     config = ServerConfig(
         home=home,
         db=db or home / "lattice.db",
@@ -218,6 +231,19 @@ def server(
         asyncio.run(run_server(config))
     except OSError as e:  # the state directory or a file in it (a store's errors end the server with its message)
         fail(str(e))
+
+
+def _with_connection_bounds(http, handshake_timeout: float, idle_timeout: float):
+    """MeshConfig's HTTP policy (or the defaults) with `--handshake-timeout` and `--idle-timeout`."""
+    import dataclasses
+
+    from lattice.mesh.http_policy import HttpPolicy
+
+    return dataclasses.replace(
+        http or HttpPolicy(),
+        handshake_timeout=at_least("--handshake-timeout", handshake_timeout, 0.1),
+        idle_timeout=at_least("--idle-timeout", idle_timeout, 1),
+    )
 
 
 # The options every sidecar command takes (`run` and `agent`), declared once: `_workload_options`

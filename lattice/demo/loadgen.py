@@ -20,7 +20,6 @@ import sys
 import time
 
 import aiohttp
-import yarl
 from aiohttp import web
 
 MAX_IN_FLIGHT = 200  # beyond this the mesh is stuck; more requests would only pile up here
@@ -34,14 +33,7 @@ def is_jason(i: int, share: float) -> bool:
 
 class Client:
     def __init__(self, url: str, rate: float, jason_share: float, proxy: str | None) -> None:
-        self.url, self.rate, self.jason_share = url, rate, jason_share
-        # The sidecar's credential rides in its URL (`lattice run` puts it there): sent as
-        # Proxy-Authorization, the URL itself without it.
-        self.proxy = self.proxy_auth = None
-        if proxy:
-            with_credential = yarl.URL(proxy)
-            self.proxy_auth = aiohttp.BasicAuth.from_url(with_credential)
-            self.proxy = with_credential.with_user(None)
+        self.url, self.rate, self.jason_share, self.proxy = url, rate, jason_share, proxy
         self.results: collections.Counter[str] = collections.Counter()
         self.in_flight = 0
 
@@ -65,7 +57,7 @@ class Client:
         )
         self.in_flight += 1
         try:
-            async with session.get(self.url, headers=headers, proxy=self.proxy, proxy_auth=self.proxy_auth) as response:
+            async with session.get(self.url, headers=headers, proxy=self.proxy) as response:
                 await response.read()
                 self.results[str(response.status)] += 1
         except (aiohttp.ClientError, OSError, TimeoutError) as e:

@@ -9,6 +9,7 @@ Parts, one per xDS type plus shared pieces:
 - `routes`    — one VirtualService HTTP rule into Envoy routes (matches, splits, faults, retries).
 - `policy`    — DestinationRule traffic policy for a cluster (precedence; load balancing, pools, outliers, locality).
 - `ratelimit` — RateLimitPolicy limits as the inbound local rate limit filter.
+- `silence`   — bounds on silent connections on every listener (handshake / first bytes, idle).
 - `proxy_auth` — the outbound listener's credential in proxy mode (407 without it; the secret stays with the agent).
 - `jwt`       — RequestAuthentication as the inbound jwt_authn filter (Istio's layout).
 - `authz`     — AuthorizationPolicy as inbound RBAC filters (`rbac_configs`: the one compiled form).

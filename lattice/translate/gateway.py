@@ -35,7 +35,7 @@ from lattice.api.gateway import Server, ServerTLSSettings, split_host
 from lattice.api.networking import RouteDestination
 from lattice.api.registration import gateway_local_port
 from lattice.mesh import MeshSnapshot, Workload, credentials, fqdn, k8s_gateway
-from lattice.translate import cds, http_filters, lds, names, rds, routes, telemetry, tls, tracing
+from lattice.translate import cds, http_filters, lds, names, rds, routes, silence, telemetry, tls, tracing
 from lattice.translate.protos import ads, pack, socket_address
 
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
@@ -116,7 +116,7 @@ def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.List
         if _shape(group[0].server) in ("terminate", "passthrough"):  # SNI picks the chain
             listener.listener_filters.add(name=lds.TLS_INSPECTOR, typed_config=pack(tls_inspector_pb2.TlsInspector()))
         if listener.filter_chains:
-            out.append(listener)
+            out.append(silence.bound(snapshot, listener))
     return out
 
 

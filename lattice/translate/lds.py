@@ -29,6 +29,7 @@ from lattice.translate import (
     paths,
     proxy_auth,
     rds,
+    silence,
     telemetry,
     tls,
     tracing,
@@ -47,11 +48,12 @@ REQUEST_HEADERS_TIMEOUT = 10
 
 
 def listeners(snapshot: MeshSnapshot, proxy: Workload) -> list[listener_pb2.Listener]:
-    return [
+    built = [
         outbound(snapshot, proxy),
         inbound(snapshot, proxy),
         *(_upstream(snapshot, proxy, u) for u in proxy.upstreams),
     ]
+    return [silence.bound(snapshot, listener) for listener in built]
 
 
 def outbound(snapshot: MeshSnapshot, proxy: Workload) -> listener_pb2.Listener:
@@ -210,7 +212,9 @@ def _manager(snapshot: MeshSnapshot, stat_prefix: str, filters: list[hcm.HttpFil
         strip_trailing_host_dot=True,
         request_headers_timeout=duration(REQUEST_HEADERS_TIMEOUT),
         common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
-            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
+            headers_with_underscores_action=protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
+            # No request open for this long: closed (translate/silence.py); an open stream is a request.
+            idle_timeout=duration(snapshot.http_policy.idle_timeout),
         ),
     )
     paths.configure(manager, snapshot.http_policy.path_normalization)

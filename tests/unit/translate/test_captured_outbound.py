@@ -10,6 +10,7 @@ from google.protobuf import json_format
 
 from lattice.mesh import MeshSnapshot, Workload
 from lattice.mesh.vips import VIP_NETWORK, allocate
+from lattice.translate.silence import HTTP_INSPECTOR
 from lattice.translate import CLUSTER, LISTENER, translate
 from lattice.translate.capture import DNS_METADATA, PASSTHROUGH_ORIGINAL_DST
 from lattice.translate.names import OUTBOUND_LISTENER
@@ -84,7 +85,11 @@ def test_registry_only_closes_what_is_not_the_mesh_and_uncaptured_proxies_are_un
     assert "passthrough" not in {c.name for c in _outbound(strict).filter_chains}
     reviews = SNAPSHOT.workloads[1]
     plain = _outbound(proxy=reviews)
-    assert not plain.listener_filters and len(plain.filter_chains) == 1
+    # Uncaptured: one HTTP chain; its only listener filter bounds a silent connection (translate/silence.py).
+    assert [f.name for f in plain.listener_filters] == [
+        HTTP_INSPECTOR
+    ] and not plain.continue_on_listener_filters_timeout
+    assert len(plain.filter_chains) == 1
     clusters = [c.name for c in _clusters(reviews)]
     assert PASSTHROUGH_ORIGINAL_DST not in clusters and PASSTHROUGH_ORIGINAL_DST in [c.name for c in _clusters(WEB)]
 
