@@ -1,11 +1,13 @@
 """How long until a workload serves through the mesh.
 
-    .venv/bin/python bench/startup.py [--rounds 3]
+    .venv/bin/python bench/startup.py [--quick] [--rounds N] [--no-demo]
 
 - `lattice run` → first mTLS request: with a control plane and a server workload already up, time
   from starting `lattice run` for a client to the client app's first 200 from the server through
   its sidecar (mesh-wide STRICT mTLS). The app records the instant of that answer on the system
-  monotonic clock, which all processes on a Linux machine share.
+  monotonic clock, which all processes on a Linux machine share. Each `lattice run` logs (at
+  --log-level info) when each of its steps ended, from its process's start (agent/phases.py): the
+  phase table gives each step's median end.
 - `lattice demo` → all services answering: the demo's own report of when every Bookinfo service
   first answered through the mesh, from a fresh $LATTICE_HOME.
 """
@@ -24,7 +26,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).parent.parent))
 from harness import BACKEND, LATTICE, ControlPlane, Workload, stop  # noqa: E402
+
+from lattice.agent.phases import parse as parse_phases  # noqa: E402
 
 STRICT = """
 apiVersion: security.istio.io/v1
@@ -46,7 +51,7 @@ while True:
 """
 
 
-def run_to_first_request(rounds: int) -> list[float]:
+def run_to_first_request(rounds: int, phases: list[dict] | None = None) -> list[float]:
     home = Path(tempfile.mkdtemp(prefix="lattice-bench-start-"))
     plane = ControlPlane(home / "home").start()
     server = Workload(plane, "server", command=BACKEND).start()
@@ -58,7 +63,8 @@ def run_to_first_request(rounds: int) -> list[float]:
             env = plane.env | {"LATTICE_TOKEN": token}
             started = time.monotonic()
             process = subprocess.run(
-                [LATTICE, "run", "--service", "client", "--version", f"v{i}", "--", sys.executable, "-c", FIRST_ANSWER],
+                [LATTICE, "run", "--service", "client", "--version", f"v{i}", "--log-level", "info"]
+                + ["--", sys.executable, "-c", FIRST_ANSWER],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -68,6 +74,9 @@ def run_to_first_request(rounds: int) -> list[float]:
             if not found:
                 raise RuntimeError(f"the client never got an answer:\n{process.stdout}\n{process.stderr}")
             times.append(float(found.group(1)) - started)
+            if phases is not None:
+                marks = next((m for line in process.stderr.splitlines() if (m := parse_phases(line))), {})
+                phases.append(marks | {"first-answer": times[-1]})
     finally:
         server.stop()
         plane.stop()
@@ -97,9 +106,25 @@ def demo_to_answering(timeout: float = 90) -> dict:
     return out
 
 
-def measure(quick: bool) -> dict:
-    first = run_to_first_request(2 if quick else 5)
-    return {"run_to_first_mtls_request_s": first, "demo": demo_to_answering()}
+def measure(quick: bool, rounds: int | None = None, demo: bool = True) -> dict:
+    phases: list[dict] = []
+    first = run_to_first_request(rounds or (3 if quick else 5), phases)
+    return {
+        "run_to_first_mtls_request_s": first,
+        "phases_s": phases,
+        "demo": demo_to_answering() if demo else {},
+    }
+
+
+def phase_rows(result: dict) -> list[tuple[str, str]]:
+    """Each step's median end, from the `lattice run` process's start, in the order they end."""
+    runs = result.get("phases_s", [])
+    names = {name for run in runs for name in run}
+    medians = {}
+    for name in names:
+        ends = sorted(run[name] for run in runs if name in run)
+        medians[name] = ends[len(ends) // 2]
+    return [(name, f"{at:.3f} s") for name, at in sorted(medians.items(), key=lambda item: item[1])]
 
 
 def rows(result: dict) -> list[tuple[str, str]]:
@@ -115,10 +140,15 @@ def rows(result: dict) -> list[tuple[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, help="lattice run rounds (default 3 quick, 5 full)")
+    parser.add_argument("--no-demo", action="store_true", help="skip lattice demo")
     args = parser.parse_args()
-    result = measure(args.quick)
+    result = measure(args.quick, args.rounds, not args.no_demo)
     for name, value in rows(result):
         print(f"{name}: {value}")
+    print("phase (median end, from the lattice run process's start):")
+    for name, value in phase_rows(result):
+        print(f"  {name}: {value}")
     print(json.dumps(result))
 
 

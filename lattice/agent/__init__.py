@@ -18,8 +18,13 @@ Parts:
 - `drain`     — the graceful stop: callers stop choosing this endpoint (and confirm it), Envoy
                 drains its inbound listener, open requests finish, then the app is stopped.
 - `sidecar`   — `Sidecar`: the lifecycle that ties these together and runs the app.
+- `launch`    — the agent's own process: `lattice run` hands it the parsed options (cli/entry.py
+                forks the parser, so the agent imports while the command line is parsed).
+- `phases`    — when each step of the start ended (`--log-level info`: one `started in` line).
 
-Rules: the app starts only after Envoy holds its config; when the app exits, the sidecar stops
+Start-up runs side by side what does not wait on each other: Envoy starts (its bootstrap needs no
+certificate) while the key, the CSR and the enrolment run; the xDS stream opens while the
+registration is made. Rules: the app starts only after Envoy holds its config; when the app exits, the sidecar stops
 and `lattice run` exits with the app's code; a signal drains first (`drain`, bounded by
 `--drain-timeout`), then stops app, Envoy and agent, in that order; a second signal stops at once.
 SIGUSR1 replaces Envoy by hot restart (`envoy`); SIGHUP re-executes the agent while the app runs

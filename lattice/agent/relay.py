@@ -35,6 +35,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from lattice.agent.phases import STARTUP
 from lattice.translate import CLUSTER, ENDPOINT, LISTENER, TYPE_ORDER
 
 log = logging.getLogger("lattice.relay")
@@ -153,6 +154,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def StreamAggregatedResources(self, requests: AsyncIterator[Request], context) -> AsyncIterator[Response]:
         session = self._session = _EnvoySession()
+        STARTUP.mark("envoy-connected")
         reader = asyncio.create_task(self._read_envoy(session, requests), name="relay-envoy-reader")
         try:
             while True:
@@ -192,6 +194,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self.good[type_url] = answered
             self.on_accept(type_url, answered)
             if CLUSTER in self.good and LISTENER in self.good:
+                STARTUP.mark("config-acked")
                 self.has_config.set()
         else:
             log.warning(
@@ -333,6 +336,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 queue.put_nowait(self._initial(type_url))
             self._upstream_queue = queue
             self.upstream_connected = True
+            STARTUP.mark("xds-upstream")
             log.info("xDS stream to control plane %s open", self.upstream)
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             async for response in stub.DeltaAggregatedResources(self._requests(queue)):

@@ -47,6 +47,7 @@ from lattice.agent.modules import ModuleFetcher
 from lattice.agent.observer import Observer
 from lattice.agent.options import ProxyOptions, RunOptions
 from lattice.agent.proxy_credential import ProxyCredential
+from lattice.agent.phases import STARTUP
 from lattice.agent.registration import Registration
 from lattice.agent.relay import XdsRelay
 from lattice.agent.servers import ControlPlanes
@@ -90,6 +91,7 @@ class Sidecar:
         # Proxy mode: what the outbound listener asks of its clients (agent/proxy_credential.py).
         self.credential: ProxyCredential | None = None
         self.credential_file: Path | None = None
+        self._envoy: asyncio.Task | None = None  # Envoy's supervision (agent/envoy.py)
 
     @property
     def run_options(self) -> RunOptions:
@@ -231,9 +233,8 @@ class Sidecar:
         # One registry client from registration to deregistration, cleanup included.
         async with RegistryClient(self.o.server, reg, lambda: self.app_healthy, self.identity) as self.registry:
             try:
-                await self._obtain_identity()
-                self._check_xds_reachable()
-                self.relay = XdsRelay(node, self._xds_address(), self._xds_credentials, CONTROL_PLANE_NAME)
+                # The xDS address is the certificate's answer's: set once the identity is obtained.
+                self.relay = XdsRelay(node, "", self._xds_credentials, CONTROL_PLANE_NAME)
                 if self.handover is not None:  # the new Envoy gets what the old one held at once
                     self.relay.good.update(self.handover.decoded_config())
                 self.observer = Observer(self._me(), f"{reg.service}.{reg.namespace}.svc.cluster.local")
@@ -241,11 +242,24 @@ class Sidecar:
                 # Extensions' Wasm modules: fetched from the control plane, given to Envoy as files.
                 self.modules = ModuleFetcher(self.o.server, self.run_dir / "modules", self.identity.ssl)
                 self.relay.localize = self.modules.localize
-                self.planes.set_xds(self.relay.upstream)
                 self.relay.on_upstream_lost = self._fail_over
                 self.observer.envoy = self.envoy
+                self.traces = TraceRelay(self.o.server, self.identity)  # Envoy's spans, on to the control plane
+                self.observer.span_counts = self.traces.counts
                 if self.capture is not None:
                     self._install_capture(self.capture)
+                await self._serve_envoy()
+                if self.handover is None:
+                    # Envoy starts while the key, the CSR and the enrolment run: its bootstrap needs no
+                    # certificate, and it has no listener (so takes no traffic) until the agent relays
+                    # config, which needs the certificate; its TLS waits on SDS until then too.
+                    self._envoy = asyncio.get_running_loop().create_task(self.envoy.supervise(), name="envoy")
+                await self._obtain_identity()
+                STARTUP.mark("identity")
+                self.observer.receiver.me = self._me()  # with the certificate's SPIFFE id
+                self._check_xds_reachable()
+                self.relay.upstream = self._xds_address()
+                self.planes.set_xds(self.relay.upstream)
                 await self._serve()
             except asyncio.CancelledError:
                 log.info("stopping %s", reg.id)
@@ -441,13 +455,12 @@ class Sidecar:
             return f"{host}:{xds.rsplit(':', 1)[1]}"
         return xds
 
-    async def _serve(self) -> None:
+    async def _serve_envoy(self) -> None:
+        """The agent's unix sockets for its Envoy: xDS (relayed), secrets, access logs and spans."""
         local = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.relay, local)
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self.sds, local)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.observer.receiver, local)
-        self.traces = TraceRelay(self.o.server, self.identity)  # Envoy's spans, on to the control plane
-        self.observer.span_counts = self.traces.counts
         add_trace_service(self.traces, local)
         for name in ("xds", "sds", "telemetry"):
             local.add_insecure_port(f"unix:{self._socket(name)}")
@@ -455,7 +468,23 @@ class Sidecar:
         for name in ("xds", "sds", "telemetry"):  # our Envoy only (the directory is 0700 too)
             os.chmod(self._socket(name), 0o600)
         self._servers.append(local)
-        await self.registry.register()
+
+    async def _supervise_envoy(self) -> None:
+        """Envoy's supervision, started early (see `_run`) or now (an upgraded agent's hot restart)."""
+        if self._envoy is None:
+            self._envoy = asyncio.get_running_loop().create_task(self.envoy.supervise(), name="envoy")
+        await self._envoy
+
+    async def _serve(self) -> None:
+        # The xDS stream opens while the registration is made: the control plane answers it once
+        # the registration's push includes this proxy.
+        upstream = asyncio.get_running_loop().create_task(self.relay.run_upstream(), name="xds-upstream")
+        try:
+            await self.registry.register()
+        except BaseException:
+            upstream.cancel()
+            raise
+        STARTUP.mark("registered")
         self._agent_port = agent_app(
             self.envoy, lambda: self.app_healthy, self.observer, lambda: self.identity.agent_key
         )
@@ -465,8 +494,8 @@ class Sidecar:
             await self._agent_port.listen(self.registration.address, self.registration.agent_port)
         async with asyncio.TaskGroup() as tasks:
             background = [
-                tasks.create_task(self.relay.run_upstream(), name="xds-upstream"),
-                tasks.create_task(self.envoy.supervise(), name="envoy"),
+                tasks.create_task(_watched(upstream), name="xds-upstream-watch"),
+                tasks.create_task(self._supervise_envoy(), name="envoy-watch"),
                 tasks.create_task(self.registry.heartbeats(self.o.heartbeat_interval), name="heartbeats"),
                 tasks.create_task(self.identity.renew_forever(self.registry.session), name="renewal"),
                 tasks.create_task(self._probe_forever(), name="app-probe"),
@@ -480,6 +509,9 @@ class Sidecar:
             if self.capture is not None:
                 background.append(tasks.create_task(self.capture.serve_dns(), name="dns-proxy"))
             await self._wait_ready()
+            STARTUP.mark("ready")
+            if not self.o.command and self.handover is None:
+                log.info("%s", STARTUP.line())
             self._announce()
             self.exit_code = await self._until_stopped()
             for task in background:
@@ -524,14 +556,19 @@ class Sidecar:
         return code
 
     async def _wait_ready(self) -> None:
-        deadline = asyncio.get_running_loop().time() + self.o.ready_timeout
-        while not (self.relay.has_config.is_set() and await self.envoy.live()):
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(
-                    f"Envoy did not get its config within {self.o.ready_timeout:.0f}s; is the control plane's xDS "
-                    f"at {self.relay.upstream} reachable?\n{self.envoy.log_tail()}"
-                )
-            await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.o.ready_timeout
+        try:  # the config first (no need to ask Envoy before), then Envoy's word that it serves it
+            await asyncio.wait_for(self.relay.has_config.wait(), self.o.ready_timeout)
+            while not await self.envoy.live():
+                if loop.time() > deadline:
+                    raise TimeoutError
+                await asyncio.sleep(0.01)  # its listeners warm within milliseconds once the secrets are there
+        except TimeoutError:
+            raise RuntimeError(
+                f"Envoy did not get its config within {self.o.ready_timeout:.0f}s; is the control plane's xDS "
+                f"at {self.relay.upstream} reachable?\n{self.envoy.log_tail()}"
+            ) from None
 
     async def _run_app(self) -> int:
         reg = self.registration
@@ -558,6 +595,8 @@ class Sidecar:
             self.app = await asyncio.create_subprocess_exec(
                 *command, env=env, preexec_fn=die_with_parent, process_group=0
             )
+            STARTUP.mark("app-started")
+            log.info("%s", STARTUP.line())  # (an upgraded agent adopts the app: never here)
         except OSError as e:
             log.error("cannot start %s: %s", self.o.command[0], e.strerror)
             return 127
@@ -686,6 +725,9 @@ class Sidecar:
         if self.identity.chain:  # registered with it; without one there is nothing to undo
             await self.registry.deregister()
         await self.envoy.stop()
+        if self._envoy is not None:
+            self._envoy.cancel()
+            await asyncio.gather(self._envoy, return_exceptions=True)
         if self._agent_port is not None:
             await self._agent_port.close()
         for server in self._servers:
@@ -718,6 +760,15 @@ def _no_proxy(address: str) -> dict[str, str]:
 def _exit_status(code: int) -> int:
     """A shell's exit status: the code, or 128 + the signal that ended the process."""
     return code if code >= 0 else 128 - code
+
+
+async def _watched(task: asyncio.Task) -> None:
+    """A task started before the sidecar's task group, as one of its own: its failure stops the
+    sidecar, and the group's end cancels it."""
+    try:
+        await task
+    finally:
+        task.cancel()
 
 
 async def _tcp_open(host: str, port: int) -> bool:
