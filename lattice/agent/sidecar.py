@@ -249,13 +249,12 @@ class Sidecar:
                 if self.capture is not None:
                     self._install_capture(self.capture)
                 await self._serve_envoy()
-                if self.handover is None:
-                    # Envoy starts while the key, the CSR and the enrolment run: its bootstrap needs no
-                    # certificate, and it has no listener (so takes no traffic) until the agent relays
-                    # config, which needs the certificate; its TLS waits on SDS until then too.
-                    self._envoy = asyncio.get_running_loop().create_task(self.envoy.supervise(), name="envoy")
                 await self._obtain_identity()
                 STARTUP.mark("identity")
+                if self.handover is None:
+                    # Envoy starts while the registration is made and the control plane builds this
+                    # proxy's config (not before the certificate: a refused workload starts nothing).
+                    self._envoy = asyncio.get_running_loop().create_task(self.envoy.supervise(), name="envoy")
                 self.observer.receiver.me = self._me()  # with the certificate's SPIFFE id
                 self._check_xds_reachable()
                 self.relay.upstream = self._xds_address()
