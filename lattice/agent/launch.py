@@ -19,6 +19,7 @@ import sys
 from typing import NoReturn
 
 OPTIONS_FD = "--options-fd"
+PARSER_ENV = "LATTICE_OPTIONS_PARSER"  # the pid of the child parsing the command line (cli/entry.py)
 
 
 _handing_to: int | None = None  # a pipe to the agent this process's parent became (cli/entry.py)
@@ -68,7 +69,8 @@ def main(argv: list[str]) -> int:
 
     STARTUP.mark("exec")  # `lattice run` re-executed this interpreter
     fd = int(argv[1])
-    from_parser = stat.S_ISFIFO(os.fstat(fd).st_mode)  # cli/entry.py: the parser is our one child
+    parser = int(os.environ.pop(PARSER_ENV, "0") or 0)  # not for the app's or Envoy's environment
+    from_parser = stat.S_ISFIFO(os.fstat(fd).st_mode) and parser > 0  # cli/entry.py
     if not from_parser:
         given = _read_options(fd)
     # gRPC's fork handlers only print warnings when the agent starts Envoy and the app; we never
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> int:
     STARTUP.mark("imports")
     if from_parser:
         given = _read_options(fd)
-        _, status = os.waitpid(-1, 0)
+        _, status = os.waitpid(parser, 0)
         if given is None:  # help, or a bad command line: the parser said so, its exit code is ours
             code = os.waitstatus_to_exitcode(status)
             return code if code >= 0 else 128 - code

@@ -57,6 +57,7 @@ def _agent_while_parsing() -> None:
             os._exit(127)  # (exec failed: the agent reads nothing and exits with this)
     os.close(write)
     os.close(command_line)
+    os.environ[launch.PARSER_ENV] = str(parser)  # the agent waits for it (and only it) when it has read
     launch.exec_agent(read)
 
 
