@@ -40,6 +40,9 @@ def stats_matcher(prefixes=(), suffixes=(), regexps=()) -> dict:
     return {"stats_matcher": {"inclusion_list": {"patterns": patterns}}}
 
 
+MAX_CONNECTIONS = 50000
+
+
 def bootstrap(
     node_id: str,
     cluster: str,
@@ -56,6 +59,20 @@ def bootstrap(
     return {
         "stats_config": stats_tags.stats_config() | (stats_config or {}),
         "node": {"id": node_id, "cluster": cluster, "metadata": metadata},
+        # At most this many connections open on all listeners together; more are closed as they come
+        # (Envoy's edge-proxy guidance; the overload manager's monitor, not the deprecated runtime key).
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+                        "DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": MAX_CONNECTIONS,
+                    },
+                }
+            ]
+        },
         # Admin on a 0600 unix socket: reachable by the agent only, never from the network.
         "admin": {"address": {"pipe": {"path": str(admin_socket), "mode": 0o600}}},
         "dynamic_resources": {
@@ -87,7 +104,6 @@ def bootstrap(
                 {
                     "name": "static",
                     "static_layer": {
-                        "overload.global_downstream_max_connections": 50000,
                         "envoy.reloadable_features.http_reject_path_with_fragment": False,
                         # Istio's bootstrap value: the mesh's path policy (translate/paths.py) and
                         # users' regexes compile to more than RE2's default bound of 100.
