@@ -68,6 +68,9 @@ def main(argv: list[str]) -> int:
     from lattice.agent.phases import STARTUP
 
     STARTUP.mark("exec")  # `lattice run` re-executed this interpreter
+    from lattice.agent import heap
+
+    heap.steady()  # before the agent's allocations (agent/heap.py)
     fd = int(argv[1])
     parser = int(os.environ.pop(PARSER_ENV, "0") or 0)  # not for the app's or Envoy's environment
     from_parser = stat.S_ISFIFO(os.fstat(fd).st_mode) and parser > 0  # cli/entry.py

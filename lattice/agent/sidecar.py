@@ -39,6 +39,7 @@ from lattice.agent.capture import CaptureMode
 from lattice.agent.control import RegistryClient
 from lattice.agent.drain import DrainBudget, drain_callers, drain_inbound
 from lattice.agent.envoy import HOT_RESTART, EnvoyProcess, die_with_parent
+from lattice.agent import heap
 from lattice.agent.handover import AdoptedProcess, Handover, incoming, reexec, registration_from
 from lattice.agent.http import agent_app
 from lattice.agent.identity import Identity
@@ -498,6 +499,7 @@ class Sidecar:
                 tasks.create_task(self.registry.heartbeats(self.o.heartbeat_interval), name="heartbeats"),
                 tasks.create_task(self.identity.renew_forever(self.registry.session), name="renewal"),
                 tasks.create_task(self._probe_forever(), name="app-probe"),
+                tasks.create_task(heap.trim_forever(), name="heap-trim"),
                 tasks.create_task(self.traces.forward(self.registry.session), name="trace-relay"),
                 tasks.create_task(self.observer.poll_forever(), name="envoy-stats"),
                 tasks.create_task(

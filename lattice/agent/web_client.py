@@ -6,7 +6,7 @@ headers=, params=, ssl=, server_hostname=, timeout=)` used as `async with ... as
 response with `status`, `headers`, `read()`, `text()`, `json()` and `raise_for_status()`. The
 whole body is read inside the call, bounded by `max_body` (a larger one is an error, not a cut),
 and the request as a whole by `timeout` seconds (TimeoutError). Connections are kept alive for
-`KEEP_IDLE` seconds, at most `MAX_IDLE` of them, each for one (address, TLS context, name); a
+`KEEP_IDLE` seconds, at most `MAX_IDLE` of them and one per (address, TLS context, name); a
 request on a kept connection that the server closed meanwhile is sent once more on a new one.
 Failures to connect, TLS failures and broken answers are `ClientError`.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from lattice.agent.web import BadMessage, body_framing, encode_head, parse_headers, read_body, read_head
 
 KEEP_IDLE = 15.0  # seconds: under the control plane's idle timeout (20 s), so it rarely closes first
-MAX_IDLE = 8
+MAX_IDLE = 2  # each TLS connection holds asyncio's 256 KiB read buffer; the agent's calls are few
 MAX_BODY = 16 << 20
 READ_LIMIT = 256 * 1024  # one head or chunk-size line
 
@@ -219,7 +219,9 @@ class Client:
         return None
 
     def _keep(self, where: tuple, kept: _Kept) -> None:
-        self._idle.setdefault(where, []).append(kept)
+        for older in self._idle.pop(where, []):  # one kept per destination: the calls rarely overlap
+            older.writer.close()
+        self._idle[where] = [kept]
         everything = sorted((k.since, key) for key, ks in self._idle.items() for k in ks)
         for since, key in everything[: max(0, len(everything) - MAX_IDLE)]:  # the oldest go
             for k in [k for k in self._idle[key] if k.since == since]:
