@@ -37,6 +37,7 @@ import json
 import re
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -264,6 +265,7 @@ class ScaleRun:
             for w in self.real:
                 w.stop()
             self.plane.stop()
+            shutil.rmtree(self.home, ignore_errors=True)  # the fleet's keys and the server's state
         self.result["phases"] = self.meter.phases
         return self.result
 
