@@ -130,6 +130,7 @@ class Bench:
             "requests": len(outcomes),
             "failed": len(failed),
             "how": dict(Counter(_kind(o) for o, _ in failed)),
+            "examples": {_kind(o): o[:300] for o, _ in reversed(failed)},  # the first of each kind
             "failure_window_s": round(failed[-1][1] - failed[0][1], 3) if failed else 0.0,
             "recovered_after_s": round(recovered - at, 3) if failed else 0.0,
         }

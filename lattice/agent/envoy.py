@@ -75,7 +75,7 @@ def die_with_parent() -> None:
 def forget_shared_memory(base_id: int) -> None:
     """Envoy leaves its hot restart shared memory behind when it exits (Linux: under /dev/shm)."""
     try:
-        os.unlink(f"/dev/shm/envoy_shared_memory_{base_id * 10}")
+        os.unlink(shared_memory_path(base_id))
     except OSError:
         pass
 
@@ -219,11 +219,31 @@ class EnvoyProcess:
             log.warning("cannot stand in as the new Envoy's hot restart parent: %s", e)
             return
         self.stand_in = parent
+        parent.terminated_callback = self.listeners_changed
+        task = asyncio.get_running_loop().create_task(self._check_stand_in(parent, self.process), name="envoy-stand-in")
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
         log.info(
             "handing the new Envoy the %d listening sockets kept from the dead one (%s)",
             len(self.listen_sockets.held),
             ", ".join(self.listen_sockets.addresses()),
         )
+
+    async def _check_stand_in(self, parent: HotParent, dead) -> None:
+        """A new Envoy that serves without having asked its parent anything started afresh with
+        sockets of its own: the kept ones would only hold connections nobody accepts. Let go."""
+        while parent.serving and not parent.contacted:
+            process = self.process
+            if self.epoch == parent.epoch and process is not None and process is not dead:  # started
+                if process.returncode is not None:
+                    return
+                if await self.serving_epoch() == parent.epoch and not parent.contacted:
+                    log.warning("the new Envoy started without the listening sockets the agent kept; letting them go")
+                    parent.close()
+                    self.listen_sockets.close()
+                    self.listeners_changed()
+                    return
+            await asyncio.sleep(0.1)
 
     def listeners_changed(self) -> None:
         """Envoy accepted a listener update (agent/relay.py): hold its listening sockets as they
@@ -240,6 +260,8 @@ class EnvoyProcess:
             process = self.process
             if process is None or process.returncode is not None or not self.keep_listen_sockets:
                 return
+            if self.stand_in is not None and self.stand_in.serving:
+                return  # mid-handover the new Envoy may not hold them all yet: looked at once it took over
             before = self.listen_sockets.addresses()
             if not self.listen_sockets.refresh(process.pid):
                 return

@@ -12,7 +12,8 @@ Envoy's place, handing over the held sockets; the connections queued meanwhile a
 
 Envoy's hot restart protocol as this module speaks it (Envoy 1.40: source/server/hot_restart.proto,
 hot_restarting_base.cc, hot_restarting_child.cc, hot_restarting_parent.cc, hot_restart_impl.cc):
-- Unix datagram sockets named `<--socket-path>_<role>_<base_id*10 + epoch % 3>`, role `parent`
+- Unix datagram sockets named `<--socket-path>_<role>_<base_id*10 + epoch % 3>` (with Envoy's
+  integer types: `domain_socket_name`), role `parent`
   (bound by epoch N for its child) or `child` (bound by epoch N+1); an `_udp` pair next to them
   forwards QUIC packets, which we do not use.
 - Each datagram: an 8-byte big-endian length, then a serialized `envoy.HotRestartMessage`.
@@ -46,7 +47,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 log = logging.getLogger("lattice.envoy")
 
@@ -350,8 +351,13 @@ class ListenSockets:
 # --- the shared memory a child attaches to --------------------------------------------------
 
 
+def scaled_base_id(base_id: int) -> int:
+    """Envoy's `base_id * 10`, computed in uint32 (hot_restart_impl.cc: scaled_base_id_)."""
+    return (base_id * 10) & 0xFFFFFFFF
+
+
 def shared_memory_path(base_id: int) -> Path:
-    return Path(f"/dev/shm/envoy_shared_memory_{base_id * 10}")
+    return Path(f"/dev/shm/envoy_shared_memory_{scaled_base_id(base_id)}")
 
 
 class SharedMemory:
@@ -446,7 +452,11 @@ def reclaim_shared_memory(min_age: float = 60.0, shm: Path = Path("/dev/shm")) -
 
 
 def domain_socket_name(socket_path: Path | str, role: str, base_id: int, epoch: int) -> str:
-    name = f"{socket_path}_{role}_{base_id * 10 + epoch % 3}"
+    # The scaled id reaches HotRestartingBase as an int and its names format a uint64: a scaled id
+    # of 2^31 or more (most dynamic base ids) is named as that negative int sign-extended.
+    scaled = scaled_base_id(base_id)
+    scaled = scaled - (1 << 32) if scaled >= 1 << 31 else scaled
+    name = f"{socket_path}_{role}_{(scaled + epoch % 3) % (1 << 64)}"
     return "\0" + name[1:] if name.startswith("@") else name  # Envoy's "@": the abstract namespace
 
 
@@ -461,6 +471,8 @@ class HotParent:
     original_start_time: int
     passed: list[str] = field(default_factory=list)  # addresses handed over, one per socket
     terminated: asyncio.Event = field(default_factory=asyncio.Event)
+    contacted: bool = False  # the child asked something: it did not start without a parent
+    terminated_callback: Callable[[], None] = lambda: None  # the child took over (Terminate)
     _sock: socket.socket | None = None
     _reuse_port: bool = True
 
@@ -514,6 +526,7 @@ class HotParent:
 
     def handle(self, request: Request) -> None:
         kind = request.kind
+        self.contacted = True
         if kind == "test_connection":
             return  # the child only checks that a parent is there
         if kind == "shutdown_admin":  # no admin here to shut: the dead Envoy's went with it
@@ -528,6 +541,7 @@ class HotParent:
             log.info("envoy epoch %d took over; the agent stops acting as its parent", self.epoch)
             self.close()
             self.terminated.set()
+            self.terminated_callback()
         else:
             self._send(didnt_recognize_reply())
 

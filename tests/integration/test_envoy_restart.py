@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
+import time
+import urllib.parse
+import urllib.request
 
 import pytest
 
 from harness import BACKEND, ControlPlane, Workload, children, running, wait_for
 from lattice.agent.address import LEASE_DIR, _try_lock
-from load import HttpLoad
+from load import ConnectProbe, HttpLoad
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("envoy-restart")]
 NO_RETRIES = """
@@ -95,19 +99,25 @@ def test_a_hot_restart_of_either_envoy_under_load_fails_no_request(mesh):
     assert len(load.outcomes) > 100 and load.failures() == []
 
 
-def refused(outcomes: list[str]) -> list[str]:
-    """Connections refused on the way: by the caller's own sidecar (the client's error) or by the
-    callee's (the 503 the caller's sidecar answers says so: `delayed connect error: 111`)."""
-    return [o for o in outcomes if "refused" in o.lower() or "connect error: 111" in o]
+def listener_of(workload: Workload, url: str) -> tuple[str, int]:
+    """The listener the load meets on this sidecar: the client's `--upstream` port (the URL), the
+    server's inbound port (where the client's sidecar connects)."""
+    if workload.service == "hot-client":
+        parsed = urllib.parse.urlsplit(url)
+        return parsed.hostname, parsed.port
+    port = re.search(r"inbound :(\d+)", workload.log.read_text())
+    assert port, "the sidecar says its inbound port"
+    return workload.address, int(port.group(1))
 
 
 @pytest.mark.timeout(240)
 def test_a_killed_envoy_is_replaced_with_its_listening_sockets(mesh):
     """SIGKILL to either sidecar's Envoy under load (a new connection per request): requests in
-    flight on it may fail, but no connection is refused, because the agent kept duplicates of
-    its listening sockets and hands them to the Envoy that replaces it (agent/hot_parent.py);
-    connections made meanwhile wait in their backlog and are served. Traffic flows again, the
-    app runs on. bench/lifecycle.py measures what callers lose."""
+    flight on it may fail, but its listener refuses no connection, because the agent kept
+    duplicates of the listening sockets and hands them to the Envoy that replaces it
+    (agent/hot_parent.py); connections made meanwhile wait in the backlog and are served. A probe
+    connects to the killed Envoy's listener every 5 ms throughout; traffic flows again, the app
+    runs on. bench/lifecycle.py measures what callers lose."""
     load = HttpLoad(mesh["url"])
     load.start()
     try:
@@ -115,25 +125,38 @@ def test_a_killed_envoy_is_replaced_with_its_listening_sockets(mesh):
         for side in ("server", "client"):
             workload = mesh[side]
             wait_for(lambda w=workload: "keeping Envoy's" in w.log.read_text(), 20, what="listening sockets kept")
-            (old,) = envoys(workload)
-            text = workload.log.read_text()
-            app, handed, settled = app_pid(workload), text.count("handing the new Envoy"), text.count("took over")
-            start = len(load.outcomes)
-            os.kill(old, signal.SIGKILL)
-            wait_for(lambda w=workload, o=old: (pids := envoys(w)) and o not in pids, 10, what="a new Envoy")
-            wait_for(
-                lambda n=start: len(load.outcomes) > n + 20 and set(load.outcomes[-20:]) == {"200"},
-                30,
-                what="traffic served by the new Envoy",
-            )
+            probe = ConnectProbe(listener_of(workload, mesh["url"]))
+            probe.start()
+            try:
+                wait_for(lambda p=probe: p.outcomes.count("ok") > 10, 20, what="the probe connecting")
+                (old,) = envoys(workload)
+                text = workload.log.read_text()
+                app, handed, settled = app_pid(workload), text.count("handing the new Envoy"), text.count("took over")
+                start, killed = len(load.outcomes), time.monotonic()
+                os.kill(old, signal.SIGKILL)
+                wait_for(lambda w=workload, o=old: (pids := envoys(w)) and o not in pids, 10, what="a new Envoy")
+                wait_for(
+                    lambda n=start: len(load.outcomes) > n + 20 and set(load.outcomes[-20:]) == {"200"},
+                    30,
+                    what="traffic served by the new Envoy",
+                )
+                served = time.monotonic()
+            finally:
+                probe.stop()
+            probed = sum(1 for t in probe.times if killed <= t <= served)
+            assert probed > 20, "the probe ran while Envoy was replaced"
+            assert probe.refused_between(killed, served) == 0, f"{side}'s Envoy killed: refused {probe.outcomes}"
             during = load.outcomes[start:]
-            assert refused(during) == [], f"{side}'s Envoy killed: {len(refused(during))} refused of {len(during)}"
+            assert not [o for o in during if "refused" in o.lower()], during
             assert app_pid(workload) == app and workload.process.poll() is None
             text = workload.log.read_text()
             assert text.count("handing the new Envoy") == handed + 1
             assert "envoy exited with -9; starting it again" in text
             # The new Envoy ends the handover (Terminate, --parent-shutdown-time-s after it serves).
-            wait_for(lambda w=workload, n=settled: w.log.read_text().count("took over") > n, 30, what="handover end")
+            try:
+                wait_for(lambda w=workload, n=settled: w.log.read_text().count("took over") > n, 30, what="handover")
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{side}'s log:\n{workload.log.read_text()[-6000:]}") from None
     finally:
         load.stop()
 
@@ -196,7 +219,9 @@ def test_a_killed_sidecar_restarted_at_once_takes_its_address_back(mesh):
 
 
 def _hot_restart_memory(base_id: int) -> bool:
-    return os.path.exists(f"/dev/shm/envoy_shared_memory_{base_id * 10}")
+    from lattice.agent.hot_parent import shared_memory_path
+
+    return shared_memory_path(base_id).exists()
 
 
 async def test_a_stopped_envoy_leaves_no_hot_restart_memory_behind(tmp_path):
@@ -257,9 +282,11 @@ def _direct_response_bootstrap(admin, port: int) -> dict:
 
 
 def _get(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        return b"".join(iter(lambda: s.recv(4096), b""))
+    """A request on a new connection; the body, if the answer is 200."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/", timeout=10) as response:
+        assert response.status == 200
+        return response.read()
 
 
 async def test_a_killed_envoy_gets_its_listening_sockets_from_the_agent(tmp_path):
@@ -290,13 +317,64 @@ async def test_a_killed_envoy_gets_its_listening_sockets_from_the_agent(tmp_path
         old = envoy.process
         os.kill(old.pid, signal.SIGKILL)
         await old.wait()
-        answer = await asyncio.to_thread(_get, port)  # no Envoy, or the new one starting: not refused
-        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok")
+        # No Envoy, or the new one starting: not refused, and answered by the new one.
+        assert await asyncio.to_thread(_get, port) == b"ok"
         assert envoy.process is not old and envoy.epoch == 1
         await asyncio.wait_for(envoy.stand_in.terminated.wait(), 30)  # Envoy's Terminate: handover done
         assert envoy.stand_in.passed and set(envoy.stand_in.passed) == {f"tcp://127.0.0.1:{port}"}
         assert envoy.process.returncode is None and await envoy.serving_epoch() == 1
-        assert (await asyncio.to_thread(_get, port)).endswith(b"ok")
+        assert await asyncio.to_thread(_get, port) == b"ok"
+    finally:
+        await envoy.stop()
+        await supervising
+
+
+async def test_a_new_envoy_that_did_not_ask_for_the_kept_sockets_gets_no_connection_stuck(
+    tmp_path, monkeypatch, caplog
+):
+    """Should the new Envoy not find the agent as its parent (here: the agent binds a name Envoy
+    does not look for) it starts afresh with sockets of its own, which join the kept ones' port
+    (SO_REUSEPORT): the agent lets the kept ones go, so no connection waits in a backlog nobody
+    accepts from, and every request is answered."""
+    from lattice.agent import hot_parent
+    from lattice.agent.envoy import EnvoyProcess
+
+    real = hot_parent.domain_socket_name
+    monkeypatch.setattr(
+        hot_parent,
+        "domain_socket_name",
+        lambda path, role, *a: real(path, "elsewhere" if role == "parent" else role, *a),
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bootstrap, admin = tmp_path / "envoy.json", tmp_path / "admin.sock"
+    bootstrap.write_text(json.dumps(_direct_response_bootstrap(admin, port)))
+    envoy = EnvoyProcess(bootstrap, admin, tmp_path / "envoy.log")
+    supervising = asyncio.create_task(envoy.supervise())
+    try:
+        for _ in range(600):
+            if await envoy.live():
+                break
+            await asyncio.sleep(0.05)
+        envoy.listeners_changed()
+        for _ in range(200):
+            if envoy.listen_sockets.held:
+                break
+            await asyncio.sleep(0.05)
+        old = envoy.process
+        kept = set(envoy.listen_sockets.held)
+        os.kill(old.pid, signal.SIGKILL)
+        await old.wait()
+        for _ in range(600):
+            if "letting them go" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        assert "started without the listening sockets the agent kept" in caplog.text
+        assert not envoy.stand_in.contacted and not envoy.stand_in.serving
+        assert not kept & set(envoy.listen_sockets.held)  # the dead Envoy's are let go
+        for _ in range(20):  # each a new connection: none lands in a socket nobody accepts from
+            assert await asyncio.to_thread(_get, port) == b"ok"
     finally:
         await envoy.stop()
         await supervising

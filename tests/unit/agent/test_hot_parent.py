@@ -135,6 +135,12 @@ def test_addresses_in_envoys_form():
     assert parse_address("tcp://nonsense") is None
     assert domain_socket_name("/run/x/hot-restart", "parent", 4, 5) == "/run/x/hot-restart_parent_42"
     assert domain_socket_name("@envoy", "child", 1, 0) == "\0envoy_child_10"
+    # Envoy's own names for a base id whose scaled id passes 2^31 (seen from a real Envoy 1.40):
+    # the int it becomes is negative, formatted as uint64.
+    assert domain_socket_name("/r/h", "parent", 249412724, 3) == "/r/h_parent_18446744071908711560"
+    assert domain_socket_name("/r/h", "child", 249412724, 1) == "/r/h_child_18446744071908711561"
+    assert hot_parent.shared_memory_path(249412724).name == "envoy_shared_memory_2494127240"
+    assert hot_parent.shared_memory_path(429496730).name == "envoy_shared_memory_4"  # uint32
 
 
 LISTENER = """
