@@ -80,6 +80,10 @@ def _kind(outcome: str) -> str:
     code = outcome.split(" ", 1)[0]
     if "connect error: 111" in outcome or "refused" in outcome.lower():  # the caller's sidecar says why
         return f"{code} (refused behind)"
+    if "remote connection failure" in outcome:  # it could not connect to the callee's sidecar
+        return f"{code} (connect failed behind)"
+    if "connection termination" in outcome:  # the callee's sidecar went away mid-request
+        return f"{code} (in flight)"
     return code
 
 
