@@ -10,7 +10,8 @@ does), each answering as the pod it stands for (`echo-v1` / `echo-v2`):
     echo-v1   :80, :8080              the Service `echo-v1`
     echo-v2   :80, :8080              the Service `echo-v2`
 
-and, as upstream, an echo in gateway-conformance-mesh-consumer. The client is, as upstream
+and, as upstream, an echo in gateway-conformance-mesh-consumer. The gRPC cases add the gRPC echo
+(tests/apps/grpc_echo.py) on the base's `grpc` port 7070: `echo` v1, `echo-v1`, `echo-v2`. The client is, as upstream
 (`ConnectToApp(MeshAppEchoV1)`), the app of the echo v1 workload: its requests go through its own
 sidecar. Each case's manifests are applied with `lattice apply` as the suite applies them, and its
 table (tests/conformance/gateway-api/mesh.yaml, see its header) is checked row by row.
@@ -20,10 +21,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import grpc
 import pytest
 import yaml
 from harness import BACKEND, Workload, reset_config, running, wait_for
@@ -31,7 +34,11 @@ from harness import BACKEND, Workload, reset_config, running, wait_for
 pytestmark = pytest.mark.slow
 MESH = "gateway-conformance-mesh"
 CONSUMER = "gateway-conformance-mesh-consumer"
-CASES = yaml.safe_load((Path(__file__).parents[1] / "conformance" / "gateway-api" / "mesh.yaml").read_text())
+ALL_CASES = yaml.safe_load((Path(__file__).parents[1] / "conformance" / "gateway-api" / "mesh.yaml").read_text())
+CASES = [c for c in ALL_CASES if c.get("protocol") != "grpc"]
+GRPC_CASES = [c for c in ALL_CASES if c.get("protocol") == "grpc"]
+GRPC_ECHO = [sys.executable, str(Path(__file__).parents[1] / "apps" / "grpc_echo.py")]
+GRPC_ECHO_METHOD = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo"
 # Cases Lattice answers differently from the suite, each with the reason (kept failing, strictly).
 DIFFERENCES: dict[str, str] = {}
 
@@ -188,3 +195,98 @@ def test_mesh_conformance_case(shared_plane, mesh, case):
         pass  # the table below says how
     wrong = [f"{row} -> {'; '.join(m)}" for row in rows if (m := _mismatches(mesh, row))]
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.fixture(scope="module")
+def grpc_echoes(shared_plane, mesh):
+    """The mesh base's `grpc` port (7070, h2c) of echo, echo-v1 and echo-v2, for the gRPC cases only."""
+    workloads = [
+        Workload(
+            shared_plane,
+            service,
+            version,
+            command=GRPC_ECHO,
+            extra=("--namespace", MESH, "--port", "7070", "--protocol", "GRPC"),
+            env={"BACKEND_SERVICE": "echo"},
+        )
+        for service, version in (("echo", "v1"), ("echo-v1", "v1"), ("echo-v2", "v2"))
+    ]
+    with running(shared_plane, workloads, timeout=60, ready_timeout=120):
+        # A sidecar is ready before its app listens: on a loaded machine the gRPC app takes a while.
+        reset_config(shared_plane)
+        client = GrpcClient(mesh["clients"]["mesh"].workload)
+        try:
+            for host in ("echo:7070", "echo-v1:7070", "echo-v2:7070"):
+                wait_for(
+                    lambda h=host: client.call({"host": h})[0] == "OK", 120, what=f"the gRPC echo of {host} to answer"
+                )
+        finally:
+            client.close()
+        yield
+
+
+class GrpcClient:
+    """The mesh client's app calling over HTTP/2 (prior knowledge) through its sidecar, routed by :authority."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.target = f"{workload.address}:15001"
+        self.channels: dict[str, grpc.Channel] = {}
+
+    def call(self, row: dict) -> tuple[str, dict]:
+        authority = row["host"]
+        if authority not in self.channels:
+            options = [("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0)]
+            self.channels[authority] = grpc.insecure_channel(self.target, options=options)
+        metadata = tuple((k.lower(), v) for k, v in row.get("metadata", {}).items())
+        try:
+            return "OK", json.loads(
+                self.channels[authority].unary_unary(GRPC_ECHO_METHOD)(b"", metadata=metadata, timeout=5)
+            )
+        except grpc.RpcError as e:
+            return f"{e.code().name} {e.details()}", {}
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+
+
+def _grpc_mismatches(client: GrpcClient, row: dict) -> list[str]:
+    code, reply = client.call(row)
+    wrong = [] if code == "OK" else [f"{code}, wanted OK"]
+    if "backend" in row and reply.get("served_by") != row["backend"]:
+        wrong.append(f"answered by {reply.get('served_by') or 'no backend'}, wanted {row['backend']}")
+    seen = reply.get("metadata", {})
+    for name, value in row.get("request_metadata", {}).items():
+        if seen.get(name.lower()) != value:
+            wrong.append(f"backend saw {name}: {seen.get(name.lower())!r}, wanted {value!r}")
+    wrong += [f"backend saw {n}" for n in row.get("absent_request_metadata", []) if n.lower() in seen]
+    return wrong
+
+
+@pytest.mark.parametrize("case", GRPC_CASES, ids=[c["name"] for c in GRPC_CASES])
+def test_mesh_grpc_conformance_case(shared_plane, mesh, grpc_echoes, case):
+    reset_config(shared_plane)
+    shared_plane.apply(case["manifests"])
+    wait_for(shared_plane.all_synced, 30, what="every proxy to hold the routes")
+    client = GrpcClient(mesh["clients"]["mesh"].workload)
+    try:
+        rows, first = case["requests"], case["requests"][0]
+        if "distribution" in first:
+            wait_for(lambda: client.call(first)[0] == "OK", 30, what="a first answer")
+            for _ in range(3):  # the suite retries a distribution up to 10 times
+                n = 500
+                counts = Counter(reply.get("served_by", code) for code, reply in (client.call(first) for _ in range(n)))
+                got = {k: v / n for k, v in counts.items()}
+                if set(got) == set(first["distribution"]) and all(
+                    abs(got[b] - share) <= 0.05 for b, share in first["distribution"].items()
+                ):
+                    return
+            pytest.fail(f"shares {got}, wanted {first['distribution']} within 0.05")
+        try:  # the suite waits for each expected answer; so does this, for the first row
+            wait_for(lambda: not _grpc_mismatches(client, first), 30, what="the first row")
+        except AssertionError:
+            pass  # the table below says how
+        wrong = [f"{row} -> {'; '.join(m)}" for row in rows if (m := _grpc_mismatches(client, row))]
+        assert not wrong, "\n".join(wrong)
+    finally:
+        client.close()
