@@ -297,7 +297,9 @@ class Workload:
         mine = [
             p
             for p in self.plane.status()["proxies"]
-            if p["name"] == f"{self.service}-{self.version}" and p["id"] not in _claimed
+            if p["name"] == f"{self.service}-{self.version}"
+            and p["id"].endswith(f".{self._namespace()}")  # ids are <name>-<suffix>.<namespace>
+            and p["id"] not in _claimed
         ]
         for p in mine:
             if p["healthy"] and p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values()):

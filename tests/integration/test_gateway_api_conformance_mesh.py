@@ -230,6 +230,7 @@ class GrpcClient:
 
     def __init__(self, workload: Workload) -> None:
         self.target = f"{workload.address}:15001"
+        self.credential = tuple(workload.proxy_headers.items())  # what the app's HTTP_PROXY holds
         self.channels: dict[str, grpc.Channel] = {}
 
     def call(self, row: dict) -> tuple[str, dict]:
@@ -237,7 +238,7 @@ class GrpcClient:
         if authority not in self.channels:
             options = [("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0)]
             self.channels[authority] = grpc.insecure_channel(self.target, options=options)
-        metadata = tuple((k.lower(), v) for k, v in row.get("metadata", {}).items())
+        metadata = self.credential + tuple((k.lower(), v) for k, v in row.get("metadata", {}).items())
         try:
             return "OK", json.loads(
                 self.channels[authority].unary_unary(GRPC_ECHO_METHOD)(b"", metadata=metadata, timeout=5)
