@@ -32,8 +32,9 @@ class ClientTLSSettings(IstioSpec):
     def _no_secrets(cls, v: str | None) -> str | None:
         if v is not None:
             raise ValueError(
-                "credentialName names a Kubernetes secret, which Lattice does not read in universal mode; "
-                "give clientCertificate, privateKey and caCertificates file paths"
+                "credentialName is not supported on DestinationRules: `lattice secret` secrets reach only "
+                "gateways' servers, not the clusters a proxy originates TLS on; give clientCertificate, "
+                "privateKey and caCertificates file paths on the proxy's host (an egress gateway's own host)"
             )
         return v
 

@@ -110,12 +110,14 @@ TP = "  trafficPolicy:\n    tls: "
         (TP + f"{{mode: SIMPLE, {CERTS}}}\n", "spec.trafficPolicy.tls: SIMPLE presents no client certificate"),
         (
             TP + "{mode: SIMPLE, credentialName: r-secret}\n",
-            "spec.trafficPolicy.tls.credentialName: credentialName names a Kubernetes secret, which Lattice does "
-            "not read in universal mode; give clientCertificate, privateKey and caCertificates file paths",
+            "spec.trafficPolicy.tls.credentialName: credentialName is not supported on DestinationRules: "
+            "`lattice secret` secrets reach only gateways' servers, not the clusters a proxy originates TLS on; "
+            "give clientCertificate, privateKey and caCertificates file paths on the proxy's host (an egress "
+            "gateway's own host)",
         ),
         (
             TP + "{mode: ISTIO_MUTUAL, credentialName: r-secret}\n",
-            "spec.trafficPolicy.tls.credentialName: credentialName names a Kubernetes secret",
+            "spec.trafficPolicy.tls.credentialName: credentialName is not supported on DestinationRules",
         ),
         (
             TP + "{mode: SIMPLE, insecureSkipVerify: true, caCertificates: /ca.pem}\n",
