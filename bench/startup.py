@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def run_to_first_request(rounds: int, phases: list[dict] | None = None) -> list[
     finally:
         server.stop()
         plane.stop()
+        shutil.rmtree(home, ignore_errors=True)
     return times
 
 
@@ -103,6 +105,7 @@ def demo_to_answering(timeout: float = 90) -> dict:
                 break
     finally:
         stop(process, sig=signal.SIGINT, timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
     return out
 
 
