@@ -203,7 +203,7 @@ def test_stat_matches_the_traffic_sent(mesh):
     before = _cli(plane, "stat", SERVER, "--window", "300s")["items"]
     already = before[0]["requests"] if before else 0
     # Other tests of this module may have sent failures within the window: count what was good.
-    good = round(already * before[0]["success_rate"]) if before else 0
+    good = round(already * (before[0]["success_rate"] or 0)) if before else 0  # no rate without requests
     _send(client, 8, 2, "/stat")
     answer = wait_for(
         lambda: _when(
