@@ -155,6 +155,7 @@ class ReplicaRun:
     async def _change(self, probe: Probe, fleets: list[Fleet], change) -> dict:
         for f in fleets:
             f.probes.append(probe)
+        size, responses = sum(f.bytes_received for f in self.fleets), sum(f.responses for f in self.fleets)
         try:
             returned, _ = await change
             try:
@@ -167,7 +168,14 @@ class ReplicaRun:
         for f in self.fleets:
             await f.settled(quiet=0.3, timeout=CHANGE_TIMEOUT)
         acks = sorted(t - returned for t in probe.acked_at.values())
-        return {"affected": probe.expected, "missing": len(probe.waiting), "acks_s": acks, "real_s": []}
+        return {
+            "affected": probe.expected,
+            "missing": len(probe.waiting),
+            "acks_s": acks,
+            "real_s": [],
+            "bytes": sum(f.bytes_received for f in self.fleets) - size,  # over all three replicas' fleets
+            "responses": sum(f.responses for f in self.fleets) - responses,
+        }
 
 
 def table(result: dict) -> Table:
