@@ -23,7 +23,6 @@ plane the versions it holds (`initial_resource_versions`), and gets only what di
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import logging
 import random
@@ -37,6 +36,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from lattice.agent.phases import STARTUP
 from lattice.translate import CLUSTER, ENDPOINT, LISTENER, TYPE_ORDER
+from lattice.translate.versions import set_version
 
 log = logging.getLogger("lattice.relay")
 Request: TypeAlias = discovery_pb2.DiscoveryRequest
@@ -61,14 +61,8 @@ def wanted_names(request: Request) -> frozenset[str] | None:
 
 
 def version_of(resources: list[discovery_pb2.Resource]) -> str:
-    """The version of a set of resources: the control plane's formula (xds/cache.py), so the
-    version Envoy reports is the one `lattice status` shows as sent."""
-    if not resources:
-        return "empty"
-    h = hashlib.blake2b(digest_size=8)
-    for r in resources:
-        h.update(f"{r.name}={r.version};".encode())
-    return h.hexdigest()
+    """The version of a set of resources, by the control plane's own formula."""
+    return set_version((r.name, r.version) for r in resources)
 
 
 @dataclass

@@ -11,6 +11,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from lattice.translate.versions import set_version
+
 
 @dataclass(frozen=True, eq=False)
 class XdsResource:
@@ -94,7 +96,7 @@ class ProxySnapshot:
 
     @staticmethod
     def version_of(resources: list[XdsResource]) -> str:
-        return _hash(*(f"{r.name}={r.version};".encode() for r in resources)) if resources else "empty"
+        return set_version((r.name, r.version) for r in resources)
 
 
 class Encoder:
