@@ -82,9 +82,7 @@ class DeltaStream(Stream):
         if sub.held is not None:
             changed, removed = difference(sub.held, chosen)  # shared by every stream with this pair
         else:
-            changed = [r for r in chosen.resources if sub.known.get(r.name) != r.version]
-            present = {r.name for r in chosen.resources}
-            removed = sorted(n for n in sub.known if n not in present)
+            changed, removed = _compared(sub.known, chosen)
         sub.held = chosen
         if not changed and not removed and not sub.must_send:
             return None
@@ -104,12 +102,16 @@ def difference(old: Selection, new: Selection) -> tuple[list[XdsResource], list[
     found = new.differences.get(id(old))
     if found is not None and found[0]() is old:
         return found[1], found[2]
-    before = {r.name: r.version for r in old.resources}
-    changed = [r for r in new.resources if before.get(r.name) != r.version]
-    present = {r.name for r in new.resources}
-    removed = sorted(n for n in before if n not in present)
+    changed, removed = _compared({r.name: r.version for r in old.resources}, new)
     new.differences[id(old)] = (weakref.ref(old), changed, removed)
     return changed, removed
+
+
+def _compared(held: dict[str, str], new: Selection) -> tuple[list[XdsResource], list[str]]:
+    """Resources of `new` not held at their version (`held`: name -> version), and held names `new` lacks."""
+    changed = [r for r in new.resources if held.get(r.name) != r.version]
+    present = {r.name for r in new.resources}
+    return changed, sorted(n for n in held if n not in present)
 
 
 def _response(
