@@ -248,6 +248,8 @@ class SimProxy:
     def synced(self) -> bool:
         return all(t.acks for t in self.types.values())
 
+    STREAM = "StreamAggregatedResources"  # the ADS method this kind of proxy speaks
+
     async def run(self) -> None:
         i = self.identity
         credentials = grpc.ssl_channel_credentials(
@@ -255,10 +257,10 @@ class SimProxy:
         )
         try:
             async with grpc.aio.secure_channel(self.xds, credentials, options=CHANNEL_OPTIONS) as channel:
-                self._call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+                self._call = getattr(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel), self.STREAM)()
                 await self._subscribe(CLUSTER, [])
                 while (response := await self._call.read()) is not grpc.aio.EOF:
-                    await self._on_response(response)
+                    await self._handle(response)
         except grpc.aio.AioRpcError as e:
             self.error = f"{e.code().name}: {e.details()}"
         except asyncio.CancelledError:
@@ -294,6 +296,9 @@ class SimProxy:
         state = self.types[type_url]
         state.names = names
         await self._send(type_url, state.version, state.nonce)
+
+    async def _handle(self, response) -> None:
+        await self._on_response(response)
 
     async def _on_response(self, response: discovery_pb2.DiscoveryResponse) -> None:
         type_url = response.type_url
@@ -343,23 +348,10 @@ class DeltaSimProxy(SimProxy):
         super().__init__(identity, xds, bundle, fleet)
         self.held: dict[str, dict[str, any_pb2.Any]] = {t: {} for t in self.types}
 
-    async def run(self) -> None:
-        i = self.identity
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.bundle, private_key=i.key, certificate_chain=i.chain
-        )
-        try:
-            async with grpc.aio.secure_channel(self.xds, credentials, options=CHANNEL_OPTIONS) as channel:
-                self._call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
-                await self._subscribe(CLUSTER, [])
-                while (response := await self._call.read()) is not grpc.aio.EOF:
-                    await self._on_delta(response)
-        except grpc.aio.AioRpcError as e:
-            self.error = f"{e.code().name}: {e.details()}"
-        except asyncio.CancelledError:
-            if self._call is not None:
-                self._call.cancel()
-            raise
+    STREAM = "DeltaAggregatedResources"
+
+    async def _handle(self, response) -> None:
+        await self._on_delta(response)
 
     async def _write(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         if self._first:
