@@ -184,13 +184,16 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if stream != self._stream:
             upstream_nonce = ""  # a nonce of an earlier upstream stream means nothing on this one
         nack = request.HasField("error_detail")
-        if not nack:
+        # After a NACK, Envoy's next requests (a changed subscription) carry that response's nonce
+        # with the version it held before: they answer nothing, and must not pass for an ACK.
+        accepted = not nack and request.version_info == answered.version_info
+        if accepted:
             self.good[type_url] = answered
             self.on_accept(type_url, answered)
             if CLUSTER in self.good and LISTENER in self.good:
                 STARTUP.mark("config-acked")
                 self.has_config.set()
-        else:
+        elif nack:
             log.warning(
                 "envoy rejected %s version %s: %s",
                 type_url.rsplit(".", 1)[-1],
@@ -200,7 +203,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         held = self.held.get(type_url)
         # A NACK of a replay still tells the control plane its newest response is not in force.
         answer_nonce = upstream_nonce or (held.nonce if nack and held is not None else "")
-        if answer_nonce:
+        if answer_nonce and (accepted or nack):
             up = DeltaRequest(type_url=type_url, response_nonce=answer_nonce)
             if nack:
                 up.error_detail.CopyFrom(request.error_detail)

@@ -47,8 +47,13 @@ def delta(type_url: str, nonce: str, *resources, removed=()) -> discovery_pb2.De
     )
 
 
-def sotw(type_url: str, names=(), nonce: str = "", error: str | None = None) -> discovery_pb2.DiscoveryRequest:
-    request = discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=list(names), response_nonce=nonce)
+def sotw(
+    type_url: str, names=(), nonce: str = "", error: str | None = None, version: str = ""
+) -> discovery_pb2.DiscoveryRequest:
+    """Envoy's request: `version` is what it holds (an ACK's is the version of the response it accepts)."""
+    request = discovery_pb2.DiscoveryRequest(
+        type_url=type_url, resource_names=list(names), response_nonce=nonce, version_info=version
+    )
     if error is not None:
         request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
     return request
@@ -107,7 +112,7 @@ def test_envoy_gets_the_whole_merged_view_after_adds_updates_and_removals(ends):
     ends.relay._from_upstream(delta(ENDPOINT, "1", cla("a", "10.0.0.1"), cla("b", "10.0.0.2"), cla("c", "10.0.0.3")))
     (r1,) = ends.to_envoy()
     assert addresses(r1) == {"a": ["10.0.0.1"], "b": ["10.0.0.2"], "c": ["10.0.0.3"]}
-    ends.from_envoy(sotw(ENDPOINT, ["a", "b", "c"], nonce=r1.nonce))
+    ends.from_envoy(sotw(ENDPOINT, ["a", "b", "c"], nonce=r1.nonce, version=r1.version_info))
     (ack,) = ends.upstream()
     assert ack.response_nonce == "1" and not ack.HasField("error_detail")
 
@@ -128,7 +133,7 @@ def test_a_nack_goes_upstream_as_a_delta_nack_and_the_last_good_view_stays(ends)
     ends.upstream()
     ends.relay._from_upstream(delta(ENDPOINT, "7", cla("a", "10.0.0.1"), cla("b", "10.0.0.2")))
     (good,) = ends.to_envoy()
-    ends.from_envoy(sotw(ENDPOINT, ["a", "b"], nonce=good.nonce))
+    ends.from_envoy(sotw(ENDPOINT, ["a", "b"], nonce=good.nonce, version=good.version_info))
     ends.upstream()
 
     ends.relay._from_upstream(delta(ENDPOINT, "8", cla("a", "10.9.9.9")))
@@ -138,6 +143,34 @@ def test_a_nack_goes_upstream_as_a_delta_nack_and_the_last_good_view_stays(ends)
     assert nack.type_url == ENDPOINT and nack.response_nonce == "8"
     assert nack.error_detail.message == "endpoint a is bad"
     assert addresses(ends.relay.good[ENDPOINT]) == {"a": ["10.0.0.1"], "b": ["10.0.0.2"]}
+
+
+def test_a_subscription_change_after_a_nack_is_not_taken_for_an_ack(ends):
+    """Envoy's requests after a NACK carry the rejected response's nonce and the version it held
+    before (here: a drained listener's filter config dropped from the subscription). Taken for an
+    ACK, the rejected view would be kept as good, replayed to a restarted Envoy, and `lattice
+    status` would call the rejection accepted."""
+    ends.from_envoy(sotw(ENDPOINT, ["a", "b"]))
+    ends.upstream()
+    ends.relay._from_upstream(delta(ENDPOINT, "1", cla("a", "10.0.0.1"), cla("b", "10.0.0.2")))
+    (good,) = ends.to_envoy()
+    ends.from_envoy(sotw(ENDPOINT, ["a", "b"], nonce=good.nonce, version=good.version_info))
+    ends.upstream()
+    ends.relay._from_upstream(delta(ENDPOINT, "2", cla("a", "10.9.9.9")))
+    (bad,) = ends.to_envoy()
+    ends.from_envoy(sotw(ENDPOINT, ["a", "b"], nonce=bad.nonce, version=good.version_info, error="a is bad"))
+    (nack,) = ends.upstream()
+    assert nack.error_detail.message == "a is bad"
+
+    ends.from_envoy(sotw(ENDPOINT, ["a"], nonce=bad.nonce, version=good.version_info))
+    (change,) = ends.upstream()  # only the changed subscription goes up: no ACK of "2"
+    assert list(change.resource_names_unsubscribe) == ["b"] and not change.response_nonce
+    (again,) = ends.to_envoy()  # Envoy gets the held view for its new subscription, to accept or not
+    assert addresses(again) == {"a": ["10.9.9.9"]}
+    assert addresses(ends.relay.good[ENDPOINT]) == {"a": ["10.0.0.1"], "b": ["10.0.0.2"]}
+    ends.envoy_restarts()
+    ends.from_envoy(sotw(ENDPOINT, ["a", "b"]))
+    assert addresses(ends.to_envoy()[0]) == {"a": ["10.0.0.1"], "b": ["10.0.0.2"]}  # what it accepted
 
 
 def test_a_restarted_envoy_is_replayed_everything_it_had_accepted_after_partial_updates(ends):
@@ -150,7 +183,7 @@ def test_a_restarted_envoy_is_replayed_everything_it_had_accepted_after_partial_
     ):
         ends.relay._from_upstream(response)
         (sent,) = ends.to_envoy()
-        ends.from_envoy(sotw(ENDPOINT, ["a", "b", "c"], nonce=sent.nonce))
+        ends.from_envoy(sotw(ENDPOINT, ["a", "b", "c"], nonce=sent.nonce, version=sent.version_info))
         assert ends.upstream()[0].response_nonce == nonce
 
     ends.relay._upstream_queue = None  # the control plane is down
@@ -170,15 +203,15 @@ def test_endpoints_asked_again_for_warming_clusters_are_answered_by_the_relay(en
     ends.upstream()
     ends.relay._from_upstream(delta(ENDPOINT, "2", cla("a", "10.0.0.1")))
     (e1,) = ends.to_envoy()
-    ends.from_envoy(sotw(ENDPOINT, ["a"], nonce=e1.nonce))
-    ends.from_envoy(sotw(CLUSTER, nonce=c1.nonce))
+    ends.from_envoy(sotw(ENDPOINT, ["a"], nonce=e1.nonce, version=e1.version_info))
+    ends.from_envoy(sotw(CLUSTER, nonce=c1.nonce, version=c1.version_info))
     ends.upstream()
 
     # The cluster changes; its endpoints do not, so the control plane sends none: Envoy warms the
     # new cluster and asks for the same endpoints again, and must get them.
     ends.relay._from_upstream(delta(CLUSTER, "3", cluster("a", timeout=5)))
     (c2,) = ends.to_envoy()
-    ends.from_envoy(sotw(ENDPOINT, ["a"], nonce=e1.nonce))
+    ends.from_envoy(sotw(ENDPOINT, ["a"], nonce=e1.nonce, version=e1.version_info))
     (again,) = ends.to_envoy()
     assert again.type_url == ENDPOINT and addresses(again) == {"a": ["10.0.0.1"]}
 
@@ -188,7 +221,7 @@ def test_a_changed_subscription_asks_upstream_only_for_the_difference(ends):
     ends.upstream()
     ends.relay._from_upstream(delta(ENDPOINT, "1", cla("a", "1.1.1.1"), cla("b", "2.2.2.2")))
     (r1,) = ends.to_envoy()
-    ends.from_envoy(sotw(ENDPOINT, ["b", "c"], nonce=r1.nonce))
+    ends.from_envoy(sotw(ENDPOINT, ["b", "c"], nonce=r1.nonce, version=r1.version_info))
     ack, change = ends.upstream()
     assert list(change.resource_names_subscribe) == ["c"] and list(change.resource_names_unsubscribe) == ["a"]
     assert not ends.to_envoy()  # "c" comes from upstream; then Envoy gets b and c
@@ -210,5 +243,5 @@ def test_on_reconnect_the_relay_tells_the_control_plane_what_it_holds(ends):
     assert dict(initial.initial_resource_versions) == {"a": "a-1.1.1.1", "b": "b-2.2.2.2"}
     # Envoy's late ACK of what the old stream sent is not passed to the new one (whose nonces
     # start afresh: "1" there is another response).
-    ends.from_envoy(sotw(ENDPOINT, ["a", "b"], nonce=sent.nonce))
+    ends.from_envoy(sotw(ENDPOINT, ["a", "b"], nonce=sent.nonce, version=sent.version_info))
     assert ends.upstream() == []
