@@ -213,15 +213,35 @@ class ControlPlane:
     def proxy(self, proxy_id: str) -> dict | None:
         return next((p for p in self.status()["proxies"] if p["id"] == proxy_id), None)
 
-    def all_synced(self, ids: list[str] | None = None) -> bool:
-        """Every (chosen) proxy connected and holding what it was sent, with no push pending."""
+    def all_synced(self, ids: list[str] | None = None) -> Synced:
+        """Every (chosen) proxy connected and holding what it was sent, with no push pending.
+        False-like with what is not, so a wait that times out says which proxy and type."""
         status = self.status()
         proxies = [p for p in status["proxies"] if ids is None or p["id"] in ids]
-        return (
-            not status["server"]["push_pending"]
-            and bool(proxies)
-            and all(p["connected"] and all(t["state"] == "SYNCED" for t in p["types"].values()) for p in proxies)
-        )
+        behind = [] if proxies else ["no proxy"]
+        if status["server"]["push_pending"]:
+            behind.append("a push pending")
+        for p in proxies:
+            if not p["connected"]:
+                behind.append(f"{p['id']} disconnected")
+            for type_url, t in p["types"].items():
+                if t["state"] != "SYNCED":
+                    name = type_url.rsplit(".", 1)[-1]
+                    behind.append(f"{p['id']} {name} {t['state']} {json.dumps({k: v for k, v in t.items() if v})}")
+        return Synced(behind)
+
+
+class Synced:
+    """`ControlPlane.all_synced`'s answer: true when nothing is behind, else what is."""
+
+    def __init__(self, behind: list[str]) -> None:
+        self.behind = behind
+
+    def __bool__(self) -> bool:
+        return not self.behind
+
+    def __repr__(self) -> str:
+        return "synced" if not self.behind else "not synced: " + "; ".join(self.behind)
 
 
 class Workload:
