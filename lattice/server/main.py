@@ -26,6 +26,7 @@ from lattice.server.jwks import JwksCache
 from lattice.server.modules import ModuleCache
 from lattice.server.metrics import ControlPlaneMetrics
 from lattice.server.drain import callers_hold_drain
+from lattice.server.gc_pacing import GcPacer
 from lattice.server.pusher import Pusher
 from lattice.server.replicas import Replica, run_once
 from lattice.server.rest import RestApi, refresh_revocations
@@ -223,6 +224,7 @@ class ControlPlane:
                 tasks.create_task(run_once(self.store, "jwks-refresh", self.replica.id, self.jwks.run), name="jwks")
                 tasks.create_task(run_once(self.store, "ca-rotation", self.replica.id, self.ca_duty.run), name="ca")
                 tasks.create_task(self._count_loop(), name="ca-counts")
+                tasks.create_task(GcPacer().run(), name="gc-pacing")
                 tasks.create_task(self.modules.run(), name="wasm-module-refresh")
                 tasks.create_task(run_once(self.store, "sweep", self.replica.id, self._sweep), name="sweep")
                 if is_shared(self.store):
