@@ -189,11 +189,56 @@ class Trace:
         `snapshot` (its attributes are matched by `values`; `dependencies` by SnapshotReads)."""
         return not any(_differs(read, snapshot, proxy) for read in self.own)
 
-    def own_unchanged(self, changed_fields: frozenset[str]) -> bool:
-        """For `read_from`, found alike at the previous snapshot: whether the reads that took it as
-        an argument still read alike, given the snapshot fields that changed since (so without
-        reading them again)."""
-        return all(read.fields is not None and read.fields.isdisjoint(changed_fields) for read in self.own)
+    def own_fields(self) -> OwnFields:
+        """The snapshot fields each read that took the proxy as an argument read for `read_from`."""
+        return tuple(read.fields for read in self.own)
+
+    def refit(
+        self,
+        snapshot: MeshSnapshot,
+        proxy: Workload,
+        known: OwnFields | None = None,
+        changed: frozenset[str] = frozenset(),
+    ) -> OwnFields | None:
+        """`fits`, giving the snapshot fields each of those reads read for `proxy` when it does
+        (None when it does not). With `known`, the fields each read for this same proxy at the
+        previous snapshot, and `changed`, the fields that changed since: a read whose fields are
+        known and unchanged reads alike without reading it again (the same path through the
+        same values)."""
+        out: list[frozenset[str] | None] = []
+        for i, read in enumerate(self.own):
+            noted = known[i] if known is not None else None
+            if noted is None or not noted.isdisjoint(changed):
+                alike, noted = _read_noting_fields(read, snapshot, proxy)
+                if not alike:
+                    return None
+            out.append(noted)
+        return tuple(out)
+
+
+# Per read that took a proxy as an argument: the snapshot fields it read for that proxy (None: unknown)
+OwnFields = tuple[frozenset[str] | None, ...]
+
+
+def own_fields_union(own: OwnFields) -> frozenset[str] | None:
+    """All the fields, or None when one read's are unknown."""
+    if None in own:
+        return None
+    return frozenset().union(*own)  # type: ignore[arg-type]
+
+
+def _read_noting_fields(read: _Read, snapshot: MeshSnapshot, proxy: Workload) -> tuple[bool, frozenset[str] | None]:
+    """Whether `read` reads alike for `proxy` in `snapshot`, and the fields it read doing so."""
+    recorder = _FieldReads(snapshot)
+    try:
+        value = read.again(cast(MeshSnapshot, recorder), proxy)
+    except Exception:  # not with the recorder as its `self`: read plainly, fields unknown
+        return not _differs(read, snapshot, proxy), None
+    try:
+        alike = bool(value == read.value)
+    except Exception:  # values that cannot be compared are not known to be equal
+        return False, None
+    return alike, _known(recorder.fields) if alike else None
 
 
 def proxy_key(proxy: Any, attributes: tuple[str, ...]) -> tuple:
@@ -256,7 +301,7 @@ class TracedSnapshot:
             attributes = tuple(f.name for f in fields(Workload))
         values = proxy_key(proxy, attributes)
         return value, Trace(
-            attributes, values, tuple(frame.own), self._reads.dependencies(frame.reads, frame.memos), proxy
+            attributes, values, _distinct(frame.own), self._reads.dependencies(frame.reads, frame.memos), proxy
         )
 
     def shared(self, value: object) -> bool:
@@ -352,7 +397,16 @@ def _fields_read(snapshot: MeshSnapshot, name: str, args: tuple, kwargs: dict) -
         getattr(type(snapshot), name)(recorder, *args, **kwargs)
     except Exception:
         return None
-    return frozenset(recorder.fields)
+    return _known(recorder.fields)
+
+
+def _known(names: set[str]) -> frozenset[str] | None:
+    """Fields a method read, when `changed_fields` compares each of them: a property (read
+    through on the real snapshot, whatever fields it reads in turn) is not one."""
+    return frozenset(names) if names <= _COMPARED_FIELDS else None
+
+
+_COMPARED_FIELDS = frozenset(f.name for f in fields(MeshSnapshot) if f.compare)
 
 
 def changed_fields(old: MeshSnapshot, new: MeshSnapshot) -> frozenset[str]:
@@ -365,6 +419,22 @@ def changed_fields(old: MeshSnapshot, new: MeshSnapshot) -> frozenset[str]:
         if a is not b and not _equal((a,), (b,)):
             out.add(f.name)
     return frozenset(out)
+
+
+def _distinct(reads: list[_Read]) -> tuple[_Read, ...]:
+    """Each read once: the same method with the same arguments reads alike (computations are pure)."""
+    seen: set = set()
+    out = []
+    for read in reads:
+        key = (read.name, tuple((type(a), a) for a in read.args or ()), read.kwargs)
+        try:
+            if key in seen:
+                continue
+            seen.add(key)
+        except TypeError:  # an unhashable argument: kept as it is
+            pass
+        out.append(read)
+    return tuple(out)
 
 
 def _closed_over(build: Callable) -> tuple:

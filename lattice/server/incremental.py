@@ -30,7 +30,15 @@ from typing import Any, Callable, TypeVar
 from google.protobuf.message import Message
 
 from lattice.mesh import MeshSnapshot, Workload
-from lattice.mesh.reads import SnapshotReads, Trace, TracedSnapshot, changed_fields, proxy_key
+from lattice.mesh.reads import (
+    OwnFields,
+    SnapshotReads,
+    Trace,
+    TracedSnapshot,
+    changed_fields,
+    own_fields_union,
+    proxy_key,
+)
 from lattice.translate.resources import TYPE_ORDER, translate_type
 
 R = TypeVar("R")
@@ -44,6 +52,10 @@ class _Translation:
     checked: int  # the generation up to which its snapshot reads read alike
 
 
+# A translation found for a proxy, with the fields each of its reads that took the proxy read for this one
+_Found = tuple[_Translation, OwnFields]
+
+
 class ProxyTranslations:
     """Per type: translations by the proxy attributes they read, and those attributes' values."""
 
@@ -51,8 +63,10 @@ class ProxyTranslations:
         self._reads = SnapshotReads()
         self._traced = TracedSnapshot(MeshSnapshot("0"), self._reads)
         self._alike: dict[str, dict[tuple[str, ...], dict[tuple, _Translation]]] = {t: {} for t in TYPE_ORDER}
-        # (node id, type) -> the translation the proxy got at the last snapshot, and the proxy as it was
-        self._used: dict[tuple[str, str], tuple[_Translation, Workload]] = {}
+        # (node id, type) -> the translation the proxy got at the last snapshot, the proxy as it was,
+        # the snapshot fields each of the translation's reads that took the proxy read for it, all
+        # of them (None: some unknown), and the generation it got it at
+        self._used: dict[tuple[str, str], tuple[_Translation, Workload, OwnFields, frozenset[str] | None, int]] = {}
         self._changed_fields: frozenset[str] = frozenset()
 
     @property
@@ -69,7 +83,8 @@ class ProxyTranslations:
                     by_attributes[attributes] = kept
                 else:
                     del by_attributes[attributes]
-        self._used = {k: v for k, v in self._used.items() if v[0].checked == last}
+        # (the fields changed are known from the last snapshot to this one, so only what was used at the last counts)
+        self._used = {k: v for k, v in self._used.items() if v[4] == last}
         self._reads.sweep(
             [
                 t.trace.dependencies
@@ -90,43 +105,48 @@ class ProxyTranslations:
             items, trace = self._traced.trace(
                 proxy, lambda snapshot, traced: translate_type(snapshot, traced, type_url)
             )
-            found = _Translation(trace, make(items), self._reads.generation)
-            self._alike[type_url].setdefault(trace.attributes, {})[trace.values] = found
-        self._used[(proxy.id, type_url)] = (found, proxy)
-        return found.result
+            translation = _Translation(trace, make(items), self._reads.generation)
+            self._alike[type_url].setdefault(trace.attributes, {})[trace.values] = translation
+            found = translation, trace.own_fields()
+        self._used[(proxy.id, type_url)] = (
+            found[0],
+            proxy,
+            found[1],
+            own_fields_union(found[1]),
+            self._reads.generation,
+        )
+        return found[0].result
 
     def shared(self, message: Message) -> bool:
         """Whether `message` is one object held for many proxies (a memoized piece)."""
         return self._traced.shared(message)
 
-    def _as_before(self, proxy: Workload, type_url: str) -> _Translation | None:
+    def _as_before(self, proxy: Workload, type_url: str) -> _Found | None:
         """What this very proxy got at the last snapshot, if nothing it read changed since: no
         need to look for its kind, nor to read again what took the proxy as an argument unless
-        the snapshot fields behind those reads changed."""
+        the snapshot fields behind those reads, as they were read for this proxy, changed."""
         used = self._used.get((proxy.id, type_url))
         if used is None or used[1] is not proxy:
             return None
-        found = used[0]
+        found, _, own, every, _ = used
         if found.checked < self._reads.generation - 1 or not self._reads.unchanged(
             found.trace.dependencies, found.checked
         ):
             return None
-        # The fields behind those reads were noted reading them for the proxy the translation was
-        # made from; a method may read other fields for another proxy, so that one reads them again.
-        unchanged = found.trace.read_from is proxy and found.trace.own_unchanged(self._changed_fields)
-        if not unchanged and not found.trace.fits(self.snapshot, proxy):
-            return None
+        if every is None or not every.isdisjoint(self._changed_fields):
+            refitted = found.trace.refit(self.snapshot, proxy, own, self._changed_fields)
+            if refitted is None:
+                return None
+            own = refitted
         found.checked = self._reads.generation
-        return found
+        return found, own
 
-    def _alike_translation(self, proxy: Workload, type_url: str) -> _Translation | None:
+    def _alike_translation(self, proxy: Workload, type_url: str) -> _Found | None:
         for attributes, by_values in self._alike[type_url].items():
             found = by_values.get(proxy_key(proxy, attributes))
-            if (
-                found is not None
-                and self._reads.unchanged(found.trace.dependencies, found.checked)
-                and found.trace.fits(self.snapshot, proxy)
-            ):
-                found.checked = self._reads.generation
-                return found
+            if found is not None and self._reads.unchanged(found.trace.dependencies, found.checked):
+                own = found.trace.refit(self.snapshot, proxy)
+                if own is not None:
+                    found.checked = self._reads.generation
+                    return found, own
         return None

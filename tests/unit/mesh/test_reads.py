@@ -160,7 +160,50 @@ def test_own_reads_are_read_again_only_when_the_fields_behind_them_changed():
     _, trace = TracedSnapshot(before, SnapshotReads()).trace(A, lambda s, proxy: s.inbound_mtls(proxy))
     (read,) = trace.own
     assert read.fields == {"_inbound_mtls"}
+    assert trace.own_fields() == ({"_inbound_mtls"},)
     routes_changed = snapshot(peer_auth("STRICT"), vs("web", "v1"))
-    assert trace.own_unchanged(changed_fields(before, routes_changed))
+    assert changed_fields(before, routes_changed).isdisjoint({"_inbound_mtls"})
     plaintext_for_web = snapshot(peer_auth("STRICT"), peer_auth("DISABLE", app="web"))
-    assert not trace.own_unchanged(changed_fields(before, plaintext_for_web)) and not trace.fits(plaintext_for_web, A)
+    changed = changed_fields(before, plaintext_for_web)
+    assert "_inbound_mtls" in changed and not trace.fits(plaintext_for_web, A)
+    assert trace.refit(plaintext_for_web, A, trace.own_fields(), changed) is None
+
+
+def test_another_proxy_that_fits_gets_the_fields_read_for_it():
+    """A proxy alike in its attributes but not the one traced: whether the reads that took the
+    proxy fit it, and the fields they read for it, so that later snapshots changing none of them
+    need not read them again."""
+    from lattice.mesh.reads import changed_fields
+
+    before = snapshot(peer_auth("STRICT"), peer_auth("DISABLE", app="api"))
+    _, trace = TracedSnapshot(before, SnapshotReads()).trace(A, lambda s, proxy: s.inbound_mtls(proxy))
+    assert trace.refit(before, B) == ({"_inbound_mtls"},)
+    assert trace.refit(before, C) is None  # api's proxy: plaintext
+    plaintext_for_web = snapshot(peer_auth("STRICT"), peer_auth("DISABLE", app="web"))
+    changed = changed_fields(before, plaintext_for_web)
+    assert trace.refit(plaintext_for_web, B, ({"_inbound_mtls"},), changed) is None
+    # known and unchanged: not read again (were it read, B would not fit this snapshot)
+    assert trace.refit(plaintext_for_web, B, ({"_inbound_mtls"},), frozenset({"virtual_services"})) is not None
+
+
+class _WithGatewaysFor(MeshSnapshot):
+    def gateways_for(self, proxy: Workload) -> tuple:
+        """(A method that reads a property: `edge_gateways`.)"""
+        return tuple(g for g in self.edge_gateways if g.namespace == proxy.namespace)
+
+
+def test_fields_read_through_a_property_are_not_known():
+    """A property is read on the real snapshot, whatever fields it reads in turn: no field list
+    can stand for it, so such a read is read again at every snapshot."""
+    snap = _WithGatewaysFor("1", workloads=(A, B, C))
+    _, trace = TracedSnapshot(snap, SnapshotReads()).trace(A, lambda s, proxy: s.gateways_for(proxy))
+    assert trace.own_fields() == (None,)
+    assert trace.refit(snap, B) == (None,)
+
+
+def test_the_same_read_twice_is_noted_once():
+    snap = snapshot(peer_auth("STRICT"))
+    _, trace = TracedSnapshot(snap, SnapshotReads()).trace(
+        A, lambda s, proxy: (s.inbound_mtls(proxy), s.inbound_mtls(proxy), s.identity(proxy))
+    )
+    assert [read.name for read in trace.own] == ["inbound_mtls", "identity"]

@@ -359,3 +359,52 @@ def test_nothing_changed_nothing_translated(counted):
     counted.clear()
     push(translations, "2", SUBSETS, proxies)
     assert not counted
+
+
+def only_version(service: str, version: str) -> str:
+    """An AuthorizationPolicy for one version of a service: proxies otherwise alike now differ in
+    what a read that takes the proxy (the policies it enforces) gives."""
+    return doc(
+        "security.istio.io/v1",
+        "AuthorizationPolicy",
+        f"{service}-{version}",
+        {
+            "selector": {"matchLabels": {"app": service, "version": version}},
+            "action": "ALLOW",
+            "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/svc-3"]}}]}],
+        },
+    )
+
+
+def test_reads_that_take_the_proxy_are_read_again_only_when_their_fields_changed(monkeypatch):
+    """Every proxy, not only the one a translation was made from, keeps the snapshot fields its
+    own reads read: a route change reads none of them again, a policy change reads them again
+    and proxies that now differ get their own translation (equal to a full one, as ever)."""
+    translations, proxies = incremental.ProxyTranslations(), fleet(48)
+    documents = SUBSETS + [route("v1")]
+    push(translations, "1", documents, proxies)
+    calls = Counter()
+    real = MeshSnapshot.authorization_policies_for
+
+    def counting(self, workload):
+        calls[workload.id] += 1
+        return real(self, workload)
+
+    monkeypatch.setattr(MeshSnapshot, "authorization_policies_for", counting)
+
+    def policies_read(version: str, documents: list[str]) -> int:
+        """A push; how many times it read a proxy's policies (a full translation's reads aside)."""
+        snap = snapshot(version, documents, proxies)
+        translations.advance(snap)
+        calls.clear()
+        got = {proxy.id: incrementally(translations, proxy) for proxy in snap.workloads}
+        read = sum(calls.values())
+        for proxy in snap.workloads:
+            assert got[proxy.id] == full(snap, proxy), f"snapshot {version}, proxy {proxy.id}"
+        return read
+
+    assert policies_read("2", SUBSETS + [route("v2")]) == 0
+    # each proxy's policies read again, since their field changed
+    assert policies_read("3", SUBSETS + [route("v2"), only_version("svc-1", "v2")]) >= len(proxies)
+    assert policies_read("4", SUBSETS + [route("v1"), only_version("svc-1", "v2")]) == 0
+    assert policies_read("5", SUBSETS + [route("v1")]) >= len(proxies)  # the policy gone: alike again
