@@ -350,6 +350,7 @@ class ControlPlaneMetrics:
 
     def __init__(self) -> None:
         r = self.registry = MetricRegistry()
+        self._sent_series: dict[str, tuple] = {}  # type URL -> its pushes counter and size histogram
         self.proxies = r.gauge("pilot_xds", "Number of proxies connected to this control plane over ADS.")
         self.pushes = r.counter(
             "pilot_xds_pushes", "xDS responses sent to proxies, by type (cds, eds, lds, rds).", ["type"]
@@ -497,9 +498,12 @@ class ControlPlaneMetrics:
     # --- reported by the xDS status board ---
 
     def sent(self, type_url: str, size: int) -> None:
-        kind = xds_type(type_url)
-        self.pushes.labels(kind).inc()
-        self.config_size.labels(kind).observe(size)
+        series = self._sent_series.get(type_url)
+        if series is None:  # (called for every response: the type's two series are looked up once)
+            kind = xds_type(type_url)
+            series = self._sent_series[type_url] = (self.pushes.labels(kind), self.config_size.labels(kind))
+        series[0].inc()
+        series[1].observe(size)
 
     def rejected(self, type_url: str) -> None:
         self.rejects.labels(xds_type(type_url)).inc()

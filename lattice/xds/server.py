@@ -128,7 +128,7 @@ async def _pump(requests: AsyncIterator, inbox: asyncio.Queue) -> None:
     """Requests into a queue; None marks the end of the stream (client closed or broke)."""
     try:
         async for request in requests:
-            await inbox.put(request)
+            inbox.put_nowait(request)  # (unbounded: never waits)
     except Exception as e:  # a broken stream ends like a closed one
         log.debug("ADS stream read ended: %s", e)
     finally:

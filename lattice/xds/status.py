@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,7 +62,7 @@ class StatusBoard:
         self._clock = clock
         self._events = events
         self._proxies: dict[str, ProxyStatus] = {}
-        self.convergence_seconds: list[float] = []  # sent -> ACK, most recent last (bounded)
+        self.convergence_seconds: deque[float] = deque(maxlen=1000)  # sent -> ACK, most recent last
 
     def connected(self, node_id: str, protocol: str) -> None:
         self._proxies[node_id] = ProxyStatus(node_id, protocol, self._clock())
@@ -100,7 +101,7 @@ class StatusBoard:
             # the NACK of the newer version stands until a version is accepted.
             return
         if version == status.sent_version and status.acked_version != version and status.sent_at:
-            self.convergence_seconds = [*self.convergence_seconds[-999:], self._clock() - status.sent_at]
+            self.convergence_seconds.append(self._clock() - status.sent_at)
         status.acked_version, status.acked_at = version, self._clock()
         status.nack = status.nacked_version = ""
         if self._events is not None:
