@@ -12,6 +12,7 @@ fast path, and callbacks cost a fraction of what a coroutine per request does.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -64,7 +65,14 @@ def _content_length(head: bytes) -> int:
 
 
 async def _max_rate(
-    target: tuple[str, int], url: str, host: str, connections: int, seconds: float, warmup: float, headers: dict
+    target: tuple[str, int],
+    url: str,
+    host: str,
+    connections: int,
+    seconds: float,
+    warmup: float,
+    headers: dict,
+    window: Callable[[bool], None] | None,
 ) -> Throughput:
     extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     request = f"GET {url} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lattice-closedloop\r\n{extra}\r\n".encode()
@@ -72,9 +80,13 @@ async def _max_rate(
     loop = asyncio.get_running_loop()
     opened = [await loop.create_connection(lambda: _Connection(request, tally), *target) for _ in range(connections)]
     await asyncio.sleep(warmup)  # connections and the proxies' pools settle before counting
+    if window:
+        window(True)
     ok, errors, started = tally["ok"], tally["errors"], loop.time()
     await asyncio.sleep(seconds)
     result = Throughput(tally["ok"] - ok, tally["errors"] - errors, loop.time() - started, connections)
+    if window:
+        window(False)
     tally["stop"] = True
     for transport, _ in opened:
         transport.close()
@@ -89,7 +101,11 @@ def max_rate(
     seconds: float = 3.0,
     warmup: float = 0.5,
     headers: dict[str, str] | None = None,
+    window: Callable[[bool], None] | None = None,
 ) -> Throughput:
     """Blocking: responses per second over `seconds`, with `connections` keep-alive connections
-    (`headers`: the sidecar's Proxy-Authorization, as the app sends it)."""
-    return asyncio.run(_max_rate(target, url, host, connections, seconds, warmup, headers or {}))
+    (`headers`: the sidecar's Proxy-Authorization, as the app sends it). `window(True)` is called
+    when counting starts (after the warm-up) and `window(False)` when it stops, with every
+    connection still busy: what a caller measures between the two is the cost of the counted
+    responses alone."""
+    return asyncio.run(_max_rate(target, url, host, connections, seconds, warmup, headers or {}, window))

@@ -27,7 +27,11 @@ time; rounds of a/b/c interleave, each path's place in the order rotating, so dr
 neighbours, GC) falls on all alike; every measured run follows a warm-up run on the same path.
 CPU per proxy: utime+stime of each Envoy over that path's measured runs only, per 1,000 requests.
 Memory: each Envoy's RssAnon after the runs. Maximum throughput: closed loop
-(bench/closedloop.py), 32 keep-alive connections for a few seconds after a short warm-up.
+(bench/closedloop.py), 32 keep-alive connections for a few seconds after a short warm-up; its CPU
+per 1,000 requests (counted seconds only) is the cost per request at saturation, where requests
+batch and a proxy's fixed costs per wake-up shrink: its Lattice ÷ pair ratio, not the open loop's,
+is what the throughput ratio follows. Idle: CPU each path's processes use per second with no
+traffic (a sidecar's agent reads Envoy's stats and probes the app), all paths over the same seconds.
 With two or more cores the load generator runs on one core and everything else (app, proxies,
 control plane, agents) on the rest, so the generator never competes with what it measures.
 """
@@ -130,11 +134,12 @@ class Settings:
     seconds: float  # per measured run
     warmup: float  # open-loop run before each measured one, not counted
     max_seconds: float  # closed-loop run per path
+    idle_seconds: float  # no traffic at all, every path's processes measured at once
 
     @classmethod
     def of(cls, quick: bool, seconds: float | None = None) -> Settings:
-        base = cls(2, 3.0, 1.0, 2.0) if quick else cls(4, 10.0, 2.0, 5.0)
-        return cls(base.rounds, seconds or base.seconds, base.warmup, base.max_seconds)
+        base = cls(2, 3.0, 1.0, 2.0, 5.0) if quick else cls(4, 10.0, 2.0, 5.0, 10.0)
+        return cls(base.rounds, seconds or base.seconds, base.warmup, base.max_seconds, base.idle_seconds)
 
 
 @dataclass
@@ -310,11 +315,25 @@ def _open_loop(paths: dict[str, DataPath], settings: Settings, rate: float) -> N
 
 
 def _max_throughput(path: DataPath, seconds: float) -> dict:
-    before = _cpu(path.processes())
+    """Closed loop; CPU counted over the counted seconds only (not the warm-up), so CPU per 1,000
+    requests at saturation compares with the open loop's: where a path's cost per request grows
+    less than another's as requests batch, the two ratios part."""
+    cpu: dict[str, dict[str, float]] = {}
+
+    def window(start: bool) -> None:
+        cpu["start" if start else "end"] = _cpu(path.processes())
+
     result = path.call(
-        max_rate, path.target, path.url, path.host, connections=32, seconds=seconds, headers=path.headers
+        max_rate,
+        path.target,
+        path.url,
+        path.host,
+        connections=32,
+        seconds=seconds,
+        headers=path.headers,
+        window=window,
     )
-    used = {label: cpu - before[label] for label, cpu in _cpu(path.processes()).items()}
+    used = {label: cpu["end"][label] - cpu["start"][label] for label in cpu.get("start", {})}
     return {
         "rps": result.rps,
         "requests": result.requests,
@@ -322,6 +341,24 @@ def _max_throughput(path: DataPath, seconds: float) -> dict:
         "seconds": result.seconds,
         "connections": result.connections,
         "cpu_seconds": used,
+        "cpu_s_per_1k_requests": {label: s / result.requests * 1000 for label, s in used.items()}
+        if result.requests
+        else {},
+    }
+
+
+def _idle(paths: dict[str, DataPath], seconds: float) -> dict[str, dict[str, float]]:
+    """CPU milliseconds per second each path's processes use with no traffic at all, all paths over
+    the same seconds: what a sidecar costs by just being there (its agent's periodic reads of
+    Envoy's stats and health probes, timers), paid whatever the request rate."""
+    processes = {name: path.processes() for name, path in paths.items()}
+    before = {name: _cpu(p) for name, p in processes.items()}
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return {
+        name: {label: (cpu - before[name][label]) / elapsed * 1000 for label, cpu in _cpu(p).items()}
+        for name, p in processes.items()
     }
 
 
@@ -365,6 +402,7 @@ def _measure_paths(
 ) -> dict:
     for path in paths.values():
         _check(path)
+    idle = _idle(paths, settings.idle_seconds)
     with procstat.pinned(generator_cpus):
         _open_loop(paths, settings, rate)
         open_loop_stats = {
@@ -374,6 +412,7 @@ def _measure_paths(
     out = {}
     for name, path in paths.items():
         out[name] = _summary(path, rate) | {"max_throughput": throughput[name]}
+        out[name]["idle_cpu_ms_per_s"] = idle[name]
         out[name]["rss_anon_mb"] = {label: procstat.rss_anon_mb(pid) for label, pid in path.processes().items()}
         out[name]["admin_stats_after_open_loop"] = open_loop_stats[name]
         out[name]["admin_stats_after_max"] = {label: _admin_stats(admin) for label, admin in path.admins.items()}
@@ -411,6 +450,7 @@ def measure(quick: bool, rate: float = 1000.0, seconds: float | None = None, pin
         "seconds_per_run": settings.seconds,
         "warmup_seconds": settings.warmup,
         "max_throughput_seconds": settings.max_seconds,
+        "idle_seconds": settings.idle_seconds,
         "pinning": {"generator": sorted(generator_cpus or ()), "servers": sorted(server_cpus or ())},
         "machine": procstat.machine(envoy_binary()),
         "wall_seconds": time.monotonic() - started,
@@ -444,6 +484,7 @@ def table(result: dict) -> Table:
         "CPU s/1k req per proxy",
         "RssAnon MB per proxy",
         "max rps",
+        "CPU s/1k req at max, all",
     ):
         out.add_column(column, justify="left" if column == "path" else "right")
     for name, r in paths.items():
@@ -454,8 +495,32 @@ def table(result: dict) -> Table:
             _per_proxy(r["cpu_s_per_1k_requests"], ".4f"),
             _per_proxy(r["rss_anon_mb"], ".1f"),
             f"{r['max_throughput']['rps']:,.0f}",
+            _total(r["max_throughput"].get("cpu_s_per_1k_requests", {}), ".4f"),
         )
     return out
+
+
+def _total(values: dict[str, float], fmt: str) -> str:
+    """Envoys and agents summed, or — for a path without proxies."""
+    return f"{sum(values.values()):{fmt}}" if values else "—"
+
+
+def _cpu_ratios(result: dict) -> str:
+    """Lattice against the pair, CPU per 1,000 requests (Envoys and agents summed) in the open loop
+    and at maximum throughput, and what each path's processes use with no traffic."""
+    pair, lattice = result["paths"]["envoy-pair"], result["paths"]["lattice"]
+    parts = []
+    for what, key in (("open loop", None), ("at max rps", "max_throughput")):
+        a = sum((lattice[key] if key else lattice).get("cpu_s_per_1k_requests", {}).values())
+        b = sum((pair[key] if key else pair).get("cpu_s_per_1k_requests", {}).values())
+        if b:
+            parts.append(f"{what} {a:.4f} / {b:.4f} = {a / b:.2f}×")
+    idle = ", ".join(
+        f"{name} {sum(r.get('idle_cpu_ms_per_s', {}).values()):.1f}"
+        for name, r in result["paths"].items()
+        if r.get("idle_cpu_ms_per_s")
+    )
+    return f"CPU per 1k requests, lattice ÷ envoy-pair: {'; '.join(parts)}. idle CPU ms/s (proxies + agents): {idle}. "
 
 
 def _caption(result: dict) -> str:
@@ -497,7 +562,7 @@ def _caption(result: dict) -> str:
         extension = f"one Wasm filter on the server: {', '.join(cost)}, {cpu:+.4f} server-Envoy CPU s/1k req. "
     return (
         f"per proxy: client / server Envoy. lattice vs envoy-pair added latency: {', '.join(ratios) or 'n/a'}. "
-        f"{telemetry}{capture}{extension}"
+        f"{_cpu_ratios(result)}{telemetry}{capture}{extension}"
         f"lattice agents (Python, beside each Envoy): {agents}. max rps: closed loop, 32 keep-alive connections, "
         f"{result['max_throughput_seconds']:g} s. {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
         f"Envoy {m['envoy'].split('/')[1] if '/' in m['envoy'] else m['envoy']}; "
