@@ -227,6 +227,35 @@ def own_fields_union(own: OwnFields) -> frozenset[str] | None:
     return frozenset().union(*own)  # type: ignore[arg-type]
 
 
+def same_reads(old: Trace, new: Trace) -> tuple[int | None, ...]:
+    """For each read of `new` that took the proxy as an argument, the index of the read of `old`
+    that is the same read (method and arguments) and gave the same value, or None. A proxy that
+    fitted `old` and whose fields behind that read did not change gives that value again, so it
+    fits `new` there without reading it again."""
+    by_key: dict = {}
+    for i, read in enumerate(old.own):
+        try:
+            by_key.setdefault(_read_key(read), i)
+        except TypeError:  # an unhashable argument: not matched
+            pass
+    out: list[int | None] = []
+    for read in new.own:
+        try:
+            i = by_key.get(_read_key(read))
+        except TypeError:
+            i = None
+        if i is not None:
+            before = old.own[i].value
+            if type(before) is not type(read.value) or not _equal((before,), (read.value,)):
+                i = None
+        out.append(i)
+    return tuple(out)
+
+
+def _read_key(read: _Read) -> tuple:
+    return (read.name, tuple((type(a), a) for a in read.args or ()), read.kwargs)
+
+
 def _read_noting_fields(read: _Read, snapshot: MeshSnapshot, proxy: Workload) -> tuple[bool, frozenset[str] | None]:
     """Whether `read` reads alike for `proxy` in `snapshot`, and the fields it read doing so."""
     recorder = _FieldReads(snapshot)
@@ -426,7 +455,7 @@ def _distinct(reads: list[_Read]) -> tuple[_Read, ...]:
     seen: set = set()
     out = []
     for read in reads:
-        key = (read.name, tuple((type(a), a) for a in read.args or ()), read.kwargs)
+        key = _read_key(read)
         try:
             if key in seen:
                 continue

@@ -38,6 +38,7 @@ from lattice.mesh.reads import (
     changed_fields,
     own_fields_union,
     proxy_key,
+    same_reads,
 )
 from lattice.translate.resources import TYPE_ORDER, translate_type
 
@@ -68,6 +69,8 @@ class ProxyTranslations:
         # of them (None: some unknown), and the generation it got it at
         self._used: dict[tuple[str, str], tuple[_Translation, Workload, OwnFields, frozenset[str] | None, int]] = {}
         self._changed_fields: frozenset[str] = frozenset()
+        # (id of a translation a proxy had, id of the one it may get) -> both, and `same_reads` of them
+        self._same: dict[tuple[int, int], tuple[_Translation, _Translation, tuple[int | None, ...]]] = {}
 
     @property
     def snapshot(self) -> MeshSnapshot:
@@ -95,6 +98,7 @@ class ProxyTranslations:
         )
         self._reads.advance(snapshot)
         self._changed_fields = changed_fields(self._traced.snapshot, snapshot)
+        self._same = {}
         self._traced = TracedSnapshot(snapshot, self._reads, previous=self._traced)
 
     def resources(self, proxy: Workload, type_url: str, make: Callable[[Items], R]) -> R:
@@ -142,11 +146,26 @@ class ProxyTranslations:
         return found, own
 
     def _alike_translation(self, proxy: Workload, type_url: str) -> _Found | None:
+        before = self._used.get((proxy.id, type_url))
         for attributes, by_values in self._alike[type_url].items():
             found = by_values.get(proxy_key(proxy, attributes))
             if found is not None and self._reads.unchanged(found.trace.dependencies, found.checked):
-                own = found.trace.refit(self.snapshot, proxy)
+                known = self._carried(before, found, proxy) if before is not None else None
+                own = found.trace.refit(self.snapshot, proxy, known, self._changed_fields)
                 if own is not None:
                     found.checked = self._reads.generation
                     return found, own
         return None
+
+    def _carried(self, before: tuple, found: _Translation, proxy: Workload) -> OwnFields | None:
+        """What the proxy's translation at the last snapshot tells of `found`'s reads that take the
+        proxy: for each, the fields it read for this proxy then, where it is the same read with
+        the same value (so unchanged fields mean it reads alike), else None (to read again)."""
+        old, held, old_fields, _, generation = before
+        if held is not proxy or generation != self._reads.generation - 1:
+            return None
+        key = (id(old), id(found))
+        pair = self._same.get(key)
+        if pair is None:  # worked out once for all the proxies going from one to the other
+            pair = self._same[key] = (old, found, same_reads(old.trace, found.trace))
+        return tuple(None if i is None else old_fields[i] for i in pair[2])

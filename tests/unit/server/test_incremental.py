@@ -408,3 +408,35 @@ def test_reads_that_take_the_proxy_are_read_again_only_when_their_fields_changed
     assert policies_read("3", SUBSETS + [route("v2"), only_version("svc-1", "v2")]) >= len(proxies)
     assert policies_read("4", SUBSETS + [route("v1"), only_version("svc-1", "v2")]) == 0
     assert policies_read("5", SUBSETS + [route("v1")]) >= len(proxies)  # the policy gone: alike again
+
+
+def test_a_proxy_moving_to_a_new_translation_reads_again_only_what_changed_for_it(monkeypatch):
+    """A route change gives every proxy a new route table, made once per kind of proxy; the
+    others of its kind take it without reading the services visible to them again, since that
+    read is the same read with the same value as in the table they had, and its fields did not
+    change. A change to what is visible (a new service) makes them read it again."""
+    translations, proxies = incremental.ProxyTranslations(), fleet(96)
+    push(translations, "1", SUBSETS + [route("v1")], proxies)
+    calls = Counter()
+    real = MeshSnapshot.services_for
+
+    def counting(self, proxy):
+        calls[proxy.id] += 1
+        return real(self, proxy)
+
+    monkeypatch.setattr(MeshSnapshot, "services_for", counting)
+
+    def services_read(version: str, documents: list[str], workloads: list[Workload]) -> int:
+        snap = snapshot(version, documents, workloads)
+        translations.advance(snap)
+        calls.clear()
+        got = {proxy.id: incrementally(translations, proxy) for proxy in snap.workloads}
+        read = sum(calls.values())
+        for proxy in snap.workloads:
+            assert got[proxy.id] == full(snap, proxy), f"snapshot {version}, proxy {proxy.id}"
+        return read
+
+    # Only in the translations made (a dozen kinds, a few reads each), not once per proxy.
+    assert services_read("2", SUBSETS + [route("v2")], proxies) < len(proxies) / 2
+    newcomer = workload("svc-9", "v1", 500, app_port=8080)  # a new service: visible to everyone
+    assert services_read("3", SUBSETS + [route("v2")], proxies + [newcomer]) >= len(proxies)
