@@ -106,6 +106,9 @@ class _EnvoySession:
     def __init__(self) -> None:
         self.outbox: asyncio.Queue[Response] = asyncio.Queue()
         self.sent: dict[str, OrderedDict[str, tuple[Response, tuple[int, str]]]] = {}
+        # Per type, the version this Envoy last rejected, until another is sent. Not sent again:
+        # Envoy keeps a rejected filter config's version, and would take the same one for no change.
+        self.rejected: dict[str, str] = {}
 
     def send(self, response: Response, nonce: str, upstream: tuple[int, str]) -> None:
         down = Response()
@@ -194,6 +197,7 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 STARTUP.mark("config-acked")
                 self.has_config.set()
         elif nack:
+            session.rejected[type_url] = answered.version_info
             log.warning(
                 "envoy rejected %s version %s: %s",
                 type_url.rsplit(".", 1)[-1],
@@ -223,8 +227,9 @@ class XdsRelay(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         if held is None or not held.nonce:
             return
         response = held.sotw(type_url, wanted_names(self.wanted[type_url]))
-        if response.version_info == unless_version:
+        if response.version_info in (unless_version, session.rejected.get(type_url)):
             return
+        session.rejected.pop(type_url, None)  # Envoy will hold another version: that one may come again
         if type_url == CLUSTER:
             self._endpoints_after_clusters = True
         elif type_url == ENDPOINT:  # it reaches the clusters Envoy warms: nothing more to answer

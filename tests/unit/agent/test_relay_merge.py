@@ -173,6 +173,31 @@ def test_a_subscription_change_after_a_nack_is_not_taken_for_an_ack(ends):
     assert addresses(ends.to_envoy()[0]) == {"a": ["10.0.0.1"], "b": ["10.0.0.2"]}  # what it accepted
 
 
+def test_a_view_envoy_rejected_is_not_sent_to_it_again(ends):
+    """Envoy keeps a rejected filter config's version (ECDS: a Wasm module that does not load) and
+    answers the same version again with an ACK. The relay does not send it again, so the
+    rejection stands in `lattice status`; a changed view, or a restarted Envoy, gets it."""
+    ends.from_envoy(sotw(ENDPOINT, ["a"]))
+    ends.upstream()
+    ends.relay._from_upstream(delta(ENDPOINT, "1", cla("a", "10.9.9.9")))
+    (bad,) = ends.to_envoy()
+    ends.from_envoy(sotw(ENDPOINT, ["a"], nonce=bad.nonce, error="a is bad"))
+    ends.upstream()
+
+    # A name dropped that was never held: the view is the one rejected.
+    ends.from_envoy(sotw(ENDPOINT, ["a", "z"], nonce=bad.nonce))
+    ends.upstream()
+    ends.relay._from_upstream(delta(ENDPOINT, "2"))  # the control plane has no "z"
+    ends.from_envoy(sotw(ENDPOINT, ["a"], nonce=bad.nonce))
+    assert ends.to_envoy() == []
+    ends.relay._from_upstream(delta(ENDPOINT, "3", cla("a", "10.0.0.1")))  # fixed upstream
+    (fixed,) = ends.to_envoy()
+    assert addresses(fixed) == {"a": ["10.0.0.1"]}
+    ends.relay._from_upstream(delta(ENDPOINT, "4", cla("a", "10.9.9.9")))  # broken again
+    (again,) = ends.to_envoy()
+    assert again.version_info == bad.version_info  # rejected earlier, accepted since: sent
+
+
 def test_a_restarted_envoy_is_replayed_everything_it_had_accepted_after_partial_updates(ends):
     ends.from_envoy(sotw(ENDPOINT, ["a", "b", "c"]))
     ends.upstream()
