@@ -232,23 +232,23 @@ def same_reads(old: Trace, new: Trace) -> tuple[int | None, ...]:
     that is the same read (method and arguments) and gave the same value, or None. A proxy that
     fitted `old` and whose fields behind that read did not change gives that value again, so it
     fits `new` there without reading it again."""
-    by_key: dict = {}
-    for i, read in enumerate(old.own):
+    by_key: dict[tuple, int] = {}
+    for index, read in enumerate(old.own):
         try:
-            by_key.setdefault(_read_key(read), i)
+            by_key.setdefault(_read_key(read), index)
         except TypeError:  # an unhashable argument: not matched
             pass
     out: list[int | None] = []
     for read in new.own:
         try:
-            i = by_key.get(_read_key(read))
+            found = by_key.get(_read_key(read))
         except TypeError:
-            i = None
-        if i is not None:
-            before = old.own[i].value
+            found = None
+        if found is not None:
+            before = old.own[found].value
             if type(before) is not type(read.value) or not _equal((before,), (read.value,)):
-                i = None
-        out.append(i)
+                found = None
+        out.append(found)
     return tuple(out)
 
 
