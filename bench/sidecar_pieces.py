@@ -1,0 +1,382 @@
+"""What each piece of a real Lattice sidecar's HTTP connection manager costs one Envoy per request.
+
+    .venv/bin/python bench/sidecar_pieces.py [--rounds 10] [--seconds 1.5] [--side inbound|outbound|both]
+
+Issue 16's data plane gap, taken apart: `bench/dataplane.py` says how much more CPU a request costs
+through two Lattice sidecars than through the hand-written Envoy pair; this says where it goes.
+It starts a control plane and two `lattice run` sidecars as `bench/dataplane.py`'s `lattice` path
+has them (STRICT mTLS, an ALLOW policy on the server, telemetry as shipped), reads each sidecar's
+config as Envoy holds it (admin `/config_dump`), and runs one static Envoy per variant of one side's
+connection manager, all at once:
+  - `full`: the sidecar's own (outbound: the client's, with its route table from RDS; inbound: the
+    server's), every filter, access log, tracer and option as delivered;
+  - `plain router`: the hand-written pair's (a router and one route), the floor;
+  - `- <piece>`: the full one without that piece (tracing, each access log, the path policy
+    filters, RBAC, header_to_metadata, the proxy credential check, the outbound cors / fault /
+    dynamic forward proxy filters, the retry policy and extra routes, the connection manager's
+    options).
+Each Envoy takes plain HTTP/1.1 on a port of its own and forwards to the same app (an Envoy that
+answers `200 ok`); a closed loop of 16 keep-alive connections drives one variant at a time, in
+rounds whose order rotates. Figure: the Envoy's CPU (utime + stime) per request over the run, in
+microseconds; min, first quartile and median of the rounds, and each against `full`. Another
+process on the machine only ever adds CPU, so the minimum is the best estimate of a variant's own
+cost and the spread says how loaded the machine was.
+
+What it leaves out: TLS (the pieces run on plaintext, the same for every variant; on the inbound
+side the RBAC policy's principal becomes `any`, there being no peer certificate, so the filter
+still evaluates the policy), the agent, xDS and SDS (no per-request cost), and the other side.
+Removing a piece can cost less than its share when pieces share work (both stats loggers and the
+failures stream walk the same finished request): the sum of the `-` rows is not the gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).parent))
+import procstat  # noqa: E402
+from closedloop import max_rate  # noqa: E402
+from dataplane import POLICIES, _sidecar_envoy  # noqa: E402
+from envoy_pair import _ROUTER, StaticEnvoy, admin_get, app_command  # noqa: E402
+from harness import ControlPlane, Workload, running  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from lattice.agent.envoy import envoy_binary  # noqa: E402
+from lattice.translate.agent_names import PEER_ENV, PROXY_USER, PROXY_USERS_ENV  # noqa: E402
+
+DEFAULT_JSON = Path(__file__).parent / "results" / "sidecar_pieces.json"
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+STATS_LOGGER = "envoy.access_loggers.stats"
+GRPC_LOGGER = "envoy.access_loggers.http_grpc"
+CONNECTIONS = 16
+SIDE_OF = {"outbound": "bench-client", "inbound": "bench-server"}
+
+Edit = Callable[[dict], None]
+
+
+# -- the sidecars' own config -------------------------------------------------------------------
+
+
+def _dump(admin: Path) -> dict:
+    return json.loads(admin_get(admin, "/config_dump", timeout=10))
+
+
+def _of_type(dump: dict, suffix: str) -> dict:
+    return next(c for c in dump["configs"] if c["@type"].endswith(suffix))
+
+
+def connection_manager(dump: dict, side: str) -> dict:
+    """The side's connection manager as Envoy holds it, its RDS route table inlined."""
+    listener = next(
+        entry["active_state"]["listener"]
+        for entry in _of_type(dump, ".ListenersConfigDump")["dynamic_listeners"]
+        if entry["name"].startswith(side)
+    )
+    manager = copy.deepcopy(listener["filter_chains"][0]["filters"][0]["typed_config"])
+    if "rds" in manager:
+        name = manager.pop("rds")["route_config_name"]
+        routes = _of_type(dump, ".RoutesConfigDump")["dynamic_route_configs"]
+        table = next(r["route_config"] for r in routes if r["route_config"]["name"] == name)
+        manager["route_config"] = {k: v for k, v in copy.deepcopy(table).items() if k != "@type"}
+    return manager
+
+
+def _to_app(manager: dict) -> None:
+    """Every route that forwards goes to the one app; the credential's users and the RBAC
+    principals become what a static plaintext Envoy can check (see the module docstring)."""
+    for host in manager["route_config"]["virtual_hosts"]:
+        for route in host["routes"]:
+            if "route" in route:
+                route["route"]["cluster"] = "app"
+    for f in manager.get("http_filters", []):
+        config = f.get("typed_config", {})
+        if f["name"] == "envoy.filters.http.basic_auth":
+            config["users"] = {"environment_variable": PROXY_USERS_ENV}
+        if config.get("@type", "").endswith("rbac.v3.RBAC"):
+            for policy in config.get("rules", {}).get("policies", {}).values():
+                policy["principals"] = [{"any": True}]
+
+
+# -- the variants -------------------------------------------------------------------------------
+
+
+def _without_filters(*names: str) -> Edit:
+    def edit(manager: dict) -> None:
+        manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] not in names]
+
+    return edit
+
+
+def _is_paths_logger(log: dict) -> bool:
+    histograms = log.get("typed_config", {}).get("value", {}).get("histograms", [])
+    return log["name"] == STATS_LOGGER and any(h["stat"]["name"] == "path" for h in histograms)
+
+
+def _without_logs(unwanted: Callable[[dict], bool]) -> Edit:
+    def edit(manager: dict) -> None:
+        manager["access_log"] = [log for log in manager.get("access_log", []) if not unwanted(log)]
+
+    return edit
+
+
+def _without_cel(manager: dict) -> None:
+    for log in manager.get("access_log", []):
+        for histogram in log.get("typed_config", {}).get("value", {}).get("histograms", []):
+            histogram["stat"]["tags"] = [t for t in histogram["stat"]["tags"] if "%CEL(" not in t["value_format"]]
+
+
+def _without_route_extras(manager: dict) -> None:
+    """Only forwarding routes (and the mesh domain's 503), no retry policy, no added header."""
+    for host in manager["route_config"]["virtual_hosts"]:
+        host["routes"] = [r for r in host["routes"] if "route" in r or r.get("name") == "mesh_domain"]
+        host.pop("request_headers_to_add", None)
+        for route in host["routes"]:
+            if "route" in route:
+                route["route"].pop("retry_policy", None)
+
+
+_OPTIONS = (
+    "forward_client_cert_details",
+    "set_current_client_cert_details",
+    "normalize_path",
+    "merge_slashes",
+    "path_with_escaped_slashes_action",
+    "original_ip_detection_extensions",
+    "strip_trailing_host_dot",
+    "early_header_mutation_extensions",
+    "common_http_protocol_options",
+    "request_headers_timeout",
+    "upgrade_configs",
+    "local_reply_config",
+)
+
+
+def _plain_router(manager: dict) -> None:
+    for key in list(manager):
+        if key not in ("@type", "stat_prefix"):
+            manager.pop(key)
+    manager["http_filters"] = [_ROUTER]
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
+    manager["route_config"] = {"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [route]}]}
+
+
+def variants(manager: dict) -> dict[str, Edit]:
+    """The variants that apply to this side's connection manager (a piece it lacks is left out)."""
+    filters = {f["name"] for f in manager.get("http_filters", [])}
+    logs = manager.get("access_log", [])
+    istio = lambda log: log["name"] == STATS_LOGGER and not _is_paths_logger(log)  # noqa: E731
+    out: dict[str, Edit] = {"full": lambda m: None, "plain router": _plain_router}
+    if "tracing" in manager:
+        out["- tracing"] = lambda m: m.pop("tracing", None)
+    if logs:
+        out["- all access logs"] = lambda m: m.pop("access_log", None)
+        if "tracing" in manager:
+            out["- tracing, all access logs"] = lambda m: (m.pop("tracing", None), m.pop("access_log", None))
+    if any(istio(log) for log in logs):
+        out["- Istio metrics' stats logger"] = _without_logs(istio)
+        out["- its ~proto CEL tag"] = _without_cel
+    if any(_is_paths_logger(log) for log in logs):
+        out["- `lattice top` path histogram"] = _without_logs(_is_paths_logger)
+    if any(log["name"] == GRPC_LOGGER for log in logs):
+        out["- failures stream to the agent"] = _without_logs(lambda log: log["name"] == GRPC_LOGGER)
+    pieces = {
+        "- path policy (2 fault filters)": ("lattice.path_policy", "lattice.path_policy.utf8"),
+        "- RBAC": tuple(f for f in filters if f.startswith("lattice.authz")),
+        "- header_to_metadata": ("envoy.filters.http.header_to_metadata",),
+        "- proxy credential (basic_auth)": ("envoy.filters.http.basic_auth", "envoy.filters.http.header_mutation"),
+        "- cors, fault, dynamic forward proxy": (
+            "envoy.filters.http.cors",
+            "envoy.filters.http.fault",
+            "envoy.filters.http.dynamic_forward_proxy",
+        ),
+    }
+    for label, names in pieces.items():
+        if names and filters.intersection(names):
+            out[label] = _without_filters(*names)
+    out["- retries, extra routes, added header"] = _without_route_extras
+    out["- connection manager options"] = lambda m: [m.pop(k, None) for k in _OPTIONS]
+    return out
+
+
+def bootstrap(manager: dict, edit: Edit, app_port: int, dump: dict, admin: Path) -> dict:
+    manager = copy.deepcopy(manager)
+    _to_app(manager)
+    edit(manager)
+    manager["stat_prefix"] = "pieces"
+    boot = _of_type(dump, ".BootstrapConfigDump")["bootstrap"]
+    telemetry = next(c for c in boot["static_resources"]["clusters"] if c["name"] == "lattice-telemetry")
+    app = {
+        "name": "app",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "app",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": app_port}}}}
+                    ]
+                }
+            ],
+        },
+    }
+    listener = {
+        "name": "pieces",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": HCM_NAME, "typed_config": manager}]}],
+    }
+    return {
+        "admin": {"address": {"pipe": {"path": str(admin)}}},
+        "stats_config": boot["stats_config"],  # the sidecar's stats matcher and tag extraction
+        "layered_runtime": boot.get("layered_runtime", {}),
+        "static_resources": {"listeners": [listener], "clusters": [app, telemetry]},
+    }
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+def _request(side: str, credential: str) -> tuple[str, str, dict[str, str]]:
+    """(url, host, headers) as the app sends it outbound (proxy form, its credential) and as the
+    calling sidecar sends it inbound (with its peer header)."""
+    if side == "outbound":
+        token = base64.b64encode(f"{PROXY_USER}:{credential}".encode()).decode()
+        return "http://bench-server:9080/", "bench-server:9080", {"proxy-authorization": f"Basic {token}"}
+    return "/", "bench-server:9080", {"x-lattice-peer": os.environ[PEER_ENV]}
+
+
+def _quantiles(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    return {
+        "min": ordered[0],
+        "q1": ordered[len(ordered) // 4],
+        "median": statistics.median(ordered),
+        "all": ordered,
+    }
+
+
+def measure(rounds: int, seconds: float, sides: list[str]) -> dict:
+    started = time.monotonic()
+    home = Path(tempfile.mkdtemp(prefix="lattice-bench-pieces-"))
+    generator_cpus, server_cpus = procstat.split_cpus()
+    credential = secrets.token_urlsafe(24)  # this run's own, for the static Envoys' proxy check
+    digest = base64.b64encode(hashlib.sha1(credential.encode()).digest()).decode()
+    os.environ[PROXY_USERS_ENV] = f"{PROXY_USER}:{{SHA}}{digest}"  # inherited by the Envoys started below
+    os.environ[PEER_ENV] = "bench-client-v1;default;bench-client;v1;bench-client;v1"
+    result: dict = {"rounds": rounds, "seconds": seconds, "connections": CONNECTIONS, "sides": {}}
+    with contextlib.ExitStack() as stack:
+        with procstat.pinned(server_cpus):
+            plane = ControlPlane(home / "home").start()
+            stack.callback(plane.stop)
+            plane.apply(POLICIES)
+            quiet = ("--log-level", "warning")
+            names = ("bench-client", "bench-server")
+            workloads = [Workload(plane, n, command=app_command(), extra=quiet) for n in names]
+            client, server = stack.enter_context(running(plane, workloads))
+            dumps = {"outbound": _dump(_sidecar_envoy(client)[1]), "inbound": _dump(_sidecar_envoy(server)[1])}
+            app_port = server.info["app_port"]
+            envoys: dict[str, dict[str, StaticEnvoy]] = {}
+            for side in sides:
+                manager = connection_manager(dumps[side], side)
+                envoys[side] = {}
+                for i, (label, edit) in enumerate(variants(manager).items()):
+                    config = bootstrap(manager, edit, app_port, dumps[side], home / f"{side}-{i}.sock")
+                    envoy = StaticEnvoy(home, f"{side}-{i}", config, "warning")
+                    stack.callback(envoy.stop)
+                    envoys[side][label] = envoy
+        loads = [os.getloadavg()[0]]
+        with procstat.pinned(generator_cpus):
+            for side in sides:
+                url, host, headers = _request(side, credential)
+                labels = list(envoys[side])
+                samples: dict[str, list[float]] = {label: [] for label in labels}
+                errors = dict.fromkeys(labels, 0)
+                for round_ in range(rounds):
+                    for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
+                        envoy = envoys[side][label]
+                        cpu: dict[str, float] = {}
+
+                        def window(start: bool, pid: int = envoy.pid, cpu: dict = cpu) -> None:
+                            cpu["start" if start else "end"] = procstat.cpu_seconds(pid)
+
+                        done = max_rate(
+                            ("127.0.0.1", envoy.port), url, host, CONNECTIONS, seconds, 0.2, headers, window
+                        )
+                        errors[label] += done.errors
+                        if done.requests:
+                            samples[label].append((cpu["end"] - cpu["start"]) / done.requests * 1e6)
+                    loads.append(os.getloadavg()[0])
+                result["sides"][side] = {
+                    label: {"us_per_request": _quantiles(samples[label]), "errors": errors[label]}
+                    for label in labels
+                    if samples[label]
+                }
+        result["load_average"] = {"min": min(loads), "max": max(loads)}
+    result["machine"] = procstat.machine(envoy_binary())
+    result["wall_seconds"] = time.monotonic() - started
+    return result
+
+
+# -- presenting -----------------------------------------------------------------------------------
+
+
+def table(result: dict, side: str) -> Table:
+    rows = result["sides"][side]
+    full = rows["full"]["us_per_request"]
+    out = Table(
+        title=f"{side} connection manager of a Lattice sidecar, one Envoy, plaintext: CPU µs per request "
+        f"({result['rounds']} rounds × {result['seconds']:g} s, {result['connections']} connections)",
+        caption=f"load average {result['load_average']['min']:.1f}-{result['load_average']['max']:.1f} "
+        "while measured; Δ: against `full` (negative: the piece costs that much)",
+    )
+    for column in ("variant", "min", "Δ min", "q1", "Δ q1", "median", "errors"):
+        out.add_column(column, justify="left" if column == "variant" else "right")
+    for label, r in rows.items():
+        q = r["us_per_request"]
+        out.add_row(
+            label,
+            f"{q['min']:.1f}",
+            f"{q['min'] - full['min']:+.1f}",
+            f"{q['q1']:.1f}",
+            f"{q['q1'] - full['q1']:+.1f}",
+            f"{q['median']:.1f}",
+            str(r["errors"]),
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="rounds over every variant (default 10)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="closed-loop seconds per variant and round")
+    parser.add_argument("--side", choices=("inbound", "outbound", "both"), default="both")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the result ({DEFAULT_JSON})")
+    args = parser.parse_args()
+    sides = ["outbound", "inbound"] if args.side == "both" else [args.side]
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    with console.status("sidecar pieces: starting sidecars and one Envoy per variant"):
+        result = measure(args.rounds, args.seconds, sides)
+    for side in sides:
+        console.print(table(result, side))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    console.print(f"saved {args.json} ({result['wall_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
