@@ -529,6 +529,7 @@ class RestApi:
                 "sent": t.sent_version if t else "",
                 "acked": t.acked_version if t else "",
                 "error": t.nack if t else "",
+                "rejected": t.nacked_version if t else "",  # the version the error is about
                 "sent_in_all": {
                     "responses": t.responses if t else 0,
                     "resources": t.resources_sent if t else 0,

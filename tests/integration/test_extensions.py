@@ -201,10 +201,25 @@ def test_module_that_does_not_load_fails_closed_or_open_as_configured(ctx, tmp_p
         what="lattice status to carry Envoy's error",
     )
     assert any("extension.trafficextension.default.broken" in line for line in problems), problems
+    closed = _extension_configs(plane, server)["sent"]
     plane.apply(_extension("broken", broken, selector=selector, wasm={"failStrategy": "FAIL_OPEN"}))
-    wait_for(plane.all_synced, 15, what="the listener without the failing filter")
+    # The module still does not load, and Envoy refuses the FAIL_OPEN config too: lattice status
+    # keeps saying so, now about the new config, while the filter falls back to letting all pass.
+    rejected = wait_for(
+        lambda: (t := _extension_configs(plane, server))["rejected"] == t["sent"] != closed and t,
+        15,
+        what="Envoy's answer to the FAIL_OPEN config",
+    )
+    assert rejected["state"] == "NACKED" and "extension.trafficextension.default.broken" in rejected["error"]
+    wait_for(lambda: plane.proxy(server.id)["types"]["Listener"]["state"] == "SYNCED", 10, what="the new listener")
     drained(server)  # connections opened under the FAIL_CLOSE listener keep its filters until drained
     wait_for(lambda: [client.call(f"{URL}/")[0] for _ in range(5)] == [200] * 5, 15, what="traffic to pass")
+
+
+def _extension_configs(plane, workload: Workload) -> dict:
+    """What `lattice status` says of the extension configs a proxy was sent (ECDS)."""
+    proxy = plane.proxy(workload.id)
+    return proxy["types"]["TypedExtensionConfig"] if proxy else {}
 
 
 def _status_lines(plane) -> list[str]:
