@@ -9,12 +9,13 @@ has them (STRICT mTLS, an ALLOW policy on the server, telemetry as shipped), rea
 config as Envoy holds it (admin `/config_dump`), and runs one static Envoy per variant of one side's
 connection manager, all at once:
   - `full`: the sidecar's own (outbound: the client's, with its route table from RDS; inbound: the
-    server's), every filter, access log, tracer and option as delivered;
-  - `plain router`: the hand-written pair's (a router and one route), the floor;
+    server's), every filter, access log, tracer and option as delivered, and the cluster its
+    requests go to with its balancer, outlier detection and circuit breakers;
+  - `plain router`: the hand-written pair's (a router, one route, a plain cluster), the floor;
   - `- <piece>`: the full one without that piece (tracing, each access log, the path policy
     filters, RBAC, header_to_metadata, the proxy credential check, the outbound cors / fault /
     dynamic forward proxy filters, the retry policy and extra routes, the connection manager's
-    options).
+    options, the cluster's settings).
 Each Envoy takes plain HTTP/1.1 on a port of its own and forwards to the same app (an Envoy that
 answers `200 ok`); a closed loop of 16 keep-alive connections drives one variant at a time, in
 rounds whose order rotates. Figure: the Envoy's CPU (utime + stime) per request over the run, in
@@ -22,9 +23,10 @@ microseconds; min, first quartile and median of the rounds, and each against `fu
 process on the machine only ever adds CPU, so the minimum is the best estimate of a variant's own
 cost and the spread says how loaded the machine was.
 
-What it leaves out: TLS (the pieces run on plaintext, the same for every variant; on the inbound
-side the RBAC policy's principal becomes `any`, there being no peer certificate, so the filter
-still evaluates the policy), the agent, xDS and SDS (no per-request cost), and the other side.
+What it leaves out: TLS (the pieces run on plaintext, the same for every variant: the cluster's
+endpoints are the app's, without EDS and the mTLS socket; on the inbound side the RBAC policy's
+principal becomes `any`, there being no peer certificate, so the filter still evaluates the
+policy), the agent, xDS and SDS (no per-request cost), and the other side.
 Removing a piece can cost less than its share when pieces share work (both stats loggers and the
 failures stream walk the same finished request): the sum of the `-` rows is not the gap.
 """
@@ -39,11 +41,13 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
@@ -67,6 +71,12 @@ CONNECTIONS = 16
 SIDE_OF = {"outbound": "bench-client", "inbound": "bench-server"}
 
 Edit = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Variant:
+    edit: Edit  # what it does to the connection manager
+    plain_cluster: bool = False  # the pair's plain cluster instead of the sidecar's own
 
 
 # -- the sidecars' own config -------------------------------------------------------------------
@@ -94,6 +104,25 @@ def connection_manager(dump: dict, side: str) -> dict:
         table = next(r["route_config"] for r in routes if r["route_config"]["name"] == name)
         manager["route_config"] = {k: v for k, v in copy.deepcopy(table).items() if k != "@type"}
     return manager
+
+
+def upstream_cluster(dump: dict, manager: dict) -> dict:
+    """The cluster the bench's requests go to, as the sidecar holds it (outbound: the server's
+    service, its balancer, outlier detection and circuit breakers; inbound: the app's), sent to
+    the one app in plaintext: no EDS, no mTLS socket (see the module docstring)."""
+    wanted = next(
+        route["route"]["cluster"]
+        for host in manager["route_config"]["virtual_hosts"]
+        if "bench-server:9080" in host["domains"] or host["domains"] == ["*"]
+        for route in host["routes"]
+        if "route" in route
+    )
+    clusters = _of_type(dump, ".ClustersConfigDump").get("dynamic_active_clusters", [])
+    cluster = copy.deepcopy(next(c["cluster"] for c in clusters if c["cluster"]["name"] == wanted))
+    for key in ("@type", "eds_cluster_config", "transport_socket_matches", "transport_socket"):
+        cluster.pop(key, None)
+    cluster["type"] = "STATIC"
+    return cluster
 
 
 def _to_app(manager: dict) -> None:
@@ -175,12 +204,12 @@ def _plain_router(manager: dict) -> None:
     manager["route_config"] = {"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [route]}]}
 
 
-def variants(manager: dict) -> dict[str, Edit]:
+def variants(manager: dict) -> dict[str, Variant]:
     """The variants that apply to this side's connection manager (a piece it lacks is left out)."""
     filters = {f["name"] for f in manager.get("http_filters", [])}
     logs = manager.get("access_log", [])
     istio = lambda log: log["name"] == STATS_LOGGER and not _is_paths_logger(log)  # noqa: E731
-    out: dict[str, Edit] = {"full": lambda m: None, "plain router": _plain_router}
+    out: dict[str, Edit | Variant] = {"full": lambda m: None, "plain router": Variant(_plain_router, True)}
     if "tracing" in manager:
         out["- tracing"] = lambda m: m.pop("tracing", None)
     if logs:
@@ -210,17 +239,19 @@ def variants(manager: dict) -> dict[str, Edit]:
             out[label] = _without_filters(*names)
     out["- retries, extra routes, added header"] = _without_route_extras
     out["- connection manager options"] = lambda m: [m.pop(k, None) for k in _OPTIONS]
-    return out
+    out["- cluster settings (balancer, outlier detection, breakers)"] = Variant(lambda m: None, True)
+    return {label: v if isinstance(v, Variant) else Variant(v) for label, v in out.items()}
 
 
-def bootstrap(manager: dict, edit: Edit, app_port: int, dump: dict, admin: Path) -> dict:
+def bootstrap(manager: dict, variant: Variant, app_port: int, dump: dict, admin: Path) -> dict:
+    cluster = {} if variant.plain_cluster else upstream_cluster(dump, manager)
     manager = copy.deepcopy(manager)
     _to_app(manager)
-    edit(manager)
+    variant.edit(manager)
     manager["stat_prefix"] = "pieces"
     boot = _of_type(dump, ".BootstrapConfigDump")["bootstrap"]
     telemetry = next(c for c in boot["static_resources"]["clusters"] if c["name"] == "lattice-telemetry")
-    app = {
+    app = cluster | {
         "name": "app",
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -280,6 +311,7 @@ def measure(rounds: int, seconds: float, sides: list[str]) -> dict:
     os.environ[PEER_ENV] = "bench-client-v1;default;bench-client;v1;bench-client;v1"
     result: dict = {"rounds": rounds, "seconds": seconds, "connections": CONNECTIONS, "sides": {}}
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, home, ignore_errors=True)  # last: after every process stopped
         with procstat.pinned(server_cpus):
             plane = ControlPlane(home / "home").start()
             stack.callback(plane.stop)
@@ -294,8 +326,8 @@ def measure(rounds: int, seconds: float, sides: list[str]) -> dict:
             for side in sides:
                 manager = connection_manager(dumps[side], side)
                 envoys[side] = {}
-                for i, (label, edit) in enumerate(variants(manager).items()):
-                    config = bootstrap(manager, edit, app_port, dumps[side], home / f"{side}-{i}.sock")
+                for i, (label, variant) in enumerate(variants(manager).items()):
+                    config = bootstrap(manager, variant, app_port, dumps[side], home / f"{side}-{i}.sock")
                     envoy = StaticEnvoy(home, f"{side}-{i}", config, "warning")
                     stack.callback(envoy.stop)
                     envoys[side][label] = envoy
