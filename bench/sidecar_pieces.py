@@ -29,6 +29,17 @@ principal becomes `any`, there being no peer certificate, so the filter still ev
 policy), the agent, xDS and SDS (no per-request cost), and the other side.
 Removing a piece can cost less than its share when pieces share work (both stats loggers and the
 failures stream walk the same finished request): the sum of the `-` rows is not the gap.
+
+    .venv/bin/python bench/sidecar_pieces.py --chain [--rounds 6] [--seconds 2]
+
+With `--chain`, the whole path instead, with mTLS: the hand-written pair, the live sidecars, and
+static copies of the two sidecars (each side's connection manager and cluster as Envoy holds
+them, the SDS certificates replaced by inline ones of the same SPIFFE identities, the server's
+endpoint with the peer metadata the control plane gives it, RBAC as delivered), whole and
+without tracing, Istio's metrics' stats logger, every access log, all telemetry (each variant
+edits both sides). A closed loop of 32 connections drives each chain in turn; the figure is the
+CPU of both Envoys per request at saturation, and the median max rps. The copy costs what the live
+sidecars cost (within a few percent): what a variant saves there is what the piece costs them.
 """
 
 from __future__ import annotations
@@ -55,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import procstat  # noqa: E402
 from closedloop import max_rate  # noqa: E402
 from dataplane import POLICIES, _sidecar_envoy  # noqa: E402
-from envoy_pair import _ROUTER, StaticEnvoy, admin_get, app_command  # noqa: E402
+from envoy_pair import _ROUTER, EnvoyPair, StaticEnvoy, admin_get, app_command, issue  # noqa: E402
 from harness import ControlPlane, Workload, running  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -364,6 +375,221 @@ def measure(rounds: int, seconds: float, sides: list[str]) -> dict:
     return result
 
 
+# -- the chain: client → mTLS → server, as the live sidecars (--chain) ---------------------------
+
+PEER_OF_SERVER = (
+    "bench-server-v1;default;bench-server;v1;bench-server;v1;spiffe://cluster.local/ns/default/sa/bench-server"
+)
+CHAIN_VARIANTS: dict[str, Edit] = {
+    "static copy of the sidecars": lambda m: None,
+    "- tracing": lambda m: m.pop("tracing", None),
+    "- Istio metrics' stats logger": _without_logs(
+        lambda log: log["name"] == STATS_LOGGER and not _is_paths_logger(log)
+    ),
+    "- all access logs": lambda m: m.pop("access_log", None),
+    "- all telemetry (tracing, every access log)": lambda m: (m.pop("tracing", None), m.pop("access_log", None)),
+}
+
+
+def _inline_tls(context: dict, credentials) -> dict:
+    """A sidecar's TLS context with its SDS secrets replaced by inline ones of the same identity."""
+    context = copy.deepcopy(context)
+    context.pop("tls_certificate_sds_secret_configs", None)
+    context["tls_certificates"] = [
+        {
+            "certificate_chain": {"inline_string": credentials.chain},
+            "private_key": {"inline_string": credentials.key},
+        }
+    ]
+    validation = context.pop("combined_validation_context", {}).get("default_validation_context", {})
+    context["validation_context"] = validation | {"trusted_ca": {"inline_string": credentials.root}}
+    return context
+
+
+def _static(dump: dict, admin: Path, listener: dict, clusters: list[dict]) -> dict:
+    boot = _of_type(dump, ".BootstrapConfigDump")["bootstrap"]
+    telemetry = next(c for c in boot["static_resources"]["clusters"] if c["name"] == "lattice-telemetry")
+    return {
+        "admin": {"address": {"pipe": {"path": str(admin)}}},
+        "stats_config": boot["stats_config"],
+        "layered_runtime": boot.get("layered_runtime", {}),
+        "static_resources": {"listeners": [listener], "clusters": [*clusters, telemetry]},
+    }
+
+
+def _endpoint(port: int, metadata: dict | None = None) -> dict:
+    endpoint: dict = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+    if metadata:
+        endpoint["metadata"] = {"filter_metadata": metadata}
+    return endpoint
+
+
+def server_chain(dump: dict, edit: Edit, app_port: int, credentials, admin: Path) -> dict:
+    """The server sidecar's mTLS inbound chain and its cluster to the app, RBAC as delivered."""
+    listener = next(
+        e["active_state"]["listener"]
+        for e in _of_type(dump, ".ListenersConfigDump")["dynamic_listeners"]
+        if e["name"].startswith("inbound")
+    )
+    chain = next(fc for fc in listener["filter_chains"] if "transport_socket" in fc)
+    manager = copy.deepcopy(chain["filters"][0]["typed_config"])
+    cluster = upstream_cluster(dump, manager)
+    edit(manager)
+    cluster["load_assignment"] = {
+        "cluster_name": cluster["name"],
+        "endpoints": [{"lb_endpoints": [_endpoint(app_port)]}],
+    }
+    socket = copy.deepcopy(chain["transport_socket"])
+    socket["typed_config"]["common_tls_context"] = _inline_tls(
+        socket["typed_config"]["common_tls_context"], credentials
+    )
+    out = {
+        "name": "inbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": HCM_NAME, "typed_config": manager}], "transport_socket": socket}],
+    }
+    return _static(dump, admin, out, [cluster])
+
+
+def client_chain(dump: dict, edit: Edit, server_port: int, credentials, admin: Path) -> dict:
+    """The client sidecar's outbound listener and the server's cluster with its mTLS socket, its
+    one endpoint the server chain's, with the peer metadata the control plane gives it."""
+    manager = connection_manager(dump, "outbound")
+    cluster = upstream_cluster(dump, manager)
+    real = next(
+        c["cluster"]
+        for c in _of_type(dump, ".ClustersConfigDump")["dynamic_active_clusters"]
+        if c["cluster"]["name"] == cluster["name"]
+    )
+    edit(manager)
+    for host in manager["route_config"]["virtual_hosts"]:
+        for route in host["routes"]:
+            if "route" in route:
+                route["route"]["cluster"] = cluster["name"]
+    for f in manager.get("http_filters", []):
+        if f["name"] == "envoy.filters.http.basic_auth":
+            f["typed_config"]["users"] = {"environment_variable": PROXY_USERS_ENV}
+    socket = copy.deepcopy(real["transport_socket_matches"][0]["transport_socket"])
+    socket["typed_config"]["common_tls_context"] = _inline_tls(
+        socket["typed_config"]["common_tls_context"], credentials
+    )
+    cluster["transport_socket"] = socket
+    endpoint = _endpoint(server_port, {"lattice": {"peer": PEER_OF_SERVER}})
+    cluster["load_assignment"] = {"cluster_name": cluster["name"], "endpoints": [{"lb_endpoints": [endpoint]}]}
+    out = {
+        "name": "outbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": HCM_NAME, "typed_config": manager}]}],
+    }
+    return _static(dump, admin, out, [cluster])
+
+
+def measure_chain(rounds: int, seconds: float) -> dict:
+    """The pair, the live sidecars and static mTLS copies of them (each variant edits both sides),
+    each driven in turn by a closed loop of 32 connections: CPU per request of both Envoys."""
+    started = time.monotonic()
+    home = Path(tempfile.mkdtemp(prefix="lattice-bench-chain-"))
+    generator_cpus, server_cpus = procstat.split_cpus()
+    credential = secrets.token_urlsafe(24)
+    digest = base64.b64encode(hashlib.sha1(credential.encode()).digest()).decode()
+    os.environ[PROXY_USERS_ENV] = f"{PROXY_USER}:{{SHA}}{digest}"
+    os.environ[PEER_ENV] = "bench-client-v1;default;bench-client;v1;bench-client;v1"
+    token = base64.b64encode(f"{PROXY_USER}:{credential}".encode()).decode()
+    result: dict = {"rounds": rounds, "seconds": seconds, "connections": 32, "chains": {}}
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, home, ignore_errors=True)
+        with procstat.pinned(server_cpus):
+            plane = ControlPlane(home / "home").start()
+            stack.callback(plane.stop)
+            plane.apply(POLICIES)
+            quiet = ("--log-level", "warning")
+            workloads = [
+                Workload(plane, n, command=app_command(), extra=quiet) for n in ("bench-client", "bench-server")
+            ]
+            client, server = stack.enter_context(running(plane, workloads))
+            (client_pid, client_admin), (server_pid, server_admin) = _sidecar_envoy(client), _sidecar_envoy(server)
+            client_dump, server_dump = _dump(client_admin), _dump(server_admin)
+            app_port = server.info["app_port"]
+            pair = EnvoyPair.start(home / "pair", app_port)
+            stack.callback(pair.stop)
+            credentials = issue(["bench-client", "bench-server"])
+            # label → (target, headers, (client pid, server pid))
+            chains: dict[str, tuple[tuple[str, int], dict, tuple[int, int]]] = {
+                "hand-written pair": (("127.0.0.1", pair.port), {}, (pair.client.pid, pair.server.pid)),
+                "live sidecars": ((client.address, 15001), client.proxy_headers, (client_pid, server_pid)),
+            }
+            for i, (label, edit) in enumerate(CHAIN_VARIANTS.items()):
+                config = server_chain(server_dump, edit, app_port, credentials["bench-server"], home / f"s{i}.sock")
+                server_envoy = StaticEnvoy(home, f"chain-server-{i}", config, "warning")
+                stack.callback(server_envoy.stop)
+                config = client_chain(
+                    client_dump, edit, server_envoy.port, credentials["bench-client"], home / f"c{i}.sock"
+                )
+                client_envoy = StaticEnvoy(home, f"chain-client-{i}", config, "warning")
+                stack.callback(client_envoy.stop)
+                headers = {"proxy-authorization": f"Basic {token}"}
+                chains[label] = (("127.0.0.1", client_envoy.port), headers, (client_envoy.pid, server_envoy.pid))
+        loads = [os.getloadavg()[0]]
+        labels = list(chains)
+        samples: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
+        errors = dict.fromkeys(labels, 0)
+        with procstat.pinned(generator_cpus):
+            for round_ in range(rounds):
+                for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
+                    target, headers, pids = chains[label]
+                    cpu: dict[bool, float] = {}
+
+                    def window(start: bool, pids: tuple[int, int] = pids, cpu: dict = cpu) -> None:
+                        cpu[start] = sum(procstat.cpu_seconds(pid) for pid in pids)
+
+                    done = max_rate(
+                        target, "http://bench-server:9080/", "bench-server:9080", 32, seconds, 0.3, headers, window
+                    )
+                    errors[label] += done.errors
+                    if done.requests:
+                        samples[label].append(((cpu[False] - cpu[True]) / done.requests * 1e6, done.rps))
+                loads.append(os.getloadavg()[0])
+        result["chains"] = {
+            label: {
+                "us_per_request_both_envoys": _quantiles([us for us, _ in samples[label]]),
+                "rps_median": statistics.median(rps for _, rps in samples[label]),
+                "errors": errors[label],
+            }
+            for label in labels
+            if samples[label]
+        }
+        result["load_average"] = {"min": min(loads), "max": max(loads)}
+    result["machine"] = procstat.machine(envoy_binary())
+    result["wall_seconds"] = time.monotonic() - started
+    return result
+
+
+def chain_table(result: dict) -> Table:
+    rows = result["chains"]
+    pair = rows["hand-written pair"]
+    out = Table(
+        title="client → mTLS → server, both Envoys: CPU µs per request at saturation "
+        f"({result['rounds']} rounds × {result['seconds']:g} s, {result['connections']} connections)",
+        caption=f"load average {result['load_average']['min']:.1f}-{result['load_average']['max']:.1f} while "
+        "measured; static copies: the live sidecars' config with inline certificates; × pair on the minimum",
+    )
+    for column in ("chain", "min", "q1", "median", "× pair", "max rps", "× pair ", "errors"):
+        out.add_column(column, justify="left" if column == "chain" else "right")
+    for label, r in rows.items():
+        q = r["us_per_request_both_envoys"]
+        out.add_row(
+            label,
+            f"{q['min']:.1f}",
+            f"{q['q1']:.1f}",
+            f"{q['median']:.1f}",
+            f"{q['min'] / pair['us_per_request_both_envoys']['min']:.2f}",
+            f"{r['rps_median']:,.0f}",
+            f"{r['rps_median'] / pair['rps_median']:.2f}",
+            str(r["errors"]),
+        )
+    return out
+
+
 # -- presenting -----------------------------------------------------------------------------------
 
 
@@ -397,14 +623,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="rounds over every variant (default 10)")
     parser.add_argument("--seconds", type=float, default=1.5, help="closed-loop seconds per variant and round")
     parser.add_argument("--side", choices=("inbound", "outbound", "both"), default="both")
+    parser.add_argument(
+        "--chain",
+        action="store_true",
+        help="instead: client → mTLS → server chains (the pair, the live sidecars, static copies of "
+        "them without tracing, Istio's metrics, all telemetry), CPU of both Envoys per request",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the result ({DEFAULT_JSON})")
     args = parser.parse_args()
     sides = ["outbound", "inbound"] if args.side == "both" else [args.side]
     console = Console(width=None if sys.stdout.isatty() else 140)
-    with console.status("sidecar pieces: starting sidecars and one Envoy per variant"):
-        result = measure(args.rounds, args.seconds, sides)
-    for side in sides:
-        console.print(table(result, side))
+    if args.chain:
+        with console.status("sidecar chains: starting sidecars, the pair and static copies"):
+            result = measure_chain(args.rounds, args.seconds)
+        console.print(chain_table(result))
+    else:
+        with console.status("sidecar pieces: starting sidecars and one Envoy per variant"):
+            result = measure(args.rounds, args.seconds, sides)
+        for side in sides:
+            console.print(table(result, side))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     console.print(f"saved {args.json} ({result['wall_seconds']:.0f} s)")
