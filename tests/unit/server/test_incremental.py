@@ -383,25 +383,11 @@ def test_reads_that_take_the_proxy_are_read_again_only_when_their_fields_changed
     translations, proxies = incremental.ProxyTranslations(), fleet(48)
     documents = SUBSETS + [route("v1")]
     push(translations, "1", documents, proxies)
-    calls = Counter()
-    real = MeshSnapshot.authorization_policies_for
-
-    def counting(self, workload):
-        calls[workload.id] += 1
-        return real(self, workload)
-
-    monkeypatch.setattr(MeshSnapshot, "authorization_policies_for", counting)
+    reads = _counted_push(monkeypatch, translations, "authorization_policies_for")
 
     def policies_read(version: str, documents: list[str]) -> int:
         """A push; how many times it read a proxy's policies (a full translation's reads aside)."""
-        snap = snapshot(version, documents, proxies)
-        translations.advance(snap)
-        calls.clear()
-        got = {proxy.id: incrementally(translations, proxy) for proxy in snap.workloads}
-        read = sum(calls.values())
-        for proxy in snap.workloads:
-            assert got[proxy.id] == full(snap, proxy), f"snapshot {version}, proxy {proxy.id}"
-        return read
+        return reads(version, documents, proxies)
 
     assert policies_read("2", SUBSETS + [route("v2")]) == 0
     # each proxy's policies read again, since their field changed
@@ -417,16 +403,27 @@ def test_a_proxy_moving_to_a_new_translation_reads_again_only_what_changed_for_i
     change. A change to what is visible (a new service) makes them read it again."""
     translations, proxies = incremental.ProxyTranslations(), fleet(96)
     push(translations, "1", SUBSETS + [route("v1")], proxies)
+    services_read = _counted_push(monkeypatch, translations, "services_for")
+
+    # Only in the translations made (a dozen kinds, a few reads each), not once per proxy.
+    assert services_read("2", SUBSETS + [route("v2")], proxies) < len(proxies) / 2
+    newcomer = workload("svc-9", "v1", 500, app_port=8080)  # a new service: visible to everyone
+    assert services_read("3", SUBSETS + [route("v2")], proxies + [newcomer]) >= len(proxies)
+
+
+def _counted_push(monkeypatch, translations, method: str):
+    """`counted(version, documents, workloads)`: a push of that snapshot, every proxy's output held to
+    a full translation's; it answers how many times the push called MeshSnapshot.<method>."""
     calls = Counter()
-    real = MeshSnapshot.services_for
+    real = getattr(MeshSnapshot, method)
 
-    def counting(self, proxy):
+    def counting(self, proxy, *args, **kwargs):
         calls[proxy.id] += 1
-        return real(self, proxy)
+        return real(self, proxy, *args, **kwargs)
 
-    monkeypatch.setattr(MeshSnapshot, "services_for", counting)
+    monkeypatch.setattr(MeshSnapshot, method, counting)
 
-    def services_read(version: str, documents: list[str], workloads: list[Workload]) -> int:
+    def counted(version: str, documents: list[str], workloads: list[Workload]) -> int:
         snap = snapshot(version, documents, workloads)
         translations.advance(snap)
         calls.clear()
@@ -436,7 +433,4 @@ def test_a_proxy_moving_to_a_new_translation_reads_again_only_what_changed_for_i
             assert got[proxy.id] == full(snap, proxy), f"snapshot {version}, proxy {proxy.id}"
         return read
 
-    # Only in the translations made (a dozen kinds, a few reads each), not once per proxy.
-    assert services_read("2", SUBSETS + [route("v2")], proxies) < len(proxies) / 2
-    newcomer = workload("svc-9", "v1", 500, app_port=8080)  # a new service: visible to everyone
-    assert services_read("3", SUBSETS + [route("v2")], proxies + [newcomer]) >= len(proxies)
+    return counted
