@@ -312,6 +312,15 @@ def _quantiles(samples: list[float]) -> dict:
     }
 
 
+def _finished(result: dict, loads: list[float], started: float) -> dict:
+    """`result` with the load seen during the rounds, the machine, and the wall time taken."""
+    if loads:
+        result["load_average"] = {"min": min(loads), "max": max(loads)}
+    result["machine"] = procstat.machine(envoy_binary())
+    result["wall_seconds"] = time.monotonic() - started
+    return result
+
+
 def measure(rounds: int, seconds: float, sides: list[str]) -> dict:
     started = time.monotonic()
     home = Path(tempfile.mkdtemp(prefix="lattice-bench-pieces-"))
@@ -369,10 +378,7 @@ def measure(rounds: int, seconds: float, sides: list[str]) -> dict:
                     for label in labels
                     if samples[label]
                 }
-        result["load_average"] = {"min": min(loads), "max": max(loads)}
-    result["machine"] = procstat.machine(envoy_binary())
-    result["wall_seconds"] = time.monotonic() - started
-    return result
+    return _finished(result, loads, started)
 
 
 # -- the chain: client → mTLS → server, as the live sidecars (--chain) ---------------------------
@@ -558,10 +564,7 @@ def measure_chain(rounds: int, seconds: float) -> dict:
             for label in labels
             if samples[label]
         }
-        result["load_average"] = {"min": min(loads), "max": max(loads)}
-    result["machine"] = procstat.machine(envoy_binary())
-    result["wall_seconds"] = time.monotonic() - started
-    return result
+    return _finished(result, loads, started)
 
 
 def chain_table(result: dict) -> Table:
