@@ -57,6 +57,17 @@ class _Translation:
 _Found = tuple[_Translation, OwnFields]
 
 
+@dataclass(slots=True)
+class _Use:
+    """What a proxy got for one type at a snapshot."""
+
+    translation: _Translation
+    proxy: Workload  # the proxy as it was
+    own: OwnFields  # the fields each of the translation's reads that took the proxy read for it
+    every: frozenset[str] | None  # all of them (None: some unknown), worked out once
+    generation: int  # the snapshot it got it at
+
+
 class ProxyTranslations:
     """Per type: translations by the proxy attributes they read, and those attributes' values."""
 
@@ -64,10 +75,7 @@ class ProxyTranslations:
         self._reads = SnapshotReads()
         self._traced = TracedSnapshot(MeshSnapshot("0"), self._reads)
         self._alike: dict[str, dict[tuple[str, ...], dict[tuple, _Translation]]] = {t: {} for t in TYPE_ORDER}
-        # (node id, type) -> the translation the proxy got at the last snapshot, the proxy as it was,
-        # the snapshot fields each of the translation's reads that took the proxy read for it, all
-        # of them (None: some unknown), and the generation it got it at
-        self._used: dict[tuple[str, str], tuple[_Translation, Workload, OwnFields, frozenset[str] | None, int]] = {}
+        self._used: dict[tuple[str, str], _Use] = {}  # (node id, type) -> what the proxy got last
         self._changed_fields: frozenset[str] = frozenset()
         # (id of a translation a proxy had, id of the one it may get) -> both, and `same_reads` of them
         self._same: dict[tuple[int, int], tuple[_Translation, _Translation, tuple[int | None, ...]]] = {}
@@ -87,7 +95,7 @@ class ProxyTranslations:
                 else:
                     del by_attributes[attributes]
         # (the fields changed are known from the last snapshot to this one, so only what was used at the last counts)
-        self._used = {k: v for k, v in self._used.items() if v[4] == last}
+        self._used = {k: v for k, v in self._used.items() if v.generation == last}
         self._reads.sweep(
             [
                 t.trace.dependencies
@@ -112,14 +120,9 @@ class ProxyTranslations:
             translation = _Translation(trace, make(items), self._reads.generation)
             self._alike[type_url].setdefault(trace.attributes, {})[trace.values] = translation
             found = translation, trace.own_fields()
-        self._used[(proxy.id, type_url)] = (
-            found[0],
-            proxy,
-            found[1],
-            own_fields_union(found[1]),
-            self._reads.generation,
-        )
-        return found[0].result
+        translation, own = found
+        self._used[(proxy.id, type_url)] = _Use(translation, proxy, own, own_fields_union(own), self._reads.generation)
+        return translation.result
 
     def shared(self, message: Message) -> bool:
         """Whether `message` is one object held for many proxies (a memoized piece)."""
@@ -130,9 +133,9 @@ class ProxyTranslations:
         need to look for its kind, nor to read again what took the proxy as an argument unless
         the snapshot fields behind those reads, as they were read for this proxy, changed."""
         used = self._used.get((proxy.id, type_url))
-        if used is None or used[1] is not proxy:
+        if used is None or used.proxy is not proxy:
             return None
-        found, _, own, every, _ = used
+        found, own, every = used.translation, used.own, used.every
         if found.checked < self._reads.generation - 1 or not self._reads.unchanged(
             found.trace.dependencies, found.checked
         ):
@@ -157,15 +160,15 @@ class ProxyTranslations:
                     return found, own
         return None
 
-    def _carried(self, before: tuple, found: _Translation, proxy: Workload) -> OwnFields | None:
+    def _carried(self, before: _Use, found: _Translation, proxy: Workload) -> OwnFields | None:
         """What the proxy's translation at the last snapshot tells of `found`'s reads that take the
         proxy: for each, the fields it read for this proxy then, where it is the same read with
         the same value (so unchanged fields mean it reads alike), else None (to read again)."""
-        old, held, old_fields, _, generation = before
-        if held is not proxy or generation != self._reads.generation - 1:
+        if before.proxy is not proxy or before.generation != self._reads.generation - 1:
             return None
+        old = before.translation
         key = (id(old), id(found))
         pair = self._same.get(key)
         if pair is None:  # worked out once for all the proxies going from one to the other
             pair = self._same[key] = (old, found, same_reads(old.trace, found.trace))
-        return tuple(None if i is None else old_fields[i] for i in pair[2])
+        return tuple(None if i is None else before.own[i] for i in pair[2])
