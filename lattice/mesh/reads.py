@@ -9,7 +9,7 @@ down the same path to the same result:
 - a result none of whose snapshot reads changed in a new snapshot is still the result
   (`SnapshotReads` keeps the reads from one snapshot to the next and reads them again);
 - a result is another proxy's too when that proxy's attributes read alike, and so do the
-  snapshot reads that took the proxy as an argument (`Trace.fits`).
+  snapshot reads that took the proxy as an argument (`Trace.refit`).
 Nothing is listed by hand: what a computation depends on is what it read.
 
 `memo` pieces (built once per snapshot, shared by many proxies) keep their own reads, and a
@@ -184,11 +184,6 @@ class Trace:
     dependencies: Dependencies
     read_from: Workload  # the proxy it was made from (holding what `values` may know by identity)
 
-    def fits(self, snapshot: MeshSnapshot, proxy: Workload) -> bool:
-        """Whether the reads that took the proxy as an argument read alike for `proxy` in
-        `snapshot` (its attributes are matched by `values`; `dependencies` by SnapshotReads)."""
-        return not any(_differs(read, snapshot, proxy) for read in self.own)
-
     def own_fields(self) -> OwnFields:
         """The snapshot fields each read that took the proxy as an argument read for `read_from`."""
         return tuple(read.fields for read in self.own)
@@ -200,11 +195,12 @@ class Trace:
         known: OwnFields | None = None,
         changed: frozenset[str] = frozenset(),
     ) -> OwnFields | None:
-        """`fits`, giving the snapshot fields each of those reads read for `proxy` when it does
-        (None when it does not). With `known`, the fields each read for this same proxy at the
-        previous snapshot, and `changed`, the fields that changed since: a read whose fields are
-        known and unchanged reads alike without reading it again (the same path through the
-        same values)."""
+        """Whether the reads that took the proxy as an argument read alike for `proxy` in
+        `snapshot` (its attributes are matched by `values`; `dependencies` by SnapshotReads): the
+        snapshot fields each of them read for `proxy` when they do, None when not. With `known`,
+        the fields each read for this same proxy at the previous snapshot, and `changed`, the
+        fields that changed since: a read whose fields are known and unchanged reads alike
+        without reading it again (the same path through the same values)."""
         out: list[frozenset[str] | None] = []
         for i, read in enumerate(self.own):
             noted = known[i] if known is not None else None

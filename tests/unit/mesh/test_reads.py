@@ -136,7 +136,7 @@ def test_reads_that_take_the_proxy_are_checked_for_each_proxy():
     traced = TracedSnapshot(snap, SnapshotReads())
     mode, trace = traced.trace(A, lambda s, proxy: s.inbound_mtls(proxy))
     assert mode == "STRICT" and len(trace.own) == 1
-    assert trace.fits(snap, B) and not trace.fits(snap, C)
+    assert trace.refit(snap, B) is not None and trace.refit(snap, C) is None
 
 
 def test_a_read_that_fails_in_the_new_snapshot_has_changed():
@@ -165,7 +165,7 @@ def test_own_reads_are_read_again_only_when_the_fields_behind_them_changed():
     assert changed_fields(before, routes_changed).isdisjoint({"_inbound_mtls"})
     plaintext_for_web = snapshot(peer_auth("STRICT"), peer_auth("DISABLE", app="web"))
     changed = changed_fields(before, plaintext_for_web)
-    assert "_inbound_mtls" in changed and not trace.fits(plaintext_for_web, A)
+    assert "_inbound_mtls" in changed and trace.refit(plaintext_for_web, A) is None
     assert trace.refit(plaintext_for_web, A, trace.own_fields(), changed) is None
 
 
