@@ -314,8 +314,7 @@ def _quantiles(samples: list[float]) -> dict:
 
 def _finished(result: dict, loads: list[float], started: float) -> dict:
     """`result` with the load seen during the rounds, the machine, and the wall time taken."""
-    if loads:
-        result["load_average"] = {"min": min(loads), "max": max(loads)}
+    result["load_average"] = {"min": min(loads), "max": max(loads)}
     result["machine"] = procstat.machine(envoy_binary())
     result["wall_seconds"] = time.monotonic() - started
     return result
