@@ -133,7 +133,10 @@ def server(
         "DestinationRule's connectionPool.http.h2UpgradePolicy overrides it (Istio's MeshConfig h2UpgradePolicy).",
     ),
     debounce: float = duration_option(
-        "100ms", "--debounce", help="How long to gather changes into one push, e.g. 100ms (a bare number: seconds)."
+        "100ms",
+        "--debounce",
+        help="How long to gather changes that follow a push into the next one, e.g. 100ms (a bare number: seconds); "
+        "a change after a quiet spell is pushed at once.",
     ),
     heartbeat_timeout: float = duration_option(
         "15s",

@@ -92,7 +92,7 @@ class Pusher:
         return {"config_resources": {kind: len(getattr(self.snapshot, name)) for kind, name in SNAPSHOT_FIELDS.items()}}
 
     def request(self, trigger: str = "config") -> None:
-        """Ask for a push soon; many requests within the debounce window become one push.
+        """Ask for a push: at once after a quiet spell, else with the others of the debounce window.
         `trigger` says what changed (Istio's `pilot_push_triggers` types: config, endpoint, secret)."""
         self._metrics.push_triggered(trigger)
         if self._changed_at is None:
@@ -100,9 +100,15 @@ class Pusher:
         self._dirty.set()
 
     async def run(self) -> None:
+        """Push whenever something changed. A change after a quiet spell (no push ended within the
+        debounce window) goes out at once; changes that follow a push closely are gathered for the
+        window, so a burst costs two pushes at most, the first of them without waiting."""
+        loop = asyncio.get_running_loop()
+        last_ended = -self._debounce
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(self._debounce)
+            if loop.time() - last_ended < self._debounce:
+                await asyncio.sleep(self._debounce)
             if self._jwks is not None:  # keys of a new or changed RequestAuthentication, before its push
                 await self._jwks.prepare()  # (never raises); the push stays `pending` meanwhile
             if self._modules is not None:  # likewise the Wasm modules of new or changed extensions
@@ -113,6 +119,7 @@ class Pusher:
             except Exception:  # a push bug must not stop future pushes
                 self._metrics.internal_error()
                 log.exception("push failed; proxies keep their last config")
+            last_ended = loop.time()
 
     async def watch_store(self) -> None:
         revision = self._store.revision

@@ -163,3 +163,37 @@ async def test_proxies_converging_before_the_push_ends_count_as_converged(mesh):
     await pusher.push_sliced()
     assert len(acked) == 40
     assert metrics.convergence.labels().count == 40
+
+
+async def wait_for(condition, timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@pytest.mark.slow
+async def test_a_change_after_a_quiet_spell_goes_out_at_once_and_one_right_after_a_push_waits_the_window(tmp_path):
+    with Store(tmp_path / "lattice.db") as store:
+        registry, cache = Registry(store, 3600), SnapshotCache()
+        apply(store, SUBSETS)
+        registry.register(registration(1))
+        pusher = Pusher(store, registry, cache, debounce=3.0)
+        running = asyncio.create_task(pusher.run(), name="pusher")
+        try:
+            loop = asyncio.get_running_loop()
+            apply(store, route("v1"))
+            asked = loop.time()
+            pusher.request()
+            assert await wait_for(lambda: not pusher.pending and pusher.snapshot.version != "0", 10)
+            assert loop.time() - asked < 3.0  # not held for the window: nothing was pushed before it
+            first = pusher.snapshot.version
+            apply(store, route("v2"))  # right after a push: gathered for the window
+            pusher.request()
+            assert not await wait_for(lambda: pusher.snapshot.version != first, 1.0)
+            assert await wait_for(lambda: pusher.snapshot.version != first, 10)
+        finally:
+            running.cancel()
