@@ -13,7 +13,6 @@ from datetime import timedelta
 import grpc
 from cryptography.hazmat.primitives import serialization
 from aiohttp import web
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from lattice.identity import SpiffeId
 from lattice.registry import Registry
@@ -34,7 +33,7 @@ from lattice.server.secrets import SecretVault
 from lattice.server.traces import TraceStore
 from lattice.store import SharedStore, StoreError, is_shared, open_store
 from lattice.xds import SnapshotCache, StatusBoard
-from lattice.xds.server import AdsServer
+from lattice.xds.server import AdsServer, add_to_server
 
 log = logging.getLogger("lattice.server")
 MAX_XDS_MESSAGE = 16 << 20
@@ -176,7 +175,7 @@ class ControlPlane:
                 *limits.GRPC_OPTIONS,
             ]
         )
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, grpc_server)
+        add_to_server(self.ads, grpc_server)
         try:
             xds_port = grpc_server.add_secure_port(
                 f"{self.config.xds_host}:{self.config.xds_port}", self._xds_credentials()

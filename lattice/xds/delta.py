@@ -17,6 +17,7 @@ from functools import partial
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from lattice.xds import wire
 from lattice.xds.cache import ProxySnapshot, Selection, XdsResource
 from lattice.xds.sotw import WILDCARD_TYPES
 from lattice.xds.stream import Outgoing, Stream, next_nonce, type_rank
@@ -80,10 +81,11 @@ class DeltaStream(Stream):
         if sub.held is chosen and not sub.must_send:
             return None
         if sub.held is not None:
-            changed, removed = difference(sub.held, chosen)  # shared by every stream with this pair
+            found = difference(sub.held, chosen)  # shared by every stream with this pair
         else:
-            changed, removed = _compared(sub.known, chosen)
+            found = Difference(*_compared(sub.known, chosen))
         sub.held = chosen
+        changed, removed = found.changed, found.removed
         if not changed and not removed and not sub.must_send:
             return None
         for r in changed:
@@ -91,20 +93,38 @@ class DeltaStream(Stream):
         for name in removed:
             sub.known.pop(name, None)
         sub.nonce, sub.sent_version, sub.must_send = next_nonce(), chosen.version, False
-        size = sum(len(r.body.value) for r in changed)
-        self.board.sent(self.node_id, type_url, sub.sent_version, snapshot.label, size, len(changed))
-        return Outgoing(type_url, size, partial(_response, sub.sent_version, type_url, sub.nonce, changed, removed))
+        self.board.sent(self.node_id, type_url, sub.sent_version, snapshot.label, found.size, len(changed))
+        return Outgoing(type_url, found.size, partial(found.response, sub.sent_version, type_url, sub.nonce))
 
 
-def difference(old: Selection, new: Selection) -> tuple[list[XdsResource], list[str]]:
+class Difference:
+    """What a response carries from one selection to another: resources that changed, names that
+    went away, and (once asked for) the response's bytes but for the nonce, for every stream
+    that goes the same way."""
+
+    __slots__ = ("changed", "removed", "size", "_shared", "__weakref__")
+
+    def __init__(self, changed: list[XdsResource], removed: list[str]) -> None:
+        self.changed, self.removed = changed, removed
+        self.size = sum(len(r.body.value) for r in changed)
+        self._shared: tuple[str, str, bytes] | None = None  # (version, type, encoded)
+
+    def response(self, version: str, type_url: str, nonce: str) -> bytes:
+        """The encoded DeltaDiscoveryResponse."""
+        if self._shared is None or self._shared[:2] != (version, type_url):
+            self._shared = (version, type_url, wire.shared_part(version, type_url, self.changed, self.removed))
+        return wire.with_nonce(self._shared[2], nonce)
+
+
+def difference(old: Selection, new: Selection) -> Difference:
     """Resources of `new` that `old` lacks or holds at another version, and names only `old` has.
     Kept on `new` by `old`'s identity (weakly: a pair is forgotten with its old selection)."""
     found = new.differences.get(id(old))
     if found is not None and found[0]() is old:
-        return found[1], found[2]
-    changed, removed = _compared({r.name: r.version for r in old.resources}, new)
-    new.differences[id(old)] = (weakref.ref(old), changed, removed)
-    return changed, removed
+        return found[1]
+    made = Difference(*_compared({r.name: r.version for r in old.resources}, new))
+    new.differences[id(old)] = (weakref.ref(old), made)
+    return made
 
 
 def _compared(held: dict[str, str], new: Selection) -> tuple[list[XdsResource], list[str]]:
@@ -112,15 +132,3 @@ def _compared(held: dict[str, str], new: Selection) -> tuple[list[XdsResource], 
     changed = [r for r in new.resources if held.get(r.name) != r.version]
     present = {r.name for r in new.resources}
     return changed, sorted(n for n in held if n not in present)
-
-
-def _response(
-    version: str, type_url: str, nonce: str, changed: list[XdsResource], removed: list[str]
-) -> discovery_pb2.DeltaDiscoveryResponse:
-    return discovery_pb2.DeltaDiscoveryResponse(
-        system_version_info=version,
-        type_url=type_url,
-        nonce=nonce,
-        resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.body) for r in changed],
-        removed_resources=removed,
-    )

@@ -8,7 +8,7 @@ import logging
 from typing import AsyncIterator, Awaitable, Callable
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from lattice.xds.budget import SendBudget
 from lattice.xds.cache import SnapshotCache
@@ -97,6 +97,30 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def stats(self) -> dict:
         """What a metrics scrape reads of this server (`lattice.server.metrics.StatsSource`)."""
         return {"connected_proxies": len(self._streams)}
+
+
+def add_to_server(ads: AdsServer, server) -> None:
+    """Serve `ads` on a gRPC server, as the generated `add_AggregatedDiscoveryServiceServicer_to_server`
+    does, except that a response may also be handed over already encoded (bytes, `wire.py`)."""
+    service = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+    handlers = {
+        "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            ads.StreamAggregatedResources,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=_encoded,
+        ),
+        "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            ads.DeltaAggregatedResources,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=_encoded,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
+def _encoded(response) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 # glibc's mallopt parameters

@@ -14,7 +14,7 @@ from google.rpc import status_pb2
 
 from lattice.translate import CLUSTER, ENDPOINT, ROUTE
 from lattice.xds import SnapshotCache, StatusBoard
-from lattice.xds.server import AdsServer
+from lattice.xds.server import AdsServer, add_to_server
 
 NODE = "web-v1-000001.default"
 
@@ -35,9 +35,7 @@ async def ads():
         connected.append(node)
 
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsServer(cache, board, on_connect, on_connect), server
-    )
+    add_to_server(AdsServer(cache, board, on_connect, on_connect), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

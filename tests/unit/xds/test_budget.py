@@ -56,7 +56,7 @@ async def test_a_proxy_waits_for_the_budget_until_another_answers_its_response()
 
     from lattice.translate import CLUSTER
     from lattice.xds import SnapshotCache, StatusBoard
-    from lattice.xds.server import AdsServer
+    from lattice.xds.server import AdsServer, add_to_server
 
     async def nothing(node):
         return None
@@ -66,9 +66,7 @@ async def test_a_proxy_waits_for_the_budget_until_another_answers_its_response()
     for node in ("a", "b"):
         cache.set(node, "1", {CLUSTER: [("c", cluster_pb2.Cluster(name="c", connect_timeout={"seconds": 1}))]})
     server = grpc.aio.server()
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-        AdsServer(cache, StatusBoard(), nothing, nothing, budget=budget), server
-    )
+    add_to_server(AdsServer(cache, StatusBoard(), nothing, nothing, budget=budget), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")

@@ -11,7 +11,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from lattice.translate import CLUSTER, ENDPOINT
 from lattice.xds import SnapshotCache, StatusBoard
 from lattice.xds.cache import Encoder
-from lattice.xds.delta import DeltaStream
+from lattice.xds.delta import DeltaStream, Difference
 
 
 def assignment(name: str, *addresses: str) -> endpoint_pb2.ClusterLoadAssignment:
@@ -49,7 +49,9 @@ def request(type_url: str, names=(), nonce: str = "", initial: dict | None = Non
 
 
 def answer(stream: DeltaStream, cache: SnapshotCache) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-    out = [o.build() for o in stream.responses(cache.get(stream.node_id))]
+    out = [
+        discovery_pb2.DeltaDiscoveryResponse.FromString(o.build()) for o in stream.responses(cache.get(stream.node_id))
+    ]
     for response in out:  # ACK each, as a client does
         stream.handle(request(response.type_url, nonce=response.nonce))
     return out
@@ -107,3 +109,19 @@ def test_a_subscription_change_is_answered_with_the_new_name_then_back_on_the_sh
     (changed,) = answer(stream, cache)
     assert [r.name for r in changed.resources] == ["a"]
     assert stream.subscriptions[ENDPOINT].held is cache.get("p1").chosen(ENDPOINT, frozenset("ab"))
+
+
+def test_a_response_encoded_from_its_parts_reads_as_the_message_built_field_by_field():
+    cache = SnapshotCache()
+    push(cache, ["p1"], "1", {"a": ("10.0.0.1",), "b": ("10.0.0.2",) * 1000})  # b: lengths of 3 bytes
+    resources = cache.get("p1").select(ENDPOINT, None)
+    found = Difference(resources, ["gone", "also-gone"])
+    built = discovery_pb2.DeltaDiscoveryResponse(
+        system_version_info="v7",
+        type_url=ENDPOINT,
+        nonce="42",
+        resources=[discovery_pb2.Resource(name=r.name, version=r.version, resource=r.body) for r in resources],
+        removed_resources=["gone", "also-gone"],
+    )
+    assert discovery_pb2.DeltaDiscoveryResponse.FromString(found.response("v7", ENDPOINT, "42")) == built
+    assert found.response("v7", ENDPOINT, "43") != found.response("v7", ENDPOINT, "42")  # the nonce is each stream's
