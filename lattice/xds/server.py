@@ -55,7 +55,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def _serve(self, requests: AsyncIterator, context, stream_type, protocol: str) -> None:
         inbox: asyncio.Queue = asyncio.Queue()
-        reader = asyncio.create_task(_pump(requests, inbox), name="ads-reader")
+        receiver = [_not_taken]  # the stream's `receive`, once it exists
+        reader = asyncio.create_task(_pump(requests, inbox, receiver), name="ads-reader")
         node_id = ""
         try:
             first = await inbox.get()
@@ -74,6 +75,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._board.connected(node_id, protocol)
             await self._on_connect(node_id)
             stream = stream_type(node_id, self._cache, self._board, self._budget)
+            receiver[0] = stream.receive
             async for response in stream.run(first, inbox):
                 await context.write(response)
                 del response  # sent: nothing here holds it while the stream waits
@@ -148,12 +150,18 @@ def peer_uris(context) -> list[str]:
     return [n for n in names if n.startswith("spiffe://")]
 
 
-async def _pump(requests: AsyncIterator, inbox: asyncio.Queue) -> None:
-    """Requests into a queue; None marks the end of the stream (client closed or broke)."""
+async def _pump(requests: AsyncIterator, inbox: asyncio.Queue, receiver: list) -> None:
+    """Requests to the stream (`receiver[0]`), which takes them in at once or leaves them for the
+    queue; None in the queue marks the end of the stream (client closed or broke)."""
     try:
         async for request in requests:
-            inbox.put_nowait(request)  # (unbounded: never waits)
+            if not receiver[0](request):
+                inbox.put_nowait(request)  # (unbounded: never waits)
     except Exception as e:  # a broken stream ends like a closed one
         log.debug("ADS stream read ended: %s", e)
     finally:
         await inbox.put(None)
+
+
+def _not_taken(request) -> bool:
+    return False

@@ -43,6 +43,24 @@ class Stream:
         self.board = board
         self.budget = budget or SendBudget()
         self._out: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # type -> budget its unanswered response holds
+        self._inbox: asyncio.Queue | None = None  # once `run` has taken the first request
+
+    def receive(self, request) -> bool:
+        """A request as it arrives (the reader calls this). When the stream runs and nothing waits in
+        its inbox ahead of the request, it is taken in at once (True), and the stream's task is woken
+        only if there is something to send: a plain ACK costs no switch to that task. Otherwise
+        (False) it is for the inbox, to wait its turn."""
+        inbox = self._inbox
+        if inbox is None or not inbox.empty():
+            return False
+        try:
+            due = self.handle(request) is not False
+        except Exception as e:  # raised in the stream's task, as if it had taken the request itself
+            inbox.put_nowait(_Raised(e))
+            return True
+        if due:
+            inbox.put_nowait(_DUE)
+        return True
 
     async def run(self, first, inbox: asyncio.Queue) -> AsyncIterator:
         """Responses to `first` and to what arrives in `inbox` (requests; None at the end of the
@@ -57,7 +75,7 @@ class Stream:
         self.cache.watch(self.node_id, wake)
         try:
             self.handle(first)
-            due = True
+            self._inbox, due = inbox, True
             while True:
                 snapshot = self.cache.get(self.node_id) if due else None
                 if snapshot is not None:
@@ -74,12 +92,17 @@ class Stream:
                         return
                     if item is _CHANGED:
                         woken[0], due = False, True
+                    elif item is _DUE:
+                        due = True
+                    elif isinstance(item, _Raised):
+                        raise item.error
                     elif self.handle(item) is not False:
                         due = True
                     if inbox.empty():
                         break
                     item = inbox.get_nowait()
         finally:
+            self._inbox = None
             self.cache.unwatch(self.node_id, wake)
             for type_url in list(self._out):
                 self._answered(type_url)
@@ -123,3 +146,8 @@ class Stream:
 
 
 _CHANGED = object()  # in a stream's queue: the node's snapshot changed
+_DUE = object()  # a request taken in on arrival asks for responses
+
+
+class _Raised(NamedTuple):
+    error: Exception  # taking in a request on arrival raised this
