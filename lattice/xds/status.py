@@ -143,5 +143,10 @@ class StatusBoard:
             self._events.converged(proxy.sent_label, proxy.connected_at, self._clock())
 
     def _type(self, node_id: str, type_url: str) -> TypeStatus:
-        proxy = self._proxies.setdefault(node_id, ProxyStatus(node_id, "?", self._clock()))
-        return proxy.types.setdefault(type_url, TypeStatus())
+        proxy = self._proxies.get(node_id)  # (not setdefault: its default would be built on every call)
+        if proxy is None:
+            proxy = self._proxies[node_id] = ProxyStatus(node_id, "?", self._clock())
+        status = proxy.types.get(type_url)
+        if status is None:
+            status = proxy.types[type_url] = TypeStatus()
+        return status
