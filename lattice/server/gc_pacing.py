@@ -10,10 +10,13 @@ second it freezes what exists (`gc.freeze()`, which only moves objects aside), s
 Python still starts on its own walk only what was made in the last fraction of a second. Once the
 process has been quiet for a while (under a tenth of a core over `quiet` seconds of its own CPU
 time) after being busy, it unfreezes everything and makes a full collection: garbage among the
-frozen (a cycle that died after it was frozen) is collected then, and at least every `longest`
-seconds whether quiet or not, so a server that is never quiet still collects all of it. Objects
-without cycles are freed as always, the moment their last reference goes; only cyclic garbage
-waits, at most until the next full collection.
+frozen (a cycle that died after it was frozen) is collected then. A server that is never quiet
+gets one too, by Python's own rule for its oldest generation: once what was frozen since the last
+full collection exceeds a quarter (`growth`) of what survived it; and, whatever else, at least
+every `longest` seconds. Not on a fixed short period: a full collection holds the loop for a
+third of a second at a thousand proxies, and a change that meets one waits for it. Objects
+without cycles are freed as always, the moment their last reference goes (frozen or not: freezing
+only moves them aside); only cyclic garbage waits, at most until the next full collection.
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ class GcPacer:
         self,
         quiet: float = 0.5,
         shortest: float = 10.0,
-        longest: float = 60.0,
+        longest: float = 600.0,
+        growth: float = 0.25,
         cpu: Callable[[], float] = time.process_time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.quiet = quiet  # seconds of (nearly) idle CPU before a full collection
         self.shortest = shortest  # at most one quiet-time collection per this many seconds
         self.longest = longest  # and one at least this often, quiet or not
+        self.growth = growth  # or once the frozen have grown by this part of the last survivors
+        self._survivors: int | None = None  # objects frozen right after the last full collection
         self._cpu = cpu
         self._clock = clock
         self._busy = False  # busy since the last full collection
@@ -60,7 +66,8 @@ class GcPacer:
         if not idle:
             self._busy = True
         due = now - self._collected_at
-        if (idle and self._busy and due >= self.shortest) or due >= self.longest:
+        grown = self._survivors is not None and gc.get_freeze_count() - self._survivors > self.growth * self._survivors
+        if (due >= self.shortest and (grown or (idle and self._busy))) or due >= self.longest:
             self.collect()
             return True
         return False
@@ -71,6 +78,7 @@ class GcPacer:
         gc.unfreeze()
         gc.collect()
         gc.freeze()
+        self._survivors = gc.get_freeze_count()
         self.last_seconds = time.perf_counter() - started
         self.collections += 1
         self._busy = False

@@ -1,6 +1,7 @@
 """The control plane's garbage-collection pacing (server/gc_pacing.py): the whole heap is walked
-when the process turns quiet after work, or at the latest every `longest` seconds; what exists is
-frozen between, and cyclic garbage among the frozen is still collected at the next full pass.
+when the process turns quiet after work, when the frozen grew by a quarter, or at the latest every
+`longest` seconds; what exists is frozen between, and cyclic garbage among the frozen is still
+collected at the next full pass.
 Real `gc`; the clock and CPU time are the test's, so when a collection is due is decided here."""
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ def test_a_never_quiet_process_still_gets_a_full_collection_every_longest_second
         times.advance(0.5, busy=0.9)
         done.append(pacer.step())
     assert done.count(True) == 2 and pacer.collections == 2
+
+
+def test_a_never_quiet_process_whose_heap_grows_by_a_quarter_gets_a_full_collection_before_longest(paced) -> None:
+    pacer, times = paced
+    pacer.collect()
+    kept = []
+    done = []
+    for _ in range(40):  # 20 s busy, the heap steady: nothing (shortest is 10 s, longest 60 s)
+        times.advance(0.5, busy=0.9)
+        done.append(pacer.step())
+    assert done.count(True) == 0
+    kept.extend([] for _ in range(gc.get_freeze_count() // 3))  # a third more objects, kept
+    times.advance(0.5, busy=0.9)
+    assert pacer.step() and pacer.collections == 2
+    times.advance(0.5, busy=0.9)
+    assert not pacer.step()  # the survivors now count them: no growth since
 
 
 def test_cyclic_garbage_frozen_between_collections_is_freed_by_the_next_full_one(paced) -> None:
