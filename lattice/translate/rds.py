@@ -41,10 +41,15 @@ def route_configurations(snapshot: MeshSnapshot, proxy: Workload) -> list[route_
 
 
 def _virtual_host(snapshot: MeshSnapshot, proxy: Workload, service: Service) -> rc.VirtualHost:
-    """Built once per snapshot for all callers alike: a host's names depend on the caller's
-    namespace, and a VirtualService's rules (sourceLabels, sourceNamespace) on its labels too."""
+    """Built once per snapshot for all callers alike: a host's names and a VirtualService's
+    sourceNamespace matches depend on the caller's namespace, its sourceLabels matches on the
+    caller's labels (only a VirtualService that has some reads them: callers that differ only in
+    labels then share one host, and one route table)."""
     rule = snapshot.virtual_service_for(service.hostname, proxy.namespace)
-    caller = (proxy.namespace, tuple(sorted(proxy.labels.items()))) if rule else (proxy.namespace,)
+    if rule is not None and routes.matches_source_labels(rule):
+        caller: tuple = (proxy.namespace, tuple(sorted(proxy.labels.items())))
+    else:
+        caller = (proxy.namespace,)
     return snapshot.memo(
         ("virtual-host", service.hostname, service.port, caller),
         lambda: _build_virtual_host(snapshot, proxy, service, rule),

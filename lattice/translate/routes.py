@@ -83,6 +83,12 @@ def for_virtual_service(
     return out
 
 
+def matches_source_labels(vs: Resource) -> bool:
+    """Whether a match of `vs`'s HTTP rules names source labels: only then do the routes
+    `for_virtual_service` makes for a sidecar depend on the caller's labels."""
+    return any(match.source_labels for rule in vs.spec.http for match in rule.match)
+
+
 def _applies(match: HTTPMatchRequest, namespace: str, proxy: Workload, gateway: str | None, port: int) -> bool:
     """Whether a match can fire for this proxy on this port (decided at translation time, as Istio does)."""
     if match.port is not None and match.port != port:

@@ -339,6 +339,32 @@ def test_proxies_alike_share_one_translation_and_a_route_change_retranslates_onl
     assert set(counted) == {ROUTE} and counted[ROUTE] <= 12
 
 
+def test_callers_that_differ_only_in_labels_share_one_route_table_unless_a_route_matches_source_labels(counted):
+    translations, proxies = incremental.ProxyTranslations(), fleet(48)
+    push(translations, "1", SUBSETS + [route("v1")], proxies)
+    counted.clear()
+    push(translations, "2", SUBSETS + [route("v2")], proxies)
+    assert counted[ROUTE] == 1  # one table for all twelve kinds of caller
+    by_source = doc(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "svc-0",
+        {
+            "hosts": ["svc-0"],
+            "http": [
+                {
+                    "match": [{"sourceLabels": {"version": "v2"}}],
+                    "route": [{"destination": {"host": "svc-0", "subset": "v2"}}],
+                },
+                {"route": [{"destination": {"host": "svc-0", "subset": "v1"}}]},
+            ],
+        },
+    )
+    counted.clear()
+    push(translations, "3", SUBSETS + [by_source], proxies)  # (each proxy checked against a full translation)
+    assert counted[ROUTE] > 1  # the callers' versions now route apart
+
+
 def test_an_endpoint_change_retranslates_endpoints_not_listeners_or_routes(counted):
     translations, proxies = incremental.ProxyTranslations(), fleet(48)
     push(translations, "1", SUBSETS + [route("v1")], proxies)

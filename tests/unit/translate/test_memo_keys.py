@@ -2,9 +2,10 @@
 the piece depends on differs between them (Istio: hand-listed cache keys "historically resulted
 in CVEs"). The keys in cds.py, eds.py, rds.py and mesh/telemetry.py are written by hand, so this
 proves them: for a snapshot where every keyed piece depends on its caller (routing by source
-labels and namespace, locality failover and distribution, ServiceEntries exported to one
-namespace, Telemetry by namespace and selector), a proxy differing from another in any one of its
-inputs gets, from a view that already built the other's pieces, exactly what it gets alone."""
+labels and namespace, routing by namespace alone, locality failover and distribution,
+ServiceEntries exported to one namespace, Telemetry by namespace and selector), a proxy differing
+from another in any one of its inputs gets, from a view that already built the other's pieces,
+exactly what it gets alone."""
 
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ spec:
     route: [{destination: {host: web, subset: v1}}]
     headers: {request: {set: {x-from: other}}}
   - route: [{destination: {host: web}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api}
+spec:
+  hosts: [api]
+  http:
+  - match: [{sourceNamespace: other}]
+    route: [{destination: {host: api}}]
+    headers: {request: {set: {x-from: other}}}
+  - route: [{destination: {host: api}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
