@@ -17,6 +17,9 @@ from lattice.translate import agent_names as s
 
 STATS_QUERY = {"format": "json", "filter": rf"^{s.PREFIX}\.", "histogram_buckets": "detailed"}
 Bins = tuple[tuple[float, float, int], ...]  # (lower bound, width, count)
+# `~proto` of a gRPC request: its content-type's first bytes (and "grpc", as a control plane from
+# before that spelled it, until its sidecar gets new config).
+_GRPC = (s.GRPC_CONTENT_TYPE, "grpc")
 
 
 @dataclass
@@ -91,7 +94,7 @@ def ends(tags: tuple, protocol: str = "") -> Ends:
         source = caller("" if principal == "-" else principal, t.get("src", ""))
         destination, service = endpoint_peer(t.get("dst", "")), _value(t.get("svc", ""))
     policy = t.get("tls", UNKNOWN)
-    protocol = protocol or ("grpc" if t.get("proto") == "grpc" else "http")
+    protocol = protocol or ("grpc" if t.get("proto") in _GRPC else "http")
     code = t.get("code", "0")
     return Ends(
         reporter,

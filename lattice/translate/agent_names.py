@@ -40,6 +40,9 @@ OVERRIDE = "ov_"
 COUNT_AND_DURATION, COUNT, DURATION = "rq", "rqc", "rqd"
 REQUEST_BYTES, RESPONSE_BYTES, PATHS = "rqb", "rsb", "path"
 TCP_OPENED, TCP_CLOSED, TCP_SENT, TCP_RECEIVED = "tcpo", "tcpc", "tcps", "tcpr"
+# `~proto` holds the first bytes of the request's content-type, as many as this prefix has: a gRPC
+# request's (application/grpc, application/grpc+proto, application/grpc-web...) is exactly it.
+GRPC_CONTENT_TYPE = "application/grpc"
 TCP_STATS = {t.TCP_OPENED: TCP_OPENED, t.TCP_CLOSED: TCP_CLOSED, t.TCP_SENT: TCP_SENT, t.TCP_RECEIVED: TCP_RECEIVED}
 
 # The outbound listener's credential (translate/proxy_auth.py): the agent puts the htpasswd line of

@@ -290,3 +290,28 @@ def test_the_agent_reads_its_metric_rules_from_the_listener_it_relays():
         MetricRule(metric=None, mode="SERVER", disabled=None, tags=(removed,)),
     )
     assert observer.receiver.service == "reviews.default.svc.cluster.local"
+
+
+def test_the_request_protocol_is_grpc_exactly_when_the_content_type_says_grpc():
+    """`~proto` holds the content-type's first 16 bytes as Envoy truncates them (translate/istio_stats.py)."""
+    series = {
+        "application/grpc": ("grpc", "14"),  # application/grpc, +proto, -web: all begin so
+        "application/json": ("http", ""),
+        "-": ("http", ""),  # no content-type
+    }
+    reading = envoy_stats.parse(
+        envoy_json({name("rq", inbound_tags(200, proto=proto, grpc="14")): bins(1000) for proto in series})
+    )
+    rendered = labelled(IstioMetrics().render(reading), "istio_requests_total")
+    assert len(rendered) == 2, "application/json and no content-type are one http series"
+    for protocol, status in series.values():
+        assert any(f'request_protocol="{protocol}"' in k and f'grpc_response_status="{status}"' in k for k in rendered)
+
+
+def test_a_content_type_imitating_the_tag_syntax_does_not_replace_a_later_tag():
+    """A caller chooses its content-type; `~proto` comes before the tags Envoy fills itself."""
+    tags = inbound_tags(200)
+    ordered = {"r": tags.pop("r"), "proto": "x.~code.599", **tags}
+    reading = envoy_stats.parse(envoy_json({name("rq", ordered): bins(1000)}))
+    (key,) = labelled(IstioMetrics().render(reading), "istio_requests_total")
+    assert 'response_code="200"' in key and 'request_protocol="http"' in key
