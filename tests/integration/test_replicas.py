@@ -212,11 +212,12 @@ def test_a_virtual_service_applied_on_one_replica_routes_sidecars_on_the_others(
         try:
             status, body = _apply(one, vs_to("v1"))
             assert status == 200, body
-            wait_for(
-                lambda: served_by(client_three, "http://web/", 4) == {"web-v1": 4},
-                15,
-                what="a change made with one etcd member down to reach the proxies",
-            )
+            for client in (client_two, client_three):  # each replica's watch may have to find another member
+                wait_for(
+                    lambda c=client: served_by(c, "http://web/", 4) == {"web-v1": 4},
+                    15,
+                    what=f"a change made with one etcd member down to reach {client.service}-{client.version}",
+                )
 
             # Quorum lost: traffic flows on the last config; apply is refused, naming the store.
             etcd_cluster.kill_member(1)
