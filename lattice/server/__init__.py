@@ -2,8 +2,9 @@
 
 Parts:
 - `config`  — `ServerConfig`: where state lives, which ports, timings; `server.json` discovery file.
-- `pusher`  — config or registry change -> (at once, or debounced after a push) -> mesh snapshot -> translate (only what the
-              change touched) -> cache, proxy by proxy, yielding to the loop as it goes.
+- `pusher`  — config or registry change -> (at once, or debounced right after a push) -> mesh
+              snapshot -> translate (only what the change touched) -> cache, proxy by proxy,
+              yielding to the loop as it goes.
 - `incremental` — `ProxyTranslations`: the pusher's memory of past translations; a new snapshot
               re-translates only the types whose reads it changed, once per kind of proxy.
 - `jwks`    — RequestAuthentication jwksUri keys: fetched, refreshed, handed to each snapshot.
