@@ -40,6 +40,18 @@ without tracing, Istio's metrics' stats logger, every access log, all telemetry 
 edits both sides). A closed loop of 32 connections drives each chain in turn; the figure is the
 CPU of both Envoys per request at saturation, and the median max rps. The copy costs what the live
 sidecars cost (within a few percent): what a variant saves there is what the piece costs them.
+
+    .venv/bin/python bench/sidecar_pieces.py --chain --bisect --connections 1 --workers-only [--rate 1000]
+
+`--connections 1`: one request at a time, so each wakes every Envoy on its own and nothing batches
+(a loaded machine batches a closed loop of 32 connections more or less from round to round, which
+moves CPU per request more than most pieces cost); `--workers-only`: the worker threads' CPU, the
+request path alone; `--rate`: an open loop at that rate too (each Envoy's whole CPU, as
+bench/dataplane.py counts it). `--bisect` adds the live sidecars with telemetry off (a Telemetry
+resource, as bench/dataplane.py's path) and static copies with the live bootstrap's node metadata,
+overload manager and stats flush setting; with the pair's plain router over the sidecars' TLS and
+clusters; without the `lattice top` histogram; without the failures stream; with `~proto`
+computed by CEL as before 1ecabb8.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ import argparse
 import base64
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -65,6 +78,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).parent))
 import procstat  # noqa: E402
 from closedloop import max_rate  # noqa: E402
+from openloop import run as run_open  # noqa: E402
 from dataplane import POLICIES, _sidecar_envoy  # noqa: E402
 from envoy_pair import _ROUTER, EnvoyPair, StaticEnvoy, admin_get, app_command, issue  # noqa: E402
 from harness import ControlPlane, Workload, running  # noqa: E402
@@ -78,6 +92,9 @@ DEFAULT_JSON = Path(__file__).parent / "results" / "sidecar_pieces.json"
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 STATS_LOGGER = "envoy.access_loggers.stats"
 GRPC_LOGGER = "envoy.access_loggers.http_grpc"
+CEL_PROTO = "%CEL(request.headers['content-type'].startsWith('application/grpc') ? 'grpc' : 'http')%"
+# What the live bootstrap has and the static copies' minimal one does not (besides xDS and SDS).
+LIVE_BOOTSTRAP = ("node", "overload_manager", "stats_flush_on_admin", "stats_eviction_interval")
 CONNECTIONS = 16
 SIDE_OF = {"outbound": "bench-client", "inbound": "bench-server"}
 
@@ -174,10 +191,36 @@ def _without_logs(unwanted: Callable[[dict], bool]) -> Edit:
     return edit
 
 
-def _without_cel(manager: dict) -> None:
+def _stats(manager: dict):
+    """Every histogram's stat (name and tags) in the connection manager's stats loggers."""
     for log in manager.get("access_log", []):
         for histogram in log.get("typed_config", {}).get("value", {}).get("histograms", []):
-            histogram["stat"]["tags"] = [t for t in histogram["stat"]["tags"] if "%CEL(" not in t["value_format"]]
+            yield histogram["stat"]
+
+
+def _without_proto(manager: dict) -> None:
+    for stat in _stats(manager):
+        stat["tags"] = [t for t in stat["tags"] if t["name"] != "~proto"]
+
+
+def _with_cel_proto(manager: dict) -> None:
+    """`~proto` as it was computed before 1ecabb8: a CEL expression in each histogram."""
+    for stat in _stats(manager):
+        for tag in stat["tags"]:
+            if tag["name"] == "~proto":
+                tag["value_format"] = CEL_PROTO
+
+
+def _plain_router_to_cluster(manager: dict) -> None:
+    """The pair's connection manager (a router, one route), to the cluster the sidecar's routes name."""
+    cluster = next(
+        route["route"]["cluster"]
+        for host in manager["route_config"]["virtual_hosts"]
+        for route in host["routes"]
+        if "route" in route
+    )
+    _plain_router(manager)
+    manager["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = cluster
 
 
 def _without_route_extras(manager: dict) -> None:
@@ -229,7 +272,7 @@ def variants(manager: dict) -> dict[str, Variant]:
             out["- tracing, all access logs"] = lambda m: (m.pop("tracing", None), m.pop("access_log", None))
     if any(istio(log) for log in logs):
         out["- Istio metrics' stats logger"] = _without_logs(istio)
-        out["- its ~proto CEL tag"] = _without_cel
+        out["- its ~proto tag"] = _without_proto
     if any(_is_paths_logger(log) for log in logs):
         out["- `lattice top` path histogram"] = _without_logs(_is_paths_logger)
     if any(log["name"] == GRPC_LOGGER for log in logs):
@@ -394,6 +437,14 @@ CHAIN_VARIANTS: dict[str, Edit] = {
     "- all access logs": lambda m: m.pop("access_log", None),
     "- all telemetry (tracing, every access log)": lambda m: (m.pop("tracing", None), m.pop("access_log", None)),
 }
+# With --bisect, besides: where a live sidecar's cost per request is, piece by piece.
+BISECT_VARIANTS: dict[str, Edit] = {
+    "static copy + the live bootstrap's node, overload manager, stats flush": lambda m: None,
+    "the pair's plain router, the sidecars' TLS and clusters": _plain_router_to_cluster,
+    "- `lattice top` path histogram": _without_logs(_is_paths_logger),
+    "- failures stream to the agent": _without_logs(lambda log: log["name"] == GRPC_LOGGER),
+    "with `~proto` by CEL (before 1ecabb8)": _with_cel_proto,
+}
 
 
 def _inline_tls(context: dict, credentials) -> dict:
@@ -489,9 +540,37 @@ def client_chain(dump: dict, edit: Edit, server_port: int, credentials, admin: P
     return _static(dump, admin, out, [cluster])
 
 
-def measure_chain(rounds: int, seconds: float) -> dict:
+def _worker_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of an Envoy's worker threads (`wrk:*`): the request path only, not
+    the main thread's xDS, admin and stats work."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            if (task / "comm").read_text().startswith("wrk:"):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    rounds: int = 6
+    seconds: float = 2.0
+    connections: int = 32  # closed loop; 1: every request wakes each Envoy on its own, nothing batches
+    rate: float = 0.0  # also an open loop at this many requests/s (0: none)
+    workers_only: bool = False  # CPU of the worker threads only
+    bisect: bool = False  # BISECT_VARIANTS and the live sidecars with telemetry off, besides
+
+
+def _chain_workloads(plane: ControlPlane, bisect: bool) -> list[Workload]:
+    quiet = ("--log-level", "warning")
+    names = ["bench-client", "bench-server"] + (["bench-quiet-client", "bench-quiet-server"] if bisect else [])
+    return [Workload(plane, n, command=app_command(), extra=quiet) for n in names]
+
+
+def measure_chain(settings: ChainSettings) -> dict:
     """The pair, the live sidecars and static mTLS copies of them (each variant edits both sides),
-    each driven in turn by a closed loop of 32 connections: CPU per request of both Envoys."""
+    each driven in turn by a closed loop (and an open loop at `rate`): CPU per request of both Envoys."""
     started = time.monotonic()
     home = Path(tempfile.mkdtemp(prefix="lattice-bench-chain-"))
     generator_cpus, server_cpus = procstat.split_cpus()
@@ -500,55 +579,73 @@ def measure_chain(rounds: int, seconds: float) -> dict:
     os.environ[PROXY_USERS_ENV] = f"{PROXY_USER}:{{SHA}}{digest}"
     os.environ[PEER_ENV] = "bench-client-v1;default;bench-client;v1;bench-client;v1"
     token = base64.b64encode(f"{PROXY_USER}:{credential}".encode()).decode()
-    result: dict = {"rounds": rounds, "seconds": seconds, "connections": 32, "chains": {}}
+    url, host = "http://bench-server:9080/", "bench-server:9080"
+    result: dict = dataclasses.asdict(settings) | {"chains": {}}
+    cpu_of = _worker_cpu_seconds if settings.workers_only else procstat.cpu_seconds
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, home, ignore_errors=True)
         with procstat.pinned(server_cpus):
             plane = ControlPlane(home / "home").start()
             stack.callback(plane.stop)
             plane.apply(POLICIES)
-            quiet = ("--log-level", "warning")
-            workloads = [
-                Workload(plane, n, command=app_command(), extra=quiet) for n in ("bench-client", "bench-server")
-            ]
-            client, server = stack.enter_context(running(plane, workloads))
+            client, server, *quiet = stack.enter_context(running(plane, _chain_workloads(plane, settings.bisect)))
             (client_pid, client_admin), (server_pid, server_admin) = _sidecar_envoy(client), _sidecar_envoy(server)
             client_dump, server_dump = _dump(client_admin), _dump(server_admin)
             app_port = server.info["app_port"]
             pair = EnvoyPair.start(home / "pair", app_port)
             stack.callback(pair.stop)
             credentials = issue(["bench-client", "bench-server"])
-            # label → (target, headers, (client pid, server pid))
-            chains: dict[str, tuple[tuple[str, int], dict, tuple[int, int]]] = {
-                "hand-written pair": (("127.0.0.1", pair.port), {}, (pair.client.pid, pair.server.pid)),
-                "live sidecars": ((client.address, 15001), client.proxy_headers, (client_pid, server_pid)),
+            # label → (target, headers, (client pid, server pid), url, host)
+            chains: dict[str, tuple[tuple[str, int], dict, tuple[int, int], str, str]] = {
+                "hand-written pair": (("127.0.0.1", pair.port), {}, (pair.client.pid, pair.server.pid), url, host),
+                "live sidecars": ((client.address, 15001), client.proxy_headers, (client_pid, server_pid), url, host),
             }
-            for i, (label, edit) in enumerate(CHAIN_VARIANTS.items()):
+            if quiet:
+                off = (quiet[0].address, 15001), quiet[0].proxy_headers
+                pids = (_sidecar_envoy(quiet[0])[0], _sidecar_envoy(quiet[1])[0])
+                chains["live sidecars, telemetry off"] = (*off, pids, *_QUIET_TARGET)
+            variants = CHAIN_VARIANTS | (BISECT_VARIANTS if settings.bisect else {})
+            live = next(iter(BISECT_VARIANTS))
+            for i, (label, edit) in enumerate(variants.items()):
                 config = server_chain(server_dump, edit, app_port, credentials["bench-server"], home / f"s{i}.sock")
+                if label == live:
+                    config |= {k: v for k, v in _live_bootstrap(server_dump).items() if k in LIVE_BOOTSTRAP}
                 server_envoy = StaticEnvoy(home, f"chain-server-{i}", config, "warning")
                 stack.callback(server_envoy.stop)
                 config = client_chain(
                     client_dump, edit, server_envoy.port, credentials["bench-client"], home / f"c{i}.sock"
                 )
+                if label == live:
+                    config |= {k: v for k, v in _live_bootstrap(client_dump).items() if k in LIVE_BOOTSTRAP}
                 client_envoy = StaticEnvoy(home, f"chain-client-{i}", config, "warning")
                 stack.callback(client_envoy.stop)
                 headers = {"proxy-authorization": f"Basic {token}"}
-                chains[label] = (("127.0.0.1", client_envoy.port), headers, (client_envoy.pid, server_envoy.pid))
+                pids = (client_envoy.pid, server_envoy.pid)
+                chains[label] = (("127.0.0.1", client_envoy.port), headers, pids, url, host)
         loads = [os.getloadavg()[0]]
         labels = list(chains)
         samples: dict[str, list[tuple[float, float]]] = {label: [] for label in labels}
+        opened: dict[str, list[float]] = {label: [] for label in labels}
         errors = dict.fromkeys(labels, 0)
         with procstat.pinned(generator_cpus):
-            for round_ in range(rounds):
+            for round_ in range(settings.rounds):
                 for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
-                    target, headers, pids = chains[label]
+                    target, headers, pids, path_url, path_host = chains[label]
+                    if settings.rate:
+                        run_open(target, path_url, path_host, settings.rate, 0.5, headers)
+                        before = sum(cpu_of(pid) for pid in pids)
+                        done_open = run_open(target, path_url, path_host, settings.rate, settings.seconds, headers)
+                        used = sum(cpu_of(pid) for pid in pids) - before
+                        errors[label] += done_open.errors
+                        if done_open.latencies_ms:
+                            opened[label].append(used / len(done_open.latencies_ms) * 1e6)
                     cpu: dict[bool, float] = {}
 
                     def window(start: bool, pids: tuple[int, int] = pids, cpu: dict = cpu) -> None:
-                        cpu[start] = sum(procstat.cpu_seconds(pid) for pid in pids)
+                        cpu[start] = sum(cpu_of(pid) for pid in pids)
 
                     done = max_rate(
-                        target, "http://bench-server:9080/", "bench-server:9080", 32, seconds, 0.3, headers, window
+                        target, path_url, path_host, settings.connections, settings.seconds, 0.3, headers, window
                     )
                     errors[label] += done.errors
                     if done.requests:
@@ -558,6 +655,7 @@ def measure_chain(rounds: int, seconds: float) -> dict:
             label: {
                 "us_per_request_both_envoys": _quantiles([us for us, _ in samples[label]]),
                 "rps_median": statistics.median(rps for _, rps in samples[label]),
+                "open_loop_us_per_request": _quantiles(opened[label]) if opened[label] else None,
                 "errors": errors[label],
             }
             for label in labels
@@ -566,29 +664,45 @@ def measure_chain(rounds: int, seconds: float) -> dict:
     return _finished(result, loads, started)
 
 
+_QUIET_TARGET = ("http://bench-quiet-server:9080/", "bench-quiet-server:9080")
+
+
+def _live_bootstrap(dump: dict) -> dict:
+    return _of_type(dump, ".BootstrapConfigDump")["bootstrap"]
+
+
 def chain_table(result: dict) -> Table:
     rows = result["chains"]
     pair = rows["hand-written pair"]
+    loop = f"{result['connections']} connection{'s' if result['connections'] > 1 else ''}"
+    whose = "worker threads" if result.get("workers_only") else "Envoys"
     out = Table(
-        title="client → mTLS → server, both Envoys: CPU µs per request at saturation "
-        f"({result['rounds']} rounds × {result['seconds']:g} s, {result['connections']} connections)",
+        title=f"client → mTLS → server, both {whose}: CPU µs per request, closed loop of {loop} "
+        f"({result['rounds']} rounds × {result['seconds']:g} s)",
         caption=f"load average {result['load_average']['min']:.1f}-{result['load_average']['max']:.1f} while "
-        "measured; static copies: the live sidecars' config with inline certificates; × pair on the minimum",
+        "measured; static copies: the live sidecars' config with inline certificates; × pair on the median"
+        + (f"; open loop at {result['rate']:g} requests/s" if result.get("rate") else ""),
     )
-    for column in ("chain", "min", "q1", "median", "× pair", "max rps", "× pair ", "errors"):
+    columns = ["chain", "min", "q1", "median", "× pair", "max rps", "× pair ", "errors"]
+    if result.get("rate"):
+        columns[-1:-1] = ["open loop median", "× pair  "]
+    for column in columns:
         out.add_column(column, justify="left" if column == "chain" else "right")
     for label, r in rows.items():
-        q = r["us_per_request_both_envoys"]
-        out.add_row(
+        q, m = r["us_per_request_both_envoys"], pair["us_per_request_both_envoys"]["median"]
+        cells = [
             label,
             f"{q['min']:.1f}",
             f"{q['q1']:.1f}",
             f"{q['median']:.1f}",
-            f"{q['min'] / pair['us_per_request_both_envoys']['min']:.2f}",
+            f"{q['median'] / m:.2f}",
             f"{r['rps_median']:,.0f}",
             f"{r['rps_median'] / pair['rps_median']:.2f}",
-            str(r["errors"]),
-        )
+        ]
+        if result.get("rate"):
+            o, p = r.get("open_loop_us_per_request"), pair.get("open_loop_us_per_request")
+            cells += [f"{o['median']:.1f}", f"{o['median'] / p['median']:.2f}"] if o and p else ["", ""]
+        out.add_row(*cells, str(r["errors"]))
     return out
 
 
@@ -631,13 +745,26 @@ def main() -> None:
         help="instead: client → mTLS → server chains (the pair, the live sidecars, static copies of "
         "them without tracing, Istio's metrics, all telemetry), CPU of both Envoys per request",
     )
+    parser.add_argument("--connections", type=int, default=32, help="--chain: closed-loop connections (default 32)")
+    parser.add_argument("--rate", type=float, default=0.0, help="--chain: also an open loop at this rate (requests/s)")
+    parser.add_argument("--workers-only", action="store_true", help="--chain: CPU of the Envoys' worker threads only")
+    parser.add_argument(
+        "--bisect",
+        action="store_true",
+        help="--chain: besides, the live sidecars with telemetry off and more static variants (the live "
+        "bootstrap's extras, the pair's router with the sidecars' TLS, each remaining access log, "
+        "`~proto` by CEL as before)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the result ({DEFAULT_JSON})")
     args = parser.parse_args()
     sides = ["outbound", "inbound"] if args.side == "both" else [args.side]
     console = Console(width=None if sys.stdout.isatty() else 140)
     if args.chain:
         with console.status("sidecar chains: starting sidecars, the pair and static copies"):
-            result = measure_chain(args.rounds, args.seconds)
+            settings = ChainSettings(
+                args.rounds, args.seconds, args.connections, args.rate, args.workers_only, args.bisect
+            )
+            result = measure_chain(settings)
         console.print(chain_table(result))
     else:
         with console.status("sidecar pieces: starting sidecars and one Envoy per variant"):
