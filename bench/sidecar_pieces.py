@@ -654,6 +654,7 @@ def measure_chain(settings: ChainSettings) -> dict:
         result["chains"] = {
             label: {
                 "us_per_request_both_envoys": _quantiles([us for us, _ in samples[label]]),
+                "by_round": [us for us, _ in samples[label]],  # in round order: differences within a round
                 "rps_median": statistics.median(rps for _, rps in samples[label]),
                 "open_loop_us_per_request": _quantiles(opened[label]) if opened[label] else None,
                 "errors": errors[label],
