@@ -42,7 +42,9 @@ class Stream:
         self.cache = cache
         self.board = board
         self.budget = budget or SendBudget()
-        self._out: dict[str, tuple[int, asyncio.TimerHandle]] = {}  # type -> budget its unanswered response holds
+        # type -> (budget its unanswered response holds, when it gives it back unanswered: loop time)
+        self._out: dict[str, tuple[int, float]] = {}
+        self._expiry: asyncio.TimerHandle | None = None  # one timer for the earliest of those times
         self._inbox: asyncio.Queue | None = None  # once `run` has taken the first request
 
     def receive(self, request) -> bool:
@@ -104,6 +106,8 @@ class Stream:
         finally:
             self._inbox = None
             self.cache.unwatch(self.node_id, wake)
+            if self._expiry is not None:
+                self._expiry.cancel()
             for type_url in list(self._out):
                 self._answered(type_url)
 
@@ -114,17 +118,29 @@ class Stream:
         total = sum(r.size for r in outgoing)
         left = self.budget.take_now(total) if self._out else await self.budget.take(total)
         loop = asyncio.get_running_loop()
+        until = loop.time() + ANSWER_SECONDS
         for response in outgoing:
             share = min(response.size, left)
             left -= share
-            self._out[response.type_url] = (share, loop.call_later(ANSWER_SECONDS, self._answered, response.type_url))
+            self._out[response.type_url] = (share, until)
         if left:
             self.budget.give(left)
+        if self._expiry is None:  # (not a timer per response: most are answered long before)
+            self._expiry = loop.call_at(until, self._expire)
+
+    def _expire(self) -> None:
+        """Budget held past its time is given back; the timer is set again for what is left."""
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        for type_url, (_, until) in list(self._out.items()):
+            if until <= now:
+                self._answered(type_url)
+        if self._out:
+            self._expiry = asyncio.get_running_loop().call_at(min(u for _, u in self._out.values()), self._expire)
 
     def _answered(self, type_url: str) -> None:
         held = self._out.pop(type_url, None)
         if held is not None:
-            held[1].cancel()
             self.budget.give(held[0])
 
     def record_answer(self, type_url: str, request, sent_version: str, acked_version: str) -> None:

@@ -46,9 +46,14 @@ async def test_a_cancelled_taker_leaves_the_budget_whole_and_unblocks_those_behi
     assert budget.free == 5
 
 
-async def test_a_proxy_waits_for_the_budget_until_another_answers_its_response():
+@pytest.mark.parametrize("first_answers", [True, False], ids=["answered", "never-answered"])
+async def test_a_proxy_waits_for_the_budget_until_another_answers_its_response(first_answers, monkeypatch):
     """Over real ADS streams: with room for one response, the second proxy's config goes out
-    once the first proxy has ACKed its own."""
+    once the first proxy has ACKed its own, or once the first has held it ANSWER_SECONDS
+    without answering (shortened here)."""
+    from lattice.xds import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "ANSWER_SECONDS", 0.5)
     import grpc
     from envoy.config.cluster.v3 import cluster_pb2
     from envoy.config.core.v3 import base_pb2
@@ -89,11 +94,12 @@ async def test_a_proxy_waits_for_the_budget_until_another_answers_its_response()
             while not budget._waiting:  # noqa: ASYNC110 (the budget has no event to wait on)
                 await asyncio.sleep(0.01)
         assert not pending.done()  # a's response holds the whole budget until a answers it
-        requests["a"].put_nowait(
-            discovery_pb2.DiscoveryRequest(
-                type_url=CLUSTER, version_info=first.version_info, response_nonce=first.nonce
+        if first_answers:
+            requests["a"].put_nowait(
+                discovery_pb2.DiscoveryRequest(
+                    type_url=CLUSTER, version_info=first.version_info, response_nonce=first.nonce
+                )
             )
-        )
         assert (await asyncio.wait_for(pending, 2)).type_url == CLUSTER
     finally:
         for call in calls.values():
