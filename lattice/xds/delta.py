@@ -18,7 +18,7 @@ from functools import partial
 from envoy.service.discovery.v3 import discovery_pb2
 
 from lattice.xds import wire
-from lattice.xds.cache import ProxySnapshot, Selection, XdsResource
+from lattice.xds.cache import EMPTY, ProxySnapshot, ResourceSet, Selection, XdsResource
 from lattice.xds.sotw import WILDCARD_TYPES
 from lattice.xds.stream import Outgoing, Stream, next_nonce, type_rank
 
@@ -29,6 +29,7 @@ class _Subscription:
     names: frozenset[str] = frozenset()  # (a frozenset: its hash is worked out once, not per push)
     known: dict[str, str] = field(default_factory=dict)  # what the client holds: name -> version
     held: Selection | None = None  # when `known` is exactly this selection's resources
+    source: ResourceSet | None = None  # the set `held` was chosen from
     nonce: str = ""
     sent_version: str = ""
     must_send: bool = True  # the first request of a type is always answered (Envoy waits on it)
@@ -38,16 +39,27 @@ class DeltaStream(Stream):
     def __init__(self, node_id, cache, board, budget=None) -> None:
         super().__init__(node_id, cache, board, budget)
         self.subscriptions: dict[str, _Subscription] = {}
+        self._order: list[str] = []  # the subscribed types in the order responses go out
 
     def handle(self, request: discovery_pb2.DeltaDiscoveryRequest) -> bool:
         type_url = request.type_url
         sub = self.subscriptions.get(type_url)
         subscribe = request.resource_names_subscribe
+        if (
+            sub is not None
+            and not subscribe
+            and not request.resource_names_unsubscribe
+            and not request.initial_resource_versions
+        ):  # an ACK or NACK, most requests by far: what follows would change nothing else
+            if request.response_nonce and request.response_nonce == sub.nonce:
+                self.record_answer(type_url, request, sub.sent_version, sub.sent_version)
+            return sub.must_send
         if sub is None:
             wildcard = "*" in subscribe or (type_url in WILDCARD_TYPES and not subscribe)
             # The versions a client says it holds (after a reconnect) stand for the names it
             # subscribes to in the same request: only what differs is sent.
             sub = self.subscriptions[type_url] = _Subscription(wildcard, known=dict(request.initial_resource_versions))
+            self._order = sorted(self.subscriptions, key=type_rank)
         else:
             if request.response_nonce and request.response_nonce == sub.nonce:
                 self.record_answer(type_url, request, sub.sent_version, sub.sent_version)
@@ -70,14 +82,18 @@ class DeltaStream(Stream):
 
     def responses(self, snapshot: ProxySnapshot) -> list[Outgoing]:
         out = []
-        for type_url in sorted(self.subscriptions, key=type_rank):
+        for type_url in self._order:
             response = self._response(type_url, self.subscriptions[type_url], snapshot)
             if response is not None:
                 out.append(response)
         return out
 
     def _response(self, type_url: str, sub: _Subscription, snapshot: ProxySnapshot):
-        chosen = snapshot.chosen(type_url, None if sub.wildcard else sub.names)
+        source = snapshot.resources.get(type_url, EMPTY)
+        if source is sub.source and sub.held is not None and not sub.must_send:
+            return None  # the same set and names as last time: the same selection (a shortcut)
+        chosen = source.select(None if sub.wildcard else sub.names)
+        sub.source = source
         if sub.held is chosen and not sub.must_send:
             return None
         if sub.held is not None:
