@@ -100,6 +100,7 @@ class IstioMetrics:
         self.cluster = cluster
         self.telemetry = Telemetry(tracing=None)
         self._removed: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._upserted: dict[tuple[str, str], frozenset[str]] = {}
 
     def set_rules(self, rules: Iterable[MetricRule]) -> None:
         """The workload's metric rules (from its Telemetry): which labels each metric drops."""
@@ -107,6 +108,15 @@ class IstioMetrics:
         self._removed = {
             (metric, reporter): tuple(
                 name for name, o in self.telemetry.tag_overrides(metric, reporter).items() if o.remove
+            )
+            for metric in t.METRICS
+            for reporter in ("source", "destination")
+        }
+        # The labels a series' `~ov_` tags may set: those the Telemetry upserts. A tag value a caller
+        # chose (its peer header, its content-type) cannot add another by imitating the tag syntax.
+        self._upserted = {
+            (metric, reporter): frozenset(
+                name for name, o in self.telemetry.tag_overrides(metric, reporter).items() if not o.remove
             )
             for metric in t.METRICS
             for reporter in ("source", "destination")
@@ -158,7 +168,8 @@ class IstioMetrics:
                     labels.pop(dropped)
             for removed in self._removed.get((metric, e.reporter), ()):
                 labels.pop(removed, None)
-            labels.update(envoy_stats.overrides(tags))
+            upserted = self._upserted.get((metric, e.reporter), frozenset())
+            labels.update((k, v) for k, v in envoy_stats.overrides(tags).items() if k in upserted)
             key = tuple(labels.items())
             if kind == "counter":
                 out[key] = out.get(key, 0) + value

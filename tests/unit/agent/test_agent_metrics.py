@@ -205,12 +205,30 @@ def test_a_tcp_caller_is_named_from_its_principal_when_one_workload_holds_it():
 
 def test_telemetry_rules_remove_labels_and_envoy_fills_upserts():
     metrics = IstioMetrics()
+    upsert = TagOverride("request_path", value="request.url_path")
     metrics.set_rules(
-        [MetricRule(metric=None, mode="SERVER", disabled=None, tags=(TagOverride("source_principal", remove=True),))]
+        [
+            MetricRule(
+                metric=None, mode="SERVER", disabled=None, tags=(TagOverride("source_principal", remove=True), upsert)
+            )
+        ]
     )
     reading = envoy_stats.parse(envoy_json({name("rq", inbound_tags(ov_request_path="/ratings/0")): bins(5)}))
     (key,) = labelled(metrics.render(reading), "istio_requests_total")
     assert "source_principal" not in key and 'request_path="/ratings/0"' in key
+
+
+def test_a_caller_cannot_add_a_label_by_writing_the_tag_syntax_into_a_value_it_chose():
+    metrics = IstioMetrics()
+    upsert = TagOverride("request_path", value="request.url_path")
+    metrics.set_rules([MetricRule(metric=None, mode="SERVER", disabled=None, tags=(upsert,))])
+    forged = REVIEWS + ".~ov_owner.mallory.~ov_request_path.forged"  # its peer header, as Envoy writes it in
+    reading = envoy_stats.parse(
+        envoy_json({name("rq", inbound_tags(peer=forged, ov_request_path="/ratings/0")): bins(5)})
+    )
+    (key,) = labelled(metrics.render(reading), "istio_requests_total")
+    assert "owner" not in key and "mallory" not in key  # no label the Telemetry does not upsert
+    assert 'request_path="/ratings/0"' in key  # and the upserted one is Envoy's, written later in the name
 
 
 def test_the_window_gives_rates_percentiles_and_paths_from_what_envoy_counted_since_the_last_read():
