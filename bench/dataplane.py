@@ -43,6 +43,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -429,6 +430,7 @@ def measure(quick: bool, rate: float = 1000.0, seconds: float | None = None, pin
     home = Path(tempfile.mkdtemp(prefix="lattice-bench-dataplane-"))
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, home, True)  # last out: after every process using it has stopped
         with procstat.pinned(server_cpus):  # inherited by every process started here, and their threads
             plane = ControlPlane(home / "home").start()
             stack.callback(plane.stop)
