@@ -45,15 +45,11 @@ class DeltaStream(Stream):
         type_url = request.type_url
         sub = self.subscriptions.get(type_url)
         subscribe = request.resource_names_subscribe
-        if (
-            sub is not None
-            and not subscribe
-            and not request.resource_names_unsubscribe
-            and not request.initial_resource_versions
-        ):  # an ACK or NACK, most requests by far: what follows would change nothing else
+        if sub is not None:
             if request.response_nonce and request.response_nonce == sub.nonce:
                 self.record_answer(type_url, request, sub.sent_version, sub.sent_version)
-            return sub.must_send
+            if not subscribe and not request.resource_names_unsubscribe and not request.initial_resource_versions:
+                return sub.must_send  # an ACK or NACK, most requests by far: nothing else changes
         if sub is None:
             wildcard = "*" in subscribe or (type_url in WILDCARD_TYPES and not subscribe)
             # The versions a client says it holds (after a reconnect) stand for the names it
@@ -61,8 +57,6 @@ class DeltaStream(Stream):
             sub = self.subscriptions[type_url] = _Subscription(wildcard, known=dict(request.initial_resource_versions))
             self._order = sorted(self.subscriptions, key=type_rank)
         else:
-            if request.response_nonce and request.response_nonce == sub.nonce:
-                self.record_answer(type_url, request, sub.sent_version, sub.sent_version)
             for name in subscribe:
                 sub.known.pop(name, None)  # a later (re)subscription is always answered with the resource
             if "*" in subscribe:
@@ -78,7 +72,7 @@ class DeltaStream(Stream):
         if subscribe or unsubscribe or request.initial_resource_versions:
             sub.held = None  # the client's state is no longer a whole selection
             return True
-        return sub.must_send  # an ACK or NACK changes nothing to send
+        return sub.must_send  # a first request naming nothing (a wildcard type): answered, as every first is
 
     def responses(self, snapshot: ProxySnapshot) -> list[Outgoing]:
         out = []
