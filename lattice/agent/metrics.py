@@ -105,22 +105,15 @@ class IstioMetrics:
     def set_rules(self, rules: Iterable[MetricRule]) -> None:
         """The workload's metric rules (from its Telemetry): which labels each metric drops."""
         self.telemetry = Telemetry(metrics=tuple(rules), tracing=None)
-        self._removed = {
-            (metric, reporter): tuple(
-                name for name, o in self.telemetry.tag_overrides(metric, reporter).items() if o.remove
-            )
-            for metric in t.METRICS
-            for reporter in ("source", "destination")
-        }
-        # The labels a series' `~ov_` tags may set: those the Telemetry upserts. A tag value a caller
-        # chose (its peer header, its content-type) cannot add another by imitating the tag syntax.
-        self._upserted = {
-            (metric, reporter): frozenset(
-                name for name, o in self.telemetry.tag_overrides(metric, reporter).items() if not o.remove
-            )
-            for metric in t.METRICS
-            for reporter in ("source", "destination")
-        }
+        self._removed, self._upserted = {}, {}
+        for metric in t.METRICS:
+            for reporter in ("source", "destination"):
+                overrides = self.telemetry.tag_overrides(metric, reporter)
+                self._removed[(metric, reporter)] = tuple(name for name, o in overrides.items() if o.remove)
+                # The labels a series' `~ov_` tags may set: those the Telemetry upserts. A tag value a
+                # caller chose (its peer header, its content-type) cannot add another by imitating
+                # the tag syntax.
+                self._upserted[(metric, reporter)] = frozenset(name for name, o in overrides.items() if not o.remove)
 
     def render(self, reading: envoy_stats.Reading) -> str:
         lines: list[str] = []
