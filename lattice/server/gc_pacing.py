@@ -14,10 +14,11 @@ frozen (a cycle that died after it was frozen) is collected then. A server that 
 gets one too, by the measure of Python's own rule for its oldest generation: once its heap (the
 objects' memory blocks, `sys.getallocatedblocks()`, which costs under a millisecond where counting
 the frozen walks them all) grew by a quarter (`growth`) since the last full collection; and,
-whatever else, at least every `longest` seconds. Not on a fixed short period: a full collection holds the loop for a
-third of a second at a thousand proxies, and a change that meets one waits for it. Objects
-without cycles are freed as always, the moment their last reference goes (frozen or not: freezing
-only moves them aside); only cyclic garbage waits, at most until the next full collection.
+whatever else, at least every `longest` seconds. Not on a fixed short period: a full collection
+holds the loop for a third of a second at a thousand proxies, and a change that meets one waits
+for it. Objects without cycles are freed as always, the moment their last reference goes (frozen
+or not: freezing only moves them aside); only cyclic garbage waits, at most until the next full
+collection.
 """
 
 from __future__ import annotations

@@ -131,12 +131,13 @@ class Stream:
     def _expire(self) -> None:
         """Budget held past its time is given back; the timer is set again for what is left."""
         self._expiry = None
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         for type_url, (_, until) in list(self._out.items()):
             if until <= now:
                 self._answered(type_url)
         if self._out:
-            self._expiry = asyncio.get_running_loop().call_at(min(u for _, u in self._out.values()), self._expire)
+            self._expiry = loop.call_at(min(u for _, u in self._out.values()), self._expire)
 
     def _answered(self, type_url: str) -> None:
         held = self._out.pop(type_url, None)
