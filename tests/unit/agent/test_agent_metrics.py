@@ -252,6 +252,27 @@ def test_the_window_gives_rates_percentiles_and_paths_from_what_envoy_counted_si
     assert window.summary(60, now=1_800_000_100)["peers"] == []  # out of the window
 
 
+def test_a_grpc_error_answered_with_http_200_is_a_failure_in_top_as_in_stat():
+    """`lattice top`'s path series carry `~proto` as Istio's do: a gRPC status counts only for a gRPC
+    request (Envoy's `%GRPC_STATUS_NUMBER%` turns a plain HTTP 200 into 2, UNKNOWN)."""
+    window = Window()
+    window.record(envoy_stats.parse(envoy_json({})), at=1_800_000_000)
+    grpc, plain = {"proto": "application/grpc", "grpc": "14"}, {"proto": "application/json", "grpc": "2"}
+    path = {k: v for k, v in inbound_tags().items() if k in ("r", "src", "sp", "dst", "svc", "code")}
+    read = {
+        name("rq", inbound_tags(**grpc)): bins(1000, 2000),
+        name("rq", inbound_tags(**plain)): bins(1000),
+        name("path", path | grpc | {"method": "POST", "path": "/Ratings/Get"}): bins(1000, 2000),
+        name("path", path | plain | {"method": "GET", "path": "/ratings/0"}): bins(1000),
+    }
+    window.record(envoy_stats.parse(envoy_json(read)), at=1_800_000_001)
+    summary = window.summary(60, now=1_800_000_010)
+    (peer,) = summary["peers"]
+    assert peer["requests"] == 3 and peer["failures"] == 2  # what `lattice stat` shows
+    rows = {row["path"]: row for row in summary["paths"]}
+    assert rows["/Ratings/Get"]["failures"] == 2 and rows["/ratings/0"]["failures"] == 0  # and `lattice top`
+
+
 def test_the_window_in_steps_puts_each_second_in_its_step_for_the_consoles_charts():
     window = Window()
     window.record(envoy_stats.parse(envoy_json({name("rq", inbound_tags()): bins(1000, 2000)})), at=1_800_000_000)

@@ -94,6 +94,10 @@ def test_both_sides_count_in_envoy_stream_failures_to_the_agent_and_write_no_fil
         istio, paths = stats_configs(manager)
         assert [h["stat"]["name"] for h in istio["histograms"]] == ["rq", "rqb", "rsb"]
         assert [h["stat"]["name"] for h in paths["histograms"]] == ["path"]
+        # `lattice top` tells a gRPC request from a plain one as `lattice stat` does, before any
+        # tag a caller could imitate in the content-type
+        (path_tags,) = ([t["name"] for t in h["stat"]["tags"]] for h in paths["histograms"])
+        assert path_tags[:2] == ["~r", "~proto"] and "~grpc" in path_tags
     ((config, _),) = logs(outbound, "envoy.access_loggers.http_grpc")
     assert [tag.tag for tag in config.common_config.custom_tags] == [t.ENDPOINT_TAG]  # who answered, from the endpoint
     tags = {tag["name"]: tag["value_format"] for tag in stats_configs(outbound)[0]["histograms"][0]["stat"]["tags"]}
