@@ -447,6 +447,50 @@ BISECT_VARIANTS: dict[str, Edit] = {
 }
 
 
+def _without_telemetry(then: Edit) -> Edit:
+    """No tracing and no access log, then `then`: a piece of what is left once telemetry is off."""
+
+    def edit(manager: dict) -> None:
+        manager.pop("tracing", None)
+        manager.pop("access_log", None)
+        then(manager)
+
+    return edit
+
+
+def _only_router(manager: dict) -> None:
+    manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] == _ROUTER["name"]]
+
+
+# With --rest, instead: what the connection managers cost beyond telemetry, piece by piece, each
+# variant without tracing and access logs (so a piece's share is not hidden under theirs).
+REST_VARIANTS: dict[str, Edit] = {
+    "static copy of the sidecars": lambda m: None,
+    "- all telemetry": _without_telemetry(lambda m: None),
+    "- all telemetry, path policy": _without_telemetry(
+        _without_filters("lattice.path_policy", "lattice.path_policy.utf8")
+    ),
+    "- all telemetry, header_to_metadata": _without_telemetry(
+        _without_filters("envoy.filters.http.header_to_metadata")
+    ),
+    "- all telemetry, proxy credential": _without_telemetry(
+        _without_filters("envoy.filters.http.basic_auth", "envoy.filters.http.header_mutation")
+    ),
+    "- all telemetry, cors, fault, dynamic forward proxy": _without_telemetry(
+        _without_filters(
+            "envoy.filters.http.cors", "envoy.filters.http.fault", "envoy.filters.http.dynamic_forward_proxy"
+        )
+    ),
+    "- all telemetry, RBAC": lambda m: _without_telemetry(
+        _without_filters(*(f["name"] for f in m["http_filters"] if f["name"].startswith("lattice.authz")))
+    )(m),
+    "- all telemetry, retries, extra routes, added header": _without_telemetry(_without_route_extras),
+    "- all telemetry, connection manager options": _without_telemetry(lambda m: [m.pop(k, None) for k in _OPTIONS]),
+    "- all telemetry, every filter but the router": _without_telemetry(_only_router),
+    "the pair's plain router, the sidecars' TLS and clusters": _plain_router_to_cluster,
+}
+
+
 def _inline_tls(context: dict, credentials) -> dict:
     """A sidecar's TLS context with its SDS secrets replaced by inline ones of the same identity."""
     context = copy.deepcopy(context)
@@ -560,6 +604,7 @@ class ChainSettings:
     rate: float = 0.0  # also an open loop at this many requests/s (0: none)
     workers_only: bool = False  # CPU of the worker threads only
     bisect: bool = False  # BISECT_VARIANTS and the live sidecars with telemetry off, besides
+    rest: bool = False  # REST_VARIANTS instead of CHAIN_VARIANTS
 
 
 def _chain_workloads(plane: ControlPlane, bisect: bool) -> list[Workload]:
@@ -604,7 +649,10 @@ def measure_chain(settings: ChainSettings) -> dict:
                 off = (quiet[0].address, 15001), quiet[0].proxy_headers
                 pids = (_sidecar_envoy(quiet[0])[0], _sidecar_envoy(quiet[1])[0])
                 chains["live sidecars, telemetry off"] = (*off, pids, *_QUIET_TARGET)
-            variants = CHAIN_VARIANTS | (BISECT_VARIANTS if settings.bisect else {})
+            if settings.rest:
+                variants = REST_VARIANTS
+            else:
+                variants = CHAIN_VARIANTS | (BISECT_VARIANTS if settings.bisect else {})
             live = next(iter(BISECT_VARIANTS))
             for i, (label, edit) in enumerate(variants.items()):
                 config = server_chain(server_dump, edit, app_port, credentials["bench-server"], home / f"s{i}.sock")
@@ -756,6 +804,12 @@ def main() -> None:
         "bootstrap's extras, the pair's router with the sidecars' TLS, each remaining access log, "
         "`~proto` by CEL as before)",
     )
+    parser.add_argument(
+        "--rest",
+        action="store_true",
+        help="--chain: instead of the telemetry variants, what the connection managers cost beyond "
+        "telemetry: copies without tracing and access logs, and without each other piece too",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the result ({DEFAULT_JSON})")
     args = parser.parse_args()
     sides = ["outbound", "inbound"] if args.side == "both" else [args.side]
@@ -763,7 +817,7 @@ def main() -> None:
     if args.chain:
         with console.status("sidecar chains: starting sidecars, the pair and static copies"):
             settings = ChainSettings(
-                args.rounds, args.seconds, args.connections, args.rate, args.workers_only, args.bisect
+                args.rounds, args.seconds, args.connections, args.rate, args.workers_only, args.bisect, args.rest
             )
             result = measure_chain(settings)
         console.print(chain_table(result))
