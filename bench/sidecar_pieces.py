@@ -52,6 +52,14 @@ resource, as bench/dataplane.py's path) and static copies with the live bootstra
 overload manager and stats flush setting; with the pair's plain router over the sidecars' TLS and
 clusters; without the `lattice top` histogram; without the failures stream; with `~proto`
 computed by CEL as before 1ecabb8.
+
+    .venv/bin/python bench/sidecar_pieces.py --chain --rest --connections 1 --workers-only
+
+`--rest`, instead of the telemetry variants: what the connection managers cost beyond telemetry.
+Every copy but the first is without tracing and access logs, and each without one more piece
+(the path policy, header_to_metadata, the proxy credential, the outbound cors / fault / dynamic
+forward proxy filters, RBAC, the retry policy and extra routes, the connection manager's options,
+every filter but the router), so a piece's few µs are not read against telemetry's larger swings.
 """
 
 from __future__ import annotations
