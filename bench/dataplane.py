@@ -27,8 +27,10 @@ time; rounds of a/b/c interleave, each path's place in the order rotating, so dr
 neighbours, GC) falls on all alike; every measured run follows a warm-up run on the same path.
 CPU per proxy: utime+stime of each Envoy over that path's measured runs only, per 1,000 requests.
 Memory: each Envoy's RssAnon after the runs. Maximum throughput: closed loop
-(bench/closedloop.py), 32 keep-alive connections for a few seconds after a short warm-up; its CPU
-per 1,000 requests (counted seconds only) is the cost per request at saturation, where requests
+(bench/closedloop.py), 32 keep-alive connections for a few seconds after a short warm-up, in
+rounds whose order rotates as the open loop's (one run per path in a row let drift between the
+paths' turns decide the ratio); max rps is the median round's, and CPU per 1,000 requests (counted
+seconds of every round) is the cost per request at saturation, where requests
 batch and a proxy's fixed costs per wake-up shrink: its Lattice ÷ pair ratio, not the open loop's,
 is what the throughput ratio follows. Idle: CPU each path's processes use per second with no
 traffic (a sidecar's agent reads Envoy's stats and probes the app), all paths over the same seconds.
@@ -44,6 +46,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,12 +137,12 @@ class Settings:
     rounds: int
     seconds: float  # per measured run
     warmup: float  # open-loop run before each measured one, not counted
-    max_seconds: float  # closed-loop run per path
+    max_seconds: float  # closed-loop run per path and round
     idle_seconds: float  # no traffic at all, every path's processes measured at once
 
     @classmethod
     def of(cls, quick: bool, seconds: float | None = None) -> Settings:
-        base = cls(2, 3.0, 1.0, 2.0, 5.0) if quick else cls(4, 10.0, 2.0, 5.0, 10.0)
+        base = cls(2, 3.0, 1.0, 2.0, 5.0) if quick else cls(4, 10.0, 2.0, 3.0, 10.0)
         return cls(base.rounds, seconds or base.seconds, base.warmup, base.max_seconds, base.idle_seconds)
 
 
@@ -348,6 +351,34 @@ def _max_throughput(path: DataPath, seconds: float) -> dict:
     }
 
 
+def _saturate(paths: dict[str, DataPath], settings: Settings) -> dict[str, dict]:
+    """`_max_throughput` of every path in rounds, each path's place in the order rotating: the
+    median round's rps, and CPU per 1,000 requests over every round's counted seconds."""
+    names = list(paths)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for round_ in range(settings.rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            runs[name].append(_max_throughput(paths[name], settings.max_seconds))
+    out = {}
+    for name, done in runs.items():
+        requests = sum(r["requests"] for r in done)
+        used: dict[str, float] = {}
+        for r in done:
+            for label, seconds in r["cpu_seconds"].items():
+                used[label] = used.get(label, 0.0) + seconds
+        out[name] = {
+            "rps": statistics.median(r["rps"] for r in done),
+            "rps_per_round": [r["rps"] for r in done],
+            "requests": requests,
+            "errors": sum(r["errors"] for r in done),
+            "seconds": sum(r["seconds"] for r in done),
+            "connections": max(r["connections"] for r in done),
+            "cpu_seconds": used,
+            "cpu_s_per_1k_requests": {label: s / requests * 1000 for label, s in used.items()} if requests else {},
+        }
+    return out
+
+
 def _idle(paths: dict[str, DataPath], seconds: float) -> dict[str, dict[str, float]]:
     """CPU milliseconds per second each path's processes use with no traffic at all, all paths over
     the same seconds: what a sidecar costs by just being there (its agent's periodic reads of
@@ -409,7 +440,7 @@ def _measure_paths(
         open_loop_stats = {
             name: {label: _admin_stats(admin) for label, admin in path.admins.items()} for name, path in paths.items()
         }
-        throughput = {name: _max_throughput(path, settings.max_seconds) for name, path in paths.items()}
+        throughput = _saturate(paths, settings)
     out = {}
     for name, path in paths.items():
         out[name] = _summary(path, rate) | {"max_throughput": throughput[name]}
@@ -566,7 +597,8 @@ def _caption(result: dict) -> str:
         f"per proxy: client / server Envoy. lattice vs envoy-pair added latency: {', '.join(ratios) or 'n/a'}. "
         f"{_cpu_ratios(result)}{telemetry}{capture}{extension}"
         f"lattice agents (Python, beside each Envoy): {agents}. max rps: closed loop, 32 keep-alive connections, "
-        f"{result['max_throughput_seconds']:g} s. {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
+        f"median of {result['rounds']} rounds × {result['max_throughput_seconds']:g} s. "
+        f"{m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
         f"Envoy {m['envoy'].split('/')[1] if '/' in m['envoy'] else m['envoy']}; "
         f"generator on CPU {result['pinning']['generator'] or 'any'}, servers on "
         f"{result['pinning']['servers'] or 'any'}; "
