@@ -266,6 +266,21 @@ def _plain_router(manager: dict) -> None:
     manager["route_config"] = {"virtual_hosts": [{"name": "app", "domains": ["*"], "routes": [route]}]}
 
 
+# The mesh's HTTP filters by piece, as the variants remove them (RBAC's are named per policy).
+PATH_POLICY = ("lattice.path_policy", "lattice.path_policy.utf8")
+HEADER_TO_METADATA = ("envoy.filters.http.header_to_metadata",)
+PROXY_CREDENTIAL = ("envoy.filters.http.basic_auth", "envoy.filters.http.header_mutation")
+OUTBOUND_EXTRAS = ("envoy.filters.http.cors", "envoy.filters.http.fault", "envoy.filters.http.dynamic_forward_proxy")
+
+
+def _rbac_filters(manager: dict) -> tuple[str, ...]:
+    return tuple(f["name"] for f in manager.get("http_filters", []) if f["name"].startswith("lattice.authz"))
+
+
+def _without_rbac(manager: dict) -> None:
+    _without_filters(*_rbac_filters(manager))(manager)
+
+
 def variants(manager: dict) -> dict[str, Variant]:
     """The variants that apply to this side's connection manager (a piece it lacks is left out)."""
     filters = {f["name"] for f in manager.get("http_filters", [])}
@@ -286,15 +301,11 @@ def variants(manager: dict) -> dict[str, Variant]:
     if any(log["name"] == GRPC_LOGGER for log in logs):
         out["- failures stream to the agent"] = _without_logs(lambda log: log["name"] == GRPC_LOGGER)
     pieces = {
-        "- path policy (2 fault filters)": ("lattice.path_policy", "lattice.path_policy.utf8"),
-        "- RBAC": tuple(f for f in filters if f.startswith("lattice.authz")),
-        "- header_to_metadata": ("envoy.filters.http.header_to_metadata",),
-        "- proxy credential (basic_auth)": ("envoy.filters.http.basic_auth", "envoy.filters.http.header_mutation"),
-        "- cors, fault, dynamic forward proxy": (
-            "envoy.filters.http.cors",
-            "envoy.filters.http.fault",
-            "envoy.filters.http.dynamic_forward_proxy",
-        ),
+        "- path policy (2 fault filters)": PATH_POLICY,
+        "- RBAC": _rbac_filters(manager),
+        "- header_to_metadata": HEADER_TO_METADATA,
+        "- proxy credential (basic_auth)": PROXY_CREDENTIAL,
+        "- cors, fault, dynamic forward proxy": OUTBOUND_EXTRAS,
     }
     for label, names in pieces.items():
         if names and filters.intersection(names):
@@ -475,23 +486,11 @@ def _only_router(manager: dict) -> None:
 REST_VARIANTS: dict[str, Edit] = {
     "static copy of the sidecars": lambda m: None,
     "- all telemetry": _without_telemetry(lambda m: None),
-    "- all telemetry, path policy": _without_telemetry(
-        _without_filters("lattice.path_policy", "lattice.path_policy.utf8")
-    ),
-    "- all telemetry, header_to_metadata": _without_telemetry(
-        _without_filters("envoy.filters.http.header_to_metadata")
-    ),
-    "- all telemetry, proxy credential": _without_telemetry(
-        _without_filters("envoy.filters.http.basic_auth", "envoy.filters.http.header_mutation")
-    ),
-    "- all telemetry, cors, fault, dynamic forward proxy": _without_telemetry(
-        _without_filters(
-            "envoy.filters.http.cors", "envoy.filters.http.fault", "envoy.filters.http.dynamic_forward_proxy"
-        )
-    ),
-    "- all telemetry, RBAC": lambda m: _without_telemetry(
-        _without_filters(*(f["name"] for f in m["http_filters"] if f["name"].startswith("lattice.authz")))
-    )(m),
+    "- all telemetry, path policy": _without_telemetry(_without_filters(*PATH_POLICY)),
+    "- all telemetry, header_to_metadata": _without_telemetry(_without_filters(*HEADER_TO_METADATA)),
+    "- all telemetry, proxy credential": _without_telemetry(_without_filters(*PROXY_CREDENTIAL)),
+    "- all telemetry, cors, fault, dynamic forward proxy": _without_telemetry(_without_filters(*OUTBOUND_EXTRAS)),
+    "- all telemetry, RBAC": _without_telemetry(_without_rbac),
     "- all telemetry, retries, extra routes, added header": _without_telemetry(_without_route_extras),
     "- all telemetry, connection manager options": _without_telemetry(lambda m: [m.pop(k, None) for k in _OPTIONS]),
     "- all telemetry, every filter but the router": _without_telemetry(_only_router),
