@@ -303,11 +303,18 @@ def _cpu(processes: dict[str, int]) -> dict[str, float]:
     return {label: procstat.cpu_seconds(pid) for label, pid in processes.items()}
 
 
+def rotated(names: list[str], round_: int) -> list[str]:
+    """`names` in round `round_`'s order: each round starts one further on, so every name takes
+    each place alike and drift over the rounds falls on all of them."""
+    at = round_ % len(names)
+    return names[at:] + names[:at]
+
+
 def _open_loop(paths: dict[str, DataPath], settings: Settings, rate: float) -> None:
     """Rounds of every path in turn; the order rotates so each path takes each place alike."""
     names = list(paths)
     for round_ in range(settings.rounds):
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+        for name in rotated(names, round_):
             path = paths[name]
             path.call(run, path.target, path.url, path.host, rate, settings.warmup, path.headers)
             before, busy = _cpu(path.processes()), procstat.busy_seconds()
@@ -319,9 +326,10 @@ def _open_loop(paths: dict[str, DataPath], settings: Settings, rate: float) -> N
 
 
 def _max_throughput(path: DataPath, seconds: float) -> dict:
-    """Closed loop; CPU counted over the counted seconds only (not the warm-up), so CPU per 1,000
-    requests at saturation compares with the open loop's: where a path's cost per request grows
-    less than another's as requests batch, the two ratios part."""
+    """One closed-loop run; CPU counted over the counted seconds only (not the warm-up), so CPU per
+    1,000 requests at saturation (`_saturate`, over every round) compares with the open loop's:
+    where a path's cost per request grows less than another's as requests batch, the two ratios
+    part."""
     cpu: dict[str, dict[str, float]] = {}
 
     def window(start: bool) -> None:
@@ -345,9 +353,6 @@ def _max_throughput(path: DataPath, seconds: float) -> dict:
         "seconds": result.seconds,
         "connections": result.connections,
         "cpu_seconds": used,
-        "cpu_s_per_1k_requests": {label: s / result.requests * 1000 for label, s in used.items()}
-        if result.requests
-        else {},
     }
 
 
@@ -357,7 +362,7 @@ def _saturate(paths: dict[str, DataPath], settings: Settings) -> dict[str, dict]
     names = list(paths)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for round_ in range(settings.rounds):
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+        for name in rotated(names, round_):
             runs[name].append(_max_throughput(paths[name], settings.max_seconds))
     out = {}
     for name, done in runs.items():

@@ -87,7 +87,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import procstat  # noqa: E402
 from closedloop import max_rate  # noqa: E402
 from openloop import run as run_open  # noqa: E402
-from dataplane import POLICIES, _sidecar_envoy  # noqa: E402
+from dataplane import POLICIES, _sidecar_envoy, rotated  # noqa: E402
 from envoy_pair import _ROUTER, EnvoyPair, StaticEnvoy, admin_get, app_command, issue  # noqa: E402
 from harness import ControlPlane, Workload, running  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -420,7 +420,7 @@ def measure(rounds: int, seconds: float, sides: list[str]) -> dict:
                 samples: dict[str, list[float]] = {label: [] for label in labels}
                 errors = dict.fromkeys(labels, 0)
                 for round_ in range(rounds):
-                    for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
+                    for label in rotated(labels, round_):
                         envoy = envoys[side][label]
                         cpu: dict[str, float] = {}
 
@@ -684,7 +684,7 @@ def measure_chain(settings: ChainSettings) -> dict:
         errors = dict.fromkeys(labels, 0)
         with procstat.pinned(generator_cpus):
             for round_ in range(settings.rounds):
-                for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
+                for label in rotated(labels, round_):
                     target, headers, pids, path_url, path_host = chains[label]
                     if settings.rate:
                         run_open(target, path_url, path_host, settings.rate, 0.5, headers)
