@@ -87,7 +87,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import procstat  # noqa: E402
 from closedloop import max_rate  # noqa: E402
 from openloop import run as run_open  # noqa: E402
-from dataplane import POLICIES, _sidecar_envoy, rotated  # noqa: E402
+from dataplane import HOST, POLICIES, QUIET_HOST, QUIET_URL, URL, _sidecar_envoy, rotated  # noqa: E402
 from envoy_pair import _ROUTER, EnvoyPair, StaticEnvoy, admin_get, app_command, issue  # noqa: E402
 from harness import ControlPlane, Workload, running  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -95,12 +95,11 @@ from rich.table import Table  # noqa: E402
 
 from lattice.agent.envoy import envoy_binary  # noqa: E402
 from lattice.translate.agent_names import PEER_ENV, PROXY_USER, PROXY_USERS_ENV  # noqa: E402
+from lattice.translate.istio_stats import PROTOCOL, STATS_LOGGER  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).parent / "results" / "sidecar_pieces.json"
 HCM_NAME = "envoy.filters.network.http_connection_manager"
-STATS_LOGGER = "envoy.access_loggers.stats"
 GRPC_LOGGER = "envoy.access_loggers.http_grpc"
-CEL_PROTO = "%CEL(request.headers['content-type'].startsWith('application/grpc') ? 'grpc' : 'http')%"
 # What the live bootstrap has and the static copies' minimal one does not (besides xDS and SDS).
 LIVE_BOOTSTRAP = ("node", "overload_manager", "stats_flush_on_admin", "stats_eviction_interval")
 CONNECTIONS = 16
@@ -216,7 +215,7 @@ def _with_cel_proto(manager: dict) -> None:
     for stat in _stats(manager):
         for tag in stat["tags"]:
             if tag["name"] == "~proto":
-                tag["value_format"] = CEL_PROTO
+                tag["value_format"] = PROTOCOL  # the overrides' CEL expression, as `~proto` had it
 
 
 def _plain_router_to_cluster(manager: dict) -> None:
@@ -631,7 +630,7 @@ def measure_chain(settings: ChainSettings) -> dict:
     os.environ[PROXY_USERS_ENV] = f"{PROXY_USER}:{{SHA}}{digest}"
     os.environ[PEER_ENV] = "bench-client-v1;default;bench-client;v1;bench-client;v1"
     token = base64.b64encode(f"{PROXY_USER}:{credential}".encode()).decode()
-    url, host = "http://bench-server:9080/", "bench-server:9080"
+    url, host = URL, HOST
     result: dict = dataclasses.asdict(settings) | {"chains": {}}
     cpu_of = _worker_cpu_seconds if settings.workers_only else procstat.cpu_seconds
     with contextlib.ExitStack() as stack:
@@ -720,7 +719,7 @@ def measure_chain(settings: ChainSettings) -> dict:
     return _finished(result, loads, started)
 
 
-_QUIET_TARGET = ("http://bench-quiet-server:9080/", "bench-quiet-server:9080")
+_QUIET_TARGET = (QUIET_URL, QUIET_HOST)
 
 
 def _live_bootstrap(dump: dict) -> dict:
