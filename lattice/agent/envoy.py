@@ -2,8 +2,9 @@
 
 Every Envoy a sidecar starts is one epoch of Envoy's hot restart (--restart-epoch), with a base id
 of its own (chosen free by the first Envoy, --use-dynamic-base-id, then passed on) and its hot
-restart sockets in the sidecar's private run directory (--socket-path), so sidecars on one host
-never meet. `hot_restart()` starts the next epoch while the current one serves: the new Envoy gets
+restart sockets in the sidecar's private run directory (--socket-path, named relative to Envoy's
+working directory, the run directory: a name can be 40 bytes long), so sidecars on one host never
+meet. `hot_restart()` starts the next epoch while the current one serves: the new Envoy gets
 its config, takes the listening sockets over from the old one, which drains its connections
 (--drain-time-s) and exits (--parent-shutdown-time-s), and no connection is refused in between.
 An Envoy that dies on its own is replaced at once (then with backoff if it keeps dying) by the next
@@ -36,6 +37,7 @@ log = logging.getLogger("lattice.envoy")
 _PR_SET_PDEATHSIG = 1
 DRAIN_SECONDS = 1  # an older epoch's drain in a hot restart (and Envoy's drain on LDS updates)
 HOT_RESTART = sys.platform == "linux"  # Envoy's hot restart (shared memory, its domain sockets) is Linux's
+HOT_RESTART_SOCKETS = "hot-restart"  # in the run directory: `<this>_<role>_<up to 20 digits>`
 PARENT_SHUTDOWN_SECONDS = 3  # after which the older epoch exits (more than the drain, as Envoy requires)
 RESCAN_SECONDS = 2  # after a listener update, look again: a removed listener's socket closes after a moment
 
@@ -89,7 +91,7 @@ class EnvoyProcess:
         log_level: str = "warning",
         env: dict[str, str] | None = None,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.bootstrap = bootstrap.absolute()  # its directory is Envoy's working directory
         self.env = env or {}  # added to Envoy's environment (route tables read it: translate/telemetry.py)
         self.admin_socket = admin_socket
         self.log_path = log_path
@@ -162,6 +164,7 @@ class EnvoyProcess:
                 # Envoy logs to stderr (the log file); its stdout is the agent's, for access logs to /dev/stdout.
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=sink,
+                cwd=self.bootstrap.parent,  # where --socket-path's relative name is
                 preexec_fn=die_with_parent,
                 process_group=0,  # a terminal's Ctrl-C reaches the agent only: it stops Envoy last (agent/drain.py)
                 env={k: v for k, v in os.environ.items() if k not in ("LATTICE_TOKEN", "LATTICE_ADMIN_TOKEN")}
@@ -179,8 +182,9 @@ class EnvoyProcess:
         command += ["--drain-time-s", str(DRAIN_SECONDS), "--parent-shutdown-time-s", str(PARENT_SHUTDOWN_SECONDS)]
         if not HOT_RESTART:
             return [*command, "--disable-hot-restart"]
-        # Hot restart's domain sockets: in the run directory (0700), not Linux's shared abstract namespace.
-        command += ["--socket-path", str(self.bootstrap.parent / "hot-restart"), "--socket-mode", "600"]
+        # Hot restart's domain sockets: in the run directory (0700), not Linux's shared abstract namespace;
+        # relative, so a deep run directory does not push the names past a socket path's 108 bytes.
+        command += ["--socket-path", HOT_RESTART_SOCKETS, "--socket-mode", "600"]
         if self.base_id is None:
             self.base_id = self._base_id()
         if self.base_id is None:  # the first Envoy: it picks a free base id and writes it down
@@ -207,7 +211,7 @@ class EnvoyProcess:
         if not self.listen_sockets.held or not self.keep_listen_sockets:
             return
         parent = HotParent(
-            self.bootstrap.parent / "hot-restart",
+            self.bootstrap.parent / HOT_RESTART_SOCKETS,
             self.base_id,
             self.epoch + 1,
             self.listen_sockets,

@@ -13,7 +13,9 @@ Envoy's place, handing over the held sockets; the connections queued meanwhile a
 Envoy's hot restart protocol as this module speaks it (Envoy 1.40: source/server/hot_restart.proto,
 hot_restarting_base.cc, hot_restarting_child.cc, hot_restarting_parent.cc, hot_restart_impl.cc):
 - Unix datagram sockets named `<--socket-path>_<role>_<base_id*10 + epoch % 3>` (with Envoy's
-  integer types: `domain_socket_name`), role `parent`
+  integer types: `domain_socket_name`; up to 20 digits, so a name can outgrow the 108 bytes a
+  socket's path may have: Envoy is given a name relative to its working directory, the run
+  directory, and the agent reaches the same directory through a descriptor of it), role `parent`
   (bound by epoch N for its child) or `child` (bound by epoch N+1); an `_udp` pair next to them
   forwards QUIC packets, which we do not use.
 - Each datagram: an 8-byte big-endian length, then a serialized `envoy.HotRestartMessage`.
@@ -475,18 +477,28 @@ class HotParent:
     terminated_callback: Callable[[], None] = lambda: None  # the child took over (Terminate)
     _sock: socket.socket | None = None
     _reuse_port: bool = True
+    _directory: int | None = None  # a descriptor of the sockets' directory (not in the abstract namespace)
 
     def open(self) -> None:
         """Bind the parent's socket (before the child starts: its first message must find it)."""
-        name = domain_socket_name(self.socket_path, "parent", self.base_id, self.epoch - 1)
+        path = str(self.socket_path)
+        if not path.startswith("@"):  # its directory through /proc/self/fd: short however deep it is
+            self._directory = os.open(self.socket_path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            path = f"/proc/self/fd/{self._directory}/{self.socket_path.name}"
+        name = domain_socket_name(path, "parent", self.base_id, self.epoch - 1)
         if not name.startswith("\0"):
             Path(name).unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(name)
-        if not name.startswith("\0"):
-            os.chmod(name, 0o600)
+        try:
+            sock.bind(name)
+            if not name.startswith("\0"):
+                os.chmod(name, 0o600)
+        except OSError:
+            sock.close()
+            self._close_directory()
+            raise
         sock.setblocking(False)
-        self._sock, self._child = sock, domain_socket_name(self.socket_path, "child", self.base_id, self.epoch)
+        self._sock, self._child = sock, domain_socket_name(path, "child", self.base_id, self.epoch)
         self._reuse_port = self.sockets.reuse_port()
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
 
@@ -503,6 +515,12 @@ class HotParent:
         self._sock = None
         if isinstance(name, str) and name and not name.startswith("\0"):
             Path(name).unlink(missing_ok=True)
+        self._close_directory()
+
+    def _close_directory(self) -> None:
+        if self._directory is not None:
+            os.close(self._directory)
+            self._directory = None
 
     def _readable(self) -> None:
         while self._sock is not None:

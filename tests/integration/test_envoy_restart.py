@@ -293,15 +293,22 @@ async def test_a_killed_envoy_gets_its_listening_sockets_from_the_agent(tmp_path
     """A real Envoy under the agent's supervision (agent/envoy.py): the agent keeps its listening
     sockets; Envoy SIGKILLed, a connection made right after is not refused, and the next epoch,
     asking the agent as its hot restart parent (agent/hot_parent.py), takes them over and answers
-    it. Envoy then ends the handover (Terminate) as it would with a real parent."""
+    it. Envoy then ends the handover (Terminate) as it would with a real parent.
+
+    The run directory is 90 characters long: room for the admin socket, none for a hot restart
+    socket's absolute name (`hot-restart_parent_` and up to 20 digits), as a pytest directory can
+    be. Envoy names them relative to its working directory, the agent through a descriptor."""
     from lattice.agent.envoy import EnvoyProcess
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    bootstrap, admin = tmp_path / "envoy.json", tmp_path / "admin.sock"
+    run_dir = tmp_path / ("d" * (90 - len(str(tmp_path)) - 1))
+    run_dir.mkdir(exist_ok=True)
+    assert len(f"{run_dir}/hot-restart_parent_0") >= 108  # too long for a socket's path
+    bootstrap, admin = run_dir / "envoy.json", run_dir / "admin.sock"
     bootstrap.write_text(json.dumps(_direct_response_bootstrap(admin, port)))
-    envoy = EnvoyProcess(bootstrap, admin, tmp_path / "envoy.log")
+    envoy = EnvoyProcess(bootstrap, admin, run_dir / "envoy.log")
     supervising = asyncio.create_task(envoy.supervise())
     try:
         for _ in range(600):  # until LIVE (a condition, polled)
