@@ -67,6 +67,21 @@ log = logging.getLogger("lattice.agent")
 OUTBOUND_PORT = 15001
 AGENT_PORT = 15020
 SECRET_ENV = ("LATTICE_TOKEN", "LATTICE_ADMIN_TOKEN")  # credentials the app must not inherit
+SOCKET_PATH_BYTES = 107  # a unix socket's path: sun_path's 108 bytes, less the NUL
+LONGEST_SOCKET = "telemetry-99.sock"  # the longest name `Sidecar._socket` gives, ten upgrades on
+
+
+def run_directory() -> str:
+    """A new private (0700) directory under TMPDIR for the agent's sockets and Envoy's files; an
+    error naming TMPDIR if its unix sockets' paths would not fit there."""
+    base = tempfile.gettempdir()
+    room = SOCKET_PATH_BYTES - len("/lattice-12345678/" + LONGEST_SOCKET)  # mkdtemp: 8 random characters
+    if len(os.fsencode(base)) > room:
+        raise RuntimeError(
+            f"the temporary directory {base} is too deep for the agent's unix sockets (a socket's path has "
+            f"at most 108 bytes): set TMPDIR to a directory of at most {room} bytes, such as /tmp"
+        )
+    return tempfile.mkdtemp(prefix="lattice-")
 
 
 class Sidecar:
@@ -74,8 +89,7 @@ class Sidecar:
         self.o = options
         self.lease: AddressLease | None = None
         self.handover = incoming()  # this process re-executed a previous agent (agent/handover.py)
-        # Short: unix socket paths are capped at 108 bytes.
-        self.run_dir = Path(self.handover.run_dir if self.handover else tempfile.mkdtemp(prefix="lattice-"))
+        self.run_dir = Path(self.handover.run_dir if self.handover else run_directory())
         self.generation = self.handover.generation + 1 if self.handover else 0
         self.app: asyncio.subprocess.Process | AdoptedProcess | None = None
         self.app_healthy = self.handover.app_healthy if self.handover else False
