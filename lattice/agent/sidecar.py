@@ -68,14 +68,21 @@ OUTBOUND_PORT = 15001
 AGENT_PORT = 15020
 SECRET_ENV = ("LATTICE_TOKEN", "LATTICE_ADMIN_TOKEN")  # credentials the app must not inherit
 SOCKET_PATH_BYTES = 107  # a unix socket's path: sun_path's 108 bytes, less the NUL
-LONGEST_SOCKET = "telemetry-99.sock"  # the longest name `Sidecar._socket` gives, ten upgrades on
+ENVOY_SOCKETS = ("xds", "sds", "telemetry")  # the agent's unix sockets for its Envoy, in its run directory
+
+
+def socket_name(name: str, generation: int) -> str:
+    """An agent that took over (agent/handover.py) uses new names, so the Envoy it replaces never
+    reconnects to it."""
+    return f"{name}.sock" if generation == 0 else f"{name}-{generation}.sock"
 
 
 def run_directory() -> str:
     """A new private (0700) directory under TMPDIR for the agent's sockets and Envoy's files; an
     error naming TMPDIR if its unix sockets' paths would not fit there."""
     base = tempfile.gettempdir()
-    room = SOCKET_PATH_BYTES - len("/lattice-12345678/" + LONGEST_SOCKET)  # mkdtemp: 8 random characters
+    longest = max(len(socket_name(name, 0)) for name in ENVOY_SOCKETS)
+    room = SOCKET_PATH_BYTES - len("/lattice-12345678/") - longest  # mkdtemp: 8 random characters
     if len(os.fsencode(base)) > room:
         raise RuntimeError(
             f"the temporary directory {base} is too deep for the agent's unix sockets (a socket's path has "
@@ -306,9 +313,8 @@ class Sidecar:
         )
 
     def _socket(self, name: str) -> Path:
-        """Where this agent serves Envoy: an agent that took over (agent/handover.py) uses new
-        names, so the Envoy it replaces never reconnects to it."""
-        return self.run_dir / (f"{name}.sock" if self.generation == 0 else f"{name}-{self.generation}.sock")
+        """Where this agent serves Envoy."""
+        return self.run_dir / socket_name(name, self.generation)
 
     def _on_upgrade(self) -> None:
         """SIGHUP: re-execute `lattice run` (its code as installed now) while the app runs on."""
@@ -335,6 +341,15 @@ class Sidecar:
             log.warning(
                 "SIGHUP: not upgrading now (starting, stopping, Envoy restarting; never under --capture or "
                 "off Linux); send it again, or roll the workload"
+            )
+            return
+        deepest = max(
+            (self.run_dir / socket_name(name, self.generation + 1) for name in ENVOY_SOCKETS),
+            key=lambda path: len(str(path)),
+        )
+        if len(os.fsencode(deepest)) > SOCKET_PATH_BYTES:
+            log.warning(
+                "SIGHUP: not upgrading: the next agent's socket %s is too long a path; roll the workload", deepest
             )
             return
         reexec(
@@ -476,10 +491,10 @@ class Sidecar:
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self.sds, local)
         als_pb2_grpc.add_AccessLogServiceServicer_to_server(self.observer.receiver, local)
         add_trace_service(self.traces, local)
-        for name in ("xds", "sds", "telemetry"):
+        for name in ENVOY_SOCKETS:
             local.add_insecure_port(f"unix:{self._socket(name)}")
         await local.start()
-        for name in ("xds", "sds", "telemetry"):  # our Envoy only (the directory is 0700 too)
+        for name in ENVOY_SOCKETS:  # our Envoy only (the directory is 0700 too)
             os.chmod(self._socket(name), 0o600)
         self._servers.append(local)
 

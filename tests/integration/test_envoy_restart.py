@@ -15,9 +15,11 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -188,6 +190,27 @@ def test_a_sidecar_upgraded_in_place_under_load_fails_no_request(mesh):
     assert len(load.outcomes) > 100 and load.failures() == []
     # Each agent got its certificate again (re-attested, or with its join token while that is valid).
     assert all(w.log.read_text().count("certificate for spiffe://") >= 2 for w in (mesh["server"], mesh["client"]))
+
+
+def test_an_upgrade_whose_sockets_would_not_fit_is_refused_and_the_sidecar_serves_on(mesh):
+    """TMPDIR at the deepest the agent accepts (75 bytes): this agent's sockets fit, the next
+    generation's (`telemetry-1.sock`) would pass a socket path's 108 bytes. SIGHUP is refused with
+    a line saying why; the agent is not re-executed and its proxy stays connected and synced."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:
+        deep = Path(short) / ("d" * (75 - len(short) - 1))
+        deep.mkdir()
+        assert len(str(deep)) == 75
+        workload = Workload(mesh["server"].plane, "deep", command=BACKEND, env={"TMPDIR": str(deep)}).start()
+        try:
+            workload.process.send_signal(signal.SIGHUP)
+            refused = "SIGHUP: not upgrading: the next agent's socket"
+            wait_for(lambda: refused in workload.log.read_text(), 10, what="the upgrade refused")
+            assert "telemetry-1.sock is too long a path" in workload.log.read_text()
+            time.sleep(1)  # a re-execution would have begun by now
+            assert "re-executing" not in workload.log.read_text() and workload.process.poll() is None
+            assert workload.plane.all_synced([workload.id])
+        finally:
+            workload.stop()
 
 
 @pytest.mark.timeout(180)

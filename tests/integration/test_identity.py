@@ -9,6 +9,7 @@ import json
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -298,6 +299,13 @@ def test_token_listings_and_logs_never_hold_a_tokens_secret(shared_plane):
     assert secret not in shared_plane.log.read_text()
 
 
+@pytest.fixture
+def run_tmp():
+    """A TMPDIR for `lattice run` shallow enough for its sockets whatever pytest names tmp_path."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:
+        yield Path(short)
+
+
 def _run(plane: ControlPlane, tmp: Path, *args: str, token: str | None) -> subprocess.Popen:
     """`lattice run` whose temporary files (the sidecar's run directory) live under `tmp`."""
     env = {k: v for k, v in plane.env.items() if k != "LATTICE_TOKEN"} | {"TMPDIR": str(tmp)}
@@ -307,20 +315,20 @@ def _run(plane: ControlPlane, tmp: Path, *args: str, token: str | None) -> subpr
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_lattice_run_without_a_token_says_how_to_get_one(shared_plane, tmp_path):
+def test_lattice_run_without_a_token_says_how_to_get_one(shared_plane, run_tmp):
     started = time.monotonic()
-    process = _run(shared_plane, tmp_path, "--service", "reviews", token=None)
+    process = _run(shared_plane, run_tmp, "--service", "reviews", token=None)
     _, err = process.communicate(timeout=15)
     assert process.returncode != 0
     assert "lattice token create --service-account reviews" in err, err
     assert time.monotonic() - started < 10
 
 
-def test_lattice_run_with_another_identitys_token_fails_without_starting_envoy(shared_plane, tmp_path):
+def test_lattice_run_with_another_identitys_token_fails_without_starting_envoy(shared_plane, run_tmp):
     before = _refused(shared_plane).get("san-mismatch", 0)
     process = _run(
         shared_plane,
-        tmp_path,
+        run_tmp,
         "--service",
         "reviews",
         "--service-account",
@@ -338,8 +346,8 @@ def test_lattice_run_with_another_identitys_token_fails_without_starting_envoy(s
     assert process.returncode not in (0, None, -9), err
     assert "403" in err and f"may only be signed for {RATINGS}" in err, err
     assert not [cmd for cmd in seen if "envoy" in cmd or "sleep(60)" in cmd], seen
-    assert not _processes_mentioning(str(tmp_path))
-    assert not list(tmp_path.iterdir())  # its run directory is gone too
+    assert not _processes_mentioning(str(run_tmp))
+    assert not list(run_tmp.iterdir())  # its run directory is gone too
     assert _refused(shared_plane)["san-mismatch"] == before + 1
 
 
