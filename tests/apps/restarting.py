@@ -49,9 +49,16 @@ class App:
 
 
 if __name__ == "__main__":
+    # The signals are blocked before any thread starts (each inherits the mask) and taken by the
+    # main thread with sigwait. With handlers and signal.pause(), the kernel may hand a signal to a
+    # server thread: its handler then waits for the main thread, which pause() never wakes, and the
+    # app keeps listening after SIGUSR1 (a test waiting for it to stop timed out under load).
+    wanted = {signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
     app = App()
-    signal.signal(signal.SIGUSR1, app.close)
-    signal.signal(signal.SIGUSR2, app.open)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    while True:
-        signal.pause()
+    while (received := signal.sigwait(wanted)) != signal.SIGTERM:
+        if received == signal.SIGUSR1:
+            app.close()
+        else:
+            app.open()
+    os._exit(0)
