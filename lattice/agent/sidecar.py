@@ -77,12 +77,16 @@ def socket_name(name: str, generation: int) -> str:
     return f"{name}.sock" if generation == 0 else f"{name}-{generation}.sock"
 
 
+def longest_socket_name(generation: int) -> str:
+    """The longest of an agent's socket names: whether its paths fit a run directory depends on it."""
+    return max((socket_name(name, generation) for name in ENVOY_SOCKETS), key=len)
+
+
 def run_directory() -> str:
     """A new private (0700) directory under TMPDIR for the agent's sockets and Envoy's files; an
     error naming TMPDIR if its unix sockets' paths would not fit there."""
     base = tempfile.gettempdir()
-    longest = max(len(socket_name(name, 0)) for name in ENVOY_SOCKETS)
-    room = SOCKET_PATH_BYTES - len("/lattice-12345678/") - longest  # mkdtemp: 8 random characters
+    room = SOCKET_PATH_BYTES - len("/lattice-12345678/" + longest_socket_name(0))  # mkdtemp: 8 random characters
     if len(os.fsencode(base)) > room:
         raise RuntimeError(
             f"the temporary directory {base} is too deep for the agent's unix sockets (a socket's path has "
@@ -343,10 +347,7 @@ class Sidecar:
                 "off Linux); send it again, or roll the workload"
             )
             return
-        deepest = max(
-            (self.run_dir / socket_name(name, self.generation + 1) for name in ENVOY_SOCKETS),
-            key=lambda path: len(str(path)),
-        )
+        deepest = self.run_dir / longest_socket_name(self.generation + 1)
         if len(os.fsencode(deepest)) > SOCKET_PATH_BYTES:
             log.warning(
                 "SIGHUP: not upgrading: the next agent's socket %s is too long a path; roll the workload", deepest
